@@ -1,0 +1,51 @@
+"""Broker registry: a URL scheme names a broker class, imported only when used.
+
+`import offload` never imports a broker's third-party client; the broker module is
+imported when a URL with its scheme is first opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from offload.brokers.base import Broker
+from offload.errors import ConfigurationError
+
+__all__ = ["SCHEMES", "from_url"]
+
+#: URL scheme → (module, class). Add a broker by adding a line.
+SCHEMES: dict[str, tuple[str, str]] = {
+    "memory": ("offload.brokers.memory", "MemoryBroker"),
+    "sqlite": ("offload.brokers.sqlite", "SQLiteBroker"),
+}
+
+
+def from_url(url: str, **kwargs: Any) -> Broker:
+    """Build the broker a URL names (not yet connected).
+
+    Raises:
+        ConfigurationError: the URL is malformed or its scheme is unknown, saying which
+            schemes exist.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"invalid broker URL {url!r}: expected SCHEME://…, "
+            f"with SCHEME one of {', '.join(sorted(SCHEMES))}"
+        )
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"unknown broker scheme {scheme!r} in {url!r}; "
+            f"known schemes: {', '.join(sorted(SCHEMES))}"
+        )
+    module_name, class_name = SCHEMES[scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the {scheme!r} broker needs an extra: pip install 'offload[{scheme}]' ({exc})"
+        ) from exc
+    cls: type[Broker] = getattr(module, class_name)
+    return cls(url, **kwargs)

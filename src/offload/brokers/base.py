@@ -1,0 +1,349 @@
+"""The broker contract: what every broker stores and how each state change happens.
+
+Brokers are thin and atomic. They store envelopes (bytes from `offload.codec`) beside
+the mutable state of each job, and move jobs between states, each move one atomic
+operation. Policy (retries, expiry decisions, serialization, logging) lives above them,
+in the worker and the app. One conformance suite (`tests/conformance/`) proves every
+broker against this contract.
+
+Lifecycle of a job, by broker operation:
+
+    enqueue ──► scheduled ──(due)──► queued ──reserve──► running ──ack────► succeeded
+                    ▲                  ▲                    │ ──bury───► dead ──replay──► queued
+                    └──────retry───────┼────────────────────┘ ──release─► queued
+                                       └──(lease lapsed)────┘
+    queued/scheduled ──(expires_at passed)──► expired      queued/scheduled ──cancel──► cancelled
+
+All times are Unix epoch seconds read from the broker's injected `clock`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from offload.clock import Clock, SystemClock
+from offload.codec import decode_envelope, decode_value
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = [
+    "DEFAULT_RETENTION_S",
+    "Broker",
+    "Capabilities",
+    "EnqueueResult",
+    "JobInfo",
+    "Lease",
+    "Page",
+    "QueueStats",
+    "SweepReport",
+    "WorkerInfo",
+]
+
+#: How long expired and cancelled jobs (and succeeded jobs with no result TTL) are
+#: kept for inspection before `sweep` deletes them: 7 days, in seconds.
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker can do beyond the contract, declared instead of discovered.
+
+    Attributes:
+        transactional_enqueue: `enqueue` can join the application's own transaction.
+        push_wakeup: `wait` returns early when work arrives (no polling).
+        cross_process: several processes share the broker's state.
+        loop_bound: the broker's connections belong to the event loop that opened
+            them, so each loop needs its own instance.
+    """
+
+    transactional_enqueue: bool = False
+    push_wakeup: bool = False
+    cross_process: bool = True
+    loop_bound: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """`created` is False when a job with the same `key` already existed; `id` is then
+    the existing job's id."""
+
+    id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A reserved job: the right to run it until `deadline`, proven by `token`.
+
+    `payload` is the envelope's bytes, decoded by the worker (a job that cannot be
+    decoded is buried by the worker, never by the broker). `attempt` counts this
+    reservation (1 for the first run).
+    """
+
+    job_id: str
+    token: str
+    queue: str
+    attempt: int
+    deadline: float
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """Everything a broker knows about one job, for inspection."""
+
+    id: str
+    task: str
+    queue: str
+    state: JobState
+    priority: int
+    attempt: int
+    max_attempts: int
+    key: str | None
+    created_at: float
+    due_at: float
+    expires_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    worker_id: str | None
+    lease_deadline: float | None
+    error: ErrorInfo | None
+    payload: bytes
+    result: bytes | None = None
+    cancel_requested: bool = False
+
+    def envelope(self) -> Envelope | None:
+        """The decoded envelope, or None if the stored payload is not one."""
+        try:
+            return decode_envelope(self.payload)
+        except Exception:
+            return None
+
+    def result_value(self) -> Any:
+        """The decoded result (None if the job has none)."""
+        return None if self.result is None else decode_value(self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of `list_jobs`; pass `cursor` back for the next, None at the end."""
+
+    items: list[JobInfo]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts per state for one queue, and the enqueue time of its oldest queued job."""
+
+    states: dict[JobState, int]
+    oldest_queued_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    expired: int = 0
+    purged: int = 0
+    workers_removed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker, as registered by its heartbeat."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: float
+    last_seen: float = 0.0
+    running: int = 0
+    processed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """Durable storage and atomic state transitions for jobs.
+
+    Subclasses implement every abstract method as one atomic operation (a transaction,
+    a Lua script, a lock-held update). Methods may be called concurrently from several
+    tasks of one event loop, and (for `cross_process` brokers) from several processes.
+    """
+
+    #: Declared abilities; see `Capabilities`.
+    capabilities = Capabilities()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        self.url = url
+        self.clock: Clock = clock or SystemClock()
+        self.retention_s = retention_s
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open connections and install schema; idempotent."""
+
+    async def close(self) -> None:
+        """Release every resource; idempotent."""
+
+    async def __aenter__(self) -> Broker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- producer ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        """Store jobs in one atomic operation, as `scheduled` if `not_before` is in the
+        future, else `queued`.
+
+        Each item is an envelope with its encoded bytes (encoded once, by the caller).
+        A job whose `key` matches an existing job's (in any state, until that job is
+        purged) is not stored; its result carries the existing id and `created=False`.
+        Duplicate keys within one call resolve to the first.
+        """
+
+    # -- consumer ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to `limit` ready jobs from `queues`, atomically.
+
+        First, due `scheduled` jobs become `queued`, `running` jobs whose lease has
+        lapsed become `queued` again (error `LeaseExpired`), and `queued`/`scheduled`
+        jobs past `expires_at` become `expired`. Then jobs are taken by priority
+        (higher first), then due time, then enqueue order, marked `running` with a new
+        token and `deadline = now + lease_s`, and their `attempt` is incremented.
+        Returns an empty list when nothing is ready; never blocks.
+        """
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when work may be ready in `queues`, or after `timeout_s`.
+
+        May return early spuriously. The base implementation just sleeps; brokers with
+        `push_wakeup` return as soon as a job is enqueued.
+        """
+        await asyncio.sleep(timeout_s)
+
+    @abc.abstractmethod
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        """Push each lease's deadline to `now + lease_s`. False: the lease is not ours
+        any more (it lapsed and the job was reserved again, or it was finished)."""
+
+    @abc.abstractmethod
+    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+        """`running → succeeded`, storing `result` (encoded JSON) for `result_ttl_s`
+        seconds (None: the broker's retention).
+
+        Raises:
+            LeaseLost: the token does not match the job's current lease.
+        """
+
+    @abc.abstractmethod
+    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
+        """`running → scheduled` until `at`, recording `error`.
+
+        Raises:
+            LeaseLost: the token does not match the job's current lease.
+        """
+
+    @abc.abstractmethod
+    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
+        """`running → dead` (the dead-letter queue), recording `error` as the reason.
+
+        Raises:
+            LeaseLost: the token does not match the job's current lease.
+        """
+
+    @abc.abstractmethod
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """`running → queued` at once, without counting the attempt: give back work
+        that was reserved but not run (shutdown). Leases no longer ours are ignored."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a `queued` or `scheduled` job (it will never run), or flag a `running`
+        one for cooperative cancellation. False if the job is unknown or finished."""
+
+    # -- inspection --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per queue (all known queues if None): jobs per state, oldest queued job."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        """One job by id, None if unknown or purged."""
+
+    @abc.abstractmethod
+    async def find(self, key: str) -> JobInfo | None:
+        """One job by its idempotency key."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Jobs newest first, filtered by queue and state, with keyset pagination."""
+
+    @abc.abstractmethod
+    async def replay_dead(
+        self, queue: str | None = None, job_ids: Sequence[str] | None = None
+    ) -> int:
+        """Move dead jobs (all, or of `queue`, or those in `job_ids`) back to `queued`
+        with their attempt count reset. Returns how many moved."""
+
+    @abc.abstractmethod
+    async def purge_dead(
+        self,
+        queue: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete dead jobs (all, or of `queue`, or in `job_ids`, and finished more than
+        `older_than` seconds ago if given). Returns how many were deleted."""
+
+    @abc.abstractmethod
+    async def queues(self) -> list[str]:
+        """Every queue that holds or held a job, sorted."""
+
+    # -- coordination and housekeeping -------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Record (or refresh) a live worker; it vanishes `ttl_s` after its last refresh."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker at clean shutdown."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose registration has not lapsed."""
+
+    @abc.abstractmethod
+    async def sweep(self) -> SweepReport:
+        """Housekeeping, idempotent and safe to run from every worker at once: expire
+        `queued`/`scheduled` jobs past `expires_at`, delete finished jobs past their
+        result TTL or retention (dead jobs are kept until purged), forget lapsed
+        workers."""

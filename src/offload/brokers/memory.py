@@ -1,0 +1,454 @@
+"""`memory://`: the whole broker contract in process memory, for tests and examples.
+
+A real implementation, not a mock: it passes the same conformance suite as every other
+broker. Each operation runs under one lock, which is what makes it atomic; it is shared
+by every event loop and thread of the process, but not across processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from offload.brokers._wakeup import Wakeup
+from offload.brokers.base import (
+    Broker,
+    Capabilities,
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.errors import LeaseLost
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = ["MemoryBroker"]
+
+_LEASE_EXPIRED = ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
+
+
+@dataclass(slots=True)
+class _Record:
+    info: JobInfo
+    seq: int
+    token: str | None = None
+    purge_at: float | None = None
+    version: int = 0
+
+
+class MemoryBroker(Broker):
+    """Jobs in dicts and heaps; state is lost with the process."""
+
+    capabilities = Capabilities(push_wakeup=True, cross_process=False)
+
+    def __init__(self, url: str = "memory://", **kwargs: object) -> None:
+        super().__init__(url, **kwargs)  # type: ignore[arg-type]
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Record] = {}
+        self._keys: dict[str, str] = {}
+        self._ready: dict[str, list[tuple[int, float, int, int, str]]] = {}
+        self._scheduled: list[tuple[float, int, str]] = []
+        self._running: set[str] = set()
+        self._workers: dict[str, tuple[WorkerInfo, float]] = {}
+        self._seq = itertools.count(1)
+        self._wakeup = Wakeup()
+
+    # -- helpers (call with the lock held) ----------------------------------------------
+
+    def _set(self, rec: _Record, **changes: object) -> None:
+        rec.info = replace(rec.info, **changes)  # type: ignore[arg-type]
+
+    def _push_ready(self, rec: _Record) -> None:
+        rec.version += 1
+        info = rec.info
+        heap = self._ready.setdefault(info.queue, [])
+        heapq.heappush(heap, (-info.priority, info.due_at, rec.seq, rec.version, info.id))
+
+    def _push_scheduled(self, rec: _Record) -> None:
+        rec.version += 1
+        heapq.heappush(self._scheduled, (rec.info.due_at, rec.version, rec.info.id))
+
+    def _promote_and_reclaim(self, now: float) -> None:
+        while self._scheduled and self._scheduled[0][0] <= now:
+            _, version, job_id = heapq.heappop(self._scheduled)
+            rec = self._jobs.get(job_id)
+            if rec and rec.version == version and rec.info.state is JobState.SCHEDULED:
+                self._set(rec, state=JobState.QUEUED)
+                self._push_ready(rec)
+        for job_id in list(self._running):
+            rec = self._jobs[job_id]
+            deadline = rec.info.lease_deadline
+            if deadline is not None and deadline <= now:
+                self._running.discard(job_id)
+                rec.token = None
+                self._set(
+                    rec,
+                    state=JobState.QUEUED,
+                    lease_deadline=None,
+                    worker_id=None,
+                    error=_LEASE_EXPIRED,
+                )
+                self._push_ready(rec)
+
+    def _expire_if_due(self, rec: _Record, now: float) -> bool:
+        expires_at = rec.info.expires_at
+        if expires_at is None or expires_at > now:
+            return False
+        rec.version += 1
+        rec.purge_at = now + self.retention_s
+        self._set(rec, state=JobState.EXPIRED, finished_at=now)
+        return True
+
+    def _leased(self, lease: Lease) -> _Record:
+        rec = self._jobs.get(lease.job_id)
+        if rec is None or rec.token != lease.token or rec.info.state is not JobState.RUNNING:
+            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+        return rec
+
+    def _finish(self, rec: _Record) -> None:
+        rec.token = None
+        rec.version += 1
+        self._running.discard(rec.info.id)
+
+    # -- producer ---------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        results: list[EnqueueResult] = []
+        with self._lock:
+            now = self.clock.now()
+            for env, payload in jobs:
+                if env.key is not None and env.key in self._keys:
+                    results.append(EnqueueResult(self._keys[env.key], False))
+                    continue
+                due_at = max(env.not_before or now, now)
+                delayed = due_at > now
+                info = JobInfo(
+                    id=env.id,
+                    task=env.task,
+                    queue=env.queue,
+                    state=JobState.SCHEDULED if delayed else JobState.QUEUED,
+                    priority=env.priority,
+                    attempt=0,
+                    max_attempts=env.max_attempts,
+                    key=env.key,
+                    created_at=env.created_at or now,
+                    due_at=due_at,
+                    expires_at=env.expires_at,
+                    started_at=None,
+                    finished_at=None,
+                    worker_id=None,
+                    lease_deadline=None,
+                    error=None,
+                    payload=payload,
+                )
+                rec = _Record(info, next(self._seq))
+                self._jobs[env.id] = rec
+                if env.key is not None:
+                    self._keys[env.key] = env.id
+                if delayed:
+                    self._push_scheduled(rec)
+                else:
+                    self._push_ready(rec)
+                results.append(EnqueueResult(env.id, True))
+        self._wakeup.notify()
+        return results
+
+    # -- consumer ---------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        leases: list[Lease] = []
+        with self._lock:
+            now = self.clock.now()
+            self._promote_and_reclaim(now)
+            while len(leases) < limit:
+                rec = self._pop_best(queues)
+                if rec is None:
+                    break
+                if self._expire_if_due(rec, now):
+                    continue
+                token = os.urandom(12).hex()
+                rec.token = token
+                attempt = rec.info.attempt + 1
+                deadline = now + lease_s
+                self._set(
+                    rec,
+                    state=JobState.RUNNING,
+                    attempt=attempt,
+                    started_at=now,
+                    worker_id=worker_id,
+                    lease_deadline=deadline,
+                )
+                self._running.add(rec.info.id)
+                leases.append(
+                    Lease(rec.info.id, token, rec.info.queue, attempt, deadline, rec.info.payload)
+                )
+        return leases
+
+    def _pop_best(self, queues: Sequence[str]) -> _Record | None:
+        best: list[tuple[int, float, int, int, str]] | None = None
+        for queue in queues:
+            heap = self._ready.get(queue)
+            while heap:
+                _, _, _, version, job_id = heap[0]
+                rec = self._jobs.get(job_id)
+                if rec and rec.version == version and rec.info.state is JobState.QUEUED:
+                    break
+                heapq.heappop(heap)  # stale entry
+            if heap and (best is None or heap[0] < best[0]):
+                best = heap
+        if best is None:
+            return None
+        return self._jobs[heapq.heappop(best)[4]]
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        await self._wakeup.wait(timeout_s)
+
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        out: list[bool] = []
+        with self._lock:
+            now = self.clock.now()
+            for lease in leases:
+                rec = self._jobs.get(lease.job_id)
+                ok = (
+                    rec is not None
+                    and rec.token == lease.token
+                    and rec.info.state is JobState.RUNNING
+                    and (rec.info.lease_deadline or 0.0) > now
+                )
+                if ok and rec is not None:
+                    self._set(rec, lease_deadline=now + lease_s)
+                out.append(ok)
+        return out
+
+    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+        with self._lock:
+            rec = self._leased(lease)
+            now = self.clock.now()
+            self._finish(rec)
+            rec.purge_at = now + (self.retention_s if result_ttl_s is None else result_ttl_s)
+            self._set(
+                rec,
+                state=JobState.SUCCEEDED,
+                result=result,
+                finished_at=now,
+                lease_deadline=None,
+                error=None,
+            )
+
+    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
+        with self._lock:
+            rec = self._leased(lease)
+            self._finish(rec)
+            self._set(
+                rec, state=JobState.SCHEDULED, due_at=at, error=error, lease_deadline=None
+            )
+            self._push_scheduled(rec)
+        self._wakeup.notify()
+
+    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
+        with self._lock:
+            rec = self._leased(lease)
+            self._finish(rec)
+            self._set(
+                rec,
+                state=JobState.DEAD,
+                error=error,
+                finished_at=self.clock.now(),
+                lease_deadline=None,
+            )
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        with self._lock:
+            for lease in leases:
+                try:
+                    rec = self._leased(lease)
+                except LeaseLost:
+                    continue
+                self._finish(rec)
+                self._set(
+                    rec,
+                    state=JobState.QUEUED,
+                    attempt=max(rec.info.attempt - 1, 0),
+                    lease_deadline=None,
+                    worker_id=None,
+                )
+                self._push_ready(rec)
+        self._wakeup.notify()
+
+    async def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            rec = self._jobs.get(job_id)
+            if rec is None:
+                return False
+            state = rec.info.state
+            if state in (JobState.QUEUED, JobState.SCHEDULED):
+                rec.version += 1
+                now = self.clock.now()
+                rec.purge_at = now + self.retention_s
+                self._set(rec, state=JobState.CANCELLED, finished_at=now)
+                return True
+            if state is JobState.RUNNING:
+                self._set(rec, cancel_requested=True)
+                return True
+            return False
+
+    # -- inspection -------------------------------------------------------------------
+
+    async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        with self._lock:
+            wanted = set(queues) if queues is not None else None
+            states: dict[str, dict[JobState, int]] = {q: {} for q in queues or ()}
+            oldest: dict[str, float] = {}
+            for rec in self._jobs.values():
+                info = rec.info
+                if wanted is not None and info.queue not in wanted:
+                    continue
+                per = states.setdefault(info.queue, {})
+                per[info.state] = per.get(info.state, 0) + 1
+                if info.state is JobState.QUEUED:
+                    oldest[info.queue] = min(oldest.get(info.queue, info.due_at), info.due_at)
+        return {
+            q: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(q))
+            for q, per in sorted(states.items())
+        }
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        with self._lock:
+            rec = self._jobs.get(job_id)
+            return rec.info if rec else None
+
+    async def find(self, key: str) -> JobInfo | None:
+        with self._lock:
+            job_id = self._keys.get(key)
+            return self._jobs[job_id].info if job_id else None
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        with self._lock:
+            records = sorted(self._jobs.values(), key=lambda r: r.seq, reverse=True)
+        after = int(cursor) if cursor else None
+        items: list[JobInfo] = []
+        last_seq = 0
+        for rec in records:
+            if after is not None and rec.seq >= after:
+                continue
+            if (queue and rec.info.queue != queue) or (state and rec.info.state != state):
+                continue
+            if len(items) == limit:
+                return Page(items, str(last_seq))
+            items.append(rec.info)
+            last_seq = rec.seq
+        return Page(items, None)
+
+    def _dead(self, queue: str | None, job_ids: Sequence[str] | None) -> list[_Record]:
+        records = (
+            [self._jobs[i] for i in job_ids if i in self._jobs]
+            if job_ids is not None
+            else list(self._jobs.values())
+        )
+        return [
+            r
+            for r in records
+            if r.info.state is JobState.DEAD and (queue is None or r.info.queue == queue)
+        ]
+
+    async def replay_dead(
+        self, queue: str | None = None, job_ids: Sequence[str] | None = None
+    ) -> int:
+        with self._lock:
+            now = self.clock.now()
+            dead = self._dead(queue, job_ids)
+            for rec in dead:
+                self._set(
+                    rec,
+                    state=JobState.QUEUED,
+                    attempt=0,
+                    due_at=now,
+                    finished_at=None,
+                    worker_id=None,
+                )
+                self._push_ready(rec)
+        if dead:
+            self._wakeup.notify()
+        return len(dead)
+
+    async def purge_dead(
+        self,
+        queue: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than: float | None = None,
+    ) -> int:
+        with self._lock:
+            now = self.clock.now()
+            dead = [
+                r
+                for r in self._dead(queue, job_ids)
+                if older_than is None or (r.info.finished_at or now) <= now - older_than
+            ]
+            for rec in dead:
+                self._delete(rec)
+        return len(dead)
+
+    def _delete(self, rec: _Record) -> None:
+        del self._jobs[rec.info.id]
+        if rec.info.key is not None and self._keys.get(rec.info.key) == rec.info.id:
+            del self._keys[rec.info.key]
+
+    async def queues(self) -> list[str]:
+        with self._lock:
+            return sorted({r.info.queue for r in self._jobs.values()})
+
+    # -- coordination and housekeeping ------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        with self._lock:
+            now = self.clock.now()
+            self._workers[info.id] = (replace(info, last_seen=now), now + ttl_s)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    async def workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            now = self.clock.now()
+            return sorted(
+                (info for info, until in self._workers.values() if until > now),
+                key=lambda w: w.id,
+            )
+
+    async def sweep(self) -> SweepReport:
+        with self._lock:
+            now = self.clock.now()
+            expired = purged = 0
+            for rec in list(self._jobs.values()):
+                state = rec.info.state
+                if state in (JobState.QUEUED, JobState.SCHEDULED):
+                    expired += self._expire_if_due(rec, now)
+                elif rec.purge_at is not None and rec.purge_at <= now and state in (
+                    JobState.SUCCEEDED,
+                    JobState.EXPIRED,
+                    JobState.CANCELLED,
+                ):
+                    self._delete(rec)
+                    purged += 1
+            lapsed = [w for w, (_, until) in self._workers.items() if until <= now]
+            for worker_id in lapsed:
+                del self._workers[worker_id]
+        return SweepReport(expired=expired, purged=purged, workers_removed=len(lapsed))

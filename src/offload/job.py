@@ -1,0 +1,101 @@
+"""The job envelope, its states, and the error record.
+
+The envelope is what the producer writes and the worker reads; it is the wire format
+(see `docs/envelope.schema.json`, produced by `offload.codec.envelope_schema()`), so
+other languages can enqueue. It is immutable once enqueued: everything that changes
+over a job's life (state, attempt, lease, error, result) is broker state, kept beside
+the envelope, so that a state change never rewrites the payload.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "ACTIVE_STATES",
+    "ENVELOPE_VERSION",
+    "TERMINAL_STATES",
+    "Backoff",
+    "Envelope",
+    "ErrorInfo",
+    "JobState",
+    "new_job_id",
+]
+
+#: Version of the envelope format; bumped on any incompatible change.
+ENVELOPE_VERSION = 1
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. Values are the lower-case words used everywhere."""
+
+    SCHEDULED = "scheduled"  # delayed, or waiting for a retry
+    QUEUED = "queued"  # ready to be reserved
+    RUNNING = "running"  # leased by a worker until a deadline
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # in the dead-letter queue
+    EXPIRED = "expired"  # not started before its expiry; never ran (again)
+    CANCELLED = "cancelled"
+
+
+#: States a job never leaves (except `dead`, by an explicit replay).
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.DEAD, JobState.EXPIRED, JobState.CANCELLED}
+)
+#: States in which a job may still run.
+ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+
+
+class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Exponential backoff: attempt n waits up to `min(cap_s, base_s * 2**(n-1))` seconds.
+
+    With `jitter` (the default) the wait is drawn uniformly from [0, that bound] ("full
+    jitter"), so a fleet of workers failing together does not retry together.
+    """
+
+    base_s: float = 1.0
+    cap_s: float = 300.0
+    jitter: bool = True
+
+
+class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One job as it travels from producer to worker. Times are Unix epoch seconds."""
+
+    id: str
+    task: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 5
+    backoff: Backoff | None = None
+    not_before: float | None = None
+    expires_at: float | None = None
+    key: str | None = None
+    timeout_s: float | None = None
+    result_ttl_s: float | None = None
+    parent_id: str | None = None
+    workflow_id: str | None = None
+    created_at: float = 0.0
+    v: int = ENVELOPE_VERSION
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Why an attempt failed, as stored with the job and shown by the CLI."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+def new_job_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (48-bit ms clock + 80 random bits).
+
+    Time-ordered ids keep database indexes append-mostly and make listings readable.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
