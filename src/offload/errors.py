@@ -14,7 +14,8 @@ OffloadError                         base of everything we raise
 │   ├── JobCancelled
 │   ├── JobExpired
 │   └── ResultTimeout(TimeoutError)
-└── JobControl                       raised *by handlers* to steer the worker; never logged as errors
+├── JobTimeout(TimeoutError)         a handler ran past its timeout and was stopped (retryable)
+└── JobControl                       raised *by handlers* to steer the worker; not an error
     ├── Retry(delay=None, reason=…)  retry now or after delay (e.g. Retry-After)
     └── Bury(reason=…)               fail permanently, skip remaining attempts
 ```
@@ -42,6 +43,7 @@ __all__ = [
     "JobExpired",
     "JobFailed",
     "JobNotFound",
+    "JobTimeout",
     "LeaseLost",
     "OffloadError",
     "ResultTimeout",
@@ -115,7 +117,11 @@ class ResultTimeout(JobError, TimeoutError):
     """The job did not finish within the wait."""
 
 
-class JobControl(Exception):  # noqa: N818 - these are signals, not errors
+class JobTimeout(OffloadError, TimeoutError):
+    """The job ran past its timeout and was stopped."""
+
+
+class JobControl(Exception):
     """Raised by a handler to steer the worker. Never logged as an error."""
 
 

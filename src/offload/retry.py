@@ -62,6 +62,19 @@ class RetryPolicy:
         if isinstance(exc, Retry):
             delay = exc.delay if exc.delay is not None else backoff_delay(backoff, attempt)
             return RetryDecision(max(delay, 0.0), exc.reason or "retry requested")
-        if isinstance(exc, self.give_up_on) or not isinstance(exc, self.retry_on):
-            return RetryDecision(None, f"{type(exc).__name__} is not retryable")
-        return RetryDecision(backoff_delay(backoff, attempt), f"{type(exc).__name__}")
+        if _matches(exc, self.give_up_on) or not _matches(exc, self.retry_on):
+            return RetryDecision(None, f"{_type_name(exc)} is not retryable")
+        return RetryDecision(backoff_delay(backoff, attempt), _type_name(exc))
+
+
+def _matches(exc: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    """isinstance; for an error carried back from a child process, a match by class
+    name against the original exception's MRO."""
+    remote_mro: list[str] | None = getattr(exc, "remote_mro", None)
+    if remote_mro is None:
+        return isinstance(exc, types)
+    return any(t.__name__ in remote_mro for t in types)
+
+
+def _type_name(exc: BaseException) -> str:
+    return str(getattr(exc, "type_name", type(exc).__name__))

@@ -192,9 +192,11 @@ class Broker(abc.ABC):
 
     async def connect(self) -> None:
         """Open connections and install schema; idempotent."""
+        return None
 
     async def close(self) -> None:
         """Release every resource; idempotent."""
+        return None
 
     async def __aenter__(self) -> Broker:
         await self.connect()

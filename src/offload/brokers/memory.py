@@ -248,9 +248,7 @@ class MemoryBroker(Broker):
         with self._lock:
             rec = self._leased(lease)
             self._finish(rec)
-            self._set(
-                rec, state=JobState.SCHEDULED, due_at=at, error=error, lease_deadline=None
-            )
+            self._set(rec, state=JobState.SCHEDULED, due_at=at, error=error, lease_deadline=None)
             self._push_scheduled(rec)
         self._wakeup.notify()
 
@@ -441,10 +439,15 @@ class MemoryBroker(Broker):
                 state = rec.info.state
                 if state in (JobState.QUEUED, JobState.SCHEDULED):
                     expired += self._expire_if_due(rec, now)
-                elif rec.purge_at is not None and rec.purge_at <= now and state in (
-                    JobState.SUCCEEDED,
-                    JobState.EXPIRED,
-                    JobState.CANCELLED,
+                elif (
+                    rec.purge_at is not None
+                    and rec.purge_at <= now
+                    and state
+                    in (
+                        JobState.SUCCEEDED,
+                        JobState.EXPIRED,
+                        JobState.CANCELLED,
+                    )
                 ):
                     self._delete(rec)
                     purged += 1

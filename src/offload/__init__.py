@@ -1,0 +1,70 @@
+"""offload: background jobs for Python. Durable, leased, retried, observable.
+
+    app = Offload()                       # sqlite:///offload.db, or OFFLOAD_URL
+
+    @app.task(max_attempts=5, expires=900)
+    def send_verification(email: str, code: str) -> None: ...
+
+    send_verification.enqueue("ada@example.com", "123456")   # returns at once
+
+and `offload worker myapp:app` runs it.
+"""
+
+from __future__ import annotations
+
+from offload._version import __version__
+from offload.app import Offload
+from offload.brokers.base import Broker, JobInfo
+from offload.context import JobContext, current_job
+from offload.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    Bury,
+    ConfigurationError,
+    JobCancelled,
+    JobError,
+    JobExpired,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    LeaseLost,
+    OffloadError,
+    ResultTimeout,
+    Retry,
+    SerializationError,
+    UnknownTask,
+)
+from offload.handle import Job
+from offload.job import Backoff, JobState
+from offload.task import Task
+from offload.worker import Worker
+
+__all__ = [
+    "Backoff",
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "Bury",
+    "ConfigurationError",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobError",
+    "JobExpired",
+    "JobFailed",
+    "JobInfo",
+    "JobNotFound",
+    "JobState",
+    "JobTimeout",
+    "LeaseLost",
+    "Offload",
+    "OffloadError",
+    "ResultTimeout",
+    "Retry",
+    "SerializationError",
+    "Task",
+    "UnknownTask",
+    "Worker",
+    "__version__",
+    "current_job",
+]

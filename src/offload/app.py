@@ -1,0 +1,251 @@
+"""`Offload`: the task registry, configuration, and the producer side.
+
+One `Offload` object is passed around explicitly (there is no global app); a process
+may hold several, each with its own broker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from offload._portal import Portal
+from offload.brokers import from_url
+from offload.brokers.base import Broker
+from offload.clock import Clock, SystemClock
+from offload.codec import encode_envelope
+from offload.errors import ConfigurationError, UnknownTask
+from offload.handle import Job
+from offload.job import Backoff, Envelope, new_job_id
+from offload.retry import DEFAULT_BACKOFF, RetryPolicy
+from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions, seconds
+
+__all__ = ["DEFAULT_URL", "Offload"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The embedded default: a SQLite file in the working directory.
+DEFAULT_URL = "sqlite:///offload.db"
+
+
+class Offload:
+    """A task registry bound to one broker.
+
+    Args:
+        url: broker URL; else the `OFFLOAD_URL` environment variable; else
+            `sqlite:///offload.db`. `memory://` for tests.
+        clock: time source for the broker and workers (tests pass a `FakeClock`).
+        queue: queue of tasks that do not name one.
+
+    Raises:
+        ConfigurationError: the URL is malformed or names an unknown scheme.
+    """
+
+    def __init__(
+        self, url: str | None = None, *, clock: Clock | None = None, queue: str = "default"
+    ) -> None:
+        self.url = url or os.environ.get("OFFLOAD_URL") or DEFAULT_URL
+        self.clock: Clock = clock or SystemClock()
+        self.default_queue = queue
+        self.broker: Broker = from_url(self.url, clock=self.clock)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.portal = Portal()
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return f"<Offload {self.broker.url} tasks={len(self.tasks)}>"
+
+    # -- registry ----------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 5,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        give_up_on: tuple[type[BaseException], ...] = (),
+        timeout: float | timedelta | None = None,
+        expires: float | timedelta | None = None,
+        result_ttl: float | timedelta | None = 24 * 3600.0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 5,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        give_up_on: tuple[type[BaseException], ...] = (),
+        timeout: float | timedelta | None = None,
+        expires: float | timedelta | None = None,
+        result_ttl: float | timedelta | None = 24 * 3600.0,
+    ) -> Task[Any, Any] | Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Register a function as a task (`@app.task` or `@app.task(...)`).
+
+        Args:
+            name: defaults to `module.qualname`; give a stable name if the function may
+                move, since queued jobs refer to it by name.
+            max_attempts: total runs including the first (1 = never retry).
+            backoff: retry delays `base_s * 2**(attempt-1)`, capped at `cap_s`, full
+                jitter (defaults: 1 s, 300 s, on).
+            retry_on / give_up_on: exception types that retry / bury at once.
+            timeout: stop an attempt after this long (sync handlers then run in a
+                child process, the only way to really stop them).
+            expires: a job not started this long after its enqueue never runs.
+            result_ttl: keep a succeeded job and its result this long.
+
+        Raises:
+            ConfigurationError: a bad option, or the name is already taken.
+        """
+        if max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+        options = TaskOptions(
+            queue=queue or self.default_queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            timeout_s=seconds(timeout),
+            expires_s=seconds(expires),
+            result_ttl_s=seconds(result_ttl),
+            retry=RetryPolicy(retry_on=retry_on, give_up_on=give_up_on),
+        )
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigurationError(f"a task named {task_name!r} is already registered")
+            registered = Task(self, f, task_name, options)
+            self.tasks[task_name] = registered
+            return registered
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered under `name`.
+
+        Raises:
+            UnknownTask: no such task; the message lists the registered names.
+        """
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTask(f"no task named {name!r} (registered: {known})") from None
+
+    def queues(self) -> list[str]:
+        """The queues of the registered tasks, and the default queue."""
+        return sorted({t.defaults.queue for t in self.tasks.values()} | {self.default_queue})
+
+    # -- producer ----------------------------------------------------------------------
+
+    def enqueue(self, name: str, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue a job by task name, for code that does not import the task.
+
+        The name need not be registered in this process (a producer may be a separate
+        service); if it is, its defaults apply.
+        """
+        return self.options(name).enqueue(*args, **kwargs)
+
+    async def enqueue_async(self, name: str, *args: Any, **kwargs: Any) -> Job:
+        """`enqueue` for async code."""
+        return await self.options(name).enqueue_async(*args, **kwargs)
+
+    def options(self, name: str, **options: Any) -> Enqueuer[Any]:
+        """`Task.options` by task name."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task.options(**options)
+        from offload.task import make_overrides
+
+        return Enqueuer(self, name, make_overrides(**options))
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job (no broker call is made)."""
+        return Job(self, job_id)
+
+    def _enqueue_sync(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
+        return self.portal.run(self._enqueue(name, calls, overrides))
+
+    async def _enqueue(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
+        task = self.tasks.get(name)
+        defaults = task.defaults if task is not None else TaskOptions(queue=self.default_queue)
+        now = self.clock.now()
+        items = []
+        for call in calls:
+            envelope = _envelope(name, call, defaults, overrides, now)
+            items.append((envelope, encode_envelope(envelope)))
+        if not items:
+            return []
+        broker = await self.connected_broker()
+        results = await broker.enqueue(items)
+        return [Job(self, r.id, created=r.created) for r in results]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connected_broker(self) -> Broker:
+        """The broker, connected on first use."""
+        if not self._connected:
+            await self.broker.connect()
+            self._connected = True
+        return self.broker
+
+    async def aclose(self) -> None:
+        """Close the broker (async code)."""
+        if self._connected:
+            self._connected = False
+            await self.broker.close()
+
+    def close(self) -> None:
+        """Close the broker and the sync portal."""
+        if self._connected:
+            self.portal.run(self.aclose())
+        self.portal.close()
+
+
+def _envelope(name: str, call: Call, defaults: TaskOptions, o: Overrides, now: float) -> Envelope:
+    not_before = o.at if o.at is not None else (now + o.delay_s if o.delay_s else None)
+    expires_s = o.expires_s if o.expires_s is not None else defaults.expires_s
+    expires_at = (
+        o.expires_at
+        if o.expires_at is not None
+        else (now + expires_s if expires_s is not None else None)
+    )
+    return Envelope(
+        id=new_job_id(),
+        task=name,
+        args=list(call.args),
+        kwargs=call.kwargs,
+        queue=o.queue or defaults.queue,
+        priority=o.priority if o.priority is not None else defaults.priority,
+        max_attempts=o.max_attempts or defaults.max_attempts,
+        backoff=o.backoff or (defaults.backoff if defaults.backoff != DEFAULT_BACKOFF else None),
+        not_before=not_before,
+        expires_at=expires_at,
+        key=_key(o.key, call),
+        timeout_s=o.timeout_s if o.timeout_s is not None else defaults.timeout_s,
+        result_ttl_s=defaults.result_ttl_s,
+        created_at=now,
+    )
+
+
+def _key(spec: KeySpec | None, call: Call) -> str | None:
+    if spec is None or isinstance(spec, str):
+        return spec
+    key = spec(*call.args, **call.kwargs)
+    if not isinstance(key, str):
+        raise ConfigurationError(f"key function returned {type(key).__name__}, not str")
+    return key

@@ -1,0 +1,116 @@
+"""`Job`: the producer's handle on an enqueued job.
+
+It holds only the id (and the app to ask through), so it is cheap to create, and
+`app.job(id)` rebuilds it anywhere, for example in a later HTTP request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from offload.brokers.base import JobInfo
+from offload.errors import JobCancelled, JobExpired, JobFailed, JobNotFound, ResultTimeout
+from offload.job import JobState
+
+if TYPE_CHECKING:
+    from offload.app import Offload
+
+__all__ = ["Job"]
+
+#: Result polling starts this fast (seconds) and backs off to `_POLL_MAX_S`.
+_POLL_MIN_S = 0.005
+_POLL_MAX_S = 0.25
+
+
+class Job:
+    """An enqueued job. `created` is False when an idempotency key matched an existing
+    job, whose id this handle then carries."""
+
+    __slots__ = ("_app", "created", "id")
+
+    def __init__(self, app: Offload, job_id: str, *, created: bool = True) -> None:
+        self._app = app
+        self.id = job_id
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- async -------------------------------------------------------------------------
+
+    async def info_async(self) -> JobInfo:
+        """Everything the broker knows about this job.
+
+        Raises:
+            JobNotFound: unknown id, or the job was purged after its retention.
+        """
+        broker = await self._app.connected_broker()
+        info = await broker.get_job(self.id)
+        if info is None:
+            raise JobNotFound(self.id, f"no job {self.id} (never enqueued, or purged)")
+        return info
+
+    async def state_async(self) -> JobState:
+        return (await self.info_async()).state
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Args:
+            timeout: seconds to wait; None waits forever.
+
+        Raises:
+            JobFailed: the job is dead (`.error` says why).
+            JobExpired / JobCancelled: it never ran to completion.
+            ResultTimeout: still unfinished after `timeout` seconds.
+            JobNotFound: unknown or purged.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _POLL_MIN_S
+        while True:
+            info = await self.info_async()
+            if info.state is JobState.SUCCEEDED:
+                return info.result_value()
+            _raise_for_outcome(info)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(self.id, f"job {self.id} still {info.state} after {timeout} s")
+            pause = delay if deadline is None else min(delay, deadline - time.monotonic())
+            await asyncio.sleep(max(pause, 0.0))
+            delay = min(delay * 2, _POLL_MAX_S)
+
+    async def cancel_async(self) -> bool:
+        """Cancel the job if it has not started (it will never run); a running job is
+        flagged for cooperative cancellation. False if it already finished."""
+        broker = await self._app.connected_broker()
+        return await broker.cancel(self.id)
+
+    # -- sync twins --------------------------------------------------------------------
+
+    def info(self) -> JobInfo:
+        return self._app.portal.run(self.info_async())
+
+    def state(self) -> JobState:
+        return self._app.portal.run(self.state_async())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._app.portal.run(self.result_async(timeout))
+
+    def cancel(self) -> bool:
+        return self._app.portal.run(self.cancel_async())
+
+
+def _raise_for_outcome(info: JobInfo) -> None:
+    if info.state is JobState.DEAD:
+        raise JobFailed(info.id, info.error)
+    if info.state is JobState.EXPIRED:
+        raise JobExpired(info.id, f"job {info.id} expired before it could run")
+    if info.state is JobState.CANCELLED:
+        raise JobCancelled(info.id, f"job {info.id} was cancelled")

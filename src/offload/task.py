@@ -1,0 +1,218 @@
+"""Tasks: a function registered under a name, with the defaults its jobs start from.
+
+`@app.task` returns a `Task[P, R]` that is still the function (call it directly in
+tests or synchronous code) and adds `enqueue`, typed with the function's own
+signature through `ParamSpec`, so a type checker flags a wrong argument at the
+producer rather than at the worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from offload.job import Backoff
+from offload.retry import DEFAULT_BACKOFF, RetryPolicy
+
+if TYPE_CHECKING:
+    from offload.app import Offload
+    from offload.handle import Job
+
+__all__ = ["Call", "Enqueuer", "Overrides", "Task", "TaskOptions", "seconds"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: A key may be given as a string, or computed from each call's arguments.
+KeySpec = str | Callable[..., str]
+
+
+def seconds(value: float | timedelta | None) -> float | None:
+    """Normalise a public duration (seconds or timedelta) to float seconds."""
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task defaults; every enqueue starts from these.
+
+    Attributes:
+        expires_s: a job not started within this many seconds of its enqueue is
+            marked `expired` and never runs.
+        timeout_s: a running attempt is stopped after this many seconds (async
+            handlers are cancelled; sync handlers run in a child process that is
+            killed), and the attempt fails with `JobTimeout`.
+        result_ttl_s: how long a succeeded job and its result are kept.
+    """
+
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 5
+    backoff: Backoff = DEFAULT_BACKOFF
+    timeout_s: float | None = None
+    expires_s: float | None = None
+    result_ttl_s: float | None = 24 * 3600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One set of arguments for a task, for `enqueue_many`."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Per-enqueue options; None means "the task's default"."""
+
+    delay_s: float | None = None
+    at: float | None = None
+    priority: int | None = None
+    queue: str | None = None
+    key: KeySpec | None = None
+    expires_at: float | None = None
+    expires_s: float | None = None
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    backoff: Backoff | None = None
+
+
+def make_overrides(
+    *,
+    delay: float | timedelta | None = None,
+    at: datetime | float | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    key: KeySpec | None = None,
+    expires: float | timedelta | datetime | None = None,
+    max_attempts: int | None = None,
+    timeout: float | timedelta | None = None,
+    backoff: Backoff | None = None,
+) -> Overrides:
+    """Validate and normalise the public enqueue options."""
+    from offload.errors import ConfigurationError
+
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay= or at=, not both")
+    if max_attempts is not None and max_attempts < 1:
+        raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+    return Overrides(
+        delay_s=seconds(delay),
+        at=at.timestamp() if isinstance(at, datetime) else at,
+        priority=priority,
+        queue=queue,
+        key=key,
+        expires_at=expires.timestamp() if isinstance(expires, datetime) else None,
+        expires_s=None if isinstance(expires, datetime) else seconds(expires),
+        max_attempts=max_attempts,
+        timeout_s=seconds(timeout),
+        backoff=backoff,
+    )
+
+
+class Enqueuer(Generic[P]):
+    """Enqueues jobs of one task with fixed options: `task.options(...)` returns one."""
+
+    def __init__(self, app: Offload, name: str, overrides: Overrides) -> None:
+        self._app = app
+        self._name = name
+        self._overrides = overrides
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Enqueue one job and return its handle at once (the job runs later).
+
+        Raises:
+            SerializationError: an argument is not JSON-serializable (names which).
+            BrokerError: the broker refused or could not be reached.
+        """
+        return self._app._enqueue_sync(self._name, [Call(args, kwargs)], self._overrides)[0]
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """`enqueue` for async code."""
+        jobs = await self._app._enqueue(self._name, [Call(args, kwargs)], self._overrides)
+        return jobs[0]
+
+    def enqueue_many(self, calls: Iterable[Call | tuple[Any, ...]]) -> list[Job]:
+        """Enqueue many jobs in one broker round trip (fan-out). Tuples are positional
+        arguments; use `task.call(...)` for keyword arguments."""
+        return self._app._enqueue_sync(self._name, _calls(calls), self._overrides)
+
+    async def enqueue_many_async(self, calls: Iterable[Call | tuple[Any, ...]]) -> list[Job]:
+        """`enqueue_many` for async code."""
+        return await self._app._enqueue(self._name, _calls(calls), self._overrides)
+
+
+def _calls(calls: Iterable[Call | tuple[Any, ...]]) -> list[Call]:
+    return [c if isinstance(c, Call) else Call(tuple(c)) for c in calls]
+
+
+class Task(Enqueuer[P], Generic[P, R]):
+    """A registered task. Calling it runs the function here and now; `enqueue` runs it
+    later on a worker."""
+
+    def __init__(self, app: Offload, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+        super().__init__(app, name, Overrides())
+        self.fn = fn
+        self.name = name
+        self.defaults = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        """Arguments for one job of `enqueue_many`, checked against the signature."""
+        return Call(args, kwargs)
+
+    def options(
+        self,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        key: KeySpec | None = None,
+        expires: float | timedelta | datetime | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        backoff: Backoff | None = None,
+    ) -> Enqueuer[P]:
+        """Options for the next enqueue(s), over the task's defaults.
+
+        Args:
+            delay: run no earlier than this many seconds from now.
+            at: run no earlier than this time (aware datetime or Unix seconds).
+            priority: higher runs first; FIFO within a priority.
+            key: idempotency key: while a job with this key exists (until it is
+                purged), enqueueing another returns the existing job. A callable
+                gets each call's arguments and returns its key.
+            expires: not started within this many seconds (or by this datetime) →
+                `expired`, never run.
+        """
+        return Enqueuer(
+            self._app,
+            self.name,
+            make_overrides(
+                delay=delay,
+                at=at,
+                priority=priority,
+                queue=queue,
+                key=key,
+                expires=expires,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                backoff=backoff,
+            ),
+        )

@@ -1,0 +1,332 @@
+"""The worker: reserve jobs in batches, run them, keep their leases, settle outcomes.
+
+One asyncio loop per worker process. The fetch loop reserves up to the free capacity
+(concurrency plus prefetch) in one broker call; each job runs as its own task. Side
+tasks extend leases, register the worker, and sweep; if one dies the worker stops
+rather than run on half-alive.
+
+Shutdown (`stop()`, SIGTERM): stop reserving at once, release prefetched jobs that
+have not started so they run elsewhere at once, let running jobs finish within the
+grace period while their leases keep being extended, then give the stragglers back
+(the attempt counts) and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from offload.brokers.base import Lease, WorkerInfo
+from offload.errors import LeaseLost
+from offload.job import ErrorInfo
+from offload.worker.executor import Executor, Outcome
+
+if TYPE_CHECKING:
+    from offload.app import Offload
+    from offload.brokers.base import Broker
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("offload.worker")
+
+#: After a broker error the fetch loop waits this long (seconds) before trying again.
+ERROR_BACKOFF_S = 1.0
+
+
+class Worker:
+    """Runs the jobs of an `Offload` app.
+
+    Args:
+        queues: queues to take jobs from (default: the app's task queues).
+        concurrency: jobs run at once (async on the loop, sync in threads).
+        prefetch: jobs reserved beyond `concurrency`, waiting for a free slot.
+        lease_s: visibility timeout; a job whose worker stops heartbeating runs
+            again this long after the last heartbeat.
+        grace_s: at shutdown, how long running jobs may take to finish.
+        poll_s: longest idle wait between reservations when the broker cannot push.
+        sweep_s: period of housekeeping (expiry, purge of finished jobs).
+    """
+
+    def __init__(
+        self,
+        app: Offload,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        prefetch: int = 0,
+        lease_s: float = 30.0,
+        grace_s: float = 30.0,
+        poll_s: float = 1.0,
+        sweep_s: float = 10.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.app = app
+        self.queues = list(queues) if queues else app.queues()
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.lease_s = lease_s
+        self.grace_s = grace_s
+        self.poll_s = poll_s
+        self.sweep_s = sweep_s
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.executor = Executor(app, worker_id=self.id, threads=concurrency)
+        self.processed = 0
+        self._buffer: deque[Lease] = deque()
+        self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self._stopping = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._started_at = app.clock.now()
+
+    @property
+    def broker(self) -> Broker:
+        return self.app.broker
+
+    # -- control -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully (safe from a signal handler)."""
+        self._stopping.set()
+        self._capacity.set()
+
+    async def run(self) -> None:
+        """Run until `stop()`; then shut down in order (see the module docstring)."""
+        await self.app.connected_broker()
+        logger.info(
+            "worker %s started: queues=%s concurrency=%d",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            extra={"action": "worker_started", "worker_id": self.id},
+        )
+        side_tasks = [
+            asyncio.create_task(self._every(self.lease_s / 3, self.extend_leases), name="leases"),
+            asyncio.create_task(self._every(self.lease_s / 3, self._heartbeat), name="heartbeat"),
+            asyncio.create_task(self._every(self.sweep_s, self.broker.sweep), name="sweeper"),
+        ]
+        fetcher = asyncio.create_task(self._fetch_loop(), name="fetch")
+        try:
+            done, _ = await asyncio.wait(
+                [fetcher, *side_tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not fetcher and task.exception() is not None:
+                    logger.error("side task %s died; stopping", task.get_name())
+            self.stop()
+            await fetcher
+            await self._shutdown()
+        finally:
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.broker.unregister_worker(self.id)
+            self.executor.close()
+            logger.info("worker %s stopped", self.id, extra={"action": "worker_stopped"})
+
+    async def tick(self) -> int:
+        """One reservation: lease up to the free capacity and start what fits.
+
+        Returns how many jobs were reserved. Tests drive the worker with this.
+        """
+        free = self.concurrency + self.prefetch - len(self._running) - len(self._buffer)
+        if free <= 0 or self._stopping.is_set():
+            return 0
+        leases = await self.broker.reserve(
+            self.queues, worker_id=self.id, lease_s=self.lease_s, limit=free
+        )
+        self._buffer.extend(leases)
+        self._start_buffered()
+        return len(leases)
+
+    async def drain(self) -> int:
+        """Run jobs until none is ready and none is running; returns how many ran.
+
+        Delayed jobs that are not yet due are left alone. For tests and scripts.
+        """
+        before = self.processed
+        while True:
+            reserved = await self.tick()
+            if self._running:
+                await asyncio.wait(
+                    [t for _, t in self._running.values()], return_when=asyncio.FIRST_COMPLETED
+                )
+            elif reserved == 0 and not self._buffer:
+                return self.processed - before
+
+    # -- fetch loop --------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                reserved = await self.tick()
+            except Exception:
+                logger.exception("reserve failed; retrying in %.1f s", ERROR_BACKOFF_S)
+                await self._sleep(ERROR_BACKOFF_S)
+                continue
+            if self._full():
+                self._capacity.clear()
+                if self._full():
+                    await self._capacity.wait()
+            elif reserved == 0:
+                await self._idle_wait()
+
+    def _full(self) -> bool:
+        return len(self._running) + len(self._buffer) >= self.concurrency + self.prefetch
+
+    async def _idle_wait(self) -> None:
+        waiter = asyncio.create_task(self.broker.wait(self.queues, self.poll_s))
+        stopper = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _start_buffered(self) -> None:
+        while self._buffer and len(self._running) < self.concurrency:
+            lease = self._buffer.popleft()
+            task = asyncio.create_task(self._process(lease), name=f"job [{lease.job_id}]")
+            self._running[lease.job_id] = (lease, task)
+
+    async def _process(self, lease: Lease) -> None:
+        try:
+            outcome = await self.executor.execute(lease)
+            await self._settle(lease, outcome)
+        finally:
+            self._running.pop(lease.job_id, None)
+            self.processed += 1
+            if not self._stopping.is_set():
+                self._start_buffered()
+            self._capacity.set()
+
+    async def _settle(self, lease: Lease, outcome: Outcome) -> None:
+        """Apply an outcome to the broker; a lost lease is logged, not raised."""
+        task_name = outcome.envelope.task if outcome.envelope else "?"
+        extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
+        try:
+            if outcome.action == "ack":
+                await self.broker.ack(lease, outcome.result, result_ttl_s=outcome.result_ttl_s)
+                logger.debug("job %s succeeded", lease.job_id, extra={"action": "acked", **extra})
+            elif outcome.action == "retry":
+                assert outcome.error is not None
+                await self.broker.retry(lease, at=outcome.at, error=outcome.error)
+                logger.warning(
+                    "job %s (%s) attempt %d failed with %s; retry in %.1f s",
+                    lease.job_id,
+                    task_name,
+                    lease.attempt,
+                    outcome.error.type,
+                    max(outcome.at - self.app.clock.now(), 0.0),
+                    extra={"action": "retried", **extra},
+                )
+            else:
+                assert outcome.error is not None
+                await self.broker.bury(lease, error=outcome.error)
+                logger.error(
+                    "job %s (%s) buried: %s: %s",
+                    lease.job_id,
+                    task_name,
+                    outcome.error.type,
+                    outcome.error.message,
+                    extra={"action": "buried", **extra},
+                )
+        except LeaseLost:
+            logger.warning(
+                "job %s: lease lost before it was settled; it may run again elsewhere",
+                lease.job_id,
+                extra={"action": "lease_lost", **extra},
+            )
+
+    # -- side tasks --------------------------------------------------------------------
+
+    async def _every(self, period_s: float, action: object) -> None:
+        assert callable(action)
+        while not self._stopping.is_set():
+            try:
+                await action()
+            except Exception:
+                logger.exception("periodic %s failed", getattr(action, "__name__", action))
+            await self._sleep(period_s)
+
+    async def extend_leases(self) -> None:
+        """Heartbeat: push every held lease's deadline forward."""
+        held = [lease for lease, _ in self._running.values()] + list(self._buffer)
+        if not held:
+            return
+        for lease, ok in zip(held, await self.broker.extend(held, self.lease_s), strict=True):
+            if not ok:
+                logger.warning(
+                    "job %s: lease lost; it may run twice",
+                    lease.job_id,
+                    extra={"action": "lease_lost", "job_id": lease.job_id},
+                )
+                with contextlib.suppress(ValueError):
+                    self._buffer.remove(lease)
+
+    async def _heartbeat(self) -> None:
+        info = WorkerInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            started_at=self._started_at,
+            running=len(self._running),
+            processed=self.processed,
+        )
+        await self.broker.register_worker(info, ttl_s=self.lease_s)
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        if self._buffer:
+            unstarted = list(self._buffer)
+            self._buffer.clear()
+            await self.broker.release(unstarted)
+            logger.info("released %d unstarted jobs", len(unstarted), extra={"action": "released"})
+        if not self._running:
+            return
+        logger.info("waiting up to %.0f s for %d running jobs", self.grace_s, len(self._running))
+        tasks = [t for _, t in self._running.values()]
+        extender = asyncio.create_task(self._extend_during_grace())
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
+        finally:
+            extender.cancel()
+        await self._abandon(pending)
+
+    async def _extend_during_grace(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(Exception):
+                await self.extend_leases()
+
+    async def _abandon(self, pending: set[asyncio.Task[None]]) -> None:
+        """Past the grace period: cancel stragglers and schedule them to run again now."""
+        leases = [lease for lease, task in self._running.values() if task in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
+        now = self.app.clock.now()
+        for lease in leases:
+            with contextlib.suppress(LeaseLost):
+                await self.broker.retry(lease, at=now, error=error)
+        if leases:
+            logger.warning(
+                "%d jobs did not finish within the grace period; they will run again",
+                len(leases),
+                extra={"action": "retried"},
+            )
