@@ -107,10 +107,8 @@ class ProcessRunner:
         request = [fn.__module__, fn.__qualname__, args, kwargs, _ctx_fields(ctx)]
         try:
             child.conn.send_bytes(encode_value(request, what=f"arguments of {ctx.task}"))
-            if not child.conn.poll(timeout_s):
-                child.kill()
-                raise JobTimeout(f"task {ctx.task!r} ran past its timeout of {timeout_s} s")
-            reply = decode_value(child.conn.recv_bytes())
+            finished = child.conn.poll(timeout_s)
+            reply = decode_value(child.conn.recv_bytes()) if finished else None
         except (EOFError, OSError) as exc:
             child.kill()
             code = child.process.exitcode
@@ -120,6 +118,9 @@ class ProcessRunner:
                 f"the child process running the job died (exit code {code})",
                 "",
             ) from exc
+        if reply is None:
+            child.kill()
+            raise JobTimeout(f"task {ctx.task!r} ran past its timeout of {timeout_s} s")
         self._give_back(child)
         return _unpack(reply)
 

@@ -83,6 +83,7 @@ class Worker:
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
         self._capacity = asyncio.Event()
+        self._forced = asyncio.Event()
         self._started_at = app.clock.now()
 
     @property
@@ -91,10 +92,15 @@ class Worker:
 
     # -- control -----------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask the worker to shut down gracefully (safe from a signal handler)."""
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the worker to shut down gracefully; `force` ends the grace period now.
+
+        Safe to call from a signal handler on the worker's loop.
+        """
         self._stopping.set()
         self._capacity.set()
+        if force:
+            self._forced.set()
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down in order (see the module docstring)."""
@@ -301,11 +307,16 @@ class Worker:
         logger.info("waiting up to %.0f s for %d running jobs", self.grace_s, len(self._running))
         tasks = [t for _, t in self._running.values()]
         extender = asyncio.create_task(self._extend_during_grace())
+        forced = asyncio.create_task(self._forced.wait())
+        finished = asyncio.create_task(asyncio.wait(tasks))  # cancelling it spares the jobs
         try:
-            _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
+            await asyncio.wait(
+                [finished, forced], timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            extender.cancel()
-        await self._abandon(pending)
+            for helper in (extender, forced, finished):
+                helper.cancel()
+        await self._abandon({t for t in tasks if not t.done()})
 
     async def _extend_during_grace(self) -> None:
         while True:

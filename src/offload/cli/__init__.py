@@ -1,0 +1,137 @@
+"""The `offload` command line.
+
+Every option has an `OFFLOAD_*` environment twin (shown in `--help`). Errors print
+one line on stderr and exit 1; tracebacks are for bugs, not for bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from offload.app import Offload
+from offload.errors import OffloadError
+
+__all__ = ["cli", "load_app", "main"]
+
+T = TypeVar("T")
+
+
+def load_app(spec: str) -> Offload:
+    """Import `MODULE:ATTR` and return the `Offload` app it names.
+
+    The working directory is put on `sys.path` first, as uvicorn and gunicorn do, so
+    `offload worker myapp:app` finds `./myapp.py`.
+
+    Raises:
+        click.BadParameter: the spec is malformed, the import fails, or the object is
+            not an `Offload` app.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"expected MODULE:APP, e.g. myapp.tasks:app, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Offload):
+        raise click.BadParameter(f"{spec!r} is a {type(obj).__name__}, not an Offload app")
+    return obj
+
+
+def app_from_options(app_spec: str | None, url: str | None) -> Offload:
+    """The app to inspect: the one named by --app, else a bare one on --url."""
+    if app_spec:
+        return load_app(app_spec)
+    return Offload(url)
+
+
+def run_async(app: Offload, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run an async CLI action against `app`'s broker, closing it afterwards."""
+    import asyncio
+
+    async def runner() -> T:
+        try:
+            return await make()
+        finally:
+            await app.aclose()
+
+    return asyncio.run(runner())
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+app_option = click.option(
+    "--app",
+    "app_spec",
+    envvar="OFFLOAD_APP",
+    show_envvar=True,
+    metavar="MODULE:APP",
+    help="Offload app whose broker to use (default: a bare app on --url).",
+)
+url_option = click.option(
+    "--url",
+    envvar="OFFLOAD_URL",
+    show_envvar=True,
+    help="Broker URL (default: sqlite:///offload.db).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="offload")
+def cli() -> None:
+    """offload: background jobs that are never lost."""
+
+
+def _register() -> None:
+    from offload.cli.dlq import dlq
+    from offload.cli.inspect import jobs, show, status
+    from offload.cli.produce import enqueue
+    from offload.cli.worker import worker
+
+    for command in (worker, status, jobs, show, enqueue, dlq):
+        cli.add_command(command)
+    try:
+        from offload.cli.demo import demo
+    except ImportError:  # the demo's extras are not installed
+        return
+    cli.add_command(demo)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning offload errors into one line on stderr."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except OffloadError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

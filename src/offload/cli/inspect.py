@@ -1,0 +1,217 @@
+"""`offload status`, `offload jobs`, `offload show`: what is queued, running, dead, and why.
+
+Built only on the public `Broker` inspection API, so it works on every broker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from offload.brokers.base import JobInfo
+from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.codec import dumps_pretty
+from offload.errors import JobNotFound
+from offload.job import JobState
+
+STATE_COLUMNS = [
+    JobState.QUEUED,
+    JobState.SCHEDULED,
+    JobState.RUNNING,
+    JobState.SUCCEEDED,
+    JobState.DEAD,
+    JobState.EXPIRED,
+    JobState.CANCELLED,
+]
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+@click.command()
+@app_option
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
+    """Jobs per queue and state, the age of the oldest queued job, and live workers."""
+    app = app_from_options(app_spec, url)
+
+    async def collect() -> tuple[dict[str, Any], list[Any]]:
+        broker = await app.connected_broker()
+        return await broker.counts(), await broker.workers()
+
+    counts, workers = run_async(app, collect)
+    now = time.time()
+    if as_json:
+        data = {
+            "queues": {
+                q: {
+                    **{s.value: n for s, n in stats.states.items()},
+                    "oldest_queued_age_s": (
+                        None if stats.oldest_queued_at is None else now - stats.oldest_queued_at
+                    ),
+                }
+                for q, stats in counts.items()
+            },
+            "workers": [
+                {"id": w.id, "queues": w.queues, "running": w.running, "processed": w.processed}
+                for w in workers
+            ],
+        }
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"offload status — {app.broker.url}")
+    table.add_column("queue")
+    for state in STATE_COLUMNS:
+        table.add_column(state.value, justify="right")
+    table.add_column("oldest queued", justify="right")
+    for queue, stats in counts.items():
+        oldest = None if stats.oldest_queued_at is None else now - stats.oldest_queued_at
+        table.add_row(queue, *(str(stats.states.get(s, 0)) for s in STATE_COLUMNS), fmt_age(oldest))
+    console = Console()
+    console.print(table)
+    if workers:
+        wt = Table(title="workers")
+        for column in ("id", "queues", "concurrency", "running", "processed", "last seen"):
+            wt.add_column(column)
+        for w in workers:
+            wt.add_row(
+                w.id,
+                ",".join(w.queues),
+                str(w.concurrency),
+                str(w.running),
+                str(w.processed),
+                fmt_age(now - w.last_seen) + " ago",
+            )
+        console.print(wt)
+    else:
+        console.print("no live workers")
+
+
+@click.command()
+@app_option
+@url_option
+@click.option("-q", "--queue", default=None, help="Only this queue.")
+@click.option(
+    "-s", "--state", type=click.Choice([s.value for s in JobState]), help="Only this state."
+)
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def jobs(
+    app_spec: str | None,
+    url: str | None,
+    queue: str | None,
+    state: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    app = app_from_options(app_spec, url)
+
+    async def collect() -> list[JobInfo]:
+        broker = await app.connected_broker()
+        page = await broker.list_jobs(
+            queue=queue, state=JobState(state) if state else None, limit=limit
+        )
+        return page.items
+
+    items = run_async(app, collect)
+    if as_json:
+        for info in items:
+            click.echo(json.dumps(job_summary(info)))
+        return
+    table = Table()
+    for column in ("id", "task", "queue", "state", "attempt", "created", "error"):
+        table.add_column(column, overflow="fold")
+    for info in items:
+        error = f"{info.error.type}: {info.error.message}" if info.error else ""
+        table.add_row(
+            info.id,
+            info.task,
+            info.queue,
+            info.state.value,
+            f"{info.attempt}/{info.max_attempts}",
+            fmt_time(info.created_at),
+            error[:80],
+        )
+    Console().print(table)
+
+
+def job_summary(info: JobInfo) -> dict[str, Any]:
+    envelope = info.envelope()
+    return {
+        "id": info.id,
+        "task": info.task,
+        "queue": info.queue,
+        "state": info.state.value,
+        "priority": info.priority,
+        "attempt": info.attempt,
+        "max_attempts": info.max_attempts,
+        "key": info.key,
+        "created_at": info.created_at,
+        "due_at": info.due_at,
+        "expires_at": info.expires_at,
+        "started_at": info.started_at,
+        "finished_at": info.finished_at,
+        "worker_id": info.worker_id,
+        "args": envelope.args if envelope else None,
+        "kwargs": envelope.kwargs if envelope else None,
+        "error": None
+        if info.error is None
+        else {"type": info.error.type, "message": info.error.message},
+        "result": info.result_value() if info.state is JobState.SUCCEEDED else None,
+    }
+
+
+@click.command()
+@app_option
+@url_option
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> None:
+    """Everything about one job: arguments, state, attempts, error and traceback, result."""
+    app = app_from_options(app_spec, url)
+
+    async def collect() -> JobInfo | None:
+        broker = await app.connected_broker()
+        return await broker.get_job(job_id)
+
+    info = run_async(app, collect)
+    if info is None:
+        raise JobNotFound(job_id, f"no job {job_id} (never enqueued, or purged)")
+    summary = job_summary(info)
+    if as_json:
+        summary["traceback"] = info.error.traceback if info.error else None
+        click.echo(json.dumps(summary, indent=2))
+        return
+    console = Console()
+    table = Table(show_header=False, title=f"job {info.id}")
+    for name, value in summary.items():
+        if name.endswith("_at"):
+            value = fmt_time(value)
+        elif name in ("args", "kwargs", "result", "error"):
+            value = dumps_pretty(value)
+        table.add_row(name, "-" if value is None else str(value))
+    console.print(table)
+    if info.envelope() is None:
+        console.print(f"[red]payload is not a valid envelope:[/red] {info.payload[:200]!r}")
+    if info.error and info.error.traceback:
+        console.print(info.error.traceback, markup=False, highlight=False)

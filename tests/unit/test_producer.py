@@ -1,0 +1,157 @@
+"""The producer side: enqueue options, keys, bad input, and the sync façade."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+import offload
+from offload import (
+    ConfigurationError,
+    JobNotFound,
+    JobState,
+    Offload,
+    SerializationError,
+    UnknownTask,
+)
+from offload.testing import FakeClock
+
+
+@pytest.fixture
+def app(clock: FakeClock) -> Offload:
+    return Offload("memory://", clock=clock)
+
+
+def test_public_api_is_sorted_and_complete() -> None:
+    assert offload.__all__ == sorted(offload.__all__)
+    public = {name for name in dir(offload) if not name.startswith("_")}
+    modules = {"app", "brokers", "clock", "codec", "context", "errors", "handle", "job"}
+    modules |= {"retry", "task", "worker", "testing", "cli"}
+    assert public - modules - {"annotations"} == set(offload.__all__) - {"__version__"}
+
+
+def test_bad_url_names_known_schemes() -> None:
+    with pytest.raises(ConfigurationError, match=r"known schemes: memory, sqlite"):
+        Offload("mysql://localhost/db")
+    with pytest.raises(ConfigurationError, match="expected SCHEME://"):
+        Offload("not a url")
+
+
+def test_url_defaults_to_env_then_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_URL", "memory://")
+    assert Offload().url == "memory://"
+    monkeypatch.delenv("OFFLOAD_URL")
+    assert Offload().url == "sqlite:///offload.db"
+
+
+def test_decorated_function_stays_callable(app: Offload) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(1, 2) == 3
+    assert add.name == f"{__name__}.test_decorated_function_stays_callable.<locals>.add"
+
+
+def test_duplicate_task_name_is_refused(app: Offload) -> None:
+    app.task(name="x")(lambda: None)
+    with pytest.raises(ConfigurationError, match="already registered"):
+        app.task(name="x")(lambda: None)
+
+
+def test_unserializable_argument_fails_at_enqueue_naming_it(app: Offload) -> None:
+    @app.task(name="emails.send")
+    def send(to: str, *, attachment: object = None) -> None: ...
+
+    with pytest.raises(SerializationError, match=r"argument 'attachment' of task 'emails.send'"):
+        send.enqueue("ada@example.com", attachment=object())
+    with pytest.raises(SerializationError, match=r"argument 0 of task 'emails.send'"):
+        send.enqueue({1, 2, object()})  # type: ignore[arg-type]
+    assert app.portal.run(app.broker.counts()) == {}  # nothing reached the broker
+
+
+def test_sync_enqueue_returns_handle_at_once(app: Offload) -> None:
+    @app.task
+    def work(n: int) -> None: ...
+
+    job = work.enqueue(1)
+    assert job.created
+    assert job.state() is JobState.QUEUED
+    assert job.info().envelope().args == [1]  # type: ignore[union-attr]
+
+
+def test_options_delay_priority_queue_expiry(app: Offload, clock: FakeClock) -> None:
+    @app.task(queue="emails")
+    def work() -> None: ...
+
+    job = work.options(delay=60, priority=5, expires=dt.timedelta(minutes=15)).enqueue()
+    info = job.info()
+    assert info.state is JobState.SCHEDULED
+    assert info.queue == "emails"
+    assert info.priority == 5
+    assert info.due_at == pytest.approx(clock.now() + 60)
+    assert info.expires_at == pytest.approx(clock.now() + 900)
+
+    at = dt.datetime.fromtimestamp(clock.now() + 5, dt.UTC)
+    assert work.options(at=at, queue="other").enqueue().info().queue == "other"
+    with pytest.raises(ConfigurationError, match="either delay= or at="):
+        work.options(delay=1, at=at)
+
+
+def test_key_returns_existing_job(app: Offload) -> None:
+    @app.task
+    def send(user_id: int) -> None: ...
+
+    first = send.options(key="verify:1").enqueue(1)
+    again = send.options(key="verify:1").enqueue(1)
+    assert first.created and not again.created
+    assert again.id == first.id
+
+
+def test_key_function_computed_per_call_in_bulk(app: Offload) -> None:
+    @app.task
+    def send(user_id: int) -> None: ...
+
+    keyed = send.options(key=lambda user_id: f"verify:{user_id}")
+    jobs = keyed.enqueue_many([(1,), (2,), (1,)])
+    assert [j.created for j in jobs] == [True, True, False]
+    assert jobs[2].id == jobs[0].id
+
+
+def test_enqueue_many_is_one_batch(app: Offload) -> None:
+    @app.task
+    def notify(user_id: int, *, channel: str = "email") -> None: ...
+
+    jobs = notify.enqueue_many(notify.call(i, channel="push") for i in range(1000))
+    assert len({j.id for j in jobs}) == 1000
+    stats = app.portal.run(app.broker.counts())
+    assert stats["default"].states[JobState.QUEUED] == 1000
+
+
+def test_enqueue_by_name_without_the_task(app: Offload) -> None:
+    job = app.enqueue("emails.send_verification", "ada@example.com", code="123456")
+    envelope = job.info().envelope()
+    assert envelope is not None
+    assert (envelope.task, envelope.args, envelope.kwargs) == (
+        "emails.send_verification",
+        ["ada@example.com"],
+        {"code": "123456"},
+    )
+
+
+def test_enqueue_by_name_uses_registered_defaults(app: Offload) -> None:
+    app.task(name="emails.send", queue="emails", max_attempts=9)(lambda: None)
+    info = app.enqueue("emails.send").info()
+    assert (info.queue, info.max_attempts) == ("emails", 9)
+
+
+def test_get_task_unknown_lists_registered(app: Offload) -> None:
+    app.task(name="a.b")(lambda: None)
+    with pytest.raises(UnknownTask, match=r"no task named 'x' \(registered: a.b\)"):
+        app.get_task("x")
+
+
+def test_unknown_job_handle_raises_not_found(app: Offload) -> None:
+    with pytest.raises(JobNotFound):
+        app.job("nope").state()

@@ -1,0 +1,295 @@
+"""The worker's policy, driven with a FakeClock on the memory broker (no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from offload import (
+    Backoff,
+    Bury,
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobState,
+    Offload,
+    ResultTimeout,
+    Retry,
+    Worker,
+    current_job,
+)
+from offload.job import Envelope, new_job_id
+from offload.testing import FakeClock
+
+NO_JITTER = Backoff(base_s=2.0, cap_s=10.0, jitter=False)
+
+
+@pytest.fixture
+def app(clock: FakeClock) -> Offload:
+    return Offload("memory://", clock=clock)
+
+
+async def test_sync_and_async_handlers_run_in_one_worker(app: Offload) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return x * 2
+
+    j1 = await add.enqueue_async(2, 3)
+    j2 = await double.enqueue_async(21)
+    assert await Worker(app).drain() == 2
+    assert await j1.result_async(timeout=1) == 5
+    assert await j2.result_async(timeout=1) == 42
+
+
+async def test_failing_job_backs_off_exponentially_then_dies(
+    app: Offload, clock: FakeClock
+) -> None:
+    @app.task(max_attempts=3, backoff=NO_JITTER)
+    def always_fails() -> None:
+        raise ConnectionError("smtp down")
+
+    job = await always_fails.enqueue_async()
+    worker = Worker(app)
+    await worker.drain()
+    info = await job.info_async()
+    assert info.state is JobState.SCHEDULED
+    assert info.due_at == pytest.approx(clock.now() + 2.0)  # base * 2**0
+    assert info.error is not None and info.error.type == "ConnectionError"
+
+    clock.advance(1.9)
+    assert await worker.drain() == 0  # not due yet
+    clock.advance(0.2)
+    await worker.drain()
+    info = await job.info_async()
+    assert info.state is JobState.SCHEDULED
+    assert info.due_at == pytest.approx(clock.now() + 4.0)  # base * 2**1
+
+    clock.advance(4.1)
+    await worker.drain()
+    info = await job.info_async()
+    assert info.state is JobState.DEAD
+    assert info.attempt == 3
+    assert info.error is not None
+    assert "attempts exhausted (3/3)" in info.error.message
+    assert "smtp down" in info.error.message
+    with pytest.raises(JobFailed) as caught:
+        await job.result_async(timeout=0)
+    assert caught.value.error is not None and caught.value.error.type == "ConnectionError"
+
+
+async def test_handler_retry_honours_given_delay(app: Offload, clock: FakeClock) -> None:
+    @app.task
+    def rate_limited() -> None:
+        raise Retry(delay=42, reason="provider said Retry-After: 42")
+
+    job = await rate_limited.enqueue_async()
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert info.state is JobState.SCHEDULED
+    assert info.due_at == pytest.approx(clock.now() + 42)
+
+
+async def test_bury_skips_remaining_attempts(app: Offload) -> None:
+    @app.task(max_attempts=10)
+    def invalid() -> None:
+        raise Bury("address does not exist")
+
+    job = await invalid.enqueue_async()
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert info.state is JobState.DEAD
+    assert info.attempt == 1
+    assert info.error is not None and info.error.message == "address does not exist"
+
+
+async def test_give_up_on_exception_buries_at_once(app: Offload) -> None:
+    @app.task(max_attempts=10, give_up_on=(ValueError,))
+    def validate() -> None:
+        raise ValueError("bad email")
+
+    job = await validate.enqueue_async()
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert info.state is JobState.DEAD
+    assert info.error is not None
+    assert info.error.message == "ValueError is not retryable: bad email"
+
+
+async def test_exception_outside_retry_on_is_not_retried(app: Offload) -> None:
+    @app.task(max_attempts=10, retry_on=(ConnectionError,))
+    def picky() -> None:
+        raise KeyError("x")
+
+    job = await picky.enqueue_async()
+    await Worker(app).drain()
+    assert await job.state_async() is JobState.DEAD
+
+
+async def test_undecodable_payload_is_buried_with_reason(app: Offload) -> None:
+    broker = await app.connected_broker()
+    envelope = Envelope(id=new_job_id(), task="anything", created_at=app.clock.now())
+    await broker.enqueue([(envelope, b"\x00 not json")])
+    await Worker(app, queues=["default"]).drain()
+    info = await broker.get_job(envelope.id)
+    assert info is not None and info.state is JobState.DEAD
+    assert info.error is not None and info.error.type == "Undecodable"
+
+
+async def test_unknown_task_is_buried_and_runs_after_replay(app: Offload) -> None:
+    job = await app.enqueue_async("reports.not_deployed_yet", 7)
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert info.state is JobState.DEAD
+    assert info.error is not None and info.error.type == "UnknownTask"
+    assert "reports.not_deployed_yet" in info.error.message
+
+    @app.task(name="reports.not_deployed_yet")
+    def report(n: int) -> int:
+        return n + 1
+
+    broker = await app.connected_broker()
+    assert await broker.replay_dead(job_ids=[job.id]) == 1
+    await Worker(app).drain()
+    assert await job.result_async(timeout=0) == 8
+
+
+async def test_expired_job_never_runs(app: Offload, clock: FakeClock) -> None:
+    ran: list[str] = []
+
+    @app.task(expires=900)
+    def send(code: str) -> None:
+        ran.append(code)
+
+    job = await send.enqueue_async("123456")
+    clock.advance(901)
+    await Worker(app).drain()
+    assert ran == []
+    assert await job.state_async() is JobState.EXPIRED
+    with pytest.raises(JobExpired):
+        await job.result_async(timeout=0)
+
+
+async def test_cancelled_job_never_runs(app: Offload) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def work() -> None:
+        ran.append(1)
+
+    job = await work.enqueue_async()
+    assert await job.cancel_async() is True
+    await Worker(app).drain()
+    assert ran == []
+    with pytest.raises(JobCancelled):
+        await job.result_async(timeout=0)
+
+
+async def test_result_wait_times_out_with_typed_error(app: Offload) -> None:
+    @app.task
+    def never_run() -> None: ...
+
+    job = await never_run.enqueue_async()
+    with pytest.raises(ResultTimeout):
+        await job.result_async(timeout=0.05)
+
+
+async def test_handler_sees_its_job_context(app: Offload) -> None:
+    seen: list[tuple[str, int, str | None]] = []
+
+    @app.task
+    def sync_handler() -> None:
+        ctx = current_job()
+        seen.append((ctx.id, ctx.attempt, ctx.key))
+
+    @app.task
+    async def async_handler() -> None:
+        ctx = current_job()
+        seen.append((ctx.id, ctx.attempt, ctx.key))
+
+    j1 = await sync_handler.options(key="k1").enqueue_async()
+    j2 = await async_handler.enqueue_async()
+    await Worker(app).drain()
+    assert sorted(seen) == sorted([(j1.id, 1, "k1"), (j2.id, 1, None)])
+
+
+async def test_worker_lost_past_max_attempts_is_buried(app: Offload, clock: FakeClock) -> None:
+    ran: list[int] = []
+
+    @app.task(max_attempts=2)
+    def crashy() -> None:
+        ran.append(1)
+
+    job = await crashy.enqueue_async()
+    broker = await app.connected_broker()
+    # Two workers reserve the job and die without settling it.
+    for _ in range(2):
+        assert len(await broker.reserve(["default"], worker_id="w", lease_s=5, limit=1)) == 1
+        clock.advance(6)
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert ran == []
+    assert info.state is JobState.DEAD
+    assert info.error is not None and info.error.type == "WorkerLost"
+
+
+async def test_unserializable_result_buries_with_reason(app: Offload) -> None:
+    @app.task(max_attempts=5)
+    def returns_object() -> object:
+        return object()
+
+    job = await returns_object.enqueue_async()
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert info.state is JobState.DEAD
+    assert info.attempt == 1
+    assert info.error is not None and info.error.type == "SerializationError"
+
+
+async def test_shutdown_releases_prefetched_jobs(app: Offload) -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    @app.task
+    async def slow(n: int) -> int:
+        started.set()
+        await finish.wait()
+        return n
+
+    jobs = [await slow.enqueue_async(i) for i in range(3)]
+    worker = Worker(app, concurrency=1, prefetch=2, grace_s=5, poll_s=0.01)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 2)
+    worker.stop()
+    await asyncio.sleep(0.05)
+    states = [await j.state_async() for j in jobs]
+    assert states == [JobState.RUNNING, JobState.QUEUED, JobState.QUEUED]
+    released = [await j.info_async() for j in jobs[1:]]
+    assert [i.attempt for i in released] == [0, 0]  # released work costs no attempt
+    finish.set()
+    await asyncio.wait_for(runner, 5)
+    assert await jobs[0].result_async(timeout=0) == 0
+
+
+async def test_shutdown_past_grace_gives_running_job_back(app: Offload) -> None:
+    started = asyncio.Event()
+
+    @app.task
+    async def stuck() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    job = await stuck.enqueue_async()
+    worker = Worker(app, grace_s=0.1, poll_s=0.01)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 2)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    info = await job.info_async()
+    assert info.state is JobState.SCHEDULED
+    assert info.error is not None and info.error.type == "WorkerShutdown"
