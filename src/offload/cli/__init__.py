@@ -14,11 +14,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 
 from offload.app import Offload
 from offload.errors import OffloadError
 
-__all__ = ["cli", "load_app", "main"]
+__all__ = ["cli", "console", "load_app", "main"]
 
 T = TypeVar("T")
 
@@ -70,6 +71,11 @@ def run_async(app: Offload, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
             await app.aclose()
 
     return asyncio.run(runner())
+
+
+def console() -> Console:
+    """A rich console; when output is piped, wide enough that ids are never folded."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def setup_logging(level: str) -> None:

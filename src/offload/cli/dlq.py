@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from offload.brokers.base import JobInfo
-from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.cli import app_from_options, app_option, console, run_async, url_option
 from offload.cli.inspect import fmt_time
 from offload.job import JobState
 
@@ -47,7 +46,7 @@ def list_dead(app_spec: str | None, url: str | None, queue: str | None, limit: i
             fmt_time(info.finished_at),
             reason[:120],
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _scope(job_ids: tuple[str, ...], queue: str | None, all_: bool) -> list[str] | None:

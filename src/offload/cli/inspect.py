@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from offload.brokers.base import JobInfo
-from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.cli import app_from_options, app_option, console, run_async, url_option
 from offload.codec import dumps_pretty
 from offload.errors import JobNotFound
 from offload.job import JobState
@@ -86,8 +85,8 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
     for queue, stats in counts.items():
         oldest = None if stats.oldest_queued_at is None else now - stats.oldest_queued_at
         table.add_row(queue, *(str(stats.states.get(s, 0)) for s in STATE_COLUMNS), fmt_age(oldest))
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     if workers:
         wt = Table(title="workers")
         for column in ("id", "queues", "concurrency", "running", "processed", "last seen"):
@@ -101,9 +100,9 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
                 str(w.processed),
                 fmt_age(now - w.last_seen) + " ago",
             )
-        console.print(wt)
+        out.print(wt)
     else:
-        console.print("no live workers")
+        out.print("no live workers")
 
 
 @click.command()
@@ -152,7 +151,7 @@ def jobs(
             fmt_time(info.created_at),
             error[:80],
         )
-    Console().print(table)
+    console().print(table)
 
 
 def job_summary(info: JobInfo) -> dict[str, Any]:
@@ -202,7 +201,7 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
         summary["traceback"] = info.error.traceback if info.error else None
         click.echo(json.dumps(summary, indent=2))
         return
-    console = Console()
+    out = console()
     table = Table(show_header=False, title=f"job {info.id}")
     for name, value in summary.items():
         if name.endswith("_at"):
@@ -210,8 +209,8 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
         elif name in ("args", "kwargs", "result", "error"):
             value = dumps_pretty(value)
         table.add_row(name, "-" if value is None else str(value))
-    console.print(table)
+    out.print(table)
     if info.envelope() is None:
-        console.print(f"[red]payload is not a valid envelope:[/red] {info.payload[:200]!r}")
+        out.print(f"[red]payload is not a valid envelope:[/red] {info.payload[:200]!r}")
     if info.error and info.error.traceback:
-        console.print(info.error.traceback, markup=False, highlight=False)
+        out.print(info.error.traceback, markup=False, highlight=False)

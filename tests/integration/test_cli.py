@@ -1,0 +1,107 @@
+"""The CLI as a user runs it: a subprocess, configured by OFFLOAD_* variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def run(tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = {**os.environ, "OFFLOAD_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+
+    def offload(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "offload", *args],
+            env={**env, **extra_env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return offload
+
+
+def test_enqueue_status_jobs_show_round_trip(run) -> None:  # type: ignore[no-untyped-def]
+    created = run("enqueue", "emails.send", "--args", '["ada@example.com"]', "--key", "k1")
+    assert created.returncode == 0, created.stderr
+    job_id = created.stdout.strip()
+    again = run("enqueue", "emails.send", "--args", '["ada@example.com"]', "--key", "k1")
+    assert again.stdout.split()[0] == job_id and "existing" in again.stdout
+
+    status = run("status", "--json")
+    data = json.loads(status.stdout)
+    assert data["queues"]["default"]["queued"] == 1
+    assert data["workers"] == []
+
+    listing = run("jobs", "--json")
+    rows = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert [(r["id"], r["task"], r["args"]) for r in rows] == [
+        (job_id, "emails.send", ["ada@example.com"])
+    ]
+    shown = json.loads(run("show", job_id, "--json").stdout)
+    assert shown["state"] == "queued" and shown["key"] == "k1"
+    table = run("status").stdout
+    assert "default" in table and "no live workers" in table
+
+
+def test_errors_are_one_line_without_traceback(run) -> None:  # type: ignore[no-untyped-def]
+    bad_url = run("status", OFFLOAD_URL="mysql://localhost/x")
+    assert bad_url.returncode == 1
+    assert bad_url.stderr.strip().splitlines() == [
+        "error: unknown broker scheme 'mysql' in 'mysql://localhost/x'; "
+        "known schemes: memory, sqlite"
+    ]
+    missing = run("show", "nope")
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stderr and "no job nope" in missing.stderr
+    bad_json = run("enqueue", "t", "--args", "{oops")
+    assert bad_json.returncode == 2
+    assert "not valid JSON" in bad_json.stderr and "Traceback" not in bad_json.stderr
+    bad_app = run("worker", "nosuchmodule:app")
+    assert bad_app.returncode == 2
+    assert "cannot import 'nosuchmodule'" in bad_app.stderr
+
+
+def test_options_have_environment_twins(run) -> None:  # type: ignore[no-untyped-def]
+    help_text = run("worker", "--help").stdout
+    for name in ("OFFLOAD_CONCURRENCY", "OFFLOAD_PROCESSES", "OFFLOAD_QUEUES", "OFFLOAD_LEASE"):
+        assert name in help_text
+    assert "OFFLOAD_URL" in run("status", "--help").stdout
+
+
+def test_dlq_replay_and_purge(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "deadapp.py").write_text(
+        "from offload import Offload, Bury\n"
+        "app = Offload()\n"
+        "@app.task(name='fails')\n"
+        "def fails(n):\n"
+        "    raise Bury('no such mailbox')\n"
+    )
+    ids = [run("enqueue", "fails", "--args", f"[{i}]").stdout.strip() for i in range(3)]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "offload", "worker", "deadapp:app", "--poll", "0.05"],
+        cwd=tmp_path,
+        env={**os.environ, "OFFLOAD_URL": f"sqlite:///{tmp_path / 'cli.db'}"},
+    )
+    try:
+        for _ in range(200):
+            if json.loads(run("status", "--json").stdout)["queues"]["default"]["dead"] == 3:
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+    listing = run("dlq", "list")
+    assert all(i in listing.stdout for i in ids) and "no such mailbox" in listing.stdout
+    assert run("dlq", "replay", ids[0]).stdout.strip() == "replayed 1 dead jobs"
+    assert json.loads(run("show", ids[0], "--json").stdout)["state"] == "queued"
+    assert run("dlq", "purge").returncode == 2  # needs ids, --queue or --all
+    assert run("dlq", "purge", "--all", "--yes").stdout.strip() == "purged 2 dead jobs"
+    assert run("show", ids[1]).returncode == 1
