@@ -8,12 +8,7 @@ from offload.brokers.base import Broker
 from offload.job import JobState, new_job_id
 from offload.testing import FakeClock
 
-from .helpers import enqueue_one, job_in_state, known_gap, reserve_one, state_of
-
-MEMORY_EXPIRES_LAZILY = (
-    "MemoryBroker.reserve expires a job only when it pops it from a ready heap, not "
-    "every queued/scheduled job past expires_at first, as Broker.reserve says"
-)
+from .helpers import enqueue_one, job_in_state, reserve_one, state_of
 
 
 async def test_job_past_expires_at_is_never_leased(broker: Broker, clock: FakeClock) -> None:
@@ -52,9 +47,8 @@ async def test_reserve_skips_expired_job_and_leases_the_next(
 
 
 async def test_reserve_expires_overdue_jobs_beyond_its_limit(
-    request: pytest.FixtureRequest, broker: Broker, clock: FakeClock
+    broker: Broker, clock: FakeClock
 ) -> None:
-    known_gap(request, "memory", MEMORY_EXPIRES_LAZILY)
     urgent = await enqueue_one(broker, priority=5)
     stale = await enqueue_one(broker, expires_at=clock.now() + 10)
     clock.advance(11)
@@ -66,9 +60,8 @@ async def test_reserve_expires_overdue_jobs_beyond_its_limit(
 
 
 async def test_reserve_expires_scheduled_job_past_expires_at(
-    request: pytest.FixtureRequest, broker: Broker, clock: FakeClock
+    broker: Broker, clock: FakeClock
 ) -> None:
-    known_gap(request, "memory", MEMORY_EXPIRES_LAZILY)
     job_id = await enqueue_one(broker, not_before=clock.now() + 60, expires_at=clock.now() + 10)
     clock.advance(11)
 

@@ -15,7 +15,6 @@ from .helpers import (
     approx_time,
     enqueue_one,
     job_in_state,
-    known_gap,
     make_job,
     reserve_one,
 )
@@ -263,14 +262,8 @@ async def test_queues_lists_every_queue_sorted(broker: Broker, clock: FakeClock)
 
 
 async def test_queues_keeps_a_queue_whose_jobs_were_purged(
-    request: pytest.FixtureRequest, broker: Broker, clock: FakeClock
+    broker: Broker, clock: FakeClock
 ) -> None:
-    known_gap(
-        request,
-        "memory",
-        "MemoryBroker.queues() derives queues from the jobs it holds now, so a queue "
-        "vanishes when its last job is purged; Broker.queues says 'holds or held'",
-    )
     await enqueue_one(broker, queue="live")
     await job_in_state(broker, clock, JobState.DEAD, "gone")
     assert await broker.purge_dead("gone") == 1

@@ -57,6 +57,8 @@ class MemoryBroker(Broker):
         self._scheduled: list[tuple[float, int, str]] = []
         self._running: set[str] = set()
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
+        self._queues: set[str] = set()
+        self._expiries: list[tuple[float, str]] = []
         self._seq = itertools.count(1)
         self._wakeup = Wakeup()
 
@@ -74,6 +76,15 @@ class MemoryBroker(Broker):
     def _push_scheduled(self, rec: _Record) -> None:
         rec.version += 1
         heapq.heappush(self._scheduled, (rec.info.due_at, rec.version, rec.info.id))
+
+    def _expire_due(self, now: float) -> int:
+        expired = 0
+        while self._expiries and self._expiries[0][0] <= now:
+            _, job_id = heapq.heappop(self._expiries)
+            rec = self._jobs.get(job_id)
+            if rec and rec.info.state in (JobState.QUEUED, JobState.SCHEDULED):
+                expired += self._expire_if_due(rec, now)
+        return expired
 
     def _promote_and_reclaim(self, now: float) -> None:
         while self._scheduled and self._scheduled[0][0] <= now:
@@ -150,6 +161,9 @@ class MemoryBroker(Broker):
                 )
                 rec = _Record(info, next(self._seq))
                 self._jobs[env.id] = rec
+                self._queues.add(env.queue)
+                if env.expires_at is not None:
+                    heapq.heappush(self._expiries, (env.expires_at, env.id))
                 if env.key is not None:
                     self._keys[env.key] = env.id
                 if delayed:
@@ -168,6 +182,7 @@ class MemoryBroker(Broker):
         leases: list[Lease] = []
         with self._lock:
             now = self.clock.now()
+            self._expire_due(now)
             self._promote_and_reclaim(now)
             while len(leases) < limit:
                 rec = self._pop_best(queues)
@@ -397,7 +412,7 @@ class MemoryBroker(Broker):
             dead = [
                 r
                 for r in self._dead(queue, job_ids)
-                if older_than is None or (r.info.finished_at or now) <= now - older_than
+                if older_than is None or (r.info.finished_at or now) < now - older_than
             ]
             for rec in dead:
                 self._delete(rec)
@@ -410,7 +425,7 @@ class MemoryBroker(Broker):
 
     async def queues(self) -> list[str]:
         with self._lock:
-            return sorted({r.info.queue for r in self._jobs.values()})
+            return sorted(self._queues)
 
     # -- coordination and housekeeping ------------------------------------------------
 
@@ -434,23 +449,16 @@ class MemoryBroker(Broker):
     async def sweep(self) -> SweepReport:
         with self._lock:
             now = self.clock.now()
-            expired = purged = 0
-            for rec in list(self._jobs.values()):
-                state = rec.info.state
-                if state in (JobState.QUEUED, JobState.SCHEDULED):
-                    expired += self._expire_if_due(rec, now)
-                elif (
-                    rec.purge_at is not None
-                    and rec.purge_at <= now
-                    and state
-                    in (
-                        JobState.SUCCEEDED,
-                        JobState.EXPIRED,
-                        JobState.CANCELLED,
-                    )
-                ):
-                    self._delete(rec)
-                    purged += 1
+            expired = self._expire_due(now)
+            finished = (JobState.SUCCEEDED, JobState.EXPIRED, JobState.CANCELLED)
+            doomed = [
+                r
+                for r in self._jobs.values()
+                if r.purge_at is not None and r.purge_at <= now and r.info.state in finished
+            ]
+            for rec in doomed:
+                self._delete(rec)
+            purged = len(doomed)
             lapsed = [w for w, (_, until) in self._workers.items() if until <= now]
             for worker_id in lapsed:
                 del self._workers[worker_id]
