@@ -175,3 +175,12 @@ def test_job_that_keeps_killing_its_worker_is_buried(env: Env) -> None:
     assert info.attempt == 3
     after = env.app.enqueue("ok", 6)  # the supervised workers go on
     wait_for(lambda: env.info(after.id).state is JobState.SUCCEEDED)
+
+
+def test_long_job_is_not_redelivered_while_its_worker_lives(env: Env) -> None:
+    job = env.app.enqueue("slow", "long", 3.0)
+    env.start_worker("--lease", "0.6")
+    env.start_worker("--lease", "0.6")  # an idle rival that would take a lapsed lease
+    wait_for(lambda: env.info(job.id).state is JobState.SUCCEEDED)
+    assert env.info(job.id).attempt == 1
+    assert sorted(p.name for p in env.out.iterdir()) == ["long.1.done", "long.1.started"]

@@ -1,0 +1,59 @@
+"""The wire format: JSON only, documented by a committed JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from offload.codec import decode_envelope, encode_envelope, envelope_schema
+from offload.errors import SerializationError
+from offload.job import Backoff, Envelope
+
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "envelope.schema.json"
+
+
+def test_committed_schema_matches_the_envelope() -> None:
+    assert json.loads(SCHEMA_FILE.read_text()) == envelope_schema(), (
+        "regenerate docs/envelope.schema.json (see README)"
+    )
+
+
+def test_envelope_round_trips_and_omits_defaults() -> None:
+    env = Envelope(id="j1", task="t", args=[1, "a"], kwargs={"k": None}, backoff=Backoff(base_s=2))
+    data = encode_envelope(env)
+    assert json.loads(data) == {
+        "id": "j1",
+        "task": "t",
+        "args": [1, "a"],
+        "kwargs": {"k": None},
+        "backoff": {"base_s": 2.0},
+    }
+    assert decode_envelope(data) == env
+
+
+def test_envelope_from_another_language_decodes() -> None:
+    data = b'{"id": "x", "task": "emails.send", "args": ["a@b.c"], "queue": "emails"}'
+    env = decode_envelope(data)
+    assert (env.task, env.args, env.queue, env.max_attempts) == (
+        "emails.send",
+        ["a@b.c"],
+        "emails",
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"{", b"[]", b'{"task": "no id"}', b'{"id": 1, "task": "t"}']
+)
+def test_invalid_envelopes_are_refused(data: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_envelope(data)
+
+
+def test_encoding_error_names_the_argument() -> None:
+    env = Envelope(id="j", task="emails.send", args=["ok"], kwargs={"when": object()})
+    with pytest.raises(SerializationError, match=r"argument 'when' of task 'emails.send'"):
+        encode_envelope(env)
