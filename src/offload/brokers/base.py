@@ -137,7 +137,8 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts per state for one queue, and the enqueue time of its oldest queued job."""
+    """Counts per state for one queue, and `oldest_queued_at`: the earliest due time
+    among its queued jobs, i.e. since when the longest-waiting ready job has waited."""
 
     states: dict[JobState, int]
     oldest_queued_at: float | None = None
@@ -251,6 +252,11 @@ class Broker(abc.ABC):
     async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
         """`running → succeeded`, storing `result` (encoded JSON) for `result_ttl_s`
         seconds (None: the broker's retention).
+
+        Like `retry` and `bury`, this succeeds for a lease past its deadline as long as
+        no `reserve` has taken the job back yet: the work is done and nobody else holds
+        it. (`extend` is stricter: it refuses a lapsed lease, so a stalled worker learns
+        that the job may already be running elsewhere.)
 
         Raises:
             LeaseLost: the token does not match the job's current lease.
