@@ -1,0 +1,35 @@
+"""`offload demo`: the founding story, runnable.
+
+A sign-up endpoint must never wait for the verification email. The demo starts a
+Starlette web app (`signup.py`), worker processes that send the email over SMTP, and a
+local SMTP server that is slow and flaky on purpose (`smtp.py`); then it drives a few
+hundred sign-ups over HTTP and reports how long they took beside how long the email
+took, and whether every email arrived exactly once (`run.py`).
+
+This package needs the `demo` extra (`pip install 'offload[demo]'`). Importing it does
+not: only the names below, shared by the app and the orchestrator, live here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CODE_TTL_S",
+    "ENV_CODE_TTL",
+    "ENV_DB",
+    "ENV_SMTP_HOST",
+    "ENV_SMTP_PORT",
+    "TASK_NAME",
+]
+
+#: The name the verification task is registered under; queued jobs refer to it.
+TASK_NAME = "emails.send_verification"
+#: How long a verification code (and the job that mails it) stays valid: 15 minutes.
+CODE_TTL_S = 15 * 60.0
+
+#: Path of the users' SQLite database (separate from the broker's).
+ENV_DB = "OFFLOAD_DEMO_DB"
+#: Where the worker delivers the email.
+ENV_SMTP_HOST = "OFFLOAD_DEMO_SMTP_HOST"
+ENV_SMTP_PORT = "OFFLOAD_DEMO_SMTP_PORT"
+#: Overrides `CODE_TTL_S` (seconds), so tests can watch a code expire.
+ENV_CODE_TTL = "OFFLOAD_DEMO_CODE_TTL"

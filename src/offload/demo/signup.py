@@ -1,0 +1,546 @@
+"""The demo application: a sign-up endpoint that answers at once, and the task that
+sends the verification email later, on a worker.
+
+    OFFLOAD_URL=sqlite:///offload.db OFFLOAD_DEMO_DB=users.db \\
+        uvicorn offload.demo.signup:web          # the web app
+    offload worker offload.demo.signup:app       # the workers
+
+`POST /signup` validates the input, stores the user with a 6-digit code that expires
+after 15 minutes, enqueues `emails.send_verification` and answers 201: the request
+never waits for the email provider, however slow or down it is.
+
+The email is sent once, whatever the retries. The job's idempotency key
+`verify:{user_id}:{code}` makes a double enqueue return the same job; the handler
+records `sent_at` so a run after a successful send (a lost lease, a crash before the
+ack) does not send again; and the email carries a `Message-ID` derived from the key,
+so the receiving side can drop the one duplicate neither can prevent (see
+`Mailer.send_verification`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import smtplib
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from enum import StrEnum
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from offload import Backoff, Bury, Offload, OffloadError, Task
+from offload.demo import CODE_TTL_S, ENV_CODE_TTL, ENV_DB, ENV_SMTP_HOST, ENV_SMTP_PORT, TASK_NAME
+from offload.handle import Job
+
+__all__ = [
+    "DemoConfig",
+    "Mailer",
+    "SendState",
+    "SignupDemo",
+    "User",
+    "UserStore",
+    "Verification",
+    "app",
+    "build",
+    "create_web",
+    "message_id_for",
+    "send_verification",
+    "validate_signup",
+    "verification_key",
+    "web",
+]
+
+#: Retries come quickly in the demo so a run finishes in seconds; a real provider
+#: would get a larger base (the default is 1 s, capped at 5 minutes).
+DEMO_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+#: Attempts before a verification email goes to the dead-letter queue.
+MAX_ATTEMPTS = 8
+#: Socket timeout of one SMTP conversation, in seconds. A sync handler with a task
+#: `timeout` would run in a child process per job; the socket timeout bounds it enough.
+SMTP_TIMEOUT_S = 30.0
+#: The sender of every verification email.
+SENDER = "Offload demo <no-reply@offload-demo.invalid>"
+#: Deliberately loose: one @, no spaces, a dot in the domain. Real validation is
+#: sending the email, which is what the code is for.
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: Longest accepted name, in characters.
+MAX_NAME_LENGTH = 100
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id              INTEGER PRIMARY KEY,
+    email           TEXT NOT NULL UNIQUE,
+    name            TEXT NOT NULL,
+    code            TEXT NOT NULL,
+    code_expires_at REAL NOT NULL,
+    created_at      REAL NOT NULL,
+    sent_at         REAL,  -- when the email carrying the current code was sent
+    verified_at     REAL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """Where the users live, where email goes, and how long a code is valid."""
+
+    db_path: str = "offload-demo-users.db"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    code_ttl_s: float = CODE_TTL_S
+
+    @classmethod
+    def from_env(cls) -> DemoConfig:
+        """The configuration from `OFFLOAD_DEMO_*` variables (set by `offload demo`)."""
+        default = cls()
+        return cls(
+            db_path=os.environ.get(ENV_DB, default.db_path),
+            smtp_host=os.environ.get(ENV_SMTP_HOST, default.smtp_host),
+            smtp_port=int(os.environ.get(ENV_SMTP_PORT, default.smtp_port)),
+            code_ttl_s=float(os.environ.get(ENV_CODE_TTL, default.code_ttl_s)),
+        )
+
+
+# -- users ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    name: str
+    code: str
+    code_expires_at: float
+    sent_at: float | None
+    verified_at: float | None
+
+
+class SendState(StrEnum):
+    """Whether the email for a given code should still go out."""
+
+    PENDING = "pending"
+    ALREADY_SENT = "already sent"
+    SUPERSEDED = "superseded"  # the user asked for a new code since
+
+
+class Verification(StrEnum):
+    OK = "ok"
+    EXPIRED = "expired"
+    WRONG_CODE = "wrong code"
+    UNKNOWN = "unknown"
+
+
+def new_code() -> str:
+    """A random 6-digit code, from the OS's cryptographic source."""
+    return f"{secrets.randbelow(10**6):06d}"
+
+
+class UserStore:
+    """Users and their verification codes in SQLite (stdlib `sqlite3`, WAL mode).
+
+    The web server and every worker process open the same file; WAL lets readers and
+    the writer proceed together. Within a process one connection serves every thread,
+    one operation at a time: SQLite allows one writer anyway, and a writer that waits on
+    SQLite's busy handler sleeps in steps of up to 100 ms, while one waiting on our lock
+    goes as soon as it is free. Methods block: async code calls them through
+    `asyncio.to_thread`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = _open(self.path)
+            yield self._conn
+
+    def init(self) -> None:
+        """Open the file and create the schema; idempotent, safe from many processes.
+
+        Every operation does this first if needed; calling it early moves the cost out
+        of the first request.
+        """
+        with self._connect():
+            pass
+
+    def close(self) -> None:
+        """Close the connection; a later operation opens it again."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def create(self, email: str, name: str, ttl_s: float) -> User | None:
+        """Store a new user with a fresh code; None if the email is already taken."""
+        now = time.time()
+        try:
+            with self._connect() as conn:
+                row = conn.execute(
+                    "INSERT INTO users (email, name, code, code_expires_at, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) RETURNING *",
+                    (email, name, new_code(), now + ttl_s, now),
+                ).fetchone()
+        except sqlite3.IntegrityError:
+            return None
+        return _user(row)
+
+    def get(self, user_id: int) -> User | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        return _user(row) if row else None
+
+    def by_email(self, email: str) -> User | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM users WHERE email = ?", (email,)).fetchone()
+        return _user(row) if row else None
+
+    def renew_code(self, user_id: int, ttl_s: float) -> User:
+        """Give the user a new code and expiry; the old code stops working at once."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "UPDATE users SET code = ?, code_expires_at = ?, sent_at = NULL"
+                " WHERE id = ? RETURNING *",
+                (new_code(), time.time() + ttl_s, user_id),
+            ).fetchone()
+        return _user(row)
+
+    def send_state(self, user_id: int, code: str) -> SendState:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT code, sent_at FROM users WHERE id = ?", (user_id,)
+            ).fetchone()
+        if row is None or row["code"] != code:
+            return SendState.SUPERSEDED
+        return SendState.PENDING if row["sent_at"] is None else SendState.ALREADY_SENT
+
+    def mark_sent(self, user_id: int, code: str) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE users SET sent_at = ? WHERE id = ? AND code = ? AND sent_at IS NULL",
+                (time.time(), user_id, code),
+            )
+
+    def verify(self, email: str, code: str) -> Verification:
+        """Check a code; a correct one marks the user verified (idempotent)."""
+        user = self.by_email(email)
+        if user is None:
+            return Verification.UNKNOWN
+        if not secrets.compare_digest(user.code, code):
+            return Verification.WRONG_CODE
+        if user.verified_at is None and time.time() > user.code_expires_at:
+            return Verification.EXPIRED
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE users SET verified_at = coalesce(verified_at, ?) WHERE id = ?",
+                (time.time(), user.id),
+            )
+        return Verification.OK
+
+
+def _open(path: str) -> sqlite3.Connection:
+    # Autocommit (each statement its own transaction); synchronous=NORMAL is durable
+    # across application crashes in WAL mode, and fsyncs at checkpoints only.
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        id=row["id"],
+        email=row["email"],
+        name=row["name"],
+        code=row["code"],
+        code_expires_at=row["code_expires_at"],
+        sent_at=row["sent_at"],
+        verified_at=row["verified_at"],
+    )
+
+
+# -- email ------------------------------------------------------------------------------
+
+
+def verification_key(user_id: int, code: str) -> str:
+    """The idempotency key of the job that mails `code` to user `user_id`."""
+    return f"verify:{user_id}:{code}"
+
+
+def message_id_for(key: str) -> str:
+    """A `Message-ID` derived from the job's key: every attempt sends the same one."""
+    return f"<{key.replace(':', '.')}@offload-demo.invalid>"
+
+
+class Mailer:
+    """Sends verification emails over SMTP, at most once per code as far as it can tell.
+
+    Errors are sorted for the worker: a 4xx reply or a connection failure is transient
+    and raised as is (the worker retries with backoff); a 5xx reply is permanent and
+    raised as `Bury`, since retrying would only be refused again.
+    """
+
+    def __init__(self, users: UserStore, host: str, port: int, *, code_ttl_s: float) -> None:
+        self.users = users
+        self.host = host
+        self.port = port
+        self.code_ttl_s = code_ttl_s
+
+    def send_verification(self, user_id: int, email: str, code: str) -> str:
+        """Send the code unless it was already sent or superseded; returns what happened.
+
+        Between the SMTP server's 250 and `mark_sent` there is a window: a worker
+        killed there has sent the email without recording it, and the retry sends it
+        again (so do two runs of one job at once, after a lease lapsed while its worker
+        stalled). No sender can close that window (the send and the record are two
+        systems), which is why the message carries a `Message-ID` derived from the
+        idempotency key: receivers drop repeats by `Message-ID`, as email providers'
+        idempotency keys do. The demo's SMTP server counts such repeats as duplicates.
+        """
+        state = self.users.send_state(user_id, code)
+        if state is not SendState.PENDING:
+            return state.value
+        message_id = message_id_for(verification_key(user_id, code))
+        message = verification_message(email, code, message_id, self.code_ttl_s)
+        self.deliver(message)
+        self.users.mark_sent(user_id, code)
+        return "sent"
+
+    def deliver(self, message: EmailMessage) -> None:
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT_S) as client:
+                client.send_message(message)
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code >= 500:
+                raise Bury(f"SMTP refused the message permanently: {exc}") from exc
+            raise
+        except smtplib.SMTPRecipientsRefused as exc:
+            if all(code >= 500 for code, _ in exc.recipients.values()):
+                raise Bury(f"SMTP refused the recipient permanently: {exc}") from exc
+            raise
+
+
+def verification_message(email: str, code: str, message_id: str, ttl_s: float) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = SENDER
+    message["To"] = email
+    message["Subject"] = f"Your verification code: {code}"
+    message["Message-ID"] = message_id
+    message.set_content(
+        f"Welcome!\n\nYour verification code is {code}."
+        f" It expires {ttl_s / 60:g} minutes after you asked for it.\n"
+    )
+    return message
+
+
+# -- the Offload app ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignupDemo:
+    """Everything the demo's processes share: the Offload app with its task, the
+    users, the mailer, and the web app. `build()` makes one."""
+
+    config: DemoConfig
+    app: Offload
+    users: UserStore
+    mailer: Mailer
+    send_verification: Task[[int, str, str], str]
+
+    async def enqueue_verification(self, user: User) -> Job:
+        """Queue the email for the user's current code; returns at once.
+
+        The job expires with the code, so an email is never sent with a code that no
+        longer works (a retry waiting past the expiry is expired too). The key makes a
+        second enqueue for the same code return the first job.
+        """
+        expires = datetime.fromtimestamp(user.code_expires_at, UTC)
+        enqueuer = self.send_verification.options(
+            key=verification_key(user.id, user.code), expires=expires
+        )
+        return await enqueuer.enqueue_async(user.id, user.email, user.code)
+
+
+def build(config: DemoConfig, url: str | None = None) -> SignupDemo:
+    """An Offload app (broker `url`, else `OFFLOAD_URL`, else the SQLite default) with
+    the verification task registered, bound to `config`'s users and SMTP server."""
+    offload = Offload(url)
+    users = UserStore(config.db_path)
+    mailer = Mailer(users, config.smtp_host, config.smtp_port, code_ttl_s=config.code_ttl_s)
+
+    @offload.task(
+        name=TASK_NAME,
+        expires=config.code_ttl_s,
+        max_attempts=MAX_ATTEMPTS,
+        backoff=DEMO_BACKOFF,
+    )
+    def send_verification(user_id: int, email: str, code: str) -> str:
+        """Mail the verification code; runs on a worker, in its thread pool."""
+        return mailer.send_verification(user_id, email, code)
+
+    return SignupDemo(config, offload, users, mailer, send_verification)
+
+
+# -- the web app --------------------------------------------------------------------------
+
+
+def validate_signup(payload: Any) -> tuple[str, str, dict[str, str]]:
+    """`(email, name, errors)`: the normalised fields, and a message per bad field."""
+    if not isinstance(payload, dict):
+        return "", "", {"body": "expected a JSON object with 'email' and 'name'"}
+    errors: dict[str, str] = {}
+    email = payload.get("email")
+    name = payload.get("name")
+    if not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
+        errors["email"] = "a valid email address is required"
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "a name is required"
+    elif len(name.strip()) > MAX_NAME_LENGTH:
+        errors["name"] = f"a name has at most {MAX_NAME_LENGTH} characters"
+    if errors:
+        return "", "", errors
+    assert isinstance(email, str) and isinstance(name, str)
+    return email.strip().lower(), name.strip(), {}
+
+
+def _demo(request: Request) -> SignupDemo:
+    demo: SignupDemo = request.app.state.demo
+    return demo
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _queued(demo: SignupDemo, user: User, status: int) -> JSONResponse:
+    """Enqueue the user's email and answer `status`; 503 if the broker is down (the
+    user is stored either way and can ask for a resend)."""
+    try:
+        job = await demo.enqueue_verification(user)
+    except OffloadError as exc:
+        return _error(503, f"could not queue the email ({exc}); POST /resend to retry")
+    return JSONResponse({"user_id": user.id, "job_id": job.id}, status_code=status)
+
+
+async def signup(request: Request) -> JSONResponse:
+    """`POST /signup {email, name}` → 201 `{user_id, job_id}`, without waiting for email."""
+    demo = _demo(request)
+    email, name, errors = validate_signup(await _json(request))
+    if errors:
+        return _error(422, "invalid sign-up", fields=errors)
+    user = await asyncio.to_thread(demo.users.create, email, name, demo.config.code_ttl_s)
+    if user is None:
+        return _error(409, f"{email} is already signed up; POST /resend for a new code")
+    return await _queued(demo, user, 201)
+
+
+async def resend(request: Request) -> JSONResponse:
+    """`POST /resend {email}` → 202 with a new code, a new expiry, and a new job."""
+    demo = _demo(request)
+    payload = await _json(request)
+    email = payload.get("email") if isinstance(payload, dict) else None
+    if not isinstance(email, str):
+        return _error(422, "invalid request", fields={"email": "an email address is required"})
+    user = await asyncio.to_thread(demo.users.by_email, email.strip().lower())
+    if user is None:
+        return _error(404, "no such user")
+    if user.verified_at is not None:
+        return _error(409, "already verified")
+    renewed = await asyncio.to_thread(demo.users.renew_code, user.id, demo.config.code_ttl_s)
+    return await _queued(demo, renewed, 202)
+
+
+async def verify(request: Request) -> JSONResponse:
+    """`GET /verify?email=&code=` → 200, or 410 if the code expired, 400 if it is wrong
+    (or was replaced by a newer one), 404 for an unknown email."""
+    email = request.query_params.get("email", "").strip().lower()
+    code = request.query_params.get("code", "").strip()
+    result = await asyncio.to_thread(_demo(request).users.verify, email, code)
+    if result is Verification.OK:
+        return JSONResponse({"verified": True})
+    if result is Verification.EXPIRED:
+        return _error(410, "code expired; POST /resend for a new one")
+    if result is Verification.WRONG_CODE:
+        return _error(400, "wrong code")
+    return _error(404, "no such user")
+
+
+async def get_user(request: Request) -> JSONResponse:
+    """`GET /users/{id}`: the user and whether their email went out (never the code)."""
+    user = await asyncio.to_thread(_demo(request).users.get, request.path_params["user_id"])
+    if user is None:
+        return _error(404, "no such user")
+    return JSONResponse(
+        {
+            "id": user.id,
+            "email": user.email,
+            "name": user.name,
+            "email_sent": user.sent_at is not None,
+            "verified": user.verified_at is not None,
+        }
+    )
+
+
+async def health(request: Request) -> JSONResponse:
+    """`GET /healthz`: the server is up (the orchestrator waits for this)."""
+    return JSONResponse({"ok": True})
+
+
+def create_web(demo: SignupDemo) -> Starlette:
+    """The Starlette app; its lifespan creates the users' schema and connects the
+    broker once, so no request pays for either."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(web: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(demo.users.init)
+        await demo.app.connected_broker()
+        try:
+            yield
+        finally:
+            await demo.app.aclose()
+            await asyncio.to_thread(demo.users.close)
+
+    web = Starlette(
+        routes=[
+            Route("/signup", signup, methods=["POST"]),
+            Route("/resend", resend, methods=["POST"]),
+            Route("/verify", verify, methods=["GET"]),
+            Route("/users/{user_id:int}", get_user, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    web.state.demo = demo
+    return web
+
+
+#: The demo as its processes see it, configured from the environment: `app` for
+#: `offload worker offload.demo.signup:app`, `web` for `uvicorn offload.demo.signup:web`.
+_default = build(DemoConfig.from_env(), os.environ.get("OFFLOAD_URL"))
+app = _default.app
+send_verification = _default.send_verification
+web = create_web(_default)
