@@ -74,6 +74,10 @@ def test_options_have_environment_twins(run) -> None:  # type: ignore[no-untyped
     for name in ("OFFLOAD_CONCURRENCY", "OFFLOAD_PROCESSES", "OFFLOAD_QUEUES", "OFFLOAD_LEASE"):
         assert name in help_text
     assert "OFFLOAD_URL" in run("status", "--help").stdout
+    run("enqueue", "t")
+    run("enqueue", "t")
+    assert len(run("jobs", "--json", OFFLOAD_JOBS_LIMIT="1").stdout.splitlines()) == 1
+    assert len(run("jobs", "--json").stdout.splitlines()) == 2
 
 
 def test_dlq_replay_and_purge(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

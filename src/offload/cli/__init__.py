@@ -102,7 +102,15 @@ url_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        # Options without a named twin read OFFLOAD_<COMMAND>_<OPTION>, e.g.
+        # OFFLOAD_JOBS_LIMIT or OFFLOAD_DLQ_PURGE_OLDER_THAN.
+        "auto_envvar_prefix": "OFFLOAD",
+    }
+)
 @click.version_option(package_name="offload")
 def cli() -> None:
     """offload: background jobs that are never lost."""
