@@ -1,0 +1,324 @@
+"""`sqlite:///path/to/file.db`: the embedded default broker, durable in one file.
+
+Several worker processes on one machine may share the file: every state change is one
+`BEGIN IMMEDIATE` transaction (see `_store.py`), and the file is in WAL mode so readers
+never wait for the writer.
+
+The async API sits on the blocking `sqlite3` driver through one dedicated thread per
+broker: each method runs its whole transaction there with `run_in_executor`, so the
+connection is only ever touched by that thread, the event loop never blocks on disk or
+on another process's lock, and the broker can be shared by several event loops.
+
+URLs follow SQLAlchemy's convention: `sqlite:///jobs.db` is `jobs.db` relative to the
+working directory (resolved when the broker is built), `sqlite:////var/lib/jobs.db` is
+absolute. Missing parent directories are created at connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar, TypeVarTuple
+from urllib.parse import unquote, urlsplit
+
+from offload.brokers._wakeup import Wakeup
+from offload.brokers.base import (
+    DEFAULT_RETENTION_S,
+    Broker,
+    Capabilities,
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.brokers.sqlite._store import Store
+from offload.clock import Clock
+from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = ["SQLiteBroker", "database_path"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: How often `wait` asks SQLite whether another process committed, in seconds. The
+#: check reads no table, so a short interval costs little and keeps pickup latency low.
+WAIT_POLL_S = 0.015
+
+_URL_FORMS = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+
+
+def database_path(url: str) -> Path:
+    """The absolute path of the file a `sqlite://` URL names.
+
+    Raises:
+        ConfigurationError: the URL has a host, options or no path, or asks for an
+            in-memory database.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite URL: {url!r}; expected {_URL_FORMS}")
+    path = unquote(parts.path[1:])  # drop the slash that ends the (empty) host part
+    if ":memory:" in (parts.netloc, path):
+        raise ConfigurationError(
+            f"in-memory SQLite databases are not supported ({url!r}): every connection "
+            "would see its own empty database; use memory:// for a broker in one process"
+        )
+    if parts.netloc:
+        raise ConfigurationError(
+            f"invalid sqlite URL {url!r}: a file path takes no host; expected {_URL_FORMS}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"invalid sqlite URL {url!r}: sqlite URLs take no options")
+    if not path or path.endswith("/"):
+        raise ConfigurationError(f"sqlite URL {url!r} names no file; expected {_URL_FORMS}")
+    return Path(path).absolute()
+
+
+class _LocalSignal:
+    """Wakes this broker's own waiters at once; the counter closes the gap between
+    `wait` taking its starting mark and starting to listen."""
+
+    def __init__(self) -> None:
+        self.wakeup = Wakeup()
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def notify(self) -> None:
+        with self._lock:
+            self.count += 1
+        self.wakeup.notify()
+
+
+_State = tuple[ThreadPoolExecutor, Future[Store]]
+
+
+def _invoke(opened: Future[Store], fn: Callable[[Store, *Ts], T], *args: *Ts) -> T:
+    # Runs on the executor thread, after the open (the first task of that thread).
+    return opened.result().run(fn, *args)
+
+
+def _close_store(opened: Future[Store]) -> None:
+    if opened.exception() is None:
+        opened.result().close()
+
+
+class SQLiteBroker(Broker):
+    """Jobs in one SQLite file, shared by the processes of one machine."""
+
+    capabilities = Capabilities(
+        transactional_enqueue=False, push_wakeup=False, cross_process=True, loop_bound=False
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        super().__init__(url, clock=clock, retention_s=retention_s)
+        self.path = database_path(url)
+        self._lock = threading.Lock()
+        self._state: _State | None = None
+        self._signal = _LocalSignal()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _start(self) -> _State:
+        """The executor and the future of its connection, started on first use."""
+        with self._lock:
+            if self._state is None:
+                executor = ThreadPoolExecutor(1, thread_name_prefix="offload-sqlite")
+                opened = executor.submit(Store.open, self.path, self.clock, self.retention_s)
+                self._state = (executor, opened)
+            return self._state
+
+    def _discard(self, state: _State) -> None:
+        """Forget a state whose open failed, so that the next call tries again."""
+        with self._lock:
+            if self._state is state:
+                self._state = None
+        state[0].shutdown(wait=False)
+
+    async def _run(self, fn: Callable[[Store, *Ts], T], *args: *Ts) -> T:
+        """Run `fn(store, *args)` (one transaction) on the broker's thread.
+
+        Raises:
+            BrokerUnavailable: SQLite failed in a way that may pass (locked past the
+                busy timeout, I/O error, file cannot be opened), or the broker was
+                closed while the call was being scheduled.
+            BrokerError: any other SQLite failure.
+        """
+        state = self._start()
+        executor, opened = state
+        loop = asyncio.get_running_loop()
+        try:
+            pending = loop.run_in_executor(executor, _invoke, opened, fn, *args)
+        except RuntimeError as exc:  # close() shut the executor down meanwhile
+            raise BrokerUnavailable(f"the sqlite broker for {self.path} is closed") from exc
+        try:
+            return await pending
+        except sqlite3.Error as exc:
+            raise self._wrap(exc) from exc
+        finally:
+            if opened.done() and opened.exception() is not None:
+                self._discard(state)
+
+    def _wrap(self, exc: sqlite3.Error) -> BrokerError:
+        if isinstance(exc, sqlite3.OperationalError):
+            return BrokerUnavailable(f"SQLite database {self.path} is unavailable: {exc}")
+        return BrokerError(f"SQLite error on {self.path}: {exc}")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the file (creating it and its schema if needed); idempotent.
+
+        Every other method connects on first use too, so calling this first is only
+        needed to surface configuration errors early.
+
+        Raises:
+            ConfigurationError: the file is not an SQLite database, or its offload schema
+                is newer than this version understands.
+        """
+        await self._run(_noop)
+
+    async def close(self) -> None:
+        """Finish the calls already started, then close the connection and the thread;
+        idempotent. A later call opens the file again."""
+        with self._lock:
+            state, self._state = self._state, None
+        if state is None:
+            return
+        self._signal.notify()  # let waiters return now instead of at their next poll
+        executor, opened = state
+        closing = asyncio.get_running_loop().run_in_executor(executor, _close_store, opened)
+        executor.shutdown(wait=False)
+        try:
+            await closing
+        except sqlite3.Error as exc:
+            raise self._wrap(exc) from exc
+
+    # -- producer -------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        results, ready = await self._run(Store.enqueue, jobs)
+        if ready:
+            self._signal.notify()
+        return results
+
+    # -- consumer -------------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        return await self._run(Store.reserve, queues, worker_id, lease_s, limit)
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when a job is made ready in `queues`, or after `timeout_s`.
+
+        Jobs made ready by this broker wake it at once; those made ready by another
+        connection (another process) within about `WAIT_POLL_S`. A delayed job that
+        becomes due, or a lapsed lease, wakes nobody: the caller's timeout covers them.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        seen = self._signal.count
+        names = list(queues)
+        mark = await self._run(Store.signal_mark, names)
+        while (remaining := deadline - loop.time()) > 0:
+            if await self._signal.wakeup.wait(min(WAIT_POLL_S, remaining)):
+                return
+            # Work made ready here, or close() called: return rather than reopen.
+            if self._signal.count != seen or self._state is None:
+                return
+            mark, changed = await self._run(Store.poll_signal, names, mark)
+            if changed:
+                return
+
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        return await self._run(Store.extend, leases, lease_s)
+
+    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+        await self._run(Store.ack, lease, result, result_ttl_s)
+
+    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
+        if await self._run(Store.retry, lease, at, error):
+            self._signal.notify()
+
+    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
+        await self._run(Store.bury, lease, error)
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if await self._run(Store.release, leases):
+            self._signal.notify()
+
+    async def cancel(self, job_id: str) -> bool:
+        return await self._run(Store.cancel, job_id)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        return await self._run(Store.counts, queues)
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        return await self._run(Store.get_job, job_id)
+
+    async def find(self, key: str) -> JobInfo | None:
+        return await self._run(Store.find, key)
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        return await self._run(Store.list_jobs, queue, state, limit, cursor)
+
+    async def replay_dead(
+        self, queue: str | None = None, job_ids: Sequence[str] | None = None
+    ) -> int:
+        moved = await self._run(Store.replay_dead, queue, job_ids)
+        if moved:
+            self._signal.notify()
+        return moved
+
+    async def purge_dead(
+        self,
+        queue: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than: float | None = None,
+    ) -> int:
+        return await self._run(Store.purge_dead, queue, job_ids, older_than)
+
+    async def queues(self) -> list[str]:
+        return await self._run(Store.queues)
+
+    # -- coordination and housekeeping ----------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        await self._run(Store.register_worker, info, ttl_s)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run(Store.unregister_worker, worker_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self._run(Store.workers)
+
+    async def sweep(self) -> SweepReport:
+        return await self._run(Store.sweep)
+
+
+def _noop(store: Store) -> None:
+    """Nothing: running it proves the connection opened."""

@@ -1,0 +1,487 @@
+"""The synchronous half of the SQLite broker: one connection, one transaction per call.
+
+`SQLiteBroker` runs every method of a `Store` on its single executor thread, so a store
+is never used by two threads at once and needs no lock of its own. Each write is one
+`BEGIN IMMEDIATE` transaction: SQLite's write lock is taken before the first read, so
+no other process can change a row between the read and the update that depends on it,
+and a busy file makes the caller wait before it has done anything, never halfway.
+
+Methods take positional arguments only, so the broker can pass them to the executor
+as plain `(function, *args)` with their types intact.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar, TypeVarTuple
+
+import msgspec
+
+from offload.brokers.base import (
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
+from offload.clock import Clock
+from offload.codec import decode_error, decode_value, encode_error, encode_value
+from offload.errors import LeaseLost
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = ["Store"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: The error recorded on a job whose lease lapsed; the same words as every broker.
+_LEASE_EXPIRED = encode_error(
+    ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
+).decode()
+_Q = load_queries()
+
+
+# -- row conversion -----------------------------------------------------------------------
+
+
+def _blob(value: object) -> bytes:
+    """Bytes from a BLOB column, tolerating rows that another tool wrote as TEXT: the
+    worker, not the broker, decides what to do with a payload it cannot read."""
+    if isinstance(value, bytes):
+        return value
+    if value is None:
+        return b""
+    return str(value).encode()
+
+
+def _error(value: str | bytes | None) -> ErrorInfo | None:
+    if value is None:
+        return None
+    try:
+        return decode_error(value)
+    except msgspec.DecodeError:
+        return ErrorInfo("Undecodable", f"stored error is not an ErrorInfo: {value!r:.200}")
+
+
+def _job_info(row: sqlite3.Row) -> JobInfo:
+    result = row["result"]
+    return JobInfo(
+        id=row["id"],
+        task=row["task"],
+        queue=row["queue"],
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        key=row["key"],
+        created_at=row["created_at"],
+        due_at=row["due_at"],
+        expires_at=row["expires_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        worker_id=row["worker_id"],
+        lease_deadline=row["lease_deadline"],
+        error=_error(row["error"]),
+        payload=_blob(row["payload"]),
+        result=None if result is None else _blob(result),
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def _worker_info(row: sqlite3.Row) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        queues=decode_value(row["queues"]),
+        concurrency=row["concurrency"],
+        started_at=row["started_at"],
+        last_seen=row["last_seen"],
+        running=row["running"],
+        processed=row["processed"],
+        extra=decode_value(row["extra"]),
+    )
+
+
+def _ready_order(row: sqlite3.Row) -> tuple[int, float, int]:
+    """The order `reserve` takes jobs in; the same as the `offload_jobs_ready` index."""
+    return (-row["priority"], row["due_at"], row["seq"])
+
+
+def _id_list(job_ids: Sequence[str] | None) -> str | None:
+    return None if job_ids is None else json.dumps(list(job_ids))
+
+
+class Store:
+    """Every broker operation as one synchronous transaction on one connection."""
+
+    def __init__(self, conn: sqlite3.Connection, clock: Clock, retention_s: float) -> None:
+        self._conn = conn
+        self._clock = clock
+        self._retention_s = retention_s
+
+    @classmethod
+    def open(cls, path: Path, clock: Clock, retention_s: float) -> Store:
+        """Open (creating if needed) the database file and install the schema.
+
+        Raises:
+            ConfigurationError: the file is not an SQLite database, or has a newer
+                offload schema.
+        """
+        return cls(connect(path), clock, retention_s)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def run(self, fn: Callable[[Store, *Ts], T], *args: *Ts) -> T:
+        """`fn(self, *args)`, retried while another connection holds the lock."""
+        return retry_busy(lambda: fn(self, *args))
+
+    @contextmanager
+    def _write(self) -> Iterator[float]:
+        """One BEGIN IMMEDIATE transaction; yields `now`, read once the write lock is
+        held, so that times written by concurrent processes never run backwards."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._clock.now()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction, so that several SELECTs see one state of the file."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    def _touch_queues(self, known: set[str], ready: set[str]) -> None:
+        """Record `known` queues, and tell `wait` in every process that `ready` ones
+        have work ready now."""
+        rows = [(q, int(q in ready)) for q in sorted(known | ready)]
+        self._conn.executemany(_Q["touch_queue"], rows)
+
+    def _signal(self, ready: set[str]) -> None:
+        self._touch_queues(set(), ready)
+
+    # -- producer -------------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> tuple[list[EnqueueResult], bool]:
+        """Insert the batch in one transaction. Returns the results, and whether any
+        job is ready now (so the broker wakes local waiters)."""
+        if not jobs:
+            return [], False
+        results: list[EnqueueResult] = []
+        known: set[str] = set()
+        ready: set[str] = set()
+        with self._write() as now:
+            for envelope, payload in jobs:
+                created, state = self._insert(envelope, payload, now)
+                if created:
+                    results.append(EnqueueResult(envelope.id, True))
+                    known.add(envelope.queue)
+                    if state == JobState.QUEUED:
+                        ready.add(envelope.queue)
+                else:
+                    results.append(EnqueueResult(self._existing_id(envelope), False))
+            self._touch_queues(known, ready)
+        return results, bool(ready)
+
+    def _insert(self, env: Envelope, payload: bytes, now: float) -> tuple[bool, str]:
+        due_at = max(env.not_before or now, now)
+        state = JobState.SCHEDULED.value if due_at > now else JobState.QUEUED.value
+        params = (
+            env.id,
+            env.queue,
+            env.task,
+            state,
+            env.priority,
+            env.max_attempts,
+            env.key,
+            env.created_at or now,
+            due_at,
+            env.expires_at,
+            payload,
+        )
+        return self._conn.execute(_Q["insert_job"], params).rowcount == 1, state
+
+    def _existing_id(self, env: Envelope) -> str:
+        """The job an insert collided with: the holder of the key, else (a re-enqueue
+        of the very same envelope) the job with this id."""
+        if env.key is not None:
+            row = self._conn.execute(_Q["id_for_key"], (env.key,)).fetchone()
+            if row is not None:
+                return str(row[0])
+        return env.id
+
+    # -- consumer -------------------------------------------------------------------------
+
+    def reserve(
+        self, queues: Sequence[str], worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        with self._write() as now:
+            self._make_ready(now)
+            if limit <= 0:
+                return []
+            deadline = now + lease_s
+            leases: list[Lease] = []
+            updates: list[tuple[str, float, str, float, int]] = []
+            for row in self._best_ready(queues, limit):
+                token = os.urandom(12).hex()
+                updates.append((token, now, worker_id, deadline, row["seq"]))
+                payload = _blob(row["payload"])
+                lease = Lease(row["id"], token, row["queue"], row["attempt"] + 1, deadline, payload)
+                leases.append(lease)
+            self._conn.executemany(_Q["lease_job"], updates)
+        return leases
+
+    def _make_ready(self, now: float) -> None:
+        """Promote due jobs, reclaim lapsed leases, expire stale waiting jobs: each an
+        index range scan that finds nothing in the common case."""
+        conn = self._conn
+        conn.execute(_Q["promote_due"], {"now": now})
+        conn.execute(_Q["reclaim_lapsed"], {"now": now, "error": _LEASE_EXPIRED})
+        conn.execute(_Q["expire_due"], {"now": now, "purge_at": now + self._retention_s})
+
+    def _best_ready(self, queues: Sequence[str], limit: int) -> list[sqlite3.Row]:
+        """The first `limit` ready jobs across `queues`.
+
+        One indexed query per queue, each stopping after `limit` rows, merged here: an
+        `IN (...)` over several queues would make SQLite sort every ready job of them.
+        """
+        conn = self._conn
+        per_queue = [
+            conn.execute(_Q["ready_in_queue"], {"queue": q, "limit": limit}).fetchall()
+            for q in dict.fromkeys(queues)
+        ]
+        if len(per_queue) == 1:
+            return per_queue[0]
+        return list(itertools.islice(heapq.merge(*per_queue, key=_ready_order), limit))
+
+    def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        if not leases:
+            return []
+        with self._write() as now:
+            deadline = now + lease_s
+            sql = _Q["extend_lease"]
+            return [
+                self._conn.execute(sql, (deadline, lease.job_id, lease.token, now)).rowcount == 1
+                for lease in leases
+            ]
+
+    def ack(self, lease: Lease, result: bytes | None, result_ttl_s: float | None) -> None:
+        ttl = self._retention_s if result_ttl_s is None else result_ttl_s
+        with self._write() as now:
+            cursor = self._conn.execute(
+                _Q["ack"],
+                {
+                    "result": result,
+                    "now": now,
+                    "purge_at": now + ttl,
+                    "id": lease.job_id,
+                    "token": lease.token,
+                },
+            )
+            _check_held(cursor.rowcount, lease)
+
+    def retry(self, lease: Lease, at: float, error: ErrorInfo) -> bool:
+        """Returns whether the job is due at once (so waiters should wake)."""
+        params = {"at": at, "error": encode_error(error).decode(), "id": lease.job_id}
+        with self._write() as now:
+            rows = self._conn.execute(_Q["retry"], {**params, "token": lease.token}).fetchall()
+            _check_held(len(rows), lease)
+            due = at <= now
+            if due:
+                self._signal({rows[0]["queue"]})
+        return due
+
+    def bury(self, lease: Lease, error: ErrorInfo) -> None:
+        with self._write() as now:
+            cursor = self._conn.execute(
+                _Q["bury"],
+                {
+                    "error": encode_error(error).decode(),
+                    "now": now,
+                    "id": lease.job_id,
+                    "token": lease.token,
+                },
+            )
+            _check_held(cursor.rowcount, lease)
+
+    def release(self, leases: Sequence[Lease]) -> bool:
+        """Returns whether any job went back to its queue."""
+        if not leases:
+            return False
+        queues: set[str] = set()
+        with self._write():
+            for lease in leases:
+                params = {"id": lease.job_id, "token": lease.token}
+                queues.update(row["queue"] for row in self._conn.execute(_Q["release"], params))
+            self._signal(queues)
+        return bool(queues)
+
+    def cancel(self, job_id: str) -> bool:
+        with self._write() as now:
+            params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
+            if self._conn.execute(_Q["cancel_waiting"], params).rowcount:
+                return True
+            return self._conn.execute(_Q["flag_cancel"], {"id": job_id}).rowcount == 1
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def counts(self, queues: Sequence[str] | None) -> dict[str, QueueStats]:
+        """Per queue: the requested ones (even if unknown), else every known queue
+        (including those whose jobs were all purged, as `queues` lists them)."""
+        conn = self._conn
+        with self._snapshot():
+            if queues is None:
+                names = self.queues()
+                rows = conn.execute(_Q["count_states"]).fetchall()
+            else:
+                names = list(queues)
+                rows = conn.execute(_Q["count_states_of"], (json.dumps(names),)).fetchall()
+            oldest = {row["queue"]: row["oldest"] for row in conn.execute(_Q["oldest_queued"])}
+        states: dict[str, dict[JobState, int]] = {q: {} for q in names}
+        for row in rows:
+            states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+        return {
+            queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
+            for queue, per in sorted(states.items())
+        }
+
+    def get_job(self, job_id: str) -> JobInfo | None:
+        row = self._conn.execute(_Q["get_job"], (job_id,)).fetchone()
+        return None if row is None else _job_info(row)
+
+    def find(self, key: str) -> JobInfo | None:
+        row = self._conn.execute(_Q["find"], (key,)).fetchone()
+        return None if row is None else _job_info(row)
+
+    def list_jobs(
+        self, queue: str | None, state: JobState | None, limit: int, cursor: str | None
+    ) -> Page:
+        """Newest first; the cursor is the `seq` of the page's last job, and the next
+        page starts below it, so deletes in between never skip or repeat a job."""
+        conditions: list[str] = []
+        params: list[object] = []
+        if queue:
+            conditions.append("queue = ?")
+            params.append(queue)
+        if state is not None:
+            conditions.append("state = ?")
+            params.append(JobState(state).value)
+        if cursor:
+            conditions.append("seq < ?")
+            params.append(int(cursor))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT * FROM offload_jobs {where} ORDER BY seq DESC LIMIT ?"
+        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
+        if len(rows) <= limit:
+            return Page([_job_info(row) for row in rows], None)
+        last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
+        return Page([_job_info(row) for row in rows[:limit]], str(last_seq))
+
+    def replay_dead(self, queue: str | None, job_ids: Sequence[str] | None) -> int:
+        with self._write() as now:
+            params = {"now": now, "queue": queue, "ids": _id_list(job_ids)}
+            rows = self._conn.execute(_Q["replay_dead"], params).fetchall()
+            self._signal({row["queue"] for row in rows})
+        return len(rows)
+
+    def purge_dead(
+        self, queue: str | None, job_ids: Sequence[str] | None, older_than: float | None
+    ) -> int:
+        with self._write() as now:
+            params = {
+                "now": now,
+                "queue": queue,
+                "ids": _id_list(job_ids),
+                "cutoff": None if older_than is None else now - older_than,
+            }
+            return int(self._conn.execute(_Q["purge_dead"], params).rowcount)
+
+    def queues(self) -> list[str]:
+        return [row["name"] for row in self._conn.execute(_Q["queues"])]
+
+    # -- coordination and housekeeping ----------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        queues = encode_value(info.queues, what="worker queues").decode()
+        extra = encode_value(info.extra, what="worker extra").decode()
+        with self._write() as now:
+            params: dict[str, Any] = {
+                "id": info.id,
+                "hostname": info.hostname,
+                "pid": info.pid,
+                "queues": queues,
+                "concurrency": info.concurrency,
+                "started_at": info.started_at,
+                "last_seen": now,
+                "running": info.running,
+                "processed": info.processed,
+                "extra": extra,
+                "expires_at": now + ttl_s,
+            }
+            self._conn.execute(_Q["register_worker"], params)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._write():
+            self._conn.execute(_Q["unregister_worker"], (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        rows = self._conn.execute(_Q["live_workers"], (self._clock.now(),))
+        return [_worker_info(row) for row in rows]
+
+    def sweep(self) -> SweepReport:
+        conn = self._conn
+        with self._write() as now:
+            expired = conn.execute(
+                _Q["expire_due"], {"now": now, "purge_at": now + self._retention_s}
+            ).rowcount
+            purged = conn.execute(_Q["purge_finished"], {"now": now}).rowcount
+            removed = conn.execute(_Q["forget_lapsed_workers"], (now,)).rowcount
+        return SweepReport(expired=expired, purged=purged, workers_removed=removed)
+
+    # -- wakeups --------------------------------------------------------------------------
+
+    def signal_mark(self, queues: Sequence[str]) -> tuple[int, int]:
+        """Where `wait` starts from: the connection's data version and the sum of the
+        queues' signal counters."""
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        total = self._conn.execute(_Q["signal_total"], (json.dumps(list(queues)),)).fetchone()
+        return version, int(total[0])
+
+    def poll_signal(
+        self, queues: Sequence[str], mark: tuple[int, int]
+    ) -> tuple[tuple[int, int], bool]:
+        """Whether another connection made work ready in `queues` since `mark`.
+
+        `PRAGMA data_version` changes only when another connection commits and reads no
+        table, so an idle poll costs next to nothing; the counters are read only then.
+        """
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == mark[0]:
+            return mark, False
+        new_mark = self.signal_mark(queues)
+        return new_mark, new_mark[1] != mark[1]
+
+
+def _check_held(changed: int, lease: Lease) -> None:
+    if changed != 1:
+        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

@@ -1,0 +1,165 @@
+-- The named statements of the SQLite broker, loaded by `_store.py`.
+--
+-- Each starts at a `-- name: <name>` line. Partial indexes are only used when a query's
+-- WHERE clause repeats the index's condition word for word, so conditions such as
+-- `state = 'queued'` are literals here, never parameters. Without ANALYZE statistics
+-- SQLite prefers an equality on the plain `state` index to a range on a partial index,
+-- and would then read every job in that state; the hot statements therefore name their
+-- index with INDEXED BY, which also turns a lost index into an error, not a slow scan. Statements marked "(hot)" take
+-- positional parameters: executemany over tuples is faster than over dicts.
+
+-- name: promote_due
+-- Scheduled jobs whose time has come become ready (index offload_jobs_scheduled).
+UPDATE offload_jobs INDEXED BY offload_jobs_scheduled SET state = 'queued'
+ WHERE state = 'scheduled' AND due_at <= :now;
+
+-- name: reclaim_lapsed
+-- The visibility timeout: a lease that ran out puts its job back.
+UPDATE offload_jobs INDEXED BY offload_jobs_running
+   SET state = 'queued', lease_token = NULL, lease_deadline = NULL, worker_id = NULL,
+       error = :error
+ WHERE state = 'running' AND lease_deadline <= :now;
+
+-- name: expire_due
+-- Waiting jobs past their expiry will never run.
+UPDATE offload_jobs INDEXED BY offload_jobs_expiry
+   SET state = 'expired', finished_at = :now, purge_at = :purge_at
+ WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now;
+
+-- name: ready_in_queue
+-- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
+SELECT seq, id, queue, priority, due_at, attempt, payload
+  FROM offload_jobs INDEXED BY offload_jobs_ready
+ WHERE state = 'queued' AND queue = :queue
+ ORDER BY priority DESC, due_at, seq
+ LIMIT :limit;
+
+-- name: lease_job
+-- (hot) Parameters: token, now, worker_id, deadline, seq.
+UPDATE offload_jobs
+   SET state = 'running', lease_token = ?, attempt = attempt + 1, started_at = ?,
+       worker_id = ?, lease_deadline = ?
+ WHERE seq = ?;
+
+-- name: insert_job
+-- (hot) A conflict on `id` or `key` stores nothing; the caller then looks the key up.
+INSERT INTO offload_jobs
+       (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+        expires_at, payload)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING;
+
+-- name: id_for_key
+SELECT id FROM offload_jobs WHERE key = ?;
+
+-- name: touch_queue
+-- (hot) Parameters: queue, how much to bump its signal (0: just record the queue).
+INSERT INTO offload_queues (name, signal) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET signal = signal + excluded.signal WHERE excluded.signal > 0;
+
+-- name: signal_total
+-- Signals only grow, so any change to one of these queues changes the sum.
+SELECT coalesce(sum(signal), 0)
+  FROM offload_queues
+ WHERE name IN (SELECT value FROM json_each(?));
+
+-- name: extend_lease
+-- (hot) Parameters: deadline, id, token, now.
+UPDATE offload_jobs SET lease_deadline = ?
+ WHERE id = ? AND lease_token = ? AND state = 'running' AND lease_deadline > ?;
+
+-- name: ack
+UPDATE offload_jobs
+   SET state = 'succeeded', result = :result, finished_at = :now, lease_token = NULL,
+       lease_deadline = NULL, error = NULL, purge_at = :purge_at
+ WHERE id = :id AND lease_token = :token AND state = 'running';
+
+-- name: retry
+UPDATE offload_jobs
+   SET state = 'scheduled', due_at = :at, error = :error, lease_token = NULL,
+       lease_deadline = NULL
+ WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING queue;
+
+-- name: bury
+UPDATE offload_jobs
+   SET state = 'dead', error = :error, finished_at = :now, lease_token = NULL,
+       lease_deadline = NULL
+ WHERE id = :id AND lease_token = :token AND state = 'running';
+
+-- name: release
+-- The attempt that was counted at reserve is given back: the job never ran.
+UPDATE offload_jobs
+   SET state = 'queued', attempt = max(attempt - 1, 0), lease_token = NULL,
+       lease_deadline = NULL, worker_id = NULL
+ WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING queue;
+
+-- name: cancel_waiting
+UPDATE offload_jobs
+   SET state = 'cancelled', finished_at = :now, purge_at = :purge_at
+ WHERE id = :id AND state IN ('queued', 'scheduled');
+
+-- name: flag_cancel
+UPDATE offload_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
+
+-- name: get_job
+SELECT * FROM offload_jobs WHERE id = ?;
+
+-- name: find
+SELECT * FROM offload_jobs WHERE key = ?;
+
+-- name: count_states
+SELECT queue, state, count(*) AS n FROM offload_jobs GROUP BY queue, state;
+
+-- name: count_states_of
+SELECT queue, state, count(*) AS n
+  FROM offload_jobs
+ WHERE queue IN (SELECT value FROM json_each(?))
+ GROUP BY queue, state;
+
+-- name: oldest_queued
+SELECT queue, min(due_at) AS oldest
+  FROM offload_jobs INDEXED BY offload_jobs_ready
+ WHERE state = 'queued'
+ GROUP BY queue;
+
+-- name: queues
+SELECT name FROM offload_queues ORDER BY name;
+
+-- name: replay_dead
+UPDATE offload_jobs
+   SET state = 'queued', attempt = 0, due_at = :now, finished_at = NULL, worker_id = NULL
+ WHERE state = 'dead'
+   AND (:queue IS NULL OR queue = :queue)
+   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
+RETURNING queue;
+
+-- name: purge_dead
+DELETE FROM offload_jobs
+ WHERE state = 'dead'
+   AND (:queue IS NULL OR queue = :queue)
+   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
+   AND (:cutoff IS NULL OR coalesce(finished_at, :now) < :cutoff);
+
+-- name: purge_finished
+-- Dead jobs have no purge_at: they stay until purge_dead. The state test is a guard.
+DELETE FROM offload_jobs INDEXED BY offload_jobs_purge
+ WHERE purge_at IS NOT NULL AND purge_at <= :now
+   AND state IN ('succeeded', 'expired', 'cancelled');
+
+-- name: register_worker
+INSERT OR REPLACE INTO offload_workers
+       (id, hostname, pid, queues, concurrency, started_at, last_seen, running, processed,
+        extra, expires_at)
+VALUES (:id, :hostname, :pid, :queues, :concurrency, :started_at, :last_seen, :running,
+        :processed, :extra, :expires_at);
+
+-- name: unregister_worker
+DELETE FROM offload_workers WHERE id = ?;
+
+-- name: live_workers
+SELECT * FROM offload_workers WHERE expires_at > ? ORDER BY id;
+
+-- name: forget_lapsed_workers
+DELETE FROM offload_workers WHERE expires_at <= ?;

@@ -1,0 +1,95 @@
+-- The offload SQLite schema, version 1 (kept in offload_meta, not in PRAGMA user_version,
+-- which belongs to whoever else may share the file).
+--
+-- Applied when a connecting broker finds an older version (0: a new file), in the same
+-- BEGIN IMMEDIATE transaction as that check. Every statement is idempotent (IF NOT
+-- EXISTS), so a half-initialised file can never exist. Any change to this file needs a
+-- new version number and a migration for files already in use.
+--
+-- Times are Unix epoch seconds (REAL). `seq` gives enqueue order and is never reused
+-- (AUTOINCREMENT), so list_jobs cursors stay valid after deletes. Every index on a
+-- rowid table ends with the rowid, so `seq` is the implicit last column of each one:
+-- that is what makes "priority, then due time, then enqueue order" an index walk.
+
+CREATE TABLE IF NOT EXISTS offload_jobs (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT    NOT NULL UNIQUE,
+    queue            TEXT    NOT NULL,
+    task             TEXT    NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN (
+                         'scheduled', 'queued', 'running',
+                         'succeeded', 'dead', 'expired', 'cancelled')),
+    priority         INTEGER NOT NULL DEFAULT 0,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    key              TEXT    UNIQUE,          -- idempotency key; NULLs never collide
+    created_at       REAL    NOT NULL,
+    due_at           REAL    NOT NULL,        -- when the job is (or was) ready
+    expires_at       REAL,
+    started_at       REAL,
+    finished_at      REAL,
+    worker_id        TEXT,
+    lease_token      TEXT,
+    lease_deadline   REAL,
+    error            TEXT,                    -- JSON ErrorInfo (offload.codec)
+    payload          BLOB    NOT NULL,        -- the encoded envelope, never rewritten
+    result           BLOB,                    -- encoded JSON result
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    purge_at         REAL                     -- when sweep may delete a finished job
+);
+
+-- reserve: the best ready jobs of one queue, in the order they must be taken.
+CREATE INDEX IF NOT EXISTS offload_jobs_ready
+    ON offload_jobs (queue, priority DESC, due_at) WHERE state = 'queued';
+
+-- reserve: scheduled jobs that have become due.
+CREATE INDEX IF NOT EXISTS offload_jobs_scheduled
+    ON offload_jobs (due_at) WHERE state = 'scheduled';
+
+-- reserve: running jobs whose lease has lapsed.
+CREATE INDEX IF NOT EXISTS offload_jobs_running
+    ON offload_jobs (lease_deadline) WHERE state = 'running';
+
+-- reserve and sweep: waiting jobs past their expiry.
+CREATE INDEX IF NOT EXISTS offload_jobs_expiry
+    ON offload_jobs (expires_at)
+    WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled');
+
+-- sweep: finished jobs past their result TTL or retention.
+CREATE INDEX IF NOT EXISTS offload_jobs_purge
+    ON offload_jobs (purge_at) WHERE purge_at IS NOT NULL;
+
+-- counts (a covering scan), and list_jobs by queue and state, newest first.
+CREATE INDEX IF NOT EXISTS offload_jobs_queue_state ON offload_jobs (queue, state);
+
+-- list_jobs by queue alone, newest first. `queue` never changes, so this index is
+-- written only on insert and delete, never on a state change.
+CREATE INDEX IF NOT EXISTS offload_jobs_queue ON offload_jobs (queue);
+
+-- list_jobs by state, and the dead-letter operations.
+CREATE INDEX IF NOT EXISTS offload_jobs_state ON offload_jobs (state);
+
+-- Live workers, refreshed by their heartbeat; `expires_at` is last refresh + TTL.
+CREATE TABLE IF NOT EXISTS offload_workers (
+    id          TEXT    PRIMARY KEY,
+    hostname    TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    queues      TEXT    NOT NULL,             -- JSON array of queue names
+    concurrency INTEGER NOT NULL,
+    started_at  REAL    NOT NULL,
+    last_seen   REAL    NOT NULL,
+    running     INTEGER NOT NULL,
+    processed   INTEGER NOT NULL,
+    extra       TEXT    NOT NULL,             -- JSON object
+    expires_at  REAL    NOT NULL
+) WITHOUT ROWID;
+
+-- Every queue that holds or held a job (`queues` lists it even after its jobs are
+-- purged), with a counter bumped in the same transaction as anything that makes a job of
+-- that queue ready now (enqueue, due retry, release, replay). `wait` in other processes
+-- watches the counters, so that acks and heartbeats (which also change the file) do not
+-- wake idle workers for nothing.
+CREATE TABLE IF NOT EXISTS offload_queues (
+    name   TEXT    PRIMARY KEY,
+    signal INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;

@@ -1,0 +1,369 @@
+"""What only the SQLite broker needs proving: the file, its URL, its schema version,
+other connections and processes sharing it, and rows written by someone else.
+
+The broker contract itself is proved by `tests/conformance/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from offload.brokers import from_url
+from offload.brokers.base import EnqueueResult
+from offload.brokers.sqlite import SQLiteBroker, database_path
+from offload.codec import encode_envelope, encode_value
+from offload.errors import ConfigurationError
+from offload.job import Envelope, JobState, new_job_id
+from offload.testing import FakeClock
+
+MakeBroker = Callable[..., SQLiteBroker]
+
+
+def job(clock: FakeClock, **fields: object) -> tuple[Envelope, bytes]:
+    envelope = Envelope(id=new_job_id(), task="t", created_at=clock.now(), **fields)  # type: ignore[arg-type]
+    return envelope, encode_envelope(envelope)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+async def make_broker(db_path: Path, clock: FakeClock) -> AsyncIterator[MakeBroker]:
+    """Builds brokers on the test's file (each its own connection, like a process) and
+    closes them all at the end."""
+    made: list[SQLiteBroker] = []
+
+    def make(path: Path = db_path, **kwargs: object) -> SQLiteBroker:
+        kwargs.setdefault("clock", clock)
+        broker = SQLiteBroker(f"sqlite:///{path}", **kwargs)  # type: ignore[arg-type]
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+# -- URL and file -----------------------------------------------------------------------
+
+
+def test_url_with_three_slashes_is_relative_to_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert database_path("sqlite:///data/jobs.db") == tmp_path / "data" / "jobs.db"
+
+
+def test_url_with_four_slashes_is_absolute() -> None:
+    assert database_path("sqlite:////var/lib/offload/jobs.db") == Path("/var/lib/offload/jobs.db")
+
+
+def test_url_path_is_percent_decoded() -> None:
+    assert database_path("sqlite:////tmp/my%20jobs.db") == Path("/tmp/my jobs.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "names no file"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:////tmp/dir/", "names no file"),
+        ("sqlite://:memory:", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("sqlite://host/jobs.db", "no host"),
+        ("sqlite:///jobs.db?mode=ro", "no options"),
+    ],
+)
+def test_bad_url_is_a_configuration_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SQLiteBroker(url)
+
+
+def test_from_url_builds_sqlite_broker(db_path: Path) -> None:
+    broker = from_url(f"sqlite:///{db_path}")
+
+    assert isinstance(broker, SQLiteBroker)
+    assert broker.path == db_path
+    assert not db_path.exists()  # nothing touches the disk before first use
+
+
+async def test_connect_creates_parent_directories_and_uses_wal(
+    make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    path = tmp_path / "a" / "b" / "jobs.db"
+
+    await make_broker(path).connect()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_connect_is_idempotent_and_close_too(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    await broker.connect()
+    await broker.connect()
+
+    await broker.close()
+    await broker.close()
+
+
+async def test_calls_connect_on_first_use_and_after_close(
+    make_broker: MakeBroker, clock: FakeClock
+) -> None:
+    broker = make_broker()
+    await broker.enqueue([job(clock)])
+    await broker.close()
+
+    assert (await broker.counts())["default"].states[JobState.QUEUED] == 1
+
+
+async def test_file_that_is_not_a_database_is_refused(
+    make_broker: MakeBroker, db_path: Path
+) -> None:
+    db_path.write_bytes(b"this is not a database, just some text" * 100)
+
+    with pytest.raises(ConfigurationError, match="not an SQLite database"):
+        await make_broker().connect()
+
+
+async def test_file_with_newer_schema_version_is_refused(
+    make_broker: MakeBroker, db_path: Path
+) -> None:
+    await make_broker().connect()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE offload_meta SET value = '999' WHERE key = 'schema_version'")
+    conn.close()
+
+    broker = make_broker()
+    with pytest.raises(ConfigurationError, match="schema version 999"):
+        await broker.connect()
+    # The failure is not cached: once the file is fixed, the same broker opens it.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE offload_meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    await broker.connect()
+
+
+async def test_data_survives_close_and_reopen(make_broker: MakeBroker, clock: FakeClock) -> None:
+    first = make_broker()
+    done, waiting = job(clock, queue="q", key="k"), job(clock, queue="q", priority=3)
+    await first.enqueue([done, waiting])
+    [lease] = await first.reserve(["q"], worker_id="w", lease_s=30, limit=1)
+    assert lease.job_id == waiting[0].id
+    await first.ack(lease, encode_value({"ok": 1}), result_ttl_s=None)
+    await first.close()
+
+    second = make_broker()
+
+    info = await second.get_job(waiting[0].id)
+    assert info is not None and info.state is JobState.SUCCEEDED
+    assert info.result_value() == {"ok": 1}
+    found = await second.find("k")
+    assert found is not None and found.state is JobState.QUEUED
+    assert await second.queues() == ["q"]
+
+
+# -- rows and payloads ------------------------------------------------------------------
+
+
+async def test_garbage_payload_is_still_leased_for_the_worker_to_bury(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    broker = make_broker()
+    await broker.connect()
+    # Given a row written by another tool, with a payload that is no envelope,
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO offload_jobs (id, queue, task, state, max_attempts, created_at, "
+            "due_at, payload) VALUES ('junk', 'default', '?', 'queued', 1, ?, ?, ?)",
+            (clock.now(), clock.now(), b"\xff\xfe not json"),
+        )
+    conn.close()
+
+    # when a worker reserves, it gets the bytes as they are;
+    [lease] = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10)
+
+    assert (lease.job_id, lease.payload, lease.attempt) == ("junk", b"\xff\xfe not json", 1)
+    info = await broker.get_job("junk")
+    assert info is not None and info.envelope() is None
+    # and inspection still works.
+    assert (await broker.counts())["default"].states[JobState.RUNNING] == 1
+
+
+async def test_enqueue_same_envelope_twice_stores_it_once(
+    make_broker: MakeBroker, clock: FakeClock
+) -> None:
+    broker = make_broker()
+    item = job(clock)
+
+    assert await broker.enqueue([item]) == [EnqueueResult(item[0].id, True)]
+    assert await broker.enqueue([item]) == [EnqueueResult(item[0].id, False)]
+
+    assert (await broker.counts())["default"].states[JobState.QUEUED] == 1
+
+
+# -- several connections and processes --------------------------------------------------
+
+
+async def test_two_brokers_reserving_from_four_threads_lease_each_job_once(
+    make_broker: MakeBroker, clock: FakeClock
+) -> None:
+    # Given 2000 jobs and two brokers on one file (two connections, as two processes
+    # would have), each shared by two threads with event loops of their own,
+    brokers = [make_broker(), make_broker()]
+    jobs = [job(clock) for _ in range(2000)]
+    await brokers[0].enqueue(jobs)
+
+    start = threading.Barrier(4)
+
+    async def drain(broker: SQLiteBroker, worker_id: str) -> list[str]:
+        start.wait()  # blocks this thread's own loop only, until all four are ready
+        taken: list[str] = []
+        while leases := await broker.reserve(["default"], worker_id=worker_id, lease_s=60, limit=7):
+            taken.extend(lease.job_id for lease in leases)
+        return taken
+
+    # when all four reserve at once until nothing is left,
+    results = await asyncio.gather(
+        *(asyncio.to_thread(asyncio.run, drain(brokers[i % 2], f"w{i}")) for i in range(4))
+    )
+
+    # every job was leased exactly once.
+    taken = [job_id for result in results for job_id in result]
+    assert len(taken) == len(set(taken)) == 2000
+    assert set(taken) == {env.id for env, _ in jobs}
+    assert all(results), [len(r) for r in results]
+    assert (await brokers[1].counts())["default"].states[JobState.RUNNING] == 2000
+
+
+_CHILD = """
+import asyncio, json, sys
+from offload.brokers.sqlite import SQLiteBroker
+
+async def main():
+    broker = SQLiteBroker("sqlite:///" + sys.argv[1])
+    taken = []
+    while leases := await broker.reserve(["default"], worker_id=sys.argv[2], lease_s=60,
+                                         limit=5):
+        for lease in leases:
+            await broker.ack(lease, None, result_ttl_s=None)
+            taken.append(lease.job_id)
+    await broker.close()
+    print(json.dumps(taken))
+
+asyncio.run(main())
+"""
+
+
+async def test_worker_processes_sharing_the_file_run_each_job_once(
+    make_broker: MakeBroker, db_path: Path
+) -> None:
+    broker = make_broker(clock=None)
+    jobs = [job(FakeClock(time.time())) for _ in range(600)]
+    await broker.enqueue(jobs)
+
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CHILD, str(db_path), f"p{i}", stdout=subprocess.PIPE
+        )
+        for i in range(3)
+    ]
+    outputs = [await child.communicate() for child in children]
+
+    assert [child.returncode for child in children] == [0, 0, 0]
+    taken = [job_id for out, _ in outputs for job_id in json.loads(out)]
+    assert sorted(taken) == sorted(env.id for env, _ in jobs)
+    assert (await broker.counts())["default"].states[JobState.SUCCEEDED] == 600
+
+
+# -- wait -------------------------------------------------------------------------------
+
+
+async def test_wait_returns_early_when_another_connection_enqueues(
+    make_broker: MakeBroker, clock: FakeClock
+) -> None:
+    waiting, producer = make_broker(), make_broker()
+    await producer.connect()
+    start = time.monotonic()
+    waiter = asyncio.create_task(waiting.wait(["default"], 5.0))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+
+    await producer.enqueue([job(clock)])
+    await asyncio.wait_for(waiter, 2.0)
+
+    assert time.monotonic() - start < 1.0
+
+
+async def test_wait_returns_at_once_when_the_same_broker_enqueues(
+    make_broker: MakeBroker, clock: FakeClock
+) -> None:
+    broker = make_broker()
+    await broker.connect()
+    waiter = asyncio.create_task(broker.wait(["default"], 5.0))
+    await asyncio.sleep(0.05)
+
+    start = time.monotonic()
+    await broker.enqueue([job(clock)])
+    await asyncio.wait_for(waiter, 2.0)
+
+    assert time.monotonic() - start < 0.1
+
+
+async def test_wait_ignores_other_queues_and_other_state_changes(
+    make_broker: MakeBroker, clock: FakeClock
+) -> None:
+    # Given a job in "default" that another connection will run to completion,
+    waiting, other = make_broker(), make_broker()
+    await other.enqueue([job(clock)])
+    await waiting.connect()
+    start = time.monotonic()
+    waiter = asyncio.create_task(waiting.wait(["default"], 0.5))
+    await asyncio.sleep(0.05)
+
+    # when that connection reserves and acks it, and enqueues to another queue only,
+    [lease] = await other.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+    await other.ack(lease, None, result_ttl_s=None)
+    await other.enqueue([job(clock, queue="elsewhere")])
+    await asyncio.wait_for(waiter, 2.0)
+
+    # the waiter sleeps its full timeout: nothing became ready in "default".
+    assert time.monotonic() - start >= 0.45
+
+
+def test_broker_can_be_used_from_several_event_loops(db_path: Path, clock: FakeClock) -> None:
+    broker = SQLiteBroker(f"sqlite:///{db_path}", clock=clock)
+    envelope, payload = job(clock)
+
+    asyncio.run(broker.enqueue([(envelope, payload)]))
+    leases = asyncio.run(broker.reserve(["default"], worker_id="w", lease_s=30, limit=1))
+    asyncio.run(broker.close())
+
+    assert [lease.job_id for lease in leases] == [envelope.id]
+
+
+async def test_wait_returns_when_the_broker_is_closed_and_does_not_reopen_it(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker()
+    waiter = asyncio.create_task(broker.wait(["default"], 5.0))
+    await asyncio.sleep(0.05)
+
+    await broker.close()
+    await asyncio.wait_for(waiter, 1.0)
+
+    assert broker._state is None  # no connection or thread left behind
