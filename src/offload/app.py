@@ -54,6 +54,9 @@ class Offload:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.portal = Portal()
         self._connected = False
+        # A task not registered in this process: route it by the app's default queue
+        # and leave attempts, timeout and result TTL to the worker's task definition.
+        self._unknown_task_defaults = TaskOptions(queue=queue, max_attempts=0, result_ttl_s=None)
 
     def __repr__(self) -> str:
         return f"<Offload {self.broker.url} tasks={len(self.tasks)}>"
@@ -182,17 +185,51 @@ class Offload:
 
     async def _enqueue(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
         task = self.tasks.get(name)
-        defaults = task.defaults if task is not None else TaskOptions(queue=self.default_queue)
+        defaults = task.defaults if task is not None else None
         now = self.clock.now()
         items = []
         for call in calls:
-            envelope = _envelope(name, call, defaults, overrides, now)
+            envelope = self._envelope(name, call, defaults, overrides, now)
             items.append((envelope, encode_envelope(envelope)))
         if not items:
             return []
         broker = await self.connected_broker()
         results = await broker.enqueue(items)
         return [Job(self, r.id, created=r.created) for r in results]
+
+    def _envelope(
+        self, name: str, call: Call, defaults: TaskOptions | None, o: Overrides, now: float
+    ) -> Envelope:
+        """Build one job. Routing (queue, priority) and time (delay, expiry) are fixed
+        here; attempts, backoff, timeout and result TTL travel only when overridden, so
+        the worker's task definition stays the source of truth (max_attempts is also
+        copied when known, for inspection)."""
+        not_before = o.at if o.at is not None else (now + o.delay_s if o.delay_s else None)
+        expires_s = o.expires_s
+        if expires_s is None and defaults is not None:
+            expires_s = defaults.expires_s
+        if o.expires_at is not None:
+            expires_at: float | None = o.expires_at
+        else:
+            expires_at = now + expires_s if expires_s is not None else None
+        priority = o.priority
+        if priority is None:
+            priority = defaults.priority if defaults is not None else 0
+        return Envelope(
+            id=new_job_id(),
+            task=name,
+            args=list(call.args),
+            kwargs=call.kwargs,
+            queue=o.queue or (defaults.queue if defaults is not None else self.default_queue),
+            priority=priority,
+            max_attempts=o.max_attempts or (defaults.max_attempts if defaults else None),
+            backoff=o.backoff,
+            not_before=not_before,
+            expires_at=expires_at,
+            key=_key(o.key, call),
+            timeout_s=o.timeout_s,
+            created_at=now,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -214,32 +251,6 @@ class Offload:
         if self._connected:
             self.portal.run(self.aclose())
         self.portal.close()
-
-
-def _envelope(name: str, call: Call, defaults: TaskOptions, o: Overrides, now: float) -> Envelope:
-    not_before = o.at if o.at is not None else (now + o.delay_s if o.delay_s else None)
-    expires_s = o.expires_s if o.expires_s is not None else defaults.expires_s
-    expires_at = (
-        o.expires_at
-        if o.expires_at is not None
-        else (now + expires_s if expires_s is not None else None)
-    )
-    return Envelope(
-        id=new_job_id(),
-        task=name,
-        args=list(call.args),
-        kwargs=call.kwargs,
-        queue=o.queue or defaults.queue,
-        priority=o.priority if o.priority is not None else defaults.priority,
-        max_attempts=o.max_attempts or defaults.max_attempts,
-        backoff=o.backoff or (defaults.backoff if defaults.backoff != DEFAULT_BACKOFF else None),
-        not_before=not_before,
-        expires_at=expires_at,
-        key=_key(o.key, call),
-        timeout_s=o.timeout_s if o.timeout_s is not None else defaults.timeout_s,
-        result_ttl_s=defaults.result_ttl_s,
-        created_at=now,
-    )
 
 
 def _key(spec: KeySpec | None, call: Call) -> str | None:

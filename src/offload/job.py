@@ -72,7 +72,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     queue: str = "default"
     priority: int = 0
-    max_attempts: int = 5
+    max_attempts: int | None = None  # None: the task's default, resolved by the worker
     backoff: Backoff | None = None
     not_before: float | None = None
     expires_at: float | None = None

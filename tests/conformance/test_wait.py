@@ -1,4 +1,4 @@
-"""`Broker.wait`: early wake-up on enqueue (for `push_wakeup` brokers), else the timeout.
+"""`Broker.wait`: early wake-up on enqueue (pushed or polled), else the timeout.
 
 These tests use real time, so their timeouts are small and their bounds generous.
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from offload.brokers.base import Broker
 from offload.testing import FakeClock
 
@@ -17,8 +15,6 @@ from .helpers import enqueue_one
 
 
 async def test_wait_returns_early_when_a_job_is_enqueued(broker: Broker, clock: FakeClock) -> None:
-    if not broker.capabilities.push_wakeup:
-        pytest.skip("the broker does not declare push_wakeup")
     start = time.monotonic()
     waiter = asyncio.create_task(broker.wait(["default"], 2.0))
     await asyncio.sleep(0.05)  # let the waiter start waiting

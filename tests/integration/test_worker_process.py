@@ -167,7 +167,7 @@ def test_unknown_task_goes_to_dead_letter_queue_not_lost(env: Env) -> None:
 
 
 def test_job_that_keeps_killing_its_worker_is_buried(env: Env) -> None:
-    job = env.app.options("suicide", max_attempts=2).enqueue()
+    job = env.app.enqueue("suicide")  # max_attempts=2 comes from the worker's task
     env.start_worker("--processes", "2", "--lease", "1")
     wait_for(lambda: env.info(job.id).state is JobState.DEAD, timeout=40)
     info = env.info(job.id)

@@ -41,7 +41,7 @@ def test_envelope_from_another_language_decodes() -> None:
         "emails.send",
         ["a@b.c"],
         "emails",
-        5,
+        None,
     )
 
 

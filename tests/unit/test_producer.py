@@ -143,6 +143,26 @@ def test_enqueue_by_name_without_the_task(app: Offload) -> None:
     )
 
 
+async def test_enqueue_by_name_leaves_defaults_to_the_worker(clock: FakeClock) -> None:
+    producer = Offload("memory://", clock=clock)
+    consumer = Offload("memory://", clock=clock)
+    consumer.broker = producer.broker  # two processes sharing one broker
+    runs: list[int] = []
+
+    @consumer.task(name="flaky", max_attempts=2, backoff=offload.Backoff(base_s=0))
+    def flaky() -> None:
+        runs.append(1)
+        raise ConnectionError("down")
+
+    job = await producer.enqueue_async("flaky")
+    assert (await job.info_async()).max_attempts is None
+    worker = offload.Worker(consumer)
+    await worker.drain()
+    await worker.drain()
+    assert len(runs) == 2
+    assert (await job.info_async()).state is JobState.DEAD
+
+
 def test_enqueue_by_name_uses_registered_defaults(app: Offload) -> None:
     app.task(name="emails.send", queue="emails", max_attempts=9)(lambda: None)
     info = app.enqueue("emails.send").info()

@@ -101,7 +101,7 @@ class JobInfo:
     state: JobState
     priority: int
     attempt: int
-    max_attempts: int
+    max_attempts: int | None  # None: the worker's task default applies
     key: str | None
     created_at: float
     due_at: float
@@ -173,6 +173,8 @@ class Broker(abc.ABC):
     Subclasses implement every abstract method as one atomic operation (a transaction,
     a Lua script, a lock-held update). Methods may be called concurrently from several
     tasks of one event loop, and (for `cross_process` brokers) from several processes.
+    A call cancelled while in flight may still take effect (a cancelled `reserve` can
+    leave its jobs leased until the lease lapses); nothing is lost either way.
     """
 
     #: Declared abilities; see `Capabilities`.
@@ -216,7 +218,8 @@ class Broker(abc.ABC):
         Each item is an envelope with its encoded bytes (encoded once, by the caller).
         A job whose `key` matches an existing job's (in any state, until that job is
         purged) is not stored; its result carries the existing id and `created=False`.
-        Duplicate keys within one call resolve to the first.
+        Duplicate keys within one call resolve to the first. An envelope whose `id` is
+        already stored (a retried send) is likewise not stored again.
         """
 
     # -- consumer ----------------------------------------------------------------------
@@ -242,6 +245,14 @@ class Broker(abc.ABC):
         `push_wakeup` return as soon as a job is enqueued.
         """
         await asyncio.sleep(timeout_s)
+
+    @abc.abstractmethod
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest due time of a `scheduled` job in `queues`, None if there is none.
+
+        An idle worker sleeps until then at most, so a delayed job or a retry starts
+        on time without polling.
+        """
 
     @abc.abstractmethod
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:

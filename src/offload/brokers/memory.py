@@ -78,12 +78,21 @@ class MemoryBroker(Broker):
         heapq.heappush(self._scheduled, (rec.info.due_at, rec.version, rec.info.id))
 
     def _expire_due(self, now: float) -> int:
+        """Expire every waiting job past `expires_at`. A running job's entry is kept:
+        if it comes back (retry, lapsed lease, release) it must still expire."""
         expired = 0
+        keep: list[tuple[float, str]] = []
         while self._expiries and self._expiries[0][0] <= now:
-            _, job_id = heapq.heappop(self._expiries)
-            rec = self._jobs.get(job_id)
-            if rec and rec.info.state in (JobState.QUEUED, JobState.SCHEDULED):
+            entry = heapq.heappop(self._expiries)
+            rec = self._jobs.get(entry[1])
+            if rec is None:
+                continue
+            if rec.info.state in (JobState.QUEUED, JobState.SCHEDULED):
                 expired += self._expire_if_due(rec, now)
+            elif rec.info.state is JobState.RUNNING:
+                keep.append(entry)
+        for entry in keep:
+            heapq.heappush(self._expiries, entry)
         return expired
 
     def _promote_and_reclaim(self, now: float) -> None:
@@ -138,6 +147,9 @@ class MemoryBroker(Broker):
                 if env.key is not None and env.key in self._keys:
                     results.append(EnqueueResult(self._keys[env.key], False))
                     continue
+                if env.id in self._jobs:  # the same envelope sent twice
+                    results.append(EnqueueResult(env.id, False))
+                    continue
                 due_at = max(env.not_before or now, now)
                 delayed = due_at > now
                 info = JobInfo(
@@ -182,8 +194,8 @@ class MemoryBroker(Broker):
         leases: list[Lease] = []
         with self._lock:
             now = self.clock.now()
-            self._expire_due(now)
             self._promote_and_reclaim(now)
+            self._expire_due(now)
             while len(leases) < limit:
                 rec = self._pop_best(queues)
                 if rec is None:
@@ -226,6 +238,16 @@ class MemoryBroker(Broker):
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         await self._wakeup.wait(timeout_s)
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        with self._lock:
+            wanted = set(queues)
+            due = [
+                rec.info.due_at
+                for rec in self._jobs.values()
+                if rec.info.state is JobState.SCHEDULED and rec.info.queue in wanted
+            ]
+        return min(due, default=None)
 
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
         out: list[bool] = []
@@ -319,7 +341,8 @@ class MemoryBroker(Broker):
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         with self._lock:
             wanted = set(queues) if queues is not None else None
-            states: dict[str, dict[JobState, int]] = {q: {} for q in queues or ()}
+            names = self._queues if queues is None else queues
+            states: dict[str, dict[JobState, int]] = {q: {} for q in names}
             oldest: dict[str, float] = {}
             for rec in self._jobs.values():
                 info = rec.info

@@ -147,7 +147,7 @@ def jobs(
             info.task,
             info.queue,
             info.state.value,
-            f"{info.attempt}/{info.max_attempts}",
+            f"{info.attempt}/{info.max_attempts or '?'}",
             fmt_time(info.created_at),
             error[:80],
         )

@@ -70,9 +70,10 @@ class Executor:
         if task is None:
             message = f"no task named {envelope.task!r} is registered in this worker"
             return Outcome("bury", envelope, error=ErrorInfo("UnknownTask", message))
-        if lease.attempt > envelope.max_attempts:
+        max_attempts = _max_attempts(envelope, task)
+        if lease.attempt > max_attempts:
             message = (
-                f"attempt {lease.attempt} exceeds max_attempts={envelope.max_attempts}: "
+                f"attempt {lease.attempt} exceeds max_attempts={max_attempts}: "
                 "an earlier attempt's worker was lost (crashed, killed, or stalled past its lease)"
             )
             return Outcome("bury", envelope, error=ErrorInfo("WorkerLost", message))
@@ -80,13 +81,15 @@ class Executor:
 
     async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
         now = self.app.clock.now()
-        timeout_s = envelope.timeout_s
+        timeout_s = (
+            envelope.timeout_s if envelope.timeout_s is not None else task.defaults.timeout_s
+        )
         ctx = JobContext(
             id=envelope.id,
             task=envelope.task,
             queue=envelope.queue,
             attempt=lease.attempt,
-            max_attempts=envelope.max_attempts,
+            max_attempts=_max_attempts(envelope, task),
             key=envelope.key,
             created_at=envelope.created_at,
             deadline=now + timeout_s if timeout_s is not None else None,
@@ -97,7 +100,10 @@ class Executor:
             result = encode_value(value, what=f"the result of task {envelope.task!r}")
         except Exception as exc:
             return self._failed(exc, lease, envelope, task)
-        return Outcome("ack", envelope, result, result_ttl_s=envelope.result_ttl_s)
+        ttl = envelope.result_ttl_s
+        return Outcome(
+            "ack", envelope, result, result_ttl_s=task.defaults.result_ttl_s if ttl is None else ttl
+        )
 
     async def _call(
         self, task: Task[Any, Any], env: Envelope, ctx: JobContext, timeout_s: float | None
@@ -132,12 +138,20 @@ class Executor:
         decision = task.defaults.retry.decide(
             exc,
             attempt=lease.attempt,
-            max_attempts=envelope.max_attempts,
+            max_attempts=_max_attempts(envelope, task),
             backoff=envelope.backoff or task.defaults.backoff,
         )
         if decision.delay_s is None:
             return Outcome("bury", envelope, error=_with_reason(error, decision.reason))
         return Outcome("retry", envelope, at=self.app.clock.now() + decision.delay_s, error=error)
+
+
+def _max_attempts(envelope: Envelope, task: Task[Any, Any]) -> int:
+    """The envelope's own limit, else the task's (a producer that enqueued by name
+    without the task registered leaves it to the worker)."""
+    if envelope.max_attempts is not None:
+        return envelope.max_attempts
+    return task.defaults.max_attempts
 
 
 def _with_reason(error: ErrorInfo, reason: str) -> ErrorInfo:

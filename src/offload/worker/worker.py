@@ -188,7 +188,11 @@ class Worker:
         return len(self._running) + len(self._buffer) >= self.concurrency + self.prefetch
 
     async def _idle_wait(self) -> None:
-        waiter = asyncio.create_task(self.broker.wait(self.queues, self.poll_s))
+        timeout_s = self.poll_s
+        due = await self.broker.next_due(self.queues)
+        if due is not None:
+            timeout_s = min(timeout_s, max(due - self.app.clock.now(), 0.0))
+        waiter = asyncio.create_task(self.broker.wait(self.queues, timeout_s))
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)

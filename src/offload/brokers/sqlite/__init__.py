@@ -244,6 +244,9 @@ class SQLiteBroker(Broker):
             if changed:
                 return
 
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        return await self._run(Store.next_due, queues)
+
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
         return await self._run(Store.extend, leases, lease_s)
 

@@ -460,6 +460,10 @@ class Store:
 
     # -- wakeups --------------------------------------------------------------------------
 
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        row = self._conn.execute(_Q["next_due"], (json.dumps(list(queues)),)).fetchone()
+        return None if row is None else float(row[0])
+
     def signal_mark(self, queues: Sequence[str]) -> tuple[int, int]:
         """Where `wait` starts from: the connection's data version and the sum of the
         queues' signal counters."""

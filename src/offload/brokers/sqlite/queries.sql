@@ -57,6 +57,14 @@ SELECT id FROM offload_jobs WHERE key = ?;
 INSERT INTO offload_queues (name, signal) VALUES (?, ?)
 ON CONFLICT (name) DO UPDATE SET signal = signal + excluded.signal WHERE excluded.signal > 0;
 
+-- name: next_due
+-- The earliest scheduled job of these queues, walking the scheduled index in due order.
+SELECT due_at
+  FROM offload_jobs INDEXED BY offload_jobs_scheduled
+ WHERE state = 'scheduled' AND queue IN (SELECT value FROM json_each(?))
+ ORDER BY due_at
+ LIMIT 1;
+
 -- name: signal_total
 -- Signals only grow, so any change to one of these queues changes the sum.
 SELECT coalesce(sum(signal), 0)

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS offload_jobs (
                          'succeeded', 'dead', 'expired', 'cancelled')),
     priority         INTEGER NOT NULL DEFAULT 0,
     attempt          INTEGER NOT NULL DEFAULT 0,
-    max_attempts     INTEGER NOT NULL,
+    max_attempts     INTEGER,                 -- NULL: the worker's task default
     key              TEXT    UNIQUE,          -- idempotency key; NULLs never collide
     created_at       REAL    NOT NULL,
     due_at           REAL    NOT NULL,        -- when the job is (or was) ready
