@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from offload.brokers.base import Broker
+from offload.brokers.base import Ack, Broker
+from offload.codec import encode_value
 from offload.job import JobState
 from offload.testing import FakeClock
 
@@ -64,3 +65,21 @@ async def test_counts_lists_every_known_queue_even_when_emptied(
     stats = await broker.counts()
     assert "gone" in stats
     assert sum(stats["gone"].states.values()) == 0
+
+
+async def test_ack_many_settles_each_lease_on_its_own(broker: Broker, clock: FakeClock) -> None:
+    ids = [await enqueue_one(broker) for _ in range(3)]
+    [short] = await broker.reserve(["default"], worker_id="w", lease_s=5, limit=1)
+    longer = await broker.reserve(["default"], worker_id="w", lease_s=60, limit=2)
+    clock.advance(6)  # the first lease lapses and another worker takes that job back
+    [retaken] = await broker.reserve(["default"], worker_id="w2", lease_s=60, limit=1)
+    assert retaken.job_id == short.job_id == ids[0]
+    acks = [Ack(lease, encode_value(i), None) for i, lease in enumerate([short, *longer])]
+    assert await broker.ack_many(acks) == [False, True, True]
+    assert [await state_of(broker, i) for i in ids] == [
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+        JobState.SUCCEEDED,
+    ]
+    info = await broker.get_job(ids[1])
+    assert info is not None and info.result_value() == 1

@@ -27,10 +27,12 @@ from typing import Any
 
 from offload.clock import Clock, SystemClock
 from offload.codec import decode_envelope, decode_value
+from offload.errors import LeaseLost
 from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = [
     "DEFAULT_RETENTION_S",
+    "Ack",
     "Broker",
     "Capabilities",
     "EnqueueResult",
@@ -89,6 +91,15 @@ class Lease:
     attempt: int
     deadline: float
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One success to record with `Broker.ack_many`."""
+
+    lease: Lease
+    result: bytes | None
+    result_ttl_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +283,23 @@ class Broker(abc.ABC):
         Raises:
             LeaseLost: the token does not match the job's current lease.
         """
+
+    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+        """`ack` several jobs, in one round trip where the broker can (the worker's
+        acks are group-committed through this). Each ack stands alone: False for a
+        lease no longer held, and the others still succeed.
+
+        The base implementation acks one by one; brokers override it for speed.
+        """
+        held: list[bool] = []
+        for item in acks:
+            try:
+                await self.ack(item.lease, item.result, result_ttl_s=item.result_ttl_s)
+            except LeaseLost:
+                held.append(False)
+            else:
+                held.append(True)
+        return held
 
     @abc.abstractmethod
     async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:

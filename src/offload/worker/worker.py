@@ -22,10 +22,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from offload.brokers.base import Lease, WorkerInfo
+from offload.brokers.base import Ack, Lease, WorkerInfo
 from offload.errors import LeaseLost
 from offload.job import ErrorInfo
 from offload.worker.executor import Executor, Outcome
+from offload.worker.leases import AckBatcher
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -85,6 +86,7 @@ class Worker:
         self._capacity = asyncio.Event()
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
+        self._acks = AckBatcher(app.broker)
 
     @property
     def broker(self) -> Broker:
@@ -227,7 +229,9 @@ class Worker:
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
         try:
             if outcome.action == "ack":
-                await self.broker.ack(lease, outcome.result, result_ttl_s=outcome.result_ttl_s)
+                ack = Ack(lease, outcome.result, outcome.result_ttl_s)
+                if not await self._acks.ack(ack):
+                    raise LeaseLost()
                 logger.debug("job %s succeeded", lease.job_id, extra={"action": "acked", **extra})
             elif outcome.action == "retry":
                 assert outcome.error is not None
@@ -257,6 +261,12 @@ class Worker:
                 "job %s: lease lost before it was settled; it may run again elsewhere",
                 lease.job_id,
                 extra={"action": "lease_lost", **extra},
+            )
+        except Exception:
+            logger.exception(
+                "job %s: could not record its outcome; it runs again once its lease lapses",
+                lease.job_id,
+                extra={"action": "settle_failed", **extra},
             )
 
     # -- side tasks --------------------------------------------------------------------

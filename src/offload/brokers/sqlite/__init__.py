@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from offload.brokers._wakeup import Wakeup
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
+    Ack,
     Broker,
     Capabilities,
     EnqueueResult,
@@ -249,6 +250,9 @@ class SQLiteBroker(Broker):
 
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
         return await self._run(Store.extend, leases, lease_s)
+
+    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+        return await self._run(Store.ack_many, acks)
 
     async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
         await self._run(Store.ack, lease, result, result_ttl_s)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, TypeVarTuple
 import msgspec
 
 from offload.brokers.base import (
+    Ack,
     EnqueueResult,
     JobInfo,
     Lease,
@@ -286,19 +287,26 @@ class Store:
             ]
 
     def ack(self, lease: Lease, result: bytes | None, result_ttl_s: float | None) -> None:
-        ttl = self._retention_s if result_ttl_s is None else result_ttl_s
         with self._write() as now:
-            cursor = self._conn.execute(
-                _Q["ack"],
-                {
-                    "result": result,
-                    "now": now,
-                    "purge_at": now + ttl,
-                    "id": lease.job_id,
-                    "token": lease.token,
-                },
-            )
-            _check_held(cursor.rowcount, lease)
+            params = self._ack_params(Ack(lease, result, result_ttl_s), now)
+            _check_held(self._conn.execute(_Q["ack"], params).rowcount, lease)
+
+    def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+        """Every ack in one transaction: one lock and one commit for the whole batch."""
+        with self._write() as now:
+            return [
+                self._conn.execute(_Q["ack"], self._ack_params(a, now)).rowcount == 1 for a in acks
+            ]
+
+    def _ack_params(self, ack: Ack, now: float) -> dict[str, object]:
+        ttl = self._retention_s if ack.result_ttl_s is None else ack.result_ttl_s
+        return {
+            "result": ack.result,
+            "now": now,
+            "purge_at": now + ttl,
+            "id": ack.lease.job_id,
+            "token": ack.lease.token,
+        }
 
     def retry(self, lease: Lease, at: float, error: ErrorInfo) -> bool:
         """Returns whether the job is due at once (so waiters should wake)."""
