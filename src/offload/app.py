@@ -189,6 +189,8 @@ class Offload:
         now = self.clock.now()
         items = []
         for call in calls:
+            if task is not None:
+                task.check_arguments(call.args, call.kwargs)
             envelope = self._envelope(name, call, defaults, overrides, now)
             items.append((envelope, encode_envelope(envelope)))
         if not items:

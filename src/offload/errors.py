@@ -4,6 +4,7 @@
 OffloadError                         base of everything we raise
 ├── ConfigurationError(ValueError)   bad URL / unknown scheme / missing extra / bad option
 ├── SerializationError(TypeError)    argument or result not JSON-encodable (raised at the producer)
+├── InvalidArguments(TypeError)      arguments do not fit the task's signature
 ├── UnknownTask(LookupError)         no task registered under that name
 ├── BrokerError                      broker-side failure, carries __cause__
 │   ├── BrokerUnavailable            connection refused / lost (transient; worker backs off)
@@ -37,6 +38,7 @@ __all__ = [
     "BrokerUnavailable",
     "Bury",
     "ConfigurationError",
+    "InvalidArguments",
     "JobCancelled",
     "JobControl",
     "JobError",
@@ -66,6 +68,10 @@ class ConfigurationError(OffloadError, ValueError):
 
 class SerializationError(OffloadError, TypeError):
     """A value cannot be encoded as JSON."""
+
+
+class InvalidArguments(OffloadError, TypeError):
+    """The arguments do not fit the task's signature."""
 
 
 class UnknownTask(OffloadError, LookupError):

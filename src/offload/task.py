@@ -9,11 +9,12 @@ producer rather than at the worker.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from offload.errors import InvalidArguments
 from offload.job import Backoff
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 
@@ -103,6 +104,10 @@ def make_overrides(
         raise ConfigurationError("give either delay= or at=, not both")
     if max_attempts is not None and max_attempts < 1:
         raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+    if priority is not None and (type(priority) is not int):
+        raise ConfigurationError(f"priority must be an int, got {priority!r}")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ConfigurationError(f"queue must be a non-empty string, got {queue!r}")
     return Overrides(
         delay_s=seconds(delay),
         at=at.timestamp() if isinstance(at, datetime) else at,
@@ -163,6 +168,7 @@ class Task(Enqueuer[P], Generic[P, R]):
         self.name = name
         self.defaults = options
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -171,6 +177,14 @@ class Task(Enqueuer[P], Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise `InvalidArguments` if a call with these arguments would fail to bind,
+        so a wrong call fails at the producer instead of burning retries."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"bad arguments for task {self.name!r}: {exc}") from None
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """Arguments for one job of `enqueue_many`, checked against the signature."""

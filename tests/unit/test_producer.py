@@ -10,6 +10,7 @@ import pytest
 import offload
 from offload import (
     ConfigurationError,
+    InvalidArguments,
     JobNotFound,
     JobState,
     Offload,
@@ -178,3 +179,25 @@ def test_get_task_unknown_lists_registered(app: Offload) -> None:
 def test_unknown_job_handle_raises_not_found(app: Offload) -> None:
     with pytest.raises(JobNotFound):
         app.job("nope").state()
+
+
+def test_arguments_that_do_not_fit_fail_at_enqueue(app: Offload) -> None:
+    @app.task(name="emails.send")
+    def send(to: str, code: str) -> None: ...
+
+    with pytest.raises(InvalidArguments, match=r"bad arguments for task 'emails.send'"):
+        send.enqueue("ada@example.com")  # type: ignore[call-arg]
+    with pytest.raises(InvalidArguments, match="unexpected keyword argument 'cc'"):
+        app.enqueue("emails.send", "a", "b", cc="c")
+
+
+def test_bad_options_are_refused(app: Offload) -> None:
+    @app.task
+    def work() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="priority must be an int"):
+        work.options(priority="high")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="queue must be a non-empty string"):
+        work.options(queue="")
+    with pytest.raises(ConfigurationError, match="max_attempts must be at least 1"):
+        work.options(max_attempts=0)

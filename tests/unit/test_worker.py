@@ -293,3 +293,17 @@ async def test_shutdown_past_grace_gives_running_job_back(app: Offload) -> None:
     info = await job.info_async()
     assert info.state is JobState.SCHEDULED
     assert info.error is not None and info.error.type == "WorkerShutdown"
+
+
+async def test_job_whose_arguments_do_not_fit_is_buried_at_once(app: Offload) -> None:
+    producer = Offload("memory://", clock=app.clock)
+    producer.broker = app.broker  # an older producer that enqueues by name
+
+    @app.task(name="emails.send", max_attempts=5)
+    def send(to: str) -> None: ...
+
+    job = await producer.enqueue_async("emails.send", "a@b.c", "surplus")
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert (info.state, info.attempt) == (JobState.DEAD, 1)
+    assert info.error is not None and info.error.type == "InvalidArguments"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from offload.codec import decode_envelope, encode_value
 from offload.context import JobContext, _current
-from offload.errors import JobTimeout, SerializationError
+from offload.errors import InvalidArguments, JobTimeout, SerializationError
 from offload.job import Envelope, ErrorInfo
 from offload.worker.processes import ProcessRunner, RemoteError
 
@@ -77,6 +77,10 @@ class Executor:
                 "an earlier attempt's worker was lost (crashed, killed, or stalled past its lease)"
             )
             return Outcome("bury", envelope, error=ErrorInfo("WorkerLost", message))
+        try:
+            task.check_arguments(envelope.args, envelope.kwargs)
+        except InvalidArguments as exc:  # retrying cannot fix a call that never binds
+            return Outcome("bury", envelope, error=ErrorInfo("InvalidArguments", str(exc)))
         return await self._run(lease, envelope, task)
 
     async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
