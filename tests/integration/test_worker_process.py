@@ -3,6 +3,7 @@ graceful shutdown, bad input, and a job that keeps killing its worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -184,3 +185,24 @@ def test_long_job_is_not_redelivered_while_its_worker_lives(env: Env) -> None:
     wait_for(lambda: env.info(job.id).state is JobState.SUCCEEDED)
     assert env.info(job.id).attempt == 1
     assert sorted(p.name for p in env.out.iterdir()) == ["long.1.done", "long.1.started"]
+
+
+def test_json_logs_carry_the_job_fields(env: Env) -> None:
+    job = env.app.enqueue("reports.not_deployed")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "offload", "worker", "jobsapp:app", "--log-format", "json"],
+        env=env.env,
+        cwd=env.dir,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    env.procs.append(worker)  # type: ignore[arg-type]
+    wait_for(lambda: env.info(job.id).state is JobState.DEAD)
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=20)
+    records = [json.loads(line) for line in stderr.splitlines()]
+    buried = [r for r in records if r.get("action") == "buried"]
+    assert len(buried) == 1
+    assert buried[0]["job_id"] == job.id
+    assert buried[0]["task"] == "reports.not_deployed"
+    assert buried[0]["level"] == "error"

@@ -78,12 +78,16 @@ def console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Logs to stderr: human-readable text, or one JSON object per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from offload.logging import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 app_option = click.option(

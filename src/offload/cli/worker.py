@@ -43,6 +43,8 @@ def _env(name: str) -> dict[str, Any]:
               help="Longest idle wait between reservations, seconds.")  # fmt: skip
 @click.option("--log-level", default="info", **_env("LOG_LEVEL"),
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+@click.option("--log-format", default="text", **_env("LOG_FORMAT"),
+              type=click.Choice(["text", "json"]), help="json: one object per line.")  # fmt: skip
 def worker(
     app_spec: str,
     concurrency: int,
@@ -53,13 +55,14 @@ def worker(
     grace: float,
     poll: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run jobs of the app MODULE:APP until SIGTERM or Ctrl-C.
 
     The first signal stops taking jobs, lets running ones finish within --grace and
     gives the rest back; a second signal ends the grace period at once.
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     if processes > 1:
         sys.exit(_supervise(processes))
     app = load_app(app_spec)
