@@ -1,0 +1,24 @@
+"""One adapter per system under test, with a common small interface (`base.Adapter`).
+
+`ADAPTERS` maps a system's name to `module:class`; the driver imports an adapter only
+when it runs that system, so one peer failing to import does not stop the others.
+"""
+
+from __future__ import annotations
+
+ADAPTERS: dict[str, str] = {
+    "offload-redis": "adapters.offload:OffloadRedis",
+    "offload-sqlite": "adapters.offload:OffloadSQLite",
+    "raw-redis-py": "adapters.raw:RawRedis",
+    "celery": "adapters.celery:CeleryAdapter",
+    "rq": "adapters.rq:RQAdapter",
+    "dramatiq": "adapters.dramatiq:DramatiqAdapter",
+    "arq": "adapters.arq:ArqAdapter",
+    "huey": "adapters.huey:HueyAdapter",
+    "saq": "adapters.saq:SaqAdapter",
+    "taskiq": "adapters.taskiq:TaskiqAdapter",
+    "streaq": "adapters.streaq:StreaqAdapter",
+}
+
+#: Systems that are the ceiling or offload itself, not peers (ratios are against peers).
+NOT_PEERS = frozenset({"offload-redis", "offload-sqlite", "raw-redis-py"})

@@ -1,0 +1,95 @@
+"""offload itself, on Redis (when `offload.brokers.redis` exists) and on SQLite.
+
+Workers: `python -m offload worker adapters.offload:app --concurrency 100
+--prefetch 100 --processes K`, the settings `benchmarks/throughput.py` uses; the
+handler is `async def`, offload's documented fast path (run on the worker's loop, no
+thread hop). Bulk enqueue: `task.enqueue_many` (one broker round trip per call).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from adapters import _probe
+from adapters.base import Adapter, python
+from offload import Offload
+
+#: The worker processes read their URL from here (set by the adapter below).
+URL_ENV = "BENCH_OFFLOAD_URL"
+
+app = Offload(os.environ.get(URL_ENV, "memory://"))
+
+
+@app.task(name="noop")
+async def noop(t: float) -> None:
+    _probe.record(t)
+
+
+def redis_available() -> bool:
+    try:
+        import offload.brokers.redis  # noqa: F401
+    except ImportError:
+        return False
+    return "redis" in __import__("offload.brokers", fromlist=["SCHEMES"]).SCHEMES
+
+
+class _OffloadAdapter(Adapter):
+    bulk_api = "`noop.enqueue_many(...)`"
+    url = ""
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        super().__init__(redis_url, workdir)
+        self.app = Offload(self.url)
+        self.noop = self.app.task(name="noop")(noop.fn)
+
+    def _one(self, t: float) -> None:
+        self.noop.enqueue(t)
+
+    def _bulk(self, n: int) -> None:
+        self.noop.enqueue_many([(0.0,)] * n)
+
+    def _delayed(self, n: int, delay_s: float) -> None:
+        delayed = self.noop.options(delay=delay_s)
+        for start in range(0, n, 1000):
+            delayed.enqueue_many([(0.0,)] * min(1000, n - start))
+
+    def workers(self, processes: int) -> list[list[str]]:
+        return [
+            [python(), "-m", "offload", "worker", "adapters.offload:app",
+             "--concurrency", "100", "--prefetch", "100", "--processes", str(processes),
+             "--log-level", "warning"]
+        ]  # fmt: skip
+
+    def worker_env(self) -> dict[str, str]:
+        env = super().worker_env()
+        env[URL_ENV] = self.url
+        return env
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class OffloadRedis(_OffloadAdapter):
+    name = "offload (Redis)"
+    config = "offload worker, async handler, --concurrency 100 --prefetch 100"
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        if not redis_available():
+            raise RuntimeError("not available: offload.brokers.redis has not landed")
+        self.url = redis_url
+        super().__init__(redis_url, workdir)
+
+
+class OffloadSQLite(_OffloadAdapter):
+    name = "offload (SQLite)"
+    config = "as offload (Redis), on `sqlite:///` in a temp dir (WAL)"
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        self.db = workdir / "bench.db"
+        self.url = f"sqlite:///{self.db}"
+        super().__init__(redis_url, workdir)
+
+    def storage_bytes(self) -> int | None:
+        """File bytes (database + WAL): the embedded broker's footprint."""
+        return sum(p.stat().st_size for p in self.db.parent.glob(self.db.name + "*") if p.is_file())
