@@ -5,7 +5,9 @@ A broker whose server is not answering is skipped locally and fails under CI=tru
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from offload.brokers import from_url
 from offload.brokers.base import Broker
 from offload.testing import FakeClock
 
-BROKER_NAMES = ["memory", "sqlite"]
+BROKER_NAMES = ["memory", "sqlite", "postgres"]
 
 
 @pytest.fixture
@@ -31,6 +33,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str]
             return "memory://"
         if name == "sqlite":
             return f"sqlite:///{tmp_path / 'offload.db'}"
+        if name == "postgres":
+            return str(request.getfixturevalue("postgres_url"))
         raise ValueError(name)
 
     return make
@@ -47,3 +51,37 @@ async def broker(
         yield b
     finally:
         await b.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+#: The test server; `.ci/run` starts it. Override with OFFLOAD_TEST_POSTGRES.
+POSTGRES_DSN = os.environ.get("OFFLOAD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The test database; skipped locally, failed under CI=true, if it is not answering."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3):
+            pass
+    except Exception as exc:
+        message = f"PostgreSQL is not available at {POSTGRES_DSN}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def postgres_url(postgres_dsn: str) -> Iterator[str]:
+    """A broker URL whose tables live in a schema of this test's own, dropped after it."""
+    import psycopg
+    from psycopg import sql
+
+    schema = f"offload_test_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_dsn}?schema={schema}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

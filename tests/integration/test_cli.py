@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from offload.brokers import SCHEMES
+
 
 @pytest.fixture
 def run(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -56,7 +58,7 @@ def test_errors_are_one_line_without_traceback(run) -> None:  # type: ignore[no-
     assert bad_url.returncode == 1
     assert bad_url.stderr.strip().splitlines() == [
         "error: unknown broker scheme 'mysql' in 'mysql://localhost/x'; "
-        "known schemes: memory, sqlite"
+        f"known schemes: {', '.join(sorted(SCHEMES))}"
     ]
     missing = run("show", "nope")
     assert missing.returncode == 1

@@ -19,6 +19,10 @@ __all__ = ["SCHEMES", "from_url"]
 SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("offload.brokers.memory", "MemoryBroker"),
     "sqlite": ("offload.brokers.sqlite", "SQLiteBroker"),
+    "redis": ("offload.brokers.redis", "RedisBroker"),
+    "rediss": ("offload.brokers.redis", "RedisBroker"),
+    "postgresql": ("offload.brokers.postgres", "PostgresBroker"),
+    "postgres": ("offload.brokers.postgres", "PostgresBroker"),
 }
 
 

@@ -123,10 +123,11 @@ def cli() -> None:
 def _register() -> None:
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
+    from offload.cli.migrate import migrate
     from offload.cli.produce import enqueue
     from offload.cli.worker import worker
 
-    for command in (worker, status, jobs, show, enqueue, dlq):
+    for command in (worker, status, jobs, show, enqueue, dlq, migrate):
         cli.add_command(command)
     try:
         from offload.cli.demo import demo

@@ -1,0 +1,565 @@
+"""`postgresql://`: jobs in PostgreSQL, shared by any number of workers and machines.
+
+- **One statement per state change.** A reservation is one call of the server-side
+  function `offload_reserve_v1` (promote due jobs, reclaim lapsed leases, expire stale
+  ones, then claim with `FOR UPDATE SKIP LOCKED` feeding `UPDATE ... RETURNING`); every
+  other operation is one statement in autocommit mode. Partial indexes keep each step's
+  cost independent of how many finished jobs the table holds.
+- **No polling.** `LISTEN/NOTIFY` wakes idle workers when a job becomes ready
+  (`_listener.py`); `next_due` bounds their sleep for delayed jobs.
+- **Enqueue in the application's transaction** (`enqueue_in`): the job commits or
+  rolls back with the application's own rows.
+- **Versioned migrations** (`_sql.py`), applied by `connect()` or `offload migrate`.
+
+The URL is libpq's, plus offload's own query parameters: `schema` (tables live in this
+schema, created if needed, instead of the connection's default search_path) and
+`pool_max` (connections per event loop, default 10). For example
+`postgresql://app@db/app?schema=offload&sslmode=require`.
+
+psycopg's async connections belong to the event loop that opened them, so the broker
+keeps one pool (and one listener) per event loop that uses it: the worker's loop and
+the sync producer's portal loop each get their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from offload.brokers.base import (
+    DEFAULT_RETENTION_S,
+    Broker,
+    Capabilities,
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.brokers.postgres import _rows
+from offload.brokers.postgres._listener import Listener
+from offload.brokers.postgres._sql import load_queries, migrate, qualified, schema_version
+from offload.clock import Clock
+from offload.codec import encode_error, encode_value
+from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = ["PostgresBroker", "parse_url"]
+
+#: Most finished jobs one `sweep` deletes: a bounded transaction; the next sweep goes on.
+SWEEP_BATCH = 10_000
+_Q = load_queries()
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_OUR_PARAMS = ("schema", "pool_max")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    conninfo: str  # for psycopg, without offload's own parameters
+    schema: str | None
+    pool_max: int
+    channel: str  # the NOTIFY channel of this schema's jobs
+
+
+def parse_url(url: str) -> Settings:
+    """Split a broker URL into psycopg's conninfo and offload's options.
+
+    Raises:
+        ConfigurationError: a bad `schema` name or `pool_max`.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OUR_PARAMS}
+    rest = [(k, v) for k, v in query if k not in _OUR_PARAMS]
+    schema = ours.get("schema") or None
+    if schema is not None and not _IDENT.match(schema):
+        raise ConfigurationError(f"invalid schema name {schema!r} in {url!r}")
+    if schema is not None:
+        rest.append(("options", f"-csearch_path={schema}"))
+    try:
+        pool_max = int(ours.get("pool_max", "10"))
+    except ValueError:
+        raise ConfigurationError(f"pool_max must be an integer in {url!r}") from None
+    if pool_max < 1:
+        raise ConfigurationError(f"pool_max must be at least 1 in {url!r}")
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    channel = f"offload.{schema}" if schema else "offload"
+    return Settings(conninfo, schema, pool_max, channel)
+
+
+@dataclass(slots=True)
+class _LoopState:
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]
+    listener: Listener
+
+
+class PostgresBroker(Broker):
+    """Jobs in PostgreSQL tables; see the module docstring."""
+
+    capabilities = Capabilities(
+        transactional_enqueue=True, push_wakeup=True, cross_process=True, loop_bound=False
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        super().__init__(url, clock=clock, retention_s=retention_s)
+        self.settings = parse_url(url)
+        self._lock = threading.Lock()
+        self._opening: dict[asyncio.AbstractEventLoop, asyncio.Task[_LoopState]] = {}
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _state(self) -> _LoopState:
+        """This event loop's pool and listener, opened (and the schema migrated) on the
+        first call from the loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            opening = self._opening.get(loop)
+            if opening is None:
+                opening = loop.create_task(self._open(), name="offload-postgres-open")
+                self._opening[loop] = opening
+        try:
+            return await asyncio.shield(opening)
+        except BaseException:
+            if opening.done():
+                with self._lock:
+                    if self._opening.get(loop) is opening:
+                        del self._opening[loop]
+            raise
+
+    async def _open(self) -> _LoopState:
+        s = self.settings
+        await self.migrate()
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
+            s.conninfo,
+            min_size=1,
+            max_size=s.pool_max,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            open=False,
+            name="offload",
+        )
+        await pool.open(wait=True, timeout=10)
+        return _LoopState(pool, Listener(s.conninfo, s.channel))
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """A pooled connection (autocommit), with psycopg's errors made ours."""
+        state = await self._state()
+        try:
+            async with state.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+        except psycopg.Error as exc:
+            raise BrokerError(f"PostgreSQL error: {exc}") from exc
+
+    async def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(_Q[name], params)
+            return await cur.fetchall() if cur.description else []
+
+    async def _rowcount(self, name: str, params: dict[str, Any]) -> int:
+        async with self._conn() as conn:
+            return (await conn.execute(_Q[name], params)).rowcount
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open this event loop's pool, creating or migrating the schema; idempotent.
+
+        Raises:
+            BrokerUnavailable: the server cannot be reached.
+            ConfigurationError: the database schema is newer than this offload.
+        """
+        await self._state()
+
+    async def migrate(self) -> tuple[int, list[int]]:
+        """Create or upgrade the schema now, on a connection of its own (what
+        `offload migrate` runs). Returns the schema version and the versions applied.
+
+        Raises:
+            BrokerUnavailable: the server cannot be reached.
+            ConfigurationError: the database schema is newer than this offload.
+        """
+        s = self.settings
+        try:
+            async with await psycopg.AsyncConnection.connect(s.conninfo, autocommit=True) as conn:
+                applied = await migrate(conn, s.schema)
+                return await schema_version(conn), applied
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    async def close(self) -> None:
+        """Close the pools and listeners of every event loop; idempotent. Another
+        loop's are closed on that loop if it still runs (else they are dropped)."""
+        here = asyncio.get_running_loop()
+        with self._lock:
+            opening, self._opening = self._opening, {}
+        for loop, task in opening.items():
+            if loop is here:
+                await _close_state(task)
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(_close_state(task), loop)
+                await asyncio.wrap_future(future)
+
+    # -- producer -------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        async with self._conn() as conn:
+            return await self._enqueue_on(conn, jobs, schema=None)
+
+    async def enqueue_in(
+        self, connection: psycopg.AsyncConnection[Any], jobs: Sequence[tuple[Envelope, bytes]]
+    ) -> list[EnqueueResult]:
+        """Enqueue on the application's own connection, inside its transaction.
+
+        Nothing is committed here: the jobs exist if and when the application commits
+        (and workers are notified then), and vanish if it rolls back. The connection
+        must reach the broker's database; tables are named in the URL's `schema` if it
+        has one, else found through the connection's search_path.
+
+        Raises:
+            ConfigurationError: the connection is in autocommit mode outside a
+                transaction block, where there is no transaction to join.
+        """
+        _require_transaction(connection)
+        if not jobs:
+            return []
+        return await self._enqueue_on(connection, jobs, schema=self.settings.schema)
+
+    def enqueue_in_sync(
+        self, connection: psycopg.Connection[Any], jobs: Sequence[tuple[Envelope, bytes]]
+    ) -> list[EnqueueResult]:
+        """`enqueue_in` on a synchronous psycopg connection (a Django, Flask or script
+        transaction). Same contract; blocks for one or two statements."""
+        _require_transaction(connection)
+        if not jobs:
+            return []
+        s = self.settings
+        with connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                qualified(_Q["enqueue"], s.schema),
+                _rows.enqueue_params(jobs, self.clock.now(), s.channel),
+            )
+            created = {row[0] for row in cur.fetchall()}
+            holders: dict[str, str] = {}
+            keys = _unresolved_keys(jobs, created)
+            if keys:
+                cur.execute(qualified(_Q["ids_for_keys"], s.schema), {"keys": keys})
+                holders = {row[0]: row[1] for row in cur.fetchall()}
+        return _rows.enqueue_results(jobs, created, holders)
+
+    async def _enqueue_on(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        jobs: Sequence[tuple[Envelope, bytes]],
+        *,
+        schema: str | None,
+    ) -> list[EnqueueResult]:
+        params = _rows.enqueue_params(jobs, self.clock.now(), self.settings.channel)
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(qualified(_Q["enqueue"], schema), params)
+            created = {row[0] for row in await cur.fetchall()}
+            holders: dict[str, str] = {}
+            keys = _unresolved_keys(jobs, created)
+            if keys:
+                await cur.execute(qualified(_Q["ids_for_keys"], schema), {"keys": keys})
+                holders = {row[0]: row[1] for row in await cur.fetchall()}
+        return _rows.enqueue_results(jobs, created, holders)
+
+    # -- consumer -------------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        state = await self._state()
+        await state.listener.start()
+        state.listener.mark(queues)
+        params = {
+            "queues": list(dict.fromkeys(queues)),
+            "worker_id": worker_id,
+            "now": self.clock.now(),
+            "lease_s": lease_s,
+            "limit": max(limit, 0),
+            "lease_error": _rows.LEASE_EXPIRED,
+            "retention_s": self.retention_s,
+        }
+        rows = await self._rows("reserve", params)
+        return [
+            Lease(r["id"], r["token"], r["queue"], r["attempt"], r["deadline"], bytes(r["payload"]))
+            for r in rows
+        ]
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when a job is made ready in `queues` (a NOTIFY), or after `timeout_s`.
+
+        A delayed job that becomes due, or a lapsed lease, sends no notification: the
+        caller bounds its wait with `next_due` and its poll interval.
+        """
+        state = await self._state()
+        await state.listener.start()
+        await state.listener.wait(queues, timeout_s)
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        rows = await self._rows("next_due", {"queues": list(queues)})
+        due = rows[0]["min"] if rows else None
+        return None if due is None else float(due)
+
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        if not leases:
+            return []
+        now = self.clock.now()
+        params = {
+            "deadline": now + lease_s,
+            "now": now,
+            "ids": [lease.job_id for lease in leases],
+            "tokens": [lease.token for lease in leases],
+        }
+        held = {(row["id"], row["token"]) for row in await self._rows("extend", params)}
+        return [(lease.job_id, lease.token) in held for lease in leases]
+
+    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+        now = self.clock.now()
+        ttl = self.retention_s if result_ttl_s is None else result_ttl_s
+        params = {
+            "result": result,
+            "now": now,
+            "purge_at": now + ttl,
+            "id": lease.job_id,
+            "token": lease.token,
+        }
+        _check_held(await self._rowcount("ack", params), lease)
+
+    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
+        params = {
+            "at": at,
+            "now": self.clock.now(),
+            "error": encode_error(error).decode(),
+            "id": lease.job_id,
+            "token": lease.token,
+            "channel": self.settings.channel,
+        }
+        _check_held(len(await self._rows("retry", params)), lease)
+
+    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
+        params = {
+            "error": encode_error(error).decode(),
+            "now": self.clock.now(),
+            "id": lease.job_id,
+            "token": lease.token,
+        }
+        _check_held(await self._rowcount("bury", params), lease)
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        params = {
+            "ids": [lease.job_id for lease in leases],
+            "tokens": [lease.token for lease in leases],
+            "channel": self.settings.channel,
+        }
+        await self._rows("release", params)
+
+    async def cancel(self, job_id: str) -> bool:
+        now = self.clock.now()
+        params = {"id": job_id, "now": now, "purge_at": now + self.retention_s}
+        return bool(await self._rows("cancel", params))
+
+    # -- inspection -----------------------------------------------------------------------
+
+    async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per queue: the requested ones (even if unknown), else every known queue."""
+        async with self._conn() as conn, conn.transaction():
+            if queues is None:
+                names = [r["name"] for r in await (await conn.execute(_Q["queues"])).fetchall()]
+                cur = await conn.execute(_Q["count_states"])
+            else:
+                names = list(queues)
+                cur = await conn.execute(_Q["count_states_of"], {"queues": names})
+            rows = await cur.fetchall()
+            oldest_rows = await (await conn.execute(_Q["oldest_queued"])).fetchall()
+        oldest = {r["queue"]: r["oldest"] for r in oldest_rows}
+        states: dict[str, dict[JobState, int]] = {q: {} for q in names}
+        for row in rows:
+            states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+        return {
+            queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
+            for queue, per in sorted(states.items())
+        }
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        rows = await self._rows("get_job", {"id": job_id})
+        return _rows.job_info(rows[0]) if rows else None
+
+    async def find(self, key: str) -> JobInfo | None:
+        rows = await self._rows("find", {"key": key})
+        return _rows.job_info(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first; the cursor is the `seq` of the page's last job."""
+        where, params = _filters(queue=queue, state=state)
+        if cursor:
+            where.append("seq < %(cursor)s")
+            params["cursor"] = int(cursor)
+        params["limit"] = limit + 1
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        query = f"SELECT * FROM offload_jobs {clause} ORDER BY seq DESC LIMIT %(limit)s"
+        async with self._conn() as conn:
+            rows = await (await conn.execute(query, params)).fetchall()
+        if len(rows) <= limit:
+            return Page([_rows.job_info(r) for r in rows], None)
+        last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
+        return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
+
+    async def replay_dead(
+        self, queue: str | None = None, job_ids: Sequence[str] | None = None
+    ) -> int:
+        where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
+        params.update(now=self.clock.now(), channel=self.settings.channel)
+        query = (
+            "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
+            " finished_at = NULL, worker_id = NULL"
+            f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"
+        )
+        async with self._conn() as conn:
+            return (await conn.execute(query, params)).rowcount
+
+    async def purge_dead(
+        self,
+        queue: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than: float | None = None,
+    ) -> int:
+        where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
+        if older_than is not None:
+            where.append("coalesce(finished_at, %(now)s) < %(cutoff)s")
+            now = self.clock.now()
+            params.update(now=now, cutoff=now - older_than)
+        query = f"DELETE FROM offload_jobs WHERE {' AND '.join(where)}"
+        async with self._conn() as conn:
+            return (await conn.execute(query, params)).rowcount
+
+    async def queues(self) -> list[str]:
+        return [row["name"] for row in await self._rows("queues", {})]
+
+    # -- coordination and housekeeping ----------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        now = self.clock.now()
+        params: dict[str, Any] = {
+            "id": info.id,
+            "hostname": info.hostname,
+            "pid": info.pid,
+            "queues": encode_value(info.queues, what="worker queues").decode(),
+            "concurrency": info.concurrency,
+            "started_at": info.started_at,
+            "last_seen": now,
+            "running": info.running,
+            "processed": info.processed,
+            "extra": encode_value(info.extra, what="worker extra").decode(),
+            "expires_at": now + ttl_s,
+        }
+        await self._rowcount("register_worker", params)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._rowcount("unregister_worker", {"id": worker_id})
+
+    async def workers(self) -> list[WorkerInfo]:
+        rows = await self._rows("live_workers", {"now": self.clock.now()})
+        return [_rows.worker_info(row) for row in rows]
+
+    async def sweep(self) -> SweepReport:
+        now = self.clock.now()
+        async with self._conn() as conn:
+            expire = {"now": now, "purge_at": now + self.retention_s}
+            expired = (await conn.execute(_Q["expire_due"], expire)).rowcount
+            purge = {"now": now, "batch": SWEEP_BATCH}
+            purged = (await conn.execute(_Q["purge_finished"], purge)).rowcount
+            removed = (await conn.execute(_Q["forget_lapsed_workers"], {"now": now})).rowcount
+        return SweepReport(expired=expired, purged=purged, workers_removed=removed)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _close_state(opening: asyncio.Task[_LoopState]) -> None:
+    try:
+        state = await opening
+    except BaseException:
+        return  # never opened: nothing to close
+    await state.listener.close()
+    await state.pool.close()
+
+
+def _require_transaction(
+    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> None:
+    idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if connection.autocommit and idle:
+        raise ConfigurationError(
+            "enqueue_in needs a transaction to join, but the connection is in autocommit "
+            "mode outside a transaction block: use `with conn.transaction():`"
+        )
+
+
+def _unresolved_keys(jobs: Sequence[tuple[Envelope, bytes]], created: set[str]) -> list[str]:
+    """Keys of the jobs that were not stored, whose holders must be looked up (with the
+    keys of the stored ones: a key repeated in one batch resolves to the first)."""
+    if all(env.id in created for env, _ in jobs):
+        return []
+    return sorted({env.key for env, _ in jobs if env.key is not None})
+
+
+def _filters(
+    *, queue: str | None, state: JobState | None, job_ids: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE conditions from fixed fragments (values always travel as parameters)."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if queue:
+        where.append("queue = %(queue)s")
+        params["queue"] = queue
+    if state is not None:
+        where.append("state = %(state)s")
+        params["state"] = JobState(state).value
+    if job_ids is not None:
+        where.append("id = ANY(%(ids)s::text[])")
+        params["ids"] = list(job_ids)
+    return where, params
+
+
+def _unavailable(exc: Exception) -> BrokerUnavailable:
+    """One line, as the CLI prints errors (libpq's messages span several)."""
+    return BrokerUnavailable(f"PostgreSQL is unavailable: {' '.join(str(exc).split())}")
+
+
+def _check_held(changed: int, lease: Lease) -> None:
+    if changed != 1:
+        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

@@ -1,0 +1,110 @@
+"""LISTEN on one dedicated connection and wake the waiters of the queues named.
+
+Every statement that makes a job ready now (enqueue, a due retry, release, replay) calls
+`pg_notify(channel, queue)`. PostgreSQL sends it when that transaction commits, to every
+connection listening on the channel, so an idle worker wakes within a round trip of the
+commit and never for a job it cannot see yet.
+
+The listener counts notifications per queue. `reserve` notes the count before it looks
+for work, and `wait` returns at once if the count moved since: a job committed between
+an empty reserve and the start of a wait is not slept through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger(__name__)
+
+#: Pause before reconnecting a lost listening connection, in seconds.
+RECONNECT_S = 1.0
+
+
+class Listener:
+    """One LISTEN connection for one event loop; `wait` is cheap and concurrent."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conninfo = conninfo
+        self._channel = channel
+        self._counts: dict[str, int] = {}
+        self._waiters: set[tuple[frozenset[str], asyncio.Event]] = set()
+        self._listening = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._marks: dict[tuple[str, ...], int] = {}
+
+    async def start(self, timeout_s: float = 5.0) -> None:
+        """Start listening (once) and wait until LISTEN has taken effect, so that no
+        job committed after this returns can go unnoticed."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="offload-postgres-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), timeout_s)
+
+    def mark(self, queues: Sequence[str]) -> None:
+        """Note how many notifications `queues` have had (called before a reserve)."""
+        key = tuple(queues)
+        self._marks[key] = self._total(key)
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        key = tuple(queues)
+        if self._total(key) != self._marks.get(key, self._total(key)):
+            self._marks.pop(key, None)
+            return
+        entry = (frozenset(queues), asyncio.Event())
+        self._waiters.add(entry)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry[1].wait(), timeout_s)
+        finally:
+            self._waiters.discard(entry)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._wake(None)
+
+    def _total(self, queues: tuple[str, ...]) -> int:
+        return sum(self._counts.get(q, 0) for q in queues)
+
+    def _wake(self, queue: str | None) -> None:
+        """Wake the waiters of `queue` (all waiters if None)."""
+        if queue is not None:
+            self._counts[queue] = self._counts.get(queue, 0) + 1
+        for queues, event in self._waiters:
+            if queue is None or queue in queues:
+                event.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except psycopg.Error as exc:
+                logger.warning(
+                    "postgres listener lost its connection: %s; reconnecting",
+                    exc,
+                    extra={"action": "postgres_listener_lost"},
+                )
+            self._listening.clear()
+            self._wake(None)  # notifications may have been missed: let waiters look
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _listen(self) -> None:
+        conn = await AsyncConnection.connect(self._conninfo, autocommit=True)
+        try:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+            self._listening.set()
+            async for note in conn.notifies():
+                self._wake(note.payload)
+        finally:
+            await conn.close()

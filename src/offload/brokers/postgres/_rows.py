@@ -1,0 +1,123 @@
+"""Between Python objects and rows: statement parameters in, `JobInfo`s out.
+
+Pure functions, shared by the broker's own pool and by `enqueue_in` on the
+application's connection, so both write exactly the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from offload.brokers.base import EnqueueResult, JobInfo, WorkerInfo
+from offload.codec import decode_error, decode_value, encode_error
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = [
+    "LEASE_EXPIRED",
+    "enqueue_params",
+    "enqueue_results",
+    "job_info",
+    "worker_info",
+]
+
+#: The error recorded on a job whose lease lapsed; the same words as every broker.
+LEASE_EXPIRED = encode_error(
+    ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
+).decode()
+
+
+def enqueue_params(
+    jobs: Sequence[tuple[Envelope, bytes]], now: float, channel: str
+) -> dict[str, Any]:
+    """The column arrays of the `enqueue` statement: one array per column, so a batch
+    of any size is one statement with a fixed text (prepared once)."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "ids", "queues", "tasks", "states", "priorities", "max_attempts", "keys",
+            "created", "due", "expires", "payloads",
+        )
+    }  # fmt: skip
+    for env, payload in jobs:
+        due_at = max(env.not_before or now, now)
+        columns["ids"].append(env.id)
+        columns["queues"].append(env.queue)
+        columns["tasks"].append(env.task)
+        columns["states"].append("scheduled" if due_at > now else "queued")
+        columns["priorities"].append(env.priority)
+        columns["max_attempts"].append(env.max_attempts)
+        columns["keys"].append(env.key)
+        columns["created"].append(env.created_at or now)
+        columns["due"].append(due_at)
+        columns["expires"].append(env.expires_at)
+        columns["payloads"].append(payload)
+    return {**columns, "channel": channel}
+
+
+def enqueue_results(
+    jobs: Sequence[tuple[Envelope, bytes]], created: set[str], holders: dict[str, str]
+) -> list[EnqueueResult]:
+    """One result per job: created, else the id of the job holding its key (else its
+    own id: the same envelope was already stored)."""
+    results: list[EnqueueResult] = []
+    for env, _ in jobs:
+        if env.id in created and holders.get(env.key or "", env.id) == env.id:
+            results.append(EnqueueResult(env.id, True))
+            created.discard(env.id)  # a repeated envelope in one batch is created once
+        elif env.key is not None and env.key in holders:
+            results.append(EnqueueResult(holders[env.key], False))
+        else:
+            results.append(EnqueueResult(env.id, False))
+    return results
+
+
+def _error(value: str | None) -> ErrorInfo | None:
+    if value is None:
+        return None
+    try:
+        return decode_error(value)
+    except msgspec.DecodeError:
+        return ErrorInfo("Undecodable", f"stored error is not an ErrorInfo: {value!r:.200}")
+
+
+def job_info(row: dict[str, Any]) -> JobInfo:
+    result = row["result"]
+    return JobInfo(
+        id=row["id"],
+        task=row["task"],
+        queue=row["queue"],
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        key=row["key"],
+        created_at=row["created_at"],
+        due_at=row["due_at"],
+        expires_at=row["expires_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        worker_id=row["worker_id"],
+        lease_deadline=row["lease_deadline"],
+        error=_error(row["error"]),
+        payload=bytes(row["payload"]),
+        result=None if result is None else bytes(result),
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def worker_info(row: dict[str, Any]) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        queues=decode_value(row["queues"]),
+        concurrency=row["concurrency"],
+        started_at=row["started_at"],
+        last_seen=row["last_seen"],
+        running=row["running"],
+        processed=row["processed"],
+        extra=decode_value(row["extra"]),
+    )

@@ -1,0 +1,163 @@
+-- The named statements of the PostgreSQL broker, loaded by `_sql.py`.
+--
+-- Each starts at a `-- name: <name>` line and takes psycopg's %(name)s parameters.
+-- State conditions are literals, never parameters, so the planner matches them to the
+-- partial indexes of schema.sql even in a generic (prepared) plan. Statements that make
+-- a job ready now call pg_notify(channel, queue) for it: inside a transaction the
+-- notification is sent at commit, so a listening worker never wakes for a job it cannot
+-- see yet, and never misses one that committed.
+
+-- name: reserve
+SELECT id, token, queue, attempt, deadline, payload
+  FROM offload_reserve_v1(%(queues)s::text[], %(worker_id)s, %(now)s, %(lease_s)s,
+                          %(limit)s, %(lease_error)s, %(retention_s)s);
+
+-- name: enqueue
+-- Conflicts on `id` (the same envelope sent twice) or `key` store nothing; rows of one
+-- call go in order, so the first of several jobs with one key wins.
+WITH input AS (
+    SELECT *
+      FROM unnest(%(ids)s::text[], %(queues)s::text[], %(tasks)s::text[], %(states)s::text[],
+                  %(priorities)s::integer[], %(max_attempts)s::integer[], %(keys)s::text[],
+                  %(created)s::double precision[], %(due)s::double precision[],
+                  %(expires)s::double precision[], %(payloads)s::bytea[])
+           WITH ORDINALITY
+           AS t(id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+                expires_at, payload, ord)
+), known AS (
+    INSERT INTO offload_queues (name)
+    SELECT DISTINCT queue FROM input ORDER BY 1
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO offload_jobs
+       (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+        expires_at, payload)
+SELECT id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+       expires_at, payload
+  FROM input
+ ORDER BY ord
+ON CONFLICT DO NOTHING
+RETURNING id, CASE WHEN state = 'queued' THEN pg_notify(%(channel)s, queue) END;
+
+-- name: ids_for_keys
+SELECT key, id FROM offload_jobs WHERE key = ANY(%(keys)s::text[]);
+
+-- name: next_due
+-- The earliest scheduled job of each queue (offload_jobs_scheduled_queue), then the least.
+SELECT min(n.due_at)
+  FROM unnest(%(queues)s::text[]) AS q(name)
+ CROSS JOIN LATERAL (
+       SELECT due_at FROM offload_jobs
+        WHERE state = 'scheduled' AND queue = q.name
+        ORDER BY due_at
+        LIMIT 1) AS n;
+
+-- name: extend
+UPDATE offload_jobs AS j
+   SET lease_deadline = %(deadline)s
+  FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+ WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+   AND j.lease_deadline > %(now)s
+RETURNING l.id, l.token;
+
+-- name: ack
+UPDATE offload_jobs
+   SET state = 'succeeded', result = %(result)s, finished_at = %(now)s, lease_token = NULL,
+       lease_deadline = NULL, error = NULL, purge_at = %(purge_at)s
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
+
+-- name: retry
+UPDATE offload_jobs
+   SET state = 'scheduled', due_at = %(at)s, error = %(error)s, lease_token = NULL,
+       lease_deadline = NULL
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+RETURNING CASE WHEN due_at <= %(now)s THEN pg_notify(%(channel)s, queue) END;
+
+-- name: bury
+UPDATE offload_jobs
+   SET state = 'dead', error = %(error)s, finished_at = %(now)s, lease_token = NULL,
+       lease_deadline = NULL
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
+
+-- name: release
+-- The attempt that was counted at reserve is given back: the job never ran.
+UPDATE offload_jobs AS j
+   SET state = 'queued', attempt = greatest(j.attempt - 1, 0), lease_token = NULL,
+       lease_deadline = NULL, worker_id = NULL
+  FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+ WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+RETURNING pg_notify(%(channel)s, j.queue);
+
+-- name: cancel
+-- Waiting jobs are cancelled; a running one is flagged for cooperative cancellation.
+UPDATE offload_jobs
+   SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+       finished_at = CASE WHEN state = 'running' THEN finished_at ELSE %(now)s END,
+       purge_at = CASE WHEN state = 'running' THEN purge_at ELSE %(purge_at)s END,
+       cancel_requested = cancel_requested OR state = 'running'
+ WHERE id = %(id)s AND state IN ('queued', 'scheduled', 'running')
+RETURNING id;
+
+-- name: get_job
+SELECT * FROM offload_jobs WHERE id = %(id)s;
+
+-- name: find
+SELECT * FROM offload_jobs WHERE key = %(key)s;
+
+-- name: count_states
+SELECT queue, state, count(*) AS n FROM offload_jobs GROUP BY queue, state;
+
+-- name: count_states_of
+SELECT queue, state, count(*) AS n
+  FROM offload_jobs
+ WHERE queue = ANY(%(queues)s::text[])
+ GROUP BY queue, state;
+
+-- name: oldest_queued
+SELECT queue, min(due_at) AS oldest FROM offload_jobs WHERE state = 'queued' GROUP BY queue;
+
+-- name: queues
+SELECT name FROM offload_queues ORDER BY name;
+
+-- name: expire_due
+-- Waiting jobs past their expiry will never run (the same step as in reserve).
+UPDATE offload_jobs AS j
+   SET state = 'expired', finished_at = %(now)s, purge_at = %(purge_at)s
+  FROM (SELECT w.seq FROM offload_jobs AS w
+         WHERE w.expires_at IS NOT NULL AND w.state IN ('queued', 'scheduled')
+           AND w.expires_at <= %(now)s
+         FOR UPDATE SKIP LOCKED) AS stale
+ WHERE j.seq = stale.seq;
+
+-- name: purge_finished
+-- A bounded batch per call, so one sweep never holds a long transaction; rows
+-- another sweeper is deleting are skipped. Dead jobs have no purge_at: they stay until
+-- purge_dead.
+DELETE FROM offload_jobs
+ WHERE seq IN (SELECT seq FROM offload_jobs
+                WHERE purge_at IS NOT NULL AND purge_at <= %(now)s
+                  AND state IN ('succeeded', 'expired', 'cancelled')
+                LIMIT %(batch)s
+                  FOR UPDATE SKIP LOCKED);
+
+-- name: register_worker
+INSERT INTO offload_workers
+       (id, hostname, pid, queues, concurrency, started_at, last_seen, running, processed,
+        extra, expires_at)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(started_at)s,
+        %(last_seen)s, %(running)s, %(processed)s, %(extra)s, %(expires_at)s)
+ON CONFLICT (id) DO UPDATE
+   SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
+       concurrency = excluded.concurrency, started_at = excluded.started_at,
+       last_seen = excluded.last_seen, running = excluded.running,
+       processed = excluded.processed, extra = excluded.extra,
+       expires_at = excluded.expires_at;
+
+-- name: unregister_worker
+DELETE FROM offload_workers WHERE id = %(id)s;
+
+-- name: live_workers
+SELECT * FROM offload_workers WHERE expires_at > %(now)s ORDER BY id;
+
+-- name: forget_lapsed_workers
+DELETE FROM offload_workers WHERE expires_at <= %(now)s;

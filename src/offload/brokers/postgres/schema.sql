@@ -1,0 +1,164 @@
+-- The offload PostgreSQL schema for a fresh install: what migrations/0001..0002 build,
+-- in one file. `connect()` and `offload migrate` run this on an empty schema and record
+-- every migration as applied; a schema that has some of them gets the rest instead.
+-- tests/migrations/ proves that both roads end at the same catalog. Any change here
+-- needs a new migration file, and vice versa.
+--
+-- Times are Unix epoch seconds (double precision) from the broker's injected clock, not
+-- now(), so tests drive leases and delays with a fake clock. `seq` is enqueue order.
+--
+-- Every hot path has a partial index whose predicate repeats the query's literal state
+-- condition, so each index only holds the rows in that state: reserving, promoting,
+-- reclaiming and expiring cost the same with a million finished jobs in the table.
+
+CREATE TABLE offload_jobs (
+    seq              bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               text             NOT NULL UNIQUE,
+    queue            text             NOT NULL,
+    task             text             NOT NULL,
+    state            text             NOT NULL CHECK (state IN (
+                         'scheduled', 'queued', 'running',
+                         'succeeded', 'dead', 'expired', 'cancelled')),
+    priority         integer          NOT NULL DEFAULT 0,
+    attempt          integer          NOT NULL DEFAULT 0,
+    max_attempts     integer,                          -- NULL: the worker's task default
+    key              text             UNIQUE,          -- idempotency key; NULLs never collide
+    created_at       double precision NOT NULL,
+    due_at           double precision NOT NULL,        -- when the job is (or was) ready
+    expires_at       double precision,
+    started_at       double precision,
+    finished_at      double precision,
+    worker_id        text,
+    lease_token      text,
+    lease_deadline   double precision,
+    error            text,                             -- JSON ErrorInfo (offload.codec)
+    payload          bytea            NOT NULL,        -- the encoded envelope, never rewritten
+    result           bytea,                            -- encoded JSON result
+    cancel_requested boolean          NOT NULL DEFAULT false,
+    purge_at         double precision                  -- when sweep may delete a finished job
+);
+
+-- reserve: the best ready jobs of one queue, in the order they are taken.
+CREATE INDEX offload_jobs_ready
+    ON offload_jobs (queue, priority DESC, due_at, seq) WHERE state = 'queued';
+-- reserve: scheduled jobs that have become due (all queues at once).
+CREATE INDEX offload_jobs_scheduled
+    ON offload_jobs (due_at) WHERE state = 'scheduled';
+-- next_due: the earliest scheduled job of one queue.
+CREATE INDEX offload_jobs_scheduled_queue
+    ON offload_jobs (queue, due_at) WHERE state = 'scheduled';
+-- reserve: running jobs whose lease has lapsed.
+CREATE INDEX offload_jobs_running
+    ON offload_jobs (lease_deadline) WHERE state = 'running';
+-- reserve and sweep: waiting jobs past their expiry.
+CREATE INDEX offload_jobs_expiry
+    ON offload_jobs (expires_at)
+    WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled');
+-- sweep: finished jobs past their result TTL or retention.
+CREATE INDEX offload_jobs_purge
+    ON offload_jobs (purge_at) WHERE purge_at IS NOT NULL;
+-- counts, and list_jobs by queue (and state), newest first.
+CREATE INDEX offload_jobs_queue_state ON offload_jobs (queue, state, seq);
+-- list_jobs by state, and the dead-letter operations.
+CREATE INDEX offload_jobs_state ON offload_jobs (state, seq);
+
+-- Every queue that holds or held a job: `queues` lists it even after its jobs are purged.
+CREATE TABLE offload_queues (
+    name text PRIMARY KEY
+);
+
+-- Live workers, refreshed by their heartbeat; `expires_at` is last refresh + TTL.
+CREATE TABLE offload_workers (
+    id          text             PRIMARY KEY,
+    hostname    text             NOT NULL,
+    pid         integer          NOT NULL,
+    queues      text             NOT NULL,             -- JSON array of queue names
+    concurrency integer          NOT NULL,
+    started_at  double precision NOT NULL,
+    last_seen   double precision NOT NULL,
+    running     integer          NOT NULL,
+    processed   integer          NOT NULL,
+    extra       text             NOT NULL,             -- JSON object
+    expires_at  double precision NOT NULL
+);
+
+-- reserve, in one round trip and one transaction: promote due scheduled jobs, reclaim
+-- lapsed leases, expire stale waiting jobs (each an index range scan that finds nothing
+-- in the common case, skipping rows another reserver is already moving), then claim up
+-- to p_limit jobs in one statement: per queue, the best ready rows FOR UPDATE SKIP
+-- LOCKED, merged by priority, due time and enqueue order, feeding UPDATE ... RETURNING.
+-- Versioned by name (`_v1`): a change is a new function, so old workers keep working
+-- during a rolling upgrade.
+CREATE FUNCTION offload_reserve_v1(
+    p_queues      text[],
+    p_worker      text,
+    p_now         double precision,
+    p_lease_s     double precision,
+    p_limit       integer,
+    p_lease_error text,
+    p_retention_s double precision
+) RETURNS TABLE (
+    id       text,
+    token    text,
+    queue    text,
+    attempt  integer,
+    deadline double precision,
+    payload  bytea
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE offload_jobs AS j SET state = 'queued'
+      FROM (SELECT s.seq FROM offload_jobs AS s
+             WHERE s.state = 'scheduled' AND s.due_at <= p_now
+             FOR UPDATE SKIP LOCKED) AS due
+     WHERE j.seq = due.seq;
+
+    UPDATE offload_jobs AS j
+       SET state = 'queued', lease_token = NULL, lease_deadline = NULL, worker_id = NULL,
+           error = p_lease_error
+      FROM (SELECT r.seq FROM offload_jobs AS r
+             WHERE r.state = 'running' AND r.lease_deadline <= p_now
+             FOR UPDATE SKIP LOCKED) AS lapsed
+     WHERE j.seq = lapsed.seq;
+
+    UPDATE offload_jobs AS j
+       SET state = 'expired', finished_at = p_now, purge_at = p_now + p_retention_s
+      FROM (SELECT w.seq FROM offload_jobs AS w
+             WHERE w.expires_at IS NOT NULL AND w.state IN ('queued', 'scheduled')
+               AND w.expires_at <= p_now
+             FOR UPDATE SKIP LOCKED) AS stale
+     WHERE j.seq = stale.seq;
+
+    IF p_limit <= 0 THEN
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    WITH picked AS (
+        SELECT c.seq
+          FROM unnest(p_queues) AS q(name)
+         CROSS JOIN LATERAL (
+               SELECT r.seq, r.priority, r.due_at
+                 FROM offload_jobs AS r
+                WHERE r.state = 'queued' AND r.queue = q.name
+                  AND (r.expires_at IS NULL OR r.expires_at > p_now)
+                ORDER BY r.priority DESC, r.due_at, r.seq
+                LIMIT p_limit
+                  FOR UPDATE SKIP LOCKED) AS c
+         ORDER BY c.priority DESC, c.due_at, c.seq
+         LIMIT p_limit
+    ), leased AS (
+        UPDATE offload_jobs AS j
+           SET state = 'running', lease_token = replace(gen_random_uuid()::text, '-', ''),
+               attempt = j.attempt + 1, started_at = p_now, worker_id = p_worker,
+               lease_deadline = p_now + p_lease_s
+          FROM picked
+         WHERE j.seq = picked.seq
+        RETURNING j.id, j.lease_token, j.queue, j.attempt, j.lease_deadline, j.payload,
+                  j.priority, j.due_at, j.seq
+    )
+    SELECT l.id, l.lease_token, l.queue, l.attempt, l.lease_deadline, l.payload
+      FROM leased AS l
+     ORDER BY l.priority DESC, l.due_at, l.seq;
+END
+$$;

@@ -1,0 +1,143 @@
+"""PostgreSQL migrations: every road to the latest version ends at the same schema.
+
+A fresh install runs `schema.sql`; an old install runs the missing files of
+`migrations/`. If someone edits one and forgets the other, the catalogs differ here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+pytest.importorskip("psycopg")
+
+import psycopg
+
+from offload.brokers.postgres import PostgresBroker
+from offload.brokers.postgres._sql import LATEST_VERSION, MIGRATIONS, apply_migrations
+from offload.errors import ConfigurationError
+
+_CATALOG = {
+    "columns": """
+        SELECT table_name, column_name, data_type, is_nullable, column_default,
+               is_identity, identity_generation
+          FROM information_schema.columns WHERE table_schema = %(s)s
+         ORDER BY 1, 2""",
+    "indexes": """
+        SELECT indexname, replace(indexdef, %(s)s || '.', '')
+          FROM pg_indexes WHERE schemaname = %(s)s ORDER BY 1""",
+    "constraints": """
+        SELECT r.relname, c.conname, pg_get_constraintdef(c.oid)
+          FROM pg_constraint c
+          JOIN pg_namespace n ON n.oid = c.connamespace
+          JOIN pg_class r ON r.oid = c.conrelid
+         WHERE n.nspname = %(s)s ORDER BY 1, 2""",
+    "functions": """
+        SELECT p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
+               p.prosrc, p.provolatile, l.lanname
+          FROM pg_proc p
+          JOIN pg_namespace n ON n.oid = p.pronamespace
+          JOIN pg_language l ON l.oid = p.prolang
+         WHERE n.nspname = %(s)s ORDER BY 1, 2""",
+    "migrations_recorded": "SELECT version, name FROM {schema}.offload_migrations ORDER BY 1",
+}
+
+
+def schema_of(url: str) -> str:
+    return url.rpartition("schema=")[2]
+
+
+def catalog(dsn: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything about a schema that code can depend on, with its name taken out."""
+    with psycopg.connect(dsn) as conn:
+        return {
+            part: conn.execute(query.replace("{schema}", schema), {"s": schema}).fetchall()  # type: ignore[call-overload]
+            for part, query in _CATALOG.items()
+        }
+
+
+async def fresh(url: str) -> None:
+    broker = PostgresBroker(url)
+    await broker.connect()
+    await broker.close()
+
+
+async def by_migrations(url: str, upto: int) -> None:
+    """Apply the first `upto` migration files, then let the broker do the rest."""
+    schema = schema_of(url)
+    broker = PostgresBroker(url)
+    async with await psycopg.AsyncConnection.connect(
+        broker.settings.conninfo, autocommit=True
+    ) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')  # type: ignore[arg-type]
+        await apply_migrations(conn, upto)
+    version, applied = await broker.migrate()
+    assert version == LATEST_VERSION
+    assert applied == [m.version for m in MIGRATIONS[upto:]]
+
+
+@pytest.fixture
+def other_url(postgres_dsn: str) -> Any:
+    """A second isolated schema."""
+    import uuid
+
+    schema = f"offload_test_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_dsn}?schema={schema}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("upto", range(1, len(MIGRATIONS) + 1))
+async def test_migrations_in_order_equal_a_fresh_install(
+    postgres_dsn: str, postgres_url: str, other_url: str, upto: int
+) -> None:
+    await fresh(postgres_url)
+    await by_migrations(other_url, upto)
+
+    expected = catalog(postgres_dsn, schema_of(postgres_url))
+    got = catalog(postgres_dsn, schema_of(other_url))
+
+    assert expected["functions"], "the fresh install has no reserve function"
+    assert expected["indexes"], "the fresh install has no indexes"
+    for part in _CATALOG:
+        assert got[part] == expected[part], part
+
+
+async def test_connect_is_idempotent_and_concurrent(postgres_url: str) -> None:
+    import asyncio
+
+    brokers = [PostgresBroker(postgres_url) for _ in range(4)]
+    results = await asyncio.gather(*(b.migrate() for b in brokers))
+    applied = [versions for _, versions in results]
+    assert sorted(applied, key=len) == [[], [], [], [m.version for m in MIGRATIONS]]
+
+
+async def test_schema_newer_than_the_code_is_refused(postgres_dsn: str, postgres_url: str) -> None:
+    await fresh(postgres_url)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            f'INSERT INTO "{schema_of(postgres_url)}".offload_migrations (version, name) '  # type: ignore[arg-type]
+            f"VALUES ({LATEST_VERSION + 1}, 'from_the_future')"
+        )
+    broker = PostgresBroker(postgres_url)
+    with pytest.raises(ConfigurationError, match="newer than this offload"):
+        await broker.connect()
+    await broker.close()
+
+
+def test_offload_migrate_command(postgres_url: str) -> None:
+    def run() -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "offload", "migrate", "--url", postgres_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert f"schema is at version {LATEST_VERSION}" in run()
+    assert "up to date" in run()
