@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from offload._portal import Portal
 from offload.brokers import from_url
-from offload.brokers.base import Broker
+from offload.brokers.base import Broker, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
 from offload.codec import encode_envelope
 from offload.errors import ConfigurationError, UnknownTask
@@ -184,6 +184,17 @@ class Offload:
         return self.portal.run(self._enqueue(name, calls, overrides))
 
     async def _enqueue(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
+        items = self._items(name, calls, overrides)
+        if not items:
+            return []
+        broker = await self.connected_broker()
+        results = await broker.enqueue(items)
+        return [Job(self, r.id, created=r.created) for r in results]
+
+    def _items(
+        self, name: str, calls: Sequence[Call], overrides: Overrides
+    ) -> list[tuple[Envelope, bytes]]:
+        """Checked, encoded envelopes: everything an enqueue sends to the broker."""
         task = self.tasks.get(name)
         defaults = task.defaults if task is not None else None
         now = self.clock.now()
@@ -193,11 +204,33 @@ class Offload:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self._envelope(name, call, defaults, overrides, now)
             items.append((envelope, encode_envelope(envelope)))
-        if not items:
-            return []
-        broker = await self.connected_broker()
-        results = await broker.enqueue(items)
+        return items
+
+    def _enqueue_in(
+        self, connection: Any, name: str, calls: Sequence[Call], overrides: Overrides
+    ) -> list[Job]:
+        """Enqueue on the application's synchronous connection, in its transaction."""
+        results = self._transactional().enqueue_in_sync(
+            connection, self._items(name, calls, overrides)
+        )
         return [Job(self, r.id, created=r.created) for r in results]
+
+    async def _enqueue_in_async(
+        self, connection: Any, name: str, calls: Sequence[Call], overrides: Overrides
+    ) -> list[Job]:
+        """Enqueue on the application's async connection, in its transaction."""
+        items = self._items(name, calls, overrides)
+        results = await self._transactional().enqueue_in(connection, items)
+        return [Job(self, r.id, created=r.created) for r in results]
+
+    def _transactional(self) -> TransactionalEnqueue:
+        broker = self.broker
+        if broker.capabilities.transactional_enqueue and isinstance(broker, TransactionalEnqueue):
+            return broker
+        raise ConfigurationError(
+            f"the broker {broker.url!r} cannot enqueue inside your transaction: "
+            "use a postgresql:// broker, or enqueue after your commit"
+        )
 
     def _envelope(
         self, name: str, call: Call, defaults: TaskOptions | None, o: Overrides, now: float

@@ -144,6 +144,30 @@ class Enqueuer(Generic[P]):
         jobs = await self._app._enqueue(self._name, [Call(args, kwargs)], self._overrides)
         return jobs[0]
 
+    def enqueue_in(self, connection: Any, /, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Enqueue one job inside the application's open transaction on `connection`
+        (a psycopg `Connection` to the broker's PostgreSQL database).
+
+        Nothing is committed: the job exists when the application commits, and never
+        if it rolls back; no worker sees it before. Only brokers with
+        `capabilities.transactional_enqueue` can do this (PostgreSQL; not Redis, whose
+        writes cannot join a SQL transaction).
+
+        Raises:
+            ConfigurationError: the broker cannot join a transaction, or `connection` is
+                in autocommit mode outside a transaction block.
+            SerializationError / InvalidArguments: as `enqueue`.
+        """
+        calls = [Call(args, kwargs)]
+        return self._app._enqueue_in(connection, self._name, calls, self._overrides)[0]
+
+    async def enqueue_in_async(self, connection: Any, /, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """`enqueue_in` on a psycopg `AsyncConnection`, for async code."""
+        jobs = await self._app._enqueue_in_async(
+            connection, self._name, [Call(args, kwargs)], self._overrides
+        )
+        return jobs[0]
+
     def enqueue_many(self, calls: Iterable[Call | tuple[Any, ...]]) -> list[Job]:
         """Enqueue many jobs in one broker round trip (fan-out). Tuples are positional
         arguments; use `task.call(...)` for keyword arguments."""

@@ -23,7 +23,7 @@ import abc
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from offload.clock import Clock, SystemClock
 from offload.codec import decode_envelope, decode_value
@@ -41,6 +41,7 @@ __all__ = [
     "Page",
     "QueueStats",
     "SweepReport",
+    "TransactionalEnqueue",
     "WorkerInfo",
 ]
 
@@ -176,6 +177,25 @@ class WorkerInfo:
     running: int = 0
     processed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """A broker whose jobs can join the application's own database transaction
+    (`capabilities.transactional_enqueue`).
+
+    `enqueue_in` has `enqueue`'s contract, but runs on `connection` (the application's
+    driver connection) and never commits: the jobs exist once the application commits,
+    and never if it rolls back; no worker can see them before the commit.
+    """
+
+    def enqueue_in_sync(
+        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
+    ) -> list[EnqueueResult]: ...
+
+    async def enqueue_in(
+        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
+    ) -> list[EnqueueResult]: ...
 
 
 class Broker(abc.ABC):
