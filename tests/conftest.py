@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -17,6 +18,7 @@ from offload.brokers.base import Broker
 from offload.testing import FakeClock
 
 BROKER_NAMES = ["memory", "sqlite", "postgres"]
+BROKER_NAMES += ["redis", "redis_cluster"]
 
 
 @pytest.fixture
@@ -33,6 +35,10 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str]
             return "memory://"
         if name == "sqlite":
             return f"sqlite:///{tmp_path / 'offload.db'}"
+        if name == "redis":
+            return str(request.getfixturevalue("redis_url"))
+        if name == "redis_cluster":
+            return str(request.getfixturevalue("redis_cluster_url"))
         if name == "postgres":
             return str(request.getfixturevalue("postgres_url"))
         raise ValueError(name)
@@ -85,3 +91,72 @@ def postgres_url(postgres_dsn: str) -> Iterator[str]:
     yield f"{postgres_dsn}?schema={schema}"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+#: The test server; `.ci/run` starts it. Override with OFFLOAD_TEST_REDIS.
+REDIS_URL = os.environ.get("OFFLOAD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def service_missing(message: str) -> NoReturn:
+    """A test service is not answering: skip locally, fail under CI=true (where every
+    service must run, so that a broken setup never passes as skipped)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _delete_prefix(client: Any, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for key in keys:
+        client.delete(key)  # one by one: a cluster refuses multi-key DEL across slots
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The shared Redis at REDIS_URL, checked once."""
+    try:
+        import redis
+
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2) as client:
+            client.ping()
+    except Exception as exc:
+        service_missing(f"Redis is not available at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A broker URL with a key prefix of this test's own, whose keys are deleted after."""
+    import redis
+
+    prefix = f"offload-test-{uuid.uuid4().hex[:12]}"
+    yield f"{redis_server}?prefix={prefix}"
+    with redis.Redis.from_url(redis_server) as client:
+        _delete_prefix(client, prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """A Redis Cluster of 3 masters on free ports, started for the session: the ports."""
+    from tests.redis_cluster import start_cluster
+
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
+    except Exception as exc:
+        service_missing(f"cannot start a local Redis Cluster: {exc}")
+    with cluster:
+        yield cluster.ports
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: list[int]) -> Iterator[str]:
+    """A cluster broker URL with a key prefix of this test's own, deleted after."""
+    import redis
+
+    prefix = f"offload-test-{uuid.uuid4().hex[:12]}"
+    yield f"redis://127.0.0.1:{redis_cluster[0]}?cluster=true&prefix={prefix}"
+    for port in redis_cluster:
+        with redis.Redis(port=port) as client:
+            _delete_prefix(client, prefix)

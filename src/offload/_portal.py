@@ -40,6 +40,10 @@ class Portal:
                 self._loop, self._thread = loop, thread
             return self._loop
 
+    def is_current(self) -> bool:
+        """Whether the caller runs on the portal's loop."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the portal loop and wait for its result (or exception)."""
         loop = self._start()

@@ -54,6 +54,9 @@ class Offload:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.portal = Portal()
         self._connected = False
+        # A loop-bound broker (Capabilities.loop_bound) cannot serve the sync portal's
+        # loop and the caller's (a worker's) at once: the portal gets its own instance.
+        self._portal_broker: Broker | None = None
         # A task not registered in this process: route it by the app's default queue
         # and leave attempts, timeout and result TTL to the worker's task definition.
         self._unknown_task_defaults = TaskOptions(queue=queue, max_attempts=0, result_ttl_s=None)
@@ -269,7 +272,16 @@ class Offload:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def connected_broker(self) -> Broker:
-        """The broker, connected on first use."""
+        """The broker, connected on first use.
+
+        On the sync portal's loop a loop-bound broker is a second instance of the same
+        URL, so that sync producers and an async worker may share this app.
+        """
+        if self.broker.capabilities.loop_bound and self.portal.is_current():
+            if self._portal_broker is None:
+                self._portal_broker = from_url(self.url, clock=self.clock)
+            await self._portal_broker.connect()  # idempotent
+            return self._portal_broker
         if not self._connected:
             await self.broker.connect()
             self._connected = True
@@ -283,6 +295,9 @@ class Offload:
 
     def close(self) -> None:
         """Close the broker and the sync portal."""
+        portal_broker, self._portal_broker = self._portal_broker, None
+        if portal_broker is not None:
+            self.portal.run(portal_broker.close())
         if self._connected:
             self.portal.run(self.aclose())
         self.portal.close()

@@ -1,0 +1,549 @@
+"""`redis://` and `rediss://`: jobs in Redis or Redis Cluster, one Lua script per
+state change.
+
+Layout. `keys.py` documents every key. All keys of a queue share the hash tag of the
+queue, so each transition is one script over one slot and runs unchanged on Redis
+Cluster. A job is a field in its queue's `payload` (immutable envelope bytes),
+`record` (msgpack state) and `result` hashes, never a key of its own: `reserve` and
+`sweep` discover job ids inside Lua, and a script may only touch keys passed to it in
+KEYS. For the same reason finished jobs are reaped by `sweep` (with the broker's
+injected clock, like every other broker) rather than by Redis EXPIRE; after a sweep
+nothing of a purged job remains.
+
+Ordering. `ready` is a sorted set scored by -priority whose members start with the due
+time in ms and the queue's enqueue sequence, fixed width, so ZRANGE's lexical tiebreak
+gives "priority, then due time, then enqueue order". `reserve` takes many jobs in one
+script and its housekeeping touches only what is due (ranges of `scheduled`, `running`
+and `expiring` up to now), so its cost does not grow with the number of delayed jobs.
+
+Idempotency keys are unique per queue here (the `keys` hash of the queue): a global
+index would live in another slot than the queue it guards, and the check and the
+insert could then not be one atomic script on a cluster. Every other broker's keys
+are global; jobs with one key in different queues are the only difference, and `find`
+looks in every queue. Likewise a job id is looked up in every known queue.
+
+Reservation over several queues is one script on a single Redis. On a cluster, whose
+queues live in different slots, it peeks at the head of each queue, then leases from
+each queue its share of the best `limit` jobs, one script per queue: exact when alone,
+best effort under concurrent reservations (never a job leased twice).
+
+Wake-ups are pub/sub (see `_wakeup.py`). Connections belong to the event loop that
+opened them (`Capabilities.loop_bound`): `Offload` gives its sync portal a broker of its
+own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+
+from offload.brokers.base import (
+    DEFAULT_RETENTION_S,
+    Ack,
+    Broker,
+    Capabilities,
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.brokers.redis import keys as K
+from offload.brokers.redis._connection import (
+    check_eviction_policy,
+    errors,
+    make_client,
+    parse_url,
+    plain_client,
+)
+from offload.brokers.redis._records import job_info, num, opt, text
+from offload.brokers.redis._scripts import Call, Client, Scripts, pipeline
+from offload.brokers.redis._wakeup import Listener
+from offload.clock import Clock
+from offload.codec import encode_error
+from offload.errors import BrokerError, LeaseLost
+from offload.job import Envelope, ErrorInfo, JobState
+
+__all__ = ["RedisBroker"]
+
+_LEASE_EXPIRED = encode_error(
+    ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
+).decode()
+#: Most jobs one housekeeping step of a script touches per queue (bounds script time).
+BATCH = 1000
+#: Most jobs `list_jobs` inspects per script call.
+SCAN_BUDGET = 2000
+_STATE_ORDER = (
+    JobState.SCHEDULED,
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.SUCCEEDED,
+    JobState.DEAD,
+    JobState.EXPIRED,
+    JobState.CANCELLED,
+)
+_SCRIPTS = Scripts()
+
+
+class RedisBroker(Broker):
+    """Jobs in Redis (or Redis Cluster); every transition one Lua script."""
+
+    capabilities = Capabilities(
+        transactional_enqueue=False, push_wakeup=True, cross_process=True, loop_bound=True
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        super().__init__(url, clock=clock, retention_s=retention_s)
+        self.options = parse_url(url)
+        self.prefix = self.options.prefix
+        self.global_keys = K.global_keys(self.prefix)
+        parts = self.options.redis_url.split("@")[-1].split("/")
+        self._where = parts[2] if len(parts) > 2 else self.options.redis_url
+        self._client: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: Listener | None = None
+        self._known: set[str] = set()
+        self._connecting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _redis(self) -> Client:
+        """The client of this loop, connecting on first use (or after a loop change:
+        a client of a closed loop is dropped, one of a running other loop refused)."""
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise BrokerError(
+                    "this RedisBroker is connected on another event loop; make one broker per loop"
+                )
+            self._client = self._listener = None
+        if self._client is None:
+            await self.connect()
+        assert self._client is not None
+        return self._client
+
+    def _q(self, queue: str) -> K.QueueKeys:
+        return K.queue_keys(self.prefix, queue)
+
+    def _channel(self, queue: str) -> str:
+        return K.channel(self.prefix, queue)
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = await self._redis()
+        with errors(self._where):
+            return await _SCRIPTS.run(client, name, keys, args)
+
+    async def _run_many(self, calls: Sequence[Call]) -> list[Any]:
+        client = await self._redis()
+        with errors(self._where):
+            return await _SCRIPTS.run_many(client, calls)
+
+    async def _commands(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands in one pipeline."""
+        client = await self._redis()
+        with errors(self._where):
+            pipe = pipeline(client)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute()) if commands else []
+
+    async def _known_queues(self) -> list[str]:
+        client = await self._redis()
+        with errors(self._where):
+            members = await client.smembers(self.global_keys.queues)
+        return sorted(text(m) for m in members)
+
+    async def _remember(self, queues: set[str]) -> None:
+        """Record queues in the global set before their first job is stored, so that
+        `queues()` never misses a queue holding jobs (it is another slot on a cluster)."""
+        new = queues - self._known
+        if new:
+            client = await self._redis()
+            with errors(self._where):
+                await client.sadd(self.global_keys.queues, *sorted(new))
+            self._known |= new
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection pool, load the scripts and check the eviction policy;
+        idempotent.
+
+        Raises:
+            BrokerUnavailable: Redis does not answer.
+        """
+        loop = asyncio.get_running_loop()
+        if self._connecting is None or self._connecting[0] is not loop:
+            self._connecting = (loop, asyncio.Lock())
+        async with self._connecting[1]:  # concurrent first calls open one pool
+            if self._client is not None and self._loop is loop:
+                return
+            client = make_client(self.options)
+            try:
+                with errors(self._where):
+                    await client.ping()
+                    await _SCRIPTS.load(client)
+                    await check_eviction_policy(client, self._where)
+            except BaseException:
+                await client.aclose()
+                raise
+            self._client, self._loop = client, loop
+
+    async def close(self) -> None:
+        """Close the pool and the wake-up subscriber; idempotent."""
+        client, listener, loop = self._client, self._listener, self._loop
+        self._client = self._listener = self._loop = None
+        if loop is not asyncio.get_running_loop():
+            return  # another loop's sockets: they go with that loop
+        if listener is not None:
+            await listener.close()
+        if client is not None:
+            await client.aclose()
+
+    # -- producer -------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        now = self.clock.now()
+        by_queue: dict[str, list[int]] = {}
+        for i, (env, _) in enumerate(jobs):
+            by_queue.setdefault(env.queue, []).append(i)
+        await self._remember(set(by_queue))
+        calls: list[Call] = []
+        for queue, indexes in by_queue.items():
+            args: list[str | bytes] = [num(now), self._channel(queue)]
+            for i in indexes:
+                env, payload = jobs[i]
+                due = max(env.not_before or now, now)
+                args += [env.id, env.key or "", payload, env.task, str(env.priority)]
+                args += [opt(env.max_attempts), num(env.created_at or now), num(due)]
+                args.append(opt(env.expires_at))
+            calls.append(("enqueue", self._q(queue), args))
+        results: list[EnqueueResult | None] = [None] * len(jobs)
+        for indexes, reply in zip(by_queue.values(), await self._run_many(calls), strict=True):
+            for n, i in enumerate(indexes):
+                results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))
+        return [r for r in results if r is not None]
+
+    # -- consumer -------------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        names = list(dict.fromkeys(queues))
+        if not names or limit <= 0:
+            return []
+        if self.options.cluster and len(names) > 1:
+            return await self._reserve_across_slots(names, worker_id, lease_s, limit)
+        return await self._reserve(names, worker_id, lease_s, limit)
+
+    def _reserve_call(
+        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int, peek: int = 0
+    ) -> Call:
+        now = self.clock.now()
+        keys = [key for queue in names for key in self._q(queue)]
+        args = [num(now), worker_id, num(now + lease_s), str(limit), os.urandom(8).hex() + ":"]
+        args += [_LEASE_EXPIRED, num(now + self.retention_s), str(BATCH), str(peek)]
+        return ("reserve", keys, args)
+
+    async def _reserve(
+        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        call = self._reserve_call(names, worker_id, lease_s, limit)
+        reply = await self._run(*call)
+        deadline = float(call[2][2])
+        return [
+            Lease(
+                text(reply[i + 1]),
+                text(reply[i + 2]),
+                names[int(reply[i]) - 1],
+                int(reply[i + 3]),
+                deadline,
+                bytes(reply[i + 4]),
+            )
+            for i in range(0, len(reply), 5)
+        ]
+
+    async def _reserve_across_slots(
+        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        peeks = [self._reserve_call([q], worker_id, lease_s, 0, peek=limit) for q in names]
+        heads: list[tuple[float, bytes, int]] = []
+        for n, reply in enumerate(await self._run_many(peeks)):
+            pairs = reply[0]
+            heads += [(float(pairs[i + 1]), pairs[i], n) for i in range(0, len(pairs), 2)]
+        share: dict[int, int] = {}
+        for _, _, n in heapq.nsmallest(limit, heads):
+            share[n] = share.get(n, 0) + 1
+        batches = await asyncio.gather(
+            *(self._reserve([names[n]], worker_id, lease_s, k) for n, k in share.items())
+        )
+        # Leases of different queues, merged back into the order of their peeked heads.
+        order = {member[27:].decode(): rank for rank, (_, member, _) in enumerate(sorted(heads))}
+        leases = [lease for batch in batches for lease in batch]
+        return sorted(leases, key=lambda lease: order.get(lease.job_id, len(order)))
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when a job is made ready now in `queues` (by any process), or after
+        `timeout_s`. A job that becomes due later wakes nobody: `next_due` tells the
+        caller how long to wait at most. If the subscriber connection fails, this
+        sleeps (at most a second) so that the caller's next call sees the error."""
+        channels = [self._channel(q) for q in queues]
+        try:
+            listener = await self._subscribed(channels)
+        except Exception:  # BrokerError, or redis-py failing mid-reconnect
+            await asyncio.sleep(min(timeout_s, 1.0))
+            return
+        await listener.wait(channels, timeout_s)
+
+    async def _subscribed(self, channels: Sequence[str]) -> Listener:
+        await self._redis()
+        if self._listener is not None and self._listener.failed:
+            await self._listener.close()
+            self._listener = None
+        if self._listener is None:
+            # A plain connection even to a cluster: PUBLISH reaches every node of one.
+            self._listener = Listener(plain_client(self.options))
+        with errors(self._where):
+            await self._listener.subscribe(channels)
+        return self._listener
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        commands = [("ZRANGE", self._q(q).scheduled, 0, 0, "WITHSCORES") for q in queues]
+        heads = await self._commands(commands)
+        due = [float(head[0][1]) for head in heads if head]
+        return min(due, default=None)
+
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        now = self.clock.now()
+        head = [num(now), num(now + lease_s)]
+        return await self._per_queue(leases, "extend", head, lambda lease: [lease.token])
+
+    async def _per_queue(
+        self, leases: Sequence[Lease], script: str, head: list[str], extra: Any
+    ) -> list[bool]:
+        """Run `script` once per queue of `leases` (one pipeline), with `head` then the
+        id and `extra(lease)` of each lease as ARGV; the per-lease 1/0 replies, in order."""
+        by_queue: dict[str, list[int]] = {}
+        for i, lease in enumerate(leases):
+            by_queue.setdefault(lease.queue, []).append(i)
+        calls: list[Call] = []
+        for queue, indexes in by_queue.items():
+            args: list[str | bytes] = list(head)
+            for i in indexes:
+                args += [leases[i].job_id, *extra(leases[i])]
+            calls.append((script, self._q(queue), args))
+        out = [False] * len(leases)
+        for indexes, reply in zip(by_queue.values(), await self._run_many(calls), strict=True):
+            for i, ok in zip(indexes, reply, strict=True):
+                out[i] = bool(ok)
+        return out
+
+    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+        [held] = await self._ack([(lease, result, result_ttl_s)])
+        if not held:
+            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+
+    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+        """Every ack in one round trip: one script call per queue, pipelined."""
+        return await self._ack([(a.lease, a.result, a.result_ttl_s) for a in acks])
+
+    async def _ack(self, items: Sequence[tuple[Lease, bytes | None, float | None]]) -> list[bool]:
+        now = self.clock.now()
+        extra = {}
+        for lease, result, ttl in items:
+            purge_at = now + (self.retention_s if ttl is None else ttl)
+            flag = "0" if result is None else "1"
+            extra[id(lease)] = [lease.token, flag, result or b"", num(purge_at)]
+        leases = [lease for lease, _, _ in items]
+        return await self._per_queue(leases, "ack", [num(now)], lambda lease: extra[id(lease)])
+
+    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
+        args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
+        args += [encode_error(error).decode(), self._channel(lease.queue)]
+        if not await self._run("retry", self._q(lease.queue), args):
+            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+
+    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
+        args = [num(self.clock.now()), lease.job_id, lease.token, encode_error(error).decode()]
+        if not await self._run("bury", self._q(lease.queue), args):
+            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for lease in leases:
+            by_queue.setdefault(lease.queue, []).extend([lease.job_id, lease.token])
+        calls: list[Call] = [
+            ("release", self._q(queue), [self._channel(queue), *pairs])
+            for queue, pairs in by_queue.items()
+        ]
+        await self._run_many(calls)
+
+    async def cancel(self, job_id: str) -> bool:
+        queue = await self._locate(job_id)
+        if queue is None:
+            return False
+        now = self.clock.now()
+        args = [num(now), job_id, num(now + self.retention_s)]
+        return bool(await self._run("cancel", self._q(queue), args))
+
+    async def _locate(self, job_id: str) -> str | None:
+        """The queue holding a job, None if no queue does."""
+        names = await self._known_queues()
+        found = await self._commands([("HEXISTS", self._q(q).record, job_id) for q in names])
+        return next((q for q, hit in zip(names, found, strict=True) if hit), None)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        names = await self._known_queues() if queues is None else list(dict.fromkeys(queues))
+        replies = await self._run_many([("counts", self._q(q), []) for q in names])
+        out: dict[str, QueueStats] = {}
+        for queue, reply in zip(names, replies, strict=True):
+            states = {s: int(n) for s, n in zip(_STATE_ORDER, reply[:7], strict=True)}
+            oldest = None if reply[7] in (None, False, 0) else float(reply[7])
+            out[queue] = QueueStats(states, oldest)
+        return dict(sorted(out.items()))
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        return await self._fetch(await self._known_queues(), job_id)
+
+    async def _fetch(self, names: Sequence[str], job_id: str) -> JobInfo | None:
+        commands: list[tuple[Any, ...]] = []
+        for queue in names:
+            q = self._q(queue)
+            commands += [("HGET", q.record, job_id), ("HGET", q.payload, job_id)]
+            commands.append(("HGET", q.result, job_id))
+        replies = await self._commands(commands)
+        for n, queue in enumerate(names):
+            raw, payload, result = replies[3 * n : 3 * n + 3]
+            if raw is not None:
+                return job_info(job_id, queue, raw, payload, result)
+        return None
+
+    async def find(self, key: str) -> JobInfo | None:
+        names = await self._known_queues()
+        ids = await self._commands([("HGET", self._q(q).keys, key) for q in names])
+        for queue, job_id in zip(names, ids, strict=True):
+            if job_id is not None:
+                return await self._fetch([queue], text(job_id))
+        return None
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first across the chosen queues; the cursor is the listing member
+        (enqueue time, sequence, id) of the page's last job."""
+        names = [queue] if queue else await self._known_queues()
+        want = limit + 1
+        found = await asyncio.gather(
+            *(self._list_queue(q, state, want, cursor or "") for q in names)
+        )
+        merged = heapq.nlargest(want, (item for items in found for item in items))
+        infos = [job_info(*item[1:]) for item in merged]
+        if len(infos) <= limit:
+            return Page(infos, None)
+        return Page(infos[:limit], merged[limit - 1][0] if limit > 0 else None)
+
+    async def _list_queue(
+        self, queue: str, state: JobState | None, want: int, below: str
+    ) -> list[tuple[str, str, str, bytes, bytes, bytes | None]]:
+        items: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
+        wanted = "" if state is None else JobState(state).value
+        while len(items) < want:
+            args = [below, wanted, str(want - len(items)), str(SCAN_BUDGET)]
+            reply = await self._run("list_jobs", self._q(queue), args)
+            for i in range(2, len(reply), 4):
+                member = text(reply[i])
+                job_id = member[27:]
+                items.append((member, job_id, queue, reply[i + 1], reply[i + 2], reply[i + 3]))
+            below = text(reply[0])
+            if reply[1] or not below:
+                break
+        return items
+
+    async def replay_dead(
+        self, queue: str | None = None, job_ids: Sequence[str] | None = None
+    ) -> int:
+        if job_ids is not None and not job_ids:
+            return 0
+        names = [queue] if queue else await self._known_queues()
+        now = num(self.clock.now())
+        ids = list(job_ids or [])
+        calls: list[Call] = [
+            ("replay_dead", self._q(q), [now, self._channel(q), *ids]) for q in names
+        ]
+        return sum(int(n) for n in await self._run_many(calls))
+
+    async def purge_dead(
+        self,
+        queue: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than: float | None = None,
+    ) -> int:
+        if job_ids is not None and not job_ids:
+            return 0
+        names = [queue] if queue else await self._known_queues()
+        cutoff = "" if older_than is None else num(self.clock.now() - older_than)
+        ids = list(job_ids or [])
+        calls: list[Call] = [("purge_dead", self._q(q), [cutoff, *ids]) for q in names]
+        return sum(int(n) for n in await self._run_many(calls))
+
+    async def queues(self) -> list[str]:
+        return await self._known_queues()
+
+    # -- coordination and housekeeping ----------------------------------------------------
+
+    def _worker_keys(self) -> list[str]:
+        return [self.global_keys.workers, self.global_keys.workers_seen]
+
+    async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        now = self.clock.now()
+        data = msgspec.json.encode(replace(info, last_seen=now))
+        until = num(now + ttl_s)
+        await self._run("worker_register", self._worker_keys(), [info.id, data, until])
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run("worker_forget", self._worker_keys(), ["id", worker_id])
+
+    async def workers(self) -> list[WorkerInfo]:
+        reply = await self._run("workers", self._worker_keys(), [num(self.clock.now())])
+        return [msgspec.json.decode(raw, type=WorkerInfo) for raw in reply]
+
+    async def sweep(self) -> SweepReport:
+        """Expire, purge and forget, in batches of `BATCH` per queue and script call
+        until nothing is left, so that no call holds Redis for long."""
+        now = self.clock.now()
+        expired = purged = 0
+        pending = await self._known_queues()
+        while pending:
+            args = [num(now), num(now + self.retention_s), str(BATCH)]
+            replies = await self._run_many([("sweep", self._q(q), args) for q in pending])
+            expired += sum(int(r[0]) for r in replies)
+            purged += sum(int(r[1]) for r in replies)
+            pending = [
+                q for q, r in zip(pending, replies, strict=True) if max(map(int, r)) >= BATCH
+            ]
+        removed = await self._run("worker_forget", self._worker_keys(), ["lapsed", num(now)])
+        return SweepReport(expired=expired, purged=purged, workers_removed=int(removed))

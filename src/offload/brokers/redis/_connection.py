@@ -1,0 +1,146 @@
+"""URLs, clients and errors of the Redis broker.
+
+URL forms (`rediss://` for TLS; any option redis-py understands may be added):
+
+    redis://[[user]:password@]host[:port][/db][?prefix=NAME]
+    redis://host:port?cluster=true[&prefix=NAME]     # a Redis Cluster, via any node
+
+`prefix` (default `offload`) starts every key, so several apps (or tests) can share
+one Redis. `cluster=true` uses `redis.asyncio.cluster.RedisCluster`; a cluster takes no
+database number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from offload.brokers.redis._scripts import Client
+from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
+
+__all__ = [
+    "RedisURL",
+    "check_eviction_policy",
+    "errors",
+    "make_client",
+    "parse_url",
+    "plain_client",
+]
+
+logger = logging.getLogger("offload.brokers.redis")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+#: Eviction policies that leave our keys alone: none of them has a TTL.
+_SAFE_POLICIES = ("noeviction", "volatile-")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    redis_url: str  # what redis-py receives: our options removed
+    prefix: str
+    cluster: bool
+
+
+def parse_url(url: str) -> RedisURL:
+    """Split an offload Redis URL into redis-py's URL and our options.
+
+    Raises:
+        ConfigurationError: the scheme is not redis/rediss, or an option is invalid.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ConfigurationError(f"not a Redis URL: {url!r}; expected redis://host:port")
+    if not parts.hostname:
+        raise ConfigurationError(f"Redis URL {url!r} names no host")
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in params if k in ("prefix", "cluster")}
+    rest = [(k, v) for k, v in params if k not in ours]
+    prefix = ours.get("prefix", "offload")
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(f"invalid prefix {prefix!r} in {url!r}: non-empty, no braces")
+    flag = ours.get("cluster", "false").lower()
+    if flag not in _TRUE | _FALSE:
+        raise ConfigurationError(f"invalid cluster={flag!r} in {url!r}: expected true or false")
+    redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+    return RedisURL(redis_url, prefix, flag in _TRUE)
+
+
+def plain_client(url: RedisURL) -> Redis:
+    """A client of the URL's node alone, even for a cluster URL."""
+    return Redis.from_url(url.redis_url)
+
+
+def make_client(url: RedisURL) -> Client:
+    if url.cluster:
+        return RedisCluster.from_url(url.redis_url)
+    return Redis.from_url(url.redis_url)
+
+
+@contextlib.contextmanager
+def errors(where: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into offload's: lost or refused connections (and a
+    cluster without a quorum) into `BrokerUnavailable`, anything else into
+    `BrokerError`; the original stays as `__cause__`."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError) as exc:
+        raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
+    except RedisClusterException as exc:
+        raise BrokerUnavailable(f"Redis Cluster at {where} is unavailable: {exc}") from exc
+    except RedisError as exc:
+        raise BrokerError(f"Redis error at {where}: {exc}") from exc
+    except OSError as exc:
+        raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
+
+
+async def check_eviction_policy(client: Client, where: str) -> str | None:
+    """Warn when Redis may evict our keys under memory pressure; returns the policy.
+
+    Our keys carry no TTL, so `noeviction` and the `volatile-*` policies (which only
+    evict keys that have one) are safe; `allkeys-*` may silently drop jobs. Managed
+    services that disable CONFIG are given the benefit of the doubt.
+    """
+    try:
+        reply = await client.config_get("maxmemory-policy")
+    except ResponseError as exc:
+        logger.debug("cannot read maxmemory-policy from %s: %s", where, exc)
+        return None
+    values = {str(v.decode() if isinstance(v, bytes) else v) for v in _policy_values(reply)}
+    for policy in sorted(values):
+        if not policy.startswith(_SAFE_POLICIES):
+            logger.warning(
+                "Redis at %s has maxmemory-policy %s: under memory pressure it may evict "
+                "job keys and lose jobs; set maxmemory-policy noeviction",
+                where,
+                policy,
+            )
+    return min(values) if values else None
+
+
+def _policy_values(reply: object) -> list[object]:
+    """The policy values of a CONFIG GET reply: a dict, or one dict per cluster node."""
+    if not isinstance(reply, dict):
+        return []
+    found: list[object] = []
+    for key, value in reply.items():
+        if isinstance(value, dict):
+            found += _policy_values(value)
+        elif (key.decode() if isinstance(key, bytes) else key) == "maxmemory-policy":
+            found.append(value)
+    return found

@@ -1,0 +1,103 @@
+"""The Redis key schema: every key offload writes, in one place.
+
+All keys start with the URL's `prefix` (default `offload`). The keys of one queue share
+the hash tag `{<queue>}`, so they live in one Redis Cluster slot and one Lua script may
+touch all of them; the few global keys share the tag `{%global}`, which no escaped
+queue name can produce (escaping turns `%`, `{` and `}` into `%25`, `%7B`, `%7D`, and the
+empty name into `%`).
+
+Per queue `q` (`P` is the prefix):
+
+| key                   | type   | holds                                                        |
+|-----------------------|--------|--------------------------------------------------------------|
+| `P:{q}:payload`       | hash   | job id → envelope bytes, written once, never rewritten        |
+| `P:{q}:record`        | hash   | job id → msgpack map of the job's state (see below)           |
+| `P:{q}:result`        | hash   | job id → encoded result of a succeeded job                    |
+| `P:{q}:ready`         | zset   | queued jobs: score -priority, member rank+id (due ms, seq)    |
+| `P:{q}:scheduled`     | zset   | delayed and retrying jobs by due time                         |
+| `P:{q}:running`       | zset   | leased jobs by lease deadline                                 |
+| `P:{q}:expiring`      | zset   | waiting jobs that have an `expires_at`, by `expires_at`       |
+| `P:{q}:dead`          | zset   | dead-letter queue, by finish time                             |
+| `P:{q}:succeeded`     | zset   | succeeded jobs by purge time (result TTL or retention)        |
+| `P:{q}:expired`       | zset   | expired jobs by purge time                                    |
+| `P:{q}:cancelled`     | zset   | cancelled jobs by purge time                                  |
+| `P:{q}:jobs`          | zset   | every job, score 0, member enqueue ms+seq+id (listing order)  |
+| `P:{q}:keys`          | hash   | idempotency key → job id                                      |
+| `P:{q}:seq`           | string | enqueue counter of the queue                                  |
+
+Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
+id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
+registration).
+
+A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
+hashes and zsets do not exist in Redis, so once every job of a queue has been purged
+only `P:{q}:seq` and the global keys remain.
+
+The record map uses short field names: `s` state, `tk` task, `p` priority, `a` attempt,
+`m` max attempts, `k` key, `c` created, `d` due, `x` expires, `st` started, `f` finished,
+`w` worker, `t` lease token, `dl` lease deadline, `e` error (JSON), `cx` cancel flag,
+`q` sequence, `n` enqueue ms, `u` purge time. Times are Unix epoch seconds (doubles).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["GlobalKeys", "QueueKeys", "escape_queue", "listing_member", "queue_keys"]
+
+#: Number of keys of one queue, in the order of `QueueKeys`; every script takes them
+#: as a group of KEYS in this order.
+KEYS_PER_QUEUE = 14
+
+
+class QueueKeys(NamedTuple):
+    """The keys of one queue, in the order the Lua scripts expect them."""
+
+    payload: str
+    record: str
+    result: str
+    ready: str
+    scheduled: str
+    running: str
+    expiring: str
+    dead: str
+    succeeded: str
+    expired: str
+    cancelled: str
+    jobs: str
+    keys: str
+    seq: str
+
+
+class GlobalKeys(NamedTuple):
+    queues: str
+    workers: str
+    workers_seen: str
+
+
+def escape_queue(queue: str) -> str:
+    """The queue name as it appears inside the hash tag: braces (which would cut the
+    tag short) and `%` are percent-escaped, and the empty name becomes `%`."""
+    if not queue:
+        return "%"
+    return queue.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    base = f"{prefix}:{{{escape_queue(queue)}}}:"
+    return QueueKeys(*(base + name for name in QueueKeys._fields))
+
+
+def global_keys(prefix: str) -> GlobalKeys:
+    base = f"{prefix}:{{%global}}:"
+    return GlobalKeys(base + "queues", base + "workers", base + "workers:seen")
+
+
+def channel(prefix: str, queue: str) -> str:
+    """The pub/sub channel on which a queue announces jobs made ready now."""
+    return f"{prefix}:{{{escape_queue(queue)}}}:wake"
+
+
+def listing_member(enqueued_ms: int, seq: int, job_id: str) -> str:
+    """The member of `P:{q}:jobs`: sorts by enqueue time, then by the queue's sequence."""
+    return f"{enqueued_ms:015d}{seq:012d}{job_id}"

@@ -1,0 +1,119 @@
+-- Shared helpers, prepended to every script of this directory when it is loaded
+-- (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
+-- all come through KEYS, as groups of 14 per queue in the order of
+-- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
+--
+-- A job is a field in the queue's `payload`, `record` and `result` hashes; its state
+-- decides which one of the state zsets holds it. `detach` takes it out of the zset of
+-- its current state and `attach` puts it into the zset of its new one, so every
+-- transition is: load, detach, change fields, attach, save.
+
+local FIELDS = {'payload', 'record', 'result', 'ready', 'scheduled', 'running',
+  'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq'}
+
+local function queue_at(group)
+  local q = {}
+  for i, name in ipairs(FIELDS) do
+    q[name] = KEYS[(group - 1) * #FIELDS + i]
+  end
+  return q
+end
+
+local function load(q, id)
+  local raw = redis.call('HGET', q.record, id)
+  if not raw then
+    return nil
+  end
+  return cmsgpack.unpack(raw)
+end
+
+local function save(q, id, r)
+  redis.call('HSET', q.record, id, cmsgpack.pack(r))
+end
+
+-- Ready order within one priority: due time (ms), then the queue's enqueue sequence.
+local function ready_member(r, id)
+  return string.format('%015.0f%012.0f', math.max(0, math.floor(r.d * 1000)), r.q) .. id
+end
+
+-- Listing order: enqueue time (ms), then sequence; the member of `jobs`.
+local function listing_member(r, id)
+  return string.format('%015.0f%012.0f', r.n, r.q) .. id
+end
+
+local PURGED_BY_TIME = {succeeded = true, expired = true, cancelled = true}
+
+local function detach(q, id, r)
+  local s = r.s
+  if s == 'queued' then
+    redis.call('ZREM', q.ready, ready_member(r, id))
+    redis.call('ZREM', q.expiring, id)
+  elseif s == 'scheduled' then
+    redis.call('ZREM', q.scheduled, id)
+    redis.call('ZREM', q.expiring, id)
+  elseif s == 'running' then
+    redis.call('ZREM', q.running, id)
+  elseif s == 'dead' then
+    redis.call('ZREM', q.dead, id)
+  elseif PURGED_BY_TIME[s] then
+    redis.call('ZREM', q[s], id)
+  end
+end
+
+local function attach(q, id, r)
+  local s = r.s
+  if s == 'queued' then
+    redis.call('ZADD', q.ready, -r.p, ready_member(r, id))
+  elseif s == 'scheduled' then
+    redis.call('ZADD', q.scheduled, r.d, id)
+  elseif s == 'running' then
+    redis.call('ZADD', q.running, r.dl, id)
+  elseif s == 'dead' then
+    redis.call('ZADD', q.dead, r.f, id)
+  elseif PURGED_BY_TIME[s] then
+    redis.call('ZADD', q[s], r.u, id)
+  end
+  if r.x and (s == 'queued' or s == 'scheduled') then
+    redis.call('ZADD', q.expiring, r.x, id)
+  end
+  save(q, id, r)
+end
+
+-- Finish a job now: `state` is succeeded, expired or cancelled (kept until `purge_at`)
+-- or dead (kept until purged by hand). Clears the lease.
+local function finish(q, id, r, state, now, purge_at)
+  detach(q, id, r)
+  r.s = state
+  r.f = now
+  r.u = purge_at
+  r.t = nil
+  r.dl = nil
+  attach(q, id, r)
+end
+
+-- Forget a job entirely, with its key (if the key still names it) and listing entry.
+local function delete(q, id, r)
+  detach(q, id, r)
+  redis.call('HDEL', q.record, id)
+  redis.call('HDEL', q.payload, id)
+  redis.call('HDEL', q.result, id)
+  redis.call('ZREM', q.jobs, listing_member(r, id))
+  if r.k and redis.call('HGET', q.keys, r.k) == id then
+    redis.call('HDEL', q.keys, r.k)
+  end
+end
+
+-- Expire waiting jobs past `expires_at` (at most `batch`); returns how many.
+local function expire_due(q, now, purge_at, batch)
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.expiring, '-inf', now, 'LIMIT', 0, batch)) do
+    local r = load(q, id)
+    if r and (r.s == 'queued' or r.s == 'scheduled') then
+      finish(q, id, r, 'expired', now, purge_at)
+      n = n + 1
+    else
+      redis.call('ZREM', q.expiring, id)
+    end
+  end
+  return n
+end

@@ -1,0 +1,24 @@
+-- ack: running → succeeded for each lease still held, storing its result until its
+-- purge time. A lease past its deadline still acks if nobody took the job back.
+-- KEYS: the 14 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, then 5 values per lease: job id, token, has result ('1'/'0'),
+--       result, purge time.
+-- Returns: per lease, 1 if acked, 0 if the lease is no longer ours.
+local q = queue_at(1)
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 5 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local r = load(q, id)
+  if r and r.s == 'running' and r.t == token then
+    r.e = nil
+    finish(q, id, r, 'succeeded', now, tonumber(ARGV[i + 4]))
+    if ARGV[i + 2] == '1' then
+      redis.call('HSET', q.result, id, ARGV[i + 3])
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out

@@ -1,0 +1,84 @@
+-- reserve: make due jobs ready, take back lapsed leases, expire waiting jobs past
+-- `expires_at`, then lease up to `limit` ready jobs across the given queues, highest
+-- priority first, then earliest due, then enqueue order.
+-- KEYS: 14 keys per queue (QueueKeys order), for one or more queues.
+-- ARGV: [1] now, [2] worker id, [3] lease deadline, [4] limit, [5] token prefix,
+--       [6] error recorded on lapsed leases (JSON), [7] purge time of jobs expired now,
+--       [8] most jobs each housekeeping step touches per queue, [9] peek: when above
+--       0, lease nothing and return the first `peek` ready members and scores of each
+--       queue instead (how a reservation over queues in several cluster slots starts).
+-- Returns: per lease, the queue's group number, job id, token, attempt, payload; when
+--          peeking, per queue, a flat list of member and score pairs.
+local now, worker, deadline = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local limit, prefix, lapsed_error = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local purge_at, batch = tonumber(ARGV[7]), tonumber(ARGV[8])
+local groups = #KEYS / #FIELDS
+local queues = {}
+
+for g = 1, groups do
+  local q = queue_at(g)
+  queues[g] = q
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, batch)) do
+    local r = load(q, id)
+    detach(q, id, r)
+    r.s = 'queued'
+    attach(q, id, r)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, batch)) do
+    local r = load(q, id)
+    detach(q, id, r)
+    r.s, r.t, r.w, r.dl, r.e = 'queued', nil, nil, nil, lapsed_error
+    attach(q, id, r)
+  end
+  expire_due(q, now, purge_at, batch)
+end
+
+-- The best head among the queues: lowest score (highest priority), then lowest member.
+local function best_head()
+  local best_g, best_member, best_score = nil, nil, nil
+  for g = 1, groups do
+    local head = redis.call('ZRANGE', queues[g].ready, 0, 0, 'WITHSCORES')
+    if head[1] then
+      local score = tonumber(head[2])
+      if not best_g or score < best_score or (score == best_score and head[1] < best_member) then
+        best_g, best_member, best_score = g, head[1], score
+      end
+    end
+  end
+  return best_g, best_member
+end
+
+local peek = tonumber(ARGV[9])
+if peek > 0 then
+  local heads = {}
+  for g = 1, groups do
+    heads[g] = redis.call('ZRANGE', queues[g].ready, 0, peek - 1, 'WITHSCORES')
+  end
+  return heads
+end
+
+local out = {}
+local taken = 0
+while taken < limit do
+  local g, member = best_head()
+  if not g then break end
+  local q = queues[g]
+  local id = string.sub(member, 28)
+  local r = load(q, id)
+  if not r then
+    redis.call('ZREM', q.ready, member)
+  elseif r.x and r.x <= now then
+    finish(q, id, r, 'expired', now, purge_at)
+  else
+    taken = taken + 1
+    detach(q, id, r)
+    r.s, r.a, r.st, r.w, r.t, r.dl = 'running', r.a + 1, now, worker, prefix .. taken, deadline
+    attach(q, id, r)
+    out[#out + 1] = g
+    out[#out + 1] = id
+    out[#out + 1] = r.t
+    out[#out + 1] = r.a
+    out[#out + 1] = redis.call('HGET', q.payload, id) or ''
+  end
+end
+return out

@@ -1,0 +1,17 @@
+-- retry: running → scheduled until `at`, recording the error.
+-- KEYS: the 14 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] job id, [3] token, [4] at, [5] error (JSON), [6] wake-up channel.
+-- Returns: 1, or 0 if the lease is no longer ours.
+local q = queue_at(1)
+local now, id, token, at = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local r = load(q, id)
+if not (r and r.s == 'running' and r.t == token) then
+  return 0
+end
+detach(q, id, r)
+r.s, r.d, r.e, r.t, r.dl = 'scheduled', at, ARGV[5], nil, nil
+attach(q, id, r)
+if at <= now then
+  redis.call('PUBLISH', ARGV[6], '1')
+end
+return 1

@@ -1,0 +1,21 @@
+-- sweep: expire waiting jobs past `expires_at`, and delete succeeded, expired and
+-- cancelled jobs whose purge time has come (at most `batch` of each per call).
+-- KEYS: the 14 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] purge time of jobs expired now, [3] batch.
+-- Returns: {expired, purged}.
+local q = queue_at(1)
+local now, batch = tonumber(ARGV[1]), tonumber(ARGV[3])
+local expired = expire_due(q, now, tonumber(ARGV[2]), batch)
+local purged = 0
+for _, state in ipairs({'succeeded', 'expired', 'cancelled'}) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q[state], '-inf', now, 'LIMIT', 0, batch)) do
+    local r = load(q, id)
+    if r then
+      delete(q, id, r)
+    else
+      redis.call('ZREM', q[state], id)
+    end
+    purged = purged + 1
+  end
+end
+return {expired, purged}

@@ -1,0 +1,224 @@
+"""What the conformance suite cannot see of the Redis broker: key reaping, the eviction
+policy warning, typed errors and recovery when Redis goes away, wake-up latency, the
+per-queue scope of idempotency keys, and sync producers beside a worker in one process.
+
+Servers that a test stops or misconfigures are throwaway ones on free ports; the
+shared server only ever sees keys under the test's own prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload import Offload
+from offload.brokers import from_url
+from offload.brokers.base import Ack, Broker
+from offload.brokers.redis import RedisBroker
+from offload.codec import encode_value
+from offload.errors import BrokerUnavailable
+from offload.testing import FakeClock
+from offload.worker import Worker
+from tests.conformance.helpers import enqueue_one, make_job
+from tests.redis_cluster import RedisProcess, free_port
+
+
+@pytest.fixture
+def throwaway(tmp_path: Path, redis_server: str) -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, which the test may stop and start again."""
+    server = RedisProcess(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def our_keys(url: str, prefix: str) -> list[str]:
+    import redis
+
+    with redis.Redis.from_url(url.split("?")[0]) as client:
+        return sorted(key.decode() for key in client.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+async def run_to_success(broker: Broker, clock: FakeClock, n: int, ttl_s: float) -> None:
+    """Enqueue `n` keyed jobs, reserve and ack them all, in bulk."""
+    for start in range(0, n, 1000):
+        jobs = [make_job(clock, key=f"k{i}") for i in range(start, min(n, start + 1000))]
+        await broker.enqueue(jobs)
+    while leases := await broker.reserve(["default"], worker_id="w", lease_s=60, limit=1000):
+        acks = [Ack(lease, encode_value(1), ttl_s) for lease in leases]
+        assert all(await broker.ack_many(acks))
+
+
+async def assert_reaped(url: str, n: int) -> None:
+    clock = FakeClock()
+    broker = from_url(url, clock=clock)
+    prefix = url.split("prefix=")[1]
+    async with broker:
+        await run_to_success(broker, clock, n, ttl_s=10)
+        assert len(our_keys(url, prefix)) > 3
+        clock.advance(11)
+        report = await broker.sweep()
+    assert report.purged == n
+    assert our_keys(url, prefix) == [f"{prefix}:{{%global}}:queues", f"{prefix}:{{default}}:seq"]
+
+
+async def test_only_documented_keys_remain_after_results_expire(redis_url: str) -> None:
+    await assert_reaped(redis_url, 2_000)
+
+
+@pytest.mark.slow
+async def test_only_documented_keys_remain_after_100k_results_expire(redis_url: str) -> None:
+    await assert_reaped(redis_url, 100_000)
+
+
+async def test_eviction_policy_that_may_drop_jobs_is_warned_about(
+    tmp_path: Path, redis_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisProcess(tmp_path, None, "--maxmemory-policy", "allkeys-lru").start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="offload.brokers.redis"):
+            async with from_url(f"redis://127.0.0.1:{server.port}"):
+                pass
+    finally:
+        server.stop()
+    assert "maxmemory-policy allkeys-lru" in caplog.text
+
+
+async def test_noeviction_policy_is_not_warned_about(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="offload.brokers.redis"):
+        async with from_url(redis_url):
+            pass
+    assert "maxmemory-policy" not in caplog.text
+
+
+@pytest.mark.parametrize("options", ["", "?cluster=true"], ids=["single", "cluster"])
+async def test_closed_port_gives_broker_unavailable(options: str) -> None:
+    broker = from_url(f"redis://127.0.0.1:{free_port()}{options}")
+    with pytest.raises(BrokerUnavailable):
+        await broker.connect()
+    with pytest.raises(BrokerUnavailable):
+        await enqueue_one(broker)
+
+
+async def test_producer_gets_broker_unavailable_while_redis_is_down_then_recovers(
+    throwaway: RedisProcess,
+) -> None:
+    async with from_url(f"redis://127.0.0.1:{throwaway.port}") as broker:
+        await enqueue_one(broker)
+        throwaway.stop()
+        with pytest.raises(BrokerUnavailable):
+            await enqueue_one(broker)
+        throwaway.start()  # empty again: no persistence, and no scripts loaded
+        await enqueue_one(broker)
+        assert len(await broker.reserve(["default"], worker_id="w", lease_s=5, limit=5)) == 1
+
+
+async def test_worker_resumes_by_itself_after_redis_restarts(throwaway: RedisProcess) -> None:
+    app = Offload(f"redis://127.0.0.1:{throwaway.port}")
+    done: list[int] = []
+
+    @app.task(name="record")
+    async def record(n: int) -> None:
+        done.append(n)
+
+    worker = Worker(app, poll_s=0.5)
+    running = asyncio.create_task(worker.run())
+    try:
+        await record.enqueue_async(1)
+        await wait_for(lambda: done == [1])
+        throwaway.stop()
+        await asyncio.sleep(0.5)  # the worker's reserve fails meanwhile, and it backs off
+        throwaway.start()
+        producer = from_url(app.url)
+        async with producer:
+            await enqueue_one(producer, "record", args=[2])
+        await wait_for(lambda: done == [1, 2], timeout_s=10)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        await app.aclose()
+
+
+async def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_idle_wait_wakes_within_milliseconds_of_an_enqueue_elsewhere(
+    redis_url: str,
+) -> None:
+    waiter, producer = from_url(redis_url), from_url(redis_url)
+    latencies: list[float] = []
+    async with waiter, producer:
+        await waiter.wait(["default"], 0.01)  # subscribed from here on
+        for _ in range(30):
+            waiting = asyncio.create_task(waiter.wait(["default"], 2.0))
+            await asyncio.sleep(0.005)
+            start = time.perf_counter()
+            await enqueue_one(producer)
+            await waiting
+            latencies.append(time.perf_counter() - start)
+    # Includes the enqueue's own round trip; typically well under a millisecond.
+    assert statistics.median(latencies) < 0.005, latencies
+
+
+async def test_idempotency_keys_are_scoped_to_their_queue(redis_url: str) -> None:
+    async with from_url(redis_url) as broker:
+        a = await enqueue_one(broker, queue="a", key="k")
+        b = await enqueue_one(broker, queue="b", key="k")  # a separate job
+        env, payload = make_job(broker.clock, queue="a", key="k")
+        [again] = await broker.enqueue([(env, payload)])
+        found = await broker.find("k")
+    assert a != b
+    assert (again.id, again.created) == (a, False)
+    assert found is not None and found.id in (a, b)
+
+
+def test_every_script_documents_its_keys_and_argv() -> None:
+    scripts = files("offload.brokers.redis") / "scripts"
+    for script in scripts.iterdir():
+        if script.name.endswith(".lua") and not script.name.startswith("_"):
+            header = script.read_text(encoding="utf-8").split("\nlocal", 1)[0]
+            assert "-- KEYS:" in header and "-- ARGV:" in header, script.name
+
+
+def test_queue_names_cannot_break_out_of_their_hash_tag() -> None:
+    broker = RedisBroker("redis://localhost?prefix=p")
+    tags = {broker._q(name).ready.split("}")[0] for name in ("a}b", "a{b", "%", "", "a")}
+    assert len(tags) == 5
+    assert all(tag.count("{") == 1 for tag in tags)
+
+
+async def test_sync_enqueue_while_a_worker_runs_in_the_same_process(redis_url: str) -> None:
+    app = Offload(redis_url)
+    done = asyncio.Event()
+
+    @app.task(name="ping")
+    async def ping() -> None:
+        done.set()
+
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.1)
+        job = await asyncio.to_thread(ping.enqueue)  # through the portal's own loop
+        await asyncio.wait_for(done.wait(), 5)
+        assert (await asyncio.to_thread(job.state)).value in ("running", "succeeded")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        await app.aclose()
+        await asyncio.to_thread(app.close)
