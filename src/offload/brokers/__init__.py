@@ -49,7 +49,8 @@ def from_url(url: str, **kwargs: Any) -> Broker:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(
-            f"the {scheme!r} broker needs an extra: pip install 'offload[{scheme}]' ({exc})"
+            f"the {scheme!r} broker needs an extra: "
+            f"pip install 'offload[{module_name.rpartition('.')[2]}]' ({exc})"
         ) from exc
     cls: type[Broker] = getattr(module, class_name)
     return cls(url, **kwargs)
