@@ -46,4 +46,4 @@ class StreaqAdapter(AsyncAdapter):
         await self._ctx.__aexit__(None, None, None)
 
     def workers(self, processes: int) -> list[list[str]]:
-        return [[tool("streaq"), "run", "adapters.streaq.worker", "--workers", str(processes)]]
+        return [[tool("streaq"), "run", "adapters.streaq:worker", "--workers", str(processes)]]
