@@ -22,6 +22,7 @@ from offload.errors import (
     Bury,
     ConfigurationError,
     InvalidArguments,
+    InvalidSchedule,
     JobCancelled,
     JobError,
     JobExpired,
@@ -37,6 +38,8 @@ from offload.errors import (
 )
 from offload.handle import Job
 from offload.job import Backoff, JobState
+from offload.schedule import Cron, Every
+from offload.scheduler import Scheduler
 from offload.task import Task
 from offload.worker import Worker
 
@@ -47,7 +50,10 @@ __all__ = [
     "BrokerUnavailable",
     "Bury",
     "ConfigurationError",
+    "Cron",
+    "Every",
     "InvalidArguments",
+    "InvalidSchedule",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -63,6 +69,7 @@ __all__ = [
     "OffloadError",
     "ResultTimeout",
     "Retry",
+    "Scheduler",
     "SerializationError",
     "Task",
     "UnknownTask",

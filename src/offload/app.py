@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from offload._portal import Portal
 from offload.brokers import from_url
@@ -21,6 +21,9 @@ from offload.handle import Job
 from offload.job import Backoff, Envelope, new_job_id
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions, seconds
+
+if TYPE_CHECKING:
+    from offload.schedule import Misfire, Overlap, Schedule, ScheduleEntry
 
 __all__ = ["DEFAULT_URL", "Offload"]
 
@@ -52,6 +55,7 @@ class Offload:
         self.default_queue = queue
         self.broker: Broker = from_url(self.url, clock=self.clock)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, ScheduleEntry] = {}
         self.portal = Portal()
         self._connected = False
         # A loop-bound broker (Capabilities.loop_bound) cannot serve the sync portal's
@@ -151,6 +155,60 @@ class Offload:
         except KeyError:
             known = ", ".join(sorted(self.tasks)) or "none"
             raise UnknownTask(f"no task named {name!r} (registered: {known})") from None
+
+    def schedule(
+        self,
+        task: Task[Any, Any] | str,
+        schedule: Schedule,
+        *,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        id: str | None = None,
+        overlap: Overlap = "skip",
+        misfire: Misfire = "run_once",
+        max_catch_up: int = 10,
+        grace: float | timedelta = 60.0,
+    ) -> ScheduleEntry:
+        """Enqueue `task` (a task or a task name) at every fire of `schedule`.
+
+        `offload scheduler` (or `offload worker --scheduler`) runs it; replicas are
+        safe, since each fire is enqueued under the key `schedule:{id}:{fire_ts}`.
+
+        Args:
+            schedule: `Cron("0 3 * * *", tz="Europe/Paris")` or `Every(seconds)`.
+            args / kwargs: the arguments of every fire (checked now, as at enqueue).
+            id: the schedule's stable name (default: the task name); give one to
+                schedule a task twice.
+            overlap: `skip` a tick while the previous run is unfinished (default),
+                `allow` it, or `replace` (cancel) the previous run.
+            misfire: ticks missed while no scheduler ran: `skip` them, `run_once`
+                (default: the latest), or `run_all` (up to `max_catch_up`).
+            grace: a tick at most this late (seconds) is on time, not missed.
+
+        Raises:
+            InvalidSchedule: not a `Cron` or `Every`.
+            ConfigurationError: a bad policy, or the id is already taken.
+            InvalidArguments / SerializationError: the arguments do not fit the task
+                or are not JSON.
+        """
+        from offload.schedule import make_entry
+
+        entry = make_entry(
+            self,
+            task,
+            schedule,
+            args=args,
+            kwargs=kwargs,
+            id=id,
+            overlap=overlap,
+            misfire=misfire,
+            max_catch_up=max_catch_up,
+            grace=grace,
+        )
+        if entry.id in self.schedules:
+            raise ConfigurationError(f"a schedule {entry.id!r} exists; pass id= to add another")
+        self.schedules[entry.id] = entry
+        return entry
 
     def queues(self) -> list[str]:
         """The queues of the registered tasks, and the default queue."""

@@ -3,6 +3,7 @@
 ```
 OffloadError                         base of everything we raise
 ├── ConfigurationError(ValueError)   bad URL / unknown scheme / missing extra / bad option
+│   └── InvalidSchedule              bad cron expression, time zone or interval
 ├── SerializationError(TypeError)    argument or result not JSON-encodable (raised at the producer)
 ├── InvalidArguments(TypeError)      arguments do not fit the task's signature
 ├── UnknownTask(LookupError)         no task registered under that name
@@ -39,6 +40,7 @@ __all__ = [
     "Bury",
     "ConfigurationError",
     "InvalidArguments",
+    "InvalidSchedule",
     "JobCancelled",
     "JobControl",
     "JobError",
@@ -64,6 +66,10 @@ class OffloadError(Exception):
 
 class ConfigurationError(OffloadError, ValueError):
     """Invalid configuration."""
+
+
+class InvalidSchedule(ConfigurationError):
+    """Invalid schedule: bad cron expression, time zone or interval."""
 
 
 class SerializationError(OffloadError, TypeError):

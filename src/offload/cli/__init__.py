@@ -125,9 +125,10 @@ def _register() -> None:
     from offload.cli.inspect import jobs, show, status
     from offload.cli.migrate import migrate
     from offload.cli.produce import enqueue
+    from offload.cli.scheduler import scheduler, schedules
     from offload.cli.worker import worker
 
-    for command in (worker, status, jobs, show, enqueue, dlq, migrate):
+    for command in (worker, status, jobs, show, enqueue, dlq, migrate, scheduler, schedules):
         cli.add_command(command)
     try:
         from offload.cli.demo import demo

@@ -41,6 +41,8 @@ def _env(name: str) -> dict[str, Any]:
               help="Seconds running jobs get to finish after SIGTERM.")  # fmt: skip
 @click.option("--poll", default=1.0, type=click.FloatRange(0.001), **_env("POLL"),
               help="Longest idle wait between reservations, seconds.")  # fmt: skip
+@click.option("--scheduler", "run_scheduler", is_flag=True, **_env("SCHEDULER"),
+              help="Also enqueue the app's schedules (safe in every worker).")  # fmt: skip
 @click.option("--log-level", default="info", **_env("LOG_LEVEL"),
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.option("--log-format", default="text", **_env("LOG_FORMAT"),
@@ -54,6 +56,7 @@ def worker(
     lease: float,
     grace: float,
     poll: float,
+    run_scheduler: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -75,6 +78,7 @@ def worker(
         lease_s=lease,
         grace_s=grace,
         poll_s=poll,
+        scheduler=run_scheduler,
     )
     asyncio.run(_run(w))
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from offload.brokers.base import Ack, Lease, WorkerInfo
 from offload.errors import LeaseLost
 from offload.job import ErrorInfo
+from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.executor import Executor, Outcome
 from offload.worker.leases import AckBatcher
 
@@ -52,6 +53,8 @@ class Worker:
         grace_s: at shutdown, how long running jobs may take to finish.
         poll_s: longest idle wait between reservations when the broker cannot push.
         sweep_s: period of housekeeping (expiry, purge of finished jobs).
+        scheduler: also enqueue the app's schedules (`offload.scheduler`), as a side
+            task; safe in every worker at once.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Worker:
         poll_s: float = 1.0,
         sweep_s: float = 10.0,
         worker_id: str | None = None,
+        scheduler: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -87,6 +91,7 @@ class Worker:
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
         self._acks = AckBatcher(app.broker)
+        self.scheduler = Scheduler(app) if scheduler else None
 
     @property
     def broker(self) -> Broker:
@@ -119,6 +124,9 @@ class Worker:
             asyncio.create_task(self._every(self.lease_s / 3, self._heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(self.sweep_s, self.broker.sweep), name="sweeper"),
         ]
+        if self.scheduler is not None:
+            tick = self.scheduler.tick
+            side_tasks.append(asyncio.create_task(self._every(MAX_SLEEP_S, tick), name="scheduler"))
         fetcher = asyncio.create_task(self._fetch_loop(), name="fetch")
         try:
             done, _ = await asyncio.wait(

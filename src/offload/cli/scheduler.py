@@ -1,0 +1,101 @@
+"""`offload scheduler` (enqueue recurring jobs) and `offload schedules` (list them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.table import Table
+
+from offload.cli import console, load_app, setup_logging
+from offload.schedule import ScheduleEntry
+from offload.scheduler import Scheduler
+
+__all__ = ["scheduler", "schedules"]
+
+logger = logging.getLogger("offload.cli")
+
+
+def _env(name: str) -> dict[str, Any]:
+    return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
+
+
+@click.command()
+@click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
+@click.option("--log-level", default="info", **_env("LOG_LEVEL"),
+              type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+@click.option("--log-format", default="text", **_env("LOG_FORMAT"),
+              type=click.Choice(["text", "json"]), help="json: one object per line.")  # fmt: skip
+def scheduler(app_spec: str, log_level: str, log_format: str) -> None:
+    """Enqueue the schedules of MODULE:APP until SIGTERM or Ctrl-C.
+
+    Run as many as you like: each fire is enqueued once, by key, with no leader.
+    """
+    setup_logging(log_level, log_format)
+    app = load_app(app_spec)
+    if not app.schedules:
+        logger.warning("%s declares no schedules; nothing to do", app_spec)
+    asyncio.run(_run(Scheduler(app)))
+
+
+async def _run(s: Scheduler) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, s.stop)
+    try:
+        await s.run()
+    finally:
+        await s.app.aclose()
+
+
+@click.command()
+@click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
+@click.option("-n", "--next", "count", default=3, type=click.IntRange(1, 100),
+              **_env("SCHEDULES_NEXT"), help="Next fire times to show.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, envvar="OFFLOAD_SCHEDULES_JSON",
+              show_envvar=True, help="One JSON object per schedule.")  # fmt: skip
+def schedules(app_spec: str, count: int, as_json: bool) -> None:
+    """List the schedules of MODULE:APP with their next fire times."""
+    app = load_app(app_spec)
+    now = app.clock.now()
+    rows = [_row(entry, now, count) for entry in app.schedules.values()]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    out = console()
+    if not rows:
+        out.print("no schedules")
+        return
+    table = Table("id", "task", "schedule", "tz", "next fires", "policies")
+    for row in rows:
+        policies = (
+            f"overlap={row['overlap']} misfire={row['misfire']} "
+            f"catch-up<={row['max_catch_up']} grace={row['grace_s']:g}s"
+        )
+        fires = "\n".join(row["next_local"])
+        table.add_row(row["id"], row["task"], row["schedule"], row["tz"], fires, policies)
+    out.print(table)
+
+
+def _row(entry: ScheduleEntry, now: float, count: int) -> dict[str, Any]:
+    zone = ZoneInfo(entry.schedule.tz)
+    fires = entry.schedule.next_fires(now, count)
+    return {
+        "id": entry.id,
+        "task": entry.task,
+        "schedule": entry.schedule.describe(),
+        "tz": entry.schedule.tz,
+        "next": [datetime.fromtimestamp(f, UTC).isoformat() for f in fires],
+        "next_local": [datetime.fromtimestamp(f, zone).isoformat(" ") for f in fires],
+        "overlap": entry.overlap,
+        "misfire": entry.misfire,
+        "max_catch_up": entry.max_catch_up,
+        "grace_s": entry.grace_s,
+    }

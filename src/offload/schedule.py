@@ -1,0 +1,333 @@
+"""Recurring jobs: when a schedule fires, and what one fire enqueues.
+
+A schedule is a pure function of time: the set of instants (whole Unix seconds) at
+which it fires. Every replica of the scheduler computes the same set, and every fire
+is enqueued under the key `schedule:{id}:{fire_ts}`, so the broker's key dedup makes
+each fire happen once however many replicas see it. There is no leader and no lock.
+
+    Every(60)                          # each whole minute, UTC (epoch-aligned)
+    Cron("0 3 * * *", tz="Europe/Paris")   # 03:00 Paris wall-clock time
+
+Cron expressions are parsed and matched by `croniter` on the *local wall clock*; this
+module then maps each matching wall time to one UTC instant, with fixed daylight-saving
+rules (croniter's own handling of aware datetimes varies with the starting point, and
+replicas must agree exactly):
+
+- a wall time that does not exist (the skipped hour in spring) fires at the instant the
+  clock jumps, the first moment after the gap (02:30 Paris → 03:00 CEST);
+- a wall time that exists twice (the repeated hour in autumn) fires once, at its first
+  occurrence (summer time);
+- wall times that map to the same instant are one fire.
+
+So a daily 02:30 job runs every day exactly once, and an hourly job has 23 fires on the
+spring day and 24 (not 25) on the autumn day. For a steady rhythm through DST, use
+`Every` or `tz="UTC"`.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from offload.errors import ConfigurationError, InvalidSchedule
+
+if TYPE_CHECKING:
+    from croniter import croniter
+
+    from offload.app import Offload
+    from offload.task import Task
+
+__all__ = [
+    "Cron",
+    "Every",
+    "Misfire",
+    "Overlap",
+    "Schedule",
+    "ScheduleEntry",
+    "fire_key",
+    "make_entry",
+]
+
+#: What to do with a tick while the previous fire's job is unfinished.
+Overlap = Literal["skip", "allow", "replace"]
+#: What to do with ticks that passed while no scheduler was running.
+Misfire = Literal["skip", "run_once", "run_all"]
+
+#: Longer than any daylight-saving shift in use (2 hours): how far past a repeated
+#: hour a backward search starts.
+_DST_MARGIN = timedelta(hours=3)
+
+
+def fire_key(schedule_id: str, fire_ts: int) -> str:
+    """The idempotency key of one fire: the same on every replica."""
+    return f"schedule:{schedule_id}:{fire_ts}"
+
+
+class Schedule(abc.ABC):
+    """When something fires: an infinite, strictly increasing set of whole seconds."""
+
+    tz: str = "UTC"
+
+    @abc.abstractmethod
+    def after(self, ts: float) -> Iterator[int]:
+        """Fire instants strictly after `ts`, ascending, without end."""
+
+    @abc.abstractmethod
+    def until(self, ts: float) -> Iterator[int]:
+        """Fire instants at or before `ts`, descending."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A short human form, for `offload schedules` and logs."""
+
+    def next_fires(self, ts: float, count: int) -> list[int]:
+        """The next `count` fire instants after `ts`."""
+        return list(islice(self.after(ts), count))
+
+
+class Every(Schedule):
+    """Fire every `interval` (whole seconds, at least 1), aligned to the Unix epoch.
+
+    Aligned, not relative to a start time, so every replica agrees on the instants:
+    `Every(3600)` fires on each hour UTC, `Every(timedelta(days=1))` at midnight UTC.
+
+    Raises:
+        InvalidSchedule: the interval is not a positive whole number of seconds.
+    """
+
+    def __init__(self, interval: float | timedelta) -> None:
+        value = interval.total_seconds() if isinstance(interval, timedelta) else interval
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidSchedule(f"Every() takes seconds or a timedelta, got {interval!r}")
+        if value < 1 or value != int(value):
+            raise InvalidSchedule(f"Every() needs a whole number of seconds >= 1, got {value}")
+        self.interval_s = int(value)
+
+    def __repr__(self) -> str:
+        return f"Every({self.interval_s})"
+
+    def after(self, ts: float) -> Iterator[int]:
+        fire = (math.floor(ts) // self.interval_s + 1) * self.interval_s
+        while True:
+            yield fire
+            fire += self.interval_s
+
+    def until(self, ts: float) -> Iterator[int]:
+        fire = (math.floor(ts) // self.interval_s) * self.interval_s
+        while True:
+            yield fire
+            fire -= self.interval_s
+
+    def describe(self) -> str:
+        s = self.interval_s
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if s % size == 0:
+                return f"every {s // size}{unit}"
+        return f"every {s}s"
+
+
+class Cron(Schedule):
+    """Fire at the wall-clock times matched by a cron expression, in time zone `tz`.
+
+    Five fields (minute hour day month weekday), or six with seconds last, as croniter
+    reads them; `@daily`-style aliases work too. Daylight-saving rules: see the module
+    docstring.
+
+    Raises:
+        InvalidSchedule: the expression does not parse, or `tz` is not a known IANA
+            time zone.
+    """
+
+    def __init__(self, expr: str, tz: str = "UTC") -> None:
+        self.expr = expr
+        self.tz = tz
+        self._zone = _zone(tz)
+        self._template = _parse(expr)
+
+    def __repr__(self) -> str:
+        return f"Cron({self.expr!r}, tz={self.tz!r})"
+
+    def describe(self) -> str:
+        return self.expr
+
+    def after(self, ts: float) -> Iterator[int]:
+        # Walls up to wall(ts) map to instants <= ts (the mapping is monotonic and
+        # wall(ts) maps to ts, or to its first occurrence), so start the search there.
+        walls = self._walls(self._wall(ts))
+        last = math.floor(ts)
+        while True:
+            fire = self._instant(walls.get_next(datetime))
+            if fire > last:  # drops wall times that merged into an earlier instant
+                last = fire
+                yield fire
+
+    def until(self, ts: float) -> Iterator[int]:
+        start = self._wall(ts)
+        if self._instant(start) != math.floor(ts):
+            # ts is in the second pass of a repeated hour: later walls of that hour
+            # fired in the first pass, before ts, so search from beyond the fold.
+            start += _DST_MARGIN
+        # get_prev is strictly before its start; one second more includes ts itself.
+        walls = self._walls(start + timedelta(seconds=1))
+        last = math.floor(ts) + 1
+        while True:
+            fire = self._instant(walls.get_prev(datetime))
+            if fire < last:
+                last = fire
+                yield fire
+
+    def _walls(self, start: datetime) -> croniter:
+        """A croniter at `start`: a copy of the parsed template (parsing is the slow
+        part), so concurrent searches do not share a cursor."""
+        walls = copy.copy(self._template)
+        walls.set_current(start, force=True)
+        return walls
+
+    def _wall(self, ts: float) -> datetime:
+        wall = datetime.fromtimestamp(math.floor(ts), self._zone)
+        return wall.replace(tzinfo=None, fold=0)
+
+    def _instant(self, wall: datetime) -> int:
+        """The UTC instant of a local wall time, by the DST rules above.
+
+        `fold=0` is the first occurrence of a repeated time. A time in the spring gap
+        does not survive the round trip; it fires when the gap ends.
+        """
+        first = int(wall.replace(tzinfo=self._zone, fold=0).timestamp())
+        if datetime.fromtimestamp(first, self._zone).replace(tzinfo=None) == wall:
+            return first
+        before_gap = int(wall.replace(tzinfo=self._zone, fold=1).timestamp())
+        return self._transition(before_gap, first)
+
+    def _transition(self, lo: int, hi: int) -> int:
+        """The first second in (lo, hi] on the far side of the offset change."""
+        target = datetime.fromtimestamp(hi, self._zone).utcoffset()
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if datetime.fromtimestamp(mid, self._zone).utcoffset() == target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def _zone(tz: str) -> ZoneInfo:
+    if tz in ("UTC", "Etc/UTC"):
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise InvalidSchedule(f"unknown time zone {tz!r} (expected e.g. 'Europe/Paris')") from exc
+
+
+def _parse(expr: str) -> croniter:
+    """The expression parsed (on naive wall-clock datetimes), or InvalidSchedule."""
+    from croniter import CroniterError, croniter
+
+    if not isinstance(expr, str) or not expr.strip():
+        raise InvalidSchedule(f"empty cron expression {expr!r}")
+    try:
+        parsed = croniter(expr, datetime(2000, 1, 1))
+        copy.copy(parsed).get_next(datetime)
+    except (CroniterError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidSchedule(f"bad cron expression {expr!r}: {exc}") from exc
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """One recurring job: which task, when, with what arguments, under which policies.
+
+    Attributes:
+        id: stable name of the schedule; part of every fire's key, so renaming it
+            makes the next scheduler start afresh.
+        overlap: `skip` (default) does not enqueue a tick while the previous fire's job
+            is scheduled, queued or running; `allow` always enqueues; `replace` cancels
+            the unfinished previous job (a running one is flagged for cooperative
+            cancellation) and enqueues the new one.
+        misfire: ticks more than `grace_s` old when a scheduler first sees them were
+            missed (every scheduler was down). `skip` drops them; `run_once` (default)
+            enqueues the latest one; `run_all` enqueues each, up to `max_catch_up`.
+        max_catch_up: how many missed ticks a scheduler looks back (see
+            `offload.scheduler`), and the bound of `run_all`.
+        grace_s: a tick this late (seconds) or less is on time, whatever the policy.
+    """
+
+    id: str
+    task: str
+    schedule: Schedule
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    overlap: Overlap = "skip"
+    misfire: Misfire = "run_once"
+    max_catch_up: int = 10
+    grace_s: float = 60.0
+
+    def key(self, fire_ts: int) -> str:
+        return fire_key(self.id, fire_ts)
+
+    def keep_s(self, first_ts: int, last_ts: int) -> float:
+        """How long the jobs of fires `first_ts..last_ts` must outlive them: until
+        `max_catch_up + 1` ticks after the last (and the grace) have passed. A
+        restarting scheduler looks that far back for the last fire (see
+        `offload.scheduler`), so the job must still be there to be found."""
+        later = self.schedule.next_fires(last_ts, self.max_catch_up + 1)
+        return later[-1] - first_ts + self.grace_s
+
+
+def make_entry(
+    app: Offload,
+    task: Task[Any, Any] | str,
+    schedule: Schedule,
+    *,
+    args: tuple[Any, ...] | list[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    id: str | None = None,
+    overlap: Overlap = "skip",
+    misfire: Misfire = "run_once",
+    max_catch_up: int = 10,
+    grace: float | timedelta = 60.0,
+) -> ScheduleEntry:
+    """Validate a declaration (see `Offload.schedule`) and build its entry."""
+    from offload.codec import encode_value
+
+    name = task if isinstance(task, str) else task.name
+    if not isinstance(schedule, Schedule):
+        raise InvalidSchedule(f"expected Cron(...) or Every(...), got {schedule!r}")
+    _check_choice("overlap", overlap, Overlap)
+    _check_choice("misfire", misfire, Misfire)
+    if max_catch_up < 1:
+        raise ConfigurationError(f"max_catch_up must be at least 1, got {max_catch_up}")
+    grace_s = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
+    if grace_s < 0:
+        raise ConfigurationError(f"grace must not be negative, got {grace}")
+    entry_id = id or name
+    if ":" in entry_id:
+        raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")
+    kw = dict(kwargs or {})
+    registered = app.tasks.get(name)
+    if registered is not None:
+        registered.check_arguments(tuple(args), kw)
+    encode_value(list(args), what=f"args of schedule {entry_id!r}")
+    encode_value(kw, what=f"kwargs of schedule {entry_id!r}")
+    return ScheduleEntry(
+        entry_id, name, schedule, tuple(args), kw, overlap, misfire, max_catch_up, grace_s
+    )
+
+
+def _check_choice(option: str, value: object, choices: Any) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ConfigurationError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def utc_iso(ts: int) -> str:
+    """A fire instant for humans (logs, the CLI)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
