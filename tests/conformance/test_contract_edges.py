@@ -83,3 +83,17 @@ async def test_ack_many_settles_each_lease_on_its_own(broker: Broker, clock: Fak
     ]
     info = await broker.get_job(ids[1])
     assert info is not None and info.result_value() == 1
+
+
+async def test_ack_many_tells_a_stale_lease_from_the_current_one_of_the_same_job(
+    broker: Broker, clock: FakeClock
+) -> None:
+    job_id = await enqueue_one(broker)
+    [stale] = await broker.reserve(["default"], worker_id="w", lease_s=5, limit=1)
+    clock.advance(6)
+    [current] = await broker.reserve(["default"], worker_id="w", lease_s=60, limit=1)
+    assert current.job_id == stale.job_id == job_id
+    acks = [Ack(stale, encode_value("late"), None), Ack(current, encode_value("on time"), None)]
+    assert await broker.ack_many(acks) == [False, True]
+    info = await broker.get_job(job_id)
+    assert info is not None and info.result_value() == "on time"

@@ -38,6 +38,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
+    Ack,
     Broker,
     Capabilities,
     EnqueueResult,
@@ -348,6 +349,20 @@ class PostgresBroker(Broker):
             "token": lease.token,
         }
         _check_held(await self._rowcount("ack", params), lease)
+
+    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+        """Every ack in one statement (one round trip, one commit) for the batch."""
+        if not acks:
+            return []
+        params = {
+            "now": self.clock.now(),
+            "ids": [a.lease.job_id for a in acks],
+            "tokens": [a.lease.token for a in acks],
+            "results": [a.result for a in acks],
+            "ttls": [self.retention_s if a.result_ttl_s is None else a.result_ttl_s for a in acks],
+        }
+        held = {(row["id"], row["token"]) for row in await self._rows("ack_many", params)}
+        return [(a.lease.job_id, a.lease.token) in held for a in acks]
 
     async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
         params = {

@@ -66,6 +66,17 @@ UPDATE offload_jobs
        lease_deadline = NULL, error = NULL, purge_at = %(purge_at)s
  WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
 
+-- name: ack_many
+-- Every ack of a batch in one statement; the (id, token) pairs it returns are the leases
+-- that were still held.
+UPDATE offload_jobs AS j
+   SET state = 'succeeded', result = a.result, finished_at = %(now)s, lease_token = NULL,
+       lease_deadline = NULL, error = NULL, purge_at = %(now)s + a.ttl
+  FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(results)s::bytea[],
+              %(ttls)s::double precision[]) AS a(id, token, result, ttl)
+ WHERE j.id = a.id AND j.lease_token = a.token AND j.state = 'running'
+RETURNING a.id, a.token;
+
 -- name: retry
 UPDATE offload_jobs
    SET state = 'scheduled', due_at = %(at)s, error = %(error)s, lease_token = NULL,
