@@ -506,6 +506,10 @@ def main() -> None:
     run_phases(args, results, args.systems, PHASES, args.timeout)
     depth_systems: list[str] = []
     if args.depth:
+        # The main table first: the depth rows take long, and a partial result helps.
+        depth, args.depth = args.depth, False
+        print(report(args, results, []) + "\n", file=sys.stderr, flush=True)
+        args.depth = depth
         depth_systems = pick_depth_systems(args, results)
         run_phases(args, results, depth_systems, DEPTH_PHASES, args.depth_timeout)
     text = report(args, results, depth_systems)

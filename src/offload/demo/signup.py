@@ -40,11 +40,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from offload import Backoff, Bury, Offload, OffloadError, Task
+from offload import Backoff, Bury, Cron, Offload, OffloadError, Task
 from offload.demo import CODE_TTL_S, ENV_CODE_TTL, ENV_DB, ENV_SMTP_HOST, ENV_SMTP_PORT, TASK_NAME
 from offload.handle import Job
 
 __all__ = [
+    "CLEANUP_AFTER_S",
+    "CLEANUP_CRON",
+    "CLEANUP_TASK",
     "DemoConfig",
     "Mailer",
     "SendState",
@@ -77,6 +80,12 @@ SENDER = "Offload demo <no-reply@offload-demo.invalid>"
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: Longest accepted name, in characters.
 MAX_NAME_LENGTH = 100
+#: The nightly cleanup's task name, and when it runs (03:00 UTC, a quiet hour).
+CLEANUP_TASK = "demo.cleanup"
+CLEANUP_CRON = "0 3 * * *"
+#: Unverified users whose code expired more than this long ago (7 days, in seconds)
+#: are deleted by the cleanup, which frees their email for a new sign-up.
+CLEANUP_AFTER_S = 7 * 24 * 3600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -236,6 +245,16 @@ class UserStore:
                 (time.time(), user_id, code),
             )
 
+    def delete_expired(self, older_than_s: float) -> int:
+        """Delete unverified users whose code expired more than `older_than_s` seconds
+        ago; returns how many. Idempotent, so a cleanup that runs twice is harmless."""
+        with self._connect() as conn:
+            cursor = conn.execute(
+                "DELETE FROM users WHERE verified_at IS NULL AND code_expires_at < ?",
+                (time.time() - older_than_s,),
+            )
+        return cursor.rowcount
+
     def verify(self, email: str, code: str) -> Verification:
         """Check a code; a correct one marks the user verified (idempotent)."""
         user = self.by_email(email)
@@ -394,6 +413,13 @@ def build(config: DemoConfig, url: str | None = None) -> SignupDemo:
     def send_verification(user_id: int, email: str, code: str) -> str:
         """Mail the verification code; runs on a worker, in its thread pool."""
         return mailer.send_verification(user_id, email, code)
+
+    @offload.task(name=CLEANUP_TASK)
+    def cleanup(older_than_s: float = CLEANUP_AFTER_S) -> int:
+        """Nightly: forget sign-ups that were never verified (see `delete_expired`)."""
+        return users.delete_expired(older_than_s)
+
+    offload.schedule(cleanup, Cron(CLEANUP_CRON), misfire="run_once")
 
     return SignupDemo(config, offload, users, mailer, send_verification)
 
