@@ -7,7 +7,9 @@ sends the verification email later, on a worker.
 
 `POST /signup` validates the input, stores the user with a 6-digit code that expires
 after 15 minutes, enqueues `emails.send_verification` and answers 201: the request
-never waits for the email provider, however slow or down it is.
+never waits for the email provider, however slow or down it is. With a PostgreSQL
+broker URL the users live in the broker's database instead of `OFFLOAD_DEMO_DB`, and
+the user and its job commit in one transaction (`users_pg.py`): both or neither.
 
 The email is sent once, whatever the retries. The job's idempotency key
 `verify:{user_id}:{code}` makes a double enqueue return the same job; the handler
@@ -33,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +46,12 @@ from starlette.routing import Route
 from offload import Backoff, Bury, Cron, Offload, OffloadError, Task
 from offload.demo import CODE_TTL_S, ENV_CODE_TTL, ENV_DB, ENV_SMTP_HOST, ENV_SMTP_PORT, TASK_NAME
 from offload.handle import Job
+from offload.task import Enqueuer
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from offload.demo.users_pg import PostgresUserStore
 
 __all__ = [
     "CLEANUP_AFTER_S",
@@ -316,7 +325,9 @@ class Mailer:
     raised as `Bury`, since retrying would only be refused again.
     """
 
-    def __init__(self, users: UserStore, host: str, port: int, *, code_ttl_s: float) -> None:
+    def __init__(
+        self, users: UserStore | PostgresUserStore, host: str, port: int, *, code_ttl_s: float
+    ) -> None:
         self.users = users
         self.host = host
         self.port = port
@@ -379,7 +390,7 @@ class SignupDemo:
 
     config: DemoConfig
     app: Offload
-    users: UserStore
+    users: UserStore | PostgresUserStore
     mailer: Mailer
     send_verification: Task[[int, str, str], str]
 
@@ -390,18 +401,26 @@ class SignupDemo:
         longer works (a retry waiting past the expiry is expired too). The key makes a
         second enqueue for the same code return the first job.
         """
+        return await self._enqueuer(user).enqueue_async(user.id, user.email, user.code)
+
+    async def enqueue_verification_in(self, conn: psycopg.AsyncConnection[Any], user: User) -> Job:
+        """`enqueue_verification` inside the open transaction on `conn` (PostgreSQL):
+        the job exists if and when that transaction commits."""
+        enqueuer = self._enqueuer(user)
+        return await enqueuer.enqueue_in_async(conn, user.id, user.email, user.code)
+
+    def _enqueuer(self, user: User) -> Enqueuer[[int, str, str]]:
         expires = datetime.fromtimestamp(user.code_expires_at, UTC)
-        enqueuer = self.send_verification.options(
+        return self.send_verification.options(
             key=verification_key(user.id, user.code), expires=expires
         )
-        return await enqueuer.enqueue_async(user.id, user.email, user.code)
 
 
 def build(config: DemoConfig, url: str | None = None) -> SignupDemo:
     """An Offload app (broker `url`, else `OFFLOAD_URL`, else the SQLite default) with
     the verification task registered, bound to `config`'s users and SMTP server."""
     offload = Offload(url)
-    users = UserStore(config.db_path)
+    users = _user_store(config, offload.broker.url)
     mailer = Mailer(users, config.smtp_host, config.smtp_port, code_ttl_s=config.code_ttl_s)
 
     @offload.task(
@@ -422,6 +441,17 @@ def build(config: DemoConfig, url: str | None = None) -> SignupDemo:
     offload.schedule(cleanup, Cron(CLEANUP_CRON), misfire="run_once")
 
     return SignupDemo(config, offload, users, mailer, send_verification)
+
+
+def _user_store(config: DemoConfig, broker_url: str) -> UserStore | PostgresUserStore:
+    """With a PostgreSQL broker the users live beside the jobs, so that a sign-up can
+    store the user and enqueue the email in one transaction (`users_pg.py`); otherwise
+    in their own SQLite file."""
+    if urlsplit(broker_url).scheme in ("postgresql", "postgres"):
+        from offload.demo.users_pg import PostgresUserStore
+
+        return PostgresUserStore(broker_url)
+    return UserStore(config.db_path)
 
 
 # -- the web app --------------------------------------------------------------------------
@@ -478,10 +508,29 @@ async def signup(request: Request) -> JSONResponse:
     email, name, errors = validate_signup(await _json(request))
     if errors:
         return _error(422, "invalid sign-up", fields=errors)
+    if not isinstance(demo.users, UserStore):  # PostgreSQL: the user and the job commit together
+        return await _signup_in_one_transaction(demo, demo.users, email, name)
     user = await asyncio.to_thread(demo.users.create, email, name, demo.config.code_ttl_s)
     if user is None:
         return _error(409, f"{email} is already signed up; POST /resend for a new code")
     return await _queued(demo, user, 201)
+
+
+async def _signup_in_one_transaction(
+    demo: SignupDemo, users: PostgresUserStore, email: str, name: str
+) -> JSONResponse:
+    """Store the user and enqueue its email in one PostgreSQL transaction: both or
+    neither (503 if the database is down, and then nothing was stored)."""
+    try:
+        created = await users.create_with_job(
+            email, name, demo.config.code_ttl_s, demo.enqueue_verification_in
+        )
+    except OffloadError as exc:
+        return _error(503, f"could not sign up ({exc}); nothing was stored, try again")
+    if created is None:
+        return _error(409, f"{email} is already signed up; POST /resend for a new code")
+    user, job = created
+    return JSONResponse({"user_id": user.id, "job_id": job.id}, status_code=201)
 
 
 async def resend(request: Request) -> JSONResponse:
@@ -542,8 +591,8 @@ def create_web(demo: SignupDemo) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(web: Starlette) -> AsyncIterator[None]:
+        await demo.app.connected_broker()  # first: it creates a PostgreSQL URL's schema
         await asyncio.to_thread(demo.users.init)
-        await demo.app.connected_broker()
         try:
             yield
         finally:
