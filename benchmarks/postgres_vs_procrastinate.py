@@ -242,7 +242,7 @@ class ProcrastinateSystem(System):
     def worker_argv(self) -> list[str]:
         return [
             sys.executable, "-m", "procrastinate",
-            "--app", "postgres_vs_procrastinate.proc_app",
+            "--app", "postgres_vs_procrastinate.proc_app", "--log-level", "warning",
             "worker", "--concurrency", str(self.concurrency),
         ]  # fmt: skip
 
