@@ -17,9 +17,9 @@ A replica that starts has no cursor. The jobs are the scheduler's only memory: i
 looks up the keys of the last `max_catch_up + 1` ticks older than the grace, newest
 first, and resumes after the newest that exists, so the ticks after it are missed ones
 and those before it are done. If none exists (a new schedule, or a downtime longer
-than that look-back) it starts at `now - grace`: nothing is caught up, nothing fires
-twice. Fire jobs are kept (result TTL) at least as long as the look-back spans, so a
-restarted replica finds them.
+than that look-back) only the latest tick fires, if it is on time: nothing is caught
+up, nothing fires twice. Fire jobs are kept (result TTL) at least as long as the
+look-back spans, so a restarted replica finds them.
 
 Overlap is judged against the newest fire this replica has enqueued or found (not
 merely the previous tick, which may itself have been skipped for overlap).
@@ -32,6 +32,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -177,7 +178,11 @@ class Scheduler:
             probes += 1
             if probes > entry.max_catch_up:
                 break
-        return _State(horizon, None, next(entry.schedule.after(horizon)))
+        # Nothing to resume from: only the latest tick, if on time, is due (a
+        # per-second schedule must not fire the whole grace window at its first start).
+        _latest, previous = islice(entry.schedule.until(now), 2)
+        cursor = max(horizon, previous)
+        return _State(cursor, None, next(entry.schedule.after(cursor)))
 
     async def _fire(
         self,

@@ -75,7 +75,7 @@ def test_three_scheduler_processes_fire_each_second_once(tmp_path: Path) -> None
 
     fires = [ts for ts, _ in _fires(tmp_path, "tick")]
     # every second between the first and the last recorded fire, each exactly once
-    assert len(fires) >= 4, fires
+    assert 4 <= len(fires) <= 9, fires  # ~6.5 s of ticks, not the grace window before
     assert fires == list(range(fires[0], fires[-1] + 1))
     enqueued = [
         record

@@ -176,6 +176,16 @@ async def test_new_schedule_does_not_catch_up_the_past(broker: Broker, clock: Fa
     assert [f.outcome for f in await Scheduler(app).tick()] == ["existing"]
 
 
+async def test_first_start_fires_only_the_latest_tick_of_the_grace_window(
+    broker: Broker, clock: FakeClock
+) -> None:
+    app = on(broker, clock)
+    app.schedule("t", Every(1), overlap="allow")
+    s = Scheduler(app)
+    assert [f.fire_ts for f in await s.tick(6000.5)] == [6000]  # not 5941..6000
+    assert [f.fire_ts for f in await s.tick(6003.2)] == [6001, 6002, 6003]
+
+
 # -- misfire -----------------------------------------------------------------------------------
 
 
