@@ -87,6 +87,11 @@ class Env:
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
+                proc.terminate()  # a supervisor forwards it to its children
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         self.app.close()
@@ -206,3 +211,12 @@ def test_json_logs_carry_the_job_fields(env: Env) -> None:
     assert buried[0]["job_id"] == job.id
     assert buried[0]["task"] == "reports.not_deployed"
     assert buried[0]["level"] == "error"
+
+
+def test_supervised_workers_stop_when_the_supervisor_is_killed(env: Env) -> None:
+    supervisor = env.start_worker("--processes", "2")
+    wait_for(lambda: len(env.app.portal.run(env.app.broker.workers())) == 2)
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait()
+    # Orphaned children notice within a second or so and unregister on their way out.
+    wait_for(lambda: env.app.portal.run(env.app.broker.workers()) == [], timeout=15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ logger = logging.getLogger("offload.cli")
 
 #: A child worker that died is restarted after this many seconds (supervisor mode).
 RESTART_DELAY_S = 1.0
+#: How often a supervised worker checks that its supervisor is still alive, seconds.
+ORPHAN_CHECK_S = 1.0
 
 
 def _env(name: str) -> dict[str, Any]:
@@ -95,22 +98,34 @@ async def _run(w: Worker) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    watchdog = asyncio.create_task(_orphan_watchdog(w))
     try:
         await w.run()
     finally:
+        watchdog.cancel()
         await w.app.aclose()
+
+
+async def _orphan_watchdog(w: Worker) -> None:
+    """A supervised worker stops gracefully when its supervisor dies (even by SIGKILL),
+    instead of running on unsupervised forever."""
+    supervisor = os.environ.get("OFFLOAD_SUPERVISOR_PID")
+    if not supervisor:
+        return
+    while os.getppid() == int(supervisor):
+        await asyncio.sleep(ORPHAN_CHECK_S)
+    logger.warning("supervisor %s is gone; stopping", supervisor)
+    w.stop()
 
 
 def _supervise(count: int) -> int:
     """Run `count` single-process workers as children; restart any that die; forward
     SIGTERM/SIGINT to all of them and wait."""
     argv = [sys.executable, "-m", "offload", *sys.argv[1:]]
-    env_patch = {"OFFLOAD_PROCESSES": "1"}
+    env_patch = {"OFFLOAD_PROCESSES": "1", "OFFLOAD_SUPERVISOR_PID": str(os.getpid())}
     stopping = False
 
     def spawn() -> subprocess.Popen[bytes]:
-        import os
-
         return subprocess.Popen([*argv, "--processes", "1"], env={**os.environ, **env_patch})
 
     children = [spawn() for _ in range(count)]
