@@ -6,8 +6,10 @@ may hold several, each with its own broker.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -19,6 +21,7 @@ from offload.codec import encode_envelope
 from offload.errors import ConfigurationError, UnknownTask
 from offload.handle import Job
 from offload.job import Backoff, Envelope, new_job_id
+from offload.limits import make_limits
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions, seconds
 
@@ -42,14 +45,23 @@ class Offload:
             `sqlite:///offload.db`. `memory://` for tests.
         clock: time source for the broker and workers (tests pass a `FakeClock`).
         queue: queue of tasks that do not name one.
+        max_queue_depth: backpressure: an enqueue that would bring a queue past this
+            many waiting (`queued` + `scheduled`) jobs raises `QueueFull` and stores
+            nothing (None: unbounded). A task's `max_depth` overrides it.
 
     Raises:
         ConfigurationError: the URL is malformed or names an unknown scheme.
     """
 
     def __init__(
-        self, url: str | None = None, *, clock: Clock | None = None, queue: str = "default"
+        self,
+        url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        queue: str = "default",
+        max_queue_depth: int | None = None,
     ) -> None:
+        self.max_queue_depth = _depth(max_queue_depth, "max_queue_depth")
         self.url = url or os.environ.get("OFFLOAD_URL") or DEFAULT_URL
         self.clock: Clock = clock or SystemClock()
         self.default_queue = queue
@@ -87,6 +99,11 @@ class Offload:
         timeout: float | timedelta | None = None,
         expires: float | timedelta | None = None,
         result_ttl: float | timedelta | None = 24 * 3600.0,
+        rate_limit: str | None = None,
+        rate_key: Callable[..., str] | None = None,
+        concurrency_limit: int | None = None,
+        concurrency_key: Callable[..., str] | None = None,
+        max_depth: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -103,6 +120,11 @@ class Offload:
         timeout: float | timedelta | None = None,
         expires: float | timedelta | None = None,
         result_ttl: float | timedelta | None = 24 * 3600.0,
+        rate_limit: str | None = None,
+        rate_key: Callable[..., str] | None = None,
+        concurrency_limit: int | None = None,
+        concurrency_key: Callable[..., str] | None = None,
+        max_depth: int | None = None,
     ) -> Task[Any, Any] | Callable[[Callable[..., Any]], Task[Any, Any]]:
         """Register a function as a task (`@app.task` or `@app.task(...)`).
 
@@ -117,12 +139,28 @@ class Offload:
                 child process, the only way to really stop them).
             expires: a job not started this long after its enqueue never runs.
             result_ttl: keep a succeeded job and its result this long.
+            rate_limit: at most this many starts per period across all workers:
+                `"10/s"`, `"600/m"`, `"1000/h"` (a burst of the count when idle).
+            rate_key: one rate limit per key computed from each job's arguments
+                (e.g. `lambda *a, **kw: kw["provider"]`), instead of one per task.
+            concurrency_limit: at most this many jobs running at once, fleet-wide.
+            concurrency_key: one concurrency limit per key from the arguments.
+            max_depth: enqueue raises `QueueFull` past this many waiting jobs in the
+                task's queue (overrides the app's `max_queue_depth`).
 
         Raises:
             ConfigurationError: a bad option, or the name is already taken.
         """
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+        flow = functools.partial(
+            make_limits,
+            rate_limit=rate_limit,
+            rate_key=rate_key,
+            concurrency_limit=concurrency_limit,
+            concurrency_key=concurrency_key,
+        )
+        max_depth = _depth(max_depth, "max_depth")
         options = TaskOptions(
             queue=queue or self.default_queue,
             priority=priority,
@@ -132,13 +170,16 @@ class Offload:
             expires_s=seconds(expires),
             result_ttl_s=seconds(result_ttl),
             retry=RetryPolicy(retry_on=retry_on, give_up_on=give_up_on),
+            max_depth=max_depth,
         )
+        flow("?")  # bad options fail here, before a function is given
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if task_name in self.tasks:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
-            registered = Task(self, f, task_name, options)
+            limits = flow(task_name)
+            registered = Task(self, f, task_name, replace(options, limits=limits))
             self.tasks[task_name] = registered
             return registered
 
@@ -249,7 +290,11 @@ class Offload:
         if not items:
             return []
         broker = await self.connected_broker()
-        results = await broker.enqueue(items)
+        task = self.tasks.get(name)
+        max_depth = task.defaults.max_depth if task is not None else None
+        if max_depth is None:
+            max_depth = self.max_queue_depth
+        results = await broker.enqueue(items, max_depth=max_depth)
         return [Job(self, r.id, created=r.created) for r in results]
 
     def _items(
@@ -359,6 +404,12 @@ class Offload:
         if self._connected:
             self.portal.run(self.aclose())
         self.portal.close()
+
+
+def _depth(value: int | None, what: str) -> int | None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise ConfigurationError(f"{what} must be an int >= 1 or None, got {value!r}")
+    return value
 
 
 def _key(spec: KeySpec | None, call: Call) -> str | None:

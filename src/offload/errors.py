@@ -9,7 +9,8 @@ OffloadError                         base of everything we raise
 ├── UnknownTask(LookupError)         no task registered under that name
 ├── BrokerError                      broker-side failure, carries __cause__
 │   ├── BrokerUnavailable            connection refused / lost (transient; worker backs off)
-│   └── LeaseLost                    ack/extend/retry with a stale token: job was redelivered
+│   ├── LeaseLost                    ack/extend/retry with a stale token: job was redelivered
+│   └── QueueFull                    enqueue refused: the queue is at its max depth (backpressure)
 ├── JobError                         outcome errors seen by callers of Job.result, carry .job_id
 │   ├── JobNotFound(LookupError)     no such job (never existed, or purged after its TTL)
 │   ├── JobFailed                    job is dead; .error has type, message, traceback
@@ -50,6 +51,7 @@ __all__ = [
     "JobTimeout",
     "LeaseLost",
     "OffloadError",
+    "QueueFull",
     "ResultTimeout",
     "Retry",
     "SerializationError",
@@ -94,6 +96,10 @@ class BrokerUnavailable(BrokerError):
 
 class LeaseLost(BrokerError):
     """The lease on this job is no longer ours: it expired and the job may run elsewhere."""
+
+
+class QueueFull(BrokerError):
+    """The queue is full: enqueueing would exceed its maximum depth; nothing was stored."""
 
 
 class JobError(OffloadError):

@@ -21,6 +21,7 @@ from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 if TYPE_CHECKING:
     from offload.app import Offload
     from offload.handle import Job
+    from offload.limits import Limits
 
 __all__ = ["Call", "Enqueuer", "Overrides", "Task", "TaskOptions", "seconds"]
 
@@ -49,6 +50,9 @@ class TaskOptions:
             handlers are cancelled; sync handlers run in a child process that is
             killed), and the attempt fails with `JobTimeout`.
         result_ttl_s: how long a succeeded job and its result are kept.
+        limits: rate and concurrency limits, checked by the worker at admission.
+        max_depth: enqueue raises `QueueFull` past this many waiting jobs in the
+            task's queue (None: the app's `max_queue_depth`).
     """
 
     queue: str = "default"
@@ -59,6 +63,8 @@ class TaskOptions:
     expires_s: float | None = None
     result_ttl_s: float | None = 24 * 3600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: Limits | None = None
+    max_depth: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

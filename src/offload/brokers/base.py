@@ -13,6 +13,7 @@ Lifecycle of a job, by broker operation:
                     └──────retry───────┼────────────────────┘ ──release─► queued
                                        └──(lease lapsed)────┘
     queued/scheduled ──(expires_at passed)──► expired      queued/scheduled ──cancel──► cancelled
+    running ──defer──► scheduled (the attempt not counted: held back by a flow limit)
 
 All times are Unix epoch seconds read from the broker's injected `clock`.
 """
@@ -242,7 +243,9 @@ class Broker(abc.ABC):
     # -- producer ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
         """Store jobs in one atomic operation, as `scheduled` if `not_before` is in the
         future, else `queued`.
 
@@ -251,6 +254,14 @@ class Broker(abc.ABC):
         purged) is not stored; its result carries the existing id and `created=False`.
         Duplicate keys within one call resolve to the first. An envelope whose `id` is
         already stored (a retried send) is likewise not stored again.
+
+        `max_depth` (backpressure): if a queue's active jobs (`queued` + `scheduled`)
+        plus the call's jobs for that queue (duplicates included) would exceed it,
+        nothing of the call is stored. The count and the insert are one atomic step
+        (PostgreSQL: under a per-queue advisory lock taken by every bounded enqueue).
+
+        Raises:
+            QueueFull: `max_depth` would be exceeded.
         """
 
     # -- consumer ----------------------------------------------------------------------
@@ -338,6 +349,16 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def defer(self, lease: Lease, *, at: float) -> None:
+        """`running → scheduled` until `at`, without counting the attempt and without
+        recording an error: `release`, but later. The worker defers a job that a flow
+        limit (rate or concurrency) holds back, so waiting never uses an attempt.
+
+        Raises:
+            LeaseLost: the token does not match the job's current lease.
+        """
+
+    @abc.abstractmethod
     async def release(self, leases: Sequence[Lease]) -> None:
         """`running → queued` at once, without counting the attempt: give back work
         that was reserved but not run (shutdown). Leases no longer ours are ignored."""
@@ -395,6 +416,32 @@ class Broker(abc.ABC):
         """Every queue that holds or held a job, sorted."""
 
     # -- coordination and housekeeping -------------------------------------------------
+
+    @abc.abstractmethod
+    async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
+        """Take one token of the rate limit `key`: at most `limit` per `per_s` seconds,
+        shared by every process using this broker. 0.0 if a token was taken, else the
+        seconds until one is free (nothing is taken then).
+
+        A GCRA (a token bucket of capacity `limit` refilled at `limit / per_s` per
+        second, stored as one number per key): an idle key allows a burst of `limit` at
+        once, then one token every `per_s / limit` seconds. Atomic; times come from the
+        broker's clock. A limit's state lives apart from jobs and lapses on its own
+        once idle.
+        """
+
+    @abc.abstractmethod
+    async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
+        """Take one of the `limit` slots of the concurrency limit `key` for `holder`,
+        until `release_slot` or `ttl_s` seconds from now (so a crashed holder's slot
+        frees itself). True if taken, or if `holder` already held one: its TTL is then
+        renewed (the worker's heartbeat calls this again). Atomic; slots past their
+        TTL are not counted.
+        """
+
+    @abc.abstractmethod
+    async def release_slot(self, key: str, holder: str) -> None:
+        """Free `holder`'s slot of `key`; nothing if it holds none. Idempotent."""
 
     @abc.abstractmethod
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:

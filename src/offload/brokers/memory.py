@@ -26,8 +26,9 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.errors import LeaseLost
+from offload.errors import LeaseLost, QueueFull
 from offload.job import Envelope, ErrorInfo, JobState
+from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]
 
@@ -61,6 +62,8 @@ class MemoryBroker(Broker):
         self._expiries: list[tuple[float, str]] = []
         self._seq = itertools.count(1)
         self._wakeup = Wakeup()
+        self._rates: dict[str, float] = {}  # rate key -> theoretical arrival time
+        self._slots: dict[str, dict[str, float]] = {}  # slot key -> holder -> until
 
     # -- helpers (call with the lock held) ----------------------------------------------
 
@@ -139,10 +142,14 @@ class MemoryBroker(Broker):
 
     # -- producer ---------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
         results: list[EnqueueResult] = []
         with self._lock:
             now = self.clock.now()
+            if max_depth is not None:
+                self._check_depth(jobs, max_depth)
             for env, payload in jobs:
                 if env.key is not None and env.key in self._keys:
                     results.append(EnqueueResult(self._keys[env.key], False))
@@ -185,6 +192,18 @@ class MemoryBroker(Broker):
                 results.append(EnqueueResult(env.id, True))
         self._wakeup.notify()
         return results
+
+    def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
+        adding: dict[str, int] = {}
+        for env, _ in jobs:
+            adding[env.queue] = adding.get(env.queue, 0) + 1
+        waiting = (JobState.QUEUED, JobState.SCHEDULED)
+        for queue, n in adding.items():
+            depth = sum(
+                1 for r in self._jobs.values() if r.info.queue == queue and r.info.state in waiting
+            )
+            if depth + n > max_depth:
+                raise QueueFull(f"queue {queue!r} holds {depth} waiting jobs (max {max_depth})")
 
     # -- consumer ---------------------------------------------------------------------
 
@@ -300,6 +319,22 @@ class MemoryBroker(Broker):
                 finished_at=self.clock.now(),
                 lease_deadline=None,
             )
+
+    async def defer(self, lease: Lease, *, at: float) -> None:
+        with self._lock:
+            rec = self._leased(lease)
+            self._finish(rec)
+            attempt = max(rec.info.attempt - 1, 0)
+            self._set(
+                rec,
+                state=JobState.SCHEDULED,
+                due_at=at,
+                attempt=attempt,
+                lease_deadline=None,
+                worker_id=None,
+            )
+            self._push_scheduled(rec)
+        self._wakeup.notify()
 
     async def release(self, leases: Sequence[Lease]) -> None:
         with self._lock:
@@ -452,6 +487,32 @@ class MemoryBroker(Broker):
 
     # -- coordination and housekeeping ------------------------------------------------
 
+    async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
+        with self._lock:
+            now = self.clock.now()
+            tat, wait = gcra(self._rates.get(key), now, limit, per_s)
+            if tat is not None:
+                self._rates[key] = tat
+            return wait
+
+    async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
+        with self._lock:
+            now = self.clock.now()
+            holders = {h: until for h, until in self._slots.get(key, {}).items() if until > now}
+            self._slots[key] = holders
+            if holder not in holders and len(holders) >= limit:
+                return False
+            holders[holder] = now + ttl_s
+            return True
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        with self._lock:
+            holders = self._slots.get(key)
+            if holders is not None:
+                holders.pop(holder, None)
+                if not holders:
+                    del self._slots[key]
+
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         with self._lock:
             now = self.clock.now()
@@ -485,4 +546,5 @@ class MemoryBroker(Broker):
             lapsed = [w for w, (_, until) in self._workers.items() if until <= now]
             for worker_id in lapsed:
                 del self._workers[worker_id]
+            self._rates = {k: tat for k, tat in self._rates.items() if tat > now}
         return SweepReport(expired=expired, purged=purged, workers_removed=len(lapsed))

@@ -58,6 +58,7 @@ __all__ = [
     "CLEANUP_CRON",
     "CLEANUP_TASK",
     "DemoConfig",
+    "EMAIL_RATE_LIMIT",
     "Mailer",
     "SendState",
     "SignupDemo",
@@ -79,6 +80,11 @@ __all__ = [
 DEMO_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
 #: Attempts before a verification email goes to the dead-letter queue.
 MAX_ATTEMPTS = 8
+#: Sends per second across every worker, as an email provider's API allows. Real
+#: defaults are lower (Resend: 2 requests/s per team; Amazon SES: 1 email/s in its
+#: sandbox, a higher quota once in production), which would make the demo crawl; set
+#: your provider's figure here. A job over the limit waits without using an attempt.
+EMAIL_RATE_LIMIT = "100/s"
 #: Socket timeout of one SMTP conversation, in seconds. A sync handler with a task
 #: `timeout` would run in a child process per job; the socket timeout bounds it enough.
 SMTP_TIMEOUT_S = 30.0
@@ -428,6 +434,7 @@ def build(config: DemoConfig, url: str | None = None) -> SignupDemo:
         expires=config.code_ttl_s,
         max_attempts=MAX_ATTEMPTS,
         backoff=DEMO_BACKOFF,
+        rate_limit=EMAIL_RATE_LIMIT,
     )
     def send_verification(user_id: int, email: str, code: str) -> str:
         """Mail the verification code; runs on a worker, in its thread pool."""

@@ -26,6 +26,7 @@ from offload.brokers.base import Ack, Lease, WorkerInfo
 from offload.errors import LeaseLost
 from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
+from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
 from offload.worker.leases import AckBatcher
 
@@ -91,6 +92,8 @@ class Worker:
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
         self._acks = AckBatcher(app.broker)
+        self.admission = Admission(app, lease_s=lease_s)
+        self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
 
     @property
@@ -221,15 +224,48 @@ class Worker:
             self._running[lease.job_id] = (lease, task)
 
     async def _process(self, lease: Lease) -> None:
+        ran = False
         try:
-            outcome = await self.executor.execute(lease)
-            await self._settle(lease, outcome)
+            if await self._admitted(lease):
+                ran = True
+                outcome = await self.executor.execute(lease)
+                await self._settle(lease, outcome)
         finally:
             self._running.pop(lease.job_id, None)
-            self.processed += 1
+            await self._release_slot(lease.job_id)
+            self.processed += ran
             if not self._stopping.is_set():
                 self._start_buffered()
             self._capacity.set()
+
+    async def _admitted(self, lease: Lease) -> bool:
+        """Pass the job's flow limits (see `admission.py`); False if it was deferred
+        (or could not be checked, and runs again once its lease lapses)."""
+        if not self.admission.active:
+            return True
+        try:
+            verdict = await self.admission.admit(lease)
+        except LeaseLost:
+            return False
+        except Exception:
+            logger.exception("job %s: flow limits could not be checked", lease.job_id)
+            return False
+        if verdict.error is not None:
+            error = ErrorInfo("InvalidLimitKey", f"a limit key function failed: {verdict.error}")
+            await self._settle(lease, Outcome("bury", error=error))
+        if verdict.slot is not None:
+            self._slots[lease.job_id] = (verdict.slot, verdict.slot_limit)
+        return verdict.run
+
+    async def _release_slot(self, job_id: str) -> None:
+        held = self._slots.pop(job_id, None)
+        if held is None:
+            return
+        slot = held[0]
+        try:
+            await self.broker.release_slot(slot, job_id)
+        except Exception:
+            logger.exception("job %s: its slot of %s frees when its TTL ends", job_id, slot)
 
     async def _settle(self, lease: Lease, outcome: Outcome) -> None:
         """Apply an outcome to the broker; a lost lease is logged, not raised."""
@@ -293,6 +329,8 @@ class Worker:
         held = [lease for lease, _ in self._running.values()] + list(self._buffer)
         if not held:
             return
+        if self._slots:
+            await self._renew_slots()
         for lease, ok in zip(held, await self.broker.extend(held, self.lease_s), strict=True):
             if not ok:
                 logger.warning(
@@ -302,6 +340,20 @@ class Worker:
                 )
                 with contextlib.suppress(ValueError):
                     self._buffer.remove(lease)
+
+    async def _renew_slots(self) -> None:
+        """Push the TTL of every held concurrency slot forward, with the leases."""
+        slots = list(self._slots.items())
+        renewed = await asyncio.gather(
+            *(
+                self.broker.acquire_slot(key, limit=limit, holder=job_id, ttl_s=self.lease_s)
+                for job_id, (key, limit) in slots
+            ),
+            return_exceptions=True,
+        )
+        for (job_id, (key, _)), ok in zip(slots, renewed, strict=True):
+            if ok is not True:
+                logger.warning("job %s: its slot of %s could not be renewed", job_id, key)
 
     async def _heartbeat(self) -> None:
         info = WorkerInfo(

@@ -49,7 +49,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import _rows
+from offload.brokers.postgres import _limits, _rows
 from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, qualified, schema_version
 from offload.clock import Clock
@@ -222,9 +222,13 @@ class PostgresBroker(Broker):
 
     # -- producer -------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
         if not jobs:
             return []
+        if max_depth is not None:
+            return await _limits.enqueue_bounded(self, jobs, max_depth)
         async with self._conn() as conn:
             return await self._enqueue_on(conn, jobs, schema=None)
 
@@ -384,6 +388,11 @@ class PostgresBroker(Broker):
         }
         _check_held(await self._rowcount("bury", params), lease)
 
+    async def defer(self, lease: Lease, *, at: float) -> None:
+        params = {"at": at, "now": self.clock.now(), "id": lease.job_id}
+        params |= {"token": lease.token, "channel": self.settings.channel}
+        _check_held(len(await self._rows("defer", params)), lease)
+
     async def release(self, leases: Sequence[Lease]) -> None:
         if not leases:
             return
@@ -486,6 +495,15 @@ class PostgresBroker(Broker):
 
     # -- coordination and housekeeping ----------------------------------------------------
 
+    async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
+        return await _limits.take_rate(self, key, limit, per_s)
+
+    async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
+        return await _limits.acquire_slot(self, key, limit, holder, ttl_s)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await _limits.release_slot(self, key, holder)
+
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         now = self.clock.now()
         params: dict[str, Any] = {
@@ -518,6 +536,7 @@ class PostgresBroker(Broker):
             purge = {"now": now, "batch": SWEEP_BATCH}
             purged = (await conn.execute(_Q["purge_finished"], purge)).rowcount
             removed = (await conn.execute(_Q["forget_lapsed_workers"], {"now": now})).rowcount
+            await conn.execute(_Q["forget_idle_limits"], {"now": now})
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
 

@@ -99,6 +99,57 @@ UPDATE offload_jobs AS j
  WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
 RETURNING pg_notify(%(channel)s, j.queue);
 
+-- name: defer
+-- Like release, but due at %(at)s: the attempt is given back, the error kept.
+UPDATE offload_jobs
+   SET state = 'scheduled', due_at = %(at)s, attempt = greatest(attempt - 1, 0),
+       lease_token = NULL, lease_deadline = NULL, worker_id = NULL
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+RETURNING CASE WHEN due_at <= %(now)s THEN pg_notify(%(channel)s, queue) END;
+
+-- name: take_rate
+-- One GCRA step in one statement (offload.limits.gcra does the same sums). The upsert
+-- locks the key's row and re-checks the WHERE on its latest version, so concurrent
+-- takers serialize; when it takes nothing, the wait comes from the row as read.
+WITH taken AS (
+    INSERT INTO offload_rates AS r (key, tat)
+    VALUES (%(key)s, %(now)s + %(interval)s)
+    ON CONFLICT (key) DO UPDATE
+       SET tat = greatest(r.tat, %(now)s) + %(interval)s
+     WHERE greatest(r.tat, %(now)s) - %(now)s - %(tolerance)s <= %(epsilon)s
+    RETURNING 1
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM taken) THEN 0.0
+            ELSE (SELECT greatest(tat - %(now)s - %(tolerance)s, %(epsilon)s)
+                    FROM offload_rates WHERE key = %(key)s)
+       END AS wait;
+
+-- name: lock_key
+-- Serializes the check-then-write of acquire_slot and bounded enqueue per key.
+SELECT pg_advisory_xact_lock(hashtext(%(lock)s));
+
+-- name: slots_lapsed
+DELETE FROM offload_slots WHERE key = %(key)s AND expires_at <= %(now)s;
+
+-- name: slot_renew
+UPDATE offload_slots SET expires_at = %(until)s WHERE key = %(key)s AND holder = %(holder)s;
+
+-- name: slot_take
+INSERT INTO offload_slots (key, holder, expires_at)
+SELECT %(key)s, %(holder)s, %(until)s
+ WHERE (SELECT count(*) FROM offload_slots WHERE key = %(key)s) < %(limit)s;
+
+-- name: slot_release
+DELETE FROM offload_slots WHERE key = %(key)s AND holder = %(holder)s;
+
+-- name: depth
+SELECT count(*) AS n FROM offload_jobs
+ WHERE queue = %(queue)s AND state IN ('queued', 'scheduled');
+
+-- name: forget_idle_limits
+WITH rates AS (DELETE FROM offload_rates WHERE tat <= %(now)s)
+DELETE FROM offload_slots WHERE expires_at <= %(now)s;
+
 -- name: cancel
 -- Waiting jobs are cancelled; a running one is flagged for cooperative cancellation.
 UPDATE offload_jobs

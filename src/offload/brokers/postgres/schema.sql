@@ -162,3 +162,18 @@ BEGIN
      ORDER BY l.priority DESC, l.due_at, l.seq;
 END
 $$;
+
+-- Rate limits (`take_rate`): the GCRA theoretical arrival time of each key. A past
+-- `tat` is an idle key; `sweep` deletes those.
+CREATE TABLE offload_rates (
+    key text             PRIMARY KEY,
+    tat  double precision NOT NULL
+);
+
+-- Concurrency limits (`acquire_slot`): one row per held slot, until `expires_at`.
+CREATE TABLE offload_slots (
+    key        text             NOT NULL,
+    holder     text             NOT NULL,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (key, holder)
+);

@@ -56,6 +56,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.redis import _limits
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -216,7 +217,11 @@ class RedisBroker(Broker):
 
     # -- producer -------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
+        """Each queue's jobs are one script; `max_depth` is checked per queue, so a call
+        spanning queues may store the jobs of those that had room."""
         if not jobs:
             return []
         now = self.clock.now()
@@ -226,7 +231,7 @@ class RedisBroker(Broker):
         await self._remember(set(by_queue))
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
-            args: list[str | bytes] = [num(now), self._channel(queue)]
+            args: list[str | bytes] = [num(now), self._channel(queue), opt(max_depth)]
             for i in indexes:
                 env, payload = jobs[i]
                 due = max(env.not_before or now, now)
@@ -235,7 +240,9 @@ class RedisBroker(Broker):
                 args.append(opt(env.expires_at))
             calls.append(("enqueue", self._q(queue), args))
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        for indexes, reply in zip(by_queue.values(), await self._run_many(calls), strict=True):
+        replies = await self._run_many(calls)
+        _limits.check_depth(list(by_queue), replies, max_depth)
+        for indexes, reply in zip(by_queue.values(), replies, strict=True):
             for n, i in enumerate(indexes):
                 results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))
         return [r for r in results if r is not None]
@@ -384,6 +391,11 @@ class RedisBroker(Broker):
         if not await self._run("bury", self._q(lease.queue), args):
             raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
 
+    async def defer(self, lease: Lease, *, at: float) -> None:
+        args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
+        if not await self._run("defer", self._q(lease.queue), [*args, self._channel(lease.queue)]):
+            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+
     async def release(self, leases: Sequence[Lease]) -> None:
         by_queue: dict[str, list[str]] = {}
         for lease in leases:
@@ -514,6 +526,15 @@ class RedisBroker(Broker):
         return await self._known_queues()
 
     # -- coordination and housekeeping ----------------------------------------------------
+
+    async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
+        return await _limits.take_rate(self, key, limit, per_s)
+
+    async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
+        return await _limits.acquire_slot(self, key, limit, holder, ttl_s)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self._commands([("ZREM", K.slots_key(self.prefix, key), holder)])
 
     def _worker_keys(self) -> list[str]:
         return [self.global_keys.workers, self.global_keys.workers_seen]

@@ -41,6 +41,9 @@ _NAMES = (
     "worker_register",
     "worker_forget",
     "workers",
+    "defer",
+    "take_rate",
+    "acquire_slot",
 )
 
 

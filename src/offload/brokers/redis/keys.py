@@ -29,6 +29,12 @@ Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: 
 id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
 registration).
 
+Flow control, each key hash-tagged by itself (any slot of a cluster, one key per
+script): `P:{%rate:<key>}:tat` (string: the GCRA theoretical arrival time of a rate
+limit) and `P:{%slots:<key>}:holders` (zset: holder → end of its TTL, for a concurrency
+limit). Both lapse by Redis EXPIRE once idle. `<key>` is escaped like a queue name, and
+no escaped queue name starts with `%r` or `%s`.
+
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
 only `P:{q}:seq` and the global keys remain.
@@ -43,7 +49,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["GlobalKeys", "QueueKeys", "escape_queue", "listing_member", "queue_keys"]
+__all__ = [
+    "GlobalKeys",
+    "QueueKeys",
+    "escape_queue",
+    "listing_member",
+    "queue_keys",
+    "rate_key",
+    "slots_key",
+]
 
 #: Number of keys of one queue, in the order of `QueueKeys`; every script takes them
 #: as a group of KEYS in this order.
@@ -101,3 +115,13 @@ def channel(prefix: str, queue: str) -> str:
 def listing_member(enqueued_ms: int, seq: int, job_id: str) -> str:
     """The member of `P:{q}:jobs`: sorts by enqueue time, then by the queue's sequence."""
     return f"{enqueued_ms:015d}{seq:012d}{job_id}"
+
+
+def rate_key(prefix: str, key: str) -> str:
+    """The string holding a rate limit's state, in a slot of its own."""
+    return f"{prefix}:{{%rate:{escape_queue(key)}}}:tat"
+
+
+def slots_key(prefix: str, key: str) -> str:
+    """The zset of a concurrency limit's holders, in a slot of its own."""
+    return f"{prefix}:{{%slots:{escape_queue(key)}}}:holders"

@@ -210,8 +210,10 @@ class SQLiteBroker(Broker):
 
     # -- producer -------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
-        results, ready = await self._run(Store.enqueue, jobs)
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
+        results, ready = await self._run(Store.enqueue, jobs, max_depth)
         if ready:
             self._signal.notify()
         return results
@@ -264,6 +266,10 @@ class SQLiteBroker(Broker):
     async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
         await self._run(Store.bury, lease, error)
 
+    async def defer(self, lease: Lease, *, at: float) -> None:
+        if await self._run(Store.defer, lease, at):
+            self._signal.notify()
+
     async def release(self, leases: Sequence[Lease]) -> None:
         if await self._run(Store.release, leases):
             self._signal.notify()
@@ -313,6 +319,15 @@ class SQLiteBroker(Broker):
         return await self._run(Store.queues)
 
     # -- coordination and housekeeping ----------------------------------------------------
+
+    async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
+        return await self._run(Store.take_rate, key, limit, per_s)
+
+    async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
+        return await self._run(Store.acquire_slot, key, limit, holder, ttl_s)
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self._run(Store.release_slot, key, holder)
 
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         await self._run(Store.register_worker, info, ttl_s)

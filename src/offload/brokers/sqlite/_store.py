@@ -37,8 +37,9 @@ from offload.brokers.base import (
 from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_error, decode_value, encode_error, encode_value
-from offload.errors import LeaseLost
+from offload.errors import LeaseLost, QueueFull
 from offload.job import Envelope, ErrorInfo, JobState
+from offload.limits import gcra
 
 __all__ = ["Store"]
 
@@ -183,7 +184,9 @@ class Store:
 
     # -- producer -------------------------------------------------------------------------
 
-    def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> tuple[list[EnqueueResult], bool]:
+    def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
+    ) -> tuple[list[EnqueueResult], bool]:
         """Insert the batch in one transaction. Returns the results, and whether any
         job is ready now (so the broker wakes local waiters)."""
         if not jobs:
@@ -192,6 +195,8 @@ class Store:
         known: set[str] = set()
         ready: set[str] = set()
         with self._write() as now:
+            if max_depth is not None:
+                self._check_depth(jobs, max_depth)
             for envelope, payload in jobs:
                 created, state = self._insert(envelope, payload, now)
                 if created:
@@ -203,6 +208,15 @@ class Store:
                     results.append(EnqueueResult(self._existing_id(envelope), False))
             self._touch_queues(known, ready)
         return results, bool(ready)
+
+    def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
+        adding: dict[str, int] = {}
+        for env, _ in jobs:
+            adding[env.queue] = adding.get(env.queue, 0) + 1
+        for queue, n in adding.items():
+            depth = int(self._conn.execute(_Q["depth"], (queue,)).fetchone()[0])
+            if depth + n > max_depth:
+                raise QueueFull(f"queue {queue!r} holds {depth} waiting jobs (max {max_depth})")
 
     def _insert(self, env: Envelope, payload: bytes, now: float) -> tuple[bool, str]:
         due_at = max(env.not_before or now, now)
@@ -344,6 +358,17 @@ class Store:
             self._signal(queues)
         return bool(queues)
 
+    def defer(self, lease: Lease, at: float) -> bool:
+        """Returns whether the job is due at once (so waiters should wake)."""
+        with self._write() as now:
+            params = {"at": at, "id": lease.job_id, "token": lease.token}
+            rows = self._conn.execute(_Q["defer"], params).fetchall()
+            _check_held(len(rows), lease)
+            due = at <= now
+            if due:
+                self._signal({rows[0]["queue"]})
+        return due
+
     def cancel(self, job_id: str) -> bool:
         with self._write() as now:
             params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
@@ -429,6 +454,27 @@ class Store:
 
     # -- coordination and housekeeping ----------------------------------------------------
 
+    def take_rate(self, key: str, limit: int, per_s: float) -> float:
+        with self._write() as now:
+            row = self._conn.execute(_Q["rate_tat"], (key,)).fetchone()
+            tat, wait = gcra(None if row is None else row[0], now, limit, per_s)
+            if tat is not None:
+                self._conn.execute(_Q["rate_set"], (key, tat))
+        return wait
+
+    def acquire_slot(self, key: str, limit: int, holder: str, ttl_s: float) -> bool:
+        conn = self._conn
+        with self._write() as now:
+            conn.execute(_Q["slots_lapsed"], (key, now))
+            params = {"key": key, "holder": holder, "until": now + ttl_s, "limit": limit}
+            if conn.execute(_Q["slot_renew"], params).rowcount:
+                return True
+            return bool(conn.execute(_Q["slot_take"], params).rowcount)
+
+    def release_slot(self, key: str, holder: str) -> None:
+        with self._write():
+            self._conn.execute(_Q["slot_release"], (key, holder))
+
     def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         queues = encode_value(info.queues, what="worker queues").decode()
         extra = encode_value(info.extra, what="worker extra").decode()
@@ -464,6 +510,8 @@ class Store:
             ).rowcount
             purged = conn.execute(_Q["purge_finished"], {"now": now}).rowcount
             removed = conn.execute(_Q["forget_lapsed_workers"], (now,)).rowcount
+            conn.execute(_Q["rates_idle"], (now,))
+            conn.execute(_Q["slots_all_lapsed"], (now,))
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
     # -- wakeups --------------------------------------------------------------------------

@@ -103,6 +103,45 @@ UPDATE offload_jobs
  WHERE id = :id AND lease_token = :token AND state = 'running'
 RETURNING queue;
 
+-- name: defer
+-- Like release, but due at :at: the attempt is given back, the error kept as it was.
+UPDATE offload_jobs
+   SET state = 'scheduled', due_at = :at, attempt = max(attempt - 1, 0), lease_token = NULL,
+       lease_deadline = NULL, worker_id = NULL
+ WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING queue;
+
+-- name: depth
+SELECT count(*) FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'scheduled');
+
+-- name: rate_tat
+SELECT tat FROM offload_rates WHERE key = ?;
+
+-- name: rate_set
+INSERT INTO offload_rates (key, tat) VALUES (?, ?)
+    ON CONFLICT (key) DO UPDATE SET tat = excluded.tat;
+
+-- name: rates_idle
+DELETE FROM offload_rates WHERE tat <= ?;
+
+-- name: slots_lapsed
+DELETE FROM offload_slots WHERE key = ? AND expires_at <= ?;
+
+-- name: slot_renew
+UPDATE offload_slots SET expires_at = :until WHERE key = :key AND holder = :holder;
+
+-- name: slot_take
+-- Takes a slot only while fewer than :limit are held (lapsed ones were deleted first).
+INSERT INTO offload_slots (key, holder, expires_at)
+SELECT :key, :holder, :until
+ WHERE (SELECT count(*) FROM offload_slots WHERE key = :key) < :limit;
+
+-- name: slot_release
+DELETE FROM offload_slots WHERE key = ? AND holder = ?;
+
+-- name: slots_all_lapsed
+DELETE FROM offload_slots WHERE expires_at <= ?;
+
 -- name: cancel_waiting
 UPDATE offload_jobs
    SET state = 'cancelled', finished_at = :now, purge_at = :purge_at

@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 1 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 2 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -92,4 +92,22 @@ CREATE TABLE IF NOT EXISTS offload_workers (
 CREATE TABLE IF NOT EXISTS offload_queues (
     name   TEXT    PRIMARY KEY,
     signal INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Version 2: flow control. Applied to a version-1 file by re-running this script (every
+-- statement above is IF NOT EXISTS, so only these tables are new to it).
+
+-- Rate limits (`take_rate`): one GCRA theoretical arrival time per key. A row whose
+-- `tat` is past means an idle key; `sweep` deletes those.
+CREATE TABLE IF NOT EXISTS offload_rates (
+    key TEXT PRIMARY KEY,
+    tat REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Concurrency limits (`acquire_slot`): one row per held slot, until `expires_at`.
+CREATE TABLE IF NOT EXISTS offload_slots (
+    key        TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, holder)
 ) WITHOUT ROWID;

@@ -1,15 +1,23 @@
 -- enqueue: store new jobs of one queue as `queued` (due now) or `scheduled` (later).
 -- KEYS: the 14 keys of the queue (QueueKeys order).
--- ARGV: [1] now, [2] wake-up channel, then 9 values per job: id, key ('' = none),
---       payload, task, priority, max attempts ('' = none), created, due, expires ('' = none).
+-- ARGV: [1] now, [2] wake-up channel, [3] max depth ('' = none), then 9 values per job:
+--       id, key ('' = none), payload, task, priority, max attempts ('' = none), created,
+--       due, expires ('' = none).
 -- Returns: per job, the id it resolved to and 1 if stored, 0 if a job with that key
---          or id already existed (duplicate keys within one call resolve to the first).
+--          or id already existed (duplicate keys within one call resolve to the first);
+--          or {-1, depth} and nothing stored if the jobs would pass the max depth.
 local q = queue_at(1)
 local now = tonumber(ARGV[1])
+if ARGV[3] ~= '' then
+  local depth = redis.call('ZCARD', q.ready) + redis.call('ZCARD', q.scheduled)
+  if depth + (#ARGV - 3) / 9 > tonumber(ARGV[3]) then
+    return {-1, depth}
+  end
+end
 local now_ms = math.floor(now * 1000)
 local out = {}
 local woke = false
-for i = 3, #ARGV, 9 do
+for i = 4, #ARGV, 9 do
   local id, key = ARGV[i], ARGV[i + 1]
   local existing = false
   if key ~= '' then
