@@ -43,6 +43,7 @@ from offload.schedule import Cron, Every
 from offload.scheduler import Scheduler
 from offload.task import Task
 from offload.worker import Worker
+from offload.workflow import Workflow, chain, chord, group
 
 __all__ = [
     "Backoff",
@@ -76,6 +77,10 @@ __all__ = [
     "Task",
     "UnknownTask",
     "Worker",
+    "Workflow",
     "__version__",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

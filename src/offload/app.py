@@ -297,6 +297,13 @@ class Offload:
         results = await broker.enqueue(items, max_depth=max_depth)
         return [Job(self, r.id, created=r.created) for r in results]
 
+    async def _enqueue_envelopes(self, envelopes: Sequence[Envelope]) -> list[Job]:
+        """Enqueue prepared envelopes, of any tasks, in one broker call (workflows)."""
+        broker = await self.connected_broker()
+        items = [(e, encode_envelope(e)) for e in envelopes]
+        results = await broker.enqueue(items, max_depth=self.max_queue_depth)
+        return [Job(self, r.id, created=r.created) for r in results]
+
     def _items(
         self, name: str, calls: Sequence[Call], overrides: Overrides
     ) -> list[tuple[Envelope, bytes]]:

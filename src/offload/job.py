@@ -23,7 +23,9 @@ __all__ = [
     "Backoff",
     "Envelope",
     "ErrorInfo",
+    "ChordRef",
     "JobState",
+    "Step",
     "new_job_id",
 ]
 
@@ -63,6 +65,30 @@ class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
     jitter: bool = True
 
 
+class Step(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A workflow step not enqueued yet: what the worker enqueues when the step
+    before it succeeds (`offload.workflow`). `id` is fixed by the producer, so the
+    producer can wait for any step; `queue` and `priority` are resolved by the
+    producer too."""
+
+    id: str
+    task: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+
+
+class ChordRef(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A chord member's place: `index` of `total` members of the group `id`, and the
+    callback to enqueue once every member is terminal (`offload.workflow`)."""
+
+    id: str
+    index: int
+    total: int
+    callback: Step
+
+
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One job as it travels from producer to worker. Times are Unix epoch seconds."""
 
@@ -81,6 +107,8 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     result_ttl_s: float | None = None
     parent_id: str | None = None
     workflow_id: str | None = None
+    then: list[Step] | None = None  # chain: the steps after this one
+    chord: ChordRef | None = None  # chord: this job is a member
     created_at: float = 0.0
     v: int = ENVELOPE_VERSION
 

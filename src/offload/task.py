@@ -69,10 +69,12 @@ class TaskOptions:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One set of arguments for a task, for `enqueue_many`."""
+    """One set of arguments for a task, for `enqueue_many` and workflows (`task.call`
+    also records the task, so `chain`, `group` and `chord` know what to run)."""
 
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    task: Task[Any, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +219,8 @@ class Task(Enqueuer[P], Generic[P, R]):
             raise InvalidArguments(f"bad arguments for task {self.name!r}: {exc}") from None
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
-        """Arguments for one job of `enqueue_many`, checked against the signature."""
-        return Call(args, kwargs)
+        """Arguments for one job of `enqueue_many`, or one step of a workflow."""
+        return Call(args, kwargs, self)
 
     def options(
         self,

@@ -444,6 +444,22 @@ class Broker(abc.ABC):
         """Free `holder`'s slot of `key`; nothing if it holds none. Idempotent."""
 
     @abc.abstractmethod
+    async def join(
+        self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        """Record that member `member_id` (number `index`, from 0, of `total`) of the
+        chord `group_id` is terminal, with `outcome` (opaque bytes: the worker stores
+        the encoded result). Atomic and idempotent: a member recorded again (a
+        redelivery, a replay) keeps its first outcome.
+
+        Returns every member's outcome in `index` order once `total` distinct members
+        are recorded (by this call or an earlier one), else None. The worker enqueues
+        the chord's callback under a fixed key whenever it gets the outcomes, so a
+        crash after this call and before the callback's enqueue is repaired by the
+        member's rerun. A group's record lapses with the broker's retention.
+        """
+
+    @abc.abstractmethod
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         """Record (or refresh) a live worker; it vanishes `ttl_s` after its last refresh."""
 

@@ -54,6 +54,7 @@ class MemoryBroker(Broker):
         self._lock = threading.Lock()
         self._jobs: dict[str, _Record] = {}
         self._keys: dict[str, str] = {}
+        self._joins: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._ready: dict[str, list[tuple[int, float, int, int, str]]] = {}
         self._scheduled: list[tuple[float, int, str]] = []
         self._running: set[str] = set()
@@ -504,6 +505,16 @@ class MemoryBroker(Broker):
                 return False
             holders[holder] = now + ttl_s
             return True
+
+    async def join(
+        self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        with self._lock:
+            members = self._joins.setdefault(group_id, {})
+            members.setdefault(member_id, (index, outcome))
+            if len(members) < total:
+                return None
+            return [outcome for _, outcome in sorted(members.values())]
 
     async def release_slot(self, key: str, holder: str) -> None:
         with self._lock:

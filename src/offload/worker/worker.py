@@ -28,6 +28,7 @@ from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
+from offload.worker.flows import follow_up
 from offload.worker.leases import AckBatcher
 
 if TYPE_CHECKING:
@@ -272,6 +273,8 @@ class Worker:
         task_name = outcome.envelope.task if outcome.envelope else "?"
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
         try:
+            if outcome.envelope is not None and outcome.action != "retry":
+                await follow_up(self.app, outcome.action, outcome.envelope, outcome.result)
             if outcome.action == "ack":
                 ack = Ack(lease, outcome.result, outcome.result_ttl_s)
                 if not await self._acks.ack(ack):

@@ -49,7 +49,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import _limits, _rows
+from offload.brokers.postgres import _joins, _limits, _rows
 from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, qualified, schema_version
 from offload.clock import Clock
@@ -495,6 +495,11 @@ class PostgresBroker(Broker):
 
     # -- coordination and housekeeping ----------------------------------------------------
 
+    async def join(
+        self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        return await _joins.join(self, group_id, member_id, index, total, outcome)
+
     async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
         return await _limits.take_rate(self, key, limit, per_s)
 
@@ -537,6 +542,7 @@ class PostgresBroker(Broker):
             purged = (await conn.execute(_Q["purge_finished"], purge)).rowcount
             removed = (await conn.execute(_Q["forget_lapsed_workers"], {"now": now})).rowcount
             await conn.execute(_Q["forget_idle_limits"], {"now": now})
+            await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
 

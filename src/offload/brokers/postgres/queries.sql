@@ -223,3 +223,17 @@ SELECT * FROM offload_workers WHERE expires_at > %(now)s ORDER BY id;
 
 -- name: forget_lapsed_workers
 DELETE FROM offload_workers WHERE expires_at <= %(now)s;
+
+-- name: join_insert
+INSERT INTO offload_joins (group_id, member_id, idx, outcome, joined_at)
+VALUES (%(group_id)s, %(member_id)s, %(idx)s, %(outcome)s, %(now)s)
+ON CONFLICT DO NOTHING;
+
+-- name: join_count
+SELECT count(*) AS n FROM offload_joins WHERE group_id = %(group_id)s;
+
+-- name: join_outcomes
+SELECT outcome FROM offload_joins WHERE group_id = %(group_id)s ORDER BY idx;
+
+-- name: forget_lapsed_joins
+DELETE FROM offload_joins WHERE joined_at <= %(before)s;

@@ -177,3 +177,15 @@ CREATE TABLE offload_slots (
     expires_at double precision NOT NULL,
     PRIMARY KEY (key, holder)
 );
+
+-- Chord joins (`join`): one row per terminal member of a chord, its outcome kept for
+-- the callback. The primary key makes a member's second record a no-op; `sweep`
+-- deletes a group's rows after the retention.
+CREATE TABLE offload_joins (
+    group_id  text             NOT NULL,
+    member_id text             NOT NULL,
+    idx       integer          NOT NULL,
+    outcome   bytea            NOT NULL,
+    joined_at double precision NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+);

@@ -56,7 +56,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import _limits
+from offload.brokers.redis import _joins, _limits
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -529,6 +529,11 @@ class RedisBroker(Broker):
 
     async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
         return await _limits.take_rate(self, key, limit, per_s)
+
+    async def join(
+        self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        return await _joins.join(self, group_id, member_id, index, total, outcome)
 
     async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
         return await _limits.acquire_slot(self, key, limit, holder, ttl_s)

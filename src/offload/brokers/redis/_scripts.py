@@ -44,6 +44,7 @@ _NAMES = (
     "defer",
     "take_rate",
     "acquire_slot",
+    "join",
 )
 
 

@@ -32,8 +32,10 @@ registration).
 Flow control, each key hash-tagged by itself (any slot of a cluster, one key per
 script): `P:{%rate:<key>}:tat` (string: the GCRA theoretical arrival time of a rate
 limit) and `P:{%slots:<key>}:holders` (zset: holder → end of its TTL, for a concurrency
-limit). Both lapse by Redis EXPIRE once idle. `<key>` is escaped like a queue name, and
-no escaped queue name starts with `%r` or `%s`.
+limit). Both lapse by Redis EXPIRE once idle. Chord joins, hash-tagged by the group:
+`P:{%chord:<group id>}:members` (hash: member id → its index and outcome), lapsing after
+the broker's retention. `<key>` is escaped like a queue name, and no escaped queue name
+starts with `%r`, `%s` or `%c`.
 
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
@@ -125,3 +127,8 @@ def rate_key(prefix: str, key: str) -> str:
 def slots_key(prefix: str, key: str) -> str:
     """The zset of a concurrency limit's holders, in a slot of its own."""
     return f"{prefix}:{{%slots:{escape_queue(key)}}}:holders"
+
+
+def chord_key(prefix: str, group_id: str) -> str:
+    """The members of a chord, recorded by `join`; hash-tagged by the group."""
+    return f"{prefix}:{{%chord:{escape_queue(group_id)}}}:members"

@@ -326,6 +326,11 @@ class SQLiteBroker(Broker):
     async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
         return await self._run(Store.acquire_slot, key, limit, holder, ttl_s)
 
+    async def join(
+        self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        return await self._run(Store.join, group_id, member_id, index, total, outcome)
+
     async def release_slot(self, key: str, holder: str) -> None:
         await self._run(Store.release_slot, key, holder)
 

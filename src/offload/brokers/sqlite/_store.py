@@ -462,6 +462,16 @@ class Store:
                 self._conn.execute(_Q["rate_set"], (key, tat))
         return wait
 
+    def join(
+        self, group_id: str, member_id: str, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        conn = self._conn
+        with self._write() as now:
+            conn.execute(_Q["join_insert"], (group_id, member_id, index, outcome, now))
+            if conn.execute(_Q["join_count"], (group_id,)).fetchone()[0] < total:
+                return None
+            return [bytes(row[0]) for row in conn.execute(_Q["join_outcomes"], (group_id,))]
+
     def acquire_slot(self, key: str, limit: int, holder: str, ttl_s: float) -> bool:
         conn = self._conn
         with self._write() as now:
@@ -512,6 +522,7 @@ class Store:
             removed = conn.execute(_Q["forget_lapsed_workers"], (now,)).rowcount
             conn.execute(_Q["rates_idle"], (now,))
             conn.execute(_Q["slots_all_lapsed"], (now,))
+            conn.execute(_Q["joins_lapsed"], (now - self._retention_s,))
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
     # -- wakeups --------------------------------------------------------------------------

@@ -210,3 +210,16 @@ SELECT * FROM offload_workers WHERE expires_at > ? ORDER BY id;
 
 -- name: forget_lapsed_workers
 DELETE FROM offload_workers WHERE expires_at <= ?;
+
+-- name: join_insert
+INSERT OR IGNORE INTO offload_joins (group_id, member_id, idx, outcome, joined_at)
+VALUES (?, ?, ?, ?, ?);
+
+-- name: join_count
+SELECT count(*) FROM offload_joins WHERE group_id = ?;
+
+-- name: join_outcomes
+SELECT outcome FROM offload_joins WHERE group_id = ? ORDER BY idx;
+
+-- name: joins_lapsed
+DELETE FROM offload_joins WHERE joined_at <= ?;

@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 2 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 3 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -110,4 +110,16 @@ CREATE TABLE IF NOT EXISTS offload_slots (
     holder     TEXT NOT NULL,
     expires_at REAL NOT NULL,
     PRIMARY KEY (key, holder)
+) WITHOUT ROWID;
+
+-- Chord joins (`join`): one row per terminal member of a chord, its outcome kept for
+-- the callback. The primary key makes a member's second record a no-op; `sweep`
+-- deletes a group's rows after the retention.
+CREATE TABLE IF NOT EXISTS offload_joins (
+    group_id  TEXT    NOT NULL,
+    member_id TEXT    NOT NULL,
+    idx       INTEGER NOT NULL,
+    outcome   BLOB    NOT NULL,
+    joined_at REAL    NOT NULL,
+    PRIMARY KEY (group_id, member_id)
 ) WITHOUT ROWID;

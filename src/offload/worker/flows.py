@@ -1,0 +1,63 @@
+"""Workflow follow-ups (`offload.workflow`), done by the worker before it settles a job.
+
+Both run *before* the job's ack or bury, and both are idempotent, so a crash in
+between only makes the job run (or be buried) again, which repeats them harmlessly:
+the next chain step and the chord callback are enqueued under deterministic keys,
+and `Broker.join` records a member once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from offload.codec import decode_value, encode_envelope, encode_value
+from offload.workflow import step_envelope
+
+if TYPE_CHECKING:
+    from offload.app import Offload
+    from offload.job import Envelope
+
+__all__ = ["follow_up"]
+
+
+async def follow_up(app: Offload, action: str, envelope: Envelope, result: bytes | None) -> None:
+    """Enqueue what a finished job's workflow asks for.
+
+    `action` is the job's outcome (`ack` or `bury`; a retry is not terminal).
+    """
+    if action == "ack" and envelope.then:
+        await _next_step(app, envelope, result)
+    if envelope.chord is not None and action in ("ack", "bury"):
+        await _join(app, envelope, result if action == "ack" else None)
+
+
+async def _next_step(app: Offload, envelope: Envelope, result: bytes | None) -> None:
+    assert envelope.then
+    step, *rest = envelope.then
+    value = None if result is None else decode_value(result)
+    following = step_envelope(
+        app, step, value, parent=envelope, key=f"chain:{envelope.id}:next", then=rest or None
+    )
+    await app.broker.enqueue([(following, encode_envelope(following))])
+
+
+async def _join(app: Offload, envelope: Envelope, result: bytes | None) -> None:
+    chord = envelope.chord
+    assert chord is not None
+    outcomes = await app.broker.join(
+        chord.id,
+        envelope.id,
+        index=chord.index,
+        total=chord.total,
+        outcome=encode_value(None) if result is None else result,
+    )
+    if outcomes is None:
+        return
+    values = [decode_value(outcome) for outcome in outcomes]
+    callback = step_envelope(
+        app, chord.callback, values, parent=envelope, key=f"chord:{chord.id}:callback"
+    )
+    callback = msgspec.structs.replace(callback, parent_id=chord.id)
+    await app.broker.enqueue([(callback, encode_envelope(callback))])

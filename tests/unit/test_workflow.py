@@ -1,0 +1,150 @@
+"""Workflows (chain, group, chord) driven through a real worker on the memory broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload import JobState, Offload, Worker, chain, chord, group
+from offload.errors import ConfigurationError, InvalidArguments
+from offload.testing import FakeClock
+
+
+@pytest.fixture
+def app(clock: FakeClock) -> Offload:
+    return Offload("memory://", clock=clock)
+
+
+async def test_chain_passes_each_result_to_the_next_step(app: Offload) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task
+    async def double(x: int) -> int:
+        return x * 2
+
+    flow = await chain(add.call(2, 3), double.call(), add.call(100)).enqueue_async()
+    assert await Worker(app).drain() == 3
+    assert await flow.result_async(timeout=1) == 110
+    infos = [await job.info_async() for job in flow.jobs]
+    assert [i.state for i in infos] == [JobState.SUCCEEDED] * 3
+    envelopes = [i.envelope() for i in infos]
+    assert all(e is not None and e.workflow_id == flow.id for e in envelopes)
+    assert envelopes[1] is not None and envelopes[1].parent_id == flow.jobs[0].id
+    assert infos[2].key == f"chain:{flow.jobs[1].id}:next"
+
+
+async def test_chain_stops_at_a_dead_step_and_replay_continues_it(app: Offload) -> None:
+    broken = {"on": True}
+
+    @app.task
+    def fetch(x: int) -> int:
+        return x + 1
+
+    @app.task(max_attempts=1)
+    def transform(x: int) -> int:
+        if broken["on"]:
+            raise RuntimeError("bug")
+        return x * 10
+
+    @app.task
+    def store(x: int, label: str) -> str:
+        return f"{label}={x}"
+
+    flow = await chain(fetch.call(4), transform.call(), store.call("v")).enqueue_async()
+    worker = Worker(app)
+    await worker.drain()
+    first, middle, last = flow.jobs
+    assert await middle.state_async() is JobState.DEAD
+    assert await app.broker.get_job(last.id) is None  # never enqueued
+
+    broken["on"] = False  # "fix" the code, then replay the dead step
+    assert await app.broker.replay_dead(job_ids=[middle.id]) == 1
+    await worker.drain()
+    assert await flow.result_async(timeout=1) == "v=50"
+    assert await first.result_async(timeout=1) == 5
+
+
+async def test_chain_step_reruns_do_not_double_the_next_step(app: Offload) -> None:
+    @app.task
+    def one() -> int:
+        return 1
+
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    flow = await chain(one.call(), inc.call()).enqueue_async()
+    worker = Worker(app)
+    lease = (await app.broker.reserve(["default"], worker_id="w", lease_s=30, limit=1))[0]
+    outcome = await worker.executor.execute(lease)
+    from offload.worker.flows import follow_up
+
+    assert outcome.envelope is not None
+    await follow_up(app, "ack", outcome.envelope, outcome.result)  # "crash" before ack
+    await follow_up(app, "ack", outcome.envelope, outcome.result)  # the rerun
+    page = await app.broker.list_jobs()
+    assert len(page.items) == 2
+    await worker.drain()
+    assert await flow.result_async(timeout=1) == 2
+
+
+def test_chain_checks_arguments_at_the_producer(app: Offload) -> None:
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    with pytest.raises(InvalidArguments):
+        chain(inc.call(1), inc.call(2))  # the second gets the first's result, too many
+    with pytest.raises(ConfigurationError):
+        chain()
+
+
+async def test_group_enqueues_every_member_in_one_round_trip(app: Offload) -> None:
+    @app.task
+    def square(x: int) -> int:
+        return x * x
+
+    @app.task
+    def neg(x: int) -> int:
+        return -x
+
+    calls = [square.call(i) for i in range(5)] + [neg.call(7)]
+    enqueues = 0
+    original = app.broker.enqueue
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        nonlocal enqueues
+        enqueues += 1
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    app.broker.enqueue = counting  # type: ignore[method-assign]
+    flow = await group(calls).enqueue_async()
+    assert enqueues == 1
+    await Worker(app).drain()
+    assert await flow.result_async(timeout=1) == [0, 1, 4, 9, 16, -7]
+
+
+async def test_chord_callback_gets_results_in_order_with_none_for_dead(
+    app: Offload, clock: FakeClock
+) -> None:
+    @app.task(max_attempts=2)
+    def maybe(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    @app.task
+    def total(results: list[int | None], label: str) -> str:
+        return f"{label}:{results}"
+
+    flow = await chord(group(maybe.call(i) for i in range(5)), total.call("sum")).enqueue_async()
+    worker = Worker(app)
+    await worker.drain()
+    clock.advance(600)  # past the retry's backoff
+    await worker.drain()
+    assert flow.last is not None
+    info = await flow.last.info_async()
+    assert info.state is JobState.SUCCEEDED
+    assert info.result_value() == "sum:[0, 1, 2, None, 4]"
+    assert info.key == f"chord:{flow.id}:callback"
