@@ -361,7 +361,9 @@ def enqueue_bulk(system: System, n: int, *, clean: bool = True) -> float:
 
 
 @contextmanager
-def worker(system: System, log: Path, probe_file: Path | None = None) -> Iterator[None]:
+def worker(
+    system: System, log: Path, probe_file: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "PYTHONPATH": str(HERE), "BENCH_PG_DSN": system.dsn}
     if probe_file is not None:
         env[ENV_PROBE_FILE] = str(probe_file)
@@ -370,7 +372,7 @@ def worker(system: System, log: Path, probe_file: Path | None = None) -> Iterato
             system.worker_argv(), env=env, cwd=HERE, stdout=out, stderr=subprocess.STDOUT
         )
         try:
-            yield
+            yield proc
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -388,8 +390,10 @@ def process(system: System, n: int, log: Path, *, depth: bool = False) -> float:
     else:
         enqueue_bulk(system, n)
     deadline = time.monotonic() + ROW_TIMEOUT_S
-    with worker(system, log):
+    with worker(system, log) as proc:
         while stored(system)[1] < n:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{system.name}: the worker exited; see {log}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{system.name}: {stored(system)} of {n} after the timeout")
             time.sleep(0.2)
@@ -508,21 +512,25 @@ def main() -> None:
     results = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
     }
-    depth = None
+    print(heading(args))
+    print(table(results, None), flush=True)  # the depth rows take long: this one first
     if args.depth:
         depth = {s.name: statistics.median(measure_depth(s, args, log)) for s in systems}
+        print(f"\nwith {DEPTH:,} finished jobs in the table:\n")
+        print(table(results, depth))
     for system in systems:
-        reset_schema(system.dsn, system.schema)
         with admin(system.dsn) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(system.schema)))
-    print(
+    print(f"\nworker logs: {log}")
+
+
+def heading(args: argparse.Namespace) -> str:
+    return (
         f"\n{args.jobs:,} no-op jobs (one call per job: {max(args.jobs // 4, 1):,}; latency: "
         f"{PROBES} jobs {PROBE_GAP_S * 1000:.0f} ms apart), median of {args.runs} runs; "
         f"worker concurrency: offload {args.concurrency}, procrastinate "
         f"{args.procrastinate_concurrency}; procrastinate {procrastinate.__version__}\n"
     )
-    print(table(results, depth))
-    print(f"\nworker logs: {log}")
 
 
 if __name__ == "__main__":
