@@ -203,6 +203,9 @@ class UserStore:
         with self._connect():
             pass
 
+    async def aclose(self) -> None:
+        """Nothing async to close here (the PostgreSQL store closes its pool)."""
+
     def close(self) -> None:
         """Close the connection; a later operation opens it again."""
         with self._lock:
@@ -604,6 +607,7 @@ def create_web(demo: SignupDemo) -> Starlette:
             yield
         finally:
             await demo.app.aclose()
+            await demo.users.aclose()
             await asyncio.to_thread(demo.users.close)
 
     web = Starlette(

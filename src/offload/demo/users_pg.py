@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from offload.brokers.postgres import parse_url
 from offload.demo.signup import SendState, User, Verification, new_code
@@ -57,13 +58,37 @@ class PostgresUserStore:
 
     Blocking methods share one autocommit connection per process under a lock (the
     worker calls them from its threads; the web app through `asyncio.to_thread`).
-    `create_with_job` opens a connection of its own for its transaction.
+    `create_with_job` takes a connection from a small pool for its transaction:
+    opening a connection per sign-up cost ~9 ms of CPU each and, at 100 sign-ups/s on
+    two cores, queued requests to a p50 of ~200 ms.
     """
 
     def __init__(self, broker_url: str) -> None:
         self.conninfo = parse_url(broker_url).conninfo  # with the URL's schema on its path
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None
+
+    async def _async_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]:
+        """The sign-up pool, opened on first use in the web app's event loop."""
+        if self._pool is None:
+            pool = AsyncConnectionPool(
+                self.conninfo,
+                min_size=1,
+                max_size=10,
+                open=False,
+                connection_class=psycopg.AsyncConnection[dict[str, Any]],
+                kwargs={"row_factory": dict_row},
+            )
+            await pool.open()
+            self._pool = pool
+        return self._pool
+
+    async def aclose(self) -> None:
+        """Close the sign-up pool (the web app's shutdown)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
@@ -99,9 +124,8 @@ class PostgresUserStore:
         """
         now = time.time()
         try:
-            async with await psycopg.AsyncConnection.connect(
-                self.conninfo, row_factory=dict_row
-            ) as conn:
+            pool = await self._async_pool()
+            async with pool.connection() as conn:
                 async with conn.transaction():
                     cur = await conn.execute(
                         f"INSERT INTO {TABLE} (email, name, code, code_expires_at, created_at)"
