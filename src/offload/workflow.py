@@ -22,14 +22,16 @@ or of the group) and `parent_id` (the job that enqueued it).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from offload.errors import ConfigurationError
+from offload.errors import ConfigurationError, JobNotFound, ResultTimeout
 from offload.handle import Job
-from offload.job import ChordRef, Envelope, Step, new_job_id
+from offload.job import TERMINAL_STATES, ChordRef, Envelope, JobState, Step, new_job_id
 from offload.task import Call, Overrides
 
 if TYPE_CHECKING:
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from offload.task import Task
 
 __all__ = ["Chain", "Chord", "Group", "Workflow", "chain", "chord", "group"]
+
+#: While a workflow's last job is not enqueued yet, look again after this (seconds).
+_NOT_YET_S = 0.05
 
 
 class Workflow:
@@ -50,21 +55,51 @@ class Workflow:
             the callback; group: None, read `results`).
     """
 
-    __slots__ = ("id", "jobs", "last")
+    __slots__ = ("_chain", "id", "jobs", "last")
 
-    def __init__(self, workflow_id: str, jobs: list[Job], last: Job | None) -> None:
+    def __init__(
+        self, workflow_id: str, jobs: list[Job], last: Job | None, *, chain: bool = False
+    ) -> None:
         self.id = workflow_id
         self.jobs = jobs
         self.last = last
+        self._chain = chain
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id} jobs={len(self.jobs)}>"
 
     async def result_async(self, timeout: float | None = None) -> Any:
-        """The result of `last` (a group: the list of its members' results)."""
-        if self.last is not None:
-            return await self.last.result_async(timeout)
-        return [await job.result_async(timeout) for job in self.jobs]
+        """The result of `last` (a group: the list of its members' results), waiting
+        for it to be enqueued too.
+
+        Raises:
+            JobFailed / JobCancelled / JobExpired: `last` (or, in a chain, a step
+                before it, which stops the chain) did not succeed.
+            ResultTimeout: no result after `timeout` seconds.
+        """
+        if self.last is None:
+            return [await job.result_async(timeout) for job in self.jobs]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return await self.last.result_async(remaining)
+            except JobNotFound:
+                if self._chain:
+                    await self._raise_for_stopped_step()
+                if deadline is not None and time.monotonic() >= deadline:
+                    message = f"step {self.last.id} never enqueued"
+                    raise ResultTimeout(self.last.id, message) from None
+                await asyncio.sleep(_NOT_YET_S)
+
+    async def _raise_for_stopped_step(self) -> None:
+        for job in self.jobs[:-1]:
+            try:
+                state = await job.state_async()
+            except JobNotFound:
+                return
+            if state in TERMINAL_STATES and state is not JobState.SUCCEEDED:
+                await job.result_async(0)  # raises the step's outcome
 
     def result(self, timeout: float | None = None) -> Any:
         jobs = self.jobs or ([self.last] if self.last else [])
@@ -95,7 +130,7 @@ class Chain:
         envelope = msgspec.structs.replace(envelope, workflow_id=envelope.id)
         [job] = await app._enqueue_envelopes([envelope])
         jobs = [job, *(Job(app, step.id) for step in steps)]
-        return Workflow(envelope.id, jobs, jobs[-1])
+        return Workflow(envelope.id, jobs, jobs[-1], chain=True)
 
 
 class Group:

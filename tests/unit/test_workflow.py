@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload import JobState, Offload, Worker, chain, chord, group
+from offload import JobFailed, JobState, Offload, Worker, chain, chord, group
 from offload.errors import ConfigurationError, InvalidArguments
 from offload.testing import FakeClock
 
@@ -148,3 +148,18 @@ async def test_chord_callback_gets_results_in_order_with_none_for_dead(
     assert info.state is JobState.SUCCEEDED
     assert info.result_value() == "sum:[0, 1, 2, None, 4]"
     assert info.key == f"chord:{flow.id}:callback"
+
+
+async def test_chain_result_raises_for_the_step_that_stopped_it(app: Offload) -> None:
+    @app.task(max_attempts=1)
+    def fail() -> int:
+        raise RuntimeError("no")
+
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    flow = await chain(fail.call(), inc.call()).enqueue_async()
+    await Worker(app).drain()
+    with pytest.raises(JobFailed):
+        await flow.result_async(timeout=1)

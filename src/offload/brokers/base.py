@@ -13,6 +13,7 @@ Lifecycle of a job, by broker operation:
                     └──────retry───────┼────────────────────┘ ──release─► queued
                                        └──(lease lapsed)────┘
     queued/scheduled ──(expires_at passed)──► expired      queued/scheduled ──cancel──► cancelled
+    running ──cancel──► flagged ──(the worker stops it: cancel_running)──► cancelled
     running ──defer──► scheduled (the attempt not counted: held back by a flow limit)
 
 All times are Unix epoch seconds read from the broker's injected `clock`.
@@ -367,6 +368,22 @@ class Broker(abc.ABC):
     async def cancel(self, job_id: str) -> bool:
         """Cancel a `queued` or `scheduled` job (it will never run), or flag a `running`
         one for cooperative cancellation. False if the job is unknown or finished."""
+
+    @abc.abstractmethod
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        """The ids of the jobs among `leases` that are `running` and flagged by
+        `cancel`. The worker asks this for its running jobs about twice a second, so
+        an async job sees a cancel within a second. Read-only."""
+
+    @abc.abstractmethod
+    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
+        """`running → cancelled`, recording `error` as the reason: the worker stopped
+        a job flagged by `cancel` (it may have run in part). Kept for the retention,
+        like a job cancelled before it started.
+
+        Raises:
+            LeaseLost: the token does not match the job's current lease.
+        """
 
     # -- inspection --------------------------------------------------------------------
 

@@ -372,6 +372,25 @@ class MemoryBroker(Broker):
                 return True
             return False
 
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        with self._lock:
+            found = (self._jobs.get(lease.job_id) for lease in leases)
+            return {
+                r.info.id
+                for r in found
+                if r is not None and r.info.cancel_requested and r.info.state is JobState.RUNNING
+            }
+
+    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
+        with self._lock:
+            rec = self._leased(lease)
+            self._finish(rec)
+            now = self.clock.now()
+            rec.purge_at = now + self.retention_s
+            self._set(
+                rec, state=JobState.CANCELLED, error=error, finished_at=now, lease_deadline=None
+            )
+
     # -- inspection -------------------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:

@@ -1,7 +1,14 @@
 """Run one leased job and decide its outcome; the worker applies it to the broker.
 
 Async handlers run on the event loop, plain functions in a thread pool, and plain
-functions with a timeout in a child process (the only way to really stop them). A
+functions with a timeout in a child process (the only way to really stop them).
+
+Cancelling a running job (`Job.cancel()`): the worker polls the broker for the flag
+(`Broker.cancel_requested`, every `CANCEL_POLL_S`) and cancels an async handler's
+asyncio task, so it sees `CancelledError` at its next await; the job ends `cancelled`
+(`Broker.cancel_running`). A sync handler cannot be interrupted safely: it runs to
+completion and its outcome is recorded as usual (the flag stays visible in
+`JobInfo.cancel_requested`). A
 job that cannot be decoded or names an unknown task is buried with that reason; it
 never crashes the worker.
 """
@@ -29,9 +36,14 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "Outcome"]
 
 
+class _CancelRequested(Exception):
+    """The handler's task was cancelled because its job was cancelled."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What to do with a finished attempt: `ack`, `retry` (at `at`) or `bury`."""
+    """What to do with a finished attempt: `ack`, `retry` (at `at`), `bury`, or
+    `cancel` (stopped on request)."""
 
     action: str
     envelope: Envelope | None = None
@@ -55,6 +67,21 @@ class Executor:
         self.worker_id = worker_id
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="offload-job")
         self._processes = ProcessRunner()
+        self._handlers: dict[str, asyncio.Future[Any]] = {}  # running async handlers
+        self._cancelled: set[str] = set()
+
+    def cancellable(self) -> list[str]:
+        """Ids of the jobs whose (async) handler can be cancelled now."""
+        return list(self._handlers)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the async handler of `job_id`; False if none is running."""
+        handler = self._handlers.get(job_id)
+        if handler is None or handler.done():
+            return False
+        self._cancelled.add(job_id)
+        handler.cancel()
+        return True
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -102,6 +129,9 @@ class Executor:
         try:
             value = await self._call(task, envelope, ctx, timeout_s)
             result = encode_value(value, what=f"the result of task {envelope.task!r}")
+        except _CancelRequested:
+            error = ErrorInfo("Cancelled", "cancelled while running")
+            return Outcome("cancel", envelope, error=error)
         except Exception as exc:
             return self._failed(exc, lease, envelope, task)
         ttl = envelope.result_ttl_s
@@ -113,15 +143,7 @@ class Executor:
         self, task: Task[Any, Any], env: Envelope, ctx: JobContext, timeout_s: float | None
     ) -> Any:
         if task.is_async:
-            token = _current.set(ctx)
-            try:
-                return await asyncio.wait_for(task.fn(*env.args, **env.kwargs), timeout_s)
-            except TimeoutError as exc:
-                raise JobTimeout(
-                    f"task {env.task!r} ran past its timeout of {timeout_s} s"
-                ) from exc
-            finally:
-                _current.reset(token)
+            return await self._call_async(task, env, ctx, timeout_s)
         loop = asyncio.get_running_loop()
         if timeout_s is not None:
             return await loop.run_in_executor(
@@ -132,6 +154,31 @@ class Executor:
         return await loop.run_in_executor(
             self._threads, lambda: context.run(task.fn, *env.args, **env.kwargs)
         )
+
+    async def _call_async(
+        self, task: Task[Any, Any], env: Envelope, ctx: JobContext, timeout_s: float | None
+    ) -> Any:
+        """Run the handler as a task of its own, which `cancel` may cancel alone."""
+        token = _current.set(ctx)
+        try:
+            handler = asyncio.ensure_future(
+                asyncio.wait_for(task.fn(*env.args, **env.kwargs), timeout_s)
+            )
+        finally:
+            _current.reset(token)
+        self._handlers[env.id] = handler
+        try:
+            return await handler
+        except TimeoutError as exc:
+            raise JobTimeout(f"task {env.task!r} ran past its timeout of {timeout_s} s") from exc
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if env.id in self._cancelled and not (current and current.cancelling()):
+                raise _CancelRequested() from None
+            raise
+        finally:
+            self._handlers.pop(env.id, None)
+            self._cancelled.discard(env.id)
 
     def _failed(
         self, exc: Exception, lease: Lease, envelope: Envelope, task: Task[Any, Any]

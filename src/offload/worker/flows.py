@@ -25,11 +25,13 @@ __all__ = ["follow_up"]
 async def follow_up(app: Offload, action: str, envelope: Envelope, result: bytes | None) -> None:
     """Enqueue what a finished job's workflow asks for.
 
-    `action` is the job's outcome (`ack` or `bury`; a retry is not terminal).
+    `action` is the job's outcome (`ack`, `bury` or `cancel`; a retry is not
+    terminal). Only a success continues a chain; any terminal outcome counts for a
+    chord (a failed or cancelled member's result is None).
     """
     if action == "ack" and envelope.then:
         await _next_step(app, envelope, result)
-    if envelope.chord is not None and action in ("ack", "bury"):
+    if envelope.chord is not None and action in ("ack", "bury", "cancel"):
         await _join(app, envelope, result if action == "ack" else None)
 
 

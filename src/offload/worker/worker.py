@@ -41,6 +41,9 @@ logger = logging.getLogger("offload.worker")
 
 #: After a broker error the fetch loop waits this long (seconds) before trying again.
 ERROR_BACKOFF_S = 1.0
+#: How often (seconds) the worker asks the broker whether its running async jobs were
+#: cancelled: a cancelled job sees it within this period plus a round trip.
+CANCEL_POLL_S = 0.5
 
 
 class Worker:
@@ -127,6 +130,7 @@ class Worker:
             asyncio.create_task(self._every(self.lease_s / 3, self.extend_leases), name="leases"),
             asyncio.create_task(self._every(self.lease_s / 3, self._heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(self.sweep_s, self.broker.sweep), name="sweeper"),
+            asyncio.create_task(self._every(CANCEL_POLL_S, self.check_cancels), name="cancels"),
         ]
         if self.scheduler is not None:
             tick = self.scheduler.tick
@@ -275,34 +279,7 @@ class Worker:
         try:
             if outcome.envelope is not None and outcome.action != "retry":
                 await follow_up(self.app, outcome.action, outcome.envelope, outcome.result)
-            if outcome.action == "ack":
-                ack = Ack(lease, outcome.result, outcome.result_ttl_s)
-                if not await self._acks.ack(ack):
-                    raise LeaseLost()
-                logger.debug("job %s succeeded", lease.job_id, extra={"action": "acked", **extra})
-            elif outcome.action == "retry":
-                assert outcome.error is not None
-                await self.broker.retry(lease, at=outcome.at, error=outcome.error)
-                logger.warning(
-                    "job %s (%s) attempt %d failed with %s; retry in %.1f s",
-                    lease.job_id,
-                    task_name,
-                    lease.attempt,
-                    outcome.error.type,
-                    max(outcome.at - self.app.clock.now(), 0.0),
-                    extra={"action": "retried", **extra},
-                )
-            else:
-                assert outcome.error is not None
-                await self.broker.bury(lease, error=outcome.error)
-                logger.error(
-                    "job %s (%s) buried: %s: %s",
-                    lease.job_id,
-                    task_name,
-                    outcome.error.type,
-                    outcome.error.message,
-                    extra={"action": "buried", **extra},
-                )
+            await self._apply(lease, outcome, task_name, extra)
         except LeaseLost:
             logger.warning(
                 "job %s: lease lost before it was settled; it may run again elsewhere",
@@ -316,7 +293,55 @@ class Worker:
                 extra={"action": "settle_failed", **extra},
             )
 
+    async def _apply(
+        self, lease: Lease, outcome: Outcome, task_name: str, extra: dict[str, object]
+    ) -> None:
+        if outcome.action == "ack":
+            if not await self._acks.ack(Ack(lease, outcome.result, outcome.result_ttl_s)):
+                raise LeaseLost()
+            logger.debug("job %s succeeded", lease.job_id, extra={"action": "acked", **extra})
+            return
+        assert outcome.error is not None
+        if outcome.action == "retry":
+            await self.broker.retry(lease, at=outcome.at, error=outcome.error)
+            logger.warning(
+                "job %s (%s) attempt %d failed with %s; retry in %.1f s",
+                lease.job_id,
+                task_name,
+                lease.attempt,
+                outcome.error.type,
+                max(outcome.at - self.app.clock.now(), 0.0),
+                extra={"action": "retried", **extra},
+            )
+        elif outcome.action == "cancel":
+            await self.broker.cancel_running(lease, error=outcome.error)
+            logger.info(
+                "job %s (%s) cancelled while running",
+                lease.job_id,
+                task_name,
+                extra={"action": "cancelled", **extra},
+            )
+        else:
+            await self.broker.bury(lease, error=outcome.error)
+            logger.error(
+                "job %s (%s) buried: %s: %s",
+                lease.job_id,
+                task_name,
+                outcome.error.type,
+                outcome.error.message,
+                extra={"action": "buried", **extra},
+            )
+
     # -- side tasks --------------------------------------------------------------------
+
+    async def check_cancels(self) -> None:
+        """Cancel the running async jobs that `Job.cancel()` flagged (see executor.py)."""
+        leases = [self._running[i][0] for i in self.executor.cancellable() if i in self._running]
+        if not leases:
+            return
+        for job_id in await self.broker.cancel_requested(leases):
+            if self.executor.cancel(job_id):
+                logger.info("job %s: cancel requested; stopping it", job_id)
 
     async def _every(self, period_s: float, action: object) -> None:
         assert callable(action)

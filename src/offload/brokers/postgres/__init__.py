@@ -49,7 +49,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import _joins, _limits, _rows
+from offload.brokers.postgres import _cancel, _joins, _limits, _rows
 from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, qualified, schema_version
 from offload.clock import Clock
@@ -378,6 +378,12 @@ class PostgresBroker(Broker):
             "channel": self.settings.channel,
         }
         _check_held(len(await self._rows("retry", params)), lease)
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        return await _cancel.cancel_requested(self, leases)
+
+    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
+        await _cancel.cancel_running(self, lease, error)
 
     async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
         params = {

@@ -237,3 +237,13 @@ SELECT outcome FROM offload_joins WHERE group_id = %(group_id)s ORDER BY idx;
 
 -- name: forget_lapsed_joins
 DELETE FROM offload_joins WHERE joined_at <= %(before)s;
+
+-- name: cancel_running
+UPDATE offload_jobs
+   SET state = 'cancelled', error = %(error)s, finished_at = %(now)s, purge_at = %(purge_at)s,
+       lease_token = NULL, lease_deadline = NULL
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
+
+-- name: cancel_requested
+SELECT id FROM offload_jobs
+ WHERE id = ANY(%(ids)s::text[]) AND state = 'running' AND cancel_requested;

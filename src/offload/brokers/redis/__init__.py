@@ -56,7 +56,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import _joins, _limits
+from offload.brokers.redis import _cancel, _joins, _limits
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -390,6 +390,12 @@ class RedisBroker(Broker):
         args = [num(self.clock.now()), lease.job_id, lease.token, encode_error(error).decode()]
         if not await self._run("bury", self._q(lease.queue), args):
             raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        return await _cancel.cancel_requested(self, leases) if leases else set()
+
+    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
+        await _cancel.cancel_running(self, lease, error)
 
     async def defer(self, lease: Lease, *, at: float) -> None:
         args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]

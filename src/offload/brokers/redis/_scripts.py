@@ -45,6 +45,7 @@ _NAMES = (
     "take_rate",
     "acquire_slot",
     "join",
+    "cancel_running",
 )
 
 

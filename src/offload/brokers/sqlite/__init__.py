@@ -266,6 +266,14 @@ class SQLiteBroker(Broker):
     async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
         await self._run(Store.bury, lease, error)
 
+    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
+        await self._run(Store.cancel_running, lease, error)
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        if not leases:
+            return set()
+        return await self._run(Store.cancel_requested, [lease.job_id for lease in leases])
+
     async def defer(self, lease: Lease, *, at: float) -> None:
         if await self._run(Store.defer, lease, at):
             self._signal.notify()

@@ -333,6 +333,21 @@ class Store:
                 self._signal({rows[0]["queue"]})
         return due
 
+    def cancel_running(self, lease: Lease, error: ErrorInfo) -> None:
+        with self._write() as now:
+            params = {
+                "error": encode_error(error).decode(),
+                "now": now,
+                "purge_at": now + self._retention_s,
+                "id": lease.job_id,
+                "token": lease.token,
+            }
+            _check_held(self._conn.execute(_Q["cancel_running"], params).rowcount, lease)
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        rows = self._conn.execute(_Q["cancel_requested"], (json.dumps(list(job_ids)),))
+        return {row[0] for row in rows}
+
     def bury(self, lease: Lease, error: ErrorInfo) -> None:
         with self._write() as now:
             cursor = self._conn.execute(

@@ -223,3 +223,13 @@ SELECT outcome FROM offload_joins WHERE group_id = ? ORDER BY idx;
 
 -- name: joins_lapsed
 DELETE FROM offload_joins WHERE joined_at <= ?;
+
+-- name: cancel_running
+UPDATE offload_jobs
+   SET state = 'cancelled', error = :error, finished_at = :now, purge_at = :purge_at,
+       lease_token = NULL, lease_deadline = NULL
+ WHERE id = :id AND lease_token = :token AND state = 'running';
+
+-- name: cancel_requested
+SELECT id FROM offload_jobs
+ WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running' AND cancel_requested = 1;

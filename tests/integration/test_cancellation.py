@@ -1,0 +1,145 @@
+"""Cancelling jobs through a real worker, on every broker, in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from offload import JobCancelled, JobState, Offload, Worker, chord, group
+from tests.conftest import BROKER_NAMES
+
+
+@pytest.fixture(params=BROKER_NAMES)
+def url(request: pytest.FixtureRequest, broker_url: Callable[[str], str]) -> str:
+    return broker_url(request.param)
+
+
+async def test_a_running_async_job_sees_a_cancel_within_a_second(url: str) -> None:
+    app = Offload(url)
+    started = asyncio.Event()
+    stopped: list[bool] = []
+
+    @app.task(name="long")
+    async def long() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.append(True)
+            raise
+        return "finished"
+
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    try:
+        job = await long.enqueue_async()
+        await asyncio.wait_for(started.wait(), 10)
+        t0 = time.monotonic()
+        assert await job.cancel_async()
+        while (await job.state_async()) is not JobState.CANCELLED:
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - t0 < 5
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, elapsed
+        assert stopped == [True]
+        info = await job.info_async()
+        assert info.error is not None and info.error.type == "Cancelled"
+        with pytest.raises(JobCancelled):
+            await job.result_async(timeout=1)
+    finally:
+        worker.stop()
+        await runner
+        await app.aclose()
+
+
+async def test_a_running_sync_job_runs_to_completion_after_a_cancel(url: str) -> None:
+    app = Offload(url)
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+
+    @app.task(name="blocking")
+    def blocking() -> str:
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+        return "done"
+
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    try:
+        job = await blocking.enqueue_async()
+        await asyncio.wait_for(started.wait(), 10)
+        assert await job.cancel_async()
+        await asyncio.sleep(0.8)  # more than a cancel poll
+        assert (await job.info_async()).cancel_requested
+        release.set()
+        assert await job.result_async(timeout=10) == "done"
+    finally:
+        worker.stop()
+        await runner
+        await app.aclose()
+
+
+async def test_a_cancel_with_every_worker_stopped_holds_after_workers_start(url: str) -> None:
+    # Given jobs enqueued and cancelled while no worker runs
+    app = Offload(url)
+    ran: list[int] = []
+
+    @app.task(name="work")
+    def work(i: int) -> int:
+        ran.append(i)
+        return i
+
+    try:
+        jobs = [await work.enqueue_async(i) for i in range(3)]
+        delayed = await work.options(delay=0.2).enqueue_async(99)
+        assert await jobs[1].cancel_async()
+        assert await delayed.cancel_async()
+        if not url.startswith("memory"):  # memory's jobs live and die with its app
+            # When workers start later (a fresh app, as after a restart)
+            await app.aclose()
+            app = Offload(url)
+            app.task(name="work")(work.fn)
+        await asyncio.sleep(0.3)  # the delayed one is due by now
+        worker = Worker(app)
+        await worker.drain()
+        # Then the cancelled jobs never run
+        assert sorted(ran) == [0, 2]
+        assert await app.job(jobs[1].id).state_async() is JobState.CANCELLED
+        assert await app.job(delayed.id).state_async() is JobState.CANCELLED
+        assert not await app.job(jobs[1].id).cancel_async()  # finished: nothing to cancel
+    finally:
+        await app.aclose()
+
+
+async def test_a_cancelled_chord_member_still_lets_the_callback_fire(url: str) -> None:
+    app = Offload(url)
+    gate = asyncio.Event()
+
+    @app.task(name="member")
+    async def member(i: int) -> int:
+        if i == 0:
+            await gate.wait()
+        return i
+
+    @app.task(name="collect")
+    def collect(results: list[int | None]) -> list[int | None]:
+        return results
+
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    try:
+        flow = await chord(group(member.call(i) for i in range(3)), collect.call()).enqueue_async()
+        first = flow.jobs[0]
+        while (await first.state_async()) is not JobState.RUNNING:
+            await asyncio.sleep(0.01)
+        await first.cancel_async()
+        assert await flow.result_async(timeout=10) == [None, 1, 2]
+    finally:
+        gate.set()
+        worker.stop()
+        await runner
+        await app.aclose()
