@@ -26,6 +26,7 @@ __all__ = [
     "ChordRef",
     "JobState",
     "Step",
+    "id_floor",
     "new_job_id",
 ]
 
@@ -119,6 +120,16 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     message: str
     traceback: str = ""
+
+
+def id_floor(job_id: str, margin_s: float = 60.0) -> str:
+    """A lower bound for the ids made since `job_id` (ids sort by creation time),
+    `margin_s` early; "" if `job_id` is not one of ours."""
+    try:
+        ms = int(job_id[:12], 16) if len(job_id) == 32 else None
+    except ValueError:
+        ms = None
+    return "" if ms is None else f"{max(ms - int(margin_s * 1000), 0):012x}"
 
 
 def new_job_id() -> str:

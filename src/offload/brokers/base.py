@@ -411,6 +411,15 @@ class Broker(abc.ABC):
         """Jobs newest first, filtered by queue and state, with keyset pagination."""
 
     @abc.abstractmethod
+    async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
+        """The jobs of one workflow (those whose envelope's `workflow_id` is
+        `workflow_id`), in enqueue order, at most `limit`; empty for an unknown id.
+        For `offload show`: read-only, and it may scan (SQL brokers scan the jobs
+        enqueued since the workflow's id was made; Redis keeps one index set per
+        workflow, hash-tagged by its id, that lapses with the broker's retention).
+        """
+
+    @abc.abstractmethod
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:

@@ -446,6 +446,16 @@ class MemoryBroker(Broker):
             last_seq = rec.seq
         return Page(items, None)
 
+    async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
+        with self._lock:
+            records = sorted(self._jobs.values(), key=lambda r: r.seq)
+        found = []
+        for rec in records:
+            envelope = rec.info.envelope()
+            if envelope is not None and envelope.workflow_id == workflow_id:
+                found.append(rec.info)
+        return found[:limit]
+
     def _dead(self, queue: str | None, job_ids: Sequence[str] | None) -> list[_Record]:
         records = (
             [self._jobs[i] for i in job_ids if i in self._jobs]

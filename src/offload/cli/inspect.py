@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 
 from offload.brokers.base import JobInfo
-from offload.cli import app_from_options, app_option, console, run_async, url_option
+from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
 from offload.errors import JobNotFound
 from offload.job import JobState
@@ -189,16 +189,26 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
     """Everything about one job: arguments, state, attempts, error and traceback, result."""
     app = app_from_options(app_spec, url)
 
-    async def collect() -> JobInfo | None:
+    async def collect() -> tuple[JobInfo | None, str | None, list[JobInfo]]:
         broker = await app.connected_broker()
-        return await broker.get_job(job_id)
+        info = await broker.get_job(job_id)
+        envelope = info.envelope() if info is not None else None
+        workflow_id = envelope.workflow_id if envelope is not None else job_id
+        steps = await broker.workflow_jobs(workflow_id) if workflow_id else []
+        return info, workflow_id, steps
 
-    info = run_async(app, collect)
+    info, workflow_id, steps = run_async(app, collect)
+    tree = workflow_tree.build(workflow_id, steps) if workflow_id and steps else None
     if info is None:
-        raise JobNotFound(job_id, f"no job {job_id} (never enqueued, or purged)")
+        if tree is None:
+            raise JobNotFound(job_id, f"no job {job_id} (never enqueued, or purged)")
+        _show_tree(tree, as_json)
+        return
     summary = job_summary(info)
     if as_json:
         summary["traceback"] = info.error.traceback if info.error else None
+        if tree is not None:
+            summary["workflow"] = workflow_tree.to_json(tree)
         click.echo(json.dumps(summary, indent=2))
         return
     out = console()
@@ -214,3 +224,13 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
         out.print(f"[red]payload is not a valid envelope:[/red] {info.payload[:200]!r}")
     if info.error and info.error.traceback:
         out.print(info.error.traceback, markup=False, highlight=False)
+    if tree is not None:
+        out.print(f"workflow {workflow_id}")
+        out.print(workflow_tree.render(tree))
+
+
+def _show_tree(tree: workflow_tree.Node, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"workflow": workflow_tree.to_json(tree)}, indent=2))
+    else:
+        console().print(workflow_tree.render(tree))

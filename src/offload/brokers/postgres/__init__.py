@@ -467,6 +467,9 @@ class PostgresBroker(Broker):
         last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
         return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
 
+    async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
+        return await _cancel.workflow_jobs(self, workflow_id, limit)
+
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:

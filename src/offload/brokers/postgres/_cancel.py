@@ -1,19 +1,21 @@
-"""Cancellation of running jobs on PostgreSQL: the flag poll and the final transition."""
+"""Cancellation of running jobs on PostgreSQL (the flag poll and the final transition),
+and the listing of a workflow's jobs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from offload.brokers.base import Lease
+from offload.brokers.base import JobInfo, Lease
+from offload.brokers.postgres import _rows
 from offload.codec import encode_error
 from offload.errors import LeaseLost
-from offload.job import ErrorInfo
+from offload.job import ErrorInfo, id_floor
 
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker
 
-__all__ = ["cancel_requested", "cancel_running"]
+__all__ = ["cancel_requested", "cancel_running", "workflow_jobs"]
 
 
 async def cancel_requested(broker: PostgresBroker, leases: Sequence[Lease]) -> set[str]:
@@ -34,3 +36,8 @@ async def cancel_running(broker: PostgresBroker, lease: Lease, error: ErrorInfo)
     }
     if await broker._rowcount("cancel_running", params) != 1:
         raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+
+
+async def workflow_jobs(broker: PostgresBroker, workflow_id: str, limit: int) -> list[JobInfo]:
+    params = {"floor": id_floor(workflow_id), "wf": workflow_id, "limit": limit}
+    return [_rows.job_info(row) for row in await broker._rows("workflow_jobs", params)]

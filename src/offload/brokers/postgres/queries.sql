@@ -247,3 +247,9 @@ UPDATE offload_jobs
 -- name: cancel_requested
 SELECT id FROM offload_jobs
  WHERE id = ANY(%(ids)s::text[]) AND state = 'running' AND cancel_requested;
+
+-- name: workflow_jobs
+-- The id floor bounds the scan to jobs made since the workflow (ids sort by time).
+SELECT * FROM offload_jobs
+ WHERE id >= %(floor)s AND convert_from(payload, 'UTF8')::jsonb ->> 'workflow_id' = %(wf)s
+ ORDER BY seq LIMIT %(limit)s;

@@ -56,7 +56,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import _cancel, _joins, _limits
+from offload.brokers.redis import _cancel, _joins, _limits, _workflows
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -229,6 +229,7 @@ class RedisBroker(Broker):
         for i, (env, _) in enumerate(jobs):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
+        await _workflows.index(self, jobs)
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             args: list[str | bytes] = [num(now), self._channel(queue), opt(max_depth)]
@@ -461,6 +462,9 @@ class RedisBroker(Broker):
             if job_id is not None:
                 return await self._fetch([queue], text(job_id))
         return None
+
+    async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
+        return await _workflows.workflow_jobs(self, workflow_id, limit)
 
     async def list_jobs(
         self,

@@ -34,8 +34,9 @@ script): `P:{%rate:<key>}:tat` (string: the GCRA theoretical arrival time of a r
 limit) and `P:{%slots:<key>}:holders` (zset: holder → end of its TTL, for a concurrency
 limit). Both lapse by Redis EXPIRE once idle. Chord joins, hash-tagged by the group:
 `P:{%chord:<group id>}:members` (hash: member id → its index and outcome), lapsing after
-the broker's retention. `<key>` is escaped like a queue name, and no escaped queue name
-starts with `%r`, `%s` or `%c`.
+the broker's retention; workflow indexes `P:{%wf:<workflow id>}:jobs` (set of JSON
+`[queue, job id]`, see `_workflows.py`). `<key>` is escaped like a queue name, and no
+escaped queue name starts with `%r`, `%s`, `%c` or `%w`.
 
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
@@ -132,3 +133,8 @@ def slots_key(prefix: str, key: str) -> str:
 def chord_key(prefix: str, group_id: str) -> str:
     """The members of a chord, recorded by `join`; hash-tagged by the group."""
     return f"{prefix}:{{%chord:{escape_queue(group_id)}}}:members"
+
+
+def workflow_key(prefix: str, workflow_id: str) -> str:
+    """The index of a workflow's jobs; hash-tagged by the workflow."""
+    return f"{prefix}:{{%wf:{escape_queue(workflow_id)}}}:jobs"

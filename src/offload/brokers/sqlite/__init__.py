@@ -296,6 +296,9 @@ class SQLiteBroker(Broker):
     async def find(self, key: str) -> JobInfo | None:
         return await self._run(Store.find, key)
 
+    async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
+        return await self._run(Store.workflow_jobs, workflow_id, limit)
+
     async def list_jobs(
         self,
         *,

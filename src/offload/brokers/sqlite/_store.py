@@ -38,7 +38,7 @@ from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_error, decode_value, encode_error, encode_value
 from offload.errors import LeaseLost, QueueFull
-from offload.job import Envelope, ErrorInfo, JobState
+from offload.job import Envelope, ErrorInfo, JobState, id_floor
 from offload.limits import gcra
 
 __all__ = ["Store"]
@@ -420,6 +420,10 @@ class Store:
     def find(self, key: str) -> JobInfo | None:
         row = self._conn.execute(_Q["find"], (key,)).fetchone()
         return None if row is None else _job_info(row)
+
+    def workflow_jobs(self, workflow_id: str, limit: int) -> list[JobInfo]:
+        params = {"floor": id_floor(workflow_id), "wf": workflow_id, "limit": limit}
+        return [_job_info(row) for row in self._conn.execute(_Q["workflow_jobs"], params)]
 
     def list_jobs(
         self, queue: str | None, state: JobState | None, limit: int, cursor: str | None

@@ -233,3 +233,9 @@ UPDATE offload_jobs
 -- name: cancel_requested
 SELECT id FROM offload_jobs
  WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running' AND cancel_requested = 1;
+
+-- name: workflow_jobs
+-- The id floor bounds the scan to jobs made since the workflow (ids sort by time).
+SELECT * FROM offload_jobs
+ WHERE id >= :floor AND json_extract(CAST(payload AS TEXT), '$.workflow_id') = :wf
+ ORDER BY seq LIMIT :limit;
