@@ -6,8 +6,10 @@ signature stays the one its callers enqueue with (and type-check against).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from offload.errors import OffloadError
 
@@ -37,8 +39,26 @@ class JobContext:
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
 
+    def progress(self, value: Any) -> None:
+        """Report the job's progress: any JSON value (`42`, `{"done": 3, "of": 10}`),
+        replacing the last report; the enqueuer reads it with `job.info().progress`.
+
+        A sync handler's call returns once the report is stored; an async handler's
+        is sent in the background (it never blocks the loop). A no-op where the
+        worker cannot store it: in the child process of a sync task with a timeout,
+        or outside a worker.
+
+        Raises:
+            SerializationError: `value` is not JSON-serializable.
+        """
+        reporter = _reporters.get(self.id)
+        if reporter is not None:
+            reporter(value)
+
 
 _current: ContextVar[JobContext | None] = ContextVar("offload_current_job", default=None)
+#: Where each running job's progress goes, by job id: set by the worker for the run.
+_reporters: dict[str, Callable[[Any], None]] = {}
 
 
 def current_job() -> JobContext:

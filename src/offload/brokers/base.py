@@ -128,6 +128,7 @@ class JobInfo:
     payload: bytes
     result: bytes | None = None
     cancel_requested: bool = False
+    progress: Any = None  # the last `set_progress` value (decoded JSON); `get_job` only
 
     def envelope(self) -> Envelope | None:
         """The decoded envelope, or None if the stored payload is not one."""
@@ -384,6 +385,13 @@ class Broker(abc.ABC):
         Raises:
             LeaseLost: the token does not match the job's current lease.
         """
+
+    @abc.abstractmethod
+    async def set_progress(self, job_id: str, progress: bytes) -> None:
+        """Store a job's progress (encoded JSON, from its handler), replacing the last
+        one. `get_job` returns it decoded in `JobInfo.progress` (other listings leave
+        it None) until the job is purged. Last write wins; no state check (a late
+        report of a finished job is harmless)."""
 
     # -- inspection --------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from offload.brokers._wakeup import Wakeup
 from offload.brokers.base import (
@@ -26,6 +27,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.codec import decode_value
 from offload.errors import LeaseLost, QueueFull
 from offload.job import Envelope, ErrorInfo, JobState
 from offload.limits import gcra
@@ -55,6 +57,7 @@ class MemoryBroker(Broker):
         self._jobs: dict[str, _Record] = {}
         self._keys: dict[str, str] = {}
         self._joins: dict[str, dict[str, tuple[int, bytes]]] = {}
+        self._progress: dict[str, Any] = {}
         self._ready: dict[str, list[tuple[int, float, int, int, str]]] = {}
         self._scheduled: list[tuple[float, int, str]] = []
         self._running: set[str] = set()
@@ -415,7 +418,16 @@ class MemoryBroker(Broker):
     async def get_job(self, job_id: str) -> JobInfo | None:
         with self._lock:
             rec = self._jobs.get(job_id)
-            return rec.info if rec else None
+            if rec is None:
+                self._progress.pop(job_id, None)
+                return None
+            progress = self._progress.get(job_id)
+            return rec.info if progress is None else replace(rec.info, progress=progress)
+
+    async def set_progress(self, job_id: str, progress: bytes) -> None:
+        value = decode_value(progress)
+        with self._lock:
+            self._progress[job_id] = value
 
     async def find(self, key: str) -> JobInfo | None:
         with self._lock:

@@ -177,6 +177,7 @@ def job_summary(info: JobInfo) -> dict[str, Any]:
         if info.error is None
         else {"type": info.error.type, "message": info.error.message},
         "result": info.result_value() if info.state is JobState.SUCCEEDED else None,
+        "progress": info.progress,
     }
 
 

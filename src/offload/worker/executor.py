@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from offload.codec import decode_envelope, encode_value
-from offload.context import JobContext, _current
+from offload.context import JobContext, _current, _reporters
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
 from offload.job import Envelope, ErrorInfo
 from offload.worker.processes import ProcessRunner, RemoteError
@@ -34,6 +36,19 @@ if TYPE_CHECKING:
     from offload.task import Task
 
 __all__ = ["Executor", "Outcome"]
+
+logger = logging.getLogger("offload.worker")
+
+
+#: A sync handler's `progress()` waits at most this long (seconds) for the broker.
+PROGRESS_TIMEOUT_S = 30.0
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class _CancelRequested(Exception):
@@ -69,6 +84,8 @@ class Executor:
         self._processes = ProcessRunner()
         self._handlers: dict[str, asyncio.Future[Any]] = {}  # running async handlers
         self._cancelled: set[str] = set()
+        self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
+        self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
 
     def cancellable(self) -> list[str]:
         """Ids of the jobs whose (async) handler can be cancelled now."""
@@ -126,6 +143,7 @@ class Executor:
             deadline=now + timeout_s if timeout_s is not None else None,
             worker_id=self.worker_id,
         )
+        _reporters[envelope.id] = self._reporter(envelope.id)
         try:
             value = await self._call(task, envelope, ctx, timeout_s)
             result = encode_value(value, what=f"the result of task {envelope.task!r}")
@@ -134,6 +152,8 @@ class Executor:
             return Outcome("cancel", envelope, error=error)
         except Exception as exc:
             return self._failed(exc, lease, envelope, task)
+        finally:
+            _reporters.pop(envelope.id, None)
         ttl = envelope.result_ttl_s
         return Outcome(
             "ack", envelope, result, result_ttl_s=task.defaults.result_ttl_s if ttl is None else ttl
@@ -154,6 +174,37 @@ class Executor:
         return await loop.run_in_executor(
             self._threads, lambda: context.run(task.fn, *env.args, **env.kwargs)
         )
+
+    def _reporter(self, job_id: str) -> Callable[[Any], None]:
+        """`JobContext.progress` for one job: stores the report through the broker,
+        from the loop (in the background, latest report first out) or from a handler
+        thread (waiting)."""
+        loop = asyncio.get_running_loop()
+
+        def report(value: Any) -> None:
+            data = encode_value(value, what="a progress report")
+            if not _on_loop(loop):
+                future = asyncio.run_coroutine_threadsafe(
+                    self.app.broker.set_progress(job_id, data), loop
+                )
+                future.result(timeout=PROGRESS_TIMEOUT_S)
+                return
+            self._latest[job_id] = data
+            if job_id not in self._senders:
+                self._senders[job_id] = loop.create_task(self._send_progress(job_id))
+
+        return report
+
+    async def _send_progress(self, job_id: str) -> None:
+        """Send a job's reports one at a time, so the last one stored is the last one
+        made; reports made meanwhile collapse into the newest."""
+        try:
+            while (data := self._latest.pop(job_id, None)) is not None:
+                await self.app.broker.set_progress(job_id, data)
+        except Exception:
+            logger.warning("job %s: progress report failed", job_id, exc_info=True)
+        finally:
+            self._senders.pop(job_id, None)
 
     async def _call_async(
         self, task: Task[Any, Any], env: Envelope, ctx: JobContext, timeout_s: float | None

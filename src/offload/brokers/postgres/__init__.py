@@ -437,8 +437,10 @@ class PostgresBroker(Broker):
         }
 
     async def get_job(self, job_id: str) -> JobInfo | None:
-        rows = await self._rows("get_job", {"id": job_id})
-        return _rows.job_info(rows[0]) if rows else None
+        return await _cancel.get_job(self, job_id)
+
+    async def set_progress(self, job_id: str, progress: bytes) -> None:
+        await self._rowcount("set_progress", {"id": job_id, "progress": progress})
 
     async def find(self, key: str) -> JobInfo | None:
         rows = await self._rows("find", {"key": key})
@@ -552,6 +554,7 @@ class PostgresBroker(Broker):
             removed = (await conn.execute(_Q["forget_lapsed_workers"], {"now": now})).rowcount
             await conn.execute(_Q["forget_idle_limits"], {"now": now})
             await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})
+            await conn.execute(_Q["progress_orphans"])
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
 

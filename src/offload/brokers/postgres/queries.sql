@@ -253,3 +253,16 @@ SELECT id FROM offload_jobs
 SELECT * FROM offload_jobs
  WHERE id >= %(floor)s AND convert_from(payload, 'UTF8')::jsonb ->> 'workflow_id' = %(wf)s
  ORDER BY seq LIMIT %(limit)s;
+
+-- name: set_progress
+INSERT INTO offload_progress (job_id, progress) VALUES (%(id)s, %(progress)s)
+ON CONFLICT (job_id) DO UPDATE SET progress = EXCLUDED.progress;
+
+-- name: get_job_with_progress
+SELECT j.*, p.progress FROM offload_jobs AS j
+  LEFT JOIN offload_progress AS p ON p.job_id = j.id
+ WHERE j.id = %(id)s;
+
+-- name: progress_orphans
+DELETE FROM offload_progress AS p
+ WHERE NOT EXISTS (SELECT 1 FROM offload_jobs AS j WHERE j.id = p.job_id);

@@ -189,3 +189,10 @@ CREATE TABLE offload_joins (
     joined_at double precision NOT NULL,
     PRIMARY KEY (group_id, member_id)
 );
+
+-- Progress reports (`set_progress`): the last one per job; `sweep` drops the rows of
+-- jobs that were purged.
+CREATE TABLE offload_progress (
+    job_id   text  PRIMARY KEY,
+    progress bytea NOT NULL
+);

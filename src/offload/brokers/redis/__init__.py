@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -69,7 +70,7 @@ from offload.brokers.redis._records import job_info, num, opt, text
 from offload.brokers.redis._scripts import Call, Client, Scripts, pipeline
 from offload.brokers.redis._wakeup import Listener
 from offload.clock import Clock
-from offload.codec import encode_error
+from offload.codec import decode_value, encode_error
 from offload.errors import BrokerError, LeaseLost
 from offload.job import Envelope, ErrorInfo, JobState
 
@@ -443,17 +444,22 @@ class RedisBroker(Broker):
         return await self._fetch(await self._known_queues(), job_id)
 
     async def _fetch(self, names: Sequence[str], job_id: str) -> JobInfo | None:
-        commands: list[tuple[Any, ...]] = []
+        commands: list[tuple[Any, ...]] = [("GET", K.progress_key(self.prefix, job_id))]
         for queue in names:
             q = self._q(queue)
             commands += [("HGET", q.record, job_id), ("HGET", q.payload, job_id)]
             commands.append(("HGET", q.result, job_id))
-        replies = await self._commands(commands)
+        progress, *replies = await self._commands(commands)
         for n, queue in enumerate(names):
             raw, payload, result = replies[3 * n : 3 * n + 3]
             if raw is not None:
-                return job_info(job_id, queue, raw, payload, result)
+                info = job_info(job_id, queue, raw, payload, result)
+                return info if progress is None else replace(info, progress=decode_value(progress))
         return None
+
+    async def set_progress(self, job_id: str, progress: bytes) -> None:
+        ttl_ms = str(math.ceil(self.retention_s * 1000))
+        await self._commands([("SET", K.progress_key(self.prefix, job_id), progress, "PX", ttl_ms)])
 
     async def find(self, key: str) -> JobInfo | None:
         names = await self._known_queues()

@@ -35,8 +35,9 @@ limit) and `P:{%slots:<key>}:holders` (zset: holder → end of its TTL, for a co
 limit). Both lapse by Redis EXPIRE once idle. Chord joins, hash-tagged by the group:
 `P:{%chord:<group id>}:members` (hash: member id → its index and outcome), lapsing after
 the broker's retention; workflow indexes `P:{%wf:<workflow id>}:jobs` (set of JSON
-`[queue, job id]`, see `_workflows.py`). `<key>` is escaped like a queue name, and no
-escaped queue name starts with `%r`, `%s`, `%c` or `%w`.
+`[queue, job id]`, see `_workflows.py`); progress `P:{%progress:<job id>}` (string: the
+last report, lapsing after the retention). `<key>` is escaped like a queue name, and no
+escaped queue name starts with `%r`, `%s`, `%c`, `%w` or `%p`.
 
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
@@ -138,3 +139,8 @@ def chord_key(prefix: str, group_id: str) -> str:
 def workflow_key(prefix: str, workflow_id: str) -> str:
     """The index of a workflow's jobs; hash-tagged by the workflow."""
     return f"{prefix}:{{%wf:{escape_queue(workflow_id)}}}:jobs"
+
+
+def progress_key(prefix: str, job_id: str) -> str:
+    """A job's last progress report; hash-tagged by the job."""
+    return f"{prefix}:{{%progress:{escape_queue(job_id)}}}"

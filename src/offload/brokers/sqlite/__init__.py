@@ -293,6 +293,9 @@ class SQLiteBroker(Broker):
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self._run(Store.get_job, job_id)
 
+    async def set_progress(self, job_id: str, progress: bytes) -> None:
+        await self._run(Store.set_progress, job_id, progress)
+
     async def find(self, key: str) -> JobInfo | None:
         return await self._run(Store.find, key)
 

@@ -19,6 +19,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -414,8 +415,17 @@ class Store:
         }
 
     def get_job(self, job_id: str) -> JobInfo | None:
-        row = self._conn.execute(_Q["get_job"], (job_id,)).fetchone()
-        return None if row is None else _job_info(row)
+        with self._snapshot():
+            row = self._conn.execute(_Q["get_job"], (job_id,)).fetchone()
+            progress = self._conn.execute(_Q["get_progress"], (job_id,)).fetchone()
+        if row is None:
+            return None
+        info = _job_info(row)
+        return info if progress is None else replace(info, progress=decode_value(progress[0]))
+
+    def set_progress(self, job_id: str, progress: bytes) -> None:
+        with self._write():
+            self._conn.execute(_Q["set_progress"], (job_id, progress))
 
     def find(self, key: str) -> JobInfo | None:
         row = self._conn.execute(_Q["find"], (key,)).fetchone()
@@ -542,6 +552,7 @@ class Store:
             conn.execute(_Q["rates_idle"], (now,))
             conn.execute(_Q["slots_all_lapsed"], (now,))
             conn.execute(_Q["joins_lapsed"], (now - self._retention_s,))
+            conn.execute(_Q["progress_orphans"])
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
     # -- wakeups --------------------------------------------------------------------------

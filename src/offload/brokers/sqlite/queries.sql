@@ -239,3 +239,12 @@ SELECT id FROM offload_jobs
 SELECT * FROM offload_jobs
  WHERE id >= :floor AND json_extract(CAST(payload AS TEXT), '$.workflow_id') = :wf
  ORDER BY seq LIMIT :limit;
+
+-- name: set_progress
+INSERT OR REPLACE INTO offload_progress (job_id, progress) VALUES (?, ?);
+
+-- name: get_progress
+SELECT progress FROM offload_progress WHERE job_id = ?;
+
+-- name: progress_orphans
+DELETE FROM offload_progress WHERE job_id NOT IN (SELECT id FROM offload_jobs);

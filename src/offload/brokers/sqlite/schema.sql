@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 3 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 4 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -122,4 +122,11 @@ CREATE TABLE IF NOT EXISTS offload_joins (
     outcome   BLOB    NOT NULL,
     joined_at REAL    NOT NULL,
     PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+
+-- Progress reports (`set_progress`): the last one per job; `sweep` drops the rows of
+-- jobs that were purged.
+CREATE TABLE IF NOT EXISTS offload_progress (
+    job_id   TEXT PRIMARY KEY,
+    progress BLOB NOT NULL
 ) WITHOUT ROWID;
