@@ -101,6 +101,22 @@ class Workflow:
             if state in TERMINAL_STATES and state is not JobState.SUCCEEDED:
                 await job.result_async(0)  # raises the step's outcome
 
+    async def cancel_async(self) -> int:
+        """Cancel every step that has not run: waiting jobs are cancelled, running
+        ones flagged (a flagged chain step never continues its chain, even if it
+        succeeds). Steps are visited twice, so a step enqueued during the first pass
+        is caught by the second. Returns how many jobs were cancelled or flagged."""
+        done: set[str] = set()
+        for _ in range(2):
+            for job in self.jobs:
+                if job.id not in done and await job.cancel_async():
+                    done.add(job.id)
+        return len(done)
+
+    def cancel(self) -> int:
+        jobs = self.jobs or ([self.last] if self.last else [])
+        return jobs[0]._app.portal.run(self.cancel_async()) if jobs else 0
+
     def result(self, timeout: float | None = None) -> Any:
         jobs = self.jobs or ([self.last] if self.last else [])
         if not jobs:

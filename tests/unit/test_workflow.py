@@ -80,9 +80,8 @@ async def test_chain_step_reruns_do_not_double_the_next_step(app: Offload) -> No
     outcome = await worker.executor.execute(lease)
     from offload.worker.flows import follow_up
 
-    assert outcome.envelope is not None
-    await follow_up(app, "ack", outcome.envelope, outcome.result)  # "crash" before ack
-    await follow_up(app, "ack", outcome.envelope, outcome.result)  # the rerun
+    await follow_up(app, lease, outcome)  # "crash" before ack
+    await follow_up(app, lease, outcome)  # the rerun
     page = await app.broker.list_jobs()
     assert len(page.items) == 2
     await worker.drain()
@@ -163,3 +162,35 @@ async def test_chain_result_raises_for_the_step_that_stopped_it(app: Offload) ->
     await Worker(app).drain()
     with pytest.raises(JobFailed):
         await flow.result_async(timeout=1)
+
+
+async def test_cancelling_a_chain_stops_it_even_if_the_running_step_succeeds(
+    app: Offload,
+) -> None:
+    @app.task
+    def one() -> int:
+        return 1
+
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    flow = await chain(one.call(), inc.call(), inc.call()).enqueue_async()
+    worker = Worker(app)
+    [lease] = await app.broker.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+    assert await flow.cancel_async() == 1  # the running first step is flagged
+    outcome = await worker.executor.execute(lease)  # a sync step runs to completion
+    await worker._settle(lease, outcome)
+    assert await flow.jobs[0].state_async() is JobState.SUCCEEDED
+    assert await app.broker.get_job(flow.jobs[1].id) is None  # the chain stopped
+
+
+async def test_cancelling_a_group_cancels_its_waiting_members(app: Offload) -> None:
+    @app.task
+    def square(x: int) -> int:
+        return x * x
+
+    flow = await group(square.call(i) for i in range(4)).enqueue_async()
+    assert await flow.cancel_async() == 4
+    assert await Worker(app).drain() == 0
+    assert {await j.state_async() for j in flow.jobs} == {JobState.CANCELLED}

@@ -17,19 +17,25 @@ from offload.workflow import step_envelope
 
 if TYPE_CHECKING:
     from offload.app import Offload
+    from offload.brokers.base import Lease
     from offload.job import Envelope
+    from offload.worker.executor import Outcome
 
 __all__ = ["follow_up"]
 
 
-async def follow_up(app: Offload, action: str, envelope: Envelope, result: bytes | None) -> None:
+async def follow_up(app: Offload, lease: Lease, outcome: Outcome) -> None:
     """Enqueue what a finished job's workflow asks for.
 
-    `action` is the job's outcome (`ack`, `bury` or `cancel`; a retry is not
-    terminal). Only a success continues a chain; any terminal outcome counts for a
-    chord (a failed or cancelled member's result is None).
+    The outcome's action is `ack`, `bury` or `cancel` (a retry is not terminal).
+    Only a success continues a chain, and only if the step was not cancelled while
+    it ran; any terminal outcome counts for a chord (a failed or cancelled member's
+    result is None).
     """
-    if action == "ack" and envelope.then:
+    envelope, action, result = outcome.envelope, outcome.action, outcome.result
+    if envelope is None or action == "retry":
+        return
+    if action == "ack" and envelope.then and not await app.broker.cancel_requested([lease]):
         await _next_step(app, envelope, result)
     if envelope.chord is not None and action in ("ack", "bury", "cancel"):
         await _join(app, envelope, result if action == "ack" else None)

@@ -277,8 +277,7 @@ class Worker:
         task_name = outcome.envelope.task if outcome.envelope else "?"
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
         try:
-            if outcome.envelope is not None and outcome.action != "retry":
-                await follow_up(self.app, outcome.action, outcome.envelope, outcome.result)
+            await follow_up(self.app, lease, outcome)
             await self._apply(lease, outcome, task_name, extra)
         except LeaseLost:
             logger.warning(
