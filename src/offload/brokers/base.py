@@ -34,6 +34,7 @@ from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = [
     "DEFAULT_RETENTION_S",
+    "LEASE_EXPIRED",
     "Ack",
     "Broker",
     "Capabilities",
@@ -46,6 +47,9 @@ __all__ = [
     "TransactionalEnqueue",
     "WorkerInfo",
 ]
+
+#: The error every broker records on a job whose lease lapsed (the same words everywhere).
+LEASE_EXPIRED = ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
 
 #: How long expired and cancelled jobs (and succeeded jobs with no result TTL) are
 #: kept for inspection before `sweep` deletes them: 7 days, in seconds.

@@ -17,6 +17,7 @@ from typing import Any
 
 from offload.brokers._wakeup import Wakeup
 from offload.brokers.base import (
+    LEASE_EXPIRED,
     Broker,
     Capabilities,
     EnqueueResult,
@@ -33,8 +34,6 @@ from offload.job import Envelope, ErrorInfo, JobState
 from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]
-
-_LEASE_EXPIRED = ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
 
 
 @dataclass(slots=True)
@@ -120,7 +119,7 @@ class MemoryBroker(Broker):
                     state=JobState.QUEUED,
                     lease_deadline=None,
                     worker_id=None,
-                    error=_LEASE_EXPIRED,
+                    error=LEASE_EXPIRED,
                 )
                 self._push_ready(rec)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
-from offload.brokers.base import EnqueueResult, JobInfo, WorkerInfo
-from offload.codec import decode_error, decode_value, encode_error
-from offload.job import Envelope, ErrorInfo, JobState
+from offload.brokers import base
+from offload.brokers._sql_rows import job_info
+from offload.brokers.base import EnqueueResult, WorkerInfo
+from offload.codec import decode_value, encode_error
+from offload.job import Envelope
 
 __all__ = [
     "LEASE_EXPIRED",
@@ -24,9 +24,7 @@ __all__ = [
 ]
 
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
-LEASE_EXPIRED = encode_error(
-    ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
-).decode()
+LEASE_EXPIRED = encode_error(base.LEASE_EXPIRED).decode()
 
 
 def enqueue_params(
@@ -72,40 +70,6 @@ def enqueue_results(
         else:
             results.append(EnqueueResult(env.id, False))
     return results
-
-
-def _error(value: str | None) -> ErrorInfo | None:
-    if value is None:
-        return None
-    try:
-        return decode_error(value)
-    except msgspec.DecodeError:
-        return ErrorInfo("Undecodable", f"stored error is not an ErrorInfo: {value!r:.200}")
-
-
-def job_info(row: dict[str, Any]) -> JobInfo:
-    result = row["result"]
-    return JobInfo(
-        id=row["id"],
-        task=row["task"],
-        queue=row["queue"],
-        state=JobState(row["state"]),
-        priority=row["priority"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        key=row["key"],
-        created_at=row["created_at"],
-        due_at=row["due_at"],
-        expires_at=row["expires_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        worker_id=row["worker_id"],
-        lease_deadline=row["lease_deadline"],
-        error=_error(row["error"]),
-        payload=bytes(row["payload"]),
-        result=None if result is None else bytes(result),
-        cancel_requested=bool(row["cancel_requested"]),
-    )
 
 
 def worker_info(row: dict[str, Any]) -> WorkerInfo:

@@ -46,6 +46,7 @@ import msgspec
 
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
+    LEASE_EXPIRED,
     Ack,
     Broker,
     Capabilities,
@@ -76,9 +77,7 @@ from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = ["RedisBroker"]
 
-_LEASE_EXPIRED = encode_error(
-    ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
-).decode()
+_LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 #: Most jobs one housekeeping step of a script touches per queue (bounds script time).
 BATCH = 1000
 #: Most jobs `list_jobs` inspects per script call.

@@ -23,9 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
-import msgspec
-
+from offload.brokers._sql_rows import blob, job_info
 from offload.brokers.base import (
+    LEASE_EXPIRED,
     Ack,
     EnqueueResult,
     JobInfo,
@@ -37,7 +37,7 @@ from offload.brokers.base import (
 )
 from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
 from offload.clock import Clock
-from offload.codec import decode_error, decode_value, encode_error, encode_value
+from offload.codec import decode_value, encode_error, encode_value
 from offload.errors import LeaseLost, QueueFull
 from offload.job import Envelope, ErrorInfo, JobState, id_floor
 from offload.limits import gcra
@@ -48,57 +48,11 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
-_LEASE_EXPIRED = encode_error(
-    ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
-).decode()
+_LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 _Q = load_queries()
 
 
 # -- row conversion -----------------------------------------------------------------------
-
-
-def _blob(value: object) -> bytes:
-    """Bytes from a BLOB column, tolerating rows that another tool wrote as TEXT: the
-    worker, not the broker, decides what to do with a payload it cannot read."""
-    if isinstance(value, bytes):
-        return value
-    if value is None:
-        return b""
-    return str(value).encode()
-
-
-def _error(value: str | bytes | None) -> ErrorInfo | None:
-    if value is None:
-        return None
-    try:
-        return decode_error(value)
-    except msgspec.DecodeError:
-        return ErrorInfo("Undecodable", f"stored error is not an ErrorInfo: {value!r:.200}")
-
-
-def _job_info(row: sqlite3.Row) -> JobInfo:
-    result = row["result"]
-    return JobInfo(
-        id=row["id"],
-        task=row["task"],
-        queue=row["queue"],
-        state=JobState(row["state"]),
-        priority=row["priority"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        key=row["key"],
-        created_at=row["created_at"],
-        due_at=row["due_at"],
-        expires_at=row["expires_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        worker_id=row["worker_id"],
-        lease_deadline=row["lease_deadline"],
-        error=_error(row["error"]),
-        payload=_blob(row["payload"]),
-        result=None if result is None else _blob(result),
-        cancel_requested=bool(row["cancel_requested"]),
-    )
 
 
 def _worker_info(row: sqlite3.Row) -> WorkerInfo:
@@ -261,7 +215,7 @@ class Store:
             for row in self._best_ready(queues, limit):
                 token = os.urandom(12).hex()
                 updates.append((token, now, worker_id, deadline, row["seq"]))
-                payload = _blob(row["payload"])
+                payload = blob(row["payload"])
                 lease = Lease(row["id"], token, row["queue"], row["attempt"] + 1, deadline, payload)
                 leases.append(lease)
             self._conn.executemany(_Q["lease_job"], updates)
@@ -420,7 +374,7 @@ class Store:
             progress = self._conn.execute(_Q["get_progress"], (job_id,)).fetchone()
         if row is None:
             return None
-        info = _job_info(row)
+        info = job_info(row)
         return info if progress is None else replace(info, progress=decode_value(progress[0]))
 
     def set_progress(self, job_id: str, progress: bytes) -> None:
@@ -429,11 +383,11 @@ class Store:
 
     def find(self, key: str) -> JobInfo | None:
         row = self._conn.execute(_Q["find"], (key,)).fetchone()
-        return None if row is None else _job_info(row)
+        return None if row is None else job_info(row)
 
     def workflow_jobs(self, workflow_id: str, limit: int) -> list[JobInfo]:
         params = {"floor": id_floor(workflow_id), "wf": workflow_id, "limit": limit}
-        return [_job_info(row) for row in self._conn.execute(_Q["workflow_jobs"], params)]
+        return [job_info(row) for row in self._conn.execute(_Q["workflow_jobs"], params)]
 
     def list_jobs(
         self, queue: str | None, state: JobState | None, limit: int, cursor: str | None
@@ -455,9 +409,9 @@ class Store:
         sql = f"SELECT * FROM offload_jobs {where} ORDER BY seq DESC LIMIT ?"
         rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
         if len(rows) <= limit:
-            return Page([_job_info(row) for row in rows], None)
+            return Page([job_info(row) for row in rows], None)
         last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
-        return Page([_job_info(row) for row in rows[:limit]], str(last_seq))
+        return Page([job_info(row) for row in rows[:limit]], str(last_seq))
 
     def replay_dead(self, queue: str | None, job_ids: Sequence[str] | None) -> int:
         with self._write() as now:
