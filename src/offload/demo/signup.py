@@ -166,6 +166,16 @@ class Verification(StrEnum):
     UNKNOWN = "unknown"
 
 
+def refusal(user: User, code: str) -> Verification | None:
+    """Why `code` does not verify `user`, or None if it does: the one rule both user
+    stores apply before marking a user verified."""
+    if not secrets.compare_digest(user.code, code):
+        return Verification.WRONG_CODE
+    if user.verified_at is None and time.time() > user.code_expires_at:
+        return Verification.EXPIRED
+    return None
+
+
 def new_code() -> str:
     """A random 6-digit code, from the OS's cryptographic source."""
     return f"{secrets.randbelow(10**6):06d}"
@@ -278,10 +288,9 @@ class UserStore:
         user = self.by_email(email)
         if user is None:
             return Verification.UNKNOWN
-        if not secrets.compare_digest(user.code, code):
-            return Verification.WRONG_CODE
-        if user.verified_at is None and time.time() > user.code_expires_at:
-            return Verification.EXPIRED
+        refused = refusal(user, code)
+        if refused is not None:
+            return refused
         with self._connect() as conn:
             conn.execute(
                 "UPDATE users SET verified_at = coalesce(verified_at, ?) WHERE id = ?",

@@ -15,7 +15,6 @@ Needs the `postgres` extra (psycopg); only imported when the broker URL is Postg
 from __future__ import annotations
 
 import contextlib
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.brokers.postgres import parse_url
-from offload.demo.signup import SendState, User, Verification, new_code
+from offload.demo.signup import SendState, User, Verification, new_code, refusal
 from offload.errors import BrokerUnavailable
 from offload.handle import Job
 
@@ -189,10 +188,9 @@ class PostgresUserStore:
         user = self.by_email(email)
         if user is None:
             return Verification.UNKNOWN
-        if not secrets.compare_digest(user.code, code):
-            return Verification.WRONG_CODE
-        if user.verified_at is None and time.time() > user.code_expires_at:
-            return Verification.EXPIRED
+        refused = refusal(user, code)
+        if refused is not None:
+            return refused
         with self._connect() as conn:
             conn.execute(
                 f"UPDATE {TABLE} SET verified_at = coalesce(verified_at, %s) WHERE id = %s",
