@@ -19,7 +19,7 @@ from rich.console import Console
 from offload.app import Offload
 from offload.errors import OffloadError
 
-__all__ = ["cli", "console", "load_app", "main"]
+__all__ = ["cli", "console", "env_twin", "load_app", "main"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,12 @@ def run_async(app: Offload, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def console() -> Console:
     """A rich console; when output is piped, wide enough that ids are never folded."""
     return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def env_twin(name: str) -> dict[str, Any]:
+    """click.option keywords naming an option's `OFFLOAD_<NAME>` environment twin and
+    showing it, with the default, in `--help`."""
+    return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:

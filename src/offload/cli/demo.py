@@ -8,34 +8,31 @@ missing one is reported as the extra to install.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
+
+from offload.cli import env_twin
 
 __all__ = ["demo"]
 
 
-def _env(name: str) -> dict[str, Any]:
-    return {"envvar": f"OFFLOAD_DEMO_{name}", "show_envvar": True, "show_default": True}
-
-
 @click.command()
-@click.option("--signups", default=300, type=click.IntRange(1), **_env("SIGNUPS"),
+@click.option("--signups", default=300, type=click.IntRange(1), **env_twin("DEMO_SIGNUPS"),
               help="Sign-ups to drive over HTTP.")  # fmt: skip
-@click.option("--rate", default=100.0, type=click.FloatRange(0.1), **_env("RATE"),
+@click.option("--rate", default=100.0, type=click.FloatRange(0.1), **env_twin("DEMO_RATE"),
               help="Sign-ups started per second (at most 20 in flight).")  # fmt: skip
-@click.option("--workers", default=2, type=click.IntRange(1), **_env("WORKERS"),
+@click.option("--workers", default=2, type=click.IntRange(1), **env_twin("DEMO_WORKERS"),
               help="Worker processes.")  # fmt: skip
-@click.option("--concurrency", default=20, type=click.IntRange(1), **_env("CONCURRENCY"),
+@click.option("--concurrency", default=20, type=click.IntRange(1), **env_twin("DEMO_CONCURRENCY"),
               help="Jobs run at once per worker process.")  # fmt: skip
-@click.option("--smtp-delay", default=0.25, type=click.FloatRange(0), **_env("SMTP_DELAY"),
+@click.option("--smtp-delay", default=0.25, type=click.FloatRange(0), **env_twin("DEMO_SMTP_DELAY"),
               help="Seconds the SMTP server takes per message (a slow provider).")  # fmt: skip
 @click.option("--failure-rate", default=0.2, type=click.FloatRange(0, 1),
-              **_env("FAILURE_RATE"),
+              **env_twin("DEMO_FAILURE_RATE"),
               help="Fraction of messages the SMTP server refuses with a 451.")  # fmt: skip
-@click.option("--url", default=None, **_env("URL"),
+@click.option("--url", default=None, **env_twin("DEMO_URL"),
               help="Broker URL (default: a SQLite file in a new temporary directory).")  # fmt: skip
-@click.option("--timeout", default=300.0, type=click.FloatRange(1), **_env("TIMEOUT"),
+@click.option("--timeout", default=300.0, type=click.FloatRange(1), **env_twin("DEMO_TIMEOUT"),
               help="Seconds to wait for every email before giving up.")  # fmt: skip
 def demo(
     signups: int,

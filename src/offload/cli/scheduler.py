@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import click
 from rich.table import Table
 
-from offload.cli import console, load_app, setup_logging
+from offload.cli import console, env_twin, load_app, setup_logging
 from offload.schedule import ScheduleEntry
 from offload.scheduler import Scheduler
 
@@ -22,15 +22,11 @@ __all__ = ["scheduler", "schedules"]
 logger = logging.getLogger("offload.cli")
 
 
-def _env(name: str) -> dict[str, Any]:
-    return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
-
-
 @click.command()
 @click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
-@click.option("--log-level", default="info", **_env("LOG_LEVEL"),
+@click.option("--log-level", default="info", **env_twin("LOG_LEVEL"),
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
-@click.option("--log-format", default="text", **_env("LOG_FORMAT"),
+@click.option("--log-format", default="text", **env_twin("LOG_FORMAT"),
               type=click.Choice(["text", "json"]), help="json: one object per line.")  # fmt: skip
 def scheduler(app_spec: str, log_level: str, log_format: str) -> None:
     """Enqueue the schedules of MODULE:APP until SIGTERM or Ctrl-C.
@@ -57,7 +53,7 @@ async def _run(s: Scheduler) -> None:
 @click.command()
 @click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
 @click.option("-n", "--next", "count", default=3, type=click.IntRange(1, 100),
-              **_env("SCHEDULES_NEXT"), help="Next fire times to show.")  # fmt: skip
+              **env_twin("SCHEDULES_NEXT"), help="Next fire times to show.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, envvar="OFFLOAD_SCHEDULES_JSON",
               show_envvar=True, help="One JSON object per schedule.")  # fmt: skip
 def schedules(app_spec: str, count: int, as_json: bool) -> None:

@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import click
 
-from offload.cli import load_app, setup_logging
+from offload.cli import env_twin, load_app, setup_logging
 from offload.worker import Worker
 
 logger = logging.getLogger("offload.cli")
@@ -24,31 +23,27 @@ RESTART_DELAY_S = 1.0
 ORPHAN_CHECK_S = 1.0
 
 
-def _env(name: str) -> dict[str, Any]:
-    return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
-
-
 @click.command()
 @click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
-@click.option("-c", "--concurrency", default=10, type=click.IntRange(1), **_env("CONCURRENCY"),
+@click.option("-c", "--concurrency", default=10, type=click.IntRange(1), **env_twin("CONCURRENCY"),
               help="Jobs run at once per process.")  # fmt: skip
-@click.option("-p", "--processes", default=1, type=click.IntRange(1), **_env("PROCESSES"),
+@click.option("-p", "--processes", default=1, type=click.IntRange(1), **env_twin("PROCESSES"),
               help="Worker processes (supervised; a dead one is restarted).")  # fmt: skip
-@click.option("-q", "--queues", default=None, **_env("QUEUES"),
+@click.option("-q", "--queues", default=None, **env_twin("QUEUES"),
               help="Comma-separated queues (default: every queue of the app's tasks).")  # fmt: skip
-@click.option("--prefetch", default=0, type=click.IntRange(0), **_env("PREFETCH"),
+@click.option("--prefetch", default=0, type=click.IntRange(0), **env_twin("PREFETCH"),
               help="Jobs reserved beyond --concurrency, waiting for a slot.")  # fmt: skip
-@click.option("--lease", default=30.0, type=click.FloatRange(0.1), **_env("LEASE"),
+@click.option("--lease", default=30.0, type=click.FloatRange(0.1), **env_twin("LEASE"),
               help="Lease (visibility timeout) in seconds, renewed while a job runs.")  # fmt: skip
-@click.option("--grace", default=30.0, type=click.FloatRange(0), **_env("GRACE"),
+@click.option("--grace", default=30.0, type=click.FloatRange(0), **env_twin("GRACE"),
               help="Seconds running jobs get to finish after SIGTERM.")  # fmt: skip
-@click.option("--poll", default=1.0, type=click.FloatRange(0.001), **_env("POLL"),
+@click.option("--poll", default=1.0, type=click.FloatRange(0.001), **env_twin("POLL"),
               help="Longest idle wait between reservations, seconds.")  # fmt: skip
-@click.option("--scheduler", "run_scheduler", is_flag=True, **_env("SCHEDULER"),
+@click.option("--scheduler", "run_scheduler", is_flag=True, **env_twin("SCHEDULER"),
               help="Also enqueue the app's schedules (safe in every worker).")  # fmt: skip
-@click.option("--log-level", default="info", **_env("LOG_LEVEL"),
+@click.option("--log-level", default="info", **env_twin("LOG_LEVEL"),
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
-@click.option("--log-format", default="text", **_env("LOG_FORMAT"),
+@click.option("--log-format", default="text", **env_twin("LOG_FORMAT"),
               type=click.Choice(["text", "json"]), help="json: one object per line.")  # fmt: skip
 def worker(
     app_spec: str,
