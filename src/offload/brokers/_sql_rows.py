@@ -8,11 +8,11 @@ from typing import Any
 
 import msgspec
 
-from offload.brokers.base import JobInfo
-from offload.codec import decode_error
+from offload.brokers.base import JobInfo, WorkerInfo
+from offload.codec import decode_error, decode_value
 from offload.job import ErrorInfo, JobState
 
-__all__ = ["blob", "job_info", "stored_error"]
+__all__ = ["blob", "job_info", "stored_error", "worker_info"]
 
 
 def blob(value: object) -> bytes:
@@ -59,4 +59,19 @@ def job_info(row: Mapping[str, Any]) -> JobInfo:
         payload=blob(row["payload"]),
         result=None if result is None else blob(result),
         cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def worker_info(row: Mapping[str, Any]) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        queues=decode_value(row["queues"]),
+        concurrency=row["concurrency"],
+        started_at=row["started_at"],
+        last_seen=row["last_seen"],
+        running=row["running"],
+        processed=row["processed"],
+        extra=decode_value(row["extra"]),
     )

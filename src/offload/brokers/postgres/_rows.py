@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from offload.brokers import base
-from offload.brokers._sql_rows import job_info
-from offload.brokers.base import EnqueueResult, WorkerInfo
-from offload.codec import decode_value, encode_error
+from offload.brokers._sql_rows import job_info, worker_info
+from offload.brokers.base import EnqueueResult
+from offload.codec import encode_error
 from offload.job import Envelope
 
 __all__ = [
@@ -70,18 +70,3 @@ def enqueue_results(
         else:
             results.append(EnqueueResult(env.id, False))
     return results
-
-
-def worker_info(row: dict[str, Any]) -> WorkerInfo:
-    return WorkerInfo(
-        id=row["id"],
-        hostname=row["hostname"],
-        pid=row["pid"],
-        queues=decode_value(row["queues"]),
-        concurrency=row["concurrency"],
-        started_at=row["started_at"],
-        last_seen=row["last_seen"],
-        running=row["running"],
-        processed=row["processed"],
-        extra=decode_value(row["extra"]),
-    )

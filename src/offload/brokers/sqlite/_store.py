@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
-from offload.brokers._sql_rows import blob, job_info
+from offload.brokers._sql_rows import blob, job_info, worker_info
 from offload.brokers.base import (
     LEASE_EXPIRED,
     Ack,
@@ -53,21 +53,6 @@ _Q = load_queries()
 
 
 # -- row conversion -----------------------------------------------------------------------
-
-
-def _worker_info(row: sqlite3.Row) -> WorkerInfo:
-    return WorkerInfo(
-        id=row["id"],
-        hostname=row["hostname"],
-        pid=row["pid"],
-        queues=decode_value(row["queues"]),
-        concurrency=row["concurrency"],
-        started_at=row["started_at"],
-        last_seen=row["last_seen"],
-        running=row["running"],
-        processed=row["processed"],
-        extra=decode_value(row["extra"]),
-    )
 
 
 def _ready_order(row: sqlite3.Row) -> tuple[int, float, int]:
@@ -493,7 +478,7 @@ class Store:
 
     def workers(self) -> list[WorkerInfo]:
         rows = self._conn.execute(_Q["live_workers"], (self._clock.now(),))
-        return [_worker_info(row) for row in rows]
+        return [worker_info(row) for row in rows]
 
     def sweep(self) -> SweepReport:
         conn = self._conn
