@@ -1,4 +1,5 @@
-"""In-process wakeups: let `Broker.wait` return as soon as this process enqueues.
+"""In-process wakeups: let `Broker.wait` return as soon as this process enqueues, and
+`Broker.wait_finished` as soon as a job ends.
 
 Waiters may live on different event loops (the worker's, the sync producer portal's),
 so `notify` is thread-safe and hops onto each waiter's loop.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
-__all__ = ["Wakeup"]
+__all__ = ["JobWaiters", "Wakeup"]
 
 
 class Wakeup:
@@ -34,10 +36,53 @@ class Wakeup:
     def notify(self) -> None:
         with self._lock:
             waiters = list(self._waiters)
-        for loop, event in waiters:
-            if loop.is_closed():
-                continue
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the loop closed between the check and the call
-                pass
+        _wake(waiters)
+
+
+class JobWaiters:
+    """Waiters keyed by job id: `notify(job_id)` wakes only that job's waiters, so a
+    thousand pending `Job.result()` calls cost nothing per unrelated ack."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._waiters)
+
+    async def wait(
+        self, job_id: str, ended: Callable[[], Awaitable[bool]], timeout_s: float
+    ) -> None:
+        """Return when `ended()` holds (checked once registered, so a `notify`
+        between the check and the wait is not missed), at `notify(job_id)`, or after
+        `timeout_s`."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(entry)
+        try:
+            if not await ended():
+                await asyncio.wait_for(entry[1].wait(), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(job_id)
+                if waiters is not None:
+                    waiters.discard(entry)
+                    if not waiters:
+                        del self._waiters[job_id]
+
+    def notify(self, job_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(job_id, ()))
+        _wake(waiters)
+
+
+def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
+    for loop, event in waiters:
+        if loop.is_closed():
+            continue
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass

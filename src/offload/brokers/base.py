@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "LEASE_EXPIRED",
     "Ack",
+    "Ended",
     "Broker",
     "Capabilities",
     "EnqueueResult",
@@ -66,10 +67,14 @@ class Capabilities:
         cross_process: several processes share the broker's state.
         loop_bound: the broker's connections belong to the event loop that opened
             them, so each loop needs its own instance.
+        push_results: `wait_finished` returns as soon as the job ends, whichever
+            process ends it (without it, only an end in this process is pushed and
+            `Job.result()` re-reads with a backoff).
     """
 
     transactional_enqueue: bool = False
     push_wakeup: bool = False
+    push_results: bool = False
     cross_process: bool = True
     loop_bound: bool = False
 
@@ -144,6 +149,16 @@ class JobInfo:
     def result_value(self) -> Any:
         """The decoded result (None if the job has none)."""
         return None if self.result is None else decode_value(self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A job that ended without a worker settling it (see `Broker.outbox`): `state` is
+    `cancelled` or `expired`, `payload` its envelope's bytes."""
+
+    job_id: str
+    state: JobState
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +411,35 @@ class Broker(abc.ABC):
         one. `get_job` returns it decoded in `JobInfo.progress` (other listings leave
         it None) until the job is purged. Last write wins; no state check (a late
         report of a finished job is harmless)."""
+
+    async def outbox(self, limit: int = 500) -> list[Ended]:
+        """Jobs that became terminal without a worker, oldest first, until
+        `clear_outbox`: `cancelled` by `cancel` while `queued`/`scheduled`, or
+        `expired` (by `reserve` or `sweep`).
+
+        A workflow must hear of every member's end, and these ends happen inside the
+        broker, where no worker runs the follow-ups (`offload.worker.flows`): so the
+        broker records them in the same atomic step as the state change, and a worker
+        (or the producer that cancelled) runs the follow-ups and then clears them.
+        Recorded at least for the jobs whose envelope has `then` or `chord`; a broker
+        may record others too (the reader skips them). An entry whose job was purged is
+        not returned. Read-only: several readers may get the same entries.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no outbox yet")
+
+    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        """Forget these outbox entries (their follow-ups are done). Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__} has no outbox yet")
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> None:
+        """Return once `job_id` may be terminal (or unknown), or after `timeout_s`.
+
+        May return early spuriously; the caller reads the job again. Brokers register
+        their interest before they look at the job, so an end between the look and the
+        wait is never missed. The base implementation just sleeps (the caller passes a
+        backoff); brokers with `push_results` return as soon as the job ends anywhere.
+        """
+        await asyncio.sleep(timeout_s)
 
     # -- inspection --------------------------------------------------------------------
 

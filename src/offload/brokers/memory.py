@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from offload.brokers._wakeup import Wakeup
+from offload.brokers._wakeup import JobWaiters, Wakeup
 from offload.brokers.base import (
     LEASE_EXPIRED,
     Broker,
     Capabilities,
+    Ended,
     EnqueueResult,
     JobInfo,
     Lease,
@@ -30,7 +31,7 @@ from offload.brokers.base import (
 )
 from offload.codec import decode_value
 from offload.errors import LeaseLost, QueueFull
-from offload.job import Envelope, ErrorInfo, JobState
+from offload.job import TERMINAL_STATES, Envelope, ErrorInfo, JobState
 from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]
@@ -48,7 +49,7 @@ class _Record:
 class MemoryBroker(Broker):
     """Jobs in dicts and heaps; state is lost with the process."""
 
-    capabilities = Capabilities(push_wakeup=True, cross_process=False)
+    capabilities = Capabilities(push_wakeup=True, cross_process=False, push_results=True)
 
     def __init__(self, url: str = "memory://", **kwargs: object) -> None:
         super().__init__(url, **kwargs)  # type: ignore[arg-type]
@@ -65,6 +66,8 @@ class MemoryBroker(Broker):
         self._expiries: list[tuple[float, str]] = []
         self._seq = itertools.count(1)
         self._wakeup = Wakeup()
+        self._ended = JobWaiters()  # `wait_finished`
+        self._outbox: dict[str, None] = {}  # ids, oldest first (`outbox`)
         self._rates: dict[str, float] = {}  # rate key -> theoretical arrival time
         self._slots: dict[str, dict[str, float]] = {}  # slot key -> holder -> until
 
@@ -127,9 +130,7 @@ class MemoryBroker(Broker):
         expires_at = rec.info.expires_at
         if expires_at is None or expires_at > now:
             return False
-        rec.version += 1
-        rec.purge_at = now + self.retention_s
-        self._set(rec, state=JobState.EXPIRED, finished_at=now)
+        self._end_unrun(rec, JobState.EXPIRED, now)
         return True
 
     def _leased(self, lease: Lease) -> _Record:
@@ -142,6 +143,15 @@ class MemoryBroker(Broker):
         rec.token = None
         rec.version += 1
         self._running.discard(rec.info.id)
+        self._ended.notify(rec.info.id)  # spurious for a retry, release or defer: allowed
+
+    def _end_unrun(self, rec: _Record, state: JobState, now: float) -> None:
+        """A waiting job ends without a worker: recorded in the outbox (`outbox`)."""
+        rec.version += 1
+        rec.purge_at = now + self.retention_s
+        self._set(rec, state=state, finished_at=now)
+        self._outbox[rec.info.id] = None
+        self._ended.notify(rec.info.id)
 
     # -- producer ---------------------------------------------------------------------
 
@@ -364,10 +374,7 @@ class MemoryBroker(Broker):
                 return False
             state = rec.info.state
             if state in (JobState.QUEUED, JobState.SCHEDULED):
-                rec.version += 1
-                now = self.clock.now()
-                rec.purge_at = now + self.retention_s
-                self._set(rec, state=JobState.CANCELLED, finished_at=now)
+                self._end_unrun(rec, JobState.CANCELLED, self.clock.now())
                 return True
             if state is JobState.RUNNING:
                 self._set(rec, cancel_requested=True)
@@ -392,6 +399,31 @@ class MemoryBroker(Broker):
             self._set(
                 rec, state=JobState.CANCELLED, error=error, finished_at=now, lease_deadline=None
             )
+
+    async def outbox(self, limit: int = 500) -> list[Ended]:
+        with self._lock:
+            entries: list[Ended] = []
+            for job_id in list(self._outbox):
+                rec = self._jobs.get(job_id)
+                if rec is None:
+                    del self._outbox[job_id]
+                    continue
+                entries.append(Ended(job_id, rec.info.state, rec.info.payload))
+                if len(entries) >= limit:
+                    break
+            return entries
+
+    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._outbox.pop(job_id, None)
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> None:
+        async def ended() -> bool:
+            rec = self._jobs.get(job_id)
+            return rec is None or rec.info.state in TERMINAL_STATES
+
+        await self._ended.wait(job_id, ended, timeout_s)
 
     # -- inspection -------------------------------------------------------------------
 
