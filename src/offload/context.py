@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from offload.errors import OffloadError
+from offload.job import Failure
 
 __all__ = ["JobContext", "current_job"]
 
@@ -23,6 +24,8 @@ class JobContext:
     Attributes:
         attempt: 1 for the first run, 2 for the first retry, and so on.
         deadline: Unix time at which the job's timeout stops it, None without timeout.
+        failures: for the first step after a workflow group (a chord's callback), the
+            members that did not succeed (their entry in the results list is None).
     """
 
     id: str
@@ -34,6 +37,7 @@ class JobContext:
     created_at: float
     deadline: float | None
     worker_id: str
+    failures: tuple[Failure, ...] = ()
 
     @property
     def is_last_attempt(self) -> bool:

@@ -6,7 +6,6 @@ It holds only the id (and the app to ask through), so it is cheap to create, and
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +18,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Job"]
 
-#: Result polling starts this fast (seconds) and backs off to `_POLL_MAX_S`.
+#: Without a broker push, re-reads start this fast (seconds) and back off to
+#: `_POLL_MAX_S`; with one, the job is re-read after `_PUSHED_MAX_S` at the latest (a
+#: safety net: a push lost with a dropped connection costs that long, never forever).
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.25
+_PUSHED_MAX_S = 5.0
 
 
 class Job:
@@ -64,6 +66,10 @@ class Job:
     async def result_async(self, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its result.
 
+        Waits on the broker's push where it has one (`Broker.wait_finished`: Redis
+        pub/sub, PostgreSQL LISTEN/NOTIFY, and any broker for an end in this process);
+        otherwise re-reads the job with a backoff from 5 to 250 ms.
+
         Args:
             timeout: seconds to wait; None waits forever.
 
@@ -74,7 +80,9 @@ class Job:
             JobNotFound: unknown or purged.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = _POLL_MIN_S
+        broker = await self._app.connected_broker()
+        pushed = broker.capabilities.push_results
+        delay = _PUSHED_MAX_S if pushed else _POLL_MIN_S
         while True:
             info = await self.info_async()
             if info.state is JobState.SUCCEEDED:
@@ -83,14 +91,28 @@ class Job:
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(self.id, f"job {self.id} still {info.state} after {timeout} s")
             pause = delay if deadline is None else min(delay, deadline - time.monotonic())
-            await asyncio.sleep(max(pause, 0.0))
-            delay = min(delay * 2, _POLL_MAX_S)
+            await broker.wait_finished(self.id, max(pause, 0.0))
+            if not pushed:
+                delay = min(delay * 2, _POLL_MAX_S)
 
     async def cancel_async(self) -> bool:
         """Cancel the job if it has not started (it will never run); a running job is
-        flagged for cooperative cancellation. False if it already finished."""
+        flagged for cooperative cancellation. False if it already finished.
+
+        A workflow step cancelled before it ran stops what follows it here and now
+        (otherwise a worker would, from the broker's outbox, within a second)."""
+        from offload.worker.flows import settle_ended
+
         broker = await self._app.connected_broker()
-        return await broker.cancel(self.id)
+        if not await broker.cancel(self.id):
+            return False
+        info = await broker.get_job(self.id)
+        envelope = info.envelope() if info is not None else None
+        if info is not None and info.state is JobState.CANCELLED and envelope is not None:
+            if envelope.then or envelope.chord is not None:
+                await settle_ended(self._app, envelope, JobState.CANCELLED)
+                await broker.clear_outbox([self.id])
+        return True
 
     # -- sync twins --------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ __all__ = [
     "Envelope",
     "ErrorInfo",
     "ChordRef",
+    "Failure",
     "JobState",
     "Step",
     "id_floor",
@@ -67,27 +68,48 @@ class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Step(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A workflow step not enqueued yet: what the worker enqueues when the step
-    before it succeeds (`offload.workflow`). `id` is fixed by the producer, so the
-    producer can wait for any step; `queue` and `priority` are resolved by the
-    producer too."""
+    """A workflow stage not enqueued yet (`offload.workflow`): one task call, or, when
+    `branches` is set, a group whose branches (chains of stages) run in parallel.
+
+    What the worker enqueues when the stage before it ends. `id` is fixed by the
+    producer (a job's id; a group's id), so the producer can wait for any step; `queue`
+    and `priority` are resolved by the producer too. `stop` (groups only): a failed
+    member cancels what follows the group instead of passing it the failures.
+    """
 
     id: str
-    task: str
+    task: str = ""
     args: list[Any] = msgspec.field(default_factory=list)
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     queue: str = "default"
     priority: int = 0
+    branches: list[list[Step]] | None = None
+    stop: bool = False
 
 
 class ChordRef(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A chord member's place: `index` of `total` members of the group `id`, and the
-    callback to enqueue once every member is terminal (`offload.workflow`)."""
+    """A group member's place: branch `index` of `total` of the group `id`. Carried by
+    every step of the branch; the branch's end is recorded with `Broker.join`, and once
+    every branch has ended, `then` (the stages after the group) starts with the list of
+    their results, as a member of `parent` (the group this group is a branch of)."""
 
     id: str
     index: int
     total: int
-    callback: Step
+    then: list[Step] = msgspec.field(default_factory=list)
+    parent: ChordRef | None = None
+    stop: bool = False
+
+
+class Failure(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A group member that did not succeed, as passed to the stage after the group
+    (`current_job().failures`): its branch `index`, the job that failed, its end state
+    (`dead`, `cancelled`, `expired`) and the error."""
+
+    index: int
+    job_id: str
+    state: str
+    error: str = ""
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -108,8 +130,9 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     result_ttl_s: float | None = None
     parent_id: str | None = None
     workflow_id: str | None = None
-    then: list[Step] | None = None  # chain: the steps after this one
-    chord: ChordRef | None = None  # chord: this job is a member
+    then: list[Step] | None = None  # chain: the stages after this one
+    chord: ChordRef | None = None  # group: this job's branch is a member
+    failures: list[Failure] | None = None  # the first stage after a group: who failed
     created_at: float = 0.0
     v: int = ENVELOPE_VERSION
 

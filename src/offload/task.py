@@ -75,6 +75,7 @@ class Call:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     task: Task[Any, Any] | None = field(default=None, compare=False, repr=False)
+    partial: bool = False  # `task.partial`: the first argument comes from the stage before
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,15 @@ class Task(Enqueuer[P], Generic[P, R]):
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """Arguments for one job of `enqueue_many`, or one step of a workflow."""
         return Call(args, kwargs, self)
+
+    def partial(self, *args: Any, **kwargs: Any) -> Call:
+        """A later workflow step (a chain's next step, a chord's callback): its first
+        argument is the result of the stage before it, so give only the rest.
+
+        Not type-checked against the signature (a ParamSpec cannot drop a parameter);
+        `chain`/`chord` check that the arguments bind when the workflow is built, at
+        the producer."""
+        return Call(args, kwargs, self, partial=True)
 
     def options(
         self,

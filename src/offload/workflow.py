@@ -1,23 +1,30 @@
-"""Workflows: `chain`, `group` and `chord`, built from `task.call(...)`.
+"""Workflows: `chain`, `group` and `chord`, nested freely, built from `task.call(...)`.
 
 Every step is a job of its own (visible, retried, replayable); nothing polls.
 
-- A chain enqueues its first step; the steps after it travel in the envelope's
-  `then`. When a step succeeds, the worker enqueues the next one (its result
-  prepended to the next step's positional arguments) *before* it acks, under the
-  key `chain:{job_id}:next`, so a crash in between can neither lose nor double it.
-  A dead step stops the chain; `offload dlq replay` of that step continues it.
-- A group enqueues all its members in one broker round trip.
-- A chord is a group whose members each carry the callback (`Envelope.chord`). When
-  a member is terminal (succeeded or dead), the worker records its outcome with
-  `Broker.join` before it acks or buries; the call that completes the group (and any
-  later one) gets every outcome back, and the worker enqueues the callback under the
-  key `chord:{group_id}:callback`, so it runs exactly once. The callback's first
-  argument is the list of member results in member order; a dead member's entry is
-  None.
+A workflow compiles to *stages* (`offload.job.Step`): a task call, or a group whose
+branches are chains of stages. The producer enqueues the first stage; the stages after
+a job travel in its envelope's `then`, and a group member's place in its group (and
+what follows the group) in its `chord` (`ChordRef`). When a job ends, the worker starts
+what follows *before* it settles the job, under fixed ids and keys, so a crash in
+between can neither lose nor double it (`offload.worker.flows`):
 
-Every job of a workflow carries `workflow_id` (the id of the workflow's first job,
-or of the group) and `parent_id` (the job that enqueued it).
+- a success starts the next stage with the job's result as its first argument (each
+  branch of a group gets it);
+- the end of a group's branch is recorded with `Broker.join`; the call that completes
+  the group starts the stage after it with the list of the branches' results in
+  branch order (a failed branch's entry is None, and `current_job().failures` says who
+  failed and why), under the key `chord:{group_id}:callback`;
+- failure policy: a dead step keeps the rest of its chain waiting in the dead-letter
+  queue (`offload dlq replay` continues it with the right data) and counts as a failed
+  branch for its group at once. A cancelled or expired step stops its chain: the
+  steps after it are recorded as `cancelled` jobs, so nobody waits on them. A group
+  with `stop=True` (`chord(..., on_failure="stop")`) whose member failed, or any group
+  with a cancelled member, cancels what follows it the same way; otherwise the stage
+  after the group runs with the failures.
+
+Every job of a workflow carries `workflow_id` (the id of the workflow's first job, or of
+its first group) and `parent_id` (the job, or the group, that started it).
 """
 
 from __future__ import annotations
@@ -25,14 +32,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from offload.errors import ConfigurationError, JobNotFound, ResultTimeout
+from offload.errors import ConfigurationError, JobFailed, JobNotFound, ResultTimeout
 from offload.handle import Job
-from offload.job import TERMINAL_STATES, ChordRef, Envelope, JobState, Step, new_job_id
-from offload.task import Call, Overrides
+from offload.job import ChordRef, Envelope, Failure, JobState, Step, new_job_id
+from offload.task import Call
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -40,8 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Chain", "Chord", "Group", "Workflow", "chain", "chord", "group"]
 
-#: While a workflow's last job is not enqueued yet, look again after this (seconds).
+#: While a step the workflow waits for is not enqueued yet, look again after this (s).
 _NOT_YET_S = 0.05
+
+OnFailure = Literal["continue", "stop"]
 
 
 class Workflow:
@@ -49,63 +58,76 @@ class Workflow:
 
     Attributes:
         id: the workflow id, shared by every job of it (`offload show ID`).
-        jobs: a handle per step (chain: every step, including those not enqueued
-            yet; group: every member; chord: every member, then the callback).
-        last: the job whose result is the workflow's (chain: the last step; chord:
-            the callback; group: None, read `results`).
+        jobs: a handle per task step, in workflow order, including those not enqueued
+            yet (every id is fixed at enqueue).
+        last: the job whose result is the workflow's when the workflow ends with a
+            task step (a chain, a chord's callback); None when it ends with a group.
     """
 
-    __slots__ = ("_chain", "id", "jobs", "last")
+    __slots__ = ("_app", "_stages", "id", "jobs", "last")
 
-    def __init__(
-        self, workflow_id: str, jobs: list[Job], last: Job | None, *, chain: bool = False
-    ) -> None:
+    def __init__(self, app: Offload, workflow_id: str, stages: list[Step]) -> None:
+        self._app = app
+        self._stages = stages
         self.id = workflow_id
-        self.jobs = jobs
-        self.last = last
-        self._chain = chain
+        self.jobs = [Job(app, step.id) for step in _task_steps(stages)]
+        final = stages[-1] if stages else None
+        self.last = Job(app, final.id) if final is not None and final.branches is None else None
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id} jobs={len(self.jobs)}>"
 
     async def result_async(self, timeout: float | None = None) -> Any:
-        """The result of `last` (a group: the list of its members' results), waiting
-        for it to be enqueued too.
+        """The workflow's result: its last stage's (a group's is the list of its
+        branches' results), waiting for every step it needs to be enqueued and run.
 
         Raises:
-            JobFailed / JobCancelled / JobExpired: `last` (or, in a chain, a step
-                before it, which stops the chain) did not succeed.
+            JobFailed / JobCancelled / JobExpired: a step the result depends on did not
+                succeed (in a chain, the step that stopped it).
             ResultTimeout: no result after `timeout` seconds.
         """
-        if self.last is None:
-            return [await job.result_async(timeout) for job in self.jobs]
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._stages:
+            return []
+        return await self._result_of(self._stages, deadline)
+
+    async def _result_of(self, stages: list[Step], deadline: float | None) -> Any:
+        final = stages[-1]
+        if final.branches is not None:
+            return [await self._result_of(branch, deadline) for branch in final.branches]
+        job = Job(self._app, final.id)
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                return await self.last.result_async(remaining)
+                return await job.result_async(remaining)
             except JobNotFound:
-                if self._chain:
-                    await self._raise_for_stopped_step()
+                await self._raise_if_blocked(stages, len(stages) - 1)
                 if deadline is not None and time.monotonic() >= deadline:
-                    message = f"step {self.last.id} never enqueued"
-                    raise ResultTimeout(self.last.id, message) from None
+                    raise ResultTimeout(job.id, f"step {job.id} never enqueued") from None
                 await asyncio.sleep(_NOT_YET_S)
 
-    async def _raise_for_stopped_step(self) -> None:
-        for job in self.jobs[:-1]:
-            try:
-                state = await job.state_async()
-            except JobNotFound:
+    async def _raise_if_blocked(self, stages: list[Step], index: int) -> None:
+        """Raise the outcome of the dead step that keeps stage `index` from starting:
+        the nearest task step before it in its chain that exists (a group before it
+        always ends, so it never blocks)."""
+        for stage in reversed(stages[:index]):
+            if stage.branches is not None:
                 return
-            if state in TERMINAL_STATES and state is not JobState.SUCCEEDED:
-                await job.result_async(0)  # raises the step's outcome
+            try:
+                state = await Job(self._app, stage.id).state_async()
+            except JobNotFound:
+                continue
+            if state is JobState.DEAD:
+                info = await Job(self._app, stage.id).info_async()
+                raise JobFailed(stage.id, info.error)
+            return
 
     async def cancel_async(self) -> int:
-        """Cancel every step that has not run: waiting jobs are cancelled, running
-        ones flagged (a flagged chain step never continues its chain, even if it
-        succeeds). Steps are visited twice, so a step enqueued during the first pass
-        is caught by the second. Returns how many jobs were cancelled or flagged."""
+        """Cancel every step that has not run: waiting jobs are cancelled (and what
+        follows them is recorded cancelled), running ones flagged (a flagged step never
+        starts what follows it, even if it succeeds). Steps are visited twice, so a
+        step enqueued during the first pass is caught by the second. Returns how many
+        jobs were cancelled or flagged."""
         done: set[str] = set()
         for _ in range(2):
             for job in self.jobs:
@@ -114,168 +136,257 @@ class Workflow:
         return len(done)
 
     def cancel(self) -> int:
-        jobs = self.jobs or ([self.last] if self.last else [])
-        return jobs[0]._app.portal.run(self.cancel_async()) if jobs else 0
+        return self._app.portal.run(self.cancel_async())
 
     def result(self, timeout: float | None = None) -> Any:
-        jobs = self.jobs or ([self.last] if self.last else [])
-        if not jobs:
-            return []
-        return jobs[0]._app.portal.run(self.result_async(timeout))
+        return self._app.portal.run(self.result_async(timeout))
 
 
-class Chain:
-    """Steps run one after the other; each result is the next step's first argument."""
+class _Flow:
+    """What `chain`, `group` and `chord` share: compiling and enqueueing."""
 
-    def __init__(self, calls: Sequence[Call]) -> None:
-        if not calls:
+    def stages(self, *, first: bool) -> list[Step]:
+        raise NotImplementedError
+
+    def _app(self) -> Offload:
+        raise NotImplementedError
+
+    def enqueue(self) -> Workflow:
+        return self._app().portal.run(self.enqueue_async())
+
+    async def enqueue_async(self) -> Workflow:
+        """Enqueue the first stage (a group's members in one broker round trip)."""
+        app = self._app()
+        stages = self.stages(first=True)
+        if not stages:
+            return Workflow(app, new_job_id(), [])
+        envelopes = start_envelopes(app, stages, None, origin=None, key=None, chord=None)
+        workflow_id = stages[0].id
+        envelopes = [msgspec.structs.replace(e, workflow_id=workflow_id) for e in envelopes]
+        if stages[0].branches is not None:
+            envelopes = [msgspec.structs.replace(e, parent_id=workflow_id) for e in envelopes]
+        await app._enqueue_envelopes(envelopes)
+        return Workflow(app, workflow_id, stages)
+
+
+class Chain(_Flow):
+    """Stages run one after the other; each result is the next stage's first argument
+    (a group's result is the list of its branches' results)."""
+
+    def __init__(self, items: Sequence[Call | _Flow]) -> None:
+        if not items:
             raise ConfigurationError("a chain needs at least one step")
-        self.calls = list(calls)
-        for index, call in enumerate(self.calls):
-            _check(call, chained=index > 0)
+        self.items = list(items)
+        self.stages(first=not _is_partial(self.items[0]))  # arguments checked now
+
+    def stages(self, *, first: bool) -> list[Step]:
+        out: list[Step] = []
+        for index, item in enumerate(self.items):
+            out.extend(_stages_of(item, first=first and index == 0))
+        return out
+
+    def _app(self) -> Offload:
+        return _app_of(self.items[0])
+
+
+class Group(_Flow):
+    """Members run in parallel; at the start of a workflow they are enqueued in one
+    broker round trip. Members may be calls, chains, groups or chords."""
+
+    def __init__(
+        self, members: Iterable[Call | _Flow], *, on_failure: OnFailure = "continue"
+    ) -> None:
+        if on_failure not in ("continue", "stop"):
+            raise ConfigurationError(f"on_failure must be 'continue' or 'stop', not {on_failure!r}")
+        self.members = list(members)
+        self.on_failure = on_failure
+
+    def stages(self, *, first: bool) -> list[Step]:
+        if not self.members:
+            if first:
+                return []
+            raise ConfigurationError("a group inside a workflow needs at least one member")
+        branches = [_stages_of(member, first=first) for member in self.members]
+        return [Step(id=new_job_id(), branches=branches, stop=self.on_failure == "stop")]
+
+    def _app(self) -> Offload:
+        if not self.members:
+            raise ConfigurationError("an empty group has no app: enqueue it from a task")
+        return _app_of(self.members[0])
 
     def enqueue(self) -> Workflow:
-        app = _task(self.calls[0])._app
-        return app.portal.run(self.enqueue_async())
-
-    async def enqueue_async(self) -> Workflow:
-        first, *rest = self.calls
-        app = _task(first)._app
-        steps = [to_step(call) for call in rest]
-        envelope = _envelope(first, app.clock.now(), then=steps or None)
-        envelope = msgspec.structs.replace(envelope, workflow_id=envelope.id)
-        [job] = await app._enqueue_envelopes([envelope])
-        jobs = [job, *(Job(app, step.id) for step in steps)]
-        return Workflow(envelope.id, jobs, jobs[-1], chain=True)
+        if not self.members:
+            raise ConfigurationError("a group needs at least one member to enqueue")
+        return super().enqueue()
 
 
-class Group:
-    """Members run in parallel; enqueued in one broker round trip."""
+class Chord(_Flow):
+    """A group and a callback that runs once every member has ended, with the list of
+    their results (`chain(group, callback)`, with its own failure policy)."""
 
-    def __init__(self, calls: Iterable[Call]) -> None:
-        self.calls = list(calls)
-        for call in self.calls:
-            _check(call, chained=False)
-
-    def enqueue(self) -> Workflow:
-        if not self.calls:
-            return Workflow(new_job_id(), [], None)
-        return _task(self.calls[0])._app.portal.run(self.enqueue_async())
-
-    async def enqueue_async(self) -> Workflow:
-        group_id = new_job_id()
-        if not self.calls:
-            return Workflow(group_id, [], None)
-        app = _task(self.calls[0])._app
-        now = app.clock.now()
-        envelopes = [
-            _envelope(call, now, workflow_id=group_id, parent_id=group_id) for call in self.calls
-        ]
-        return Workflow(group_id, await app._enqueue_envelopes(envelopes), None)
-
-
-class Chord:
-    """A group and a callback that runs once every member is terminal."""
-
-    def __init__(self, members: Group, callback: Call) -> None:
-        if not members.calls:
+    def __init__(self, members: Group, callback: Call | _Flow) -> None:
+        if not members.members:
             raise ConfigurationError("a chord needs at least one member")
-        _check(callback, chained=True)
         self.group = members
         self.callback = callback
+        _stages_of(callback, first=False)
 
-    def enqueue(self) -> Workflow:
-        app = _task(self.callback)._app
-        return app.portal.run(self.enqueue_async())
+    def stages(self, *, first: bool) -> list[Step]:
+        return [*self.group.stages(first=first), *_stages_of(self.callback, first=False)]
 
-    async def enqueue_async(self) -> Workflow:
-        group_id = new_job_id()
-        app = _task(self.callback)._app
-        now = app.clock.now()
-        callback = to_step(self.callback)
-        total = len(self.group.calls)
-        envelopes = [
-            _envelope(
-                call,
-                now,
-                workflow_id=group_id,
-                parent_id=group_id,
-                chord=ChordRef(group_id, index, total, callback),
-            )
-            for index, call in enumerate(self.group.calls)
-        ]
-        jobs = await app._enqueue_envelopes(envelopes)
-        last = Job(app, callback.id)
-        return Workflow(group_id, [*jobs, last], last)
+    def _app(self) -> Offload:
+        return _app_of(self.callback)
 
 
-def chain(*calls: Call) -> Chain:
-    """`chain(a.call(x), b.call(), c.call(y))`: run a(x), then b(<a's result>), then
-    c(<b's result>, y). `.enqueue()` returns a `Workflow`."""
-    return Chain(calls)
+def chain(*items: Call | Chain | Group | Chord) -> Chain:
+    """`chain(a.call(x), b.partial(), c.partial(y))`: run a(x), then b(<a's result>),
+    then c(<b's result>, y). Items may be groups and chords too (a group gets the
+    previous result in each member; the next item gets the list of the group's
+    results). `.enqueue()` returns a `Workflow`."""
+    return Chain(items)
 
 
-def group(calls: Iterable[Call]) -> Group:
-    """`group(send.call(u) for u in users)`: fan out in one round trip."""
-    return Group(calls)
+def group(
+    members: Iterable[Call | Chain | Group | Chord], *, on_failure: OnFailure = "continue"
+) -> Group:
+    """`group(send.call(u) for u in users)`: fan out. Members may be chains, groups or
+    chords. `on_failure` decides what a failed member does to what follows the group
+    in a workflow: "continue" runs it with None for the failed member (and
+    `current_job().failures`), "stop" cancels it."""
+    return Group(members, on_failure=on_failure)
 
 
-def chord(members: Group | Iterable[Call], callback: Call) -> Chord:
-    """`chord(group(...), report.call())`: fan out, then run `report(results)` once
-    every member has succeeded or died (a dead member's result is None)."""
-    return Chord(members if isinstance(members, Group) else Group(members), callback)
+def chord(
+    members: Group | Iterable[Call | Chain | Group | Chord],
+    callback: Call | Chain | Group | Chord,
+    *,
+    on_failure: OnFailure | None = None,
+) -> Chord:
+    """`chord(group(...), report.partial())`: fan out, then run `report(results)` once
+    every member has ended. `on_failure` (default: the group's, "continue"): "continue"
+    gives a failed member's result as None and its details in
+    `current_job().failures`; "stop" cancels the callback when a member fails."""
+    if not isinstance(members, Group):
+        members = Group(members, on_failure=on_failure or "continue")
+    elif on_failure is not None and on_failure != members.on_failure:
+        members = Group(members.members, on_failure=on_failure)
+    return Chord(members, callback)
 
 
 # -- building blocks, shared with the worker -------------------------------------------
 
 
-def to_step(call: Call) -> Step:
-    """A step to enqueue later, its id, queue and priority fixed now."""
-    task = _task(call)
-    return Step(
-        id=new_job_id(),
-        task=task.name,
-        args=list(call.args),
-        kwargs=call.kwargs,
-        queue=task.defaults.queue,
-        priority=task.defaults.priority,
-    )
+def start_envelopes(
+    app: Offload,
+    stages: list[Step],
+    value: Any,
+    *,
+    origin: Envelope | None,
+    key: str | None,
+    chord: ChordRef | None,
+    has_input: bool = True,
+    failures: list[Failure] | None = None,
+) -> list[Envelope]:
+    """The jobs that start `stages` with `value` as their input: one job for a task
+    stage, the first job of every branch for a group. `origin` (None at the producer)
+    is the job whose end starts them; `key` makes each start idempotent."""
+    stage, rest = stages[0], stages[1:]
+    if stage.branches is None:
+        args = [value, *stage.args] if has_input and origin is not None else list(stage.args)
+        return [
+            _step_envelope(
+                app, stage, args, origin, key, then=rest or None, chord=chord, failures=failures
+            )
+        ]
+    joins = bool(rest) or chord is not None
+    out: list[Envelope] = []
+    for index, branch in enumerate(stage.branches):
+        ref = ChordRef(stage.id, index, len(stage.branches), rest, chord, stage.stop)
+        branch_key = None if key is None else f"{key}:{index}"
+        out += start_envelopes(
+            app,
+            branch,
+            value,
+            origin=origin,
+            key=branch_key,
+            chord=ref if joins else None,
+            has_input=has_input,
+            failures=failures,
+        )
+    return out
 
 
-def step_envelope(
-    app: Offload, step: Step, value: Any, *, parent: Envelope, key: str, **fields: Any
+def _step_envelope(
+    app: Offload,
+    step: Step,
+    args: list[Any],
+    origin: Envelope | None,
+    key: str | None,
+    **fields: Any,
 ) -> Envelope:
-    """The job of `step`, with `value` as its first argument, enqueued by `parent`."""
     known = app.tasks.get(step.task)
+    now = app.clock.now()
+    expires_s = known.defaults.expires_s if known is not None else None
     return Envelope(
         id=step.id,
         task=step.task,
-        args=[value, *step.args],
+        args=args,
         kwargs=step.kwargs,
         queue=step.queue,
         priority=step.priority,
         max_attempts=known.defaults.max_attempts if known is not None else None,
         key=key,
-        parent_id=parent.id,
-        workflow_id=parent.workflow_id,
-        created_at=app.clock.now(),
+        parent_id=None if origin is None else origin.id,
+        workflow_id=None if origin is None else origin.workflow_id,
+        expires_at=None if expires_s is None else now + expires_s,
+        created_at=now,
         **fields,
     )
+
+
+def _stages_of(item: Call | _Flow, *, first: bool) -> list[Step]:
+    if isinstance(item, _Flow):
+        return item.stages(first=first)
+    task = _task(item)
+    if first and item.partial:
+        raise ConfigurationError(
+            f"{task.name}.partial(...) needs a stage before it to give its first argument;"
+            " start a workflow with task.call(...)"
+        )
+    args = item.args if first else (None, *item.args)  # a later step's first one comes later
+    task.check_arguments(args, item.kwargs)
+    defaults = task.defaults
+    step = Step(new_job_id(), task.name, list(item.args), item.kwargs)
+    return [msgspec.structs.replace(step, queue=defaults.queue, priority=defaults.priority)]
+
+
+def _is_partial(item: Call | _Flow) -> bool:
+    """Whether `item` starts with a step that expects the stage before it."""
+    if isinstance(item, Chain):
+        return _is_partial(item.items[0])
+    if isinstance(item, Group):
+        return bool(item.members) and all(_is_partial(m) for m in item.members)
+    if isinstance(item, Chord):
+        return _is_partial(item.group)
+    return isinstance(item, Call) and item.partial
+
+
+def _task_steps(stages: list[Step]) -> list[Step]:
+    out: list[Step] = []
+    for stage in stages:
+        if stage.branches is None:
+            out.append(stage)
+        else:
+            for branch in stage.branches:
+                out += _task_steps(branch)
+    return out
+
+
+def _app_of(item: Call | _Flow) -> Offload:
+    return item._app() if isinstance(item, _Flow) else _task(item)._app
 
 
 def _task(call: Call) -> Task[Any, Any]:
     if call.task is None:
         raise ConfigurationError("workflow steps are made with task.call(...)")
     return call.task
-
-
-def _check(call: Call, *, chained: bool) -> None:
-    """A step's arguments must bind; a chained step's first one comes later."""
-    args = (None, *call.args) if chained else call.args
-    _task(call).check_arguments(args, call.kwargs)
-
-
-def _envelope(call: Call, now: float, **fields: Any) -> Envelope:
-    task = _task(call)
-    envelope = task._app._envelope(task.name, call, task.defaults, Overrides(), now)
-    return msgspec.structs.replace(envelope, **fields)

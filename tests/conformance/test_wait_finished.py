@@ -18,17 +18,6 @@ from offload.testing import FakeClock
 
 from .helpers import BOOM, enqueue_one, reserve_one
 
-#: Brokers that do not implement `wait_finished` yet (being built; each removes its name).
-PENDING = {"sqlite", "postgres", "redis", "redis_cluster"}
-
-
-@pytest.fixture(autouse=True)
-def _pending(request: pytest.FixtureRequest) -> None:
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("broker") in PENDING:
-        request.applymarker(pytest.mark.xfail(reason="wait_finished: not built yet", strict=False))
-
-
 #: The wait's timeout; every test that expects a push must return well before it.
 LONG_S = 10.0
 #: A push arrives well within this (seconds, on a loaded CI machine).

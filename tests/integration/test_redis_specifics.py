@@ -1,6 +1,7 @@
 """What the conformance suite cannot see of the Redis broker: key reaping, the eviction
 policy warning, typed errors and recovery when Redis goes away, wake-up latency, the
-per-queue scope of idempotency keys, and sync producers beside a worker in one process.
+per-queue scope of idempotency keys, sync producers beside a worker in one process, and
+what job ends cost (published only when waited on; outbox entries only for workflows).
 
 Servers that a test stops or misconfigures are throwaway ones on free ports; the
 shared server only ever sees keys under the test's own prefix.
@@ -23,8 +24,10 @@ from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.base import Ack, Broker
 from offload.brokers.redis import RedisBroker
+from offload.brokers.redis import keys as K
 from offload.codec import encode_value
 from offload.errors import BrokerUnavailable
+from offload.job import Step, new_job_id
 from offload.testing import FakeClock
 from offload.worker import Worker
 from tests.conformance.helpers import enqueue_one, make_job
@@ -222,3 +225,50 @@ async def test_sync_enqueue_while_a_worker_runs_in_the_same_process(redis_url: s
         await asyncio.wait_for(running, 10)
         await app.aclose()
         await asyncio.to_thread(app.close)
+
+
+async def test_ends_are_published_only_for_jobs_someone_waits_on(redis_url: str) -> None:
+    import redis.asyncio
+
+    prefix = redis_url.split("prefix=")[1]
+    listener = redis.asyncio.Redis.from_url(redis_url.split("?")[0])
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(K.ended_channel(prefix))
+    assert await pubsub.get_message(timeout=2) is not None  # subscribed
+    try:
+        async with from_url(redis_url) as broker:
+            plain, watched = await enqueue_one(broker), await enqueue_one(broker)
+            waiting = asyncio.create_task(broker.wait_finished(watched, 10))
+            await asyncio.sleep(0.2)  # registered in the queue's waiters
+            leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=2)
+            assert {lease.job_id for lease in leases} == {plain, watched}
+            assert all(await broker.ack_many([Ack(lease, None, None) for lease in leases]))
+            await asyncio.wait_for(waiting, 2)
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+        assert message is not None and message["data"] == watched.encode()
+        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await listener.aclose()
+
+
+async def test_outbox_holds_only_workflow_jobs_and_leaves_no_keys(redis_url: str) -> None:
+    clock = FakeClock()
+    prefix = redis_url.split("prefix=")[1]
+    async with from_url(redis_url, clock=clock) as broker:
+        flow = await enqueue_one(broker, then=[Step(id=new_job_id(), task="next")])
+        await enqueue_one(broker, expires_at=clock.now() + 1)  # a plain job: not recorded
+        waited = await enqueue_one(broker, not_before=clock.now() + 3600)
+        await broker.wait_finished(waited, 0.05)  # times out, stays registered
+        assert f"{prefix}:{{default}}:waiters" in our_keys(redis_url, prefix)
+        assert await broker.cancel(flow)
+        clock.advance(2)
+        assert (await broker.sweep()).expired == 1
+        assert [entry.job_id for entry in await broker.outbox()] == [flow]
+        assert await broker.cancel(waited)
+        clock.advance(broker.retention_s + 1)
+        assert (await broker.sweep()).purged == 3
+    assert our_keys(redis_url, prefix) == [
+        f"{prefix}:{{%global}}:queues",
+        f"{prefix}:{{default}}:seq",
+    ]

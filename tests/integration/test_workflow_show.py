@@ -92,3 +92,48 @@ def test_show_of_a_chord_id_draws_its_members_and_callback(tmp_path: Path) -> No
     children = tree["children"]
     assert [c["task"] for c in children] == ["fetch", "fetch", "fetch", "report"]
     assert {c["state"] for c in children} == {"succeeded"}
+
+
+def test_show_draws_a_group_inside_a_chain_with_its_callback(tmp_path: Path) -> None:
+    path = tmp_path / "nested.db"
+    app = _app(path)
+    fetch, store = app.tasks["fetch"], app.tasks["store"]
+
+    @app.task(name="total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    async def produce() -> str:
+        flow = await chain(
+            fetch.call(2),
+            group([chain(store.partial(), store.partial()), store.partial()]),
+            total.partial(),
+        ).enqueue_async()
+        await Worker(app).drain()
+        assert await flow.result_async(timeout=5) == 4
+        await app.aclose()
+        return flow.id
+
+    workflow_id = asyncio.run(produce())
+    tree = _show(path, workflow_id)["workflow"]
+
+    def shape(node: dict[str, object]) -> object:
+        children = node["children"]
+        assert isinstance(children, list)
+        label = f"{node['task']}:{node['state']}" if node["state"] else str(node["task"])
+        return [label, [shape(c) for c in children]] if children else label
+
+    assert isinstance(tree, dict)
+    assert shape(tree) == [
+        "fetch:succeeded",
+        [
+            [
+                "group",
+                [
+                    ["store:succeeded", ["store:succeeded"]],
+                    "store:succeeded",
+                    "total:succeeded",
+                ],
+            ]
+        ],
+    ]

@@ -23,7 +23,7 @@ from offload.brokers.base import EnqueueResult
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.codec import encode_envelope, encode_value
 from offload.errors import ConfigurationError
-from offload.job import Envelope, JobState, new_job_id
+from offload.job import ChordRef, Envelope, JobState, Step, new_job_id
 from offload.testing import FakeClock
 
 MakeBroker = Callable[..., SQLiteBroker]
@@ -156,6 +156,63 @@ async def test_file_with_newer_schema_version_is_refused(
         conn.execute("UPDATE offload_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     await broker.connect()
+
+
+async def test_version_4_file_upgrades_and_keeps_its_jobs(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a version-4 file (this schema without `flow` and the outbox) holding a chain
+    # step, a plain job, a succeeded job and a row whose payload is no envelope,
+    old = make_broker()
+    step, plain, done = (
+        job(clock, then=[Step(id=new_job_id(), task="next")]),
+        job(clock),
+        job(clock, queue="q"),
+    )
+    await old.enqueue([step, plain, done])
+    [lease] = await old.reserve(["q"], worker_id="w", lease_s=30, limit=1)
+    await old.ack(lease, encode_value("ok"), result_ttl_s=None)
+    await old.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN flow")
+        conn.execute("DROP TABLE offload_outbox")
+        conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute(
+            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload) "
+            "VALUES ('junk', 'default', '?', 'queued', 0, 0, ?)",
+            (b"\xff\xfe not json",),
+        )
+    conn.close()
+
+    # when a broker of this version opens it,
+    broker = make_broker()
+    await broker.connect()
+
+    # it is version 5, with every job as it was,
+    with sqlite3.connect(db_path) as conn:
+        version = conn.execute("SELECT value FROM offload_meta WHERE key = 'schema_version'")
+        assert version.fetchone()[0] == "5"
+    conn.close()
+    assert (await broker.counts())["default"].states[JobState.QUEUED] == 3
+    info = await broker.get_job(done[0].id)
+    assert info is not None and info.result_value() == "ok"
+    # and the chain step it already held is known as a workflow job.
+    for job_id in (step[0].id, plain[0].id, "junk"):
+        assert await broker.cancel(job_id)
+    assert [entry.job_id for entry in await broker.outbox()] == [step[0].id]
+
+
+async def test_outbox_records_only_workflow_jobs(make_broker: MakeBroker, clock: FakeClock) -> None:
+    broker = make_broker()
+    member = job(clock, chord=ChordRef(new_job_id(), 0, 2))
+    step = job(clock, then=[Step(id=new_job_id(), task="next")])
+    plain = job(clock)
+    await broker.enqueue([member, step, plain])
+
+    for envelope, _ in (plain, member, step):
+        assert await broker.cancel(envelope.id)
+
+    assert [entry.job_id for entry in await broker.outbox()] == [member[0].id, step[0].id]
 
 
 async def test_data_survives_close_and_reopen(make_broker: MakeBroker, clock: FakeClock) -> None:

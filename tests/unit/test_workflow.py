@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload import JobFailed, JobState, Offload, Worker, chain, chord, group
+from offload import JobCancelled, JobFailed, JobState, Offload, Worker, chain, chord, group
 from offload.errors import ConfigurationError, InvalidArguments
 from offload.testing import FakeClock
 
@@ -182,7 +182,11 @@ async def test_cancelling_a_chain_stops_it_even_if_the_running_step_succeeds(
     outcome = await worker.executor.execute(lease)  # a sync step runs to completion
     await worker._settle(lease, outcome)
     assert await flow.jobs[0].state_async() is JobState.SUCCEEDED
-    assert await app.broker.get_job(flow.jobs[1].id) is None  # the chain stopped
+    # the chain stopped: the steps after it are recorded cancelled, never run
+    assert await Worker(app).drain() == 0
+    assert [await j.state_async() for j in flow.jobs[1:]] == [JobState.CANCELLED] * 2
+    with pytest.raises(JobCancelled):
+        await flow.result_async(timeout=1)
 
 
 async def test_cancelling_a_group_cancels_its_waiting_members(app: Offload) -> None:

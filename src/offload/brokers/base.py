@@ -412,6 +412,7 @@ class Broker(abc.ABC):
         it None) until the job is purged. Last write wins; no state check (a late
         report of a finished job is harmless)."""
 
+    @abc.abstractmethod
     async def outbox(self, limit: int = 500) -> list[Ended]:
         """Jobs that became terminal without a worker, oldest first, until
         `clear_outbox`: `cancelled` by `cancel` while `queued`/`scheduled`, or
@@ -425,11 +426,10 @@ class Broker(abc.ABC):
         may record others too (the reader skips them). An entry whose job was purged is
         not returned. Read-only: several readers may get the same entries.
         """
-        raise NotImplementedError(f"{type(self).__name__} has no outbox yet")
 
+    @abc.abstractmethod
     async def clear_outbox(self, job_ids: Sequence[str]) -> None:
         """Forget these outbox entries (their follow-ups are done). Idempotent."""
-        raise NotImplementedError(f"{type(self).__name__} has no outbox yet")
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
         """Return once `job_id` may be terminal (or unknown), or after `timeout_s`.

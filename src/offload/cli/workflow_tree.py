@@ -1,8 +1,8 @@
 """`offload show` for workflows: the jobs of a workflow as a tree, each with its state.
 
-Edges are `parent_id` links. A chain's steps that are not enqueued yet (they travel in
-the last enqueued step's `then`) are shown as `pending`; a group or chord id (not a job
-itself) is the root of its members.
+Edges are `parent_id` links. A group is a node of its own (`group`, no state) holding
+its branches, and the stage after it (a chord's callback) as its last child. Stages not
+enqueued yet (they travel in the last enqueued step's `then`) are shown as `pending`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from rich.tree import Tree
 
 from offload.brokers.base import JobInfo
+from offload.job import Step
 
 __all__ = ["Node", "build", "render", "to_json"]
 
@@ -35,24 +36,48 @@ class Node:
 
 
 def build(workflow_id: str, jobs: list[JobInfo]) -> Node:
-    """The tree of `jobs`, rooted at the workflow's first job (or at the group)."""
+    """The tree of `jobs`, rooted at the workflow's first job (or at its first group)."""
     nodes = {info.id: Node(info.id, info.task, str(info.state)) for info in jobs}
     root = nodes.get(workflow_id) or Node(workflow_id, "group", "")
+    groups: dict[str, Node] = {} if workflow_id in nodes else {root.id: root}
+    envelopes = {info.id: info.envelope() for info in jobs}
+
+    def group_node(group_id: str, parent: Node) -> Node:
+        if group_id not in groups:
+            groups[group_id] = Node(group_id, "group", "")
+            parent.children.append(groups[group_id])
+        return groups[group_id]
+
     for info in jobs:
-        envelope = info.envelope()
-        parent = envelope.parent_id if envelope else None
-        if info.id != root.id:
-            (nodes.get(parent or "") or root).children.append(nodes[info.id])
+        envelope = envelopes[info.id]
+        if info.id == root.id or envelope is None:
+            continue
+        parent_id = envelope.parent_id or ""
+        parent = nodes.get(parent_id) or groups.get(parent_id) or root
+        chord = envelope.chord
+        parent_envelope = envelopes.get(parent_id)
+        parent_chord = parent_envelope.chord if parent_envelope is not None else None
+        if chord is not None and (parent_chord is None or parent_chord.id != chord.id):
+            parent = group_node(chord.id, parent)  # the first step of a branch
+        parent.children.append(nodes[info.id])
+    known = {**nodes, **groups}
+    for info in jobs:
+        envelope = envelopes[info.id]
         if envelope is not None and envelope.then:
-            _add_pending(nodes, nodes[info.id], envelope.then)
+            _add_pending(known, nodes[info.id], envelope.then)
     return root
 
 
-def _add_pending(nodes: dict[str, Node], node: Node, steps: list[Any]) -> None:
+def _add_pending(nodes: dict[str, Node], node: Node, steps: list[Step]) -> None:
     for step in steps:
         if step.id in nodes:
             return
-        pending = Node(step.id, step.task, "pending")
+        if step.branches is None:
+            pending = Node(step.id, step.task, "pending")
+        else:
+            pending = Node(step.id, "group", "pending")
+            for branch in step.branches:
+                _add_pending(nodes, pending, branch)
         node.children.append(pending)
         node = pending
 

@@ -87,7 +87,9 @@ async def run(source: Path | None, workdir: Path, *, live: bool = True) -> dict[
         upload.write_bytes(source.read_bytes())
     resize, thumbnail, notify = (app.tasks[f"media.{n}"] for n in ("resize", "thumbnail", "notify"))
     flow = await chain(
-        resize.call(str(upload), list(SIZES)), thumbnail.call(), notify.call("ada@example.com")
+        resize.call(str(upload), list(SIZES)),
+        thumbnail.partial(),
+        notify.partial("ada@example.com"),
     ).enqueue_async()
     worker = Worker(app, poll_s=0.05)
     runner = asyncio.create_task(worker.run())

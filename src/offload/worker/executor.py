@@ -142,6 +142,7 @@ class Executor:
             created_at=envelope.created_at,
             deadline=now + timeout_s if timeout_s is not None else None,
             worker_id=self.worker_id,
+            failures=tuple(envelope.failures or ()),
         )
         _reporters[envelope.id] = self._reporter(envelope.id)
         try:

@@ -28,7 +28,7 @@ from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
-from offload.worker.flows import follow_up
+from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.leases import AckBatcher
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ ERROR_BACKOFF_S = 1.0
 #: How often (seconds) the worker asks the broker whether its running async jobs were
 #: cancelled: a cancelled job sees it within this period plus a round trip.
 CANCEL_POLL_S = 0.5
+#: How often a worker runs the workflow follow-ups of jobs that ended inside the broker
+#: (cancelled while waiting, expired: `Broker.outbox`), in seconds.
+OUTBOX_S = 1.0
 
 
 class Worker:
@@ -131,6 +134,7 @@ class Worker:
             asyncio.create_task(self._every(self.lease_s / 3, self._heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(self.sweep_s, self.broker.sweep), name="sweeper"),
             asyncio.create_task(self._every(CANCEL_POLL_S, self.check_cancels), name="cancels"),
+            asyncio.create_task(self._every(OUTBOX_S, self.drain_outbox), name="outbox"),
         ]
         if self.scheduler is not None:
             tick = self.scheduler.tick
@@ -182,8 +186,13 @@ class Worker:
                 await asyncio.wait(
                     [t for _, t in self._running.values()], return_when=asyncio.FIRST_COMPLETED
                 )
-            elif reserved == 0 and not self._buffer:
+            elif reserved == 0 and not self._buffer and not await self.drain_outbox():
                 return self.processed - before
+
+    async def drain_outbox(self) -> int:
+        """Run the workflow follow-ups of the jobs that ended inside the broker (see
+        `flows.drain_outbox`); returns how many there were."""
+        return await drain_outbox(self.app)
 
     # -- fetch loop --------------------------------------------------------------------
 

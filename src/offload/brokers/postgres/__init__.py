@@ -6,7 +6,8 @@
   other operation is one statement in autocommit mode. Partial indexes keep each step's
   cost independent of how many finished jobs the table holds.
 - **No polling.** `LISTEN/NOTIFY` wakes idle workers when a job becomes ready
-  (`_listener.py`); `next_due` bounds their sleep for delayed jobs.
+  (`_listener.py`); `next_due` bounds their sleep for delayed jobs. Job ends are
+  notified too, so `wait_finished` returns as soon as a job ends anywhere (`_ends.py`).
 - **Enqueue in the application's transaction** (`enqueue_in`): the job commits or
   rolls back with the application's own rows.
 - **Versioned migrations** (`_sql.py`), applied by `connect()` or `offload migrate`.
@@ -41,6 +42,7 @@ from offload.brokers.base import (
     Ack,
     Broker,
     Capabilities,
+    Ended,
     EnqueueResult,
     JobInfo,
     Lease,
@@ -49,7 +51,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import _cancel, _joins, _limits, _rows
+from offload.brokers.postgres import _cancel, _ends, _joins, _limits, _rows
 from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, qualified, schema_version
 from offload.clock import Clock
@@ -72,6 +74,7 @@ class Settings:
     schema: str | None
     pool_max: int
     channel: str  # the NOTIFY channel of this schema's jobs
+    ends_channel: str  # the NOTIFY channel of this schema's job ends (`_ends.py`)
 
 
 def parse_url(url: str) -> Settings:
@@ -97,7 +100,7 @@ def parse_url(url: str) -> Settings:
         raise ConfigurationError(f"pool_max must be at least 1 in {url!r}")
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
     channel = f"offload.{schema}" if schema else "offload"
-    return Settings(conninfo, schema, pool_max, channel)
+    return Settings(conninfo, schema, pool_max, channel, _ends.ends_channel(schema))
 
 
 @dataclass(slots=True)
@@ -110,7 +113,11 @@ class PostgresBroker(Broker):
     """Jobs in PostgreSQL tables; see the module docstring."""
 
     capabilities = Capabilities(
-        transactional_enqueue=True, push_wakeup=True, cross_process=True, loop_bound=False
+        transactional_enqueue=True,
+        push_wakeup=True,
+        push_results=True,
+        cross_process=True,
+        loop_bound=False,
     )
 
     def __init__(
@@ -124,6 +131,7 @@ class PostgresBroker(Broker):
         self.settings = parse_url(url)
         self._lock = threading.Lock()
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Task[_LoopState]] = {}
+        self._ends = _ends.EndWaiters()  # `wait_finished`, for every loop of this broker
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -157,7 +165,10 @@ class PostgresBroker(Broker):
             name="offload",
         )
         await pool.open(wait=True, timeout=10)
-        return _LoopState(pool, Listener(s.conninfo, s.channel))
+        listener = Listener(
+            s.conninfo, s.channel, ends_channel=s.ends_channel, on_ends=self._ends.on_payload
+        )
+        return _LoopState(pool, listener)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
@@ -307,6 +318,7 @@ class PostgresBroker(Broker):
             "limit": max(limit, 0),
             "lease_error": _rows.LEASE_EXPIRED,
             "retention_s": self.retention_s,
+            "ends": self.settings.ends_channel,
         }
         rows = await self._rows("reserve", params)
         return [
@@ -351,8 +363,10 @@ class PostgresBroker(Broker):
             "purge_at": now + ttl,
             "id": lease.job_id,
             "token": lease.token,
+            "ends": self.settings.ends_channel,
         }
         _check_held(await self._rowcount("ack", params), lease)
+        self._ends.notify([lease.job_id])
 
     async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
         """Every ack in one statement (one round trip, one commit) for the batch."""
@@ -364,8 +378,10 @@ class PostgresBroker(Broker):
             "tokens": [a.lease.token for a in acks],
             "results": [a.result for a in acks],
             "ttls": [self.retention_s if a.result_ttl_s is None else a.result_ttl_s for a in acks],
+            "ends": self.settings.ends_channel,
         }
         held = {(row["id"], row["token"]) for row in await self._rows("ack_many", params)}
+        self._ends.notify(job_id for job_id, _ in held)
         return [(a.lease.job_id, a.lease.token) in held for a in acks]
 
     async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
@@ -391,8 +407,10 @@ class PostgresBroker(Broker):
             "now": self.clock.now(),
             "id": lease.job_id,
             "token": lease.token,
+            "ends": self.settings.ends_channel,
         }
         _check_held(await self._rowcount("bury", params), lease)
+        self._ends.notify([lease.job_id])
 
     async def defer(self, lease: Lease, *, at: float) -> None:
         params = {"at": at, "now": self.clock.now(), "id": lease.job_id}
@@ -411,8 +429,22 @@ class PostgresBroker(Broker):
 
     async def cancel(self, job_id: str) -> bool:
         now = self.clock.now()
-        params = {"id": job_id, "now": now, "purge_at": now + self.retention_s}
-        return bool(await self._rows("cancel", params))
+        ends = self.settings.ends_channel
+        params = {"id": job_id, "now": now, "purge_at": now + self.retention_s, "ends": ends}
+        rows = await self._rows("cancel", params)
+        self._ends.notify([job_id])  # spurious if it was running (only flagged): allowed
+        return bool(rows)
+
+    async def outbox(self, limit: int = 500) -> list[Ended]:
+        return await _ends.outbox(self, limit)
+
+    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        await _ends.clear_outbox(self, job_ids)
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> None:
+        """Return within a round trip of the job's end in any process (a NOTIFY on
+        the ends channel), or after `timeout_s`; at once if it is terminal or unknown."""
+        await _ends.wait_finished(self, job_id, timeout_s)
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -547,8 +579,10 @@ class PostgresBroker(Broker):
     async def sweep(self) -> SweepReport:
         now = self.clock.now()
         async with self._conn() as conn:
-            expire = {"now": now, "purge_at": now + self.retention_s}
-            expired = (await conn.execute(_Q["expire_due"], expire)).rowcount
+            ends = self.settings.ends_channel
+            expire = {"now": now, "purge_at": now + self.retention_s, "ends": ends}
+            row = await (await conn.execute(_Q["expire_due"], expire)).fetchone()
+            expired = row["n"] if row else 0
             purge = {"now": now, "batch": SWEEP_BATCH}
             purged = (await conn.execute(_Q["purge_finished"], purge)).rowcount
             removed = (await conn.execute(_Q["forget_lapsed_workers"], {"now": now})).rowcount

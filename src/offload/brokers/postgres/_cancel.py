@@ -34,9 +34,11 @@ async def cancel_running(broker: PostgresBroker, lease: Lease, error: ErrorInfo)
         "purge_at": now + broker.retention_s,
         "id": lease.job_id,
         "token": lease.token,
+        "ends": broker.settings.ends_channel,
     }
     if await broker._rowcount("cancel_running", params) != 1:
         raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+    broker._ends.notify([lease.job_id])
 
 
 async def workflow_jobs(broker: PostgresBroker, workflow_id: str, limit: int) -> list[JobInfo]:

@@ -8,6 +8,12 @@ commit and never for a job it cannot see yet.
 The listener counts notifications per queue. `reserve` notes the count before it looks
 for work, and `wait` returns at once if the count moved since: a job committed between
 an empty reserve and the start of a wait is not slept through.
+
+Job ends (for `wait_finished`) come on a second channel, whose payloads are the ended
+jobs' ids, one per line. The connection LISTENs to it only once this process waits for a
+job (`listen_ends`), and from then on until it closes: a worker that never waits for a
+result is not sent every end of every job, and a process that waits once will likely
+wait again (re-LISTENing per wait would cost a round trip each time).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -31,9 +38,23 @@ RECONNECT_S = 1.0
 class Listener:
     """One LISTEN connection for one event loop; `wait` is cheap and concurrent."""
 
-    def __init__(self, conninfo: str, channel: str) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        channel: str,
+        *,
+        ends_channel: str,
+        on_ends: Callable[[str | None], None],
+    ) -> None:
+        """`on_ends` gets each payload of the ends channel (ids, one per line), and None
+        when the connection was lost (ends may have been missed)."""
         self._conninfo = conninfo
         self._channel = channel
+        self._ends_channel = ends_channel
+        self._on_ends = on_ends
+        self._ends_wanted = False
+        self._ends_listening = asyncio.Event()
+        self._ends_asked = asyncio.Event()  # set by `listen_ends` to interrupt the reader
         self._counts: dict[str, int] = {}
         self._waiters: set[tuple[frozenset[str], asyncio.Event]] = set()
         self._listening = asyncio.Event()
@@ -47,6 +68,16 @@ class Listener:
             self._task = asyncio.create_task(self._run(), name="offload-postgres-listener")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), timeout_s)
+
+    async def listen_ends(self, timeout_s: float = 5.0) -> None:
+        """LISTEN to the ends channel too (from now until `close`), and wait until it
+        has taken effect: an end committed after this returns is pushed."""
+        if not self._ends_wanted:
+            self._ends_wanted = True
+            self._ends_asked.set()
+        await self.start(timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ends_listening.wait(), timeout_s)
 
     def mark(self, queues: Sequence[str]) -> None:
         """Note how many notifications `queues` have had (called before a reserve)."""
@@ -96,7 +127,9 @@ class Listener:
                     extra={"action": "postgres_listener_lost"},
                 )
             self._listening.clear()
+            self._ends_listening.clear()
             self._wake(None)  # notifications may have been missed: let waiters look
+            self._on_ends(None)
             await asyncio.sleep(RECONNECT_S)
 
     async def _listen(self) -> None:
@@ -104,7 +137,36 @@ class Listener:
         try:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
             self._listening.set()
-            async for note in conn.notifies():
-                self._wake(note.payload)
+            while not self._ends_wanted:
+                await self._read_until_ends_asked(conn)
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._ends_channel)))
+            self._ends_listening.set()
+            await self._read(conn)
         finally:
             await conn.close()
+
+    async def _read_until_ends_asked(self, conn: AsyncConnection[Any]) -> None:
+        """Deliver notifications until `listen_ends` asks for the ends channel; then
+        stop reading (psycopg holds the connection while it reads) so LISTEN can run."""
+        self._ends_asked.clear()
+        if self._ends_wanted:
+            return
+        reader = asyncio.create_task(self._read(conn), name="offload-postgres-listener-read")
+        asked = asyncio.create_task(self._ends_asked.wait())
+        try:
+            await asyncio.wait({reader, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        if not reader.cancelled():
+            reader.result()  # the connection failed: raise, to reconnect
+
+    async def _read(self, conn: AsyncConnection[Any]) -> None:
+        async for note in conn.notifies():
+            if note.channel == self._ends_channel:
+                self._on_ends(note.payload)
+            else:
+                self._wake(note.payload)

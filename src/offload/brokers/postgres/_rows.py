@@ -36,7 +36,7 @@ def enqueue_params(
         name: []
         for name in (
             "ids", "queues", "tasks", "states", "priorities", "max_attempts", "keys",
-            "created", "due", "expires", "payloads",
+            "created", "due", "expires", "payloads", "flows",
         )
     }  # fmt: skip
     for env, payload in jobs:
@@ -52,6 +52,8 @@ def enqueue_params(
         columns["due"].append(due_at)
         columns["expires"].append(env.expires_at)
         columns["payloads"].append(payload)
+        # Workflow follow-ups: a cancel or an expiry records the job in the outbox.
+        columns["flows"].append(bool(env.then) or env.chord is not None)
     return {**columns, "channel": channel}
 
 

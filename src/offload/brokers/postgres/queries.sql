@@ -6,11 +6,16 @@
 -- a job ready now call pg_notify(channel, queue) for it: inside a transaction the
 -- notification is sent at commit, so a listening worker never wakes for a job it cannot
 -- see yet, and never misses one that committed.
+--
+-- Statements that end a job (ack, bury, cancel, expiry) pass the ids they ended to
+-- offload_notify_ends(%(ends)s, ...): one notification per statement, which wakes
+-- `wait_finished` in every process. Those that end a waiting flow job without a worker
+-- (cancel, expiry) also set its outbox_seq: the outbox entry is the state change's row.
 
 -- name: reserve
 SELECT id, token, queue, attempt, deadline, payload
-  FROM offload_reserve_v1(%(queues)s::text[], %(worker_id)s, %(now)s, %(lease_s)s,
-                          %(limit)s, %(lease_error)s, %(retention_s)s);
+  FROM offload_reserve_v2(%(queues)s::text[], %(worker_id)s, %(now)s, %(lease_s)s,
+                          %(limit)s, %(lease_error)s, %(retention_s)s, %(ends)s);
 
 -- name: enqueue
 -- Conflicts on `id` (the same envelope sent twice) or `key` store nothing; rows of one
@@ -20,10 +25,11 @@ WITH input AS (
       FROM unnest(%(ids)s::text[], %(queues)s::text[], %(tasks)s::text[], %(states)s::text[],
                   %(priorities)s::integer[], %(max_attempts)s::integer[], %(keys)s::text[],
                   %(created)s::double precision[], %(due)s::double precision[],
-                  %(expires)s::double precision[], %(payloads)s::bytea[])
+                  %(expires)s::double precision[], %(payloads)s::bytea[],
+                  %(flows)s::boolean[])
            WITH ORDINALITY
            AS t(id, queue, task, state, priority, max_attempts, key, created_at, due_at,
-                expires_at, payload, ord)
+                expires_at, payload, flow, ord)
 ), known AS (
     INSERT INTO offload_queues (name)
     SELECT DISTINCT queue FROM input ORDER BY 1
@@ -31,9 +37,9 @@ WITH input AS (
 )
 INSERT INTO offload_jobs
        (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
-        expires_at, payload)
+        expires_at, payload, flow)
 SELECT id, queue, task, state, priority, max_attempts, key, created_at, due_at,
-       expires_at, payload
+       expires_at, payload, flow
   FROM input
  ORDER BY ord
 ON CONFLICT DO NOTHING
@@ -64,18 +70,25 @@ RETURNING l.id, l.token;
 UPDATE offload_jobs
    SET state = 'succeeded', result = %(result)s, finished_at = %(now)s, lease_token = NULL,
        lease_deadline = NULL, error = NULL, purge_at = %(purge_at)s
- WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+RETURNING offload_notify_ends(%(ends)s, ARRAY[id]);
 
 -- name: ack_many
 -- Every ack of a batch in one statement; the (id, token) pairs it returns are the leases
--- that were still held.
-UPDATE offload_jobs AS j
-   SET state = 'succeeded', result = a.result, finished_at = %(now)s, lease_token = NULL,
-       lease_deadline = NULL, error = NULL, purge_at = %(now)s + a.ttl
-  FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(results)s::bytea[],
-              %(ttls)s::double precision[]) AS a(id, token, result, ttl)
- WHERE j.id = a.id AND j.lease_token = a.token AND j.state = 'running'
-RETURNING a.id, a.token;
+-- that were still held. `ended` is a CTE (calling a volatile function, so never inlined
+-- nor rescanned): the batch's ends are notified once.
+WITH acked AS (
+    UPDATE offload_jobs AS j
+       SET state = 'succeeded', result = a.result, finished_at = %(now)s, lease_token = NULL,
+           lease_deadline = NULL, error = NULL, purge_at = %(now)s + a.ttl
+      FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(results)s::bytea[],
+                  %(ttls)s::double precision[]) AS a(id, token, result, ttl)
+     WHERE j.id = a.id AND j.lease_token = a.token AND j.state = 'running'
+    RETURNING a.id, a.token
+), ended AS (
+    SELECT offload_notify_ends(%(ends)s, array_agg(id)) AS sent FROM acked
+)
+SELECT acked.id, acked.token FROM acked, ended;
 
 -- name: retry
 UPDATE offload_jobs
@@ -88,7 +101,8 @@ RETURNING CASE WHEN due_at <= %(now)s THEN pg_notify(%(channel)s, queue) END;
 UPDATE offload_jobs
    SET state = 'dead', error = %(error)s, finished_at = %(now)s, lease_token = NULL,
        lease_deadline = NULL
- WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+RETURNING offload_notify_ends(%(ends)s, ARRAY[id]);
 
 -- name: release
 -- The attempt that was counted at reserve is given back: the job never ran.
@@ -151,14 +165,17 @@ WITH rates AS (DELETE FROM offload_rates WHERE tat <= %(now)s)
 DELETE FROM offload_slots WHERE expires_at <= %(now)s;
 
 -- name: cancel
--- Waiting jobs are cancelled; a running one is flagged for cooperative cancellation.
+-- Waiting jobs are cancelled (a flow job into the outbox, with its end notified); a
+-- running one is flagged for cooperative cancellation.
 UPDATE offload_jobs
    SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
        finished_at = CASE WHEN state = 'running' THEN finished_at ELSE %(now)s END,
        purge_at = CASE WHEN state = 'running' THEN purge_at ELSE %(purge_at)s END,
-       cancel_requested = cancel_requested OR state = 'running'
+       cancel_requested = cancel_requested OR state = 'running',
+       outbox_seq = CASE WHEN state <> 'running' AND flow
+                         THEN nextval('offload_outbox_seq') END
  WHERE id = %(id)s AND state IN ('queued', 'scheduled', 'running')
-RETURNING id;
+RETURNING id, CASE WHEN state = 'cancelled' THEN offload_notify_ends(%(ends)s, ARRAY[id]) END;
 
 -- name: get_job
 SELECT * FROM offload_jobs WHERE id = %(id)s;
@@ -182,14 +199,20 @@ SELECT queue, min(due_at) AS oldest FROM offload_jobs WHERE state = 'queued' GRO
 SELECT name FROM offload_queues ORDER BY name;
 
 -- name: expire_due
--- Waiting jobs past their expiry will never run (the same step as in reserve).
-UPDATE offload_jobs AS j
-   SET state = 'expired', finished_at = %(now)s, purge_at = %(purge_at)s
-  FROM (SELECT w.seq FROM offload_jobs AS w
-         WHERE w.expires_at IS NOT NULL AND w.state IN ('queued', 'scheduled')
-           AND w.expires_at <= %(now)s
-         FOR UPDATE SKIP LOCKED) AS stale
- WHERE j.seq = stale.seq;
+-- Waiting jobs past their expiry will never run (the same step as in reserve, with the
+-- outbox and the notification); returns how many expired.
+WITH expired AS (
+    UPDATE offload_jobs AS j
+       SET state = 'expired', finished_at = %(now)s, purge_at = %(purge_at)s,
+           outbox_seq = CASE WHEN j.flow THEN nextval('offload_outbox_seq') END
+      FROM (SELECT w.seq FROM offload_jobs AS w
+             WHERE w.expires_at IS NOT NULL AND w.state IN ('queued', 'scheduled')
+               AND w.expires_at <= %(now)s
+             FOR UPDATE SKIP LOCKED) AS stale
+     WHERE j.seq = stale.seq
+    RETURNING j.id
+)
+SELECT count(*) AS n, offload_notify_ends(%(ends)s, array_agg(id)) AS sent FROM expired;
 
 -- name: purge_finished
 -- A bounded batch per call, so one sweep never holds a long transaction; rows
@@ -242,7 +265,8 @@ DELETE FROM offload_joins WHERE joined_at <= %(before)s;
 UPDATE offload_jobs
    SET state = 'cancelled', error = %(error)s, finished_at = %(now)s, purge_at = %(purge_at)s,
        lease_token = NULL, lease_deadline = NULL
- WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running';
+ WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+RETURNING offload_notify_ends(%(ends)s, ARRAY[id]);
 
 -- name: cancel_requested
 SELECT id FROM offload_jobs
@@ -266,3 +290,16 @@ SELECT j.*, p.progress FROM offload_jobs AS j
 -- name: progress_orphans
 DELETE FROM offload_progress AS p
  WHERE NOT EXISTS (SELECT 1 FROM offload_jobs AS j WHERE j.id = p.job_id);
+
+-- name: outbox
+SELECT id, state, payload FROM offload_jobs
+ WHERE outbox_seq IS NOT NULL
+ ORDER BY outbox_seq
+ LIMIT %(limit)s;
+
+-- name: clear_outbox
+UPDATE offload_jobs SET outbox_seq = NULL
+ WHERE id = ANY(%(ids)s::text[]) AND outbox_seq IS NOT NULL;
+
+-- name: job_state
+SELECT state FROM offload_jobs WHERE id = %(id)s;

@@ -1,4 +1,4 @@
--- The offload PostgreSQL schema for a fresh install: what migrations/0001..0002 build,
+-- The offload PostgreSQL schema for a fresh install: what migrations/0001..0006 build,
 -- in one file. `connect()` and `offload migrate` run this on an empty schema and record
 -- every migration as applied; a schema that has some of them gets the rest instead.
 -- tests/migrations/ proves that both roads end at the same catalog. Any change here
@@ -35,7 +35,9 @@ CREATE TABLE offload_jobs (
     payload          bytea            NOT NULL,        -- the encoded envelope, never rewritten
     result           bytea,                            -- encoded JSON result
     cancel_requested boolean          NOT NULL DEFAULT false,
-    purge_at         double precision                  -- when sweep may delete a finished job
+    purge_at         double precision,                 -- when sweep may delete a finished job
+    flow             boolean          NOT NULL DEFAULT false, -- the envelope has `then`/`chord`
+    outbox_seq       bigint                            -- set while in the outbox (`outbox`)
 );
 
 -- reserve: the best ready jobs of one queue, in the order they are taken.
@@ -61,6 +63,12 @@ CREATE INDEX offload_jobs_purge
 CREATE INDEX offload_jobs_queue_state ON offload_jobs (queue, state, seq);
 -- list_jobs by state, and the dead-letter operations.
 CREATE INDEX offload_jobs_state ON offload_jobs (state, seq);
+-- outbox: the flow jobs that ended without a worker (cancelled while waiting, expired),
+-- in the order they ended. The statement that cancels or expires a flow job sets its
+-- outbox_seq, so the entry is written with the state change and vanishes with the job;
+-- clear_outbox sets it back to NULL.
+CREATE SEQUENCE offload_outbox_seq;
+CREATE INDEX offload_jobs_outbox ON offload_jobs (outbox_seq) WHERE outbox_seq IS NOT NULL;
 
 -- Every queue that holds or held a job: `queues` lists it even after its jobs are purged.
 CREATE TABLE offload_queues (
@@ -82,21 +90,57 @@ CREATE TABLE offload_workers (
     expires_at  double precision NOT NULL
 );
 
+-- wait_finished: NOTIFY the ids of jobs that ended on channel p_channel (none if NULL),
+-- newline-separated, in as many notifications as the 8000-byte payload limit needs
+-- (usually one). One call per statement, so a batch of acks sends one notification, not
+-- one per job. In a batch too big for one payload, ids over 500 bytes or holding a
+-- newline are left out (ids are 32 hex digits; an odd one's waiter times out, re-reads).
+CREATE FUNCTION offload_notify_ends(p_channel text, p_ids text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_payload text;
+    v_sent    integer := 0;
+BEGIN
+    IF p_channel IS NULL OR coalesce(cardinality(p_ids), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    v_payload := array_to_string(p_ids, E'\n');
+    IF octet_length(v_payload) <= 7500 THEN  -- the common case: one notification
+        PERFORM pg_notify(p_channel, v_payload);
+        RETURN 1;
+    END IF;
+    FOR v_payload IN
+        SELECT string_agg(c.id, E'\n' ORDER BY c.ord)
+          FROM (SELECT u.id, u.ord,
+                       sum(octet_length(u.id) + 1) OVER (ORDER BY u.ord) / 7000 AS chunk
+                  FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+                 WHERE octet_length(u.id) <= 500 AND strpos(u.id, E'\n') = 0) AS c
+         GROUP BY c.chunk
+    LOOP
+        PERFORM pg_notify(p_channel, v_payload);
+        v_sent := v_sent + 1;
+    END LOOP;
+    RETURN v_sent;
+END
+$$;
+
 -- reserve, in one round trip and one transaction: promote due scheduled jobs, reclaim
--- lapsed leases, expire stale waiting jobs (each an index range scan that finds nothing
--- in the common case, skipping rows another reserver is already moving), then claim up
--- to p_limit jobs in one statement: per queue, the best ready rows FOR UPDATE SKIP
--- LOCKED, merged by priority, due time and enqueue order, feeding UPDATE ... RETURNING.
--- Versioned by name (`_v1`): a change is a new function, so old workers keep working
--- during a rolling upgrade.
-CREATE FUNCTION offload_reserve_v1(
+-- lapsed leases, expire stale waiting jobs (recording flow jobs in the outbox and
+-- notifying p_ends of their end), each an index range scan that finds nothing in the
+-- common case, skipping rows another reserver is already moving; then claim up to
+-- p_limit jobs in one statement: per queue, the best ready rows FOR UPDATE SKIP LOCKED,
+-- merged by priority, due time and enqueue order, feeding UPDATE ... RETURNING.
+-- Versioned by name: a change of signature is a new function, so old workers keep
+-- working during a rolling upgrade.
+CREATE FUNCTION offload_reserve_v2(
     p_queues      text[],
     p_worker      text,
     p_now         double precision,
     p_lease_s     double precision,
     p_limit       integer,
     p_lease_error text,
-    p_retention_s double precision
+    p_retention_s double precision,
+    p_ends        text
 ) RETURNS TABLE (
     id       text,
     token    text,
@@ -106,6 +150,8 @@ CREATE FUNCTION offload_reserve_v1(
     payload  bytea
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
+DECLARE
+    v_ids text[];
 BEGIN
     UPDATE offload_jobs AS j SET state = 'queued'
       FROM (SELECT s.seq FROM offload_jobs AS s
@@ -121,13 +167,19 @@ BEGIN
              FOR UPDATE SKIP LOCKED) AS lapsed
      WHERE j.seq = lapsed.seq;
 
-    UPDATE offload_jobs AS j
-       SET state = 'expired', finished_at = p_now, purge_at = p_now + p_retention_s
-      FROM (SELECT w.seq FROM offload_jobs AS w
-             WHERE w.expires_at IS NOT NULL AND w.state IN ('queued', 'scheduled')
-               AND w.expires_at <= p_now
-             FOR UPDATE SKIP LOCKED) AS stale
-     WHERE j.seq = stale.seq;
+    WITH expired AS (
+        UPDATE offload_jobs AS j
+           SET state = 'expired', finished_at = p_now, purge_at = p_now + p_retention_s,
+               outbox_seq = CASE WHEN j.flow THEN nextval('offload_outbox_seq') END
+          FROM (SELECT w.seq FROM offload_jobs AS w
+                 WHERE w.expires_at IS NOT NULL AND w.state IN ('queued', 'scheduled')
+                   AND w.expires_at <= p_now
+                 FOR UPDATE SKIP LOCKED) AS stale
+         WHERE j.seq = stale.seq
+        RETURNING j.id
+    )
+    SELECT array_agg(e.id) INTO v_ids FROM expired AS e;
+    PERFORM offload_notify_ends(p_ends, v_ids);
 
     IF p_limit <= 0 THEN
         RETURN;
@@ -161,6 +213,29 @@ BEGIN
       FROM leased AS l
      ORDER BY l.priority DESC, l.due_at, l.seq;
 END
+$$;
+
+-- The reserve of schema versions 2..5, for workers still running an older offload during
+-- an upgrade: v2 without the end notifications (it has no channel), so the jobs those
+-- workers expire still reach the outbox.
+CREATE FUNCTION offload_reserve_v1(
+    p_queues      text[],
+    p_worker      text,
+    p_now         double precision,
+    p_lease_s     double precision,
+    p_limit       integer,
+    p_lease_error text,
+    p_retention_s double precision
+) RETURNS TABLE (
+    id       text,
+    token    text,
+    queue    text,
+    attempt  integer,
+    deadline double precision,
+    payload  bytea
+) LANGUAGE sql AS $$
+    SELECT * FROM offload_reserve_v2(p_queues, p_worker, p_now, p_lease_s, p_limit,
+                                     p_lease_error, p_retention_s, NULL);
 $$;
 
 -- Rate limits (`take_rate`): the GCRA theoretical arrival time of each key. A past

@@ -27,9 +27,11 @@ queues live in different slots, it peeks at the head of each queue, then leases 
 each queue its share of the best `limit` jobs, one script per queue: exact when alone,
 best effort under concurrent reservations (never a job leased twice).
 
-Wake-ups are pub/sub (see `_wakeup.py`). Connections belong to the event loop that
-opened them (`Capabilities.loop_bound`): `Offload` gives its sync portal a broker of its
-own.
+Wake-ups are pub/sub (see `_wakeup.py`), and so are job ends for `wait_finished`, but
+only for jobs someone waits on (see `_ended.py`). Workflow jobs cancelled while waiting
+or expired are recorded in their queue's outbox by the same script (see `_outbox.py`).
+Connections belong to the event loop that opened them (`Capabilities.loop_bound`):
+`Offload` gives its sync portal a broker of its own.
 """
 
 from __future__ import annotations
@@ -38,18 +40,20 @@ import asyncio
 import heapq
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import msgspec
 
+from offload.brokers._wakeup import JobWaiters
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     LEASE_EXPIRED,
     Ack,
     Broker,
     Capabilities,
+    Ended,
     EnqueueResult,
     JobInfo,
     Lease,
@@ -58,7 +62,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import _cancel, _joins, _limits, _workflows
+from offload.brokers.redis import _cancel, _ended, _joins, _limits, _outbox, _workflows
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -98,7 +102,11 @@ class RedisBroker(Broker):
     """Jobs in Redis (or Redis Cluster); every transition one Lua script."""
 
     capabilities = Capabilities(
-        transactional_enqueue=False, push_wakeup=True, cross_process=True, loop_bound=True
+        transactional_enqueue=False,
+        push_wakeup=True,
+        push_results=True,
+        cross_process=True,
+        loop_bound=True,
     )
 
     def __init__(
@@ -112,6 +120,8 @@ class RedisBroker(Broker):
         self.options = parse_url(url)
         self.prefix = self.options.prefix
         self.global_keys = K.global_keys(self.prefix)
+        self._ended_channel = K.ended_channel(self.prefix)
+        self._job_ends = JobWaiters()  # `wait_finished` (see `_ended.py`)
         parts = self.options.redis_url.split("@")[-1].split("/")
         self._where = parts[2] if len(parts) > 2 else self.options.redis_url
         self._client: Client | None = None
@@ -238,7 +248,7 @@ class RedisBroker(Broker):
                 due = max(env.not_before or now, now)
                 args += [env.id, env.key or "", payload, env.task, str(env.priority)]
                 args += [opt(env.max_attempts), num(env.created_at or now), num(due)]
-                args.append(opt(env.expires_at))
+                args += [opt(env.expires_at), _outbox.workflow_flag(env)]
             calls.append(("enqueue", self._q(queue), args))
         results: list[EnqueueResult | None] = [None] * len(jobs)
         replies = await self._run_many(calls)
@@ -267,6 +277,7 @@ class RedisBroker(Broker):
         keys = [key for queue in names for key in self._q(queue)]
         args = [num(now), worker_id, num(now + lease_s), str(limit), os.urandom(8).hex() + ":"]
         args += [_LEASE_EXPIRED, num(now + self.retention_s), str(BATCH), str(peek)]
+        args.append(self._ended_channel)
         return ("reserve", keys, args)
 
     async def _reserve(
@@ -319,7 +330,13 @@ class RedisBroker(Broker):
             return
         await listener.wait(channels, timeout_s)
 
-    async def _subscribed(self, channels: Sequence[str]) -> Listener:
+    async def _subscribed(
+        self,
+        channels: Sequence[str],
+        *,
+        handler: Callable[[bytes], None] | None = None,
+        confirm: bool = False,
+    ) -> Listener:
         await self._redis()
         if self._listener is not None and self._listener.failed:
             await self._listener.close()
@@ -328,7 +345,7 @@ class RedisBroker(Broker):
             # A plain connection even to a cluster: PUBLISH reaches every node of one.
             self._listener = Listener(plain_client(self.options))
         with errors(self._where):
-            await self._listener.subscribe(channels)
+            await self._listener.subscribe(channels, handler=handler, confirm=confirm)
         return self._listener
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
@@ -379,7 +396,10 @@ class RedisBroker(Broker):
             flag = "0" if result is None else "1"
             extra[id(lease)] = [lease.token, flag, result or b"", num(purge_at)]
         leases = [lease for lease, _, _ in items]
-        return await self._per_queue(leases, "ack", [num(now)], lambda lease: extra[id(lease)])
+        head = [num(now), self._ended_channel]
+        acked = await self._per_queue(leases, "ack", head, lambda lease: extra[id(lease)])
+        self._ended_here(lease.job_id for lease, ok in zip(leases, acked, strict=True) if ok)
+        return acked
 
     async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
         args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
@@ -389,14 +409,16 @@ class RedisBroker(Broker):
 
     async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
         args = [num(self.clock.now()), lease.job_id, lease.token, encode_error(error).decode()]
-        if not await self._run("bury", self._q(lease.queue), args):
+        if not await self._run("bury", self._q(lease.queue), [*args, self._ended_channel]):
             raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+        self._ended_here([lease.job_id])
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return await _cancel.cancel_requested(self, leases) if leases else set()
 
     async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
         await _cancel.cancel_running(self, lease, error)
+        self._ended_here([lease.job_id])
 
     async def defer(self, lease: Lease, *, at: float) -> None:
         args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
@@ -418,8 +440,28 @@ class RedisBroker(Broker):
         if queue is None:
             return False
         now = self.clock.now()
-        args = [num(now), job_id, num(now + self.retention_s)]
-        return bool(await self._run("cancel", self._q(queue), args))
+        args = [num(now), job_id, num(now + self.retention_s), self._ended_channel]
+        if not await self._run("cancel", self._q(queue), args):
+            return False
+        self._ended_here([job_id])  # spurious for a running job (only flagged): allowed
+        return True
+
+    def _ended_here(self, job_ids: Iterable[str]) -> None:
+        """Wake this process's `wait_finished` callers at once, without the pub/sub trip."""
+        if self._job_ends:
+            for job_id in job_ids:
+                self._job_ends.notify(job_id)
+
+    async def outbox(self, limit: int = 500) -> list[Ended]:
+        """Merges the per-queue outboxes (see `_outbox.py`)."""
+        return await _outbox.outbox(self, limit)
+
+    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        await _outbox.clear_outbox(self, job_ids)
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> None:
+        """Pushed from any process, for jobs someone waits on (see `_ended.py`)."""
+        await _ended.wait_finished(self, job_id, timeout_s)
 
     async def _locate(self, job_id: str) -> str | None:
         """The queue holding a job, None if no queue does."""
@@ -579,7 +621,7 @@ class RedisBroker(Broker):
         expired = purged = 0
         pending = await self._known_queues()
         while pending:
-            args = [num(now), num(now + self.retention_s), str(BATCH)]
+            args = [num(now), num(now + self.retention_s), str(BATCH), self._ended_channel]
             replies = await self._run_many([("sweep", self._q(q), args) for q in pending])
             expired += sum(int(r[0]) for r in replies)
             purged += sum(int(r[1]) for r in replies)

@@ -43,6 +43,7 @@ async def cancel_running(broker: RedisBroker, lease: Lease, error: ErrorInfo) ->
         lease.token,
         encode_error(error).decode(),
         num(now + broker.retention_s),
+        broker._ended_channel,
     ]
     if not await broker._run("cancel_running", broker._q(lease.queue), args):
         raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

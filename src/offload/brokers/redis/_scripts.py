@@ -46,6 +46,9 @@ _NAMES = (
     "acquire_slot",
     "join",
     "cancel_running",
+    "outbox",
+    "clear_outbox",
+    "watch",
 )
 
 

@@ -24,10 +24,16 @@ Per queue `q` (`P` is the prefix):
 | `P:{q}:jobs`          | zset   | every job, score 0, member enqueue ms+seq+id (listing order)  |
 | `P:{q}:keys`          | hash   | idempotency key → job id                                      |
 | `P:{q}:seq`           | string | enqueue counter of the queue                                  |
+| `P:{q}:outbox`        | zset   | workflow jobs ended without a worker: seq+id by end time      |
+| `P:{q}:waiters`       | hash   | job id → 1 while some `wait_finished` may wait on it          |
 
 Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
 id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
 registration).
+
+Pub/sub channels (not keys, so untagged): `P:{q}:wake` (a job of the queue was made
+ready now) and `P:ended` (space-separated ids of jobs that ended and are listed in their
+queue's `waiters`; see `_ended.py`).
 
 Flow control, each key hash-tagged by itself (any slot of a cluster, one key per
 script): `P:{%rate:<key>}:tat` (string: the GCRA theoretical arrival time of a rate
@@ -46,7 +52,9 @@ only `P:{q}:seq` and the global keys remain.
 The record map uses short field names: `s` state, `tk` task, `p` priority, `a` attempt,
 `m` max attempts, `k` key, `c` created, `d` due, `x` expires, `st` started, `f` finished,
 `w` worker, `t` lease token, `dl` lease deadline, `e` error (JSON), `cx` cancel flag,
-`q` sequence, `n` enqueue ms, `u` purge time. Times are Unix epoch seconds (doubles).
+`q` sequence, `n` enqueue ms, `u` purge time, `o` workflow job (its envelope has `then`
+or `chord`: an end without a worker goes to the queue's `outbox`). Times are Unix epoch
+seconds (doubles).
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ __all__ = [
 
 #: Number of keys of one queue, in the order of `QueueKeys`; every script takes them
 #: as a group of KEYS in this order.
-KEYS_PER_QUEUE = 14
+KEYS_PER_QUEUE = 16
 
 
 class QueueKeys(NamedTuple):
@@ -85,6 +93,8 @@ class QueueKeys(NamedTuple):
     jobs: str
     keys: str
     seq: str
+    outbox: str
+    waiters: str
 
 
 class GlobalKeys(NamedTuple):
@@ -114,6 +124,11 @@ def global_keys(prefix: str) -> GlobalKeys:
 def channel(prefix: str, queue: str) -> str:
     """The pub/sub channel on which a queue announces jobs made ready now."""
     return f"{prefix}:{{{escape_queue(queue)}}}:wake"
+
+
+def ended_channel(prefix: str) -> str:
+    """The pub/sub channel on which scripts announce ends of jobs someone waits on."""
+    return f"{prefix}:ended"
 
 
 def listing_member(enqueued_ms: int, seq: int, job_id: str) -> str:

@@ -4,6 +4,10 @@ Several worker processes on one machine may share the file: every state change i
 `BEGIN IMMEDIATE` transaction (see `_store.py`), and the file is in WAL mode so readers
 never wait for the writer.
 
+SQLite has no way to push an event to another process, so `wait_finished` is woken only
+by the jobs this broker ends (ack, bury, cancel, expiry); an end in another process is
+seen when the caller's timeout lapses (`push_results` is False).
+
 The async API sits on the blocking `sqlite3` driver through one dedicated thread per
 broker: each method runs its whole transaction there with `run_in_executor`, so the
 connection is only ever touched by that thread, the event loop never blocks on disk or
@@ -25,12 +29,13 @@ from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 from urllib.parse import unquote, urlsplit
 
-from offload.brokers._wakeup import Wakeup
+from offload.brokers._wakeup import JobWaiters, Wakeup
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     Ack,
     Broker,
     Capabilities,
+    Ended,
     EnqueueResult,
     JobInfo,
     Lease,
@@ -130,6 +135,7 @@ class SQLiteBroker(Broker):
         self._lock = threading.Lock()
         self._state: _State | None = None
         self._signal = _LocalSignal()
+        self._ended = JobWaiters()  # `wait_finished`, woken by the jobs this broker ends
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -172,6 +178,13 @@ class SQLiteBroker(Broker):
         finally:
             if opened.done() and opened.exception() is not None:
                 self._discard(state)
+
+    def _notify_ended(self, job_ids: Sequence[str]) -> None:
+        """Wake the `wait_finished` calls on these jobs (nothing to do, and no lock
+        taken, while nobody waits: the common case on the ack path)."""
+        if self._ended:
+            for job_id in job_ids:
+                self._ended.notify(job_id)
 
     def _wrap(self, exc: sqlite3.Error) -> BrokerError:
         if isinstance(exc, sqlite3.OperationalError):
@@ -223,7 +236,10 @@ class SQLiteBroker(Broker):
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
     ) -> list[Lease]:
-        return await self._run(Store.reserve, queues, worker_id, lease_s, limit)
+        leases, expired = await self._run(Store.reserve, queues, worker_id, lease_s, limit)
+        if expired:
+            self._notify_ended(expired)
+        return leases
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         """Return when a job is made ready in `queues`, or after `timeout_s`.
@@ -254,10 +270,14 @@ class SQLiteBroker(Broker):
         return await self._run(Store.extend, leases, lease_s)
 
     async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
-        return await self._run(Store.ack_many, acks)
+        done = await self._run(Store.ack_many, acks)
+        if self._ended:
+            self._notify_ended([a.lease.job_id for a, ok in zip(acks, done, strict=True) if ok])
+        return done
 
     async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
         await self._run(Store.ack, lease, result, result_ttl_s)
+        self._notify_ended((lease.job_id,))
 
     async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
         if await self._run(Store.retry, lease, at, error):
@@ -265,9 +285,11 @@ class SQLiteBroker(Broker):
 
     async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
         await self._run(Store.bury, lease, error)
+        self._notify_ended((lease.job_id,))
 
     async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
         await self._run(Store.cancel_running, lease, error)
+        self._notify_ended((lease.job_id,))
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         if not leases:
@@ -283,7 +305,25 @@ class SQLiteBroker(Broker):
             self._signal.notify()
 
     async def cancel(self, job_id: str) -> bool:
-        return await self._run(Store.cancel, job_id)
+        done = await self._run(Store.cancel, job_id)
+        if done:  # a running job is only flagged: a spurious wakeup, which is allowed
+            self._notify_ended((job_id,))
+        return done
+
+    async def outbox(self, limit: int = 500) -> list[Ended]:
+        return await self._run(Store.outbox, limit)
+
+    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        await self._run(Store.clear_outbox, job_ids)
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> None:
+        """Return once the job is terminal or unknown, when this broker ends it, or
+        after `timeout_s` (an end in another process is not pushed: see the module)."""
+
+        async def ended() -> bool:
+            return await self._run(Store.job_ended, job_id)
+
+        await self._ended.wait(job_id, ended, timeout_s)
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -358,7 +398,9 @@ class SQLiteBroker(Broker):
         return await self._run(Store.workers)
 
     async def sweep(self) -> SweepReport:
-        return await self._run(Store.sweep)
+        report, expired = await self._run(Store.sweep)
+        self._notify_ended(expired)
+        return report
 
 
 def _noop(store: Store) -> None:

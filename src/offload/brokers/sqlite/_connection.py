@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 #: Version of `schema.sql`, kept in `offload_meta`. A file with a newer version was
 #: written by a newer offload and is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: How long a call waits for another connection's write lock before failing with
 #: `BrokerUnavailable`, in seconds. Transactions here last well under a millisecond.
 BUSY_TIMEOUT_S = 10.0
@@ -45,6 +45,28 @@ BUSY_TIMEOUT_S = 10.0
 BUSY_RETRY_MAX_S = 0.0006
 #: Oldest SQLite with everything we use: RETURNING (3.35), UPSERT (3.24), json_each.
 MIN_SQLITE_VERSION = (3, 35, 0)
+
+#: Columns added to existing tables since version 1, oldest first: (table, column,
+#: declaration, backfill). `CREATE TABLE IF NOT EXISTS` in `schema.sql` cannot add a
+#: column to a file's table, so an older file gets each missing one here, with the
+#: backfill statement (or None) that fills it for the rows already there.
+ADDED_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
+    # Version 5: the outbox records only workflow jobs. Waiting jobs of an older file
+    # that are steps of a chain or members of a chord are flagged from their envelope;
+    # a payload that is not JSON is no envelope (CASE, unlike AND, never evaluates
+    # json_extract on it).
+    (
+        "offload_jobs",
+        "flow",
+        "INTEGER NOT NULL DEFAULT 0",
+        "UPDATE offload_jobs SET flow = 1"
+        " WHERE state NOT IN ('succeeded', 'expired', 'cancelled')"
+        " AND CASE WHEN json_valid(CAST(payload AS TEXT))"
+        " THEN json_extract(CAST(payload AS TEXT), '$.then') IS NOT NULL"
+        " OR json_extract(CAST(payload AS TEXT), '$.chord') IS NOT NULL"
+        " ELSE 0 END",
+    ),
+)
 
 _META_TABLE = "CREATE TABLE IF NOT EXISTS offload_meta (key TEXT PRIMARY KEY, value TEXT)"
 _PACKAGE = __name__.rpartition(".")[0]
@@ -136,6 +158,7 @@ def _install_schema(conn: sqlite3.Connection, path: Path) -> None:
                 f"this offload understands ({SCHEMA_VERSION}); upgrade offload"
             )
         if version < SCHEMA_VERSION:
+            _add_columns(conn)
             for statement in _split_statements(_read_asset("schema.sql")):
                 conn.execute(statement)
             conn.execute(
@@ -147,6 +170,19 @@ def _install_schema(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Bring the tables of an older file up to `schema.sql`'s columns (see
+    `ADDED_COLUMNS`). Looks at the tables themselves rather than trusting the stored
+    version, so it is idempotent like the script; a new file has no tables yet."""
+    for table, column, declaration, backfill in ADDED_COLUMNS:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if not columns or column in columns:
+            continue
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        if backfill is not None:
+            conn.execute(backfill)
 
 
 def connect(path: Path) -> sqlite3.Connection:

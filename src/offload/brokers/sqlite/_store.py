@@ -27,6 +27,7 @@ from offload.brokers._sql_rows import blob, job_info, worker_info
 from offload.brokers.base import (
     LEASE_EXPIRED,
     Ack,
+    Ended,
     EnqueueResult,
     JobInfo,
     Lease,
@@ -39,7 +40,7 @@ from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
 from offload.errors import LeaseLost, QueueFull
-from offload.job import Envelope, ErrorInfo, JobState, id_floor
+from offload.job import TERMINAL_STATES, Envelope, ErrorInfo, JobState, id_floor
 from offload.limits import gcra
 
 __all__ = ["Store"]
@@ -173,6 +174,7 @@ class Store:
             due_at,
             env.expires_at,
             payload,
+            int(env.then is not None or env.chord is not None),
         )
         return self._conn.execute(_Q["insert_job"], params).rowcount == 1, state
 
@@ -189,11 +191,13 @@ class Store:
 
     def reserve(
         self, queues: Sequence[str], worker_id: str, lease_s: float, limit: int
-    ) -> list[Lease]:
+    ) -> tuple[list[Lease], list[str]]:
+        """Returns the leases, and the ids of the jobs that expired on the way (so the
+        broker wakes their `wait_finished`)."""
         with self._write() as now:
-            self._make_ready(now)
+            expired = self._make_ready(now)
             if limit <= 0:
-                return []
+                return [], expired
             deadline = now + lease_s
             leases: list[Lease] = []
             updates: list[tuple[str, float, str, float, int]] = []
@@ -204,15 +208,25 @@ class Store:
                 lease = Lease(row["id"], token, row["queue"], row["attempt"] + 1, deadline, payload)
                 leases.append(lease)
             self._conn.executemany(_Q["lease_job"], updates)
-        return leases
+        return leases, expired
 
-    def _make_ready(self, now: float) -> None:
+    def _make_ready(self, now: float) -> list[str]:
         """Promote due jobs, reclaim lapsed leases, expire stale waiting jobs: each an
-        index range scan that finds nothing in the common case."""
+        index range scan that finds nothing in the common case. Returns the expired ids."""
         conn = self._conn
         conn.execute(_Q["promote_due"], {"now": now})
         conn.execute(_Q["reclaim_lapsed"], {"now": now, "error": _LEASE_EXPIRED})
-        conn.execute(_Q["expire_due"], {"now": now, "purge_at": now + self._retention_s})
+        return self._expire(now)
+
+    def _expire(self, now: float) -> list[str]:
+        """Expire the waiting jobs past their `expires_at`, recording the workflow jobs
+        among them in the outbox (same transaction: the caller's). Returns their ids."""
+        params = {"now": now, "purge_at": now + self._retention_s}
+        rows = self._conn.execute(_Q["expire_due"], params).fetchall()
+        if not rows:
+            return []
+        self._conn.executemany(_Q["outbox_add"], [(row[0],) for row in rows if row[1]])
+        return [row[0] for row in rows]
 
     def _best_ready(self, queues: Sequence[str], limit: int) -> list[sqlite3.Row]:
         """The first `limit` ready jobs across `queues`.
@@ -325,11 +339,30 @@ class Store:
         return due
 
     def cancel(self, job_id: str) -> bool:
+        """A waiting workflow job goes to the outbox in the cancel's transaction."""
         with self._write() as now:
             params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
-            if self._conn.execute(_Q["cancel_waiting"], params).rowcount:
+            rows = self._conn.execute(_Q["cancel_waiting"], params).fetchall()
+            if rows:
+                if rows[0][0]:
+                    self._conn.execute(_Q["outbox_add"], (job_id,))
                 return True
             return self._conn.execute(_Q["flag_cancel"], {"id": job_id}).rowcount == 1
+
+    def outbox(self, limit: int) -> list[Ended]:
+        rows = self._conn.execute(_Q["outbox"], (limit,))
+        return [Ended(row[0], JobState(row[1]), blob(row[2])) for row in rows]
+
+    def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        with self._write():
+            self._conn.execute(_Q["outbox_clear"], (json.dumps(list(job_ids)),))
+
+    def job_ended(self, job_id: str) -> bool:
+        """Whether the job is terminal or unknown (`wait_finished` need not wait)."""
+        row = self._conn.execute(_Q["job_state"], (job_id,)).fetchone()
+        return row is None or JobState(row[0]) in TERMINAL_STATES
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -480,19 +513,20 @@ class Store:
         rows = self._conn.execute(_Q["live_workers"], (self._clock.now(),))
         return [worker_info(row) for row in rows]
 
-    def sweep(self) -> SweepReport:
+    def sweep(self) -> tuple[SweepReport, list[str]]:
+        """Returns the report, and the ids of the jobs that expired (to wake waiters)."""
         conn = self._conn
         with self._write() as now:
-            expired = conn.execute(
-                _Q["expire_due"], {"now": now, "purge_at": now + self._retention_s}
-            ).rowcount
+            expired = self._expire(now)
             purged = conn.execute(_Q["purge_finished"], {"now": now}).rowcount
             removed = conn.execute(_Q["forget_lapsed_workers"], (now,)).rowcount
             conn.execute(_Q["rates_idle"], (now,))
             conn.execute(_Q["slots_all_lapsed"], (now,))
             conn.execute(_Q["joins_lapsed"], (now - self._retention_s,))
             conn.execute(_Q["progress_orphans"])
-        return SweepReport(expired=expired, purged=purged, workers_removed=removed)
+            conn.execute(_Q["outbox_orphans"])
+        report = SweepReport(expired=len(expired), purged=purged, workers_removed=removed)
+        return report, expired
 
     # -- wakeups --------------------------------------------------------------------------
 

@@ -21,10 +21,12 @@ UPDATE offload_jobs INDEXED BY offload_jobs_running
  WHERE state = 'running' AND lease_deadline <= :now;
 
 -- name: expire_due
--- Waiting jobs past their expiry will never run.
+-- Waiting jobs past their expiry will never run. Returns them, so that the workflow
+-- jobs among them go to the outbox in the same transaction and waiters are woken.
 UPDATE offload_jobs INDEXED BY offload_jobs_expiry
    SET state = 'expired', finished_at = :now, purge_at = :purge_at
- WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now;
+ WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now
+RETURNING id, flow;
 
 -- name: ready_in_queue
 -- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
@@ -45,8 +47,8 @@ UPDATE offload_jobs
 -- (hot) A conflict on `id` or `key` stores nothing; the caller then looks the key up.
 INSERT INTO offload_jobs
        (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
-        expires_at, payload)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        expires_at, payload, flow)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING;
 
 -- name: id_for_key
@@ -145,10 +147,14 @@ DELETE FROM offload_slots WHERE expires_at <= ?;
 -- name: cancel_waiting
 UPDATE offload_jobs
    SET state = 'cancelled', finished_at = :now, purge_at = :purge_at
- WHERE id = :id AND state IN ('queued', 'scheduled');
+ WHERE id = :id AND state IN ('queued', 'scheduled')
+RETURNING flow;
 
 -- name: flag_cancel
 UPDATE offload_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
+
+-- name: job_state
+SELECT state FROM offload_jobs WHERE id = ?;
 
 -- name: get_job
 SELECT * FROM offload_jobs WHERE id = ?;
@@ -248,3 +254,19 @@ SELECT progress FROM offload_progress WHERE job_id = ?;
 
 -- name: progress_orphans
 DELETE FROM offload_progress WHERE job_id NOT IN (SELECT id FROM offload_jobs);
+
+-- name: outbox_add
+INSERT INTO offload_outbox (job_id) VALUES (?) ON CONFLICT DO NOTHING;
+
+-- name: outbox
+-- Oldest first; the join leaves out the entries of purged jobs.
+SELECT o.job_id, j.state, j.payload
+  FROM offload_outbox AS o JOIN offload_jobs AS j ON j.id = o.job_id
+ ORDER BY o.seq
+ LIMIT ?;
+
+-- name: outbox_clear
+DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?));
+
+-- name: outbox_orphans
+DELETE FROM offload_outbox WHERE job_id NOT IN (SELECT id FROM offload_jobs);

@@ -1,10 +1,11 @@
--- The offload SQLite schema, version 4 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 5 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
 -- BEGIN IMMEDIATE transaction as that check. Every statement is idempotent (IF NOT
 -- EXISTS), so a half-initialised file can never exist. Any change to this file needs a
--- new version number and a migration for files already in use.
+-- new version number and a migration for files already in use: a new table is created by
+-- re-running this script, a new column is added by `_connection.ADDED_COLUMNS`.
 --
 -- Times are Unix epoch seconds (REAL). `seq` gives enqueue order and is never reused
 -- (AUTOINCREMENT), so list_jobs cursors stay valid after deletes. Every index on a
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS offload_jobs (
     payload          BLOB    NOT NULL,        -- the encoded envelope, never rewritten
     result           BLOB,                    -- encoded JSON result
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    purge_at         REAL                     -- when sweep may delete a finished job
+    purge_at         REAL,                    -- when sweep may delete a finished job
+    flow             INTEGER NOT NULL DEFAULT 0  -- 1: the envelope has `then` or `chord`
 );
 
 -- reserve: the best ready jobs of one queue, in the order they must be taken.
@@ -130,3 +132,12 @@ CREATE TABLE IF NOT EXISTS offload_progress (
     job_id   TEXT PRIMARY KEY,
     progress BLOB NOT NULL
 ) WITHOUT ROWID;
+
+-- Version 5: the outbox (`outbox`). Workflow jobs (`flow = 1`) that end without a worker
+-- (cancelled while waiting, expired) get a row here in the same transaction as the state
+-- change, until a worker has run their follow-ups and clears it. `seq` gives the order
+-- they ended in; rows of purged jobs are skipped when read and deleted by `sweep`.
+CREATE TABLE IF NOT EXISTS offload_outbox (
+    seq    INTEGER PRIMARY KEY,
+    job_id TEXT    NOT NULL UNIQUE
+);

@@ -1,6 +1,6 @@
 -- Shared helpers, prepended to every script of this directory when it is loaded
 -- (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
--- all come through KEYS, as groups of 14 per queue in the order of
+-- all come through KEYS, as groups of 16 per queue in the order of
 -- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
 --
 -- A job is a field in the queue's `payload`, `record` and `result` hashes; its state
@@ -9,7 +9,8 @@
 -- transition is: load, detach, change fields, attach, save.
 
 local FIELDS = {'payload', 'record', 'result', 'ready', 'scheduled', 'running',
-  'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq'}
+  'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq', 'outbox',
+  'waiters'}
 
 local function queue_at(group)
   local q = {}
@@ -39,6 +40,12 @@ end
 -- Listing order: enqueue time (ms), then sequence; the member of `jobs`.
 local function listing_member(r, id)
   return string.format('%015.0f%012.0f', r.n, r.q) .. id
+end
+
+-- Outbox order within one end time: the queue's enqueue sequence (ends in one call share
+-- their time); the member of `outbox`, whose score is the end time.
+local function outbox_member(r, id)
+  return string.format('%012.0f', r.q) .. id
 end
 
 local PURGED_BY_TIME = {succeeded = true, expired = true, cancelled = true}
@@ -79,6 +86,34 @@ local function attach(q, id, r)
   save(q, id, r)
 end
 
+-- Ids of jobs ended by this call that a `wait_finished` registered in `waiters`;
+-- `publish_ends` announces them all in one message at the end of the script.
+local ENDED = {}
+-- Per `waiters` key: whether it existed when first looked at (most queues have no
+-- waiter, and then an end costs one EXISTS per call, not a command per job).
+local WATCHED = {}
+
+local function watched(q)
+  local found = WATCHED[q.waiters]
+  if found == nil then
+    found = redis.call('EXISTS', q.waiters) == 1
+    WATCHED[q.waiters] = found
+  end
+  return found
+end
+
+local function note_end(q, id)
+  if watched(q) and redis.call('HDEL', q.waiters, id) == 1 then
+    ENDED[#ENDED + 1] = id
+  end
+end
+
+local function publish_ends(channel)
+  if #ENDED > 0 then
+    redis.call('PUBLISH', channel, table.concat(ENDED, ' '))
+  end
+end
+
 -- Finish a job now: `state` is succeeded, expired or cancelled (kept until `purge_at`)
 -- or dead (kept until purged by hand). Clears the lease.
 local function finish(q, id, r, state, now, purge_at)
@@ -89,6 +124,16 @@ local function finish(q, id, r, state, now, purge_at)
   r.t = nil
   r.dl = nil
   attach(q, id, r)
+  note_end(q, id)
+end
+
+-- A waiting job ends without a worker (cancelled or expired): a workflow job is also
+-- recorded in the outbox, in this same atomic step, for a worker to run its follow-ups.
+local function end_unrun(q, id, r, state, now, purge_at)
+  finish(q, id, r, state, now, purge_at)
+  if r.o then
+    redis.call('ZADD', q.outbox, now, outbox_member(r, id))
+  end
 end
 
 -- Forget a job entirely, with its key (if the key still names it) and listing entry.
@@ -98,6 +143,12 @@ local function delete(q, id, r)
   redis.call('HDEL', q.payload, id)
   redis.call('HDEL', q.result, id)
   redis.call('ZREM', q.jobs, listing_member(r, id))
+  if r.o then
+    redis.call('ZREM', q.outbox, outbox_member(r, id))
+  end
+  if watched(q) then
+    redis.call('HDEL', q.waiters, id)
+  end
   if r.k and redis.call('HGET', q.keys, r.k) == id then
     redis.call('HDEL', q.keys, r.k)
   end
@@ -109,7 +160,7 @@ local function expire_due(q, now, purge_at, batch)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.expiring, '-inf', now, 'LIMIT', 0, batch)) do
     local r = load(q, id)
     if r and (r.s == 'queued' or r.s == 'scheduled') then
-      finish(q, id, r, 'expired', now, purge_at)
+      end_unrun(q, id, r, 'expired', now, purge_at)
       n = n + 1
     else
       redis.call('ZREM', q.expiring, id)

@@ -1,13 +1,13 @@
 -- ack: running → succeeded for each lease still held, storing its result until its
 -- purge time. A lease past its deadline still acks if nobody took the job back.
--- KEYS: the 14 keys of the queue (QueueKeys order).
--- ARGV: [1] now, then 5 values per lease: job id, token, has result ('1'/'0'),
---       result, purge time.
+-- KEYS: the 16 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] job-end channel, then 5 values per lease: job id, token, has
+--       result ('1'/'0'), result, purge time.
 -- Returns: per lease, 1 if acked, 0 if the lease is no longer ours.
 local q = queue_at(1)
 local now = tonumber(ARGV[1])
 local out = {}
-for i = 2, #ARGV, 5 do
+for i = 3, #ARGV, 5 do
   local id, token = ARGV[i], ARGV[i + 1]
   local r = load(q, id)
   if r and r.s == 'running' and r.t == token then
@@ -21,4 +21,5 @@ for i = 2, #ARGV, 5 do
     out[#out + 1] = 0
   end
 end
+publish_ends(ARGV[2])
 return out

@@ -1,6 +1,6 @@
 -- bury: running → dead (the dead-letter queue), recording the error as the reason.
--- KEYS: the 14 keys of the queue (QueueKeys order).
--- ARGV: [1] now, [2] job id, [3] token, [4] error (JSON).
+-- KEYS: the 16 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] job id, [3] token, [4] error (JSON), [5] job-end channel.
 -- Returns: 1, or 0 if the lease is no longer ours.
 local q = queue_at(1)
 local id, token = ARGV[2], ARGV[3]
@@ -10,4 +10,5 @@ if not (r and r.s == 'running' and r.t == token) then
 end
 r.e = ARGV[4]
 finish(q, id, r, 'dead', tonumber(ARGV[1]), nil)
+publish_ends(ARGV[5])
 return 1

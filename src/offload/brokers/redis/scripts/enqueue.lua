@@ -1,8 +1,9 @@
 -- enqueue: store new jobs of one queue as `queued` (due now) or `scheduled` (later).
--- KEYS: the 14 keys of the queue (QueueKeys order).
--- ARGV: [1] now, [2] wake-up channel, [3] max depth ('' = none), then 9 values per job:
+-- KEYS: the 16 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] wake-up channel, [3] max depth ('' = none), then 10 values per job:
 --       id, key ('' = none), payload, task, priority, max attempts ('' = none), created,
---       due, expires ('' = none).
+--       due, expires ('' = none), workflow job ('1' when its envelope has `then` or
+--       `chord`, so that an end without a worker is recorded in the outbox; else '').
 -- Returns: per job, the id it resolved to and 1 if stored, 0 if a job with that key
 --          or id already existed (duplicate keys within one call resolve to the first);
 --          or {-1, depth} and nothing stored if the jobs would pass the max depth.
@@ -10,14 +11,14 @@ local q = queue_at(1)
 local now = tonumber(ARGV[1])
 if ARGV[3] ~= '' then
   local depth = redis.call('ZCARD', q.ready) + redis.call('ZCARD', q.scheduled)
-  if depth + (#ARGV - 3) / 9 > tonumber(ARGV[3]) then
+  if depth + (#ARGV - 3) / 10 > tonumber(ARGV[3]) then
     return {-1, depth}
   end
 end
 local now_ms = math.floor(now * 1000)
 local out = {}
 local woke = false
-for i = 4, #ARGV, 9 do
+for i = 4, #ARGV, 10 do
   local id, key = ARGV[i], ARGV[i + 1]
   local existing = false
   if key ~= '' then
@@ -38,6 +39,7 @@ for i = 4, #ARGV, 9 do
     end
     if ARGV[i + 5] ~= '' then r.m = tonumber(ARGV[i + 5]) end
     if ARGV[i + 8] ~= '' then r.x = tonumber(ARGV[i + 8]) end
+    if ARGV[i + 9] ~= '' then r.o = 1 end
     if r.d > now then
       r.s = 'scheduled'
     else

@@ -1,5 +1,5 @@
 -- extend: push the deadline of leases still held (token matches, not lapsed).
--- KEYS: the 14 keys of the queue (QueueKeys order).
+-- KEYS: the 16 keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] new deadline, then pairs of job id and token.
 -- Returns: per lease, 1 if extended, 0 if it is no longer ours.
 local q = queue_at(1)

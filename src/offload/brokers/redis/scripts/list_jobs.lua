@@ -1,7 +1,7 @@
 -- list_jobs (read only): the jobs of one queue, newest first, below a cursor, that
 -- are in a given state. Scans at most `budget` jobs per call, so a sparse filter never
 -- blocks Redis for long; the caller continues from the returned position.
--- KEYS: the 14 keys of the queue (QueueKeys order).
+-- KEYS: the 16 keys of the queue (QueueKeys order).
 -- ARGV: [1] start below this listing member ('' = from the newest), [2] state ('' =
 --       any), [3] most matches wanted, [4] budget.
 -- Returns: {position, exhausted (1/0), then member, record, payload, result per match}

@@ -1,12 +1,13 @@
 -- reserve: make due jobs ready, take back lapsed leases, expire waiting jobs past
--- `expires_at`, then lease up to `limit` ready jobs across the given queues, highest
+-- `expires_at` (workflow jobs into the outbox), then lease up to `limit` ready jobs across the given queues, highest
 -- priority first, then earliest due, then enqueue order.
--- KEYS: 14 keys per queue (QueueKeys order), for one or more queues.
+-- KEYS: 16 keys per queue (QueueKeys order), for one or more queues.
 -- ARGV: [1] now, [2] worker id, [3] lease deadline, [4] limit, [5] token prefix,
 --       [6] error recorded on lapsed leases (JSON), [7] purge time of jobs expired now,
 --       [8] most jobs each housekeeping step touches per queue, [9] peek: when above
 --       0, lease nothing and return the first `peek` ready members and scores of each
---       queue instead (how a reservation over queues in several cluster slots starts).
+--       queue instead (how a reservation over queues in several cluster slots starts),
+--       [10] job-end channel.
 -- Returns: per lease, the queue's group number, job id, token, attempt, payload; when
 --          peeking, per queue, a flat list of member and score pairs.
 local now, worker, deadline = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
@@ -54,6 +55,7 @@ if peek > 0 then
   for g = 1, groups do
     heads[g] = redis.call('ZRANGE', queues[g].ready, 0, peek - 1, 'WITHSCORES')
   end
+  publish_ends(ARGV[10])
   return heads
 end
 
@@ -68,7 +70,7 @@ while taken < limit do
   if not r then
     redis.call('ZREM', q.ready, member)
   elseif r.x and r.x <= now then
-    finish(q, id, r, 'expired', now, purge_at)
+    end_unrun(q, id, r, 'expired', now, purge_at)
   else
     taken = taken + 1
     detach(q, id, r)
@@ -81,4 +83,5 @@ while taken < limit do
     out[#out + 1] = redis.call('HGET', q.payload, id) or ''
   end
 end
+publish_ends(ARGV[10])
 return out

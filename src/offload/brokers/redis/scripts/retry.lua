@@ -1,5 +1,5 @@
 -- retry: running → scheduled until `at`, recording the error.
--- KEYS: the 14 keys of the queue (QueueKeys order).
+-- KEYS: the 16 keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job id, [3] token, [4] at, [5] error (JSON), [6] wake-up channel.
 -- Returns: 1, or 0 if the lease is no longer ours.
 local q = queue_at(1)

@@ -1,7 +1,7 @@
--- sweep: expire waiting jobs past `expires_at`, and delete succeeded, expired and
+-- sweep: expire waiting jobs past `expires_at` (workflow jobs into the outbox), and delete succeeded, expired and
 -- cancelled jobs whose purge time has come (at most `batch` of each per call).
--- KEYS: the 14 keys of the queue (QueueKeys order).
--- ARGV: [1] now, [2] purge time of jobs expired now, [3] batch.
+-- KEYS: the 16 keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] purge time of jobs expired now, [3] batch, [4] job-end channel.
 -- Returns: {expired, purged}.
 local q = queue_at(1)
 local now, batch = tonumber(ARGV[1]), tonumber(ARGV[3])
@@ -18,4 +18,5 @@ for _, state in ipairs({'succeeded', 'expired', 'cancelled'}) do
     purged = purged + 1
   end
 end
+publish_ends(ARGV[4])
 return {expired, purged}
