@@ -8,9 +8,11 @@
 - **No polling.** `LISTEN/NOTIFY` wakes idle workers when a job becomes ready
   (`_listener.py`); `next_due` bounds their sleep for delayed jobs. Job ends are
   notified too, so `wait_finished` returns as soon as a job ends anywhere (`_ends.py`).
-- **Enqueue in the application's transaction** (`enqueue_in`): the job commits or
-  rolls back with the application's own rows.
+- **Enqueue in the application's transaction** (`enqueue_in`, `_enqueue.py`): the job
+  commits or rolls back with the application's own rows.
 - **Versioned migrations** (`_sql.py`), applied by `connect()` or `offload migrate`.
+- **Inspection** (counts, lookups, listings, the dead-letter operations) is in
+  `_inspect.py`, apart from the worker's hot path.
 
 The URL is libpq's, plus offload's own query parameters: `schema` (tables live in this
 schema, created if needed, instead of the connection's default search_path) and
@@ -34,7 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from offload.brokers.base import (
@@ -51,9 +53,9 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import _cancel, _ends, _joins, _limits, _rows
+from offload.brokers.postgres import _cancel, _ends, _enqueue, _inspect, _joins, _limits, _rows
 from offload.brokers.postgres._listener import Listener
-from offload.brokers.postgres._sql import load_queries, migrate, qualified, schema_version
+from offload.brokers.postgres._sql import load_queries, migrate, schema_version
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
@@ -257,32 +259,14 @@ class PostgresBroker(Broker):
             ConfigurationError: the connection is in autocommit mode outside a
                 transaction block, where there is no transaction to join.
         """
-        _require_transaction(connection)
-        if not jobs:
-            return []
-        return await self._enqueue_on(connection, jobs, schema=self.settings.schema)
+        return await _enqueue.enqueue_in(self, connection, jobs)
 
     def enqueue_in_sync(
         self, connection: psycopg.Connection[Any], jobs: Sequence[tuple[Envelope, bytes]]
     ) -> list[EnqueueResult]:
         """`enqueue_in` on a synchronous psycopg connection (a Django, Flask or script
         transaction). Same contract; blocks for one or two statements."""
-        _require_transaction(connection)
-        if not jobs:
-            return []
-        s = self.settings
-        with connection.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                qualified(_Q["enqueue"], s.schema),
-                _rows.enqueue_params(jobs, self.clock.now(), s.channel),
-            )
-            created = {row[0] for row in cur.fetchall()}
-            holders: dict[str, str] = {}
-            keys = _unresolved_keys(jobs, created)
-            if keys:
-                cur.execute(qualified(_Q["ids_for_keys"], s.schema), {"keys": keys})
-                holders = {row[0]: row[1] for row in cur.fetchall()}
-        return _rows.enqueue_results(jobs, created, holders)
+        return _enqueue.enqueue_in_sync(self, connection, jobs)
 
     async def _enqueue_on(
         self,
@@ -291,16 +275,7 @@ class PostgresBroker(Broker):
         *,
         schema: str | None,
     ) -> list[EnqueueResult]:
-        params = _rows.enqueue_params(jobs, self.clock.now(), self.settings.channel)
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(qualified(_Q["enqueue"], schema), params)
-            created = {row[0] for row in await cur.fetchall()}
-            holders: dict[str, str] = {}
-            keys = _unresolved_keys(jobs, created)
-            if keys:
-                await cur.execute(qualified(_Q["ids_for_keys"], schema), {"keys": keys})
-                holders = {row[0]: row[1] for row in await cur.fetchall()}
-        return _rows.enqueue_results(jobs, created, holders)
+        return await _enqueue.enqueue_on(self, conn, jobs, schema)
 
     # -- consumer -------------------------------------------------------------------------
 
@@ -450,33 +425,16 @@ class PostgresBroker(Broker):
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         """Per queue: the requested ones (even if unknown), else every known queue."""
-        async with self._conn() as conn, conn.transaction():
-            if queues is None:
-                names = [r["name"] for r in await (await conn.execute(_Q["queues"])).fetchall()]
-                cur = await conn.execute(_Q["count_states"])
-            else:
-                names = list(queues)
-                cur = await conn.execute(_Q["count_states_of"], {"queues": names})
-            rows = await cur.fetchall()
-            oldest_rows = await (await conn.execute(_Q["oldest_queued"])).fetchall()
-        oldest = {r["queue"]: r["oldest"] for r in oldest_rows}
-        states: dict[str, dict[JobState, int]] = {q: {} for q in names}
-        for row in rows:
-            states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
-        return {
-            queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
-            for queue, per in sorted(states.items())
-        }
+        return await _inspect.counts(self, queues)
 
     async def get_job(self, job_id: str) -> JobInfo | None:
-        return await _cancel.get_job(self, job_id)
+        return await _inspect.get_job(self, job_id)
 
     async def set_progress(self, job_id: str, progress: bytes) -> None:
         await self._rowcount("set_progress", {"id": job_id, "progress": progress})
 
     async def find(self, key: str) -> JobInfo | None:
-        rows = await self._rows("find", {"key": key})
-        return _rows.job_info(rows[0]) if rows else None
+        return await _inspect.find(self, key)
 
     async def list_jobs(
         self,
@@ -487,35 +445,15 @@ class PostgresBroker(Broker):
         cursor: str | None = None,
     ) -> Page:
         """Newest first; the cursor is the `seq` of the page's last job."""
-        where, params = _filters(queue=queue, state=state)
-        if cursor:
-            where.append("seq < %(cursor)s")
-            params["cursor"] = int(cursor)
-        params["limit"] = limit + 1
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT * FROM offload_jobs {clause} ORDER BY seq DESC LIMIT %(limit)s"
-        async with self._conn() as conn:
-            rows = await (await conn.execute(query, params)).fetchall()
-        if len(rows) <= limit:
-            return Page([_rows.job_info(r) for r in rows], None)
-        last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
-        return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
+        return await _inspect.list_jobs(self, queue, state, limit, cursor)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
-        return await _cancel.workflow_jobs(self, workflow_id, limit)
+        return await _inspect.workflow_jobs(self, workflow_id, limit)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
-        where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
-        params.update(now=self.clock.now(), channel=self.settings.channel)
-        query = (
-            "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
-            " finished_at = NULL, worker_id = NULL"
-            f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"
-        )
-        async with self._conn() as conn:
-            return (await conn.execute(query, params)).rowcount
+        return await _inspect.replay_dead(self, queue, job_ids)
 
     async def purge_dead(
         self,
@@ -524,14 +462,7 @@ class PostgresBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
-        if older_than is not None:
-            where.append("coalesce(finished_at, %(now)s) < %(cutoff)s")
-            now = self.clock.now()
-            params.update(now=now, cutoff=now - older_than)
-        query = f"DELETE FROM offload_jobs WHERE {' AND '.join(where)}"
-        async with self._conn() as conn:
-            return (await conn.execute(query, params)).rowcount
+        return await _inspect.purge_dead(self, queue, job_ids, older_than)
 
     async def queues(self) -> list[str]:
         return [row["name"] for row in await self._rows("queues", {})]
@@ -602,43 +533,6 @@ async def _close_state(opening: asyncio.Task[_LoopState]) -> None:
         return  # never opened: nothing to close
     await state.listener.close()
     await state.pool.close()
-
-
-def _require_transaction(
-    connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
-) -> None:
-    idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    if connection.autocommit and idle:
-        raise ConfigurationError(
-            "enqueue_in needs a transaction to join, but the connection is in autocommit "
-            "mode outside a transaction block: use `with conn.transaction():`"
-        )
-
-
-def _unresolved_keys(jobs: Sequence[tuple[Envelope, bytes]], created: set[str]) -> list[str]:
-    """Keys of the jobs that were not stored, whose holders must be looked up (with the
-    keys of the stored ones: a key repeated in one batch resolves to the first)."""
-    if all(env.id in created for env, _ in jobs):
-        return []
-    return sorted({env.key for env, _ in jobs if env.key is not None})
-
-
-def _filters(
-    *, queue: str | None, state: JobState | None, job_ids: Sequence[str] | None = None
-) -> tuple[list[str], dict[str, Any]]:
-    """WHERE conditions from fixed fragments (values always travel as parameters)."""
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if queue:
-        where.append("queue = %(queue)s")
-        params["queue"] = queue
-    if state is not None:
-        where.append("state = %(state)s")
-        params["state"] = JobState(state).value
-    if job_ids is not None:
-        where.append("id = ANY(%(ids)s::text[])")
-        params["ids"] = list(job_ids)
-    return where, params
 
 
 def _unavailable(exc: Exception) -> BrokerUnavailable:

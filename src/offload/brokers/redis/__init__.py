@@ -20,7 +20,8 @@ Idempotency keys are unique per queue here (the `keys` hash of the queue): a glo
 index would live in another slot than the queue it guards, and the check and the
 insert could then not be one atomic script on a cluster. Every other broker's keys
 are global; jobs with one key in different queues are the only difference, and `find`
-looks in every queue. Likewise a job id is looked up in every known queue.
+looks in every queue. Likewise a job id is looked up in every known queue (inspection,
+listings and the dead-letter operations are in `_inspect.py`).
 
 Reservation over several queues is one script on a single Redis. On a cluster, whose
 queues live in different slots, it peeks at the head of each queue, then leases from
@@ -62,7 +63,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import _cancel, _ended, _joins, _limits, _outbox, _workflows
+from offload.brokers.redis import _cancel, _ended, _inspect, _joins, _limits, _outbox, _workflows
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -71,11 +72,11 @@ from offload.brokers.redis._connection import (
     parse_url,
     plain_client,
 )
-from offload.brokers.redis._records import job_info, num, opt, text
+from offload.brokers.redis._records import num, opt, text
 from offload.brokers.redis._scripts import Call, Client, Scripts, pipeline
 from offload.brokers.redis._wakeup import Listener
 from offload.clock import Clock
-from offload.codec import decode_value, encode_error
+from offload.codec import encode_error
 from offload.errors import BrokerError, LeaseLost
 from offload.job import Envelope, ErrorInfo, JobState
 
@@ -84,17 +85,6 @@ __all__ = ["RedisBroker"]
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 #: Most jobs one housekeeping step of a script touches per queue (bounds script time).
 BATCH = 1000
-#: Most jobs `list_jobs` inspects per script call.
-SCAN_BUDGET = 2000
-_STATE_ORDER = (
-    JobState.SCHEDULED,
-    JobState.QUEUED,
-    JobState.RUNNING,
-    JobState.SUCCEEDED,
-    JobState.DEAD,
-    JobState.EXPIRED,
-    JobState.CANCELLED,
-)
 _SCRIPTS = Scripts()
 
 
@@ -472,43 +462,17 @@ class RedisBroker(Broker):
     # -- inspection -----------------------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        names = await self._known_queues() if queues is None else list(dict.fromkeys(queues))
-        replies = await self._run_many([("counts", self._q(q), []) for q in names])
-        out: dict[str, QueueStats] = {}
-        for queue, reply in zip(names, replies, strict=True):
-            states = {s: int(n) for s, n in zip(_STATE_ORDER, reply[:7], strict=True)}
-            oldest = None if reply[7] in (None, False, 0) else float(reply[7])
-            out[queue] = QueueStats(states, oldest)
-        return dict(sorted(out.items()))
+        return await _inspect.counts(self, queues)
 
     async def get_job(self, job_id: str) -> JobInfo | None:
-        return await self._fetch(await self._known_queues(), job_id)
-
-    async def _fetch(self, names: Sequence[str], job_id: str) -> JobInfo | None:
-        commands: list[tuple[Any, ...]] = [("GET", K.progress_key(self.prefix, job_id))]
-        for queue in names:
-            q = self._q(queue)
-            commands += [("HGET", q.record, job_id), ("HGET", q.payload, job_id)]
-            commands.append(("HGET", q.result, job_id))
-        progress, *replies = await self._commands(commands)
-        for n, queue in enumerate(names):
-            raw, payload, result = replies[3 * n : 3 * n + 3]
-            if raw is not None:
-                info = job_info(job_id, queue, raw, payload, result)
-                return info if progress is None else replace(info, progress=decode_value(progress))
-        return None
+        return await _inspect.get_job(self, job_id)
 
     async def set_progress(self, job_id: str, progress: bytes) -> None:
         ttl_ms = str(math.ceil(self.retention_s * 1000))
         await self._commands([("SET", K.progress_key(self.prefix, job_id), progress, "PX", ttl_ms)])
 
     async def find(self, key: str) -> JobInfo | None:
-        names = await self._known_queues()
-        ids = await self._commands([("HGET", self._q(q).keys, key) for q in names])
-        for queue, job_id in zip(names, ids, strict=True):
-            if job_id is not None:
-                return await self._fetch([queue], text(job_id))
-        return None
+        return await _inspect.find(self, key)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
         return await _workflows.workflow_jobs(self, workflow_id, limit)
@@ -523,46 +487,12 @@ class RedisBroker(Broker):
     ) -> Page:
         """Newest first across the chosen queues; the cursor is the listing member
         (enqueue time, sequence, id) of the page's last job."""
-        names = [queue] if queue else await self._known_queues()
-        want = limit + 1
-        found = await asyncio.gather(
-            *(self._list_queue(q, state, want, cursor or "") for q in names)
-        )
-        merged = heapq.nlargest(want, (item for items in found for item in items))
-        infos = [job_info(*item[1:]) for item in merged]
-        if len(infos) <= limit:
-            return Page(infos, None)
-        return Page(infos[:limit], merged[limit - 1][0] if limit > 0 else None)
-
-    async def _list_queue(
-        self, queue: str, state: JobState | None, want: int, below: str
-    ) -> list[tuple[str, str, str, bytes, bytes, bytes | None]]:
-        items: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
-        wanted = "" if state is None else JobState(state).value
-        while len(items) < want:
-            args = [below, wanted, str(want - len(items)), str(SCAN_BUDGET)]
-            reply = await self._run("list_jobs", self._q(queue), args)
-            for i in range(2, len(reply), 4):
-                member = text(reply[i])
-                job_id = member[27:]
-                items.append((member, job_id, queue, reply[i + 1], reply[i + 2], reply[i + 3]))
-            below = text(reply[0])
-            if reply[1] or not below:
-                break
-        return items
+        return await _inspect.list_jobs(self, queue, state, limit, cursor)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
-        if job_ids is not None and not job_ids:
-            return 0
-        names = [queue] if queue else await self._known_queues()
-        now = num(self.clock.now())
-        ids = list(job_ids or [])
-        calls: list[Call] = [
-            ("replay_dead", self._q(q), [now, self._channel(q), *ids]) for q in names
-        ]
-        return sum(int(n) for n in await self._run_many(calls))
+        return await _inspect.replay_dead(self, queue, job_ids)
 
     async def purge_dead(
         self,
@@ -571,13 +501,7 @@ class RedisBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        if job_ids is not None and not job_ids:
-            return 0
-        names = [queue] if queue else await self._known_queues()
-        cutoff = "" if older_than is None else num(self.clock.now() - older_than)
-        ids = list(job_ids or [])
-        calls: list[Call] = [("purge_dead", self._q(q), [cutoff, *ids]) for q in names]
-        return sum(int(n) for n in await self._run_many(calls))
+        return await _inspect.purge_dead(self, queue, job_ids, older_than)
 
     async def queues(self) -> list[str]:
         return await self._known_queues()

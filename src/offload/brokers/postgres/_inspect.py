@@ -1,0 +1,144 @@
+"""Inspection on PostgreSQL: counts, one job (by id or key), listings, and the
+dead-letter operations (`replay_dead`, `purge_dead`).
+
+What the CLI, the dashboard and the tests use, kept apart from the worker's hot path in
+`__init__.py`. Listings and the dead-letter operations filter on the same columns,
+so their WHERE clauses come from one builder (`_filters`) of fixed fragments; values
+always travel as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from offload.brokers.base import JobInfo, Page, QueueStats
+from offload.brokers.postgres import _rows
+from offload.brokers.postgres._sql import load_queries
+from offload.codec import decode_value
+from offload.job import JobState, id_floor
+
+if TYPE_CHECKING:
+    from offload.brokers.postgres import PostgresBroker
+
+__all__ = [
+    "counts",
+    "find",
+    "get_job",
+    "list_jobs",
+    "purge_dead",
+    "replay_dead",
+    "workflow_jobs",
+]
+
+_Q = load_queries()
+
+
+async def counts(broker: PostgresBroker, queues: Sequence[str] | None) -> dict[str, QueueStats]:
+    async with broker._conn() as conn, conn.transaction():
+        if queues is None:
+            names = [r["name"] for r in await (await conn.execute(_Q["queues"])).fetchall()]
+            cur = await conn.execute(_Q["count_states"])
+        else:
+            names = list(queues)
+            cur = await conn.execute(_Q["count_states_of"], {"queues": names})
+        rows = await cur.fetchall()
+        oldest_rows = await (await conn.execute(_Q["oldest_queued"])).fetchall()
+    oldest = {r["queue"]: r["oldest"] for r in oldest_rows}
+    states: dict[str, dict[JobState, int]] = {q: {} for q in names}
+    for row in rows:
+        states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+    return {
+        queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
+        for queue, per in sorted(states.items())
+    }
+
+
+async def get_job(broker: PostgresBroker, job_id: str) -> JobInfo | None:
+    rows = await broker._rows("get_job_with_progress", {"id": job_id})
+    if not rows:
+        return None
+    info = _rows.job_info(rows[0])
+    progress = rows[0]["progress"]
+    return info if progress is None else replace(info, progress=decode_value(bytes(progress)))
+
+
+async def find(broker: PostgresBroker, key: str) -> JobInfo | None:
+    rows = await broker._rows("find", {"key": key})
+    return _rows.job_info(rows[0]) if rows else None
+
+
+async def list_jobs(
+    broker: PostgresBroker,
+    queue: str | None,
+    state: JobState | None,
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    where, params = _filters(queue=queue, state=state)
+    if cursor:
+        where.append("seq < %(cursor)s")
+        params["cursor"] = int(cursor)
+    params["limit"] = limit + 1
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    query = f"SELECT * FROM offload_jobs {clause} ORDER BY seq DESC LIMIT %(limit)s"
+    async with broker._conn() as conn:
+        rows = await (await conn.execute(query, params)).fetchall()
+    if len(rows) <= limit:
+        return Page([_rows.job_info(r) for r in rows], None)
+    last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
+    return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
+
+
+async def workflow_jobs(broker: PostgresBroker, workflow_id: str, limit: int) -> list[JobInfo]:
+    params = {"floor": id_floor(workflow_id), "wf": workflow_id, "limit": limit}
+    return [_rows.job_info(row) for row in await broker._rows("workflow_jobs", params)]
+
+
+async def replay_dead(
+    broker: PostgresBroker, queue: str | None, job_ids: Sequence[str] | None
+) -> int:
+    where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
+    params.update(now=broker.clock.now(), channel=broker.settings.channel)
+    query = (
+        "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
+        " finished_at = NULL, worker_id = NULL"
+        f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"
+    )
+    async with broker._conn() as conn:
+        return (await conn.execute(query, params)).rowcount
+
+
+async def purge_dead(
+    broker: PostgresBroker,
+    queue: str | None,
+    job_ids: Sequence[str] | None,
+    older_than: float | None,
+) -> int:
+    where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
+    if older_than is not None:
+        where.append("coalesce(finished_at, %(now)s) < %(cutoff)s")
+        now = broker.clock.now()
+        params.update(now=now, cutoff=now - older_than)
+    query = f"DELETE FROM offload_jobs WHERE {' AND '.join(where)}"
+    async with broker._conn() as conn:
+        return (await conn.execute(query, params)).rowcount
+
+
+def _filters(
+    *, queue: str | None, state: JobState | None, job_ids: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE conditions from fixed fragments (values always travel as parameters)."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if queue:
+        where.append("queue = %(queue)s")
+        params["queue"] = queue
+    if state is not None:
+        where.append("state = %(state)s")
+        params["state"] = JobState(state).value
+    if job_ids is not None:
+        where.append("id = ANY(%(ids)s::text[])")
+        params["ids"] = list(job_ids)
+    return where, params
