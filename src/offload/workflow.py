@@ -66,13 +66,13 @@ class Workflow:
 
     __slots__ = ("_app", "_stages", "id", "jobs", "last")
 
-    def __init__(self, app: Offload, workflow_id: str, stages: list[Step]) -> None:
-        self._app = app
+    def __init__(self, app: Offload | None, workflow_id: str, stages: list[Step]) -> None:
+        self._app = app  # None only for an empty group: nothing to wait for or cancel
         self._stages = stages
         self.id = workflow_id
-        self.jobs = [Job(app, step.id) for step in _task_steps(stages)]
-        final = stages[-1] if stages else None
-        self.last = Job(app, final.id) if final is not None and final.branches is None else None
+        self.jobs = [Job(app, step.id) for step in _task_steps(stages)] if app else []
+        final = stages[-1] if stages and app else None
+        self.last = Job(app, final.id) if app and final and final.branches is None else None
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id} jobs={len(self.jobs)}>"
@@ -91,11 +91,16 @@ class Workflow:
             return []
         return await self._result_of(self._stages, deadline)
 
+    @property
+    def _live_app(self) -> Offload:
+        assert self._app is not None  # a workflow with stages always has its app
+        return self._app
+
     async def _result_of(self, stages: list[Step], deadline: float | None) -> Any:
         final = stages[-1]
         if final.branches is not None:
             return [await self._result_of(branch, deadline) for branch in final.branches]
-        job = Job(self._app, final.id)
+        job = Job(self._live_app, final.id)
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -114,11 +119,11 @@ class Workflow:
             if stage.branches is not None:
                 return
             try:
-                state = await Job(self._app, stage.id).state_async()
+                state = await Job(self._live_app, stage.id).state_async()
             except JobNotFound:
                 continue
             if state is JobState.DEAD:
-                info = await Job(self._app, stage.id).info_async()
+                info = await Job(self._live_app, stage.id).info_async()
                 raise JobFailed(stage.id, info.error)
             return
 
@@ -136,10 +141,10 @@ class Workflow:
         return len(done)
 
     def cancel(self) -> int:
-        return self._app.portal.run(self.cancel_async())
+        return 0 if self._app is None else self._app.portal.run(self.cancel_async())
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._app.portal.run(self.result_async(timeout))
+        return [] if self._app is None else self._app.portal.run(self.result_async(timeout))
 
 
 class _Flow:
@@ -211,13 +216,18 @@ class Group(_Flow):
 
     def _app(self) -> Offload:
         if not self.members:
-            raise ConfigurationError("an empty group has no app: enqueue it from a task")
+            raise ConfigurationError("an empty group has nothing to run")
         return _app_of(self.members[0])
 
     def enqueue(self) -> Workflow:
+        """Enqueue every member; an empty group (fan-out to nobody) enqueues nothing
+        and its workflow's result is []."""
+        return Workflow(None, new_job_id(), []) if not self.members else super().enqueue()
+
+    async def enqueue_async(self) -> Workflow:
         if not self.members:
-            raise ConfigurationError("a group needs at least one member to enqueue")
-        return super().enqueue()
+            return Workflow(None, new_job_id(), [])
+        return await super().enqueue_async()
 
 
 class Chord(_Flow):

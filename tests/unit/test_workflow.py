@@ -198,3 +198,29 @@ async def test_cancelling_a_group_cancels_its_waiting_members(app: Offload) -> N
     assert await flow.cancel_async() == 4
     assert await Worker(app).drain() == 0
     assert {await j.state_async() for j in flow.jobs} == {JobState.CANCELLED}
+
+
+async def test_an_empty_group_enqueues_nothing_and_its_result_is_empty(app: Offload) -> None:
+    flow = await group([]).enqueue_async()
+    assert flow.jobs == [] and flow.last is None
+    assert await flow.result_async(timeout=1) == []
+    assert group([]).enqueue().result(timeout=1) == []
+    assert await app.broker.counts() == {}
+
+
+def test_a_workflow_cannot_start_with_a_partial_step(app: Offload) -> None:
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    with pytest.raises(ConfigurationError, match="partial"):
+        chain(inc.partial(), inc.partial()).enqueue()
+
+
+def test_partial_steps_are_checked_at_the_producer(app: Offload) -> None:
+    @app.task
+    def label(x: int, name: str) -> str:
+        return f"{name}={x}"
+
+    with pytest.raises(InvalidArguments, match="label"):
+        chain(label.call(1, "a"), label.partial("b", "extra"))
