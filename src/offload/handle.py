@@ -6,6 +6,7 @@ It holds only the id (and the app to ask through), so it is cheap to create, and
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from offload.app import Offload
 
 __all__ = ["Job"]
+
+logger = logging.getLogger("offload")
 
 #: Without a broker push, re-reads start this fast (seconds) and back off to
 #: `_POLL_MAX_S`; with one, the job is re-read after `_PUSHED_MAX_S` at the latest (a
@@ -108,10 +111,18 @@ class Job:
             return False
         info = await broker.get_job(self.id)
         envelope = info.envelope() if info is not None else None
-        if info is not None and info.state is JobState.CANCELLED and envelope is not None:
-            if envelope.then or envelope.chord is not None:
+        in_flow = envelope is not None and (envelope.then or envelope.chord is not None)
+        if info is not None and info.state is JobState.CANCELLED and in_flow:
+            assert envelope is not None
+            try:
                 await settle_ended(self._app, envelope, JobState.CANCELLED)
                 await broker.clear_outbox([self.id])
+            except Exception:  # cancelled all the same; a worker finishes this from the outbox
+                logger.warning(
+                    "job %s: cancelled; its workflow follow-ups are left to a worker",
+                    self.id,
+                    exc_info=True,
+                )
         return True
 
     # -- sync twins --------------------------------------------------------------------

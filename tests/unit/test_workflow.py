@@ -224,3 +224,35 @@ def test_partial_steps_are_checked_at_the_producer(app: Offload) -> None:
 
     with pytest.raises(InvalidArguments, match="label"):
         chain(label.call(1, "a"), label.partial("b", "extra"))
+
+
+async def test_a_failing_outbox_entry_does_not_hold_up_the_others(app: Offload) -> None:
+    @app.task
+    def square(x: int) -> int:
+        return x * x
+
+    @app.task
+    def total(values: list[int | None]) -> int:
+        return sum(v or 0 for v in values)
+
+    broken = await chord([square.call(1), square.call(2)], total.partial()).enqueue_async()
+    fine = await chord([square.call(3), square.call(4)], total.partial()).enqueue_async()
+    for flow in (broken, fine):
+        assert await app.broker.cancel(flow.jobs[0].id)  # in the broker: only the outbox knows
+    join = app.broker.join
+
+    async def failing_join(group_id: str, *args: object, **kwargs: object) -> object:
+        if group_id == broken.id:
+            raise ConnectionError("join failed")
+        return await join(group_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    app.broker.join = failing_join  # type: ignore[assignment,method-assign]
+    await Worker(app).drain_outbox()
+
+    assert [e.job_id for e in await app.broker.outbox()] == [broken.jobs[0].id]
+    app.broker.join = join  # type: ignore[method-assign]
+    await Worker(app).drain()
+    for flow in (broken, fine):
+        assert flow.last is not None
+        assert await flow.last.state_async() is JobState.CANCELLED
+    assert await app.broker.outbox() == []

@@ -74,16 +74,23 @@ async def settle_ended(app: Offload, envelope: Envelope, state: JobState) -> Non
 
 
 async def drain_outbox(app: Offload, limit: int = 200) -> int:
-    """Run the follow-ups of the jobs in the broker's outbox, then clear them.
-    Returns how many entries were handled."""
+    """Run the follow-ups of the jobs in the broker's outbox and clear those that
+    succeeded (one that fails stays, is logged, and is tried again next time, without
+    holding up the others). Returns how many entries were read."""
     broker = await app.connected_broker()
     entries = await broker.outbox(limit)
+    done: list[str] = []
     for entry in entries:
         envelope = _decode(entry)
-        if envelope is not None:
-            await settle_ended(app, envelope, entry.state)
-    if entries:
-        await broker.clear_outbox([entry.job_id for entry in entries])
+        try:
+            if envelope is not None:
+                await settle_ended(app, envelope, entry.state)
+        except Exception:
+            logger.exception("job %s: its workflow follow-ups failed; retried", entry.job_id)
+            continue
+        done.append(entry.job_id)
+    if done:
+        await broker.clear_outbox(done)
     return len(entries)
 
 

@@ -47,6 +47,9 @@ CANCEL_POLL_S = 0.5
 #: How often a worker runs the workflow follow-ups of jobs that ended inside the broker
 #: (cancelled while waiting, expired: `Broker.outbox`), in seconds.
 OUTBOX_S = 1.0
+#: Outbox entries handled per batch, and batches per call at most.
+OUTBOX_BATCH = 200
+OUTBOX_BATCHES = 50
 
 
 class Worker:
@@ -191,8 +194,15 @@ class Worker:
 
     async def drain_outbox(self) -> int:
         """Run the workflow follow-ups of the jobs that ended inside the broker (see
-        `flows.drain_outbox`); returns how many there were."""
-        return await drain_outbox(self.app)
+        `flows.drain_outbox`), batch after batch while batches come back full (a storm
+        of expiries), at most `OUTBOX_BATCHES` batches per call; returns how many."""
+        total = 0
+        for _ in range(OUTBOX_BATCHES):
+            read = await drain_outbox(self.app, OUTBOX_BATCH)
+            total += read
+            if read < OUTBOX_BATCH:
+                break
+        return total
 
     # -- fetch loop --------------------------------------------------------------------
 
