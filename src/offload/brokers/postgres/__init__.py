@@ -101,7 +101,7 @@ def parse_url(url: str) -> Settings:
     if pool_max < 1:
         raise ConfigurationError(f"pool_max must be at least 1 in {url!r}")
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
-    channel = f"offload.{schema}" if schema else "offload"
+    channel = _ends.channel_name("offload", schema)
     return Settings(conninfo, schema, pool_max, channel, _ends.ends_channel(schema))
 
 

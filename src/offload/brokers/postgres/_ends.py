@@ -26,21 +26,35 @@ from offload.job import TERMINAL_STATES, JobState
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker
 
-__all__ = ["EndWaiters", "clear_outbox", "ends_channel", "outbox", "wait_finished"]
+__all__ = [
+    "EndWaiters",
+    "channel_name",
+    "clear_outbox",
+    "ends_channel",
+    "outbox",
+    "wait_finished",
+]
 
 #: The longest channel name PostgreSQL keeps (NAMEDATALEN - 1), in bytes.
 _MAX_CHANNEL = 63
 
 
-def ends_channel(schema: str | None) -> str:
-    """The NOTIFY channel of job ends in `schema`; a name that would be too long for
-    PostgreSQL ends in a digest of the schema instead."""
+def channel_name(base: str, schema: str | None) -> str:
+    """The NOTIFY channel `base` of `schema`'s jobs (`offload.<schema>` for wake-ups,
+    `offload_ended.<schema>` for ends). A name too long for PostgreSQL, which would
+    make `pg_notify` fail (a schema name may itself be 63 bytes), ends in a digest of
+    the schema instead."""
     if schema is None:
-        return "offload_ended"
-    name = f"offload_ended.{schema}"
+        return base
+    name = f"{base}.{schema}"
     if len(name.encode()) > _MAX_CHANNEL:
-        name = f"offload_ended.{hashlib.sha1(schema.encode()).hexdigest()}"
+        name = f"{base}.{hashlib.sha1(schema.encode()).hexdigest()}"
     return name
+
+
+def ends_channel(schema: str | None) -> str:
+    """The NOTIFY channel of job ends in `schema`."""
+    return channel_name("offload_ended", schema)
 
 
 class EndWaiters:
