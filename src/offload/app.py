@@ -315,7 +315,7 @@ class Offload:
         for call in calls:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
-            envelope = self._envelope(name, call, defaults, overrides, now)
+            envelope = self._envelope(name, call, defaults, call.overrides or overrides, now)
             items.append((envelope, encode_envelope(envelope)))
         return items
 

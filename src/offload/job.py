@@ -73,8 +73,10 @@ class Step(msgspec.Struct, frozen=True, omit_defaults=True):
 
     What the worker enqueues when the stage before it ends. `id` is fixed by the
     producer (a job's id; a group's id), so the producer can wait for any step; `queue`
-    and `priority` are resolved by the producer too. `stop` (groups only): a failed
-    member cancels what follows the group instead of passing it the failures.
+    and `priority` are resolved by the producer too, and so are the step's own options
+    (attempts, backoff, timeout, delay and expiry, in seconds from the step's start).
+    `stop` (groups only): a failed member cancels what follows the group instead of
+    passing it the failures.
     """
 
     id: str
@@ -85,6 +87,12 @@ class Step(msgspec.Struct, frozen=True, omit_defaults=True):
     priority: int = 0
     branches: list[list[Step]] | None = None
     stop: bool = False
+    # per-step options (`task.options(...).call(...)`); None: the task's default
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    timeout_s: float | None = None
+    delay_s: float | None = None  # from the step's start
+    expires_s: float | None = None  # from the step's start
 
 
 class ChordRef(msgspec.Struct, frozen=True, omit_defaults=True):

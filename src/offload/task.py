@@ -76,6 +76,7 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
     task: Task[Any, Any] | None = field(default=None, compare=False, repr=False)
     partial: bool = False  # `task.partial`: the first argument comes from the stage before
+    overrides: Overrides | None = None  # `task.options(...).call(...)`: this call's options
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +135,30 @@ def make_overrides(
 class Enqueuer(Generic[P]):
     """Enqueues jobs of one task with fixed options: `task.options(...)` returns one."""
 
-    def __init__(self, app: Offload, name: str, overrides: Overrides) -> None:
+    def __init__(
+        self, app: Offload, name: str, overrides: Overrides, task: Task[P, Any] | None = None
+    ) -> None:
         self._app = app
         self._name = name
         self._overrides = overrides
+        self._task = task
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        """Arguments for one job of `enqueue_many`, or one step of a workflow (with
+        these options: `task.options(queue="gpu", timeout=3600).call(video)`)."""
+        return Call(args, kwargs, self._task, overrides=self._options())
+
+    def partial(self, *args: Any, **kwargs: Any) -> Call:
+        """A later workflow step (a chain's next step, a chord's callback): its first
+        argument is the result of the stage before it, so give only the rest.
+
+        Not type-checked against the signature (a ParamSpec cannot drop a parameter);
+        `chain`/`chord` check that the arguments bind when the workflow is built, at
+        the producer."""
+        return Call(args, kwargs, self._task, partial=True, overrides=self._options())
+
+    def _options(self) -> Overrides | None:
+        return None if self._overrides == Overrides() else self._overrides
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Enqueue one job and return its handle at once (the job runs later).
@@ -196,7 +217,7 @@ class Task(Enqueuer[P], Generic[P, R]):
     later on a worker."""
 
     def __init__(self, app: Offload, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
-        super().__init__(app, name, Overrides())
+        super().__init__(app, name, Overrides(), self)
         self.fn = fn
         self.name = name
         self.defaults = options
@@ -218,19 +239,6 @@ class Task(Enqueuer[P], Generic[P, R]):
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"bad arguments for task {self.name!r}: {exc}") from None
-
-    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call:
-        """Arguments for one job of `enqueue_many`, or one step of a workflow."""
-        return Call(args, kwargs, self)
-
-    def partial(self, *args: Any, **kwargs: Any) -> Call:
-        """A later workflow step (a chain's next step, a chord's callback): its first
-        argument is the result of the stage before it, so give only the rest.
-
-        Not type-checked against the signature (a ParamSpec cannot drop a parameter);
-        `chain`/`chord` check that the arguments bind when the workflow is built, at
-        the producer."""
-        return Call(args, kwargs, self, partial=True)
 
     def options(
         self,
@@ -260,7 +268,7 @@ class Task(Enqueuer[P], Generic[P, R]):
         return Enqueuer(
             self._app,
             self.name,
-            make_overrides(
+            overrides=make_overrides(
                 delay=delay,
                 at=at,
                 priority=priority,
@@ -271,4 +279,5 @@ class Task(Enqueuer[P], Generic[P, R]):
                 timeout=timeout,
                 backoff=backoff,
             ),
+            task=self,
         )

@@ -39,7 +39,7 @@ import msgspec
 from offload.errors import ConfigurationError, JobFailed, JobNotFound, ResultTimeout
 from offload.handle import Job
 from offload.job import ChordRef, Envelope, Failure, JobState, Step, new_job_id
-from offload.task import Call
+from offload.task import Call, Overrides
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -336,7 +336,12 @@ def _step_envelope(
 ) -> Envelope:
     known = app.tasks.get(step.task)
     now = app.clock.now()
-    expires_s = known.defaults.expires_s if known is not None else None
+    expires_s = step.expires_s
+    if expires_s is None and known is not None:
+        expires_s = known.defaults.expires_s
+    max_attempts = step.max_attempts
+    if max_attempts is None and known is not None:
+        max_attempts = known.defaults.max_attempts
     return Envelope(
         id=step.id,
         task=step.task,
@@ -344,7 +349,10 @@ def _step_envelope(
         kwargs=step.kwargs,
         queue=step.queue,
         priority=step.priority,
-        max_attempts=known.defaults.max_attempts if known is not None else None,
+        max_attempts=max_attempts,
+        backoff=step.backoff,
+        timeout_s=step.timeout_s,
+        not_before=None if not step.delay_s else now + step.delay_s,
         key=key,
         parent_id=None if origin is None else origin.id,
         workflow_id=None if origin is None else origin.workflow_id,
@@ -365,9 +373,29 @@ def _stages_of(item: Call | _Flow, *, first: bool) -> list[Step]:
         )
     args = item.args if first else (None, *item.args)  # a later step's first one comes later
     task.check_arguments(args, item.kwargs)
+    o = item.overrides or Overrides()
+    if o.at is not None or o.expires_at is not None or o.key is not None:
+        raise ConfigurationError(
+            f"workflow step {task.name}: at=, key= and a datetime expires= do not apply to"
+            " a step (it starts when the stage before it ends; its key is the workflow's);"
+            " use delay= and expires= in seconds"
+        )
     defaults = task.defaults
-    step = Step(new_job_id(), task.name, list(item.args), item.kwargs)
-    return [msgspec.structs.replace(step, queue=defaults.queue, priority=defaults.priority)]
+    return [
+        Step(
+            id=new_job_id(),
+            task=task.name,
+            args=list(item.args),
+            kwargs=item.kwargs,
+            queue=o.queue or defaults.queue,
+            priority=defaults.priority if o.priority is None else o.priority,
+            max_attempts=o.max_attempts,
+            backoff=o.backoff,
+            timeout_s=o.timeout_s,
+            delay_s=o.delay_s,
+            expires_s=o.expires_s,
+        )
+    ]
 
 
 def _is_partial(item: Call | _Flow) -> bool:

@@ -256,3 +256,44 @@ async def test_a_failing_outbox_entry_does_not_hold_up_the_others(app: Offload) 
         assert flow.last is not None
         assert await flow.last.state_async() is JobState.CANCELLED
     assert await app.broker.outbox() == []
+
+
+async def test_a_step_keeps_its_own_options(app: Offload, clock: FakeClock) -> None:
+    @app.task
+    def fetch(n: int) -> int:
+        return n
+
+    @app.task
+    async def transcode(n: int, codec: str) -> str:  # async: a timeout needs no child process
+        return f"{n}:{codec}"
+
+    slow = transcode.options(queue="gpu", priority=7, max_attempts=2, timeout=30, delay=60)
+    flow = await chain(fetch.call(4), slow.partial("av1")).enqueue_async()
+    worker = Worker(app, queues=["default", "gpu"])
+    await worker.drain()
+    second = await flow.jobs[1].info_async()
+    assert (second.queue, second.priority, second.max_attempts) == ("gpu", 7, 2)
+    assert second.state is JobState.SCHEDULED  # its delay counts from its start
+    envelope = second.envelope()
+    assert envelope is not None and envelope.timeout_s == 30
+    clock.advance(61)
+    await worker.drain()
+    assert await flow.result_async(timeout=1) == "4:av1"
+
+
+def test_a_step_refuses_options_that_do_not_apply(app: Offload) -> None:
+    @app.task
+    def fetch(n: int) -> int:
+        return n
+
+    with pytest.raises(ConfigurationError, match="key="):
+        chain(fetch.call(1), fetch.options(key="k").partial())
+
+
+async def test_enqueue_many_honours_each_calls_options(app: Offload) -> None:
+    @app.task
+    def ping(n: int) -> int:
+        return n
+
+    jobs = await ping.enqueue_many_async([ping.call(1), ping.options(priority=9).call(2)])
+    assert [(await j.info_async()).priority for j in jobs] == [0, 9]
