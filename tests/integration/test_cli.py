@@ -111,3 +111,36 @@ def test_dlq_replay_and_purge(run, tmp_path: Path) -> None:  # type: ignore[no-u
     assert run("dlq", "purge").returncode == 2  # needs ids, --queue or --all
     assert run("dlq", "purge", "--all", "--yes").stdout.strip() == "purged 2 dead jobs"
     assert run("show", ids[1]).returncode == 1
+
+
+def test_cancel_a_job_and_a_whole_workflow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from offload import JobState, Offload, chord
+
+    app = Offload(f"sqlite:///{tmp_path / 'cli.db'}")
+
+    @app.task(name="square")
+    def square(x: int) -> int:
+        return x * x
+
+    @app.task(name="total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    try:
+        single = square.enqueue(3)
+        flow = chord([square.call(i) for i in range(3)], total.partial()).enqueue()
+        one = run("cancel", single.id)
+        assert one.returncode == 0, one.stderr
+        assert one.stdout.split() == [single.id, "cancelled"]
+        again = run("cancel", single.id)
+        assert "already cancelled" in again.stdout
+
+        whole = run("cancel", "--workflow", flow.jobs[1].id)  # any step's id
+        assert whole.returncode == 0, whole.stderr
+        assert whole.stdout.count("cancelled") == 3
+        # no worker ran: the callback is recorded cancelled too, never to run
+        assert [j.state() for j in flow.jobs] == [JobState.CANCELLED] * 4
+        missing = run("cancel", "--workflow", "0" * 32)
+        assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    finally:
+        app.close()

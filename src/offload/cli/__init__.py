@@ -127,6 +127,7 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from offload.cli.cancel import cancel
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
     from offload.cli.migrate import migrate
@@ -134,7 +135,8 @@ def _register() -> None:
     from offload.cli.scheduler import scheduler, schedules
     from offload.cli.worker import worker
 
-    for command in (worker, status, jobs, show, enqueue, dlq, migrate, scheduler, schedules):
+    commands = (worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules)
+    for command in commands:
         cli.add_command(command)
     try:
         from offload.cli.demo import demo
