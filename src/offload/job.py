@@ -107,6 +107,14 @@ class ChordRef(msgspec.Struct, frozen=True, omit_defaults=True):
     then: list[Step] = msgspec.field(default_factory=list)
     parent: ChordRef | None = None
     stop: bool = False
+    # Written by offload before nesting (the chord's callback); read as `then`, so a
+    # chord enqueued by an older producer still fires after an upgrade.
+    callback: Step | None = None
+
+    def __post_init__(self) -> None:
+        if self.callback is not None and not self.then:
+            msgspec.structs.force_setattr(self, "then", [self.callback])
+            msgspec.structs.force_setattr(self, "callback", None)
 
 
 class Failure(msgspec.Struct, frozen=True, omit_defaults=True):

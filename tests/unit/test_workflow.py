@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from offload import JobCancelled, JobFailed, JobState, Offload, Worker, chain, chord, group
 from offload.errors import ConfigurationError, InvalidArguments
+from offload.job import Envelope
 from offload.testing import FakeClock
 
 
@@ -297,3 +299,38 @@ async def test_enqueue_many_honours_each_calls_options(app: Offload) -> None:
 
     jobs = await ping.enqueue_many_async([ping.call(1), ping.options(priority=9).call(2)])
     assert [(await j.info_async()).priority for j in jobs] == [0, 9]
+
+
+async def test_a_chord_enqueued_before_nesting_still_fires(app: Offload) -> None:
+    # An envelope and join outcomes as written by offload before nested workflows:
+    # `chord.callback`, and bare results recorded by `Broker.join`.
+    import json
+
+    from offload.codec import encode_value
+
+    @app.task
+    def square(x: int) -> int:
+        return x * x
+
+    @app.task
+    def total(values: list[int | None]) -> int:
+        return sum(v or 0 for v in values)
+
+    group_id, callback_id = "g" * 32, "c" * 32
+    await app.broker.join(group_id, "earlier", index=0, total=2, outcome=encode_value(4))
+    legacy = {
+        "id": "a" * 32,
+        "task": square.name,
+        "args": [3],
+        "chord": {
+            "id": group_id,
+            "index": 1,
+            "total": 2,
+            "callback": {"id": callback_id, "task": total.name},
+        },
+    }
+    envelope = msgspec.json.decode(json.dumps(legacy).encode(), type=Envelope)
+    await app.broker.enqueue([(envelope, json.dumps(legacy).encode())])
+
+    await Worker(app).drain()
+    assert await app.job(callback_id).result_async(timeout=1) == 13

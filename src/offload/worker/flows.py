@@ -34,6 +34,8 @@ __all__ = ["drain_outbox", "follow_up", "settle_ended"]
 
 logger = logging.getLogger("offload.worker")
 
+#: The keys of a branch's outcome recorded by `Broker.join`.
+_OUTCOMES = {"ok", "failed"}
 #: Stages that will never run are enqueued this far ahead, then cancelled (seconds).
 _NEVER_S = 100 * 365 * 24 * 3600.0
 
@@ -147,10 +149,14 @@ async def _join(app: Offload, origin: Envelope, chord: ChordRef, end: _End) -> N
     failures: list[Failure] = []
     for index, raw in enumerate(outcomes):
         member = decode_value(raw)
-        values.append(member.get("ok"))
-        if "failed" in member:
+        if not (isinstance(member, dict) and len(member) == 1 and member.keys() & _OUTCOMES):
+            values.append(member)  # joined by an offload before nesting: the bare result
+        elif "failed" in member:
+            values.append(None)
             failed = msgspec.convert(member["failed"], Failure)
             failures.append(msgspec.structs.replace(failed, index=index))
+        else:
+            values.append(member["ok"])
     cancelled = any(f.state == JobState.CANCELLED for f in failures)
     if failures and (chord.stop or cancelled):
         group_end = _End(ok=False, failure=failures[0], final=True)
