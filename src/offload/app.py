@@ -283,6 +283,12 @@ class Offload:
         return Job(self, job_id)
 
     def _enqueue_sync(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
+        broker = self._portal_broker or self.broker
+        if broker.capabilities.blocking_enqueue and not self.portal.is_current():
+            items = self._items(name, calls, overrides)
+            results = broker.enqueue_blocking(items, max_depth=self._max_depth(name))
+            if results is not None:  # else the broker leaves it to `enqueue`
+                return [Job(self, r.id, created=r.created) for r in results]
         return self.portal.run(self._enqueue(name, calls, overrides))
 
     async def _enqueue(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
@@ -290,12 +296,13 @@ class Offload:
         if not items:
             return []
         broker = await self.connected_broker()
+        results = await broker.enqueue(items, max_depth=self._max_depth(name))
+        return [Job(self, r.id, created=r.created) for r in results]
+
+    def _max_depth(self, name: str) -> int | None:
         task = self.tasks.get(name)
         max_depth = task.defaults.max_depth if task is not None else None
-        if max_depth is None:
-            max_depth = self.max_queue_depth
-        results = await broker.enqueue(items, max_depth=max_depth)
-        return [Job(self, r.id, created=r.created) for r in results]
+        return self.max_queue_depth if max_depth is None else max_depth
 
     async def _enqueue_envelopes(self, envelopes: Sequence[Envelope]) -> list[Job]:
         """Enqueue prepared envelopes, of any tasks, in one broker call (workflows)."""

@@ -272,3 +272,69 @@ async def test_outbox_holds_only_workflow_jobs_and_leaves_no_keys(redis_url: str
         f"{prefix}:{{%global}}:queues",
         f"{prefix}:{{default}}:seq",
     ]
+
+
+def test_sync_enqueue_runs_on_the_calling_thread_after_the_first(redis_url: str) -> None:
+    # The first enqueue to a queue records it (portal path); later ones skip the portal.
+    from offload import QueueFull
+
+    app = Offload(redis_url, max_queue_depth=3)
+
+    @app.task(name="ping")
+    def ping(n: int) -> int:
+        return n
+
+    hops = 0
+    run = app.portal.run
+
+    def counted(coro: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return run(coro)
+
+    app.portal.run = counted  # type: ignore[method-assign]
+    try:
+        first = ping.enqueue(1)
+        assert hops == 1
+        second = ping.options(key="k").enqueue(2)
+        again = ping.options(key="k").enqueue(3)  # the key holds, on the fast path too
+        assert hops == 1
+        assert (again.id, again.created) == (second.id, False)
+        with pytest.raises(QueueFull):  # and so does the depth limit
+            ping.enqueue_many([(4,), (5,)])
+        assert hops == 1
+        info = first.info()  # inspection still goes through the portal
+        assert info.queue == "default" and info.state.value == "queued"
+
+        async def queues() -> list[str]:
+            return await (await app.connected_broker()).queues()
+
+        assert app.portal.run(queues()) == ["default"]
+    finally:
+        app.portal.run = run  # type: ignore[method-assign]
+        app.close()
+
+
+def test_sync_fast_path_survives_a_redis_restart(throwaway: RedisProcess) -> None:
+    app = Offload(f"redis://127.0.0.1:{throwaway.port}")
+
+    @app.task(name="ping")
+    def ping() -> None: ...
+
+    try:
+        ping.enqueue()
+        ping.enqueue()  # fast path
+        throwaway.stop()
+        with pytest.raises(BrokerUnavailable):
+            ping.enqueue()
+        throwaway.start()  # empty: the scripts are gone (NOSCRIPT, then reloaded)
+        job = ping.enqueue()
+
+        async def reserve() -> list[str]:
+            async with from_url(f"redis://127.0.0.1:{throwaway.port}") as broker:
+                leases = await broker.reserve(["default"], worker_id="w", lease_s=5, limit=5)
+                return [lease.job_id for lease in leases]
+
+        assert app.portal.run(reserve()) == [job.id]
+    finally:
+        app.close()

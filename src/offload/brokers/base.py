@@ -70,11 +70,14 @@ class Capabilities:
         push_results: `wait_finished` returns as soon as the job ends, whichever
             process ends it (without it, only an end in this process is pushed and
             `Job.result()` re-reads with a backoff).
+        blocking_enqueue: `enqueue_blocking` can store jobs from the calling thread,
+            so sync producers skip the portal's thread hop.
     """
 
     transactional_enqueue: bool = False
     push_wakeup: bool = False
     push_results: bool = False
+    blocking_enqueue: bool = False
     cross_process: bool = True
     loop_bound: bool = False
 
@@ -284,6 +287,15 @@ class Broker(abc.ABC):
         Raises:
             QueueFull: `max_depth` would be exceeded.
         """
+
+    def enqueue_blocking(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult] | None:
+        """`enqueue`, blocking the calling thread (which runs no event loop), for brokers
+        with `capabilities.blocking_enqueue`; same contract and errors. None when the
+        broker leaves this call to `enqueue` (the caller then uses it): a fast path
+        for the common case, not a second implementation of every case."""
+        return None
 
     # -- consumer ----------------------------------------------------------------------
 

@@ -63,7 +63,16 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import _cancel, _ended, _inspect, _joins, _limits, _outbox, _workflows
+from offload.brokers.redis import (
+    _blocking,
+    _cancel,
+    _ended,
+    _inspect,
+    _joins,
+    _limits,
+    _outbox,
+    _workflows,
+)
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._connection import (
     check_eviction_policy,
@@ -108,6 +117,9 @@ class RedisBroker(Broker):
     ) -> None:
         super().__init__(url, clock=clock, retention_s=retention_s)
         self.options = parse_url(url)
+        if not self.options.cluster:  # a cluster's sync producers keep the portal path
+            self.capabilities = replace(self.capabilities, blocking_enqueue=True)
+        self._blocking = _blocking.BlockingClient(self)
         self.prefix = self.options.prefix
         self.global_keys = K.global_keys(self.prefix)
         self._ended_channel = K.ended_channel(self.prefix)
@@ -176,7 +188,7 @@ class RedisBroker(Broker):
             client = await self._redis()
             with errors(self._where):
                 await client.sadd(self.global_keys.queues, *sorted(new))
-            self._known |= new
+            self._known = self._known | new  # rebound: `_blocking` reads it from other threads
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -208,6 +220,7 @@ class RedisBroker(Broker):
         """Close the pool and the wake-up subscriber; idempotent."""
         client, listener, loop = self._client, self._listener, self._loop
         self._client = self._listener = self._loop = None
+        self._blocking.close()
         if loop is not asyncio.get_running_loop():
             return  # another loop's sockets: they go with that loop
         if listener is not None:
@@ -230,6 +243,24 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
         await _workflows.index(self, jobs)
+        replies = await self._run_many(self._enqueue_calls(jobs, by_queue, now, max_depth))
+        return self._enqueue_results(jobs, by_queue, replies, max_depth)
+
+    def enqueue_blocking(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult] | None:
+        """The same scripts from the calling thread, on a plain (non-asyncio) client
+        (see `_blocking.py`); None for a call it leaves to `enqueue`."""
+        return _blocking.enqueue(self, jobs, max_depth)
+
+    def _enqueue_calls(
+        self,
+        jobs: Sequence[tuple[Envelope, bytes]],
+        by_queue: dict[str, list[int]],
+        now: float,
+        max_depth: int | None,
+    ) -> list[Call]:
+        """One `enqueue.lua` call per queue (shared by `enqueue` and `enqueue_blocking`)."""
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             args: list[str | bytes] = [num(now), self._channel(queue), opt(max_depth)]
@@ -240,9 +271,17 @@ class RedisBroker(Broker):
                 args += [opt(env.max_attempts), num(env.created_at or now), num(due)]
                 args += [opt(env.expires_at), _outbox.workflow_flag(env)]
             calls.append(("enqueue", self._q(queue), args))
+        return calls
+
+    @staticmethod
+    def _enqueue_results(
+        jobs: Sequence[tuple[Envelope, bytes]],
+        by_queue: dict[str, list[int]],
+        replies: Sequence[Any],
+        max_depth: int | None,
+    ) -> list[EnqueueResult]:
+        _limits.check_depth(list(by_queue), list(replies), max_depth)
         results: list[EnqueueResult | None] = [None] * len(jobs)
-        replies = await self._run_many(calls)
-        _limits.check_depth(list(by_queue), replies, max_depth)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
             for n, i in enumerate(indexes):
                 results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))

@@ -20,6 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     ClusterDownError,
     RedisClusterException,
@@ -87,9 +89,16 @@ def plain_client(url: RedisURL) -> Redis:
 
 
 def make_client(url: RedisURL) -> Client:
+    """The asyncio client. A single Redis's client retries a command once, at once, on a
+    connection error: after a Redis restart every pooled connection is stale, and its
+    first command would fail though the server is back. A retry is safe for every
+    script: each is idempotent or, like `reserve`, at-least-once (a lost reply only
+    leaves a lease to lapse)."""
     if url.cluster:
         return RedisCluster.from_url(url.redis_url)
-    return Redis.from_url(url.redis_url)
+    return Redis.from_url(
+        url.redis_url, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError]
+    )
 
 
 @contextlib.contextmanager
