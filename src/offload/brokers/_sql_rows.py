@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from offload.brokers.base import JobInfo, WorkerInfo
+from offload.brokers.base import JobInfo, QueueStats, WorkerInfo
 from offload.codec import decode_error, decode_value
 from offload.job import ErrorInfo, JobState
 
-__all__ = ["blob", "job_info", "stored_error", "worker_info"]
+__all__ = ["blob", "job_info", "queue_stats", "stored_error", "worker_info"]
 
 
 def blob(value: object) -> bytes:
@@ -75,3 +75,17 @@ def worker_info(row: Mapping[str, Any]) -> WorkerInfo:
         processed=row["processed"],
         extra=decode_value(row["extra"]),
     )
+
+
+def queue_stats(
+    names: Iterable[str], rows: Iterable[Mapping[str, Any]], oldest: Mapping[str, float]
+) -> dict[str, QueueStats]:
+    """`Broker.counts` from `(queue, state, n)` rows: every state of every queue in
+    `names` (0 when absent), and of any other queue a row names, sorted by queue."""
+    states: dict[str, dict[JobState, int]] = {q: {} for q in names}
+    for row in rows:
+        states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+    return {
+        queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
+        for queue, per in sorted(states.items())
+    }

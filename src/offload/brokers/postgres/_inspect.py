@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from offload.brokers._sql_rows import queue_stats
 from offload.brokers.base import JobInfo, Page, QueueStats
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._sql import load_queries
@@ -45,14 +46,7 @@ async def counts(broker: PostgresBroker, queues: Sequence[str] | None) -> dict[s
             cur = await conn.execute(_Q["count_states_of"], {"queues": names})
         rows = await cur.fetchall()
         oldest_rows = await (await conn.execute(_Q["oldest_queued"])).fetchall()
-    oldest = {r["queue"]: r["oldest"] for r in oldest_rows}
-    states: dict[str, dict[JobState, int]] = {q: {} for q in names}
-    for row in rows:
-        states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
-    return {
-        queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
-        for queue, per in sorted(states.items())
-    }
+    return queue_stats(names, rows, {r["queue"]: r["oldest"] for r in oldest_rows})
 
 
 async def get_job(broker: PostgresBroker, job_id: str) -> JobInfo | None:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
-from offload.brokers._sql_rows import blob, job_info, worker_info
+from offload.brokers._sql_rows import blob, job_info, queue_stats, worker_info
 from offload.brokers.base import (
     LEASE_EXPIRED,
     Ack,
@@ -378,13 +378,7 @@ class Store:
                 names = list(queues)
                 rows = conn.execute(_Q["count_states_of"], (json.dumps(names),)).fetchall()
             oldest = {row["queue"]: row["oldest"] for row in conn.execute(_Q["oldest_queued"])}
-        states: dict[str, dict[JobState, int]] = {q: {} for q in names}
-        for row in rows:
-            states.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
-        return {
-            queue: QueueStats({s: per.get(s, 0) for s in JobState}, oldest.get(queue))
-            for queue, per in sorted(states.items())
-        }
+        return queue_stats(names, rows, oldest)
 
     def get_job(self, job_id: str) -> JobInfo | None:
         with self._snapshot():
