@@ -78,7 +78,7 @@ async def settle_ended(app: Offload, envelope: Envelope, state: JobState) -> Non
 async def drain_outbox(app: Offload, limit: int = 200) -> int:
     """Run the follow-ups of the jobs in the broker's outbox and clear those that
     succeeded (one that fails stays, is logged, and is tried again next time, without
-    holding up the others). Returns how many entries were read."""
+    holding up the others). Returns how many were handled and cleared."""
     broker = await app.connected_broker()
     entries = await broker.outbox(limit)
     done: list[str] = []
@@ -93,7 +93,7 @@ async def drain_outbox(app: Offload, limit: int = 200) -> int:
         done.append(entry.job_id)
     if done:
         await broker.clear_outbox(done)
-    return len(entries)
+    return len(done)
 
 
 async def _after(

@@ -194,13 +194,14 @@ class Worker:
 
     async def drain_outbox(self) -> int:
         """Run the workflow follow-ups of the jobs that ended inside the broker (see
-        `flows.drain_outbox`), batch after batch while batches come back full (a storm
-        of expiries), at most `OUTBOX_BATCHES` batches per call; returns how many."""
+        `flows.drain_outbox`), batch after batch while whole batches are handled (a
+        storm of expiries), at most `OUTBOX_BATCHES` per call; returns how many were
+        handled (entries whose follow-ups fail stay for the next call)."""
         total = 0
         for _ in range(OUTBOX_BATCHES):
-            read = await drain_outbox(self.app, OUTBOX_BATCH)
-            total += read
-            if read < OUTBOX_BATCH:
+            handled = await drain_outbox(self.app, OUTBOX_BATCH)
+            total += handled
+            if handled < OUTBOX_BATCH:
                 break
         return total
 
