@@ -27,7 +27,7 @@ from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
 from offload.codec import encode_value
 from offload.errors import BrokerUnavailable
-from offload.job import Step, new_job_id
+from offload.job import JobState, Step, new_job_id
 from offload.testing import FakeClock
 from offload.worker import Worker
 from tests.conformance.helpers import enqueue_one, make_job
@@ -338,3 +338,18 @@ def test_sync_fast_path_survives_a_redis_restart(throwaway: RedisProcess) -> Non
         assert app.portal.run(reserve()) == [job.id]
     finally:
         app.close()
+
+
+async def test_a_bulk_enqueue_past_the_scripts_chunk_size_is_whole(redis_url: str) -> None:
+    # enqueue.lua writes in chunks of 4,000 arguments (Lua's unpack limit): 5,000 jobs
+    # with keys cross it for every structure, and a repeated key still resolves.
+    clock = FakeClock()
+    async with from_url(redis_url, clock=clock) as broker:
+        jobs = [make_job(clock, key=f"k{i}", expires_at=clock.now() + 60) for i in range(5000)]
+        jobs += [make_job(clock, key="k4321")]
+        results = await broker.enqueue(jobs)
+        assert sum(r.created for r in results) == 5000
+        assert results[-1].id == jobs[4321][0].id and not results[-1].created
+        assert (await broker.counts())["default"].states[JobState.QUEUED] == 5000
+        leases = await broker.reserve(["default"], worker_id="w", lease_s=60, limit=5000)
+        assert [lease.job_id for lease in leases] == [env.id for env, _ in jobs[:5000]]

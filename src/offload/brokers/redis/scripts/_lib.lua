@@ -20,6 +20,34 @@ local function queue_at(group)
   return q
 end
 
+-- Lua's `unpack` has a stack limit (about 8,000 values): variadic commands go out in
+-- chunks of this many arguments (even, so field/value and score/member pairs stay
+-- whole).
+local CHUNK = 4000
+
+-- HMGET of many fields in chunks; the values in `fields` order (false where absent).
+local function hmget_all(key, fields)
+  local values = {}
+  for i = 1, #fields, CHUNK do
+    local got = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    for _, value in ipairs(got) do values[#values + 1] = value end
+  end
+  return values
+end
+
+-- Append a pair (field, value) or (score, member) to a flat list for `write_all`.
+local function push(list, a, b)
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+
+-- One variadic HSET or ZADD of every pair in `pairs`, in chunks; nothing if empty.
+local function write_all(command, key, pairs)
+  for i = 1, #pairs, CHUNK do
+    redis.call(command, key, unpack(pairs, i, math.min(i + CHUNK - 1, #pairs)))
+  end
+end
+
 local function load(q, id)
   local raw = redis.call('HGET', q.record, id)
   if not raw then

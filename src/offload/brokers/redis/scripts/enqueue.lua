@@ -7,52 +7,90 @@
 -- Returns: per job, the id it resolved to and 1 if stored, 0 if a job with that key
 --          or id already existed (duplicate keys within one call resolve to the first);
 --          or {-1, depth} and nothing stored if the jobs would pass the max depth.
+--
+-- Batched: the existing ids and keys are read with one HMGET each, and the new jobs
+-- written with one variadic command per structure, so a bulk enqueue costs a few
+-- commands per call instead of seven per job. What it writes for a new job is what
+-- `attach` writes for a `queued` or `scheduled` one, plus the payload, the listing
+-- entry and the key.
 local q = queue_at(1)
 local now = tonumber(ARGV[1])
+local count = (#ARGV - 3) / 10
 if ARGV[3] ~= '' then
   local depth = redis.call('ZCARD', q.ready) + redis.call('ZCARD', q.scheduled)
-  if depth + (#ARGV - 3) / 10 > tonumber(ARGV[3]) then
+  if depth + count > tonumber(ARGV[3]) then
     return {-1, depth}
   end
 end
 local now_ms = math.floor(now * 1000)
+
+local ids, keys = {}, {}
+for j = 1, count do
+  local i = 4 + (j - 1) * 10
+  ids[#ids + 1] = ARGV[i]
+  if ARGV[i + 1] ~= '' then keys[#keys + 1] = ARGV[i + 1] end
+end
+local stored_ids = hmget_all(q.record, ids)
+local stored_keys = hmget_all(q.keys, keys)
+local key_owner, id_taken = {}, {}
+for n, key in ipairs(keys) do
+  if stored_keys[n] then key_owner[key] = stored_keys[n] end
+end
+for n, id in ipairs(ids) do
+  if stored_ids[n] then id_taken[id] = true end
+end
+
+local seq = redis.call('INCRBY', q.seq, count) - count
 local out = {}
+local w = {payload = {}, record = {}, jobs = {}, ready = {}, scheduled = {}, expiring = {},
+  keys = {}}
 local woke = false
-for i = 4, #ARGV, 10 do
+for j = 1, count do
+  local i = 4 + (j - 1) * 10
   local id, key = ARGV[i], ARGV[i + 1]
-  local existing = false
-  if key ~= '' then
-    existing = redis.call('HGET', q.keys, key)
-  end
-  if existing then
-    out[#out + 1] = existing
+  local owner = key ~= '' and key_owner[key]
+  if owner then
+    out[#out + 1] = owner
     out[#out + 1] = 0
-  elseif redis.call('HEXISTS', q.record, id) == 1 then
+  elseif id_taken[id] then
     out[#out + 1] = id
     out[#out + 1] = 0
   else
+    seq = seq + 1
     local r = {tk = ARGV[i + 3], p = tonumber(ARGV[i + 4]), a = 0, c = tonumber(ARGV[i + 6]),
-      d = tonumber(ARGV[i + 7]), q = redis.call('INCR', q.seq), n = now_ms}
+      d = tonumber(ARGV[i + 7]), q = seq, n = now_ms}
     if key ~= '' then
       r.k = key
-      redis.call('HSET', q.keys, key, id)
+      key_owner[key] = id
+      push(w.keys, key, id)
     end
+    id_taken[id] = true
     if ARGV[i + 5] ~= '' then r.m = tonumber(ARGV[i + 5]) end
     if ARGV[i + 8] ~= '' then r.x = tonumber(ARGV[i + 8]) end
     if ARGV[i + 9] ~= '' then r.o = 1 end
     if r.d > now then
       r.s = 'scheduled'
+      push(w.scheduled, r.d, id)
     else
       r.s = 'queued'
+      push(w.ready, -r.p, ready_member(r, id))
       woke = true
     end
-    redis.call('HSET', q.payload, id, ARGV[i + 2])
-    redis.call('ZADD', q.jobs, 0, listing_member(r, id))
-    attach(q, id, r)
+    if r.x then push(w.expiring, r.x, id) end
+    push(w.payload, id, ARGV[i + 2])
+    push(w.jobs, 0, listing_member(r, id))
+    push(w.record, id, cmsgpack.pack(r))
     out[#out + 1] = id
     out[#out + 1] = 1
   end
 end
+write_all('HSET', q.payload, w.payload)
+write_all('HSET', q.record, w.record)
+write_all('HSET', q.keys, w.keys)
+write_all('ZADD', q.jobs, w.jobs)
+write_all('ZADD', q.ready, w.ready)
+write_all('ZADD', q.scheduled, w.scheduled)
+write_all('ZADD', q.expiring, w.expiring)
 if woke then
   redis.call('PUBLISH', ARGV[2], '1')
 end
