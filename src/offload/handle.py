@@ -71,7 +71,8 @@ class Job:
 
         Waits on the broker's push where it has one (`Broker.wait_finished`: Redis
         pub/sub, PostgreSQL LISTEN/NOTIFY, and any broker for an end in this process);
-        otherwise re-reads the job with a backoff from 5 to 250 ms.
+        otherwise in `wait_finished` slices of 5 to 250 ms, between which it reads the
+        job again (SQLite's returns early when another process commits the end).
 
         Args:
             timeout: seconds to wait; None waits forever.

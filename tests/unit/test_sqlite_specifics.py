@@ -424,3 +424,29 @@ async def test_wait_returns_when_the_broker_is_closed_and_does_not_reopen_it(
     await asyncio.wait_for(waiter, 1.0)
 
     assert broker._state is None  # no connection or thread left behind
+
+
+async def test_an_end_by_another_connection_wakes_wait_finished_within_a_poll(
+    tmp_path: Path,
+) -> None:
+    # No push across processes: the waiter looks again when `PRAGMA data_version`
+    # changes, every WAIT_POLL_S, instead of after a 5 to 250 ms backoff.
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'ends.db'}"
+    waiter, other = from_url(url, clock=clock), from_url(url, clock=clock)
+    await waiter.connect()
+    await other.connect()
+    try:
+        envelope, payload = job(clock)
+        await waiter.enqueue([(envelope, payload)])
+        [lease] = await other.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+        waiting = asyncio.create_task(waiter.wait_finished(envelope.id, 10.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # nothing ended: it keeps waiting, quietly
+        await other.ack(lease, encode_value(1), result_ttl_s=None)
+        started = time.monotonic()
+        await asyncio.wait_for(waiting, 2.0)
+        assert time.monotonic() - started < 0.2
+    finally:
+        await waiter.close()
+        await other.close()

@@ -52,18 +52,19 @@ class JobWaiters:
 
     async def wait(
         self, job_id: str, ended: Callable[[], Awaitable[bool]], timeout_s: float
-    ) -> None:
+    ) -> bool:
         """Return when `ended()` holds (checked once registered, so a `notify`
         between the check and the wait is not missed), at `notify(job_id)`, or after
-        `timeout_s`."""
+        `timeout_s`: False only in that last case."""
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._waiters.setdefault(job_id, set()).add(entry)
         try:
             if not await ended():
                 await asyncio.wait_for(entry[1].wait(), timeout_s)
+            return True
         except TimeoutError:
-            pass
+            return False
         finally:
             with self._lock:
                 waiters = self._waiters.get(job_id)

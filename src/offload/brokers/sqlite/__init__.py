@@ -317,13 +317,31 @@ class SQLiteBroker(Broker):
         await self._run(Store.clear_outbox, job_ids)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
-        """Return once the job is terminal or unknown, when this broker ends it, or
-        after `timeout_s` (an end in another process is not pushed: see the module)."""
+        """Return once the job is terminal or unknown, at once when this broker ends
+        it, within about `WAIT_POLL_S` when another connection (another process) does,
+        or after `timeout_s`. SQLite pushes nothing across processes: the job is read
+        again only when `PRAGMA data_version` says another connection committed, as
+        `wait` does for new work."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        mark = await self._run(Store.data_version)
 
         async def ended() -> bool:
             return await self._run(Store.job_ended, job_id)
 
-        await self._ended.wait(job_id, ended, timeout_s)
+        async def ended_elsewhere() -> bool:
+            nonlocal mark
+            version = await self._run(Store.data_version)
+            if version == mark:
+                return False
+            mark = version
+            return await ended()
+
+        check = ended
+        while (remaining := deadline - loop.time()) > 0:
+            if await self._ended.wait(job_id, check, min(WAIT_POLL_S, remaining)):
+                return
+            check = ended_elsewhere
 
     # -- inspection -----------------------------------------------------------------------
 

@@ -359,6 +359,11 @@ class Store:
         with self._write():
             self._conn.execute(_Q["outbox_clear"], (json.dumps(list(job_ids)),))
 
+    def data_version(self) -> int:
+        """`PRAGMA data_version`: changes when another connection commits (a cheap
+        way to learn that something may have changed, reading no table)."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
     def job_ended(self, job_id: str) -> bool:
         """Whether the job is terminal or unknown (`wait_finished` need not wait)."""
         row = self._conn.execute(_Q["job_state"], (job_id,)).fetchone()
@@ -531,7 +536,7 @@ class Store:
     def signal_mark(self, queues: Sequence[str]) -> tuple[int, int]:
         """Where `wait` starts from: the connection's data version and the sum of the
         queues' signal counters."""
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        version = self.data_version()
         total = self._conn.execute(_Q["signal_total"], (json.dumps(list(queues)),)).fetchone()
         return version, int(total[0])
 
@@ -543,7 +548,7 @@ class Store:
         `PRAGMA data_version` changes only when another connection commits and reads no
         table, so an idle poll costs next to nothing; the counters are read only then.
         """
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        version = self.data_version()
         if version == mark[0]:
             return mark, False
         new_mark = self.signal_mark(queues)
