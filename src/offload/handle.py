@@ -112,9 +112,8 @@ class Job:
             return False
         info = await broker.get_job(self.id)
         envelope = info.envelope() if info is not None else None
-        in_flow = envelope is not None and (envelope.then or envelope.chord is not None)
-        if info is not None and info.state is JobState.CANCELLED and in_flow:
-            assert envelope is not None
+        waited = info is not None and info.state is JobState.CANCELLED
+        if waited and envelope is not None and envelope.has_follow_ups:
             try:
                 await settle_ended(self._app, envelope, JobState.CANCELLED)
                 await broker.clear_outbox([self.id])

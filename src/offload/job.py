@@ -152,6 +152,12 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     created_at: float = 0.0
     v: int = ENVELOPE_VERSION
 
+    @property
+    def has_follow_ups(self) -> bool:
+        """Whether this job's end starts something in its workflow (a next stage, its
+        group's join): the jobs whose ends inside the broker go to `Broker.outbox`."""
+        return bool(self.then) or self.chord is not None
+
 
 class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """Why an attempt failed, as stored with the job and shown by the CLI."""

@@ -56,7 +56,7 @@ async def follow_up(app: Offload, lease: Lease, outcome: Outcome) -> None:
     `cancel`; a retry is not an end). A job flagged by a cancel that still succeeded
     counts as cancelled: it starts nothing after it."""
     envelope = outcome.envelope
-    if envelope is None or outcome.action == "retry" or not _in_flow(envelope):
+    if envelope is None or outcome.action == "retry" or not envelope.has_follow_ups:
         return
     if outcome.action == "ack" and not await app.broker.cancel_requested([lease]):
         value = None if outcome.result is None else decode_value(outcome.result)
@@ -70,7 +70,7 @@ async def follow_up(app: Offload, lease: Lease, outcome: Outcome) -> None:
 
 async def settle_ended(app: Offload, envelope: Envelope, state: JobState) -> None:
     """The follow-ups of a job that ended without running (cancelled or expired)."""
-    if _in_flow(envelope):
+    if envelope.has_follow_ups:
         end = _failed(envelope, state, None, final=True)
         await _after(app, envelope, envelope.then or [], envelope.chord, end, _next_key(envelope))
 
@@ -170,10 +170,6 @@ def _failed(envelope: Envelope, state: JobState, error: ErrorInfo | None, *, fin
     text = "" if error is None else f"{error.type}: {error.message}"
     index = envelope.chord.index if envelope.chord is not None else 0
     return _End(ok=False, failure=Failure(index, envelope.id, str(state), text), final=final)
-
-
-def _in_flow(envelope: Envelope) -> bool:
-    return bool(envelope.then) or envelope.chord is not None
 
 
 def _next_key(envelope: Envelope) -> str:

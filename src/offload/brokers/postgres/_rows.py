@@ -53,7 +53,7 @@ def enqueue_params(
         columns["expires"].append(env.expires_at)
         columns["payloads"].append(payload)
         # Workflow follow-ups: a cancel or an expiry records the job in the outbox.
-        columns["flows"].append(bool(env.then) or env.chord is not None)
+        columns["flows"].append(env.has_follow_ups)
     return {**columns, "channel": channel}
 
 

@@ -32,7 +32,7 @@ MEMBER_ID_AT = 12
 
 def workflow_flag(envelope: Envelope) -> str:
     """The enqueue argument that marks a job whose unrun end goes to the outbox."""
-    return "1" if envelope.then or envelope.chord is not None else ""
+    return "1" if envelope.has_follow_ups else ""
 
 
 async def outbox(broker: RedisBroker, limit: int) -> list[Ended]:

@@ -174,7 +174,7 @@ class Store:
             due_at,
             env.expires_at,
             payload,
-            int(env.then is not None or env.chord is not None),
+            int(env.has_follow_ups),
         )
         return self._conn.execute(_Q["insert_job"], params).rowcount == 1, state
 
