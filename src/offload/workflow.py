@@ -119,11 +119,10 @@ class Workflow:
             if stage.branches is not None:
                 return
             try:
-                state = await Job(self._live_app, stage.id).state_async()
+                info = await Job(self._live_app, stage.id).info_async()
             except JobNotFound:
                 continue
-            if state is JobState.DEAD:
-                info = await Job(self._live_app, stage.id).info_async()
+            if info.state is JobState.DEAD:
                 raise JobFailed(stage.id, info.error)
             return
 
@@ -294,7 +293,6 @@ def start_envelopes(
     origin: Envelope | None,
     key: str | None,
     chord: ChordRef | None,
-    has_input: bool = True,
     failures: list[Failure] | None = None,
 ) -> list[Envelope]:
     """The jobs that start `stages` with `value` as their input: one job for a task
@@ -302,7 +300,7 @@ def start_envelopes(
     is the job whose end starts them; `key` makes each start idempotent."""
     stage, rest = stages[0], stages[1:]
     if stage.branches is None:
-        args = [value, *stage.args] if has_input and origin is not None else list(stage.args)
+        args = list(stage.args) if origin is None else [value, *stage.args]
         return [
             _step_envelope(
                 app, stage, args, origin, key, then=rest or None, chord=chord, failures=failures
@@ -320,7 +318,6 @@ def start_envelopes(
             origin=origin,
             key=branch_key,
             chord=ref if joins else None,
-            has_input=has_input,
             failures=failures,
         )
     return out
@@ -334,30 +331,28 @@ def _step_envelope(
     key: str | None,
     **fields: Any,
 ) -> Envelope:
+    """The job of `step`, built like any enqueue (`Offload._envelope`: the task's
+    defaults under the step's own options), with the step's id and the workflow's key."""
     known = app.tasks.get(step.task)
-    now = app.clock.now()
-    expires_s = step.expires_s
-    if expires_s is None and known is not None:
-        expires_s = known.defaults.expires_s
-    max_attempts = step.max_attempts
-    if max_attempts is None and known is not None:
-        max_attempts = known.defaults.max_attempts
-    return Envelope(
-        id=step.id,
-        task=step.task,
-        args=args,
-        kwargs=step.kwargs,
-        queue=step.queue,
+    options = Overrides(
+        delay_s=step.delay_s,
         priority=step.priority,
-        max_attempts=max_attempts,
-        backoff=step.backoff,
+        queue=step.queue,
+        expires_s=step.expires_s,
+        max_attempts=step.max_attempts,
         timeout_s=step.timeout_s,
-        not_before=None if not step.delay_s else now + step.delay_s,
+        backoff=step.backoff,
+    )
+    call = Call(tuple(args), step.kwargs)
+    envelope = app._envelope(
+        step.task, call, known.defaults if known else None, options, app.clock.now()
+    )
+    return msgspec.structs.replace(
+        envelope,
+        id=step.id,
         key=key,
         parent_id=None if origin is None else origin.id,
         workflow_id=None if origin is None else origin.workflow_id,
-        expires_at=None if expires_s is None else now + expires_s,
-        created_at=now,
         **fields,
     )
 
