@@ -283,16 +283,18 @@ class Offload:
         return Job(self, job_id)
 
     def _enqueue_sync(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
+        items = self._items(name, calls, overrides)
         broker = self._portal_broker or self.broker
         if broker.capabilities.blocking_enqueue and not self.portal.is_current():
-            items = self._items(name, calls, overrides)
             results = broker.enqueue_blocking(items, max_depth=self._max_depth(name))
             if results is not None:  # else the broker leaves it to `enqueue`
                 return [Job(self, r.id, created=r.created) for r in results]
-        return self.portal.run(self._enqueue(name, calls, overrides))
+        return self.portal.run(self._enqueue_items(name, items))
 
     async def _enqueue(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
-        items = self._items(name, calls, overrides)
+        return await self._enqueue_items(name, self._items(name, calls, overrides))
+
+    async def _enqueue_items(self, name: str, items: list[tuple[Envelope, bytes]]) -> list[Job]:
         if not items:
             return []
         broker = await self.connected_broker()

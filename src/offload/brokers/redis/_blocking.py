@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis import Redis
-from redis.exceptions import NoScriptError
 
 from offload.brokers.base import EnqueueResult
 from offload.brokers.redis._connection import errors
@@ -52,6 +51,8 @@ class BlockingClient:
 def enqueue(
     broker: RedisBroker, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
 ) -> list[EnqueueResult] | None:
+    from offload.brokers.redis import _SCRIPTS  # the package imports this module
+
     if broker.options.cluster or not jobs:
         return None
     by_queue: dict[str, list[int]] = {}
@@ -62,27 +63,6 @@ def enqueue(
     if not broker._known.issuperset(by_queue):
         return None
     calls = broker._enqueue_calls(jobs, by_queue, broker.clock.now(), max_depth)
-    client = broker._blocking.get()
     with errors(broker._where):
-        replies = _run(broker, client, calls)
+        replies = _SCRIPTS.run_many_blocking(broker._blocking.get(), calls)
     return broker._enqueue_results(jobs, by_queue, replies, max_depth)
-
-
-def _run(broker: RedisBroker, client: Redis, calls: Sequence[Any]) -> list[Any]:
-    from offload.brokers.redis import _SCRIPTS
-
-    def send() -> list[Any]:
-        if len(calls) == 1:
-            name, keys, args = calls[0]
-            return [client.evalsha(_SCRIPTS.shas[name], len(keys), *keys, *args)]
-        pipe = client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(_SCRIPTS.shas[name], len(keys), *keys, *args)
-        return list(pipe.execute())
-
-    try:
-        return send()
-    except NoScriptError:  # Redis restarted and forgot the scripts
-        for source in _SCRIPTS.sources.values():
-            client.script_load(source)
-        return send()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any, TypeAlias
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
@@ -104,6 +105,23 @@ class Scripts:
         except NoScriptError:
             await self.load(client)
             return await self._pipeline(client, calls)
+
+    def run_many_blocking(self, client: SyncRedis, calls: Sequence[Call]) -> list[Any]:
+        """`run_many` on a plain (non-asyncio) client of a single Redis, from the
+        calling thread (`_blocking.py`)."""
+
+        def send() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+            return list(pipe.execute())
+
+        try:
+            return send()
+        except NoScriptError:  # Redis restarted and forgot the scripts
+            for source in self.sources.values():
+                client.script_load(source)
+            return send()
 
     async def _pipeline(self, client: Client, calls: Sequence[Call]) -> list[Any]:
         pipe = pipeline(client)
