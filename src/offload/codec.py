@@ -7,6 +7,7 @@ are raised at the producer, before anything reaches the broker.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -81,9 +82,27 @@ def decode_error(data: bytes | str) -> ErrorInfo:
 
 
 def envelope_schema() -> dict[str, Any]:
-    """The JSON Schema of the envelope, for producers written in other languages."""
+    """The JSON Schema of the envelope, for producers written in other languages.
+
+    Descriptions are docstrings, which msgspec releases render differently (0.23
+    dedents them, earlier ones did not); they are cleaned here so that the schema's
+    text, like its meaning, does not depend on the installed msgspec.
+    """
     schema: dict[str, Any] = msgspec.json.schema(Envelope)
-    return schema
+    return _clean_descriptions(schema)
+
+
+def _clean_descriptions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v)
+            if k == "description" and isinstance(v, str)
+            else _clean_descriptions(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
 
 
 def _describe_bad_argument(

@@ -21,6 +21,27 @@ def test_committed_schema_matches_the_envelope() -> None:
     )
 
 
+def test_schema_text_does_not_depend_on_how_msgspec_renders_docstrings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """msgspec 0.23 dedents docstrings in `description`, earlier releases kept the
+    indentation: both renderings must give the committed schema."""
+    rendered = msgspec.json.schema(Envelope)
+
+    def indent(node: object) -> object:
+        if isinstance(node, dict):
+            return {
+                k: v.replace("\n", "\n    ") if k == "description" else indent(v)
+                for k, v in node.items()
+            }
+        return [indent(v) for v in node] if isinstance(node, list) else node
+
+    committed = json.loads(SCHEMA_FILE.read_text())
+    for variant in (rendered, indent(rendered)):
+        monkeypatch.setattr(msgspec.json, "schema", lambda _t, v=variant: v)
+        assert envelope_schema() == committed
+
+
 def test_envelope_round_trips_and_omits_defaults() -> None:
     env = Envelope(id="j1", task="t", args=[1, "a"], kwargs={"k": None}, backoff=Backoff(base_s=2))
     data = encode_envelope(env)
