@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from offload._portal import Portal
+from offload._redact import redact_url
 from offload.brokers import from_url
 from offload.brokers.base import Broker, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
@@ -78,7 +79,7 @@ class Offload:
         self._unknown_task_defaults = TaskOptions(queue=queue, max_attempts=0, result_ttl_s=None)
 
     def __repr__(self) -> str:
-        return f"<Offload {self.broker.url} tasks={len(self.tasks)}>"
+        return f"<Offload {redact_url(self.broker.url)} tasks={len(self.tasks)}>"
 
     # -- registry ----------------------------------------------------------------------
 
@@ -350,7 +351,7 @@ class Offload:
         if broker.capabilities.transactional_enqueue and isinstance(broker, TransactionalEnqueue):
             return broker
         raise ConfigurationError(
-            f"the broker {broker.url!r} cannot enqueue inside your transaction: "
+            f"the broker {redact_url(broker.url)!r} cannot enqueue inside your transaction: "
             "use a postgresql:// broker, or enqueue after your commit"
         )
 

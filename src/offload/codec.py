@@ -88,8 +88,8 @@ def envelope_schema() -> dict[str, Any]:
     dedents them, earlier ones did not); they are cleaned here so that the schema's
     text, like its meaning, does not depend on the installed msgspec.
     """
-    schema: dict[str, Any] = msgspec.json.schema(Envelope)
-    return _clean_descriptions(schema)
+    schema: dict[str, Any] = _clean_descriptions(msgspec.json.schema(Envelope))
+    return schema
 
 
 def _clean_descriptions(node: Any) -> Any:

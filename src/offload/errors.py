@@ -32,6 +32,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from offload._redact import redact
+
 if TYPE_CHECKING:
     from offload.job import ErrorInfo
 
@@ -63,7 +65,11 @@ class OffloadError(Exception):
     """An offload error."""
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+        # Messages often quote a URL or a driver's error text: scrub credentials here,
+        # once, so that no error offload raises can print a password.
+        super().__init__(
+            redact(message) if message else (self.__doc__ or "").strip().splitlines()[0]
+        )
 
 
 class ConfigurationError(OffloadError, ValueError):

@@ -60,6 +60,7 @@ def test_errors_are_one_line_without_traceback(run) -> None:  # type: ignore[no-
         "error: unknown broker scheme 'mysql' in 'mysql://localhost/x'; "
         f"known schemes: {', '.join(sorted(SCHEMES))}"
     ]
+    assert run("enqueue", "t").returncode == 0  # the database exists: the job does not
     missing = run("show", "nope")
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr and "no job nope" in missing.stderr

@@ -30,15 +30,21 @@ def from_url(url: str, **kwargs: Any) -> Broker:
     """Build the broker a URL names (not yet connected).
 
     Raises:
-        ConfigurationError: the URL is malformed or its scheme is unknown, saying which
-            schemes exist.
+        ConfigurationError: the URL is malformed (a bad host or port too) or its scheme
+            is unknown, saying which schemes exist; like every offload error, its
+            message shows the URL without its credentials.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             f"invalid broker URL {url!r}: expected SCHEME://…, "
             f"with SCHEME one of {', '.join(sorted(SCHEMES))}"
         )
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing it is the check: a bad or out-of-range port raises
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid broker URL {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise ConfigurationError(
             f"unknown broker scheme {scheme!r} in {url!r}; "

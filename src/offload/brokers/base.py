@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from offload._redact import redact_url
 from offload.clock import Clock, SystemClock
 from offload.codec import decode_envelope, decode_value
 from offload.errors import LeaseLost
@@ -246,6 +247,9 @@ class Broker(abc.ABC):
         self.url = url
         self.clock: Clock = clock or SystemClock()
         self.retention_s = retention_s
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)}>"
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -11,11 +11,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
+from offload._redact import RedactingFormatter
 from offload.app import Offload
 from offload.errors import OffloadError
 
@@ -53,11 +55,22 @@ def load_app(spec: str) -> Offload:
     return obj
 
 
-def app_from_options(app_spec: str | None, url: str | None) -> Offload:
-    """The app to inspect: the one named by --app, else a bare one on --url."""
-    if app_spec:
-        return load_app(app_spec)
-    return Offload(url)
+def app_from_options(app_spec: str | None, url: str | None, *, create: bool = False) -> Offload:
+    """The app to inspect: the one named by --app, else a bare one on --url.
+
+    Raises:
+        click.ClickException: unless `create`, the broker is a SQLite file that does
+            not exist: a command that reads or steers jobs must not create an empty
+            database (and its directories) for a mistyped path and report it empty.
+    """
+    app = load_app(app_spec) if app_spec else Offload(url)
+    path = getattr(app.broker, "path", None)
+    if not create and isinstance(path, Path) and not path.exists():
+        raise click.ClickException(
+            f"no such database: {path} (check --url or OFFLOAD_URL; "
+            "a worker or an enqueue creates it)"
+        )
+    return app
 
 
 def run_async(app: Offload, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -87,12 +100,14 @@ def env_twin(name: str) -> dict[str, Any]:
 def setup_logging(level: str, fmt: str = "text") -> None:
     """Logs to stderr: human-readable text, or one JSON object per line."""
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if fmt == "json":
         from offload.logging import JsonFormatter
 
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler.setFormatter(RedactingFormatter(formatter))
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 

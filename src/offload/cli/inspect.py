@@ -13,6 +13,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from offload._redact import redact_url
 from offload.brokers.base import JobInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
@@ -77,7 +78,7 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table(title=f"offload status — {app.broker.url}")
+    table = Table(title=f"offload status — {redact_url(app.broker.url)}")
     table.add_column("queue")
     for state in STATE_COLUMNS:
         table.add_column(state.value, justify="right")

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from offload._redact import redact_url
 from offload.app import DEFAULT_URL
 from offload.brokers import from_url
 from offload.cli import url_option
@@ -23,7 +24,9 @@ def migrate(url: str | None) -> None:
     """Create or upgrade the broker's schema (PostgreSQL); other brokers need none."""
     broker = from_url(url or DEFAULT_URL)
     if urlsplit(broker.url).scheme.lower() not in ("postgresql", "postgres"):
-        click.echo(f"{broker.url}: nothing to migrate (this broker installs its schema itself)")
+        click.echo(
+            f"{redact_url(broker.url)}: nothing to migrate (this broker installs its schema itself)"
+        )
         return
     from offload.brokers.postgres import PostgresBroker  # imported by from_url already
 

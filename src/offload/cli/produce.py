@@ -54,7 +54,7 @@ def enqueue(
     """
     args = _json(list, args_json, "--args")
     kwargs = _json(dict, kwargs_json, "--kwargs")
-    app = app_from_options(app_spec, url)
+    app = app_from_options(app_spec, url, create=True)
     enqueuer = app.options(
         task_name,
         queue=queue,

@@ -42,6 +42,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from offload._redact import redact_url
 from offload.app import Offload
 from offload.demo import ENV_DB, ENV_SMTP_HOST, ENV_SMTP_PORT
 from offload.demo.smtp import SMTPServer, free_port
@@ -184,7 +185,9 @@ def run_demo(
         signups, workers, concurrency, smtp_delay, failure_rate, max_refusals, timeout, rate
     )
     if url is not None and not Offload(url).broker.capabilities.cross_process:
-        raise DemoError(f"{url} cannot be shared by the demo's processes; use sqlite://")
+        raise DemoError(
+            f"{redact_url(url)} cannot be shared by the demo's processes; use sqlite://"
+        )
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offload-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     broker_url = url or f"sqlite:///{root / 'offload.db'}"

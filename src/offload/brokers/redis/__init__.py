@@ -44,6 +44,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -124,8 +125,8 @@ class RedisBroker(Broker):
         self.global_keys = K.global_keys(self.prefix)
         self._ended_channel = K.ended_channel(self.prefix)
         self._job_ends = JobWaiters()  # `wait_finished` (see `_ended.py`)
-        parts = self.options.redis_url.split("@")[-1].split("/")
-        self._where = parts[2] if len(parts) > 2 else self.options.redis_url
+        # Named in errors and logs: the server alone, never the URL's credentials.
+        self._where = urlsplit(self.options.redis_url).netloc.rpartition("@")[2]
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None

@@ -1,0 +1,100 @@
+"""Credentials never appear in what offload shows: reprs, errors, log lines."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from offload import Offload
+from offload._redact import RedactingFormatter, redact, redact_url
+from offload.brokers import from_url
+from offload.errors import BrokerUnavailable, ConfigurationError
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{SECRET}@h:6379/0", "redis://:***@h:6379/0"),
+        (f"rediss://user:{SECRET}@h/0?prefix=p", "rediss://user:***@h/0?prefix=p"),
+        (f"postgresql://u:{SECRET}@h/db?schema=s", "postgresql://u:***@h/db?schema=s"),
+        (
+            f"postgresql://u@h/db?password={SECRET}&schema=s",
+            "postgresql://u@h/db?password=***&schema=s",
+        ),
+        ("sqlite:///relative/offload.db", "sqlite:///relative/offload.db"),
+        ("redis://user@h/0", "redis://user@h/0"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_free_text_is_scrubbed_of_urls_and_conninfo_passwords() -> None:
+    text = f"cannot reach 'redis://:{SECRET}@h/0' (dsn: host=h password={SECRET} user=u)"
+    assert SECRET not in redact(text)
+    assert "host=h" in redact(text) and "user=u" in redact(text)
+
+
+def test_a_malformed_url_is_still_scrubbed() -> None:
+    assert SECRET not in redact_url(f"postgresql://u:{SECRET}@[::1")
+
+
+def test_reprs_hide_the_password() -> None:
+    app = Offload(f"redis://:{SECRET}@127.0.0.1:1/0")
+    assert SECRET not in repr(app)
+    assert SECRET not in repr(app.broker)
+    assert "127.0.0.1:1" in repr(app)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}@h:notaport/0",
+        f"redis://:{SECRET}@h:99999/0",
+        f"postgresql://u:{SECRET}@[::1",
+        f"mysql://u:{SECRET}@h/db",
+        f"redis://:{SECRET}@h/0?cluster=maybe",
+    ],
+)
+def test_a_bad_url_is_a_configuration_error_without_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        from_url(url)
+    assert SECRET not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+async def test_an_unreachable_redis_names_the_server_not_the_password() -> None:
+    broker = from_url(f"redis://:{SECRET}@127.0.0.1:1")  # no path: the old parser showed it all
+    with pytest.raises(BrokerUnavailable) as caught:
+        await broker.connect()
+    await broker.close()
+    assert SECRET not in str(caught.value)
+    assert "127.0.0.1:1" in str(caught.value)
+
+
+def test_every_offload_error_scrubs_its_message() -> None:
+    assert SECRET not in str(BrokerUnavailable(f"lost postgresql://u:{SECRET}@h/db"))
+
+
+def test_the_log_formatter_scrubs_messages_and_tracebacks() -> None:
+    formatter = RedactingFormatter(logging.Formatter("%(message)s"))
+    try:
+        raise RuntimeError(f"driver said redis://:{SECRET}@h/0")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "offload",
+            logging.ERROR,
+            __file__,
+            1,
+            "url %s",
+            (f"redis://:{SECRET}@h",),
+            sys.exc_info(),
+        )
+    out = formatter.format(record)
+    assert SECRET not in out
+    assert "RuntimeError" in out
