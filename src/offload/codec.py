@@ -84,25 +84,30 @@ def decode_error(data: bytes | str) -> ErrorInfo:
 def envelope_schema() -> dict[str, Any]:
     """The JSON Schema of the envelope, for producers written in other languages.
 
-    Descriptions are docstrings, which msgspec releases render differently (0.23
-    dedents them, earlier ones did not); they are cleaned here so that the schema's
-    text, like its meaning, does not depend on the installed msgspec.
+    msgspec releases render the same schema differently (0.23 dedents the docstrings
+    used as descriptions, 0.18 lists `anyOf` alternatives in another order), so the
+    schema is put in one canonical form: cleaned descriptions and sorted `anyOf`
+    alternatives. Its text then depends on the envelope alone, not on the installed
+    msgspec.
     """
-    schema: dict[str, Any] = _clean_descriptions(msgspec.json.schema(Envelope))
+    schema: dict[str, Any] = _canonical(msgspec.json.schema(Envelope))
     return schema
 
 
-def _clean_descriptions(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: inspect.cleandoc(v)
-            if k == "description" and isinstance(v, str)
-            else _clean_descriptions(v)
-            for k, v in node.items()
-        }
+def _canonical(node: Any) -> Any:
     if isinstance(node, list):
-        return [_clean_descriptions(v) for v in node]
-    return node
+        return [_canonical(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "description" and isinstance(value, str):
+            out[key] = inspect.cleandoc(value)
+        elif key == "anyOf" and isinstance(value, list):
+            out[key] = sorted(_canonical(value), key=lambda v: json.dumps(v, sort_keys=True))
+        else:
+            out[key] = _canonical(value)
+    return out
 
 
 def _describe_bad_argument(

@@ -381,7 +381,9 @@ class RedisBroker(Broker):
     async def next_due(self, queues: Sequence[str]) -> float | None:
         commands = [("ZRANGE", self._q(q).scheduled, 0, 0, "WITHSCORES") for q in queues]
         heads = await self._commands(commands)
-        due = [float(head[0][1]) for head in heads if head]
+        # redis-py 5.0.1 (our floor) returns a raw ZRANGE ... WITHSCORES flat ([member,
+        # score]); newer releases pair it ([[member, score]]).
+        due = [float(h[0][1] if isinstance(h[0], list | tuple) else h[1]) for h in heads if h]
         return min(due, default=None)
 
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
