@@ -153,3 +153,40 @@ def test_brokers_without_transactions_refuse(tmp_path: Any) -> None:
     with pytest.raises(ConfigurationError, match="cannot enqueue inside your transaction"):
         noop.enqueue_in(object())
     app.close()
+
+
+async def _open_transaction(postgres_dsn: str) -> Any:
+    """An application connection inside an open transaction that gives up on any lock
+    wait after 5 s (so a blocked enqueue fails the test instead of hanging it)."""
+    conn = await psycopg.AsyncConnection.connect(postgres_dsn)
+    await conn.execute("SET lock_timeout = '5s'")
+    return conn
+
+
+@pytest.mark.parametrize("first_ends", ["commit", "rollback"])
+async def test_first_enqueue_into_a_new_queue_does_not_block_other_transactions(
+    app: Offload, postgres_dsn: str, first_ends: str
+) -> None:
+    welcome = register(app, Sent()).options(queue="brand-new")
+    first = await _open_transaction(postgres_dsn)
+    second = await _open_transaction(postgres_dsn)
+    try:
+        # Given a transaction that enqueued the first job of a new queue, still open
+        a = await welcome.enqueue_in_async(first, "ada@example.com")
+        # When another transaction enqueues into the same queue (no lock wait allowed)
+        b = await welcome.enqueue_in_async(second, "bob@example.com")
+        await second.commit()
+        # Then it did not wait for the first; the first still commits (or rolls back)
+        if first_ends == "commit":
+            await first.commit()
+        else:
+            await first.rollback()
+    finally:
+        await first.close()
+        await second.close()
+    assert await app.broker.get_job(b.id) is not None
+    assert (await app.broker.get_job(a.id) is not None) == (first_ends == "commit")
+    assert "brand-new" in await app.broker.queues()
+    assert (await app.broker.counts(["brand-new"]))["brand-new"].states[JobState.QUEUED] == (
+        2 if first_ends == "commit" else 1
+    )

@@ -515,7 +515,8 @@ class PostgresBroker(Broker):
             row = await (await conn.execute(_Q["expire_due"], expire)).fetchone()
             expired = row["n"] if row else 0
             purge = {"now": now, "batch": SWEEP_BATCH}
-            purged = (await conn.execute(_Q["purge_finished"], purge)).rowcount
+            row = await (await conn.execute(_Q["purge_finished"], purge)).fetchone()
+            purged = row["n"] if row else 0
             removed = (await conn.execute(_Q["forget_lapsed_workers"], {"now": now})).rowcount
             await conn.execute(_Q["forget_idle_limits"], {"now": now})
             await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})

@@ -115,9 +115,16 @@ async def purge_dead(
         where.append("coalesce(finished_at, %(now)s) < %(cutoff)s")
         now = broker.clock.now()
         params.update(now=now, cutoff=now - older_than)
-    query = f"DELETE FROM offload_jobs WHERE {' AND '.join(where)}"
+    # The queues of the deleted jobs are remembered, for `queues` (see queries.sql).
+    query = (
+        f"WITH gone AS (DELETE FROM offload_jobs WHERE {' AND '.join(where)} RETURNING queue),"
+        " remembered AS (INSERT INTO offload_queues (name)"
+        " SELECT DISTINCT queue FROM gone ORDER BY 1 ON CONFLICT DO NOTHING)"
+        " SELECT count(*) AS n FROM gone"
+    )
     async with broker._conn() as conn:
-        return (await conn.execute(query, params)).rowcount
+        row = await (await conn.execute(query, params)).fetchone()
+        return int(row["n"]) if row else 0
 
 
 def _filters(

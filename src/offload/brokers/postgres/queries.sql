@@ -19,7 +19,11 @@ SELECT id, token, queue, attempt, deadline, payload
 
 -- name: enqueue
 -- Conflicts on `id` (the same envelope sent twice) or `key` store nothing; rows of one
--- call go in order, so the first of several jobs with one key wins.
+-- call go in order, so the first of several jobs with one key wins. It writes only the
+-- job rows: inside an application's transaction (`enqueue_in`), an uncommitted row of
+-- ours in any other table would make other transactions wait for that commit. The one
+-- wait left is inherent: a transaction enqueueing a KEY that another open transaction
+-- has just enqueued waits for it to end (the key is unique).
 WITH input AS (
     SELECT *
       FROM unnest(%(ids)s::text[], %(queues)s::text[], %(tasks)s::text[], %(states)s::text[],
@@ -30,10 +34,6 @@ WITH input AS (
            WITH ORDINALITY
            AS t(id, queue, task, state, priority, max_attempts, key, created_at, due_at,
                 expires_at, payload, flow, ord)
-), known AS (
-    INSERT INTO offload_queues (name)
-    SELECT DISTINCT queue FROM input ORDER BY 1
-    ON CONFLICT DO NOTHING
 )
 INSERT INTO offload_jobs
        (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
@@ -196,7 +196,21 @@ SELECT queue, state, count(*) AS n
 SELECT queue, min(due_at) AS oldest FROM offload_jobs WHERE state = 'queued' GROUP BY queue;
 
 -- name: queues
-SELECT name FROM offload_queues ORDER BY name;
+-- Every queue that holds a job (a loose scan of offload_jobs_queue_state: one index
+-- probe per queue, however many jobs) or held one since purged (offload_queues, which
+-- the statements that delete jobs fill; enqueue writes none, see `enqueue`).
+WITH RECURSIVE held AS (
+    (SELECT queue FROM offload_jobs ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM offload_jobs AS j
+             WHERE j.queue > held.queue ORDER BY j.queue LIMIT 1)
+      FROM held
+     WHERE held.queue IS NOT NULL
+)
+SELECT queue AS name FROM held WHERE queue IS NOT NULL
+ UNION
+SELECT name FROM offload_queues
+ ORDER BY name;
 
 -- name: expire_due
 -- Waiting jobs past their expiry will never run (the same step as in reserve, with the
@@ -217,13 +231,21 @@ SELECT count(*) AS n, offload_notify_ends(%(ends)s, array_agg(id)) AS sent FROM 
 -- name: purge_finished
 -- A bounded batch per call, so one sweep never holds a long transaction; rows
 -- another sweeper is deleting are skipped. Dead jobs have no purge_at: they stay until
--- purge_dead.
-DELETE FROM offload_jobs
- WHERE seq IN (SELECT seq FROM offload_jobs
-                WHERE purge_at IS NOT NULL AND purge_at <= %(now)s
-                  AND state IN ('succeeded', 'expired', 'cancelled')
-                LIMIT %(batch)s
-                  FOR UPDATE SKIP LOCKED);
+-- purge_dead. The queues of the deleted jobs are remembered (see `queues`).
+WITH gone AS (
+    DELETE FROM offload_jobs
+     WHERE seq IN (SELECT seq FROM offload_jobs
+                    WHERE purge_at IS NOT NULL AND purge_at <= %(now)s
+                      AND state IN ('succeeded', 'expired', 'cancelled')
+                    LIMIT %(batch)s
+                      FOR UPDATE SKIP LOCKED)
+    RETURNING queue
+), remembered AS (
+    INSERT INTO offload_queues (name)
+    SELECT DISTINCT queue FROM gone ORDER BY 1
+    ON CONFLICT DO NOTHING
+)
+SELECT count(*) AS n FROM gone;
 
 -- name: register_worker
 INSERT INTO offload_workers

@@ -70,7 +70,8 @@ CREATE INDEX offload_jobs_state ON offload_jobs (state, seq);
 CREATE SEQUENCE offload_outbox_seq;
 CREATE INDEX offload_jobs_outbox ON offload_jobs (outbox_seq) WHERE outbox_seq IS NOT NULL;
 
--- Every queue that holds or held a job: `queues` lists it even after its jobs are purged.
+-- Queues whose jobs were purged, written by the purges, so that `queues` (which finds the
+-- others in offload_jobs) still lists them. Enqueue never writes here (see queries.sql).
 CREATE TABLE offload_queues (
     name text PRIMARY KEY
 );
