@@ -21,6 +21,7 @@ import pytest
 from offload.brokers import from_url
 from offload.brokers.base import EnqueueResult
 from offload.brokers.sqlite import SQLiteBroker, database_path
+from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
 from offload.errors import ConfigurationError
 from offload.job import ChordRef, Envelope, JobState, Step, new_job_id
@@ -188,10 +189,10 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     broker = make_broker()
     await broker.connect()
 
-    # it is version 5, with every job as it was,
+    # it is the current version, with every job as it was,
     with sqlite3.connect(db_path) as conn:
         version = conn.execute("SELECT value FROM offload_meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == "5"
+        assert version.fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
     assert (await broker.counts())["default"].states[JobState.QUEUED] == 3
     info = await broker.get_job(done[0].id)

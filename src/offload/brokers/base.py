@@ -558,6 +558,21 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def compare_and_set(
+        self, name: str, expected: str | None, new: str, *, ttl_s: float
+    ) -> str | None:
+        """Set the register `name` to `new` for `ttl_s` seconds if it holds `expected`
+        (None: it is unset, or its TTL has passed) or already holds `new` (its TTL is
+        then renewed). Returns what it holds after the call: `new` if set, else its
+        current value (None if unset). Atomic: of several calls that expect the same
+        value, one sets it and the others get that call's `new`.
+
+        The scheduler keeps each schedule's current fire here, so that a new fire is
+        decided by the broker, not by a replica's memory (`offload.scheduler`).
+        Registers live apart from jobs and lapse on their own (`sweep` forgets them).
+        """
+
+    @abc.abstractmethod
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         """Record (or refresh) a live worker; it vanishes `ttl_s` after its last refresh."""
 

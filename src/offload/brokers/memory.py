@@ -70,6 +70,7 @@ class MemoryBroker(Broker):
         self._outbox: dict[str, None] = {}  # ids, oldest first (`outbox`)
         self._rates: dict[str, float] = {}  # rate key -> theoretical arrival time
         self._slots: dict[str, dict[str, float]] = {}  # slot key -> holder -> until
+        self._registers: dict[str, tuple[str, float]] = {}  # name -> (value, until)
 
     # -- helpers (call with the lock held) ----------------------------------------------
 
@@ -596,6 +597,18 @@ class MemoryBroker(Broker):
                 if not holders:
                     del self._slots[key]
 
+    async def compare_and_set(
+        self, name: str, expected: str | None, new: str, *, ttl_s: float
+    ) -> str | None:
+        with self._lock:
+            now = self.clock.now()
+            value, until = self._registers.get(name, (None, now))
+            current = value if until > now else None
+            if current not in (expected, new):
+                return current
+            self._registers[name] = (new, now + ttl_s)
+            return new
+
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         with self._lock:
             now = self.clock.now()
@@ -630,4 +643,5 @@ class MemoryBroker(Broker):
             for worker_id in lapsed:
                 del self._workers[worker_id]
             self._rates = {k: tat for k, tat in self._rates.items() if tat > now}
+            self._registers = {k: v for k, v in self._registers.items() if v[1] > now}
         return SweepReport(expired=expired, purged=purged, workers_removed=len(lapsed))

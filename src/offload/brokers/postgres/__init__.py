@@ -483,6 +483,18 @@ class PostgresBroker(Broker):
     async def release_slot(self, key: str, holder: str) -> None:
         await _limits.release_slot(self, key, holder)
 
+    async def compare_and_set(
+        self, name: str, expected: str | None, new: str, *, ttl_s: float
+    ) -> str | None:
+        now = self.clock.now()
+        params = {"name": name, "expected": expected, "new": new, "now": now}
+        query = "register_set" if expected is None else "register_move"
+        if await self._rows(query, params | {"until": now + ttl_s}):
+            return new
+        # Left alone: the value it holds now (a later statement sees the latest commit).
+        rows = await self._rows("register_get", params)
+        return str(rows[0]["value"]) if rows else None
+
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         now = self.clock.now()
         params: dict[str, Any] = {

@@ -161,8 +161,29 @@ SELECT count(*) AS n FROM offload_jobs
  WHERE queue = %(queue)s AND state IN ('queued', 'scheduled');
 
 -- name: forget_idle_limits
-WITH rates AS (DELETE FROM offload_rates WHERE tat <= %(now)s)
+WITH rates AS (DELETE FROM offload_rates WHERE tat <= %(now)s),
+     registers AS (DELETE FROM offload_registers WHERE expires_at <= %(now)s)
 DELETE FROM offload_slots WHERE expires_at <= %(now)s;
+
+-- name: register_set
+-- `compare_and_set` expecting an unset register: sets it if it has no row, a lapsed one
+-- or already the new value; returns no row if it was left alone.
+INSERT INTO offload_registers AS r (name, value, expires_at)
+VALUES (%(name)s, %(new)s, %(until)s)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+ WHERE r.expires_at <= %(now)s OR r.value = excluded.value
+RETURNING value;
+
+-- name: register_move
+-- `compare_and_set` expecting a value: sets the register if it holds that value or
+-- already the new one (and has not lapsed); returns no row if it was left alone.
+UPDATE offload_registers
+   SET value = %(new)s, expires_at = %(until)s
+ WHERE name = %(name)s AND expires_at > %(now)s AND value IN (%(expected)s, %(new)s)
+RETURNING value;
+
+-- name: register_get
+SELECT value FROM offload_registers WHERE name = %(name)s AND expires_at > %(now)s;
 
 -- name: cancel
 -- Waiting jobs are cancelled (a flow job into the outbox, with its end notified); a

@@ -1,4 +1,4 @@
--- The offload PostgreSQL schema for a fresh install: what migrations/0001..0006 build,
+-- The offload PostgreSQL schema for a fresh install: what migrations/0001..0007 build,
 -- in one file. `connect()` and `offload migrate` run this on an empty schema and record
 -- every migration as applied; a schema that has some of them gets the rest instead.
 -- tests/migrations/ proves that both roads end at the same catalog. Any change here
@@ -271,4 +271,12 @@ CREATE TABLE offload_joins (
 CREATE TABLE offload_progress (
     job_id   text  PRIMARY KEY,
     progress bytea NOT NULL
+);
+
+-- Registers (`compare_and_set`): one value per name until `expires_at`; a row past it
+-- reads as unset, and `sweep` deletes it. The scheduler's current fire of each schedule.
+CREATE TABLE offload_registers (
+    name       text             PRIMARY KEY,
+    value      text             NOT NULL,
+    expires_at double precision NOT NULL
 );

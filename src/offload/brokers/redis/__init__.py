@@ -561,6 +561,11 @@ class RedisBroker(Broker):
     async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
         return await _limits.acquire_slot(self, key, limit, holder, ttl_s)
 
+    async def compare_and_set(
+        self, name: str, expected: str | None, new: str, *, ttl_s: float
+    ) -> str | None:
+        return await _limits.compare_and_set(self, name, expected, new, ttl_s)
+
     async def release_slot(self, key: str, holder: str) -> None:
         await self._commands([("ZREM", K.slots_key(self.prefix, key), holder)])
 

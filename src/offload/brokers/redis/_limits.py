@@ -1,5 +1,6 @@
 """Flow control on Redis: rate limits (`take_rate.lua`), concurrency slots
-(`acquire_slot.lua`) and the max-depth reply of `enqueue.lua`.
+(`acquire_slot.lua`), the max-depth reply of `enqueue.lua`, and the registers of
+`compare_and_set.lua` (the scheduler's coordination).
 
 Each limit is one key of its own hash tag (`keys.rate_key`, `keys.slots_key`), so a
 script touches one slot and runs unchanged on Redis Cluster.
@@ -19,7 +20,7 @@ from offload.limits import EPSILON_S
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker
 
-__all__ = ["acquire_slot", "check_depth", "take_rate"]
+__all__ = ["acquire_slot", "check_depth", "compare_and_set", "take_rate"]
 
 
 async def take_rate(broker: RedisBroker, key: str, limit: int, per_s: float) -> float:
@@ -35,6 +36,20 @@ async def acquire_slot(
     ttl_ms = str(math.ceil(ttl_s * 1000) + 1000)
     args = [num(now), str(limit), holder, num(now + ttl_s), ttl_ms]
     return bool(await broker._run("acquire_slot", [K.slots_key(broker.prefix, key)], args))
+
+
+async def compare_and_set(
+    broker: RedisBroker, name: str, expected: str | None, new: str, ttl_s: float
+) -> str | None:
+    now = broker.clock.now()
+    ttl_ms = str(math.ceil(ttl_s * 1000) + 1000)
+    args = ["0" if expected is None else "1", expected or "", new, num(now + ttl_s), ttl_ms]
+    reply = await broker._run(
+        "compare_and_set", [K.register_key(broker.prefix, name)], [num(now), *args]
+    )
+    if reply is None:
+        return None
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 def check_depth(queues: Sequence[str], replies: Sequence[Any], max_depth: int | None) -> None:

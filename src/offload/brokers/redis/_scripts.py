@@ -45,6 +45,7 @@ _NAMES = (
     "defer",
     "take_rate",
     "acquire_slot",
+    "compare_and_set",
     "join",
     "cancel_running",
     "outbox",

@@ -42,8 +42,10 @@ limit). Both lapse by Redis EXPIRE once idle. Chord joins, hash-tagged by the gr
 `P:{%chord:<group id>}:members` (hash: member id → its index and outcome), lapsing after
 the broker's retention; workflow indexes `P:{%wf:<workflow id>}:jobs` (set of JSON
 `[queue, job id]`, see `_workflows.py`); progress `P:{%progress:<job id>}` (string: the
-last report, lapsing after the retention). `<key>` is escaped like a queue name, and no
-escaped queue name starts with `%r`, `%s`, `%c`, `%w` or `%p`.
+last report, lapsing after the retention); registers `P:{%register:<name>}` (hash: the
+value and the end of its TTL, by the broker's clock; see `compare_and_set.lua`).
+`<key>` is escaped like a queue name, and no escaped queue name starts with `%r`, `%s`,
+`%c`, `%w` or `%p`.
 
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
@@ -154,6 +156,11 @@ def chord_key(prefix: str, group_id: str) -> str:
 def workflow_key(prefix: str, workflow_id: str) -> str:
     """The index of a workflow's jobs; hash-tagged by the workflow."""
     return f"{prefix}:{{%wf:{escape_queue(workflow_id)}}}:jobs"
+
+
+def register_key(prefix: str, name: str) -> str:
+    """A register of `compare_and_set`; hash-tagged by its name."""
+    return f"{prefix}:{{%register:{escape_queue(name)}}}"
 
 
 def progress_key(prefix: str, job_id: str) -> str:

@@ -406,6 +406,11 @@ class SQLiteBroker(Broker):
     async def release_slot(self, key: str, holder: str) -> None:
         await self._run(Store.release_slot, key, holder)
 
+    async def compare_and_set(
+        self, name: str, expected: str | None, new: str, *, ttl_s: float
+    ) -> str | None:
+        return await self._run(Store.compare_and_set, name, expected, new, ttl_s)
+
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         await self._run(Store.register_worker, info, ttl_s)
 

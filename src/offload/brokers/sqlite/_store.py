@@ -481,6 +481,17 @@ class Store:
                 return True
             return bool(conn.execute(_Q["slot_take"], params).rowcount)
 
+    def compare_and_set(
+        self, name: str, expected: str | None, new: str, ttl_s: float
+    ) -> str | None:
+        with self._write() as now:
+            row = self._conn.execute(_Q["register_get"], (name, now)).fetchone()
+            current = None if row is None else str(row[0])
+            if current not in (expected, new):
+                return current
+            self._conn.execute(_Q["register_set"], (name, new, now + ttl_s))
+        return new
+
     def release_slot(self, key: str, holder: str) -> None:
         with self._write():
             self._conn.execute(_Q["slot_release"], (key, holder))
@@ -521,6 +532,7 @@ class Store:
             removed = conn.execute(_Q["forget_lapsed_workers"], (now,)).rowcount
             conn.execute(_Q["rates_idle"], (now,))
             conn.execute(_Q["slots_all_lapsed"], (now,))
+            conn.execute(_Q["registers_lapsed"], (now,))
             conn.execute(_Q["joins_lapsed"], (now - self._retention_s,))
             conn.execute(_Q["progress_orphans"])
             conn.execute(_Q["outbox_orphans"])

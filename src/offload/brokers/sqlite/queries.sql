@@ -144,6 +144,16 @@ DELETE FROM offload_slots WHERE key = ? AND holder = ?;
 -- name: slots_all_lapsed
 DELETE FROM offload_slots WHERE expires_at <= ?;
 
+-- name: register_get
+SELECT value FROM offload_registers WHERE name = ? AND expires_at > ?;
+
+-- name: register_set
+INSERT INTO offload_registers (name, value, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;
+
+-- name: registers_lapsed
+DELETE FROM offload_registers WHERE expires_at <= ?;
+
 -- name: cancel_waiting
 UPDATE offload_jobs
    SET state = 'cancelled', finished_at = :now, purge_at = :purge_at

@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 5 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 6 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -141,3 +141,12 @@ CREATE TABLE IF NOT EXISTS offload_outbox (
     seq    INTEGER PRIMARY KEY,
     job_id TEXT    NOT NULL UNIQUE
 );
+
+-- Version 6: registers (`compare_and_set`): one value per name, until `expires_at`; a
+-- row past it reads as unset, and `sweep` deletes it. The scheduler's current fire of
+-- each schedule lives here.
+CREATE TABLE IF NOT EXISTS offload_registers (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
