@@ -3,8 +3,9 @@
 Run as many replicas as you like (`offload scheduler`, or `offload worker
 --scheduler` in every worker). Each replica computes the same fire instants and
 enqueues each under the key `schedule:{id}:{fire_ts}`; the broker stores a key once,
-so a tick seen by three replicas is one job. Nothing else is shared and nothing is
-locked, so a replica that dies holds nothing up.
+so a tick seen by three replicas is one job. Nothing is locked, so a replica that dies
+holds nothing up; with `overlap` `skip` or `replace` the broker also keeps each
+schedule's current fire (below).
 
 Each replica keeps, per schedule, a cursor in memory: the time up to which it has
 handled ticks. `tick(now)` handles the ticks in `(cursor, now]`:
@@ -13,7 +14,7 @@ handled ticks. `tick(now)` handles the ticks in `(cursor, now]`:
 - an older tick was *missed*, and `misfire` decides: `skip` none, `run_once` the
   latest, `run_all` each of the latest `max_catch_up`.
 
-A replica that starts has no cursor. The jobs are the scheduler's only memory: it
+A replica that starts has no cursor. The broker is the scheduler's only memory: it
 looks up the keys of the last `max_catch_up + 1` ticks older than the grace, newest
 first, and resumes after the newest that exists, so the ticks after it are missed ones
 and those before it are done. If none exists (a new schedule, or a downtime longer
@@ -21,8 +22,15 @@ than that look-back) only the latest tick fires, if it is on time: nothing is ca
 up, nothing fires twice. Fire jobs are kept (result TTL) at least as long as the
 look-back spans, so a restarted replica finds them.
 
-Overlap is judged against the newest fire this replica has enqueued or found (not
-merely the previous tick, which may itself have been skipped for overlap).
+Overlap (`skip`, `replace`) is decided by the broker, never by a replica's memory: the
+broker keeps each schedule's current fire in the register `schedule:{id}`
+(`Broker.compare_and_set`). A replica fires tick T only by moving the register from the
+current fire C to T, and only if C's job has ended (`skip`) or after deciding to cancel
+it (`replace`). The move is atomic, so of the replicas that saw C end, one moves it and
+the others learn T (or a later tick) from the broker: two fires of one schedule are
+never unfinished at once, however many replicas start, lag or disagree. A replica that
+moved the register and died before its enqueue leaves a fire without a job; the next
+replica to look enqueues it under its key, if that fire is still within the grace.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from offload.task import Call, make_overrides
 
 if TYPE_CHECKING:
     from offload.app import Offload
-    from offload.brokers.base import Broker
+    from offload.brokers.base import Broker, JobInfo
     from offload.clock import Clock
 
 __all__ = ["Fire", "Scheduler"]
@@ -73,10 +81,14 @@ class Fire:
     job_id: str | None = None
 
 
+#: Most times one tick re-reads the schedule's register after another replica moved it.
+MAX_ROUNDS = 8
+
+
 @dataclass(slots=True)
 class _State:
     cursor: float  # ticks at or before this are handled
-    last_key: str | None  # the newest fire enqueued or found: the overlap reference
+    current: int | None  # the current fire as last seen: a first guess, the broker decides
     next_fire: int  # the first tick after the cursor (fast path)
 
 
@@ -174,7 +186,7 @@ class Scheduler:
         for fire_ts in entry.schedule.until(horizon):
             info = await broker.find(entry.key(fire_ts))
             if info is not None:
-                return _State(fire_ts, entry.key(fire_ts), next(entry.schedule.after(fire_ts)))
+                return _State(fire_ts, fire_ts, next(entry.schedule.after(fire_ts)))
             probes += 1
             if probes > entry.max_catch_up:
                 break
@@ -193,42 +205,104 @@ class Scheduler:
         now: float,
         keep_s: float,
     ) -> Fire:
-        key = entry.key(fire_ts)
-        outcome: Outcome = "enqueued"
-        if entry.overlap != "allow":
-            # Another replica may have enqueued it: then it is the overlap reference
-            # (and must not be judged against itself).
-            existing = await broker.find(key)
-            if existing is not None:
-                state.last_key = key
-                return Fire(entry.id, fire_ts, key, "existing", existing.id)
-        if entry.overlap != "allow" and state.last_key is not None:
-            previous = await broker.find(state.last_key)
-            if previous is not None and previous.state in ACTIVE_STATES:
-                if entry.overlap == "skip":
-                    logger.info(
-                        "schedule %s: tick %s skipped, job %s still %s",
-                        entry.id,
-                        utc_iso(fire_ts),
-                        previous.id,
-                        previous.state,
-                        extra={"action": "skipped", "schedule": entry.id, "job_id": previous.id},
-                    )
-                    return Fire(entry.id, fire_ts, key, "overlap_skipped", previous.id)
-                await broker.cancel(previous.id)
-                outcome = "replaced"
-        job_id, created = await self._enqueue(broker, entry, fire_ts, now, keep_s)
-        state.last_key = key
-        if not created:
-            return Fire(entry.id, fire_ts, key, "existing", job_id)
-        logger.info(
-            "schedule %s: tick %s enqueued as job %s",
+        if entry.overlap == "allow":
+            job_id, created = await self._enqueue(broker, entry, fire_ts, now, keep_s)
+            return self._fired(entry, fire_ts, "enqueued" if created else "existing", job_id)
+        register = f"schedule:{entry.id}"
+        ttl_s = max(keep_s, broker.retention_s)
+        current = state.current
+        for _ in range(MAX_ROUNDS):
+            if current is not None and current >= fire_ts:
+                state.current = current
+                return await self._decided(broker, entry, fire_ts, current, now, keep_s)
+            previous = await self._current_job(broker, entry, current, now)
+            unfinished = previous is not None and previous.state in ACTIVE_STATES
+            if unfinished and entry.overlap == "skip":
+                assert previous is not None and current is not None
+                # Still the current fire? (Renews the register; adopts the fire if the
+                # register is unset: it lapsed, or an older offload fired it.)
+                held = await broker.compare_and_set(
+                    register, str(current), str(current), ttl_s=ttl_s
+                )
+                if held is None:
+                    held = await broker.compare_and_set(register, None, str(current), ttl_s=ttl_s)
+                if held == str(current):
+                    state.current = current
+                    return self._skipped(entry, fire_ts, previous)
+            else:
+                expected = None if current is None else str(current)
+                held = await broker.compare_and_set(register, expected, str(fire_ts), ttl_s=ttl_s)
+                if held == str(fire_ts):
+                    state.current = fire_ts
+                    if unfinished and previous is not None:
+                        await broker.cancel(previous.id)
+                    job_id, created = await self._enqueue(broker, entry, fire_ts, now, keep_s)
+                    outcome: Outcome = "replaced" if unfinished else "enqueued"
+                    return self._fired(entry, fire_ts, outcome if created else "existing", job_id)
+            current = None if held is None else int(held)  # another replica moved it
+        logger.warning(
+            "schedule %s: tick %s not decided, the schedule's fire kept moving",
             entry.id,
             utc_iso(fire_ts),
-            job_id,
-            extra={"action": "enqueued", "schedule": entry.id, "job_id": job_id},
+            extra={"action": "skipped", "schedule": entry.id},
         )
-        return Fire(entry.id, fire_ts, key, outcome, job_id)
+        return Fire(entry.id, fire_ts, entry.key(fire_ts), "overlap_skipped")
+
+    async def _current_job(
+        self, broker: Broker, entry: ScheduleEntry, current: int | None, now: float
+    ) -> JobInfo | None:
+        """The job of the schedule's current fire. A fire moved into the register but
+        without a job yet (its replica is between the two steps, or died there) is
+        enqueued now on its behalf if still on time, else counts as ended."""
+        if current is None:
+            return None
+        info = await broker.find(entry.key(current))
+        if info is not None or now - current > entry.grace_s:
+            return info
+        keep_s = entry.keep_s(current, current)
+        job_id, _ = await self._enqueue(broker, entry, current, now, keep_s)
+        return await broker.get_job(job_id)
+
+    async def _decided(
+        self,
+        broker: Broker,
+        entry: ScheduleEntry,
+        fire_ts: int,
+        current: int,
+        now: float,
+        keep_s: float,
+    ) -> Fire:
+        """A tick the broker has already decided: it is the current fire (enqueue it,
+        in case its replica died before doing so), or a later tick has fired."""
+        if current == fire_ts:
+            job_id, created = await self._enqueue(broker, entry, fire_ts, now, keep_s)
+            return self._fired(entry, fire_ts, "enqueued" if created else "existing", job_id)
+        existing = await broker.find(entry.key(fire_ts))
+        if existing is not None:
+            return Fire(entry.id, fire_ts, entry.key(fire_ts), "existing", existing.id)
+        return Fire(entry.id, fire_ts, entry.key(fire_ts), "overlap_skipped")
+
+    def _skipped(self, entry: ScheduleEntry, fire_ts: int, previous: JobInfo) -> Fire:
+        logger.info(
+            "schedule %s: tick %s skipped, job %s still %s",
+            entry.id,
+            utc_iso(fire_ts),
+            previous.id,
+            previous.state,
+            extra={"action": "skipped", "schedule": entry.id, "job_id": previous.id},
+        )
+        return Fire(entry.id, fire_ts, entry.key(fire_ts), "overlap_skipped", previous.id)
+
+    def _fired(self, entry: ScheduleEntry, fire_ts: int, outcome: Outcome, job_id: str) -> Fire:
+        if outcome != "existing":
+            logger.info(
+                "schedule %s: tick %s enqueued as job %s",
+                entry.id,
+                utc_iso(fire_ts),
+                job_id,
+                extra={"action": "enqueued", "schedule": entry.id, "job_id": job_id},
+            )
+        return Fire(entry.id, fire_ts, entry.key(fire_ts), outcome, job_id)
 
     async def _enqueue(
         self, broker: Broker, entry: ScheduleEntry, fire_ts: int, now: float, keep_s: float

@@ -3,6 +3,7 @@ no tick enqueued twice and none missed; `offload schedules`; `worker --scheduler
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from offload import JobState, Offload
+from offload.brokers.base import JobInfo
 
 APP = textwrap.dedent(
     """
@@ -145,3 +147,92 @@ def test_worker_with_scheduler_flag_enqueues_and_runs_fires(tmp_path: Path) -> N
     _, log = worker.communicate(timeout=30)
     assert worker.returncode == 0, log
     assert len(done) >= 2, log
+
+
+SLOW_APP = textwrap.dedent(
+    """
+    import time
+
+    from offload import Every, Offload
+
+    app = Offload()
+
+    @app.task(name="slow")
+    def slow() -> None:
+        time.sleep(4)
+
+    app.schedule(slow, Every(1))  # overlap="skip"
+    """
+)
+
+
+def _slow_fires(db: Path) -> list[JobInfo]:
+    app = Offload(f"sqlite:///{db}")
+    try:
+        jobs = app.portal.run(app.broker.list_jobs(limit=1000)).items
+    finally:
+        app.close()
+    return sorted((j for j in jobs if j.task == "slow"), key=lambda j: str(j.key))
+
+
+def _wait_running(db: Path, seen: set[str]) -> None:
+    """Until a fire not in `seen` runs (then it is added)."""
+    deadline = time.monotonic() + 60
+    while True:
+        running = {str(j.key) for j in _slow_fires(db) if j.state is JobState.RUNNING}
+        if running - seen:
+            seen.update(running)
+            return
+        assert time.monotonic() < deadline, "no new fire ran within 60 s"
+        time.sleep(0.1)
+
+
+def test_overlap_skip_holds_across_scheduler_restarts(tmp_path: Path) -> None:
+    """Three `offload scheduler` processes and a worker that could run four jobs at once;
+    schedulers restarted (no memory) while a four-second fire runs. Each fire must
+    wait for the last one to end: their runs never overlap."""
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    db = tmp_path / "broker.db"
+    env = {**os.environ, "OFFLOAD_URL": f"sqlite:///{db}", "PYTHONPATH": str(tmp_path)}
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "offload", *args, "slowapp:app"]
+        return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+    def start_scheduler() -> subprocess.Popen[str]:
+        """A scheduler process, once it runs (and so handles SIGTERM)."""
+        proc = start("scheduler")
+        assert proc.stderr is not None
+        while "scheduler started" not in proc.stderr.readline():
+            assert proc.poll() is None, "the scheduler exited"
+        return proc
+
+    def stop(proc: subprocess.Popen[str]) -> str:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 0, log
+        return log
+
+    worker = start("worker", "--concurrency", "4", "--poll", "0.1")
+    schedulers = [start_scheduler() for _ in range(3)]
+    seen: set[str] = set()
+    try:
+        for i in range(3):  # restart each scheduler while a (new) fire's job runs
+            _wait_running(db, seen)
+            stop(schedulers[i])
+            schedulers[i] = start_scheduler()
+            time.sleep(1.0)  # it ticks while the job still runs
+    finally:
+        logs = [stop(s) for s in schedulers]
+    try:
+        deadline = time.monotonic() + 60
+        while any(j.state is not JobState.SUCCEEDED for j in _slow_fires(db)):
+            assert time.monotonic() < deadline, "the last fires did not finish"
+            time.sleep(0.2)
+    finally:
+        logs.append(stop(worker))
+
+    runs = sorted((j.started_at or 0.0, j.finished_at or 0.0, j.key) for j in _slow_fires(db))
+    assert len(runs) >= 3, logs
+    for (_, ended, key), (started, _, next_key) in itertools.pairwise(runs):
+        assert started >= ended, f"{next_key} started before {key} ended: {runs}"

@@ -3,6 +3,7 @@ daylight saving, overlap and misfire policies."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 
 from offload import Cron, Every, JobState, Offload, Scheduler
 from offload.brokers.base import Broker, JobInfo, Lease
+from offload.job import ACTIVE_STATES
 from offload.schedule import Misfire, Overlap
 from offload.testing import FakeClock
 
@@ -323,3 +325,107 @@ async def test_fire_jobs_outlive_the_look_back(broker: Broker, clock: FakeClock)
     assert job is not None
     envelope = job.envelope()
     assert envelope is not None and envelope.result_ttl_s == 6 * 3600 + 60
+
+
+# -- overlap decided by the broker: fresh replicas, replicas that disagree ---------------------
+
+
+async def _end(broker: Broker, lease: Lease | None) -> None:
+    """Finish the fire's job: run it now if it still waits, then ack it."""
+    if lease is None:
+        lease = await _start_running(broker)
+    await broker.ack(lease, None, result_ttl_s=None)
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["queued", "running"])
+async def test_a_fresh_replica_does_not_fire_while_the_last_fire_is_unfinished(
+    broker: Broker, clock: FakeClock, running: bool
+) -> None:
+    # Given replica A fired the 6000 tick (every minute; a tick stays on time for 5 min)
+    apps = [on(broker, clock) for _ in range(3)]
+    for app in apps:
+        app.schedule("t", Every(60), grace=300)
+    await Scheduler(apps[0]).tick(6000)
+    lease = await _start_running(broker) if running else None
+    # When a new replica, with no memory, ticks at the next fire while that job is unfinished
+    fresh = await Scheduler(apps[1]).tick(6060)
+    # Then it enqueues nothing
+    assert [(f.fire_ts, f.outcome) for f in fresh] == [(6060, "overlap_skipped")]
+    assert fired(await all_jobs(broker))["t"] == [6000]
+    # and once the job has ended, the next tick fires (seen by yet another new replica)
+    await _end(broker, lease)
+    after = await Scheduler(apps[2]).tick(6120)
+    assert [(f.fire_ts, f.outcome) for f in after] == [(6120, "enqueued")]
+    assert fired(await all_jobs(broker))["t"] == [6000, 6120]
+
+
+async def test_a_fresh_replica_replaces_the_unfinished_fire(
+    broker: Broker, clock: FakeClock
+) -> None:
+    apps = [on(broker, clock) for _ in range(2)]
+    for app in apps:
+        app.schedule("t", Every(60), grace=300, overlap="replace")
+    await Scheduler(apps[0]).tick(6000)
+    [fire] = await Scheduler(apps[1]).tick(6060)  # a new replica, no memory
+    assert (fire.fire_ts, fire.outcome) == (6060, "replaced")
+    states = {str(j.key): j.state for j in await all_jobs(broker)}
+    assert states == {"schedule:t:6000": JobState.CANCELLED, "schedule:t:6060": JobState.QUEUED}
+
+
+async def _unfinished(broker: Broker) -> list[str]:
+    """Fires whose job may still run: waiting or running, and not asked to stop."""
+    jobs = [j for s in ACTIVE_STATES for j in (await broker.list_jobs(state=s, limit=100)).items]
+    return sorted(str(j.key) for j in jobs if not j.cancel_requested)
+
+
+@pytest.mark.parametrize("overlap", ["skip", "replace"])
+async def test_replicas_that_disagree_never_leave_two_fires_unfinished(
+    broker: Broker, clock: FakeClock, overlap: Overlap
+) -> None:
+    """Three replicas tick at once, each lagging at random and restarted at random,
+    while a worker runs each fire for longer than several ticks."""
+    apps = [on(broker, clock) for _ in range(3)]
+    for app in apps:
+        app.schedule("t", Every(10), overlap=overlap, grace=60)
+    rng = random.Random(f"disagree-{overlap}")
+    schedulers: list[Scheduler | None] = [None, None, None]
+    running: list[tuple[Lease, float]] = []  # the worker's jobs, and when each ends
+    now = 100_000
+    ran = 0
+    for _ in range(120):
+        now += rng.choice([1, 3, 5, 10, 12])
+        clock.set(now)
+        for lease, ends in list(running):
+            if ends <= now:
+                running.remove((lease, ends))
+                await broker.ack(lease, None, result_ttl_s=None)
+        for lease in await broker.reserve(["default"], worker_id="w", lease_s=3600, limit=5):
+            running.append((lease, now + rng.uniform(5, 45)))
+            ran += 1
+        ticks = []
+        for i, app in enumerate(apps):
+            if schedulers[i] is None or rng.random() < 0.15:
+                schedulers[i] = Scheduler(app)  # (re)started: no memory
+            scheduler = schedulers[i]
+            if scheduler is not None and rng.random() < 0.8:
+                ticks.append(scheduler.tick(now - rng.choice([0, 0, 1, 4, 9, 15])))
+        await asyncio.gather(*ticks)
+        assert len(await _unfinished(broker)) <= 1
+    assert ran >= 10  # the schedule kept firing
+
+
+@pytest.mark.parametrize(("late", "outcomes"), [(60, ["overlap_skipped"]), (120, ["enqueued"])])
+async def test_a_fire_whose_replica_died_before_enqueueing_it_is_enqueued_by_the_next(
+    broker: Broker, clock: FakeClock, late: int, outcomes: list[str]
+) -> None:
+    # Given a replica that made the 6000 tick the current fire, then died before its job
+    app = on(broker, clock)
+    app.schedule("t", Every(60))
+    assert await broker.compare_and_set("schedule:t", None, "6000", ttl_s=3600) == "6000"
+    # When another replica ticks later
+    fires = await Scheduler(app).tick(6000 + late)
+    # Then within the grace it enqueues that fire (and waits for it); later, the fire
+    # counts as missed and the new tick fires
+    assert [f.outcome for f in fires] == outcomes
+    expected = [6000] if late == 60 else [6120]
+    assert fired(await all_jobs(broker))["t"] == expected
