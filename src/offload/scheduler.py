@@ -215,10 +215,10 @@ class Scheduler:
             if current is not None and current >= fire_ts:
                 state.current = current
                 return await self._decided(broker, entry, fire_ts, current, now, keep_s)
-            previous = await self._current_job(broker, entry, current, now)
-            unfinished = previous is not None and previous.state in ACTIVE_STATES
-            if unfinished and entry.overlap == "skip":
-                assert previous is not None and current is not None
+            unfinished = None
+            if current is not None:
+                unfinished = await self._unfinished(broker, entry, current, now)
+            if current is not None and unfinished is not None and entry.overlap == "skip":
                 # Still the current fire? (Renews the register; adopts the fire if the
                 # register is unset: it lapsed, or an older offload fired it.)
                 held = await broker.compare_and_set(
@@ -228,16 +228,16 @@ class Scheduler:
                     held = await broker.compare_and_set(register, None, str(current), ttl_s=ttl_s)
                 if held == str(current):
                     state.current = current
-                    return self._skipped(entry, fire_ts, previous)
+                    return self._skipped(entry, fire_ts, unfinished)
             else:
                 expected = None if current is None else str(current)
                 held = await broker.compare_and_set(register, expected, str(fire_ts), ttl_s=ttl_s)
                 if held == str(fire_ts):
                     state.current = fire_ts
-                    if unfinished and previous is not None:
-                        await broker.cancel(previous.id)
+                    if unfinished is not None:  # replace
+                        await broker.cancel(unfinished.id)
                     job_id, created = await self._enqueue(broker, entry, fire_ts, now, keep_s)
-                    outcome: Outcome = "replaced" if unfinished else "enqueued"
+                    outcome: Outcome = "enqueued" if unfinished is None else "replaced"
                     return self._fired(entry, fire_ts, outcome if created else "existing", job_id)
             current = None if held is None else int(held)  # another replica moved it
         logger.warning(
@@ -248,20 +248,20 @@ class Scheduler:
         )
         return Fire(entry.id, fire_ts, entry.key(fire_ts), "overlap_skipped")
 
-    async def _current_job(
-        self, broker: Broker, entry: ScheduleEntry, current: int | None, now: float
+    async def _unfinished(
+        self, broker: Broker, entry: ScheduleEntry, current: int, now: float
     ) -> JobInfo | None:
-        """The job of the schedule's current fire. A fire moved into the register but
-        without a job yet (its replica is between the two steps, or died there) is
-        enqueued now on its behalf if still on time, else counts as ended."""
-        if current is None:
-            return None
+        """The job of the schedule's current fire if it is unfinished, else None.
+
+        A fire moved into the register but without a job yet (its replica is between
+        the two steps, or died there) is enqueued now on its behalf if still on time,
+        else counts as ended (as does a job purged after its result TTL)."""
         info = await broker.find(entry.key(current))
-        if info is not None or now - current > entry.grace_s:
-            return info
-        keep_s = entry.keep_s(current, current)
-        job_id, _ = await self._enqueue(broker, entry, current, now, keep_s)
-        return await broker.get_job(job_id)
+        if info is None and now - current <= entry.grace_s:
+            keep_s = entry.keep_s(current, current)
+            job_id, _ = await self._enqueue(broker, entry, current, now, keep_s)
+            info = await broker.get_job(job_id)
+        return info if info is not None and info.state in ACTIVE_STATES else None
 
     async def _decided(
         self,
