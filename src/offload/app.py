@@ -69,7 +69,7 @@ class Offload:
         self.broker: Broker = from_url(self.url, clock=self.clock)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, ScheduleEntry] = {}
-        self.portal = Portal()
+        self.portal = Portal(on_exit=self._close_brokers)
         self._connected = False
         # A loop-bound broker (Capabilities.loop_bound) cannot serve the sync portal's
         # loop and the caller's (a worker's) at once: the portal gets its own instance.
@@ -408,19 +408,33 @@ class Offload:
         return self.broker
 
     async def aclose(self) -> None:
-        """Close the broker (async code)."""
+        """Close the broker (async code; `async with app:` calls it)."""
         if self._connected:
             self._connected = False
             await self.broker.close()
 
+    async def __aenter__(self) -> Offload:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     def close(self) -> None:
-        """Close the broker and the sync portal."""
+        """Close the broker and the sync portal.
+
+        A script need not call it: at interpreter exit the portal closes what the app
+        opened (see `_portal.py`). Long-lived processes that drop apps should.
+        """
+        if self.portal.started or self._connected:
+            self.portal.run(self._close_brokers())
+        self.portal.close()
+
+    async def _close_brokers(self) -> None:
+        """Close the portal's broker and the app's (run on the portal loop)."""
         portal_broker, self._portal_broker = self._portal_broker, None
         if portal_broker is not None:
-            self.portal.run(portal_broker.close())
-        if self._connected:
-            self.portal.run(self.aclose())
-        self.portal.close()
+            await portal_broker.close()
+        await self.aclose()
 
 
 def _depth(value: int | None, what: str) -> int | None:
