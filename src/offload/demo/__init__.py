@@ -16,6 +16,7 @@ __all__ = [
     "CODE_TTL_S",
     "ENV_CODE_TTL",
     "ENV_DB",
+    "ENV_PARENT_PID",
     "ENV_SMTP_HOST",
     "ENV_SMTP_PORT",
     "TASK_NAME",
@@ -33,3 +34,6 @@ ENV_SMTP_HOST = "OFFLOAD_DEMO_SMTP_HOST"
 ENV_SMTP_PORT = "OFFLOAD_DEMO_SMTP_PORT"
 #: Overrides `CODE_TTL_S` (seconds), so tests can watch a code expire.
 ENV_CODE_TTL = "OFFLOAD_DEMO_CODE_TTL"
+#: The orchestrator's pid: its children stop when it is gone (killed, say), instead of
+#: running on as orphans. The same variable `offload worker` watches for its supervisor.
+ENV_PARENT_PID = "OFFLOAD_SUPERVISOR_PID"

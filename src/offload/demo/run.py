@@ -7,6 +7,10 @@ Parts, each as it would run in production:
 - `offload worker offload.demo.signup:app` (one subprocess per worker);
 - the broker: a SQLite file in the work directory (the embedded default), or `url`.
 
+SIGTERM (like Ctrl-C) stops every part before the demo exits; a demo killed outright
+leaves no orphans either, since its children watch their parent (`ENV_PARENT_PID`)
+and stop when it is gone.
+
 Then a few hundred sign-ups go over HTTP while a live display follows the emails, and
 a summary puts the sign-up latency beside the SMTP delay the request did not wait for,
 with the delivery accounting: delivered, duplicates, retries, dead letters, expired.
@@ -44,7 +48,7 @@ from rich.table import Table
 
 from offload._redact import redact_url
 from offload.app import Offload
-from offload.demo import ENV_DB, ENV_SMTP_HOST, ENV_SMTP_PORT
+from offload.demo import ENV_DB, ENV_PARENT_PID, ENV_SMTP_HOST, ENV_SMTP_PORT
 from offload.demo.smtp import SMTPServer, free_port
 from offload.job import ACTIVE_STATES, JobState
 
@@ -192,7 +196,12 @@ def run_demo(
     root.mkdir(parents=True, exist_ok=True)
     broker_url = url or f"sqlite:///{root / 'offload.db'}"
     demo = _Demo(options, root, broker_url, console or Console())
-    return asyncio.run(demo.run())
+    try:
+        return asyncio.run(demo.run())
+    except asyncio.CancelledError:
+        if demo.signalled is None:
+            raise
+        raise DemoError(f"stopped by {demo.signalled}; every part was stopped") from None
 
 
 class _Demo:
@@ -214,9 +223,19 @@ class _Demo:
         self.logs: list[IO[bytes]] = []
         self.inspector = Offload(url)
         self.load = _Load()
+        self.signalled: str | None = None
+
+    def _on_sigterm(self, main: asyncio.Task[DemoSummary]) -> None:
+        """SIGTERM cancels the run, so its `finally` stops the processes (Python's
+        default would end this process at once and leave them running)."""
+        self.signalled = "SIGTERM"
+        main.cancel()
 
     async def run(self) -> DemoSummary:
         started = time.monotonic()
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm, main)
         self.console.rule("[bold]offload demo")
         self.console.print(f"work directory: {self.root}")
         self.smtp.start()
@@ -268,6 +287,7 @@ class _Demo:
             ENV_DB: str(self.root / "users.db"),
             ENV_SMTP_HOST: self.smtp.host,
             ENV_SMTP_PORT: str(self.smtp.port),
+            ENV_PARENT_PID: str(os.getpid()),
         }
 
     def _spawn(self, name: str, argv: list[str]) -> None:

@@ -26,6 +26,7 @@ import contextlib
 import os
 import re
 import secrets
+import signal
 import smtplib
 import sqlite3
 import threading
@@ -44,7 +45,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from offload import Backoff, Bury, Cron, Offload, OffloadError, Task
-from offload.demo import CODE_TTL_S, ENV_CODE_TTL, ENV_DB, ENV_SMTP_HOST, ENV_SMTP_PORT, TASK_NAME
+from offload.demo import (
+    CODE_TTL_S,
+    ENV_CODE_TTL,
+    ENV_DB,
+    ENV_PARENT_PID,
+    ENV_SMTP_HOST,
+    ENV_SMTP_PORT,
+    TASK_NAME,
+)
 from offload.handle import Job
 from offload.task import Enqueuer
 
@@ -95,6 +104,8 @@ SENDER = "Offload demo <no-reply@offload-demo.invalid>"
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: Longest accepted name, in characters.
 MAX_NAME_LENGTH = 100
+#: How often the web server checks that `offload demo` still runs, in seconds.
+ORPHAN_CHECK_S = 1.0
 #: The nightly cleanup's task name, and when it runs (03:00 UTC, a quiet hour).
 CLEANUP_TASK = "demo.cleanup"
 CLEANUP_CRON = "0 3 * * *"
@@ -604,6 +615,17 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def _stop_when_orphaned() -> None:
+    """Under `offload demo`: once the orchestrator is gone (even killed), SIGTERM this
+    server, so that uvicorn shuts down instead of serving on as an orphan."""
+    parent = os.environ.get(ENV_PARENT_PID)
+    if not parent:
+        return
+    while os.getppid() == int(parent):
+        await asyncio.sleep(ORPHAN_CHECK_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_web(demo: SignupDemo) -> Starlette:
     """The Starlette app; its lifespan creates the users' schema and connects the
     broker once, so no request pays for either."""
@@ -612,9 +634,11 @@ def create_web(demo: SignupDemo) -> Starlette:
     async def lifespan(web: Starlette) -> AsyncIterator[None]:
         await demo.app.connected_broker()  # first: it creates a PostgreSQL URL's schema
         await asyncio.to_thread(demo.users.init)
+        watchdog = asyncio.create_task(_stop_when_orphaned())
         try:
             yield
         finally:
+            watchdog.cancel()
             await demo.app.aclose()
             await demo.users.aclose()
             await asyncio.to_thread(demo.users.close)
