@@ -19,6 +19,8 @@ import msgspec
 __all__ = [
     "ACTIVE_STATES",
     "ENVELOPE_VERSION",
+    "ERROR_MESSAGE_MAX",
+    "ERROR_TRACEBACK_MAX",
     "TERMINAL_STATES",
     "Backoff",
     "Envelope",
@@ -27,6 +29,7 @@ __all__ = [
     "Failure",
     "JobState",
     "Step",
+    "clip",
     "id_floor",
     "new_job_id",
 ]
@@ -159,12 +162,43 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
         return bool(self.then) or self.chord is not None
 
 
+#: Most characters an error keeps of its message, and of its traceback (see `clip`).
+#: An exception may carry megabytes (a response body, a whole document); stored with
+#: every retry and shown by every view, it would cost memory, bandwidth and time.
+ERROR_MESSAGE_MAX = 8 * 1024
+ERROR_TRACEBACK_MAX = 32 * 1024
+
+
 class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """Why an attempt failed, as stored with the job and shown by the CLI."""
 
     type: str
     message: str
     traceback: str = ""
+
+    @classmethod
+    def bounded(cls, type: str, message: str, traceback: str = "") -> ErrorInfo:
+        """An ErrorInfo of text that may be huge (an exception's): each field `clip`ped,
+        the message to ERROR_MESSAGE_MAX, the type and traceback to ERROR_TRACEBACK_MAX."""
+        return cls(
+            clip(type, ERROR_TRACEBACK_MAX),
+            clip(message, ERROR_MESSAGE_MAX),
+            clip(traceback, ERROR_TRACEBACK_MAX),
+        )
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters; else its head and its tail (where a
+    message says what failed, and a traceback where) around a `[... N characters cut
+    ...]` note, at most `limit` characters in all (a limit shorter than the note gives
+    the note)."""
+    if len(text) <= limit:
+        return text
+    note = " [... {} characters cut ...] "
+    keep = max(limit - len(note.format(len(text))), 0)
+    head = (keep + 1) // 2
+    tail = text[len(text) - (keep - head) :] if keep > head else ""
+    return f"{text[:head]}{note.format(len(text) - keep)}{tail}"
 
 
 def id_floor(job_id: str, margin_s: float = 60.0) -> str:

@@ -77,13 +77,19 @@ def run_async(app: Offload, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run an async CLI action against `app`'s broker, closing it afterwards."""
     import asyncio
 
-    async def runner() -> T:
+    # The value leaves through `box`, not as the task's result: on Python 3.11,
+    # asyncio.run's exit reprs its main task (through signal.getsignal), result and all,
+    # and the repr of jobs holding megabytes took seconds to minutes.
+    box: list[T] = []
+
+    async def runner() -> None:
         try:
-            return await make()
+            box.append(await make())
         finally:
             await app.aclose()
 
-    return asyncio.run(runner())
+    asyncio.run(runner())
+    return box[0]
 
 
 def console() -> Console:

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from offload.brokers.base import JobInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option
-from offload.cli.inspect import fmt_time
+from offload.cli.inspect import cell, fmt_time
 from offload.job import JobState
 
 
@@ -40,11 +40,11 @@ def list_dead(app_spec: str | None, url: str | None, queue: str | None, limit: i
         reason = f"{info.error.type}: {info.error.message}" if info.error else "-"
         table.add_row(
             info.id,
-            info.task,
-            info.queue,
+            cell(info.task, 80),
+            cell(info.queue, 80),
             str(info.attempt),
             fmt_time(info.finished_at),
-            reason[:120],
+            cell(reason, 120),
         )
     console().print(table)
 

@@ -11,14 +11,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import msgspec
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from offload._redact import redact_url
 from offload.brokers.base import JobInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
 from offload.errors import JobNotFound
-from offload.job import JobState
+from offload.job import ERROR_TRACEBACK_MAX, JobState, clip
+
+#: Most characters a table cell shows of one value (arguments, result, error, key):
+#: rich lays text out in time that grows faster than its length, and nobody reads
+#: megabytes in a terminal; `--json` prints every value whole.
+CELL_MAX = 4096
 
 STATE_COLUMNS = [
     JobState.QUEUED,
@@ -85,7 +93,8 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
     table.add_column("oldest queued", justify="right")
     for queue, stats in counts.items():
         oldest = None if stats.oldest_queued_at is None else now - stats.oldest_queued_at
-        table.add_row(queue, *(str(stats.states.get(s, 0)) for s in STATE_COLUMNS), fmt_age(oldest))
+        states = (str(stats.states.get(s, 0)) for s in STATE_COLUMNS)
+        table.add_row(cell(queue, 80), *states, fmt_age(oldest))
     out = console()
     out.print(table)
     if workers:
@@ -94,8 +103,8 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
             wt.add_column(column)
         for w in workers:
             wt.add_row(
-                w.id,
-                ",".join(w.queues),
+                cell(w.id, 80),
+                cell(",".join(w.queues), 80),
                 str(w.concurrency),
                 str(w.running),
                 str(w.processed),
@@ -145,14 +154,27 @@ def jobs(
         error = f"{info.error.type}: {info.error.message}" if info.error else ""
         table.add_row(
             info.id,
-            info.task,
-            info.queue,
+            cell(info.task, 80),
+            cell(info.queue, 80),
             info.state.value,
             f"{info.attempt}/{info.max_attempts or '?'}",
             fmt_time(info.created_at),
-            error[:80],
+            cell(error, 80),
         )
     console().print(table)
+
+
+def cell(text: str, limit: int = CELL_MAX) -> Text:
+    """`text` cut to `limit` characters, as plain text: never read as rich markup (an
+    error message holding `[/x]` would otherwise break the table)."""
+    return Text(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def json_text(value: Any) -> str:
+    """Indented JSON of a value, or compact JSON when it is too long to show whole
+    (measured on msgspec's fast encoding: indenting megabytes takes seconds)."""
+    compact = msgspec.json.encode(value, enc_hook=str)
+    return compact.decode() if len(compact) > CELL_MAX else dumps_pretty(value)
 
 
 def job_summary(info: JobInfo) -> dict[str, Any]:
@@ -214,21 +236,31 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
         click.echo(json.dumps(summary, indent=2))
         return
     out = console()
-    table = Table(show_header=False, title=f"job {info.id}")
-    for name, value in summary.items():
-        if name.endswith("_at"):
-            value = fmt_time(value)
-        elif name in ("args", "kwargs", "result", "error"):
-            value = dumps_pretty(value)
-        table.add_row(name, "-" if value is None else str(value))
-    out.print(table)
-    if info.envelope() is None:
-        out.print(f"[red]payload is not a valid envelope:[/red] {info.payload[:200]!r}")
-    if info.error and info.error.traceback:
-        out.print(info.error.traceback, markup=False, highlight=False)
+    _print_job(out, info, summary)
     if tree is not None:
         out.print(f"workflow {workflow_id}")
         out.print(workflow_tree.render(tree))
+
+
+def _print_job(out: Console, info: JobInfo, summary: dict[str, Any]) -> None:
+    """The job as a table, then its traceback; long values are `clip`ped."""
+    table = Table(show_header=False, title=f"job {info.id}")
+    cut = False
+    for name, value in summary.items():
+        if name.endswith("_at"):
+            value = fmt_time(value)
+        elif name in ("args", "kwargs", "result", "error", "progress"):
+            value = json_text(value)
+        text = "-" if value is None else str(value)
+        cut = cut or len(text) > CELL_MAX
+        table.add_row(name, Text(clip(text, CELL_MAX)))
+    out.print(table)
+    if info.envelope() is None:
+        out.print(Text(f"payload is not a valid envelope: {info.payload[:200]!r}", style="red"))
+    if info.error and info.error.traceback:
+        out.print(clip(info.error.traceback, ERROR_TRACEBACK_MAX), markup=False, highlight=False)
+    if cut:
+        out.print("[dim]long values are cut for display; --json prints them whole[/dim]")
 
 
 def _show_tree(tree: workflow_tree.Node, as_json: bool) -> None:

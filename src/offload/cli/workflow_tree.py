@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.markup import escape
 from rich.tree import Tree
 
 from offload.brokers.base import JobInfo
@@ -96,7 +97,7 @@ def _render_children(tree: Tree, node: Node) -> None:
 def _label(node: Node) -> str:
     style = _STYLE.get(node.state, "white")
     state = f" [{style}]{node.state}[/{style}]" if node.state else ""
-    return f"{node.task} [dim]{node.id}[/dim]{state}"
+    return f"{escape(node.task[:200])} [dim]{escape(node.id)}[/dim]{state}"
 
 
 def to_json(node: Node) -> dict[str, Any]:
