@@ -22,6 +22,8 @@ from offload.cli.demo import demo as demo_command
 from offload.demo import TASK_NAME
 from offload.demo.run import DemoError, percentile, run_demo
 from offload.demo.signup import (
+    MAX_BODY_BYTES,
+    MAX_EMAIL_LENGTH,
     DemoConfig,
     SignupDemo,
     build,
@@ -120,6 +122,45 @@ async def test_signup_rejects_invalid_input_with_422(
 
     assert response.status_code == 422
     assert field in response.json()["fields"]
+
+
+async def test_signup_refuses_a_huge_body_with_413_before_reading_it(
+    client: httpx.AsyncClient,
+) -> None:
+    pulled = 0
+
+    async def body(chunks: int) -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(chunks):
+            pulled += 1
+            yield b" " * (1 << 20)
+
+    declared = await client.post(
+        "/signup", content=body(50), headers={"content-length": str(50 << 20)}
+    )
+    assert declared.status_code == 413
+    assert declared.json()["limit"] == MAX_BODY_BYTES
+    assert pulled <= 1  # 50 MB declared: refused on the header
+    pulled = 0
+    chunked = await client.post("/signup", content=body(50))  # no length declared
+    assert chunked.status_code == 413
+    assert pulled <= 2  # refused once past the limit, the rest never read
+    email = "a" * (20 << 20) + "@example.com"
+    huge_email = await client.post("/signup", json={"email": email, "name": "Ada"})
+    assert huge_email.status_code == 413
+    await sign_up(client)  # and normal sign-ups still work
+
+
+@pytest.mark.parametrize("path", ["/signup", "/resend"])
+async def test_an_email_longer_than_rfc_5321_allows_is_422_naming_the_field(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    email = "a" * (MAX_EMAIL_LENGTH - len("@example.com") + 1) + "@example.com"
+
+    response = await client.post(path, json={"email": email, "name": "Ada"})
+
+    assert response.status_code == 422
+    assert str(MAX_EMAIL_LENGTH) in response.json()["fields"]["email"]
 
 
 async def test_signup_with_a_taken_email_is_409(client: httpx.AsyncClient) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -104,6 +105,11 @@ SENDER = "Offload demo <no-reply@offload-demo.invalid>"
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: Longest accepted name, in characters.
 MAX_NAME_LENGTH = 100
+#: Longest accepted email address, in characters (RFC 5321's path limit, less the <>).
+MAX_EMAIL_LENGTH = 254
+#: Largest accepted request body, in bytes: a sign-up is a few dozen. A larger one is
+#: refused (413) before it is read, so nobody can make the server hold megabytes.
+MAX_BODY_BYTES = 16 * 1024
 #: How often the web server checks that `offload demo` still runs, in seconds.
 ORPHAN_CHECK_S = 1.0
 #: The nightly cleanup's task name, and when it runs (03:00 UTC, a quiet hour).
@@ -494,7 +500,9 @@ def validate_signup(payload: Any) -> tuple[str, str, dict[str, str]]:
     errors: dict[str, str] = {}
     email = payload.get("email")
     name = payload.get("name")
-    if not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
+    if isinstance(email, str) and len(email.strip()) > MAX_EMAIL_LENGTH:
+        errors["email"] = f"an email address has at most {MAX_EMAIL_LENGTH} characters"
+    elif not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
         errors["email"] = "a valid email address is required"
     if not isinstance(name, str) or not name.strip():
         errors["name"] = "a name is required"
@@ -511,11 +519,33 @@ def _demo(request: Request) -> SignupDemo:
     return demo
 
 
+class BodyTooLarge(Exception):
+    """The request body is over MAX_BODY_BYTES (answered 413)."""
+
+
 async def _json(request: Request) -> Any:
+    """The JSON body, None if it is not JSON.
+
+    Raises:
+        BodyTooLarge: the declared length, or the bytes received so far, pass
+            MAX_BODY_BYTES; the rest is never read.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():  # a chunked body declares no length
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge
     try:
-        return await request.json()
+        return json.loads(body)
     except ValueError:
         return None
+
+
+async def _too_large(request: Request, exc: Exception) -> JSONResponse:
+    return _error(413, f"request body over {MAX_BODY_BYTES} bytes", limit=MAX_BODY_BYTES)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -570,6 +600,9 @@ async def resend(request: Request) -> JSONResponse:
     email = payload.get("email") if isinstance(payload, dict) else None
     if not isinstance(email, str):
         return _error(422, "invalid request", fields={"email": "an email address is required"})
+    if len(email.strip()) > MAX_EMAIL_LENGTH:
+        problem = f"an email address has at most {MAX_EMAIL_LENGTH} characters"
+        return _error(422, "invalid request", fields={"email": problem})
     user = await asyncio.to_thread(demo.users.by_email, email.strip().lower())
     if user is None:
         return _error(404, "no such user")
@@ -652,6 +685,7 @@ def create_web(demo: SignupDemo) -> Starlette:
             Route("/healthz", health, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={BodyTooLarge: _too_large},
     )
     web.state.demo = demo
     return web
