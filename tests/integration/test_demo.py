@@ -22,16 +22,14 @@ from offload.cli.demo import demo as demo_command
 from offload.demo import TASK_NAME
 from offload.demo.run import DemoError, percentile, run_demo
 from offload.demo.signup import (
-    MAX_BODY_BYTES,
-    MAX_EMAIL_LENGTH,
     DemoConfig,
     SignupDemo,
     build,
-    create_web,
     message_id_for,
     verification_key,
 )
 from offload.demo.smtp import SMTPServer
+from offload.demo.web import MAX_BODY_BYTES, MAX_EMAIL_LENGTH, create_web
 
 #: A code TTL short enough to watch it lapse in a test.
 SHORT_TTL_S = 0.05

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from offload import JobState, Worker
-from offload.demo.signup import DemoConfig, SignupDemo, User, build, create_web, verification_key
+from offload.demo.signup import DemoConfig, SignupDemo, User, build, verification_key
 from offload.demo.smtp import SMTPServer
+from offload.demo.web import create_web
 from offload.errors import BrokerUnavailable
 from offload.handle import Job
 

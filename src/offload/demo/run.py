@@ -3,7 +3,7 @@
 Parts, each as it would run in production:
 
 - a local SMTP server, slow and flaky on purpose (in this process, on a thread);
-- the Starlette sign-up app on uvicorn (a subprocess);
+- the Starlette sign-up app (`web.py`) on uvicorn (a subprocess);
 - `offload worker offload.demo.signup:app` (one subprocess per worker);
 - the broker: a SQLite file in the work directory (the embedded default), or `url`.
 
@@ -539,7 +539,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def _web_argv(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "offload.demo.signup:web",
+        sys.executable, "-m", "uvicorn", "offload.demo.web:web",
         "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
