@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -68,7 +69,7 @@ class Portal:
                 ready.wait()
                 self._loop, self._thread = loop, thread
                 # A portal dropped without close() stops its loop when collected.
-                self._finalizer = weakref.finalize(self, _stop, loop, thread, EXIT_TIMEOUT_S)
+                self._finalizer = weakref.finalize(self, _stop, loop, thread, None)
                 self._finalizer.atexit = False  # exit is `_close_all`'s, on_exit first
                 _live.add(self)
             return self._loop
@@ -128,23 +129,27 @@ async def _cancel_rest() -> None:
     await asyncio.get_running_loop().shutdown_asyncgens()
 
 
-def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, timeout: float) -> None:
-    """Cancel what runs on the portal loop, stop it, and wait for its thread (bounded)."""
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, timeout: float | None) -> None:
+    """Cancel what runs on the portal loop and stop it, waiting for its thread at most
+    `timeout` seconds (None: not at all, as from a finalizer, which runs on whatever
+    thread the collector does)."""
     if loop.is_closed() or not thread.is_alive():
         return
-    if threading.current_thread() is thread:  # collected on its own thread: no waiting
-        task = loop.create_task(_cancel_rest())
-        task.add_done_callback(lambda _: loop.stop())
+    if timeout is None or threading.current_thread() is thread:
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(_shut_down, loop)
         return
     try:
         asyncio.run_coroutine_threadsafe(_cancel_rest(), loop).result(timeout)
     except Exception as exc:  # a task that will not end: stop the loop anyway
         log.debug("offload: stopping the portal loop: %r", exc)
-    try:
+    with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(loop.stop)
-    except RuntimeError:  # closed meanwhile
-        return
     thread.join(timeout)
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    loop.create_task(_cancel_rest()).add_done_callback(lambda _: loop.stop())
 
 
 @atexit.register

@@ -101,14 +101,16 @@ def running_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], set[
         log.close()
 
 
-def test_sigterm_to_the_demo_stops_every_process_it_started(
-    running_demo: tuple[subprocess.Popen[bytes], set[int]], tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_demo_alone_stops_every_process_it_started(
+    running_demo: tuple[subprocess.Popen[bytes], set[int]], tmp_path: Path, sig: signal.Signals
 ) -> None:
     demo, children = running_demo
-    demo.send_signal(signal.SIGTERM)
+    demo.send_signal(sig)  # to the demo only, as `kill` or a process manager does
     wait_for(lambda: demo.poll() is not None, "the demo to exit")
     wait_for(lambda: not any(alive(pid) for pid in children), "the demo's children to stop")
-    assert "stopped by SIGTERM" in (tmp_path / "demo.log").read_text()
+    if sig is signal.SIGTERM:
+        assert "stopped by SIGTERM" in (tmp_path / "demo.log").read_text()
 
 
 def test_a_killed_demo_children_notice_and_stop(

@@ -235,7 +235,8 @@ class _Demo:
         started = time.monotonic()
         main = asyncio.current_task()
         assert main is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm, main)
+        with contextlib.suppress(ValueError):  # not the main thread: no signals here
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm, main)
         self.console.rule("[bold]offload demo")
         self.console.print(f"work directory: {self.root}")
         self.smtp.start()
