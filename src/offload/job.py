@@ -176,15 +176,21 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     message: str
     traceback: str = ""
 
-    @classmethod
-    def bounded(cls, type: str, message: str, traceback: str = "") -> ErrorInfo:
-        """An ErrorInfo of text that may be huge (an exception's): each field `clip`ped,
-        the message to ERROR_MESSAGE_MAX, the type and traceback to ERROR_TRACEBACK_MAX."""
-        return cls(
-            clip(type, ERROR_TRACEBACK_MAX),
-            clip(message, ERROR_MESSAGE_MAX),
-            clip(traceback, ERROR_TRACEBACK_MAX),
-        )
+    def __post_init__(self) -> None:
+        """Bound each field (`clip`): the message to ERROR_MESSAGE_MAX, the type and
+        traceback to ERROR_TRACEBACK_MAX, however the record was made (from a huge
+        exception by a worker, or decoded from what an older worker stored)."""
+        for name, limit in _ERROR_LIMITS:
+            value = getattr(self, name)
+            if len(value) > limit:
+                msgspec.structs.force_setattr(self, name, clip(value, limit))
+
+
+_ERROR_LIMITS = (
+    ("type", ERROR_TRACEBACK_MAX),
+    ("message", ERROR_MESSAGE_MAX),
+    ("traceback", ERROR_TRACEBACK_MAX),
+)
 
 
 def clip(text: str, limit: int) -> str:

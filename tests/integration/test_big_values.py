@@ -3,7 +3,10 @@ CLI view stays fast and intact whatever a job holds (issue 10.13)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from offload import Offload, Worker
-from offload.codec import encode_value
+from offload.codec import decode_error, encode_value
 from offload.job import ERROR_MESSAGE_MAX, ERROR_TRACEBACK_MAX, ErrorInfo, JobState, clip
 
 MB = 1 << 20
@@ -27,6 +30,17 @@ def test_clip_keeps_the_head_and_the_tail_around_a_note() -> None:
     cut = int(tail.split()[0])
     assert len(head) + cut + len(tail.partition(" characters cut ...] ")[2]) == len(text)
     assert clip("short", 1000) == "short"
+
+
+def test_every_error_record_is_bounded_however_it_was_made() -> None:
+    built = ErrorInfo("E" * (40 * MB), "m" * (20 * MB), "t" * (20 * MB))
+    stored = json.dumps({"type": "E", "message": "m" * (20 * MB), "traceback": "t" * (20 * MB)})
+    for error in (built, decode_error(stored)):  # decoded: what an older worker stored
+        assert len(error.type) <= ERROR_TRACEBACK_MAX
+        assert ERROR_MESSAGE_MAX - 10 <= len(error.message) <= ERROR_MESSAGE_MAX
+        assert ERROR_TRACEBACK_MAX - 10 <= len(error.traceback) <= ERROR_TRACEBACK_MAX
+        assert "characters cut ...]" in error.message
+    assert ErrorInfo("E", "short").message == "short"
 
 
 @pytest.mark.parametrize("name", ["memory", "sqlite"])
@@ -78,10 +92,10 @@ def offload(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def store_huge_jobs(url: str) -> tuple[str, str]:
+async def store_huge_jobs(path: Path) -> tuple[str, str]:
     """A dead job with 20 MB of arguments and a 20 MB error (as an older worker stored
     it, unbounded), and a succeeded job with a 20 MB result."""
-    app = Offload(url)
+    app = Offload(f"sqlite:///{path}")
     blob = "x" * (20 * MB)
     try:
         dead = await app.options("big").enqueue_async(blob)
@@ -91,19 +105,21 @@ async def store_huge_jobs(url: str) -> tuple[str, str]:
             lease.job_id: lease
             for lease in await broker.reserve(["default"], worker_id="w", lease_s=60, limit=2)
         }
-        huge = ErrorInfo("ValueError", "m" * (20 * MB), "Traceback\n" + "t" * (20 * MB))
-        await broker.bury(leases[dead.id], error=huge)
+        await broker.bury(leases[dead.id], error=ErrorInfo("ValueError", "small"))
         await broker.ack(leases[done.id], encode_value(blob), result_ttl_s=3600)
-        return dead.id, done.id
     finally:
         await app.aclose()
+    huge = {"type": "ValueError", "message": "m" * (20 * MB), "traceback": "t" * (20 * MB)}
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE offload_jobs SET error = ? WHERE id = ?", (json.dumps(huge), dead.id))
+    return dead.id, done.id
 
 
 async def test_cli_views_of_jobs_holding_megabytes_are_quick_and_cut_with_a_note(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'big.db'}"
-    dead, done = await store_huge_jobs(url)
+    dead, done = await store_huge_jobs(tmp_path / "big.db")
     for job_id in (dead, done):
         shown = offload(url, "show", job_id)
         assert shown.returncode == 0, shown.stderr

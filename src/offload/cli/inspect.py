@@ -21,7 +21,7 @@ from offload.brokers.base import JobInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
 from offload.errors import JobNotFound
-from offload.job import ERROR_TRACEBACK_MAX, JobState, clip
+from offload.job import JobState, clip
 
 #: Most characters a table cell shows of one value (arguments, result, error, key):
 #: rich lays text out in time that grows faster than its length, and nobody reads
@@ -258,7 +258,7 @@ def _print_job(out: Console, info: JobInfo, summary: dict[str, Any]) -> None:
     if info.envelope() is None:
         out.print(Text(f"payload is not a valid envelope: {info.payload[:200]!r}", style="red"))
     if info.error and info.error.traceback:
-        out.print(clip(info.error.traceback, ERROR_TRACEBACK_MAX), markup=False, highlight=False)
+        out.print(info.error.traceback, markup=False, highlight=False)  # bounded: ErrorInfo
     if cut:
         out.print("[dim]long values are cut for display; --json prints them whole[/dim]")
 

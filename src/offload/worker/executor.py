@@ -69,11 +69,11 @@ class Outcome:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """The stored record of an exception (type, message, traceback), bounded."""
+    """The stored record of an exception (type, message, traceback)."""
     if isinstance(exc, RemoteError):
-        return ErrorInfo.bounded(exc.type_name, str(exc), exc.remote_traceback)
+        return ErrorInfo(exc.type_name, str(exc), exc.remote_traceback)
     tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo.bounded(type(exc).__qualname__, str(exc), tb)
+    return ErrorInfo(type(exc).__qualname__, str(exc), tb)
 
 
 class Executor:

@@ -276,9 +276,7 @@ class Worker:
             logger.exception("job %s: flow limits could not be checked", lease.job_id)
             return False
         if verdict.error is not None:
-            error = ErrorInfo.bounded(
-                "InvalidLimitKey", f"a limit key function failed: {verdict.error}"
-            )
+            error = ErrorInfo("InvalidLimitKey", f"a limit key function failed: {verdict.error}")
             await self._settle(lease, Outcome("bury", error=error))
         if verdict.slot is not None:
             self._slots[lease.job_id] = (verdict.slot, verdict.slot_limit)
