@@ -60,10 +60,26 @@ async def test_extend_pushes_deadline_and_returns_true(broker: Broker, clock: Fa
     await broker.ack(lease, None, result_ttl_s=None)
 
 
-async def test_extend_after_lapse_returns_false(broker: Broker, clock: FakeClock) -> None:
+async def test_extend_after_lapse_keeps_a_lease_nobody_took_back(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await enqueue_one(broker)
+    lease = await reserve_one(broker, lease_s=30)
+    clock.advance(31)  # lapsed, but no reserve has taken the job back
+
+    assert await broker.extend([lease], 30) == [True]
+    clock.advance(25)  # past the first deadline, before the new one
+    assert await broker.reserve(["default"], worker_id="w2", lease_s=30, limit=1) == []
+    assert await state_of(broker, lease.job_id) is JobState.RUNNING
+
+
+async def test_extend_after_lapse_and_redelivery_returns_false(
+    broker: Broker, clock: FakeClock
+) -> None:
     await enqueue_one(broker)
     lease = await reserve_one(broker, lease_s=30)
     clock.advance(31)
+    await broker.reserve(["default"], worker_id="w2", lease_s=30, limit=1)
 
     assert await broker.extend([lease], 30) == [False]
 

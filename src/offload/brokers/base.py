@@ -336,17 +336,20 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
         """Push each lease's deadline to `now + lease_s`. False: the lease is not ours
-        any more (it lapsed and the job was reserved again, or it was finished)."""
+        any more (its token no longer matches: it lapsed and a `reserve` took the job
+        back, or it was finished). A lease past its deadline that nobody took back is
+        still ours and is extended, as `ack` accepts it: a worker cut off from the
+        broker for longer than its lease learns, once back, whether anyone else may
+        have the job, and is not told so when nobody has."""
 
     @abc.abstractmethod
     async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
         """`running → succeeded`, storing `result` (encoded JSON) for `result_ttl_s`
         seconds (None: the broker's retention).
 
-        Like `retry` and `bury`, this succeeds for a lease past its deadline as long as
-        no `reserve` has taken the job back yet: the work is done and nobody else holds
-        it. (`extend` is stricter: it refuses a lapsed lease, so a stalled worker learns
-        that the job may already be running elsewhere.)
+        Like `retry`, `bury` and `extend`, this succeeds for a lease past its deadline
+        as long as no `reserve` has taken the job back yet: the work is done and nobody
+        else holds it.
 
         Raises:
             LeaseLost: the token does not match the job's current lease.

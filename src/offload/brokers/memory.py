@@ -292,7 +292,6 @@ class MemoryBroker(Broker):
                     rec is not None
                     and rec.token == lease.token
                     and rec.info.state is JobState.RUNNING
-                    and (rec.info.lease_deadline or 0.0) > now
                 )
                 if ok and rec is not None:
                     self._set(rec, lease_deadline=now + lease_s)

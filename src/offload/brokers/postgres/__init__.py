@@ -322,7 +322,6 @@ class PostgresBroker(Broker):
         now = self.clock.now()
         params = {
             "deadline": now + lease_s,
-            "now": now,
             "ids": [lease.job_id for lease in leases],
             "tokens": [lease.token for lease in leases],
         }

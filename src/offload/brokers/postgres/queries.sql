@@ -59,11 +59,11 @@ SELECT min(n.due_at)
         LIMIT 1) AS n;
 
 -- name: extend
+-- A lapsed lease that no reserve has taken back yet is still ours (as for ack).
 UPDATE offload_jobs AS j
    SET lease_deadline = %(deadline)s
   FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
  WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
-   AND j.lease_deadline > %(now)s
 RETURNING l.id, l.token;
 
 -- name: ack

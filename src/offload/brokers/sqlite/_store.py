@@ -250,7 +250,7 @@ class Store:
             deadline = now + lease_s
             sql = _Q["extend_lease"]
             return [
-                self._conn.execute(sql, (deadline, lease.job_id, lease.token, now)).rowcount == 1
+                self._conn.execute(sql, (deadline, lease.job_id, lease.token)).rowcount == 1
                 for lease in leases
             ]
 

@@ -74,9 +74,9 @@ SELECT coalesce(sum(signal), 0)
  WHERE name IN (SELECT value FROM json_each(?));
 
 -- name: extend_lease
--- (hot) Parameters: deadline, id, token, now.
+-- (hot) Parameters: deadline, id, token. A lapsed lease nobody took back is still ours.
 UPDATE offload_jobs SET lease_deadline = ?
- WHERE id = ? AND lease_token = ? AND state = 'running' AND lease_deadline > ?;
+ WHERE id = ? AND lease_token = ? AND state = 'running';
 
 -- name: ack
 UPDATE offload_jobs
