@@ -36,7 +36,6 @@ replica to look enqueues it under its key, if that fire is still within the grac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from offload._health import BrokerHealth
 from offload.codec import encode_envelope
 from offload.job import ACTIVE_STATES
 from offload.schedule import ScheduleEntry, utc_iso
@@ -120,21 +120,22 @@ class Scheduler:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Tick until `stop()`, waking at each fire instant (at least every second)."""
+        """Tick until `stop()`, waking at each fire instant (at least every second).
+        A broker outage is logged once, and ticks are retried with backoff meanwhile
+        (what they missed is then handled by the misfire policy)."""
         await self.app.connected_broker()
         logger.info(
             "scheduler started: %d schedules",
             len(self.entries),
             extra={"action": "scheduler_started"},
         )
-        while not self._stopping.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                logger.exception("scheduler tick failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._sleep_s())
+        health = BrokerHealth(logger, probe=self._probe)
+        await health.every("scheduler tick", self._sleep_s, self.tick, self._stopping)
         logger.info("scheduler stopped", extra={"action": "scheduler_stopped"})
+
+    async def _probe(self) -> None:
+        """A cheap call that reaches the broker (see `BrokerHealth`)."""
+        await self.app.broker.next_due(self.app.queues())
 
     def _sleep_s(self) -> float:
         now = self.clock.now()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from offload.codec import decode_envelope, decode_value, encode_envelope, encode_value
+from offload.errors import BrokerUnavailable
 from offload.job import Envelope, Failure, JobState
 from offload.workflow import start_envelopes
 
@@ -87,6 +88,8 @@ async def drain_outbox(app: Offload, limit: int = 200) -> int:
         try:
             if envelope is not None:
                 await settle_ended(app, envelope, entry.state)
+        except BrokerUnavailable:
+            raise  # the others would fail too: the caller retries them all later
         except Exception:
             logger.exception("job %s: its workflow follow-ups failed; retried", entry.job_id)
             continue

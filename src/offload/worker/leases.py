@@ -1,4 +1,5 @@
-"""Group commit of acks: one broker round trip for every job that finished meanwhile.
+"""Group commit of acks: one broker round trip for every job that finished meanwhile;
+and, when the broker refuses a lease, whether the job may really run twice.
 
 A job's ack is not delayed to fill a batch. The first ack starts a flush at once; acks
 that arrive while that flush is in flight wait for the next one, so batches grow
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
-from offload.brokers.base import Ack, Broker
+from offload.brokers.base import LEASE_EXPIRED, Ack, Broker, Lease
 
-__all__ = ["AckBatcher"]
+__all__ = ["AckBatcher", "lease_fate"]
 
 #: Most acks written in one broker call.
 MAX_BATCH = 500
@@ -53,3 +54,23 @@ class AckBatcher:
                         future.set_result(ok)
         finally:
             self._flusher = None
+
+
+async def lease_fate(broker: Broker, lease: Lease) -> str | None:
+    """What became of a job whose lease the broker refused (`extend` said False, or
+    settling it raised `LeaseLost`): how another run of it may happen or has happened,
+    or None if none will. None when the job ended under this very lease (its own
+    settlement landed first, or a retried one whose first try landed) or is gone.
+
+    Raises:
+        BrokerError: the broker failed.
+    """
+    info = await broker.get_job(lease.job_id)
+    if info is None:
+        return None
+    if info.attempt != lease.attempt:
+        on = f" on worker {info.worker_id}" if info.worker_id else ""
+        return f"attempt {info.attempt} of it is {info.state}{on}"
+    if info.error is not None and info.error.type == LEASE_EXPIRED.type:
+        return f"its lease expired and the broker took it back: it is {info.state}"
+    return None

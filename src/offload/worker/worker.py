@@ -5,6 +5,12 @@ One asyncio loop per worker process. The fetch loop reserves up to the free capa
 tasks extend leases, register the worker, and sweep; if one dies the worker stops
 rather than run on half-alive.
 
+Every broker call of every loop survives the broker going away (a restart, a
+failover, a connection cut): the loops share one `BrokerHealth` (`offload._health`),
+which logs the outage once and its end once, and each loop retries with backoff. A
+finished job's outcome is retried until the broker takes it, so an outage does not
+make it run again.
+
 Shutdown (`stop()`, SIGTERM): stop reserving at once, release prefetched jobs that
 have not started so they run elsewhere at once, let running jobs finish within the
 grace period while their leases keep being extended, then give the stragglers back
@@ -19,17 +25,18 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Ack, Lease, WorkerInfo
-from offload.errors import LeaseLost
+from offload.errors import BrokerUnavailable, LeaseLost
 from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
 from offload.worker.flows import drain_outbox, follow_up
-from offload.worker.leases import AckBatcher
+from offload.worker.leases import AckBatcher, lease_fate
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -39,8 +46,6 @@ __all__ = ["Worker"]
 
 logger = logging.getLogger("offload.worker")
 
-#: After a broker error the fetch loop waits this long (seconds) before trying again.
-ERROR_BACKOFF_S = 1.0
 #: How often (seconds) the worker asks the broker whether its running async jobs were
 #: cancelled: a cancelled job sees it within this period plus a round trip.
 CANCEL_POLL_S = 0.5
@@ -105,6 +110,8 @@ class Worker:
         self.admission = Admission(app, lease_s=lease_s)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
+        self.health = BrokerHealth(logger, probe=lambda: self.broker.next_due(self.queues))
+        self._lost: set[str] = set()  # jobs whose lost lease was reported
 
     @property
     def broker(self) -> Broker:
@@ -132,16 +139,19 @@ class Worker:
             self.concurrency,
             extra={"action": "worker_started", "worker_id": self.id},
         )
-        side_tasks = [
-            asyncio.create_task(self._every(self.lease_s / 3, self.extend_leases), name="leases"),
-            asyncio.create_task(self._every(self.lease_s / 3, self._heartbeat), name="heartbeat"),
-            asyncio.create_task(self._every(self.sweep_s, self.broker.sweep), name="sweeper"),
-            asyncio.create_task(self._every(CANCEL_POLL_S, self.check_cancels), name="cancels"),
-            asyncio.create_task(self._every(OUTBOX_S, self.drain_outbox), name="outbox"),
+        loops: list[tuple[str, float, Callable[[], Awaitable[object]]]] = [
+            ("extend", self.lease_s / 3, self.extend_leases),
+            ("heartbeat", self.lease_s / 3, self._heartbeat),
+            ("sweep", self.sweep_s, self.broker.sweep),
+            ("cancel check", CANCEL_POLL_S, self.check_cancels),
+            ("outbox drain", OUTBOX_S, self.drain_outbox),
         ]
         if self.scheduler is not None:
-            tick = self.scheduler.tick
-            side_tasks.append(asyncio.create_task(self._every(MAX_SLEEP_S, tick), name="scheduler"))
+            loops.append(("scheduler tick", MAX_SLEEP_S, self.scheduler.tick))
+        side_tasks = [
+            asyncio.create_task(self.health.every(what, period, action, self._stopping), name=what)
+            for what, period, action in loops
+        ]
         fetcher = asyncio.create_task(self._fetch_loop(), name="fetch")
         try:
             done, _ = await asyncio.wait(
@@ -208,19 +218,29 @@ class Worker:
     # -- fetch loop --------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
+        attempts = Attempts()
         while not self._stopping.is_set():
             try:
-                reserved = await self.tick()
-            except Exception:
-                logger.exception("reserve failed; retrying in %.1f s", ERROR_BACKOFF_S)
-                await self._sleep(ERROR_BACKOFF_S)
-                continue
+                if attempts.failures:  # first our own leases, which a reserve could
+                    await self.extend_leases()  # take back if they lapsed meanwhile
+                await self._fetch()
+            except Exception as exc:
+                self.health.failed("reserve", exc)
+                await self.health.pause(attempts.next_delay(), self._stopping)
+            else:
+                attempts.reset()
+                await self.health.succeeded()
+
+    async def _fetch(self) -> None:
+        """One turn of the fetch loop: reserve, then wait for a free slot, or for work
+        when there was none (every broker call of the turn may raise)."""
+        reserved = await self.tick()
+        if self._full():
+            self._capacity.clear()
             if self._full():
-                self._capacity.clear()
-                if self._full():
-                    await self._capacity.wait()
-            elif reserved == 0:
-                await self._idle_wait()
+                await self._capacity.wait()
+        elif reserved == 0:
+            await self._idle_wait()
 
     def _full(self) -> bool:
         return len(self._running) + len(self._buffer) >= self.concurrency + self.prefetch
@@ -238,10 +258,6 @@ class Worker:
             waiter.cancel()
             stopper.cancel()
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
     def _start_buffered(self) -> None:
         while self._buffer and len(self._running) < self.concurrency:
             lease = self._buffer.popleft()
@@ -257,6 +273,7 @@ class Worker:
                 await self._settle(lease, outcome)
         finally:
             self._running.pop(lease.job_id, None)
+            self._lost.discard(lease.job_id)
             await self._release_slot(lease.job_id)
             self.processed += ran
             if not self._stopping.is_set():
@@ -269,7 +286,7 @@ class Worker:
         if not self.admission.active:
             return True
         try:
-            verdict = await self.admission.admit(lease)
+            verdict = await self.health.retry("flow limits", lambda: self.admission.admit(lease))
         except LeaseLost:
             return False
         except Exception:
@@ -289,22 +306,25 @@ class Worker:
         slot = held[0]
         try:
             await self.broker.release_slot(slot, job_id)
+        except BrokerUnavailable as exc:
+            self.health.failed("slot release", exc)  # the slot frees when its TTL ends
         except Exception:
             logger.exception("job %s: its slot of %s frees when its TTL ends", job_id, slot)
 
     async def _settle(self, lease: Lease, outcome: Outcome) -> None:
-        """Apply an outcome to the broker; a lost lease is logged, not raised."""
+        """Apply an outcome to the broker, retried while the broker is unavailable (the
+        lease is extended meanwhile); a lost lease is logged, not raised."""
         task_name = outcome.envelope.task if outcome.envelope else "?"
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
-        try:
+
+        async def settle() -> None:
             await follow_up(self.app, lease, outcome)
             await self._apply(lease, outcome, task_name, extra)
+
+        try:
+            await self.health.retry("recording an outcome", settle)
         except LeaseLost:
-            logger.warning(
-                "job %s: lease lost before it was settled; it may run again elsewhere",
-                lease.job_id,
-                extra={"action": "lease_lost", **extra},
-            )
+            await self._lease_lost(lease, "before its outcome was recorded")
         except Exception:
             logger.exception(
                 "job %s: could not record its outcome; it runs again once its lease lapses",
@@ -362,31 +382,44 @@ class Worker:
             if self.executor.cancel(job_id):
                 logger.info("job %s: cancel requested; stopping it", job_id)
 
-    async def _every(self, period_s: float, action: object) -> None:
-        assert callable(action)
-        while not self._stopping.is_set():
-            try:
-                await action()
-            except Exception:
-                logger.exception("periodic %s failed", getattr(action, "__name__", action))
-            await self._sleep(period_s)
-
     async def extend_leases(self) -> None:
-        """Heartbeat: push every held lease's deadline forward."""
+        """Heartbeat: push every held lease's deadline forward. A lease the broker
+        refuses is reported only if the job may really run twice (see `_lease_lost`)."""
         held = [lease for lease, _ in self._running.values()] + list(self._buffer)
         if not held:
             return
         if self._slots:
             await self._renew_slots()
         for lease, ok in zip(held, await self.broker.extend(held, self.lease_s), strict=True):
-            if not ok:
-                logger.warning(
-                    "job %s: lease lost; it may run twice",
-                    lease.job_id,
-                    extra={"action": "lease_lost", "job_id": lease.job_id},
-                )
-                with contextlib.suppress(ValueError):
-                    self._buffer.remove(lease)
+            if ok:
+                continue
+            if lease in self._buffer:  # not started here: dropping it is all it takes
+                self._buffer.remove(lease)
+                logger.debug("job %s: reserved but taken back before it started", lease.job_id)
+            elif (entry := self._running.get(lease.job_id)) is not None and entry[0] is lease:
+                await self._lease_lost(lease, "while it runs")
+
+    async def _lease_lost(self, lease: Lease, when: str) -> None:
+        """Warn that a job may run twice, once per job, if it may: the broker refusing
+        a lease is not proof (the job's own outcome may have landed first, or a retried
+        outcome's first try), so the job's record decides (`lease_fate`)."""
+        if lease.job_id in self._lost:
+            return
+        try:
+            fate: str | None = await lease_fate(self.broker, lease)
+        except Exception:
+            fate = "the broker no longer holds its lease"
+        if fate is None:
+            logger.debug("job %s: lease refused, but it ended under that lease", lease.job_id)
+            return
+        self._lost.add(lease.job_id)
+        logger.warning(
+            "job %s: lease lost %s (%s); it may run twice",
+            lease.job_id,
+            when,
+            fate,
+            extra={"action": "lease_lost", "job_id": lease.job_id, "attempt": lease.attempt},
+        )
 
     async def _renew_slots(self) -> None:
         """Push the TTL of every held concurrency slot forward, with the leases."""
@@ -399,8 +432,12 @@ class Worker:
             return_exceptions=True,
         )
         for (job_id, (key, _)), ok in zip(slots, renewed, strict=True):
-            if ok is not True:
-                logger.warning("job %s: its slot of %s could not be renewed", job_id, key)
+            if isinstance(ok, BrokerUnavailable):
+                self.health.failed("slot renewal", ok)
+            elif isinstance(ok, BaseException):
+                logger.error("job %s: slot %s not renewed", job_id, key, exc_info=ok)
+            elif not ok:
+                logger.warning("job %s: its slot of %s was lost", job_id, key)
 
     async def _heartbeat(self) -> None:
         info = WorkerInfo(

@@ -27,6 +27,7 @@ the sync producer's portal loop each get their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -109,6 +110,14 @@ def parse_url(url: str) -> Settings:
 class _LoopState:
     pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]
     listener: Listener
+    checking: asyncio.Task[None] | None = None
+
+    def recheck(self) -> None:
+        """After a lost connection, test the pool's idle connections in the background
+        and replace the dead ones: a failover, a proxy restart or a mass termination
+        cuts them all, and each would otherwise fail one call of its own."""
+        if self.checking is None or self.checking.done():
+            self.checking = asyncio.get_running_loop().create_task(_check(self.pool))
 
 
 class PostgresBroker(Broker):
@@ -179,7 +188,8 @@ class PostgresBroker(Broker):
         try:
             async with state.pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            state.recheck()
             raise _unavailable(exc) from exc
         except psycopg.Error as exc:
             raise BrokerError(f"PostgreSQL error: {exc}") from exc
@@ -543,8 +553,17 @@ async def _close_state(opening: asyncio.Task[_LoopState]) -> None:
         state = await opening
     except BaseException:
         return  # never opened: nothing to close
+    if state.checking is not None:
+        state.checking.cancel()
+        with contextlib.suppress(BaseException):
+            await state.checking
     await state.listener.close()
     await state.pool.close()
+
+
+async def _check(pool: AsyncConnectionPool[Any]) -> None:
+    with contextlib.suppress(Exception):  # a closed pool, or the server still away
+        await pool.check()
 
 
 def _unavailable(exc: Exception) -> BrokerUnavailable:

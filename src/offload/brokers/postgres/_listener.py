@@ -24,15 +24,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection, sql
+
+from offload._health import Attempts
 
 __all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
-
-#: Pause before reconnecting a lost listening connection, in seconds.
-RECONNECT_S = 1.0
 
 
 class Listener:
@@ -60,6 +58,7 @@ class Listener:
         self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._marks: dict[tuple[str, ...], int] = {}
+        self._attempts = Attempts()  # reconnections (waiters poll meanwhile)
 
     async def start(self, timeout_s: float = 5.0) -> None:
         """Start listening (once) and wait until LISTEN has taken effect, so that no
@@ -117,26 +116,31 @@ class Listener:
                 event.set()
 
     async def _run(self) -> None:
+        """Listen, and reconnect with backoff whenever the connection is lost. The loss
+        is logged once (at info: the worker's own calls report an outage), the failed
+        attempts to reconnect at debug level."""
         while True:
             try:
                 await self._listen()
-            except psycopg.Error as exc:
-                logger.warning(
-                    "postgres listener lost its connection: %s; reconnecting",
-                    exc,
+            except Exception as exc:
+                logger.log(
+                    logging.INFO if self._attempts.failures == 0 else logging.DEBUG,
+                    "postgres listener lost its connection (%s); reconnecting",
+                    " ".join(str(exc).split()),
                     extra={"action": "postgres_listener_lost"},
                 )
             self._listening.clear()
             self._ends_listening.clear()
             self._wake(None)  # notifications may have been missed: let waiters look
             self._on_ends(None)
-            await asyncio.sleep(RECONNECT_S)
+            await asyncio.sleep(self._attempts.next_delay())
 
     async def _listen(self) -> None:
         conn = await AsyncConnection.connect(self._conninfo, autocommit=True)
         try:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
             self._listening.set()
+            self._attempts.reset()
             while not self._ends_wanted:
                 await self._read_until_ends_asked(conn)
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._ends_channel)))

@@ -1,0 +1,195 @@
+"""Broker outages as one signal: a warning when the broker goes away, capped
+exponential backoff with jitter while it is away, a line when it is back.
+
+A worker calls its broker from several loops at once (fetch, leases, heartbeat, sweep,
+cancel checks, outbox, scheduler, and each job's settlement). When the broker goes
+away (a restart, a failover, a connection cut by a proxy) every one of them fails, and
+each logging its own traceback every second buries the one fact that matters. So the
+loops of one process share one `BrokerHealth`. A `BrokerUnavailable` marks the broker
+down; if a call still fails a moment later (`BLIP_S`), one warning says so (every
+failure is logged at debug level), and the first call that succeeds again logs how
+long it was away. Failures that end within the moment (the calls in flight on
+connections that a proxy, an idle timeout or a failover cut, which the pool then
+replaced) are one info line, not an outage. Each loop
+keeps its own `Attempts`, so its retries spread out (and workers do not reconnect in
+lockstep), and sleeps in `pause`, which a recovery seen by any other loop cuts short.
+
+Errors other than `BrokerUnavailable` are not an outage: each is logged with its
+traceback, as a bug or a bad record should be, but still retried with backoff rather
+than in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from offload.errors import BrokerUnavailable
+from offload.job import Backoff
+from offload.retry import backoff_delay
+
+__all__ = ["Attempts", "BrokerHealth"]
+
+T = TypeVar("T")
+
+#: The retry delays of a loop while the broker is unavailable: capped exponential with
+#: full jitter (`offload.retry.backoff_delay`, as for job retries). The cap is how late
+#: a loop may notice the broker is back, unless another loop notices first (which
+#: wakes it).
+RECONNECT = Backoff(base_s=0.2, cap_s=5.0, jitter=True)
+#: Failures within this many seconds of the first are one event (the calls in flight
+#: when connections were cut); a failure later than that is an outage.
+BLIP_S = 0.05
+
+
+class Attempts:
+    """One loop's consecutive failures, and the delay before its next try."""
+
+    def __init__(self, policy: Backoff = RECONNECT) -> None:
+        self.policy = policy
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next try; counts one more failure."""
+        self.failures += 1
+        return backoff_delay(self.policy, self.failures)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class BrokerHealth:
+    """Whether this process reaches its broker, as all of its loops see it.
+
+    Args:
+        log: where the outage and the recovery are reported.
+        probe: a cheap broker call. A loop whose action succeeded while the broker is
+            down may not have called the broker at all (nothing to extend, no tick
+            due), so recovery is declared only by a call that certainly did: this one.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        probe: Callable[[], Awaitable[object]],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._probe = probe
+        self._monotonic = monotonic
+        self._down_since: float | None = None
+        self._first_error = ""
+        self._warned = False
+        self._failed_calls = 0
+        self._back = asyncio.Event()
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Record that a call (`what`, e.g. "reserve") raised `exc`."""
+        if not isinstance(exc, BrokerUnavailable):
+            self._log.error("%s failed", what, exc_info=exc, extra={"action": "broker_error"})
+            return
+        self._log.debug("%s failed: %s", what, exc)
+        if self._down_since is None:
+            self._down_since = self._monotonic()
+            self._first_error = f"{what} failed: {exc}"
+            self._warned = False
+            self._failed_calls = 1
+            self._back = asyncio.Event()
+            return
+        self._failed_calls += 1
+        if not self._warned and self._monotonic() - self._down_since >= BLIP_S:
+            self._warned = True
+            self._log.warning(
+                "broker unavailable (%s); retrying with backoff until it is back",
+                self._first_error,
+                extra={"action": "broker_unavailable"},
+            )
+
+    async def succeeded(self) -> None:
+        """Record that a loop's action completed: if the broker was down, confirm with
+        the probe that it is back (and say so once)."""
+        if self._down_since is None:
+            return
+        try:
+            await self._probe()
+        except Exception as exc:
+            self.failed("probe", exc)
+            return
+        if self._down_since is None:
+            return  # another loop said so first
+        if self._warned:
+            self._log.info(
+                "broker reachable again after %.1f s (%d calls failed meanwhile)",
+                self._monotonic() - self._down_since,
+                self._failed_calls,
+                extra={"action": "broker_reachable"},
+            )
+        else:
+            self._log.info(
+                "a broker connection was lost (%s); reconnected",
+                self._first_error,
+                extra={"action": "broker_reconnected"},
+            )
+        self._down_since = None
+        self._back.set()
+
+    async def pause(self, seconds: float, stopping: asyncio.Event | None = None) -> None:
+        """Sleep `seconds`, or less: until `stopping` is set, or, while the broker is
+        down, until another loop finds it back."""
+        events = [stopping] if stopping is not None else []
+        if self._down_since is not None:
+            events.append(self._back)
+        if not events:
+            await asyncio.sleep(seconds)
+            return
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def every(
+        self,
+        what: str,
+        period_s: float | Callable[[], float],
+        action: Callable[[], Awaitable[object]],
+        stopping: asyncio.Event,
+    ) -> None:
+        """Run `action` every `period_s` (or the seconds it returns) until `stopping`;
+        a failure is recorded and retried after a backoff instead."""
+        attempts = Attempts()
+        while not stopping.is_set():
+            try:
+                await action()
+            except Exception as exc:
+                self.failed(what, exc)
+                delay = attempts.next_delay()
+            else:
+                attempts.reset()
+                await self.succeeded()
+                delay = period_s if isinstance(period_s, float | int) else period_s()
+            await self.pause(delay, stopping)
+
+    async def retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Await `call()` until it does not raise `BrokerUnavailable` (with backoff in
+        between); any other exception is raised. For a step that must happen, such as
+        recording a job's outcome, rather than one a loop will try again anyway."""
+        attempts = Attempts()
+        while True:
+            try:
+                result = await call()
+            except BrokerUnavailable as exc:
+                self.failed(what, exc)
+                await self.pause(attempts.next_delay())
+                continue
+            await self.succeeded()
+            return result
