@@ -9,18 +9,24 @@ Only the test's own server and the worker's own backends (selected by an
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from offload import JobState, Offload
+from offload import JobState, Offload, Worker
+from offload.brokers import from_url
+from offload.brokers.base import Broker
+from offload.errors import BrokerUnavailable
+from tests.conformance.helpers import enqueue_one
 from tests.redis_cluster import RedisProcess
 
 APP_SOURCE = textwrap.dedent(
@@ -40,7 +46,7 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-class Worker:
+class WorkerProcess:
     """One `offload worker` subprocess of the app above, its log in a file."""
 
     def __init__(self, tmp_path: Path, url: str, *args: str) -> None:
@@ -120,7 +126,7 @@ def test_postgres_worker_survives_its_backends_being_terminated_again_and_again(
     name = f"offload-test-{uuid.uuid4().hex[:12]}"
     app = Offload(postgres_url)  # the test's own connections keep the default name
     url = f"{postgres_url}&application_name={name}"
-    worker = Worker(tmp_path, url, "-c", "4", "--poll", "0.05")
+    worker = WorkerProcess(tmp_path, url, "-c", "4", "--poll", "0.05")
     try:
         total, terminated = 0, 0
         for round_ in range(6):
@@ -174,7 +180,7 @@ def test_redis_outage_is_one_warning_and_one_reconnected_line_and_no_job_runs_tw
 ) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}"
     app = Offload(url)
-    worker = Worker(tmp_path, url, "-c", "4", "--lease", "30")
+    worker = WorkerProcess(tmp_path, url, "-c", "4", "--lease", "30")
     try:
         jobs = [(f"j{i}", 0.3) for i in range(40)]
         app.options("work").enqueue_many(jobs)
@@ -196,3 +202,148 @@ def test_redis_outage_is_one_warning_and_one_reconnected_line_and_no_job_runs_tw
     finally:
         worker.stop()
         app.close()
+
+
+# -- push wake-ups come back -------------------------------------------------------------
+
+
+async def woken_within(waiter: Broker, producer: Broker, timeout_s: float = 10.0) -> float:
+    """Seconds from an enqueue by `producer` to the end of `waiter.wait` (which gives
+    up after `timeout_s`)."""
+    waiting = asyncio.create_task(waiter.wait(["default"], timeout_s))
+    await asyncio.sleep(0.05)
+    start = time.monotonic()
+    await enqueue_one(producer)
+    await waiting
+    return time.monotonic() - start
+
+
+async def settled_wakeup(waiter: Broker, producer: Broker) -> float:
+    """The wake-up latency once the listener had time to come back (a wait right after
+    the loss may be woken at once, spuriously, by the reconnection itself). Well under
+    the wait's 10 s if a push woke it, however loaded the machine."""
+    await asyncio.sleep(1.0)
+    await waiter.wait(["default"], 0.5)
+    return await woken_within(waiter, producer)
+
+
+async def test_postgres_listener_comes_back_after_its_backend_is_terminated(
+    postgres_dsn: str, postgres_url: str
+) -> None:
+    name = f"offload-test-{uuid.uuid4().hex[:12]}"
+    waiter, producer = from_url(f"{postgres_url}&application_name={name}"), from_url(postgres_url)
+    async with waiter, producer:
+        assert await woken_within(waiter, producer) < 3.0
+        assert terminate_backends(postgres_dsn, name, "LISTEN") >= 1
+        assert await settled_wakeup(waiter, producer) < 3.0
+
+
+async def test_redis_wakeups_come_back_after_redis_restarts(own_redis: RedisProcess) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}"
+    waiter, producer = from_url(url), from_url(url)
+    async with waiter, producer:
+        assert await woken_within(waiter, producer) < 3.0
+        own_redis.stop()
+        await waiter.wait(["default"], 0.2)  # returns: there is nothing to listen to
+        own_redis.start()
+        await enqueue_one(producer)  # the producer's stale connection is retried once
+        assert await settled_wakeup(waiter, producer) < 3.0
+
+
+async def test_worker_on_redis_cluster_comes_back_after_every_node_restarts(
+    tmp_path: Path, redis_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.redis_cluster import start_cluster
+
+    with start_cluster(tmp_path, masters=3) as cluster:
+        app = Offload(f"redis://127.0.0.1:{cluster.ports[0]}?cluster=true")
+        done: list[int] = []
+
+        @app.task(name="record")
+        async def record(n: int) -> None:
+            done.append(n)
+
+        worker = Worker(app, poll_s=0.1, lease_s=5)
+        running = asyncio.create_task(worker.run())
+        try:
+            await record.enqueue_async(1)
+            await async_wait_for(lambda: done == [1])
+            with caplog.at_level(logging.INFO, logger="offload"):
+                for node in cluster.nodes:
+                    node.stop()
+                await asyncio.sleep(3)  # every loop of the worker fails meanwhile
+                assert not running.done(), "the worker stopped during the outage"
+                for node in cluster.nodes:
+                    node.start()  # empty again (no persistence), same cluster config
+                await enqueue_when_back(lambda: record.enqueue_async(2))
+                await async_wait_for(lambda: done == [1, 2], timeout_s=30)
+                await async_wait_for(lambda: "reachable again" in caplog.text, timeout_s=30)
+            ours = [r for r in caplog.records if r.name.startswith("offload")]
+            loud = [r.getMessage() for r in ours if r.levelno >= logging.WARNING or r.exc_info]
+            assert len(loud) == 1 and "broker unavailable" in loud[0], loud
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+            await app.aclose()
+
+
+async def enqueue_when_back(enqueue: Callable[[], Awaitable[object]]) -> None:
+    """A producer gets `BrokerUnavailable` until the cluster agrees again: retry."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await enqueue()
+            return
+        except BrokerUnavailable:
+            assert time.monotonic() < deadline, "the cluster did not come back"
+            await asyncio.sleep(0.1)
+
+
+async def async_wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_worker_on_sqlite_rides_out_a_long_write_lock_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from offload.brokers.sqlite import _connection
+
+    monkeypatch.setattr(_connection, "BUSY_TIMEOUT_S", 0.3)  # a lock outlives it sooner
+    path = tmp_path / "broker.db"
+    app = Offload(f"sqlite:///{path}")
+    runs: list[int] = []
+
+    @app.task(name="record")
+    async def record(n: int) -> None:
+        runs.append(n)
+        await asyncio.sleep(0.5)
+
+    worker = Worker(app, poll_s=0.05, lease_s=1.5, concurrency=4)
+    running = asyncio.create_task(worker.run())
+    try:
+        await record.enqueue_many_async([(n,) for n in range(4)])
+        await async_wait_for(lambda: len(runs) == 4)
+        with caplog.at_level(logging.INFO, logger="offload"):
+            locker = sqlite3.connect(path, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")  # another writer holds the file: 2.5 s
+            await asyncio.sleep(2.5)
+            assert not running.done(), "the worker stopped during the outage"
+            locker.execute("COMMIT")
+            locker.close()
+            await record.enqueue_async(4)
+            await async_wait_for(lambda: len(runs) == 5)
+            await async_wait_for(lambda: not worker._running)
+        assert sorted(runs) == [0, 1, 2, 3, 4], "a job ran twice"
+        ours = [r for r in caplog.records if r.name.startswith("offload")]
+        loud = [r.getMessage() for r in ours if r.levelno >= logging.WARNING or r.exc_info]
+        assert len(loud) == 1 and "broker unavailable" in loud[0], loud
+        assert len([r for r in ours if "reachable again" in r.getMessage()]) == 1
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        await app.aclose()

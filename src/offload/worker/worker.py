@@ -110,7 +110,9 @@ class Worker:
         self.admission = Admission(app, lease_s=lease_s)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
-        self.health = BrokerHealth(logger, probe=lambda: self.broker.next_due(self.queues))
+        # The probe writes: a broker that answers reads but refuses writes (a SQLite
+        # file locked by another writer) is not back.
+        self.health = BrokerHealth(logger, probe=self._heartbeat)
         self._lost: set[str] = set()  # jobs whose lost lease was reported
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -48,6 +49,8 @@ logger = logging.getLogger("offload.brokers.redis")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: The module of redis-py's asyncio connections (see `_write_on_closed_connection`).
+_CONNECTION_PY = os.path.join("redis", "asyncio", "connection.py")
 #: Eviction policies that leave our keys alone: none of them has a TTL.
 _SAFE_POLICIES = ("noeviction", "volatile-")
 
@@ -116,6 +119,23 @@ def errors(where: str) -> Iterator[None]:
         raise BrokerError(f"Redis error at {where}: {exc}") from exc
     except OSError as exc:
         raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
+    except (AttributeError, TypeError) as exc:
+        if not _write_on_closed_connection(exc):
+            raise
+        raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc!r}") from exc
+
+
+def _write_on_closed_connection(exc: BaseException) -> bool:
+    """redis-py's asyncio connections (8.1 at least) let a write on a connection that
+    the peer or another task just closed raise the stream writer's AttributeError or
+    TypeError instead of ConnectionError (redis/redis-py#4287): seen while a cluster's
+    nodes restart. True if `exc` was raised inside redis-py's connection code."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(_CONNECTION_PY):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 async def check_eviction_policy(client: Client, where: str) -> str | None:
