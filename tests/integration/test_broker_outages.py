@@ -96,9 +96,15 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) 
         time.sleep(0.05)
 
 
-def succeeded(app: Offload, queue: str = "default") -> int:
-    stats = app.portal.run(app.broker.counts([queue]))[queue].states
-    return stats[JobState.SUCCEEDED]
+def succeeded(url: str, queue: str = "default") -> int:
+    """How many jobs of `queue` succeeded, read on a broker of its own, closed after
+    (so that no connection of this process outlives a server restart)."""
+
+    async def count() -> int:
+        async with from_url(url) as broker:
+            return (await broker.counts([queue]))[queue].states[JobState.SUCCEEDED]
+
+    return asyncio.run(count())
 
 
 # -- PostgreSQL -------------------------------------------------------------------------
@@ -135,7 +141,7 @@ def test_postgres_worker_survives_its_backends_being_terminated_again_and_again(
             total += len(batch)
             time.sleep(0.2)
             terminated += terminate_backends(postgres_dsn, name)  # while it runs jobs
-            wait_for(lambda n=total: succeeded(app) == n or not worker.alive(), "the batch")
+            wait_for(lambda n=total: succeeded(postgres_url) == n or not worker.alive(), "batch")
             assert worker.alive(), worker.text()
             # While it waits idle: the pooled connections take turns, so ending the
             # one that last reserved, or the one that last asked for the next due
@@ -146,7 +152,7 @@ def test_postgres_worker_survives_its_backends_being_terminated_again_and_again(
             time.sleep(0.2)
             assert worker.alive(), worker.text()
         assert terminated >= 6, "no backend was terminated: the test proved nothing"
-        assert succeeded(app) == total
+        assert succeeded(postgres_url) == total
         assert "Traceback" not in worker.text()
     finally:
         worker.stop()
@@ -179,17 +185,18 @@ def test_redis_outage_is_one_warning_and_one_reconnected_line_and_no_job_runs_tw
     tmp_path: Path, own_redis: RedisProcess
 ) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}"
-    app = Offload(url)
     worker = WorkerProcess(tmp_path, url, "-c", "4", "--lease", "30")
     try:
         jobs = [(f"j{i}", 0.3) for i in range(40)]
-        app.options("work").enqueue_many(jobs)
+        producer = Offload(url)  # closed before the kill: no stale sockets in this process
+        producer.options("work").enqueue_many(jobs)
+        producer.close()
         wait_for(lambda: len(worker.runs()) >= 8, "the first jobs")
         own_redis.stop()
         time.sleep(4)  # jobs finish meanwhile, and every loop of the worker fails
         assert worker.alive(), worker.text()
         own_redis.start()
-        wait_for(lambda: succeeded(app) == len(jobs), "every job", timeout_s=90)
+        wait_for(lambda: succeeded(url) == len(jobs), "every job", timeout_s=90)
         assert worker.alive(), worker.text()
         runs = worker.runs()
         assert set(runs) == {tag for tag, _ in jobs}
@@ -201,7 +208,6 @@ def test_redis_outage_is_one_warning_and_one_reconnected_line_and_no_job_runs_tw
         assert len(lines) <= 4, lines
     finally:
         worker.stop()
-        app.close()
 
 
 # -- push wake-ups come back -------------------------------------------------------------
