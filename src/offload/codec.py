@@ -77,8 +77,15 @@ def encode_error(error: ErrorInfo) -> bytes:
     return _encoder.encode(error)
 
 
-def decode_error(data: bytes | str) -> ErrorInfo:
-    return _error_decoder.decode(data)
+def decode_error(data: bytes | str | None) -> ErrorInfo | None:
+    """The stored error record (None if there is none); a corrupt one is reported as
+    `Undecodable`, never raised, so inspection survives garbage in the broker."""
+    if data is None:
+        return None
+    try:
+        return _error_decoder.decode(data)
+    except msgspec.DecodeError:
+        return ErrorInfo("Undecodable", f"stored error is not an ErrorInfo: {data!r:.200}")
 
 
 def envelope_schema() -> dict[str, Any]:

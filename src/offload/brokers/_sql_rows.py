@@ -6,13 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgspec
-
 from offload.brokers.base import JobInfo, QueueStats, WorkerInfo
 from offload.codec import decode_error, decode_value
-from offload.job import ErrorInfo, JobState
+from offload.job import JobState
 
-__all__ = ["blob", "job_info", "queue_stats", "stored_error", "worker_info"]
+__all__ = ["blob", "job_info", "queue_stats", "worker_info"]
 
 
 def blob(value: object) -> bytes:
@@ -25,16 +23,6 @@ def blob(value: object) -> bytes:
     if value is None:
         return b""
     return str(value).encode()
-
-
-def stored_error(value: str | bytes | None) -> ErrorInfo | None:
-    """The stored error record; a corrupt one is reported, not raised."""
-    if value is None:
-        return None
-    try:
-        return decode_error(value)
-    except msgspec.DecodeError:
-        return ErrorInfo("Undecodable", f"stored error is not an ErrorInfo: {value!r:.200}")
 
 
 def job_info(row: Mapping[str, Any]) -> JobInfo:
@@ -55,7 +43,7 @@ def job_info(row: Mapping[str, Any]) -> JobInfo:
         finished_at=row["finished_at"],
         worker_id=row["worker_id"],
         lease_deadline=row["lease_deadline"],
-        error=stored_error(row["error"]),
+        error=decode_error(row["error"]),
         payload=blob(row["payload"]),
         result=None if result is None else blob(result),
         cancel_requested=bool(row["cancel_requested"]),

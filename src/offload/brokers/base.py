@@ -143,6 +143,33 @@ class JobInfo:
     cancel_requested: bool = False
     progress: Any = None  # the last `set_progress` value (decoded JSON); `get_job` only
 
+    @classmethod
+    def undecodable(cls, job_id: str, queue: str, problem: str, payload: bytes) -> JobInfo:
+        """What inspection shows for a job whose stored record a broker cannot read:
+        `dead` with an `Undecodable` error, which is what the broker makes of it as soon
+        as its housekeeping meets it (one bad record costs one job, never a listing)."""
+        return cls(
+            id=job_id,
+            task="?",
+            queue=queue,
+            state=JobState.DEAD,
+            priority=0,
+            attempt=0,
+            max_attempts=None,
+            key=None,
+            created_at=0.0,
+            due_at=0.0,
+            expires_at=None,
+            started_at=None,
+            finished_at=None,
+            worker_id=None,
+            lease_deadline=None,
+            error=ErrorInfo(
+                "Undecodable", f"the broker's record of this job is corrupt: {problem}"
+            ),
+            payload=payload,
+        )
+
     def envelope(self) -> Envelope | None:
         """The decoded envelope, or None if the stored payload is not one."""
         try:

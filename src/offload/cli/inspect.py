@@ -199,9 +199,19 @@ def job_summary(info: JobInfo) -> dict[str, Any]:
         "error": None
         if info.error is None
         else {"type": info.error.type, "message": info.error.message},
-        "result": info.result_value() if info.state is JobState.SUCCEEDED else None,
+        "result": _result(info),
         "progress": info.progress,
     }
+
+
+def _result(info: JobInfo) -> Any:
+    """The decoded result of a succeeded job; a corrupt one is shown, not raised."""
+    if info.state is not JobState.SUCCEEDED:
+        return None
+    try:
+        return info.result_value()
+    except msgspec.DecodeError:
+        return f"<undecodable result: {(info.result or b'')[:200]!r}>"
 
 
 @click.command()

@@ -17,7 +17,7 @@ from offload.brokers._sql_rows import queue_stats
 from offload.brokers.base import JobInfo, Page, QueueStats
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._sql import load_queries
-from offload.codec import decode_value
+from offload.codec import decode_value, encode_value
 from offload.job import JobState, id_floor
 
 if TYPE_CHECKING:
@@ -86,8 +86,10 @@ async def list_jobs(
 
 
 async def workflow_jobs(broker: PostgresBroker, workflow_id: str, limit: int) -> list[JobInfo]:
-    params = {"floor": id_floor(workflow_id), "wf": workflow_id, "limit": limit}
-    return [_rows.job_info(row) for row in await broker._rows("workflow_jobs", params)]
+    needle = b'"workflow_id":' + encode_value(workflow_id)
+    params = {"floor": id_floor(workflow_id), "needle": needle, "limit": limit}
+    infos = [_rows.job_info(row) for row in await broker._rows("workflow_jobs", params)]
+    return [i for i in infos if (e := i.envelope()) is not None and e.workflow_id == workflow_id]
 
 
 async def replay_dead(

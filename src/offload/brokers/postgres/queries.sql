@@ -317,8 +317,11 @@ SELECT id FROM offload_jobs
 
 -- name: workflow_jobs
 -- The id floor bounds the scan to jobs made since the workflow (ids sort by time).
+-- Matched on the envelope's bytes (`"workflow_id":"<id>"`, as offload writes it), not
+-- by parsing them: one corrupt payload must not break the listing. The caller drops
+-- rows whose decoded envelope names another workflow (the text in an argument).
 SELECT * FROM offload_jobs
- WHERE id >= %(floor)s AND convert_from(payload, 'UTF8')::jsonb ->> 'workflow_id' = %(wf)s
+ WHERE id >= %(floor)s AND position(%(needle)s in payload) > 0
  ORDER BY seq LIMIT %(limit)s;
 
 -- name: set_progress

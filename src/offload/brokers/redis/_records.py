@@ -41,7 +41,19 @@ def _float(record: dict[str, Any], field: str) -> float | None:
 def job_info(
     job_id: str, queue: str, raw: bytes, payload: bytes | None, result: bytes | None
 ) -> JobInfo:
-    """The `JobInfo` of one job from its record, payload and result."""
+    """The `JobInfo` of one job from its record, payload and result; a record that
+    cannot be read (garbage, a field missing or of the wrong type) shows as undecodable
+    instead of raising, so one bad record never breaks a listing."""
+    try:
+        return _job_info(job_id, queue, raw, payload, result)
+    except (msgspec.DecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        return JobInfo.undecodable(job_id, queue, problem[:200], payload or b"")
+
+
+def _job_info(
+    job_id: str, queue: str, raw: bytes, payload: bytes | None, result: bytes | None
+) -> JobInfo:
     r: dict[str, Any] = msgspec.msgpack.decode(raw)
     error = r.get("e")
     max_attempts = r.get("m")
@@ -61,7 +73,7 @@ def job_info(
         finished_at=_float(r, "f"),
         worker_id=r.get("w"),
         lease_deadline=_float(r, "dl"),
-        error=None if error is None else decode_error(error),
+        error=decode_error(error),
         payload=payload or b"",
         result=result,
         cancel_requested=bool(r.get("cx")),

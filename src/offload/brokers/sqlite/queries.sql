@@ -252,8 +252,11 @@ SELECT id FROM offload_jobs
 
 -- name: workflow_jobs
 -- The id floor bounds the scan to jobs made since the workflow (ids sort by time).
+-- A payload that is not JSON is skipped (one corrupt row must not break the listing).
 SELECT * FROM offload_jobs
- WHERE id >= :floor AND json_extract(CAST(payload AS TEXT), '$.workflow_id') = :wf
+ WHERE id >= :floor
+   AND CASE WHEN json_valid(CAST(payload AS TEXT))
+       THEN json_extract(CAST(payload AS TEXT), '$.workflow_id') = :wf END
  ORDER BY seq LIMIT :limit;
 
 -- name: set_progress

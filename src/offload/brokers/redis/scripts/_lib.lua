@@ -48,12 +48,77 @@ local function write_all(command, key, pairs)
   end
 end
 
+-- What a record must hold for the scripts to use it. A record that does not (garbage
+-- written over it, a field missing or of the wrong type) must cost one job, never a
+-- script error that would stop every reservation of its queues: `load` reports it and
+-- the housekeeping that meets it buries it (`bury_broken`).
+local STATES = {scheduled = true, queued = true, running = true, succeeded = true,
+  dead = true, expired = true, cancelled = true}
+local NUMBERS = {'p', 'a', 'c', 'd', 'q', 'n'}
+local OPTIONAL_NUMBERS = {'m', 'x', 'st', 'f', 'dl', 'u'}
+local OPTIONAL_STRINGS = {'k', 'w', 't', 'e'}
+-- Bounds that keep the fixed-width members of `ready` and `jobs` fixed-width.
+local LIMITS = {d = 1e12, q = 1e12, n = 1e15}
+
+local function is_number(value)
+  return type(value) == 'number' and value == value and value > -1e300 and value < 1e300
+end
+
+-- Why the unpacked record `r` cannot be used, or nil if it can.
+local function record_problem(r)
+  if type(r) ~= 'table' then
+    return 'not a msgpack map'
+  end
+  if type(r.s) ~= 'string' or not STATES[r.s] then
+    return "field 's' (state) is not a job state"
+  end
+  if type(r.tk) ~= 'string' then
+    return "field 'tk' (task) is not a string"
+  end
+  for _, f in ipairs(NUMBERS) do
+    if not is_number(r[f]) then
+      return "field '" .. f .. "' is not a number"
+    end
+  end
+  for f, bound in pairs(LIMITS) do
+    if r[f] < 0 or r[f] >= bound then
+      return "field '" .. f .. "' is out of range"
+    end
+  end
+  for _, f in ipairs(OPTIONAL_NUMBERS) do
+    if r[f] ~= nil and not is_number(r[f]) then
+      return "field '" .. f .. "' is not a number"
+    end
+  end
+  for _, f in ipairs(OPTIONAL_STRINGS) do
+    if r[f] ~= nil and type(r[f]) ~= 'string' then
+      return "field '" .. f .. "' is not a string"
+    end
+  end
+  if r.s == 'running' and (r.dl == nil or r.t == nil) then
+    return 'a running job without a lease'
+  end
+  if r.s == 'dead' and r.f == nil then
+    return 'a dead job without a finish time'
+  end
+  if (r.s == 'succeeded' or r.s == 'expired' or r.s == 'cancelled') and r.u == nil then
+    return 'a finished job without a purge time'
+  end
+  return nil
+end
+
+-- The job's record, or nil if there is none; nil and the problem if it is unusable.
 local function load(q, id)
   local raw = redis.call('HGET', q.record, id)
   if not raw then
     return nil
   end
-  return cmsgpack.unpack(raw)
+  local ok, r = pcall(cmsgpack.unpack, raw)
+  local problem = ok and record_problem(r) or (not ok and 'not msgpack') or nil
+  if problem then
+    return nil, problem
+  end
+  return r
 end
 
 local function save(q, id, r)
@@ -182,12 +247,43 @@ local function delete(q, id, r)
   end
 end
 
+-- A job whose record is unusable (`load`'s problem) goes to the dead-letter queue
+-- with the reason, under a rebuilt record that keeps what can still be read (task,
+-- attempt, key, priority, times). Its payload is kept, so it can be inspected and,
+-- if it decodes, replayed. Removes it from every zset keyed by id; a caller that found
+-- it in `ready` removes that member itself (the member cannot be rebuilt).
+local function bury_broken(q, id, problem, now)
+  for _, key in ipairs({q.scheduled, q.running, q.expiring, q.succeeded, q.expired,
+      q.cancelled}) do
+    redis.call('ZREM', key, id)
+  end
+  local r = {s = 'dead', tk = '?', p = 0, a = 0, c = now, d = now, q = 0,
+    n = math.floor(now * 1000)}
+  local ok, old = pcall(cmsgpack.unpack, redis.call('HGET', q.record, id) or '')
+  if ok and type(old) == 'table' then
+    for _, f in ipairs({'p', 'a', 'c', 'd', 'q', 'n', 'm'}) do
+      if is_number(old[f]) and (not LIMITS[f] or (old[f] >= 0 and old[f] < LIMITS[f])) then
+        r[f] = old[f]
+      end
+    end
+    for _, f in ipairs({'tk', 'k'}) do
+      if type(old[f]) == 'string' then r[f] = old[f] end
+    end
+    if old.o then r.o = 1 end
+  end
+  r.e = cjson.encode({type = 'Undecodable',
+    message = "the broker's record of this job is corrupt (" .. problem .. ')'})
+  finish(q, id, r, 'dead', now, nil)
+end
+
 -- Expire waiting jobs past `expires_at` (at most `batch`); returns how many.
 local function expire_due(q, now, purge_at, batch)
   local n = 0
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.expiring, '-inf', now, 'LIMIT', 0, batch)) do
-    local r = load(q, id)
-    if r and (r.s == 'queued' or r.s == 'scheduled') then
+    local r, problem = load(q, id)
+    if problem then
+      bury_broken(q, id, problem, now)
+    elseif r and (r.s == 'queued' or r.s == 'scheduled') then
       end_unrun(q, id, r, 'expired', now, purge_at)
       n = n + 1
     else

@@ -18,7 +18,12 @@ for _, member in ipairs(members) do
   out[1] = member
   local id = string.sub(member, 28)
   local raw = redis.call('HGET', q.record, id)
-  if raw and (state == '' or cmsgpack.unpack(raw).s == state) then
+  local r = nil
+  if raw then
+    r = load(q, id)
+  end
+  -- A corrupt record is listed under any filter: inspection shows it as undecodable.
+  if raw and (state == '' or not r or r.s == state) then
     out[#out + 1] = member
     out[#out + 1] = raw
     out[#out + 1] = redis.call('HGET', q.payload, id) or ''

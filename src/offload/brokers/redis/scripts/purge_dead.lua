@@ -16,9 +16,16 @@ else
 end
 local n = 0
 for _, id in ipairs(ids) do
-  local r = load(q, id)
+  local r, problem = load(q, id)
   if r and r.s == 'dead' and (not cutoff or r.f < cutoff) then
     delete(q, id, r)
+    n = n + 1
+  elseif problem and redis.call('ZSCORE', q.dead, id) then
+    -- a corrupt record in the dead-letter queue: forget what can be found by id
+    redis.call('ZREM', q.dead, id)
+    redis.call('HDEL', q.record, id)
+    redis.call('HDEL', q.payload, id)
+    redis.call('HDEL', q.result, id)
     n = n + 1
   end
 end

@@ -19,17 +19,31 @@ local queues = {}
 for g = 1, groups do
   local q = queue_at(g)
   queues[g] = q
+  -- A corrupt record is buried (`bury_broken`), and an entry whose record says another
+  -- state is stale and dropped: one bad record never stops the reservation.
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, batch)) do
-    local r = load(q, id)
-    detach(q, id, r)
-    r.s = 'queued'
-    attach(q, id, r)
+    local r, problem = load(q, id)
+    if problem then
+      bury_broken(q, id, problem, now)
+    elseif r and r.s == 'scheduled' then
+      detach(q, id, r)
+      r.s = 'queued'
+      attach(q, id, r)
+    else
+      redis.call('ZREM', q.scheduled, id)
+    end
   end
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, batch)) do
-    local r = load(q, id)
-    detach(q, id, r)
-    r.s, r.t, r.w, r.dl, r.e = 'queued', nil, nil, nil, lapsed_error
-    attach(q, id, r)
+    local r, problem = load(q, id)
+    if problem then
+      bury_broken(q, id, problem, now)
+    elseif r and r.s == 'running' then
+      detach(q, id, r)
+      r.s, r.t, r.w, r.dl, r.e = 'queued', nil, nil, nil, lapsed_error
+      attach(q, id, r)
+    else
+      redis.call('ZREM', q.running, id)
+    end
   end
   expire_due(q, now, purge_at, batch)
 end
@@ -66,8 +80,11 @@ while taken < limit do
   if not g then break end
   local q = queues[g]
   local id = string.sub(member, 28)
-  local r = load(q, id)
-  if not r then
+  local r, problem = load(q, id)
+  if problem then
+    redis.call('ZREM', q.ready, member)
+    bury_broken(q, id, problem, now)
+  elseif not r or r.s ~= 'queued' then
     redis.call('ZREM', q.ready, member)
   elseif r.x and r.x <= now then
     end_unrun(q, id, r, 'expired', now, purge_at)

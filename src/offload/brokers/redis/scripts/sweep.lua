@@ -9,9 +9,11 @@ local expired = expire_due(q, now, tonumber(ARGV[2]), batch)
 local purged = 0
 for _, state in ipairs({'succeeded', 'expired', 'cancelled'}) do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q[state], '-inf', now, 'LIMIT', 0, batch)) do
-    local r = load(q, id)
+    local r, problem = load(q, id)
     if r then
       delete(q, id, r)
+    elseif problem then
+      bury_broken(q, id, problem, now)
     else
       redis.call('ZREM', q[state], id)
     end
