@@ -13,18 +13,18 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from offload import validation
 from offload._portal import Portal
 from offload._redact import redact_url
 from offload.brokers import from_url
 from offload.brokers.base import Broker, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
-from offload.codec import encode_envelope
 from offload.errors import ConfigurationError, UnknownTask
 from offload.handle import Job
 from offload.job import Backoff, Envelope, new_job_id
 from offload.limits import make_limits
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
-from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions, seconds
+from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions
 
 if TYPE_CHECKING:
     from offload.schedule import Misfire, Overlap, Schedule, ScheduleEntry
@@ -65,7 +65,7 @@ class Offload:
         self.max_queue_depth = _depth(max_queue_depth, "max_queue_depth")
         self.url = url or os.environ.get("OFFLOAD_URL") or DEFAULT_URL
         self.clock: Clock = clock or SystemClock()
-        self.default_queue = queue
+        self.default_queue = validation.queue_name(queue)
         self.broker: Broker = from_url(self.url, clock=self.clock)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, ScheduleEntry] = {}
@@ -152,8 +152,6 @@ class Offload:
         Raises:
             ConfigurationError: a bad option, or the name is already taken.
         """
-        if max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
         flow = functools.partial(
             make_limits,
             rate_limit=rate_limit,
@@ -163,20 +161,20 @@ class Offload:
         )
         max_depth = _depth(max_depth, "max_depth")
         options = TaskOptions(
-            queue=queue or self.default_queue,
-            priority=priority,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            timeout_s=seconds(timeout),
-            expires_s=seconds(expires),
-            result_ttl_s=seconds(result_ttl),
+            queue=self.default_queue if queue is None else validation.queue_name(queue),
+            priority=validation.priority(priority),
+            max_attempts=validation.attempts(max_attempts),
+            backoff=validation.backoff(backoff),
+            timeout_s=validation.duration(timeout, "timeout", positive=True),
+            expires_s=validation.duration(expires, "expires", positive=True),
+            result_ttl_s=validation.duration(result_ttl, "result_ttl"),
             retry=RetryPolicy(retry_on=retry_on, give_up_on=give_up_on),
             max_depth=max_depth,
         )
         flow("?")  # bad options fail here, before a function is given
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            task_name = validation.task_name(name or f"{f.__module__}.{f.__qualname__}")
             if task_name in self.tasks:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
             limits = flow(task_name)
@@ -309,15 +307,16 @@ class Offload:
 
     async def _enqueue_envelopes(self, envelopes: Sequence[Envelope]) -> list[Job]:
         """Enqueue prepared envelopes, of any tasks, in one broker call (workflows)."""
+        items = [validation.checked(e) for e in envelopes]  # all, before any broker call
         broker = await self.connected_broker()
-        items = [(e, encode_envelope(e)) for e in envelopes]
         results = await broker.enqueue(items, max_depth=self.max_queue_depth)
         return [Job(self, r.id, created=r.created) for r in results]
 
     def _items(
         self, name: str, calls: Sequence[Call], overrides: Overrides
     ) -> list[tuple[Envelope, bytes]]:
-        """Checked, encoded envelopes: everything an enqueue sends to the broker."""
+        """Checked, encoded envelopes: everything an enqueue sends to the broker. The
+        whole batch is checked before the broker sees any of it (all or nothing)."""
         task = self.tasks.get(name)
         defaults = task.defaults if task is not None else None
         now = self.clock.now()
@@ -326,7 +325,7 @@ class Offload:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self._envelope(name, call, defaults, call.overrides or overrides, now)
-            items.append((envelope, encode_envelope(envelope)))
+            items.append(validation.checked(envelope))
         return items
 
     def _enqueue_in(
@@ -446,7 +445,4 @@ def _depth(value: int | None, what: str) -> int | None:
 def _key(spec: KeySpec | None, call: Call) -> str | None:
     if spec is None or isinstance(spec, str):
         return spec
-    key = spec(*call.args, **call.kwargs)
-    if not isinstance(key, str):
-        raise ConfigurationError(f"key function returned {type(key).__name__}, not str")
-    return key
+    return validation.job_key(spec(*call.args, **call.kwargs), "the key function's result")

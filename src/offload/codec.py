@@ -41,7 +41,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
     """
     try:
         return _encoder.encode(envelope)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise SerializationError(
             _describe_bad_argument(envelope.task, envelope.args, envelope.kwargs, exc)
         ) from exc
@@ -65,7 +65,7 @@ def encode_value(value: Any, *, what: str = "value") -> bytes:
     """
     try:
         return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise SerializationError(f"{what} is not JSON-serializable: {exc}") from exc
 
 
@@ -134,7 +134,7 @@ def _describe_bad_argument(
 def _encode_problem(value: Any) -> str | None:
     try:
         _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         return str(exc)
     return None
 

@@ -157,7 +157,9 @@ class Retry(JobControl):
     """
 
     def __init__(self, delay: float | timedelta | None = None, reason: str = "") -> None:
-        self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        from offload.validation import duration  # validation raises the errors defined here
+
+        self.delay = duration(delay, "Retry delay")  # NaN, inf, negative: ConfigurationError
         self.reason = reason
         super().__init__(reason or "retry requested")
 

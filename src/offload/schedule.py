@@ -296,7 +296,7 @@ def make_entry(
     grace: float | timedelta = 60.0,
 ) -> ScheduleEntry:
     """Validate a declaration (see `Offload.schedule`) and build its entry."""
-    from offload.codec import encode_value
+    from offload import validation
 
     name = task if isinstance(task, str) else task.name
     if not isinstance(schedule, Schedule):
@@ -308,15 +308,14 @@ def make_entry(
     grace_s = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
     if grace_s < 0:
         raise ConfigurationError(f"grace must not be negative, got {grace}")
-    entry_id = id or name
+    entry_id = validation.task_name(id or name, "schedule id")
     if ":" in entry_id:
         raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")
     kw = dict(kwargs or {})
     registered = app.tasks.get(name)
     if registered is not None:
         registered.check_arguments(tuple(args), kw)
-    encode_value(list(args), what=f"args of schedule {entry_id!r}")
-    encode_value(kw, what=f"kwargs of schedule {entry_id!r}")
+    validation.arguments(name, list(args), kw)
     return ScheduleEntry(
         entry_id, name, schedule, tuple(args), kw, overlap, misfire, max_catch_up, grace_s
     )

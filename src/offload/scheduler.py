@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from offload import validation
 from offload._health import BrokerHealth
-from offload.codec import encode_envelope
 from offload.job import ACTIVE_STATES
 from offload.schedule import ScheduleEntry, utc_iso
 from offload.task import Call, make_overrides
@@ -317,7 +317,7 @@ class Scheduler:
         own_ttl = defaults.result_ttl_s if defaults is not None else None
         ttl_s = max(own_ttl or broker.retention_s, keep_s)
         envelope = msgspec.structs.replace(envelope, result_ttl_s=ttl_s)
-        [result] = await broker.enqueue([(envelope, encode_envelope(envelope))])
+        [result] = await broker.enqueue([validation.checked(envelope)])
         return result.id, result.created
 
 

@@ -23,20 +23,13 @@ if TYPE_CHECKING:
     from offload.handle import Job
     from offload.limits import Limits
 
-__all__ = ["Call", "Enqueuer", "Overrides", "Task", "TaskOptions", "seconds"]
+__all__ = ["Call", "Enqueuer", "Overrides", "Task", "TaskOptions", "make_overrides"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 #: A key may be given as a string, or computed from each call's arguments.
 KeySpec = str | Callable[..., str]
-
-
-def seconds(value: float | timedelta | None) -> float | None:
-    """Normalise a public duration (seconds or timedelta) to float seconds."""
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,29 +100,37 @@ def make_overrides(
     timeout: float | timedelta | None = None,
     backoff: Backoff | None = None,
 ) -> Overrides:
-    """Validate and normalise the public enqueue options."""
+    """Validate and normalise the public enqueue options (rules: `offload.validation`).
+
+    Raises:
+        ConfigurationError: an option is out of bounds; the message names it.
+    """
+    from offload import validation as v
     from offload.errors import ConfigurationError
 
     if delay is not None and at is not None:
         raise ConfigurationError("give either delay= or at=, not both")
-    if max_attempts is not None and max_attempts < 1:
-        raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
-    if priority is not None and (type(priority) is not int):
-        raise ConfigurationError(f"priority must be an int, got {priority!r}")
-    if queue is not None and (not isinstance(queue, str) or not queue):
-        raise ConfigurationError(f"queue must be a non-empty string, got {queue!r}")
+    if isinstance(expires, datetime):
+        expires_at: float | None = v.timestamp(expires.timestamp(), "expires")
+        expires_s = None
+    else:
+        expires_at, expires_s = None, v.duration(expires, "expires", positive=True)
     return Overrides(
-        delay_s=seconds(delay),
-        at=at.timestamp() if isinstance(at, datetime) else at,
-        priority=priority,
-        queue=queue,
-        key=key,
-        expires_at=expires.timestamp() if isinstance(expires, datetime) else None,
-        expires_s=None if isinstance(expires, datetime) else seconds(expires),
-        max_attempts=max_attempts,
-        timeout_s=seconds(timeout),
-        backoff=backoff,
+        delay_s=v.duration(delay, "delay"),
+        at=None if at is None else v.timestamp(_unix(at), "at"),
+        priority=None if priority is None else v.priority(priority),
+        queue=None if queue is None else v.queue_name(queue),
+        key=key if key is None or callable(key) else v.job_key(key),
+        expires_at=expires_at,
+        expires_s=expires_s,
+        max_attempts=None if max_attempts is None else v.attempts(max_attempts),
+        timeout_s=v.duration(timeout, "timeout", positive=True),
+        backoff=None if backoff is None else v.backoff(backoff),
     )
+
+
+def _unix(at: datetime | float) -> float:
+    return at.timestamp() if isinstance(at, datetime) else at
 
 
 class Enqueuer(Generic[P]):

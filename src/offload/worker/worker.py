@@ -28,9 +28,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from offload import validation
 from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Ack, Lease, WorkerInfo
-from offload.errors import BrokerUnavailable, LeaseLost
+from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
@@ -87,8 +88,14 @@ class Worker:
         worker_id: str | None = None,
         scheduler: bool = False,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if type(concurrency) is not int or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if type(prefetch) is not int or prefetch < 0:
+            raise ConfigurationError(f"prefetch must be an int >= 0, got {prefetch!r}")
+        lease_s = validation.seconds(lease_s, "lease", positive=True)
+        grace_s = validation.seconds(grace_s, "grace")
+        poll_s = validation.seconds(poll_s, "poll", positive=True)
+        sweep_s = validation.seconds(sweep_s, "sweep", positive=True)
         self.app = app
         self.queues = list(queues) if queues else app.queues()
         self.concurrency = concurrency

@@ -1,0 +1,286 @@
+"""What a job may carry, checked once at the producer, the same for every broker.
+
+Every producer path (`task.enqueue` and its async and batch twins, `app.enqueue` by
+name, workflows, schedules, `offload enqueue`) normalises its options with the checks
+below and sends each envelope through `checked`, before any broker call; a batch is
+checked whole before its first job is written, so a bad job refuses the batch and
+stores nothing. Brokers differ in what they would accept (PostgreSQL refuses a NUL
+byte, SQLite overflows past 64-bit integers, Redis stores times as doubles), so the
+one rule is the intersection, documented in the README:
+
+- queue names: 1 to 200 printable characters, no comma (the CLI's list separator),
+  no surrounding whitespace; task names: 1 to 1000 printable characters;
+- keys: 1 to 512 characters, no NUL;
+- priority: an int in the signed 32-bit range; max_attempts: 1 to 1,000,000;
+- durations (delay, expires, timeout, result TTL, backoff): finite, not negative
+  (expires and timeout above 0), at most `MAX_DURATION_S`; times (`at`, a datetime
+  `expires`): finite, between the epoch and the end of year 9999;
+- arguments: JSON, without NaN or ±Infinity (JSON has no form for them; msgspec would
+  write `null`), nested at most `MAX_DEPTH` lists/objects deep.
+
+Options raise `ConfigurationError`, arguments `SerializationError`; both name the
+field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from offload.codec import encode_envelope, encode_value
+from offload.errors import ConfigurationError, SerializationError
+from offload.job import Backoff, ChordRef, Envelope, Step
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "MAX_DEPTH",
+    "MAX_DURATION_S",
+    "MAX_KEY_LENGTH",
+    "MAX_QUEUE_LENGTH",
+    "MAX_TASK_LENGTH",
+    "MAX_TIME",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "arguments",
+    "attempts",
+    "backoff",
+    "checked",
+    "duration",
+    "job_key",
+    "priority",
+    "queue_name",
+    "seconds",
+    "task_name",
+    "timestamp",
+]
+
+MAX_QUEUE_LENGTH = 200
+MAX_TASK_LENGTH = 1000
+#: PostgreSQL indexes keys (a b-tree entry holds at most ~2,700 bytes: 512 characters
+#: of up to 4 bytes each fit).
+MAX_KEY_LENGTH = 512
+#: PostgreSQL's `integer`, the narrowest priority column of the brokers.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+MAX_ATTEMPTS = 1_000_000
+#: About 31 years: any delay, expiry, timeout or TTL a job can mean.
+MAX_DURATION_S = 1e9
+#: 9999-12-31T23:59:59Z, the last second every broker and `datetime` can represent.
+MAX_TIME = 253_402_300_799.0
+#: Lists and objects nested deeper than this are refused (the decoders' recursion
+#: limits are near a thousand, and shrink with the stack).
+MAX_DEPTH = 100
+
+
+def queue_name(value: object, what: str = "queue") -> str:
+    """A queue name, or `ConfigurationError` naming `what`."""
+    name = _name(value, what, MAX_QUEUE_LENGTH)
+    if "," in name or name != name.strip():
+        raise ConfigurationError(
+            f"{what} must not contain ',' or start or end with whitespace, got {name!r}"
+        )
+    return name
+
+
+def task_name(value: object, what: str = "task name") -> str:
+    return _name(value, what, MAX_TASK_LENGTH)
+
+
+def job_key(value: object, what: str = "key") -> str:
+    """An idempotency key: 1 to 512 characters, no NUL."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH or "\0" in value:
+        raise ConfigurationError(
+            f"{what} must be a string of 1 to {MAX_KEY_LENGTH} characters without NUL,"
+            f" got {_show(value)}"
+        )
+    return value
+
+
+def priority(value: object, what: str = "priority") -> int:
+    if type(value) is not int or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ConfigurationError(
+            f"{what} must be an int from {PRIORITY_MIN} to {PRIORITY_MAX}, got {_show(value)}"
+        )
+    return value
+
+
+def attempts(value: object, what: str = "max_attempts") -> int:
+    if type(value) is not int or not 1 <= value <= MAX_ATTEMPTS:
+        raise ConfigurationError(
+            f"{what} must be an int from 1 to {MAX_ATTEMPTS}, got {_show(value)}"
+        )
+    return value
+
+
+def duration(value: float | timedelta | None, what: str, *, positive: bool = False) -> float | None:
+    """`seconds`, where None (no such limit) stays None."""
+    return None if value is None else seconds(value, what, positive=positive)
+
+
+def seconds(value: float | timedelta, what: str, *, positive: bool = False) -> float:
+    """Seconds (a number or a timedelta) as a float. Refuses NaN, infinity, negative
+    values (and 0 when `positive`), and more than `MAX_DURATION_S`."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(f"{what} must be seconds or a timedelta, got {_show(value)}")
+    low_ok = seconds > 0 if positive else seconds >= 0
+    if not (math.isfinite(seconds) and low_ok and seconds <= MAX_DURATION_S):
+        low = "above 0" if positive else "0 or more"
+        raise ConfigurationError(
+            f"{what} must be finite seconds, {low} and at most {MAX_DURATION_S:.0f},"
+            f" got {_show(value)}"
+        )
+    return seconds
+
+
+def timestamp(value: object, what: str) -> float:
+    """A Unix time between the epoch and the end of year 9999."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0 <= float(value) <= MAX_TIME:  # type: ignore[arg-type]
+        raise ConfigurationError(
+            f"{what} must be a Unix time from 0 to {MAX_TIME:.0f} (year 9999), got {_show(value)}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def backoff(value: object, what: str = "backoff") -> Backoff:
+    if not isinstance(value, Backoff):
+        raise ConfigurationError(f"{what} must be a Backoff, got {_show(value)}")
+    duration(value.base_s, f"{what}.base_s")
+    duration(value.cap_s, f"{what}.cap_s")
+    return value
+
+
+def checked(envelope: Envelope) -> tuple[Envelope, bytes]:
+    """The envelope and its bytes, after every rule above: the producer's last gate.
+
+    Raises:
+        ConfigurationError: an option (queue, key, priority, times...) is out of bounds.
+        SerializationError: an argument is not JSON, is NaN or infinite, or nests too deep.
+    """
+    _check_options(envelope)
+    try:
+        data = encode_envelope(envelope)
+    except SerializationError as exc:
+        if isinstance(exc.__cause__, RecursionError):
+            _check_payload(envelope)  # names the argument that nests too deep
+        raise
+    # msgspec writes NaN and ±Infinity as null: only a payload holding a null, or more
+    # brackets than the depth limit, needs the (slower) walk through its values.
+    if b"null" in data or data.count(b"[") + data.count(b"{") > MAX_DEPTH:
+        _check_payload(envelope)
+    return envelope, data
+
+
+def arguments(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Check arguments on their own (a schedule's, at its declaration), as `checked`
+    would at each enqueue.
+
+    Raises:
+        SerializationError: an argument is not JSON, is NaN or infinite, or nests too deep.
+    """
+    for label, value in _arguments(f"task {task!r}", args, kwargs):
+        _check_value(value, label, "", 0)
+        encode_value(value, what=label)
+
+
+def _check_options(e: Envelope) -> None:
+    task_name(e.task)
+    queue_name(e.queue)
+    priority(e.priority)
+    if e.key is not None:
+        job_key(e.key)
+    if e.max_attempts is not None:
+        attempts(e.max_attempts)
+    if e.backoff is not None:
+        backoff(e.backoff)
+    if e.not_before is not None:
+        timestamp(e.not_before, "the job's start time (at=, delay=)")
+    if e.expires_at is not None:
+        timestamp(e.expires_at, "the job's expiry time (expires=)")
+    duration(e.timeout_s, "timeout", positive=True)
+    duration(e.result_ttl_s, "result_ttl")
+
+
+def _check_payload(envelope: Envelope) -> None:
+    for label, value in _payloads(envelope):
+        _check_value(value, label, "", 0)
+
+
+def _payloads(envelope: Envelope) -> Iterator[tuple[str, Any]]:
+    """Each argument the envelope carries, with how to name it in an error."""
+    yield from _arguments(f"task {envelope.task!r}", envelope.args, envelope.kwargs)
+    yield from _steps(envelope.then or [])
+    chord: ChordRef | None = envelope.chord
+    while chord is not None:
+        yield from _steps(chord.then)
+        chord = chord.parent
+
+
+def _steps(steps: list[Step]) -> Iterator[tuple[str, Any]]:
+    for step in steps:
+        yield from _arguments(f"workflow step {step.task!r}", step.args, step.kwargs)
+        for branch in step.branches or []:
+            yield from _steps(branch)
+
+
+def _arguments(owner: str, args: list[Any], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for index, arg in enumerate(args):
+        yield f"argument {index} of {owner}", arg
+    for name, arg in kwargs.items():
+        yield f"argument {name!r} of {owner}", arg
+
+
+def _check_value(value: Any, label: str, path: str, depth: int) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(
+                f"{label} holds {value!r}{_at(path)}: NaN and ±Infinity have no JSON form"
+            )
+        return
+    children: Iterator[tuple[str, Any]]
+    if isinstance(value, str | bytes | int | None):
+        return
+    if isinstance(value, dict):
+        children = ((f"[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = ((f"[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, msgspec.Struct):
+        children = ((f".{f}", getattr(value, f)) for f in value.__struct_fields__)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        children = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
+    else:
+        return
+    if depth >= MAX_DEPTH:
+        raise SerializationError(
+            f"{label} nests lists/objects more than {MAX_DEPTH} deep (the limit)"
+        )
+    for suffix, child in children:
+        _check_value(child, label, path + suffix, depth + 1)
+
+
+def _at(path: str) -> str:
+    if not path:
+        return ""
+    return f" at {path if len(path) <= 80 else path[:77] + '...'}"
+
+
+def _name(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= limit or not value.isprintable():
+        raise ConfigurationError(
+            f"{what} must be 1 to {limit} printable characters (no NUL or control"
+            f" characters), got {_show(value)}"
+        )
+    return value
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
