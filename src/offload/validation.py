@@ -186,7 +186,9 @@ def arguments(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     Raises:
         SerializationError: an argument is not JSON, is NaN or infinite, or nests too deep.
     """
-    for label, value in _arguments(f"task {task!r}", args, kwargs):
+    envelope = Envelope(id="", task=task, args=args, kwargs=kwargs)
+    for owner, name, value in _arguments(envelope):
+        label = _label(owner, name)
         _check_value(value, label, "", 0)
         encode_value(value, what=label)
 
@@ -210,13 +212,37 @@ def _check_options(e: Envelope) -> None:
 
 
 def _check_payload(envelope: Envelope) -> None:
-    for label, value in _payloads(envelope):
-        _check_value(value, label, "", 0)
+    for owner, name, value in _payloads(envelope):
+        if not _clean(value, 0):  # then the slow walk that names the spot
+            _check_value(value, _label(owner, name), "", 0)
 
 
-def _payloads(envelope: Envelope) -> Iterator[tuple[str, Any]]:
-    """Each argument the envelope carries, with how to name it in an error."""
-    yield from _arguments(f"task {envelope.task!r}", envelope.args, envelope.kwargs)
+def _clean(value: Any, depth: int) -> bool:
+    """Whether `value` holds no NaN or infinity and nests at most `MAX_DEPTH` deep: the
+    common types by exact type first, since this runs on every payload with a null."""
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list or kind is tuple or kind is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        for item in value.values() if kind is dict else value:
+            if not _clean(item, depth + 1):
+                return False
+        return True
+    try:
+        _check_value(value, "", "", depth)
+    except SerializationError:
+        return False
+    return True
+
+
+def _payloads(envelope: Envelope) -> Iterator[tuple[Envelope | Step, int | str, Any]]:
+    """Each argument the envelope carries, with its owner (the job, a workflow step)
+    and its index or name, from which `_label` names it in an error."""
+    yield from _arguments(envelope)
     yield from _steps(envelope.then or [])
     chord: ChordRef | None = envelope.chord
     while chord is not None:
@@ -224,18 +250,23 @@ def _payloads(envelope: Envelope) -> Iterator[tuple[str, Any]]:
         chord = chord.parent
 
 
-def _steps(steps: list[Step]) -> Iterator[tuple[str, Any]]:
+def _steps(steps: list[Step]) -> Iterator[tuple[Envelope | Step, int | str, Any]]:
     for step in steps:
-        yield from _arguments(f"workflow step {step.task!r}", step.args, step.kwargs)
+        yield from _arguments(step)
         for branch in step.branches or []:
             yield from _steps(branch)
 
 
-def _arguments(owner: str, args: list[Any], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    for index, arg in enumerate(args):
-        yield f"argument {index} of {owner}", arg
-    for name, arg in kwargs.items():
-        yield f"argument {name!r} of {owner}", arg
+def _arguments(owner: Envelope | Step) -> Iterator[tuple[Envelope | Step, int | str, Any]]:
+    for index, arg in enumerate(owner.args):
+        yield owner, index, arg
+    for name, arg in owner.kwargs.items():
+        yield owner, name, arg
+
+
+def _label(owner: Envelope | Step, name: int | str) -> str:
+    which = "task" if isinstance(owner, Envelope) else "workflow step"
+    return f"argument {name if isinstance(name, int) else repr(name)} of {which} {owner.task!r}"
 
 
 def _check_value(value: Any, label: str, path: str, depth: int) -> None:
