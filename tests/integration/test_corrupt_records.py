@@ -194,3 +194,34 @@ def test_cli_shows_a_corrupt_job_instead_of_failing(
     listed = [json.loads(line)["id"] for line in offload("jobs", "--json").stdout.splitlines()]
     assert {good.id, bad.id} <= set(listed)
     assert bad.id in offload("show", bad.id).stdout
+
+
+async def test_sqlite_numbers_overwritten_with_text_do_not_stop_reservation(
+    broker_url: Callable[[str], str],
+) -> None:
+    """SQLite stores text in an INTEGER column; such a row must not fail `reserve`
+    for its queues (it raised TypeError in Python, for every reservation)."""
+    url = broker_url("sqlite")
+    app = Offload(url)
+
+    @app.task(name="a.echo", queue="a")
+    def echo_a(x: int) -> int:
+        return x
+
+    @app.task(name="b.echo", queue="b")
+    def echo_b(x: int) -> int:
+        return x
+
+    try:
+        jobs = [await echo_a.enqueue_async(i) for i in range(3)]
+        jobs += [await echo_b.enqueue_async(i) for i in range(3)]
+        _sql(
+            url,
+            "UPDATE offload_jobs SET attempt = 'x', priority = 'high' WHERE id = %s",
+            jobs[1].id,
+        )
+        _sql(url, "UPDATE offload_jobs SET due_at = 'soon' WHERE id = %s", jobs[4].id)
+        await Worker(app, queues=["a", "b"]).drain()
+        assert [await j.result_async(timeout=10) for j in jobs] == [0, 1, 2, 0, 1, 2]
+    finally:
+        await app.aclose()

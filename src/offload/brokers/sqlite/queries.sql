@@ -30,7 +30,10 @@ RETURNING id, flow;
 
 -- name: ready_in_queue
 -- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
-SELECT seq, id, queue, priority, due_at, attempt, payload
+-- The casts keep a row whose numbers were overwritten with text (SQLite stores what it
+-- is given) from failing the reservation in Python: it costs that job, not the queue.
+SELECT seq, id, queue, CAST(priority AS INTEGER) AS priority, CAST(due_at AS REAL) AS due_at,
+       CAST(attempt AS INTEGER) AS attempt, payload
   FROM offload_jobs INDEXED BY offload_jobs_ready
  WHERE state = 'queued' AND queue = :queue
  ORDER BY priority DESC, due_at, seq
