@@ -10,8 +10,17 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from offload.brokers.base import JobInfo
-from offload.errors import JobCancelled, JobExpired, JobFailed, JobNotFound, ResultTimeout
+from offload.errors import (
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobNotFound,
+    ResultTimeout,
+    SerializationError,
+)
 from offload.job import JobState
 
 if TYPE_CHECKING:
@@ -82,6 +91,7 @@ class Job:
             JobExpired / JobCancelled: it never ran to completion.
             ResultTimeout: still unfinished after `timeout` seconds.
             JobNotFound: unknown or purged.
+            SerializationError: the stored result is not JSON (garbage in the broker).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         broker = await self._app.connected_broker()
@@ -90,7 +100,7 @@ class Job:
         while True:
             info = await self.info_async()
             if info.state is JobState.SUCCEEDED:
-                return info.result_value()
+                return _result_value(info)
             _raise_for_outcome(info)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(self.id, f"job {self.id} still {info.state} after {timeout} s")
@@ -138,6 +148,13 @@ class Job:
 
     def cancel(self) -> bool:
         return self._app.portal.run(self.cancel_async())
+
+
+def _result_value(info: JobInfo) -> Any:
+    try:
+        return info.result_value()
+    except msgspec.DecodeError as exc:  # garbage in the broker: say so, in our terms
+        raise SerializationError(f"the stored result of job {info.id} is not JSON: {exc}") from exc
 
 
 def _raise_for_outcome(info: JobInfo) -> None:
