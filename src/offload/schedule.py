@@ -106,7 +106,7 @@ class Every(Schedule):
         value = interval.total_seconds() if isinstance(interval, timedelta) else interval
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidSchedule(f"Every() takes seconds or a timedelta, got {interval!r}")
-        if value < 1 or value != int(value):
+        if not math.isfinite(value) or value < 1 or value != int(value):
             raise InvalidSchedule(f"Every() needs a whole number of seconds >= 1, got {value}")
         self.interval_s = int(value)
 
@@ -305,9 +305,7 @@ def make_entry(
     _check_choice("misfire", misfire, Misfire)
     if max_catch_up < 1:
         raise ConfigurationError(f"max_catch_up must be at least 1, got {max_catch_up}")
-    grace_s = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
-    if grace_s < 0:
-        raise ConfigurationError(f"grace must not be negative, got {grace}")
+    grace_s = validation.seconds(grace, "grace")
     entry_id = validation.task_name(id or name, "schedule id")
     if ":" in entry_id:
         raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")

@@ -232,6 +232,9 @@ def test_task_declarations_and_workers_refuse_bad_options() -> None:
         (lambda: Worker(app, lease_s=NAN), "lease must be"),
         (lambda: Worker(app, grace_s=-1), "grace must be"),
         (lambda: Retry(delay=NAN), "Retry delay must be"),
+        (lambda: Worker(app, queues=["ok", "a\0"]), "queue must be"),
+        (lambda: app.schedule("t", Every(60), grace=NAN), "grace must be"),
+        (lambda: Every(NAN), "whole number of seconds"),
     ]
     for call, message in bad:
         with pytest.raises((ConfigurationError, SerializationError), match=message):

@@ -97,7 +97,7 @@ class Worker:
         poll_s = validation.seconds(poll_s, "poll", positive=True)
         sweep_s = validation.seconds(sweep_s, "sweep", positive=True)
         self.app = app
-        self.queues = list(queues) if queues else app.queues()
+        self.queues = [validation.queue_name(q) for q in queues] if queues else app.queues()
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.lease_s = lease_s
