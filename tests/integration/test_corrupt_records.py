@@ -137,6 +137,8 @@ async def test_one_corrupt_job_is_buried_and_every_other_job_runs(
         broker = await app.connected_broker()
         listed = (await broker.list_jobs(queue="a", limit=50)).items
         assert bad.id in {info.id for info in listed}
+        queued = (await broker.list_jobs(queue="a", state=before.state, limit=50)).items
+        assert bad.id in {info.id for info in queued}  # listed as what info() says
 
         await Worker(app, queues=["a", "b"], concurrency=4).drain()
 

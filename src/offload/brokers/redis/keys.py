@@ -56,7 +56,9 @@ The record map uses short field names: `s` state, `tk` task, `p` priority, `a` a
 `w` worker, `t` lease token, `dl` lease deadline, `e` error (JSON), `cx` cancel flag,
 `q` sequence, `n` enqueue ms, `u` purge time, `o` workflow job (its envelope has `then`
 or `chord`: an end without a worker goes to the queue's `outbox`). Times are Unix epoch
-seconds (doubles).
+seconds (doubles). A record the scripts cannot use (not msgpack, a field missing or of
+the wrong type: `record_problem` in `scripts/_lib.lua`) is buried as `dead`
+(`Undecodable`) by the housekeeping that meets it, never a script error.
 """
 
 from __future__ import annotations

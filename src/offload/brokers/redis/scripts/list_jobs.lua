@@ -18,12 +18,11 @@ for _, member in ipairs(members) do
   out[1] = member
   local id = string.sub(member, 28)
   local raw = redis.call('HGET', q.record, id)
-  local r = nil
-  if raw then
-    r = load(q, id)
-  end
-  -- A corrupt record is listed under any filter: inspection shows it as undecodable.
-  if raw and (state == '' or not r or r.s == state) then
+  -- A corrupt record is listed as dead: inspection shows it as an undecodable dead
+  -- job, which the broker makes it once its housekeeping reaches it.
+  local r = raw and load(q, id)
+  local s = r and r.s or 'dead'
+  if raw and (state == '' or s == state) then
     out[#out + 1] = member
     out[#out + 1] = raw
     out[#out + 1] = redis.call('HGET', q.payload, id) or ''
