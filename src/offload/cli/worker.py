@@ -1,4 +1,13 @@
-"""`offload worker`: run jobs, in one process or a supervised group of processes."""
+"""`offload worker`: run jobs, in one process or a supervised group of processes.
+
+Signals: the first SIGTERM/SIGINT stops gracefully (`Worker.stop`), the second ends
+the grace period now, a third ends the process at once (leases lapse). The supervisor
+puts each worker in a process group of its own, so a terminal's Ctrl-C reaches the
+workers once, through the supervisor, and is not counted twice.
+
+Recycling (`--max-jobs`, `--max-memory`) needs a supervisor to start the replacement,
+so a single worker with either limit runs supervised too (one child).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import click
 
 from offload.cli import env_twin, load_app, setup_logging
 from offload.worker import Worker
+from offload.worker.recycling import EXIT_RECYCLED
 
 logger = logging.getLogger("offload.cli")
 
@@ -39,6 +49,11 @@ ORPHAN_CHECK_S = 1.0
               help="Seconds running jobs get to finish after SIGTERM.")  # fmt: skip
 @click.option("--poll", default=1.0, type=click.FloatRange(0.001), **env_twin("POLL"),
               help="Longest idle wait between reservations, seconds.")  # fmt: skip
+@click.option("--max-jobs", default=None, type=click.IntRange(1), **env_twin("MAX_JOBS"),
+              help="Replace a worker process once it has taken this many jobs.")  # fmt: skip
+@click.option("--max-memory", default=None, type=click.IntRange(1), **env_twin("MAX_MEMORY"),
+              help="Replace a worker process once its resident memory passes this many MB "
+              "(checked after each job).")  # fmt: skip
 @click.option("--scheduler", "run_scheduler", is_flag=True, **env_twin("SCHEDULER"),
               help="Also enqueue the app's schedules (safe in every worker).")  # fmt: skip
 @click.option("--log-level", default="info", **env_twin("LOG_LEVEL"),
@@ -54,6 +69,8 @@ def worker(
     lease: float,
     grace: float,
     poll: float,
+    max_jobs: int | None,
+    max_memory: int | None,
     run_scheduler: bool,
     log_level: str,
     log_format: str,
@@ -61,10 +78,16 @@ def worker(
     """Run jobs of the app MODULE:APP until SIGTERM or Ctrl-C.
 
     The first signal stops taking jobs, lets running ones finish within --grace and
-    gives the rest back; a second signal ends the grace period at once.
+    gives the rest back; a second signal ends the grace period at once. A sync handler
+    still running then cannot be stopped: the process exits without giving its job
+    back, and the job runs again once its lease lapses. A third signal exits at once.
+
+    --max-jobs / --max-memory: a process past the limit finishes its running jobs and
+    exits, and a fresh one replaces it (with one process, it runs supervised too).
     """
     setup_logging(log_level, log_format)
-    if processes > 1:
+    recycling = max_jobs is not None or max_memory is not None
+    if processes > 1 or (recycling and not _supervised()):
         sys.exit(_supervise(processes))
     app = load_app(app_spec)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
@@ -77,8 +100,13 @@ def worker(
         grace_s=grace,
         poll_s=poll,
         scheduler=run_scheduler,
+        max_jobs=max_jobs,
+        max_memory_mb=max_memory,
+        hard_exit=True,
     )
     asyncio.run(_run(w))
+    if w.recycled:
+        sys.exit(EXIT_RECYCLED)
 
 
 async def _run(w: Worker) -> None:
@@ -87,8 +115,13 @@ async def _run(w: Worker) -> None:
 
     def on_signal(signum: int) -> None:
         signals["count"] += 1
+        name = signal.Signals(signum).name
+        if signals["count"] > 2:  # nothing is given back: the leases lapse
+            logger.warning("%s again: exiting at once", name)
+            _flush_logs()
+            os._exit(128 + signum)
         force = signals["count"] > 1
-        logger.info("%s: %s", signal.Signals(signum).name, "stopping now" if force else "stopping")
+        logger.info("%s: %s", name, "stopping now" if force else "stopping")
         w.stop(force=force)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +132,16 @@ async def _run(w: Worker) -> None:
     finally:
         watchdog.cancel()
         await w.app.aclose()
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def _supervised() -> bool:
+    """Whether this process is a worker started by `_supervise`."""
+    return os.environ.get("OFFLOAD_SUPERVISOR_PID") == str(os.getppid())
 
 
 async def _orphan_watchdog(w: Worker) -> None:
@@ -114,23 +157,28 @@ async def _orphan_watchdog(w: Worker) -> None:
 
 
 def _supervise(count: int) -> int:
-    """Run `count` single-process workers as children; restart any that die; forward
-    SIGTERM/SIGINT to all of them and wait."""
+    """Run `count` single-process workers as children; replace any that recycled
+    itself at once and restart any that died after a pause; pass SIGTERM/SIGINT on to
+    all of them (as SIGTERM) and wait."""
     argv = [sys.executable, "-m", "offload", *sys.argv[1:]]
     env_patch = {"OFFLOAD_PROCESSES": "1", "OFFLOAD_SUPERVISOR_PID": str(os.getpid())}
-    stopping = False
+    signals: list[int] = []
 
     def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*argv, "--processes", "1"], env={**os.environ, **env_patch})
+        child = subprocess.Popen(
+            [*argv, "--processes", "1"], env={**os.environ, **env_patch}, process_group=0
+        )
+        for signum in signals:  # a signal that came while it was starting
+            child.send_signal(signum)
+        return child
 
     children = [spawn() for _ in range(count)]
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        signals.append(signal.SIGTERM)  # a child still starting dies quietly of it
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -140,11 +188,15 @@ def _supervise(count: int) -> int:
             code = child.poll()
             if code is None:
                 alive = True
-            elif not stopping:
-                logger.warning("worker process %d exited with %d; restarting", child.pid, code)
-                time.sleep(RESTART_DELAY_S)
+            elif not signals:
+                if code == EXIT_RECYCLED:
+                    logger.info("worker process %d recycled; starting a new one", child.pid)
+                else:
+                    logger.warning("worker process %d exited with %d; restarting", child.pid, code)
+                    time.sleep(RESTART_DELAY_S)
                 children[i] = spawn()
                 alive = True
-        if not alive:
-            return max((abs(c.returncode or 0) for c in children), default=0)
+        if not alive:  # a recycle, or death by our SIGTERM before it could start, is clean
+            codes = [c.returncode or 0 for c in children]
+            return max(0 if c in (EXIT_RECYCLED, -signal.SIGTERM) else abs(c) for c in codes)
         time.sleep(0.2)

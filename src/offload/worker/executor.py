@@ -11,15 +11,26 @@ completion and its outcome is recorded as usual (the flag stays visible in
 `JobInfo.cancel_requested`). A
 job that cannot be decoded or names an unknown task is buried with that reason; it
 never crashes the worker.
+
+Whatever a handler raises ends its own job only: a `BaseException` such as
+`SystemExit` (`sys.exit()`), `KeyboardInterrupt`, `GeneratorExit` or a class of the
+user's is carried out of the handler as an ordinary failure (`_Escaped`) before asyncio
+or the thread pool can let it take the worker down, and the task's retry policy
+decides (the default `retry_on=(Exception,)` does not retry it). Only a cancellation
+that the worker or `Job.cancel()` caused stays a cancellation.
+
+At shutdown the worker asks which handlers it cannot stop (`in_threads`: sync ones in
+threads) and kills the child processes of the others (`kill_children`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +66,38 @@ class _CancelRequested(Exception):
     """The handler's task was cancelled because its job was cancelled."""
 
 
+class _Escaped(Exception):
+    """A `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`,
+    `GeneratorExit`, ...) raised by a handler, carried as an `Exception` so that it
+    fails its job instead of stopping the event loop or the worker."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+def _contained_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run a sync handler (in a thread); a cancellation it raises is its own (no loop
+    runs here), and would otherwise read as the worker cancelling the job."""
+    try:
+        return fn(*args, **kwargs)
+    except concurrent.futures.CancelledError as exc:
+        raise _Escaped(exc) from None
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise _Escaped(exc) from None
+
+
+async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await coro
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        raise _Escaped(exc) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What to do with a finished attempt: `ack`, `retry` (at `at`), `bury`, or
@@ -83,6 +126,7 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="offload-job")
         self._processes = ProcessRunner()
         self._handlers: dict[str, asyncio.Future[Any]] = {}  # running async handlers
+        self._threaded: dict[str, concurrent.futures.Future[Any]] = {}  # sync, in threads
         self._cancelled: set[str] = set()
         self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
         self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
@@ -99,6 +143,19 @@ class Executor:
         self._cancelled.add(job_id)
         handler.cancel()
         return True
+
+    def in_threads(self) -> set[str]:
+        """Ids of the jobs whose sync handler runs in a thread of this process now.
+
+        Nothing stops such a handler but its return or the end of the process, so the
+        worker must not give its job back while the process lives (see `Worker`).
+        """
+        return {job_id for job_id, f in list(self._threaded.items()) if not f.done()}
+
+    def kill_children(self) -> None:
+        """Kill the child processes running handlers now, and start no more: their
+        handlers stop at once (shutdown past the grace period)."""
+        self._processes.halt()
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -151,6 +208,8 @@ class Executor:
         except _CancelRequested:
             error = ErrorInfo("Cancelled", "cancelled while running")
             return Outcome("cancel", envelope, error=error)
+        except _Escaped as exc:
+            return self._failed(exc.original, lease, envelope, task)
         except Exception as exc:
             return self._failed(exc, lease, envelope, task)
         finally:
@@ -172,9 +231,10 @@ class Executor:
             )
         context = contextvars.copy_context()
         context.run(_current.set, ctx)
-        return await loop.run_in_executor(
-            self._threads, lambda: context.run(task.fn, *env.args, **env.kwargs)
-        )
+        future = self._threads.submit(context.run, _contained_sync, task.fn, env.args, env.kwargs)
+        self._threaded[env.id] = future
+        future.add_done_callback(lambda _: self._threaded.pop(env.id, None))
+        return await asyncio.wrap_future(future)
 
     def _reporter(self, job_id: str) -> Callable[[Any], None]:
         """`JobContext.progress` for one job: stores the report through the broker,
@@ -214,7 +274,7 @@ class Executor:
         token = _current.set(ctx)
         try:
             handler = asyncio.ensure_future(
-                asyncio.wait_for(task.fn(*env.args, **env.kwargs), timeout_s)
+                asyncio.wait_for(_contained(task.fn(*env.args, **env.kwargs)), timeout_s)
             )
         finally:
             _current.reset(token)
@@ -223,17 +283,19 @@ class Executor:
             return await handler
         except TimeoutError as exc:
             raise JobTimeout(f"task {env.task!r} ran past its timeout of {timeout_s} s") from exc
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             current = asyncio.current_task()
-            if env.id in self._cancelled and not (current and current.cancelling()):
+            if current and current.cancelling():
+                raise  # the worker cancels this job's task (shutdown)
+            if env.id in self._cancelled:
                 raise _CancelRequested() from None
-            raise
+            raise _Escaped(exc) from None  # the handler's own doing: its failure
         finally:
             self._handlers.pop(env.id, None)
             self._cancelled.discard(env.id)
 
     def _failed(
-        self, exc: Exception, lease: Lease, envelope: Envelope, task: Task[Any, Any]
+        self, exc: BaseException, lease: Lease, envelope: Envelope, task: Task[Any, Any]
     ) -> Outcome:
         error = error_info(exc)
         if isinstance(exc, SerializationError):

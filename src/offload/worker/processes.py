@@ -4,13 +4,22 @@ A thread cannot be killed, so a sync handler with a timeout runs in a child proc
 instead; on timeout the child is killed and replaced. Children are long-lived and
 reused (no fork per job). Messages between parent and child are JSON, like
 everything else: nothing is unpickled.
+
+The parent alone decides when a child ends: a child ignores SIGINT and SIGTERM (a
+terminal's Ctrl-C or systemd's stop reach every process of the group, and the worker
+stops gracefully), and ends itself when its parent is gone, so a handler never runs on
+in an orphan while its job runs again elsewhere. At shutdown past the grace period the
+worker kills the busy children (`halt`), so their jobs can be given back at once.
 """
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
+import signal
 import threading
+import time
 import traceback
 from contextlib import suppress
 from multiprocessing.connection import Connection
@@ -22,6 +31,9 @@ from offload.context import JobContext, _current
 from offload.errors import Bury, JobTimeout, Retry
 
 __all__ = ["ProcessRunner", "RemoteError"]
+
+#: How often a child checks that its parent is alive, in seconds.
+PARENT_CHECK_S = 0.5
 
 
 class RemoteError(Exception):
@@ -45,7 +57,16 @@ def _resolve(module: str, qualname: str) -> Any:
     return getattr(target, "fn", target)  # a Task wraps the function
 
 
-def _child_main(conn: Connection) -> None:  # pragma: no cover - runs in the child
+def _exit_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
+
+
+def _child_main(conn: Connection, parent: int) -> None:  # pragma: no cover - in the child
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     while True:
         try:
             request = decode_value(conn.recv_bytes())
@@ -72,15 +93,19 @@ class _Child:
     def __init__(self, ctx: multiprocessing.context.SpawnContext) -> None:
         self.conn, child_conn = ctx.Pipe()
         self.process: SpawnProcess = ctx.Process(
-            target=_child_main, args=(child_conn,), name="offload-child", daemon=True
+            target=_child_main, args=(child_conn, os.getpid()), name="offload-child", daemon=True
         )
         self.process.start()
         child_conn.close()
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """Kill the process and wait for it (the thread running it sees EOF)."""
         with suppress(Exception):
             self.process.kill()
             self.process.join(timeout=5)
+
+    def kill(self) -> None:
+        self.stop()
         self.conn.close()
 
 
@@ -91,8 +116,10 @@ class ProcessRunner:
     def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: list[_Child] = []
+        self._busy: set[_Child] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._halted = False
 
     def run(
         self, fn: Any, args: list[Any], kwargs: dict[str, Any], ctx: JobContext, timeout_s: float
@@ -110,7 +137,7 @@ class ProcessRunner:
             finished = child.conn.poll(timeout_s)
             reply = decode_value(child.conn.recv_bytes()) if finished else None
         except (EOFError, OSError) as exc:
-            child.kill()
+            self._discard(child)
             code = child.process.exitcode
             raise RemoteError(
                 "ChildProcessDied",
@@ -119,26 +146,51 @@ class ProcessRunner:
                 "",
             ) from exc
         if reply is None:
-            child.kill()
+            self._discard(child)
             raise JobTimeout(f"task {ctx.task!r} ran past its timeout of {timeout_s} s")
         self._give_back(child)
         return _unpack(reply)
 
     def _acquire(self) -> _Child:
+        """An idle child, or a new one, marked busy; refused once halted."""
         with self._lock:
-            while self._idle:
+            while self._idle and not self._halted:
                 child = self._idle.pop()
                 if child.process.is_alive():
+                    self._busy.add(child)
                     return child
                 child.kill()
-        return _Child(self._ctx)
+        child = _Child(self._ctx)
+        with self._lock:
+            if not self._halted:
+                self._busy.add(child)
+                return child
+        child.kill()
+        raise RemoteError(
+            "WorkerShutdown", ["WorkerShutdown", "Exception"], "the worker is stopping", ""
+        )
+
+    def _discard(self, child: _Child) -> None:
+        with self._lock:
+            self._busy.discard(child)
+        child.kill()
 
     def _give_back(self, child: _Child) -> None:
         with self._lock:
-            if not self._closed:
+            self._busy.discard(child)
+            if not (self._closed or self._halted):
                 self._idle.append(child)
                 return
         child.kill()
+
+    def halt(self) -> None:
+        """Kill every busy child now and refuse new runs: their handlers stop at once.
+        The threads waiting on them see EOF and close their pipes."""
+        with self._lock:
+            self._halted = True
+            busy = list(self._busy)
+        for child in busy:
+            child.stop()
 
     def close(self) -> None:
         with self._lock:

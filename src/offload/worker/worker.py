@@ -13,8 +13,21 @@ make it run again.
 
 Shutdown (`stop()`, SIGTERM): stop reserving at once, release prefetched jobs that
 have not started so they run elsewhere at once, let running jobs finish within the
-grace period while their leases keep being extended, then give the stragglers back
-(the attempt counts) and close.
+grace period (counted from the first `stop()`) while their leases keep being extended,
+then stop the stragglers and give them back (the attempt counts) and close.
+
+A job is never given back while this process may still run its handler, or another
+worker could start it beside the one still running here. Async handlers are cancelled
+and child processes killed before their jobs are given back; a sync handler in a thread
+cannot be stopped at all, so with `hard_exit` (the CLI) the process ends at once
+(`os._exit`) without giving those jobs back: their leases lapse (within `lease_s`) and
+they run again elsewhere, as after a crash. Without `hard_exit` (a worker embedded in
+another program) the worker waits for such handlers instead, leases extended.
+
+Recycling (`max_jobs`, `max_memory_mb`; `recycling.py`): a worker past a limit stops reserving and
+finishes its running jobs with no time limit; nothing is given back or charged. Its
+`recycled` says why, and the CLI exits with `EXIT_RECYCLED` so that the supervisor
+starts a fresh process at once.
 """
 
 from __future__ import annotations
@@ -24,9 +37,11 @@ import contextlib
 import logging
 import os
 import socket
+import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from offload import validation
 from offload._health import Attempts, BrokerHealth
@@ -38,6 +53,7 @@ from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
 from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.leases import AckBatcher, lease_fate
+from offload.worker.recycling import Recycling
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -56,6 +72,9 @@ OUTBOX_S = 1.0
 #: Outbox entries handled per batch, and batches per call at most.
 OUTBOX_BATCH = 200
 OUTBOX_BATCHES = 50
+#: Past the grace period, how long cancelled async handlers get to unwind (seconds);
+#: one still running then is treated as a handler that cannot be stopped.
+UNWIND_S = 1.0
 
 
 class Worker:
@@ -72,6 +91,12 @@ class Worker:
         sweep_s: period of housekeeping (expiry, purge of finished jobs).
         scheduler: also enqueue the app's schedules (`offload.scheduler`), as a side
             task; safe in every worker at once.
+        max_jobs: recycle after taking this many jobs (see the module docstring).
+        max_memory_mb: recycle once the process's resident memory passes this, checked
+            after each job.
+        hard_exit: end the process (`os._exit`) when the grace period ends with sync
+            handlers still running, instead of waiting for them; only for a process
+            that exists to run this worker.
     """
 
     def __init__(
@@ -87,6 +112,9 @@ class Worker:
         sweep_s: float = 10.0,
         worker_id: str | None = None,
         scheduler: bool = False,
+        max_jobs: int | None = None,
+        max_memory_mb: float | None = None,
+        hard_exit: bool = False,
     ) -> None:
         if type(concurrency) is not int or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -109,7 +137,12 @@ class Worker:
         self.processed = 0
         self._buffer: deque[Lease] = deque()
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self.recycling = Recycling(max_jobs, max_memory_mb)
+        self.recycled: str | None = None  # why it recycled itself; None if stopped
+        self.hard_exit = hard_exit
         self._stopping = asyncio.Event()
+        self._stop_asked = asyncio.Event()  # stop(), as opposed to recycling
+        self._stop_asked_at = 0.0  # monotonic; the grace period counts from here
         self._capacity = asyncio.Event()
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
@@ -133,10 +166,23 @@ class Worker:
 
         Safe to call from a signal handler on the worker's loop.
         """
+        if not self._stop_asked.is_set():
+            self._stop_asked_at = time.monotonic()
+            self._stop_asked.set()
+        self.recycled = None  # a stop on request supersedes a recycle
         self._stopping.set()
         self._capacity.set()
         if force:
             self._forced.set()
+
+    def _recycle(self, reason: str) -> None:
+        """Stop taking jobs and finish the running ones, with no time limit."""
+        if self._stopping.is_set():
+            return
+        self.recycled = reason
+        logger.info("recycling: %s", reason, extra={"action": "recycling", "worker_id": self.id})
+        self._stopping.set()
+        self._capacity.set()
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down in order (see the module docstring)."""
@@ -169,7 +215,8 @@ class Worker:
             for task in done:
                 if task is not fetcher and task.exception() is not None:
                     logger.error("side task %s died; stopping", task.get_name())
-            self.stop()
+            if not self._stopping.is_set():  # else stopped or recycling already
+                self.stop()
             await fetcher
             await self._shutdown()
         finally:
@@ -187,11 +234,13 @@ class Worker:
         Returns how many jobs were reserved. Tests drive the worker with this.
         """
         free = self.concurrency + self.prefetch - len(self._running) - len(self._buffer)
+        free = self.recycling.room(free)
         if free <= 0 or self._stopping.is_set():
             return 0
         leases = await self.broker.reserve(
             self.queues, worker_id=self.id, lease_s=self.lease_s, limit=free
         )
+        self.recycling.taken += len(leases)
         self._buffer.extend(leases)
         self._start_buffered()
         return len(leases)
@@ -252,7 +301,8 @@ class Worker:
             await self._idle_wait()
 
     def _full(self) -> bool:
-        return len(self._running) + len(self._buffer) >= self.concurrency + self.prefetch
+        held = len(self._running) + len(self._buffer)
+        return held >= self.concurrency + self.prefetch or self.recycling.took_all()
 
     async def _idle_wait(self) -> None:
         timeout_s = self.poll_s
@@ -285,6 +335,9 @@ class Worker:
             self._lost.discard(lease.job_id)
             await self._release_slot(lease.job_id)
             self.processed += ran
+            reason = self.recycling.reason(idle=not self._running and not self._buffer)
+            if reason is not None:
+                self._recycle(reason)
             if not self._stopping.is_set():
                 self._start_buffered()
             self._capacity.set()
@@ -471,19 +524,32 @@ class Worker:
             logger.info("released %d unstarted jobs", len(unstarted), extra={"action": "released"})
         if not self._running:
             return
-        logger.info("waiting up to %.0f s for %d running jobs", self.grace_s, len(self._running))
+        if not self._stop_asked.is_set():
+            logger.info("waiting for %d running jobs before recycling", len(self._running))
+        else:
+            logger.info(
+                "waiting up to %.0f s for %d running jobs", self.grace_s, len(self._running)
+            )
         tasks = [t for _, t in self._running.values()]
         extender = asyncio.create_task(self._extend_during_grace())
-        forced = asyncio.create_task(self._forced.wait())
+        grace = asyncio.create_task(self._grace_over())
         finished = asyncio.create_task(asyncio.wait(tasks))  # cancelling it spares the jobs
         try:
-            await asyncio.wait(
-                [finished, forced], timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait([finished, grace], return_when=asyncio.FIRST_COMPLETED)
+            pending = {t for t in tasks if not t.done()}
+            if pending:
+                await self._abandon(pending)
         finally:
-            for helper in (extender, forced, finished):
+            for helper in (extender, grace, finished):
                 helper.cancel()
-        await self._abandon({t for t in tasks if not t.done()})
+
+    async def _grace_over(self) -> None:
+        """Returns when the grace period that the first `stop()` started is over, or at
+        once on `stop(force=True)`; never while only recycling."""
+        await self._stop_asked.wait()
+        left = self._stop_asked_at + self.grace_s - time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._forced.wait(), max(left, 0.0))
 
     async def _extend_during_grace(self) -> None:
         while True:
@@ -492,19 +558,69 @@ class Worker:
                 await self.extend_leases()
 
     async def _abandon(self, pending: set[asyncio.Task[None]]) -> None:
-        """Past the grace period: cancel stragglers and schedule them to run again now."""
-        leases = [lease for lease, task in self._running.values() if task in pending]
-        for task in pending:
+        """Past the grace period: stop what can be stopped and give it back to run
+        again now; never give back a job whose handler may still run in this process
+        (see the module docstring). Leases stay extended until the end."""
+        in_threads = self.executor.in_threads()
+        held = [(lease, task) for lease, task in self._running.values() if task in pending]
+        stoppable = [(lease, task) for lease, task in held if lease.job_id not in in_threads]
+        for _, task in stoppable:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        self.executor.kill_children()  # after the cancel, so no one settles them as failed
+        if stoppable:
+            await asyncio.wait([task for _, task in stoppable], timeout=UNWIND_S)
+        stuck = [(lease, task) for lease, task in held if not task.done()]
+        try:
+            await self._give_back([lease for lease, task in stoppable if task.done()])
+        finally:
+            if stuck and self.hard_exit:
+                self._end_process(len(stuck))
+        if stuck:
+            logger.warning(
+                "%d running jobs cannot be stopped (sync handlers, in threads); waiting for them",
+                len(stuck),
+            )
+            await asyncio.wait([task for _, task in stuck])
+            await self._give_back([lease for lease, task in stoppable if (lease, task) in stuck])
+
+    async def _give_back(self, leases: list[Lease]) -> None:
+        """Schedule jobs stopped past the grace period to run again now."""
+        if not leases:
+            return
         error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
         now = self.app.clock.now()
         for lease in leases:
-            with contextlib.suppress(LeaseLost):
+            try:
                 await self.broker.retry(lease, at=now, error=error)
-        if leases:
-            logger.warning(
-                "%d jobs did not finish within the grace period; they will run again",
-                len(leases),
-                extra={"action": "retried"},
-            )
+            except LeaseLost:
+                pass
+            except Exception:
+                logger.exception(
+                    "job %s: could not give it back; it runs again once its lease lapses",
+                    lease.job_id,
+                )
+        logger.warning(
+            "%d jobs did not finish within the grace period; they will run again",
+            len(leases),
+            extra={"action": "retried"},
+        )
+
+    def _end_process(self, stuck: int) -> NoReturn:
+        """End the process now, all its threads with it, leaving the jobs of the handlers
+        that cannot be stopped leased: they run again elsewhere once the leases lapse.
+        Giving them back first would let another worker start them while they still run
+        here."""
+        logger.warning(
+            "%d running jobs cannot be stopped (sync handlers, in threads); ending the process "
+            "now: they run again elsewhere once their leases lapse, within %.0f s",
+            stuck,
+            self.lease_s,
+            extra={"action": "abandoned", "worker_id": self.id},
+        )
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+            sys.stdout.flush()
+        os._exit(0)
