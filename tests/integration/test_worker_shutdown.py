@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from offload import JobState
+from offload import JobState, Offload
 from tests.integration.test_worker_process import Env, wait_for
 
 APP_SOURCE = textwrap.dedent(
@@ -63,6 +63,19 @@ APP_SOURCE = textwrap.dedent(
     @app.task(name="exits_child", max_attempts=3, timeout=60)
     def exits_child(code: int) -> None:
         sys.exit(code)
+
+    @app.task(name="steady", max_attempts=100)
+    def steady(seconds: float) -> None:
+        record("start")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            record("tick")
+        record("end")
+
+    @app.task(name="steady_child", max_attempts=100, timeout=300)
+    def steady_child(seconds: float) -> None:
+        steady(seconds)
 
     @app.task(name="whoami")
     def whoami(n: int) -> int:
@@ -118,8 +131,11 @@ class Runs:
 class Shell(Env):
     """`Env` with this module's app, and workers whose stderr is kept in a file."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
         super().__init__(tmp_path)
+        if url is not None:  # another broker than the SQLite file
+            self.app.close()
+            self.url, self.env["OFFLOAD_URL"], self.app = url, url, Offload(url)
         (tmp_path / "jobsapp.py").write_text(APP_SOURCE)
         self.runs = Runs(self.out / "runs.log")
         self.logs: list[Path] = []

@@ -104,12 +104,11 @@ def worker(
         max_memory_mb=max_memory,
         hard_exit=True,
     )
-    asyncio.run(_run(w))
-    if w.recycled:
-        sys.exit(EXIT_RECYCLED)
+    sys.exit(asyncio.run(_run(w)))
 
 
-async def _run(w: Worker) -> None:
+async def _run(w: Worker) -> int:
+    """Run the worker with its signal handlers; returns the exit code."""
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 
@@ -132,6 +131,12 @@ async def _run(w: Worker) -> None:
     finally:
         watchdog.cancel()
         await w.app.aclose()
+    # Stopped: a late signal changes nothing. Ignored, because Python's finalization
+    # resets its own handlers to SIG_DFL and the signal would kill the process.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+    return EXIT_RECYCLED if w.recycled else 0
 
 
 def _flush_logs() -> None:

@@ -24,10 +24,10 @@ cannot be stopped at all, so with `hard_exit` (the CLI) the process ends at once
 they run again elsewhere, as after a crash. Without `hard_exit` (a worker embedded in
 another program) the worker waits for such handlers instead, leases extended.
 
-Recycling (`max_jobs`, `max_memory_mb`; `recycling.py`): a worker past a limit stops reserving and
-finishes its running jobs with no time limit; nothing is given back or charged. Its
-`recycled` says why, and the CLI exits with `EXIT_RECYCLED` so that the supervisor
-starts a fresh process at once.
+Recycling (`max_jobs`, `max_memory_mb`; `recycling.py`): a worker past a limit stops
+reserving and finishes its running jobs with no time limit; nothing is given back or
+charged. Its `recycled` says why, and the CLI exits with `EXIT_RECYCLED` so that the
+supervisor starts a fresh process at once.
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ class Worker:
     def stop(self, *, force: bool = False) -> None:
         """Ask the worker to shut down gracefully; `force` ends the grace period now.
 
-        Safe to call from a signal handler on the worker's loop.
+        The grace period counts from the first call. Safe to call from a signal handler
+        on the worker's loop.
         """
         if not self._stop_asked.is_set():
             self._stop_asked_at = time.monotonic()
@@ -208,6 +209,7 @@ class Worker:
             for what, period, action in loops
         ]
         fetcher = asyncio.create_task(self._fetch_loop(), name="fetch")
+        keeper = asyncio.create_task(self._keep_leases_after_stop(), name="leases at stop")
         try:
             done, _ = await asyncio.wait(
                 [fetcher, *side_tasks], return_when=asyncio.FIRST_COMPLETED
@@ -220,9 +222,9 @@ class Worker:
             await fetcher
             await self._shutdown()
         finally:
-            for task in side_tasks:
+            for task in [*side_tasks, keeper]:
                 task.cancel()
-            await asyncio.gather(*side_tasks, return_exceptions=True)
+            await asyncio.gather(*side_tasks, keeper, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.broker.unregister_worker(self.id)
             self.executor.close()
@@ -295,7 +297,7 @@ class Worker:
         reserved = await self.tick()
         if self._full():
             self._capacity.clear()
-            if self._full():
+            if self._full() and not self._stopping.is_set():  # stop() set it already
                 await self._capacity.wait()
         elif reserved == 0:
             await self._idle_wait()
@@ -531,7 +533,6 @@ class Worker:
                 "waiting up to %.0f s for %d running jobs", self.grace_s, len(self._running)
             )
         tasks = [t for _, t in self._running.values()]
-        extender = asyncio.create_task(self._extend_during_grace())
         grace = asyncio.create_task(self._grace_over())
         finished = asyncio.create_task(asyncio.wait(tasks))  # cancelling it spares the jobs
         try:
@@ -540,7 +541,7 @@ class Worker:
             if pending:
                 await self._abandon(pending)
         finally:
-            for helper in (extender, grace, finished):
+            for helper in (grace, finished):
                 helper.cancel()
 
     async def _grace_over(self) -> None:
@@ -551,11 +552,16 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._forced.wait(), max(left, 0.0))
 
-    async def _extend_during_grace(self) -> None:
+    async def _keep_leases_after_stop(self) -> None:
+        """From the stop to the end of the shutdown, extend every held lease every
+        `lease_s / 3`: the side tasks end at the stop, while the fetch loop may still be
+        finishing a reservation and the running jobs have their grace period. A lease
+        that lapsed here would let another worker start a job that still runs."""
+        await self._stopping.wait()
         while True:
-            await asyncio.sleep(self.lease_s / 3)
             with contextlib.suppress(Exception):
                 await self.extend_leases()
+            await asyncio.sleep(self.lease_s / 3)
 
     async def _abandon(self, pending: set[asyncio.Task[None]]) -> None:
         """Past the grace period: stop what can be stopped and give it back to run
@@ -577,7 +583,8 @@ class Worker:
                 self._end_process(len(stuck))
         if stuck:
             logger.warning(
-                "%d running jobs cannot be stopped (sync handlers, in threads); waiting for them",
+                "%d running jobs cannot be stopped (sync handlers in threads, or async ones "
+                "that ignore cancellation); waiting for them",
                 len(stuck),
             )
             await asyncio.wait([task for _, task in stuck])
