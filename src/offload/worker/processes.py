@@ -160,12 +160,14 @@ class ProcessRunner:
                     self._busy.add(child)
                     return child
                 child.kill()
-        child = _Child(self._ctx)
-        with self._lock:
-            if not self._halted:
-                self._busy.add(child)
-                return child
-        child.kill()
+            halted = self._halted
+        if not halted:
+            child = _Child(self._ctx)
+            with self._lock:
+                if not self._halted:
+                    self._busy.add(child)
+                    return child
+            child.kill()
         raise RemoteError(
             "WorkerShutdown", ["WorkerShutdown", "Exception"], "the worker is stopping", ""
         )
