@@ -117,7 +117,7 @@ async def _run(w: Worker) -> int:
         name = signal.Signals(signum).name
         if signals["count"] > 2:  # nothing is given back: the leases lapse
             logger.warning("%s again: exiting at once", name)
-            _flush_logs()
+            logging.shutdown()  # flushes every handler: os._exit skips that
             os._exit(128 + signum)
         force = signals["count"] > 1
         logger.info("%s: %s", name, "stopping now" if force else "stopping")
@@ -137,11 +137,6 @@ async def _run(w: Worker) -> int:
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
     return EXIT_RECYCLED if w.recycled else 0
-
-
-def _flush_logs() -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
 
 
 def _supervised() -> bool:

@@ -37,7 +37,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -624,10 +623,5 @@ class Worker:
             self.lease_s,
             extra={"action": "abandoned", "worker_id": self.id},
         )
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-            sys.stdout.flush()
+        logging.shutdown()  # flushes every handler: os._exit skips that
         os._exit(0)
