@@ -40,7 +40,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from offload import validation
 from offload._health import Attempts, BrokerHealth
@@ -53,6 +53,7 @@ from offload.worker.executor import Executor, Outcome
 from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.leases import AckBatcher, lease_fate
 from offload.worker.recycling import Recycling
+from offload.worker.shutdown import end_process, give_back
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -566,6 +567,7 @@ class Worker:
         """Past the grace period: stop what can be stopped and give it back to run
         again now; never give back a job whose handler may still run in this process
         (see the module docstring). Leases stay extended until the end."""
+        now = self.app.clock.now
         in_threads = self.executor.in_threads()
         held = [(lease, task) for lease, task in self._running.values() if task in pending]
         stoppable = [(lease, task) for lease, task in held if lease.job_id not in in_threads]
@@ -576,10 +578,10 @@ class Worker:
             await asyncio.wait([task for _, task in stoppable], timeout=UNWIND_S)
         stuck = [(lease, task) for lease, task in held if not task.done()]
         try:
-            await self._give_back([lease for lease, task in stoppable if task.done()])
+            await give_back(self.broker, [lease for lease, t in stoppable if t.done()], now())
         finally:
             if stuck and self.hard_exit:
-                self._end_process(len(stuck))
+                end_process(len(stuck), self.lease_s, self.id)
         if stuck:
             logger.warning(
                 "%d running jobs cannot be stopped (sync handlers in threads, or async ones "
@@ -587,41 +589,6 @@ class Worker:
                 len(stuck),
             )
             await asyncio.wait([task for _, task in stuck])
-            await self._give_back([lease for lease, task in stoppable if (lease, task) in stuck])
-
-    async def _give_back(self, leases: list[Lease]) -> None:
-        """Schedule jobs stopped past the grace period to run again now."""
-        if not leases:
-            return
-        error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
-        now = self.app.clock.now()
-        for lease in leases:
-            try:
-                await self.broker.retry(lease, at=now, error=error)
-            except LeaseLost:
-                pass
-            except Exception:
-                logger.exception(
-                    "job %s: could not give it back; it runs again once its lease lapses",
-                    lease.job_id,
-                )
-        logger.warning(
-            "%d jobs did not finish within the grace period; they will run again",
-            len(leases),
-            extra={"action": "retried"},
-        )
-
-    def _end_process(self, stuck: int) -> NoReturn:
-        """End the process now, all its threads with it, leaving the jobs of the handlers
-        that cannot be stopped leased: they run again elsewhere once the leases lapse.
-        Giving them back first would let another worker start them while they still run
-        here."""
-        logger.warning(
-            "%d running jobs cannot be stopped (sync handlers, in threads); ending the process "
-            "now: they run again elsewhere once their leases lapse, within %.0f s",
-            stuck,
-            self.lease_s,
-            extra={"action": "abandoned", "worker_id": self.id},
-        )
-        logging.shutdown()  # flushes every handler: os._exit skips that
-        os._exit(0)
+            await give_back(
+                self.broker, [lease for lease, t in stoppable if (lease, t) in stuck], now()
+            )

@@ -1,0 +1,60 @@
+"""The last step of a worker stopping past its grace period (`Worker._abandon`): give
+the jobs whose handlers were stopped back to run again at once, and, where a handler
+cannot be stopped (sync, in a thread), end the process instead of giving its job back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+from offload.errors import LeaseLost
+from offload.job import ErrorInfo
+
+if TYPE_CHECKING:
+    from offload.brokers.base import Broker, Lease
+
+__all__ = ["end_process", "give_back"]
+
+logger = logging.getLogger("offload.worker")
+
+
+async def give_back(broker: Broker, leases: Sequence[Lease], now: float) -> None:
+    """Schedule jobs whose handlers were stopped to run again at `now` (the attempt
+    counts); one that cannot be given back runs again once its lease lapses."""
+    if not leases:
+        return
+    error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
+    for lease in leases:
+        try:
+            await broker.retry(lease, at=now, error=error)
+        except LeaseLost:
+            pass
+        except Exception:
+            logger.exception(
+                "job %s: could not give it back; it runs again once its lease lapses",
+                lease.job_id,
+            )
+    logger.warning(
+        "%d jobs did not finish within the grace period; they will run again",
+        len(leases),
+        extra={"action": "retried"},
+    )
+
+
+def end_process(stuck: int, lease_s: float, worker_id: str) -> NoReturn:
+    """End the process now, all its threads with it, leaving the jobs of the handlers
+    that cannot be stopped leased: they run again elsewhere once the leases lapse.
+    Giving them back first would let another worker start them while they still run
+    here."""
+    logger.warning(
+        "%d running jobs cannot be stopped (sync handlers, in threads); ending the process "
+        "now: they run again elsewhere once their leases lapse, within %.0f s",
+        stuck,
+        lease_s,
+        extra={"action": "abandoned", "worker_id": worker_id},
+    )
+    logging.shutdown()  # flushes every handler: os._exit skips that
+    os._exit(0)
