@@ -28,6 +28,7 @@ from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions
 
 if TYPE_CHECKING:
     from offload.schedule import Misfire, Overlap, Schedule, ScheduleEntry
+    from offload.testing import FakeClock, InlineRunner
 
 __all__ = ["DEFAULT_URL", "Offload"]
 
@@ -387,6 +388,32 @@ class Offload:
             timeout_s=o.timeout_s,
             created_at=now,
         )
+
+    # -- testing -----------------------------------------------------------------------
+
+    def testing(
+        self, url: str = "memory://", *, clock: FakeClock | None = None, raise_errors: bool = False
+    ) -> InlineRunner:
+        """Run this app's jobs inline, in the test's process, on a virtual clock:
+        `with app.testing() as t: ...; t.drain(); t.advance(60)`. While open, the app
+        uses a fresh broker at `url` and `clock`; see `offload.testing.InlineRunner`."""
+        from offload.testing import InlineRunner
+
+        return InlineRunner(self, url=url, clock=clock, raise_errors=raise_errors)
+
+    def _rebind(self, url: str, clock: Clock) -> Callable[[], None]:
+        """Point the app at a new broker for `url` and at `clock` (for `testing`);
+        returns the function that gives it its own back. The caller closes the new
+        broker before calling it."""
+        saved = (self.url, self.clock, self.broker, self._connected, self._portal_broker)
+        self.url, self.clock = url, clock
+        self.broker = from_url(url, clock=clock)
+        self._connected, self._portal_broker = False, None
+
+        def restore() -> None:
+            self.url, self.clock, self.broker, self._connected, self._portal_broker = saved
+
+        return restore
 
     # -- lifecycle ---------------------------------------------------------------------
 
