@@ -22,7 +22,7 @@ def _tool(name: str) -> str:
 
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", "src", "tests", "benchmarks"],
+        [_tool("ruff"), "check", "src", "tests", "benchmarks", "examples"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -32,7 +32,7 @@ def test_ruff_is_clean() -> None:
 
 def test_ruff_format_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "format", "--check", "src", "tests", "benchmarks"],
+        [_tool("ruff"), "format", "--check", "src", "tests", "benchmarks", "examples"],
         cwd=ROOT,
         capture_output=True,
         text=True,

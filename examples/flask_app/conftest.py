@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import pytest
+
+from offload import Offload
+
+
+@pytest.fixture
+def offload_app() -> Offload:
+    """Tells offload's pytest plugin which app `offload_runner` runs inline."""
+    from flask_app.tasks import app
+
+    return app
