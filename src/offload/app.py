@@ -392,14 +392,21 @@ class Offload:
     # -- testing -----------------------------------------------------------------------
 
     def testing(
-        self, url: str = "memory://", *, clock: FakeClock | None = None, raise_errors: bool = False
+        self,
+        url: str = "memory://",
+        *,
+        clock: FakeClock | None = None,
+        raise_errors: bool = False,
+        schedules: bool = True,
     ) -> InlineRunner:
         """Run this app's jobs inline, in the test's process, on a virtual clock:
         `with app.testing() as t: ...; t.drain(); t.advance(60)`. While open, the app
         uses a fresh broker at `url` and `clock`; see `offload.testing.InlineRunner`."""
         from offload.testing import InlineRunner
 
-        return InlineRunner(self, url=url, clock=clock, raise_errors=raise_errors)
+        return InlineRunner(
+            self, url=url, clock=clock, raise_errors=raise_errors, schedules=schedules
+        )
 
     def _rebind(self, url: str, clock: Clock) -> Callable[[], None]:
         """Point the app at a new broker for `url` and at `clock` (for `testing`);

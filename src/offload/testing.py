@@ -26,6 +26,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,8 @@ class InlineRunner:
         clock: the virtual clock (default: a new `FakeClock`).
         raise_errors: `drain`/`advance`/`run_all` re-raise the exception of the first
             job that went dead during the call (the job is dead all the same).
+        schedules: fire the app's schedules (`app.schedule`) as the clock reaches
+            them, as `offload worker --scheduler` would; False leaves them out.
     """
 
     def __init__(
@@ -128,11 +131,13 @@ class InlineRunner:
         url: str = "memory://",
         clock: FakeClock | None = None,
         raise_errors: bool = False,
+        schedules: bool = True,
     ) -> None:
         self.app = app
         self.url = url
         self.clock = clock or FakeClock()
         self.raise_errors = raise_errors
+        self.schedules = schedules
         self._restore: Callable[[], None] | None = None
         self._workers: dict[asyncio.AbstractEventLoop, Worker] = {}
         self._scheduler: Scheduler | None = None
@@ -164,7 +169,7 @@ class InlineRunner:
         if self._restore is not None:
             raise RuntimeError("this InlineRunner is already open")
         self._restore = self.app._rebind(self.url, self.clock)
-        self._scheduler = Scheduler(self.app)
+        self._scheduler = Scheduler(self.app) if self.schedules else None
 
     async def _close(self) -> None:
         restore, self._restore = self._restore, None
@@ -192,7 +197,7 @@ class InlineRunner:
 
     async def drain_async(self, *, raise_errors: bool | None = None) -> int:
         """`drain` for async tests."""
-        return await self._checked(self._run_due(), raise_errors)
+        return await self._checked(self._run_due, raise_errors)
 
     def advance(self, seconds: float | timedelta, *, raise_errors: bool | None = None) -> int:
         """Move the clock `seconds` forward, stopping at each instant on the way where a
@@ -210,7 +215,7 @@ class InlineRunner:
         if not delta >= 0:
             raise ValueError(f"advance() takes seconds >= 0, got {seconds!r}")
         deadline = self.clock.now() + delta
-        return await self._checked(self._steps(deadline, until_idle=False), raise_errors)
+        return await self._checked(partial(self._steps, deadline, until_idle=False), raise_errors)
 
     def run_all(
         self, *, within: float | timedelta = 7 * 86400.0, raise_errors: bool | None = None
@@ -227,7 +232,7 @@ class InlineRunner:
         """`run_all` for async tests."""
         span = within.total_seconds() if isinstance(within, timedelta) else float(within)
         deadline = self.clock.now() + span
-        return await self._checked(self._steps(deadline, until_idle=True), raise_errors)
+        return await self._checked(partial(self._steps, deadline, until_idle=True), raise_errors)
 
     # -- looking -----------------------------------------------------------------------
 
@@ -290,7 +295,7 @@ class InlineRunner:
         """Fire the due schedules, then drain until a whole pass runs nothing (a job
         may enqueue into a queue the worker did not know yet)."""
         broker = await self._broker()
-        if self.app.schedules and self._scheduler is not None:
+        if self._scheduler is not None and self.app.schedules:
             await self._scheduler.tick()
         worker = self._worker()
         ran = 0
@@ -309,7 +314,8 @@ class InlineRunner:
             due = await broker.next_due(await self._queues(broker))
             if until_idle and due is None:
                 return ran
-            events = [t for t in (due, self._next_fire(now)) if t is not None and t > now]
+            fire = self._next_fire(now) if self._scheduler is not None else None
+            events = [t for t in (due, fire) if t is not None and t > now]
             step = min([*events, deadline])
             if step <= now:
                 return ran
@@ -322,13 +328,16 @@ class InlineRunner:
         fires = [next(e.schedule.after(now)) for e in self.app.schedules.values()]
         return float(min(fires)) if fires else None
 
-    async def _checked(self, run: Coroutine[Any, Any, int], raise_errors: bool | None) -> int:
-        """Await `run`; then, if asked, raise the first job's death during it."""
+    async def _checked(
+        self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
+    ) -> int:
+        """Run `run`; then, if asked, raise the first job's death during it."""
+        await self._broker()  # raises if the runner is not open
         worker = self._worker()
         executor = worker.executor
         assert isinstance(executor, _RecordingExecutor)
         executor.buried.clear()
-        ran = await run
+        ran = await run()
         if executor.buried and (self.raise_errors if raise_errors is None else raise_errors):
             job_id, raised, error = executor.buried[0]
             executor.buried.clear()

@@ -253,3 +253,41 @@ def test_plugin_fixtures_reach_a_project_that_overrides_offload_app(tmp_path: Pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
     assert not (tmp_path / "never-used.db").exists()  # the runner's broker was used
+
+
+def test_schedules_false_leaves_the_app_schedules_out(app: Offload) -> None:
+    @app.task
+    def refresh() -> None: ...
+
+    app.schedule(refresh, Every(60))
+    with app.testing(schedules=False) as t:
+        assert t.drain() == 0
+        assert t.advance(600) == 0
+        assert t.jobs() == []
+    with app.testing() as t:
+        assert t.advance(600) >= 10
+
+
+def test_jobs_sent_to_any_queue_run_including_ones_started_by_a_job(app: Offload) -> None:
+    @app.task(queue="emails")
+    def send(to: str) -> str:
+        return to
+
+    @app.task
+    def fan_out(users: list[str]) -> None:
+        for user in users:
+            send.options(queue=f"emails-{user}").enqueue(user)
+
+    with app.testing() as t:
+        fan_out.options(queue="batch").enqueue(["ada", "bob"])
+        assert t.drain() == 3
+        assert sorted(j.queue for j in t.jobs(state="succeeded", task=send)) == [
+            "emails-ada",
+            "emails-bob",
+        ]
+
+
+def test_a_runner_that_is_not_open_says_so(app: Offload) -> None:
+    runner = app.testing()
+    with pytest.raises(RuntimeError, match="open the runner first"):
+        runner.drain()
