@@ -89,7 +89,7 @@ class _RecordingExecutor(Executor):
         self._raised: dict[str, BaseException] = {}
 
     def _failed(
-        self, exc: Exception, lease: Lease, envelope: Envelope, task: Task[Any, Any]
+        self, exc: BaseException, lease: Lease, envelope: Envelope, task: Task[Any, Any]
     ) -> Outcome:
         self._raised[lease.job_id] = exc
         return super()._failed(exc, lease, envelope, task)
