@@ -96,3 +96,19 @@ async def test_an_end_in_another_process_wakes_the_waiter(broker: Broker, clock:
         assert await _ended_meanwhile(broker, job_id, ack) < PROMPT_S
     finally:
         await other.close()
+
+
+async def test_every_waiter_wakes_when_many_jobs_end_one_by_one(broker: Broker) -> None:
+    """Ends that land at every point of the waiters' cycles (mid-poll, as a poll times
+    out) must each wake their waiter: not one may sleep through to its timeout."""
+    jobs = [await enqueue_one(broker) for _ in range(60)]
+    waiting = [asyncio.create_task(broker.wait_finished(j, 3 * LONG_S)) for j in jobs]
+    await asyncio.sleep(0.05)
+    for job_id in jobs:
+        assert await broker.cancel(job_id)
+        await asyncio.sleep(0.003)  # spread the ends over the waiters' poll cycles
+    _, asleep = await asyncio.wait(waiting, timeout=LONG_S)  # generous: 60 round trips
+    for task in asleep:
+        task.cancel()
+    await asyncio.gather(*asleep, return_exceptions=True)
+    assert not asleep, f"{len(asleep)} of {len(jobs)} waiters slept through their job's end"

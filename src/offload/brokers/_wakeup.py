@@ -8,6 +8,7 @@ so `notify` is thread-safe and hops onto each waiter's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -51,20 +52,38 @@ class JobWaiters:
         return bool(self._waiters)
 
     async def wait(
-        self, job_id: str, ended: Callable[[], Awaitable[bool]], timeout_s: float
+        self,
+        job_id: str,
+        ended: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+        *,
+        recheck: Callable[[], Awaitable[bool]] | None = None,
+        every_s: float = 0.0,
     ) -> bool:
         """Return when `ended()` holds (checked once registered, so a `notify`
-        between the check and the wait is not missed), at `notify(job_id)`, or after
-        `timeout_s`: False only in that last case."""
-        entry = (asyncio.get_running_loop(), asyncio.Event())
+        between the check and the wait is not missed), at `notify(job_id)`, when
+        `recheck()` holds (called every `every_s`, for ends no `notify` reports, such
+        as another process's), or after `timeout_s`: False only in that last case.
+
+        One registration spans the whole wait, polls included: a `notify` that lands
+        while `recheck` runs, or just as a poll interval lapses, is kept by the event
+        rather than lost between two registrations."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        event = asyncio.Event()
+        entry = (loop, event)
         with self._lock:
             self._waiters.setdefault(job_id, set()).add(entry)
         try:
-            if not await ended():
-                await asyncio.wait_for(entry[1].wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+            if await ended():
+                return True
+            while (remaining := deadline - loop.time()) > 0:
+                step = remaining if recheck is None else min(every_s, remaining)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), step)
+                if event.is_set() or (recheck is not None and await recheck()):
+                    return True
+            return event.is_set()
         finally:
             with self._lock:
                 waiters = self._waiters.get(job_id)

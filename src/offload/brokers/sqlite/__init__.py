@@ -4,9 +4,9 @@ Several worker processes on one machine may share the file: every state change i
 `BEGIN IMMEDIATE` transaction (see `_store.py`), and the file is in WAL mode so readers
 never wait for the writer.
 
-SQLite has no way to push an event to another process, so `wait_finished` is woken only
-by the jobs this broker ends (ack, bury, cancel, expiry); an end in another process is
-seen when the caller's timeout lapses (`push_results` is False).
+SQLite has no way to push an event to another process, so `wait_finished` is woken at
+once only by the jobs this broker ends (ack, bury, cancel, expiry); an end in another
+process is seen by polling `PRAGMA data_version` (`push_results` is False).
 
 The async API sits on the blocking `sqlite3` driver through one dedicated thread per
 broker: each method runs its whole transaction there with `run_in_executor`, so the
@@ -322,14 +322,14 @@ class SQLiteBroker(Broker):
         or after `timeout_s`. SQLite pushes nothing across processes: the job is read
         again only when `PRAGMA data_version` says another connection committed, as
         `wait` does for new work."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         mark = await self._run(Store.data_version)
 
         async def ended() -> bool:
             return await self._run(Store.job_ended, job_id)
 
         async def ended_elsewhere() -> bool:
+            # This connection's own commits leave data_version alone: they are
+            # reported by `_notify_ended`, which the waiter stays registered for.
             nonlocal mark
             version = await self._run(Store.data_version)
             if version == mark:
@@ -337,11 +337,9 @@ class SQLiteBroker(Broker):
             mark = version
             return await ended()
 
-        check = ended
-        while (remaining := deadline - loop.time()) > 0:
-            if await self._ended.wait(job_id, check, min(WAIT_POLL_S, remaining)):
-                return
-            check = ended_elsewhere
+        await self._ended.wait(
+            job_id, ended, timeout_s, recheck=ended_elsewhere, every_s=WAIT_POLL_S
+        )
 
     # -- inspection -----------------------------------------------------------------------
 
