@@ -174,8 +174,11 @@ async def test_idle_wait_wakes_within_milliseconds_of_an_enqueue_elsewhere(
             await enqueue_one(producer)
             await waiting
             latencies.append(time.perf_counter() - start)
-    # Includes the enqueue's own round trip; typically well under a millisecond.
-    assert statistics.median(latencies) < 0.005, latencies
+    # Each includes the enqueue's own round trip: typically well under a millisecond on
+    # a quiet machine, several under a CPU hog. The bounds stay far from both that and
+    # the 2 s timeout a missed push would cost, so only a lost or slow push fails.
+    assert max(latencies) < 1.0, latencies
+    assert statistics.median(latencies) < 0.1, latencies
 
 
 async def test_idempotency_keys_are_scoped_to_their_queue(redis_url: str) -> None:
