@@ -43,6 +43,14 @@ def _cli(port: int, *args: str, timeout: float = 10) -> str:
     return done.stdout
 
 
+def _server_pid(port: int) -> int | None:
+    """The pid of the redis-server answering on `port`, None if none answers."""
+    for line in _cli(port, "info", "server").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.partition(":")[2])
+    return None
+
+
 class RedisProcess:
     """One `redis-server` without persistence, stopped by `stop()`; `start()` again
     brings it back on the same port (for restart tests)."""
@@ -61,7 +69,9 @@ class RedisProcess:
         args += ["--dir", str(self.directory), *self.extra]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while _cli(self.port, "ping").strip() != "PONG":
+        # Ask for the answering server's pid, not just a PONG: a port found free may be
+        # taken meanwhile by another test run's server, and ours then exits at once.
+        while _server_pid(self.port) != self.process.pid:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server on port {self.port} did not start")

@@ -44,6 +44,15 @@ def throwaway(tmp_path: Path, redis_server: str) -> Iterator[RedisProcess]:
         server.stop()
 
 
+def test_a_throwaway_server_never_takes_another_server_for_its_own(
+    throwaway: RedisProcess, tmp_path: Path
+) -> None:
+    """A port found free can be taken before our server binds it (parallel test runs):
+    the server answering there must not pass for ours, whose process already exited."""
+    with pytest.raises(RuntimeError, match="did not start"):
+        RedisProcess(tmp_path, throwaway.port).start(timeout=5)
+
+
 def our_keys(url: str, prefix: str) -> list[str]:
     import redis
 
