@@ -179,6 +179,26 @@ class BrokerHealth:
                 delay = period_s if isinstance(period_s, float | int) else period_s()
             await self.pause(delay, stopping)
 
+    async def reach(
+        self, connect: Callable[[], Awaitable[object]], stopping: asyncio.Event
+    ) -> bool:
+        """Await `connect()` until it succeeds, retrying `BrokerUnavailable` with backoff,
+        or until `stopping` is set; False if it stopped first. A process started while
+        its broker is down (a deploy during a broker restart or failover) waits for the
+        broker, as it would ride out the same outage a minute later, instead of exiting;
+        a bad URL or option (`ConfigurationError`) still ends it at once."""
+        attempts = Attempts()
+        while not stopping.is_set():
+            try:
+                await connect()
+            except BrokerUnavailable as exc:
+                self.failed("connect", exc)
+                await self.pause(attempts.next_delay(), stopping)
+                continue
+            await self.succeeded()
+            return True
+        return False
+
     async def retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Await `call()` until it does not raise `BrokerUnavailable` (with backoff in
         between); any other exception is raised. For a step that must happen, such as

@@ -123,13 +123,14 @@ class Scheduler:
         """Tick until `stop()`, waking at each fire instant (at least every second).
         A broker outage is logged once, and ticks are retried with backoff meanwhile
         (what they missed is then handled by the misfire policy)."""
-        await self.app.connected_broker()
+        health = BrokerHealth(logger, probe=self._probe)
+        if not await health.reach(self.app.connected_broker, self._stopping):
+            return
         logger.info(
             "scheduler started: %d schedules",
             len(self.entries),
             extra={"action": "scheduler_started"},
         )
-        health = BrokerHealth(logger, probe=self._probe)
         await health.every("scheduler tick", self._sleep_s, self.tick, self._stopping)
         logger.info("scheduler stopped", extra={"action": "scheduler_stopped"})
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +254,56 @@ async def test_extend_that_loses_the_race_with_the_jobs_own_ack_is_not_warned_ab
     assert lease_warnings(caplog) == []
     info = await broker.get_job(job_id)
     assert info is not None and info.state is JobState.SUCCEEDED
+
+
+async def test_a_worker_started_while_its_broker_is_down_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deploy during a broker restart: the worker waits instead of exiting, warns
+    once, and runs jobs once the broker answers."""
+    app = Offload(f"sqlite:///{tmp_path / 'later.db'}")
+    ran: list[int] = []
+
+    @app.task(name="later.ok")
+    def ok(n: int) -> None:
+        ran.append(n)
+
+    await ok.enqueue_async(1)
+    real_connect = app.connected_broker
+    refusals = {"left": 5}
+
+    async def flaky_connect() -> Broker:
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise BrokerUnavailable("connection refused (test)")
+        return await real_connect()
+
+    app.connected_broker = flaky_connect  # type: ignore[method-assign]
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    deadline = asyncio.get_running_loop().time() + 30
+    while not ran and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    worker.stop()
+    await asyncio.wait_for(runner, 30)
+    await app.aclose()
+    assert ran == [1]
+    assert refusals["left"] == 0
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "connection refused" in warnings[0].getMessage()
+
+
+async def test_a_worker_stopped_while_waiting_for_its_broker_ends(tmp_path: Path) -> None:
+    app = Offload(f"sqlite:///{tmp_path / 'never.db'}")
+
+    async def refused() -> Broker:
+        raise BrokerUnavailable("connection refused (test)")
+
+    app.connected_broker = refused  # type: ignore[method-assign]
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.3)
+    assert not runner.done()
+    worker.stop()
+    await asyncio.wait_for(runner, 10)
+    await app.aclose()

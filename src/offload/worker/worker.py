@@ -187,7 +187,9 @@ class Worker:
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down in order (see the module docstring)."""
-        await self.app.connected_broker()
+        if not await self.health.reach(self.app.connected_broker, self._stopping):
+            logger.info("worker %s stopped before its broker was reachable", self.id)
+            return
         logger.info(
             "worker %s started: queues=%s concurrency=%d",
             self.id,
