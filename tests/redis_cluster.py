@@ -43,6 +43,12 @@ def _cli(port: int, *args: str, timeout: float = 10) -> str:
     return done.stdout
 
 
+def _answers(port: int) -> bool:
+    """The server is up: it answers PING (or refuses it for want of a password)."""
+    reply = _cli(port, "ping").strip()
+    return reply == "PONG" or reply.startswith("NOAUTH")
+
+
 class RedisProcess:
     """One `redis-server` without persistence, stopped by `stop()`; `start()` again
     brings it back on the same port (for restart tests)."""
@@ -61,7 +67,7 @@ class RedisProcess:
         args += ["--dir", str(self.directory), *self.extra]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while _cli(self.port, "ping").strip() != "PONG":
+        while not _answers(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
