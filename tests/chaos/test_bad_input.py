@@ -99,7 +99,7 @@ def test_bad_input_is_refused_at_the_producer_naming_the_field(
             lost=0 if after.info().state is JobState.QUEUED else 1,
             overlapping=0,
             stuck=0,
-            note=f"{row}: {', '.join(problems)} (waits for {spec.waits_for})" if problems else "",
+            note=f"{row} fails ({spec.waits_for or 'new'})" if problems else "",
         )
         assert not problems, problems
     finally:
@@ -183,7 +183,10 @@ MAX_STORED_ERROR = 2_000_000
 
 def _check_bad_job(fleet: Fleet, row: str, bad: str, spec: WorkerRow) -> list[str]:
     problems: list[str] = []
-    info = fleet.infos([bad])[bad]
+    try:
+        info = fleet.infos([bad])[bad]
+    except Exception as exc:  # e.g. the broker cannot read its own record
+        return [f"the bad job's info raises {type(exc).__name__}"]
     if info is None or info.state is not JobState.DEAD:
         problems.append(f"bad job {None if info is None else info.state}, not dead")
     elif info.error is None or spec.reason not in info.error.type:
@@ -192,12 +195,19 @@ def _check_bad_job(fleet: Fleet, row: str, bad: str, spec: WorkerRow) -> list[st
         problems.append(f"stored error of {len(info.error.message):,} characters")
     if row == "20 MB error message":
         try:
-            shown = fleet.offload("show", bad, timeout=60)
+            shown = fleet.offload("show", bad, timeout=20)
             if shown.returncode != 0 or len(shown.stdout) > MAX_STORED_ERROR:
                 problems.append(f"offload show: exit {shown.returncode}, {len(shown.stdout):,} B")
         except subprocess.TimeoutExpired:
-            problems.append("offload show took over 60 s")
+            problems.append("offload show took over 20 s")
     return problems
+
+
+def _settled(fleet: Fleet, ids: list[str]) -> bool:
+    try:
+        return fleet.settled(ids)
+    except Exception:  # a record the broker cannot read: settled it is not
+        return False
 
 
 @pytest.mark.parametrize("row", list(WORKER_ROWS))
@@ -209,24 +219,22 @@ def test_bad_job_is_buried_with_the_reason_and_the_worker_and_other_jobs_go_on(
     fleet = Fleet(tmp_path, broker_url(name))
     try:
         worker = fleet.start_worker("-c", "4", "--lease", "5", "-q", "default,other")
-        innocent = fleet.app.enqueue("work", 2.0).id  # running when the bad job comes
+        innocent = fleet.app.enqueue("work", 1.5).id  # running when the bad job comes
         wait_for(lambda: innocent in fleet.runs(), timeout=60)
         bad = spec.enqueue(fleet)
         others = [j.id for j in fleet.app.options("ok").enqueue_many([(i,) for i in range(10)])]
         others += [j.id for j in fleet.app.options("ok", queue="other").enqueue_many([(1,), (2,)])]
         everyone = [bad, innocent, *others]
         try:
-            wait_for(lambda: fleet.settled(everyone) or worker.poll() is not None, timeout=60)
-            wait_for(lambda: fleet.settled(everyone), timeout=10)  # a restarted worker's turn
+            wait_for(lambda: _settled(fleet, everyone) or worker.poll() is not None, timeout=30)
         except AssertionError:
             pass
         problems = _check_bad_job(fleet, row, bad, spec)
-        infos = fleet.infos([innocent, *others])
-        failed = [i for i, info in infos.items() if info is None or info.state != "succeeded"]
-        charged = infos[innocent] is not None and infos[innocent].attempt != 1  # type: ignore[union-attr]
-        if failed:
-            problems.append(f"{len(failed)} other jobs not succeeded")
-        if charged:
+        tally = fleet.tally([innocent, *others])
+        innocent_info = fleet.infos([innocent])[innocent]
+        if tally.lost or tally.stuck:
+            problems.append(f"other jobs: {len(tally.lost)} lost, {len(tally.stuck)} stuck")
+        if innocent_info is not None and innocent_info.attempt != 1:
             problems.append("the innocent job was charged an attempt")
         if worker.poll() is not None:
             problems.append(f"the worker exited ({worker.returncode})")
@@ -235,14 +243,11 @@ def test_bad_job_is_buried_with_the_reason_and_the_worker_and_other_jobs_go_on(
             SCENARIO,
             jobs=len(everyone),
             faults=1,
-            lost=len(failed),
-            overlapping=len(fleet.tally([innocent]).overlapping),
-            stuck=sum(1 for i in fleet.infos(everyone).values() if i and i.state in _WAITING),
-            note=f"{row}: {', '.join(problems)} (waits for {spec.waits_for})" if problems else "",
+            lost=len(tally.lost),
+            overlapping=len(tally.overlapping),
+            stuck=len(tally.stuck),
+            note=f"{row} fails ({spec.waits_for or 'new'})" if problems else "",
         )
         assert not problems, problems
     finally:
         fleet.close()
-
-
-_WAITING = {JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING}
