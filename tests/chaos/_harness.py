@@ -240,7 +240,14 @@ class Fleet:
             out: list[JobInfo | None] = []
             for start in range(0, len(ids), 8):  # a few in flight: the pool is bounded
                 chunk = ids[start : start + 8]
-                out += await asyncio.gather(*(broker.get_job(i) for i in chunk))
+                # Every call ends before an error is raised: none is left running
+                # when the app's loop closes.
+                calls = (broker.get_job(i) for i in chunk)
+                got = await asyncio.gather(*calls, return_exceptions=True)
+                for value in got:
+                    if isinstance(value, BaseException):
+                        raise value
+                out += got  # type: ignore[arg-type]
             return out
 
         return dict(zip(ids, self.app.portal.run(fetch()), strict=True))

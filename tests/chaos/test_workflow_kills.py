@@ -15,7 +15,7 @@ import pytest
 
 from offload import Job, JobInfo, JobNotFound, JobState, Offload, chain, group
 from offload.job import TERMINAL_STATES
-from tests.chaos._harness import BROKERS, Fleet
+from tests.chaos._harness import BROKERS, Fleet, wait_for
 from tests.chaos._report import record
 
 pytestmark = pytest.mark.chaos
@@ -107,7 +107,7 @@ def test_random_sigkills_neither_lose_nor_double_a_workflow_step(
         rng = random.Random(99)
         workers = [fleet.start_worker(*WORKER_ARGS) for _ in range(3)]
         kills = 0
-        time.sleep(1.5)  # the workers start and take jobs
+        wait_for(lambda: any(out.glob("leaf.*")), timeout=60)  # the kills hit the group
         while kills < 12 and not _succeeded(flow.last):
             time.sleep(rng.uniform(0.3, 0.7))
             victim = rng.randrange(len(workers))
