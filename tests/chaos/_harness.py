@@ -267,6 +267,15 @@ class Fleet:
                     total[state] = total.get(state, 0) + n
         return total
 
+    def workers(self) -> int:
+        """How many workers are registered with the broker."""
+
+        async def registered() -> int:
+            broker = await self.app.connected_broker()  # the portal's own connections
+            return len(await broker.workers())
+
+        return self.app.portal.run(registered())
+
     def finished(self, queue: str = "default") -> int:
         """How many jobs of `queue` are in a final state."""
         states = self.states(queue)

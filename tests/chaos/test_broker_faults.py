@@ -124,7 +124,7 @@ def test_workers_survive_their_postgres_backends_being_terminated(
                 terminated += row[0] if row else 0
 
             workers = [fleet.start_worker(*WORKER_ARGS) for _ in range(2)]
-            wait_for(lambda: len(fleet.app.portal.run(fleet.app.broker.workers())) == 2)
+            wait_for(lambda: fleet.workers() == 2)
             # One at a time while they wait for jobs, as an idle timeout does: a call
             # may then meet a dead connection after another call met a live one.
             for _ in range(rounds * 15):

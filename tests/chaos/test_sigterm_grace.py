@@ -44,7 +44,7 @@ def test_a_stopping_worker_never_runs_a_job_it_handed_back(
         ids = [fleet.app.enqueue("work", LONG_S).id, fleet.app.enqueue("awork", LONG_S).id]
         wait_for(lambda: set(fleet.runs()) == set(ids), timeout=60)
         rival = fleet.start_worker("--lease", "2", "-c", "2")
-        wait_for(lambda: len(fleet.app.portal.run(fleet.app.broker.workers())) == 2, timeout=60)
+        wait_for(lambda: fleet.workers() == 2, timeout=60)
         first.send_signal(signal.SIGTERM)
         signals = 1
         if stop == "second signal":
