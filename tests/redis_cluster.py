@@ -3,6 +3,7 @@ free ports, in a temporary directory, stopped when the context ends."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import socket
 import subprocess
@@ -43,9 +44,10 @@ def _cli(port: int, *args: str, timeout: float = 10) -> str:
     return done.stdout
 
 
-def _server_pid(port: int) -> int | None:
+def _server_pid(port: int, password: str | None = None) -> int | None:
     """The pid of the redis-server answering on `port`, None if none answers."""
-    for line in _cli(port, "info", "server").splitlines():
+    auth = ["--no-auth-warning", "-a", password] if password else []
+    for line in _cli(port, *auth, "info", "server").splitlines():
         if line.startswith("process_id:"):
             return int(line.partition(":")[2])
     return None
@@ -61,6 +63,10 @@ class RedisProcess:
         self.directory = directory
         self.port = port or free_port()
         self.extra = extra
+        #: The `--requirepass` among `extra`, so that start() can ask the server its pid.
+        self.password = next(
+            (v for k, v in itertools.pairwise(extra) if k == "--requirepass"), None
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10) -> RedisProcess:
@@ -71,7 +77,7 @@ class RedisProcess:
         deadline = time.monotonic() + timeout
         # Ask for the answering server's pid, not just a PONG: a port found free may be
         # taken meanwhile by another test run's server, and ours then exits at once.
-        while _server_pid(self.port) != self.process.pid:
+        while _server_pid(self.port, self.password) != self.process.pid:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server on port {self.port} did not start")

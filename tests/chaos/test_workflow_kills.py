@@ -5,11 +5,7 @@ callback job exists once and gets every branch's result. `pytest -m chaos`."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -18,10 +14,14 @@ from pathlib import Path
 import pytest
 
 from offload import Job, JobInfo, JobNotFound, JobState, Offload, chain, group
+from offload.job import TERMINAL_STATES
+from tests.chaos._harness import BROKERS, Fleet, wait_for
+from tests.chaos._report import record
 
 pytestmark = pytest.mark.chaos
 
 BRANCHES = 300
+WORKER_ARGS = ("--lease", "1", "-c", "10")
 
 APP_SOURCE = textwrap.dedent(
     """
@@ -32,7 +32,7 @@ APP_SOURCE = textwrap.dedent(
     # Every kill also burns an attempt of the jobs its worker had prefetched, and a
     # 1 s lease on a busy machine lapses now and then: a budget no kill pattern
     # exhausts, since this test is about losing or doubling steps, not about retries.
-    OUT = pathlib.Path(os.environ["JOBS_OUT"])
+    OUT = pathlib.Path(os.environ["CHAOS_RUNS"])
 
     @app.task(name="start", max_attempts=50)
     def start(n: int) -> int:
@@ -88,23 +88,13 @@ def _succeeded(job: Job) -> bool:
         return False
 
 
-@pytest.mark.parametrize("name", ["sqlite", "postgres", "redis"])
+@pytest.mark.parametrize("name", BROKERS)
 def test_random_sigkills_neither_lose_nor_double_a_workflow_step(
     name: str, tmp_path: Path, broker_url: Callable[[str], str]
 ) -> None:
     url = broker_url(name)
-    out = tmp_path / "out"
-    out.mkdir()
-    (tmp_path / "flowapp.py").write_text(APP_SOURCE)
-    env = {**os.environ, "OFFLOAD_URL": url, "JOBS_OUT": str(out), "PYTHONPATH": str(tmp_path)}
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start_worker() -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "offload", "worker", "flowapp:app", "--poll", "0.05"]
-        proc = subprocess.Popen([*argv, "--lease", "1", "-c", "10"], env=env, cwd=tmp_path)
-        procs.append(proc)
-        return proc
-
+    fleet = Fleet(tmp_path, url, app_source=APP_SOURCE)
+    out = fleet.runs_dir
     app = _producer(url)
     start, leaf, tail, collect = (app.tasks[n] for n in ("start", "leaf", "tail", "collect"))
     try:
@@ -115,23 +105,33 @@ def test_random_sigkills_neither_lose_nor_double_a_workflow_step(
         ).enqueue()
         assert flow.last is not None
         rng = random.Random(99)
-        workers = [start_worker() for _ in range(3)]
+        workers = [fleet.start_worker(*WORKER_ARGS) for _ in range(3)]
         kills = 0
-        time.sleep(1.5)  # the workers start and take jobs
+        wait_for(lambda: any(out.glob("leaf.*")), timeout=60)  # the kills hit the group
         while kills < 12 and not _succeeded(flow.last):
             time.sleep(rng.uniform(0.3, 0.7))
             victim = rng.randrange(len(workers))
-            workers[victim].send_signal(signal.SIGKILL)
-            workers[victim].wait()
-            workers[victim] = start_worker()
+            fleet.kill(workers[victim])
+            workers[victim] = fleet.start_worker(*WORKER_ARGS)
             kills += 1
 
         expected = sum((1000 + i) * 2 for i in range(BRANCHES))
         result = flow.result(timeout=180)
         jobs = app.portal.run(_workflow_jobs(app, flow.id))
         unhappy = [(i.task, i.state, i.attempt, i.error) for i in jobs if i.state != "succeeded"]
-        assert result == expected, unhappy
         tasks = [info.task for info in jobs]
+        record(
+            name,
+            "1 kill -9 loop, nested workflow",
+            jobs=len(jobs),
+            faults=kills,
+            lost=max(0, 2 * BRANCHES + 2 - len(jobs)) + len(unhappy),
+            overlapping=None,
+            stuck=sum(1 for i in jobs if i.state not in TERMINAL_STATES),
+            note=f"{len(list(out.glob('leaf.*.2')))} steps ran twice, "
+            f"{max(0, len(jobs) - 2 * BRANCHES - 2)} extra step jobs",
+        )
+        assert result == expected, unhappy
         assert tasks.count("start") == 1
         assert tasks.count("leaf") == BRANCHES
         assert tasks.count("tail") == BRANCHES
@@ -141,13 +141,5 @@ def test_random_sigkills_neither_lose_nor_double_a_workflow_step(
         assert redelivered, "no kill interrupted a running step; the test proved nothing"
         assert kills >= 5
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        fleet.close()
         app.close()
