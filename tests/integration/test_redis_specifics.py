@@ -26,7 +26,7 @@ from offload.brokers.base import Ack, Broker
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
 from offload.codec import encode_value
-from offload.errors import BrokerUnavailable
+from offload.errors import BrokerUnavailable, ConfigurationError
 from offload.job import JobState, Step, new_job_id
 from offload.testing import FakeClock
 from offload.worker import Worker
@@ -365,3 +365,24 @@ async def test_a_bulk_enqueue_past_the_scripts_chunk_size_is_whole(redis_url: st
         assert (await broker.counts())["default"].states[JobState.QUEUED] == 5000
         leases = await broker.reserve(["default"], worker_id="w", lease_s=60, limit=5000)
         assert [lease.job_id for lease in leases] == [env.id for env, _ in jobs[:5000]]
+
+
+@pytest.mark.parametrize("pool_max", [None, 3])
+async def test_more_concurrent_calls_than_connections_wait_instead_of_failing(
+    redis_url: str, pool_max: int | None
+) -> None:
+    """A burst of async calls (a web app's requests, a gather) larger than the pool
+    queues for connections; redis-py's default pool refuses the 101st."""
+    url = redis_url if pool_max is None else f"{redis_url}&pool_max={pool_max}"
+    app = Offload(url)
+    try:
+        jobs = await asyncio.gather(*(app.enqueue_async("t", i) for i in range(400)))
+        infos = await asyncio.gather(*(job.info_async() for job in jobs))
+        assert len({info.id for info in infos}) == 400
+    finally:
+        await app.aclose()
+
+
+def test_a_bad_pool_max_is_a_configuration_error(redis_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="pool_max"):
+        from_url(f"{redis_url}&pool_max=0")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from redis import Redis
 
 from offload.brokers.base import EnqueueResult
-from offload.brokers.redis._connection import errors
+from offload.brokers.redis._connection import blocking_client, errors
 from offload.job import Envelope
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class BlockingClient:
     def get(self) -> Redis:
         with self._lock:
             if self._client is None:
-                self._client = Redis.from_url(self._broker.options.redis_url)
+                self._client = blocking_client(self._broker.options)
             return self._client
 
     def close(self) -> None:

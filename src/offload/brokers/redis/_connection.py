@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis import BlockingConnectionPool as SyncBlockingPool
+from redis import Redis as SyncRedis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -55,11 +57,19 @@ _CONNECTION_PY = os.path.join("redis", "asyncio", "connection.py")
 _SAFE_POLICIES = ("noeviction", "volatile-")
 
 
+#: Connections per client (per event loop, and one more set for sync producers'
+#: threads) unless the URL says `pool_max=N`.
+DEFAULT_POOL_MAX = 50
+#: How long a call waits for a free pooled connection before it is `BrokerUnavailable`.
+POOL_WAIT_S = 20.0
+
+
 @dataclass(frozen=True, slots=True)
 class RedisURL:
     redis_url: str  # what redis-py receives: our options removed
     prefix: str
     cluster: bool
+    pool_max: int = DEFAULT_POOL_MAX
 
 
 def parse_url(url: str) -> RedisURL:
@@ -74,7 +84,7 @@ def parse_url(url: str) -> RedisURL:
     if not parts.hostname:
         raise ConfigurationError(f"Redis URL {url!r} names no host")
     params = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in params if k in ("prefix", "cluster")}
+    ours = {k: v for k, v in params if k in ("prefix", "cluster", "pool_max")}
     rest = [(k, v) for k, v in params if k not in ours]
     prefix = ours.get("prefix", "offload")
     if not prefix or "{" in prefix or "}" in prefix:
@@ -82,13 +92,24 @@ def parse_url(url: str) -> RedisURL:
     flag = ours.get("cluster", "false").lower()
     if flag not in _TRUE | _FALSE:
         raise ConfigurationError(f"invalid cluster={flag!r} in {url!r}: expected true or false")
+    pool_max = ours.get("pool_max", str(DEFAULT_POOL_MAX))
+    if not pool_max.isdigit() or int(pool_max) < 1:
+        raise ConfigurationError(f"invalid pool_max={pool_max!r} in {url!r}: an integer >= 1")
     redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
-    return RedisURL(redis_url, prefix, flag in _TRUE)
+    return RedisURL(redis_url, prefix, flag in _TRUE, int(pool_max))
 
 
 def plain_client(url: RedisURL) -> Redis:
     """A client of the URL's node alone, even for a cluster URL."""
     return Redis.from_url(url.redis_url)
+
+
+def blocking_client(url: RedisURL) -> SyncRedis:
+    """The thread-safe client of sync producers, with a waiting pool (see `make_client`)."""
+    pool = SyncBlockingPool.from_url(
+        url.redis_url, max_connections=url.pool_max, timeout=POOL_WAIT_S
+    )
+    return SyncRedis(connection_pool=pool)
 
 
 def make_client(url: RedisURL) -> Client:
@@ -98,10 +119,20 @@ def make_client(url: RedisURL) -> Client:
     script: each is idempotent or, like `reserve`, at-least-once (a lost reply only
     leaves a lease to lapse)."""
     if url.cluster:
-        return RedisCluster.from_url(url.redis_url)
-    return Redis.from_url(
-        url.redis_url, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError]
+        return RedisCluster.from_url(url.redis_url, max_connections=url.pool_max)
+    # A waiting pool: more concurrent calls than `pool_max` (a web app's burst of
+    # enqueues, a gather of 1,000 `info` calls) queue for a connection instead of
+    # failing with "Too many connections", as redis-py's default pool does.
+    pool = BlockingConnectionPool.from_url(
+        url.redis_url,
+        max_connections=url.pool_max,
+        timeout=POOL_WAIT_S,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
     )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool too, as from_url's
+    return client
 
 
 @contextlib.contextmanager
