@@ -26,12 +26,12 @@ STOPS = 15
 WORKER_ARGS = ("--grace", "0.5", "--lease", "2", "-c", "4")
 
 
-@pytest.mark.parametrize("name", ["sqlite", "postgres", "redis"])
 async def _counts(app: Offload) -> dict[str, object]:
     """Through the portal's own broker (`connected_broker`), which `close()` closes."""
     return dict(await (await app.connected_broker()).counts())
 
 
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "redis"])
 def test_stops_past_the_grace_period_never_run_a_job_twice_at_once(
     tmp_path: Path, broker_url: Callable[[str], str], name: str
 ) -> None:
