@@ -185,6 +185,14 @@ class Offload:
 
         return register(fn) if fn is not None else register
 
+    def find_task(self, name: str) -> Task[Any, Any] | None:
+        """The task a worker runs for jobs named `name`, or None if it knows none.
+
+        The registry here; an integration that finds its tasks by name (Django's, by
+        module path: `offload.contrib.django`) extends it.
+        """
+        return self.tasks.get(name)
+
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under `name`.
 
@@ -283,7 +291,10 @@ class Offload:
         return Job(self, job_id)
 
     def _enqueue_sync(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
-        items = self._items(name, calls, overrides)
+        return self._send_sync(name, self._items(name, calls, overrides))
+
+    def _send_sync(self, name: str, items: list[tuple[Envelope, bytes]]) -> list[Job]:
+        """Send checked, encoded envelopes (`_items`) from synchronous code."""
         broker = self._portal_broker or self.broker
         if broker.capabilities.blocking_enqueue and not self.portal.is_current():
             results = broker.enqueue_blocking(items, max_depth=self._max_depth(name))

@@ -32,6 +32,7 @@ __all__ = [
     "clip",
     "id_floor",
     "new_job_id",
+    "type_path",
 ]
 
 #: Version of the envelope format; bumped on any incompatible change.
@@ -170,11 +171,20 @@ ERROR_TRACEBACK_MAX = 32 * 1024
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Why an attempt failed, as stored with the job and shown by the CLI."""
+    """Why an attempt failed, as stored with the job and shown by the CLI.
+
+    `type` is the exception's class name (`ValueError`), or the reason offload
+    recorded itself (`WorkerLost`, `LeaseExpired`, `UnknownTask`, ...). `type_path` is
+    the importable path of the exception's class (`builtins.ValueError`,
+    `myapp.errors.Declined`), so a reader can get the class back (Django's
+    `TaskError.exception_class`); it is empty for a reason that is no exception, and in
+    records written before it existed.
+    """
 
     type: str
     message: str
     traceback: str = ""
+    type_path: str = ""
 
     def __post_init__(self) -> None:
         """Bound each field (`clip`): the message to ERROR_MESSAGE_MAX, the type and
@@ -190,7 +200,13 @@ _ERROR_LIMITS = (
     ("type", ERROR_TRACEBACK_MAX),
     ("message", ERROR_MESSAGE_MAX),
     ("traceback", ERROR_TRACEBACK_MAX),
+    ("type_path", ERROR_TRACEBACK_MAX),
 )
+
+
+def type_path(cls: type[BaseException]) -> str:
+    """The importable path of an exception class: `module.qualname`."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def clip(text: str, limit: int) -> str:

@@ -18,7 +18,9 @@ from offload.testing import FakeClock
 #: Lease length used by tests that do not care about it, in seconds.
 LEASE_S = 30.0
 #: The error recorded by tests that retry or bury a job.
-BOOM = ErrorInfo("ValueError", "boom", "Traceback (most recent call last):\n  ...")
+BOOM = ErrorInfo(
+    "ValueError", "boom", "Traceback (most recent call last):\n  ...", "builtins.ValueError"
+)
 
 
 def approx_time(t: float) -> Any:

@@ -198,7 +198,11 @@ def job_summary(info: JobInfo) -> dict[str, Any]:
         "kwargs": envelope.kwargs if envelope else None,
         "error": None
         if info.error is None
-        else {"type": info.error.type, "message": info.error.message},
+        else {
+            "type": info.error.type,
+            "type_path": info.error.type_path,
+            "message": info.error.message,
+        },
         "result": _result(info),
         "progress": info.progress,
     }

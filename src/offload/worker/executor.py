@@ -35,10 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from offload.codec import decode_envelope, encode_value
 from offload.context import JobContext, _current, _reporters
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
-from offload.job import Envelope, ErrorInfo
+from offload.job import Envelope, ErrorInfo, type_path
 from offload.worker.processes import ProcessRunner, RemoteError
 
 if TYPE_CHECKING:
@@ -112,11 +114,11 @@ class Outcome:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """The stored record of an exception (type, message, traceback)."""
+    """The stored record of an exception (type, message, traceback, class path)."""
     if isinstance(exc, RemoteError):
-        return ErrorInfo(exc.type_name, str(exc), exc.remote_traceback)
+        return ErrorInfo(exc.type_name, str(exc), exc.remote_traceback, exc.type_path)
     tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type(exc).__qualname__, str(exc), tb)
+    return ErrorInfo(type(exc).__qualname__, str(exc), tb, type_path(type(exc)))
 
 
 class Executor:
@@ -167,7 +169,7 @@ class Executor:
             envelope = decode_envelope(lease.payload)
         except Exception as exc:
             return Outcome("bury", error=ErrorInfo("Undecodable", f"undecodable payload: {exc}"))
-        task = self.app.tasks.get(envelope.task)
+        task = self.app.find_task(envelope.task)
         if task is None:
             message = f"no task named {envelope.task!r} is registered in this worker"
             return Outcome("bury", envelope, error=ErrorInfo("UnknownTask", message))
@@ -321,6 +323,5 @@ def _max_attempts(envelope: Envelope, task: Task[Any, Any]) -> int:
 
 def _with_reason(error: ErrorInfo, reason: str) -> ErrorInfo:
     if not error.message or error.message == reason:
-        return ErrorInfo(error.type, reason, error.traceback)
-    message = f"{reason}: {error.message}"
-    return ErrorInfo(error.type, message, error.traceback)
+        return msgspec.structs.replace(error, message=reason)
+    return msgspec.structs.replace(error, message=f"{reason}: {error.message}")

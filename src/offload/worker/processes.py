@@ -29,6 +29,7 @@ from typing import Any
 from offload.codec import decode_value, encode_value
 from offload.context import JobContext, _current
 from offload.errors import Bury, JobTimeout, Retry
+from offload.job import type_path
 
 __all__ = ["ProcessRunner", "RemoteError"]
 
@@ -43,11 +44,14 @@ class RemoteError(Exception):
     so retry policies can still match `retry_on` / `give_up_on` by name.
     """
 
-    def __init__(self, type_name: str, remote_mro: list[str], message: str, tb: str) -> None:
+    def __init__(
+        self, type_name: str, remote_mro: list[str], message: str, tb: str, type_path: str = ""
+    ) -> None:
         super().__init__(message)
         self.type_name = type_name
         self.remote_mro = remote_mro
         self.remote_traceback = tb
+        self.type_path = type_path
 
 
 def _resolve(module: str, qualname: str) -> Any:
@@ -83,7 +87,8 @@ def _child_main(conn: Connection, parent: int) -> None:  # pragma: no cover - in
             reply = ["bury", exc.reason]
         except BaseException as exc:
             mro = [c.__name__ for c in type(exc).__mro__]
-            reply = ["error", type(exc).__qualname__, mro, str(exc), traceback.format_exc()]
+            tb = traceback.format_exc()
+            reply = ["error", type(exc).__qualname__, mro, str(exc), tb, type_path(type(exc))]
         finally:
             _current.reset(token)
         conn.send_bytes(encode_value(reply))
@@ -224,5 +229,5 @@ def _unpack(reply: list[Any]) -> Any:
         raise Retry(reply[1], reply[2])
     if kind == "bury":
         raise Bury(reply[1])
-    _, type_name, mro, message, tb = reply
-    raise RemoteError(type_name, mro, message, tb)
+    _, type_name, mro, message, tb, path = reply
+    raise RemoteError(type_name, mro, message, tb, path)
