@@ -34,7 +34,10 @@ ORPHAN_CHECK_S = 1.0
 
 
 @click.command()
-@click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
+@click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP", required=False)
+@click.option("--django", "django_settings", default=None, metavar="SETTINGS", **env_twin("DJANGO"),
+              help="Run a Django project's tasks (offload.contrib.django): its settings module; "
+                   "MODULE:APP is then not needed.")  # fmt: skip
 @click.option("-c", "--concurrency", default=10, type=click.IntRange(1), **env_twin("CONCURRENCY"),
               help="Jobs run at once per process.")  # fmt: skip
 @click.option("-p", "--processes", default=1, type=click.IntRange(1), **env_twin("PROCESSES"),
@@ -61,7 +64,8 @@ ORPHAN_CHECK_S = 1.0
 @click.option("--log-format", default="text", **env_twin("LOG_FORMAT"),
               type=click.Choice(["text", "json"]), help="json: one object per line.")  # fmt: skip
 def worker(
-    app_spec: str,
+    app_spec: str | None,
+    django_settings: str | None,
     concurrency: int,
     processes: int,
     queues: str | None,
@@ -86,6 +90,11 @@ def worker(
     exits, and a fresh one replaces it (with one process, it runs supervised too).
     """
     setup_logging(log_level, log_format)
+    if django_settings:
+        os.environ["DJANGO_SETTINGS_MODULE"] = django_settings
+        app_spec = app_spec or "offload.contrib.django.worker:app"
+    if not app_spec:
+        raise click.UsageError("give MODULE:APP (or --django SETTINGS for a Django project)")
     recycling = max_jobs is not None or max_memory is not None
     if processes > 1 or (recycling and not _supervised()):
         sys.exit(_supervise(processes))
