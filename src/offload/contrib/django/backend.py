@@ -66,6 +66,7 @@ class DjangoOffload(Offload):
         self.task_defaults = dict(defaults)
         self.django_queues: set[str] = set()
         self._lock = threading.Lock()
+        self._schema_ready = False
 
     def register(self, task: Task, sender: type) -> None:
         """Register `task` under its module path (once: the first declaration wins;
@@ -98,6 +99,13 @@ class DjangoOffload(Offload):
                 )
             except (ConfigurationError, TypeError) as exc:
                 raise InvalidTask(f"{name}: {exc}") from None
+
+    def ensure_schema(self) -> None:
+        """Connect the broker once, which creates or migrates its tables, before the
+        first job is written on the application's own connection."""
+        if not self._schema_ready:
+            self.portal.run(self.connected_broker())
+            self._schema_ready = True
 
     def find_task(self, name: str) -> Any:
         """A registered task, else the Django task at the module path `name` if it is
@@ -203,6 +211,7 @@ class OffloadBackend(BaseTaskBackend):
         joined = in_atomic and _same_database(self.app, db)
         job_id = envelope.id  # an idempotency key may name an existing job instead:
         if joined:  # written in the caller's transaction
+            self.app.ensure_schema()
             [written] = self.app._transactional().enqueue_in_sync(db.connection, items)
             job_id = written.id
         elif not in_atomic:
