@@ -1,0 +1,1 @@
+"""Django's own `tests/tasks/` suite, re-targeted at `OffloadBackend` (see run.py)."""
