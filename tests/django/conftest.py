@@ -68,6 +68,10 @@ def _drop_schema() -> Iterator[None]:
     yield
     from django.db import connections
 
+    from offload.contrib.django import backend
+
+    for app in backend._apps.values():
+        app.close()
     connections.close_all()
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')

@@ -14,6 +14,7 @@ other reason, and on a listed test that no longer exists.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import re
 import subprocess
@@ -52,6 +53,14 @@ def django_tests(version: str) -> Path:
     return tests
 
 
+def close_apps() -> None:
+    """Close the brokers of every app the backends made (their pools, their portals)."""
+    from offload.contrib.django import backend
+
+    for app in backend._apps.values():
+        app.close()
+
+
 def not_applicable() -> dict[str, str]:
     """`test id -> reason` from the note: lines "- `tasks.module.Class.test`: reason"."""
     entries = {}
@@ -73,6 +82,23 @@ def broker_urls(broker: str, tmp: Path) -> tuple[str, str]:
     raise SystemExit(f"unknown broker {broker!r}")
 
 
+def clean_up(broker: str, urls: tuple[str, ...]) -> None:
+    """Drop what this run stored in the shared servers (its schemas, its key prefixes)."""
+    if broker == "postgres":
+        import psycopg
+
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            for url in urls:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{url.rpartition("=")[2]}" CASCADE')
+    elif broker == "redis":
+        import redis
+
+        with redis.Redis.from_url(REDIS) as client:
+            for url in urls:
+                for key in client.scan_iter(f"{url.rpartition('=')[2]}:*"):
+                    client.delete(key)
+
+
 def flatten(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
     for test in suite:
         if isinstance(test, unittest.TestSuite):
@@ -86,6 +112,7 @@ def main() -> int:
     parser.add_argument("--broker", default="sqlite", choices=["sqlite", "postgres", "redis"])
     parser.add_argument("-v", "--verbosity", type=int, default=1)
     args = parser.parse_args()
+    faulthandler.dump_traceback_later(600, exit=True)  # a hung test fails the lane
 
     import django
 
@@ -132,6 +159,8 @@ def main() -> int:
     finally:
         runner.teardown_databases(databases)
         runner.teardown_test_environment()
+        close_apps()
+        clean_up(args.broker, (queued, running))
 
     passed = result.testsRun - len(result.failures) - len(result.errors) - len(result.skipped)
     print(

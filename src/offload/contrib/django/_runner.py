@@ -7,11 +7,14 @@ backends do (`normalize_json`: a value Django could not store fails the attempt 
 worker thread before and after, as Django does around a request.
 
 `task_finished` is sent once per job, when its outcome is final: on success, or on a
-failure that offload will not retry (a retried attempt leaves the job READY).
+failure that offload will not retry (a retried attempt leaves the job READY). For an
+async task the receivers run in a thread (`asyncio.to_thread`), as sync code may: never
+on the worker's loop, and never waiting for the main thread, which `Signal.asend` would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -89,14 +92,14 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
 
         async def handler(*args: Any, **kwargs: Any) -> Any:
             result, call_args = start(args, kwargs)
-            await task_started.asend(sender, task_result=result)
+            await asyncio.to_thread(task_started.send, sender, task_result=result)
             try:
                 value = succeeded(result, await func(*call_args, **kwargs))
             except BaseException as exc:
                 if failed(result, exc):
-                    await task_finished.asend(sender, task_result=result)
+                    await asyncio.to_thread(task_finished.send, sender, task_result=result)
                 raise
-            await task_finished.asend(sender, task_result=result)
+            await asyncio.to_thread(task_finished.send, sender, task_result=result)
             return value
 
         run: Callable[..., Any] = handler
