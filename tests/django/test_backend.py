@@ -185,3 +185,11 @@ def test_unknown_options_are_refused_naming_them() -> None:
         OffloadBackend("x", {"OPTIONS": {"URL": "memory://"}})
     with pytest.raises(ImproperlyConfigured, match="attempts"):
         OffloadBackend("x", {"OPTIONS": {"url": "memory://", "defaults": {"attempts": 3}}})
+
+
+def test_a_worker_finds_only_this_backends_django_tasks_by_module_path() -> None:
+    app = backend().app
+    assert app.find_task(tasks.add.module_path) is app.tasks[tasks.add.module_path]
+    assert app.find_task("os.system") is None  # importable, but not a Django task
+    assert app.find_task("no.such.module.task") is None
+    assert app.find_task(tasks.on_sqlite.module_path) is None  # another backend's task
