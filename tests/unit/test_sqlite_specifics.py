@@ -451,3 +451,19 @@ async def test_an_end_by_another_connection_wakes_wait_finished_within_a_poll(
     finally:
         await waiter.close()
         await other.close()
+
+
+def test_a_store_dropped_without_close_closes_its_connection(tmp_path: Path) -> None:
+    """A broker a program forgets to close still closes its SQLite connection when it is
+    collected, instead of leaving it to the connection's own finaliser (which Python
+    3.13 reports as a ResourceWarning: "unclosed database")."""
+    import gc
+
+    from offload.brokers.sqlite._store import Store
+
+    store = Store.open(tmp_path / "dropped.db", FakeClock(), 3600.0)
+    conn = store._conn
+    del store
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -72,6 +73,9 @@ class Store:
         self._conn = conn
         self._clock = clock
         self._retention_s = retention_s
+        # A broker dropped without close() still closes its connection when collected
+        # (Python 3.13 warns about an sqlite3 connection collected open).
+        self._closer = weakref.finalize(self, conn.close)
 
     @classmethod
     def open(cls, path: Path, clock: Clock, retention_s: float) -> Store:
@@ -84,7 +88,7 @@ class Store:
         return cls(connect(path), clock, retention_s)
 
     def close(self) -> None:
-        self._conn.close()
+        self._closer()
 
     def run(self, fn: Callable[[Store, *Ts], T], *args: *Ts) -> T:
         """`fn(self, *args)`, retried while another connection holds the lock."""

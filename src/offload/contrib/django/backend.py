@@ -27,6 +27,7 @@ Backend instances are per thread (Django's connection handler); they share one
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -127,8 +128,6 @@ class DjangoOffload(Offload):
 
 
 def _is_async(task: Task) -> bool:
-    import inspect
-
     return inspect.iscoroutinefunction(task.func)
 
 
@@ -270,9 +269,6 @@ class OffloadBackend(BaseTaskBackend):
             run_after=_utc(not_before) if not_before is not None else None,
         )
         return from_info(task, info, self.alias)
-
-    def check(self, **kwargs: Any) -> list[Any]:
-        return []
 
 
 def _overrides(task: Task) -> Any:
