@@ -467,3 +467,20 @@ def test_a_store_dropped_without_close_closes_its_connection(tmp_path: Path) -> 
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         conn.execute("SELECT 1")
+
+
+def test_the_demos_user_store_dropped_without_close_closes_its_connection(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    from offload.demo.signup import UserStore
+
+    store = UserStore(str(tmp_path / "users.db"))
+    store.init()
+    conn = store._conn
+    assert conn is not None
+    del store
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")

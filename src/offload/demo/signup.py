@@ -28,6 +28,7 @@ import smtplib
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,6 +196,9 @@ class UserStore:
         with self._lock:
             if self._conn is None:
                 self._conn = _open(self.path)
+                # a store dropped without close() closes it when collected (Python
+                # 3.13 warns about an sqlite3 connection collected open)
+                weakref.finalize(self, self._conn.close)
             yield self._conn
 
     def init(self) -> None:
