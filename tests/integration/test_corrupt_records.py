@@ -8,6 +8,7 @@ handle, listings, the CLI) must show the bad job instead of raising.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -78,7 +79,7 @@ REDIS_CORRUPTIONS: dict[str, Corrupt] = {
 
 def _sql(url: str, statement: str, job_id: str) -> None:
     if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn, conn:
             conn.execute(statement.replace("%s", "?"), (job_id,))
         return
     import psycopg

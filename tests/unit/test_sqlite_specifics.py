@@ -7,6 +7,7 @@ The broker contract itself is proved by `tests/conformance/`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -108,7 +109,7 @@ async def test_connect_creates_parent_directories_and_uses_wal(
 
     await make_broker(path).connect()
 
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -145,7 +146,7 @@ async def test_file_with_newer_schema_version_is_refused(
     make_broker: MakeBroker, db_path: Path
 ) -> None:
     await make_broker().connect()
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE offload_meta SET value = '999' WHERE key = 'schema_version'")
     conn.close()
 
@@ -153,7 +154,7 @@ async def test_file_with_newer_schema_version_is_refused(
     with pytest.raises(ConfigurationError, match="schema version 999"):
         await broker.connect()
     # The failure is not cached: once the file is fixed, the same broker opens it.
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE offload_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     await broker.connect()
@@ -174,7 +175,7 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     [lease] = await old.reserve(["q"], worker_id="w", lease_s=30, limit=1)
     await old.ack(lease, encode_value("ok"), result_ttl_s=None)
     await old.close()
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("ALTER TABLE offload_jobs DROP COLUMN flow")
         conn.execute("DROP TABLE offload_outbox")
         conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
@@ -190,7 +191,7 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     await broker.connect()
 
     # it is the current version, with every job as it was,
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         version = conn.execute("SELECT value FROM offload_meta WHERE key = 'schema_version'")
         assert version.fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
@@ -244,7 +245,7 @@ async def test_garbage_payload_is_still_leased_for_the_worker_to_bury(
     broker = make_broker()
     await broker.connect()
     # Given a row written by another tool, with a payload that is no envelope,
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute(
             "INSERT INTO offload_jobs (id, queue, task, state, max_attempts, created_at, "
             "due_at, payload) VALUES ('junk', 'default', '?', 'queued', 1, ?, ?, ?)",
