@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis import BlockingConnectionPool as SyncBlockingPool
 from redis import Redis as SyncRedis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -58,10 +57,11 @@ _SAFE_POLICIES = ("noeviction", "volatile-")
 
 
 #: Connections per client (per event loop, and one more set for sync producers'
-#: threads) unless the URL says `pool_max=N`.
-DEFAULT_POOL_MAX = 50
-#: How long a call waits for a free pooled connection before it is `BrokerUnavailable`.
-POOL_WAIT_S = 20.0
+#: threads) unless the URL says `pool_max=N`. redis-py 8's default pool refuses the
+#: 101st concurrent call ("Too many connections"): a web app's burst of enqueues, or a
+#: gather of `info` calls, passes that easily. (A waiting pool was tried: with
+#: redis-py 5.0.1, a worker found no free connection after a Redis restart.)
+DEFAULT_POOL_MAX = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +105,8 @@ def plain_client(url: RedisURL) -> Redis:
 
 
 def blocking_client(url: RedisURL) -> SyncRedis:
-    """The thread-safe client of sync producers, with a waiting pool (see `make_client`)."""
-    pool = SyncBlockingPool.from_url(
-        url.redis_url, max_connections=url.pool_max, timeout=POOL_WAIT_S
-    )
-    return SyncRedis(connection_pool=pool)
+    """The thread-safe client of sync producers (its pool sized as `make_client`'s)."""
+    return SyncRedis.from_url(url.redis_url, max_connections=url.pool_max)
 
 
 def make_client(url: RedisURL) -> Client:
@@ -117,22 +114,15 @@ def make_client(url: RedisURL) -> Client:
     connection error: after a Redis restart every pooled connection is stale, and its
     first command would fail though the server is back. A retry is safe for every
     script: each is idempotent or, like `reserve`, at-least-once (a lost reply only
-    leaves a lease to lapse)."""
+    leaves a lease to lapse). Its pool holds up to `pool_max` connections."""
     if url.cluster:
         return RedisCluster.from_url(url.redis_url, max_connections=url.pool_max)
-    # A waiting pool: more concurrent calls than `pool_max` (a web app's burst of
-    # enqueues, a gather of 1,000 `info` calls) queue for a connection instead of
-    # failing with "Too many connections", as redis-py's default pool does.
-    pool = BlockingConnectionPool.from_url(
+    return Redis.from_url(
         url.redis_url,
         max_connections=url.pool_max,
-        timeout=POOL_WAIT_S,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[RedisConnectionError],
     )
-    client = Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # aclose() closes the pool too, as from_url's
-    return client
 
 
 @contextlib.contextmanager
