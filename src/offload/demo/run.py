@@ -224,19 +224,26 @@ class _Demo:
         self.inspector = Offload(url)
         self.load = _Load()
         self.signalled: str | None = None
+        self.stopping = False  # the run's `finally` has begun: cancel it no more
 
-    def _on_sigterm(self, main: asyncio.Task[DemoSummary]) -> None:
-        """SIGTERM cancels the run, so its `finally` stops the processes (Python's
-        default would end this process at once and leave them running)."""
-        self.signalled = "SIGTERM"
-        main.cancel()
+    def _on_signal(self, name: str, main: asyncio.Task[DemoSummary]) -> None:
+        """SIGTERM or SIGINT cancels the run, so its `finally` stops the processes
+        (Python's default SIGTERM would end this process at once and leave them
+        running). The cancel is repeated until the run reaches its `finally`: one can
+        be swallowed where an awaited call completes in the same instant (Python
+        3.11's `wait_for`), and the demo would then run on."""
+        self.signalled = self.signalled or name
+        if not main.done() and not self.stopping:
+            main.cancel()
+            asyncio.get_running_loop().call_later(0.5, self._on_signal, name, main)
 
     async def run(self) -> DemoSummary:
         started = time.monotonic()
         main = asyncio.current_task()
         assert main is not None
         with contextlib.suppress(ValueError):  # not the main thread: no signals here
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm, main)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, sig.name, main)
         self.console.rule("[bold]offload demo")
         self.console.print(f"work directory: {self.root}")
         self.smtp.start()
@@ -252,6 +259,7 @@ class _Demo:
                 once = self._users_emailed_once()
                 story = await _Story(client, self.smtp).run()
         finally:
+            self.stopping = True
             # Workers first, while the SMTP server still answers their last sends.
             self._stop_processes()
             self.smtp.stop()
