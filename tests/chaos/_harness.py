@@ -25,7 +25,7 @@ from pathlib import Path
 from offload import JobState, Offload
 from offload.brokers.base import JobInfo, QueueStats
 from offload.job import TERMINAL_STATES
-from tests.integration.test_worker_process import wait_for
+from tests.integration.test_worker_process import stop_all, wait_for
 
 __all__ = ["BROKERS", "Fleet", "Run", "Tally", "alive", "env_int", "overlapping", "wait_for"]
 
@@ -200,15 +200,7 @@ class Fleet:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs, timeout=15)
         self.app.close()
 
     # -- what happened --------------------------------------------------------------------

@@ -85,16 +85,22 @@ class Env:
         return self.app.job(job_id).info()
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()  # a supervisor forwards it to its children
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs, timeout=10)
         self.app.close()
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM every process still running (a supervisor forwards it to its children),
+    then wait for each; one that outlives `timeout` is killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
