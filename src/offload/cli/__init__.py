@@ -149,6 +149,7 @@ def cli() -> None:
 
 def _register() -> None:
     from offload.cli.cancel import cancel
+    from offload.cli.dashboard import dashboard
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
     from offload.cli.migrate import migrate
@@ -156,7 +157,9 @@ def _register() -> None:
     from offload.cli.scheduler import scheduler, schedules
     from offload.cli.worker import worker
 
-    commands = (worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules)
+    commands = (
+        worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules, dashboard,
+    )  # fmt: skip
     for command in commands:
         cli.add_command(command)
     try:

@@ -1,0 +1,246 @@
+"""What the pages show, read through the public `Broker` inspection API only.
+
+Every read here is bounded, so a page costs the same with a thousand jobs stored or a
+million: listings are keyset pages (`list_jobs`' cursor), a key is one `find`, and the
+filters the broker does not index (task, time range) scan at most `SCAN_BUDGET` jobs per
+request and say how far they got, with a cursor to go on from there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+
+from offload.app import Offload
+from offload.brokers.base import Broker, JobInfo, QueueStats, WorkerInfo
+from offload.job import JobState
+from offload.schedule import ScheduleEntry
+
+__all__ = [
+    "SCAN_BUDGET",
+    "JobFilter",
+    "JobListing",
+    "QueueRow",
+    "ScheduleRow",
+    "WorkflowNode",
+    "list_filtered",
+    "overview",
+    "parse_time",
+    "schedule_rows",
+    "workflow_tree",
+]
+
+#: Most jobs one listing request reads to apply the filters the broker cannot (task,
+#: time range): enough for a page among common tasks, small enough to stay fast.
+SCAN_BUDGET = 2000
+#: Ticks back the schedules page looks for a schedule's last fire.
+LAST_FIRE_PROBES = 3
+
+#: Order of the state columns everywhere: the life of a job, left to right.
+STATES: tuple[JobState, ...] = (
+    JobState.SCHEDULED,
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.SUCCEEDED,
+    JobState.DEAD,
+    JobState.EXPIRED,
+    JobState.CANCELLED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One queue on the overview."""
+
+    name: str
+    states: dict[JobState, int]
+    oldest_age_s: float | None
+
+    @property
+    def waiting(self) -> int:
+        return self.states.get(JobState.QUEUED, 0) + self.states.get(JobState.SCHEDULED, 0)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Dead among the finished jobs still stored (None when none has finished)."""
+        dead = self.states.get(JobState.DEAD, 0)
+        done = dead + self.states.get(JobState.SUCCEEDED, 0)
+        return None if done == 0 else dead / done
+
+
+def overview(stats: dict[str, QueueStats], now: float) -> list[QueueRow]:
+    """The overview's rows, from one `counts()` call."""
+    return [
+        QueueRow(
+            name,
+            {s: q.states.get(s, 0) for s in STATES},
+            None if q.oldest_queued_at is None else max(now - q.oldest_queued_at, 0.0),
+        )
+        for name, q in stats.items()
+    ]
+
+
+def busy_workers(workers: Sequence[WorkerInfo]) -> int:
+    """Workers running at least one job right now."""
+    return sum(1 for w in workers if w.running > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """The jobs page's filters. `queue` and `state` go to the broker; `task` and the
+    time range (`since`/`until`, on `created_at`) are applied here, within the scan
+    budget; `key` is one `find`."""
+
+    queue: str | None = None
+    state: JobState | None = None
+    task: str | None = None
+    key: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    @property
+    def scans(self) -> bool:
+        """Whether a filter must be applied here, reading jobs the page may not show."""
+        return bool(self.task) or self.since is not None or self.until is not None
+
+    def matches(self, info: JobInfo) -> bool:
+        if self.task and info.task != self.task:
+            return False
+        if self.since is not None and info.created_at < self.since:
+            return False
+        return self.until is None or info.created_at <= self.until
+
+
+@dataclass(slots=True)
+class JobListing:
+    """A page of jobs, the cursor of the next one, and how many jobs were read."""
+
+    items: list[JobInfo] = field(default_factory=list)
+    cursor: str | None = None
+    scanned: int = 0
+    exhausted_budget: bool = False
+
+
+async def list_filtered(
+    broker: Broker, f: JobFilter, *, limit: int, cursor: str | None
+) -> JobListing:
+    """One page of jobs matching `f`, newest first.
+
+    Jobs are listed newest first, so once a job older than `since` is met no later one
+    can match and the listing ends there.
+    """
+    if f.key:
+        info = await broker.find(f.key)
+        found = info is not None and _fits(info, f)
+        return JobListing([info] if found and info is not None else [], None, 1)
+    if not f.scans:
+        page = await broker.list_jobs(queue=f.queue, state=f.state, limit=limit, cursor=cursor)
+        return JobListing(page.items, page.cursor, len(page.items))
+    listing = JobListing()
+    batch = min(max(limit * 4, 100), SCAN_BUDGET)
+    while len(listing.items) < limit:
+        if listing.scanned >= SCAN_BUDGET:
+            listing.exhausted_budget = True
+            break
+        page = await broker.list_jobs(queue=f.queue, state=f.state, limit=batch, cursor=cursor)
+        for n, info in enumerate(page.items):
+            if f.since is not None and info.created_at < f.since:
+                listing.scanned += n + 1
+                listing.cursor = None
+                return listing
+            if f.matches(info):
+                listing.items.append(info)
+        listing.scanned += len(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            break
+    listing.cursor = cursor
+    return listing
+
+
+def _fits(info: JobInfo, f: JobFilter) -> bool:
+    if f.queue and info.queue != f.queue:
+        return False
+    if f.state is not None and info.state != f.state:
+        return False
+    return f.matches(info)
+
+
+def parse_time(text: str | None) -> float | None:
+    """A filter's time: ISO 8601 (`2026-11-30T04:00`, UTC unless it names a zone) or Unix
+    seconds; None for an empty field.
+
+    Raises:
+        ValueError: the text is neither, naming what was given.
+    """
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use 2026-11-30T04:00 or Unix seconds)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@dataclass(slots=True)
+class WorkflowNode:
+    """A job of a workflow and the jobs it started (by `parent_id`)."""
+
+    info: JobInfo
+    children: list[WorkflowNode] = field(default_factory=list)
+
+
+def workflow_tree(jobs: Sequence[JobInfo]) -> list[WorkflowNode]:
+    """The workflow's jobs as a forest by parent id, each level in enqueue order."""
+    nodes = {j.id: WorkflowNode(j) for j in jobs}
+    roots: list[WorkflowNode] = []
+    for job in jobs:
+        envelope = job.envelope()
+        parent = None if envelope is None else envelope.parent_id
+        if parent is not None and parent in nodes and parent != job.id:
+            nodes[parent].children.append(nodes[job.id])
+        else:
+            roots.append(nodes[job.id])
+    return roots
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """One schedule: what it runs, when it fires next, and its last fire found."""
+
+    entry: ScheduleEntry
+    next_fire: float | None
+    last_fire: float | None
+    last_job: JobInfo | None
+
+
+async def schedule_rows(
+    app: Offload, broker: Broker, now: float | None = None
+) -> list[ScheduleRow]:
+    """Each schedule of `app` with its next fire and the newest of its last few fires
+    whose job the broker still holds (a fire's job is found by its key)."""
+    now = time.time() if now is None else now
+    rows = []
+    for entry in app.schedules.values():
+        upcoming = entry.schedule.next_fires(now, 1)
+        last_fire: float | None = None
+        last_job = None
+        for fire_ts in islice(entry.schedule.until(now), LAST_FIRE_PROBES):
+            info = await broker.find(entry.key(fire_ts))
+            if info is not None:
+                last_fire, last_job = float(fire_ts), info
+                break
+        rows.append(
+            ScheduleRow(entry, float(upcoming[0]) if upcoming else None, last_fire, last_job)
+        )
+    return rows
