@@ -12,6 +12,7 @@ from offload.job import JobState, new_job_id
 from offload.testing import FakeClock
 
 from .helpers import (
+    BOOM,
     approx_time,
     enqueue_one,
     job_in_state,
@@ -234,6 +235,36 @@ async def test_list_jobs_pagination_applies_filters_on_every_page(
 
     assert [len(page.items) for page in pages] == [3, 3, 1]
     assert [info.id for page in pages for info in page.items] == dead[::-1]
+
+
+async def test_list_jobs_finds_a_few_dead_or_running_jobs_among_thousands(
+    broker: Broker, clock: FakeClock
+) -> None:
+    # The dashboard's dead-letter page at scale: a queue of more jobs than one listing
+    # scan reads (Redis lists a sparse state from its own set then, list_jobs.lua), a
+    # few of them dead and running, the dead ones interleaved in enqueue order.
+    dead: list[str] = []
+    for _ in range(3):
+        # Priority puts it first in line, ahead of the backlog already queued.
+        dead.append(await enqueue_one(broker, queue="big", priority=100))
+        lease = await reserve_one(broker, ("big",))
+        assert lease.job_id == dead[-1]
+        await broker.bury(lease, error=BOOM)
+        clock.advance(1)
+        await broker.enqueue([make_job(clock, queue="big") for _ in range(1200)])
+        clock.advance(1)
+    running = await reserve_one(broker, ("big",))
+    clock.advance(1)
+
+    pages = await walk(broker, limit=2, queue="big", state=JobState.DEAD)
+    everywhere = await walk(broker, limit=50, state=JobState.DEAD)
+    busy = await broker.list_jobs(queue="big", state=JobState.RUNNING)
+
+    assert [[i.id for i in page.items] for page in pages] == [dead[:0:-1], dead[:1]]
+    assert [i.id for page in everywhere for i in page.items] == dead[::-1]
+    assert [i.id for i in busy.items] == [running.job_id] and busy.cursor is None
+    queued = await broker.list_jobs(queue="big", state=JobState.QUEUED, limit=5)
+    assert len(queued.items) == 5 and all(i.state is JobState.QUEUED for i in queued.items)
 
 
 async def test_list_jobs_cursor_is_stable_when_jobs_are_added(

@@ -27,8 +27,13 @@ if TYPE_CHECKING:
 
 __all__ = ["counts", "find", "get_job", "list_jobs", "purge_dead", "replay_dead"]
 
-#: Most jobs `list_jobs` inspects per script call.
+#: Most jobs `list_jobs` inspects per script call when it walks the listing set.
 SCAN_BUDGET = 2000
+#: A state whose own set holds at most this many jobs of a queue is listed from that
+#: set, read whole, instead of by walking the listing set: a few dead jobs among a
+#: million are found at once (`list_jobs.lua`). Above it the state is common enough
+#: that walking finds a page within a budget or two.
+DIRECT_MAX = 10_000
 _STATE_ORDER = (
     JobState.SCHEDULED,
     JobState.QUEUED,
@@ -105,7 +110,7 @@ async def _list_queue(
     items: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
     wanted = "" if state is None else JobState(state).value
     while len(items) < want:
-        args = [below, wanted, str(want - len(items)), str(SCAN_BUDGET)]
+        args = [below, wanted, str(want - len(items)), str(SCAN_BUDGET), str(DIRECT_MAX)]
         reply = await broker._run("list_jobs", broker._q(queue), args)
         for i in range(2, len(reply), 4):
             member = text(reply[i])

@@ -1,14 +1,61 @@
 -- list_jobs (read only): the jobs of one queue, newest first, below a cursor, that
--- are in a given state. Scans at most `budget` jobs per call, so a sparse filter never
--- blocks Redis for long; the caller continues from the returned position.
+-- are in a given state. Two ways, whichever reads fewer jobs:
+--  * in a queue of more than `budget` jobs, a state with at most `direct` jobs in its
+--    own set (ready, scheduled, running, dead, ...) is read from that set whole: each
+--    job's listing member is rebuilt from its record, those below the cursor sorted
+--    newest first. A few dead or running jobs among a million are found without
+--    walking the million. (A record corrupted in place is listed from its set only
+--    once housekeeping has buried it; the walk lists it as dead at once.)
+--  * otherwise (no state, or a common one) the listing set `jobs` is walked from the
+--    cursor down, at most `budget` jobs per call, so a sparse filter never blocks Redis
+--    for long; the caller continues from the returned position.
 -- KEYS: the 16 keys of the queue (QueueKeys order).
 -- ARGV: [1] start below this listing member ('' = from the newest), [2] state ('' =
---       any), [3] most matches wanted, [4] budget.
+--       any), [3] most matches wanted, [4] budget, [5] direct (largest state set read
+--       whole).
 -- Returns: {position, exhausted (1/0), then member, record, payload, result per match}
 --          where `position` is the last member scanned ('' if none).
 local q = queue_at(1)
 local below, state = ARGV[1], ARGV[2]
-local want, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local want, budget, direct = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+
+local function emit(out, member, id, raw)
+  out[#out + 1] = member
+  out[#out + 1] = raw
+  out[#out + 1] = redis.call('HGET', q.payload, id) or ''
+  out[#out + 1] = redis.call('HGET', q.result, id) or false
+end
+
+local STATE_SET = {
+  queued = q.ready, scheduled = q.scheduled, running = q.running, dead = q.dead,
+  succeeded = q.succeeded, expired = q.expired, cancelled = q.cancelled,
+}
+local set = STATE_SET[state]
+if set and redis.call('ZCARD', q.jobs) > budget and redis.call('ZCARD', set) <= direct then
+  -- Members of `ready` carry a 27-character order prefix; the others are bare ids.
+  local skip = (state == 'queued') and 28 or 1
+  local found = {}
+  for _, member in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+    local id = string.sub(member, skip)
+    local r = load(q, id)
+    if r and r.s == state then
+      local listed = listing_member(r, id)
+      if below == '' or listed < below then
+        found[#found + 1] = {listed, id}
+      end
+    end
+  end
+  table.sort(found, function(a, b) return a[1] > b[1] end)
+  local out = {'', 1}
+  for i = 1, math.min(want, #found) do
+    local listed, id = found[i][1], found[i][2]
+    emit(out, listed, id, redis.call('HGET', q.record, id))
+    out[1] = listed
+  end
+  if #found > want then out[2] = 0 end
+  return out
+end
+
 local max = '+'
 if below ~= '' then max = '(' .. below end
 local members = redis.call('ZREVRANGEBYLEX', q.jobs, max, '-', 'LIMIT', 0, budget)
@@ -23,10 +70,7 @@ for _, member in ipairs(members) do
   local r = raw and load(q, id)
   local s = r and r.s or 'dead'
   if raw and (state == '' or s == state) then
-    out[#out + 1] = member
-    out[#out + 1] = raw
-    out[#out + 1] = redis.call('HGET', q.payload, id) or ''
-    out[#out + 1] = redis.call('HGET', q.result, id) or false
+    emit(out, member, id, raw)
     found = found + 1
     if found == want then return out end
   end
