@@ -112,9 +112,7 @@ def test_a_dead_job_replayed_from_the_dashboard_succeeds(
     assert job.result(timeout=5) == "fixed"
 
 
-def test_a_waiting_job_cancelled_from_the_dashboard_is_cancelled(
-    served: Served, page: Any
-) -> None:
+def test_a_waiting_job_cancelled_from_the_dashboard_is_cancelled(served: Served, page: Any) -> None:
     job = served.tasks["later"].options(delay=3600).enqueue()
     base = start(served)
 
