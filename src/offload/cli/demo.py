@@ -32,6 +32,8 @@ __all__ = ["demo"]
               help="Fraction of messages the SMTP server refuses with a 451.")  # fmt: skip
 @click.option("--url", default=None, **env_twin("DEMO_URL"),
               help="Broker URL (default: a SQLite file in a new temporary directory).")  # fmt: skip
+@click.option("--serve", is_flag=True, envvar="OFFLOAD_DEMO_SERVE", show_envvar=True,
+              help="No load: serve a sign-up page, inbox and dashboard until Ctrl-C.")  # fmt: skip
 @click.option("--timeout", default=300.0, type=click.FloatRange(1), **env_twin("DEMO_TIMEOUT"),
               help="Seconds to wait for every email before giving up.")  # fmt: skip
 def demo(
@@ -42,6 +44,7 @@ def demo(
     smtp_delay: float,
     failure_rate: float,
     url: str | None,
+    serve: bool,
     timeout: float,
 ) -> None:
     """Run the sign-up demo: a web app that answers at once, workers that email.
@@ -49,14 +52,28 @@ def demo(
     Starts a local SMTP server (slow and flaky on purpose), the sign-up web app and
     the workers, drives sign-ups over HTTP, shows the emails going out, and prints
     the sign-up latency beside the SMTP delay, with the delivery accounting. Exits 0
-    only if every email was delivered exactly once.
+    only if every email was delivered exactly once. The web app also serves the
+    dashboard (its URL and sign-in token are printed).
+
+    With --serve: no load; sign up by hand on the printed page, read the email in the
+    inbox page, and watch its job fail, retry and succeed on the dashboard, until
+    Ctrl-C or SIGTERM stops every part.
     """
     try:
-        from offload.demo.run import DemoError, run_demo
+        from offload.demo.run import DemoError, run_demo, serve_demo
     except ImportError as exc:
         raise click.ClickException(
             f"the demo needs its extra: pip install 'offload[demo]' ({exc})"
         ) from exc
+    if serve:
+        try:
+            signalled = serve_demo(
+                workers=workers, concurrency=concurrency, smtp_delay=smtp_delay, url=url
+            )
+        except DemoError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"stopped by {signalled}; every part was stopped", err=True)
+        return
     try:
         summary = run_demo(
             signups=signups,

@@ -15,7 +15,9 @@ from __future__ import annotations
 __all__ = [
     "CODE_TTL_S",
     "ENV_CODE_TTL",
+    "ENV_DASHBOARD_TOKEN",
     "ENV_DB",
+    "ENV_MAILDIR",
     "ENV_PARENT_PID",
     "ENV_SMTP_HOST",
     "ENV_SMTP_PORT",
@@ -32,6 +34,12 @@ ENV_DB = "OFFLOAD_DEMO_DB"
 #: Where the worker delivers the email.
 ENV_SMTP_HOST = "OFFLOAD_DEMO_SMTP_HOST"
 ENV_SMTP_PORT = "OFFLOAD_DEMO_SMTP_PORT"
+#: The directory where the local SMTP server writes each message it accepts, read by
+#: the web app's inbox page (`offload demo --serve`).
+ENV_MAILDIR = "OFFLOAD_DEMO_MAILDIR"
+#: The token that signs in to the dashboard the web app mounts at /dashboard; without
+#: one the dashboard is read-only.
+ENV_DASHBOARD_TOKEN = "OFFLOAD_DEMO_DASHBOARD_TOKEN"
 #: Overrides `CODE_TTL_S` (seconds), so tests can watch a code expire.
 ENV_CODE_TTL = "OFFLOAD_DEMO_CODE_TTL"
 #: The orchestrator's pid: its children stop when it is gone (killed, say), instead of

@@ -5,7 +5,13 @@ Parts, each as it would run in production:
 - a local SMTP server, slow and flaky on purpose (in this process, on a thread);
 - the Starlette sign-up app (`web.py`) on uvicorn (a subprocess);
 - `offload worker offload.demo.signup:app` (one subprocess per worker);
-- the broker: a SQLite file in the work directory (the embedded default), or `url`.
+- the broker: a SQLite file in the work directory (the embedded default), or `url`;
+- offload's dashboard, mounted in the web app at `/dashboard` (its URL and sign-in
+  token are printed).
+
+`serve_demo` (`offload demo --serve`) starts the same parts and no load: it prints the
+URLs of the sign-up page, the inbox (the messages the SMTP server accepted) and the
+dashboard, and serves until SIGTERM or Ctrl-C.
 
 SIGTERM (like Ctrl-C) stops every part before the demo exits; a demo killed outright
 leaves no orphans either, since its children watch their parent (`ENV_PARENT_PID`)
@@ -23,6 +29,7 @@ import contextlib
 import math
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,11 +55,18 @@ from rich.table import Table
 
 from offload._redact import redact_url
 from offload.app import Offload
-from offload.demo import ENV_DB, ENV_PARENT_PID, ENV_SMTP_HOST, ENV_SMTP_PORT
+from offload.demo import (
+    ENV_DASHBOARD_TOKEN,
+    ENV_DB,
+    ENV_MAILDIR,
+    ENV_PARENT_PID,
+    ENV_SMTP_HOST,
+    ENV_SMTP_PORT,
+)
 from offload.demo.smtp import SMTPServer, free_port
 from offload.job import ACTIVE_STATES, JobState
 
-__all__ = ["DemoError", "DemoSummary", "run_demo"]
+__all__ = ["DemoError", "DemoSummary", "run_demo", "serve_demo"]
 
 #: How long the web server may take to answer its first request, in seconds.
 STARTUP_TIMEOUT_S = 30.0
@@ -65,6 +79,9 @@ REFRESH_S = 0.1
 WORKER_POLL_S = 0.1
 #: Sign-up requests in flight at once, like that many users clicking "Sign up".
 HTTP_CLIENTS = 20
+#: Under `--serve`, the SMTP server refuses each message this many times (451) before
+#: it accepts it, so every sign-up shows its job fail, retry and succeed.
+SERVE_REFUSALS = 2
 #: The address of the user who walks through the resend story after the load.
 STORY_EMAIL = "ada@example.com"
 CODE_RE = re.compile(r"\b(\d{6})\b")
@@ -188,14 +205,7 @@ def run_demo(
     options = _Options(
         signups, workers, concurrency, smtp_delay, failure_rate, max_refusals, timeout, rate
     )
-    if url is not None and not Offload(url).broker.capabilities.cross_process:
-        raise DemoError(
-            f"{redact_url(url)} cannot be shared by the demo's processes; use sqlite://"
-        )
-    root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offload-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    broker_url = url or f"sqlite:///{root / 'offload.db'}"
-    demo = _Demo(options, root, broker_url, console or Console())
+    demo = _make_demo(options, url, workdir, console, serve=False)
     try:
         return asyncio.run(demo.run())
     except asyncio.CancelledError:
@@ -204,19 +214,76 @@ def run_demo(
         raise DemoError(f"stopped by {demo.signalled}; every part was stopped") from None
 
 
+def serve_demo(
+    *,
+    workers: int = 2,
+    concurrency: int = 20,
+    smtp_delay: float = 0.25,
+    url: str | None = None,
+    workdir: str | Path | None = None,
+    console: Console | None = None,
+) -> str:
+    """Start every part of the demo and serve until SIGTERM or Ctrl-C, for a person:
+    the sign-up page, the inbox page and the dashboard (their URLs are printed). The
+    SMTP server refuses each message `SERVE_REFUSALS` times before accepting it.
+
+    Returns:
+        The name of the signal that stopped it; every part was stopped first.
+
+    Raises:
+        DemoError: a part did not start, or exited while serving.
+    """
+    options = _Options(1, workers, concurrency, smtp_delay, 1.0, SERVE_REFUSALS, 0.0, 1.0)
+    demo = _make_demo(options, url, workdir, console, serve=True)
+    try:
+        asyncio.run(demo.serve())
+    except asyncio.CancelledError:
+        if demo.signalled is None:
+            raise
+    return demo.signalled or "exit"
+
+
+def _make_demo(
+    options: _Options,
+    url: str | None,
+    workdir: str | Path | None,
+    console: Console | None,
+    *,
+    serve: bool,
+) -> _Demo:
+    if url is not None and not Offload(url).broker.capabilities.cross_process:
+        raise DemoError(
+            f"{redact_url(url)} cannot be shared by the demo's processes; use sqlite://"
+        )
+    root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="offload-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    maildir = None
+    if serve:
+        maildir = root / "mail"
+        maildir.mkdir(exist_ok=True)
+    broker_url = url or f"sqlite:///{root / 'offload.db'}"
+    return _Demo(options, root, broker_url, console or Console(), maildir)
+
+
 class _Demo:
     """One run: owns the SMTP server, the processes, and the measurements."""
 
-    def __init__(self, options: _Options, root: Path, url: str, console: Console) -> None:
+    def __init__(
+        self, options: _Options, root: Path, url: str, console: Console, maildir: Path | None
+    ) -> None:
         self.options = options
         self.root = root
         self.url = url
         self.console = console
+        self.maildir = maildir
         self.smtp = SMTPServer(
             delay_s=options.smtp_delay,
             failure_rate=options.failure_rate,
             max_refusals=options.max_refusals,
+            maildir=maildir,
         )
+        #: Signs in to the dashboard the web app mounts; printed, never on a page.
+        self.dashboard_token = secrets.token_urlsafe(18)
         self.web_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.web_port}"
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -237,13 +304,44 @@ class _Demo:
             main.cancel()
             asyncio.get_running_loop().call_later(0.5, self._on_signal, name, main)
 
-    async def run(self) -> DemoSummary:
-        started = time.monotonic()
+    def _handle_signals(self) -> None:
         main = asyncio.current_task()
         assert main is not None
         with contextlib.suppress(ValueError):  # not the main thread: no signals here
             for sig in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, sig.name, main)
+
+    async def serve(self) -> None:
+        """Every part, no load: serve a person until a signal cancels this."""
+        self._handle_signals()
+        self.console.rule("[bold]offload demo --serve")
+        self.console.print(f"work directory: {self.root}")
+        self.smtp.start()
+        try:
+            self._start_processes()
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=30.0) as client:
+                await self._wait_for_web(client)
+            await self._wait_for_workers()
+            self.console.print(
+                f"\n  sign up:   {self.base_url}/\n"
+                f"  inbox:     {self.base_url}/inbox\n"
+                f"  dashboard: {self.base_url}/dashboard/  "
+                f"(sign in with the token {self.dashboard_token})\n\n"
+                f"Every email is refused {SERVE_REFUSALS} times (451) before it is "
+                "accepted: watch its job retry on the dashboard. Ctrl-C stops everything."
+            )
+            while True:
+                self._check_processes()
+                await asyncio.sleep(0.5)
+        finally:
+            self.stopping = True
+            self._stop_processes()
+            self.smtp.stop()
+            await self.inspector.aclose()
+
+    async def run(self) -> DemoSummary:
+        started = time.monotonic()
+        self._handle_signals()
         self.console.rule("[bold]offload demo")
         self.console.print(f"work directory: {self.root}")
         self.smtp.start()
@@ -297,6 +395,8 @@ class _Demo:
             ENV_SMTP_HOST: self.smtp.host,
             ENV_SMTP_PORT: str(self.smtp.port),
             ENV_PARENT_PID: str(os.getpid()),
+            ENV_DASHBOARD_TOKEN: self.dashboard_token,
+            **({ENV_MAILDIR: str(self.maildir)} if self.maildir is not None else {}),
         }
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -316,7 +416,9 @@ class _Demo:
             f"({self.options.smtp_delay * 1000:.0f} ms per message, "
             f"{self.options.failure_rate:.0%} refused with 451), web app on "
             f":{self.web_port}, {self.options.workers} workers x "
-            f"{self.options.concurrency} concurrent jobs"
+            f"{self.options.concurrency} concurrent jobs\n"
+            f"dashboard: {self.base_url}/dashboard/ (sign in with the token "
+            f"{self.dashboard_token})"
         )
 
     def _stop_processes(self) -> None:

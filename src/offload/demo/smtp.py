@@ -9,7 +9,9 @@ is answered, and a fraction `failure_rate` of them is refused with the transient
 It also keeps the books the demo's summary is built from: how many messages arrived
 under each `Message-ID` (more than one is a duplicate, the thing idempotency keys are
 for) and the last message each recipient received (the demo reads its verification
-code from there, like a user opening their inbox).
+code from there, like a user opening their inbox). Given a `maildir`, it also writes
+every accepted message there as a file (`<n>.eml`), so another process (the demo's web
+app, which shows the inbox on a page) can read it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -103,12 +106,14 @@ class FlakySMTPHandler:
         failure_rate: float = 0.0,
         seed: int = 0,
         max_refusals: int | None = None,
+        maildir: Path | None = None,
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be within [0, 1], got {failure_rate}")
         self.delay_s = delay_s
         self.failure_rate = failure_rate
         self.max_refusals = max_refusals
+        self.maildir = maildir
         #: Addresses (lower case) refused at RCPT with a permanent 550.
         self.unknown_recipients: set[str] = set()
         self._rng = random.Random(seed)
@@ -116,6 +121,7 @@ class FlakySMTPHandler:
         self._by_message_id: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()
         self._inboxes: dict[str, Inbox] = {}
+        self._written = 0
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -135,7 +141,20 @@ class FlakySMTPHandler:
         if self._refuse(message_id):
             return TRY_AGAIN
         self._record(message_id, message, list(envelope.rcpt_tos))
+        if self.maildir is not None:
+            self._write(envelope.original_content or envelope.content)
         return ACCEPTED
+
+    def _write(self, raw: bytes) -> None:
+        """The message as `<n>.eml` in the maildir, renamed into place whole, so a
+        reader never sees half a message."""
+        assert self.maildir is not None
+        with self._lock:
+            self._written += 1
+            n = self._written
+        temporary = self.maildir / f".{n:06d}.tmp"
+        temporary.write_bytes(raw)
+        temporary.rename(self.maildir / f"{n:06d}.eml")
 
     def _refuse(self, message_id: str) -> bool:
         with self._lock:
@@ -193,10 +212,12 @@ class SMTPServer:
         max_refusals: int | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        maildir: Path | None = None,
     ) -> None:
         self.handler = FlakySMTPHandler(
-            delay_s=delay_s, failure_rate=failure_rate, seed=seed, max_refusals=max_refusals
-        )
+            delay_s=delay_s, failure_rate=failure_rate, seed=seed, max_refusals=max_refusals,
+            maildir=maildir,
+        )  # fmt: skip
         self.host = host
         self.port = port or free_port(host)
         self._controller = Controller(self.handler, hostname=host, port=self.port)

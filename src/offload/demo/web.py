@@ -1,5 +1,8 @@
 """The sign-up web app (Starlette): `POST /signup`, `POST /resend`, `GET /verify`,
 `GET /users/{id}`, `GET /healthz`; the users, the task and the email are `signup.py`'s.
+For a person: the sign-up form at `/` and the local inbox at `/inbox` (`pages.py`),
+and offload's dashboard mounted at `/dashboard` (signed in with the token in
+`OFFLOAD_DEMO_DASHBOARD_TOKEN`, else read-only): how to mount it in your own app.
 
     OFFLOAD_URL=sqlite:///offload.db OFFLOAD_DEMO_DB=users.db uvicorn offload.demo.web:web
 
@@ -21,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from offload import OffloadError
-from offload.demo import ENV_PARENT_PID
+from offload.dashboard import create_app as create_dashboard
+from offload.demo import ENV_DASHBOARD_TOKEN, ENV_PARENT_PID
+from offload.demo.pages import inbox_page, signup_form, signup_page
 from offload.demo.signup import SignupDemo, User, UserStore, Verification, default
 
 if TYPE_CHECKING:
@@ -236,6 +241,17 @@ def create_web(demo: SignupDemo) -> Starlette:
             Route("/verify", verify, methods=["GET"]),
             Route("/users/{user_id:int}", get_user, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/", signup_page, methods=["GET"]),
+            Route("/signup/form", signup_form, methods=["POST"]),
+            Route("/inbox", inbox_page, methods=["GET"]),
+            Mount(
+                "/dashboard",
+                create_dashboard(
+                    demo.app,
+                    token=os.environ.get(ENV_DASHBOARD_TOKEN) or None,
+                    title="offload demo",
+                ),
+            ),
         ],
         lifespan=lifespan,
         exception_handlers={BodyTooLarge: _too_large},
