@@ -19,6 +19,7 @@ import psycopg
 from offload.brokers.postgres import PostgresBroker
 from offload.brokers.postgres._sql import LATEST_VERSION, MIGRATIONS, apply_migrations
 from offload.errors import ConfigurationError
+from offload.job import JobState
 
 _CATALOG = {
     "columns": """
@@ -42,6 +43,12 @@ _CATALOG = {
           JOIN pg_namespace n ON n.oid = p.pronamespace
           JOIN pg_language l ON l.oid = p.prolang
          WHERE n.nspname = %(s)s ORDER BY 1, 2""",
+    "triggers": """
+        SELECT c.relname, t.tgname, replace(pg_get_triggerdef(t.oid), %(s)s || '.', '')
+          FROM pg_trigger t
+          JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(s)s AND NOT t.tgisinternal ORDER BY 1, 2""",
     "migrations_recorded": "SELECT version, name FROM {schema}.offload_migrations ORDER BY 1",
 }
 
@@ -104,6 +111,38 @@ async def test_migrations_in_order_equal_a_fresh_install(
     assert expected["indexes"], "the fresh install has no indexes"
     for part in _CATALOG:
         assert got[part] == expected[part], part
+
+
+async def test_0008_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
+    # Given a schema at migration 7 holding jobs written before the count triggers,
+    broker = PostgresBroker(postgres_url)
+    async with await psycopg.AsyncConnection.connect(
+        broker.settings.conninfo, autocommit=True
+    ) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')  # type: ignore[arg-type]
+        await apply_migrations(conn, 7)
+        await conn.execute(
+            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
+            " SELECT 'j' || g, CASE WHEN g <= 3 THEN 'a' ELSE 'b' END, 't',"
+            " CASE WHEN g <= 3 THEN 'queued' ELSE 'dead' END, 1, 1, '{}'::bytea"
+            " FROM generate_series(1, 5) AS g"
+        )
+    # when 0008 is applied, the counts are what it holds, and later changes move them.
+    await broker.migrate()
+    await broker.connect()
+    try:
+        counts = await broker.counts()
+        assert counts["a"].states[JobState.QUEUED] == 3
+        assert counts["b"].states[JobState.DEAD] == 2
+        assert await broker.replay_dead("b") == 2
+        assert await broker.purge_dead() == 0
+        assert await broker.cancel("j1")
+        counts = await broker.counts()
+        assert counts["a"].states[JobState.QUEUED] == 2
+        assert counts["a"].states[JobState.CANCELLED] == 1
+        assert (counts["b"].states[JobState.QUEUED], counts["b"].states[JobState.DEAD]) == (2, 0)
+    finally:
+        await broker.close()
 
 
 async def test_connect_is_idempotent_and_concurrent(postgres_url: str) -> None:

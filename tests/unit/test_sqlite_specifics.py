@@ -25,7 +25,7 @@ from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
 from offload.errors import ConfigurationError
-from offload.job import ChordRef, Envelope, JobState, Step, new_job_id
+from offload.job import ChordRef, Envelope, ErrorInfo, JobState, Step, new_job_id
 from offload.testing import FakeClock
 
 MakeBroker = Callable[..., SQLiteBroker]
@@ -202,6 +202,45 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     for job_id in (step[0].id, plain[0].id, "junk"):
         assert await broker.cancel(job_id)
     assert [entry.job_id for entry in await broker.outbox()] == [step[0].id]
+
+
+async def test_version_6_file_gets_its_job_counts_once_and_keeps_them_exact(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a file written before the count triggers (version 6) holding jobs in
+    # several states and queues,
+    old = make_broker()
+    await old.enqueue([job(clock) for _ in range(5)] + [job(clock, queue="q") for _ in range(2)])
+    [lease] = await old.reserve(["q"], worker_id="w", lease_s=30, limit=1)
+    await old.ack(lease, encode_value("ok"), result_ttl_s=None)
+    await old.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        for trigger in ("insert", "delete", "update"):
+            conn.execute(f"DROP TRIGGER offload_count_{trigger}")
+        conn.execute("DROP TABLE offload_counts")
+        conn.execute("UPDATE offload_meta SET value = '6' WHERE key = 'schema_version'")
+    conn.close()
+
+    # when a broker of this version opens it, its counts are the jobs it holds,
+    broker = make_broker()
+    await broker.connect()
+    counts = await broker.counts()
+    assert counts["default"].states[JobState.QUEUED] == 5
+    assert counts["q"].states[JobState.QUEUED] == 1
+    assert counts["q"].states[JobState.SUCCEEDED] == 1
+
+    # and every later change moves them: a reservation, a bury, a purge, a cancel.
+    [lease] = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+    await broker.bury(lease, error=ErrorInfo("E", "boom"))
+    assert await broker.purge_dead() == 1
+    [queued, *_] = (await broker.list_jobs(queue="default", state=JobState.QUEUED)).items
+    assert await broker.cancel(queued.id)
+    states = (await broker.counts())["default"].states
+    assert (states[JobState.QUEUED], states[JobState.DEAD], states[JobState.CANCELLED]) == (3, 0, 1)
+    again = make_broker()  # a second connect counts nothing twice
+    await again.connect()
+    assert (await again.counts())["default"].states[JobState.QUEUED] == 3
+    await again.close()
 
 
 async def test_outbox_records_only_workflow_jobs(make_broker: MakeBroker, clock: FakeClock) -> None:

@@ -542,6 +542,7 @@ class PostgresBroker(Broker):
             await conn.execute(_Q["forget_idle_limits"], {"now": now})
             await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})
             await conn.execute(_Q["progress_orphans"])
+            await conn.execute(_Q["fold_counts"])  # bound the count deltas (0008)
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
 

@@ -38,6 +38,7 @@ _Q = load_queries()
 
 async def counts(broker: PostgresBroker, queues: Sequence[str] | None) -> dict[str, QueueStats]:
     async with broker._conn() as conn, conn.transaction():
+        await conn.execute(_Q["fold_counts"])
         if queues is None:
             names = [r["name"] for r in await (await conn.execute(_Q["queues"])).fetchall()]
             cur = await conn.execute(_Q["count_states"])
@@ -45,7 +46,9 @@ async def counts(broker: PostgresBroker, queues: Sequence[str] | None) -> dict[s
             names = list(queues)
             cur = await conn.execute(_Q["count_states_of"], {"queues": names})
         rows = await cur.fetchall()
-        oldest_rows = await (await conn.execute(_Q["oldest_queued"])).fetchall()
+        every = sorted({*names, *(r["queue"] for r in rows)})
+        cur = await conn.execute(_Q["oldest_queued"], {"queues": every})
+        oldest_rows = await cur.fetchall()
     return queue_stats(names, rows, {r["queue"]: r["oldest"] for r in oldest_rows})
 
 

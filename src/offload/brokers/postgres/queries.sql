@@ -204,17 +204,42 @@ SELECT * FROM offload_jobs WHERE id = %(id)s;
 -- name: find
 SELECT * FROM offload_jobs WHERE key = %(key)s;
 
+-- name: fold_counts
+-- Move the deltas the count triggers appended into the counters (0008_counts.sql): a
+-- delta is deleted and added in one statement, so a concurrent fold never counts it
+-- twice; rows are upserted in key order, so two folds never deadlock.
+WITH moved AS (DELETE FROM offload_count_deltas RETURNING queue, state, n)
+INSERT INTO offload_counts AS c (queue, state, n)
+SELECT queue, state, sum(n) FROM moved GROUP BY queue, state ORDER BY queue, state
+ON CONFLICT (queue, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+
 -- name: count_states
-SELECT queue, state, count(*) AS n FROM offload_jobs GROUP BY queue, state;
+SELECT queue, state, n FROM offload_counts WHERE n <> 0;
 
 -- name: count_states_of
-SELECT queue, state, count(*) AS n
-  FROM offload_jobs
- WHERE queue = ANY(%(queues)s::text[])
- GROUP BY queue, state;
+SELECT queue, state, n FROM offload_counts WHERE n <> 0 AND queue = ANY(%(queues)s::text[]);
 
 -- name: oldest_queued
-SELECT queue, min(due_at) AS oldest FROM offload_jobs WHERE state = 'queued' GROUP BY queue;
+-- The earliest due time among each queue's ready jobs. The ready index is ordered by
+-- priority before due time, so walk each queue's distinct priorities (one index seek
+-- each; a queue uses a few) and take the first due time under each, instead of
+-- reading every ready job.
+WITH RECURSIVE levels(queue, priority) AS (
+    SELECT q, (SELECT max(priority) FROM offload_jobs
+                WHERE state = 'queued' AND queue = q)
+      FROM unnest(%(queues)s::text[]) AS q
+    UNION ALL
+    SELECT l.queue, (SELECT max(priority) FROM offload_jobs
+                      WHERE state = 'queued' AND queue = l.queue AND priority < l.priority)
+      FROM levels AS l
+     WHERE l.priority IS NOT NULL
+)
+SELECT queue, min((SELECT min(due_at) FROM offload_jobs
+                    WHERE state = 'queued' AND queue = l.queue AND priority = l.priority))
+       AS oldest
+  FROM levels AS l
+ WHERE l.priority IS NOT NULL
+ GROUP BY queue;
 
 -- name: queues
 -- Every queue that holds a job (a loose scan of offload_jobs_queue_state: one index

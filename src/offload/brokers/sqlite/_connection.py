@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 #: Version of `schema.sql`, kept in `offload_meta`. A file with a newer version was
 #: written by a newer offload and is refused rather than misread.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: How long a call waits for another connection's write lock before failing with
 #: `BrokerUnavailable`, in seconds. Transactions here last well under a millisecond.
 BUSY_TIMEOUT_S = 10.0
@@ -159,8 +159,14 @@ def _install_schema(conn: sqlite3.Connection, path: Path) -> None:
             )
         if version < SCHEMA_VERSION:
             _add_columns(conn)
+            had_counts = _has_table(conn, "offload_counts")
             for statement in _split_statements(_read_asset("schema.sql")):
                 conn.execute(statement)
+            if not had_counts:  # version 7: count the jobs of an older file once
+                conn.execute(
+                    "INSERT INTO offload_counts (queue, state, n)"
+                    " SELECT queue, state, count(*) FROM offload_jobs GROUP BY queue, state"
+                )
             conn.execute(
                 "INSERT OR REPLACE INTO offload_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -170,6 +176,11 @@ def _install_schema(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:

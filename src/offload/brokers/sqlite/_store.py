@@ -386,7 +386,11 @@ class Store:
             else:
                 names = list(queues)
                 rows = conn.execute(_Q["count_states_of"], (json.dumps(names),)).fetchall()
-            oldest = {row["queue"]: row["oldest"] for row in conn.execute(_Q["oldest_queued"])}
+            oldest = {}
+            for queue in {*names, *(row["queue"] for row in rows)}:
+                first = conn.execute(_Q["oldest_queued"], {"queue": queue}).fetchone()[0]
+                if first is not None:
+                    oldest[queue] = first
         return queue_stats(names, rows, oldest)
 
     def get_job(self, job_id: str) -> JobInfo | None:

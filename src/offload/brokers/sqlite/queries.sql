@@ -176,19 +176,31 @@ SELECT * FROM offload_jobs WHERE id = ?;
 SELECT * FROM offload_jobs WHERE key = ?;
 
 -- name: count_states
-SELECT queue, state, count(*) AS n FROM offload_jobs GROUP BY queue, state;
+-- The counters the triggers keep (schema.sql, version 7): a few rows, however many jobs.
+SELECT queue, state, n FROM offload_counts WHERE n <> 0;
 
 -- name: count_states_of
-SELECT queue, state, count(*) AS n
-  FROM offload_jobs
- WHERE queue IN (SELECT value FROM json_each(?))
- GROUP BY queue, state;
+SELECT queue, state, n
+  FROM offload_counts
+ WHERE n <> 0 AND queue IN (SELECT value FROM json_each(?));
 
 -- name: oldest_queued
-SELECT queue, min(due_at) AS oldest
-  FROM offload_jobs INDEXED BY offload_jobs_ready
- WHERE state = 'queued'
- GROUP BY queue;
+-- The earliest due time among one queue's ready jobs: the ready index is ordered by
+-- priority before due time, so walk its distinct priorities (a seek each; a queue uses
+-- a few) and take the first due time under each, instead of reading every ready job.
+WITH RECURSIVE levels(priority) AS (
+    SELECT max(priority) FROM offload_jobs INDEXED BY offload_jobs_ready
+     WHERE state = 'queued' AND queue = :queue
+    UNION ALL
+    SELECT (SELECT max(priority) FROM offload_jobs INDEXED BY offload_jobs_ready
+             WHERE state = 'queued' AND queue = :queue AND priority < levels.priority)
+      FROM levels
+     WHERE levels.priority IS NOT NULL
+)
+SELECT min((SELECT min(due_at) FROM offload_jobs INDEXED BY offload_jobs_ready
+             WHERE state = 'queued' AND queue = :queue AND priority = levels.priority))
+  FROM levels
+ WHERE levels.priority IS NOT NULL;
 
 -- name: queues
 SELECT name FROM offload_queues ORDER BY name;

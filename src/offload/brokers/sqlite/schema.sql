@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 6 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 7 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -150,3 +150,34 @@ CREATE TABLE IF NOT EXISTS offload_registers (
     value      TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Version 7: job counts per queue and state (`counts`), kept by triggers in the same
+-- transaction as every insert, delete and state change, so the dashboard's overview
+-- reads a few rows instead of counting a million (SQLite has one writer at a time, so
+-- the counter rows cost no contention). A file from before version 7 gets the table,
+-- then its counts once (`_connection._install_schema`), in the same transaction.
+CREATE TABLE IF NOT EXISTS offload_counts (
+    queue TEXT    NOT NULL,
+    state TEXT    NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (queue, state)
+) WITHOUT ROWID;
+
+CREATE TRIGGER IF NOT EXISTS offload_count_insert AFTER INSERT ON offload_jobs
+BEGIN
+    INSERT INTO offload_counts (queue, state, n) VALUES (new.queue, new.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS offload_count_delete AFTER DELETE ON offload_jobs
+BEGIN
+    UPDATE offload_counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+END;
+
+CREATE TRIGGER IF NOT EXISTS offload_count_update AFTER UPDATE OF state, queue ON offload_jobs
+    WHEN old.state IS NOT new.state OR old.queue IS NOT new.queue
+BEGIN
+    UPDATE offload_counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+    INSERT INTO offload_counts (queue, state, n) VALUES (new.queue, new.state, 1)
+        ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
+END;
