@@ -30,8 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 from offload._redact import redact_url
 from offload.clock import Clock, SystemClock
 from offload.codec import decode_envelope, decode_value
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = [
     "DEFAULT_RETENTION_S",
