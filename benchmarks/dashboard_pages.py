@@ -30,7 +30,7 @@ import httpx
 from offload import Every, Offload
 from offload.codec import encode_envelope
 from offload.dashboard import create_app
-from offload.job import Envelope, ErrorInfo, new_job_id
+from offload.envelope import Envelope, ErrorInfo, new_job_id
 
 QUEUES = ("emails", "reports", "media", "default")
 TASKS = ("emails.send", "reports.build", "media.resize")
@@ -117,7 +117,7 @@ async def time_pages(app: Offload, key: str, runs: int) -> list[tuple[str, list[
 
 
 async def register_worker(app: Offload) -> None:
-    from offload.brokers.base import WorkerInfo
+    from offload.brokers.records import WorkerInfo
 
     broker = await app.connected_broker()
     info = WorkerInfo("bench-worker", "bench-host", 1, list(QUEUES), 20, time.time(),

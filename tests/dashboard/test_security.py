@@ -49,7 +49,7 @@ def client() -> Client:
 
 async def dead_job(app: Offload) -> str:
     """A dead job, made through the broker API (no worker needed)."""
-    from offload.job import ErrorInfo
+    from offload.envelope import ErrorInfo
 
     job = await app.tasks["dash.flaky"].enqueue_async("/nonexistent")
     broker = await app.connected_broker()

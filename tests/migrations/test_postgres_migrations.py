@@ -18,8 +18,8 @@ import psycopg
 
 from offload.brokers.postgres import PostgresBroker
 from offload.brokers.postgres._sql import LATEST_VERSION, MIGRATIONS, apply_migrations
+from offload.envelope import JobState
 from offload.errors import ConfigurationError
-from offload.job import JobState
 
 _CATALOG = {
     "columns": """

@@ -27,8 +27,8 @@ from offload.dashboard.security import (
     check_csrf,
     session_value,
 )
+from offload.envelope import JobState, new_job_id
 from offload.errors import OffloadError
-from offload.job import JobState, new_job_id
 from offload.validation import checked
 
 __all__ = [

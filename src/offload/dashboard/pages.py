@@ -21,7 +21,7 @@ from offload.dashboard.queries import (
     schedule_rows,
     workflow_tree,
 )
-from offload.job import JobState
+from offload.envelope import JobState
 
 if TYPE_CHECKING:
     from offload.dashboard.app import Dashboard

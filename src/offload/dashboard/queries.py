@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from itertools import islice
 
 from offload.app import Offload
-from offload.brokers.base import Broker, JobInfo, QueueStats, WorkerInfo
-from offload.job import JobState
+from offload.brokers.base import Broker
+from offload.brokers.records import JobInfo, QueueStats, WorkerInfo
+from offload.envelope import JobState
 from offload.schedule import ScheduleEntry
 
 __all__ = [

@@ -64,7 +64,7 @@ from offload.demo import (
     ENV_SMTP_PORT,
 )
 from offload.demo.smtp import SMTPServer, free_port
-from offload.job import ACTIVE_STATES, JobState
+from offload.envelope import ACTIVE_STATES, JobState
 
 __all__ = ["DemoError", "DemoSummary", "run_demo", "serve_demo"]
 
