@@ -14,6 +14,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 from starlette.routing import Mount
 
 from offload import JobState, Offload
@@ -264,3 +265,26 @@ async def test_bad_filters_are_named(app: Offload, client: Client) -> None:
     assert page.status_code == 400
     assert "unknown state &#39;zombie&#39;" in page.text
     assert "since: not a time: &#39;yesterday&#39;" in page.text
+
+
+async def test_mounted_by_a_plain_asgi_dispatcher_as_the_readme_shows_for_django(
+    app: Offload, client: Client
+) -> None:
+    dashboard = create_app(app, token=TOKEN)
+
+    async def host(scope: Any, receive: Any, send: Any) -> None:  # stands in for Django
+        response = PlainTextResponse("the host app", status_code=200)
+        await response(scope, receive, send)
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/admin/jobs/"):
+            return await dashboard({**scope, "root_path": "/admin/jobs"}, receive, send)
+        return await host(scope, receive, send)
+
+    await app.tasks["dash.echo"].enqueue_async("via django")
+    async with client(application, headers=BEARER) as http:
+        page = await http.get("/admin/jobs/jobs")
+        other = await http.get("/accounts/login")
+    assert page.status_code == 200 and "dash.echo" in page.text
+    assert 'href="/admin/jobs/jobs/' in page.text
+    assert other.text == "the host app"
