@@ -288,3 +288,20 @@ async def test_mounted_by_a_plain_asgi_dispatcher_as_the_readme_shows_for_django
     assert page.status_code == 200 and "dash.echo" in page.text
     assert 'href="/admin/jobs/jobs/' in page.text
     assert other.text == "the host app"
+
+
+async def test_an_action_never_redirects_to_another_site(app: Offload, client: Client) -> None:
+    job_id = await dead_job(app)
+    async with client(create_app(app, token=TOKEN), headers=BEARER) as http:
+        csrf = await csrf_of(http, "/dead")
+        targets = []
+        for bad in ("//evil.test/x", "/\\evil.test/x", "https://evil.test/"):
+            done = await http.post(
+                "/dead/purge", data={"csrf": csrf, "scope": "selected", "next": bad}
+            )
+            targets.append(done.headers["location"].split("?")[0])
+        kept = await http.post(
+            f"/jobs/{job_id}/purge", data={"csrf": csrf, "next": "/dead?queue=beta"}
+        )
+    assert targets == ["/dead"] * 3
+    assert kept.headers["location"].startswith("/dead?queue=beta&notice=purged")

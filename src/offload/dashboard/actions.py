@@ -70,10 +70,12 @@ async def _permit(request: Request) -> tuple[FormData, Response | None]:
 
 
 def _back(form: FormData, default: str) -> str:
-    """Where to go after the action: the form's `next`, if it is a dashboard path."""
+    """Where to go after the action: the form's `next`, if it is a dashboard path (never
+    `//host` or `/\\host`, which a browser reads as another site)."""
     target = form.get("next")
     if isinstance(target, str) and target.startswith("/") and not target.startswith("//"):
-        return target
+        if "\\" not in target:
+            return target
     return default
 
 
