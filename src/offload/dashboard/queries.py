@@ -141,12 +141,16 @@ async def list_filtered(
         page = await broker.list_jobs(queue=f.queue, state=f.state, limit=limit, cursor=cursor)
         return JobListing(page.items, page.cursor, len(page.items))
     listing = JobListing()
-    batch = min(max(limit * 4, 100), SCAN_BUDGET)
+    # A page's worth first (a filter most jobs pass needs no more), then four times
+    # more per read, so a rare match costs a few reads, not hundreds.
+    batch = limit
     while len(listing.items) < limit:
         if listing.scanned >= SCAN_BUDGET:
             listing.exhausted_budget = True
             break
+        batch = min(batch, SCAN_BUDGET - listing.scanned)
         page = await broker.list_jobs(queue=f.queue, state=f.state, limit=batch, cursor=cursor)
+        batch *= 4
         for n, info in enumerate(page.items):
             if f.since is not None and info.created_at < f.since:
                 listing.scanned += n + 1
