@@ -37,9 +37,11 @@ APP_SPEC = "tests.dashboard.dash_app:app"
 STARTUP_S = 60.0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module. Not per session: Playwright's sync API
+    keeps an event loop running in this thread while it is open, and the async tests
+    of the modules after it could not start theirs."""
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         service_missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
