@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from offload._redact import redact_url
+from offload.attempts import Attempt
 from offload.clock import Clock, SystemClock
 from offload.codec import decode_envelope, decode_value
 from offload.errors import LeaseLost
@@ -142,6 +143,10 @@ class JobInfo:
     result: bytes | None = None
     cancel_requested: bool = False
     progress: Any = None  # the last `set_progress` value (decoded JSON); `get_job` only
+    # Every attempt, oldest first, and how many older ones were not kept: filled by
+    # `offload.attempts.job_with_history` (`Job.info()`, `offload show`), empty otherwise.
+    attempts: list[Attempt] = field(default_factory=list)
+    attempts_dropped: int = 0
 
     @classmethod
     def undecodable(cls, job_id: str, queue: str, problem: str, payload: bytes) -> JobInfo:
@@ -230,6 +235,18 @@ class WorkerInfo:
     running: int = 0
     processed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_reserve_at(self) -> float | None:
+        """When its fetch loop last got an answer from `reserve` (from `extra`)."""
+        value = self.extra.get("last_reserve_at")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs it runs now (from `extra`)."""
+        value = self.extra.get("running_jobs")
+        return [str(v) for v in value] if isinstance(value, list) else []
 
 
 @runtime_checkable
@@ -620,3 +637,29 @@ class Broker(abc.ABC):
         `queued`/`scheduled` jobs past `expires_at`, delete finished jobs past their
         result TTL or retention (dead jobs are kept until purged), forget lapsed
         workers."""
+
+    # -- operations: pause flags and attempt history (offload.pausing, offload.attempts) --
+
+    @abc.abstractmethod
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        """Durably raise (`paused`) or lower the pause flag `name` (`queue:<q>`,
+        `schedule:<id>`: see `offload.pausing`), for every process of the broker, until
+        changed again. True if it changed. A flag raised again keeps its first time."""
+
+    @abc.abstractmethod
+    async def paused(self) -> dict[str, float]:
+        """Every raised pause flag, with the time it was raised. Read-only and cheap:
+        workers ask about twice a second."""
+
+    @abc.abstractmethod
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        """Append `record` (an encoded `offload.attempts.Attempt`) to the job's attempt
+        history, keeping the newest `keep` records and counting the others as dropped.
+        Idempotent per `token` (the lease's): a record whose token is already the
+        newest is not added again (a settle retried through an outage). No state check.
+        The history goes when the job is purged (Redis: it lapses with the retention)."""
+
+    @abc.abstractmethod
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        """The job's attempt records, oldest first, and how many older ones were
+        dropped; `([], 0)` for a job without any."""
