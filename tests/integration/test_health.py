@@ -85,7 +85,7 @@ def test_ready_goes_false_while_the_broker_is_gone_and_true_once_it_is_back(
     worker = start_worker(tmp_path, url, *args)
     try:
         wait_for(port, "/ready", 200, within=60)
-        status, body = probe(port, "/ready")
+        _, body = probe(port, "/ready")
         if processes > 1:
             assert len(body["processes"]) == processes  # type: ignore[arg-type]
         own_redis.stop()
