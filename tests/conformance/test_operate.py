@@ -77,3 +77,31 @@ async def test_history_of_a_job_stored_before_attempt_records_existed(broker: Br
         (1, AttemptOutcome.LOST, BOOM)
     ]
     assert history(info, []) == info.attempts
+
+
+async def test_a_sqlite_file_of_schema_6_gains_the_history_and_pause_tables(
+    tmp_path: object,
+) -> None:
+    import sqlite3
+
+    from offload.brokers import from_url
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    old = from_url(url)
+    await old.connect()
+    job_id = await enqueue_one(old)
+    await old.close()
+    conn = sqlite3.connect(f"{tmp_path}/old.db")
+    with conn:  # back to what version 6 left: no operations tables
+        conn.execute("DROP TABLE offload_paused")
+        conn.execute("DROP TABLE offload_attempts")
+        conn.execute("UPDATE offload_meta SET value = '6' WHERE key = 'schema_version'")
+    conn.close()
+    upgraded = from_url(url)
+    await upgraded.connect()
+    try:
+        info = await job_with_history(upgraded, job_id)
+        assert info is not None and info.attempts == []
+        assert await upgraded.set_paused("queue:default", True)
+    finally:
+        await upgraded.close()
