@@ -5,6 +5,7 @@ shows each worker's last reservation and running jobs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,11 +14,16 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from offload import Offload, Worker
+from offload.brokers.base import Lease
+from offload.brokers.memory import MemoryBroker
+from offload.worker import probes
+from tests.conftest import BROKER_NAMES
 from tests.redis_cluster import RedisProcess, free_port
 
 APP = textwrap.dedent(
@@ -102,6 +108,25 @@ def test_ready_goes_false_while_the_broker_is_gone_and_true_once_it_is_back(
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
 
 
+@pytest.mark.parametrize("name", BROKER_NAMES)
+def test_a_worker_is_live_and_ready_on_every_broker(
+    tmp_path: Path, broker_url: Callable[[str], str], name: str
+) -> None:
+    port = free_port()
+    worker = start_worker(tmp_path, broker_url(name), "--health-port", str(port))
+    try:
+        wait_for(port, "/ready", 200, within=60)
+        status, body = probe(port, "/live")
+        assert status == 200 and body["ok"] is True
+        _, body = probe(port, "/ready")
+        assert body["broker_down"] is False
+        assert isinstance(body["fetch_age_s"], float) and body["fetch_age_s"] < 60
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+
+
 def test_status_shows_each_workers_last_reservation_and_running_jobs(
     tmp_path: Path, own_redis: RedisProcess
 ) -> None:
@@ -137,3 +162,57 @@ def test_status_shows_each_workers_last_reservation_and_running_jobs(
     finally:
         worker.kill()
         worker.wait(timeout=30)
+
+
+class StuckReserve(MemoryBroker):
+    """A broker that answers everything but `reserve`, which hangs while `stuck` is
+    set: a fetch loop that makes no progress while the broker looks fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck = asyncio.Event()
+        self.free = asyncio.Event()
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        if self.stuck.is_set():
+            await self.free.wait()
+        return await super().reserve(queues, worker_id=worker_id, lease_s=lease_s, limit=limit)
+
+
+async def get(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    await writer.wait_closed()
+    return status
+
+
+async def test_ready_fails_when_the_fetch_loop_hangs_with_the_broker_up() -> None:
+    app = Offload("memory://")
+    broker = StuckReserve()
+    app.broker = broker
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    server = await probes.serve(worker, "127.0.0.1", 0, ready_s=1.0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await asyncio.sleep(0.3)
+        assert await get(port, "/ready") == 200
+        broker.stuck.set()
+        await asyncio.sleep(1.8)
+        assert await get(port, "/ready") == 503
+        assert await get(port, "/live") == 200
+        broker.stuck.clear()
+        broker.free.set()
+        await asyncio.sleep(0.3)
+        assert await get(port, "/ready") == 200
+    finally:
+        server.close()
+        await server.wait_closed()
+        worker.stop()
+        await runner
+        await app.aclose()
