@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,39 @@ def test_offload_show_prints_the_attempts(tmp_path: object) -> None:
     assert shown["attempts"][1]["error"]["type_path"] == "builtins.ValueError"
     table = subprocess.run(cmd, capture_output=True, check=True, text=True).stdout
     assert "attempts" in table and "builtins.ValueError: bad input" in table
+
+
+def test_the_cli_pauses_and_resumes_queues_and_schedules(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    (tmp_path / "schedapp.py").write_text(
+        "from offload import Every, Offload\n"
+        "app = Offload()\n"
+        "@app.task(name='t')\n"
+        "def t() -> None: ...\n"
+        "app.schedule(t, Every(60), id='nightly')\n"
+    )
+    env = {**os.environ, "OFFLOAD_URL": url, "PYTHONPATH": str(tmp_path)}
+
+    def offload(*args: str) -> str:
+        cmd = [sys.executable, "-m", "offload", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    offload("enqueue", "t")  # creates the database
+    assert offload("pause", "emails", "reports") == "emails: paused\nreports: paused\n"
+    assert offload("pause", "emails") == "emails: was paused already\n"
+    assert offload("schedules", "pause", "nightly") == "nightly: paused\n"
+    status = json.loads(offload("status", "--json"))
+    assert sorted(status["paused_queues"]) == ["emails", "reports"]
+    assert list(status["paused_schedules"]) == ["nightly"]
+    assert "paused queues: emails (since" in offload("status")
+    assert offload("resume", "emails") == "emails: resumed\n"
+    assert offload("schedules", "resume", "nightly") == "nightly: resumed\n"
+    assert offload("schedules", "resume", "nightly") == "nightly: was not paused\n"
+    status = json.loads(offload("status", "--json"))
+    assert list(status["paused_queues"]) == ["reports"]
+    assert status["paused_schedules"] == {}
+    assert "nightly" in offload("schedules", "schedapp:app")  # listing works as before
+    env["OFFLOAD_APP"] = "schedapp:app"
+    assert "nightly" in offload("schedules")  # MODULE:APP from the environment
