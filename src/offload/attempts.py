@@ -6,7 +6,7 @@ attempt that ends without success is recorded apart from the job's state, by the
 worker that ran it, just before it settles the job (`Broker.record_attempt`, keyed by
 the lease token, so a settle retried through a broker outage records once). A broker
 keeps the newest `ATTEMPTS_KEPT` records per job and counts the ones it dropped; each
-record's error is bounded like every `ErrorInfo` (`job.clip`).
+record's error is bounded like every `ErrorInfo` (`envelope.clip`).
 
 Success costs nothing: the attempt that succeeded, and the one running now, are read
 from the job itself (`started_at`, `finished_at`, `worker_id`). An attempt whose
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from offload.job import ErrorInfo, JobState
+from offload.envelope import ErrorInfo, JobState
 
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, JobInfo

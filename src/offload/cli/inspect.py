@@ -22,8 +22,8 @@ from offload.attempts import job_with_history
 from offload.brokers.base import JobInfo, WorkerInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
+from offload.envelope import JobState, clip
 from offload.errors import JobNotFound
-from offload.job import JobState, clip
 from offload.pausing import Paused
 
 #: Most characters a table cell shows of one value (arguments, result, error, key):
