@@ -640,7 +640,9 @@ class Worker:
             await asyncio.wait([task for _, task in stoppable], timeout=UNWIND_S)
         stuck = [(lease, task) for lease, task in held if not task.done()]
         try:
-            await give_back(self.broker, [lease for lease, t in stoppable if t.done()], now())
+            await give_back(
+                self.broker, [lease for lease, t in stoppable if t.done()], now(), self.id
+            )
         finally:
             if stuck and self.hard_exit:
                 end_process(len(stuck), self.lease_s, self.id)
@@ -652,5 +654,8 @@ class Worker:
             )
             await asyncio.wait([task for _, task in stuck])
             await give_back(
-                self.broker, [lease for lease, t in stoppable if (lease, t) in stuck], now()
+                self.broker,
+                [lease for lease, t in stoppable if (lease, t) in stuck],
+                now(),
+                self.id,
             )
