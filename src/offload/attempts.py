@@ -15,6 +15,7 @@ worker died (its lease lapsed) left no record: `history` shows it as `lost`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,15 @@ from offload.envelope import ErrorInfo, JobState
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, JobInfo
 
-__all__ = ["ATTEMPTS_KEPT", "Attempt", "AttemptOutcome", "history", "job_with_history"]
+__all__ = [
+    "ATTEMPTS_KEPT",
+    "LOST",
+    "Attempt",
+    "AttemptOutcome",
+    "encode",
+    "history",
+    "job_with_history",
+]
 
 #: Attempt records a broker keeps per job (the newest); older ones are counted only.
 ATTEMPTS_KEPT = 20
@@ -117,8 +126,6 @@ def _current(info: JobInfo) -> Attempt | None:
 async def job_with_history(broker: Broker, job_id: str) -> JobInfo | None:
     """`broker.get_job`, with `attempts` and `attempts_dropped` filled in (one more
     broker call); None for an unknown or purged job."""
-    from dataclasses import replace
-
     info = await broker.get_job(job_id)
     if info is None:
         return None
