@@ -113,21 +113,21 @@ async def test_migrations_in_order_equal_a_fresh_install(
         assert got[part] == expected[part], part
 
 
-async def test_0008_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
-    # Given a schema at migration 7 holding jobs written before the count triggers,
+async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
+    # Given a schema at migration 8 holding jobs written before the count triggers,
     broker = PostgresBroker(postgres_url)
     async with await psycopg.AsyncConnection.connect(
         broker.settings.conninfo, autocommit=True
     ) as conn:
         await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')  # type: ignore[arg-type]
-        await apply_migrations(conn, 7)
+        await apply_migrations(conn, 8)
         await conn.execute(
             "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
             " SELECT 'j' || g, CASE WHEN g <= 3 THEN 'a' ELSE 'b' END, 't',"
             " CASE WHEN g <= 3 THEN 'queued' ELSE 'dead' END, 1, 1, '{}'::bytea"
             " FROM generate_series(1, 5) AS g"
         )
-    # when 0008 is applied, the counts are what it holds, and later changes move them.
+    # when 0009 is applied, the counts are what it holds, and later changes move them.
     await broker.migrate()
     await broker.connect()
     try:

@@ -204,10 +204,10 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     assert [entry.job_id for entry in await broker.outbox()] == [step[0].id]
 
 
-async def test_version_6_file_gets_its_job_counts_once_and_keeps_them_exact(
+async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
     make_broker: MakeBroker, db_path: Path, clock: FakeClock
 ) -> None:
-    # Given a file written before the count triggers (version 6) holding jobs in
+    # Given a file written before the count triggers (version 7) holding jobs in
     # several states and queues,
     old = make_broker()
     await old.enqueue([job(clock) for _ in range(5)] + [job(clock, queue="q") for _ in range(2)])
@@ -218,7 +218,7 @@ async def test_version_6_file_gets_its_job_counts_once_and_keeps_them_exact(
         for trigger in ("insert", "delete", "update"):
             conn.execute(f"DROP TRIGGER offload_count_{trigger}")
         conn.execute("DROP TABLE offload_counts")
-        conn.execute("UPDATE offload_meta SET value = '6' WHERE key = 'schema_version'")
+        conn.execute("UPDATE offload_meta SET value = '7' WHERE key = 'schema_version'")
     conn.close()
 
     # when a broker of this version opens it, its counts are the jobs it holds,

@@ -153,6 +153,7 @@ def _register() -> None:
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
     from offload.cli.migrate import migrate
+    from offload.cli.operate import pause, pause_schedule, resume, resume_schedule
     from offload.cli.produce import enqueue
     from offload.cli.scheduler import scheduler, schedules
     from offload.cli.worker import worker
@@ -160,8 +161,10 @@ def _register() -> None:
     commands = (
         worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules, dashboard,
     )  # fmt: skip
-    for command in commands:
+    for command in (*commands, pause, resume):
         cli.add_command(command)
+    schedules.add_command(pause_schedule)
+    schedules.add_command(resume_schedule)
     try:
         from offload.cli.demo import demo
     except ImportError:  # the demo's extras are not installed

@@ -205,7 +205,7 @@ SELECT * FROM offload_jobs WHERE id = %(id)s;
 SELECT * FROM offload_jobs WHERE key = %(key)s;
 
 -- name: fold_counts
--- Move the deltas the count triggers appended into the counters (0008_counts.sql): a
+-- Move the deltas the count triggers appended into the counters (0009_counts.sql): a
 -- delta is deleted and added in one statement, so a concurrent fold never counts it
 -- twice; rows are upserted in key order, so two folds never deadlock.
 WITH moved AS (DELETE FROM offload_count_deltas RETURNING queue, state, n)

@@ -1,4 +1,4 @@
--- The offload PostgreSQL schema for a fresh install: what migrations/0001..0008 build,
+-- The offload PostgreSQL schema for a fresh install: what migrations/0001..0009 build,
 -- in one file. `connect()` and `offload migrate` run this on an empty schema and record
 -- every migration as applied; a schema that has some of them gets the rest instead.
 -- tests/migrations/ proves that both roads end at the same catalog. Any change here
@@ -281,7 +281,26 @@ CREATE TABLE offload_registers (
     expires_at double precision NOT NULL
 );
 
--- Job counts per queue and state, kept by statement triggers (0008_counts.sql).
+-- Pause flags (`set_paused`): one row per paused queue (`queue:<name>`) or schedule
+-- (`schedule:<id>`), until it is resumed.
+CREATE TABLE offload_paused (
+    name      text             PRIMARY KEY,
+    paused_at double precision NOT NULL
+);
+
+-- Attempt history (`record_attempt`): the newest records of each job. `n` numbers every
+-- record a job ever had, so the first kept one tells how many were dropped; `token` is
+-- the lease's, so a record written twice is kept once. `sweep` drops the rows of jobs
+-- that were purged.
+CREATE TABLE offload_attempts (
+    job_id text    NOT NULL,
+    n      integer NOT NULL,
+    token  text    NOT NULL,
+    record bytea   NOT NULL,
+    PRIMARY KEY (job_id, n)
+);
+
+-- Job counts per queue and state, kept by statement triggers (0009_counts.sql).
 CREATE TABLE offload_counts (
     queue text   NOT NULL,
     state text   NOT NULL,

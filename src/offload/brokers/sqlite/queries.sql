@@ -176,7 +176,7 @@ SELECT * FROM offload_jobs WHERE id = ?;
 SELECT * FROM offload_jobs WHERE key = ?;
 
 -- name: count_states
--- The counters the triggers keep (schema.sql, version 7): a few rows, however many jobs.
+-- The counters the triggers keep (schema.sql, version 8): a few rows, however many jobs.
 SELECT queue, state, n FROM offload_counts WHERE n <> 0;
 
 -- name: count_states_of

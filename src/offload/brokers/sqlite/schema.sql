@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 7 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 8 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -151,10 +151,29 @@ CREATE TABLE IF NOT EXISTS offload_registers (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 
--- Version 7: job counts per queue and state (`counts`), kept by triggers in the same
+-- Version 7: operations (`operate.sql`). Pause flags (`set_paused`): one row per paused
+-- queue (`queue:<name>`) or schedule (`schedule:<id>`), until it is resumed.
+CREATE TABLE IF NOT EXISTS offload_paused (
+    name      TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Attempt history (`record_attempt`): the newest records of each job. `n` numbers every
+-- record a job ever had, so the first kept one tells how many were dropped; `token` is
+-- the lease's, so a record written twice is kept once. `sweep` drops the rows of jobs
+-- that were purged.
+CREATE TABLE IF NOT EXISTS offload_attempts (
+    job_id TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    token  TEXT    NOT NULL,
+    record BLOB    NOT NULL,
+    PRIMARY KEY (job_id, n)
+) WITHOUT ROWID;
+
+-- Version 8: job counts per queue and state (`counts`), kept by triggers in the same
 -- transaction as every insert, delete and state change, so the dashboard's overview
 -- reads a few rows instead of counting a million (SQLite has one writer at a time, so
--- the counter rows cost no contention). A file from before version 7 gets the table,
+-- the counter rows cost no contention). A file from before version 8 gets the table,
 -- then its counts once (`_connection._install_schema`), in the same transaction.
 CREATE TABLE IF NOT EXISTS offload_counts (
     queue TEXT    NOT NULL,

@@ -1,4 +1,4 @@
--- 0008: job counts per queue and state (`counts`), so the dashboard's overview reads a
+-- 0009: job counts per queue and state (`counts`), so the dashboard's overview reads a
 -- few rows instead of counting a million. Statement triggers append what each insert,
 -- delete or state change did to `offload_count_deltas` (one row per queue and state a
 -- statement touched, never an update of a shared row, so concurrent workers do not
