@@ -9,6 +9,7 @@ in a job's arguments never runs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,13 @@ def test_a_dead_job_replayed_from_the_dashboard_succeeds(
 
     wait_until(succeeded, "the replayed job to succeed on its page")
     assert '"fixed"' in page.locator("#result").inner_text()
+    # Both runs are in its attempt history: the one that died, the one that succeeded.
+    attempts = page.locator("table.attempts tbody tr")
+    assert [attempts.nth(i).locator(".state").inner_text() for i in range(2)] == [
+        "dead",
+        "succeeded",
+    ]
+    assert "not fixed yet" in attempts.nth(0).inner_text()
     assert job.result(timeout=5) == "fixed"
 
 
@@ -148,3 +156,28 @@ def test_a_script_in_job_arguments_is_shown_as_text_and_never_runs(
     page.locator("table.jobs a.mono").first.click()
     assert IMAGE in page.locator("#args").inner_text()
     assert page.evaluate("window.__offload_pwned") is None
+
+
+def test_a_queue_paused_from_the_dashboard_stops_its_worker_until_resumed(
+    served: Served, page: Any
+) -> None:
+    echo = served.tasks["echo"]
+    served.procs.worker("alpha")
+    first = echo.enqueue("before the pause")
+    assert first.result(timeout=60) == "before the pause"  # the worker takes alpha's jobs
+    base = start(served)
+
+    page.goto(base + "/")
+    row = page.locator("table.queues tr", has_text="alpha")
+    row.get_by_role("button", name="Pause").click()
+    assert "Paused" in page.locator(".notice").inner_text()
+    assert page.locator("table.queues tr", has_text="alpha").locator(".s-paused").is_visible()
+    time.sleep(1.5)  # workers read the flags at most 0.5 s old before each reservation
+
+    held = [echo.enqueue(f"held {i}") for i in range(3)]
+    time.sleep(3)
+    assert [j.state() for j in held] == [JobState.QUEUED] * 3  # enqueued, not taken
+
+    page.locator("table.queues tr", has_text="alpha").get_by_role("button", name="Resume").click()
+    assert "Resumed" in page.locator(".notice").inner_text()
+    assert [j.result(timeout=60) for j in held] == ["held 0", "held 1", "held 2"]

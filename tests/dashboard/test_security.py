@@ -20,6 +20,7 @@ from starlette.routing import Mount
 from offload import JobState, Offload
 from offload.dashboard import create_app
 from offload.dashboard.security import CSRF_COOKIE, SESSION_COOKIE
+from offload.pausing import Paused
 from tests.dashboard.dash_app import register
 
 TOKEN = "tok-3f9a1c"
@@ -305,3 +306,32 @@ async def test_an_action_never_redirects_to_another_site(app: Offload, client: C
         )
     assert targets == ["/dead"] * 3
     assert kept.headers["location"].startswith("/dead?queue=beta&notice=purged")
+
+
+async def test_queues_and_schedules_are_paused_and_resumed_by_signed_in_users_only(
+    app: Offload, client: Client
+) -> None:
+    async with client(create_app(app)) as anonymous:
+        csrf = await csrf_of(anonymous, "/login")
+        refused = await anonymous.post("/queues/alpha/pause", data={"csrf": csrf})
+    assert refused.status_code == 403 and (await app.paused_async()).queues == {}
+
+    await app.tasks["dash.echo"].enqueue_async("a job in alpha")
+    async with client(create_app(app, token=TOKEN), headers=BEARER) as http:
+        csrf = await csrf_of(http, "/")
+        paused = await http.post("/queues/alpha/pause", data={"csrf": csrf})
+        again = await http.post("/queues/alpha/pause", data={"csrf": csrf})
+        overview = await http.get("/")
+        held = await app.paused_async()
+        await http.post("/schedules/hourly-echo/pause", data={"csrf": csrf})
+        schedules = await http.get("/schedules")
+        schedule_held = (await app.paused_async()).schedules
+        await http.post("/queues/alpha/resume", data={"csrf": csrf})
+        await http.post("/schedules/hourly-echo/resume", data={"csrf": csrf})
+    assert "notice=paused" in paused.headers["location"]
+    assert "notice=unchanged" in again.headers["location"]
+    assert list(held.queues) == ["alpha"]
+    assert 's-paused" title=' in overview.text and 'action="/queues/alpha/resume"' in overview.text
+    assert list(schedule_held) == ["hourly-echo"]
+    assert 'action="/schedules/hourly-echo/resume"' in schedules.text
+    assert await app.paused_async() == Paused({}, {})

@@ -19,6 +19,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
+from offload import pausing
 from offload.brokers.base import Broker
 from offload.dashboard.pages import dashboard, guard, redirect
 from offload.dashboard.security import (
@@ -33,6 +34,8 @@ from offload.validation import checked
 
 __all__ = [
     "cancel_job",
+    "pause_queue",
+    "pause_schedule",
     "login",
     "logout",
     "purge_dead",
@@ -40,6 +43,8 @@ __all__ = [
     "replay_dead",
     "replay_edited",
     "replay_job",
+    "resume_queue",
+    "resume_schedule",
 ]
 
 #: Dead jobs read per page while collecting those a task filter selects.
@@ -215,6 +220,40 @@ async def purge_dead(request: Request) -> Response:
     queue, ids = await _selected(broker, form)
     n = 0 if ids == [] else await broker.purge_dead(queue, ids, older_than=older_than)
     return redirect(request, _back(form, "/dead"), notice="purged", n=n)
+
+
+async def pause_queue(request: Request) -> Response:
+    return await _flag(request, "queue", paused=True)
+
+
+async def resume_queue(request: Request) -> Response:
+    return await _flag(request, "queue", paused=False)
+
+
+async def pause_schedule(request: Request) -> Response:
+    return await _flag(request, "schedule", paused=True)
+
+
+async def resume_schedule(request: Request) -> Response:
+    return await _flag(request, "schedule", paused=False)
+
+
+async def _flag(request: Request, kind: str, *, paused: bool) -> Response:
+    """Pause or resume a queue or a schedule, fleet-wide and durably (`offload.pausing`)."""
+    form, refused = await _permit(request)
+    if refused is not None:
+        return refused
+    d = dashboard(request)
+    broker = await d.offload.connected_broker()
+    name = request.path_params["name"]
+    setter = pausing.set_queue if kind == "queue" else pausing.set_schedule
+    try:
+        changed = await setter(broker, name, paused)
+    except OffloadError as exc:
+        return d.render(request, "message.html", 400, heading="Bad name", message=str(exc))
+    code = ("paused" if paused else "resumed") if changed else "unchanged"
+    default = "/" if kind == "queue" else "/schedules"
+    return redirect(request, _back(form, default), notice=code)
 
 
 async def login(request: Request) -> Response:

@@ -113,6 +113,10 @@ def create_app(
         Route("/jobs/{job_id}/purge", actions.purge_job, methods=["POST"]),
         Route("/dead/replay", actions.replay_dead, methods=["POST"]),
         Route("/dead/purge", actions.purge_dead, methods=["POST"]),
+        Route("/queues/{name:path}/pause", actions.pause_queue, methods=["POST"]),
+        Route("/queues/{name:path}/resume", actions.resume_queue, methods=["POST"]),
+        Route("/schedules/{name:path}/pause", actions.pause_schedule, methods=["POST"]),
+        Route("/schedules/{name:path}/resume", actions.resume_schedule, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from offload import pausing
+from offload.attempts import job_with_history
 from offload.dashboard.queries import (
     JobFilter,
     busy_workers,
+    consuming_workers,
     list_filtered,
     overview,
     parse_time,
@@ -50,6 +53,9 @@ NOTICES = {
     "replayed": "Replayed {n} dead job(s): queued again with their attempts reset.",
     "replayed-edited": "Replayed as a new job with the edited arguments.",
     "purged": "Purged {n} dead job(s).",
+    "paused": "Paused: workers stop taking its jobs within a second; enqueues still land.",
+    "resumed": "Resumed: workers take its jobs again.",
+    "unchanged": "Nothing changed: it already was in that state.",
     "signed-in": "Signed in.",
     "signed-out": "Signed out.",
 }
@@ -102,10 +108,13 @@ async def overview_page(request: Request) -> Response:
     broker = await d.offload.connected_broker()
     stats = await broker.counts()
     workers = await broker.workers()
-    rows = overview(stats, time.time())
+    now = time.time()
+    rows = overview(stats, now)
     totals = {s: sum(r.states[s] for r in rows) for s in JobState}
+    held = await pausing.paused(broker)
     return d.render(request, "overview.html", rows=rows, totals=totals, workers=workers,
-                    busy=busy_workers(workers))  # fmt: skip
+                    busy=busy_workers(workers), consuming=consuming_workers(workers, now),
+                    paused=held.queues)  # fmt: skip
 
 
 def _job_filter(request: Request) -> tuple[JobFilter, list[str]]:
@@ -170,7 +179,7 @@ async def job_page(request: Request) -> Response:
     d = dashboard(request)
     broker = await d.offload.connected_broker()
     job_id = request.path_params["job_id"]
-    info = await broker.get_job(job_id)
+    info = await job_with_history(broker, job_id)
     if info is None:
         return d.render(request, "message.html", 404, heading="No such job",
                         message=f"No job {job_id} (never enqueued, or purged).")  # fmt: skip
@@ -189,7 +198,8 @@ async def schedules_page(request: Request) -> Response:
     d = dashboard(request)
     broker = await d.offload.connected_broker()
     rows = await schedule_rows(d.offload, broker)
-    return d.render(request, "schedules.html", rows=rows)
+    held = await pausing.paused(broker)
+    return d.render(request, "schedules.html", rows=rows, paused=held.schedules)
 
 
 async def workers_page(request: Request) -> Response:

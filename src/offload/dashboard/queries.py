@@ -27,6 +27,8 @@ __all__ = [
     "QueueRow",
     "ScheduleRow",
     "WorkflowNode",
+    "busy_workers",
+    "consuming_workers",
     "list_filtered",
     "overview",
     "parse_time",
@@ -87,6 +89,18 @@ def overview(stats: dict[str, QueueStats], now: float) -> list[QueueRow]:
 def busy_workers(workers: Sequence[WorkerInfo]) -> int:
     """Workers running at least one job right now."""
     return sum(1 for w in workers if w.running > 0)
+
+
+#: A worker whose fetch loop got an answer from `reserve` this recently is consuming.
+CONSUMING_S = 60.0
+
+
+def consuming_workers(workers: Sequence[WorkerInfo], now: float) -> int:
+    """Workers whose fetch loop reserved within `CONSUMING_S`: alive but not consuming
+    (a stuck loop, a broker it cannot reach) is the failure an operator looks for."""
+    return sum(
+        1 for w in workers if (at := w.last_reserve_at) is not None and now - at <= CONSUMING_S
+    )
 
 
 @dataclass(frozen=True, slots=True)
