@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 from offload import JobState, Offload, Worker
@@ -46,7 +47,12 @@ async def test_results_finished_together_come_back_in_one_loop_turn() -> None:
     threads = HandlerThreads(4, name="test-handler")
     gate = threading.Event()
     try:
-        futures = [threads.submit(str(i), lambda i=i: gate.wait(5) and i) for i in range(4)]
+
+        def call(i: int) -> int:
+            gate.wait(5)
+            return i
+
+        futures = [threads.submit(str(i), functools.partial(call, i)) for i in range(4)]
         await asyncio.sleep(0.05)
         assert threads.running() == {"0", "1", "2", "3"}
         wakeups = 0

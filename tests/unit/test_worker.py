@@ -325,7 +325,7 @@ async def test_prefetch_buffer_is_refilled_in_batches_not_after_every_job(app: O
         reservations.append(len(leases))
         return leases
 
-    app.broker.reserve = counting  # type: ignore[method-assign]
+    app.broker.reserve = counting  # type: ignore[method-assign, assignment]
     assert await Worker(app, concurrency=4, prefetch=20).drain() == 200
     # Refilled once the buffer of 20 is half empty: about 12 jobs per reservation,
     # where topping it up after every job reserved one at a time.
