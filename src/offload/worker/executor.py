@@ -134,6 +134,7 @@ class Executor:
         self._cancelled: set[str] = set()
         self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
         self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
+        self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, once it runs
 
     def cancellable(self) -> list[str]:
         """Ids of the jobs whose (async) handler can be cancelled now."""
@@ -206,7 +207,8 @@ class Executor:
             worker_id=self.worker_id,
             failures=tuple(envelope.failures or ()),
         )
-        _reporters[envelope.id] = self._reporter(envelope.id)
+        self._loop = asyncio.get_running_loop()
+        _reporters[envelope.id] = self._report
         try:
             value = await self._call(task, envelope, ctx, timeout_s)
             result = encode_value(value, what=f"the result of task {envelope.task!r}")
@@ -239,25 +241,22 @@ class Executor:
         call = functools.partial(context.run, _contained_sync, task.fn, env.args, env.kwargs)
         return await self._handler_threads.submit(env.id, call)
 
-    def _reporter(self, job_id: str) -> Callable[[Any], None]:
-        """`JobContext.progress` for one job: stores the report through the broker,
-        from the loop (in the background, latest report first out) or from a handler
-        thread (waiting)."""
-        loop = asyncio.get_running_loop()
-
-        def report(value: Any) -> None:
-            data = encode_value(value, what="a progress report")
-            if not _on_loop(loop):
-                future = asyncio.run_coroutine_threadsafe(
-                    self.app.broker.set_progress(job_id, data), loop
-                )
-                future.result(timeout=PROGRESS_TIMEOUT_S)
-                return
-            self._latest[job_id] = data
-            if job_id not in self._senders:
-                self._senders[job_id] = loop.create_task(self._send_progress(job_id))
-
-        return report
+    def _report(self, job_id: str, value: Any) -> None:
+        """`JobContext.progress` of this worker's jobs (one bound method for all, not a
+        closure per job): stores the report through the broker, from the loop (in the
+        background, latest report first out) or from a handler thread (waiting)."""
+        loop = self._loop
+        assert loop is not None  # set before any job runs
+        data = encode_value(value, what="a progress report")
+        if not _on_loop(loop):
+            future = asyncio.run_coroutine_threadsafe(
+                self.app.broker.set_progress(job_id, data), loop
+            )
+            future.result(timeout=PROGRESS_TIMEOUT_S)
+            return
+        self._latest[job_id] = data
+        if job_id not in self._senders:
+            self._senders[job_id] = loop.create_task(self._send_progress(job_id))
 
     async def _send_progress(self, job_id: str) -> None:
         """Send a job's reports one at a time, so the last one stored is the last one
@@ -276,8 +275,10 @@ class Executor:
         """Run the handler as a task of its own, which `cancel` may cancel alone."""
         token = _current.set(ctx)
         try:
+            coro = _contained(task.fn(*env.args, **env.kwargs))
+            # No wait_for without a timeout: one coroutine fewer per job.
             handler = asyncio.ensure_future(
-                asyncio.wait_for(_contained(task.fn(*env.args, **env.kwargs)), timeout_s)
+                coro if timeout_s is None else asyncio.wait_for(coro, timeout_s)
             )
         finally:
             _current.reset(token)
