@@ -628,9 +628,16 @@ class Worker:
         finishing a reservation and the running jobs have their grace period. A lease
         that lapsed here would let another worker start a job that still runs."""
         await self._stopping.wait()
+        me = asyncio.current_task()
         while True:
             with contextlib.suppress(Exception):
                 await self.extend_leases()
+            # A cancellation that arrived inside the broker call may come out of a client
+            # library as an ordinary error, suppressed above: without this check the loop
+            # went on and `run()` waited for it forever (seen as a worker whose stop
+            # never returned, issue 16).
+            if me is not None and me.cancelling():
+                return
             await asyncio.sleep(self.lease_s / 3)
 
     async def _abandon(self, pending: set[asyncio.Task[None]]) -> None:
