@@ -42,7 +42,7 @@ WARMUP_TIMEOUT_S = 90.0
 #: Delay of the jobs in the delayed-depth phase: far beyond the run.
 DELAYED_BY_S = 86_400.0
 
-PHASES = ("single", "bulk1", "bulk2", "latency")
+PHASES = ("single", "bulk1", "bulk2", "latency", "cpu")
 DEPTH_PHASES = ("queued", "delayed")
 
 
@@ -128,13 +128,35 @@ class Phase:
                 raise PhaseError(f"timeout: {_done(self.client)}/{n} jobs ran")
             time.sleep(0.005)
 
-    def processing_rate(self, n: int) -> float:
-        """Steady-state jobs/s: the middle 80% of the first `n` job starts."""
+    def starts(self, n: int) -> list[float]:
         starts = sorted(_probe.read_floats(self.client, _probe.TS_KEY))[:n]
         if len(starts) < n:
             raise PhaseError(f"{len(starts)} start times for {n} jobs")
+        return starts
+
+    def processing_rate(self, n: int) -> float:
+        """Steady-state jobs/s: the middle 80% of the first `n` job starts."""
+        starts = self.starts(n)
         lo, hi = n // 10, n - n // 10 - 1
         return (hi - lo) / max(starts[hi] - starts[lo], 1e-9)
+
+    def first_to_last_rate(self, n: int) -> float:
+        """What a user sees: jobs/s from the first job's start to the last one's."""
+        starts = self.starts(n)
+        return (n - 1) / max(starts[-1] - starts[0], 1e-9)
+
+    def worker_cpu_s(self) -> float:
+        """User + system CPU seconds of every live process of the workers' process
+        groups (each worker command is a session leader; forked children share it)."""
+        groups = {p.pid for p in self.procs}
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) in groups:  # pgrp
+                    total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
 
     def storage(self) -> int:
         size = self.adapter.storage_bytes()
@@ -165,6 +187,7 @@ class Phase:
         self.start_workers(processes)
         self.wait_done(n, self.args.timeout)
         out[f"process{processes}"] = self.processing_rate(n)
+        out[f"process{processes}_all"] = self.first_to_last_rate(n)
         return out
 
     def latency(self) -> dict[str, float]:
@@ -183,6 +206,20 @@ class Phase:
             time.sleep(0.01)
         lats.sort()
         return {"p50": lats[n // 2] * 1000, "p99": lats[int(n * 0.99) - 1] * 1000}
+
+    def cpu(self) -> dict[str, float]:
+        """Worker CPU per job: 1 worker process, warmed up and idle, then N jobs queued
+        at once; user + system CPU of its processes while it runs them, / N."""
+        n = self.args.jobs
+        self.start_workers(1)
+        self.adapter.enqueue_one(10)
+        self.wait_done(10, WARMUP_TIMEOUT_S)
+        time.sleep(0.5)
+        self.client.delete(_probe.DONE_KEY, _probe.TS_KEY, _probe.LAT_KEY)
+        before = self.worker_cpu_s()
+        self.adapter.fill(n)
+        self.wait_done(n, self.args.timeout)
+        return {"cpu_us": (self.worker_cpu_s() - before) / n * 1e6}
 
     def queued(self) -> dict[str, float]:
         n = self.args.jobs
@@ -211,6 +248,7 @@ class Phase:
             "bulk1": lambda: self.bulk(1),
             "bulk2": lambda: self.bulk(2),
             "latency": self.latency,
+            "cpu": self.cpu,
             "queued": self.queued,
             "delayed": self.delayed,
         }
@@ -295,10 +333,13 @@ COLUMNS: list[tuple[str, str, bool]] = [
     ("enqueue_one", "enqueue, one call per job (jobs/s)", True),
     ("enqueue_bulk", "enqueue, bulk (jobs/s)", True),
     ("process1", "process, 1 worker process (jobs/s)", True),
+    ("process1_all", "process, 1 worker process, first→last job (jobs/s)", True),
     ("process2", "process, 2 worker processes (jobs/s)", True),
+    ("process2_all", "process, 2 worker processes, first→last job (jobs/s)", True),
     ("p50", "enqueue→start p50 (ms)", False),
     ("p99", "enqueue→start p99 (ms)", False),
     ("memory", "broker bytes per queued job", False),
+    ("cpu_us", "worker CPU per job (µs)", False),
     ("queued", "process, 1M queued (jobs/s)", True),
     ("delayed", "process, 1M delayed waiting (jobs/s)", True),
 ]
@@ -308,6 +349,9 @@ PHASE_OF = {
     "enqueue_bulk": "bulk",
     "process1": "bulk1",
     "process2": "bulk2",
+    "process1_all": "bulk1",
+    "process2_all": "bulk2",
+    "cpu_us": "cpu",
     "p50": "latency",
     "p99": "latency",
     "memory": "bulk",
@@ -406,6 +450,10 @@ def machine_info() -> str:
     )
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -423,6 +471,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per phase")
     parser.add_argument("--depth-timeout", type=float, default=1500.0, help="seconds per phase")
     parser.add_argument("--output", default=None, help="also write the report to this file")
+    parser.add_argument("--body", choices=("noop", "io"), default="noop",
+                        help="noop, or io: one real Redis round trip per job")  # fmt: skip
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--logdir", help=argparse.SUPPRESS)
@@ -451,8 +501,8 @@ def run_phases(
                 results.add(system, phase, result)
                 outcome = result.get("error") or result["metrics"]
                 took = time.monotonic() - t0
-                print(f"run {run + 1}/{args.runs} {system:15} {phase:8} {took:6.1f}s {outcome}",
-                      file=sys.stderr)  # fmt: skip
+                print(f"run {run + 1}/{args.runs} {system:17} {phase:8} {took:6.1f}s "
+                      f"load {os.getloadavg()[0]:.2f} {outcome}", file=sys.stderr)  # fmt: skip
 
 
 def pick_depth_systems(args: argparse.Namespace, results: Results) -> list[str]:
@@ -467,13 +517,15 @@ def pick_depth_systems(args: argparse.Namespace, results: Results) -> list[str]:
 
 
 def report(args: argparse.Namespace, results: Results, depth_systems: list[str]) -> str:
-    columns = COLUMNS if args.depth else COLUMNS[:7]
+    columns = COLUMNS if args.depth else COLUMNS[:10]
+    body = "no-op jobs" if args.body == "noop" else "jobs making one Redis round trip each"
     lines = [
-        f"{args.jobs:,} no-op jobs per phase, median of {args.runs} runs; latency: "
+        f"{args.jobs:,} {body} per phase, median of {args.runs} runs; latency: "
         f"{args.latency_jobs} jobs at {args.latency_rate:,.0f} jobs/s to 1 idle worker process"
         + (f"; depth rows: {args.depth_jobs:,} jobs queued or delayed" if args.depth else ""),
         "",
-        f"Machine: {machine_info()}",
+        f"Machine: {machine_info()}; load average {args.load_start} at the start, "
+        f"{load()} at the end",
         "",
         table(results, args.systems, columns),
         "",
@@ -501,7 +553,9 @@ def main() -> None:
         phase_main(args)
         return
     args.logdir = tempfile.mkdtemp(prefix="offload-bench-logs-")
-    print(f"logs: {args.logdir}", file=sys.stderr)
+    args.load_start = load()
+    os.environ["BENCH_BODY"] = args.body  # read by every job (adapters/_probe.py)
+    print(f"logs: {args.logdir}; load average {args.load_start}", file=sys.stderr)
     results = Results()
     run_phases(args, results, args.systems, PHASES, args.timeout)
     depth_systems: list[str] = []

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 ADAPTERS: dict[str, str] = {
     "offload-redis": "adapters.offload:OffloadRedis",
+    "offload-redis-def": "adapters.offload:OffloadRedisDef",
     "offload-sqlite": "adapters.offload:OffloadSQLite",
     "raw-redis-py": "adapters.raw:RawRedis",
     "celery": "adapters.celery:CeleryAdapter",
+    "celery-threads": "adapters.celery:CeleryThreads",
     "rq": "adapters.rq:RQAdapter",
     "dramatiq": "adapters.dramatiq:DramatiqAdapter",
     "arq": "adapters.arq:ArqAdapter",
@@ -21,4 +23,4 @@ ADAPTERS: dict[str, str] = {
 }
 
 #: Systems that are the ceiling or offload itself, not peers (ratios are against peers).
-NOT_PEERS = frozenset({"offload-redis", "offload-sqlite", "raw-redis-py"})
+NOT_PEERS = frozenset({"offload-redis", "offload-redis-def", "offload-sqlite", "raw-redis-py"})

@@ -6,6 +6,11 @@ thread flushes the buffer every `FLUSH_S` seconds into Redis DB 15 with one pipe
 round trip: `INCRBY bench:done`, and packed float64 arrays appended to `bench:ts` and
 `bench:lat`. The driver counts `bench:done` and reads the timestamps back, so every
 row proves its jobs ran without adding a Redis round trip to each job.
+
+The job body (`BENCH_BODY`, set by `peers.py --body`): `noop` records and returns;
+`io` also makes one real Redis round trip (a `GET`), as real jobs do I/O: through a
+synchronous redis-py client (shared by the process's threads) in plain functions, an
+asyncio one in coroutines (`io()` / `aio()`, called by every adapter's job).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import threading
 import time
 from collections import deque
+from typing import Any
 
 #: Seconds between flushes of a worker process's buffer to Redis.
 FLUSH_S = 0.005
@@ -27,6 +33,11 @@ _starts: deque[float] = deque()
 _lats: deque[float] = deque()
 _pid = 0
 _lock = threading.Lock()
+
+#: `noop` or `io` (see the module docstring).
+BODY = os.environ.get("BENCH_BODY", "noop")
+IO_KEY = "bench:io"
+_clients: dict[object, Any] = {}  # (pid, event loop or None) -> client
 
 
 def redis_url() -> str:
@@ -41,6 +52,33 @@ def record(t: float = 0.0) -> None:
     _starts.append(now)
     if t:
         _lats.append(now - t)
+
+
+def io() -> None:
+    """The plain-function job body: one `GET` round trip when `BODY` is `io`."""
+    if BODY != "io":
+        return
+    client = _clients.get((os.getpid(), None))
+    if client is None:
+        import redis
+
+        client = _clients[(os.getpid(), None)] = redis.Redis.from_url(redis_url())
+    client.get(IO_KEY)
+
+
+async def aio() -> None:
+    """The coroutine job body: one `GET` round trip on the running loop's client."""
+    if BODY != "io":
+        return
+    import asyncio
+
+    key = (os.getpid(), asyncio.get_running_loop())
+    client = _clients.get(key)
+    if client is None:
+        import redis.asyncio
+
+        client = _clients[key] = redis.asyncio.Redis.from_url(redis_url())
+    await client.get(IO_KEY)
 
 
 def _start_flusher() -> None:

@@ -21,6 +21,7 @@ from adapters.base import AsyncAdapter, tool
 
 async def noop(ctx: dict[str, Any], t: float) -> None:
     _probe.record(t)
+    await _probe.aio()
 
 
 class WorkerSettings:

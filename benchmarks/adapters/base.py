@@ -89,7 +89,8 @@ class Adapter:
 
     def worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(BENCH_DIR)
+        # The caller's PYTHONPATH stays behind ours (e.g. another checkout's src/).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
         env["BENCH_REDIS_URL"] = self.redis_url
         return env
 

@@ -36,6 +36,7 @@ app.conf.update(
 @app.task(name="noop")
 def noop(t: float) -> None:
     _probe.record(t)
+    _probe.io()
 
 
 class CeleryAdapter(Adapter):
@@ -56,11 +57,22 @@ class CeleryAdapter(Adapter):
         for _ in range(n):
             noop.apply_async((0.0,), countdown=delay_s)
 
+    pool = POOL
+
     def workers(self, processes: int) -> list[list[str]]:
-        concurrency = "1" if POOL == "solo" else "100"
+        concurrency = {"solo": "1", "threads": "8"}.get(self.pool, "100")
         return [
-            [tool("celery"), "-A", "adapters.celery", "worker", "-P", POOL, "-c", concurrency,
+            [tool("celery"), "-A", "adapters.celery", "worker", "-P", self.pool, "-c", concurrency,
              "-n", f"bench{i}@%h", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-l", "WARNING"]
             for i in range(processes)
         ]  # fmt: skip
+
+
+class CeleryThreads(CeleryAdapter):
+    """The thread pool with 8 threads: the comparison for plain-function handlers at
+    the same thread count as Huey's `-w 8`, Dramatiq's `-t 8` and offload's `def` row."""
+
+    name = "Celery, threads"
+    config = "`celery worker -P threads -c 8`, otherwise as Celery"
+    pool = "threads"

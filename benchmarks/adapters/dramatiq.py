@@ -22,6 +22,7 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(max_retries=0, actor_name="noop")
 def noop(t: float) -> None:
     _probe.record(t)
+    _probe.io()
 
 
 class DramatiqAdapter(Adapter):

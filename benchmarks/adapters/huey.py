@@ -19,6 +19,7 @@ huey = RedisHuey("bench", url=_probe.redis_url(), results=False)
 @huey.task(name="noop")
 def noop(t: float) -> None:
     _probe.record(t)
+    _probe.io()
 
 
 class HueyAdapter(Adapter):

@@ -1,15 +1,19 @@
 """offload itself, on Redis (when `offload.brokers.redis` exists) and on SQLite.
 
-Workers: `python -m offload worker adapters.offload:app --concurrency 100
---prefetch 100 --processes K`, the settings `benchmarks/throughput.py` uses; the
-handler is `async def`, offload's documented fast path (run on the worker's loop, no
-thread hop). Bulk enqueue: `task.enqueue_many` (one broker round trip per call).
+Workers: K separate `python -m offload worker adapters.offload:app --concurrency 100
+--prefetch 100` commands (one process each, as a deployment runs them), the settings
+`benchmarks/throughput.py` uses; the handler is `async def`, offload's documented fast
+path (run on the worker's loop, no thread hop). `offload-redis-def` is the same with a
+plain `def` handler (the style of the README's examples) and `--concurrency 8`: 8
+threads, as Huey's `-w 8` and Dramatiq's `-t 8`. Bulk enqueue: `task.enqueue_many` (one
+broker round trip per call).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from adapters import _probe
 from adapters.base import Adapter, python
@@ -24,6 +28,13 @@ app = Offload(os.environ.get(URL_ENV, "memory://"))
 @app.task(name="noop")
 async def noop(t: float) -> None:
     _probe.record(t)
+    await _probe.aio()
+
+
+@app.task(name="noop_def")
+def noop_def(t: float) -> None:
+    _probe.record(t)
+    _probe.io()
 
 
 def redis_available() -> bool:
@@ -37,11 +48,14 @@ def redis_available() -> bool:
 class _OffloadAdapter(Adapter):
     bulk_api = "`noop.enqueue_many(...)`"
     url = ""
+    #: The task the jobs run, and the worker's `--concurrency`.
+    task: Any = noop
+    concurrency = 100
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)
         self.app = Offload(self.url)
-        self.noop = self.app.task(name="noop")(noop.fn)
+        self.noop = self.app.task(name=self.task.name)(self.task.fn)
 
     def _one(self, t: float) -> None:
         self.noop.enqueue(t)
@@ -57,8 +71,9 @@ class _OffloadAdapter(Adapter):
     def workers(self, processes: int) -> list[list[str]]:
         return [
             [python(), "-m", "offload", "worker", "adapters.offload:app",
-             "--concurrency", "100", "--prefetch", "100", "--processes", str(processes),
+             "--concurrency", str(self.concurrency), "--prefetch", "100",
              "--log-level", "warning"]
+            for _ in range(processes)
         ]  # fmt: skip
 
     def worker_env(self) -> dict[str, str]:
@@ -79,6 +94,13 @@ class OffloadRedis(_OffloadAdapter):
             raise RuntimeError("not available: offload.brokers.redis has not landed")
         self.url = redis_url
         super().__init__(redis_url, workdir)
+
+
+class OffloadRedisDef(OffloadRedis):
+    name = "offload (Redis), `def`"
+    config = "offload worker, plain `def` handler, --concurrency 8 (threads) --prefetch 100"
+    task = noop_def
+    concurrency = 8
 
 
 class OffloadSQLite(_OffloadAdapter):

@@ -52,6 +52,7 @@ def work() -> None:
         if payload is None:
             continue
         _probe.record(json.loads(payload)["t"])
+        _probe.io()
         client.lrem(PROCESSING, 1, payload)
 
 

@@ -20,6 +20,7 @@ from adapters.base import Adapter, tool
 
 def noop(t: float) -> None:
     _probe.record(t)
+    _probe.io()
 
 
 class RQAdapter(Adapter):

@@ -19,6 +19,7 @@ worker = Worker(redis_url=_probe.redis_url(), concurrency=100)
 @worker.task(name="noop")
 async def noop(t: float) -> None:
     _probe.record(t)
+    await _probe.aio()
 
 
 class StreaqAdapter(AsyncAdapter):

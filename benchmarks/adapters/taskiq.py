@@ -20,6 +20,7 @@ broker = ListQueueBroker(_probe.redis_url())
 @broker.task(task_name="noop")
 async def noop(t: float) -> None:
     _probe.record(t)
+    await _probe.aio()
 
 
 class TaskiqAdapter(AsyncAdapter):

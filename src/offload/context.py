@@ -57,12 +57,12 @@ class JobContext:
         """
         reporter = _reporters.get(self.id)
         if reporter is not None:
-            reporter(value)
+            reporter(self.id, value)
 
 
 _current: ContextVar[JobContext | None] = ContextVar("offload_current_job", default=None)
 #: Where each running job's progress goes, by job id: set by the worker for the run.
-_reporters: dict[str, Callable[[Any], None]] = {}
+_reporters: dict[str, Callable[[str, Any], None]] = {}
 
 
 def current_job() -> JobContext:

@@ -194,6 +194,22 @@ def test_arguments_that_do_not_fit_fail_at_enqueue(app: Offload) -> None:
         app.enqueue("emails.send", "a", "b", cc="c")
 
 
+def test_verdict_on_arguments_holds_per_call_shape_each_time(app: Offload) -> None:
+    @app.task(name="emails.send")
+    def send(to: str, code: str = "0") -> None: ...
+
+    for _ in range(2):  # the second time from the remembered verdicts
+        send.enqueue("ada@example.com")
+        send.enqueue("ada@example.com", code="1")
+        send.enqueue(to="ada@example.com", code="1")
+        with pytest.raises(InvalidArguments, match="missing a required argument: 'to'"):
+            app.enqueue("emails.send", code="1")
+        with pytest.raises(InvalidArguments, match="multiple values for argument 'to'"):
+            app.enqueue("emails.send", "a", to="b")
+        with pytest.raises(InvalidArguments, match="too many positional arguments"):
+            app.enqueue("emails.send", "a", "b", "c")
+
+
 def test_bad_options_are_refused(app: Offload) -> None:
     @app.task
     def work() -> None: ...

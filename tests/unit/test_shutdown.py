@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
 from offload import JobState, Offload, Worker
+from offload.errors import BrokerUnavailable
 from offload.testing import FakeClock
 
 
@@ -96,3 +98,34 @@ async def test_memory_recycling_waits_for_running_jobs_until_a_stop(app: Offload
     [given_back] = info.attempts  # recorded in its history, with the worker that stopped
     assert (given_back.outcome, given_back.worker_id) == ("retried", worker.id)
     assert given_back.error is not None and given_back.error.type == "WorkerShutdown"
+
+
+async def test_stop_returns_when_a_lease_extension_swallows_its_cancellation() -> None:
+    app = Offload("memory://")
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @app.task
+    async def slow() -> None:
+        started.set()
+        await release.wait()
+
+    extend = app.broker.extend
+
+    async def swallowing(leases: Any, lease_s: float) -> list[bool]:
+        """A broker call that turns its cancellation into an error, as client libraries
+        may; the first one after the stop also lets the job finish."""
+        release.set()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            raise BrokerUnavailable("cancelled mid-call") from None
+        return await extend(leases, lease_s)
+
+    app.broker.extend = swallowing  # type: ignore[method-assign]
+    await slow.enqueue_async()
+    worker = Worker(app, poll_s=0.01)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    await asyncio.wait_for(runner, 4)  # the keeper's next sleep was lease_s / 3 = 10 s

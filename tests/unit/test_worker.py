@@ -307,3 +307,26 @@ async def test_job_whose_arguments_do_not_fit_is_buried_at_once(app: Offload) ->
     info = await job.info_async()
     assert (info.state, info.attempt) == (JobState.DEAD, 1)
     assert info.error is not None and info.error.type == "InvalidArguments"
+
+
+async def test_prefetch_buffer_is_refilled_in_batches_not_after_every_job(app: Offload) -> None:
+    @app.task
+    async def quick(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    for i in range(0, 200, 50):
+        await quick.enqueue_many_async([(n,) for n in range(i, i + 50)])
+    reserve = app.broker.reserve
+    reservations: list[int] = []
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        leases = await reserve(*args, **kwargs)  # type: ignore[arg-type]
+        reservations.append(len(leases))
+        return leases
+
+    app.broker.reserve = counting  # type: ignore[method-assign, assignment]
+    assert await Worker(app, concurrency=4, prefetch=20).drain() == 200
+    # Refilled once the buffer of 20 is half empty: about 12 jobs per reservation,
+    # where topping it up after every job reserved one at a time.
+    assert len(reservations) < 30, reservations

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import logging
 import traceback
 from collections.abc import Callable, Coroutine
@@ -42,6 +43,7 @@ from offload.context import JobContext, _current, _reporters
 from offload.envelope import Envelope, ErrorInfo, type_path
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
 from offload.worker.processes import ProcessRunner, RemoteError
+from offload.worker.threads import HandlerThreads
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -83,8 +85,8 @@ def _contained_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, A
     runs here), and would otherwise read as the worker cancelling the job."""
     try:
         return fn(*args, **kwargs)
-    except concurrent.futures.CancelledError as exc:
-        raise _Escaped(exc) from None
+    except (concurrent.futures.CancelledError, StopIteration) as exc:  # no future takes
+        raise _Escaped(exc) from None  # a StopIteration (PEP 479)
     except Exception:
         raise
     except BaseException as exc:
@@ -126,12 +128,13 @@ class Executor:
         self.app = app
         self.worker_id = worker_id
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="offload-job")
+        self._handler_threads = HandlerThreads(threads, name="offload-handler")
         self._processes = ProcessRunner()
         self._handlers: dict[str, asyncio.Future[Any]] = {}  # running async handlers
-        self._threaded: dict[str, concurrent.futures.Future[Any]] = {}  # sync, in threads
         self._cancelled: set[str] = set()
         self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
         self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
+        self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, once it runs
 
     def cancellable(self) -> list[str]:
         """Ids of the jobs whose (async) handler can be cancelled now."""
@@ -152,7 +155,7 @@ class Executor:
         Nothing stops such a handler but its return or the end of the process, so the
         worker must not give its job back while the process lives (see `Worker`).
         """
-        return {job_id for job_id, f in list(self._threaded.items()) if not f.done()}
+        return self._handler_threads.running()
 
     def kill_children(self) -> None:
         """Kill the child processes running handlers now, and start no more: their
@@ -161,6 +164,7 @@ class Executor:
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+        self._handler_threads.close()
         self._processes.close()
 
     async def execute(self, lease: Lease) -> Outcome:
@@ -203,7 +207,8 @@ class Executor:
             worker_id=self.worker_id,
             failures=tuple(envelope.failures or ()),
         )
-        _reporters[envelope.id] = self._reporter(envelope.id)
+        self._loop = asyncio.get_running_loop()
+        _reporters[envelope.id] = self._report
         try:
             value = await self._call(task, envelope, ctx, timeout_s)
             result = encode_value(value, what=f"the result of task {envelope.task!r}")
@@ -233,30 +238,25 @@ class Executor:
             )
         context = contextvars.copy_context()
         context.run(_current.set, ctx)
-        future = self._threads.submit(context.run, _contained_sync, task.fn, env.args, env.kwargs)
-        self._threaded[env.id] = future
-        future.add_done_callback(lambda _: self._threaded.pop(env.id, None))
-        return await asyncio.wrap_future(future)
+        call = functools.partial(context.run, _contained_sync, task.fn, env.args, env.kwargs)
+        return await self._handler_threads.submit(env.id, call)
 
-    def _reporter(self, job_id: str) -> Callable[[Any], None]:
-        """`JobContext.progress` for one job: stores the report through the broker,
-        from the loop (in the background, latest report first out) or from a handler
-        thread (waiting)."""
-        loop = asyncio.get_running_loop()
-
-        def report(value: Any) -> None:
-            data = encode_value(value, what="a progress report")
-            if not _on_loop(loop):
-                future = asyncio.run_coroutine_threadsafe(
-                    self.app.broker.set_progress(job_id, data), loop
-                )
-                future.result(timeout=PROGRESS_TIMEOUT_S)
-                return
-            self._latest[job_id] = data
-            if job_id not in self._senders:
-                self._senders[job_id] = loop.create_task(self._send_progress(job_id))
-
-        return report
+    def _report(self, job_id: str, value: Any) -> None:
+        """`JobContext.progress` of this worker's jobs (one bound method for all, not a
+        closure per job): stores the report through the broker, from the loop (in the
+        background, latest report first out) or from a handler thread (waiting)."""
+        loop = self._loop
+        assert loop is not None  # set before any job runs
+        data = encode_value(value, what="a progress report")
+        if not _on_loop(loop):
+            future = asyncio.run_coroutine_threadsafe(
+                self.app.broker.set_progress(job_id, data), loop
+            )
+            future.result(timeout=PROGRESS_TIMEOUT_S)
+            return
+        self._latest[job_id] = data
+        if job_id not in self._senders:
+            self._senders[job_id] = loop.create_task(self._send_progress(job_id))
 
     async def _send_progress(self, job_id: str) -> None:
         """Send a job's reports one at a time, so the last one stored is the last one
@@ -275,8 +275,10 @@ class Executor:
         """Run the handler as a task of its own, which `cancel` may cancel alone."""
         token = _current.set(ctx)
         try:
+            coro = _contained(task.fn(*env.args, **env.kwargs))
+            # No wait_for without a timeout: one coroutine fewer per job.
             handler = asyncio.ensure_future(
-                asyncio.wait_for(_contained(task.fn(*env.args, **env.kwargs)), timeout_s)
+                coro if timeout_s is None else asyncio.wait_for(coro, timeout_s)
             )
         finally:
             _current.reset(token)

@@ -247,8 +247,7 @@ class Worker:
 
         Returns how many jobs were reserved. Tests drive the worker with this.
         """
-        free = self.concurrency + self.prefetch - len(self._running) - len(self._buffer)
-        free = self.recycling.room(free)
+        free = self._room()
         if free <= 0 or self._stopping.is_set():
             return 0
         queues = await self.pauses.active(self.broker, self.queues)
@@ -322,8 +321,17 @@ class Worker:
             await self._idle_wait()
 
     def _full(self) -> bool:
+        return self._room() <= 0 or self.recycling.took_all()
+
+    def _room(self) -> int:
+        """How many jobs to reserve now: the free capacity, except that a prefetch
+        buffer is refilled only once it is half empty (the running jobs are fed from
+        it meanwhile). Topping it up after every finished job cost one `reserve` per
+        job; in halves, a reservation takes many jobs at once (issue 16)."""
+        if self.prefetch > 1 and len(self._buffer) > self.prefetch // 2:
+            return 0
         held = len(self._running) + len(self._buffer)
-        return held >= self.concurrency + self.prefetch or self.recycling.took_all()
+        return self.recycling.room(self.concurrency + self.prefetch - held)
 
     def saturated(self) -> bool:
         """Whether the fetch loop waits for a free slot (not stuck: every slot works)."""
@@ -620,9 +628,16 @@ class Worker:
         finishing a reservation and the running jobs have their grace period. A lease
         that lapsed here would let another worker start a job that still runs."""
         await self._stopping.wait()
+        me = asyncio.current_task()
         while True:
             with contextlib.suppress(Exception):
                 await self.extend_leases()
+            # A cancellation that arrived inside the broker call may come out of a client
+            # library as an ordinary error, suppressed above: without this check the loop
+            # went on and `run()` waited for it forever (seen as a worker whose stop
+            # never returned, issue 16).
+            if me is not None and me.cancelling():
+                return
             await asyncio.sleep(self.lease_s / 3)
 
     async def _abandon(self, pending: set[asyncio.Task[None]]) -> None:

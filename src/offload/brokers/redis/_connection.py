@@ -17,11 +17,13 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -114,15 +116,43 @@ def make_client(url: RedisURL) -> Client:
     connection error: after a Redis restart every pooled connection is stale, and its
     first command would fail though the server is back. A retry is safe for every
     script: each is idempotent or, like `reserve`, at-least-once (a lost reply only
-    leaves a lease to lapse). Its pool holds up to `pool_max` connections."""
+    leaves a lease to lapse). Its pool holds up to `pool_max` connections, which pack
+    commands with hiredis (see `_hiredis_packing`)."""
     if url.cluster:
         return RedisCluster.from_url(url.redis_url, max_connections=url.pool_max)
-    return Redis.from_url(
+    client = Redis.from_url(
         url.redis_url,
         max_connections=url.pool_max,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[RedisConnectionError],
     )
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client
+
+
+def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`cls` (plain, TLS or Unix socket) packing commands with hiredis, in C.
+
+    redis-py's asyncio connections pack in Python (its sync ones use hiredis): for the
+    worker's batched `ack` and `reserve` scripts, hundreds of arguments per call, that
+    was about 14 µs of CPU per job (issue 16). Without hiredis, `cls` unchanged."""
+    try:
+        from hiredis import pack_command
+    except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+        return cls
+
+    def pack(self: AbstractConnection, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # a command of several words: 'SCRIPT LOAD'
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [pack_command(args)]
+        except TypeError:  # memoryview or bytearray arguments: redis-py's own way
+            return cls.pack_command(self, *args)
+
+    return type(cls.__name__, (cls,), {"pack_command": pack, "__module__": __name__})
 
 
 @contextlib.contextmanager
