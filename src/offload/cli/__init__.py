@@ -7,7 +7,6 @@ one line on stderr and exit 1; tracebacks are for bugs, not for bad input.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -17,7 +16,6 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from offload._redact import RedactingFormatter
 from offload.app import Offload
 from offload.errors import OffloadError
 
@@ -103,18 +101,12 @@ def env_twin(name: str) -> dict[str, Any]:
     return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Logs to stderr: human-readable text, or one JSON object per line."""
-    handler = logging.StreamHandler(sys.stderr)
-    formatter: logging.Formatter
-    if fmt == "json":
-        from offload.logging import JsonFormatter
+def setup_logging(level: str, fmt: str = "text", config: str | None = None) -> None:
+    """Logs to stderr (human-readable text, or one JSON object per line), or as a
+    standard `logging` configuration file says (`offload.logging.configure`)."""
+    from offload.logging import configure
 
-        formatter = JsonFormatter()
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    handler.setFormatter(RedactingFormatter(formatter))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    configure(level, fmt, config=config)
 
 
 app_option = click.option(
