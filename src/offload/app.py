@@ -363,14 +363,20 @@ class Offload:
         task = self.tasks.get(name)
         defaults = task.defaults if task is not None else None
         now = self.clock.now()
-        items = []
+        items: list[tuple[Envelope, bytes]] = []
         for call in calls:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self._envelope(name, call, defaults, call.overrides or overrides, now)
-            if self.hooks:
-                envelope = self.hooks.before_enqueue(envelope)
-            items.append(validation.checked(envelope))
+            if not self.hooks:
+                items.append(validation.checked(envelope))
+                continue
+            envelope = self.hooks.before_enqueue(envelope)
+            try:
+                items.append(validation.checked(envelope))
+            except Exception as exc:  # the hooks saw these jobs: tell them they failed
+                self._not_sent([*items, (envelope, b"")], exc)
+                raise
         return items
 
     def _enqueue_in(

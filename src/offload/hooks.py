@@ -90,6 +90,8 @@ class Hook:
         on_retry / on_dead: called before `after_run` when the attempt was retried or
             buried (dead-letter queue).
         on_worker_start / on_worker_stop: a worker's start (broker reached) and end.
+        on_broker_error: a worker's broker call failed (`what`: "reserve", "recording
+            an outcome", ...); the worker retries it with backoff.
     """
 
     def before_enqueue(self, envelope: Envelope) -> Envelope | None:
@@ -116,6 +118,9 @@ class Hook:
         return None
 
     def on_worker_stop(self, worker: Worker) -> None:
+        return None
+
+    def on_broker_error(self, what: str, error: BaseException) -> None:
         return None
 
 
@@ -200,6 +205,9 @@ class Hooks:
 
     def worker_stopped(self, worker: Worker) -> None:
         self._each("on_worker_stop", lambda h: h.on_worker_stop(worker), None)
+
+    def broker_error(self, what: str, error: BaseException) -> None:
+        self._each("on_broker_error", lambda h: h.on_broker_error(what, error), None)
 
     def _each(self, event: str, call: Callable[[Hook], object], job_id: str | None) -> None:
         for hook in self._hooks:

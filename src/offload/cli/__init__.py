@@ -19,7 +19,7 @@ from rich.console import Console
 from offload.app import Offload
 from offload.errors import OffloadError
 
-__all__ = ["cli", "console", "env_twin", "load_app", "main"]
+__all__ = ["cli", "console", "env_twin", "load_app", "main", "need"]
 
 T = TypeVar("T")
 
@@ -101,6 +101,20 @@ def env_twin(name: str) -> dict[str, Any]:
     return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
 
 
+def need(module: str, extra: str, option: str) -> Any:
+    """Import an optional part of offload, or fail naming the extra it needs.
+
+    Raises:
+        click.UsageError: a library of the extra is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise click.UsageError(
+            f"{option} needs offload[{extra}]: pip install 'offload[{extra}]' ({exc})"
+        ) from None
+
+
 def setup_logging(level: str, fmt: str = "text", config: str | None = None) -> None:
     """Logs to stderr (human-readable text, or one JSON object per line), or as a
     standard `logging` configuration file says (`offload.logging.configure`)."""
@@ -143,12 +157,16 @@ def _register() -> None:
     from offload.cli.cancel import cancel
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
+    from offload.cli.metrics import metrics
     from offload.cli.migrate import migrate
     from offload.cli.produce import enqueue
     from offload.cli.scheduler import scheduler, schedules
     from offload.cli.worker import worker
 
-    commands = (worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules)
+    commands = (
+        *(worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules),
+        metrics,
+    )
     for command in commands:
         cli.add_command(command)
     try:

@@ -154,7 +154,7 @@ class Worker:
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
         # file locked by another writer) is not back.
-        self.health = BrokerHealth(logger, probe=self._heartbeat)
+        self.health = BrokerHealth(logger, probe=self._heartbeat, on_failure=app.hooks.broker_error)
         self._lost: set[str] = set()  # jobs whose lost lease was reported
 
     @property
