@@ -209,5 +209,5 @@ async def test_a_failed_enqueue_is_reported_with_its_error() -> None:
 
 def test_only_hook_objects_are_accepted() -> None:
     app = Offload("memory://")
-    with pytest.raises(TypeError, match="must be an offload.hooks.Hook"):
+    with pytest.raises(TypeError, match=r"must be an offload\.hooks\.Hook"):
         app.add_hook(print)  # type: ignore[arg-type]

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
