@@ -27,7 +27,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -94,25 +94,35 @@ class Metrics(Hook):
             registry=r,
         )  # fmt: skip
 
+        # Labelled children by their labels: `labels()` costs a lock and a lookup.
+        self._children: dict[tuple[str, ...], Any] = {}
+
     def _task(self, name: str) -> str:
         return name if name in self._tasks else OTHER_TASK
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (str(id(metric)), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def after_enqueue(
         self, envelope: Envelope, created: bool | None, error: BaseException | None
     ) -> None:
         if created:
-            self.enqueued.labels(envelope.queue, self._task(envelope.task)).inc()
+            self._child(self.enqueued, envelope.queue, self._task(envelope.task)).inc()
 
     def before_run(self, run: Run) -> None:
         if run.wait_s is not None:
-            self.wait.labels(run.queue).observe(run.wait_s)
+            self._child(self.wait, run.queue).observe(run.wait_s)
 
     def after_run(self, run: Run) -> None:
         if run.outcome is None:  # not recorded: the attempt will be seen again
             return
         task = self._task(run.task)
-        self.finished.labels(run.queue, task, run.outcome).inc()
-        self.duration.labels(run.queue, task).observe(run.duration_s)
+        self._child(self.finished, run.queue, task, run.outcome).inc()
+        self._child(self.duration, run.queue, task).observe(run.duration_s)
 
     def on_broker_error(self, what: str, error: BaseException) -> None:
         self.broker_errors.inc()
