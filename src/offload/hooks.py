@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from offload.job import Envelope, ErrorInfo
+from offload.envelope import Envelope, ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.base import Lease

@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from offload.envelope import Envelope, JobState
 from offload.hooks import Hook, Run
-from offload.job import Envelope, JobState
 
 if TYPE_CHECKING:
     from offload.app import Offload

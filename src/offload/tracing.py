@@ -31,8 +31,8 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from offload._version import __version__
+from offload.envelope import Envelope
 from offload.hooks import Hook, Run
-from offload.job import Envelope
 
 __all__ = ["Tracing"]
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from offload import Backoff, JobState, Offload, Retry
+from offload.envelope import Envelope
 from offload.hooks import Hook, Run
-from offload.job import Envelope
 from offload.worker import Worker
 from tests.conftest import BROKER_NAMES
 from tests.observability.helpers import all_ended, run_worker_until

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from offload import Backoff, JobState, Offload, chain, current_job
 from offload.codec import encode_envelope
-from offload.job import Envelope, new_job_id
+from offload.envelope import Envelope, new_job_id
 from offload.tracing import Tracing
 from tests.conftest import BROKER_NAMES
 from tests.integration.test_worker_process import stop_all, wait_for
