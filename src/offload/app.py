@@ -336,7 +336,11 @@ class Offload:
         """Enqueue prepared envelopes, of any tasks, in one broker call (workflows)."""
         if self.hooks:
             envelopes = [self.hooks.before_enqueue(e) for e in envelopes]
-        items = [validation.checked(e) for e in envelopes]  # all, before any broker call
+        try:
+            items = [validation.checked(e) for e in envelopes]  # all, before any broker call
+        except Exception as exc:
+            self._not_sent([(e, b"") for e in envelopes], exc)
+            raise
         try:
             broker = await self.connected_broker()
             results = await broker.enqueue(items, max_depth=self.max_queue_depth)

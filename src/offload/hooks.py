@@ -176,9 +176,9 @@ class Hooks:
 
     # -- worker ------------------------------------------------------------------------
 
-    def started(self, lease: Lease, envelope: Envelope | None, worker_id: str) -> Run:
-        """A new `Run` for `lease`, with `before_run` called."""
-        now = time.time()
+    def started(self, lease: Lease, envelope: Envelope | None, worker_id: str, now: float) -> Run:
+        """A new `Run` for `lease` starting at `now` (the app's clock), with
+        `before_run` called."""
         wait_s = None
         if envelope is not None and lease.attempt == 1:
             due = max(envelope.created_at, envelope.not_before or 0.0)

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from offload.envelope import Envelope, JobState
+from offload.errors import ConfigurationError
 from offload.hooks import Hook, Run
 
 if TYPE_CHECKING:
@@ -189,9 +190,14 @@ def serve(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0") -> N
     """Serve `registry` on `http://addr:port/metrics` from a daemon thread.
 
     Raises:
-        OSError: the port is taken.
+        ConfigurationError: the port cannot be listened on (taken, not allowed).
     """
-    start_http_server(port, addr=addr, registry=registry)
+    try:
+        start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}"
+        ) from None
 
 
 def multiprocess_dir() -> str:

@@ -355,7 +355,8 @@ class Worker:
         """Run one attempt, record its outcome, and report it to the job log and, if
         the app has any, to its hooks (`offload.hooks`)."""
         hooks = self.app.hooks
-        run = hooks.started(lease, decoded(lease), self.id) if hooks else None
+        now = self.app.clock.now()
+        run = hooks.started(lease, decoded(lease), self.id, now) if hooks else None
         try:
             started = time.perf_counter()
             outcome = await self.executor.execute(lease, run.envelope if run else None)
