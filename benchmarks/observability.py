@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from throughput import make_app
+from throughput import bench_process
 
-from offload import Offload, Worker
+from offload import Offload
 from offload.metrics import Metrics
 from offload.tracing import Tracing
 
@@ -59,51 +56,31 @@ VARIANTS: dict[str, Callable[[Offload], Callable[[], None]] | None] = {
 }
 
 
-def bench(broker: str, n: int, setup: Callable[[Offload], Callable[[], None]] | None) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        app = make_app(broker, Path(tmp))
-        done = [0]
-
-        @app.task(name="noop")
-        async def noop() -> None:
-            done[0] += 1
-
-        for start in range(0, n, 1000):
-            noop.enqueue_many([()] * min(1000, n - start))
-        teardown = setup(app) if setup is not None else (lambda: None)
-
-        async def run() -> float:
-            worker = Worker(app, concurrency=100, prefetch=100)
-            started = time.perf_counter()
-            await worker.drain()
-            return time.perf_counter() - started
-
-        elapsed = app.portal.run(run())
-        teardown()
-        app.close()
-    assert done[0] == n, done
-    return n / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--brokers", default="memory,sqlite")
     args = parser.parse_args()
-    print(f"\n{args.jobs:,} no-op async jobs, 1 worker process, median of {args.runs} runs\n")
-    print("| broker | " + " | ".join(f"{v} (jobs/s)" for v in VARIANTS) + " |")
+    print(f"\n{args.jobs:,} no-op async jobs, 1 worker process, median of {args.runs} runs")
+    print("(jobs/s, and CPU microseconds per job, which a busy host disturbs less)\n")
+    print("| broker | " + " | ".join(VARIANTS) + " |")
     print("|---|" + "---:|" * len(VARIANTS))
     for broker in args.brokers.split(","):
-        results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
         for _ in range(args.runs):
             for name, setup in VARIANTS.items():
-                results[name].append(bench(broker, args.jobs, setup))
-        off = statistics.median(results["off"])
+                results[name].append(bench_process(broker, args.jobs, setup))
+        medians = {
+            name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for name, rs in results.items()
+        }
+        off = medians["off"]["cpu us/job"]
         cells = []
-        for name in VARIANTS:
-            rate = statistics.median(results[name])
-            cells.append(f"{rate:,.0f}" + ("" if name == "off" else f" ({rate / off - 1:+.1%})"))
+        for name, m in medians.items():
+            cpu = m["cpu us/job"]
+            extra = "" if name == "off" else f", {cpu - off:+.0f} us"
+            cells.append(f"{m['jobs/s']:,.0f} jobs/s; {cpu:.0f} us/job{extra}")
         print(f"| {broker} | " + " | ".join(cells) + " |")
 
 
