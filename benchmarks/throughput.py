@@ -62,7 +62,11 @@ def bench_enqueue_bulk(broker: str, n: int) -> dict[str, float]:
     return {"jobs/s": n / elapsed}
 
 
-def bench_process(broker: str, n: int) -> dict[str, float]:
+def bench_process(
+    broker: str, n: int, setup: Callable[[Offload], Callable[[], None]] | None = None
+) -> dict[str, float]:
+    """Processing of `n` no-op jobs; `setup(app)`, called once they are enqueued, may
+    add hooks (benchmarks/observability.py) and returns their teardown."""
     with tempfile.TemporaryDirectory() as tmp:
         app = make_app(broker, Path(tmp))
         done = [0]
@@ -73,17 +77,21 @@ def bench_process(broker: str, n: int) -> dict[str, float]:
 
         for start in range(0, n, 1000):
             noop.enqueue_many([()] * min(1000, n - start))
+        teardown = setup(app) if setup is not None else None
 
-        async def run() -> float:
+        async def run() -> tuple[float, float]:
             worker = Worker(app, concurrency=100, prefetch=100)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await worker.drain()
-            return time.perf_counter() - started
+            return time.perf_counter() - started, time.process_time() - cpu
 
-        elapsed = app.portal.run(run())
+        elapsed, cpu_s = app.portal.run(run())
+        if teardown is not None:
+            teardown()
         app.close()
     assert done[0] == n, done
-    return {"jobs/s": n / elapsed}
+    # CPU time (every thread of the process) per job: steadier than jobs/s on a busy host.
+    return {"jobs/s": n / elapsed, "cpu us/job": cpu_s / n * 1e6}
 
 
 def bench_latency(broker: str, n: int) -> dict[str, float]:

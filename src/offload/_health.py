@@ -69,6 +69,7 @@ class BrokerHealth:
         probe: a cheap broker call. A loop whose action succeeded while the broker is
             down may not have called the broker at all (nothing to extend, no tick
             due), so recovery is declared only by a call that certainly did: this one.
+        on_failure: told of every failed call (the worker's hooks: broker error metrics).
     """
 
     def __init__(
@@ -77,8 +78,10 @@ class BrokerHealth:
         probe: Callable[[], Awaitable[object]],
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        on_failure: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self._log = log
+        self._on_failure = on_failure
         self._probe = probe
         self._monotonic = monotonic
         self._down_since: float | None = None
@@ -93,6 +96,8 @@ class BrokerHealth:
 
     def failed(self, what: str, exc: BaseException) -> None:
         """Record that a call (`what`, e.g. "reserve") raised `exc`."""
+        if self._on_failure is not None:
+            self._on_failure(what, exc)
         if not isinstance(exc, BrokerUnavailable):
             self._log.error("%s failed", what, exc_info=exc, extra={"action": "broker_error"})
             return

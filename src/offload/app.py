@@ -17,10 +17,11 @@ from offload import pausing, validation
 from offload._portal import Portal
 from offload._redact import redact_url
 from offload.brokers import from_url
-from offload.brokers.base import Broker, TransactionalEnqueue
+from offload.brokers.base import Broker, EnqueueResult, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
 from offload.envelope import Backoff, Envelope, new_job_id
 from offload.errors import ConfigurationError, UnknownTask
+from offload.hooks import Hook, Hooks
 from offload.job import Job
 from offload.limits import make_limits
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
@@ -70,6 +71,7 @@ class Offload:
         self.broker: Broker = from_url(self.url, clock=self.clock)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, ScheduleEntry] = {}
+        self.hooks = Hooks()
         self.portal = Portal(on_exit=self._close_brokers)
         self._connected = False
         # A loop-bound broker (Capabilities.loop_bound) cannot serve the sync portal's
@@ -81,6 +83,11 @@ class Offload:
 
     def __repr__(self) -> str:
         return f"<Offload {redact_url(self.broker.url)} tasks={len(self.tasks)}>"
+
+    def add_hook(self, hook: Hook) -> None:
+        """Register a lifecycle hook (`offload.hooks.Hook`) for this app's enqueues and
+        workers; hooks run in the order added, and one that raises harms no job."""
+        self.hooks.add(hook)
 
     # -- registry ----------------------------------------------------------------------
 
@@ -337,9 +344,13 @@ class Offload:
         """Send checked, encoded envelopes (`_items`) from synchronous code."""
         broker = self._portal_broker or self.broker
         if broker.capabilities.blocking_enqueue and not self.portal.is_current():
-            results = broker.enqueue_blocking(items, max_depth=self._max_depth(name))
+            try:
+                results = broker.enqueue_blocking(items, max_depth=self._max_depth(name))
+            except BaseException as exc:
+                self._not_sent(items, exc)
+                raise
             if results is not None:  # else the broker leaves it to `enqueue`
-                return [Job(self, r.id, created=r.created) for r in results]
+                return self._sent(items, results)
         return self.portal.run(self._enqueue_items(name, items))
 
     async def _enqueue(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
@@ -348,9 +359,13 @@ class Offload:
     async def _enqueue_items(self, name: str, items: list[tuple[Envelope, bytes]]) -> list[Job]:
         if not items:
             return []
-        broker = await self.connected_broker()
-        results = await broker.enqueue(items, max_depth=self._max_depth(name))
-        return [Job(self, r.id, created=r.created) for r in results]
+        try:
+            broker = await self.connected_broker()
+            results = await broker.enqueue(items, max_depth=self._max_depth(name))
+        except BaseException as exc:
+            self._not_sent(items, exc)
+            raise
+        return self._sent(items, results)
 
     def _max_depth(self, name: str) -> int | None:
         task = self.tasks.get(name)
@@ -359,10 +374,30 @@ class Offload:
 
     async def _enqueue_envelopes(self, envelopes: Sequence[Envelope]) -> list[Job]:
         """Enqueue prepared envelopes, of any tasks, in one broker call (workflows)."""
-        items = [validation.checked(e) for e in envelopes]  # all, before any broker call
-        broker = await self.connected_broker()
-        results = await broker.enqueue(items, max_depth=self.max_queue_depth)
+        if self.hooks:
+            envelopes = [self.hooks.before_enqueue(e) for e in envelopes]
+        try:
+            items = [validation.checked(e) for e in envelopes]  # all, before any broker call
+        except Exception as exc:
+            self._not_sent([(e, b"") for e in envelopes], exc)
+            raise
+        try:
+            broker = await self.connected_broker()
+            results = await broker.enqueue(items, max_depth=self.max_queue_depth)
+        except BaseException as exc:
+            self._not_sent(items, exc)
+            raise
+        return self._sent(items, results)
+
+    def _sent(self, items: list[tuple[Envelope, bytes]], results: list[EnqueueResult]) -> list[Job]:
+        """The handles of enqueued jobs, reported to the hooks first."""
+        if self.hooks:
+            self.hooks.after_enqueue([e for e, _ in items], [r.created for r in results])
         return [Job(self, r.id, created=r.created) for r in results]
+
+    def _not_sent(self, items: list[tuple[Envelope, bytes]], error: BaseException) -> None:
+        if self.hooks:
+            self.hooks.after_enqueue([e for e, _ in items], None, error)
 
     def _items(
         self, name: str, calls: Sequence[Call], overrides: Overrides
@@ -372,30 +407,45 @@ class Offload:
         task = self.tasks.get(name)
         defaults = task.defaults if task is not None else None
         now = self.clock.now()
-        items = []
+        items: list[tuple[Envelope, bytes]] = []
         for call in calls:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self._envelope(name, call, defaults, call.overrides or overrides, now)
-            items.append(validation.checked(envelope))
+            if not self.hooks:
+                items.append(validation.checked(envelope))
+                continue
+            envelope = self.hooks.before_enqueue(envelope)
+            try:
+                items.append(validation.checked(envelope))
+            except Exception as exc:  # the hooks saw these jobs: tell them they failed
+                self._not_sent([*items, (envelope, b"")], exc)
+                raise
         return items
 
     def _enqueue_in(
         self, connection: Any, name: str, calls: Sequence[Call], overrides: Overrides
     ) -> list[Job]:
         """Enqueue on the application's synchronous connection, in its transaction."""
-        results = self._transactional().enqueue_in_sync(
-            connection, self._items(name, calls, overrides)
-        )
-        return [Job(self, r.id, created=r.created) for r in results]
+        items = self._items(name, calls, overrides)
+        try:
+            results = self._transactional().enqueue_in_sync(connection, items)
+        except BaseException as exc:
+            self._not_sent(items, exc)
+            raise
+        return self._sent(items, results)
 
     async def _enqueue_in_async(
         self, connection: Any, name: str, calls: Sequence[Call], overrides: Overrides
     ) -> list[Job]:
         """Enqueue on the application's async connection, in its transaction."""
         items = self._items(name, calls, overrides)
-        results = await self._transactional().enqueue_in(connection, items)
-        return [Job(self, r.id, created=r.created) for r in results]
+        try:
+            results = await self._transactional().enqueue_in(connection, items)
+        except BaseException as exc:
+            self._not_sent(items, exc)
+            raise
+        return self._sent(items, results)
 
     def _transactional(self) -> TransactionalEnqueue:
         broker = self.broker

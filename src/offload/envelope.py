@@ -153,6 +153,9 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     then: list[Step] | None = None  # chain: the stages after this one
     chord: ChordRef | None = None  # group: this job's branch is a member
     failures: list[Failure] | None = None  # the first stage after a group: who failed
+    # W3C trace context of the enqueue (`traceparent`, `tracestate`; `offload.tracing`):
+    # optional, so jobs from producers without it run as before.
+    trace: dict[str, str] | None = None
     created_at: float = 0.0
     v: int = ENVELOPE_VERSION
 

@@ -336,7 +336,12 @@ class Scheduler:
         own_ttl = defaults.result_ttl_s if defaults is not None else None
         ttl_s = max(own_ttl or broker.retention_s, keep_s)
         envelope = msgspec.structs.replace(envelope, result_ttl_s=ttl_s)
+        hooks = self.app.hooks
+        if hooks:
+            envelope = hooks.before_enqueue(envelope)
         [result] = await broker.enqueue([validation.checked(envelope)])
+        if hooks:
+            hooks.after_enqueue([envelope], [result.created])
         return result.id, result.created
 
 

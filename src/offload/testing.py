@@ -94,8 +94,8 @@ class _RecordingExecutor(Executor):
         self._raised[lease.job_id] = exc
         return super()._failed(exc, lease, envelope, task)
 
-    async def execute(self, lease: Lease) -> Outcome:
-        outcome = await super().execute(lease)
+    async def execute(self, lease: Lease, envelope: Envelope | None = None) -> Outcome:
+        outcome = await super().execute(lease, envelope)
         raised = self._raised.pop(lease.job_id, None)
         if outcome.action == "bury":
             self.buried.append((lease.job_id, raised, outcome.error))

@@ -7,7 +7,6 @@ one line on stderr and exit 1; tracebacks are for bugs, not for bad input.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -17,11 +16,10 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from offload._redact import RedactingFormatter
 from offload.app import Offload
 from offload.errors import OffloadError
 
-__all__ = ["cli", "console", "env_twin", "load_app", "main"]
+__all__ = ["cli", "console", "env_twin", "load_app", "main", "need"]
 
 T = TypeVar("T")
 
@@ -103,18 +101,26 @@ def env_twin(name: str) -> dict[str, Any]:
     return {"envvar": f"OFFLOAD_{name}", "show_envvar": True, "show_default": True}
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Logs to stderr: human-readable text, or one JSON object per line."""
-    handler = logging.StreamHandler(sys.stderr)
-    formatter: logging.Formatter
-    if fmt == "json":
-        from offload.logging import JsonFormatter
+def need(module: str, extra: str, option: str) -> Any:
+    """Import an optional part of offload, or fail naming the extra it needs.
 
-        formatter = JsonFormatter()
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    handler.setFormatter(RedactingFormatter(formatter))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    Raises:
+        click.UsageError: a library of the extra is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise click.UsageError(
+            f"{option} needs offload[{extra}]: pip install 'offload[{extra}]' ({exc})"
+        ) from None
+
+
+def setup_logging(level: str, fmt: str = "text", config: str | None = None) -> None:
+    """Logs to stderr (human-readable text, or one JSON object per line), or as a
+    standard `logging` configuration file says (`offload.logging.configure`)."""
+    from offload.logging import configure
+
+    configure(level, fmt, config=config)
 
 
 app_option = click.option(
@@ -152,6 +158,7 @@ def _register() -> None:
     from offload.cli.dashboard import dashboard
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
+    from offload.cli.metrics import metrics
     from offload.cli.migrate import migrate
     from offload.cli.operate import pause, pause_schedule, resume, resume_schedule
     from offload.cli.produce import enqueue
@@ -159,8 +166,9 @@ def _register() -> None:
     from offload.cli.worker import worker
 
     commands = (
-        worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules, dashboard,
-    )  # fmt: skip
+        *(worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules),
+        *(dashboard, metrics),
+    )
     for command in (*commands, pause, resume):
         cli.add_command(command)
     schedules.add_command(pause_schedule)

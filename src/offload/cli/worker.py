@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import click
 
-from offload.cli import env_twin, load_app, setup_logging
+from offload.app import Offload
+from offload.cli import env_twin, load_app, need, setup_logging
 from offload.worker import Worker, probes
 from offload.worker.recycling import EXIT_RECYCLED
 
@@ -77,6 +79,19 @@ ORPHAN_CHECK_S = 1.0
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.option("--log-format", default="text", **env_twin("LOG_FORMAT"),
               type=click.Choice(["text", "json"]), help="json: one object per line.")  # fmt: skip
+@click.option("--log-config", default=None, metavar="FILE", **env_twin("LOG_CONFIG"),
+              help="A logging configuration (dictConfig as .json/.toml, or fileConfig "
+              ".ini); replaces --log-level/--log-format.")  # fmt: skip
+@click.option("--quiet-jobs", is_flag=True, **env_twin("QUIET_JOBS"),
+              help="No INFO line per finished job (offload.jobs at WARNING): failures "
+              "are still logged.")  # fmt: skip
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
+              **env_twin("METRICS_PORT"),
+              help="Serve Prometheus metrics on this port (/metrics; with --processes, the "
+              "sum of all processes). Needs offload[metrics].")  # fmt: skip
+@click.option("--tracing", is_flag=True, **env_twin("TRACING"),
+              help="OpenTelemetry spans for each attempt (offload.tracing), sent by the "
+              "SDK your app module (or opentelemetry-instrument) sets up.")  # fmt: skip
 def worker(
     app_spec: str | None,
     django_settings: str | None,
@@ -95,6 +110,10 @@ def worker(
     ready_within: float,
     log_level: str,
     log_format: str,
+    log_config: str | None,
+    quiet_jobs: bool,
+    metrics_port: int | None,
+    tracing: bool,
 ) -> None:
     """Run jobs of the app MODULE:APP until SIGTERM or Ctrl-C.
 
@@ -106,7 +125,9 @@ def worker(
     --max-jobs / --max-memory: a process past the limit finishes its running jobs and
     exits, and a fresh one replaces it (with one process, it runs supervised too).
     """
-    setup_logging(log_level, log_format)
+    setup_logging(log_level, log_format, log_config)
+    if quiet_jobs:
+        logging.getLogger("offload.jobs").setLevel(logging.WARNING)
     if django_settings:
         os.environ["DJANGO_SETTINGS_MODULE"] = django_settings
         app_spec = app_spec or "offload.contrib.django.worker:app"
@@ -115,11 +136,12 @@ def worker(
     recycling = max_jobs is not None or max_memory is not None
     health = Health(health_host, health_port, ready_within) if health_port is not None else None
     if processes > 1 or (recycling and not _supervised()):
-        sys.exit(_supervise(processes, health))
+        sys.exit(_supervise(processes, health, metrics_port))
     if _supervised():  # the supervisor serves the probes; this process reports to it
         report_dir = os.environ.get("OFFLOAD_HEALTH_DIR")
         health = Health.reporting(Path(report_dir), ready_within) if report_dir else None
     app = load_app(app_spec)
+    observe(app, metrics_port=metrics_port, tracing=tracing, serve=not _supervised())
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     w = Worker(
         app,
@@ -217,13 +239,47 @@ async def _orphan_watchdog(w: Worker) -> None:
     w.stop()
 
 
-def _supervise(count: int, health: Health | None = None) -> int:
+def observe(app: Offload, *, metrics_port: int | None, tracing: bool, serve: bool) -> None:
+    """Register the metrics and tracing hooks the flags ask for; serve the metrics
+    unless a supervisor serves them (`serve` False: they go to its directory)."""
+    if tracing:
+        Tracing = need("offload.tracing", "otel", "--tracing").Tracing
+        app.add_hook(Tracing())
+    if metrics_port is None:
+        return
+    metrics_module = need("offload.metrics", "metrics", "--metrics-port")
+    Metrics, serve_metrics = metrics_module.Metrics, metrics_module.serve
+
+    metrics = Metrics(app)
+    app.add_hook(metrics)
+    if serve:
+        serve_metrics(metrics_port, metrics.registry)
+
+
+def _supervise(count: int, health: Health | None = None, metrics_port: int | None = None) -> int:
     """Run `count` single-process workers as children; replace any that recycled
     itself at once and restart any that died after a pause; pass SIGTERM/SIGINT on to
     all of them (as SIGTERM) and wait. With `health`, serve the probes for all of them
-    (`probes.py`): the children report into a directory of ours."""
+    (`probes.py`): the children report into a directory of ours. With `metrics_port`,
+    serve the sum of the children's metrics (prometheus-client's multiprocess mode, in
+    a directory of ours removed at the end)."""
+    metrics_dir = None
+    if metrics_port is not None:
+        metrics = need("offload.metrics", "metrics", "--metrics-port")
+        metrics_dir = metrics.multiprocess_dir()
+        metrics.serve_children(metrics_port, metrics_dir)
+    try:
+        return _supervise_probed(count, health, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise_probed(count: int, health: Health | None, metrics_dir: str | None) -> int:
     argv = [sys.executable, "-m", "offload", *sys.argv[1:]]
     env_patch = {"OFFLOAD_PROCESSES": "1", "OFFLOAD_SUPERVISOR_PID": str(os.getpid())}
+    if metrics_dir is not None:
+        env_patch["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     signals: list[int] = []
     started: dict[int, float] = {}  # child pid -> monotonic start, for the probes
     with tempfile.TemporaryDirectory(prefix="offload-health-") as report_dir:
@@ -247,6 +303,8 @@ def _supervise_children(
     signals: list[int],
     started: dict[int, float],
 ) -> int:
+    metrics_dir = env_patch.get("PROMETHEUS_MULTIPROC_DIR")  # the children's metrics
+
     def spawn() -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
             [*argv, "--processes", "1"], env={**os.environ, **env_patch}, process_group=0
@@ -273,11 +331,7 @@ def _supervise_children(
             if code is None:
                 alive = True
             elif not signals:
-                if code == EXIT_RECYCLED:
-                    logger.info("worker process %d recycled; starting a new one", child.pid)
-                else:
-                    logger.warning("worker process %d exited with %d; restarting", child.pid, code)
-                    time.sleep(RESTART_DELAY_S)
+                _replace(child, code, metrics_dir)
                 started.pop(child.pid, None)
                 children[i] = spawn()
                 alive = True
@@ -285,3 +339,17 @@ def _supervise_children(
             codes = [c.returncode or 0 for c in children]
             return max(0 if c in (EXIT_RECYCLED, -signal.SIGTERM) else abs(c) for c in codes)
         time.sleep(0.2)
+
+
+def _replace(child: subprocess.Popen[bytes], code: int, metrics_dir: str | None) -> None:
+    """Before a worker process is replaced: forget its live metrics (its counts stay),
+    say why, and after a crash pause."""
+    if metrics_dir is not None:
+        from offload.metrics import child_exited
+
+        child_exited(metrics_dir, child.pid)
+    if code == EXIT_RECYCLED:
+        logger.info("worker process %d recycled; starting a new one", child.pid)
+    else:
+        logger.warning("worker process %d exited with %d; restarting", child.pid, code)
+        time.sleep(RESTART_DELAY_S)

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from offload.brokers.base import Lease
     from offload.task import Task
 
-__all__ = ["Executor", "Outcome"]
+__all__ = ["Executor", "Outcome", "decoded"]
 
 logger = logging.getLogger("offload.worker")
 
@@ -115,6 +115,14 @@ class Outcome:
     result_ttl_s: float | None = None
 
 
+def decoded(lease: Lease) -> Envelope | None:
+    """The lease's envelope, or None if it cannot be decoded (`execute` buries it)."""
+    try:
+        return decode_envelope(lease.payload)
+    except Exception:
+        return None
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """The stored record of an exception (type, message, traceback, class path)."""
     if isinstance(exc, RemoteError):
@@ -167,12 +175,15 @@ class Executor:
         self._handler_threads.close()
         self._processes.close()
 
-    async def execute(self, lease: Lease) -> Outcome:
-        """Run the leased job once; never raises (except on cancellation)."""
-        try:
-            envelope = decode_envelope(lease.payload)
-        except Exception as exc:
-            return Outcome("bury", error=ErrorInfo("Undecodable", f"undecodable payload: {exc}"))
+    async def execute(self, lease: Lease, envelope: Envelope | None = None) -> Outcome:
+        """Run the leased job once; never raises (except on cancellation). `envelope`:
+        the payload already decoded, if the caller did."""
+        if envelope is None:
+            try:
+                envelope = decode_envelope(lease.payload)
+            except Exception as exc:
+                error = ErrorInfo("Undecodable", f"undecodable payload: {exc}")
+                return Outcome("bury", error=error)
         task = self.app.find_task(envelope.task)
         if task is None:
             message = f"no task named {envelope.task!r} is registered in this worker"

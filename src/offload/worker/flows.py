@@ -125,7 +125,11 @@ async def _start(
         app, stages, end.value, origin=origin, key=key, chord=chord, failures=failures
     )
     if end.ok:
-        await broker.enqueue([(e, encode_envelope(e)) for e in envelopes])
+        if app.hooks:
+            envelopes = [app.hooks.before_enqueue(e) for e in envelopes]
+        results = await broker.enqueue([(e, encode_envelope(e)) for e in envelopes])
+        if app.hooks:
+            app.hooks.after_enqueue(envelopes, [r.created for r in results])
         return
     never = app.clock.now() + _NEVER_S
     stopped = [msgspec.structs.replace(e, not_before=never) for e in envelopes]

@@ -48,10 +48,12 @@ from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Ack, Lease, WorkerInfo
 from offload.envelope import ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+from offload.hooks import OUTCOMES
+from offload.logging import job_log
 from offload.pausing import PauseView
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
-from offload.worker.executor import Executor, Outcome
+from offload.worker.executor import Executor, Outcome, decoded
 from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.recycling import Recycling
 from offload.worker.settler import AckBatcher, lease_fate
@@ -156,7 +158,7 @@ class Worker:
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
         # file locked by another writer) is not back.
-        self.health = BrokerHealth(logger, probe=self._heartbeat)
+        self.health = BrokerHealth(logger, probe=self._heartbeat, on_failure=app.hooks.broker_error)
         self._lost: set[str] = set()  # jobs whose lost lease was reported
         # Paused queues (`offload.pausing`), read again before a reservation when older
         # than half a second; and for the health probes (`probes.py`): when the fetch
@@ -207,6 +209,8 @@ class Worker:
             self.concurrency,
             extra={"action": "worker_started", "worker_id": self.id},
         )
+        if self.app.hooks:
+            self.app.hooks.worker_started(self)
         loops: list[tuple[str, float, Callable[[], Awaitable[object]]]] = [
             ("extend", self.lease_s / 3, self.extend_leases),
             ("heartbeat", self.lease_s / 3, self._heartbeat),
@@ -240,6 +244,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.broker.unregister_worker(self.id)
             self.executor.close()
+            if self.app.hooks:
+                self.app.hooks.worker_stopped(self)
             logger.info("worker %s stopped", self.id, extra={"action": "worker_stopped"})
 
     async def tick(self) -> int:
@@ -371,9 +377,7 @@ class Worker:
         try:
             if await self._admitted(lease):
                 ran = True
-                started_at = self.app.clock.now()
-                outcome = await self.executor.execute(lease)
-                await self._settle(lease, outcome, started_at)
+                await self._run_job(lease)
         finally:
             self._running.pop(lease.job_id, None)
             self._lost.discard(lease.job_id)
@@ -385,6 +389,26 @@ class Worker:
             if not self._stopping.is_set():
                 self._start_buffered()
             self._capacity.set()
+
+    async def _run_job(self, lease: Lease) -> None:
+        """Run one attempt, record its outcome, and report it to the job log and, if
+        the app has any, to its hooks (`offload.hooks`)."""
+        hooks = self.app.hooks
+        now = self.app.clock.now()
+        run = hooks.started(lease, decoded(lease), self.id, now) if hooks else None
+        try:
+            started = time.perf_counter()
+            outcome = await self.executor.execute(lease, run.envelope if run else None)
+            duration_s = time.perf_counter() - started
+            recorded = await self._settle(lease, outcome, now)
+            delay_s = max(outcome.at - self.app.clock.now(), 0.0)
+            job_log.finished(lease, outcome, duration_s, delay_s, recorded=recorded)
+            if run is not None and recorded:
+                run.outcome = OUTCOMES[outcome.action]
+                run.error, run.delay_s, run.duration_s = outcome.error, delay_s, duration_s
+        finally:
+            if run is not None:
+                hooks.finished(run)
 
     async def _admitted(self, lease: Lease) -> bool:
         """Pass the job's flow limits (see `admission.py`); False if it was deferred
@@ -419,10 +443,11 @@ class Worker:
 
     async def _settle(
         self, lease: Lease, outcome: Outcome, started_at: float | None = None
-    ) -> None:
+    ) -> bool:
         """Apply an outcome to the broker, retried while the broker is unavailable (the
         lease is extended meanwhile); a lost lease is logged, not raised. A failed
-        attempt is recorded in the job's history first (`offload.attempts`)."""
+        attempt is recorded in the job's history first (`offload.attempts`). Returns
+        whether the outcome was recorded."""
         task_name = outcome.envelope.task if outcome.envelope else "?"
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
         record = None if outcome.action == "ack" else self._attempt(lease, outcome, started_at)
@@ -433,7 +458,7 @@ class Worker:
                 await self.broker.record_attempt(
                     lease.job_id, lease.token, record, keep=history.ATTEMPTS_KEPT
                 )
-            await self._apply(lease, outcome, task_name, extra)
+            await self._apply(lease, outcome)
 
         try:
             await self.health.retry("recording an outcome", settle)
@@ -445,6 +470,9 @@ class Worker:
                 lease.job_id,
                 extra={"action": "settle_failed", **extra},
             )
+        else:
+            return True
+        return False
 
     def _attempt(self, lease: Lease, outcome: Outcome, started_at: float | None) -> bytes:
         """The history record of an attempt that did not succeed."""
@@ -462,44 +490,19 @@ class Worker:
         )
         return history.encode(attempt)
 
-    async def _apply(
-        self, lease: Lease, outcome: Outcome, task_name: str, extra: dict[str, object]
-    ) -> None:
+    async def _apply(self, lease: Lease, outcome: Outcome) -> None:
+        """Record the outcome (the job log reports it: `offload.logging.job_log`)."""
         if outcome.action == "ack":
             if not await self._acks.ack(Ack(lease, outcome.result, outcome.result_ttl_s)):
                 raise LeaseLost()
-            logger.debug("job %s succeeded", lease.job_id, extra={"action": "acked", **extra})
             return
         assert outcome.error is not None
         if outcome.action == "retry":
             await self.broker.retry(lease, at=outcome.at, error=outcome.error)
-            logger.warning(
-                "job %s (%s) attempt %d failed with %s; retry in %.1f s",
-                lease.job_id,
-                task_name,
-                lease.attempt,
-                outcome.error.type,
-                max(outcome.at - self.app.clock.now(), 0.0),
-                extra={"action": "retried", **extra},
-            )
         elif outcome.action == "cancel":
             await self.broker.cancel_running(lease, error=outcome.error)
-            logger.info(
-                "job %s (%s) cancelled while running",
-                lease.job_id,
-                task_name,
-                extra={"action": "cancelled", **extra},
-            )
         else:
             await self.broker.bury(lease, error=outcome.error)
-            logger.error(
-                "job %s (%s) buried: %s: %s",
-                lease.job_id,
-                task_name,
-                outcome.error.type,
-                outcome.error.message,
-                extra={"action": "buried", **extra},
-            )
 
     # -- side tasks --------------------------------------------------------------------
 
