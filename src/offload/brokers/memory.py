@@ -21,20 +21,25 @@ from offload.brokers.base import (
     Broker,
     Capabilities,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
 from offload.codec import decode_value
 from offload.errors import LeaseLost, QueueFull
-from offload.job import TERMINAL_STATES, Envelope, ErrorInfo, JobState
+from offload.job import TERMINAL_STATES, Envelope, JobState
 from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]
+
+#: Endings that put the job back in the schedule (a worker may wait for it).
+_RESCHEDULING = (Ending.RETRY, Ending.DEFER)
 
 
 @dataclass(slots=True)
@@ -298,56 +303,48 @@ class MemoryBroker(Broker):
                 out.append(ok)
         return out
 
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        held: list[bool] = []
         with self._lock:
-            rec = self._leased(lease)
             now = self.clock.now()
-            self._finish(rec)
-            rec.purge_at = now + (self.retention_s if result_ttl_s is None else result_ttl_s)
+            for item in settlements:
+                try:
+                    rec = self._leased(item.lease)
+                except LeaseLost:
+                    held.append(False)
+                    continue
+                self._finish(rec)
+                self._settle(rec, item, now)
+                held.append(True)
+        if any(item.ending in _RESCHEDULING for item in settlements):
+            self._wakeup.notify()
+        return held
+
+    def _settle(self, rec: _Record, item: Settlement, now: float) -> None:
+        ending = item.ending
+        if ending is Ending.ACK:
+            ttl_s = self.retention_s if item.result_ttl_s is None else item.result_ttl_s
+            rec.purge_at = now + ttl_s
             self._set(
                 rec,
                 state=JobState.SUCCEEDED,
-                result=result,
+                result=item.result,
                 finished_at=now,
                 lease_deadline=None,
                 error=None,
             )
-
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
-            self._set(rec, state=JobState.SCHEDULED, due_at=at, error=error, lease_deadline=None)
+        elif ending in _RESCHEDULING:
+            changes: dict[str, object] = {"error": item.error}
+            if ending is Ending.DEFER:
+                changes = {"attempt": max(rec.info.attempt - 1, 0), "worker_id": None}
+            self._set(rec, state=JobState.SCHEDULED, due_at=item.at, lease_deadline=None, **changes)
             self._push_scheduled(rec)
-        self._wakeup.notify()
-
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
+        else:
+            if ending is Ending.CANCEL:
+                rec.purge_at = now + self.retention_s
             self._set(
-                rec,
-                state=JobState.DEAD,
-                error=error,
-                finished_at=self.clock.now(),
-                lease_deadline=None,
+                rec, state=ending.state, error=item.error, finished_at=now, lease_deadline=None
             )
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
-            attempt = max(rec.info.attempt - 1, 0)
-            self._set(
-                rec,
-                state=JobState.SCHEDULED,
-                due_at=at,
-                attempt=attempt,
-                lease_deadline=None,
-                worker_id=None,
-            )
-            self._push_scheduled(rec)
-        self._wakeup.notify()
 
     async def release(self, leases: Sequence[Lease]) -> None:
         with self._lock:
@@ -389,16 +386,6 @@ class MemoryBroker(Broker):
                 for r in found
                 if r is not None and r.info.cancel_requested and r.info.state is JobState.RUNNING
             }
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
-            now = self.clock.now()
-            rec.purge_at = now + self.retention_s
-            self._set(
-                rec, state=JobState.CANCELLED, error=error, finished_at=now, lease_deadline=None
-            )
 
     async def outbox(self, limit: int = 500) -> list[Ended]:
         with self._lock:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from offload.errors import LeaseLost
+from offload.brokers.roles import Settlement
 from offload.job import ErrorInfo
 
 if TYPE_CHECKING:
@@ -23,20 +23,18 @@ logger = logging.getLogger("offload.worker")
 
 async def give_back(broker: Broker, leases: Sequence[Lease], now: float) -> None:
     """Schedule jobs whose handlers were stopped to run again at `now` (the attempt
-    counts); one that cannot be given back runs again once its lease lapses."""
+    counts), in one `settle_many`; a job that cannot be given back (or whose lease is
+    gone) runs again once its lease lapses."""
     if not leases:
         return
     error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
-    for lease in leases:
-        try:
-            await broker.retry(lease, at=now, error=error)
-        except LeaseLost:
-            pass
-        except Exception:
-            logger.exception(
-                "job %s: could not give it back; it runs again once its lease lapses",
-                lease.job_id,
-            )
+    try:
+        await broker.settle_many([Settlement.retry(lease, at=now, error=error) for lease in leases])
+    except Exception:
+        logger.exception(
+            "%d jobs could not be given back; they run again once their leases lapse",
+            len(leases),
+        )
     logger.warning(
         "%d jobs did not finish within the grace period; they will run again",
         len(leases),

@@ -44,14 +44,14 @@ from typing import TYPE_CHECKING
 
 from offload import validation
 from offload._health import Attempts, BrokerHealth
-from offload.brokers.base import Ack, Lease, WorkerInfo
+from offload.brokers.base import Lease, Settlement, WorkerInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
 from offload.worker.flows import drain_outbox, follow_up
-from offload.worker.leases import AckBatcher, lease_fate
+from offload.worker.leases import Settlements, lease_fate
 from offload.worker.recycling import Recycling
 from offload.worker.shutdown import end_process, give_back
 
@@ -146,8 +146,8 @@ class Worker:
         self._capacity = asyncio.Event()
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
-        self._acks = AckBatcher(app.broker)
-        self.admission = Admission(app, lease_s=lease_s)
+        self._settlements = Settlements(app.broker)
+        self.admission = Admission(app, lease_s=lease_s, settle=self._settlements.settle)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
@@ -402,24 +402,26 @@ class Worker:
         self, lease: Lease, outcome: Outcome, task_name: str, extra: dict[str, object]
     ) -> None:
         if outcome.action == "ack":
-            if not await self._acks.ack(Ack(lease, outcome.result, outcome.result_ttl_s)):
-                raise LeaseLost()
+            await self._settlements.settle(
+                Settlement.ack(lease, outcome.result, result_ttl_s=outcome.result_ttl_s)
+            )
             logger.debug("job %s succeeded", lease.job_id, extra={"action": "acked", **extra})
             return
-        assert outcome.error is not None
+        error = outcome.error
+        assert error is not None
         if outcome.action == "retry":
-            await self.broker.retry(lease, at=outcome.at, error=outcome.error)
+            await self._settlements.settle(Settlement.retry(lease, at=outcome.at, error=error))
             logger.warning(
                 "job %s (%s) attempt %d failed with %s; retry in %.1f s",
                 lease.job_id,
                 task_name,
                 lease.attempt,
-                outcome.error.type,
+                error.type,
                 max(outcome.at - self.app.clock.now(), 0.0),
                 extra={"action": "retried", **extra},
             )
         elif outcome.action == "cancel":
-            await self.broker.cancel_running(lease, error=outcome.error)
+            await self._settlements.settle(Settlement.cancel(lease, error=error))
             logger.info(
                 "job %s (%s) cancelled while running",
                 lease.job_id,
@@ -427,13 +429,13 @@ class Worker:
                 extra={"action": "cancelled", **extra},
             )
         else:
-            await self.broker.bury(lease, error=outcome.error)
+            await self._settlements.settle(Settlement.bury(lease, error=error))
             logger.error(
                 "job %s (%s) buried: %s: %s",
                 lease.job_id,
                 task_name,
-                outcome.error.type,
-                outcome.error.message,
+                error.type,
+                error.message,
                 extra={"action": "buried", **extra},
             )
 

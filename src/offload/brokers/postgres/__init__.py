@@ -42,15 +42,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
-    Ack,
     Broker,
     Capabilities,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
@@ -59,14 +60,21 @@ from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, schema_version
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
-from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
+from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from offload.job import TERMINAL_STATES, Envelope, JobState
 
 __all__ = ["PostgresBroker", "parse_url"]
 
 #: Most finished jobs one `sweep` deletes: a bounded transaction; the next sweep goes on.
 SWEEP_BATCH = 10_000
 _Q = load_queries()
+#: The statement that records each way a lease ends but `ack` (`ack_many`: batched).
+_SETTLE = {
+    Ending.RETRY: _Q["retry"],
+    Ending.BURY: _Q["bury"],
+    Ending.DEFER: _Q["defer"],
+    Ending.CANCEL: _Q["cancel_running"],
+}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _OUR_PARAMS = ("schema", "pool_max")
 
@@ -338,24 +346,46 @@ class PostgresBroker(Broker):
         held = {(row["id"], row["token"]) for row in await self._rows("extend", params)}
         return [(lease.job_id, lease.token) in held for lease in leases]
 
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
-        now = self.clock.now()
-        ttl = self.retention_s if result_ttl_s is None else result_ttl_s
-        params = {
-            "result": result,
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """The acks in one statement (one round trip, one commit); the other endings
+        one statement each, on one connection."""
+        if not settlements:
+            return []
+        held = [False] * len(settlements)
+        acks = [i for i, item in enumerate(settlements) if item.ending is Ending.ACK]
+        if acks:
+            for i, ok in zip(
+                acks, await self._ack_many([settlements[i] for i in acks]), strict=True
+            ):
+                held[i] = ok
+        if len(acks) < len(settlements):
+            now = self.clock.now()
+            async with self._conn() as conn:
+                for i, item in enumerate(settlements):
+                    if item.ending is not Ending.ACK:
+                        cur = await conn.execute(
+                            _SETTLE[item.ending], self._settle_params(item, now)
+                        )
+                        held[i] = len(await cur.fetchall()) == 1
+        ended = zip(settlements, held, strict=True)
+        self._ends.notify(s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES)
+        return held
+
+    def _settle_params(self, item: Settlement, now: float) -> dict[str, Any]:
+        """The named parameters of the settlement's query; each reads the ones it needs."""
+        return {
+            "id": item.lease.job_id,
+            "token": item.lease.token,
             "now": now,
-            "purge_at": now + ttl,
-            "id": lease.job_id,
-            "token": lease.token,
+            "at": item.at,
+            "error": None if item.error is None else encode_error(item.error).decode(),
+            "purge_at": now + self.retention_s,
+            "channel": self.settings.channel,
             "ends": self.settings.ends_channel,
         }
-        _check_held(await self._rowcount("ack", params), lease)
-        self._ends.notify([lease.job_id])
 
-    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+    async def _ack_many(self, acks: Sequence[Settlement]) -> list[bool]:
         """Every ack in one statement (one round trip, one commit) for the batch."""
-        if not acks:
-            return []
         params = {
             "now": self.clock.now(),
             "ids": [a.lease.job_id for a in acks],
@@ -365,41 +395,10 @@ class PostgresBroker(Broker):
             "ends": self.settings.ends_channel,
         }
         held = {(row["id"], row["token"]) for row in await self._rows("ack_many", params)}
-        self._ends.notify(job_id for job_id, _ in held)
         return [(a.lease.job_id, a.lease.token) in held for a in acks]
-
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        params = {
-            "at": at,
-            "now": self.clock.now(),
-            "error": encode_error(error).decode(),
-            "id": lease.job_id,
-            "token": lease.token,
-            "channel": self.settings.channel,
-        }
-        _check_held(len(await self._rows("retry", params)), lease)
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return await _cancel.cancel_requested(self, leases)
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        await _cancel.cancel_running(self, lease, error)
-
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        params = {
-            "error": encode_error(error).decode(),
-            "now": self.clock.now(),
-            "id": lease.job_id,
-            "token": lease.token,
-            "ends": self.settings.ends_channel,
-        }
-        _check_held(await self._rowcount("bury", params), lease)
-        self._ends.notify([lease.job_id])
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        params = {"at": at, "now": self.clock.now(), "id": lease.job_id}
-        params |= {"token": lease.token, "channel": self.settings.channel}
-        _check_held(len(await self._rows("defer", params)), lease)
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if not leases:
@@ -569,8 +568,3 @@ async def _check(pool: AsyncConnectionPool[Any]) -> None:
 def _unavailable(exc: Exception) -> BrokerUnavailable:
     """One line, as the CLI prints errors (libpq's messages span several)."""
     return BrokerUnavailable(f"PostgreSQL is unavailable: {' '.join(str(exc).split())}")
-
-
-def _check_held(changed: int, lease: Lease) -> None:
-    if changed != 1:
-        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

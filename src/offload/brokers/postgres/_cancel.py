@@ -6,14 +6,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from offload.brokers.base import Lease
-from offload.codec import encode_error
-from offload.errors import LeaseLost
-from offload.job import ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker
 
-__all__ = ["cancel_requested", "cancel_running"]
+__all__ = ["cancel_requested"]
 
 
 async def cancel_requested(broker: PostgresBroker, leases: Sequence[Lease]) -> set[str]:
@@ -21,18 +18,3 @@ async def cancel_requested(broker: PostgresBroker, leases: Sequence[Lease]) -> s
         return set()
     rows = await broker._rows("cancel_requested", {"ids": [lease.job_id for lease in leases]})
     return {row["id"] for row in rows}
-
-
-async def cancel_running(broker: PostgresBroker, lease: Lease, error: ErrorInfo) -> None:
-    now = broker.clock.now()
-    params = {
-        "error": encode_error(error).decode(),
-        "now": now,
-        "purge_at": now + broker.retention_s,
-        "id": lease.job_id,
-        "token": lease.token,
-        "ends": broker.settings.ends_channel,
-    }
-    if await broker._rowcount("cancel_running", params) != 1:
-        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
-    broker._ends.notify([lease.job_id])

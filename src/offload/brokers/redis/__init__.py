@@ -52,15 +52,16 @@ from offload.brokers._wakeup import JobWaiters
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     LEASE_EXPIRED,
-    Ack,
     Broker,
     Capabilities,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
@@ -87,8 +88,8 @@ from offload.brokers.redis._scripts import Call, Client, Scripts, pipeline
 from offload.brokers.redis._wakeup import Listener
 from offload.clock import Clock
 from offload.codec import encode_error
-from offload.errors import BrokerError, LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
+from offload.errors import BrokerError
+from offload.job import TERMINAL_STATES, Envelope, JobState
 
 __all__ = ["RedisBroker"]
 
@@ -96,6 +97,13 @@ _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 #: Most jobs one housekeeping step of a script touches per queue (bounds script time).
 BATCH = 1000
 _SCRIPTS = Scripts()
+#: The script that records each way a lease ends but `ack` (batched per queue).
+_SETTLE_SCRIPTS = {
+    Ending.RETRY: "retry",
+    Ending.BURY: "bury",
+    Ending.DEFER: "defer",
+    Ending.CANCEL: "cancel_running",
+}
 
 
 class RedisBroker(Broker):
@@ -411,51 +419,60 @@ class RedisBroker(Broker):
                 out[i] = bool(ok)
         return out
 
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
-        [held] = await self._ack([(lease, result, result_ttl_s)])
-        if not held:
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
-
-    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
-        """Every ack in one round trip: one script call per queue, pipelined."""
-        return await self._ack([(a.lease, a.result, a.result_ttl_s) for a in acks])
-
-    async def _ack(self, items: Sequence[tuple[Lease, bytes | None, float | None]]) -> list[bool]:
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """One pipeline: the acks one `ack.lua` call per queue, every other ending one
+        script call each."""
+        if not settlements:
+            return []
         now = self.clock.now()
-        extra = {}
-        for lease, result, ttl in items:
-            purge_at = now + (self.retention_s if ttl is None else ttl)
-            flag = "0" if result is None else "1"
-            extra[id(lease)] = [lease.token, flag, result or b"", num(purge_at)]
-        leases = [lease for lease, _, _ in items]
-        head = [num(now), self._ended_channel]
-        acked = await self._per_queue(leases, "ack", head, lambda lease: extra[id(lease)])
-        self._ended_here(lease.job_id for lease, ok in zip(leases, acked, strict=True) if ok)
-        return acked
+        calls: list[Call] = []
+        answers: list[list[int]] = []  # the settlements each call answers, in order
+        acks: dict[str, list[int]] = {}
+        for i, item in enumerate(settlements):
+            if item.ending is Ending.ACK:
+                acks.setdefault(item.lease.queue, []).append(i)
+            else:
+                calls.append(self._settle_call(item, now))
+                answers.append([i])
+        for queue, indexes in acks.items():
+            args: list[str | bytes] = [num(now), self._ended_channel]
+            for i in indexes:
+                args += self._ack_args(settlements[i], now)
+            calls.append(("ack", self._q(queue), args))
+            answers.append(indexes)
+        held = [False] * len(settlements)
+        for indexes, reply in zip(answers, await self._run_many(calls), strict=True):
+            for i, ok in zip(indexes, reply if isinstance(reply, list) else [reply], strict=True):
+                held[i] = bool(ok)
+        ended = zip(settlements, held, strict=True)
+        self._ended_here(s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES)
+        return held
 
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
-        args += [encode_error(error).decode(), self._channel(lease.queue)]
-        if not await self._run("retry", self._q(lease.queue), args):
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+    def _ack_args(self, item: Settlement, now: float) -> list[str | bytes]:
+        ttl = self.retention_s if item.result_ttl_s is None else item.result_ttl_s
+        flag = "0" if item.result is None else "1"
+        return [item.lease.job_id, item.lease.token, flag, item.result or b"", num(now + ttl)]
 
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        args = [num(self.clock.now()), lease.job_id, lease.token, encode_error(error).decode()]
-        if not await self._run("bury", self._q(lease.queue), [*args, self._ended_channel]):
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
-        self._ended_here([lease.job_id])
+    def _settle_call(self, item: Settlement, now: float) -> Call:
+        """The script call of a settlement other than an ack (its reply: 1 if held)."""
+        lease = item.lease
+        head: list[str | bytes] = [num(now), lease.job_id, lease.token]
+        error = "" if item.error is None else encode_error(item.error).decode()
+        ending = item.ending
+        if ending is Ending.RETRY:
+            assert item.at is not None
+            args = [*head, num(item.at), error, self._channel(lease.queue)]
+        elif ending is Ending.DEFER:
+            assert item.at is not None
+            args = [*head, num(item.at), self._channel(lease.queue)]
+        elif ending is Ending.BURY:
+            args = [*head, error, self._ended_channel]
+        else:
+            args = [*head, error, num(now + self.retention_s), self._ended_channel]
+        return (_SETTLE_SCRIPTS[ending], self._q(lease.queue), args)
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return await _cancel.cancel_requested(self, leases) if leases else set()
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        await _cancel.cancel_running(self, lease, error)
-        self._ended_here([lease.job_id])
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
-        if not await self._run("defer", self._q(lease.queue), [*args, self._channel(lease.queue)]):
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
 
     async def release(self, leases: Sequence[Lease]) -> None:
         by_queue: dict[str, list[str]] = {}

@@ -9,15 +9,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from offload.brokers.base import Lease
-from offload.brokers.redis._records import num
-from offload.codec import encode_error
-from offload.errors import LeaseLost
-from offload.job import ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker
 
-__all__ = ["cancel_requested", "cancel_running"]
+__all__ = ["cancel_requested"]
 
 
 async def cancel_requested(broker: RedisBroker, leases: Sequence[Lease]) -> set[str]:
@@ -33,17 +29,3 @@ async def cancel_requested(broker: RedisBroker, leases: Sequence[Lease]) -> set[
             if record.get("s") in ("running", b"running") and record.get("cx"):
                 flagged.add(job_id)
     return flagged
-
-
-async def cancel_running(broker: RedisBroker, lease: Lease, error: ErrorInfo) -> None:
-    now = broker.clock.now()
-    args = [
-        num(now),
-        lease.job_id,
-        lease.token,
-        encode_error(error).decode(),
-        num(now + broker.retention_s),
-        broker._ended_channel,
-    ]
-    if not await broker._run("cancel_running", broker._q(lease.queue), args):
-        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from offload.brokers.base import Broker
 from offload.job import new_job_id
 
-from .helpers import enqueue_one
+from ..helpers import enqueue_one
 
 
 async def test_workflow_jobs_lists_the_jobs_of_one_workflow(broker: Broker) -> None:

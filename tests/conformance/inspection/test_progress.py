@@ -6,7 +6,7 @@ from offload.brokers.base import Broker
 from offload.codec import encode_value
 from offload.job import JobState
 
-from .helpers import enqueue_one, reserve_one
+from ..helpers import enqueue_one, reserve_one
 
 
 async def test_progress_is_read_back_by_get_job_and_replaced(broker: Broker) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from offload.brokers.base import Broker, Capabilities
+from offload.brokers.roles import Delivery
 from offload.job import JobState
 
-from .helpers import enqueue_one, state_of
+from ..helpers import enqueue_one, state_of
 
 
 async def test_connect_again_is_idempotent_and_keeps_jobs(broker: Broker) -> None:
@@ -17,10 +18,10 @@ async def test_connect_again_is_idempotent_and_keeps_jobs(broker: Broker) -> Non
     assert (await broker.counts())["default"].states[JobState.QUEUED] == 1
 
 
-async def test_close_twice_is_idempotent(broker: Broker) -> None:
-    await broker.close()
-    await broker.close()  # and the fixture closes it a third time
+async def test_close_twice_is_idempotent(delivery: Delivery) -> None:
+    await delivery.close()
+    await delivery.close()  # and the fixture closes it a third time
 
 
-async def test_capabilities_are_declared(broker: Broker) -> None:
-    assert isinstance(type(broker).capabilities, Capabilities)
+async def test_capabilities_are_declared(delivery: Delivery) -> None:
+    assert isinstance(type(delivery).capabilities, Capabilities)

@@ -1,5 +1,5 @@
-"""Flow control primitives: `take_rate`, `acquire_slot` / `release_slot`, `defer`, and
-`enqueue(max_depth=...)`, all on the broker's (fake) clock."""
+"""Flow control primitives: `take_rate` and `acquire_slot` / `release_slot`, on the
+broker's (fake) clock."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import asyncio
 import pytest
 
 from offload.brokers.base import Broker
-from offload.errors import LeaseLost, QueueFull
-from offload.job import JobState
 from offload.testing import FakeClock
-
-from .helpers import BOOM, approx_time, enqueue_one, make_job, reserve_one, state_of
 
 # -- take_rate ----------------------------------------------------------------------------
 
@@ -115,87 +111,4 @@ async def test_acquire_slot__concurrent_acquirers_get_exactly_limit(
 # -- defer ----------------------------------------------------------------------------------
 
 
-async def test_defer_schedules_without_counting_the_attempt(
-    broker: Broker, clock: FakeClock
-) -> None:
-    job_id = await enqueue_one(broker)
-    lease = await reserve_one(broker)
-    assert lease.attempt == 1
-
-    await broker.defer(lease, at=clock.now() + 5)
-
-    info = await broker.get_job(job_id)
-    assert info is not None
-    assert info.state is JobState.SCHEDULED
-    assert info.attempt == 0
-    assert info.due_at == approx_time(clock.now() + 5)
-    assert info.error is None
-    assert await broker.next_due(["default"]) == approx_time(clock.now() + 5)
-    assert await broker.reserve(["default"], worker_id="w", lease_s=30, limit=1) == []
-    clock.advance(5)
-    again = await reserve_one(broker)
-    assert (again.job_id, again.attempt) == (job_id, 1)
-
-
-async def test_defer_keeps_attempts_of_earlier_failures(broker: Broker, clock: FakeClock) -> None:
-    job_id = await enqueue_one(broker)
-    first = await reserve_one(broker)
-    await broker.retry(first, at=clock.now(), error=BOOM)
-    second = await reserve_one(broker)
-    assert second.attempt == 2
-
-    await broker.defer(second, at=clock.now())
-
-    third = await reserve_one(broker)
-    assert (third.job_id, third.attempt) == (job_id, 2)
-    info = await broker.get_job(job_id)
-    assert info is not None and info.error == BOOM  # the last real failure is kept
-
-
-async def test_defer_with_stale_lease_raises_lease_lost(broker: Broker, clock: FakeClock) -> None:
-    await enqueue_one(broker)
-    old = await reserve_one(broker, worker_id="w1", lease_s=30)
-    clock.advance(31)
-    new = await reserve_one(broker, worker_id="w2", lease_s=30)
-
-    with pytest.raises(LeaseLost):
-        await broker.defer(old, at=clock.now() + 10)
-    assert await state_of(broker, new.job_id) is JobState.RUNNING
-    await broker.defer(new, at=clock.now() + 10)
-    with pytest.raises(LeaseLost):
-        await broker.defer(new, at=clock.now() + 10)  # already deferred
-
-
 # -- enqueue(max_depth=...) ---------------------------------------------------------------
-
-
-async def test_enqueue_max_depth_refuses_past_the_bound(broker: Broker, clock: FakeClock) -> None:
-    await broker.enqueue([make_job(clock, queue="q") for _ in range(2)], max_depth=3)
-    await broker.enqueue([make_job(clock, queue="q", not_before=clock.now() + 60)], max_depth=3)
-
-    with pytest.raises(QueueFull, match="'q'"):
-        await broker.enqueue([make_job(clock, queue="q")], max_depth=3)
-    counts = await broker.counts(["q"])
-    assert counts["q"].states[JobState.QUEUED] == 2
-    assert counts["q"].states[JobState.SCHEDULED] == 1
-    # Other queues and unbounded enqueues are not affected.
-    await broker.enqueue([make_job(clock, queue="other")], max_depth=3)
-    await broker.enqueue([make_job(clock, queue="q")])
-
-
-async def test_enqueue_max_depth_counts_only_waiting_jobs(broker: Broker, clock: FakeClock) -> None:
-    await broker.enqueue([make_job(clock, queue="q") for _ in range(2)], max_depth=2)
-    lease = await reserve_one(broker, ("q",))
-    await broker.ack(lease, None, result_ttl_s=None)
-    await reserve_one(broker, ("q",))  # running: not waiting either
-
-    await broker.enqueue([make_job(clock, queue="q") for _ in range(2)], max_depth=2)
-    with pytest.raises(QueueFull):
-        await broker.enqueue([make_job(clock, queue="q")], max_depth=2)
-
-
-async def test_enqueue_max_depth_is_all_or_nothing(broker: Broker, clock: FakeClock) -> None:
-    await broker.enqueue([make_job(clock, queue="q")], max_depth=3)
-    with pytest.raises(QueueFull):
-        await broker.enqueue([make_job(clock, queue="q") for _ in range(3)], max_depth=3)
-    assert (await broker.counts(["q"]))["q"].states[JobState.QUEUED] == 1

@@ -6,7 +6,7 @@ from offload.brokers.base import Broker
 from offload.job import JobState, new_job_id
 from offload.testing import FakeClock
 
-from .helpers import job_in_state, reserve_one, state_of
+from ..helpers import job_in_state, reserve_one, state_of
 
 
 async def dead_count(broker: Broker, queue: str) -> int:

@@ -16,7 +16,7 @@ from offload.codec import encode_value
 from offload.job import new_job_id
 from offload.testing import FakeClock
 
-from .helpers import BOOM, enqueue_one, reserve_one
+from ..helpers import BOOM, enqueue_one, reserve_one
 
 #: The wait's timeout; every test that expects a push must return well before it.
 LONG_S = 10.0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from offload.brokers.base import Broker
-from offload.errors import LeaseLost
 from offload.job import ErrorInfo, JobState
 
-from .helpers import enqueue_one, reserve_one
+from ..helpers import enqueue_one, reserve_one
 
 CANCELLED = ErrorInfo("Cancelled", "cancelled while running")
 
@@ -39,11 +36,3 @@ async def test_cancel_running_finishes_the_job_as_cancelled(broker: Broker) -> N
     counts = await broker.counts(["default"])
     assert counts["default"].states.get(JobState.CANCELLED) == 1
     assert counts["default"].states.get(JobState.RUNNING, 0) == 0
-
-
-async def test_cancel_running_with_a_stale_lease_raises_lease_lost(broker: Broker) -> None:
-    await enqueue_one(broker)
-    lease = await reserve_one(broker)
-    await broker.ack(lease, None, result_ttl_s=None)
-    with pytest.raises(LeaseLost):
-        await broker.cancel_running(lease, error=CANCELLED)

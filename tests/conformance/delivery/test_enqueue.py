@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from offload.brokers.base import Broker, EnqueueResult
+from offload.brokers.roles import Delivery
 from offload.codec import encode_envelope
+from offload.errors import QueueFull
 from offload.job import Envelope, JobState, new_job_id
 from offload.testing import FakeClock
 
-from .helpers import (
+from ..helpers import (
     approx_time,
     enqueue_one,
     job_in_state,
@@ -67,8 +69,8 @@ async def test_enqueue_duplicate_keys_within_one_call_resolve_to_first(
     assert found is not None and found.id == a[0].id
 
 
-async def test_enqueue_keyless_jobs_never_collide(broker: Broker, clock: FakeClock) -> None:
-    results = await broker.enqueue([make_job(clock), make_job(clock)])
+async def test_enqueue_keyless_jobs_never_collide(delivery: Delivery, clock: FakeClock) -> None:
+    results = await delivery.enqueue([make_job(clock), make_job(clock)])
 
     assert [r.created for r in results] == [True, True]
     assert results[0].id != results[1].id
@@ -184,3 +186,48 @@ async def test_payload_that_is_not_an_envelope_is_stored_as_is(
     assert info is not None
     assert info.payload == payload
     assert info.envelope() is None
+
+
+async def test_enqueue_max_depth_refuses_past_the_bound(broker: Broker, clock: FakeClock) -> None:
+    await broker.enqueue([make_job(clock, queue="q") for _ in range(2)], max_depth=3)
+    await broker.enqueue([make_job(clock, queue="q", not_before=clock.now() + 60)], max_depth=3)
+
+    with pytest.raises(QueueFull, match="'q'"):
+        await broker.enqueue([make_job(clock, queue="q")], max_depth=3)
+    counts = await broker.counts(["q"])
+    assert counts["q"].states[JobState.QUEUED] == 2
+    assert counts["q"].states[JobState.SCHEDULED] == 1
+    # Other queues and unbounded enqueues are not affected.
+    await broker.enqueue([make_job(clock, queue="other")], max_depth=3)
+    await broker.enqueue([make_job(clock, queue="q")])
+
+
+async def test_enqueue_max_depth_counts_only_waiting_jobs(
+    delivery: Delivery, clock: FakeClock
+) -> None:
+    await delivery.enqueue([make_job(clock, queue="q") for _ in range(2)], max_depth=2)
+    lease = await reserve_one(delivery, ("q",))
+    await delivery.ack(lease, None, result_ttl_s=None)
+    await reserve_one(delivery, ("q",))  # running: not waiting either
+
+    await delivery.enqueue([make_job(clock, queue="q") for _ in range(2)], max_depth=2)
+    with pytest.raises(QueueFull):
+        await delivery.enqueue([make_job(clock, queue="q")], max_depth=2)
+
+
+async def test_enqueue_max_depth_is_all_or_nothing(broker: Broker, clock: FakeClock) -> None:
+    await broker.enqueue([make_job(clock, queue="q")], max_depth=3)
+    with pytest.raises(QueueFull):
+        await broker.enqueue([make_job(clock, queue="q") for _ in range(3)], max_depth=3)
+    assert (await broker.counts(["q"]))["q"].states[JobState.QUEUED] == 1
+
+
+async def test_same_envelope_sent_twice_is_stored_once(broker: Broker, clock: FakeClock) -> None:
+    envelope, payload = make_job(clock)
+    [first] = await broker.enqueue([(envelope, payload)])
+    lease = await reserve_one(broker)
+    [again] = await broker.enqueue([(envelope, payload)])
+    assert (first.created, again.created, again.id) == (True, False, envelope.id)
+    info = await broker.get_job(envelope.id)
+    assert info is not None and info.state is JobState.RUNNING
+    await broker.ack(lease, None, result_ttl_s=None)  # the lease still holds

@@ -8,12 +8,13 @@ from dataclasses import replace
 import pytest
 
 from offload.brokers.base import Broker, Lease
+from offload.brokers.roles import Delivery
 from offload.codec import encode_value
 from offload.errors import LeaseLost
 from offload.job import JobState
 from offload.testing import FakeClock
 
-from .helpers import BOOM, approx_time, enqueue_one, make_job, reserve_one, state_of
+from ..helpers import BOOM, approx_time, enqueue_one, make_job, reserve_one, state_of
 
 #: A finishing operation called with a lease, by name.
 Finish = Callable[[Broker, Lease, FakeClock], Awaitable[None]]
@@ -34,12 +35,12 @@ async def _bury(broker: Broker, lease: Lease, clock: FakeClock) -> None:
 FINISHES = pytest.mark.parametrize("finish", [_ack, _retry, _bury], ids=["ack", "retry", "bury"])
 
 
-async def redelivered(broker: Broker, clock: FakeClock) -> tuple[Lease, Lease]:
+async def redelivered(delivery: Delivery, clock: FakeClock) -> tuple[Lease, Lease]:
     """A job leased by w1 for 30 s, lapsed, and reserved again by w2: (old, new)."""
-    await enqueue_one(broker)
-    old = await reserve_one(broker, worker_id="w1", lease_s=30)
+    await enqueue_one(delivery)
+    old = await reserve_one(delivery, worker_id="w1", lease_s=30)
     clock.advance(31)
-    new = await reserve_one(broker, worker_id="w2", lease_s=30)
+    new = await reserve_one(delivery, worker_id="w2", lease_s=30)
     assert new.job_id == old.job_id
     return old, new
 
@@ -74,20 +75,20 @@ async def test_extend_after_lapse_keeps_a_lease_nobody_took_back(
 
 
 async def test_extend_after_lapse_and_redelivery_returns_false(
-    broker: Broker, clock: FakeClock
+    delivery: Delivery, clock: FakeClock
 ) -> None:
-    await enqueue_one(broker)
-    lease = await reserve_one(broker, lease_s=30)
+    await enqueue_one(delivery)
+    lease = await reserve_one(delivery, lease_s=30)
     clock.advance(31)
-    await broker.reserve(["default"], worker_id="w2", lease_s=30, limit=1)
+    await delivery.reserve(["default"], worker_id="w2", lease_s=30, limit=1)
 
-    assert await broker.extend([lease], 30) == [False]
+    assert await delivery.extend([lease], 30) == [False]
 
 
-async def test_extend_answers_each_lease_in_order(broker: Broker, clock: FakeClock) -> None:
-    old, new = await redelivered(broker, clock)
+async def test_extend_answers_each_lease_in_order(delivery: Delivery, clock: FakeClock) -> None:
+    old, new = await redelivered(delivery, clock)
 
-    assert await broker.extend([old, new], 30) == [False, True]
+    assert await delivery.extend([old, new], 30) == [False, True]
 
 
 async def test_extend_finished_lease_returns_false(broker: Broker, clock: FakeClock) -> None:
@@ -160,13 +161,13 @@ async def test_finish_with_forged_token_raises_lease_lost(
 
 @FINISHES
 async def test_finish_of_unknown_job_raises_lease_lost(
-    broker: Broker, clock: FakeClock, finish: Finish
+    delivery: Delivery, clock: FakeClock, finish: Finish
 ) -> None:
     env, _ = make_job(clock)
     lease = Lease(env.id, "token", "default", 1, clock.now() + 30, b"{}")
 
     with pytest.raises(LeaseLost):
-        await finish(broker, lease, clock)
+        await finish(delivery, lease, clock)
 
 
 @FINISHES
@@ -199,16 +200,16 @@ async def test_release_returns_job_to_queued_without_counting_attempt(
     assert again.token != lease.token
 
 
-async def test_released_job_keeps_its_place(broker: Broker, clock: FakeClock) -> None:
-    first, second, third = [await enqueue_one(broker) for _ in range(3)]
-    leases = await broker.reserve(["default"], worker_id="w1", lease_s=30, limit=2)
+async def test_released_job_keeps_its_place(delivery: Delivery, clock: FakeClock) -> None:
+    first, second, third = [await enqueue_one(delivery) for _ in range(3)]
+    leases = await delivery.reserve(["default"], worker_id="w1", lease_s=30, limit=2)
     assert [lease.job_id for lease in leases] == [first, second]
     clock.advance(5)
-    late = await enqueue_one(broker)
+    late = await enqueue_one(delivery)
 
-    await broker.release(leases)
+    await delivery.release(leases)
 
-    again = await broker.reserve(["default"], worker_id="w2", lease_s=30, limit=10)
+    again = await delivery.reserve(["default"], worker_id="w2", lease_s=30, limit=10)
     assert [lease.job_id for lease in again] == [first, second, third, late]
     assert [lease.attempt for lease in again] == [1, 1, 1, 1]
 

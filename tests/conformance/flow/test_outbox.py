@@ -10,7 +10,7 @@ from offload.codec import encode_value
 from offload.job import ChordRef, JobState, Step, new_job_id
 from offload.testing import FakeClock
 
-from .helpers import BOOM, enqueue_one
+from ..helpers import BOOM, enqueue_one
 
 
 def _flow(**extra: Any) -> dict[str, Any]:

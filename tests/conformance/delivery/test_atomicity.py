@@ -9,7 +9,7 @@ from offload.errors import LeaseLost
 from offload.job import JobState
 from offload.testing import FakeClock
 
-from .helpers import BOOM, enqueue_one, make_job, reserve_one
+from ..helpers import BOOM, enqueue_one, make_job, reserve_one
 
 
 async def test_concurrent_reserves_lease_each_job_exactly_once(
