@@ -212,7 +212,7 @@ def test_every_script_documents_its_keys_and_argv() -> None:
 
 def test_queue_names_cannot_break_out_of_their_hash_tag() -> None:
     broker = RedisBroker("redis://localhost?prefix=p")
-    tags = {broker._q(name).ready.split("}")[0] for name in ("a}b", "a{b", "%", "", "a")}
+    tags = {broker._x.q(name).ready.split("}")[0] for name in ("a}b", "a{b", "%", "", "a")}
     assert len(tags) == 5
     assert all(tag.count("{") == 1 for tag in tags)
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from offload.brokers._depth import adding_per_queue, check_depth
 from offload.brokers._wakeup import JobWaiters, Wakeup
 from offload.brokers.base import (
     LEASE_EXPIRED,
@@ -32,7 +33,7 @@ from offload.brokers.base import (
     WorkerInfo,
 )
 from offload.codec import decode_value
-from offload.errors import LeaseLost, QueueFull
+from offload.errors import LeaseLost
 from offload.job import TERMINAL_STATES, Envelope, JobState
 from offload.limits import gcra
 
@@ -213,18 +214,13 @@ class MemoryBroker(Broker):
         return results
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
-        adding: dict[str, int] = {}
-        for env, _ in jobs:
-            adding[env.queue] = adding.get(env.queue, 0) + 1
+        adding = adding_per_queue(jobs)
         waiting = (JobState.QUEUED, JobState.SCHEDULED)
-        for queue, n in adding.items():
-            depth = sum(
-                1 for r in self._jobs.values() if r.info.queue == queue and r.info.state in waiting
-            )
-            if depth + n > max_depth:
-                raise QueueFull(f"queue {queue!r} holds {depth} waiting jobs (max {max_depth})")
-
-    # -- consumer ---------------------------------------------------------------------
+        depths = dict.fromkeys(adding, 0)
+        for rec in self._jobs.values():
+            if rec.info.queue in depths and rec.info.state in waiting:
+                depths[rec.info.queue] += 1
+        check_depth(adding, depths, max_depth)
 
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int

@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
+from offload.brokers._depth import adding_per_queue, check_depth
+from offload.brokers._sql import named_queries
 from offload.brokers._sql_rows import blob, job_info, queue_stats, worker_info
 from offload.brokers.base import (
     LEASE_EXPIRED,
@@ -38,10 +40,9 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
+from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
-from offload.errors import QueueFull
 from offload.job import TERMINAL_STATES, Envelope, JobState, id_floor
 from offload.limits import gcra
 
@@ -52,7 +53,7 @@ Ts = TypeVarTuple("Ts")
 
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
-_Q = load_queries()
+_Q = named_queries("offload.brokers.sqlite")
 #: The query that records each way a lease ends (`queries.sql`).
 _SETTLE = {
     Ending.ACK: _Q["ack"],
@@ -164,13 +165,10 @@ class Store:
         return results, bool(ready)
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
-        adding: dict[str, int] = {}
-        for env, _ in jobs:
-            adding[env.queue] = adding.get(env.queue, 0) + 1
-        for queue, n in adding.items():
-            depth = int(self._conn.execute(_Q["depth"], (queue,)).fetchone()[0])
-            if depth + n > max_depth:
-                raise QueueFull(f"queue {queue!r} holds {depth} waiting jobs (max {max_depth})")
+        adding = adding_per_queue(jobs)
+        depth = _Q["depth"]
+        depths = {q: int(self._conn.execute(depth, (q,)).fetchone()[0]) for q in adding}
+        check_depth(adding, depths, max_depth)
 
     def _insert(self, env: Envelope, payload: bytes, now: float) -> tuple[bool, str]:
         due_at = max(env.not_before or now, now)

@@ -9,7 +9,7 @@ cleared by a waiter, so a message that arrives between a worker's empty `reserve
 its `wait` still wakes it at once: an idle worker starts a job within a round trip of
 its enqueue, without polling.
 
-Ends of jobs that someone waits on arrive on the job-end channel (see `_ended.py`),
+Ends of jobs that someone waits on arrive on the job-end channel (see `_signals.py`),
 whose messages go to a handler instead (the broker's `JobWaiters`). A waiter on an end
 must be subscribed before it looks at the job, so `subscribe` can wait for Redis to
 confirm the subscription.
