@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from offload.brokers.base import Broker, EnqueueResult, Lease, Settlement
 from offload.brokers.roles import Delivery
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 __all__ = ["DeliveryOnly"]
 

@@ -17,8 +17,8 @@ from offload.brokers.base import Broker, Lease, Settlement
 from offload.brokers.composite import Composite, with_state_store
 from offload.brokers.roles import Ending, Role, roles_of
 from offload.brokers.sqlite import SQLiteBroker
+from offload.envelope import ErrorInfo
 from offload.errors import ConfigurationError
-from offload.job import ErrorInfo
 from tests.conformance.delivery_only import DeliveryOnly
 
 LEASE = Lease("job", "token", "default", 1, 0.0, b"{}")

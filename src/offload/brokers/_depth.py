@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from offload.envelope import Envelope
 from offload.errors import QueueFull
-from offload.job import Envelope
 
 __all__ = ["check_depth", "adding_per_queue", "queue_full"]
 

@@ -33,8 +33,8 @@ from offload.brokers.base import (
     WorkerInfo,
 )
 from offload.codec import decode_value
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import LeaseLost
-from offload.job import TERMINAL_STATES, Envelope, JobState
 from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]

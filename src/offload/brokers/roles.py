@@ -23,7 +23,7 @@ store, for the other four (`offload.brokers.composite`). `wait` is in Delivery, 
 Signals: new work is announced by whatever delivers it.
 
 Every way a lease ends is one `Settlement` passed to `Delivery.settle_many`, in
-batches: the worker group-commits all of them (`offload.worker.leases`).
+batches: the worker group-commits all of them (`offload.worker.settler`).
 
 Lifecycle of a job, by broker operation:
 
@@ -61,8 +61,8 @@ from offload.brokers.records import (
     WorkerInfo,
 )
 from offload.clock import Clock, SystemClock
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
 
 if TYPE_CHECKING:
     from typing import Self

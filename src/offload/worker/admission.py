@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from offload.brokers.roles import Settlement
 from offload.codec import decode_envelope
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 if TYPE_CHECKING:
     from offload.app import Offload

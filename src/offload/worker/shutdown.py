@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from offload.brokers.roles import Settlement
-from offload.job import ErrorInfo
+from offload.envelope import ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, Lease

@@ -7,8 +7,8 @@ import pytest
 from offload.brokers.base import Broker, EnqueueResult
 from offload.brokers.roles import Delivery
 from offload.codec import encode_envelope
+from offload.envelope import Envelope, JobState, new_job_id
 from offload.errors import QueueFull
-from offload.job import Envelope, JobState, new_job_id
 from offload.testing import FakeClock
 
 from ..helpers import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offload.brokers.base import Broker, Capabilities
 from offload.brokers.roles import Delivery
-from offload.job import JobState
+from offload.envelope import JobState
 
 from ..helpers import enqueue_one, state_of
 

@@ -8,8 +8,8 @@ import pytest
 from offload.brokers.base import Broker, Settlement
 from offload.brokers.roles import Delivery, Ending
 from offload.codec import encode_value
+from offload.envelope import ErrorInfo, JobState
 from offload.errors import LeaseLost
-from offload.job import ErrorInfo, JobState
 from offload.testing import FakeClock
 
 from ..helpers import (

@@ -6,7 +6,7 @@ import pytest
 
 from offload.brokers.base import Broker
 from offload.codec import encode_value
-from offload.job import JobState
+from offload.envelope import JobState
 from offload.testing import FakeClock
 
 from ..helpers import (

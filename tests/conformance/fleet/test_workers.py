@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from offload.brokers.base import Broker, WorkerInfo
-from offload.job import JobState
+from offload.envelope import JobState
 from offload.testing import FakeClock
 
 from ..helpers import (

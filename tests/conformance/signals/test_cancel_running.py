@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offload.brokers.base import Broker
-from offload.job import ErrorInfo, JobState
+from offload.envelope import ErrorInfo, JobState
 
 from ..helpers import enqueue_one, reserve_one
 

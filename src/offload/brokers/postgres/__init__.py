@@ -69,8 +69,8 @@ from offload.brokers.postgres._signals import EndWaiters, Signals
 from offload.brokers.postgres._sql import migrate, schema_version
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
-from offload.job import TERMINAL_STATES, Envelope, JobState
 
 __all__ = ["PostgresBroker", "parse_url"]
 

@@ -27,8 +27,8 @@ from offload.brokers.postgres._executor import QUERIES as _Q
 from offload.brokers.postgres._executor import Database
 from offload.brokers.postgres._sql import qualified
 from offload.clock import Clock
+from offload.envelope import Envelope
 from offload.errors import ConfigurationError
-from offload.job import Envelope
 
 __all__ = ["Inserter"]
 

@@ -24,7 +24,7 @@ from offload.brokers.base import Ended
 from offload.brokers.postgres._executor import QUERIES as _Q
 from offload.brokers.postgres._executor import Database
 from offload.clock import Clock
-from offload.job import JobState
+from offload.envelope import JobState
 from offload.limits import EPSILON_S
 
 __all__ = ["Flow"]

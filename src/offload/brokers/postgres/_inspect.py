@@ -19,7 +19,7 @@ from offload.brokers.postgres import _rows
 from offload.brokers.postgres._executor import QUERIES, Database
 from offload.clock import Clock
 from offload.codec import decode_value, encode_value
-from offload.job import JobState, id_floor
+from offload.envelope import JobState, id_floor
 
 __all__ = ["Inspector"]
 

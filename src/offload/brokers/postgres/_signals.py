@@ -19,7 +19,7 @@ from offload.brokers._wakeup import JobWaiters
 from offload.brokers.base import Lease
 from offload.brokers.postgres._executor import Database
 from offload.clock import Clock
-from offload.job import TERMINAL_STATES, JobState
+from offload.envelope import TERMINAL_STATES, JobState
 
 __all__ = ["EndWaiters", "Signals"]
 

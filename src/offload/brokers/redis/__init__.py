@@ -89,8 +89,8 @@ from offload.brokers.redis._signals import Signals
 from offload.brokers.redis._workflows import Workflows
 from offload.clock import Clock
 from offload.codec import encode_error
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import BrokerError
-from offload.job import TERMINAL_STATES, Envelope, JobState
 
 __all__ = ["RedisBroker"]
 

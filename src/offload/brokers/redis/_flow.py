@@ -31,7 +31,7 @@ from offload.brokers.redis._executor import Executor
 from offload.brokers.redis._records import num, text
 from offload.brokers.redis._scripts import Call
 from offload.clock import Clock
-from offload.job import Envelope, JobState
+from offload.envelope import Envelope, JobState
 from offload.limits import EPSILON_S
 
 __all__ = ["Flow", "workflow_flag"]

@@ -22,7 +22,7 @@ from offload.brokers.redis._records import job_info, num, text
 from offload.brokers.redis._scripts import Call
 from offload.clock import Clock
 from offload.codec import decode_value
-from offload.job import JobState
+from offload.envelope import JobState
 
 __all__ = ["Inspector"]
 

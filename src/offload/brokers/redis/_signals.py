@@ -34,7 +34,7 @@ from offload.brokers.base import Lease
 from offload.brokers.redis._executor import Executor
 from offload.brokers.redis._records import num, text
 from offload.clock import Clock
-from offload.job import TERMINAL_STATES, JobState
+from offload.envelope import TERMINAL_STATES, JobState
 
 __all__ = ["Signals"]
 

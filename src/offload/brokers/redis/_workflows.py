@@ -18,7 +18,7 @@ from offload.brokers.base import JobInfo
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._executor import Executor
 from offload.brokers.redis._records import job_info
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 __all__ = ["Workflows"]
 

@@ -46,8 +46,8 @@ from offload.brokers.base import (
 )
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
-from offload.job import TERMINAL_STATES, Envelope, JobState
 
 __all__ = ["SQLiteBroker", "database_path"]
 

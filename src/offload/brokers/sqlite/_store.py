@@ -43,7 +43,7 @@ from offload.brokers.base import (
 from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
-from offload.job import TERMINAL_STATES, Envelope, JobState, id_floor
+from offload.envelope import TERMINAL_STATES, Envelope, JobState, id_floor
 from offload.limits import gcra
 
 __all__ = ["Store"]
