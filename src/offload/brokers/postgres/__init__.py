@@ -14,7 +14,8 @@
 - **One class per role beside the hot path**, each built on a `Database` (`_executor.py`:
   named queries and pooled connections): `Inspector` (`_inspect.py`), `Flow` (limits,
   joins, registers, outbox: `_flow.py`), `Signals` (cancel, `wait_finished`:
-  `_signals.py`), `Inserter` (`_enqueue.py`). Delivery (reserve, extend, release,
+  `_signals.py`), `Inserter` (`_enqueue.py`), `Operations` (pause flags, attempt
+  history: `_operate.py`). Delivery (reserve, extend, release,
   `settle_many`) and the fleet are here.
 
 The URL is libpq's, plus offload's own query parameters: `schema` (tables live in this
@@ -65,6 +66,7 @@ from offload.brokers.postgres._executor import Connection, Database
 from offload.brokers.postgres._flow import Flow
 from offload.brokers.postgres._inspect import Inspector
 from offload.brokers.postgres._listener import Listener, channel_name, ends_channel
+from offload.brokers.postgres._operate import Operations
 from offload.brokers.postgres._signals import EndWaiters, Signals
 from offload.brokers.postgres._sql import migrate, schema_version
 from offload.clock import Clock
@@ -164,6 +166,7 @@ class PostgresBroker(Broker):
         self._enqueuer = Inserter(self._db, self.clock, schema=s.schema, channel=s.channel)
         self._flow = Flow(self._db, self.clock)
         self._inspector = Inspector(self._db, self.clock, s.channel)
+        self._operations = Operations(self._db, self.clock)
         self._signals = Signals(
             self._db,
             self.clock,
@@ -466,7 +469,10 @@ class PostgresBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        return await self._inspector.purge_dead(queue, job_ids, older_than)
+        purged = await self._inspector.purge_dead(queue, job_ids, older_than)
+        if purged:
+            await self._operations.forget_orphans()
+        return purged
 
     async def queues(self) -> list[str]:
         return [row["name"] for row in await self._db.rows("queues", {})]
@@ -530,7 +536,23 @@ class PostgresBroker(Broker):
             await conn.execute(_Q["forget_idle_limits"], {"now": now})
             await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})
             await conn.execute(_Q["progress_orphans"])
+        if purged:
+            await self._operations.forget_orphans()
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
+
+    # -- operations: pause flags and attempt history (`_operate.py`) --------------------
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        return await self._operations.set_paused(name, paused)
+
+    async def paused(self) -> dict[str, float]:
+        return await self._operations.paused()
+
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        await self._operations.record_attempt(job_id, token, record, keep)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        return await self._operations.attempt_records(job_id)
 
 
 # -- helpers ------------------------------------------------------------------------------

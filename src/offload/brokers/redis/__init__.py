@@ -37,7 +37,7 @@ Connections belong to the event loop that opened them (`Capabilities.loop_bound`
 Beside the hot path here (enqueue, reserve, extend, release, `settle_many`, the fleet),
 each role is one class built on an `Executor` (`_executor.py`: scripts, pipelines and
 the key schema): `Inspector` (`_inspect.py`), `Flow` (`_flow.py`), `Signals`
-(`_signals.py`), `Workflows` (`_workflows.py`).
+(`_signals.py`), `Workflows` (`_workflows.py`), `Operations` (`_operate.py`).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ from offload.brokers.redis._executor import SCRIPTS, Executor
 from offload.brokers.redis._flow import Flow, workflow_flag
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
+from offload.brokers.redis._operate import Operations
 from offload.brokers.redis._records import num, opt, text
 from offload.brokers.redis._scripts import Call, Client
 from offload.brokers.redis._signals import Signals
@@ -136,6 +137,7 @@ class RedisBroker(Broker):
         self.global_keys = x.global_keys
         self._flow = Flow(x, self.clock, retention_s)
         self._inspector = Inspector(x, self.clock)
+        self._operations = Operations(x, self.clock, retention_s)
         self._signals = Signals(x, self.clock, retention_s, self._subscribed)
         self._workflows = Workflows(x, retention_s)
         self._client: Client | None = None
@@ -587,3 +589,17 @@ class RedisBroker(Broker):
             ]
         removed = await self._x.run("worker_forget", self._worker_keys(), ["lapsed", num(now)])
         return SweepReport(expired=expired, purged=purged, workers_removed=int(removed))
+
+    # -- operations: pause flags and attempt history (`_operate.py`) --------------------
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        return await self._operations.set_paused(name, paused)
+
+    async def paused(self) -> dict[str, float]:
+        return await self._operations.paused()
+
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        await self._operations.record_attempt(job_id, token, record, keep)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        return await self._operations.attempt_records(job_id)
