@@ -1,6 +1,7 @@
 """Small builders shared by the conformance tests.
 
-They go through the public broker API only, so they work on every broker.
+They go through the public broker API only, so they work on every broker;
+`enqueue_one` and `reserve_one` need only the `Delivery` role.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from offload.brokers.base import Broker, Lease
+from offload.brokers.roles import Delivery
 from offload.clock import Clock
 from offload.codec import encode_envelope, encode_value
 from offload.envelope import Envelope, ErrorInfo, JobState, new_job_id
@@ -36,7 +38,7 @@ def make_job(clock: Clock, task: str = "t", **fields: Any) -> tuple[Envelope, by
     return envelope, encode_envelope(envelope)
 
 
-async def enqueue_one(broker: Broker, task: str = "t", **fields: Any) -> str:
+async def enqueue_one(broker: Delivery, task: str = "t", **fields: Any) -> str:
     """Enqueue one new job and return its id; fails the test if it was not created."""
     envelope, payload = make_job(broker.clock, task, **fields)
     [result] = await broker.enqueue([(envelope, payload)])
@@ -46,7 +48,7 @@ async def enqueue_one(broker: Broker, task: str = "t", **fields: Any) -> str:
 
 
 async def reserve_one(
-    broker: Broker,
+    broker: Delivery,
     queues: tuple[str, ...] = ("default",),
     *,
     worker_id: str = "w1",

@@ -22,7 +22,7 @@ import pytest
 
 from offload import Offload
 from offload.brokers import from_url
-from offload.brokers.base import Ack, Broker
+from offload.brokers.base import Broker, Settlement
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
 from offload.codec import encode_value
@@ -66,8 +66,8 @@ async def run_to_success(broker: Broker, clock: FakeClock, n: int, ttl_s: float)
         jobs = [make_job(clock, key=f"k{i}") for i in range(start, min(n, start + 1000))]
         await broker.enqueue(jobs)
     while leases := await broker.reserve(["default"], worker_id="w", lease_s=60, limit=1000):
-        acks = [Ack(lease, encode_value(1), ttl_s) for lease in leases]
-        assert all(await broker.ack_many(acks))
+        acks = [Settlement.ack(lease, encode_value(1), result_ttl_s=ttl_s) for lease in leases]
+        assert all(await broker.settle_many(acks))
 
 
 async def assert_reaped(url: str, n: int) -> None:
@@ -212,7 +212,7 @@ def test_every_script_documents_its_keys_and_argv() -> None:
 
 def test_queue_names_cannot_break_out_of_their_hash_tag() -> None:
     broker = RedisBroker("redis://localhost?prefix=p")
-    tags = {broker._q(name).ready.split("}")[0] for name in ("a}b", "a{b", "%", "", "a")}
+    tags = {broker._x.q(name).ready.split("}")[0] for name in ("a}b", "a{b", "%", "", "a")}
     assert len(tags) == 5
     assert all(tag.count("{") == 1 for tag in tags)
 
@@ -254,7 +254,7 @@ async def test_ends_are_published_only_for_jobs_someone_waits_on(redis_url: str)
             await asyncio.sleep(0.2)  # registered in the queue's waiters
             leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=2)
             assert {lease.job_id for lease in leases} == {plain, watched}
-            assert all(await broker.ack_many([Ack(lease, None, None) for lease in leases]))
+            assert all(await broker.settle_many([Settlement.ack(lease, None) for lease in leases]))
             await asyncio.wait_for(waiting, 2)
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
         assert message is not None and message["data"] == watched.encode()

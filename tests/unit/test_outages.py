@@ -29,8 +29,8 @@ from tests.conftest import BROKER_NAMES
 
 #: The broker calls the worker's and the scheduler's loops make.
 CALLS = (
-    "reserve", "next_due", "wait", "extend", "ack", "ack_many", "retry", "bury",
-    "cancel_requested", "cancel_running", "register_worker", "sweep", "outbox",
+    "reserve", "next_due", "wait", "extend", "settle_many",
+    "cancel_requested", "register_worker", "sweep", "outbox",
     "clear_outbox", "enqueue", "find", "get_job", "cancel", "workers",
 )  # fmt: skip
 
@@ -114,7 +114,7 @@ async def test_worker_rides_out_an_outage_in_every_loop_with_one_warning(
 
             await wait_for(all_succeeded)
         assert runs == dict.fromkeys(runs, 1), "a job ran twice"
-        loops = {"reserve", "extend", "register_worker", "sweep", "outbox", "ack_many", "find"}
+        loops = {"reserve", "extend", "register_worker", "sweep", "outbox", "settle_many", "find"}
         assert loops <= set(outage.failed), outage.failed
         assert "cancel_requested" in outage.failed  # the async jobs' cancel checks
         about, loud = outage_report(caplog)

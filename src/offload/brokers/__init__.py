@@ -7,10 +7,12 @@ imported when a URL with its scheme is first opened.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from offload.brokers.base import Broker
+from offload.brokers.roles import Delivery
 from offload.errors import ConfigurationError
 
 __all__ = ["SCHEMES", "from_url"]
@@ -26,14 +28,31 @@ SCHEMES: dict[str, tuple[str, str]] = {
 }
 
 
-def from_url(url: str, **kwargs: Any) -> Broker:
+def from_url(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker:
     """Build the broker a URL names (not yet connected).
+
+    A URL naming a broker that only delivers (`offload.brokers.roles.Delivery`) is
+    combined with a full broker for the other roles (`offload.brokers.composite`):
+    the one `state_url` names, else `OFFLOAD_STATE_URL`. `kwargs` go to both.
 
     Raises:
         ConfigurationError: the URL is malformed (a bad host or port too) or its scheme
             is unknown, saying which schemes exist; like every offload error, its
-            message shows the URL without its credentials.
+            message shows the URL without its credentials. Also when the URL names a
+            delivery-only broker and no state store is set (naming the setting).
     """
+    cls = _broker_class(url)
+    if issubclass(cls, Broker):
+        return cls(url, **kwargs)
+    from offload.brokers.composite import with_state_store
+
+    state_url = state_url or os.environ.get("OFFLOAD_STATE_URL") or None
+    store = None if state_url is None else from_url(state_url, **kwargs)
+    return with_state_store(cls(url, **kwargs), store)
+
+
+def _broker_class(url: str) -> type[Delivery]:
+    """The class a URL's scheme names, imported now."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             f"invalid broker URL {url!r}: expected SCHEME://…, "
@@ -58,5 +77,5 @@ def from_url(url: str, **kwargs: Any) -> Broker:
             f"the {scheme!r} broker needs an extra: "
             f"pip install 'offload[{module_name.rpartition('.')[2]}]' ({exc})"
         ) from exc
-    cls: type[Broker] = getattr(module, class_name)
-    return cls(url, **kwargs)
+    cls: type[Delivery] = getattr(module, class_name)
+    return cls

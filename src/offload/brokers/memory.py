@@ -15,26 +15,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from offload.brokers._depth import adding_per_queue, check_depth
 from offload.brokers._wakeup import JobWaiters, Wakeup
 from offload.brokers.base import (
     LEASE_EXPIRED,
     Broker,
     Capabilities,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
 from offload.codec import decode_value
-from offload.envelope import TERMINAL_STATES, Envelope, ErrorInfo, JobState
-from offload.errors import LeaseLost, QueueFull
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
+from offload.errors import LeaseLost
 from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]
+
+#: Endings that put the job back in the schedule (a worker may wait for it).
+_RESCHEDULING = (Ending.RETRY, Ending.DEFER)
 
 
 @dataclass(slots=True)
@@ -210,18 +216,13 @@ class MemoryBroker(Broker):
         return results
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
-        adding: dict[str, int] = {}
-        for env, _ in jobs:
-            adding[env.queue] = adding.get(env.queue, 0) + 1
+        adding = adding_per_queue(jobs)
         waiting = (JobState.QUEUED, JobState.SCHEDULED)
-        for queue, n in adding.items():
-            depth = sum(
-                1 for r in self._jobs.values() if r.info.queue == queue and r.info.state in waiting
-            )
-            if depth + n > max_depth:
-                raise QueueFull(f"queue {queue!r} holds {depth} waiting jobs (max {max_depth})")
-
-    # -- consumer ---------------------------------------------------------------------
+        depths = dict.fromkeys(adding, 0)
+        for rec in self._jobs.values():
+            if rec.info.queue in depths and rec.info.state in waiting:
+                depths[rec.info.queue] += 1
+        check_depth(adding, depths, max_depth)
 
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
@@ -300,56 +301,48 @@ class MemoryBroker(Broker):
                 out.append(ok)
         return out
 
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        held: list[bool] = []
         with self._lock:
-            rec = self._leased(lease)
             now = self.clock.now()
-            self._finish(rec)
-            rec.purge_at = now + (self.retention_s if result_ttl_s is None else result_ttl_s)
+            for item in settlements:
+                try:
+                    rec = self._leased(item.lease)
+                except LeaseLost:
+                    held.append(False)
+                    continue
+                self._finish(rec)
+                self._settle(rec, item, now)
+                held.append(True)
+        if any(item.ending in _RESCHEDULING for item in settlements):
+            self._wakeup.notify()
+        return held
+
+    def _settle(self, rec: _Record, item: Settlement, now: float) -> None:
+        ending = item.ending
+        if ending is Ending.ACK:
+            ttl_s = self.retention_s if item.result_ttl_s is None else item.result_ttl_s
+            rec.purge_at = now + ttl_s
             self._set(
                 rec,
                 state=JobState.SUCCEEDED,
-                result=result,
+                result=item.result,
                 finished_at=now,
                 lease_deadline=None,
                 error=None,
             )
-
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
-            self._set(rec, state=JobState.SCHEDULED, due_at=at, error=error, lease_deadline=None)
+        elif ending in _RESCHEDULING:
+            changes: dict[str, object] = {"error": item.error}
+            if ending is Ending.DEFER:
+                changes = {"attempt": max(rec.info.attempt - 1, 0), "worker_id": None}
+            self._set(rec, state=JobState.SCHEDULED, due_at=item.at, lease_deadline=None, **changes)
             self._push_scheduled(rec)
-        self._wakeup.notify()
-
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
+        else:
+            if ending is Ending.CANCEL:
+                rec.purge_at = now + self.retention_s
             self._set(
-                rec,
-                state=JobState.DEAD,
-                error=error,
-                finished_at=self.clock.now(),
-                lease_deadline=None,
+                rec, state=ending.state, error=item.error, finished_at=now, lease_deadline=None
             )
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
-            attempt = max(rec.info.attempt - 1, 0)
-            self._set(
-                rec,
-                state=JobState.SCHEDULED,
-                due_at=at,
-                attempt=attempt,
-                lease_deadline=None,
-                worker_id=None,
-            )
-            self._push_scheduled(rec)
-        self._wakeup.notify()
 
     async def release(self, leases: Sequence[Lease]) -> None:
         with self._lock:
@@ -391,16 +384,6 @@ class MemoryBroker(Broker):
                 for r in found
                 if r is not None and r.info.cancel_requested and r.info.state is JobState.RUNNING
             }
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        with self._lock:
-            rec = self._leased(lease)
-            self._finish(rec)
-            now = self.clock.now()
-            rec.purge_at = now + self.retention_s
-            self._set(
-                rec, state=JobState.CANCELLED, error=error, finished_at=now, lease_deadline=None
-            )
 
     async def outbox(self, limit: int = 500) -> list[Ended]:
         with self._lock:

@@ -23,7 +23,7 @@ store, for the other four (`offload.brokers.composite`). `wait` is in Delivery, 
 Signals: new work is announced by whatever delivers it.
 
 Every way a lease ends is one `Settlement` passed to `Delivery.settle_many`, in
-batches: the worker group-commits all of them (`offload.worker.leases`).
+batches: the worker group-commits all of them (`offload.worker.settler`).
 
 Lifecycle of a job, by broker operation:
 
@@ -46,7 +46,7 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
+from typing import Any, Protocol, Self, final, runtime_checkable
 
 from offload._redact import redact_url
 from offload.brokers.records import (
@@ -63,9 +63,6 @@ from offload.brokers.records import (
 from offload.clock import Clock, SystemClock
 from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import LeaseLost
-
-if TYPE_CHECKING:
-    from typing import Self
 
 #: The roles, and the records they take and return (re-exported from
 #: `offload.brokers.records`, so one import gives the whole contract).

@@ -2,7 +2,7 @@
 
 A task's rate limit (`Broker.take_rate`) and concurrency limit (`Broker.acquire_slot`,
 holder = job id) are checked after `reserve`, before the job runs. A job that may not
-run yet is deferred (`Broker.defer`: back to `scheduled`, its attempt not counted) to
+run yet is deferred (a `defer` settlement: back to `scheduled`, its attempt not counted) to
 when a token or slot should be free, and the worker moves on to its next job, so jobs
 of other keys and tasks are never stuck behind it.
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from offload.brokers.roles import Settlement
 from offload.codec import decode_envelope
 from offload.envelope import Envelope
 
@@ -57,9 +59,18 @@ _GO = Verdict(True)
 
 
 class Admission:
-    def __init__(self, app: Offload, *, lease_s: float) -> None:
+    def __init__(
+        self,
+        app: Offload,
+        *,
+        lease_s: float,
+        settle: Callable[[Settlement], Awaitable[None]] | None = None,
+    ) -> None:
+        """`settle` records a deferral (the worker's batcher of settlements; by default
+        the broker's `settle`); it raises `LeaseLost` for a lease no longer held."""
         self.app = app
         self.lease_s = lease_s
+        self._settle = settle or app.broker.settle
         self.limits = {n: t.defaults.limits for n, t in app.tasks.items() if t.defaults.limits}
         self._next_at: dict[str, float] = {}
 
@@ -114,7 +125,7 @@ class Admission:
         if len(self._next_at) >= _MAX_KEYS:
             self._next_at = {k: t for k, t in self._next_at.items() if t > now}
         self._next_at[key] = at
-        await self.app.broker.defer(lease, at=at)
+        await self._settle(Settlement.defer(lease, at=at))
         logger.debug(
             "job %s deferred %.3f s by limit %s",
             lease.job_id,

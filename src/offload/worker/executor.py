@@ -6,7 +6,7 @@ functions with a timeout in a child process (the only way to really stop them).
 Cancelling a running job (`Job.cancel()`): the worker polls the broker for the flag
 (`Broker.cancel_requested`, every `CANCEL_POLL_S`) and cancels an async handler's
 asyncio task, so it sees `CancelledError` at its next await; the job ends `cancelled`
-(`Broker.cancel_running`). A sync handler cannot be interrupted safely: it runs to
+(a `cancel` settlement). A sync handler cannot be interrupted safely: it runs to
 completion and its outcome is recorded as usual (the flag stays visible in
 `JobInfo.cancel_requested`). A
 job that cannot be decoded or names an unknown task is buried with that reason; it

@@ -1,43 +1,50 @@
-"""Group commit of acks: one broker round trip for every job that finished meanwhile;
-and, when the broker refuses a lease, whether the job may really run twice.
+"""Group commit of every outcome: one broker round trip for every job that settled
+meanwhile; and, when the broker refuses a lease, whether the job may really run twice.
 
-A job's ack is not delayed to fill a batch. The first ack starts a flush at once; acks
-that arrive while that flush is in flight wait for the next one, so batches grow
-exactly when the broker is the bottleneck and stay at one job when the worker is idle.
-The job's task awaits its own ack, so its lease is kept alive (and shutdown waits for
-it) until the ack is durable.
+Acks, retries, burials, deferrals and cancellations all go through one
+`Settlements` batcher to `Broker.settle_many`. A job's settlement is not delayed to
+fill a batch. The first starts a flush at once; settlements that arrive while that
+flush is in flight wait for the next one, so batches grow exactly when the broker is
+the bottleneck and stay at one job when the worker is idle. The job's task awaits its
+own settlement, so its lease is kept alive (and shutdown waits for it) until the
+settlement is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from offload.brokers.base import LEASE_EXPIRED, Ack, Broker, Lease
+from offload.brokers.base import LEASE_EXPIRED, Broker, Lease, Settlement
+from offload.errors import LeaseLost
 
-__all__ = ["AckBatcher", "lease_fate"]
+__all__ = ["Settlements", "lease_fate"]
 
-#: Most acks written in one broker call.
+#: Most settlements written in one broker call.
 MAX_BATCH = 500
 
 
-class AckBatcher:
+class Settlements:
+    """The worker's group commit of settlements (see the module docstring)."""
+
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._pending: list[tuple[Ack, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[Settlement, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def ack(self, item: Ack) -> bool:
-        """Record a success; False if the lease was no longer held.
+    async def settle(self, item: Settlement) -> None:
+        """Record one settlement, in the next batch.
 
         Raises:
+            LeaseLost: the lease was no longer held.
             BrokerError: the broker failed; the job stays leased and runs again after
                 its lease lapses.
         """
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name="ack flush")
-        return await asyncio.shield(future)
+            self._flusher = asyncio.create_task(self._flush(), name="settlement flush")
+        if not await asyncio.shield(future):
+            raise LeaseLost(f"lease on job {item.lease.job_id} is no longer held")
 
     async def _flush(self) -> None:
         try:
@@ -45,7 +52,7 @@ class AckBatcher:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
                 try:
-                    held = await self._broker.ack_many([item for item, _ in batch])
+                    held = await self._broker.settle_many([item for item, _ in batch])
                 except Exception as exc:
                     for _, future in batch:
                         future.set_exception(exc)

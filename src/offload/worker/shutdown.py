@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from offload import attempts as history
+from offload.brokers.roles import Settlement
 from offload.envelope import ErrorInfo
-from offload.errors import LeaseLost
 
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, Lease
@@ -26,31 +26,29 @@ async def give_back(
     broker: Broker, leases: Sequence[Lease], now: float, worker_id: str | None = None
 ) -> None:
     """Schedule jobs whose handlers were stopped to run again at `now` (the attempt
-    counts, and is recorded in the job's history); one that cannot be given back runs
-    again once its lease lapses."""
+    counts, and is recorded in the job's history), all in one `settle_many`; a job that
+    cannot be given back (or whose lease is gone) runs again once its lease lapses."""
     if not leases:
         return
     error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
-    for lease in leases:
-        attempt = history.Attempt(
-            number=lease.attempt,
-            outcome=history.AttemptOutcome.RETRIED,
-            worker_id=worker_id,
-            finished_at=now,
-            error=error,
-        )
-        try:
+    try:
+        for lease in leases:
+            attempt = history.Attempt(
+                number=lease.attempt,
+                outcome=history.AttemptOutcome.RETRIED,
+                worker_id=worker_id,
+                finished_at=now,
+                error=error,
+            )
             await broker.record_attempt(
                 lease.job_id, lease.token, history.encode(attempt), keep=history.ATTEMPTS_KEPT
             )
-            await broker.retry(lease, at=now, error=error)
-        except LeaseLost:
-            pass
-        except Exception:
-            logger.exception(
-                "job %s: could not give it back; it runs again once its lease lapses",
-                lease.job_id,
-            )
+        await broker.settle_many([Settlement.retry(lease, at=now, error=error) for lease in leases])
+    except Exception:
+        logger.exception(
+            "%d jobs could not be given back; they run again once their leases lapse",
+            len(leases),
+        )
     logger.warning(
         "%d jobs did not finish within the grace period; they will run again",
         len(leases),

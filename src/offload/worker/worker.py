@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 from offload import attempts as history
 from offload import validation
 from offload._health import Attempts, BrokerHealth
-from offload.brokers.base import Ack, Lease, WorkerInfo
+from offload.brokers.base import Lease, Settlement, WorkerInfo
 from offload.envelope import ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 from offload.hooks import OUTCOMES
@@ -56,7 +56,7 @@ from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome, decoded
 from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.recycling import Recycling
-from offload.worker.settler import AckBatcher, lease_fate
+from offload.worker.settler import Settlements, lease_fate
 from offload.worker.shutdown import end_process, give_back
 
 if TYPE_CHECKING:
@@ -152,8 +152,8 @@ class Worker:
         self._capacity = asyncio.Event()
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
-        self._acks = AckBatcher(app.broker)
-        self.admission = Admission(app, lease_s=lease_s)
+        self._settlements = Settlements(app.broker)
+        self.admission = Admission(app, lease_s=lease_s, settle=self._settlements.settle)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
@@ -493,16 +493,18 @@ class Worker:
     async def _apply(self, lease: Lease, outcome: Outcome) -> None:
         """Record the outcome (the job log reports it: `offload.logging.job_log`)."""
         if outcome.action == "ack":
-            if not await self._acks.ack(Ack(lease, outcome.result, outcome.result_ttl_s)):
-                raise LeaseLost()
+            await self._settlements.settle(
+                Settlement.ack(lease, outcome.result, result_ttl_s=outcome.result_ttl_s)
+            )
             return
-        assert outcome.error is not None
+        error = outcome.error
+        assert error is not None
         if outcome.action == "retry":
-            await self.broker.retry(lease, at=outcome.at, error=outcome.error)
+            await self._settlements.settle(Settlement.retry(lease, at=outcome.at, error=error))
         elif outcome.action == "cancel":
-            await self.broker.cancel_running(lease, error=outcome.error)
+            await self._settlements.settle(Settlement.cancel(lease, error=error))
         else:
-            await self.broker.bury(lease, error=outcome.error)
+            await self._settlements.settle(Settlement.bury(lease, error=error))
 
     # -- side tasks --------------------------------------------------------------------
 

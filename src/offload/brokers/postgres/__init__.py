@@ -1,18 +1,22 @@
 """`postgresql://`: jobs in PostgreSQL, shared by any number of workers and machines.
 
 - **One statement per state change.** A reservation is one call of the server-side
-  function `offload_reserve_v1` (promote due jobs, reclaim lapsed leases, expire stale
+  function `offload_reserve_v2` (promote due jobs, reclaim lapsed leases, expire stale
   ones, then claim with `FOR UPDATE SKIP LOCKED` feeding `UPDATE ... RETURNING`); every
   other operation is one statement in autocommit mode. Partial indexes keep each step's
   cost independent of how many finished jobs the table holds.
 - **No polling.** `LISTEN/NOTIFY` wakes idle workers when a job becomes ready
   (`_listener.py`); `next_due` bounds their sleep for delayed jobs. Job ends are
-  notified too, so `wait_finished` returns as soon as a job ends anywhere (`_ends.py`).
+  notified too, so `wait_finished` returns as soon as a job ends anywhere (`_signals.py`).
 - **Enqueue in the application's transaction** (`enqueue_in`, `_enqueue.py`): the job
   commits or rolls back with the application's own rows.
 - **Versioned migrations** (`_sql.py`), applied by `connect()` or `offload migrate`.
-- **Inspection** (counts, lookups, listings, the dead-letter operations) is in
-  `_inspect.py`, apart from the worker's hot path.
+- **One class per role beside the hot path**, each built on a `Database` (`_executor.py`:
+  named queries and pooled connections): `Inspector` (`_inspect.py`), `Flow` (limits,
+  joins, registers, outbox: `_flow.py`), `Signals` (cancel, `wait_finished`:
+  `_signals.py`), `Inserter` (`_enqueue.py`), `Operations` (pause flags, attempt
+  history: `_operate.py`). Delivery (reserve, extend, release,
+  `settle_many`) and the fleet are here.
 
 The URL is libpq's, plus offload's own query parameters: `schema` (tables live in this
 schema, created if needed, instead of the connection's default search_path) and
@@ -42,40 +46,45 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
-    Ack,
     Broker,
     Capabilities,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import (
-    _cancel,
-    _ends,
-    _enqueue,
-    _inspect,
-    _joins,
-    _limits,
-    _operate,
-    _rows,
-)
-from offload.brokers.postgres._listener import Listener
-from offload.brokers.postgres._sql import load_queries, migrate, schema_version
+from offload.brokers.postgres import _rows
+from offload.brokers.postgres._enqueue import Inserter
+from offload.brokers.postgres._executor import QUERIES as _Q
+from offload.brokers.postgres._executor import Connection, Database
+from offload.brokers.postgres._flow import Flow
+from offload.brokers.postgres._inspect import Inspector
+from offload.brokers.postgres._listener import Listener, channel_name, ends_channel
+from offload.brokers.postgres._operate import Operations
+from offload.brokers.postgres._signals import EndWaiters, Signals
+from offload.brokers.postgres._sql import migrate, schema_version
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
-from offload.envelope import Envelope, ErrorInfo, JobState
-from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
+from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 __all__ = ["PostgresBroker", "parse_url"]
 
 #: Most finished jobs one `sweep` deletes: a bounded transaction; the next sweep goes on.
 SWEEP_BATCH = 10_000
-_Q = load_queries()
+#: The statement that records each way a lease ends but `ack` (`ack_many`: batched).
+_SETTLE = {
+    Ending.RETRY: _Q["retry"],
+    Ending.BURY: _Q["bury"],
+    Ending.DEFER: _Q["defer"],
+    Ending.CANCEL: _Q["cancel_running"],
+}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _OUR_PARAMS = ("schema", "pool_max")
 
@@ -86,7 +95,7 @@ class Settings:
     schema: str | None
     pool_max: int
     channel: str  # the NOTIFY channel of this schema's jobs
-    ends_channel: str  # the NOTIFY channel of this schema's job ends (`_ends.py`)
+    ends_channel: str  # the NOTIFY channel of this schema's job ends (`_signals.py`)
 
 
 def parse_url(url: str) -> Settings:
@@ -111,8 +120,8 @@ def parse_url(url: str) -> Settings:
     if pool_max < 1:
         raise ConfigurationError(f"pool_max must be at least 1 in {url!r}")
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
-    channel = _ends.channel_name("offload", schema)
-    return Settings(conninfo, schema, pool_max, channel, _ends.ends_channel(schema))
+    channel = channel_name("offload", schema)
+    return Settings(conninfo, schema, pool_max, channel, ends_channel(schema))
 
 
 @dataclass(slots=True)
@@ -151,7 +160,21 @@ class PostgresBroker(Broker):
         self.settings = parse_url(url)
         self._lock = threading.Lock()
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Task[_LoopState]] = {}
-        self._ends = _ends.EndWaiters()  # `wait_finished`, for every loop of this broker
+        self._ends = EndWaiters()  # `wait_finished`, for every loop of this broker
+        s = self.settings
+        self._db = Database(self._conn)
+        self._enqueuer = Inserter(self._db, self.clock, schema=s.schema, channel=s.channel)
+        self._flow = Flow(self._db, self.clock)
+        self._inspector = Inspector(self._db, self.clock, s.channel)
+        self._operations = Operations(self._db, self.clock)
+        self._signals = Signals(
+            self._db,
+            self.clock,
+            retention_s=retention_s,
+            ends_channel=s.ends_channel,
+            waiters=self._ends,
+            listen_ends=self._listen_ends,
+        )
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -191,7 +214,7 @@ class PostgresBroker(Broker):
         return _LoopState(pool, listener)
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+    async def _conn(self) -> AsyncIterator[Connection]:
         """A pooled connection (autocommit), with psycopg's errors made ours."""
         state = await self._state()
         try:
@@ -203,14 +226,8 @@ class PostgresBroker(Broker):
         except psycopg.Error as exc:
             raise BrokerError(f"PostgreSQL error: {exc}") from exc
 
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        async with self._conn() as conn:
-            cur = await conn.execute(_Q[name], params)
-            return await cur.fetchall() if cur.description else []
-
-    async def _rowcount(self, name: str, params: dict[str, Any]) -> int:
-        async with self._conn() as conn:
-            return (await conn.execute(_Q[name], params)).rowcount
+    async def _listen_ends(self) -> None:
+        await (await self._state()).listener.listen_ends()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -257,12 +274,7 @@ class PostgresBroker(Broker):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        if not jobs:
-            return []
-        if max_depth is not None:
-            return await _limits.enqueue_bounded(self, jobs, max_depth)
-        async with self._conn() as conn:
-            return await self._enqueue_on(conn, jobs, schema=None)
+        return await self._enqueuer.enqueue(jobs, max_depth)
 
     async def enqueue_in(
         self, connection: psycopg.AsyncConnection[Any], jobs: Sequence[tuple[Envelope, bytes]]
@@ -278,23 +290,14 @@ class PostgresBroker(Broker):
             ConfigurationError: the connection is in autocommit mode outside a
                 transaction block, where there is no transaction to join.
         """
-        return await _enqueue.enqueue_in(self, connection, jobs)
+        return await self._enqueuer.enqueue_in(connection, jobs)
 
     def enqueue_in_sync(
         self, connection: psycopg.Connection[Any], jobs: Sequence[tuple[Envelope, bytes]]
     ) -> list[EnqueueResult]:
         """`enqueue_in` on a synchronous psycopg connection (a Django, Flask or script
         transaction). Same contract; blocks for one or two statements."""
-        return _enqueue.enqueue_in_sync(self, connection, jobs)
-
-    async def _enqueue_on(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        jobs: Sequence[tuple[Envelope, bytes]],
-        *,
-        schema: str | None,
-    ) -> list[EnqueueResult]:
-        return await _enqueue.enqueue_on(self, conn, jobs, schema)
+        return self._enqueuer.enqueue_in_sync(connection, jobs)
 
     # -- consumer -------------------------------------------------------------------------
 
@@ -314,7 +317,7 @@ class PostgresBroker(Broker):
             "retention_s": self.retention_s,
             "ends": self.settings.ends_channel,
         }
-        rows = await self._rows("reserve", params)
+        rows = await self._db.rows("reserve", params)
         return [
             Lease(r["id"], r["token"], r["queue"], r["attempt"], r["deadline"], bytes(r["payload"]))
             for r in rows
@@ -331,7 +334,7 @@ class PostgresBroker(Broker):
         await state.listener.wait(queues, timeout_s)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
-        rows = await self._rows("next_due", {"queues": list(queues)})
+        rows = await self._db.rows("next_due", {"queues": list(queues)})
         due = rows[0]["min"] if rows else None
         return None if due is None else float(due)
 
@@ -344,27 +347,49 @@ class PostgresBroker(Broker):
             "ids": [lease.job_id for lease in leases],
             "tokens": [lease.token for lease in leases],
         }
-        held = {(row["id"], row["token"]) for row in await self._rows("extend", params)}
+        held = {(row["id"], row["token"]) for row in await self._db.rows("extend", params)}
         return [(lease.job_id, lease.token) in held for lease in leases]
 
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
-        now = self.clock.now()
-        ttl = self.retention_s if result_ttl_s is None else result_ttl_s
-        params = {
-            "result": result,
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """The acks in one statement (one round trip, one commit); the other endings
+        one statement each, on one connection."""
+        if not settlements:
+            return []
+        held = [False] * len(settlements)
+        acks = [i for i, item in enumerate(settlements) if item.ending is Ending.ACK]
+        if acks:
+            for i, ok in zip(
+                acks, await self._ack_many([settlements[i] for i in acks]), strict=True
+            ):
+                held[i] = ok
+        if len(acks) < len(settlements):
+            now = self.clock.now()
+            async with self._conn() as conn:
+                for i, item in enumerate(settlements):
+                    if item.ending is not Ending.ACK:
+                        cur = await conn.execute(
+                            _SETTLE[item.ending], self._settle_params(item, now)
+                        )
+                        held[i] = len(await cur.fetchall()) == 1
+        ended = zip(settlements, held, strict=True)
+        self._ends.notify(s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES)
+        return held
+
+    def _settle_params(self, item: Settlement, now: float) -> dict[str, Any]:
+        """The named parameters of the settlement's query; each reads the ones it needs."""
+        return {
+            "id": item.lease.job_id,
+            "token": item.lease.token,
             "now": now,
-            "purge_at": now + ttl,
-            "id": lease.job_id,
-            "token": lease.token,
+            "at": item.at,
+            "error": None if item.error is None else encode_error(item.error).decode(),
+            "purge_at": now + self.retention_s,
+            "channel": self.settings.channel,
             "ends": self.settings.ends_channel,
         }
-        _check_held(await self._rowcount("ack", params), lease)
-        self._ends.notify([lease.job_id])
 
-    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
+    async def _ack_many(self, acks: Sequence[Settlement]) -> list[bool]:
         """Every ack in one statement (one round trip, one commit) for the batch."""
-        if not acks:
-            return []
         params = {
             "now": self.clock.now(),
             "ids": [a.lease.job_id for a in acks],
@@ -373,42 +398,11 @@ class PostgresBroker(Broker):
             "ttls": [self.retention_s if a.result_ttl_s is None else a.result_ttl_s for a in acks],
             "ends": self.settings.ends_channel,
         }
-        held = {(row["id"], row["token"]) for row in await self._rows("ack_many", params)}
-        self._ends.notify(job_id for job_id, _ in held)
+        held = {(row["id"], row["token"]) for row in await self._db.rows("ack_many", params)}
         return [(a.lease.job_id, a.lease.token) in held for a in acks]
 
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        params = {
-            "at": at,
-            "now": self.clock.now(),
-            "error": encode_error(error).decode(),
-            "id": lease.job_id,
-            "token": lease.token,
-            "channel": self.settings.channel,
-        }
-        _check_held(len(await self._rows("retry", params)), lease)
-
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
-        return await _cancel.cancel_requested(self, leases)
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        await _cancel.cancel_running(self, lease, error)
-
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        params = {
-            "error": encode_error(error).decode(),
-            "now": self.clock.now(),
-            "id": lease.job_id,
-            "token": lease.token,
-            "ends": self.settings.ends_channel,
-        }
-        _check_held(await self._rowcount("bury", params), lease)
-        self._ends.notify([lease.job_id])
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        params = {"at": at, "now": self.clock.now(), "id": lease.job_id}
-        params |= {"token": lease.token, "channel": self.settings.channel}
-        _check_held(len(await self._rows("defer", params)), lease)
+        return await self._signals.cancel_requested(leases)
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if not leases:
@@ -418,41 +412,36 @@ class PostgresBroker(Broker):
             "tokens": [lease.token for lease in leases],
             "channel": self.settings.channel,
         }
-        await self._rows("release", params)
+        await self._db.rows("release", params)
 
     async def cancel(self, job_id: str) -> bool:
-        now = self.clock.now()
-        ends = self.settings.ends_channel
-        params = {"id": job_id, "now": now, "purge_at": now + self.retention_s, "ends": ends}
-        rows = await self._rows("cancel", params)
-        self._ends.notify([job_id])  # spurious if it was running (only flagged): allowed
-        return bool(rows)
+        return await self._signals.cancel(job_id)
 
     async def outbox(self, limit: int = 500) -> list[Ended]:
-        return await _ends.outbox(self, limit)
+        return await self._flow.outbox(limit)
 
     async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        await _ends.clear_outbox(self, job_ids)
+        await self._flow.clear_outbox(job_ids)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
         """Return within a round trip of the job's end in any process (a NOTIFY on
         the ends channel), or after `timeout_s`; at once if it is terminal or unknown."""
-        await _ends.wait_finished(self, job_id, timeout_s)
+        await self._signals.wait_finished(job_id, timeout_s)
 
     # -- inspection -----------------------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         """Per queue: the requested ones (even if unknown), else every known queue."""
-        return await _inspect.counts(self, queues)
+        return await self._inspector.counts(queues)
 
     async def get_job(self, job_id: str) -> JobInfo | None:
-        return await _inspect.get_job(self, job_id)
+        return await self._inspector.get_job(job_id)
 
     async def set_progress(self, job_id: str, progress: bytes) -> None:
-        await self._rowcount("set_progress", {"id": job_id, "progress": progress})
+        await self._db.rowcount("set_progress", {"id": job_id, "progress": progress})
 
     async def find(self, key: str) -> JobInfo | None:
-        return await _inspect.find(self, key)
+        return await self._inspector.find(key)
 
     async def list_jobs(
         self,
@@ -463,15 +452,15 @@ class PostgresBroker(Broker):
         cursor: str | None = None,
     ) -> Page:
         """Newest first; the cursor is the `seq` of the page's last job."""
-        return await _inspect.list_jobs(self, queue, state, limit, cursor)
+        return await self._inspector.list_jobs(queue, state, limit, cursor)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
-        return await _inspect.workflow_jobs(self, workflow_id, limit)
+        return await self._inspector.workflow_jobs(workflow_id, limit)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
-        return await _inspect.replay_dead(self, queue, job_ids)
+        return await self._inspector.replay_dead(queue, job_ids)
 
     async def purge_dead(
         self,
@@ -480,41 +469,34 @@ class PostgresBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        purged = await _inspect.purge_dead(self, queue, job_ids, older_than)
+        purged = await self._inspector.purge_dead(queue, job_ids, older_than)
         if purged:
-            await _operate.forget_orphans(self)
+            await self._operations.forget_orphans()
         return purged
 
     async def queues(self) -> list[str]:
-        return [row["name"] for row in await self._rows("queues", {})]
+        return [row["name"] for row in await self._db.rows("queues", {})]
 
     # -- coordination and housekeeping ----------------------------------------------------
 
     async def join(
         self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
     ) -> list[bytes] | None:
-        return await _joins.join(self, group_id, member_id, index, total, outcome)
+        return await self._flow.join(group_id, member_id, index, total, outcome)
 
     async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
-        return await _limits.take_rate(self, key, limit, per_s)
+        return await self._flow.take_rate(key, limit, per_s)
 
     async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
-        return await _limits.acquire_slot(self, key, limit, holder, ttl_s)
+        return await self._flow.acquire_slot(key, limit, holder, ttl_s)
 
     async def release_slot(self, key: str, holder: str) -> None:
-        await _limits.release_slot(self, key, holder)
+        await self._flow.release_slot(key, holder)
 
     async def compare_and_set(
         self, name: str, expected: str | None, new: str, *, ttl_s: float
     ) -> str | None:
-        now = self.clock.now()
-        params = {"name": name, "expected": expected, "new": new, "now": now}
-        query = "register_set" if expected is None else "register_move"
-        if await self._rows(query, params | {"until": now + ttl_s}):
-            return new
-        # Left alone: the value it holds now (a later statement sees the latest commit).
-        rows = await self._rows("register_get", params)
-        return str(rows[0]["value"]) if rows else None
+        return await self._flow.compare_and_set(name, expected, new, ttl_s)
 
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         now = self.clock.now()
@@ -531,13 +513,13 @@ class PostgresBroker(Broker):
             "extra": encode_value(info.extra, what="worker extra").decode(),
             "expires_at": now + ttl_s,
         }
-        await self._rowcount("register_worker", params)
+        await self._db.rowcount("register_worker", params)
 
     async def unregister_worker(self, worker_id: str) -> None:
-        await self._rowcount("unregister_worker", {"id": worker_id})
+        await self._db.rowcount("unregister_worker", {"id": worker_id})
 
     async def workers(self) -> list[WorkerInfo]:
-        rows = await self._rows("live_workers", {"now": self.clock.now()})
+        rows = await self._db.rows("live_workers", {"now": self.clock.now()})
         return [_rows.worker_info(row) for row in rows]
 
     async def sweep(self) -> SweepReport:
@@ -556,22 +538,22 @@ class PostgresBroker(Broker):
             await conn.execute(_Q["progress_orphans"])
             await conn.execute(_Q["fold_counts"])  # bound the count deltas (0009)
         if purged:
-            await _operate.forget_orphans(self)
+            await self._operations.forget_orphans()
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
 
     # -- operations: pause flags and attempt history (`_operate.py`) --------------------
 
     async def set_paused(self, name: str, paused: bool) -> bool:
-        return await _operate.set_paused(self, name, paused)
+        return await self._operations.set_paused(name, paused)
 
     async def paused(self) -> dict[str, float]:
-        return await _operate.paused(self)
+        return await self._operations.paused()
 
     async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
-        await _operate.record_attempt(self, job_id, token, record, keep)
+        await self._operations.record_attempt(job_id, token, record, keep)
 
     async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
-        return await _operate.attempt_records(self, job_id)
+        return await self._operations.attempt_records(job_id)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -598,8 +580,3 @@ async def _check(pool: AsyncConnectionPool[Any]) -> None:
 def _unavailable(exc: Exception) -> BrokerUnavailable:
     """One line, as the CLI prints errors (libpq's messages span several)."""
     return BrokerUnavailable(f"PostgreSQL is unavailable: {' '.join(str(exc).split())}")
-
-
-def _check_held(changed: int, lease: Lease) -> None:
-    if changed != 1:
-        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

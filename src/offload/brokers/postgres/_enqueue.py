@@ -1,5 +1,10 @@
-"""Enqueue on PostgreSQL on a given connection: the broker's own pool, or the
-application's connection inside its transaction (`enqueue_in`, `enqueue_in_sync`).
+"""Enqueue on PostgreSQL on a given connection: the broker's own pool (bounded by
+`max_depth` or not), or the application's connection inside its transaction
+(`enqueue_in`, `enqueue_in_sync`).
+
+A bounded enqueue counts a queue's waiting jobs and then inserts, which one statement
+cannot make safe against a concurrent writer: it is one short transaction that first
+takes a transaction-scoped advisory lock on each of its queues.
 
 Every path runs the same statements with the same parameters (`_rows`), so a job
 enqueued in the application's transaction is stored exactly as one enqueued by the
@@ -10,75 +15,104 @@ broker. On the application's connection the tables are qualified with the URL's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
 
+from offload.brokers._depth import adding_per_queue, queue_full
 from offload.brokers.base import EnqueueResult
 from offload.brokers.postgres import _rows
-from offload.brokers.postgres._sql import load_queries, qualified
+from offload.brokers.postgres._executor import QUERIES as _Q
+from offload.brokers.postgres._executor import Database
+from offload.brokers.postgres._sql import qualified
+from offload.clock import Clock
 from offload.envelope import Envelope
 from offload.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from offload.brokers.postgres import PostgresBroker
-
-__all__ = ["enqueue_in", "enqueue_in_sync", "enqueue_on"]
-
-_Q = load_queries()
+__all__ = ["Inserter"]
 
 
-async def enqueue_in(
-    broker: PostgresBroker,
-    connection: psycopg.AsyncConnection[Any],
-    jobs: Sequence[tuple[Envelope, bytes]],
-) -> list[EnqueueResult]:
-    _require_transaction(connection)
-    if not jobs:
-        return []
-    return await enqueue_on(broker, connection, jobs, broker.settings.schema)
+class Inserter:
+    """Every enqueue path, on a `Database` or a given connection."""
 
+    def __init__(self, db: Database, clock: Clock, *, schema: str | None, channel: str) -> None:
+        self._db = db
+        self._clock = clock
+        self._schema = schema  # the URL's schema, named on the application's connection
+        self._channel = channel  # the NOTIFY channel of new work
 
-def enqueue_in_sync(
-    broker: PostgresBroker,
-    connection: psycopg.Connection[Any],
-    jobs: Sequence[tuple[Envelope, bytes]],
-) -> list[EnqueueResult]:
-    _require_transaction(connection)
-    if not jobs:
-        return []
-    s = broker.settings
-    with connection.cursor(row_factory=tuple_row) as cur:
-        cur.execute(
-            qualified(_Q["enqueue"], s.schema),
-            _rows.enqueue_params(jobs, broker.clock.now(), s.channel),
-        )
-        created = {row[0] for row in cur.fetchall()}
-        holders: dict[str, str] = {}
-        keys = _unresolved_keys(jobs, created)
-        if keys:
-            cur.execute(qualified(_Q["ids_for_keys"], s.schema), {"keys": keys})
-            holders = {row[0]: row[1] for row in cur.fetchall()}
-    return _rows.enqueue_results(jobs, created, holders)
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
+    ) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        if max_depth is not None:
+            return await self.enqueue_bounded(jobs, max_depth)
+        async with self._db.connection() as conn:
+            return await self.enqueue_on(conn, jobs, None)
 
+    async def enqueue_bounded(
+        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int
+    ) -> list[EnqueueResult]:
+        """`enqueue` that refuses (QueueFull) to push a queue past `max_depth` waiting jobs."""
+        adding = adding_per_queue(jobs)
+        async with self._db.connection() as conn, conn.transaction():
+            for queue in sorted(adding):  # one lock order: two bounded enqueues never deadlock
+                await conn.execute(_Q["lock_key"], {"lock": f"offload.depth:{queue}"})
+                row = await (await conn.execute(_Q["depth"], {"queue": queue})).fetchone()
+                depth = int(row["n"]) if row else 0
+                if depth + adding[queue] > max_depth:
+                    raise queue_full(queue, depth, max_depth)
+            return await self.enqueue_on(conn, jobs, None)
 
-async def enqueue_on(
-    broker: PostgresBroker,
-    conn: psycopg.AsyncConnection[Any],
-    jobs: Sequence[tuple[Envelope, bytes]],
-    schema: str | None,
-) -> list[EnqueueResult]:
-    params = _rows.enqueue_params(jobs, broker.clock.now(), broker.settings.channel)
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(qualified(_Q["enqueue"], schema), params)
-        created = {row[0] for row in await cur.fetchall()}
-        holders: dict[str, str] = {}
-        keys = _unresolved_keys(jobs, created)
-        if keys:
-            await cur.execute(qualified(_Q["ids_for_keys"], schema), {"keys": keys})
-            holders = {row[0]: row[1] for row in await cur.fetchall()}
-    return _rows.enqueue_results(jobs, created, holders)
+    async def enqueue_in(
+        self,
+        connection: psycopg.AsyncConnection[Any],
+        jobs: Sequence[tuple[Envelope, bytes]],
+    ) -> list[EnqueueResult]:
+        _require_transaction(connection)
+        if not jobs:
+            return []
+        return await self.enqueue_on(connection, jobs, self._schema)
+
+    def enqueue_in_sync(
+        self,
+        connection: psycopg.Connection[Any],
+        jobs: Sequence[tuple[Envelope, bytes]],
+    ) -> list[EnqueueResult]:
+        _require_transaction(connection)
+        if not jobs:
+            return []
+        with connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(
+                qualified(_Q["enqueue"], self._schema),
+                _rows.enqueue_params(jobs, self._clock.now(), self._channel),
+            )
+            created = {row[0] for row in cur.fetchall()}
+            holders: dict[str, str] = {}
+            keys = _unresolved_keys(jobs, created)
+            if keys:
+                cur.execute(qualified(_Q["ids_for_keys"], self._schema), {"keys": keys})
+                holders = {row[0]: row[1] for row in cur.fetchall()}
+        return _rows.enqueue_results(jobs, created, holders)
+
+    async def enqueue_on(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        jobs: Sequence[tuple[Envelope, bytes]],
+        schema: str | None,
+    ) -> list[EnqueueResult]:
+        params = _rows.enqueue_params(jobs, self._clock.now(), self._channel)
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(qualified(_Q["enqueue"], schema), params)
+            created = {row[0] for row in await cur.fetchall()}
+            holders: dict[str, str] = {}
+            keys = _unresolved_keys(jobs, created)
+            if keys:
+                await cur.execute(qualified(_Q["ids_for_keys"], schema), {"keys": keys})
+                holders = {row[0]: row[1] for row in await cur.fetchall()}
+        return _rows.enqueue_results(jobs, created, holders)
 
 
 def _require_transaction(

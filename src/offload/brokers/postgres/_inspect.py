@@ -11,125 +11,117 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from offload.brokers._sql_rows import queue_stats
 from offload.brokers.base import JobInfo, Page, QueueStats
 from offload.brokers.postgres import _rows
-from offload.brokers.postgres._sql import load_queries
+from offload.brokers.postgres._executor import QUERIES, Database
+from offload.clock import Clock
 from offload.codec import decode_value, encode_value
 from offload.envelope import JobState, id_floor
 
-if TYPE_CHECKING:
-    from offload.brokers.postgres import PostgresBroker
+__all__ = ["Inspector"]
 
-__all__ = [
-    "counts",
-    "find",
-    "get_job",
-    "list_jobs",
-    "purge_dead",
-    "replay_dead",
-    "workflow_jobs",
-]
-
-_Q = load_queries()
+_Q = QUERIES
 
 
-async def counts(broker: PostgresBroker, queues: Sequence[str] | None) -> dict[str, QueueStats]:
-    async with broker._conn() as conn, conn.transaction():
-        await conn.execute(_Q["fold_counts"])
-        if queues is None:
-            names = [r["name"] for r in await (await conn.execute(_Q["queues"])).fetchall()]
-            cur = await conn.execute(_Q["count_states"])
-        else:
-            names = list(queues)
-            cur = await conn.execute(_Q["count_states_of"], {"queues": names})
-        rows = await cur.fetchall()
-        every = sorted({*names, *(r["queue"] for r in rows)})
-        cur = await conn.execute(_Q["oldest_queued"], {"queues": every})
-        oldest_rows = await cur.fetchall()
-    return queue_stats(names, rows, {r["queue"]: r["oldest"] for r in oldest_rows})
+class Inspector:
+    """Counts, one job, listings and the dead-letter operations, on a `Database`."""
 
+    def __init__(self, db: Database, clock: Clock, channel: str) -> None:
+        self._db = db
+        self._clock = clock
+        self._channel = channel  # the NOTIFY channel of new work (a replay wakes workers)
 
-async def get_job(broker: PostgresBroker, job_id: str) -> JobInfo | None:
-    rows = await broker._rows("get_job_with_progress", {"id": job_id})
-    if not rows:
-        return None
-    info = _rows.job_info(rows[0])
-    progress = rows[0]["progress"]
-    return info if progress is None else replace(info, progress=decode_value(bytes(progress)))
+    async def counts(self, queues: Sequence[str] | None) -> dict[str, QueueStats]:
+        async with self._db.connection() as conn, conn.transaction():
+            await conn.execute(_Q["fold_counts"])
+            if queues is None:
+                names = [r["name"] for r in await (await conn.execute(_Q["queues"])).fetchall()]
+                cur = await conn.execute(_Q["count_states"])
+            else:
+                names = list(queues)
+                cur = await conn.execute(_Q["count_states_of"], {"queues": names})
+            rows = await cur.fetchall()
+            every = sorted({*names, *(r["queue"] for r in rows)})
+            cur = await conn.execute(_Q["oldest_queued"], {"queues": every})
+            oldest_rows = await cur.fetchall()
+        return queue_stats(names, rows, {r["queue"]: r["oldest"] for r in oldest_rows})
 
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        rows = await self._db.rows("get_job_with_progress", {"id": job_id})
+        if not rows:
+            return None
+        info = _rows.job_info(rows[0])
+        progress = rows[0]["progress"]
+        return info if progress is None else replace(info, progress=decode_value(bytes(progress)))
 
-async def find(broker: PostgresBroker, key: str) -> JobInfo | None:
-    rows = await broker._rows("find", {"key": key})
-    return _rows.job_info(rows[0]) if rows else None
+    async def find(self, key: str) -> JobInfo | None:
+        rows = await self._db.rows("find", {"key": key})
+        return _rows.job_info(rows[0]) if rows else None
 
+    async def list_jobs(
+        self,
+        queue: str | None,
+        state: JobState | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        where, params = _filters(queue=queue, state=state)
+        if cursor:
+            where.append("seq < %(cursor)s")
+            params["cursor"] = int(cursor)
+        params["limit"] = limit + 1
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        query = f"SELECT * FROM offload_jobs {clause} ORDER BY seq DESC LIMIT %(limit)s"
+        async with self._db.connection() as conn:
+            rows = await (await conn.execute(query, params)).fetchall()
+        if len(rows) <= limit:
+            return Page([_rows.job_info(r) for r in rows], None)
+        last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
+        return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
 
-async def list_jobs(
-    broker: PostgresBroker,
-    queue: str | None,
-    state: JobState | None,
-    limit: int,
-    cursor: str | None,
-) -> Page:
-    where, params = _filters(queue=queue, state=state)
-    if cursor:
-        where.append("seq < %(cursor)s")
-        params["cursor"] = int(cursor)
-    params["limit"] = limit + 1
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    query = f"SELECT * FROM offload_jobs {clause} ORDER BY seq DESC LIMIT %(limit)s"
-    async with broker._conn() as conn:
-        rows = await (await conn.execute(query, params)).fetchall()
-    if len(rows) <= limit:
-        return Page([_rows.job_info(r) for r in rows], None)
-    last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
-    return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
+    async def workflow_jobs(self, workflow_id: str, limit: int) -> list[JobInfo]:
+        needle = b'"workflow_id":' + encode_value(workflow_id)
+        params = {"floor": id_floor(workflow_id), "needle": needle, "limit": limit}
+        infos = [_rows.job_info(row) for row in await self._db.rows("workflow_jobs", params)]
+        return [
+            i for i in infos if (e := i.envelope()) is not None and e.workflow_id == workflow_id
+        ]
 
+    async def replay_dead(self, queue: str | None, job_ids: Sequence[str] | None) -> int:
+        where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
+        params.update(now=self._clock.now(), channel=self._channel)
+        query = (
+            "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
+            " finished_at = NULL, worker_id = NULL"
+            f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"
+        )
+        async with self._db.connection() as conn:
+            return (await conn.execute(query, params)).rowcount
 
-async def workflow_jobs(broker: PostgresBroker, workflow_id: str, limit: int) -> list[JobInfo]:
-    needle = b'"workflow_id":' + encode_value(workflow_id)
-    params = {"floor": id_floor(workflow_id), "needle": needle, "limit": limit}
-    infos = [_rows.job_info(row) for row in await broker._rows("workflow_jobs", params)]
-    return [i for i in infos if (e := i.envelope()) is not None and e.workflow_id == workflow_id]
-
-
-async def replay_dead(
-    broker: PostgresBroker, queue: str | None, job_ids: Sequence[str] | None
-) -> int:
-    where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
-    params.update(now=broker.clock.now(), channel=broker.settings.channel)
-    query = (
-        "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
-        " finished_at = NULL, worker_id = NULL"
-        f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"
-    )
-    async with broker._conn() as conn:
-        return (await conn.execute(query, params)).rowcount
-
-
-async def purge_dead(
-    broker: PostgresBroker,
-    queue: str | None,
-    job_ids: Sequence[str] | None,
-    older_than: float | None,
-) -> int:
-    where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
-    if older_than is not None:
-        where.append("coalesce(finished_at, %(now)s) < %(cutoff)s")
-        now = broker.clock.now()
-        params.update(now=now, cutoff=now - older_than)
-    # The queues of the deleted jobs are remembered, for `queues` (see queries.sql).
-    query = (
-        f"WITH gone AS (DELETE FROM offload_jobs WHERE {' AND '.join(where)} RETURNING queue),"
-        " remembered AS (INSERT INTO offload_queues (name)"
-        " SELECT DISTINCT queue FROM gone ORDER BY 1 ON CONFLICT DO NOTHING)"
-        " SELECT count(*) AS n FROM gone"
-    )
-    async with broker._conn() as conn:
-        row = await (await conn.execute(query, params)).fetchone()
-        return int(row["n"]) if row else 0
+    async def purge_dead(
+        self,
+        queue: str | None,
+        job_ids: Sequence[str] | None,
+        older_than: float | None,
+    ) -> int:
+        where, params = _filters(queue=queue, state=JobState.DEAD, job_ids=job_ids)
+        if older_than is not None:
+            where.append("coalesce(finished_at, %(now)s) < %(cutoff)s")
+            now = self._clock.now()
+            params.update(now=now, cutoff=now - older_than)
+        # The queues of the deleted jobs are remembered, for `queues` (see queries.sql).
+        query = (
+            f"WITH gone AS (DELETE FROM offload_jobs WHERE {' AND '.join(where)} RETURNING queue),"
+            " remembered AS (INSERT INTO offload_queues (name)"
+            " SELECT DISTINCT queue FROM gone ORDER BY 1 ON CONFLICT DO NOTHING)"
+            " SELECT count(*) AS n FROM gone"
+        )
+        async with self._db.connection() as conn:
+            row = await (await conn.execute(query, params)).fetchone()
+            return int(row["n"]) if row else 0
 
 
 def _filters(

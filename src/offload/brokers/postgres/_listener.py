@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,9 +29,31 @@ from psycopg import AsyncConnection, sql
 
 from offload._health import Attempts
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "channel_name", "ends_channel"]
 
 logger = logging.getLogger(__name__)
+
+
+#: The longest channel name PostgreSQL keeps (NAMEDATALEN - 1), in bytes.
+_MAX_CHANNEL = 63
+
+
+def channel_name(base: str, schema: str | None) -> str:
+    """The NOTIFY channel `base` of `schema`'s jobs (`offload.<schema>` for wake-ups,
+    `offload_ended.<schema>` for ends). A name too long for PostgreSQL, which would
+    make `pg_notify` fail (a schema name may itself be 63 bytes), ends in a digest of
+    the schema instead."""
+    if schema is None:
+        return base
+    name = f"{base}.{schema}"
+    if len(name.encode()) > _MAX_CHANNEL:
+        name = f"{base}.{hashlib.sha1(schema.encode()).hexdigest()}"
+    return name
+
+
+def ends_channel(schema: str | None) -> str:
+    """The NOTIFY channel of job ends in `schema`."""
+    return channel_name("offload_ended", schema)
 
 
 class Listener:

@@ -16,13 +16,13 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from offload.brokers._sql import read_asset
 from offload.errors import ConfigurationError
 
 __all__ = [
     "LATEST_VERSION",
     "MIGRATIONS",
     "Migration",
-    "load_queries",
     "migrate",
     "qualified",
     "schema_version",
@@ -46,13 +46,6 @@ class Migration:
     sql: str
 
 
-def _read(*parts: str) -> str:
-    path = resources.files(_PACKAGE)
-    for part in parts:
-        path = path.joinpath(part)
-    return path.read_text(encoding="utf-8")
-
-
 def _load_migrations() -> list[Migration]:
     found: list[Migration] = []
     for entry in resources.files(_PACKAGE).joinpath("migrations").iterdir():
@@ -63,21 +56,6 @@ def _load_migrations() -> list[Migration]:
     if [m.version for m in found] != list(range(1, len(found) + 1)):
         raise RuntimeError(f"offload migrations are not numbered 1..n: {found}")
     return found
-
-
-def load_queries(asset: str = "queries.sql") -> dict[str, str]:
-    """The `-- name: x` blocks of `asset` (a `.sql` file of this package), by name,
-    without their comments (a comment may not hold a %(param)s placeholder that psycopg
-    would try to fill)."""
-    queries: dict[str, str] = {}
-    name: str | None = None
-    for line in _read(asset).splitlines():
-        if line.startswith("-- name: "):
-            name = line.removeprefix("-- name: ").strip()
-            queries[name] = ""
-        elif name is not None and line.strip() and not line.lstrip().startswith("--"):
-            queries[name] += line + "\n"
-    return queries
 
 
 #: Every migration this version knows, in order.
@@ -137,7 +115,7 @@ async def migrate(conn: AsyncConnection[Any], schema: str | None) -> list[int]:
         if not pending:
             return []
         if version == 0:
-            await conn.execute(_read("schema.sql"))
+            await conn.execute(read_asset(_PACKAGE, "schema.sql"))
         else:
             for migration in pending:
                 await conn.execute(migration.sql)

@@ -66,13 +66,6 @@ UPDATE offload_jobs AS j
  WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
 RETURNING l.id, l.token;
 
--- name: ack
-UPDATE offload_jobs
-   SET state = 'succeeded', result = %(result)s, finished_at = %(now)s, lease_token = NULL,
-       lease_deadline = NULL, error = NULL, purge_at = %(purge_at)s
- WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
-RETURNING offload_notify_ends(%(ends)s, ARRAY[id]);
-
 -- name: ack_many
 -- Every ack of a batch in one statement; the (id, token) pairs it returns are the leases
 -- that were still held. `ended` is a CTE (calling a volatile function, so never inlined

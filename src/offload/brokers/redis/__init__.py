@@ -28,11 +28,16 @@ queues live in different slots, it peeks at the head of each queue, then leases 
 each queue its share of the best `limit` jobs, one script per queue: exact when alone,
 best effort under concurrent reservations (never a job leased twice).
 
-Wake-ups are pub/sub (see `_wakeup.py`), and so are job ends for `wait_finished`, but
-only for jobs someone waits on (see `_ended.py`). Workflow jobs cancelled while waiting
-or expired are recorded in their queue's outbox by the same script (see `_outbox.py`).
+Wake-ups are pub/sub (see `_listener.py`), and so are job ends for `wait_finished`, but
+only for jobs someone waits on (see `_signals.py`). Workflow jobs cancelled while waiting
+or expired are recorded in their queue's outbox by the same script (see `_flow.py`).
 Connections belong to the event loop that opened them (`Capabilities.loop_bound`):
 `Offload` gives its sync portal a broker of its own.
+
+Beside the hot path here (enqueue, reserve, extend, release, `settle_many`, the fleet),
+each role is one class built on an `Executor` (`_executor.py`: scripts, pipelines and
+the key schema): `Inspector` (`_inspect.py`), `Flow` (`_flow.py`), `Signals`
+(`_signals.py`), `Workflows` (`_workflows.py`), `Operations` (`_operate.py`).
 """
 
 from __future__ import annotations
@@ -41,41 +46,32 @@ import asyncio
 import heapq
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from offload.brokers._wakeup import JobWaiters
+from offload.brokers._depth import queue_full
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     LEASE_EXPIRED,
-    Ack,
     Broker,
     Capabilities,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.redis import (
-    _blocking,
-    _cancel,
-    _ended,
-    _inspect,
-    _joins,
-    _limits,
-    _operate,
-    _outbox,
-    _workflows,
-)
 from offload.brokers.redis import keys as K
+from offload.brokers.redis._blocking import BlockingClient
 from offload.brokers.redis._connection import (
     check_eviction_policy,
     errors,
@@ -83,20 +79,32 @@ from offload.brokers.redis._connection import (
     parse_url,
     plain_client,
 )
+from offload.brokers.redis._executor import SCRIPTS, Executor
+from offload.brokers.redis._flow import Flow, workflow_flag
+from offload.brokers.redis._inspect import Inspector
+from offload.brokers.redis._listener import Listener
+from offload.brokers.redis._operate import Operations
 from offload.brokers.redis._records import num, opt, text
-from offload.brokers.redis._scripts import Call, Client, Scripts, pipeline
-from offload.brokers.redis._wakeup import Listener
+from offload.brokers.redis._scripts import Call, Client
+from offload.brokers.redis._signals import Signals
+from offload.brokers.redis._workflows import Workflows
 from offload.clock import Clock
 from offload.codec import encode_error
-from offload.envelope import Envelope, ErrorInfo, JobState
-from offload.errors import BrokerError, LeaseLost
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
+from offload.errors import BrokerError
 
 __all__ = ["RedisBroker"]
 
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 #: Most jobs one housekeeping step of a script touches per queue (bounds script time).
 BATCH = 1000
-_SCRIPTS = Scripts()
+#: The script that records each way a lease ends but `ack` (batched per queue).
+_SETTLE_SCRIPTS = {
+    Ending.RETRY: "retry",
+    Ending.BURY: "bury",
+    Ending.DEFER: "defer",
+    Ending.CANCEL: "cancel_running",
+}
 
 
 class RedisBroker(Broker):
@@ -121,13 +129,17 @@ class RedisBroker(Broker):
         self.options = parse_url(url)
         if not self.options.cluster:  # a cluster's sync producers keep the portal path
             self.capabilities = replace(self.capabilities, blocking_enqueue=True)
-        self._blocking = _blocking.BlockingClient(self)
         self.prefix = self.options.prefix
-        self.global_keys = K.global_keys(self.prefix)
-        self._ended_channel = K.ended_channel(self.prefix)
-        self._job_ends = JobWaiters()  # `wait_finished` (see `_ended.py`)
         # Named in errors and logs: the server alone, never the URL's credentials.
         self._where = urlsplit(self.options.redis_url).netloc.rpartition("@")[2]
+        self._blocking = BlockingClient(self.options, self._where)
+        self._x = x = Executor(self._redis, self._where, self.prefix)
+        self.global_keys = x.global_keys
+        self._flow = Flow(x, self.clock, retention_s)
+        self._inspector = Inspector(x, self.clock)
+        self._operations = Operations(x, self.clock, retention_s)
+        self._signals = Signals(x, self.clock, retention_s, self._subscribed)
+        self._workflows = Workflows(x, retention_s)
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
@@ -150,37 +162,6 @@ class RedisBroker(Broker):
             await self.connect()
         assert self._client is not None
         return self._client
-
-    def _q(self, queue: str) -> K.QueueKeys:
-        return K.queue_keys(self.prefix, queue)
-
-    def _channel(self, queue: str) -> str:
-        return K.channel(self.prefix, queue)
-
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client = await self._redis()
-        with errors(self._where):
-            return await _SCRIPTS.run(client, name, keys, args)
-
-    async def _run_many(self, calls: Sequence[Call]) -> list[Any]:
-        client = await self._redis()
-        with errors(self._where):
-            return await _SCRIPTS.run_many(client, calls)
-
-    async def _commands(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Plain commands in one pipeline."""
-        client = await self._redis()
-        with errors(self._where):
-            pipe = pipeline(client)
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute()) if commands else []
-
-    async def _known_queues(self) -> list[str]:
-        client = await self._redis()
-        with errors(self._where):
-            members = await client.smembers(self.global_keys.queues)
-        return sorted(text(m) for m in members)
 
     async def _remember(self, queues: set[str]) -> None:
         """Record queues in the global set before their first job is stored, so that
@@ -211,7 +192,7 @@ class RedisBroker(Broker):
             try:
                 with errors(self._where):
                     await client.ping()
-                    await _SCRIPTS.load(client)
+                    await SCRIPTS.load(client)
                     await check_eviction_policy(client, self._where)
             except BaseException:
                 await client.aclose()
@@ -244,16 +225,27 @@ class RedisBroker(Broker):
         for i, (env, _) in enumerate(jobs):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
-        await _workflows.index(self, jobs)
-        replies = await self._run_many(self._enqueue_calls(jobs, by_queue, now, max_depth))
+        await self._workflows.index(jobs)
+        replies = await self._x.run_many(self._enqueue_calls(jobs, by_queue, now, max_depth))
         return self._enqueue_results(jobs, by_queue, replies, max_depth)
 
     def enqueue_blocking(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult] | None:
         """The same scripts from the calling thread, on a plain (non-asyncio) client
-        (see `_blocking.py`); None for a call it leaves to `enqueue`."""
-        return _blocking.enqueue(self, jobs, max_depth)
+        (see `_blocking.py`); None for a call it leaves to `enqueue`: on a cluster, for
+        a queue not recorded yet, or for workflow jobs (whose index comes first)."""
+        if self.options.cluster or not jobs:
+            return None
+        by_queue: dict[str, list[int]] = {}
+        for i, (env, _) in enumerate(jobs):
+            if env.workflow_id is not None:
+                return None
+            by_queue.setdefault(env.queue, []).append(i)
+        if not self._known.issuperset(by_queue):
+            return None
+        calls = self._enqueue_calls(jobs, by_queue, self.clock.now(), max_depth)
+        return self._enqueue_results(jobs, by_queue, self._blocking.run_many(calls), max_depth)
 
     def _enqueue_calls(
         self,
@@ -265,14 +257,14 @@ class RedisBroker(Broker):
         """One `enqueue.lua` call per queue (shared by `enqueue` and `enqueue_blocking`)."""
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
-            args: list[str | bytes] = [num(now), self._channel(queue), opt(max_depth)]
+            args: list[str | bytes] = [num(now), self._x.channel(queue), opt(max_depth)]
             for i in indexes:
                 env, payload = jobs[i]
                 due = max(env.not_before or now, now)
                 args += [env.id, env.key or "", payload, env.task, str(env.priority)]
                 args += [opt(env.max_attempts), num(env.created_at or now), num(due)]
-                args += [opt(env.expires_at), _outbox.workflow_flag(env)]
-            calls.append(("enqueue", self._q(queue), args))
+                args += [opt(env.expires_at), workflow_flag(env)]
+            calls.append(("enqueue", self._x.q(queue), args))
         return calls
 
     @staticmethod
@@ -282,7 +274,9 @@ class RedisBroker(Broker):
         replies: Sequence[Any],
         max_depth: int | None,
     ) -> list[EnqueueResult]:
-        _limits.check_depth(list(by_queue), list(replies), max_depth)
+        for queue, reply in zip(by_queue, replies, strict=True):
+            if max_depth is not None and reply and reply[0] == -1:
+                raise queue_full(queue, int(reply[1]), max_depth)
         results: list[EnqueueResult | None] = [None] * len(jobs)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
             for n, i in enumerate(indexes):
@@ -305,17 +299,17 @@ class RedisBroker(Broker):
         self, names: Sequence[str], worker_id: str, lease_s: float, limit: int, peek: int = 0
     ) -> Call:
         now = self.clock.now()
-        keys = [key for queue in names for key in self._q(queue)]
+        keys = [key for queue in names for key in self._x.q(queue)]
         args = [num(now), worker_id, num(now + lease_s), str(limit), os.urandom(8).hex() + ":"]
         args += [_LEASE_EXPIRED, num(now + self.retention_s), str(BATCH), str(peek)]
-        args.append(self._ended_channel)
+        args.append(self._x.ended_channel)
         return ("reserve", keys, args)
 
     async def _reserve(
         self, names: Sequence[str], worker_id: str, lease_s: float, limit: int
     ) -> list[Lease]:
         call = self._reserve_call(names, worker_id, lease_s, limit)
-        reply = await self._run(*call)
+        reply = await self._x.run(*call)
         deadline = float(call[2][2])
         return [
             Lease(
@@ -334,7 +328,7 @@ class RedisBroker(Broker):
     ) -> list[Lease]:
         peeks = [self._reserve_call([q], worker_id, lease_s, 0, peek=limit) for q in names]
         heads: list[tuple[float, bytes, int]] = []
-        for n, reply in enumerate(await self._run_many(peeks)):
+        for n, reply in enumerate(await self._x.run_many(peeks)):
             pairs = reply[0]
             heads += [(float(pairs[i + 1]), pairs[i], n) for i in range(0, len(pairs), 2)]
         share: dict[int, int] = {}
@@ -353,7 +347,7 @@ class RedisBroker(Broker):
         `timeout_s`. A job that becomes due later wakes nobody: `next_due` tells the
         caller how long to wait at most. If the subscriber connection fails, this
         sleeps (at most a second) so that the caller's next call sees the error."""
-        channels = [self._channel(q) for q in queues]
+        channels = [self._x.channel(q) for q in queues]
         try:
             listener = await self._subscribed(channels)
         except Exception:  # BrokerError, or redis-py failing mid-reconnect
@@ -380,8 +374,8 @@ class RedisBroker(Broker):
         return self._listener
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
-        commands = [("ZRANGE", self._q(q).scheduled, 0, 0, "WITHSCORES") for q in queues]
-        heads = await self._commands(commands)
+        commands = [("ZRANGE", self._x.q(q).scheduled, 0, 0, "WITHSCORES") for q in queues]
+        heads = await self._x.commands(commands)
         # redis-py 5.0.1 (our floor) returns a raw ZRANGE ... WITHSCORES flat ([member,
         # score]); newer releases pair it ([[member, score]]).
         due = [float(h[0][1] if isinstance(h[0], list | tuple) else h[1]) for h in heads if h]
@@ -405,120 +399,113 @@ class RedisBroker(Broker):
             args: list[str | bytes] = list(head)
             for i in indexes:
                 args += [leases[i].job_id, *extra(leases[i])]
-            calls.append((script, self._q(queue), args))
+            calls.append((script, self._x.q(queue), args))
         out = [False] * len(leases)
-        for indexes, reply in zip(by_queue.values(), await self._run_many(calls), strict=True):
+        for indexes, reply in zip(by_queue.values(), await self._x.run_many(calls), strict=True):
             for i, ok in zip(indexes, reply, strict=True):
                 out[i] = bool(ok)
         return out
 
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
-        [held] = await self._ack([(lease, result, result_ttl_s)])
-        if not held:
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
-
-    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
-        """Every ack in one round trip: one script call per queue, pipelined."""
-        return await self._ack([(a.lease, a.result, a.result_ttl_s) for a in acks])
-
-    async def _ack(self, items: Sequence[tuple[Lease, bytes | None, float | None]]) -> list[bool]:
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """One pipeline: the acks one `ack.lua` call per queue, every other ending one
+        script call each."""
+        if not settlements:
+            return []
         now = self.clock.now()
-        extra = {}
-        for lease, result, ttl in items:
-            purge_at = now + (self.retention_s if ttl is None else ttl)
-            flag = "0" if result is None else "1"
-            extra[id(lease)] = [lease.token, flag, result or b"", num(purge_at)]
-        leases = [lease for lease, _, _ in items]
-        head = [num(now), self._ended_channel]
-        acked = await self._per_queue(leases, "ack", head, lambda lease: extra[id(lease)])
-        self._ended_here(lease.job_id for lease, ok in zip(leases, acked, strict=True) if ok)
-        return acked
+        calls: list[Call] = []
+        answers: list[list[int]] = []  # the settlements each call answers, in order
+        acks: dict[str, list[int]] = {}
+        for i, item in enumerate(settlements):
+            if item.ending is Ending.ACK:
+                acks.setdefault(item.lease.queue, []).append(i)
+            else:
+                calls.append(self._settle_call(item, now))
+                answers.append([i])
+        for queue, indexes in acks.items():
+            args: list[str | bytes] = [num(now), self._x.ended_channel]
+            for i in indexes:
+                args += self._ack_args(settlements[i], now)
+            calls.append(("ack", self._x.q(queue), args))
+            answers.append(indexes)
+        held = [False] * len(settlements)
+        for indexes, reply in zip(answers, await self._x.run_many(calls), strict=True):
+            for i, ok in zip(indexes, reply if isinstance(reply, list) else [reply], strict=True):
+                held[i] = bool(ok)
+        ended = zip(settlements, held, strict=True)
+        self._signals.ended_here(
+            s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES
+        )
+        return held
 
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
-        args += [encode_error(error).decode(), self._channel(lease.queue)]
-        if not await self._run("retry", self._q(lease.queue), args):
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+    def _ack_args(self, item: Settlement, now: float) -> list[str | bytes]:
+        ttl = self.retention_s if item.result_ttl_s is None else item.result_ttl_s
+        flag = "0" if item.result is None else "1"
+        return [item.lease.job_id, item.lease.token, flag, item.result or b"", num(now + ttl)]
 
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        args = [num(self.clock.now()), lease.job_id, lease.token, encode_error(error).decode()]
-        if not await self._run("bury", self._q(lease.queue), [*args, self._ended_channel]):
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
-        self._ended_here([lease.job_id])
+    def _settle_call(self, item: Settlement, now: float) -> Call:
+        """The script call of a settlement other than an ack (its reply: 1 if held)."""
+        lease = item.lease
+        head: list[str | bytes] = [num(now), lease.job_id, lease.token]
+        error = "" if item.error is None else encode_error(item.error).decode()
+        ending = item.ending
+        if ending is Ending.RETRY:
+            assert item.at is not None
+            args = [*head, num(item.at), error, self._x.channel(lease.queue)]
+        elif ending is Ending.DEFER:
+            assert item.at is not None
+            args = [*head, num(item.at), self._x.channel(lease.queue)]
+        elif ending is Ending.BURY:
+            args = [*head, error, self._x.ended_channel]
+        else:
+            args = [*head, error, num(now + self.retention_s), self._x.ended_channel]
+        return (_SETTLE_SCRIPTS[ending], self._x.q(lease.queue), args)
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
-        return await _cancel.cancel_requested(self, leases) if leases else set()
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        await _cancel.cancel_running(self, lease, error)
-        self._ended_here([lease.job_id])
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        args = [num(self.clock.now()), lease.job_id, lease.token, num(at)]
-        if not await self._run("defer", self._q(lease.queue), [*args, self._channel(lease.queue)]):
-            raise LeaseLost(f"lease on job {lease.job_id} is no longer held")
+        return await self._signals.cancel_requested(leases)
 
     async def release(self, leases: Sequence[Lease]) -> None:
         by_queue: dict[str, list[str]] = {}
         for lease in leases:
             by_queue.setdefault(lease.queue, []).extend([lease.job_id, lease.token])
         calls: list[Call] = [
-            ("release", self._q(queue), [self._channel(queue), *pairs])
+            ("release", self._x.q(queue), [self._x.channel(queue), *pairs])
             for queue, pairs in by_queue.items()
         ]
-        await self._run_many(calls)
+        await self._x.run_many(calls)
 
     async def cancel(self, job_id: str) -> bool:
-        queue = await self._locate(job_id)
-        if queue is None:
-            return False
-        now = self.clock.now()
-        args = [num(now), job_id, num(now + self.retention_s), self._ended_channel]
-        if not await self._run("cancel", self._q(queue), args):
-            return False
-        self._ended_here([job_id])  # spurious for a running job (only flagged): allowed
-        return True
-
-    def _ended_here(self, job_ids: Iterable[str]) -> None:
-        """Wake this process's `wait_finished` callers at once, without the pub/sub trip."""
-        if self._job_ends:
-            for job_id in job_ids:
-                self._job_ends.notify(job_id)
+        return await self._signals.cancel(job_id)
 
     async def outbox(self, limit: int = 500) -> list[Ended]:
-        """Merges the per-queue outboxes (see `_outbox.py`)."""
-        return await _outbox.outbox(self, limit)
+        """Merges the per-queue outboxes (see `_flow.py`)."""
+        return await self._flow.outbox(limit)
 
     async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        await _outbox.clear_outbox(self, job_ids)
+        await self._flow.clear_outbox(job_ids)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
-        """Pushed from any process, for jobs someone waits on (see `_ended.py`)."""
-        await _ended.wait_finished(self, job_id, timeout_s)
-
-    async def _locate(self, job_id: str) -> str | None:
-        """The queue holding a job, None if no queue does."""
-        names = await self._known_queues()
-        found = await self._commands([("HEXISTS", self._q(q).record, job_id) for q in names])
-        return next((q for q, hit in zip(names, found, strict=True) if hit), None)
+        """Pushed from any process, for jobs someone waits on (see `_signals.py`)."""
+        await self._signals.wait_finished(job_id, timeout_s)
 
     # -- inspection -----------------------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        return await _inspect.counts(self, queues)
+        return await self._inspector.counts(queues)
 
     async def get_job(self, job_id: str) -> JobInfo | None:
-        return await _inspect.get_job(self, job_id)
+        return await self._inspector.get_job(job_id)
 
     async def set_progress(self, job_id: str, progress: bytes) -> None:
         ttl_ms = str(math.ceil(self.retention_s * 1000))
-        await self._commands([("SET", K.progress_key(self.prefix, job_id), progress, "PX", ttl_ms)])
+        await self._x.commands(
+            [("SET", K.progress_key(self.prefix, job_id), progress, "PX", ttl_ms)]
+        )
 
     async def find(self, key: str) -> JobInfo | None:
-        return await _inspect.find(self, key)
+        return await self._inspector.find(key)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
-        return await _workflows.workflow_jobs(self, workflow_id, limit)
+        return await self._workflows.workflow_jobs(workflow_id, limit)
 
     async def list_jobs(
         self,
@@ -530,12 +517,12 @@ class RedisBroker(Broker):
     ) -> Page:
         """Newest first across the chosen queues; the cursor is the listing member
         (enqueue time, sequence, id) of the page's last job."""
-        return await _inspect.list_jobs(self, queue, state, limit, cursor)
+        return await self._inspector.list_jobs(queue, state, limit, cursor)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
-        return await _inspect.replay_dead(self, queue, job_ids)
+        return await self._inspector.replay_dead(queue, job_ids)
 
     async def purge_dead(
         self,
@@ -544,31 +531,31 @@ class RedisBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        return await _inspect.purge_dead(self, queue, job_ids, older_than)
+        return await self._inspector.purge_dead(queue, job_ids, older_than)
 
     async def queues(self) -> list[str]:
-        return await self._known_queues()
+        return await self._x.known_queues()
 
     # -- coordination and housekeeping ----------------------------------------------------
 
     async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
-        return await _limits.take_rate(self, key, limit, per_s)
+        return await self._flow.take_rate(key, limit, per_s)
 
     async def join(
         self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
     ) -> list[bytes] | None:
-        return await _joins.join(self, group_id, member_id, index, total, outcome)
+        return await self._flow.join(group_id, member_id, index, total, outcome)
 
     async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
-        return await _limits.acquire_slot(self, key, limit, holder, ttl_s)
+        return await self._flow.acquire_slot(key, limit, holder, ttl_s)
 
     async def compare_and_set(
         self, name: str, expected: str | None, new: str, *, ttl_s: float
     ) -> str | None:
-        return await _limits.compare_and_set(self, name, expected, new, ttl_s)
+        return await self._flow.compare_and_set(name, expected, new, ttl_s)
 
     async def release_slot(self, key: str, holder: str) -> None:
-        await self._commands([("ZREM", K.slots_key(self.prefix, key), holder)])
+        await self._flow.release_slot(key, holder)
 
     def _worker_keys(self) -> list[str]:
         return [self.global_keys.workers, self.global_keys.workers_seen]
@@ -577,13 +564,13 @@ class RedisBroker(Broker):
         now = self.clock.now()
         data = msgspec.json.encode(replace(info, last_seen=now))
         until = num(now + ttl_s)
-        await self._run("worker_register", self._worker_keys(), [info.id, data, until])
+        await self._x.run("worker_register", self._worker_keys(), [info.id, data, until])
 
     async def unregister_worker(self, worker_id: str) -> None:
-        await self._run("worker_forget", self._worker_keys(), ["id", worker_id])
+        await self._x.run("worker_forget", self._worker_keys(), ["id", worker_id])
 
     async def workers(self) -> list[WorkerInfo]:
-        reply = await self._run("workers", self._worker_keys(), [num(self.clock.now())])
+        reply = await self._x.run("workers", self._worker_keys(), [num(self.clock.now())])
         return [msgspec.json.decode(raw, type=WorkerInfo) for raw in reply]
 
     async def sweep(self) -> SweepReport:
@@ -591,28 +578,28 @@ class RedisBroker(Broker):
         until nothing is left, so that no call holds Redis for long."""
         now = self.clock.now()
         expired = purged = 0
-        pending = await self._known_queues()
+        pending = await self._x.known_queues()
         while pending:
-            args = [num(now), num(now + self.retention_s), str(BATCH), self._ended_channel]
-            replies = await self._run_many([("sweep", self._q(q), args) for q in pending])
+            args = [num(now), num(now + self.retention_s), str(BATCH), self._x.ended_channel]
+            replies = await self._x.run_many([("sweep", self._x.q(q), args) for q in pending])
             expired += sum(int(r[0]) for r in replies)
             purged += sum(int(r[1]) for r in replies)
             pending = [
                 q for q, r in zip(pending, replies, strict=True) if max(map(int, r)) >= BATCH
             ]
-        removed = await self._run("worker_forget", self._worker_keys(), ["lapsed", num(now)])
+        removed = await self._x.run("worker_forget", self._worker_keys(), ["lapsed", num(now)])
         return SweepReport(expired=expired, purged=purged, workers_removed=int(removed))
 
     # -- operations: pause flags and attempt history (`_operate.py`) --------------------
 
     async def set_paused(self, name: str, paused: bool) -> bool:
-        return await _operate.set_paused(self, name, paused)
+        return await self._operations.set_paused(name, paused)
 
     async def paused(self) -> dict[str, float]:
-        return await _operate.paused(self)
+        return await self._operations.paused()
 
     async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
-        await _operate.record_attempt(self, job_id, token, record, keep)
+        await self._operations.record_attempt(job_id, token, record, keep)
 
     async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
-        return await _operate.attempt_records(self, job_id)
+        return await self._operations.attempt_records(job_id)

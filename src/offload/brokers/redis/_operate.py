@@ -7,49 +7,47 @@ own, hash-tagged by the job (`keys.attempts_key`), appended to by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from offload.brokers.redis import keys as K
+from offload.brokers.redis._executor import Executor
+from offload.brokers.redis._records import text
+from offload.clock import Clock
 
-if TYPE_CHECKING:
-    from offload.brokers.redis import RedisBroker
-
-__all__ = ["attempt_records", "paused", "record_attempt", "set_paused"]
-
-
-async def set_paused(broker: RedisBroker, name: str, paused: bool) -> bool:
-    key = K.paused_key(broker.prefix)
-    if paused:
-        command: tuple[str, ...] = ("HSETNX", key, name, repr(broker.clock.now()))
-    else:
-        command = ("HDEL", key, name)
-    [changed] = await broker._commands([command])
-    return bool(changed)
+__all__ = ["Operations"]
 
 
-async def paused(broker: RedisBroker) -> dict[str, float]:
-    [flags] = await broker._commands([("HGETALL", K.paused_key(broker.prefix))])
-    return {_text(name): float(at) for name, at in flags.items()}
+class Operations:
+    """Pause flags (the `Fleet` role) and attempt records (`Inspection`), on an `Executor`."""
 
+    def __init__(self, x: Executor, clock: Clock, retention_s: float) -> None:
+        self._x = x
+        self._clock = clock
+        self._retention_s = retention_s
 
-async def record_attempt(
-    broker: RedisBroker, job_id: str, token: str, record: bytes, keep: int
-) -> None:
-    ttl_ms = str(max(int(broker.retention_s * 1000), 1))
-    key = K.attempts_key(broker.prefix, job_id)
-    await broker._run("record_attempt", [key], [token, record, str(keep), ttl_ms])
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        key = K.paused_key(self._x.prefix)
+        if paused:
+            command: tuple[str, ...] = ("HSETNX", key, name, repr(self._clock.now()))
+        else:
+            command = ("HDEL", key, name)
+        [changed] = await self._x.commands([command])
+        return bool(changed)
 
+    async def paused(self) -> dict[str, float]:
+        [flags] = await self._x.commands([("HGETALL", K.paused_key(self._x.prefix))])
+        return {text(name): float(at) for name, at in flags.items()}
 
-async def attempt_records(broker: RedisBroker, job_id: str) -> tuple[list[bytes], int]:
-    [entries] = await broker._commands([("LRANGE", K.attempts_key(broker.prefix, job_id), 0, -1)])
-    records: list[bytes] = []
-    first = 0
-    for entry in entries:
-        number, _token, record = bytes(entry).split(b"\n", 2)
-        first = first or int(number)
-        records.append(record)
-    return records, max(first - 1, 0)
+    async def record_attempt(self, job_id: str, token: str, record: bytes, keep: int) -> None:
+        ttl_ms = str(max(int(self._retention_s * 1000), 1))
+        key = K.attempts_key(self._x.prefix, job_id)
+        await self._x.run("record_attempt", [key], [token, record, str(keep), ttl_ms])
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        key = K.attempts_key(self._x.prefix, job_id)
+        [entries] = await self._x.commands([("LRANGE", key, 0, -1)])
+        records: list[bytes] = []
+        first = 0
+        for entry in entries:
+            number, _token, record = bytes(entry).split(b"\n", 2)
+            first = first or int(number)
+            records.append(record)
+        return records, max(first - 1, 0)

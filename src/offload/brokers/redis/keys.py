@@ -33,7 +33,7 @@ registration).
 
 Pub/sub channels (not keys, so untagged): `P:{q}:wake` (a job of the queue was made
 ready now) and `P:ended` (space-separated ids of jobs that ended and are listed in their
-queue's `waiters`; see `_ended.py`).
+queue's `waiters`; see `_signals.py`).
 
 Flow control, each key hash-tagged by itself (any slot of a cluster, one key per
 script): `P:{%rate:<key>}:tat` (string: the GCRA theoretical arrival time of a rate

@@ -32,7 +32,6 @@ from urllib.parse import unquote, urlsplit
 from offload.brokers._wakeup import JobWaiters, Wakeup
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
-    Ack,
     Broker,
     Capabilities,
     Ended,
@@ -41,13 +40,14 @@ from offload.brokers.base import (
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
 from offload.brokers.sqlite import _operate
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
-from offload.envelope import Envelope, ErrorInfo, JobState
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 __all__ = ["SQLiteBroker", "database_path"]
@@ -270,36 +270,21 @@ class SQLiteBroker(Broker):
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
         return await self._run(Store.extend, leases, lease_s)
 
-    async def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
-        done = await self._run(Store.ack_many, acks)
-        if self._ended:
-            self._notify_ended([a.lease.job_id for a, ok in zip(acks, done, strict=True) if ok])
-        return done
-
-    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
-        await self._run(Store.ack, lease, result, result_ttl_s)
-        self._notify_ended((lease.job_id,))
-
-    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
-        if await self._run(Store.retry, lease, at, error):
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        held, due = await self._run(Store.settle_many, settlements)
+        if due:
             self._signal.notify()
-
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        await self._run(Store.bury, lease, error)
-        self._notify_ended((lease.job_id,))
-
-    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
-        await self._run(Store.cancel_running, lease, error)
-        self._notify_ended((lease.job_id,))
+        if self._ended:
+            ended = zip(settlements, held, strict=True)
+            self._notify_ended(
+                [s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES]
+            )
+        return held
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         if not leases:
             return set()
         return await self._run(Store.cancel_requested, [lease.job_id for lease in leases])
-
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        if await self._run(Store.defer, lease, at):
-            self._signal.notify()
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if await self._run(Store.release, leases):

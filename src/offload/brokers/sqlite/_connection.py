@@ -12,10 +12,10 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+from offload.brokers._sql import read_asset
 from offload.errors import ConfigurationError
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "BUSY_TIMEOUT_S",
     "SCHEMA_VERSION",
     "connect",
-    "load_queries",
     "retry_busy",
 ]
 
@@ -72,10 +71,6 @@ _META_TABLE = "CREATE TABLE IF NOT EXISTS offload_meta (key TEXT PRIMARY KEY, va
 _PACKAGE = __name__.rpartition(".")[0]
 
 
-def _read_asset(name: str) -> str:
-    return resources.files(_PACKAGE).joinpath(name).read_text(encoding="utf-8")
-
-
 def _split_statements(script: str) -> list[str]:
     """Cut a script into statements, leaving out comment-only tails.
 
@@ -90,19 +85,6 @@ def _split_statements(script: str) -> list[str]:
             statements.append(pending.strip())
             pending = ""
     return statements
-
-
-def load_queries(asset: str = "queries.sql") -> dict[str, str]:
-    """The `-- name: x` blocks of `asset` (a `.sql` file of this package), by name."""
-    queries: dict[str, str] = {}
-    name: str | None = None
-    for line in _read_asset(asset).splitlines():
-        if line.startswith("-- name: "):
-            name = line.removeprefix("-- name: ").strip()
-            queries[name] = ""
-        elif name is not None and line.strip() and not line.startswith("--"):
-            queries[name] += line + "\n"
-    return queries
 
 
 def retry_busy(call: Callable[[], T]) -> T:
@@ -160,7 +142,7 @@ def _install_schema(conn: sqlite3.Connection, path: Path) -> None:
         if version < SCHEMA_VERSION:
             _add_columns(conn)
             had_counts = _has_table(conn, "offload_counts")
-            for statement in _split_statements(_read_asset("schema.sql")):
+            for statement in _split_statements(read_asset(_PACKAGE, "schema.sql")):
                 conn.execute(statement)
             if not had_counts:  # version 8: count the jobs of an older file once
                 conn.execute(

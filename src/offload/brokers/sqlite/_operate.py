@@ -7,12 +7,12 @@ own tables.
 
 from __future__ import annotations
 
-from offload.brokers.sqlite._connection import load_queries
+from offload.brokers._sql import named_queries
 from offload.brokers.sqlite._store import Store
 
 __all__ = ["attempt_records", "forget_orphans", "paused", "record_attempt", "set_paused"]
 
-_Q = load_queries("operate.sql")
+_Q = named_queries("offload.brokers.sqlite", "operate.sql")
 
 
 def set_paused(store: Store, name: str, paused: bool) -> bool:

@@ -24,24 +24,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
+from offload.brokers._depth import adding_per_queue, check_depth
+from offload.brokers._sql import named_queries
 from offload.brokers._sql_rows import blob, job_info, queue_stats, worker_info
 from offload.brokers.base import (
     LEASE_EXPIRED,
-    Ack,
     Ended,
+    Ending,
     EnqueueResult,
     JobInfo,
     Lease,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
+from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
-from offload.envelope import TERMINAL_STATES, Envelope, ErrorInfo, JobState, id_floor
-from offload.errors import LeaseLost, QueueFull
+from offload.envelope import TERMINAL_STATES, Envelope, JobState, id_floor
 from offload.limits import gcra
 
 __all__ = ["Store"]
@@ -51,7 +53,15 @@ Ts = TypeVarTuple("Ts")
 
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
-_Q = load_queries()
+_Q = named_queries("offload.brokers.sqlite")
+#: The query that records each way a lease ends (`queries.sql`).
+_SETTLE = {
+    Ending.ACK: _Q["ack"],
+    Ending.RETRY: _Q["retry"],
+    Ending.BURY: _Q["bury"],
+    Ending.DEFER: _Q["defer"],
+    Ending.CANCEL: _Q["cancel_running"],
+}
 
 
 # -- row conversion -----------------------------------------------------------------------
@@ -155,13 +165,10 @@ class Store:
         return results, bool(ready)
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
-        adding: dict[str, int] = {}
-        for env, _ in jobs:
-            adding[env.queue] = adding.get(env.queue, 0) + 1
-        for queue, n in adding.items():
-            depth = int(self._conn.execute(_Q["depth"], (queue,)).fetchone()[0])
-            if depth + n > max_depth:
-                raise QueueFull(f"queue {queue!r} holds {depth} waiting jobs (max {max_depth})")
+        adding = adding_per_queue(jobs)
+        depth = _Q["depth"]
+        depths = {q: int(self._conn.execute(depth, (q,)).fetchone()[0]) for q in adding}
+        check_depth(adding, depths, max_depth)
 
     def _insert(self, env: Envelope, payload: bytes, now: float) -> tuple[bool, str]:
         due_at = max(env.not_before or now, now)
@@ -258,66 +265,39 @@ class Store:
                 for lease in leases
             ]
 
-    def ack(self, lease: Lease, result: bytes | None, result_ttl_s: float | None) -> None:
+    def settle_many(self, settlements: Sequence[Settlement]) -> tuple[list[bool], bool]:
+        """Every settlement in one transaction: one lock and one commit for the batch.
+        Returns which leases were held, and whether a job went back due at once (so
+        waiters should wake)."""
+        held: list[bool] = []
+        due: set[str] = set()
         with self._write() as now:
-            params = self._ack_params(Ack(lease, result, result_ttl_s), now)
-            _check_held(self._conn.execute(_Q["ack"], params).rowcount, lease)
-
-    def ack_many(self, acks: Sequence[Ack]) -> list[bool]:
-        """Every ack in one transaction: one lock and one commit for the whole batch."""
-        with self._write() as now:
-            return [
-                self._conn.execute(_Q["ack"], self._ack_params(a, now)).rowcount == 1 for a in acks
-            ]
-
-    def _ack_params(self, ack: Ack, now: float) -> dict[str, object]:
-        ttl = self._retention_s if ack.result_ttl_s is None else ack.result_ttl_s
-        return {
-            "result": ack.result,
-            "now": now,
-            "purge_at": now + ttl,
-            "id": ack.lease.job_id,
-            "token": ack.lease.token,
-        }
-
-    def retry(self, lease: Lease, at: float, error: ErrorInfo) -> bool:
-        """Returns whether the job is due at once (so waiters should wake)."""
-        params = {"at": at, "error": encode_error(error).decode(), "id": lease.job_id}
-        with self._write() as now:
-            rows = self._conn.execute(_Q["retry"], {**params, "token": lease.token}).fetchall()
-            _check_held(len(rows), lease)
-            due = at <= now
+            for item in settlements:
+                params = self._settle_params(item, now)
+                rows = self._conn.execute(_SETTLE[item.ending], params).fetchall()
+                held.append(len(rows) == 1)
+                if rows and item.at is not None and item.at <= now:
+                    due.add(rows[0]["queue"])
             if due:
-                self._signal({rows[0]["queue"]})
-        return due
+                self._signal(due)
+        return held, bool(due)
 
-    def cancel_running(self, lease: Lease, error: ErrorInfo) -> None:
-        with self._write() as now:
-            params = {
-                "error": encode_error(error).decode(),
-                "now": now,
-                "purge_at": now + self._retention_s,
-                "id": lease.job_id,
-                "token": lease.token,
-            }
-            _check_held(self._conn.execute(_Q["cancel_running"], params).rowcount, lease)
+    def _settle_params(self, item: Settlement, now: float) -> dict[str, object]:
+        """The named parameters of the settlement's query; each reads the ones it needs."""
+        ttl = self._retention_s if item.result_ttl_s is None else item.result_ttl_s
+        return {
+            "id": item.lease.job_id,
+            "token": item.lease.token,
+            "now": now,
+            "at": item.at,
+            "result": item.result,
+            "error": None if item.error is None else encode_error(item.error).decode(),
+            "purge_at": now + (ttl if item.ending is Ending.ACK else self._retention_s),
+        }
 
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         rows = self._conn.execute(_Q["cancel_requested"], (json.dumps(list(job_ids)),))
         return {row[0] for row in rows}
-
-    def bury(self, lease: Lease, error: ErrorInfo) -> None:
-        with self._write() as now:
-            cursor = self._conn.execute(
-                _Q["bury"],
-                {
-                    "error": encode_error(error).decode(),
-                    "now": now,
-                    "id": lease.job_id,
-                    "token": lease.token,
-                },
-            )
-            _check_held(cursor.rowcount, lease)
 
     def release(self, leases: Sequence[Lease]) -> bool:
         """Returns whether any job went back to its queue."""
@@ -330,17 +310,6 @@ class Store:
                 queues.update(row["queue"] for row in self._conn.execute(_Q["release"], params))
             self._signal(queues)
         return bool(queues)
-
-    def defer(self, lease: Lease, at: float) -> bool:
-        """Returns whether the job is due at once (so waiters should wake)."""
-        with self._write() as now:
-            params = {"at": at, "id": lease.job_id, "token": lease.token}
-            rows = self._conn.execute(_Q["defer"], params).fetchall()
-            _check_held(len(rows), lease)
-            due = at <= now
-            if due:
-                self._signal({rows[0]["queue"]})
-        return due
 
     def cancel(self, job_id: str) -> bool:
         """A waiting workflow job goes to the outbox in the cancel's transaction."""
@@ -573,8 +542,3 @@ class Store:
             return mark, False
         new_mark = self.signal_mark(queues)
         return new_mark, new_mark[1] != mark[1]
-
-
-def _check_held(changed: int, lease: Lease) -> None:
-    if changed != 1:
-        raise LeaseLost(f"lease on job {lease.job_id} is no longer held")

@@ -85,7 +85,8 @@ UPDATE offload_jobs SET lease_deadline = ?
 UPDATE offload_jobs
    SET state = 'succeeded', result = :result, finished_at = :now, lease_token = NULL,
        lease_deadline = NULL, error = NULL, purge_at = :purge_at
- WHERE id = :id AND lease_token = :token AND state = 'running';
+ WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING queue;
 
 -- name: retry
 UPDATE offload_jobs
@@ -98,7 +99,8 @@ RETURNING queue;
 UPDATE offload_jobs
    SET state = 'dead', error = :error, finished_at = :now, lease_token = NULL,
        lease_deadline = NULL
- WHERE id = :id AND lease_token = :token AND state = 'running';
+ WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING queue;
 
 -- name: release
 -- The attempt that was counted at reserve is given back: the job never ran.
@@ -259,7 +261,8 @@ DELETE FROM offload_joins WHERE joined_at <= ?;
 UPDATE offload_jobs
    SET state = 'cancelled', error = :error, finished_at = :now, purge_at = :purge_at,
        lease_token = NULL, lease_deadline = NULL
- WHERE id = :id AND lease_token = :token AND state = 'running';
+ WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING queue;
 
 -- name: cancel_requested
 SELECT id FROM offload_jobs

@@ -1,0 +1,1 @@
+"""Conformance: the `delivery` role (see `offload.brokers.roles`)."""

@@ -1,0 +1,1 @@
+"""Conformance: the `fleet` role (see `offload.brokers.roles`)."""

@@ -1,0 +1,1 @@
+"""Conformance: the `flow` role (see `offload.brokers.roles`)."""

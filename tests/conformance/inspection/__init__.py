@@ -1,0 +1,1 @@
+"""Conformance: the `inspection` role (see `offload.brokers.roles`)."""

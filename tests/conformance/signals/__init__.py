@@ -1,0 +1,1 @@
+"""Conformance: the `signals` role (see `offload.brokers.roles`)."""
