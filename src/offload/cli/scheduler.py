@@ -47,7 +47,7 @@ async def _run(s: Scheduler) -> None:
     try:
         await s.run()
     finally:
-        await s.app.aclose()
+        await s.producer.aclose()
 
 
 @click.command()

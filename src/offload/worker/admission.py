@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,8 @@ from offload.codec import decode_envelope
 from offload.envelope import Envelope
 
 if TYPE_CHECKING:
-    from offload.app import Offload
-    from offload.brokers.base import Lease
+    from offload.brokers.base import Broker, Lease
+    from offload.clock import Clock
     from offload.limits import Limits
 
 __all__ = ["SLOT_RETRY_S", "Admission", "Verdict"]
@@ -57,10 +58,22 @@ _GO = Verdict(True)
 
 
 class Admission:
-    def __init__(self, app: Offload, *, lease_s: float) -> None:
-        self.app = app
+    """Admits a leased job or defers it, by the limits of its task.
+
+    Args:
+        limits: the limits of each task that has any, by task name.
+        broker: holds the tokens and slots, and takes the deferrals.
+        clock: time source for deferrals.
+        lease_s: a slot's TTL (renewed with the lease).
+    """
+
+    def __init__(
+        self, limits: Mapping[str, Limits], broker: Broker, clock: Clock, *, lease_s: float
+    ) -> None:
+        self.broker = broker
+        self.clock = clock
         self.lease_s = lease_s
-        self.limits = {n: t.defaults.limits for n, t in app.tasks.items() if t.defaults.limits}
+        self.limits = dict(limits)
         self._next_at: dict[str, float] = {}
 
     @property
@@ -86,7 +99,7 @@ class Admission:
             slot, rate = _keys(limits, envelope)
         except Exception as exc:
             return Verdict(False, error=f"{type(exc).__name__}: {exc}")
-        broker = self.app.broker
+        broker = self.broker
         if slot is not None:
             assert limits.concurrency is not None
             if not await broker.acquire_slot(
@@ -106,7 +119,7 @@ class Admission:
         return Verdict(True, slot, limits.concurrency or 0)
 
     async def _defer(self, lease: Lease, key: str, wait: float, interval: float) -> None:
-        now = self.app.clock.now()
+        now = self.clock.now()
         at = now + wait
         last = self._next_at.get(key)
         if last is not None and last + interval > at:
@@ -114,7 +127,7 @@ class Admission:
         if len(self._next_at) >= _MAX_KEYS:
             self._next_at = {k: t for k, t in self._next_at.items() if t > now}
         self._next_at[key] = at
-        await self.app.broker.defer(lease, at=at)
+        await self.broker.defer(lease, at=at)
         logger.debug(
             "job %s deferred %.3f s by limit %s",
             lease.job_id,

@@ -2,7 +2,11 @@
 
 One asyncio loop per worker process. The fetch loop reserves up to the free capacity
 (concurrency plus prefetch) in one broker call; each job runs as its own task. Side
-tasks extend leases, register the worker, and sweep; if one dies the worker stops
+tasks extend leases, heartbeat (register the worker), sweep, check for cancels, drain
+the outbox and, with `scheduler=True`, tick the scheduler. Each runs in
+`BrokerHealth.every`, which logs a failure and retries it with backoff, so a broker
+outage or a failing sweep never stops the worker. Only something that is not an
+`Exception` (a `KeyboardInterrupt`, a `SystemExit`) ends one; the worker then stops
 rather than run on half-alive.
 
 Every broker call of every loop survives the broker going away (a restart, a
@@ -50,10 +54,10 @@ from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
-from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.recycling import Recycling
 from offload.worker.settler import AckBatcher, lease_fate
 from offload.worker.shutdown import end_process, give_back
+from offload.workflow_engine import WorkflowEngine
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -133,7 +137,9 @@ class Worker:
         self.poll_s = poll_s
         self.sweep_s = sweep_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.executor = Executor(app, worker_id=self.id, threads=concurrency)
+        self.executor = Executor(
+            app.find_task, app.broker, app.clock, worker_id=self.id, threads=concurrency
+        )
         self.processed = 0
         self._buffer: deque[Lease] = deque()
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
@@ -147,7 +153,9 @@ class Worker:
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
         self._acks = AckBatcher(app.broker)
-        self.admission = Admission(app, lease_s=lease_s)
+        limits = {n: t.defaults.limits for n, t in app.tasks.items() if t.defaults.limits}
+        self.admission = Admission(limits, app.broker, app.clock, lease_s=lease_s)
+        self.engine = WorkflowEngine(app.producer, app.broker, app.clock)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
@@ -266,12 +274,12 @@ class Worker:
 
     async def drain_outbox(self) -> int:
         """Run the workflow follow-ups of the jobs that ended inside the broker (see
-        `flows.drain_outbox`), batch after batch while whole batches are handled (a
+        `WorkflowEngine.drain_outbox`), batch after batch while whole batches are handled (a
         storm of expiries), at most `OUTBOX_BATCHES` per call; returns how many were
         handled (entries whose follow-ups fail stay for the next call)."""
         total = 0
         for _ in range(OUTBOX_BATCHES):
-            handled = await drain_outbox(self.app, OUTBOX_BATCH)
+            handled = await self.engine.drain_outbox(OUTBOX_BATCH)
             total += handled
             if handled < OUTBOX_BATCH:
                 break
@@ -384,7 +392,9 @@ class Worker:
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
 
         async def settle() -> None:
-            await follow_up(self.app, lease, outcome)
+            await self.engine.follow_up(
+                lease, outcome.action, outcome.envelope, result=outcome.result, error=outcome.error
+            )
             await self._apply(lease, outcome, task_name, extra)
 
         try:
