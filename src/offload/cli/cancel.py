@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.cli.shared import app_from_options, app_option, run_async, url_option
 from offload.envelope import JobState
 from offload.errors import JobNotFound
 

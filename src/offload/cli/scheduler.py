@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import click
 from rich.table import Table
 
-from offload.cli import console, env_twin, load_app, setup_logging
+from offload.cli.shared import console, env_twin, load_app, setup_logging
 from offload.schedule import ScheduleEntry
 from offload.scheduler import Scheduler
 

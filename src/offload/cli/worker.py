@@ -21,7 +21,7 @@ import time
 
 import click
 
-from offload.cli import env_twin, load_app, setup_logging
+from offload.cli.shared import env_twin, load_app, setup_logging
 from offload.worker import Worker
 from offload.worker.recycling import EXIT_RECYCLED
 
