@@ -11,20 +11,18 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 from offload import validation
 from offload._portal import Portal
 from offload._redact import redact_url
 from offload.brokers.base import Broker
 from offload.clock import Clock, SystemClock
-from offload.envelope import Backoff
 from offload.errors import ConfigurationError, UnknownTask
 from offload.job import Job
 from offload.limits import make_limits
-from offload.options import TaskOptions, make_overrides
+from offload.options import EnqueueOptions, TaskDeclaration, make_overrides, task_options
 from offload.producer import Producer
-from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 from offload.task import Enqueuer, Task
 
 if TYPE_CHECKING:
@@ -72,7 +70,7 @@ class Offload:
             clock=clock or SystemClock(),
             tasks=self.tasks,
             default_queue=self.default_queue,
-            max_queue_depth=_depth(max_queue_depth, "max_queue_depth"),
+            max_queue_depth=validation.depth(max_queue_depth, "max_queue_depth"),
         )
 
     def __repr__(self) -> str:
@@ -85,97 +83,41 @@ class Offload:
 
     @overload
     def task(
-        self,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        priority: int = 0,
-        max_attempts: int = 5,
-        backoff: Backoff = DEFAULT_BACKOFF,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-        give_up_on: tuple[type[BaseException], ...] = (),
-        timeout: float | timedelta | None = None,
-        expires: float | timedelta | None = None,
-        result_ttl: float | timedelta | None = 24 * 3600.0,
-        rate_limit: str | None = None,
-        rate_key: Callable[..., str] | None = None,
-        concurrency_limit: int | None = None,
-        concurrency_key: Callable[..., str] | None = None,
-        max_depth: int | None = None,
+        self, **options: Unpack[TaskDeclaration]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        priority: int = 0,
-        max_attempts: int = 5,
-        backoff: Backoff = DEFAULT_BACKOFF,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-        give_up_on: tuple[type[BaseException], ...] = (),
-        timeout: float | timedelta | None = None,
-        expires: float | timedelta | None = None,
-        result_ttl: float | timedelta | None = 24 * 3600.0,
-        rate_limit: str | None = None,
-        rate_key: Callable[..., str] | None = None,
-        concurrency_limit: int | None = None,
-        concurrency_key: Callable[..., str] | None = None,
-        max_depth: int | None = None,
+        self, fn: Callable[..., Any] | None = None, **options: Unpack[TaskDeclaration]
     ) -> Task[Any, Any] | Callable[[Callable[..., Any]], Task[Any, Any]]:
         """Register a function as a task (`@app.task` or `@app.task(...)`).
 
-        Args:
-            name: defaults to `module.qualname`; give a stable name if the function may
-                move, since queued jobs refer to it by name.
-            max_attempts: total runs including the first (1 = never retry).
-            backoff: retry delays `base_s * 2**(attempt-1)`, capped at `cap_s`, full
-                jitter (defaults: 1 s, 300 s, on).
-            retry_on / give_up_on: exception types that retry / bury at once.
-            timeout: stop an attempt after this long (sync handlers then run in a
-                child process, the only way to really stop them).
-            expires: a job not started this long after its enqueue never runs.
-            result_ttl: keep a succeeded job and its result this long.
-            rate_limit: at most this many starts per period across all workers:
-                `"10/s"`, `"600/m"`, `"1000/h"` (a burst of the count when idle).
-            rate_key: one rate limit per key computed from each job's arguments
-                (e.g. `lambda *a, **kw: kw["provider"]`), instead of one per task.
-            concurrency_limit: at most this many jobs running at once, fleet-wide.
-            concurrency_key: one concurrency limit per key from the arguments.
-            max_depth: enqueue raises `QueueFull` past this many waiting jobs in the
-                task's queue (overrides the app's `max_queue_depth`).
+        The options are `offload.options.TaskDeclaration`'s: `name`, the job options
+        as the task's defaults (`queue`, `priority`, `max_attempts`, `backoff`,
+        `timeout`, `expires`), `retry_on` / `give_up_on`, `result_ttl`, the flow
+        limits (`rate_limit`, `rate_key`, `concurrency_limit`, `concurrency_key`) and
+        `max_depth`.
 
         Raises:
             ConfigurationError: a bad option, or the name is already taken.
+            TypeError: an option that is not one of them.
         """
+        defaults = task_options(options, default_queue=self.default_queue)
         flow = functools.partial(
             make_limits,
-            rate_limit=rate_limit,
-            rate_key=rate_key,
-            concurrency_limit=concurrency_limit,
-            concurrency_key=concurrency_key,
-        )
-        max_depth = _depth(max_depth, "max_depth")
-        options = TaskOptions(
-            queue=self.default_queue if queue is None else validation.queue_name(queue),
-            priority=validation.priority(priority),
-            max_attempts=validation.attempts(max_attempts),
-            backoff=validation.backoff(backoff),
-            timeout_s=validation.duration(timeout, "timeout", positive=True),
-            expires_s=validation.duration(expires, "expires", positive=True),
-            result_ttl_s=validation.duration(result_ttl, "result_ttl"),
-            retry=RetryPolicy(retry_on=retry_on, give_up_on=give_up_on),
-            max_depth=max_depth,
+            rate_limit=options.get("rate_limit"),
+            rate_key=options.get("rate_key"),
+            concurrency_limit=options.get("concurrency_limit"),
+            concurrency_key=options.get("concurrency_key"),
         )
         flow("?")  # bad options fail here, before a function is given
+        name = options.get("name")
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = validation.task_name(name or f"{f.__module__}.{f.__qualname__}")
             if task_name in self.tasks:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
             limits = flow(task_name)
-            registered = Task(self.producer, f, task_name, replace(options, limits=limits))
+            registered = Task(self.producer, f, task_name, replace(defaults, limits=limits))
             self.tasks[task_name] = registered
             return registered
 
@@ -273,7 +215,7 @@ class Offload:
         """`enqueue` for async code."""
         return await self.options(name).enqueue_async(*args, **kwargs)
 
-    def options(self, name: str, **options: Any) -> Enqueuer[Any]:
+    def options(self, name: str, **options: Unpack[EnqueueOptions]) -> Enqueuer[Any]:
         """`Task.options` by task name."""
         task = self.tasks.get(name)
         if task is not None:
@@ -350,9 +292,3 @@ class Offload:
         opened (see `_portal.py`). Long-lived processes that drop apps should.
         """
         self.producer.close()
-
-
-def _depth(value: int | None, what: str) -> int | None:
-    if value is not None and (type(value) is not int or value < 1):
-        raise ConfigurationError(f"{what} must be an int >= 1 or None, got {value!r}")
-    return value

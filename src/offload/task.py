@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
-from offload.envelope import Backoff
 from offload.errors import InvalidArguments
 from offload.job import Job, handles
-from offload.options import Call, KeySpec, Overrides, TaskOptions, make_overrides
+from offload.options import Call, EnqueueOptions, Overrides, TaskOptions, make_overrides
 from offload.producer import Producer
 
 # Call, Overrides, TaskOptions and make_overrides live in `offload.options`; they are
@@ -143,44 +141,12 @@ class Task(Enqueuer[P], Generic[P, R]):
         except TypeError as exc:
             raise InvalidArguments(f"bad arguments for task {self.name!r}: {exc}") from None
 
-    def options(
-        self,
-        *,
-        delay: float | timedelta | None = None,
-        at: datetime | float | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        key: KeySpec | None = None,
-        expires: float | timedelta | datetime | None = None,
-        max_attempts: int | None = None,
-        timeout: float | timedelta | None = None,
-        backoff: Backoff | None = None,
-    ) -> Enqueuer[P]:
-        """Options for the next enqueue(s), over the task's defaults.
+    def options(self, **options: Unpack[EnqueueOptions]) -> Enqueuer[P]:
+        """Options for the next enqueue(s), over the task's defaults: the job options
+        (`queue`, `priority`, `max_attempts`, `backoff`, `timeout`, `expires`, also as
+        a datetime) and `delay`, `at`, `key` (`offload.options.EnqueueOptions`).
 
-        Args:
-            delay: run no earlier than this many seconds from now.
-            at: run no earlier than this time (aware datetime or Unix seconds).
-            priority: higher runs first; FIFO within a priority.
-            key: idempotency key: while a job with this key exists (until it is
-                purged), enqueueing another returns the existing job. A callable
-                gets each call's arguments and returns its key.
-            expires: not started within this many seconds (or by this datetime) →
-                `expired`, never run.
+        Raises:
+            ConfigurationError: a bad option; TypeError: not an enqueue option.
         """
-        return Enqueuer(
-            self.producer,
-            self.name,
-            overrides=make_overrides(
-                delay=delay,
-                at=at,
-                priority=priority,
-                queue=queue,
-                key=key,
-                expires=expires,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                backoff=backoff,
-            ),
-            task=self,
-        )
+        return Enqueuer(self.producer, self.name, make_overrides(**options), task=self)
