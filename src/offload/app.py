@@ -62,6 +62,7 @@ class Offload:
         queue: str = "default",
         max_queue_depth: int | None = None,
     ) -> None:
+        max_depth = validation.depth(max_queue_depth, "max_queue_depth")
         self.default_queue = validation.queue_name(queue)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, ScheduleEntry] = {}
@@ -70,7 +71,7 @@ class Offload:
             clock=clock or SystemClock(),
             tasks=self.tasks,
             default_queue=self.default_queue,
-            max_queue_depth=validation.depth(max_queue_depth, "max_queue_depth"),
+            max_queue_depth=max_depth,
         )
 
     def __repr__(self) -> str:
