@@ -1,19 +1,20 @@
 """`Job`: the producer's handle on an enqueued job.
 
-It holds only the id (and the app to ask through), so it is cheap to create, and
-`app.job(id)` rebuilds it anywhere, for example in a later HTTP request.
+It holds only the id (and the producer to ask through: its broker connection and sync
+portal), so it is cheap to create, and `app.job(id)` rebuilds it anywhere, for example
+in a later HTTP request.
 """
 
 from __future__ import annotations
 
-import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from offload.attempts import job_with_history
-from offload.brokers.base import JobInfo
+from offload.brokers.base import EnqueueResult, JobInfo
 from offload.envelope import JobState
 from offload.errors import (
     JobCancelled,
@@ -23,13 +24,12 @@ from offload.errors import (
     ResultTimeout,
     SerializationError,
 )
+from offload.workflow_engine import WorkflowEngine
 
 if TYPE_CHECKING:
-    from offload.app import Offload
+    from offload.producer import Producer
 
-__all__ = ["Job"]
-
-logger = logging.getLogger("offload")
+__all__ = ["Job", "handles"]
 
 #: Without a broker push, re-reads start this fast (seconds) and back off to
 #: `_POLL_MAX_S`; with one, the job is re-read after `_PUSHED_MAX_S` at the latest (a
@@ -43,10 +43,10 @@ class Job:
     """An enqueued job. `created` is False when an idempotency key matched an existing
     job, whose id this handle then carries."""
 
-    __slots__ = ("_app", "created", "id")
+    __slots__ = ("_producer", "created", "id")
 
-    def __init__(self, app: Offload, job_id: str, *, created: bool = True) -> None:
-        self._app = app
+    def __init__(self, producer: Producer, job_id: str, *, created: bool = True) -> None:
+        self._producer = producer
         self.id = job_id
         self.created = created
 
@@ -71,7 +71,7 @@ class Job:
         return await self._read(history=True)
 
     async def _read(self, *, history: bool = False) -> JobInfo:
-        broker = await self._app.connected_broker()
+        broker = await self._producer.connected_broker()
         if history:
             info = await job_with_history(broker, self.id)
         else:
@@ -102,7 +102,7 @@ class Job:
             SerializationError: the stored result is not JSON (garbage in the broker).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        broker = await self._app.connected_broker()
+        broker = await self._producer.connected_broker()
         pushed = broker.capabilities.push_results
         delay = _PUSHED_MAX_S if pushed else _POLL_MIN_S
         while True:
@@ -123,39 +123,30 @@ class Job:
 
         A workflow step cancelled before it ran stops what follows it here and now
         (otherwise a worker would, from the broker's outbox, within a second)."""
-        from offload.worker.flows import settle_ended
-
-        broker = await self._app.connected_broker()
+        broker = await self._producer.connected_broker()
         if not await broker.cancel(self.id):
             return False
-        info = await broker.get_job(self.id)
-        envelope = info.envelope() if info is not None else None
-        waited = info is not None and info.state is JobState.CANCELLED
-        if waited and envelope is not None and envelope.has_follow_ups:
-            try:
-                await settle_ended(self._app, envelope, JobState.CANCELLED)
-                await broker.clear_outbox([self.id])
-            except Exception:  # cancelled all the same; a worker finishes this from the outbox
-                logger.warning(
-                    "job %s: cancelled; its workflow follow-ups are left to a worker",
-                    self.id,
-                    exc_info=True,
-                )
+        await WorkflowEngine(self._producer, broker).cancelled(self.id)
         return True
 
     # -- sync twins --------------------------------------------------------------------
 
     def info(self) -> JobInfo:
-        return self._app.portal.run(self.info_async())
+        return self._producer.portal.run(self.info_async())
 
     def state(self) -> JobState:
-        return self._app.portal.run(self.state_async())
+        return self._producer.portal.run(self.state_async())
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._app.portal.run(self.result_async(timeout))
+        return self._producer.portal.run(self.result_async(timeout))
 
     def cancel(self) -> bool:
-        return self._app.portal.run(self.cancel_async())
+        return self._producer.portal.run(self.cancel_async())
+
+
+def handles(producer: Producer, results: Sequence[EnqueueResult]) -> list[Job]:
+    """The handles on the jobs of an enqueue (`created=False`: a key matched)."""
+    return [Job(producer, r.id, created=r.created) for r in results]
 
 
 def _result_value(info: JobInfo) -> Any:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -41,8 +41,7 @@ from offload.errors import ConfigurationError, InvalidSchedule
 if TYPE_CHECKING:
     from croniter import croniter
 
-    from offload.app import Offload
-    from offload.task import Task
+    from offload.options import Declared
 
 __all__ = [
     "Cron",
@@ -283,8 +282,8 @@ class ScheduleEntry:
 
 
 def make_entry(
-    app: Offload,
-    task: Task[Any, Any] | str,
+    tasks: Mapping[str, Declared],
+    task: Declared | str,
     schedule: Schedule,
     *,
     args: tuple[Any, ...] | list[Any] = (),
@@ -310,7 +309,7 @@ def make_entry(
     if ":" in entry_id:
         raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")
     kw = dict(kwargs or {})
-    registered = app.tasks.get(name)
+    registered = tasks.get(name)
     if registered is not None:
         registered.check_arguments(tuple(args), kw)
     validation.arguments(name, list(args), kw)

@@ -42,25 +42,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 from offload import pausing, validation
 from offload._health import BrokerHealth
 from offload.envelope import ACTIVE_STATES
+from offload.options import Call, make_overrides
 from offload.schedule import ScheduleEntry, utc_iso
-from offload.task import Call, make_overrides
 
 if TYPE_CHECKING:
-    from offload.app import Offload
     from offload.brokers.base import Broker, JobInfo
     from offload.clock import Clock
+    from offload.producer import Producer
 
-__all__ = ["Fire", "Scheduler"]
+__all__ = ["Fire", "Scheduled", "Scheduler"]
 
 logger = logging.getLogger("offload.scheduler")
 
@@ -97,26 +97,42 @@ class _State:
     next_fire: int  # the first tick after the cursor (fast path)
 
 
+class Scheduled(Protocol):
+    """What a scheduler reads of its app (an `Offload`): the schedules, the producer
+    that enqueues their fires, and the queues whose broker it probes."""
+
+    @property
+    def producer(self) -> Producer: ...
+
+    @property
+    def schedules(self) -> Mapping[str, ScheduleEntry]: ...
+
+    def queues(self) -> list[str]: ...
+
+
 class Scheduler:
     """Enqueues the fires of `app.schedules` (or of the ids in `only`).
 
     Args:
-        clock: time source (default: the app's); `tick(now)` also takes `now`.
+        app: the schedules and their producer (an `Offload`).
+        clock: time source (default: the producer's); `tick(now)` also takes `now`.
         only: schedule ids to run, default all.
     """
 
     def __init__(
-        self, app: Offload, *, clock: Clock | None = None, only: Iterable[str] | None = None
+        self, app: Scheduled, *, clock: Clock | None = None, only: Iterable[str] | None = None
     ) -> None:
-        self.app = app
-        self.clock = clock or app.clock
+        self.producer = app.producer
+        self.schedules = app.schedules
+        self._queues = app.queues
+        self.clock = clock or app.producer.clock
         self._only = set(only) if only is not None else None
         self._states: dict[str, _State] = {}
         self._stopping = asyncio.Event()
 
     @property
     def entries(self) -> list[ScheduleEntry]:
-        return [e for e in self.app.schedules.values() if self._only is None or e.id in self._only]
+        return [e for e in self.schedules.values() if self._only is None or e.id in self._only]
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -129,7 +145,7 @@ class Scheduler:
         A broker outage is logged once, and ticks are retried with backoff meanwhile
         (what they missed is then handled by the misfire policy)."""
         health = BrokerHealth(logger, probe=self._probe)
-        if not await health.reach(self.app.connected_broker, self._stopping):
+        if not await health.reach(self.producer.connected_broker, self._stopping):
             return
         logger.info(
             "scheduler started: %d schedules",
@@ -141,7 +157,7 @@ class Scheduler:
 
     async def _probe(self) -> None:
         """A cheap call that reaches the broker (see `BrokerHealth`)."""
-        await self.app.broker.next_due(self.app.queues())
+        await self.producer.broker.next_due(self._queues())
 
     def _sleep_s(self) -> float:
         now = self.clock.now()
@@ -154,7 +170,7 @@ class Scheduler:
         """Handle every tick due at or before `now` (default: the clock's time) that
         this replica has not handled yet; returns what it did with each."""
         now = self.clock.now() if now is None else now
-        broker = await self.app.connected_broker()
+        broker = await self.producer.connected_broker()
         held = (await pausing.paused(broker)).schedules
         fires: list[Fire] = []
         for entry in self.entries:
@@ -328,20 +344,19 @@ class Scheduler:
         self, broker: Broker, entry: ScheduleEntry, fire_ts: int, now: float, keep_s: float
     ) -> tuple[str, bool]:
         """Enqueue one fire under its key, kept long enough for `_resume` to find it."""
-        task = self.app.tasks.get(entry.task)
+        task = self.producer.tasks.get(entry.task)
         defaults = task.defaults if task is not None else None
         overrides = make_overrides(key=entry.key(fire_ts))
         call = Call(entry.args, dict(entry.kwargs))
-        envelope = self.app._envelope(entry.task, call, defaults, overrides, now)
+        envelope = self.producer.envelope(entry.task, call, overrides, now)
         own_ttl = defaults.result_ttl_s if defaults is not None else None
         ttl_s = max(own_ttl or broker.retention_s, keep_s)
         envelope = msgspec.structs.replace(envelope, result_ttl_s=ttl_s)
-        hooks = self.app.hooks
+        hooks = self.producer.hooks
         if hooks:
             envelope = hooks.before_enqueue(envelope)
-        [result] = await broker.enqueue([validation.checked(envelope)])
-        if hooks:
-            hooks.after_enqueue([envelope], [result.created])
+        items = [validation.checked(envelope)]
+        [result] = self.producer.sent(items, await broker.enqueue(items))
         return result.id, result.created
 
 

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
-from offload.envelope import Backoff
 from offload.errors import InvalidArguments
-from offload.retry import DEFAULT_BACKOFF, RetryPolicy
+from offload.job import Job, handles
+from offload.options import Call, EnqueueOptions, Overrides, TaskOptions, make_overrides
+from offload.producer import Producer
 
-if TYPE_CHECKING:
-    from offload.app import Offload
-    from offload.job import Job
-    from offload.limits import Limits
-
+# Call, Overrides, TaskOptions and make_overrides live in `offload.options`; they are
+# named here too, where they were first, for code that imports them from here.
 __all__ = ["Call", "Enqueuer", "Overrides", "Task", "TaskOptions", "make_overrides"]
 
 P = ParamSpec("P")
@@ -32,118 +28,18 @@ R = TypeVar("R")
 MAX_SHAPES = 256
 _UNKNOWN: Any = object()
 
-#: A key may be given as a string, or computed from each call's arguments.
-KeySpec = str | Callable[..., str]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """Per-task defaults; every enqueue starts from these.
-
-    Attributes:
-        expires_s: a job not started within this many seconds of its enqueue is
-            marked `expired` and never runs.
-        timeout_s: a running attempt is stopped after this many seconds (async
-            handlers are cancelled; sync handlers run in a child process that is
-            killed), and the attempt fails with `JobTimeout`.
-        result_ttl_s: how long a succeeded job and its result are kept.
-        limits: rate and concurrency limits, checked by the worker at admission.
-        max_depth: enqueue raises `QueueFull` past this many waiting jobs in the
-            task's queue (None: the app's `max_queue_depth`).
-    """
-
-    queue: str = "default"
-    priority: int = 0
-    max_attempts: int = 5
-    backoff: Backoff = DEFAULT_BACKOFF
-    timeout_s: float | None = None
-    expires_s: float | None = None
-    result_ttl_s: float | None = 24 * 3600.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    limits: Limits | None = None
-    max_depth: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One set of arguments for a task, for `enqueue_many` and workflows (`task.call`
-    also records the task, so `chain`, `group` and `chord` know what to run)."""
-
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    task: Task[Any, Any] | None = field(default=None, compare=False, repr=False)
-    partial: bool = False  # `task.partial`: the first argument comes from the stage before
-    overrides: Overrides | None = None  # `task.options(...).call(...)`: this call's options
-
-
-@dataclass(frozen=True, slots=True)
-class Overrides:
-    """Per-enqueue options; None means "the task's default"."""
-
-    delay_s: float | None = None
-    at: float | None = None
-    priority: int | None = None
-    queue: str | None = None
-    key: KeySpec | None = None
-    expires_at: float | None = None
-    expires_s: float | None = None
-    max_attempts: int | None = None
-    timeout_s: float | None = None
-    backoff: Backoff | None = None
-
-
-def make_overrides(
-    *,
-    delay: float | timedelta | None = None,
-    at: datetime | float | None = None,
-    priority: int | None = None,
-    queue: str | None = None,
-    key: KeySpec | None = None,
-    expires: float | timedelta | datetime | None = None,
-    max_attempts: int | None = None,
-    timeout: float | timedelta | None = None,
-    backoff: Backoff | None = None,
-) -> Overrides:
-    """Validate and normalise the public enqueue options (rules: `offload.validation`).
-
-    Raises:
-        ConfigurationError: an option is out of bounds; the message names it.
-    """
-    from offload import validation as v
-    from offload.errors import ConfigurationError
-
-    if delay is not None and at is not None:
-        raise ConfigurationError("give either delay= or at=, not both")
-    if isinstance(expires, datetime):
-        expires_at: float | None = v.timestamp(expires.timestamp(), "expires")
-        expires_s = None
-    else:
-        expires_at, expires_s = None, v.duration(expires, "expires", positive=True)
-    return Overrides(
-        delay_s=v.duration(delay, "delay"),
-        at=None if at is None else v.timestamp(_unix(at), "at"),
-        priority=None if priority is None else v.priority(priority),
-        queue=None if queue is None else v.queue_name(queue),
-        key=key if key is None or callable(key) else v.job_key(key),
-        expires_at=expires_at,
-        expires_s=expires_s,
-        max_attempts=None if max_attempts is None else v.attempts(max_attempts),
-        timeout_s=v.duration(timeout, "timeout", positive=True),
-        backoff=None if backoff is None else v.backoff(backoff),
-    )
-
-
-def _unix(at: datetime | float) -> float:
-    return at.timestamp() if isinstance(at, datetime) else at
-
 
 class Enqueuer(Generic[P]):
     """Enqueues jobs of one task with fixed options: `task.options(...)` returns one."""
 
     def __init__(
-        self, app: Offload, name: str, overrides: Overrides, task: Task[P, Any] | None = None
+        self,
+        producer: Producer,
+        name: str,
+        overrides: Overrides,
+        task: Task[P, Any] | None = None,
     ) -> None:
-        self._app = app
+        self.producer = producer
         self._name = name
         self._overrides = overrides
         self._task = task
@@ -172,12 +68,11 @@ class Enqueuer(Generic[P]):
             SerializationError: an argument is not JSON-serializable (names which).
             BrokerError: the broker refused or could not be reached.
         """
-        return self._app._enqueue_sync(self._name, [Call(args, kwargs)], self._overrides)[0]
+        return self.enqueue_many([Call(args, kwargs)])[0]
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """`enqueue` for async code."""
-        jobs = await self._app._enqueue(self._name, [Call(args, kwargs)], self._overrides)
-        return jobs[0]
+        return (await self.enqueue_many_async([Call(args, kwargs)]))[0]
 
     def enqueue_in(self, connection: Any, /, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Enqueue one job inside the application's open transaction on `connection`
@@ -194,23 +89,26 @@ class Enqueuer(Generic[P]):
             SerializationError / InvalidArguments: as `enqueue`.
         """
         calls = [Call(args, kwargs)]
-        return self._app._enqueue_in(connection, self._name, calls, self._overrides)[0]
+        results = self.producer.enqueue_in(connection, self._name, calls, self._overrides)
+        return handles(self.producer, results)[0]
 
     async def enqueue_in_async(self, connection: Any, /, *args: P.args, **kwargs: P.kwargs) -> Job:
         """`enqueue_in` on a psycopg `AsyncConnection`, for async code."""
-        jobs = await self._app._enqueue_in_async(
+        results = await self.producer.enqueue_in_async(
             connection, self._name, [Call(args, kwargs)], self._overrides
         )
-        return jobs[0]
+        return handles(self.producer, results)[0]
 
     def enqueue_many(self, calls: Iterable[Call | tuple[Any, ...]]) -> list[Job]:
         """Enqueue many jobs in one broker round trip (fan-out). Tuples are positional
         arguments; use `task.call(...)` for keyword arguments."""
-        return self._app._enqueue_sync(self._name, _calls(calls), self._overrides)
+        results = self.producer.enqueue(self._name, _calls(calls), self._overrides)
+        return handles(self.producer, results)
 
     async def enqueue_many_async(self, calls: Iterable[Call | tuple[Any, ...]]) -> list[Job]:
         """`enqueue_many` for async code."""
-        return await self._app._enqueue(self._name, _calls(calls), self._overrides)
+        results = await self.producer.enqueue_async(self._name, _calls(calls), self._overrides)
+        return handles(self.producer, results)
 
 
 def _calls(calls: Iterable[Call | tuple[Any, ...]]) -> list[Call]:
@@ -221,8 +119,10 @@ class Task(Enqueuer[P], Generic[P, R]):
     """A registered task. Calling it runs the function here and now; `enqueue` runs it
     later on a worker."""
 
-    def __init__(self, app: Offload, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
-        super().__init__(app, name, Overrides(), self)
+    def __init__(
+        self, producer: Producer, fn: Callable[P, R], name: str, options: TaskOptions
+    ) -> None:
+        super().__init__(producer, name, Overrides(), self)
         self.fn = fn
         self.name = name
         self.defaults = options
@@ -261,44 +161,12 @@ class Task(Enqueuer[P], Generic[P, R]):
         if verdict is not None:
             raise InvalidArguments(verdict)
 
-    def options(
-        self,
-        *,
-        delay: float | timedelta | None = None,
-        at: datetime | float | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        key: KeySpec | None = None,
-        expires: float | timedelta | datetime | None = None,
-        max_attempts: int | None = None,
-        timeout: float | timedelta | None = None,
-        backoff: Backoff | None = None,
-    ) -> Enqueuer[P]:
-        """Options for the next enqueue(s), over the task's defaults.
+    def options(self, **options: Unpack[EnqueueOptions]) -> Enqueuer[P]:
+        """Options for the next enqueue(s), over the task's defaults: the job options
+        (`queue`, `priority`, `max_attempts`, `backoff`, `timeout`, `expires`, also as
+        a datetime) and `delay`, `at`, `key` (`offload.options.EnqueueOptions`).
 
-        Args:
-            delay: run no earlier than this many seconds from now.
-            at: run no earlier than this time (aware datetime or Unix seconds).
-            priority: higher runs first; FIFO within a priority.
-            key: idempotency key: while a job with this key exists (until it is
-                purged), enqueueing another returns the existing job. A callable
-                gets each call's arguments and returns its key.
-            expires: not started within this many seconds (or by this datetime) →
-                `expired`, never run.
+        Raises:
+            ConfigurationError: a bad option; TypeError: not an enqueue option.
         """
-        return Enqueuer(
-            self._app,
-            self.name,
-            overrides=make_overrides(
-                delay=delay,
-                at=at,
-                priority=priority,
-                queue=queue,
-                key=key,
-                expires=expires,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                backoff=backoff,
-            ),
-            task=self,
-        )
+        return Enqueuer(self.producer, self.name, make_overrides(**options), task=self)

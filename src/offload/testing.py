@@ -84,7 +84,7 @@ class _RecordingExecutor(Executor):
     test can have it raised (`raise_errors`) rather than read back as text."""
 
     def __init__(self, app: Offload, *, worker_id: str, threads: int) -> None:
-        super().__init__(app, worker_id=worker_id, threads=threads)
+        super().__init__(app.find_task, app.broker, app.clock, worker_id=worker_id, threads=threads)
         self.buried: list[tuple[str, BaseException | None, ErrorInfo | None]] = []
         self._raised: dict[str, BaseException] = {}
 
@@ -168,7 +168,7 @@ class InlineRunner:
     def _open(self) -> None:
         if self._restore is not None:
             raise RuntimeError("this InlineRunner is already open")
-        self._restore = self.app._rebind(self.url, self.clock)
+        self._restore = self.app.producer.rebind(self.url, self.clock)
         self._scheduler = Scheduler(self.app) if self.schedules else None
 
     async def _close(self) -> None:
@@ -179,7 +179,7 @@ class InlineRunner:
             for worker in self._workers.values():
                 worker.executor.close()
             self._workers.clear()
-            portal_broker = self.app._portal_broker
+            portal_broker = self.app.producer.portal_broker
             if portal_broker is not None:
                 await portal_broker.close()
             await self.app.aclose()

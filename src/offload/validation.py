@@ -50,6 +50,7 @@ __all__ = [
     "attempts",
     "backoff",
     "checked",
+    "depth",
     "duration",
     "job_key",
     "priority",
@@ -116,12 +117,12 @@ def attempts(value: object, what: str = "max_attempts") -> int:
     return value
 
 
-def duration(value: float | timedelta | None, what: str, *, positive: bool = False) -> float | None:
+def duration(value: object, what: str, *, positive: bool = False) -> float | None:
     """`seconds`, where None (no such limit) stays None."""
     return None if value is None else seconds(value, what, positive=positive)
 
 
-def seconds(value: float | timedelta, what: str, *, positive: bool = False) -> float:
+def seconds(value: object, what: str, *, positive: bool = False) -> float:
     """Seconds (a number or a timedelta) as a float. Refuses NaN, infinity, negative
     values (and 0 when `positive`), and more than `MAX_DURATION_S`."""
     if isinstance(value, timedelta):
@@ -138,6 +139,13 @@ def seconds(value: float | timedelta, what: str, *, positive: bool = False) -> f
             f" got {_show(value)}"
         )
     return seconds
+
+
+def depth(value: object, what: str) -> int | None:
+    """A queue-depth bound: an int of at least 1, or None (unbounded)."""
+    if value is not None and (type(value) is not int or value < 1):
+        raise ConfigurationError(f"{what} must be an int >= 1 or None, got {value!r}")
+    return value
 
 
 def timestamp(value: object, what: str) -> float:

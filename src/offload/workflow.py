@@ -7,7 +7,7 @@ branches are chains of stages. The producer enqueues the first stage; the stages
 a job travel in its envelope's `then`, and a group member's place in its group (and
 what follows the group) in its `chord` (`ChordRef`). When a job ends, the worker starts
 what follows *before* it settles the job, under fixed ids and keys, so a crash in
-between can neither lose nor double it (`offload.worker.flows`):
+between can neither lose nor double it (`offload.workflow_engine`):
 
 - a success starts the next stage with the job's result as its first argument (each
   branch of a group gets it);
@@ -36,14 +36,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from offload.envelope import ChordRef, Envelope, Failure, JobState, Step, new_job_id
+from offload.envelope import JobState, Step, new_job_id
 from offload.errors import ConfigurationError, JobFailed, JobNotFound, ResultTimeout
 from offload.job import Job
-from offload.task import Call, Overrides
+from offload.options import Call, Overrides
+from offload.task import Task
+from offload.workflow_engine import WorkflowEngine
 
 if TYPE_CHECKING:
-    from offload.app import Offload
-    from offload.task import Task
+    from offload.producer import Producer
 
 __all__ = ["Chain", "Chord", "Group", "Workflow", "chain", "chord", "group"]
 
@@ -64,15 +65,16 @@ class Workflow:
             task step (a chain, a chord's callback); None when it ends with a group.
     """
 
-    __slots__ = ("_app", "_stages", "id", "jobs", "last")
+    __slots__ = ("_producer", "_stages", "id", "jobs", "last")
 
-    def __init__(self, app: Offload | None, workflow_id: str, stages: list[Step]) -> None:
-        self._app = app  # None only for an empty group: nothing to wait for or cancel
+    def __init__(self, producer: Producer | None, workflow_id: str, stages: list[Step]) -> None:
+        self._producer = producer  # None only for an empty group: nothing to wait for
         self._stages = stages
         self.id = workflow_id
-        self.jobs = [Job(app, step.id) for step in _task_steps(stages)] if app else []
-        final = stages[-1] if stages and app else None
-        self.last = Job(app, final.id) if app and final and final.branches is None else None
+        p = producer
+        self.jobs = [Job(p, step.id) for step in _task_steps(stages)] if p else []
+        final = stages[-1] if stages and p else None
+        self.last = Job(p, final.id) if p and final and final.branches is None else None
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id} jobs={len(self.jobs)}>"
@@ -92,15 +94,15 @@ class Workflow:
         return await self._result_of(self._stages, deadline)
 
     @property
-    def _live_app(self) -> Offload:
-        assert self._app is not None  # a workflow with stages always has its app
-        return self._app
+    def _live_producer(self) -> Producer:
+        assert self._producer is not None  # a workflow with stages always has one
+        return self._producer
 
     async def _result_of(self, stages: list[Step], deadline: float | None) -> Any:
         final = stages[-1]
         if final.branches is not None:
             return [await self._result_of(branch, deadline) for branch in final.branches]
-        job = Job(self._live_app, final.id)
+        job = Job(self._live_producer, final.id)
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -119,7 +121,7 @@ class Workflow:
             if stage.branches is not None:
                 return
             try:
-                info = await Job(self._live_app, stage.id).info_async()
+                info = await Job(self._live_producer, stage.id).info_async()
             except JobNotFound:
                 continue
             if info.state is JobState.DEAD:
@@ -140,10 +142,12 @@ class Workflow:
         return len(done)
 
     def cancel(self) -> int:
-        return 0 if self._app is None else self._app.portal.run(self.cancel_async())
+        return 0 if self._producer is None else self._producer.portal.run(self.cancel_async())
 
     def result(self, timeout: float | None = None) -> Any:
-        return [] if self._app is None else self._app.portal.run(self.result_async(timeout))
+        if self._producer is None:
+            return []
+        return self._producer.portal.run(self.result_async(timeout))
 
 
 class _Flow:
@@ -152,25 +156,26 @@ class _Flow:
     def stages(self, *, first: bool) -> list[Step]:
         raise NotImplementedError
 
-    def _app(self) -> Offload:
+    def _producer(self) -> Producer:
         raise NotImplementedError
 
     def enqueue(self) -> Workflow:
-        return self._app().portal.run(self.enqueue_async())
+        return self._producer().portal.run(self.enqueue_async())
 
     async def enqueue_async(self) -> Workflow:
         """Enqueue the first stage (a group's members in one broker round trip)."""
-        app = self._app()
+        producer = self._producer()
         stages = self.stages(first=True)
         if not stages:
-            return Workflow(app, new_job_id(), [])
-        envelopes = start_envelopes(app, stages, None, origin=None, key=None, chord=None)
+            return Workflow(producer, new_job_id(), [])
+        engine = WorkflowEngine(producer, producer.broker)  # builds only: no broker call
+        envelopes = engine.start_envelopes(stages, None, origin=None, key=None, chord=None)
         workflow_id = stages[0].id
         envelopes = [msgspec.structs.replace(e, workflow_id=workflow_id) for e in envelopes]
         if stages[0].branches is not None:
             envelopes = [msgspec.structs.replace(e, parent_id=workflow_id) for e in envelopes]
-        await app._enqueue_envelopes(envelopes)
-        return Workflow(app, workflow_id, stages)
+        await producer.enqueue_envelopes_async(envelopes)
+        return Workflow(producer, workflow_id, stages)
 
 
 class Chain(_Flow):
@@ -189,8 +194,8 @@ class Chain(_Flow):
             out.extend(_stages_of(item, first=first and index == 0))
         return out
 
-    def _app(self) -> Offload:
-        return _app_of(self.items[0])
+    def _producer(self) -> Producer:
+        return _producer_of(self.items[0])
 
 
 class Group(_Flow):
@@ -213,10 +218,10 @@ class Group(_Flow):
         branches = [_stages_of(member, first=first) for member in self.members]
         return [Step(id=new_job_id(), branches=branches, stop=self.on_failure == "stop")]
 
-    def _app(self) -> Offload:
+    def _producer(self) -> Producer:
         if not self.members:
             raise ConfigurationError("an empty group has nothing to run")
-        return _app_of(self.members[0])
+        return _producer_of(self.members[0])
 
     def enqueue(self) -> Workflow:
         """Enqueue every member; an empty group (fan-out to nobody) enqueues nothing
@@ -243,8 +248,8 @@ class Chord(_Flow):
     def stages(self, *, first: bool) -> list[Step]:
         return [*self.group.stages(first=first), *_stages_of(self.callback, first=False)]
 
-    def _app(self) -> Offload:
-        return _app_of(self.callback)
+    def _producer(self) -> Producer:
+        return _producer_of(self.callback)
 
 
 def chain(*items: Call | Chain | Group | Chord) -> Chain:
@@ -280,81 +285,6 @@ def chord(
     elif on_failure is not None and on_failure != members.on_failure:
         members = Group(members.members, on_failure=on_failure)
     return Chord(members, callback)
-
-
-# -- building blocks, shared with the worker -------------------------------------------
-
-
-def start_envelopes(
-    app: Offload,
-    stages: list[Step],
-    value: Any,
-    *,
-    origin: Envelope | None,
-    key: str | None,
-    chord: ChordRef | None,
-    failures: list[Failure] | None = None,
-) -> list[Envelope]:
-    """The jobs that start `stages` with `value` as their input: one job for a task
-    stage, the first job of every branch for a group. `origin` (None at the producer)
-    is the job whose end starts them; `key` makes each start idempotent."""
-    stage, rest = stages[0], stages[1:]
-    if stage.branches is None:
-        args = list(stage.args) if origin is None else [value, *stage.args]
-        return [
-            _step_envelope(
-                app, stage, args, origin, key, then=rest or None, chord=chord, failures=failures
-            )
-        ]
-    joins = bool(rest) or chord is not None
-    out: list[Envelope] = []
-    for index, branch in enumerate(stage.branches):
-        ref = ChordRef(stage.id, index, len(stage.branches), rest, chord, stage.stop)
-        branch_key = None if key is None else f"{key}:{index}"
-        out += start_envelopes(
-            app,
-            branch,
-            value,
-            origin=origin,
-            key=branch_key,
-            chord=ref if joins else None,
-            failures=failures,
-        )
-    return out
-
-
-def _step_envelope(
-    app: Offload,
-    step: Step,
-    args: list[Any],
-    origin: Envelope | None,
-    key: str | None,
-    **fields: Any,
-) -> Envelope:
-    """The job of `step`, built like any enqueue (`Offload._envelope`: the task's
-    defaults under the step's own options), with the step's id and the workflow's key."""
-    known = app.tasks.get(step.task)
-    options = Overrides(
-        delay_s=step.delay_s,
-        priority=step.priority,
-        queue=step.queue,
-        expires_s=step.expires_s,
-        max_attempts=step.max_attempts,
-        timeout_s=step.timeout_s,
-        backoff=step.backoff,
-    )
-    call = Call(tuple(args), step.kwargs)
-    envelope = app._envelope(
-        step.task, call, known.defaults if known else None, options, app.clock.now()
-    )
-    return msgspec.structs.replace(
-        envelope,
-        id=step.id,
-        key=key,
-        parent_id=None if origin is None else origin.id,
-        workflow_id=None if origin is None else origin.workflow_id,
-        **fields,
-    )
 
 
 def _stages_of(item: Call | _Flow, *, first: bool) -> list[Step]:
@@ -415,11 +345,11 @@ def _task_steps(stages: list[Step]) -> list[Step]:
     return out
 
 
-def _app_of(item: Call | _Flow) -> Offload:
-    return item._app() if isinstance(item, _Flow) else _task(item)._app
+def _producer_of(item: Call | _Flow) -> Producer:
+    return item._producer() if isinstance(item, _Flow) else _task(item).producer
 
 
 def _task(call: Call) -> Task[Any, Any]:
-    if call.task is None:
+    if not isinstance(call.task, Task):
         raise ConfigurationError("workflow steps are made with task.call(...)")
     return call.task

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from offload import JobState, Offload
+from offload.brokers.base import QueueStats
 from tests.integration.test_worker_process import wait_for
 from tests.integration.test_worker_shutdown import Shell
 
@@ -26,7 +27,7 @@ STOPS = 15
 WORKER_ARGS = ("--grace", "0.5", "--lease", "2", "-c", "4")
 
 
-async def _counts(app: Offload) -> dict[str, object]:
+async def _counts(app: Offload) -> dict[str, QueueStats]:
     """Through the portal's own broker (`connected_broker`), which `close()` closes."""
     return dict(await (await app.connected_broker()).counts())
 

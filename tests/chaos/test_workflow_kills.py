@@ -62,16 +62,20 @@ def _producer(url: str) -> Offload:
     app = Offload(url)
 
     @app.task(name="start")
-    def start(n: int) -> int: ...
+    def start(n: int) -> int:
+        raise NotImplementedError  # the workers' app runs it
 
     @app.task(name="leaf")
-    def leaf(base: int, i: int) -> int: ...
+    def leaf(base: int, i: int) -> int:
+        raise NotImplementedError
 
     @app.task(name="tail")
-    def tail(x: int) -> int: ...
+    def tail(x: int) -> int:
+        raise NotImplementedError
 
     @app.task(name="collect")
-    def collect(values: list[int | None]) -> int: ...
+    def collect(values: list[int | None]) -> int:
+        raise NotImplementedError
 
     return app
 

@@ -37,7 +37,12 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
     tab = context.new_page()
     dialogs: list[str] = []
-    tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.on("dialog", on_dialog)
     try:
         yield tab
     finally:
@@ -106,7 +111,7 @@ def test_a_dead_job_replayed_from_the_dashboard_succeeds(
 
     def succeeded() -> bool:
         page.reload()
-        return page.locator("h1 .state").inner_text() == "succeeded"
+        return bool(page.locator("h1 .state").inner_text() == "succeeded")
 
     wait_until(succeeded, "the replayed job to succeed on its page")
     assert '"fixed"' in page.locator("#result").inner_text()

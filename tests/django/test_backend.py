@@ -13,6 +13,7 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
 from offload import JobState
+from offload.contrib.django import OffloadTaskResult
 from tests.django.helpers import backend, drain
 from tests.django.project import tasks
 
@@ -26,7 +27,7 @@ def test_a_task_runs_on_a_worker_and_its_result_reads_back() -> None:
     assert drain() >= 1
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL
-    assert result.offload_state is JobState.SUCCEEDED
+    assert _state(result) is JobState.SUCCEEDED  # read again: refresh() changed it
     assert result.return_value == 5
     assert (result.args, result.kwargs) == ([2, 3], {})
     assert result.attempts == 1 and result.worker_ids[0]
@@ -193,3 +194,7 @@ def test_a_worker_finds_only_this_backends_django_tasks_by_module_path() -> None
     assert app.find_task("os.system") is None  # importable, but not a Django task
     assert app.find_task("no.such.module.task") is None
     assert app.find_task(tasks.on_sqlite.module_path) is None  # another backend's task
+
+
+def _state(result: OffloadTaskResult) -> JobState:
+    return result.offload_state

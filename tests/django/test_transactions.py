@@ -9,7 +9,7 @@ commit, and never on rollback.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.db import connection, transaction
@@ -41,7 +41,7 @@ def add_user(email: str) -> None:
         cur.execute("INSERT INTO users (email) VALUES (%s)", [email])
 
 
-def finished(task: object, result_id: str) -> object:
+def finished(task: object, result_id: str) -> Callable[[], object]:
     def check() -> object:
         fresh = task.get_result(result_id)  # type: ignore[attr-defined]
         return fresh if fresh.is_finished else None

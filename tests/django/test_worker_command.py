@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def process(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-def succeeded(task: object, result_id: str) -> object:
+def succeeded(task: object, result_id: str) -> Callable[[], object]:
     def check() -> object:
         fresh = task.get_result(result_id)  # type: ignore[attr-defined]
         assert fresh.status != TaskResultStatus.FAILED, fresh.errors

@@ -178,7 +178,7 @@ ROWS = [
     ),
     Row(
         "bad-step-options",
-        lambda a, t: chain(t.call(1), t.options(priority=2**31).call(2)).enqueue(),
+        lambda a, t: chain(t.call(1), t.options(priority=2**31).partial(2)).enqueue(),
         ConfigurationError,
         "priority must be",
     ),

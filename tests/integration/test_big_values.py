@@ -35,7 +35,9 @@ def test_clip_keeps_the_head_and_the_tail_around_a_note() -> None:
 def test_every_error_record_is_bounded_however_it_was_made() -> None:
     built = ErrorInfo("E" * (40 * MB), "m" * (20 * MB), "t" * (20 * MB))
     stored = json.dumps({"type": "E", "message": "m" * (20 * MB), "traceback": "t" * (20 * MB)})
-    for error in (built, decode_error(stored)):  # decoded: what an older worker stored
+    decoded = decode_error(stored)  # what an older worker stored
+    assert decoded is not None
+    for error in (built, decoded):
         assert len(error.type) <= ERROR_TRACEBACK_MAX
         assert ERROR_MESSAGE_MAX - 10 <= len(error.message) <= ERROR_MESSAGE_MAX
         assert ERROR_TRACEBACK_MAX - 10 <= len(error.traceback) <= ERROR_TRACEBACK_MAX

@@ -10,6 +10,7 @@ Only the test's own server and the worker's own backends (selected by an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import subprocess
@@ -110,6 +111,10 @@ def succeeded(url: str, queue: str = "default") -> int:
 # -- PostgreSQL -------------------------------------------------------------------------
 
 
+def _batch_done(url: str, total: int, worker: WorkerProcess) -> bool:
+    return succeeded(url) == total or not worker.alive()
+
+
 def terminate_backends(dsn: str, application_name: str, last_query: str = "") -> int:
     """Terminate the server processes of the connections named `application_name`
     (the worker's own, never anyone else's) whose last statement contains
@@ -141,7 +146,7 @@ def test_postgres_worker_survives_its_backends_being_terminated_again_and_again(
             total += len(batch)
             time.sleep(0.2)
             terminated += terminate_backends(postgres_dsn, name)  # while it runs jobs
-            wait_for(lambda n=total: succeeded(postgres_url) == n or not worker.alive(), "batch")
+            wait_for(functools.partial(_batch_done, postgres_url, total, worker), "batch")
             assert worker.alive(), worker.text()
             # While it waits idle: the pooled connections take turns, so ending the
             # one that last reserved, or the one that last asked for the next due

@@ -132,7 +132,9 @@ async def test_a_member_cancelled_while_running_cancels_the_chord_callback(url: 
     worker = Worker(app, poll_s=0.05)
     runner = asyncio.create_task(worker.run())
     try:
-        flow = await chord(group(member.call(i) for i in range(3)), collect.call()).enqueue_async()
+        flow = await chord(
+            group(member.call(i) for i in range(3)), collect.partial()
+        ).enqueue_async()
         first = flow.jobs[0]
         while (await first.state_async()) is not JobState.RUNNING:
             await asyncio.sleep(0.01)

@@ -33,9 +33,10 @@ def _redis_client(url: str) -> tuple[Any, str]:
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     prefix = query["prefix"][0]
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if query.get("cluster") == ["true"]:
-        return RedisCluster(host=parts.hostname, port=parts.port), prefix
-    return redis.Redis(host=parts.hostname, port=parts.port), prefix
+        return RedisCluster(host=host, port=port), prefix
+    return redis.Redis(host=host, port=port), prefix
 
 
 def _redis_record(url: str, queue: str, job_id: str, change: Callable[[Any], bytes]) -> None:
@@ -86,9 +87,9 @@ def _sql(url: str, statement: str, job_id: str) -> None:
 
     parts = urlsplit(url)
     schema = parse_qs(parts.query)["schema"][0]
-    with psycopg.connect(parts._replace(query="").geturl(), autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
-        conn.execute(statement, (job_id,))  # type: ignore[arg-type]
+    with psycopg.connect(parts._replace(query="").geturl(), autocommit=True) as pg:
+        pg.execute(f'SET search_path TO "{schema}"')
+        pg.execute(statement, (job_id,))
 
 
 SQL_CORRUPTIONS: dict[str, Corrupt] = {

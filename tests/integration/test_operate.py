@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from offload import Backoff, Offload, Worker
+from offload import Backoff, JobState, Offload, Worker
 from offload.attempts import AttemptOutcome
 from tests.conftest import BROKER_NAMES
 
@@ -53,7 +53,7 @@ async def test_a_paused_queue_holds_its_jobs_fleet_wide_within_a_second_and_acro
         held = (await app.paused_async()).queues
         assert "ops" in held
         stats = (await (await app.connected_broker()).counts(["ops"]))["ops"]
-        assert stats.states.get("queued", 0) >= 20  # held, not refused
+        assert stats.states.get(JobState.QUEUED, 0) >= 20  # held, not refused
         # A worker started now (a restart) sees the pause too.
         for w in workers:
             w.stop()

@@ -46,7 +46,7 @@ def test_show_draws_a_chain_with_each_step_state(tmp_path: Path) -> None:
     fetch, transform, store = (app.tasks[n] for n in ("fetch", "transform", "store"))
 
     async def produce() -> list[str]:
-        flow = await chain(fetch.call(1), transform.call(), store.call()).enqueue_async()
+        flow = await chain(fetch.call(1), transform.partial(), store.partial()).enqueue_async()
         await Worker(app).drain()
         await app.aclose()
         return [job.id for job in flow.jobs]
@@ -80,7 +80,7 @@ def test_show_of_a_chord_id_draws_its_members_and_callback(tmp_path: Path) -> No
         return sum(results)
 
     async def produce() -> str:
-        flow = await chord(group(fetch.call(i) for i in range(3)), report.call()).enqueue_async()
+        flow = await chord(group(fetch.call(i) for i in range(3)), report.partial()).enqueue_async()
         await Worker(app).drain()
         await app.aclose()
         return flow.id

@@ -49,7 +49,9 @@ async def test_chain_middle_step_fails_then_replay_completes_it(url: str, clock:
         return {"count": len(values), "sum": sum(values)}
 
     try:
-        flow = await chain(fetch.call(5), transform.call(factor=3), store.call()).enqueue_async()
+        flow = await chain(
+            fetch.call(5), transform.partial(factor=3), store.partial()
+        ).enqueue_async()
         first, middle, last = flow.jobs
         # When it runs, the middle step dies after its retries, and the chain stops
         await _run_until(app, clock, lambda: True)
@@ -109,7 +111,7 @@ async def _chord_fires_once(url: str, clock: FakeClock, members: int) -> None:
 
     try:
         flow = await chord(
-            group(member.call(i) for i in range(members)), report.call()
+            group(member.call(i) for i in range(members)), report.partial()
         ).enqueue_async()
         await _run_until(app, clock, lambda: bool(fired))
         await Worker(app).drain()  # nothing else may fire

@@ -61,7 +61,7 @@ def catalog(dsn: str, schema: str) -> dict[str, list[tuple[Any, ...]]]:
     """Everything about a schema that code can depend on, with its name taken out."""
     with psycopg.connect(dsn) as conn:
         return {
-            part: conn.execute(query.replace("{schema}", schema), {"s": schema}).fetchall()  # type: ignore[call-overload]
+            part: conn.execute(query.replace("{schema}", schema), {"s": schema}).fetchall()
             for part, query in _CATALOG.items()
         }
 
@@ -79,7 +79,7 @@ async def by_migrations(url: str, upto: int) -> None:
     async with await psycopg.AsyncConnection.connect(
         broker.settings.conninfo, autocommit=True
     ) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')  # type: ignore[arg-type]
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
         await apply_migrations(conn, upto)
     version, applied = await broker.migrate()
     assert version == LATEST_VERSION
@@ -94,7 +94,7 @@ def other_url(postgres_dsn: str) -> Any:
     schema = f"offload_test_{uuid.uuid4().hex[:12]}"
     yield f"{postgres_dsn}?schema={schema}"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.mark.parametrize("upto", range(1, len(MIGRATIONS) + 1))
@@ -119,7 +119,7 @@ async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> 
     async with await psycopg.AsyncConnection.connect(
         broker.settings.conninfo, autocommit=True
     ) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')  # type: ignore[arg-type]
+        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')
         await apply_migrations(conn, 8)
         await conn.execute(
             "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
@@ -158,7 +158,7 @@ async def test_schema_newer_than_the_code_is_refused(postgres_dsn: str, postgres
     await fresh(postgres_url)
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(
-            f'INSERT INTO "{schema_of(postgres_url)}".offload_migrations (version, name) '  # type: ignore[arg-type]
+            f'INSERT INTO "{schema_of(postgres_url)}".offload_migrations (version, name) '
             f"VALUES ({LATEST_VERSION + 1}, 'from_the_future')"
         )
     broker = PostgresBroker(postgres_url)

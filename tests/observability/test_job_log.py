@@ -121,7 +121,7 @@ def _run(workdir: Path, *args: str) -> list[dict[str, object]]:
 def test_the_worker_logs_each_job_and_quiet_jobs_keeps_only_failures(workdir: Path) -> None:
     records = _run(workdir, "--log-format", "json")
     jobs = [r for r in records if r["logger"] == "offload.jobs"]
-    assert sorted((r["task"], r["outcome"], r["level"]) for r in jobs) == [  # type: ignore[type-var]
+    assert sorted((r["task"], r["outcome"], r["level"]) for r in jobs) == [
         ("leaky", "dead", "error"),
         ("ok", "succeeded", "info"),
     ]

@@ -112,7 +112,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def close(self) -> None:
-        stop_all([self.proc], timeout=10)  # type: ignore[list-item]
+        stop_all([self.proc], timeout=10)
         self.log.close()
 
 
@@ -156,7 +156,7 @@ def test_prometheus_counts_equal_the_jobs_run(
 
         async def read_counts() -> dict[str, int]:
             broker = await app.connected_broker()  # the portal loop's broker
-            return dict((await broker.counts())["default"].states)
+            return {str(s): n for s, n in (await broker.counts())["default"].states.items()}
 
         def all_done() -> bool:
             counts = app.portal.run(read_counts())
@@ -183,7 +183,7 @@ def test_prometheus_counts_equal_the_jobs_run(
         }
 
         def answered() -> bool:
-            return all(prometheus.query(q) == v for q, v in expected.items())  # type: ignore[union-attr]
+            return all(prometheus.query(q) == v for q, v in expected.items())
 
         try:
             wait_for(answered, timeout=60)

@@ -66,7 +66,7 @@ async def test_a_job_continues_the_request_trace_and_retries_link_to_it(
     @app.task(name="emails.send", queue="emails", backoff=QUICK)
     def send(address: str) -> None:
         with tracer.start_as_current_span("smtp") as span:
-            assert span.parent is not None
+            assert isinstance(span, ReadableSpan) and span.parent is not None
             inner.append((span.get_span_context().trace_id, span.parent.span_id))
         if current_job().attempt == 1:
             raise ConnectionError("smtp down")
@@ -133,7 +133,7 @@ async def test_a_workflow_step_is_sent_from_its_parent_span_and_linked_to_it(
 
     try:
         with provider.get_tracer("web").start_as_current_span("request") as request:
-            flow = await chain(fetch.call(), double.call()).enqueue_async()
+            flow = await chain(fetch.call(), double.partial()).enqueue_async()
         first, second = flow.jobs
         await run_worker_until(app, lambda: all_ended(app, [first.id, second.id]))
         assert await second.result_async(timeout=5) == 6

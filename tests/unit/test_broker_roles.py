@@ -100,7 +100,8 @@ def test_the_state_url_makes_a_composite_of_the_two(
     assert isinstance(broker, Composite)
     assert isinstance(broker.delivery, SQLiteDelivery)
     assert isinstance(broker.inspection, SQLiteBroker)
-    assert broker.flow is broker.fleet is broker.signals is broker.inspection
+    parts: list[object] = [broker.flow, broker.fleet, broker.signals]
+    assert all(part is broker.inspection for part in parts)
 
 
 async def test_a_worker_runs_jobs_on_a_delivery_only_broker_with_a_state_store(

@@ -5,8 +5,9 @@ class back (Django's `TaskError.exception_class` does); older records still read
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-from offload import JobState, Offload, Worker
+from offload import JobState, Offload, Task, Worker
 from offload.codec import decode_error
 from offload.envelope import ErrorInfo
 
@@ -43,7 +44,11 @@ def resolve(path: str) -> object:
 
 
 async def test_the_error_record_carries_the_importable_class_path() -> None:
-    tasks = [declines_on_the_loop, declines_in_a_thread, declines_in_a_child_process]
+    tasks: list[Task[[], Any]] = [
+        declines_on_the_loop,
+        declines_in_a_thread,
+        declines_in_a_child_process,
+    ]
     jobs = [await task.enqueue_async() for task in tasks]
     builtin = await fails_with_a_builtin.enqueue_async()
     await Worker(app).drain()

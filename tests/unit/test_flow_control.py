@@ -40,8 +40,8 @@ async def test_deferred_job_keeps_its_attempt_count_and_runs_later(
     clock.advance(60)
     assert await worker.drain() == 1
     assert attempts == [1, 1]  # the deferral used no attempt
-    assert (await first.info_async()).state is JobState.SUCCEEDED  # type: ignore[union-attr]
-    assert (await second.info_async()).state is JobState.SUCCEEDED  # type: ignore[union-attr]
+    assert (await first.info_async()).state is JobState.SUCCEEDED
+    assert (await second.info_async()).state is JobState.SUCCEEDED
 
 
 async def test_rate_limited_key_backlog_does_not_delay_other_keys(

@@ -10,15 +10,14 @@ import time
 from offload import Backoff, JobState, Offload, Retry, Worker, current_job
 
 app = Offload("memory://")
-NO_RETRY = {"max_attempts": 1}
 
 
-@app.task(timeout=0.2, **NO_RETRY)  # type: ignore[call-overload]
+@app.task(timeout=0.2, max_attempts=1)
 async def async_sleeper() -> None:
     await asyncio.sleep(30)
 
 
-@app.task(timeout=0.5, **NO_RETRY)  # type: ignore[call-overload]
+@app.task(timeout=0.5, max_attempts=1)
 def sync_sleeper(marker: str) -> None:
     time.sleep(3)
     with open(marker, "w") as f:  # reached only if the child was not killed

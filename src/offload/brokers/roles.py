@@ -460,7 +460,7 @@ class Flow(Part):
         `expired` (by `reserve` or `sweep`).
 
         A workflow must hear of every member's end, and these ends happen inside the
-        broker, where no worker runs the follow-ups (`offload.worker.flows`): so the
+        broker, where no worker runs the follow-ups (`offload.workflow_engine`): so the
         broker records them in the same atomic step as the state change, and a worker
         (or the producer that cancelled) runs the follow-ups and then clears them.
         Recorded at least for the jobs whose envelope has `then` or `chord`; a broker

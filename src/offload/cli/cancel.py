@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import click
 
-from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.cli.shared import app_from_options, app_option, run_async, url_option
 from offload.envelope import JobState
 from offload.errors import JobNotFound
-from offload.job import Job
 
 
 @click.command()
@@ -47,7 +46,7 @@ def cancel(app_spec: str | None, url: str | None, job_ids: tuple[str, ...], work
             before = await broker.get_job(job_id)
             if before is None:
                 report.append((job_id, "not found (never enqueued, or purged)"))
-            elif await Job(app, job_id).cancel_async():
+            elif await app.job(job_id).cancel_async():
                 flagged = before.state is JobState.RUNNING
                 report.append((job_id, "flagged (running)" if flagged else "cancelled"))
             elif not workflow:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from offload.cli import app_from_options, app_option, env_twin, url_option
+from offload.cli.shared import app_from_options, app_option, env_twin, url_option
 
 __all__ = ["dashboard", "parse_basic"]
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from offload.cli import env_twin
+from offload.cli.shared import env_twin
 
 __all__ = ["demo"]
 

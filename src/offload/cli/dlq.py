@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from offload.brokers.base import JobInfo
-from offload.cli import app_from_options, app_option, console, run_async, url_option
 from offload.cli.inspect import cell, fmt_time
+from offload.cli.shared import app_from_options, app_option, console, run_async, url_option
 from offload.envelope import JobState
 
 

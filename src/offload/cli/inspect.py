@@ -20,7 +20,8 @@ from offload import pausing
 from offload._redact import redact_url
 from offload.attempts import job_with_history
 from offload.brokers.base import JobInfo, WorkerInfo
-from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
+from offload.cli import workflow_tree
+from offload.cli.shared import app_from_options, app_option, console, run_async, url_option
 from offload.codec import dumps_pretty
 from offload.envelope import JobState, clip
 from offload.errors import JobNotFound

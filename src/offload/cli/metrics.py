@@ -12,7 +12,14 @@ import threading
 
 import click
 
-from offload.cli import app_from_options, app_option, env_twin, need, setup_logging, url_option
+from offload.cli.shared import (
+    app_from_options,
+    app_option,
+    env_twin,
+    need,
+    setup_logging,
+    url_option,
+)
 
 __all__ = ["metrics"]
 

@@ -15,7 +15,7 @@ import click
 from offload._redact import redact_url
 from offload.app import DEFAULT_URL
 from offload.brokers import from_url
-from offload.cli import url_option
+from offload.cli.shared import url_option
 
 
 @click.command()

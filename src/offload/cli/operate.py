@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from offload.app import Offload
-from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.cli.shared import app_from_options, app_option, run_async, url_option
 
 __all__ = ["pause", "pause_schedule", "resume", "resume_schedule"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.cli.shared import app_from_options, app_option, run_async, url_option
 from offload.job import Job
 
 

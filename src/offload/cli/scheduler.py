@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import click
 from rich.table import Table
 
-from offload.cli import console, env_twin, load_app, setup_logging
+from offload.cli.shared import console, env_twin, load_app, setup_logging
 from offload.schedule import ScheduleEntry
 from offload.scheduler import Scheduler
 
@@ -47,7 +47,7 @@ async def _run(s: Scheduler) -> None:
     try:
         await s.run()
     finally:
-        await s.app.aclose()
+        await s.producer.aclose()
 
 
 class _Schedules(click.Group):

@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 
 from offload.app import Offload
-from offload.cli import env_twin, load_app, need, setup_logging
+from offload.cli.shared import env_twin, load_app, need, setup_logging
 from offload.worker import Worker, probes
 from offload.worker.recycling import EXIT_RECYCLED
 

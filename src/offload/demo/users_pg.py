@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.brokers.postgres import parse_url
-from offload.demo.signup import SendState, User, Verification, new_code, refusal
+from offload.demo.users import SendState, User, Verification, new_code, refusal
 from offload.errors import BrokerUnavailable
 from offload.job import Job
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,8 @@ from offload.codec import decode_envelope
 from offload.envelope import Envelope
 
 if TYPE_CHECKING:
-    from offload.app import Offload
-    from offload.brokers.base import Lease
+    from offload.brokers.base import Broker, Lease
+    from offload.clock import Clock
     from offload.limits import Limits
 
 __all__ = ["SLOT_RETRY_S", "Admission", "Verdict"]
@@ -59,19 +59,31 @@ _GO = Verdict(True)
 
 
 class Admission:
+    """Admits a leased job or defers it, by the limits of its task.
+
+    Args:
+        limits: the limits of each task that has any, by task name.
+        broker: holds the tokens and slots.
+        clock: time source for deferrals.
+        lease_s: a slot's TTL (renewed with the lease).
+        settle: records a deferral (the worker's batcher of settlements; by default the
+            broker's `settle`); it raises `LeaseLost` for a lease no longer held.
+    """
+
     def __init__(
         self,
-        app: Offload,
+        limits: Mapping[str, Limits],
+        broker: Broker,
+        clock: Clock,
         *,
         lease_s: float,
         settle: Callable[[Settlement], Awaitable[None]] | None = None,
     ) -> None:
-        """`settle` records a deferral (the worker's batcher of settlements; by default
-        the broker's `settle`); it raises `LeaseLost` for a lease no longer held."""
-        self.app = app
+        self.broker = broker
+        self.clock = clock
         self.lease_s = lease_s
-        self._settle = settle or app.broker.settle
-        self.limits = {n: t.defaults.limits for n, t in app.tasks.items() if t.defaults.limits}
+        self.limits = dict(limits)
+        self._settle = settle or broker.settle
         self._next_at: dict[str, float] = {}
 
     @property
@@ -97,7 +109,7 @@ class Admission:
             slot, rate = _keys(limits, envelope)
         except Exception as exc:
             return Verdict(False, error=f"{type(exc).__name__}: {exc}")
-        broker = self.app.broker
+        broker = self.broker
         if slot is not None:
             assert limits.concurrency is not None
             if not await broker.acquire_slot(
@@ -117,7 +129,7 @@ class Admission:
         return Verdict(True, slot, limits.concurrency or 0)
 
     async def _defer(self, lease: Lease, key: str, wait: float, interval: float) -> None:
-        now = self.app.clock.now()
+        now = self.clock.now()
         at = now + wait
         last = self._next_at.get(key)
         if last is not None and last + interval > at:

@@ -46,8 +46,8 @@ from offload.worker.processes import ProcessRunner, RemoteError
 from offload.worker.threads import HandlerThreads
 
 if TYPE_CHECKING:
-    from offload.app import Offload
-    from offload.brokers.base import Lease
+    from offload.brokers.base import Broker, Lease
+    from offload.clock import Clock
     from offload.task import Task
 
 __all__ = ["Executor", "Outcome", "decoded"]
@@ -132,8 +132,27 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 
 class Executor:
-    def __init__(self, app: Offload, *, worker_id: str, threads: int) -> None:
-        self.app = app
+    """Runs one leased job: decodes it, finds its task, runs the handler where it
+    belongs, and says what to do with the attempt (`Outcome`).
+
+    Args:
+        find_task: the task a job names (`Offload.find_task`), or None.
+        broker: where progress reports go (`set_progress`).
+        clock: time source for retry times.
+    """
+
+    def __init__(
+        self,
+        find_task: Callable[[str], Task[Any, Any] | None],
+        broker: Broker,
+        clock: Clock,
+        *,
+        worker_id: str,
+        threads: int,
+    ) -> None:
+        self.find_task = find_task
+        self.broker = broker
+        self.clock = clock
         self.worker_id = worker_id
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="offload-job")
         self._handler_threads = HandlerThreads(threads, name="offload-handler")
@@ -184,7 +203,7 @@ class Executor:
             except Exception as exc:
                 error = ErrorInfo("Undecodable", f"undecodable payload: {exc}")
                 return Outcome("bury", error=error)
-        task = self.app.find_task(envelope.task)
+        task = self.find_task(envelope.task)
         if task is None:
             message = f"no task named {envelope.task!r} is registered in this worker"
             return Outcome("bury", envelope, error=ErrorInfo("UnknownTask", message))
@@ -202,7 +221,7 @@ class Executor:
         return await self._run(lease, envelope, task)
 
     async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
-        now = self.app.clock.now()
+        now = self.clock.now()
         timeout_s = (
             envelope.timeout_s if envelope.timeout_s is not None else task.defaults.timeout_s
         )
@@ -260,9 +279,7 @@ class Executor:
         assert loop is not None  # set before any job runs
         data = encode_value(value, what="a progress report")
         if not _on_loop(loop):
-            future = asyncio.run_coroutine_threadsafe(
-                self.app.broker.set_progress(job_id, data), loop
-            )
+            future = asyncio.run_coroutine_threadsafe(self.broker.set_progress(job_id, data), loop)
             future.result(timeout=PROGRESS_TIMEOUT_S)
             return
         self._latest[job_id] = data
@@ -274,7 +291,7 @@ class Executor:
         made; reports made meanwhile collapse into the newest."""
         try:
             while (data := self._latest.pop(job_id, None)) is not None:
-                await self.app.broker.set_progress(job_id, data)
+                await self.broker.set_progress(job_id, data)
         except Exception:
             logger.warning("job %s: progress report failed", job_id, exc_info=True)
         finally:
@@ -323,7 +340,7 @@ class Executor:
         )
         if decision.delay_s is None:
             return Outcome("bury", envelope, error=_with_reason(error, decision.reason))
-        return Outcome("retry", envelope, at=self.app.clock.now() + decision.delay_s, error=error)
+        return Outcome("retry", envelope, at=self.clock.now() + decision.delay_s, error=error)
 
 
 def _max_attempts(envelope: Envelope, task: Task[Any, Any]) -> int:

@@ -2,7 +2,11 @@
 
 One asyncio loop per worker process. The fetch loop reserves up to the free capacity
 (concurrency plus prefetch) in one broker call; each job runs as its own task. Side
-tasks extend leases, register the worker, and sweep; if one dies the worker stops
+tasks extend leases, heartbeat (register the worker), sweep, check for cancels, drain
+the outbox and, with `scheduler=True`, tick the scheduler. Each runs in
+`BrokerHealth.every`, which logs a failure and retries it with backoff, so a broker
+outage or a failing sweep never stops the worker. Only something that is not an
+`Exception` (a `KeyboardInterrupt`, a `SystemExit`) ends one; the worker then stops
 rather than run on half-alive.
 
 Every broker call of every loop survives the broker going away (a restart, a
@@ -54,10 +58,10 @@ from offload.pausing import PauseView
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome, decoded
-from offload.worker.flows import drain_outbox, follow_up
 from offload.worker.recycling import Recycling
 from offload.worker.settler import Settlements, lease_fate
 from offload.worker.shutdown import end_process, give_back
+from offload.workflow_engine import WorkflowEngine
 
 if TYPE_CHECKING:
     from offload.app import Offload
@@ -139,7 +143,9 @@ class Worker:
         self.poll_s = poll_s
         self.sweep_s = sweep_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.executor = Executor(app, worker_id=self.id, threads=concurrency)
+        self.executor = Executor(
+            app.find_task, app.broker, app.clock, worker_id=self.id, threads=concurrency
+        )
         self.processed = 0
         self._buffer: deque[Lease] = deque()
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
@@ -153,7 +159,11 @@ class Worker:
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
         self._settlements = Settlements(app.broker)
-        self.admission = Admission(app, lease_s=lease_s, settle=self._settlements.settle)
+        limits = {n: t.defaults.limits for n, t in app.tasks.items() if t.defaults.limits}
+        self.admission = Admission(
+            limits, app.broker, app.clock, lease_s=lease_s, settle=self._settlements.settle
+        )
+        self.engine = WorkflowEngine(app.producer, app.broker, app.clock)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
@@ -288,12 +298,12 @@ class Worker:
 
     async def drain_outbox(self) -> int:
         """Run the workflow follow-ups of the jobs that ended inside the broker (see
-        `flows.drain_outbox`), batch after batch while whole batches are handled (a
+        `WorkflowEngine.drain_outbox`), batch after batch while whole batches are handled (a
         storm of expiries), at most `OUTBOX_BATCHES` per call; returns how many were
         handled (entries whose follow-ups fail stay for the next call)."""
         total = 0
         for _ in range(OUTBOX_BATCHES):
-            handled = await drain_outbox(self.app, OUTBOX_BATCH)
+            handled = await self.engine.drain_outbox(OUTBOX_BATCH)
             total += handled
             if handled < OUTBOX_BATCH:
                 break
@@ -453,7 +463,9 @@ class Worker:
         record = None if outcome.action == "ack" else self._attempt(lease, outcome, started_at)
 
         async def settle() -> None:
-            await follow_up(self.app, lease, outcome)
+            await self.engine.follow_up(
+                lease, outcome.action, outcome.envelope, result=outcome.result, error=outcome.error
+            )
             if record is not None:
                 await self.broker.record_attempt(
                     lease.job_id, lease.token, record, keep=history.ATTEMPTS_KEPT

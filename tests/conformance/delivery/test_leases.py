@@ -17,18 +17,18 @@ from offload.testing import FakeClock
 from ..helpers import BOOM, approx_time, enqueue_one, make_job, reserve_one, state_of
 
 #: A finishing operation called with a lease, by name.
-Finish = Callable[[Broker, Lease, FakeClock], Awaitable[None]]
+Finish = Callable[[Delivery, Lease, FakeClock], Awaitable[None]]
 
 
-async def _ack(broker: Broker, lease: Lease, clock: FakeClock) -> None:
+async def _ack(broker: Delivery, lease: Lease, clock: FakeClock) -> None:
     await broker.ack(lease, encode_value(1), result_ttl_s=None)
 
 
-async def _retry(broker: Broker, lease: Lease, clock: FakeClock) -> None:
+async def _retry(broker: Delivery, lease: Lease, clock: FakeClock) -> None:
     await broker.retry(lease, at=clock.now() + 10, error=BOOM)
 
 
-async def _bury(broker: Broker, lease: Lease, clock: FakeClock) -> None:
+async def _bury(broker: Delivery, lease: Lease, clock: FakeClock) -> None:
     await broker.bury(lease, error=BOOM)
 
 

@@ -18,7 +18,7 @@ from ..helpers import (
 )
 
 
-async def drain(broker: Broker, queues: list[str], *, limit: int) -> list[Lease]:
+async def drain(broker: Delivery, queues: list[str], *, limit: int) -> list[Lease]:
     """Reserve until nothing is ready; every lease, in the order received."""
     leases: list[Lease] = []
     while batch := await broker.reserve(queues, worker_id="w1", lease_s=LEASE_S, limit=limit):

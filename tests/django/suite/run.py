@@ -138,8 +138,8 @@ def main() -> int:
 
     from tests.django.suite.adapters import QueuedBackend, RunningBackend
 
-    dummy.DummyBackend = QueuedBackend  # type: ignore[misc]
-    immediate.ImmediateBackend = RunningBackend  # type: ignore[misc]
+    dummy.DummyBackend = QueuedBackend
+    immediate.ImmediateBackend = RunningBackend
     django.setup()
 
     from django.test.runner import DiscoverRunner

@@ -48,7 +48,7 @@ from offload.contrib.django._runner import make_handler
 from offload.contrib.django.results import OffloadTaskResult, enqueued, from_info
 from offload.contrib.django.tasks import ENQUEUE_OPTIONS, TASK_OPTIONS, OffloadTask
 from offload.errors import ConfigurationError, JobNotFound, OffloadError
-from offload.task import Call, make_overrides
+from offload.options import Call, make_overrides
 
 __all__ = ["DjangoOffload", "OffloadBackend", "worker_app"]
 
@@ -203,7 +203,7 @@ class OffloadBackend(BaseTaskBackend):
         self.validate_task(task)
         name = task.module_path
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))  # as Django
-        items = self.app._items(name, [Call(tuple(args), kwargs)], _overrides(task))
+        items = self.app.producer.items(name, [Call(tuple(args), kwargs)], _overrides(task))
         envelope = items[0][0]
         db = connections[self.database]
         in_atomic = db.in_atomic_block
@@ -211,10 +211,10 @@ class OffloadBackend(BaseTaskBackend):
         job_id = envelope.id  # an idempotency key may name an existing job instead:
         if joined:  # written in the caller's transaction
             self.app.ensure_schema()
-            [written] = self.app._transactional().enqueue_in_sync(db.connection, items)
+            [written] = self.app.producer.transactional().enqueue_in_sync(db.connection, items)
             job_id = written.id
         elif not in_atomic:
-            job_id = self.app._send_sync(name, items)[0].id
+            job_id = self.app.producer.send(name, items)[0].id
         not_before = envelope.not_before
         result = enqueued(
             task,
@@ -230,7 +230,7 @@ class OffloadBackend(BaseTaskBackend):
             task_enqueued.send(type(self), task_result=result)
 
         def send() -> None:
-            self.app._send_sync(name, items)
+            self.app.producer.send(name, items)
             announce()
 
         if not in_atomic:
