@@ -10,14 +10,16 @@ store (`state=` in the URL) keeps those. The modules:
     topology.py   the SQS queues behind one offload queue (main, DLQ, FIFO delay)
     messages.py   a job as a message: body, attributes, the size rule
     delivery.py   send / receive / extend / delete / move / dead letters (`SQSDelivery`)
+    broker.py     the delivery role on top of it (`SQSBroker`)
 
 Imported only through the broker registry, so `import offload` never imports botocore.
 """
 
 from __future__ import annotations
 
+from offload.brokers.sqs.broker import SQSBroker
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.messages import Outgoing, Received
 
-__all__ = ["Outgoing", "Received", "SQSConfig", "SQSDelivery"]
+__all__ = ["Outgoing", "Received", "SQSBroker", "SQSConfig", "SQSDelivery"]

@@ -208,6 +208,10 @@ class SQSDelivery:
         self._prefetched.extend(got[limit:])
         return got[:limit]
 
+    def keep(self, messages: Sequence[Received]) -> None:
+        """Hold received messages for the next `receive` (a long poll's catch)."""
+        self._prefetched.extend(messages)
+
     def _take_prefetched(self, queues: Sequence[str], limit: int, fresh: float) -> list[Received]:
         """Prefetched messages of `queues` whose lease still has half its length left
         (the rest lapse on their own and come back)."""
@@ -274,6 +278,7 @@ class SQSDelivery:
         count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         base = attribute(message, "offload-attempt")
         due = attribute(message, "offload-due")
+        expires = attribute(message, "offload-expires")
         return Received(
             job_id=attribute(message, "offload-job") or str(message["MessageId"]),
             queue=attribute(message, "offload-queue") or queue,
@@ -287,6 +292,7 @@ class SQSDelivery:
             due=float(due) if due is not None else None,
             error=attribute(message, "offload-error"),
             send_id=attribute(message, "offload-send"),
+            expires=float(expires) if expires is not None else None,
         )
 
     # -- leases -------------------------------------------------------------------------
@@ -448,8 +454,8 @@ class SQSDelivery:
             chosen = [m for m in batch if wanted is None or m.job_id in wanted]
             await self.extend([m for m in batch if m not in chosen], 0)
             if replay:
-                await self.send([Outgoing(m.job_id, m.queue, m.body, send_id=_fresh_id())
-                                 for m in chosen])  # fmt: skip
+                fresh = [m.outgoing(attempt=0, due=None) for m in chosen]
+                await self.send([dataclasses.replace(m, send_id=_fresh_id()) for m in fresh])
             done += sum(await self.delete(chosen))
             if len(chosen) < len(batch):
                 break  # the others are back in view: stop before receiving them again

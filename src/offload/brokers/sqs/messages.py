@@ -16,6 +16,7 @@ accounted for:
     offload-send      the send id, the same for every copy of one logical send (a
                       delay's hops, a move repeated after a crash): a FIFO queue's
                       deduplication id
+    offload-expires   epoch seconds: a job received after then is not run
     offload-encoding  `base64` when the body is not plain text
     offload-error     on a dead-lettered message: why (JSON `ErrorInfo`)
 
@@ -50,6 +51,7 @@ class Outgoing:
     due: float | None = None
     error: str | None = None  # JSON ErrorInfo, for a dead-lettered message
     send_id: str | None = None  # the same for every copy of one logical send (FIFO dedup)
+    expires: float | None = None  # epoch seconds: not to be run after then
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +75,13 @@ class Received:
     due: float | None = None
     error: str | None = None
     send_id: str | None = None
+    expires: float | None = None
 
     def outgoing(self, *, attempt: int, due: float | None, error: str | None = None) -> Outgoing:
         """This job as a new message (a retry, a hop, a release, a dead letter)."""
-        return Outgoing(self.job_id, self.queue, self.body, attempt, due, error)
+        return Outgoing(
+            self.job_id, self.queue, self.body, attempt, due, error, expires=self.expires
+        )
 
 
 def encode_message(item: Outgoing, limit: int) -> tuple[str, dict[str, Any]]:
@@ -98,9 +103,11 @@ def encode_message(item: Outgoing, limit: int) -> tuple[str, dict[str, Any]]:
         "offload-attempt": {"DataType": "Number", "StringValue": str(item.attempt)},
     }
     if item.due is not None:
-        attributes["offload-due"] = {"DataType": "Number", "StringValue": repr(float(item.due))}
+        attributes["offload-due"] = _number(item.due)
     if encoding is not None:
         attributes["offload-encoding"] = _string(encoding)
+    if item.expires is not None:
+        attributes["offload-expires"] = _number(item.expires)
     if item.send_id is not None:
         attributes["offload-send"] = _string(item.send_id)
     if item.error is not None:
@@ -134,6 +141,10 @@ def attribute(message: dict[str, Any], name: str) -> str | None:
     """A message attribute's value, None if absent."""
     value = message.get("MessageAttributes", {}).get(name)
     return None if value is None else str(value.get("StringValue"))
+
+
+def _number(value: float) -> dict[str, str]:
+    return {"DataType": "Number", "StringValue": repr(float(value))}
 
 
 def _string(value: str) -> dict[str, str]:
