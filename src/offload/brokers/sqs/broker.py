@@ -31,7 +31,7 @@ from offload.brokers.sqs.messages import Outgoing, Received
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.errors import ConfigurationError
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 __all__ = ["STATE_SETTING", "SQSBroker"]
 
