@@ -30,8 +30,8 @@ from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.messages import Outgoing, Received
 from offload.clock import Clock
 from offload.codec import encode_error
-from offload.errors import ConfigurationError
 from offload.envelope import Envelope
+from offload.errors import ConfigurationError
 
 __all__ = ["STATE_SETTING", "SQSBroker"]
 
