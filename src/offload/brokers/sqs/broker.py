@@ -157,12 +157,15 @@ class SQSBroker(Delivery):
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         """End every lease as its settlement says: deletes in batches, moves in
-        batches. False for a lease not held here or no longer held."""
+        batches. False for a lease not held here or no longer held. If SQS cannot be
+        reached the leases stay held here, so the caller's retry does the same again
+        (a delete is idempotent; a move repeated may leave a second copy of the job,
+        which runs again: at-least-once)."""
         out = [False] * len(settlements)
         deletes: list[tuple[int, Received]] = []
         moves: list[tuple[int, Received, Outgoing]] = []
         for i, settlement in enumerate(settlements):
-            message = self._held.pop(settlement.lease.token, None)
+            message = self._held.get(settlement.lease.token)
             if message is None:
                 continue
             if settlement.ending in (Ending.ACK, Ending.CANCEL):
@@ -171,10 +174,12 @@ class SQSBroker(Delivery):
                 moves.append((i, message, _next_message(message, settlement)))
         deleted = await self.sqs.delete([m for _, m in deletes])
         moved = await self.sqs.move([(m, new) for _, m, new in moves])
-        for (i, _), ok in zip(deletes, deleted, strict=True):
+        for (i, message), ok in zip(deletes, deleted, strict=True):
             out[i] = ok
-        for (i, _, _), ok in zip(moves, moved, strict=True):
+            self._held.pop(message.receipt, None)
+        for (i, message, _), ok in zip(moves, moved, strict=True):
             out[i] = ok
+            self._held.pop(message.receipt, None)
         return out
 
 

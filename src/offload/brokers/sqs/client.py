@@ -26,7 +26,12 @@ from botocore.exceptions import (
 from offload.brokers.sqs.config import SQSConfig
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
-__all__ = ["SQSClient", "error_code"]
+__all__ = ["QueueMissing", "SQSClient", "error_code"]
+
+
+class QueueMissing(BrokerError):
+    """An SQS queue offload had found is gone: deleted, or the server lost it (a local
+    server restarted empty). The caller finds or creates its queues again."""
 
 
 def error_code(exc: ClientError) -> str:
@@ -94,6 +99,7 @@ class SQSClient:
         Raises:
             BrokerUnavailable: SQS could not be reached, or kept failing.
             ConfigurationError: no credentials were found.
+            QueueMissing: the queue does not exist (any more).
             botocore.exceptions.ClientError: SQS refused the request (the caller
                 decides: a missing queue is created, a stale receipt is a lost lease).
         """
@@ -103,8 +109,11 @@ class SQSClient:
         try:
             response: dict[str, Any] = await method(**params)
         except ClientError as exc:
-            if error_code(exc) in _UNAVAILABLE:
+            code = error_code(exc)
+            if code in _UNAVAILABLE:
                 raise BrokerUnavailable(f"SQS {operation}: {exc}") from None
+            if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+                raise QueueMissing(f"SQS {operation}: {exc}") from None
             raise
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise ConfigurationError(

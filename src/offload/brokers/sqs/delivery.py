@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from offload.brokers.sqs.client import SQSClient
+from offload.brokers.sqs.client import QueueMissing, SQSClient
 from offload.brokers.sqs.config import MAX_DELAY_S, MAX_VISIBILITY_S, SQSConfig
 from offload.brokers.sqs.messages import (
     Outgoing,
@@ -104,6 +104,15 @@ class SQSDelivery:
     # -- send ---------------------------------------------------------------------------
 
     async def send(self, items: Sequence[Outgoing]) -> None:
+        """Store every item in SQS (see `_send`); a queue found missing (deleted, or a
+        local server restarted empty) is created again and the send repeated once."""
+        try:
+            await self._send(items)
+        except QueueMissing:
+            self.topology.forget()
+            await self._send(items)
+
+    async def _send(self, items: Sequence[Outgoing]) -> None:
         """Store every item in SQS, each in its queue (its DLQ when `error` is set), and
         return once SQS has them all. Batches go in order for a FIFO queue.
 
@@ -170,6 +179,26 @@ class SQSDelivery:
     # -- receive ------------------------------------------------------------------------
 
     async def receive(
+        self,
+        queues: Sequence[str],
+        *,
+        limit: int,
+        visibility_s: float,
+        wait_s: float = 0.0,
+    ) -> list[Received]:
+        """Up to `limit` due messages (see `_receive`); a queue found missing is found
+        or created again and the receive repeated once."""
+        try:
+            return await self._receive(
+                queues, limit=limit, visibility_s=visibility_s, wait_s=wait_s
+            )
+        except QueueMissing:
+            self.topology.forget()
+            return await self._receive(
+                queues, limit=limit, visibility_s=visibility_s, wait_s=wait_s
+            )
+
+    async def _receive(
         self,
         queues: Sequence[str],
         *,
@@ -365,7 +394,7 @@ class SQSDelivery:
             answer = await self.client.call(
                 operation, QueueUrl=url, Entries=[entry for _, entry in entries]
             )
-        except ClientError:
+        except (ClientError, QueueMissing):
             return  # the whole batch was refused (a queue deleted under us): none held
         for ok in answer.get("Successful", []):
             held[int(ok["Id"])] = True

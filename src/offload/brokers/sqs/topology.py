@@ -29,9 +29,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from botocore.exceptions import ClientError
-
-from offload.brokers.sqs.client import SQSClient, error_code
+from offload.brokers.sqs.client import QueueMissing, SQSClient
 
 __all__ = ["QueueSet", "Topology", "sqs_base_name"]
 
@@ -73,6 +71,11 @@ class Topology:
         self._config = client.config
         self._sets: dict[str, QueueSet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def forget(self) -> None:
+        """Drop every cached queue URL (a queue went missing): the next use finds or
+        creates them again."""
+        self._sets.clear()
 
     def known(self) -> list[QueueSet]:
         """The queue sets this process has opened."""
@@ -143,10 +146,8 @@ class Topology:
     async def _url(self, name: str) -> str | None:
         try:
             found = await self._client.call("get_queue_url", QueueName=name)
-        except ClientError as exc:
-            if "NonExistentQueue" in error_code(exc) or "QueueDoesNotExist" in error_code(exc):
-                return None
-            raise
+        except QueueMissing:
+            return None
         return str(found["QueueUrl"])
 
     async def _ensure(
