@@ -183,3 +183,48 @@ async def test_a_job_id_sent_twice_in_one_call_is_one_message(broker: SQSBroker)
     assert [r.id for r in results] == [envelope.id, envelope.id]
     leases = await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=10)
     assert [lease.job_id for lease in leases] == [envelope.id]
+
+
+async def test_without_a_state_store_sqs_answers_what_it_knows_and_refuses_the_rest_naming_state(
+    sqs_url: str,
+) -> None:
+    from offload.brokers.records import WorkerInfo
+    from offload.brokers.roles import Broker
+    from offload.brokers.sqs.stateless import open_broker
+    from offload.envelope import JobState
+
+    async with open_broker(sqs_url) as whole:
+        assert isinstance(whole, Broker)
+        envelope, payload = make_job(whole.clock)
+        await whole.enqueue([(envelope, payload), make_job(whole.clock)])
+        [lease, other] = await whole.reserve(["default"], worker_id="w", lease_s=LEASE_S, limit=2)
+        await whole.bury(lease, error=BOOM)
+        # what the worker calls on every broker works
+        await whole.register_worker(
+            WorkerInfo(
+                id="w", hostname="h", pid=1, queues=["default"], concurrency=1, started_at=0.0
+            ),
+            30,
+        )
+        assert await whole.cancel_requested([other]) == set()
+        assert await whole.outbox() == []
+        await whole.sweep()
+        # inspection from SQS's own (approximate) counts, and the dead-letter queue
+        assert await whole.queues() == ["default"]
+        stats = (await whole.counts())["default"].states
+        assert (stats[JobState.RUNNING], stats[JobState.DEAD]) == (1, 1)
+        assert await whole.replay_dead() == 1
+        # what needs a state store says which setting gives one
+        refusals = [
+            whole.get_job(envelope.id),
+            whole.find("k"),
+            whole.cancel(envelope.id),
+            whole.set_progress(envelope.id, b"1"),
+            whole.take_rate("r", limit=1, per_s=1),
+            whole.compare_and_set("schedule:x", None, "1", ttl_s=60),
+            whole.join("g", "m", index=0, total=2, outcome=b"1"),
+            whole.workers(),
+        ]
+        for call in refusals:
+            with pytest.raises(ConfigurationError, match=r"needs a state store.*state= in the"):
+                await call

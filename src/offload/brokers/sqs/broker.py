@@ -10,10 +10,12 @@ SQS moves, batched per call:
     bury            a new message in the dead-letter queue with the reason
     release         a fresh copy due now, the attempt not counted (FIFO: in place)
 
-What SQS cannot do is the state store's (`state=` in the URL; see `config.py`):
-idempotency keys and `max_depth` need one (without it `enqueue` refuses them with a
-`ConfigurationError` naming `state=`), and so do results, progress, cancellation,
-joins, limits, inspection and schedules' fire keys, which the other roles provide.
+What SQS cannot do is the state store's (`state=` in the URL; see `config.py` and
+`stateless.py`): an idempotency key is claimed in the store's register `sqs-key:KEY`
+(atomic `compare_and_set`, kept for the retention), and results, progress,
+cancellation, joins, limits, inspection and schedules' fire keys are the other roles,
+played by the store. Without a store, `enqueue` refuses keys and `max_depth` (always:
+SQS cannot count atomically) with a `ConfigurationError` naming `state=`.
 Priority has no meaning on SQS: jobs come in SQS's order (FIFO queues: strict).
 A job received after its `expires_at` is deleted without running (`expired` counts
 them; only a state store can record it as `expired`).
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from offload.brokers.records import EnqueueResult, Lease
-from offload.brokers.roles import Capabilities, Delivery, Ending, Settlement
+from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.messages import Outgoing, Received
@@ -52,6 +54,7 @@ class SQSBroker(Delivery):
         #: Receipt handle → the message it leases, for the leases this process holds.
         self._held: dict[str, Received] = {}
         self._lease_s = 30.0
+        self._state: Broker | None = None
         #: Jobs deleted unrun because they were received after their `expires_at`.
         self.expired = 0
 
@@ -77,9 +80,7 @@ class SQSBroker(Delivery):
         """
         if max_depth is not None:
             raise self.needs_state("max_depth (a bounded queue)")
-        keyed = next((envelope for envelope, _ in jobs if envelope.key is not None), None)
-        if keyed is not None:
-            raise self.needs_state(f"the idempotency key of job {keyed.id}")
+        owners = await self._claim_keys(jobs)
         items = {
             envelope.id: Outgoing(
                 envelope.id,
@@ -89,9 +90,39 @@ class SQSBroker(Delivery):
                 expires=envelope.expires_at,
             )
             for envelope, payload in jobs
+            if owners.get(envelope.key or "", envelope.id) == envelope.id
         }
         await self.sqs.send(list(items.values()))
-        return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
+        return [
+            EnqueueResult(owner, owner == envelope.id)
+            for envelope, _ in jobs
+            for owner in [owners.get(envelope.key or "", envelope.id)]
+        ]
+
+    def attach_state(self, state: Broker) -> None:
+        """Keep the state store: idempotency keys are claimed in its registers."""
+        self._state = state
+
+    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> dict[str, str]:
+        """Key → the id of the job that owns it: the first job ever enqueued with it
+        (until the retention), claimed atomically in the state store's register
+        `sqs-key:KEY`. A job whose key another job owns is not sent.
+
+        Raises:
+            ConfigurationError: a job has a key and there is no state store.
+        """
+        owners: dict[str, str] = {}
+        for envelope, _ in jobs:
+            key = envelope.key
+            if key is None or key in owners:
+                continue
+            if self._state is None:
+                raise self.needs_state(f"the idempotency key of job {envelope.id}")
+            held = await self._state.compare_and_set(
+                f"sqs-key:{key}", None, envelope.id, ttl_s=self.retention_s
+            )
+            owners[key] = held or envelope.id
+        return owners
 
     def needs_state(self, what: str) -> ConfigurationError:
         """The error for an operation SQS alone cannot do."""
