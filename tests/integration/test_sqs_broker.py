@@ -67,9 +67,10 @@ async def test_retry_brings_the_job_back_at_its_time_with_the_attempt_counted(
 ) -> None:
     job_id = await enqueue(broker)
     [lease] = await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=1)
-    await broker.retry(lease, at=broker.clock.now() + 1.5, error=BOOM)
+    at = broker.clock.now() + 4
+    await broker.retry(lease, at=at, error=BOOM)
     assert await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=1) == []
-    await asyncio.sleep(2.2)
+    await asyncio.sleep(max(0.0, at + 1 - broker.clock.now()))
     [again] = await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=1)
     assert (again.job_id, again.attempt) == (job_id, 2)
 
@@ -77,8 +78,9 @@ async def test_retry_brings_the_job_back_at_its_time_with_the_attempt_counted(
 async def test_defer_brings_the_job_back_without_counting_the_attempt(broker: SQSBroker) -> None:
     job_id = await enqueue(broker)
     [lease] = await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=1)
-    await broker.defer(lease, at=broker.clock.now() + 1.2)
-    await asyncio.sleep(2.0)
+    at = broker.clock.now() + 1.2
+    await broker.defer(lease, at=at)
+    await asyncio.sleep(max(0.0, at + 1 - broker.clock.now()))
     [again] = await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=1)
     assert (again.job_id, again.attempt) == (job_id, 1)
 

@@ -67,6 +67,14 @@ _MOVE_HOLD_S = 60
 #: the visibility lapsed, when another consumer may already have the message.
 _MARGIN_S = 1.0
 _T = TypeVar("_T")
+#: What every receive asks for: the receive count (the attempt) and offload's
+#: attributes. The receive count is asked for under both of SQS's names: the older
+#: `AttributeNames` is what SQS-compatible servers of 2024 (moto 5.0) still read.
+_RECEIVE_ATTRIBUTES: dict[str, Any] = {
+    "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+    "AttributeNames": ["ApproximateReceiveCount"],
+    "MessageAttributeNames": ["All"],
+}
 
 
 class SQSDelivery:
@@ -265,15 +273,15 @@ class SQSDelivery:
             MaxNumberOfMessages=asked,
             VisibilityTimeout=visibility,
             WaitTimeSeconds=wait,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            MessageAttributeNames=["All"],
+            **_RECEIVE_ATTRIBUTES,
         )
         messages = answer.get("Messages", [])
         now = self.clock.now()
         received = [self._received(qs.url, qs.queue, m, now, visibility) for m in messages]
         early = [r for r in received if r.due is not None and r.due > now + _EARLY_S]
         if early:
-            await self._move([(r, r.outgoing(attempt=r.attempt - 1, due=r.due)) for r in early])
+            hops = [(r, r.outgoing(attempt=r.attempt - 1, due=r.due)) for r in early]
+            await self._move(hops, onward=True)
         ready = [r for r in received if r not in early]
         return ready, len(messages) == asked
 
@@ -287,8 +295,7 @@ class SQSDelivery:
                 MaxNumberOfMessages=_BATCH,
                 VisibilityTimeout=_MOVE_HOLD_S,
                 WaitTimeSeconds=0,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                MessageAttributeNames=["All"],
+                **_RECEIVE_ATTRIBUTES,
             )
             messages = answer.get("Messages", [])
             now = self.clock.now()
@@ -297,7 +304,7 @@ class SQSDelivery:
                 r = self._received(qs.delay_url, qs.queue, message, now, _MOVE_HOLD_S)
                 due = r.due if r.due is not None and r.due > now + _EARLY_S else None
                 moves.append((r, r.outgoing(attempt=r.attempt - 1, due=due)))
-            await self._move(moves)
+            await self._move(moves, onward=True)
             if len(messages) < _BATCH:
                 return
 
@@ -407,12 +414,16 @@ class SQSDelivery:
         message whose lease was already lost (nothing is sent for it)."""
         return await self._move(moves)
 
-    async def _move(self, moves: Sequence[tuple[Received, Outgoing]]) -> list[bool]:
+    async def _move(
+        self, moves: Sequence[tuple[Received, Outgoing]], *, onward: bool = False
+    ) -> list[bool]:
+        """`move`; `onward`: the new messages carry the same logical send on (a delay's
+        hop, a FIFO promotion) and keep its send id."""
         if not moves:
             return []
         held = await self.extend([old for old, _ in moves], _MOVE_HOLD_S)
         keep = [
-            (old, self._same_send(old, new))
+            (old, self._same_send(old, new, onward))
             for (old, new), ok in zip(moves, held, strict=True)
             if ok
         ]
@@ -421,15 +432,15 @@ class SQSDelivery:
         return held
 
     @staticmethod
-    def _same_send(old: Received, new: Outgoing) -> Outgoing:
+    def _same_send(old: Received, new: Outgoing, onward: bool) -> Outgoing:
         """`new` with a send id that every copy of `old` would give it, so a move
-        repeated after a crash is deduplicated on FIFO queues."""
-        if new.due is not None and new.due == old.due and new.error is None and old.send_id:
-            send_id = old.send_id  # a hop: still the same logical send
+        repeated after a crash (or a hop or promotion of a duplicated copy) is
+        deduplicated on FIFO queues."""
+        if onward and old.send_id:
+            send_id = old.send_id
         else:
-            digest = hashlib.sha256(f"{old.send_id}:{old.message_id}:{new.error is not None}:"
-                                    f"{new.attempt}".encode())  # fmt: skip
-            send_id = digest.hexdigest()[:40]
+            text = f"{old.send_id}:{old.message_id}:{new.error is not None}:{new.attempt}"
+            send_id = hashlib.sha256(text.encode()).hexdigest()[:40]
         return dataclasses.replace(new, send_id=send_id)
 
     async def release(self, messages: Sequence[Received]) -> None:
@@ -499,8 +510,7 @@ class SQSDelivery:
             MaxNumberOfMessages=max(1, min(limit, _BATCH)),
             VisibilityTimeout=visibility,
             WaitTimeSeconds=0,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            MessageAttributeNames=["All"],
+            **_RECEIVE_ATTRIBUTES,
         )
         now = self.clock.now()
         return [
