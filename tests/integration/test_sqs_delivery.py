@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from offload.brokers.sqs import Outgoing, SQSConfig, SQSDelivery
+from offload.brokers.sqs import Outgoing, Received, SQSConfig, SQSDelivery
 from offload.brokers.sqs.config import MAX_VISIBILITY_S
 from offload.brokers.sqs.topology import sqs_base_name
 from offload.errors import ConfigurationError, SerializationError
@@ -29,6 +29,18 @@ async def delivery(sqs_url: str) -> AsyncIterator[SQSDelivery]:
 
 def job(n: int, queue: str = "default", **fields: object) -> Outgoing:
     return Outgoing(f"job{n:04d}", queue, json.dumps({"n": n}).encode(), **fields)  # type: ignore[arg-type]
+
+
+async def until_received(d: SQSDelivery, queue: str, within: float = 30) -> Received:
+    """The next message of `queue`, polling (SQS's delays are whole seconds, and a
+    loaded machine adds its own)."""
+    deadline = d.clock.now() + within
+    while d.clock.now() < deadline:
+        got = await d.receive([queue], limit=1, visibility_s=30)
+        if got:
+            return got[0]
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"nothing arrived in {queue!r} within {within} s")
 
 
 async def test_a_batch_sent_is_received_once_each_and_leased_to_one_consumer(
@@ -105,9 +117,9 @@ async def test_a_short_delay_is_held_by_sqs_until_due(delivery: SQSDelivery) -> 
     now = delivery.clock.now()
     await delivery.send([job(1, due=now + 4)])
     assert await delivery.receive(["default"], limit=1, visibility_s=30) == []
-    await asyncio.sleep(max(0.0, now + 5 - delivery.clock.now()))
-    [got] = await delivery.receive(["default"], limit=1, visibility_s=30)
+    got = await until_received(delivery, "default")
     assert got.job_id == "job0001"
+    assert delivery.clock.now() >= now + 4
 
 
 async def test_a_delay_past_the_sqs_cap_hops_until_due_and_keeps_its_attempts(
@@ -177,8 +189,8 @@ async def test_a_retry_moves_the_job_with_its_attempts_and_delay(delivery: SQSDe
     now = delivery.clock.now()
     assert await delivery.move([(got, got.outgoing(attempt=got.attempt, due=now + 4))]) == [True]
     assert await delivery.receive(["default"], limit=1, visibility_s=30) == []
-    await asyncio.sleep(max(0.0, now + 5 - delivery.clock.now()))
-    [again] = await delivery.receive(["default"], limit=1, visibility_s=30)
+    again = await until_received(delivery, "default")
+    assert delivery.clock.now() >= now + 4
     assert again.attempt == 2  # one used before the retry, this is the second
     assert await delivery.move([(got, got.outgoing(attempt=1, due=None))]) == [False]  # stale
 
@@ -228,9 +240,10 @@ async def test_fifo_delayed_jobs_wait_in_the_side_queue_and_are_promoted_when_du
         [first] = await d.receive(["ordered"], limit=10, visibility_s=30)
         assert first.job_id == "job0002"
         assert all(await d.delete([first]))
-        await asyncio.sleep(max(0.0, now + 5.5 - d.clock.now()))
-        [later] = await d.receive(["ordered"], limit=10, visibility_s=30)
+        assert await d.receive(["ordered"], limit=10, visibility_s=30) == []
+        later = await until_received(d, "ordered")
         assert later.job_id == "job0001"
+        assert d.clock.now() >= now + 5
     finally:
         await d.close()
 
@@ -305,9 +318,10 @@ async def test_fifo_copies_of_one_delayed_send_are_promoted_once(
         due = d.clock.now() + 1.2
         await d.send([job(1, "ordered", due=due)])
         await d.send([job(1, "ordered", due=due)])
-        await asyncio.sleep(2.0)
-        got = await d.receive(["ordered"], limit=10, visibility_s=30)
-        assert [m.job_id for m in got] == ["job0001"]
+        first = await until_received(d, "ordered")
+        await asyncio.sleep(1.0)  # the second copy, if it were promoted, would be there
+        rest = await d.receive(["ordered"], limit=10, visibility_s=30)
+        assert [m.job_id for m in [first, *rest]] == ["job0001"]
         assert (await d.depth("ordered"))["delayed"] == 0
     finally:
         await d.close()
