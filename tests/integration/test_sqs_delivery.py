@@ -297,11 +297,13 @@ def test_the_url_names_a_bad_option_and_hides_the_secret() -> None:
     with pytest.raises(ConfigurationError, match="wait='99' must be an integer from 0 to 20"):
         SQSConfig.from_url("sqs://127.0.0.1/?wait=99")
     config = SQSConfig.from_url(
-        "sqs://AKID:s3cret@127.0.0.1:9324/?region=eu-west-1&state=postgresql%3A%2F%2Fu%3Apw%40h%2Fdb"
+        "sqs://AKID:s3cret@127.0.0.1:9324/?region=eu-west-1"
+        "&state=postgresql%3A%2F%2Fu%3Ast8secret%40h%2Fdb"
     )
     assert config.endpoint_url == "http://127.0.0.1:9324"
-    assert config.state == "postgresql://u:pw@h/db"
-    assert "s3cret" not in repr(config) and "pw@" not in repr(config)
+    assert config.state == "postgresql://u:st8secret@h/db"
+    assert "s3cret" not in repr(config) and "st8secret" not in repr(config)
+    assert "st8secret" not in repr(SQSDelivery(config))
     aws = SQSConfig.from_url("sqs:///?region=eu-west-1")
     assert (aws.endpoint_url, aws.access_key_id) == (None, None)  # boto's chain, AWS's endpoint
     assert SQSConfig.from_url("sqs://sqs.example.com/").endpoint_url == "https://sqs.example.com"

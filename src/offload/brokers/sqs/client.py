@@ -51,6 +51,10 @@ class SQSClient:
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
 
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
+
     async def open(self) -> None:
         """Create the client (no request is sent yet); idempotent."""
         if self._client is not None:

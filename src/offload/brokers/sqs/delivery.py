@@ -102,7 +102,7 @@ class SQSDelivery:
     async def close(self) -> None:
         """Hand back prefetched messages and close the client. Idempotent."""
         held, self._prefetched = self._prefetched, []
-        if held and self.client._client is not None:
+        if held and self.client.is_open:
             try:
                 await self.extend(held, 0)
             except BrokerError:
