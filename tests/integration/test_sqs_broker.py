@@ -223,6 +223,8 @@ async def test_without_a_state_store_sqs_answers_what_it_knows_and_refuses_the_r
         )
         assert await whole.cancel_requested([other]) == set()
         assert await whole.outbox() == []
+        assert await whole.paused() == {}
+        await whole.record_attempt(envelope.id, lease.token, b"{}", keep=10)
         await whole.sweep()
         # inspection from SQS's own (approximate) counts, and the dead-letter queue
         assert await whole.queues() == ["default"]
@@ -239,6 +241,8 @@ async def test_without_a_state_store_sqs_answers_what_it_knows_and_refuses_the_r
             whole.compare_and_set("schedule:x", None, "1", ttl_s=60),
             whole.join("g", "m", index=0, total=2, outcome=b"1"),
             whole.workers(),
+            whole.set_paused("queue:default", True),
+            whole.attempt_records(envelope.id),
         ]
         for call in refusals:
             with pytest.raises(ConfigurationError, match=r"needs a state store.*state= in the"):

@@ -9,10 +9,12 @@ come from `Stateless`, which answers what SQS itself knows and refuses the rest 
   dead), `queues`, `replay_dead` and `purge_dead` (the dead-letter queues);
 - answered because nothing can be there: `outbox` (no job ends inside SQS with a
   workflow waiting on it), `cancel_requested` (no cancel could be recorded), `sweep`
-  (nothing to expire or purge), worker registration (kept nowhere: `workers` refuses);
+  (nothing to expire or purge), `paused` (no flag can be raised), worker registration
+  and attempt records (kept nowhere: `workers` and `attempt_records` refuse);
 - refused: job lookup and listing (`get_job`, `find`, `list_jobs`, `workflow_jobs`:
   so `Job.result()`, `state()`, `info()`), `cancel`, `set_progress`, `workers`, rate and
-  concurrency limits, chord joins, and the registers the scheduler keeps its fires in.
+  concurrency limits, chord joins, pausing, and the registers the scheduler keeps its
+  fires in.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ NEEDS_STATE = (
     "rate and concurrency limits",
     "chords (join)",
     "schedules (compare_and_set)",
+    "pausing (set_paused)",
+    "attempt history (attempt_records)",
 )
 
 
@@ -119,10 +123,22 @@ class Stateless(Flow, Inspection, Fleet, Signals):
     async def unregister_worker(self, worker_id: str) -> None:
         return None
 
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        return None  # kept nowhere: `attempt_records` refuses
+
+    async def paused(self) -> dict[str, float]:
+        return {}  # no flag can be raised: `set_paused` refuses
+
     # -- refused -----------------------------------------------------------------------
 
     async def workers(self) -> list[WorkerInfo]:
         raise self._refuse("the worker registry")
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        raise self._refuse("a job's attempt history")
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        raise self._refuse("pausing")
 
     async def get_job(self, job_id: str) -> JobInfo | None:
         raise self._refuse("looking a job up (its state and result)")
