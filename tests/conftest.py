@@ -160,3 +160,28 @@ def redis_cluster_url(redis_cluster: list[int]) -> Iterator[str]:
     for port in redis_cluster:
         with redis.Redis(port=port) as client:
             _delete_prefix(client, prefix)
+
+
+# -- SQS (moto's server mode, started by the tests) -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto SQS server on a free port for the session (see tests/sqs_server.py)."""
+    from tests.sqs_server import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    try:
+        server.start()
+    except Exception as exc:
+        service_missing(f"cannot start moto's SQS server (pip install 'moto[server]'): {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sqs_url(sqs_server: Any) -> str:
+    """An `sqs://` URL whose queues (prefix) belong to this test alone."""
+    return str(sqs_server.url(f"t{uuid.uuid4().hex[:12]}"))

@@ -49,12 +49,22 @@ def redact_url(url: str) -> str:
         query = parts.query
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
-            if any(_SECRET_PARAM.search(k) for k, _ in pairs):
-                masked = [(k, MASK if _SECRET_PARAM.search(k) else v) for k, v in pairs]
-                query = urlencode(masked, safe="*/")
+            masked = [(k, _masked_value(k, v)) for k, v in pairs]
+            if masked != pairs:
+                query = urlencode(masked, safe="*/:@")
         return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return redact(url)
+
+
+def _masked_value(key: str, value: str) -> str:
+    """A query value as shown: `***` for a secret's, and a URL nested in a value (the
+    state store of `sqs://…?state=postgresql://u:pw@…`) shown without its own secrets."""
+    if _SECRET_PARAM.search(key):
+        return MASK
+    if "://" in value:
+        return redact_url(value)
+    return value
 
 
 def redact(text: str) -> str:

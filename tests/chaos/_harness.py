@@ -27,7 +27,17 @@ from offload.brokers.base import JobInfo, QueueStats
 from offload.envelope import TERMINAL_STATES
 from tests.integration.test_worker_process import stop_all, wait_for
 
-__all__ = ["BROKERS", "Fleet", "Run", "Tally", "alive", "env_int", "overlapping", "wait_for"]
+__all__ = [
+    "BROKERS",
+    "Fleet",
+    "Run",
+    "Tally",
+    "alive",
+    "env_int",
+    "overlapping",
+    "read_runs",
+    "wait_for",
+]
 
 #: The brokers every scenario runs on (names of the `broker_url` fixture).
 BROKERS = ["sqlite", "postgres", "redis", "redis_cluster"]
@@ -207,22 +217,7 @@ class Fleet:
 
     def runs(self) -> dict[str, list[Run]]:
         """Every recorded run, per job id, in start order."""
-        runs: dict[tuple[str, int, int], Run] = {}
-        for path in self.runs_dir.glob("*.log"):
-            for line in path.read_text().splitlines():
-                event, job_id, attempt, pid, at = line.split()
-                key = (job_id, int(attempt), int(pid))
-                t = float(at)
-                if event == "S":
-                    runs[key] = Run(job_id, int(attempt), int(pid), t, t)
-                else:
-                    run = runs[key]
-                    run.last = max(run.last, t)
-                    run.ended = run.ended or event == "E"
-        by_job: dict[str, list[Run]] = {}
-        for run in sorted(runs.values(), key=lambda r: r.start):
-            by_job.setdefault(run.job_id, []).append(run)
-        return by_job
+        return read_runs(self.runs_dir)
 
     def infos(self, ids: Sequence[str]) -> dict[str, JobInfo | None]:
         """The broker's record of each job, None when it has none."""
@@ -305,6 +300,27 @@ class Fleet:
             if overlapping(job_runs):
                 tally.overlapping.append(job_id)
         return tally
+
+
+def read_runs(runs_dir: Path) -> dict[str, list[Run]]:
+    """Every run recorded under `runs_dir` (see the module docstring), per job id, in
+    start order. Lines other than S, T and E (a consumer's own notes) are skipped."""
+    runs: dict[tuple[str, int, int], Run] = {}
+    for path in runs_dir.glob("*.log"):
+        for line in path.read_text().splitlines():
+            event, job_id, attempt, pid, at = line.split()
+            key = (job_id, int(attempt), int(pid))
+            t = float(at)
+            if event == "S":
+                runs[key] = Run(job_id, int(attempt), int(pid), t, t)
+            elif event in ("T", "E"):
+                run = runs[key]
+                run.last = max(run.last, t)
+                run.ended = run.ended or event == "E"
+    by_job: dict[str, list[Run]] = {}
+    for run in sorted(runs.values(), key=lambda r: r.start):
+        by_job.setdefault(run.job_id, []).append(run)
+    return by_job
 
 
 def overlapping(runs: Iterable[Run]) -> bool:

@@ -26,6 +26,10 @@ SECRET = "s3cr3t-Pa55"
         ),
         ("sqlite:///relative/offload.db", "sqlite:///relative/offload.db"),
         ("redis://user@h/0", "redis://user@h/0"),
+        (  # a state store's URL nested in a query value (sqs://, amqp://)
+            f"sqs://h:9324/?region=r&state=postgresql%3A%2F%2Fu%3A{SECRET}%40db%2Fapp",
+            "sqs://h:9324/?region=r&state=postgresql://u:***@db/app",
+        ),
     ],
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:

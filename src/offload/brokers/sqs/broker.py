@@ -1,0 +1,225 @@
+"""`SQSBroker`: the delivery role (`offload.brokers.roles.Delivery`) on SQS.
+
+Jobs are SQS messages (`delivery.py`); a `Lease` is a received message, its token the
+receipt handle, its deadline the visibility timeout. Every way a lease ends maps onto
+SQS moves, batched per call:
+
+    ack, cancel     delete the message
+    retry           a new message due at `at`, the attempt counted; the old deleted
+    defer           the same, the attempt not counted
+    bury            a new message in the dead-letter queue with the reason
+    release         a fresh copy due now, the attempt not counted (FIFO: in place)
+
+What SQS cannot do is the state store's (`state=` in the URL; see `config.py` and
+`stateless.py`): an idempotency key is claimed in the store's register `sqs-key:KEY`
+(atomic `compare_and_set`, kept for the retention), and results, progress,
+cancellation, joins, limits, inspection and schedules' fire keys are the other roles,
+played by the store. Without a store, `enqueue` refuses keys and `max_depth` (always:
+SQS cannot count atomically) with a `ConfigurationError` naming `state=`.
+Priority has no meaning on SQS: jobs come in SQS's order (FIFO queues: strict).
+A job received after its `expires_at` is deleted without running (`expired` counts
+them; only a state store can record it as `expired`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from offload.brokers.records import EnqueueResult, Lease
+from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
+from offload.brokers.sqs.config import SQSConfig
+from offload.brokers.sqs.delivery import SQSDelivery
+from offload.brokers.sqs.messages import Outgoing, Received
+from offload.clock import Clock
+from offload.codec import encode_error
+from offload.envelope import Envelope
+from offload.errors import ConfigurationError
+
+__all__ = ["STATE_SETTING", "SQSBroker"]
+
+#: How a user gives an sqs:// broker its state store, quoted by every refusal.
+STATE_SETTING = "state= in the sqs:// URL (a postgresql://, redis:// or sqlite:/// URL)"
+
+
+class SQSBroker(Delivery):
+    """Enqueue, reserve, extend, release and settle jobs on SQS (see the module
+    docstring). One instance per event loop (`loop_bound`)."""
+
+    capabilities = Capabilities(push_wakeup=True, loop_bound=True)
+
+    def __init__(self, url: str, *, clock: Clock | None = None, **kwargs: float) -> None:
+        super().__init__(url, clock=clock, **kwargs)
+        self.config = SQSConfig.from_url(url)
+        self.sqs = SQSDelivery(self.config, clock=self.clock)
+        #: Receipt handle → the message it leases, for the leases this process holds.
+        self._held: dict[str, Received] = {}
+        self._lease_s = 30.0
+        self._state: Broker | None = None
+        #: Jobs deleted unrun because they were received after their `expires_at`.
+        self.expired = 0
+
+    async def connect(self) -> None:
+        await self.sqs.connect()
+
+    async def close(self) -> None:
+        self._held.clear()
+        await self.sqs.close()
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
+        """Send every job (batched; SQS has them when this returns).
+
+        Raises:
+            ConfigurationError: a job has a `key`, or `max_depth` is given: both need a
+                state store, and nothing is sent.
+            SerializationError: a job is over SQS's message size (nothing is sent).
+            BrokerUnavailable: SQS could not be reached (resending is safe).
+        """
+        if max_depth is not None:
+            raise self.needs_state("max_depth (a bounded queue)")
+        owners = await self._claim_keys(jobs)
+        items = {
+            envelope.id: Outgoing(
+                envelope.id,
+                envelope.queue,
+                payload,
+                due=envelope.not_before,
+                expires=envelope.expires_at,
+            )
+            for envelope, payload in jobs
+            if owners.get(envelope.key or "", envelope.id) == envelope.id
+        }
+        await self.sqs.send(list(items.values()))
+        return [
+            EnqueueResult(owner, owner == envelope.id)
+            for envelope, _ in jobs
+            for owner in [owners.get(envelope.key or "", envelope.id)]
+        ]
+
+    def attach_state(self, state: Broker) -> None:
+        """Keep the state store: idempotency keys are claimed in its registers."""
+        self._state = state
+
+    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> dict[str, str]:
+        """Key → the id of the job that owns it: the first job ever enqueued with it
+        (until the retention), claimed atomically in the state store's register
+        `sqs-key:KEY`. A job whose key another job owns is not sent.
+
+        Raises:
+            ConfigurationError: a job has a key and there is no state store.
+        """
+        owners: dict[str, str] = {}
+        for envelope, _ in jobs:
+            key = envelope.key
+            if key is None or key in owners:
+                continue
+            if self._state is None:
+                raise self.needs_state(f"the idempotency key of job {envelope.id}")
+            held = await self._state.compare_and_set(
+                f"sqs-key:{key}", None, envelope.id, ttl_s=self.retention_s
+            )
+            owners[key] = held or envelope.id
+        return owners
+
+    def needs_state(self, what: str) -> ConfigurationError:
+        """The error for an operation SQS alone cannot do."""
+        return ConfigurationError(f"{what} needs a state store on sqs://: set {STATE_SETTING}")
+
+    # -- reserve ------------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        """Receive up to `limit` due jobs, each leased (invisible to others) for
+        `lease_s`. Never waits for jobs (a short poll); `wait` long-polls."""
+        self._lease_s = lease_s
+        messages = await self.sqs.receive(queues, limit=limit, visibility_s=lease_s)
+        return await self._leases(messages)
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Long-poll `queues` for up to `timeout_s` (at most the URL's `wait`): returns
+        as soon as a job arrives, which is kept leased for the next `reserve`."""
+        if timeout_s < 1:
+            await super().wait(queues, timeout_s)
+            return
+        got = await self.sqs.receive(queues, limit=10, visibility_s=self._lease_s, wait_s=timeout_s)
+        self.sqs.keep(got)
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """None: SQS holds delayed jobs itself and `wait` sees them arrive."""
+        return None
+
+    async def _leases(self, messages: Sequence[Received]) -> list[Lease]:
+        now = self.clock.now()
+        stale = [m for m in messages if m.expires is not None and m.expires <= now]
+        if stale:
+            await self.sqs.delete(stale)
+            self.expired += len(stale)
+        leases = []
+        for m in messages:
+            if m in stale:
+                continue
+            self._held[m.receipt] = m
+            leases.append(Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body))
+        return leases
+
+    # -- leases -------------------------------------------------------------------------
+
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        """Push each visibility `lease_s` further. False: stop claiming the job (the
+        lease is not held here, lapsed, or SQS refused it; see `SQSDelivery.extend`)."""
+        found = [(i, self._held.get(lease.token)) for i, lease in enumerate(leases)]
+        held = [(i, m) for i, m in found if m is not None]
+        answers = await self.sqs.extend([m for _, m in held], lease_s)
+        out = [False] * len(leases)
+        for (i, message), ok in zip(held, answers, strict=True):
+            out[i] = ok
+            if not ok:
+                self._held.pop(message.receipt, None)
+        return out
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Give unstarted jobs back at once, the attempt not counted."""
+        messages = [m for lease in leases if (m := self._held.pop(lease.token, None))]
+        await self.sqs.release(messages)
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """End every lease as its settlement says: deletes in batches, moves in
+        batches. False for a lease not held here or no longer held. If SQS cannot be
+        reached the leases stay held here, so the caller's retry does the same again
+        (a delete is idempotent; a move repeated may leave a second copy of the job,
+        which runs again: at-least-once)."""
+        out = [False] * len(settlements)
+        deletes: list[tuple[int, Received]] = []
+        moves: list[tuple[int, Received, Outgoing]] = []
+        for i, settlement in enumerate(settlements):
+            message = self._held.get(settlement.lease.token)
+            if message is None:
+                continue
+            if settlement.ending in (Ending.ACK, Ending.CANCEL):
+                deletes.append((i, message))
+            else:
+                moves.append((i, message, _next_message(message, settlement)))
+        deleted = await self.sqs.delete([m for _, m in deletes])
+        moved = await self.sqs.move([(m, new) for _, m, new in moves])
+        for (i, message), ok in zip(deletes, deleted, strict=True):
+            out[i] = ok
+            self._held.pop(message.receipt, None)
+        for (i, message, _), ok in zip(moves, moved, strict=True):
+            out[i] = ok
+            self._held.pop(message.receipt, None)
+        return out
+
+
+def _next_message(message: Received, settlement: Settlement) -> Outgoing:
+    """The message that carries the job on after `settlement` (retry, defer, bury)."""
+    used = settlement.lease.attempt
+    if settlement.ending is Ending.DEFER:
+        return message.outgoing(attempt=used - 1, due=settlement.at)
+    if settlement.ending is Ending.RETRY:
+        return message.outgoing(attempt=used, due=settlement.at)
+    assert settlement.error is not None  # bury
+    return message.outgoing(attempt=used, due=None, error=encode_error(settlement.error).decode())
