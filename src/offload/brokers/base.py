@@ -24,12 +24,23 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
 
 from offload._redact import redact_url
+from offload.brokers.records import (
+    DEFAULT_RETENTION_S,
+    LEASE_EXPIRED,
+    Ended,
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.brokers.roles import Capabilities, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
-from offload.codec import decode_envelope, decode_value
 from offload.errors import LeaseLost
 from offload.job import Envelope, ErrorInfo, JobState
 
@@ -50,64 +61,6 @@ __all__ = [
     "WorkerInfo",
 ]
 
-#: The error every broker records on a job whose lease lapsed (the same words everywhere).
-LEASE_EXPIRED = ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or stalled")
-
-#: How long expired and cancelled jobs (and succeeded jobs with no result TTL) are
-#: kept for inspection before `sweep` deletes them: 7 days, in seconds.
-DEFAULT_RETENTION_S = 7 * 24 * 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    """What a broker can do beyond the contract, declared instead of discovered.
-
-    Attributes:
-        transactional_enqueue: `enqueue` can join the application's own transaction.
-        push_wakeup: `wait` returns early when work arrives (no polling).
-        cross_process: several processes share the broker's state.
-        loop_bound: the broker's connections belong to the event loop that opened
-            them, so each loop needs its own instance.
-        push_results: `wait_finished` returns as soon as the job ends, whichever
-            process ends it (without it, only an end in this process is pushed and
-            `Job.result()` re-reads with a backoff).
-        blocking_enqueue: `enqueue_blocking` can store jobs from the calling thread,
-            so sync producers skip the portal's thread hop.
-    """
-
-    transactional_enqueue: bool = False
-    push_wakeup: bool = False
-    push_results: bool = False
-    blocking_enqueue: bool = False
-    cross_process: bool = True
-    loop_bound: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EnqueueResult:
-    """`created` is False when a job with the same `key` already existed; `id` is then
-    the existing job's id."""
-
-    id: str
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A reserved job: the right to run it until `deadline`, proven by `token`.
-
-    `payload` is the envelope's bytes, decoded by the worker (a job that cannot be
-    decoded is buried by the worker, never by the broker). `attempt` counts this
-    reservation (1 for the first run).
-    """
-
-    job_id: str
-    token: str
-    queue: str
-    attempt: int
-    deadline: float
-    payload: bytes
-
 
 @dataclass(frozen=True, slots=True)
 class Ack:
@@ -116,139 +69,6 @@ class Ack:
     lease: Lease
     result: bytes | None
     result_ttl_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """Everything a broker knows about one job, for inspection."""
-
-    id: str
-    task: str
-    queue: str
-    state: JobState
-    priority: int
-    attempt: int
-    max_attempts: int | None  # None: the worker's task default applies
-    key: str | None
-    created_at: float
-    due_at: float
-    expires_at: float | None
-    started_at: float | None
-    finished_at: float | None
-    worker_id: str | None
-    lease_deadline: float | None
-    error: ErrorInfo | None
-    payload: bytes
-    result: bytes | None = None
-    cancel_requested: bool = False
-    progress: Any = None  # the last `set_progress` value (decoded JSON); `get_job` only
-
-    @classmethod
-    def undecodable(cls, job_id: str, queue: str, problem: str, payload: bytes) -> JobInfo:
-        """What inspection shows for a job whose stored record a broker cannot read:
-        `dead` with an `Undecodable` error, which is what the broker makes of it as soon
-        as its housekeeping meets it (one bad record costs one job, never a listing)."""
-        return cls(
-            id=job_id,
-            task="?",
-            queue=queue,
-            state=JobState.DEAD,
-            priority=0,
-            attempt=0,
-            max_attempts=None,
-            key=None,
-            created_at=0.0,
-            due_at=0.0,
-            expires_at=None,
-            started_at=None,
-            finished_at=None,
-            worker_id=None,
-            lease_deadline=None,
-            error=ErrorInfo(
-                "Undecodable", f"the broker's record of this job is corrupt: {problem}"
-            ),
-            payload=payload,
-        )
-
-    def envelope(self) -> Envelope | None:
-        """The decoded envelope, or None if the stored payload is not one."""
-        try:
-            return decode_envelope(self.payload)
-        except Exception:
-            return None
-
-    def result_value(self) -> Any:
-        """The decoded result (None if the job has none)."""
-        return None if self.result is None else decode_value(self.result)
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """A job that ended without a worker settling it (see `Broker.outbox`): `state` is
-    `cancelled` or `expired`, `payload` its envelope's bytes."""
-
-    job_id: str
-    state: JobState
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of `list_jobs`; pass `cursor` back for the next, None at the end."""
-
-    items: list[JobInfo]
-    cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """Counts per state for one queue, and `oldest_queued_at`: the earliest due time
-    among its queued jobs, i.e. since when the longest-waiting ready job has waited."""
-
-    states: dict[JobState, int]
-    oldest_queued_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SweepReport:
-    expired: int = 0
-    purged: int = 0
-    workers_removed: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A live worker, as registered by its heartbeat."""
-
-    id: str
-    hostname: str
-    pid: int
-    queues: list[str]
-    concurrency: int
-    started_at: float
-    last_seen: float = 0.0
-    running: int = 0
-    processed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class TransactionalEnqueue(Protocol):
-    """A broker whose jobs can join the application's own database transaction
-    (`capabilities.transactional_enqueue`).
-
-    `enqueue_in` has `enqueue`'s contract, but runs on `connection` (the application's
-    driver connection) and never commits: the jobs exist once the application commits,
-    and never if it rolls back; no worker can see them before the commit.
-    """
-
-    def enqueue_in_sync(
-        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
-    ) -> list[EnqueueResult]: ...
-
-    async def enqueue_in(
-        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
-    ) -> list[EnqueueResult]: ...
 
 
 class Broker(abc.ABC):

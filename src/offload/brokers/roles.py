@@ -1,0 +1,640 @@
+"""The broker contract, in roles: what a broker stores, and how each state change happens.
+
+Brokers are thin and atomic. They store envelopes (bytes from `offload.codec`) beside
+the mutable state of each job, and move jobs between states, each move one atomic
+operation. Policy (retries, expiry decisions, serialization, logging) lives above them,
+in the worker and the app. One conformance suite (`tests/conformance/`) proves every
+broker against this contract, role by role.
+
+The contract is cut into five roles, each an ABC a broker inherits to declare it:
+
+    Delivery    enqueue, reserve, wait, next_due, extend, release, settle_many
+    Flow        take_rate, acquire_slot/release_slot, join, compare_and_set,
+                outbox/clear_outbox
+    Inspection  counts, get_job, find, list_jobs, workflow_jobs, replay_dead,
+                purge_dead, queues, set_progress
+    Fleet       register_worker, unregister_worker, workers, sweep
+    Signals     cancel, cancel_requested, wait_finished
+
+A new capability belongs to one role. `offload.brokers.base.Broker` is all five: the
+SQL and Redis brokers and memory are full brokers. A broker that can only deliver
+(a message queue) implements `Delivery` and is combined with a full broker, its state
+store, for the other four (`offload.brokers.composite`). `wait` is in Delivery, not
+Signals: new work is announced by whatever delivers it.
+
+Every way a lease ends is one `Settlement` passed to `Delivery.settle_many`, in
+batches: the worker group-commits all of them (`offload.worker.leases`).
+
+Lifecycle of a job, by broker operation:
+
+    enqueue ──► scheduled ──(due)──► queued ──reserve──► running ──ack────► succeeded
+                    ▲                  ▲                    │ ──bury───► dead ──replay──► queued
+                    └──────retry───────┼────────────────────┘ ──release─► queued
+                                       └──(lease lapsed)────┘
+    queued/scheduled ──(expires_at passed)──► expired      queued/scheduled ──cancel──► cancelled
+    running ──cancel──► flagged ──(the worker stops it: settlement `cancel`)──► cancelled
+    running ──defer──► scheduled (the attempt not counted: held back by a flow limit)
+
+(ack, retry, bury, defer and cancel-while-running are the five `Ending`s of a
+`Settlement`.) All times are Unix epoch seconds read from the broker's injected `clock`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
+
+from offload._redact import redact_url
+from offload.brokers.records import (
+    DEFAULT_RETENTION_S,
+    Ended,
+    EnqueueResult,
+    JobInfo,
+    Lease,
+    Page,
+    QueueStats,
+    SweepReport,
+    WorkerInfo,
+)
+from offload.clock import Clock, SystemClock
+from offload.errors import LeaseLost
+from offload.job import Envelope, ErrorInfo, JobState
+
+if TYPE_CHECKING:
+    from typing import Self
+
+#: The roles, and the records they take and return (re-exported from
+#: `offload.brokers.records`, so one import gives the whole contract).
+__all__ = [
+    "DEFAULT_RETENTION_S",
+    "Broker",
+    "Capabilities",
+    "Delivery",
+    "Ended",
+    "Ending",
+    "EnqueueResult",
+    "Fleet",
+    "Flow",
+    "Inspection",
+    "JobInfo",
+    "Lease",
+    "Page",
+    "Part",
+    "QueueStats",
+    "Role",
+    "Settlement",
+    "Signals",
+    "SweepReport",
+    "TransactionalEnqueue",
+    "WorkerInfo",
+    "roles_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker can do beyond the contract, declared instead of discovered.
+
+    Attributes:
+        transactional_enqueue: `enqueue` can join the application's own transaction.
+        push_wakeup: `wait` returns early when work arrives (no polling).
+        cross_process: several processes share the broker's state.
+        loop_bound: the broker's connections belong to the event loop that opened
+            them, so each loop needs its own instance.
+        push_results: `wait_finished` returns as soon as the job ends, whichever
+            process ends it (without it, only an end in this process is pushed and
+            `Job.result()` re-reads with a backoff).
+        blocking_enqueue: `enqueue_blocking` can store jobs from the calling thread,
+            so sync producers skip the portal's thread hop.
+    """
+
+    transactional_enqueue: bool = False
+    push_wakeup: bool = False
+    push_results: bool = False
+    blocking_enqueue: bool = False
+    cross_process: bool = True
+    loop_bound: bool = False
+
+
+class Ending(enum.StrEnum):
+    """How a lease ends: the five ways a worker settles a running job."""
+
+    #: `running → succeeded`, storing the result for its TTL.
+    ACK = "ack"
+    #: `running → scheduled` until `at`, recording the error (the attempt counted).
+    RETRY = "retry"
+    #: `running → dead` (the dead-letter queue), recording the error as the reason.
+    BURY = "bury"
+    #: `running → scheduled` until `at`, the attempt not counted and no error recorded:
+    #: a flow limit (rate or concurrency) held the job back, so waiting uses no attempt.
+    DEFER = "defer"
+    #: `running → cancelled`, recording the error: the worker stopped a job flagged by
+    #: `cancel` (it may have run in part). Kept for the retention, like a job cancelled
+    #: before it started.
+    CANCEL = "cancel"
+
+    @property
+    def state(self) -> JobState:
+        """The state the job is in after this ending."""
+        return _END_STATES[self]
+
+
+_END_STATES = {
+    Ending.ACK: JobState.SUCCEEDED,
+    Ending.RETRY: JobState.SCHEDULED,
+    Ending.BURY: JobState.DEAD,
+    Ending.DEFER: JobState.SCHEDULED,
+    Ending.CANCEL: JobState.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One lease ending: which lease, how (`ending`), and with what.
+
+    `result` and `result_ttl_s` (None: the broker's retention) belong to `ack`; `error`
+    to `retry`, `bury` and `cancel`; `at` (when the job is due again) to `retry` and
+    `defer`. Build one with the class methods, which take exactly what each needs.
+    """
+
+    lease: Lease
+    ending: Ending
+    result: bytes | None = None
+    result_ttl_s: float | None = None
+    error: ErrorInfo | None = None
+    at: float | None = None
+
+    def __post_init__(self) -> None:
+        needs_error = self.ending in (Ending.RETRY, Ending.BURY, Ending.CANCEL)
+        if needs_error != (self.error is not None):
+            raise ValueError(
+                f"a {self.ending} settlement {'needs' if needs_error else 'takes no'} error"
+            )
+        needs_at = self.ending in (Ending.RETRY, Ending.DEFER)
+        if needs_at != (self.at is not None):
+            raise ValueError(
+                f"a {self.ending} settlement {'needs' if needs_at else 'takes no'} `at`"
+            )
+        if self.ending is not Ending.ACK and (
+            self.result is not None or self.result_ttl_s is not None
+        ):
+            raise ValueError(f"a {self.ending} settlement takes no result")
+
+    @property
+    def state(self) -> JobState:
+        """The state the job is in once this settlement is recorded."""
+        return self.ending.state
+
+    @classmethod
+    def ack(
+        cls, lease: Lease, result: bytes | None, *, result_ttl_s: float | None = None
+    ) -> Settlement:
+        return cls(lease, Ending.ACK, result=result, result_ttl_s=result_ttl_s)
+
+    @classmethod
+    def retry(cls, lease: Lease, *, at: float, error: ErrorInfo) -> Settlement:
+        return cls(lease, Ending.RETRY, error=error, at=at)
+
+    @classmethod
+    def bury(cls, lease: Lease, *, error: ErrorInfo) -> Settlement:
+        return cls(lease, Ending.BURY, error=error)
+
+    @classmethod
+    def defer(cls, lease: Lease, *, at: float) -> Settlement:
+        return cls(lease, Ending.DEFER, at=at)
+
+    @classmethod
+    def cancel(cls, lease: Lease, *, error: ErrorInfo) -> Settlement:
+        return cls(lease, Ending.CANCEL, error=error)
+
+
+class Part(abc.ABC):  # noqa: B024 - the shared base of the roles; it has no abstract method of its own
+    """What every role of a broker has: its URL, clock, retention and lifecycle.
+
+    One object may play several roles (a full broker plays all of them); this base is
+    shared, so it is initialised once.
+    """
+
+    #: Declared abilities; see `Capabilities`.
+    capabilities = Capabilities()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
+        self.url = url
+        self.clock: Clock = clock or SystemClock()
+        self.retention_s = retention_s
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)}>"
+
+    async def connect(self) -> None:
+        """Open connections and install schema; idempotent."""
+        return None
+
+    async def close(self) -> None:
+        """Release every resource; idempotent."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class Delivery(Part):
+    """Getting jobs to workers: store, lease, heartbeat, give back and settle.
+
+    The one role a message queue can play alone. Methods may be called concurrently
+    from several tasks of one event loop, and (for `cross_process` brokers) from
+    several processes. A call cancelled while in flight may still take effect (a
+    cancelled `reserve` can leave its jobs leased until the lease lapses); nothing is
+    lost either way.
+    """
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
+        """Store jobs in one atomic operation, as `scheduled` if `not_before` is in the
+        future, else `queued`.
+
+        Each item is an envelope with its encoded bytes (encoded once, by the caller).
+        A job whose `key` matches an existing job's (in any state, until that job is
+        purged) is not stored; its result carries the existing id and `created=False`.
+        Duplicate keys within one call resolve to the first. An envelope whose `id` is
+        already stored (a retried send) is likewise not stored again.
+
+        `max_depth` (backpressure): if a queue's active jobs (`queued` + `scheduled`)
+        plus the call's jobs for that queue (duplicates included) would exceed it,
+        nothing of the call is stored. The count and the insert are one atomic step
+        (PostgreSQL: under a per-queue advisory lock taken by every bounded enqueue).
+
+        Raises:
+            QueueFull: `max_depth` would be exceeded.
+        """
+
+    def enqueue_blocking(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult] | None:
+        """`enqueue`, blocking the calling thread (which runs no event loop), for brokers
+        with `capabilities.blocking_enqueue`; same contract and errors. None when the
+        broker leaves this call to `enqueue` (the caller then uses it): a fast path
+        for the common case, not a second implementation of every case."""
+        return None
+
+    @abc.abstractmethod
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to `limit` ready jobs from `queues`, atomically.
+
+        First, due `scheduled` jobs become `queued`, `running` jobs whose lease has
+        lapsed become `queued` again (error `LeaseExpired`), and `queued`/`scheduled`
+        jobs past `expires_at` become `expired`. Then jobs are taken by priority
+        (higher first), then due time, then enqueue order, marked `running` with a new
+        token and `deadline = now + lease_s`, and their `attempt` is incremented.
+        Returns an empty list when nothing is ready; never blocks.
+        """
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return when work may be ready in `queues`, or after `timeout_s`.
+
+        May return early spuriously. The base implementation just sleeps; brokers with
+        `push_wakeup` return as soon as a job is enqueued.
+        """
+        await asyncio.sleep(timeout_s)
+
+    @abc.abstractmethod
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest due time of a `scheduled` job in `queues`, None if there is none.
+
+        An idle worker sleeps until then at most, so a delayed job or a retry starts
+        on time without polling.
+        """
+
+    @abc.abstractmethod
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        """Push each lease's deadline to `now + lease_s`. False: the lease is not ours
+        any more (its token no longer matches: it lapsed and a `reserve` took the job
+        back, or it was finished). A lease past its deadline that nobody took back is
+        still ours and is extended, as `settle_many` accepts it: a worker cut off from
+        the broker for longer than its lease learns, once back, whether anyone else may
+        have the job, and is not told so when nobody has."""
+
+    @abc.abstractmethod
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """`running → queued` at once, without counting the attempt: give back work
+        that was reserved but not run (shutdown). Leases no longer ours are ignored."""
+
+    @abc.abstractmethod
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """End each lease as its settlement says (see `Ending`), in one round trip
+        where the broker can: the worker group-commits every outcome through this.
+
+        Each settlement is atomic and stands alone: True if recorded, False if its
+        lease is no longer held (the token does not match the job's current lease: a
+        `reserve` took the job back, or it was settled already), and the others still
+        take effect. A lease past its deadline that no `reserve` has taken back is
+        still held: the work is done and nobody else has the job. The worker never
+        puts two settlements of one lease in a call.
+        """
+
+    # -- one settlement at a time: shorthands over `settle_many`, never overridden ----
+
+    @final
+    async def settle(self, settlement: Settlement) -> None:
+        """Record one settlement.
+
+        Raises:
+            LeaseLost: the token does not match the job's current lease.
+        """
+        [held] = await self.settle_many([settlement])
+        if not held:
+            raise LeaseLost()
+
+    @final
+    async def ack(self, lease: Lease, result: bytes | None, *, result_ttl_s: float | None) -> None:
+        """`settle(Settlement.ack(...))`: `running → succeeded`."""
+        await self.settle(Settlement.ack(lease, result, result_ttl_s=result_ttl_s))
+
+    @final
+    async def retry(self, lease: Lease, *, at: float, error: ErrorInfo) -> None:
+        """`settle(Settlement.retry(...))`: `running → scheduled`, attempt counted."""
+        await self.settle(Settlement.retry(lease, at=at, error=error))
+
+    @final
+    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
+        """`settle(Settlement.bury(...))`: `running → dead`."""
+        await self.settle(Settlement.bury(lease, error=error))
+
+    @final
+    async def defer(self, lease: Lease, *, at: float) -> None:
+        """`settle(Settlement.defer(...))`: `running → scheduled`, attempt not counted."""
+        await self.settle(Settlement.defer(lease, at=at))
+
+    @final
+    async def cancel_running(self, lease: Lease, *, error: ErrorInfo) -> None:
+        """`settle(Settlement.cancel(...))`: `running → cancelled`."""
+        await self.settle(Settlement.cancel(lease, error=error))
+
+    def attach_state(self, state: Broker) -> None:
+        """Called once by `Composite` with the full broker that keeps this delivery's
+        state, before `connect`: a delivery-only broker that must tell the state store
+        something (its jobs, for inspection and cancels) keeps it and talks to it
+        through its public roles. Full brokers ignore it."""
+
+
+class Flow(Part):
+    """Coordination between workers: rate limits, concurrency slots, chord joins,
+    registers, and the outbox of jobs that ended inside the broker."""
+
+    @abc.abstractmethod
+    async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
+        """Take one token of the rate limit `key`: at most `limit` per `per_s` seconds,
+        shared by every process using this broker. 0.0 if a token was taken, else the
+        seconds until one is free (nothing is taken then).
+
+        A GCRA (a token bucket of capacity `limit` refilled at `limit / per_s` per
+        second, stored as one number per key): an idle key allows a burst of `limit` at
+        once, then one token every `per_s / limit` seconds. Atomic; times come from the
+        broker's clock. A limit's state lives apart from jobs and lapses on its own
+        once idle.
+        """
+
+    @abc.abstractmethod
+    async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
+        """Take one of the `limit` slots of the concurrency limit `key` for `holder`,
+        until `release_slot` or `ttl_s` seconds from now (so a crashed holder's slot
+        frees itself). True if taken, or if `holder` already held one: its TTL is then
+        renewed (the worker's heartbeat calls this again). Atomic; slots past their
+        TTL are not counted.
+        """
+
+    @abc.abstractmethod
+    async def release_slot(self, key: str, holder: str) -> None:
+        """Free `holder`'s slot of `key`; nothing if it holds none. Idempotent."""
+
+    @abc.abstractmethod
+    async def join(
+        self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
+    ) -> list[bytes] | None:
+        """Record that member `member_id` (number `index`, from 0, of `total`) of the
+        chord `group_id` is terminal, with `outcome` (opaque bytes: the worker stores
+        the encoded result). Atomic and idempotent: a member recorded again (a
+        redelivery, a replay) keeps its first outcome.
+
+        Returns every member's outcome in `index` order once `total` distinct members
+        are recorded (by this call or an earlier one), else None. The worker enqueues
+        the chord's callback under a fixed key whenever it gets the outcomes, so a
+        crash after this call and before the callback's enqueue is repaired by the
+        member's rerun. A group's record lapses with the broker's retention.
+        """
+
+    @abc.abstractmethod
+    async def compare_and_set(
+        self, name: str, expected: str | None, new: str, *, ttl_s: float
+    ) -> str | None:
+        """Set the register `name` to `new` for `ttl_s` seconds if it holds `expected`
+        (None: it is unset, or its TTL has passed) or already holds `new` (its TTL is
+        then renewed). Returns what it holds after the call: `new` if set, else its
+        current value (None if unset). Atomic: of several calls that expect the same
+        value, one sets it and the others get that call's `new`.
+
+        The scheduler keeps each schedule's current fire here, so that a new fire is
+        decided by the broker, not by a replica's memory (`offload.scheduler`).
+        Registers live apart from jobs and lapse on their own (`sweep` forgets them).
+        """
+
+    @abc.abstractmethod
+    async def outbox(self, limit: int = 500) -> list[Ended]:
+        """Jobs that became terminal without a worker, oldest first, until
+        `clear_outbox`: `cancelled` by `cancel` while `queued`/`scheduled`, or
+        `expired` (by `reserve` or `sweep`).
+
+        A workflow must hear of every member's end, and these ends happen inside the
+        broker, where no worker runs the follow-ups (`offload.worker.flows`): so the
+        broker records them in the same atomic step as the state change, and a worker
+        (or the producer that cancelled) runs the follow-ups and then clears them.
+        Recorded at least for the jobs whose envelope has `then` or `chord`; a broker
+        may record others too (the reader skips them). An entry whose job was purged is
+        not returned. Read-only: several readers may get the same entries.
+        """
+
+    @abc.abstractmethod
+    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+        """Forget these outbox entries (their follow-ups are done). Idempotent."""
+
+
+class Inspection(Part):
+    """Reading jobs for people and tools (CLI, dashboard, `Job` handles), the
+    dead-letter queue's replay and purge, and a job's progress."""
+
+    @abc.abstractmethod
+    async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per queue (all known queues if None): jobs per state, oldest queued job."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        """One job by id, None if unknown or purged."""
+
+    @abc.abstractmethod
+    async def find(self, key: str) -> JobInfo | None:
+        """One job by its idempotency key."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Jobs newest first, filtered by queue and state, with keyset pagination."""
+
+    @abc.abstractmethod
+    async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
+        """The jobs of one workflow (those whose envelope's `workflow_id` is
+        `workflow_id`), in enqueue order, at most `limit`; empty for an unknown id.
+        For `offload show`: read-only, and it may scan (SQL brokers scan the jobs
+        enqueued since the workflow's id was made; Redis keeps one index set per
+        workflow, hash-tagged by its id, that lapses with the broker's retention).
+        """
+
+    @abc.abstractmethod
+    async def replay_dead(
+        self, queue: str | None = None, job_ids: Sequence[str] | None = None
+    ) -> int:
+        """Move dead jobs (all, or of `queue`, or those in `job_ids`) back to `queued`
+        with their attempt count reset. Returns how many moved."""
+
+    @abc.abstractmethod
+    async def purge_dead(
+        self,
+        queue: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete dead jobs (all, or of `queue`, or in `job_ids`, and finished more than
+        `older_than` seconds ago if given). Returns how many were deleted."""
+
+    @abc.abstractmethod
+    async def queues(self) -> list[str]:
+        """Every queue that holds or held a job, sorted."""
+
+    @abc.abstractmethod
+    async def set_progress(self, job_id: str, progress: bytes) -> None:
+        """Store a job's progress (encoded JSON, from its handler), replacing the last
+        one. `get_job` returns it decoded in `JobInfo.progress` (other listings leave
+        it None) until the job is purged. Last write wins; no state check (a late
+        report of a finished job is harmless)."""
+
+
+class Fleet(Part):
+    """The workers: who is alive, and the housekeeping every one of them runs."""
+
+    @abc.abstractmethod
+    async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Record (or refresh) a live worker; it vanishes `ttl_s` after its last refresh."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker at clean shutdown."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose registration has not lapsed."""
+
+    @abc.abstractmethod
+    async def sweep(self) -> SweepReport:
+        """Housekeeping, idempotent and safe to run from every worker at once: expire
+        `queued`/`scheduled` jobs past `expires_at`, delete finished jobs past their
+        result TTL or retention (dead jobs are kept until purged), forget lapsed
+        workers."""
+
+
+class Signals(Part):
+    """Telling jobs and their waiters about each other: a cancel request reaches the
+    worker running the job, and a job's end reaches whoever waits for its result."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a `queued` or `scheduled` job (it will never run), or flag a `running`
+        one for cooperative cancellation. False if the job is unknown or finished."""
+
+    @abc.abstractmethod
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        """The ids of the jobs among `leases` that are `running` and flagged by
+        `cancel`. The worker asks this for its running jobs about twice a second, so
+        an async job sees a cancel within a second. Read-only."""
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> None:
+        """Return once `job_id` may be terminal (or unknown), or after `timeout_s`.
+
+        May return early spuriously; the caller reads the job again. Brokers register
+        their interest before they look at the job, so an end between the look and the
+        wait is never missed. The base implementation just sleeps (the caller passes a
+        backoff); brokers with `push_results` return as soon as the job ends anywhere.
+        """
+        await asyncio.sleep(timeout_s)
+
+
+class Role(enum.Enum):
+    """The five roles, each naming its ABC (`Role.FLOW.part is Flow`)."""
+
+    DELIVERY = Delivery
+    FLOW = Flow
+    INSPECTION = Inspection
+    FLEET = Fleet
+    SIGNALS = Signals
+
+    @property
+    def part(self) -> type[Part]:
+        return self.value  # type: ignore[no-any-return]
+
+
+class Broker(Delivery, Flow, Inspection, Fleet, Signals):
+    """A full broker: every role. Memory, SQLite, PostgreSQL and Redis are full
+    brokers, and so is a `Composite` of a delivery and a state store. Code that needs
+    the whole contract (the worker, the app, the CLI) takes a `Broker`; code that
+    needs one role takes that role.
+
+    Subclasses implement every abstract method of the roles as one atomic operation
+    (a transaction, a Lua script, a lock-held update).
+    """
+
+
+def roles_of(obj: object) -> frozenset[Role]:
+    """The roles `obj` declares, by inheriting their ABCs."""
+    return frozenset(role for role in Role if isinstance(obj, role.part))
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """A delivery whose jobs can join the application's own database transaction
+    (`capabilities.transactional_enqueue`).
+
+    `enqueue_in` has `enqueue`'s contract, but runs on `connection` (the application's
+    driver connection) and never commits: the jobs exist once the application commits,
+    and never if it rolls back; no worker can see them before the commit.
+    """
+
+    def enqueue_in_sync(
+        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
+    ) -> list[EnqueueResult]: ...
+
+    async def enqueue_in(
+        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
+    ) -> list[EnqueueResult]: ...
