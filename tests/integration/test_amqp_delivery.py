@@ -12,12 +12,15 @@ from typing import Any
 import aiormq
 import pytest
 
-from offload.brokers.amqp import AmqpDelivery, parse_url
+from offload.brokers import from_url
+from offload.brokers.amqp import AmqpDelivery
 from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER
-from offload.brokers.base import Lease
+from offload.brokers.memory import MemoryBroker
+from offload.brokers.records import Lease
+from offload.brokers.roles import Settlement
 from offload.clock import SystemClock
 from offload.codec import decode_error
-from offload.errors import LeaseLost
+from offload.errors import ConfigurationError, LeaseLost
 from tests.conformance.helpers import BOOM, make_job
 
 MakeDelivery = Callable[..., Awaitable[AmqpDelivery]]
@@ -32,7 +35,7 @@ async def make_delivery(amqp_url: str) -> AsyncIterator[MakeDelivery]:
 
     async def make(**params: str) -> AmqpDelivery:
         url = amqp_url + "".join(f"&{k}={v}" for k, v in params.items())
-        delivery = AmqpDelivery(parse_url(url))
+        delivery = AmqpDelivery(url)
         await delivery.connect()
         made.append(delivery)
         return delivery
@@ -86,7 +89,7 @@ async def test_enqueued_jobs_are_reserved_once_with_their_payload(
     assert sorted(lease.job_id for lease in leases) == sorted(e.id for e, _ in jobs)
     assert {lease.payload for lease in leases} == {payload for _, payload in jobs}
     assert {lease.attempt for lease in leases} == {1}
-    assert await delivery.ack_many(leases) == [True] * 20
+    assert await delivery.settle_many([Settlement.ack(x, None) for x in leases]) == [True] * 20
     await nothing_within(delivery, 0.3)
 
 
@@ -105,10 +108,12 @@ async def test_higher_priority_is_reserved_first_fifo_within_a_priority(
 #: A worker that holds one job and never settles it, until it is killed.
 HOLDER = """
 import asyncio, sys
-from offload.brokers.amqp import AmqpDelivery, parse_url
+from offload.brokers import from_url
+from offload.brokers.amqp import AmqpDelivery
+from offload.brokers.memory import MemoryBroker
 
 async def main():
-    delivery = AmqpDelivery(parse_url(sys.argv[1]))
+    delivery = AmqpDelivery(sys.argv[1])
     while not (leases := await delivery.reserve(("default",), worker_id="x", lease_s=30, limit=1)):
         await delivery.wait(("default",), 0.2)
     print(leases[0].job_id, flush=True)
@@ -149,7 +154,7 @@ async def test_a_lease_ends_with_its_connection(make_delivery: MakeDelivery) -> 
     assert session is not None
     await session.connection.close()
     assert await delivery.extend([lease], 30) == [False]
-    assert await delivery.ack_many([lease]) == [False]
+    assert await delivery.settle_many([Settlement.ack(lease, None)]) == [False]
     with pytest.raises(LeaseLost):
         await delivery.bury(lease, error=BOOM)
     [again] = await take(delivery, 1)  # reconnected on this call; the job was requeued
@@ -165,10 +170,10 @@ async def test_extend_holds_while_the_delivery_is_held_and_ack_ends_it(
     other = await make_delivery()
     await nothing_within(other, 0.3)  # held: nobody else gets it
     assert await delivery.extend([lease], 30) == [True]
-    assert await delivery.ack_many([lease]) == [True]
+    assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
     assert await delivery.extend([lease], 30) == [False]
     with pytest.raises(LeaseLost):
-        await delivery.retry(lease, at=CLOCK.now())
+        await delivery.retry(lease, at=CLOCK.now(), error=BOOM)
 
 
 async def test_a_retry_waits_in_a_delay_bucket_and_counts_the_attempt(
@@ -178,7 +183,7 @@ async def test_a_retry_waits_in_a_delay_bucket_and_counts_the_attempt(
     job_id = await enqueue(delivery)
     [lease] = await take(delivery, 1)
     due = CLOCK.now() + 0.6
-    await delivery.retry(lease, at=due)
+    await delivery.retry(lease, at=due, error=BOOM)
     [again] = await take(delivery, 1)
     assert CLOCK.now() >= due - 0.002
     assert (again.job_id, again.attempt) == (job_id, 2)
@@ -241,7 +246,7 @@ async def test_prefetch_bounds_the_jobs_a_consumer_holds(make_delivery: MakeDeli
     assert await greedy.reserve(("default",), worker_id="w", lease_s=30, limit=10) == []
     other = await make_delivery(prefetch="10")
     assert len(await take(other, 4)) == 4
-    assert await greedy.ack_many(first) == [True, True]
+    assert await greedy.settle_many([Settlement.ack(x, None) for x in first]) == [True, True]
 
 
 async def test_a_job_past_its_expiry_is_not_run(make_delivery: MakeDelivery) -> None:
@@ -262,3 +267,56 @@ async def test_each_worker_reserves_only_its_queues(make_delivery: MakeDelivery)
     assert (first.job_id, first.queue) == (in_q2, "q2")
     [second] = await take(delivery, 1, queues=("q1", "q2"))
     assert (second.job_id, second.queue) == (in_q1, "q1")
+
+
+async def test_one_settle_many_call_ends_leases_in_every_way(
+    make_delivery: MakeDelivery,
+) -> None:
+    delivery = await make_delivery()
+    ids = [await enqueue(delivery, args=[i]) for i in range(5)]
+    leases = {lease.job_id: lease for lease in await take(delivery, 5)}
+    now = CLOCK.now()
+    acked, retried, buried, deferred, cancelled = (leases[i] for i in ids)
+    stale = Lease(acked.job_id, "0.0", "default", 1, now, b"")
+    done = await delivery.settle_many(
+        [
+            Settlement.ack(acked, b"1"),
+            Settlement.retry(retried, at=now, error=BOOM),
+            Settlement.bury(buried, error=BOOM),
+            Settlement.defer(deferred, at=now),
+            Settlement.cancel(cancelled, error=BOOM),
+            Settlement.ack(stale, None),
+        ]
+    )
+    assert done == [True, True, True, True, True, False]
+    again = {lease.job_id: lease.attempt for lease in await take(delivery, 2)}
+    assert again == {retried.job_id: 2, deferred.job_id: 1}
+    await nothing_within(delivery, 0.3)
+
+
+async def test_a_key_is_claimed_in_the_state_store_once(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    state = MemoryBroker("memory://")
+    delivery.attach_state(state)  # type: ignore[arg-type]  # memory is not on the roles yet
+    first, second, third = (make_job(CLOCK, key="invoice-7") for _ in range(3))
+    results = await delivery.enqueue([first, second])
+    assert [(r.id, r.created) for r in results] == [(first[0].id, True), (first[0].id, False)]
+    [later] = await delivery.enqueue([third])
+    assert (later.id, later.created) == (first[0].id, False)
+    [lease] = await take(delivery, 1)
+    assert lease.job_id == first[0].id
+    await nothing_within(delivery, 0.3)
+
+
+async def test_what_needs_a_state_store_says_which_setting_gives_one(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"state= in the amqp:// URL") as caught:
+        from_url(amqp_url.replace("guest:guest", "guest:s3cret"))
+    assert "flow, inspection, fleet, signals" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    delivery = await make_delivery()
+    with pytest.raises(ConfigurationError, match=r"keys need a state store: set state="):
+        await delivery.enqueue([make_job(CLOCK, key="k")])
+    with pytest.raises(ConfigurationError, match="max_depth"):
+        await delivery.enqueue([make_job(CLOCK)], max_depth=10)

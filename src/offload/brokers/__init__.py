@@ -7,6 +7,7 @@ imported when a URL with its scheme is first opened.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from offload.errors import ConfigurationError
 
 __all__ = ["SCHEMES", "from_url"]
 
-#: URL scheme → (module, class). Add a broker by adding a line.
+#: URL scheme → (module, class or factory). Add a broker by adding a line.
 SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("offload.brokers.memory", "MemoryBroker"),
     "sqlite": ("offload.brokers.sqlite", "SQLiteBroker"),
@@ -23,6 +24,9 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "rediss": ("offload.brokers.redis", "RedisBroker"),
     "postgresql": ("offload.brokers.postgres", "PostgresBroker"),
     "postgres": ("offload.brokers.postgres", "PostgresBroker"),
+    # A delivery-only broker, made whole by the state store its URL names (`state=`).
+    "amqp": ("offload.brokers.amqp", "open_broker"),
+    "amqps": ("offload.brokers.amqp", "open_broker"),
 }
 
 
@@ -58,5 +62,5 @@ def from_url(url: str, **kwargs: Any) -> Broker:
             f"the {scheme!r} broker needs an extra: "
             f"pip install 'offload[{module_name.rpartition('.')[2]}]' ({exc})"
         ) from exc
-    cls: type[Broker] = getattr(module, class_name)
-    return cls(url, **kwargs)
+    factory: Callable[..., Broker] = getattr(module, class_name)
+    return factory(url, **kwargs)

@@ -48,11 +48,12 @@ from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._connection import Link, Session, unavailable
-from offload.brokers.amqp.settings import AmqpSettings
-from offload.brokers.base import EnqueueResult, Lease
-from offload.clock import Clock, SystemClock
+from offload.brokers.amqp.settings import STATE_SETTING, parse_url
+from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease
+from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
+from offload.clock import Clock
 from offload.codec import encode_error
-from offload.errors import BrokerUnavailable, LeaseLost
+from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 from offload.job import Envelope, ErrorInfo
 
 __all__ = ["ATTEMPT_HEADER", "DUE_HEADER", "ERROR_HEADER", "EXPIRES_HEADER", "AmqpDelivery"]
@@ -105,19 +106,25 @@ class _Delivery:
         return value if isinstance(value, int) else None
 
 
-class AmqpDelivery:
-    """Jobs in flight on RabbitMQ (see the module docstring).
+class AmqpDelivery(Delivery):
+    """The delivery role on RabbitMQ (see the module docstring).
 
     Args:
-        settings: the parsed `amqp://` URL.
+        url: an `amqp://` URL (`offload.brokers.amqp.settings`).
         clock: the source of `not_before`/`expires_at` comparisons and lease deadlines.
+        retention_s: how long the state store keeps a key's claim.
     """
 
-    def __init__(self, settings: AmqpSettings, *, clock: Clock | None = None) -> None:
-        self.settings = settings
-        self.clock: Clock = clock or SystemClock()
-        self.names = topology.Names(settings.prefix)
-        self.link = Link(settings)
+    capabilities = Capabilities(push_wakeup=True)
+
+    def __init__(
+        self, url: str, *, clock: Clock | None = None, retention_s: float = DEFAULT_RETENTION_S
+    ) -> None:
+        super().__init__(url, clock=clock, retention_s=retention_s)
+        self.settings = parse_url(url)
+        self.names = topology.Names(self.settings.prefix)
+        self.link = Link(self.settings)
+        self.state: Broker | None = None
         #: Jobs acknowledged unrun because `expires_at` had passed.
         self.expired = 0
         self._ready: list[_Delivery] = []
@@ -131,6 +138,10 @@ class AmqpDelivery:
         self._prefetch = 0
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def attach_state(self, state: Broker) -> None:
+        """The state store: idempotency keys are claimed in it (`enqueue`)."""
+        self.state = state
 
     async def connect(self) -> None:
         await self.link.session()
@@ -166,26 +177,63 @@ class AmqpDelivery:
 
     # -- producer ----------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
         """Publish every job and return once RabbitMQ has confirmed all of them.
 
         Publishes are pipelined on one channel (one round trip for the whole batch, not
         one per job). Not atomic across jobs: if the connection drops mid-batch, some
-        are stored and the call raises; with no state store to dedup by id, a retried
-        call stores those again (at-least-once).
+        are stored and the call raises, and a retried call stores those again
+        (at-least-once). A job with a `key` first claims it in the state store
+        (`compare_and_set` of the register `key:<key>`): a key claimed by another job
+        returns that job's id with `created=False`, and is not published.
 
         Raises:
             BrokerUnavailable: RabbitMQ is unreachable or refused a message.
+            ConfigurationError: `max_depth` (RabbitMQ cannot count and publish in one
+                step), or a key without a state store.
         """
+        if max_depth is not None:
+            raise ConfigurationError(
+                "max_depth (backpressure) is not available on amqp://: RabbitMQ cannot "
+                "count a queue and publish to it in one atomic step"
+            )
+        results = await self._claim_keys(jobs)
+        fresh = [job for job, result in zip(jobs, results, strict=True) if result.created]
         now_ms = self._now_ms()
-        for queue in {envelope.queue for envelope, _ in jobs}:
+        for queue in {envelope.queue for envelope, _ in fresh}:
             await self.link.declare_queue(
                 self.names.work(queue), topology.work_arguments(self.settings.queue_type)
             )
         await asyncio.gather(
-            *(self._publish_new(envelope, payload, now_ms) for envelope, payload in jobs)
+            *(self._publish_new(envelope, payload, now_ms) for envelope, payload in fresh)
         )
-        return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
+        return results
+
+    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        results: list[EnqueueResult] = []
+        claimed: dict[str, str] = {}
+        for envelope, _ in jobs:
+            if envelope.key is None:
+                results.append(EnqueueResult(envelope.id, True))
+                continue
+            if self.state is None:
+                raise ConfigurationError(
+                    f"job {envelope.id} has a key ({envelope.key!r}); keys need a state "
+                    f"store: set {STATE_SETTING}"
+                )
+            owner = claimed.get(envelope.key)
+            if owner is None:
+                owner = (
+                    await self.state.compare_and_set(
+                        f"key:{envelope.key}", None, envelope.id, ttl_s=self.retention_s
+                    )
+                    or envelope.id
+                )
+                claimed[envelope.key] = owner
+            results.append(EnqueueResult(owner, owner == envelope.id))
+        return results
 
     async def _publish_new(self, envelope: Envelope, payload: bytes, now_ms: int) -> None:
         headers: FieldTable = {ATTEMPT_HEADER: 0}
@@ -309,7 +357,7 @@ class AmqpDelivery:
             heapq.heappush(self._ready, delivery)
 
     def _lease(self, delivery: _Delivery, now: float, lease_s: float) -> Lease:
-        token = f"{delivery.generation}.{delivery.tag}"
+        token = _token(delivery)
         self._held[token] = delivery
         return Lease(
             job_id=str(delivery.properties.message_id),
@@ -383,15 +431,10 @@ class AmqpDelivery:
         """True for each lease whose delivery is still held on the live session: RabbitMQ
         keeps it for this process until it is settled or the connection ends, so there
         is no deadline to push. Warns once per job that nears `consumer_timeout`."""
-        session = self.link.current
         held: list[bool] = []
         for lease in leases:
             delivery = self._held.get(lease.token)
-            alive = (
-                delivery is not None
-                and session is not None
-                and delivery.generation == session.generation
-            )
+            alive = delivery is not None and self._alive(delivery)
             if alive and delivery is not None:
                 self._warn_timeout(delivery, lease_s)
             held.append(alive)
@@ -420,43 +463,69 @@ class AmqpDelivery:
             LeaseLost: its session is gone (RabbitMQ requeued it), or it was settled.
         """
         delivery = self._held.pop(lease.token, None)
-        session = self.link.current
-        if delivery is None or session is None or delivery.generation != session.generation:
+        if delivery is None or not self._alive(delivery):
             raise LeaseLost(f"job {lease.job_id}: its RabbitMQ delivery is no longer held")
         return delivery
 
+    def _alive(self, delivery: _Delivery) -> bool:
+        """Whether the delivery's session is the live one (else RabbitMQ requeued it)."""
+        session = self.link.current
+        return session is not None and delivery.generation == session.generation
+
     # -- settlement ----------------------------------------------------------------------
 
-    async def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """Acknowledge each job (it succeeded): False for a lease no longer held."""
-        done: list[bool] = []
-        for lease in leases:
-            try:
-                delivery = self._take(lease)
-            except LeaseLost:
-                done.append(False)
-                continue
-            try:
-                await self._ack(delivery)
-            except BrokerUnavailable:
-                done.append(False)
-            else:
-                done.append(True)
-        return done
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """None: a delayed job comes out of its bucket by itself, pushed to a consumer
+        (`wait` returns then), so an idle worker need not wake up for it."""
+        return None
 
-    async def retry(self, lease: Lease, *, at: float) -> None:
-        """Publish the job again, due at `at`, with this attempt counted; then ack.
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """End each lease (see `Ending`): `ack` and `cancel` acknowledge the delivery;
+        `retry` and `defer` republish the job to its delay bucket (`retry` counting the
+        attempt), `bury` to the dead-letter queue, each acknowledging the delivery once
+        RabbitMQ confirmed the copy. False for a lease whose delivery is no longer held
+        (its connection ended: RabbitMQ requeued the job).
 
         Raises:
-            LeaseLost: the delivery is no longer held (nothing is published).
+            BrokerUnavailable: a copy was not confirmed; those leases are still held
+                (the worker retries them), the others took effect.
         """
-        delivery = self._take(lease)
-        await self._republish(delivery, delay_to=round(at * 1000), counted=1)
+        outcomes = await asyncio.gather(
+            *(self._settle(item) for item in settlements), return_exceptions=True
+        )
+        done: list[bool] = []
+        failure: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                done.append(False)
+            else:
+                done.append(outcome)
+        if failure is not None:
+            raise failure
+        return done
 
-    async def defer(self, lease: Lease, *, at: float) -> None:
-        """`retry` without counting the attempt (a flow limit held the job back)."""
-        delivery = self._take(lease)
-        await self._republish(delivery, delay_to=round(at * 1000))
+    async def _settle(self, item: Settlement) -> bool:
+        try:
+            delivery = self._take(item.lease)
+        except LeaseLost:
+            return False
+        try:
+            if item.ending in (Ending.ACK, Ending.CANCEL):
+                await self._ack(delivery)
+            elif item.ending is Ending.BURY:
+                assert item.error is not None  # Settlement checks it
+                await self._bury(delivery, item.lease.attempt, item.error)
+            else:
+                assert item.at is not None  # Settlement checks it
+                counted = 1 if item.ending is Ending.RETRY else 0
+                await self._republish(delivery, delay_to=round(item.at * 1000), counted=counted)
+        except BrokerUnavailable:
+            if self._alive(delivery):
+                self._held[_token(delivery)] = delivery  # not settled: still ours
+                raise
+            return False
+        return True
 
     async def release(self, leases: Sequence[Lease]) -> None:
         """Give jobs back at once, the attempt not counted; leases no longer held are
@@ -469,17 +538,12 @@ class AmqpDelivery:
                 continue
         await asyncio.gather(*moves)
 
-    async def bury(self, lease: Lease, *, error: ErrorInfo) -> None:
-        """Move the job to its queue's dead-letter queue with `error`, then ack.
-
-        Raises:
-            LeaseLost: the delivery is no longer held (nothing is published).
-        """
-        delivery = self._take(lease)
+    async def _bury(self, delivery: _Delivery, attempt: int, error: ErrorInfo) -> None:
+        """Copy the job to its queue's dead-letter queue with `error`, then ack."""
         name = self.names.dead(delivery.queue)
         await self.link.declare_queue(name, topology.dead_arguments())
         headers = dict(delivery.properties.headers or {})
-        headers[ATTEMPT_HEADER] = lease.attempt
+        headers[ATTEMPT_HEADER] = attempt
         headers[ERROR_HEADER] = encode_error(error).decode()
         properties = spec.Basic.Properties(
             delivery_mode=2,
@@ -521,6 +585,11 @@ class AmqpDelivery:
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
+
+
+def _token(delivery: _Delivery) -> str:
+    """A lease's token: its session and delivery tag, unique for the process's life."""
+    return f"{delivery.generation}.{delivery.tag}"
 
 
 def _clean(headers: FieldTable) -> FieldTable:

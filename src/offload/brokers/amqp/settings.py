@@ -18,7 +18,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from offload.errors import ConfigurationError
 
-__all__ = ["DEFAULT_CONSUMER_TIMEOUT_S", "AmqpSettings", "parse_url"]
+__all__ = ["DEFAULT_CONSUMER_TIMEOUT_S", "STATE_SETTING", "AmqpSettings", "parse_url"]
+
+#: How a user names the state store, quoted by every error about a missing one.
+STATE_SETTING = (
+    "state= in the amqp:// URL (amqp://…/?state=postgresql://…, redis://… or sqlite:///…)"
+)
 
 #: RabbitMQ's own default `consumer_timeout` (30 minutes, in seconds): a delivery not
 #: acknowledged within it makes the server close the channel and redeliver every job
