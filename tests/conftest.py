@@ -210,5 +210,6 @@ async def amqp_url(amqp_server: str) -> AsyncIterator[str]:
         for name in doomed:
             await channel.queue_delete(name)
         await channel.exchange_delete(names.delay_exchange)
+        await channel.exchange_delete(names.work_exchange)
     finally:
         await connection.close()

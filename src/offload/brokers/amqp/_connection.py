@@ -153,9 +153,19 @@ class Link:
         self._closed = True
         await self._drop()
 
-    async def declare_queue(self, name: str, arguments: FieldTable) -> None:
-        """Declare a durable queue once per session (declaring is idempotent, and cheap
-        to repeat after a reconnect).
+    async def declare_queue(
+        self,
+        name: str,
+        arguments: FieldTable,
+        *,
+        exchange: str = "",
+        exchange_type: str = "direct",
+        binding: FieldTable | None = None,
+    ) -> None:
+        """Declare a durable queue, and (if `exchange` is named) a durable exchange of
+        `exchange_type` with the queue bound to it (by the queue's name, or by the
+        headers `binding` on a headers exchange); once per session (declaring is
+        idempotent, and cheap to repeat after a reconnect).
 
         Raises:
             ConfigurationError: a queue of that name exists with other arguments (for
@@ -166,6 +176,16 @@ class Link:
             return
         try:
             await session.publisher.queue_declare(name, durable=True, arguments=arguments)
+            if exchange:
+                await session.publisher.exchange_declare(
+                    exchange, exchange_type=exchange_type, durable=True
+                )
+                await session.publisher.queue_bind(
+                    name,
+                    exchange,
+                    routing_key="" if binding else name,
+                    arguments={"x-match": "all", **binding} if binding else None,
+                )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ConfigurationError(
                 f"the RabbitMQ queue {name!r} exists with other arguments than offload "
@@ -174,26 +194,6 @@ class Link:
         except _LOST as exc:
             raise unavailable("queue declare", exc) from exc
         session.declared.add(name)
-
-    async def declare_bucket(
-        self, name: str, arguments: FieldTable, *, exchange: str, match: FieldTable
-    ) -> None:
-        """Declare a delay bucket and bind it to the (headers) delay exchange for the
-        headers `match`, once per session."""
-        session = await self.session()
-        if name in session.declared:
-            return
-        await self.declare_queue(name, arguments)
-        try:
-            await session.publisher.exchange_declare(
-                exchange, exchange_type="headers", durable=True
-            )
-            await session.publisher.queue_bind(
-                name, exchange, routing_key="", arguments={"x-match": "all", **match}
-            )
-        except _LOST as exc:
-            session.declared.discard(name)
-            raise unavailable("delay bucket declare", exc) from exc
 
     async def publish(
         self,

@@ -203,9 +203,7 @@ class AmqpDelivery(Delivery):
         fresh = [job for job, result in zip(jobs, results, strict=True) if result.created]
         now_ms = self._now_ms()
         for queue in {envelope.queue for envelope, _ in fresh}:
-            await self.link.declare_queue(
-                self.names.work(queue), topology.work_arguments(self.settings.queue_type)
-            )
+            await self._declare_work(queue)
         await asyncio.gather(
             *(self._publish_new(envelope, payload, now_ms) for envelope, payload in fresh)
         )
@@ -251,6 +249,15 @@ class AmqpDelivery(Delivery):
             now_ms=now_ms,
         )
 
+    async def _declare_work(self, queue: str) -> None:
+        """The work queue, bound by its name to the work exchange (where the delay
+        buckets dead-letter)."""
+        await self.link.declare_queue(
+            self.names.work(queue),
+            topology.work_arguments(self.settings.queue_type),
+            exchange=self.names.work_exchange,
+        )
+
     async def _publish(
         self,
         payload: bytes,
@@ -267,11 +274,12 @@ class AmqpDelivery(Delivery):
         exchange = ""
         if bucket is not None:
             name = self.names.bucket(bucket)
-            await self.link.declare_bucket(
+            await self.link.declare_queue(
                 name,
-                topology.bucket_arguments(bucket),
+                topology.bucket_arguments(bucket, self.names.work_exchange),
                 exchange=self.names.delay_exchange,
-                match={topology.DELAY_HEADER: bucket},
+                exchange_type="headers",
+                binding={topology.DELAY_HEADER: bucket},
             )
             headers = {**headers, topology.DELAY_HEADER: bucket}
             exchange = self.names.delay_exchange
@@ -397,9 +405,7 @@ class AmqpDelivery(Delivery):
                 name = self.names.work(queue)
                 if name in self._consuming:
                     continue
-                await self.link.declare_queue(
-                    name, topology.work_arguments(self.settings.queue_type)
-                )
+                await self._declare_work(queue)
                 ok = await session.consumer.basic_consume(
                     name, self._receiver(queue, session.generation), no_ack=False
                 )

@@ -6,9 +6,9 @@ For an offload queue `emails` and the prefix `offload`:
                                        │   ▲                      priorities (classic)
                                        │   │ dead-lettered on expiry, routing key kept
              ──not_before in future──► offload.delay (headers exchange)
-                                       └─► offload.delay.<ms>     delay buckets: quorum,
-                                           per-queue TTL <ms>, at-least-once dead-lettering
-                                           into the default exchange
+                                       └─► offload.delay.<ms>     delay buckets: classic,
+                                           per-queue TTL <ms>, dead-lettering into the
+                                           offload.work exchange (direct, by queue name)
     worker ──bury──► offload.dead.emails                           dead letters: quorum
 
 **Delays without the delayed-message plugin.** A message with a per-queue TTL expires
@@ -20,11 +20,16 @@ consumer finds it still early and sends it on to the next bucket, so a delay of 
 takes at most log2(d / BUCKET_MIN_MS) hops and no message ever waits behind a longer
 one. What is left below `BUCKET_MIN_MS` the consumer holds itself until due.
 
-**Why the buckets are quorum queues.** Only quorum queues (RabbitMQ 3.10+) dead-letter
-at least once (`x-dead-letter-strategy: at-least-once`): a classic queue's expired
-message is re-published without a confirm, and lost if that fails. The work queues
-are classic by default because RabbitMQ 3.10's quorum queues ignore priorities;
-`queue_type=quorum` trades priorities for replication.
+**Why the buckets are classic queues.** On paper, quorum queues with
+`x-dead-letter-strategy: at-least-once` are the safer timer: a classic queue re-publishes
+an expired message without a confirm. In practice, on RabbitMQ 3.10, every message that
+expired in a quorum bucket while the node was down (SIGKILL, then a restart) never
+reached its work queue: 5 of 5 in `tests/chaos/test_amqp_restart.py`, whether the
+dead-letter exchange was the default one or a named one; the same test with classic
+buckets lost none. So buckets are durable classic queues, dead-lettering into a direct
+work exchange (`<prefix>.work`) where each work queue is bound by its name. The work
+queues are classic by default because RabbitMQ 3.10's quorum queues ignore
+priorities; `queue_type=quorum` trades priorities for replication.
 
 **Priorities.** AMQP priorities are 0..255 and RabbitMQ advises few levels. offload's
 priority `p` (a signed 32-bit int, default 0) maps to `clamp(p + 5, 0, 10)` on a queue
@@ -68,6 +73,7 @@ class Names:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.delay_exchange = f"{prefix}.delay"
+        self.work_exchange = f"{prefix}.work"
 
     def work(self, queue: str) -> str:
         return self._fit(f"{self.prefix}.q.", queue)
@@ -108,13 +114,10 @@ def work_arguments(queue_type: str) -> FieldTable:
     return {"x-max-priority": MAX_PRIORITY}
 
 
-def bucket_arguments(delay_ms: int) -> FieldTable:
+def bucket_arguments(delay_ms: int, work_exchange: str) -> FieldTable:
     return {
-        "x-queue-type": "quorum",
         "x-message-ttl": delay_ms,
-        "x-dead-letter-exchange": "",  # the default exchange: routes by the work queue's name
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",  # at-least-once dead-lettering requires it
+        "x-dead-letter-exchange": work_exchange,  # routes by the work queue's name
     }
 
 
