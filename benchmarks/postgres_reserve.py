@@ -23,7 +23,7 @@ from psycopg import sql
 
 from offload.brokers.postgres import PostgresBroker
 from offload.codec import encode_envelope
-from offload.job import Envelope, new_job_id
+from offload.envelope import Envelope, new_job_id
 
 FILL = """
 INSERT INTO offload_jobs (id, queue, task, state, priority, created_at, due_at,

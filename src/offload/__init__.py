@@ -16,6 +16,7 @@ from offload._version import __version__
 from offload.app import Offload
 from offload.brokers.base import Broker, JobInfo
 from offload.context import JobContext, current_job
+from offload.envelope import Backoff, JobState
 from offload.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -37,8 +38,7 @@ from offload.errors import (
     SerializationError,
     UnknownTask,
 )
-from offload.handle import Job
-from offload.job import Backoff, JobState
+from offload.job import Job
 from offload.schedule import Cron, Every
 from offload.scheduler import Scheduler
 from offload.task import Task

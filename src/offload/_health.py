@@ -27,8 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from offload.envelope import Backoff
 from offload.errors import BrokerUnavailable
-from offload.job import Backoff
 from offload.retry import backoff_delay
 
 __all__ = ["Attempts", "BrokerHealth"]

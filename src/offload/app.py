@@ -19,9 +19,9 @@ from offload._redact import redact_url
 from offload.brokers import from_url
 from offload.brokers.base import Broker, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
+from offload.envelope import Backoff, Envelope, new_job_id
 from offload.errors import ConfigurationError, UnknownTask
-from offload.handle import Job
-from offload.job import Backoff, Envelope, new_job_id
+from offload.job import Job
 from offload.limits import make_limits
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 from offload.task import Call, Enqueuer, KeySpec, Overrides, Task, TaskOptions

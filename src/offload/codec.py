@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
+from offload.envelope import Envelope, ErrorInfo
 from offload.errors import SerializationError
-from offload.job import Envelope, ErrorInfo
 
 __all__ = [
     "decode_envelope",

@@ -11,8 +11,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from offload.envelope import Failure
 from offload.errors import OffloadError
-from offload.job import Failure
 
 __all__ = ["JobContext", "current_job"]
 

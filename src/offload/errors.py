@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from offload._redact import redact
 
 if TYPE_CHECKING:
-    from offload.job import ErrorInfo
+    from offload.envelope import ErrorInfo
 
 __all__ = [
     "BrokerError",

@@ -1,241 +1,166 @@
-"""The job envelope, its states, and the error record.
+"""`Job`: the producer's handle on an enqueued job.
 
-The envelope is what the producer writes and the worker reads; it is the wire format
-(see `docs/envelope.schema.json`, produced by `offload.codec.envelope_schema()`), so
-other languages can enqueue. It is immutable once enqueued: everything that changes
-over a job's life (state, attempt, lease, error, result) is broker state, kept beside
-the envelope, so that a state change never rewrites the payload.
+It holds only the id (and the app to ask through), so it is cheap to create, and
+`app.job(id)` rebuilds it anywhere, for example in a later HTTP request.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import time
-from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-__all__ = [
-    "ACTIVE_STATES",
-    "ENVELOPE_VERSION",
-    "ERROR_MESSAGE_MAX",
-    "ERROR_TRACEBACK_MAX",
-    "TERMINAL_STATES",
-    "Backoff",
-    "Envelope",
-    "ErrorInfo",
-    "ChordRef",
-    "Failure",
-    "JobState",
-    "Step",
-    "clip",
-    "id_floor",
-    "new_job_id",
-    "type_path",
-]
-
-#: Version of the envelope format; bumped on any incompatible change.
-ENVELOPE_VERSION = 1
-
-
-class JobState(StrEnum):
-    """Where a job is in its life. Values are the lower-case words used everywhere."""
-
-    SCHEDULED = "scheduled"  # delayed, or waiting for a retry
-    QUEUED = "queued"  # ready to be reserved
-    RUNNING = "running"  # leased by a worker until a deadline
-    SUCCEEDED = "succeeded"
-    DEAD = "dead"  # in the dead-letter queue
-    EXPIRED = "expired"  # not started before its expiry; never ran (again)
-    CANCELLED = "cancelled"
-
-
-#: States a job never leaves (except `dead`, by an explicit replay).
-TERMINAL_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.DEAD, JobState.EXPIRED, JobState.CANCELLED}
-)
-#: States in which a job may still run.
-ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
-
-
-class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Exponential backoff: attempt n waits up to `min(cap_s, base_s * 2**(n-1))` seconds.
-
-    With `jitter` (the default) the wait is drawn uniformly from [0, that bound] ("full
-    jitter"), so a fleet of workers failing together does not retry together.
-    """
-
-    base_s: float = 1.0
-    cap_s: float = 300.0
-    jitter: bool = True
-
-
-class Step(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A workflow stage not enqueued yet (`offload.workflow`): one task call, or, when
-    `branches` is set, a group whose branches (chains of stages) run in parallel.
-
-    What the worker enqueues when the stage before it ends. `id` is fixed by the
-    producer (a job's id; a group's id), so the producer can wait for any step; `queue`
-    and `priority` are resolved by the producer too, and so are the step's own options
-    (attempts, backoff, timeout, delay and expiry, in seconds from the step's start).
-    `stop` (groups only): a failed member cancels what follows the group instead of
-    passing it the failures.
-    """
-
-    id: str
-    task: str = ""
-    args: list[Any] = msgspec.field(default_factory=list)
-    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
-    queue: str = "default"
-    priority: int = 0
-    branches: list[list[Step]] | None = None
-    stop: bool = False
-    # per-step options (`task.options(...).call(...)`); None: the task's default
-    max_attempts: int | None = None
-    backoff: Backoff | None = None
-    timeout_s: float | None = None
-    delay_s: float | None = None  # from the step's start
-    expires_s: float | None = None  # from the step's start
-
-
-class ChordRef(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A group member's place: branch `index` of `total` of the group `id`. Carried by
-    every step of the branch; the branch's end is recorded with `Broker.join`, and once
-    every branch has ended, `then` (the stages after the group) starts with the list of
-    their results, as a member of `parent` (the group this group is a branch of)."""
-
-    id: str
-    index: int
-    total: int
-    then: list[Step] = msgspec.field(default_factory=list)
-    parent: ChordRef | None = None
-    stop: bool = False
-    # Written by offload before nesting (the chord's callback); read as `then`, so a
-    # chord enqueued by an older producer still fires after an upgrade.
-    callback: Step | None = None
-
-    def __post_init__(self) -> None:
-        if self.callback is not None and not self.then:
-            msgspec.structs.force_setattr(self, "then", [self.callback])
-            msgspec.structs.force_setattr(self, "callback", None)
-
-
-class Failure(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A group member that did not succeed, as passed to the stage after the group
-    (`current_job().failures`): its branch `index`, the job that failed, its end state
-    (`dead`, `cancelled`, `expired`) and the error."""
-
-    index: int
-    job_id: str
-    state: str
-    error: str = ""
-
-
-class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One job as it travels from producer to worker. Times are Unix epoch seconds."""
-
-    id: str
-    task: str
-    args: list[Any] = msgspec.field(default_factory=list)
-    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
-    queue: str = "default"
-    priority: int = 0
-    max_attempts: int | None = None  # None: the task's default, resolved by the worker
-    backoff: Backoff | None = None
-    not_before: float | None = None
-    expires_at: float | None = None
-    key: str | None = None
-    timeout_s: float | None = None
-    result_ttl_s: float | None = None
-    parent_id: str | None = None
-    workflow_id: str | None = None
-    then: list[Step] | None = None  # chain: the stages after this one
-    chord: ChordRef | None = None  # group: this job's branch is a member
-    failures: list[Failure] | None = None  # the first stage after a group: who failed
-    created_at: float = 0.0
-    v: int = ENVELOPE_VERSION
-
-    @property
-    def has_follow_ups(self) -> bool:
-        """Whether this job's end starts something in its workflow (a next stage, its
-        group's join): the jobs whose ends inside the broker go to `Broker.outbox`."""
-        return bool(self.then) or self.chord is not None
-
-
-#: Most characters an error keeps of its message, and of its traceback (see `clip`).
-#: An exception may carry megabytes (a response body, a whole document); stored with
-#: every retry and shown by every view, it would cost memory, bandwidth and time.
-ERROR_MESSAGE_MAX = 8 * 1024
-ERROR_TRACEBACK_MAX = 32 * 1024
-
-
-class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Why an attempt failed, as stored with the job and shown by the CLI.
-
-    `type` is the exception's class name (`ValueError`), or the reason offload
-    recorded itself (`WorkerLost`, `LeaseExpired`, `UnknownTask`, ...). `type_path` is
-    the importable path of the exception's class (`builtins.ValueError`,
-    `myapp.errors.Declined`), so a reader can get the class back (Django's
-    `TaskError.exception_class`); it is empty for a reason that is no exception, and in
-    records written before it existed.
-    """
-
-    type: str
-    message: str
-    traceback: str = ""
-    type_path: str = ""
-
-    def __post_init__(self) -> None:
-        """Bound each field (`clip`): the message to ERROR_MESSAGE_MAX, the type and
-        traceback to ERROR_TRACEBACK_MAX, however the record was made (from a huge
-        exception by a worker, or decoded from what an older worker stored)."""
-        for name, limit in _ERROR_LIMITS:
-            value = getattr(self, name)
-            if len(value) > limit:
-                msgspec.structs.force_setattr(self, name, clip(value, limit))
-
-
-_ERROR_LIMITS = (
-    ("type", ERROR_TRACEBACK_MAX),
-    ("message", ERROR_MESSAGE_MAX),
-    ("traceback", ERROR_TRACEBACK_MAX),
-    ("type_path", ERROR_TRACEBACK_MAX),
+from offload.brokers.base import JobInfo
+from offload.envelope import JobState
+from offload.errors import (
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobNotFound,
+    ResultTimeout,
+    SerializationError,
 )
 
+if TYPE_CHECKING:
+    from offload.app import Offload
 
-def type_path(cls: type[BaseException]) -> str:
-    """The importable path of an exception class: `module.qualname`."""
-    return f"{cls.__module__}.{cls.__qualname__}"
+__all__ = ["Job"]
 
+logger = logging.getLogger("offload")
 
-def clip(text: str, limit: int) -> str:
-    """`text` if it has at most `limit` characters; else its head and its tail (where a
-    message says what failed, and a traceback where) around a `[... N characters cut
-    ...]` note, at most `limit` characters in all (a limit shorter than the note gives
-    the note)."""
-    if len(text) <= limit:
-        return text
-    note = " [... {} characters cut ...] "
-    keep = max(limit - len(note.format(len(text))), 0)
-    head = (keep + 1) // 2
-    tail = text[len(text) - (keep - head) :] if keep > head else ""
-    return f"{text[:head]}{note.format(len(text) - keep)}{tail}"
+#: Without a broker push, re-reads start this fast (seconds) and back off to
+#: `_POLL_MAX_S`; with one, the job is re-read after `_PUSHED_MAX_S` at the latest (a
+#: safety net: a push lost with a dropped connection costs that long, never forever).
+_POLL_MIN_S = 0.005
+_POLL_MAX_S = 0.25
+_PUSHED_MAX_S = 5.0
 
 
-def id_floor(job_id: str, margin_s: float = 60.0) -> str:
-    """A lower bound for the ids made since `job_id` (ids sort by creation time),
-    `margin_s` early; "" if `job_id` is not one of ours."""
+class Job:
+    """An enqueued job. `created` is False when an idempotency key matched an existing
+    job, whose id this handle then carries."""
+
+    __slots__ = ("_app", "created", "id")
+
+    def __init__(self, app: Offload, job_id: str, *, created: bool = True) -> None:
+        self._app = app
+        self.id = job_id
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- async -------------------------------------------------------------------------
+
+    async def info_async(self) -> JobInfo:
+        """Everything the broker knows about this job.
+
+        Raises:
+            JobNotFound: unknown id, or the job was purged after its retention.
+        """
+        broker = await self._app.connected_broker()
+        info = await broker.get_job(self.id)
+        if info is None:
+            raise JobNotFound(self.id, f"no job {self.id} (never enqueued, or purged)")
+        return info
+
+    async def state_async(self) -> JobState:
+        return (await self.info_async()).state
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Waits on the broker's push where it has one (`Broker.wait_finished`: Redis
+        pub/sub, PostgreSQL LISTEN/NOTIFY, and any broker for an end in this process);
+        otherwise in `wait_finished` slices of 5 to 250 ms, between which it reads the
+        job again (SQLite's returns early when another process commits the end).
+
+        Args:
+            timeout: seconds to wait; None waits forever.
+
+        Raises:
+            JobFailed: the job is dead (`.error` says why).
+            JobExpired / JobCancelled: it never ran to completion.
+            ResultTimeout: still unfinished after `timeout` seconds.
+            JobNotFound: unknown or purged.
+            SerializationError: the stored result is not JSON (garbage in the broker).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        broker = await self._app.connected_broker()
+        pushed = broker.capabilities.push_results
+        delay = _PUSHED_MAX_S if pushed else _POLL_MIN_S
+        while True:
+            info = await self.info_async()
+            if info.state is JobState.SUCCEEDED:
+                return _result_value(info)
+            _raise_for_outcome(info)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(self.id, f"job {self.id} still {info.state} after {timeout} s")
+            pause = delay if deadline is None else min(delay, deadline - time.monotonic())
+            await broker.wait_finished(self.id, max(pause, 0.0))
+            if not pushed:
+                delay = min(delay * 2, _POLL_MAX_S)
+
+    async def cancel_async(self) -> bool:
+        """Cancel the job if it has not started (it will never run); a running job is
+        flagged for cooperative cancellation. False if it already finished.
+
+        A workflow step cancelled before it ran stops what follows it here and now
+        (otherwise a worker would, from the broker's outbox, within a second)."""
+        from offload.worker.flows import settle_ended
+
+        broker = await self._app.connected_broker()
+        if not await broker.cancel(self.id):
+            return False
+        info = await broker.get_job(self.id)
+        envelope = info.envelope() if info is not None else None
+        waited = info is not None and info.state is JobState.CANCELLED
+        if waited and envelope is not None and envelope.has_follow_ups:
+            try:
+                await settle_ended(self._app, envelope, JobState.CANCELLED)
+                await broker.clear_outbox([self.id])
+            except Exception:  # cancelled all the same; a worker finishes this from the outbox
+                logger.warning(
+                    "job %s: cancelled; its workflow follow-ups are left to a worker",
+                    self.id,
+                    exc_info=True,
+                )
+        return True
+
+    # -- sync twins --------------------------------------------------------------------
+
+    def info(self) -> JobInfo:
+        return self._app.portal.run(self.info_async())
+
+    def state(self) -> JobState:
+        return self._app.portal.run(self.state_async())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._app.portal.run(self.result_async(timeout))
+
+    def cancel(self) -> bool:
+        return self._app.portal.run(self.cancel_async())
+
+
+def _result_value(info: JobInfo) -> Any:
     try:
-        ms = int(job_id[:12], 16) if len(job_id) == 32 else None
-    except ValueError:
-        ms = None
-    return "" if ms is None else f"{max(ms - int(margin_s * 1000), 0):012x}"
+        return info.result_value()
+    except msgspec.DecodeError as exc:  # garbage in the broker: say so, in our terms
+        raise SerializationError(f"the stored result of job {info.id} is not JSON: {exc}") from exc
 
 
-def new_job_id() -> str:
-    """A 32-hex-digit id that sorts by creation time (48-bit ms clock + 80 random bits).
-
-    Time-ordered ids keep database indexes append-mostly and make listings readable.
-    """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+def _raise_for_outcome(info: JobInfo) -> None:
+    if info.state is JobState.DEAD:
+        raise JobFailed(info.id, info.error)
+    if info.state is JobState.EXPIRED:
+        raise JobExpired(info.id, f"job {info.id} expired before it could run")
+    if info.state is JobState.CANCELLED:
+        raise JobCancelled(info.id, f"job {info.id} was cancelled")

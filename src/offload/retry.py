@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from offload.envelope import Backoff
 from offload.errors import Bury, Retry
-from offload.job import Backoff
 
 __all__ = ["DEFAULT_BACKOFF", "RetryDecision", "RetryPolicy", "backoff_delay"]
 

@@ -46,7 +46,7 @@ import msgspec
 
 from offload import validation
 from offload._health import BrokerHealth
-from offload.job import ACTIVE_STATES
+from offload.envelope import ACTIVE_STATES
 from offload.schedule import ScheduleEntry, utc_iso
 from offload.task import Call, make_overrides
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from offload.envelope import Backoff
 from offload.errors import InvalidArguments
-from offload.job import Backoff
 from offload.retry import DEFAULT_BACKOFF, RetryPolicy
 
 if TYPE_CHECKING:
     from offload.app import Offload
-    from offload.handle import Job
+    from offload.job import Job
     from offload.limits import Limits
 
 __all__ = ["Call", "Enqueuer", "Overrides", "Task", "TaskOptions", "make_overrides"]

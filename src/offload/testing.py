@@ -30,8 +30,8 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from offload.envelope import ErrorInfo, JobState
 from offload.errors import JobFailed
-from offload.job import ErrorInfo, JobState
 from offload.scheduler import Scheduler
 from offload.worker import Worker
 from offload.worker.executor import Executor, Outcome
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from offload.app import Offload
     from offload.brokers.base import Broker, JobInfo, Lease
-    from offload.job import Envelope
+    from offload.envelope import Envelope
     from offload.task import Task
 
 __all__ = ["FakeClock", "InlineRunner"]

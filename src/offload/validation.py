@@ -33,8 +33,8 @@ from typing import Any
 import msgspec
 
 from offload.codec import encode_envelope, encode_value
+from offload.envelope import Backoff, ChordRef, Envelope, Step
 from offload.errors import ConfigurationError, SerializationError
-from offload.job import Backoff, ChordRef, Envelope, Step
 
 __all__ = [
     "MAX_ATTEMPTS",

@@ -2,7 +2,7 @@
 
 Every step is a job of its own (visible, retried, replayable); nothing polls.
 
-A workflow compiles to *stages* (`offload.job.Step`): a task call, or a group whose
+A workflow compiles to *stages* (`offload.envelope.Step`): a task call, or a group whose
 branches are chains of stages. The producer enqueues the first stage; the stages after
 a job travel in its envelope's `then`, and a group member's place in its group (and
 what follows the group) in its `chord` (`ChordRef`). When a job ends, the worker starts
@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from offload.envelope import ChordRef, Envelope, Failure, JobState, Step, new_job_id
 from offload.errors import ConfigurationError, JobFailed, JobNotFound, ResultTimeout
-from offload.handle import Job
-from offload.job import ChordRef, Envelope, Failure, JobState, Step, new_job_id
+from offload.job import Job
 from offload.task import Call, Overrides
 
 if TYPE_CHECKING:

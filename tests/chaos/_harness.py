@@ -24,7 +24,7 @@ from pathlib import Path
 
 from offload import JobState, Offload
 from offload.brokers.base import JobInfo, QueueStats
-from offload.job import TERMINAL_STATES
+from offload.envelope import TERMINAL_STATES
 from tests.integration.test_worker_process import stop_all, wait_for
 
 __all__ = ["BROKERS", "Fleet", "Run", "Tally", "alive", "env_int", "overlapping", "wait_for"]

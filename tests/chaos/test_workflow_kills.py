@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from offload import Job, JobInfo, JobNotFound, JobState, Offload, chain, group
-from offload.job import TERMINAL_STATES
+from offload.envelope import TERMINAL_STATES
 from tests.chaos._harness import BROKERS, Fleet, wait_for
 from tests.chaos._report import record
 

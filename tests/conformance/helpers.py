@@ -12,7 +12,7 @@ import pytest
 from offload.brokers.base import Broker, Lease
 from offload.clock import Clock
 from offload.codec import encode_envelope, encode_value
-from offload.job import Envelope, ErrorInfo, JobState, new_job_id
+from offload.envelope import Envelope, ErrorInfo, JobState, new_job_id
 from offload.testing import FakeClock
 
 #: Lease length used by tests that do not care about it, in seconds.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from offload.brokers.base import Broker
+from offload.envelope import JobState
 from offload.errors import LeaseLost
-from offload.job import JobState
 from offload.testing import FakeClock
 
 from .helpers import BOOM, enqueue_one, make_job, reserve_one

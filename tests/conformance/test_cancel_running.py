@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from offload.brokers.base import Broker
+from offload.envelope import ErrorInfo, JobState
 from offload.errors import LeaseLost
-from offload.job import ErrorInfo, JobState
 
 from .helpers import enqueue_one, reserve_one
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offload.brokers.base import Ack, Broker
 from offload.codec import encode_value
-from offload.job import JobState
+from offload.envelope import JobState
 from offload.testing import FakeClock
 
 from .helpers import BOOM, enqueue_one, make_job, reserve_one, state_of

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offload.brokers.base import Broker
-from offload.job import JobState, new_job_id
+from offload.envelope import JobState, new_job_id
 from offload.testing import FakeClock
 
 from .helpers import job_in_state, reserve_one, state_of

@@ -6,7 +6,7 @@ import pytest
 
 from offload.brokers.base import Broker, EnqueueResult
 from offload.codec import encode_envelope
-from offload.job import Envelope, JobState, new_job_id
+from offload.envelope import Envelope, JobState, new_job_id
 from offload.testing import FakeClock
 
 from .helpers import (

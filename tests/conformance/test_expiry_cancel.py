@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from offload.brokers.base import Broker
-from offload.job import JobState, new_job_id
+from offload.envelope import JobState, new_job_id
 from offload.testing import FakeClock
 
 from .helpers import enqueue_one, job_in_state, reserve_one, state_of

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from offload.brokers.base import Broker
+from offload.envelope import JobState
 from offload.errors import LeaseLost, QueueFull
-from offload.job import JobState
 from offload.testing import FakeClock
 
 from .helpers import BOOM, approx_time, enqueue_one, make_job, reserve_one, state_of

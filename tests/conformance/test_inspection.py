@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from offload.brokers.base import Broker, JobInfo, Page, QueueStats, WorkerInfo
-from offload.job import JobState, new_job_id
+from offload.envelope import JobState, new_job_id
 from offload.testing import FakeClock
 
 from .helpers import (

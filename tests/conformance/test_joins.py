@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from offload.brokers.base import Broker
-from offload.job import new_job_id
+from offload.envelope import new_job_id
 
 
 async def test_join_returns_outcomes_in_index_order_once_complete(broker: Broker) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from offload.brokers.base import Broker, Lease
 from offload.codec import encode_value
+from offload.envelope import JobState
 from offload.errors import LeaseLost
-from offload.job import JobState
 from offload.testing import FakeClock
 
 from .helpers import BOOM, approx_time, enqueue_one, make_job, reserve_one, state_of

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offload.brokers.base import Broker, Capabilities
-from offload.job import JobState
+from offload.envelope import JobState
 
 from .helpers import enqueue_one, state_of
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from offload.brokers.base import Broker
 from offload.codec import encode_value
-from offload.job import ChordRef, JobState, Step, new_job_id
+from offload.envelope import ChordRef, JobState, Step, new_job_id
 from offload.testing import FakeClock
 
 from .helpers import BOOM, enqueue_one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offload.brokers.base import Broker
 from offload.codec import encode_value
-from offload.job import JobState
+from offload.envelope import JobState
 
 from .helpers import enqueue_one, reserve_one
 

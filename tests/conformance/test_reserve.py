@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offload.brokers.base import Broker, Lease
-from offload.job import JobState
+from offload.envelope import JobState
 from offload.testing import FakeClock
 
 from .helpers import LEASE_S, approx_time, enqueue_one, make_job, reserve_one, state_of

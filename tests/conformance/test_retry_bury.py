@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from offload.brokers.base import Broker
 from offload.codec import encode_value
-from offload.job import ErrorInfo, JobState
+from offload.envelope import ErrorInfo, JobState
 from offload.testing import FakeClock
 
 from .helpers import BOOM, approx_time, enqueue_one, reserve_one, state_of

@@ -13,7 +13,7 @@ import pytest
 from offload.brokers import from_url
 from offload.brokers.base import Broker
 from offload.codec import encode_value
-from offload.job import new_job_id
+from offload.envelope import new_job_id
 from offload.testing import FakeClock
 
 from .helpers import BOOM, enqueue_one, reserve_one

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offload.brokers.base import Broker
-from offload.job import new_job_id
+from offload.envelope import new_job_id
 
 from .helpers import enqueue_one
 

@@ -16,7 +16,7 @@ import pytest
 
 from offload import Offload, Worker
 from offload.codec import decode_error, encode_value
-from offload.job import ERROR_MESSAGE_MAX, ERROR_TRACEBACK_MAX, ErrorInfo, JobState, clip
+from offload.envelope import ERROR_MESSAGE_MAX, ERROR_TRACEBACK_MAX, ErrorInfo, JobState, clip
 
 MB = 1 << 20
 

@@ -19,7 +19,7 @@ from offload.demo.signup import DemoConfig, SignupDemo, User, build, verificatio
 from offload.demo.smtp import SMTPServer
 from offload.demo.web import create_web
 from offload.errors import BrokerUnavailable
-from offload.handle import Job
+from offload.job import Job
 
 psycopg = pytest.importorskip("psycopg")
 users_pg = pytest.importorskip("offload.demo.users_pg")

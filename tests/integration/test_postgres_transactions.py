@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from offload import Offload, Worker
+from offload.envelope import JobState
 from offload.errors import ConfigurationError
-from offload.job import JobState
 
 psycopg = pytest.importorskip("psycopg")
 

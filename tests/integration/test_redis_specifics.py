@@ -26,8 +26,8 @@ from offload.brokers.base import Ack, Broker
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
 from offload.codec import encode_value
+from offload.envelope import JobState, Step, new_job_id
 from offload.errors import BrokerUnavailable, ConfigurationError
-from offload.job import JobState, Step, new_job_id
 from offload.testing import FakeClock
 from offload.worker import Worker
 from tests.conformance.helpers import enqueue_one, make_job

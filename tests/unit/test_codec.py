@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from offload.codec import decode_envelope, encode_envelope, envelope_schema
+from offload.envelope import Backoff, Envelope
 from offload.errors import SerializationError
-from offload.job import Backoff, Envelope
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "envelope.schema.json"
 

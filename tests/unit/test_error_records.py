@@ -8,7 +8,7 @@ import importlib
 
 from offload import JobState, Offload, Worker
 from offload.codec import decode_error
-from offload.job import ErrorInfo
+from offload.envelope import ErrorInfo
 
 app = Offload("memory://")
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from offload import Bury, Retry
-from offload.job import Backoff
+from offload.envelope import Backoff
 from offload.retry import RetryPolicy, backoff_delay
 
 EXACT = Backoff(base_s=2.0, cap_s=60.0, jitter=False)

@@ -15,7 +15,7 @@ import pytest
 
 from offload import Cron, Every, JobState, Offload, Scheduler
 from offload.brokers.base import Broker, JobInfo, Lease
-from offload.job import ACTIVE_STATES
+from offload.envelope import ACTIVE_STATES
 from offload.schedule import Misfire, Overlap
 from offload.testing import FakeClock
 

@@ -24,8 +24,8 @@ from offload.brokers.base import EnqueueResult
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
+from offload.envelope import ChordRef, Envelope, JobState, Step, new_job_id
 from offload.errors import ConfigurationError
-from offload.job import ChordRef, Envelope, JobState, Step, new_job_id
 from offload.testing import FakeClock
 
 MakeBroker = Callable[..., SQLiteBroker]

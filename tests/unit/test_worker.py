@@ -19,7 +19,7 @@ from offload import (
     Worker,
     current_job,
 )
-from offload.job import Envelope, new_job_id
+from offload.envelope import Envelope, new_job_id
 from offload.testing import FakeClock
 
 NO_JITTER = Backoff(base_s=2.0, cap_s=10.0, jitter=False)

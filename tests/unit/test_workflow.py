@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from offload import JobCancelled, JobFailed, JobState, Offload, Worker, chain, chord, group
+from offload.envelope import Envelope
 from offload.errors import ConfigurationError, InvalidArguments
-from offload.job import Envelope
 from offload.testing import FakeClock
 
 

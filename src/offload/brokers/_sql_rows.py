@@ -8,7 +8,7 @@ from typing import Any
 
 from offload.brokers.base import JobInfo, QueueStats, WorkerInfo
 from offload.codec import decode_error, decode_value
-from offload.job import JobState
+from offload.envelope import JobState
 
 __all__ = ["blob", "job_info", "queue_stats", "worker_info"]
 

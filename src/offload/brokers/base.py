@@ -41,8 +41,8 @@ from offload.brokers.records import (
 )
 from offload.brokers.roles import Capabilities, TransactionalEnqueue
 from offload.clock import Clock, SystemClock
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = [
     "DEFAULT_RETENTION_S",

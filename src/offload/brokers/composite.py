@@ -40,8 +40,8 @@ from offload.brokers.roles import (
     Signals,
     roles_of,
 )
+from offload.envelope import Envelope, JobState
 from offload.errors import ConfigurationError
-from offload.job import Envelope, JobState
 
 __all__ = ["STATE_URL_SETTING", "Composite", "missing_roles", "with_state_store"]
 

@@ -30,8 +30,8 @@ from offload.brokers.base import (
     WorkerInfo,
 )
 from offload.codec import decode_value
+from offload.envelope import TERMINAL_STATES, Envelope, ErrorInfo, JobState
 from offload.errors import LeaseLost, QueueFull
-from offload.job import TERMINAL_STATES, Envelope, ErrorInfo, JobState
 from offload.limits import gcra
 
 __all__ = ["MemoryBroker"]

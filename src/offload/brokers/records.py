@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offload.codec import decode_envelope, decode_value
-from offload.job import Envelope, ErrorInfo, JobState
+from offload.envelope import Envelope, ErrorInfo, JobState
 
 __all__ = [
     "DEFAULT_RETENTION_S",

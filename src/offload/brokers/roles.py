@@ -61,8 +61,8 @@ from offload.brokers.records import (
     WorkerInfo,
 )
 from offload.clock import Clock, SystemClock
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
 
 if TYPE_CHECKING:
     from typing import Self

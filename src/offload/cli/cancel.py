@@ -9,9 +9,9 @@ from __future__ import annotations
 import click
 
 from offload.cli import app_from_options, app_option, run_async, url_option
+from offload.envelope import JobState
 from offload.errors import JobNotFound
-from offload.handle import Job
-from offload.job import JobState
+from offload.job import Job
 
 
 @click.command()

@@ -8,7 +8,7 @@ from rich.table import Table
 from offload.brokers.base import JobInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option
 from offload.cli.inspect import cell, fmt_time
-from offload.job import JobState
+from offload.envelope import JobState
 
 
 @click.group()

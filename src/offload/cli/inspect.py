@@ -20,8 +20,8 @@ from offload._redact import redact_url
 from offload.brokers.base import JobInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
+from offload.envelope import JobState, clip
 from offload.errors import JobNotFound
-from offload.job import JobState, clip
 
 #: Most characters a table cell shows of one value (arguments, result, error, key):
 #: rich lays text out in time that grows faster than its length, and nobody reads

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from offload.cli import app_from_options, app_option, run_async, url_option
-from offload.handle import Job
+from offload.job import Job
 
 
 def _json(kind: type, value: str | None, option: str) -> Any:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from offload.brokers.base import JobInfo
-from offload.job import Step
+from offload.envelope import Step
 
 __all__ = ["Node", "build", "render", "to_json"]
 

@@ -50,7 +50,7 @@ from offload._redact import redact_url
 from offload.app import Offload
 from offload.demo import ENV_DB, ENV_PARENT_PID, ENV_SMTP_HOST, ENV_SMTP_PORT
 from offload.demo.smtp import SMTPServer, free_port
-from offload.job import ACTIVE_STATES, JobState
+from offload.envelope import ACTIVE_STATES, JobState
 
 __all__ = ["DemoError", "DemoSummary", "run_demo"]
 

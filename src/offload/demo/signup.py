@@ -46,7 +46,7 @@ from offload.demo import (
     ENV_SMTP_PORT,
     TASK_NAME,
 )
-from offload.handle import Job
+from offload.job import Job
 from offload.task import Enqueuer
 
 if TYPE_CHECKING:

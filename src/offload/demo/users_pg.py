@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from offload.brokers.postgres import parse_url
 from offload.demo.signup import SendState, User, Verification, new_code, refusal
 from offload.errors import BrokerUnavailable
-from offload.handle import Job
+from offload.job import Job
 
 __all__ = ["TABLE", "PostgresUserStore"]
 

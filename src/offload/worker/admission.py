@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from offload.codec import decode_envelope
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 if TYPE_CHECKING:
     from offload.app import Offload

@@ -39,8 +39,8 @@ import msgspec
 
 from offload.codec import decode_envelope, encode_value
 from offload.context import JobContext, _current, _reporters
+from offload.envelope import Envelope, ErrorInfo, type_path
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
-from offload.job import Envelope, ErrorInfo, type_path
 from offload.worker.processes import ProcessRunner, RemoteError
 
 if TYPE_CHECKING:

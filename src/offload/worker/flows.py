@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from offload.codec import decode_envelope, decode_value, encode_envelope, encode_value
+from offload.envelope import Envelope, Failure, JobState
 from offload.errors import BrokerUnavailable
-from offload.job import Envelope, Failure, JobState
 from offload.workflow import start_envelopes
 
 if TYPE_CHECKING:
     from offload.app import Offload
     from offload.brokers.base import Ended, Lease
-    from offload.job import ChordRef, ErrorInfo, Step
+    from offload.envelope import ChordRef, ErrorInfo, Step
     from offload.worker.executor import Outcome
 
 __all__ = ["drain_outbox", "follow_up", "settle_ended"]

@@ -28,8 +28,8 @@ from typing import Any
 
 from offload.codec import decode_value, encode_value
 from offload.context import JobContext, _current
+from offload.envelope import type_path
 from offload.errors import Bury, JobTimeout, Retry
-from offload.job import type_path
 
 __all__ = ["ProcessRunner", "RemoteError"]
 

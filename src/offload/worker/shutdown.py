@@ -10,8 +10,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from offload.envelope import ErrorInfo
 from offload.errors import LeaseLost
-from offload.job import ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, Lease

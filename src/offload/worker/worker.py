@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING
 from offload import validation
 from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Ack, Lease, WorkerInfo
+from offload.envelope import ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
-from offload.job import ErrorInfo
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
 from offload.worker.flows import drain_outbox, follow_up
-from offload.worker.leases import AckBatcher, lease_fate
 from offload.worker.recycling import Recycling
+from offload.worker.settler import AckBatcher, lease_fate
 from offload.worker.shutdown import end_process, give_back
 
 if TYPE_CHECKING:

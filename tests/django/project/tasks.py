@@ -9,7 +9,7 @@ from typing import Any
 from django.db import connection
 from django.tasks import TaskContext, task
 
-from offload.job import Backoff
+from offload.envelope import Backoff
 
 #: What the in-process worker ran, in order (tests that drive a worker here read it).
 ran: list[Any] = []

@@ -59,8 +59,8 @@ from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, schema_version
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = ["PostgresBroker", "parse_url"]
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from offload.brokers.base import Lease
 from offload.codec import encode_error
+from offload.envelope import ErrorInfo
 from offload.errors import LeaseLost
-from offload.job import ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from offload.brokers._wakeup import JobWaiters
 from offload.brokers.base import Ended
-from offload.job import TERMINAL_STATES, JobState
+from offload.envelope import TERMINAL_STATES, JobState
 
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker

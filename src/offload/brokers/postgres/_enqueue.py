@@ -18,8 +18,8 @@ from psycopg.rows import tuple_row
 from offload.brokers.base import EnqueueResult
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._sql import load_queries, qualified
+from offload.envelope import Envelope
 from offload.errors import ConfigurationError
-from offload.job import Envelope
 
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker

@@ -18,7 +18,7 @@ from offload.brokers.base import JobInfo, Page, QueueStats
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._sql import load_queries
 from offload.codec import decode_value, encode_value
-from offload.job import JobState, id_floor
+from offload.envelope import JobState, id_floor
 
 if TYPE_CHECKING:
     from offload.brokers.postgres import PostgresBroker

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from offload.brokers.base import EnqueueResult
 from offload.brokers.postgres._sql import load_queries
+from offload.envelope import Envelope
 from offload.errors import QueueFull
-from offload.job import Envelope
 from offload.limits import EPSILON_S
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from offload.brokers import base
 from offload.brokers._sql_rows import job_info, worker_info
 from offload.brokers.base import EnqueueResult
 from offload.codec import encode_error
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 __all__ = [
     "LEASE_EXPIRED",

@@ -87,8 +87,8 @@ from offload.brokers.redis._scripts import Call, Client, Scripts, pipeline
 from offload.brokers.redis._wakeup import Listener
 from offload.clock import Clock
 from offload.codec import encode_error
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import BrokerError, LeaseLost
-from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = ["RedisBroker"]
 

@@ -19,7 +19,7 @@ from redis import Redis
 
 from offload.brokers.base import EnqueueResult
 from offload.brokers.redis._connection import blocking_client, errors
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker

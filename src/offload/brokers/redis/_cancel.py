@@ -11,8 +11,8 @@ import msgspec
 from offload.brokers.base import Lease
 from offload.brokers.redis._records import num
 from offload.codec import encode_error
+from offload.envelope import ErrorInfo
 from offload.errors import LeaseLost
-from offload.job import ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker

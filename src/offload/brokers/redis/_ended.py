@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from offload.brokers.redis._records import text
-from offload.job import TERMINAL_STATES, JobState
+from offload.envelope import TERMINAL_STATES, JobState
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker

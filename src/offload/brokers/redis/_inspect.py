@@ -20,7 +20,7 @@ from offload.brokers.redis import keys as K
 from offload.brokers.redis._records import job_info, num, text
 from offload.brokers.redis._scripts import Call
 from offload.codec import decode_value
-from offload.job import JobState
+from offload.envelope import JobState
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from offload.brokers.base import Ended
 from offload.brokers.redis._records import text
 from offload.brokers.redis._scripts import Call
-from offload.job import Envelope, JobState
+from offload.envelope import Envelope, JobState
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker

@@ -12,7 +12,7 @@ import msgspec
 
 from offload.brokers.base import JobInfo
 from offload.codec import decode_error
-from offload.job import JobState
+from offload.envelope import JobState
 
 __all__ = ["job_info", "num", "opt", "text"]
 

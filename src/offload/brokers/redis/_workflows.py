@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from offload.brokers.base import JobInfo
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._records import job_info
-from offload.job import Envelope
+from offload.envelope import Envelope
 
 if TYPE_CHECKING:
     from offload.brokers.redis import RedisBroker

@@ -46,8 +46,8 @@ from offload.brokers.base import (
 )
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
+from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
-from offload.job import Envelope, ErrorInfo, JobState
 
 __all__ = ["SQLiteBroker", "database_path"]
 

@@ -40,8 +40,8 @@ from offload.brokers.base import (
 from offload.brokers.sqlite._connection import connect, load_queries, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
+from offload.envelope import TERMINAL_STATES, Envelope, ErrorInfo, JobState, id_floor
 from offload.errors import LeaseLost, QueueFull
-from offload.job import TERMINAL_STATES, Envelope, ErrorInfo, JobState, id_floor
 from offload.limits import gcra
 
 __all__ = ["Store"]

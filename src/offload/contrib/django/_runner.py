@@ -29,7 +29,7 @@ from django.utils.json import normalize_json
 
 from offload.context import current_job
 from offload.contrib.django.results import OffloadTaskResult
-from offload.job import JobState, type_path
+from offload.envelope import JobState, type_path
 
 if TYPE_CHECKING:
     from offload.app import Offload

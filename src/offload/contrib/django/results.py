@@ -24,7 +24,7 @@ from django.tasks.base import TASK_REFRESH_ATTRS, TaskError
 
 import offload.errors
 from offload.brokers.base import JobInfo
-from offload.job import ErrorInfo, JobState
+from offload.envelope import ErrorInfo, JobState
 
 __all__ = ["STATUS", "OffloadTaskResult", "from_info", "task_error"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.tasks import Task
 
-from offload.job import Backoff
+from offload.envelope import Backoff
 
 __all__ = ["ENQUEUE_OPTIONS", "TASK_OPTIONS", "OffloadTask"]
 
