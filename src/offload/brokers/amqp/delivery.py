@@ -53,8 +53,8 @@ from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease
 from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.clock import Clock
 from offload.codec import encode_error
+from offload.envelope import Envelope, ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
-from offload.job import Envelope, ErrorInfo
 
 __all__ = ["ATTEMPT_HEADER", "DUE_HEADER", "ERROR_HEADER", "EXPIRES_HEADER", "AmqpDelivery"]
 
