@@ -320,3 +320,18 @@ async def test_what_needs_a_state_store_says_which_setting_gives_one(
         await delivery.enqueue([make_job(CLOCK, key="k")])
     with pytest.raises(ConfigurationError, match="max_depth"):
         await delivery.enqueue([make_job(CLOCK)], max_depth=10)
+
+
+async def test_a_job_nearing_the_consumer_timeout_is_warned_about_once(
+    make_delivery: MakeDelivery, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = await make_delivery(consumer_timeout="10")
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    assert await delivery.extend([lease], 2) == [True]
+    assert "consumer_timeout" not in caplog.text
+    assert await delivery.extend([lease], 9) == [True]  # the next heartbeat may be too late
+    assert await delivery.extend([lease], 9) == [True]
+    warnings = [r for r in caplog.records if "consumer_timeout" in r.getMessage()]
+    assert len(warnings) == 1
+    assert lease.job_id in warnings[0].getMessage()
