@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from offload._version import __version__
 from offload.app import Offload
+from offload.attempts import Attempt, AttemptOutcome
 from offload.brokers.base import Broker, JobInfo
 from offload.context import JobContext, current_job
 from offload.envelope import Backoff, JobState
@@ -39,6 +40,7 @@ from offload.errors import (
     UnknownTask,
 )
 from offload.job import Job
+from offload.pausing import Paused
 from offload.schedule import Cron, Every
 from offload.scheduler import Scheduler
 from offload.task import Task
@@ -46,6 +48,8 @@ from offload.worker import Worker
 from offload.workflow import Workflow, chain, chord, group
 
 __all__ = [
+    "Attempt",
+    "AttemptOutcome",
     "Backoff",
     "Broker",
     "BrokerError",
@@ -69,6 +73,7 @@ __all__ = [
     "LeaseLost",
     "Offload",
     "OffloadError",
+    "Paused",
     "QueueFull",
     "ResultTimeout",
     "Retry",

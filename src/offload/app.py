@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from offload import validation
+from offload import pausing, validation
 from offload._portal import Portal
 from offload._redact import redact_url
 from offload.brokers import from_url
@@ -289,6 +289,46 @@ class Offload:
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (no broker call is made)."""
         return Job(self, job_id)
+
+    # -- pause and resume (`offload.pausing`) -------------------------------------------
+
+    async def pause_async(self, queue: str) -> bool:
+        """Stop every worker reserving from `queue` (within about a second), durably,
+        until `resume`; its jobs wait and enqueues are still accepted. True if it was
+        not paused already."""
+        return await pausing.set_queue(await self.connected_broker(), queue, True)
+
+    async def resume_async(self, queue: str) -> bool:
+        """Let workers reserve from `queue` again. True if it was paused."""
+        return await pausing.set_queue(await self.connected_broker(), queue, False)
+
+    async def pause_schedule_async(self, schedule_id: str) -> bool:
+        """Stop every scheduler firing the schedule `schedule_id` until resumed; ticks
+        in between are skipped. True if it was not paused already."""
+        return await pausing.set_schedule(await self.connected_broker(), schedule_id, True)
+
+    async def resume_schedule_async(self, schedule_id: str) -> bool:
+        """Let the schedule `schedule_id` fire again. True if it was paused."""
+        return await pausing.set_schedule(await self.connected_broker(), schedule_id, False)
+
+    async def paused_async(self) -> pausing.Paused:
+        """The paused queues and schedules, each with the time of its pause."""
+        return await pausing.paused(await self.connected_broker())
+
+    def pause(self, queue: str) -> bool:
+        return self.portal.run(self.pause_async(queue))
+
+    def resume(self, queue: str) -> bool:
+        return self.portal.run(self.resume_async(queue))
+
+    def pause_schedule(self, schedule_id: str) -> bool:
+        return self.portal.run(self.pause_schedule_async(schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> bool:
+        return self.portal.run(self.resume_schedule_async(schedule_id))
+
+    def paused(self) -> pausing.Paused:
+        return self.portal.run(self.paused_async())
 
     def _enqueue_sync(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Job]:
         return self._send_sync(name, self._items(name, calls, overrides))

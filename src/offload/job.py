@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from offload.attempts import job_with_history
 from offload.brokers.base import JobInfo
 from offload.envelope import JobState
 from offload.errors import (
@@ -61,19 +62,26 @@ class Job:
     # -- async -------------------------------------------------------------------------
 
     async def info_async(self) -> JobInfo:
-        """Everything the broker knows about this job.
+        """Everything the broker knows about this job, with its attempt history
+        (`JobInfo.attempts`, see `offload.attempts`).
 
         Raises:
             JobNotFound: unknown id, or the job was purged after its retention.
         """
+        return await self._read(history=True)
+
+    async def _read(self, *, history: bool = False) -> JobInfo:
         broker = await self._app.connected_broker()
-        info = await broker.get_job(self.id)
+        if history:
+            info = await job_with_history(broker, self.id)
+        else:
+            info = await broker.get_job(self.id)
         if info is None:
             raise JobNotFound(self.id, f"no job {self.id} (never enqueued, or purged)")
         return info
 
     async def state_async(self) -> JobState:
-        return (await self.info_async()).state
+        return (await self._read()).state
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """Wait for the job to finish and return its result.
@@ -98,7 +106,7 @@ class Job:
         pushed = broker.capabilities.push_results
         delay = _PUSHED_MAX_S if pushed else _POLL_MIN_S
         while True:
-            info = await self.info_async()
+            info = await self._read()
             if info.state is JobState.SUCCEEDED:
                 return _result_value(info)
             _raise_for_outcome(info)

@@ -22,6 +22,11 @@ than that look-back) only the latest tick fires, if it is on time: nothing is ca
 up, nothing fires twice. Fire jobs are kept (result TTL) at least as long as the
 look-back spans, so a restarted replica finds them.
 
+A paused schedule (`offload schedules pause ID`, `offload.pausing`) fires nothing: each
+tick moves its cursor past the ticks that fell in the pause, so a resume fires from
+the next tick on and catches none up (a replica that starts after the resume treats
+the pause as downtime, under the misfire policy).
+
 Overlap (`skip`, `replace`) is decided by the broker, never by a replica's memory: the
 broker keeps each schedule's current fire in the register `schedule:{id}`
 (`Broker.compare_and_set`). A replica fires tick T only by moving the register from the
@@ -44,7 +49,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from offload import validation
+from offload import pausing, validation
 from offload._health import BrokerHealth
 from offload.envelope import ACTIVE_STATES
 from offload.schedule import ScheduleEntry, utc_iso
@@ -150,10 +155,23 @@ class Scheduler:
         this replica has not handled yet; returns what it did with each."""
         now = self.clock.now() if now is None else now
         broker = await self.app.connected_broker()
+        held = (await pausing.paused(broker)).schedules
         fires: list[Fire] = []
         for entry in self.entries:
-            fires.extend(await self._tick_entry(broker, entry, now))
+            if entry.id in held:
+                self._hold(entry, now)
+            else:
+                fires.extend(await self._tick_entry(broker, entry, now))
         return fires
+
+    def _hold(self, entry: ScheduleEntry, now: float) -> None:
+        """A paused schedule (`offload.pausing`): its ticks up to `now` are handled by
+        firing nothing, so a resume starts from the next tick and catches none up."""
+        state = self._states.get(entry.id)
+        if state is None:
+            state = self._states[entry.id] = _State(now, None, 0)
+        state.cursor = now
+        state.next_fire = next(entry.schedule.after(now))
 
     async def _tick_entry(self, broker: Broker, entry: ScheduleEntry, now: float) -> list[Fire]:
         state = self._states.get(entry.id)

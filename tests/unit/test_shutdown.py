@@ -93,3 +93,6 @@ async def test_memory_recycling_waits_for_running_jobs_until_a_stop(app: Offload
     info = await long.info_async()
     assert info.state is JobState.SCHEDULED
     assert info.error is not None and info.error.type == "WorkerShutdown"
+    [given_back] = info.attempts  # recorded in its history, with the worker that stopped
+    assert (given_back.outcome, given_back.worker_id) == ("retried", worker.id)
+    assert given_back.error is not None and given_back.error.type == "WorkerShutdown"

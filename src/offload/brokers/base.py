@@ -440,3 +440,29 @@ class Broker(abc.ABC):
         `queued`/`scheduled` jobs past `expires_at`, delete finished jobs past their
         result TTL or retention (dead jobs are kept until purged), forget lapsed
         workers."""
+
+    # -- operations: pause flags and attempt history (offload.pausing, offload.attempts) --
+
+    @abc.abstractmethod
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        """Durably raise (`paused`) or lower the pause flag `name` (`queue:<q>`,
+        `schedule:<id>`: see `offload.pausing`), for every process of the broker, until
+        changed again. True if it changed. A flag raised again keeps its first time."""
+
+    @abc.abstractmethod
+    async def paused(self) -> dict[str, float]:
+        """Every raised pause flag, with the time it was raised. Read-only and cheap:
+        workers ask about twice a second."""
+
+    @abc.abstractmethod
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        """Append `record` (an encoded `offload.attempts.Attempt`) to the job's attempt
+        history, keeping the newest `keep` records and counting the others as dropped.
+        Idempotent per `token` (the lease's): a record whose token is already the
+        newest is not added again (a settle retried through an outage). No state check.
+        The history goes when the job is purged (Redis: it lapses with the retention)."""
+
+    @abc.abstractmethod
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        """The job's attempt records, oldest first, and how many older ones were
+        dropped; `([], 0)` for a job without any."""

@@ -215,6 +215,12 @@ class Composite(Broker):
     async def set_progress(self, job_id: str, progress: bytes) -> None:
         await self.inspection.set_progress(job_id, progress)
 
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        await self.inspection.record_attempt(job_id, token, record, keep=keep)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        return await self.inspection.attempt_records(job_id)
+
     # -- fleet -------------------------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
@@ -228,6 +234,12 @@ class Composite(Broker):
 
     async def sweep(self) -> SweepReport:
         return await self.fleet.sweep()
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        return await self.fleet.set_paused(name, paused)
+
+    async def paused(self) -> dict[str, float]:
+        return await self.fleet.paused()
 
     # -- signals -----------------------------------------------------------------------
 

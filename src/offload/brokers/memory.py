@@ -71,6 +71,8 @@ class MemoryBroker(Broker):
         self._rates: dict[str, float] = {}  # rate key -> theoretical arrival time
         self._slots: dict[str, dict[str, float]] = {}  # slot key -> holder -> until
         self._registers: dict[str, tuple[str, float]] = {}  # name -> (value, until)
+        self._paused: dict[str, float] = {}  # pause flag -> when raised
+        self._attempts: dict[str, tuple[list[tuple[str, bytes]], int]] = {}  # records, dropped
 
     # -- helpers (call with the lock held) ----------------------------------------------
 
@@ -551,6 +553,7 @@ class MemoryBroker(Broker):
 
     def _delete(self, rec: _Record) -> None:
         del self._jobs[rec.info.id]
+        self._attempts.pop(rec.info.id, None)
         if rec.info.key is not None and self._keys.get(rec.info.key) == rec.info.id:
             del self._keys[rec.info.key]
 
@@ -644,3 +647,33 @@ class MemoryBroker(Broker):
             self._rates = {k: tat for k, tat in self._rates.items() if tat > now}
             self._registers = {k: v for k, v in self._registers.items() if v[1] > now}
         return SweepReport(expired=expired, purged=purged, workers_removed=len(lapsed))
+
+    # -- operations: pause flags and attempt history ------------------------------------
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        with self._lock:
+            if paused == (name in self._paused):
+                return False
+            if paused:
+                self._paused[name] = self.clock.now()
+            else:
+                del self._paused[name]
+            return True
+
+    async def paused(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._paused)
+
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        with self._lock:
+            records, dropped = self._attempts.get(job_id, ([], 0))
+            if records and records[-1][0] == token:
+                return
+            records = [*records, (token, record)]
+            cut = max(len(records) - keep, 0)
+            self._attempts[job_id] = (records[cut:], dropped + cut)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        with self._lock:
+            records, dropped = self._attempts.get(job_id, ([], 0))
+            return [record for _, record in records], dropped

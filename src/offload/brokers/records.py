@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from offload.attempts import Attempt
 from offload.codec import decode_envelope, decode_value
 from offload.envelope import Envelope, ErrorInfo, JobState
 
@@ -83,6 +84,10 @@ class JobInfo:
     result: bytes | None = None
     cancel_requested: bool = False
     progress: Any = None  # the last `set_progress` value (decoded JSON); `get_job` only
+    # Every attempt, oldest first, and how many older ones were not kept: filled by
+    # `offload.attempts.job_with_history` (`Job.info()`, `offload show`), empty otherwise.
+    attempts: list[Attempt] = field(default_factory=list)
+    attempts_dropped: int = 0
 
     @classmethod
     def undecodable(cls, job_id: str, queue: str, problem: str, payload: bytes) -> JobInfo:
@@ -171,3 +176,15 @@ class WorkerInfo:
     running: int = 0
     processed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_reserve_at(self) -> float | None:
+        """When its fetch loop last got an answer from `reserve` (from `extra`)."""
+        value = self.extra.get("last_reserve_at")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs it runs now (from `extra`)."""
+        value = self.extra.get("running_jobs")
+        return [str(v) for v in value] if isinstance(value, list) else []

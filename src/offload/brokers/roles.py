@@ -12,8 +12,8 @@ The contract is cut into five roles, each an ABC a broker inherits to declare it
     Flow        take_rate, acquire_slot/release_slot, join, compare_and_set,
                 outbox/clear_outbox
     Inspection  counts, get_job, find, list_jobs, workflow_jobs, replay_dead,
-                purge_dead, queues, set_progress
-    Fleet       register_worker, unregister_worker, workers, sweep
+                purge_dead, queues, set_progress, record_attempt, attempt_records
+    Fleet       register_worker, unregister_worker, workers, sweep, set_paused, paused
     Signals     cancel, cancel_requested, wait_finished
 
 A new capability belongs to one role. `offload.brokers.base.Broker` is all five: the
@@ -541,6 +541,19 @@ class Inspection(Part):
         it None) until the job is purged. Last write wins; no state check (a late
         report of a finished job is harmless)."""
 
+    @abc.abstractmethod
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        """Append `record` (an encoded `offload.attempts.Attempt`) to the job's attempt
+        history, keeping the newest `keep` records and counting the others as dropped.
+        Idempotent per `token` (the lease's): a record whose token is already the
+        newest is not added again (a settle retried through an outage). No state check.
+        The history goes when the job is purged (Redis: it lapses with the retention)."""
+
+    @abc.abstractmethod
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        """The job's attempt records, oldest first, and how many older ones were
+        dropped; `([], 0)` for a job without any."""
+
 
 class Fleet(Part):
     """The workers: who is alive, and the housekeeping every one of them runs."""
@@ -563,6 +576,17 @@ class Fleet(Part):
         `queued`/`scheduled` jobs past `expires_at`, delete finished jobs past their
         result TTL or retention (dead jobs are kept until purged), forget lapsed
         workers."""
+
+    @abc.abstractmethod
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        """Durably raise (`paused`) or lower the pause flag `name` (`queue:<q>`,
+        `schedule:<id>`: see `offload.pausing`), for every process of the broker, until
+        changed again. True if it changed. A flag raised again keeps its first time."""
+
+    @abc.abstractmethod
+    async def paused(self) -> dict[str, float]:
+        """Every raised pause flag, with the time it was raised. Read-only and cheap:
+        workers ask about twice a second."""
 
 
 class Signals(Part):

@@ -152,13 +152,16 @@ def _register() -> None:
     from offload.cli.dlq import dlq
     from offload.cli.inspect import jobs, show, status
     from offload.cli.migrate import migrate
+    from offload.cli.operate import pause, pause_schedule, resume, resume_schedule
     from offload.cli.produce import enqueue
     from offload.cli.scheduler import scheduler, schedules
     from offload.cli.worker import worker
 
     commands = (worker, status, jobs, show, enqueue, cancel, dlq, migrate, scheduler, schedules)
-    for command in commands:
+    for command in (*commands, pause, resume):
         cli.add_command(command)
+    schedules.add_command(pause_schedule)
+    schedules.add_command(resume_schedule)
     try:
         from offload.cli.demo import demo
     except ImportError:  # the demo's extras are not installed

@@ -16,12 +16,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from offload import pausing
 from offload._redact import redact_url
-from offload.brokers.base import JobInfo
+from offload.attempts import job_with_history
+from offload.brokers.base import JobInfo, WorkerInfo
 from offload.cli import app_from_options, app_option, console, run_async, url_option, workflow_tree
 from offload.codec import dumps_pretty
 from offload.envelope import JobState, clip
 from offload.errors import JobNotFound
+from offload.pausing import Paused
 
 #: Most characters a table cell shows of one value (arguments, result, error, key):
 #: rich lays text out in time that grows faster than its length, and nobody reads
@@ -62,11 +65,11 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
     """Jobs per queue and state, the age of the oldest queued job, and live workers."""
     app = app_from_options(app_spec, url)
 
-    async def collect() -> tuple[dict[str, Any], list[Any]]:
+    async def collect() -> tuple[dict[str, Any], list[WorkerInfo], Paused]:
         broker = await app.connected_broker()
-        return await broker.counts(), await broker.workers()
+        return await broker.counts(), await broker.workers(), await pausing.paused(broker)
 
-    counts, workers = run_async(app, collect)
+    counts, workers, paused = run_async(app, collect)
     now = time.time()
     if as_json:
         data = {
@@ -80,9 +83,18 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
                 for q, stats in counts.items()
             },
             "workers": [
-                {"id": w.id, "queues": w.queues, "running": w.running, "processed": w.processed}
+                {
+                    "id": w.id,
+                    "queues": w.queues,
+                    "running": w.running,
+                    "processed": w.processed,
+                    "last_reserve_at": w.last_reserve_at,
+                    "running_jobs": w.running_jobs,
+                }
                 for w in workers
             ],
+            "paused_queues": paused.queues,
+            "paused_schedules": paused.schedules,
         }
         click.echo(json.dumps(data, indent=2))
         return
@@ -94,25 +106,40 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
     for queue, stats in counts.items():
         oldest = None if stats.oldest_queued_at is None else now - stats.oldest_queued_at
         states = (str(stats.states.get(s, 0)) for s in STATE_COLUMNS)
-        table.add_row(cell(queue, 80), *states, fmt_age(oldest))
+        name = f"{queue} (paused)" if queue in paused.queues else queue
+        table.add_row(cell(name, 80), *states, fmt_age(oldest))
     out = console()
     out.print(table)
+    for kind, held in (("queues", paused.queues), ("schedules", paused.schedules)):
+        if held:
+            since = ", ".join(f"{n} (since {fmt_time(t)})" for n, t in sorted(held.items()))
+            out.print(Text(f"paused {kind}: {since}"))
     if workers:
-        wt = Table(title="workers")
-        for column in ("id", "queues", "concurrency", "running", "processed", "last seen"):
-            wt.add_column(column)
-        for w in workers:
-            wt.add_row(
-                cell(w.id, 80),
-                cell(",".join(w.queues), 80),
-                str(w.concurrency),
-                str(w.running),
-                str(w.processed),
-                fmt_age(now - w.last_seen) + " ago",
-            )
-        out.print(wt)
+        out.print(_workers_table(workers, now))
     else:
         out.print("no live workers")
+
+
+def _workers_table(workers: list[WorkerInfo], now: float) -> Table:
+    """Live workers, with when each last got an answer from `reserve` (a worker that
+    is alive but not consuming shows an old one) and the jobs it runs."""
+    wt = Table(title="workers")
+    columns = ("id", "queues", "concurrency", "running", "processed", "last seen")
+    for column in (*columns, "last reserve", "running jobs"):
+        wt.add_column(column)
+    for w in workers:
+        last = w.last_reserve_at
+        wt.add_row(
+            cell(w.id, 80),
+            cell(",".join(w.queues), 80),
+            str(w.concurrency),
+            str(w.running),
+            str(w.processed),
+            fmt_age(now - w.last_seen) + " ago",
+            "-" if last is None else fmt_age(max(now - last, 0.0)) + " ago",
+            cell(" ".join(w.running_jobs), 400),
+        )
+    return wt
 
 
 @click.command()
@@ -229,7 +256,7 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
 
     async def collect() -> tuple[JobInfo | None, str | None, list[JobInfo]]:
         broker = await app.connected_broker()
-        info = await broker.get_job(job_id)
+        info = await job_with_history(broker, job_id)
         envelope = info.envelope() if info is not None else None
         workflow_id = envelope.workflow_id if envelope is not None else job_id
         steps = await broker.workflow_jobs(workflow_id) if workflow_id else []
@@ -245,6 +272,8 @@ def show(app_spec: str | None, url: str | None, job_id: str, as_json: bool) -> N
     summary = job_summary(info)
     if as_json:
         summary["traceback"] = info.error.traceback if info.error else None
+        summary["attempts"] = msgspec.to_builtins(info.attempts)
+        summary["attempts_dropped"] = info.attempts_dropped
         if tree is not None:
             summary["workflow"] = workflow_tree.to_json(tree)
         click.echo(json.dumps(summary, indent=2))
@@ -271,10 +300,36 @@ def _print_job(out: Console, info: JobInfo, summary: dict[str, Any]) -> None:
     out.print(table)
     if info.envelope() is None:
         out.print(Text(f"payload is not a valid envelope: {info.payload[:200]!r}", style="red"))
+    if info.attempts:
+        out.print(_attempts_table(info))
     if info.error and info.error.traceback:
         out.print(info.error.traceback, markup=False, highlight=False)  # bounded: ErrorInfo
     if cut:
         out.print("[dim]long values are cut for display; --json prints them whole[/dim]")
+
+
+def _attempts_table(info: JobInfo) -> Table:
+    """One row per attempt (`offload.attempts`): when, where, and how it ended."""
+    title = "attempts"
+    if info.attempts_dropped:
+        title += f" ({info.attempts_dropped} older ones not kept)"
+    table = Table(title=title)
+    for column in ("#", "outcome", "worker", "started", "took", "error"):
+        table.add_column(column, overflow="fold")
+    for a in info.attempts:
+        took = None
+        if a.started_at is not None and a.finished_at is not None:
+            took = max(a.finished_at - a.started_at, 0.0)
+        error = "" if a.error is None else f"{a.error.type_path or a.error.type}: {a.error.message}"
+        table.add_row(
+            str(a.number),
+            a.outcome.value,
+            cell(a.worker_id or "-", 80),
+            fmt_time(a.started_at),
+            fmt_age(took),
+            cell(error, 200),
+        )
+    return table
 
 
 def _show_tree(tree: workflow_tree.Node, as_json: bool) -> None:

@@ -50,13 +50,28 @@ async def _run(s: Scheduler) -> None:
         await s.app.aclose()
 
 
-@click.command()
+class _Schedules(click.Group):
+    """`offload schedules MODULE:APP` lists (as it always did); `offload schedules
+    pause|resume ID` steers (`cli/operate.py`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Schedules)
+def schedules() -> None:
+    """List schedules (`offload schedules MODULE:APP`), or pause and resume them."""
+
+
+@schedules.command("list")
 @click.argument("app_spec", metavar="MODULE:APP", envvar="OFFLOAD_APP")
 @click.option("-n", "--next", "count", default=3, type=click.IntRange(1, 100),
               **env_twin("SCHEDULES_NEXT"), help="Next fire times to show.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, envvar="OFFLOAD_SCHEDULES_JSON",
               show_envvar=True, help="One JSON object per schedule.")  # fmt: skip
-def schedules(app_spec: str, count: int, as_json: bool) -> None:
+def list_schedules(app_spec: str, count: int, as_json: bool) -> None:
     """List the schedules of MODULE:APP with their next fire times."""
     app = load_app(app_spec)
     now = app.clock.now()

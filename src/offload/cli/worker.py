@@ -12,17 +12,22 @@ so a single worker with either limit runs supervised too (one child).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from offload.cli import env_twin, load_app, setup_logging
-from offload.worker import Worker
+from offload.worker import Worker, probes
 from offload.worker.recycling import EXIT_RECYCLED
 
 logger = logging.getLogger("offload.cli")
@@ -59,6 +64,15 @@ ORPHAN_CHECK_S = 1.0
               "(checked after each job).")  # fmt: skip
 @click.option("--scheduler", "run_scheduler", is_flag=True, **env_twin("SCHEDULER"),
               help="Also enqueue the app's schedules (safe in every worker).")  # fmt: skip
+@click.option("--health-port", type=click.IntRange(0, 65535), **env_twin("HEALTH_PORT"),
+              help="Serve GET /live and /ready on this port (with --processes N: by the "
+              "supervisor, ready when every process is).")  # fmt: skip
+@click.option("--health-host", default="0.0.0.0", **env_twin("HEALTH_HOST"),
+              help="Address the health probes listen on.")  # fmt: skip
+@click.option("--ready-within", default=60.0, type=click.FloatRange(0.1),
+              **env_twin("READY_WITHIN"),
+              help="/ready fails when the fetch loop made no progress for this many seconds "
+              "(or the broker does not answer).")  # fmt: skip
 @click.option("--log-level", default="info", **env_twin("LOG_LEVEL"),
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.option("--log-format", default="text", **env_twin("LOG_FORMAT"),
@@ -76,6 +90,9 @@ def worker(
     max_jobs: int | None,
     max_memory: int | None,
     run_scheduler: bool,
+    health_port: int | None,
+    health_host: str,
+    ready_within: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -96,8 +113,12 @@ def worker(
     if not app_spec:
         raise click.UsageError("give MODULE:APP (or --django SETTINGS for a Django project)")
     recycling = max_jobs is not None or max_memory is not None
+    health = Health(health_host, health_port, ready_within) if health_port is not None else None
     if processes > 1 or (recycling and not _supervised()):
-        sys.exit(_supervise(processes))
+        sys.exit(_supervise(processes, health))
+    if _supervised():  # the supervisor serves the probes; this process reports to it
+        report_dir = os.environ.get("OFFLOAD_HEALTH_DIR")
+        health = Health.reporting(Path(report_dir), ready_within) if report_dir else None
     app = load_app(app_spec)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     w = Worker(
@@ -113,10 +134,38 @@ def worker(
         max_memory_mb=max_memory,
         hard_exit=True,
     )
-    sys.exit(asyncio.run(_run(w)))
+    sys.exit(asyncio.run(_run(w, health)))
 
 
-async def _run(w: Worker) -> int:
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Where the probes are served (`port`), or, in a supervised process, the
+    directory its verdicts are written to for the supervisor (`report_dir`)."""
+
+    host: str
+    port: int | None
+    ready_s: float
+    report_dir: Path | None = None
+
+    @classmethod
+    def reporting(cls, report_dir: Path, ready_s: float) -> Health:
+        return cls("", None, ready_s, report_dir)
+
+
+async def _probes(w: Worker, health: Health) -> None:
+    """Serve the probes on the worker's loop, or report to the supervisor."""
+    if health.port is not None:
+        server = await probes.serve(w, health.host, health.port, health.ready_s)
+        async with server:
+            await server.serve_forever()
+    assert health.report_dir is not None
+    while True:
+        with contextlib.suppress(OSError):
+            probes.write_report(health.report_dir, w, health.ready_s)
+        await asyncio.sleep(probes.REPORT_S)
+
+
+async def _run(w: Worker, health: Health | None = None) -> int:
     """Run the worker with its signal handlers; returns the exit code."""
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
@@ -135,10 +184,13 @@ async def _run(w: Worker) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     watchdog = asyncio.create_task(_orphan_watchdog(w))
+    prober = asyncio.create_task(_probes(w, health)) if health is not None else None
     try:
         await w.run()
     finally:
         watchdog.cancel()
+        if prober is not None:
+            prober.cancel()
         await w.app.aclose()
     # Stopped: a late signal changes nothing. Ignored, because Python's finalization
     # resets its own handlers to SIG_DFL and the signal would kill the process.
@@ -165,18 +217,41 @@ async def _orphan_watchdog(w: Worker) -> None:
     w.stop()
 
 
-def _supervise(count: int) -> int:
+def _supervise(count: int, health: Health | None = None) -> int:
     """Run `count` single-process workers as children; replace any that recycled
     itself at once and restart any that died after a pause; pass SIGTERM/SIGINT on to
-    all of them (as SIGTERM) and wait."""
+    all of them (as SIGTERM) and wait. With `health`, serve the probes for all of them
+    (`probes.py`): the children report into a directory of ours."""
     argv = [sys.executable, "-m", "offload", *sys.argv[1:]]
     env_patch = {"OFFLOAD_PROCESSES": "1", "OFFLOAD_SUPERVISOR_PID": str(os.getpid())}
     signals: list[int] = []
+    started: dict[int, float] = {}  # child pid -> monotonic start, for the probes
+    with tempfile.TemporaryDirectory(prefix="offload-health-") as report_dir:
+        if health is not None and health.port is not None:
+            env_patch["OFFLOAD_HEALTH_DIR"] = report_dir
+            probe = functools.partial(
+                probes.supervisor_verdicts, Path(report_dir), started, health.ready_s
+            )
+            server = probes.serve_supervisor(health.host, health.port, probe)
+        try:
+            return _supervise_children(argv, env_patch, count, signals, started)
+        finally:
+            if health is not None and health.port is not None:
+                server.shutdown()
 
+
+def _supervise_children(
+    argv: list[str],
+    env_patch: dict[str, str],
+    count: int,
+    signals: list[int],
+    started: dict[int, float],
+) -> int:
     def spawn() -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
             [*argv, "--processes", "1"], env={**os.environ, **env_patch}, process_group=0
         )
+        started[child.pid] = time.monotonic()
         for signum in signals:  # a signal that came while it was starting
             child.send_signal(signum)
         return child
@@ -203,6 +278,7 @@ def _supervise(count: int) -> int:
                 else:
                     logger.warning("worker process %d exited with %d; restarting", child.pid, code)
                     time.sleep(RESTART_DELAY_S)
+                started.pop(child.pid, None)
                 children[i] = spawn()
                 alive = True
         if not alive:  # a recycle, or death by our SIGTERM before it could start, is clean

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from offload import attempts as history
 from offload.envelope import ErrorInfo
 from offload.errors import LeaseLost
 
@@ -21,14 +22,27 @@ __all__ = ["end_process", "give_back"]
 logger = logging.getLogger("offload.worker")
 
 
-async def give_back(broker: Broker, leases: Sequence[Lease], now: float) -> None:
+async def give_back(
+    broker: Broker, leases: Sequence[Lease], now: float, worker_id: str | None = None
+) -> None:
     """Schedule jobs whose handlers were stopped to run again at `now` (the attempt
-    counts); one that cannot be given back runs again once its lease lapses."""
+    counts, and is recorded in the job's history); one that cannot be given back runs
+    again once its lease lapses."""
     if not leases:
         return
     error = ErrorInfo("WorkerShutdown", "the worker stopped before the job finished")
     for lease in leases:
+        attempt = history.Attempt(
+            number=lease.attempt,
+            outcome=history.AttemptOutcome.RETRIED,
+            worker_id=worker_id,
+            finished_at=now,
+            error=error,
+        )
         try:
+            await broker.record_attempt(
+                lease.job_id, lease.token, history.encode(attempt), keep=history.ATTEMPTS_KEPT
+            )
             await broker.retry(lease, at=now, error=error)
         except LeaseLost:
             pass

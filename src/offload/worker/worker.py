@@ -42,11 +42,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from offload import attempts as history
 from offload import validation
 from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Ack, Lease, WorkerInfo
 from offload.envelope import ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+from offload.pausing import PauseView
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome
@@ -72,6 +74,8 @@ OUTBOX_S = 1.0
 #: Outbox entries handled per batch, and batches per call at most.
 OUTBOX_BATCH = 200
 OUTBOX_BATCHES = 50
+#: Most running job ids a worker lists in its registration (`offload status`).
+RUNNING_LISTED = 100
 #: Past the grace period, how long cancelled async handlers get to unwind (seconds);
 #: one still running then is treated as a handler that cannot be stopped.
 UNWIND_S = 1.0
@@ -154,6 +158,12 @@ class Worker:
         # file locked by another writer) is not back.
         self.health = BrokerHealth(logger, probe=self._heartbeat)
         self._lost: set[str] = set()  # jobs whose lost lease was reported
+        # Paused queues (`offload.pausing`), read again before a reservation when older
+        # than half a second; and for the health probes (`probes.py`): when the fetch
+        # loop last made progress (monotonic) and `reserve` last answered (clock).
+        self.pauses = PauseView()
+        self.progress_at = time.monotonic()
+        self.last_reserve_at: float | None = None
 
     @property
     def broker(self) -> Broker:
@@ -241,9 +251,15 @@ class Worker:
         free = self.recycling.room(free)
         if free <= 0 or self._stopping.is_set():
             return 0
+        queues = await self.pauses.active(self.broker, self.queues)
+        if not queues:  # all paused: nothing to take, and nothing wrong
+            self.progress_at = time.monotonic()
+            return 0
         leases = await self.broker.reserve(
-            self.queues, worker_id=self.id, lease_s=self.lease_s, limit=free
+            queues, worker_id=self.id, lease_s=self.lease_s, limit=free
         )
+        self.progress_at = time.monotonic()
+        self.last_reserve_at = self.app.clock.now()
         self.recycling.taken += len(leases)
         self._buffer.extend(leases)
         self._start_buffered()
@@ -255,6 +271,7 @@ class Worker:
         Delayed jobs that are not yet due are left alone. For tests and scripts.
         """
         before = self.processed
+        self.pauses.forget()
         while True:
             reserved = await self.tick()
             if self._running:
@@ -308,12 +325,26 @@ class Worker:
         held = len(self._running) + len(self._buffer)
         return held >= self.concurrency + self.prefetch or self.recycling.took_all()
 
+    def saturated(self) -> bool:
+        """Whether the fetch loop waits for a free slot (not stuck: every slot works)."""
+        return self._full() and not self._stopping.is_set()
+
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs running now."""
+        return list(self._running)
+
     async def _idle_wait(self) -> None:
         timeout_s = self.poll_s
-        due = await self.broker.next_due(self.queues)
+        queues = await self.pauses.active(self.broker, self.queues)
+        if len(queues) < len(self.queues):  # notice a resume soon
+            timeout_s = min(timeout_s, self.pauses.max_age_s)
+        due = await self.broker.next_due(queues) if queues else None
         if due is not None:
             timeout_s = min(timeout_s, max(due - self.app.clock.now(), 0.0))
-        waiter = asyncio.create_task(self.broker.wait(self.queues, timeout_s))
+        if queues:
+            waiter = asyncio.create_task(self.broker.wait(queues, timeout_s))
+        else:
+            waiter = asyncio.create_task(asyncio.sleep(timeout_s))
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -332,8 +363,9 @@ class Worker:
         try:
             if await self._admitted(lease):
                 ran = True
+                started_at = self.app.clock.now()
                 outcome = await self.executor.execute(lease)
-                await self._settle(lease, outcome)
+                await self._settle(lease, outcome, started_at)
         finally:
             self._running.pop(lease.job_id, None)
             self._lost.discard(lease.job_id)
@@ -377,14 +409,22 @@ class Worker:
         except Exception:
             logger.exception("job %s: its slot of %s frees when its TTL ends", job_id, slot)
 
-    async def _settle(self, lease: Lease, outcome: Outcome) -> None:
+    async def _settle(
+        self, lease: Lease, outcome: Outcome, started_at: float | None = None
+    ) -> None:
         """Apply an outcome to the broker, retried while the broker is unavailable (the
-        lease is extended meanwhile); a lost lease is logged, not raised."""
+        lease is extended meanwhile); a lost lease is logged, not raised. A failed
+        attempt is recorded in the job's history first (`offload.attempts`)."""
         task_name = outcome.envelope.task if outcome.envelope else "?"
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
+        record = None if outcome.action == "ack" else self._attempt(lease, outcome, started_at)
 
         async def settle() -> None:
             await follow_up(self.app, lease, outcome)
+            if record is not None:
+                await self.broker.record_attempt(
+                    lease.job_id, lease.token, record, keep=history.ATTEMPTS_KEPT
+                )
             await self._apply(lease, outcome, task_name, extra)
 
         try:
@@ -397,6 +437,22 @@ class Worker:
                 lease.job_id,
                 extra={"action": "settle_failed", **extra},
             )
+
+    def _attempt(self, lease: Lease, outcome: Outcome, started_at: float | None) -> bytes:
+        """The history record of an attempt that did not succeed."""
+        results = {
+            "retry": history.AttemptOutcome.RETRIED,
+            "cancel": history.AttemptOutcome.CANCELLED,
+        }
+        attempt = history.Attempt(
+            number=lease.attempt,
+            outcome=results.get(outcome.action, history.AttemptOutcome.DEAD),
+            worker_id=self.id,
+            started_at=started_at,
+            finished_at=self.app.clock.now(),
+            error=outcome.error,
+        )
+        return history.encode(attempt)
 
     async def _apply(
         self, lease: Lease, outcome: Outcome, task_name: str, extra: dict[str, object]
@@ -515,6 +571,10 @@ class Worker:
             started_at=self._started_at,
             running=len(self._running),
             processed=self.processed,
+            extra={
+                "last_reserve_at": self.last_reserve_at,
+                "running_jobs": self.running_jobs()[:RUNNING_LISTED],
+            },
         )
         await self.broker.register_worker(info, ttl_s=self.lease_s)
 
@@ -580,7 +640,9 @@ class Worker:
             await asyncio.wait([task for _, task in stoppable], timeout=UNWIND_S)
         stuck = [(lease, task) for lease, task in held if not task.done()]
         try:
-            await give_back(self.broker, [lease for lease, t in stoppable if t.done()], now())
+            await give_back(
+                self.broker, [lease for lease, t in stoppable if t.done()], now(), self.id
+            )
         finally:
             if stuck and self.hard_exit:
                 end_process(len(stuck), self.lease_s, self.id)
@@ -592,5 +654,8 @@ class Worker:
             )
             await asyncio.wait([task for _, task in stuck])
             await give_back(
-                self.broker, [lease for lease, t in stoppable if (lease, t) in stuck], now()
+                self.broker,
+                [lease for lease, t in stoppable if (lease, t) in stuck],
+                now(),
+                self.id,
             )

@@ -54,7 +54,16 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.postgres import _cancel, _ends, _enqueue, _inspect, _joins, _limits, _rows
+from offload.brokers.postgres import (
+    _cancel,
+    _ends,
+    _enqueue,
+    _inspect,
+    _joins,
+    _limits,
+    _operate,
+    _rows,
+)
 from offload.brokers.postgres._listener import Listener
 from offload.brokers.postgres._sql import load_queries, migrate, schema_version
 from offload.clock import Clock
@@ -471,7 +480,10 @@ class PostgresBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        return await _inspect.purge_dead(self, queue, job_ids, older_than)
+        purged = await _inspect.purge_dead(self, queue, job_ids, older_than)
+        if purged:
+            await _operate.forget_orphans(self)
+        return purged
 
     async def queues(self) -> list[str]:
         return [row["name"] for row in await self._rows("queues", {})]
@@ -542,7 +554,23 @@ class PostgresBroker(Broker):
             await conn.execute(_Q["forget_idle_limits"], {"now": now})
             await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})
             await conn.execute(_Q["progress_orphans"])
+        if purged:
+            await _operate.forget_orphans(self)
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)
+
+    # -- operations: pause flags and attempt history (`_operate.py`) --------------------
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        return await _operate.set_paused(self, name, paused)
+
+    async def paused(self) -> dict[str, float]:
+        return await _operate.paused(self)
+
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        await _operate.record_attempt(self, job_id, token, record, keep)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        return await _operate.attempt_records(self, job_id)
 
 
 # -- helpers ------------------------------------------------------------------------------

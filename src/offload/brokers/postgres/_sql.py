@@ -65,12 +65,13 @@ def _load_migrations() -> list[Migration]:
     return found
 
 
-def load_queries() -> dict[str, str]:
-    """The `-- name: x` blocks of `queries.sql`, by name, without their comments (a
-    comment may not hold a %(param)s placeholder that psycopg would try to fill)."""
+def load_queries(asset: str = "queries.sql") -> dict[str, str]:
+    """The `-- name: x` blocks of `asset` (a `.sql` file of this package), by name,
+    without their comments (a comment may not hold a %(param)s placeholder that psycopg
+    would try to fill)."""
     queries: dict[str, str] = {}
     name: str | None = None
-    for line in _read("queries.sql").splitlines():
+    for line in _read(asset).splitlines():
         if line.startswith("-- name: "):
             name = line.removeprefix("-- name: ").strip()
             queries[name] = ""

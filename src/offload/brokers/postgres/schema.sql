@@ -280,3 +280,22 @@ CREATE TABLE offload_registers (
     value      text             NOT NULL,
     expires_at double precision NOT NULL
 );
+
+-- Pause flags (`set_paused`): one row per paused queue (`queue:<name>`) or schedule
+-- (`schedule:<id>`), until it is resumed.
+CREATE TABLE offload_paused (
+    name      text             PRIMARY KEY,
+    paused_at double precision NOT NULL
+);
+
+-- Attempt history (`record_attempt`): the newest records of each job. `n` numbers every
+-- record a job ever had, so the first kept one tells how many were dropped; `token` is
+-- the lease's, so a record written twice is kept once. `sweep` drops the rows of jobs
+-- that were purged.
+CREATE TABLE offload_attempts (
+    job_id text    NOT NULL,
+    n      integer NOT NULL,
+    token  text    NOT NULL,
+    record bytea   NOT NULL,
+    PRIMARY KEY (job_id, n)
+);

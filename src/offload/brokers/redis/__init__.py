@@ -71,6 +71,7 @@ from offload.brokers.redis import (
     _inspect,
     _joins,
     _limits,
+    _operate,
     _outbox,
     _workflows,
 )
@@ -601,3 +602,17 @@ class RedisBroker(Broker):
             ]
         removed = await self._run("worker_forget", self._worker_keys(), ["lapsed", num(now)])
         return SweepReport(expired=expired, purged=purged, workers_removed=int(removed))
+
+    # -- operations: pause flags and attempt history (`_operate.py`) --------------------
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        return await _operate.set_paused(self, name, paused)
+
+    async def paused(self) -> dict[str, float]:
+        return await _operate.paused(self)
+
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        await _operate.record_attempt(self, job_id, token, record, keep)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        return await _operate.attempt_records(self, job_id)

@@ -51,6 +51,7 @@ _NAMES = (
     "outbox",
     "clear_outbox",
     "watch",
+    "record_attempt",
 )
 
 

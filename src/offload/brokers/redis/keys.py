@@ -42,10 +42,13 @@ limit). Both lapse by Redis EXPIRE once idle. Chord joins, hash-tagged by the gr
 `P:{%chord:<group id>}:members` (hash: member id → its index and outcome), lapsing after
 the broker's retention; workflow indexes `P:{%wf:<workflow id>}:jobs` (set of JSON
 `[queue, job id]`, see `_workflows.py`); progress `P:{%progress:<job id>}` (string: the
-last report, lapsing after the retention); registers `P:{%register:<name>}` (hash: the
+last report, lapsing after the retention); attempt history `P:{%attempts:<job id>}`
+(list of the newest records, lapsing after the retention, see
+`scripts/record_attempt.lua`); pause flags `P:{%global}:paused` (hash: flag →
+when raised); registers `P:{%register:<name>}` (hash: the
 value and the end of its TTL, by the broker's clock; see `compare_and_set.lua`).
 `<key>` is escaped like a queue name, and no escaped queue name starts with `%r`, `%s`,
-`%c`, `%w` or `%p`.
+`%c`, `%w`, `%p` or `%a`.
 
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
@@ -168,3 +171,13 @@ def register_key(prefix: str, name: str) -> str:
 def progress_key(prefix: str, job_id: str) -> str:
     """A job's last progress report; hash-tagged by the job."""
     return f"{prefix}:{{%progress:{escape_queue(job_id)}}}"
+
+
+def attempts_key(prefix: str, job_id: str) -> str:
+    """A job's attempt history; hash-tagged by the job."""
+    return f"{prefix}:{{%attempts:{escape_queue(job_id)}}}"
+
+
+def paused_key(prefix: str) -> str:
+    """The pause flags (`set_paused`), beside the other global keys."""
+    return f"{prefix}:{{%global}}:paused"

@@ -44,6 +44,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.sqlite import _operate
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
 from offload.envelope import Envelope, ErrorInfo, JobState
@@ -383,7 +384,10 @@ class SQLiteBroker(Broker):
         *,
         older_than: float | None = None,
     ) -> int:
-        return await self._run(Store.purge_dead, queue, job_ids, older_than)
+        purged = await self._run(Store.purge_dead, queue, job_ids, older_than)
+        if purged:
+            await self._run(_operate.forget_orphans)
+        return purged
 
     async def queues(self) -> list[str]:
         return await self._run(Store.queues)
@@ -421,7 +425,23 @@ class SQLiteBroker(Broker):
     async def sweep(self) -> SweepReport:
         report, expired = await self._run(Store.sweep)
         self._notify_ended(expired)
+        if report.purged:
+            await self._run(_operate.forget_orphans)
         return report
+
+    # -- operations: pause flags and attempt history (`_operate.py`) --------------------
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        return await self._run(_operate.set_paused, name, paused)
+
+    async def paused(self) -> dict[str, float]:
+        return await self._run(_operate.paused)
+
+    async def record_attempt(self, job_id: str, token: str, record: bytes, *, keep: int) -> None:
+        await self._run(_operate.record_attempt, job_id, token, record, keep)
+
+    async def attempt_records(self, job_id: str) -> tuple[list[bytes], int]:
+        return await self._run(_operate.attempt_records, job_id)
 
 
 def _noop(store: Store) -> None:

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 #: Version of `schema.sql`, kept in `offload_meta`. A file with a newer version was
 #: written by a newer offload and is refused rather than misread.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: How long a call waits for another connection's write lock before failing with
 #: `BrokerUnavailable`, in seconds. Transactions here last well under a millisecond.
 BUSY_TIMEOUT_S = 10.0
@@ -92,11 +92,11 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-def load_queries() -> dict[str, str]:
-    """The `-- name: x` blocks of `queries.sql`, by name."""
+def load_queries(asset: str = "queries.sql") -> dict[str, str]:
+    """The `-- name: x` blocks of `asset` (a `.sql` file of this package), by name."""
     queries: dict[str, str] = {}
     name: str | None = None
-    for line in _read_asset("queries.sql").splitlines():
+    for line in _read_asset(asset).splitlines():
         if line.startswith("-- name: "):
             name = line.removeprefix("-- name: ").strip()
             queries[name] = ""

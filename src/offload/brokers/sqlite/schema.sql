@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 6 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 7 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -149,4 +149,23 @@ CREATE TABLE IF NOT EXISTS offload_registers (
     name       TEXT PRIMARY KEY,
     value      TEXT NOT NULL,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Version 7: operations (`operate.sql`). Pause flags (`set_paused`): one row per paused
+-- queue (`queue:<name>`) or schedule (`schedule:<id>`), until it is resumed.
+CREATE TABLE IF NOT EXISTS offload_paused (
+    name      TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Attempt history (`record_attempt`): the newest records of each job. `n` numbers every
+-- record a job ever had, so the first kept one tells how many were dropped; `token` is
+-- the lease's, so a record written twice is kept once. `sweep` drops the rows of jobs
+-- that were purged.
+CREATE TABLE IF NOT EXISTS offload_attempts (
+    job_id TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    token  TEXT    NOT NULL,
+    record BLOB    NOT NULL,
+    PRIMARY KEY (job_id, n)
 ) WITHOUT ROWID;

@@ -1,0 +1,74 @@
+"""`offload pause` / `offload resume` (queues), `offload schedules pause|resume`.
+
+Durable and fleet-wide (`offload.pausing`): the flag lives in the broker, every worker
+stops reserving from a paused queue within about a second, and it stays paused across
+worker restarts until resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import click
+
+from offload.app import Offload
+from offload.cli import app_from_options, app_option, run_async, url_option
+
+__all__ = ["pause", "pause_schedule", "resume", "resume_schedule"]
+
+
+def _apply(
+    app_spec: str | None,
+    url: str | None,
+    names: tuple[str, ...],
+    action: Callable[[Offload, str], Awaitable[bool]],
+    done: str,
+    already: str,
+) -> None:
+    app = app_from_options(app_spec, url)
+
+    async def go() -> list[bool]:
+        return [await action(app, name) for name in names]
+
+    for name, changed in zip(names, run_async(app, go), strict=True):
+        click.echo(f"{name}: {done if changed else already}")
+
+
+@click.command()
+@app_option
+@url_option
+@click.argument("queues", nargs=-1, required=True)
+def pause(app_spec: str | None, url: str | None, queues: tuple[str, ...]) -> None:
+    """Pause QUEUES: workers stop taking their jobs (within a second), enqueues are
+    still accepted, and the jobs wait until `offload resume`. Survives restarts."""
+    _apply(app_spec, url, queues, Offload.pause_async, "paused", "was paused already")
+
+
+@click.command()
+@app_option
+@url_option
+@click.argument("queues", nargs=-1, required=True)
+def resume(app_spec: str | None, url: str | None, queues: tuple[str, ...]) -> None:
+    """Resume paused QUEUES: workers take their jobs again."""
+    _apply(app_spec, url, queues, Offload.resume_async, "resumed", "was not paused")
+
+
+@click.command("pause")
+@app_option
+@url_option
+@click.argument("schedule_ids", metavar="SCHEDULES", nargs=-1, required=True)
+def pause_schedule(app_spec: str | None, url: str | None, schedule_ids: tuple[str, ...]) -> None:
+    """Pause SCHEDULES: no scheduler fires them until resumed (ticks in between are
+    skipped, not caught up)."""
+    action = Offload.pause_schedule_async
+    _apply(app_spec, url, schedule_ids, action, "paused", "was paused already")
+
+
+@click.command("resume")
+@app_option
+@url_option
+@click.argument("schedule_ids", metavar="SCHEDULES", nargs=-1, required=True)
+def resume_schedule(app_spec: str | None, url: str | None, schedule_ids: tuple[str, ...]) -> None:
+    """Resume paused SCHEDULES: they fire again from their next tick."""
+    action = Offload.resume_schedule_async
+    _apply(app_spec, url, schedule_ids, action, "resumed", "was not paused")
