@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from offload._redact import redact
-from offload.brokers.amqp import parse_url
+from offload.brokers.amqp import AmqpDelivery, parse_url
 from offload.brokers.amqp.topology import (
     BUCKET_MAX_MS,
     BUCKET_MIN_MS,
@@ -13,7 +13,9 @@ from offload.brokers.amqp.topology import (
     amqp_priority,
     bucket_for,
 )
-from offload.errors import ConfigurationError
+from offload.codec import encode_envelope
+from offload.envelope import Envelope, new_job_id
+from offload.errors import BrokerUnavailable, ConfigurationError
 
 
 def test_url_parameters_are_read_and_kept_out_of_the_connection_url() -> None:
@@ -94,3 +96,15 @@ def test_a_queue_name_too_long_for_amqp_becomes_a_digest() -> None:
     long = "é" * 200  # 400 bytes
     assert len(names.work(long).encode()) <= 255
     assert names.work(long) != names.work("è" * 200)
+
+
+async def test_an_unreachable_rabbitmq_is_broker_unavailable_without_driver_noise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    delivery = AmqpDelivery("amqp://guest:s3cret@127.0.0.1:1/")
+    envelope = Envelope(id=new_job_id(), task="t")
+    with pytest.raises(BrokerUnavailable, match="RabbitMQ connect failed") as caught:
+        await delivery.enqueue([(envelope, encode_envelope(envelope))])
+    assert "s3cret" not in str(caught.value)
+    assert [r for r in caplog.records if r.name.startswith("aiormq")] == []
+    await delivery.close()

@@ -32,6 +32,19 @@ __all__ = ["CONNECT_TIMEOUT_S", "Link", "Session", "unavailable"]
 
 logger = logging.getLogger("offload.brokers.amqp")
 
+
+class _RaisedAnyway(logging.Filter):
+    """Drops aiormq's own error line for a failed connect: the same error is raised to
+    offload as `BrokerUnavailable`, and the caller's `BrokerHealth` reports an outage
+    once, which a line per reconnect attempt from every loop of every worker would
+    bury."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("error when creating transport")
+
+
+logging.getLogger("aiormq.connection").addFilter(_RaisedAnyway())
+
 #: How long opening a connection (TCP, TLS, AMQP handshake) may take, in seconds.
 CONNECT_TIMEOUT_S = 10.0
 
