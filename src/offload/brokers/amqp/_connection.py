@@ -43,7 +43,16 @@ class _RaisedAnyway(logging.Filter):
         return not record.getMessage().startswith("error when creating transport")
 
 
-logging.getLogger("aiormq.connection").addFilter(_RaisedAnyway())
+_RAISED_ANYWAY = _RaisedAnyway()
+
+
+def _quiet_driver() -> None:
+    """Install the filter on aiormq's logger (again, if a logging reconfiguration
+    dropped it): called before every connect."""
+    driver = logging.getLogger("aiormq.connection")
+    if _RAISED_ANYWAY not in driver.filters:
+        driver.addFilter(_RAISED_ANYWAY)
+
 
 #: How long opening a connection (TCP, TLS, AMQP handshake) may take, in seconds.
 CONNECT_TIMEOUT_S = 10.0
@@ -119,6 +128,7 @@ class Link:
             return self._session
 
     async def _open(self) -> Session:
+        _quiet_driver()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 connection = await aiormq.connect(self._settings.connect_url)
