@@ -11,7 +11,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
 peers=(
-  "celery[redis]" rq "dramatiq[redis]" arq huey saq taskiq taskiq-redis
+  "celery[redis]" rq "dramatiq[redis,rabbitmq]" arq huey saq taskiq taskiq-redis aiormq
   gevent "redis[hiredis]" py-spy pyinstrument
 )
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -185,3 +185,56 @@ def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def sqs_url(sqs_server: Any) -> str:
     """An `sqs://` URL whose queues (prefix) belong to this test alone."""
     return str(sqs_server.url(f"t{uuid.uuid4().hex[:12]}"))
+
+
+# -- RabbitMQ -----------------------------------------------------------------------------
+
+#: The shared test server. Override with OFFLOAD_TEST_AMQP.
+AMQP_URL = os.environ.get("OFFLOAD_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+#: The offload queues the RabbitMQ tests use; teardown deletes their AMQP queues.
+AMQP_TEST_QUEUES = ("default", "q1", "q2")
+
+
+@pytest.fixture(scope="session")
+def amqp_server() -> str:
+    """The shared RabbitMQ at AMQP_URL, checked once."""
+    import asyncio
+
+    import aiormq
+
+    async def ping() -> None:
+        connection = await aiormq.connect(AMQP_URL)
+        await connection.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(ping(), 10))
+    except Exception as exc:
+        service_missing(f"RabbitMQ is not available at {AMQP_URL}: {exc}")
+    return AMQP_URL
+
+
+@pytest.fixture
+async def amqp_url(amqp_server: str) -> AsyncIterator[str]:
+    """A broker URL with a queue-name prefix of this test's own; after the test, every
+    queue and exchange under that prefix is deleted (and nobody else's)."""
+    import aiormq
+
+    from offload.brokers.amqp.topology import BUCKET_MAX_MS, BUCKET_MIN_MS, Names
+
+    prefix = f"offload-test-{uuid.uuid4().hex[:12]}"
+    yield f"{amqp_server}?prefix={prefix}"
+    names = Names(prefix)
+    doomed = [names.work(q) for q in AMQP_TEST_QUEUES] + [names.dead(q) for q in AMQP_TEST_QUEUES]
+    ms = BUCKET_MIN_MS
+    while ms <= BUCKET_MAX_MS:
+        doomed.append(names.bucket(ms))
+        ms *= 2
+    connection = await aiormq.connect(amqp_server)
+    try:
+        channel = await connection.channel()
+        for name in doomed:
+            await channel.queue_delete(name)
+        await channel.exchange_delete(names.delay_exchange)
+        await channel.exchange_delete(names.work_exchange)
+    finally:
+        await connection.close()

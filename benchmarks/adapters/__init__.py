@@ -15,6 +15,8 @@ ADAPTERS: dict[str, str] = {
     "celery-threads": "adapters.celery:CeleryThreads",
     "rq": "adapters.rq:RQAdapter",
     "dramatiq": "adapters.dramatiq:DramatiqAdapter",
+    "celery-rabbitmq": "adapters.celery_rabbitmq:CeleryRabbitAdapter",
+    "dramatiq-rabbitmq": "adapters.dramatiq_rabbitmq:DramatiqRabbitAdapter",
     "arq": "adapters.arq:ArqAdapter",
     "huey": "adapters.huey:HueyAdapter",
     "saq": "adapters.saq:SaqAdapter",

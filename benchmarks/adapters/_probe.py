@@ -44,6 +44,33 @@ def redis_url() -> str:
     return os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+def amqp_url() -> str:
+    """The RabbitMQ of the peers that run on it (Celery, Dramatiq)."""
+    return os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def purge_amqp(*queues: str) -> None:
+    """Empty the benchmark's own RabbitMQ queues (those that exist) before a phase, as
+    the driver flushes Redis DB 15: leftovers of a timed-out phase must not count."""
+    import asyncio
+
+    import aiormq
+
+    async def purge() -> None:
+        connection = await aiormq.connect(amqp_url())
+        try:
+            for queue in queues:
+                channel = await connection.channel()
+                try:
+                    await channel.queue_purge(queue)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    pass  # not declared yet: nothing to purge
+        finally:
+            await connection.close()
+
+    asyncio.run(purge())
+
+
 def record(t: float = 0.0) -> None:
     """Called by every benchmark job as its first and only statement."""
     now = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ async def broker(sqs_url: str) -> AsyncIterator[SQSBroker]:
         await b.close()
 
 
-async def enqueue(broker: SQSBroker, **fields: object) -> str:
+async def enqueue(broker: SQSBroker, **fields: Any) -> str:
     envelope, payload = make_job(broker.clock, **fields)
     [result] = await broker.enqueue([(envelope, payload)])
     assert result.created and result.id == envelope.id

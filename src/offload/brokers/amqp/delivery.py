@@ -1,0 +1,609 @@
+"""Delivery on RabbitMQ: enqueue, reserve, extend, release and every way a lease ends.
+
+**The lease is the delivery.** A reserved job is an unacknowledged AMQP delivery on this
+process's consumer channel. While the connection lives, RabbitMQ gives the job to no
+one else; when it dies (kill -9, a cut network, a broker restart) RabbitMQ requeues
+the job at once. So `extend` has nothing to push forward: it reports whether the
+delivery's session is still the live one (False once it is gone: the job is back in
+its queue and may already run elsewhere). Two limits are RabbitMQ's, not offload's:
+
+- `consumer_timeout` (server-wide in 3.10, 30 minutes by default): a delivery not
+  acknowledged within it makes the server close the channel, which ends every lease
+  on it. `extend` warns, once per lease, when a job nears it (`consumer_timeout=` in
+  the URL says what the server is set to); raise it in rabbitmq.conf for longer jobs.
+- a job's lease cannot outlive its connection: a worker cut off from RabbitMQ while a
+  sync handler runs may see that job start elsewhere (at-least-once, as after a crash).
+
+**Attempts.** A message is immutable, so the attempts already used travel in a header
+(`offload-attempt`) set whenever offload republishes it (retry, defer, release). A
+delivery RabbitMQ marks `redelivered` was held by a consumer that died without settling
+it: before running it, the consumer republishes it with one more attempt counted and
+acks the old copy, so a job that kills its workers is buried after `max_attempts`
+crashes (the worker's `WorkerLost` rule) on classic queues too, which count nothing.
+
+**Ends.** `ack` acknowledges. `retry`, `defer` and `release` publish the job again
+(to a delay bucket, or its work queue) and acknowledge the old delivery once RabbitMQ
+confirmed the new one; `bury` does the same with the dead-letter queue. A crash between
+the two leaves both copies: at-least-once, never none.
+
+**Delays and expiry.** `not_before` and `expires_at` travel as headers, so the
+consumer never decodes a payload. See `offload.brokers.amqp.topology` for the buckets.
+A job past `expires_at` when it is reserved is acknowledged and not run; without a
+state store nothing records it as `expired` (`AmqpDelivery.expired` counts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+
+import aiormq.abc
+from pamqp import commands as spec
+from pamqp.common import FieldTable
+
+from offload.brokers.amqp import topology
+from offload.brokers.amqp._connection import Link, Session, unavailable
+from offload.brokers.amqp.settings import STATE_SETTING, parse_url
+from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease
+from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
+from offload.clock import Clock
+from offload.codec import encode_error
+from offload.envelope import Envelope, ErrorInfo
+from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+
+__all__ = ["ATTEMPT_HEADER", "DUE_HEADER", "ERROR_HEADER", "EXPIRES_HEADER", "AmqpDelivery"]
+
+logger = logging.getLogger("offload.brokers.amqp")
+
+#: Attempts already used when the message was published (0 for a new job).
+ATTEMPT_HEADER = "offload-attempt"
+#: When the job is due, epoch milliseconds (absent: at once).
+DUE_HEADER = "offload-due"
+#: When the job expires, epoch milliseconds (absent: never).
+EXPIRES_HEADER = "offload-expires"
+#: Why a job was buried (its `ErrorInfo`, JSON), on dead letters.
+ERROR_HEADER = "offload-error"
+#: A job consumed this early (ms) is already due (clock skew between hosts aside).
+_EARLY_MS = 1
+#: When `extend` warns that a lease nears the server's consumer timeout.
+_TIMEOUT_WARNING = 0.8
+
+
+@dataclass(order=True)
+class _Delivery:
+    """One unacknowledged delivery held by this process."""
+
+    rank: tuple[int, int]  # (-priority, arrival): the heap order of ready jobs
+    queue: str = field(compare=False)
+    message: aiormq.abc.DeliveredMessage = field(compare=False)
+    generation: int = field(compare=False)
+    received: float = field(compare=False)
+    warned: bool = field(default=False, compare=False)
+
+    @property
+    def deliver(self) -> spec.Basic.Deliver:
+        frame = self.message.delivery
+        assert isinstance(frame, spec.Basic.Deliver)  # consumers get nothing else
+        return frame
+
+    @property
+    def tag(self) -> int:
+        tag = self.deliver.delivery_tag
+        assert tag is not None  # a Basic.Deliver always carries one
+        return tag
+
+    @property
+    def properties(self) -> spec.Basic.Properties:
+        return self.message.header.properties
+
+    def header(self, name: str) -> int | None:
+        value = (self.properties.headers or {}).get(name)
+        return value if isinstance(value, int) else None
+
+
+class AmqpDelivery(Delivery):
+    """The delivery role on RabbitMQ (see the module docstring).
+
+    Args:
+        url: an `amqp://` URL (`offload.brokers.amqp.settings`).
+        clock: the source of `not_before`/`expires_at` comparisons and lease deadlines.
+        retention_s: how long the state store keeps a key's claim.
+    """
+
+    capabilities = Capabilities(push_wakeup=True)
+
+    def __init__(
+        self, url: str, *, clock: Clock | None = None, retention_s: float = DEFAULT_RETENTION_S
+    ) -> None:
+        super().__init__(url, clock=clock, retention_s=retention_s)
+        self.settings = parse_url(url)
+        self.names = topology.Names(self.settings.prefix)
+        self.link = Link(self.settings)
+        self.state: Broker | None = None
+        #: Jobs acknowledged unrun because `expires_at` had passed.
+        self.expired = 0
+        self._ready: list[_Delivery] = []
+        self._soon: list[tuple[int, _Delivery]] = []  # (due ms, delivery): held until due
+        self._held: dict[str, _Delivery] = {}  # lease token → its delivery
+        self._arrival = itertools.count()
+        self._arrived = asyncio.Event()
+        self._consuming: dict[str, str] = {}  # AMQP queue name → offload queue
+        self._consumer_tags: list[str] = []
+        self._consuming_generation = 0
+        self._prefetch = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def attach_state(self, state: Broker) -> None:
+        """The state store: idempotency keys are claimed in it (`enqueue`)."""
+        self.state = state
+
+    async def connect(self) -> None:
+        await self.link.session()
+
+    async def close(self) -> None:
+        """Give back the jobs received but not reserved (without counting an attempt),
+        then close the connection; leases still held go back to their queues.
+
+        The consumers are cancelled first: RabbitMQ sends `cancel-ok` after every
+        delivery it made to them, so none is still on its way when the rest are given
+        back (one in flight would come back marked `redelivered`, counted as a crash).
+        """
+        session = self.link.current
+        if session is not None:
+            try:
+                await self._stop_consuming(session)
+                waiting = [d for d in self._ready if d.generation == session.generation]
+                waiting += [d for _, d in self._soon if d.generation == session.generation]
+                self._ready.clear()
+                self._soon.clear()
+                await asyncio.gather(*(self._republish(d, delay_to=None) for d in waiting))
+            except BrokerUnavailable:
+                logger.debug("giving back prefetched jobs failed; RabbitMQ requeues them")
+        await self.link.close()
+
+    async def _stop_consuming(self, session: Session) -> None:
+        tags, self._consumer_tags = self._consumer_tags, []
+        try:
+            for tag in tags:
+                await session.consumer.basic_cancel(tag)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise unavailable("cancel consumer", exc) from exc
+
+    # -- producer ----------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult]:
+        """Publish every job and return once RabbitMQ has confirmed all of them.
+
+        Publishes are pipelined on one channel (one round trip for the whole batch, not
+        one per job). Not atomic across jobs: if the connection drops mid-batch, some
+        are stored and the call raises, and a retried call stores those again
+        (at-least-once). A job with a `key` first claims it in the state store
+        (`compare_and_set` of the register `key:<key>`): a key claimed by another job
+        returns that job's id with `created=False`, and is not published.
+
+        Raises:
+            BrokerUnavailable: RabbitMQ is unreachable or refused a message.
+            ConfigurationError: `max_depth` (RabbitMQ cannot count and publish in one
+                step), or a key without a state store.
+        """
+        if max_depth is not None:
+            raise ConfigurationError(
+                "max_depth (backpressure) is not available on amqp://: RabbitMQ cannot "
+                "count a queue and publish to it in one atomic step"
+            )
+        results = await self._claim_keys(jobs)
+        fresh = [job for job, result in zip(jobs, results, strict=True) if result.created]
+        now_ms = self._now_ms()
+        for queue in {envelope.queue for envelope, _ in fresh}:
+            await self._declare_work(queue)
+        await asyncio.gather(
+            *(self._publish_new(envelope, payload, now_ms) for envelope, payload in fresh)
+        )
+        return results
+
+    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
+        results: list[EnqueueResult] = []
+        claimed: dict[str, str] = {}
+        for envelope, _ in jobs:
+            if envelope.key is None:
+                results.append(EnqueueResult(envelope.id, True))
+                continue
+            if self.state is None:
+                raise ConfigurationError(
+                    f"job {envelope.id} has a key ({envelope.key!r}); keys need a state "
+                    f"store: set {STATE_SETTING}"
+                )
+            owner = claimed.get(envelope.key)
+            if owner is None:
+                owner = (
+                    await self.state.compare_and_set(
+                        f"key:{envelope.key}", None, envelope.id, ttl_s=self.retention_s
+                    )
+                    or envelope.id
+                )
+                claimed[envelope.key] = owner
+            results.append(EnqueueResult(owner, owner == envelope.id))
+        return results
+
+    async def _publish_new(self, envelope: Envelope, payload: bytes, now_ms: int) -> None:
+        headers: FieldTable = {ATTEMPT_HEADER: 0}
+        due_ms = None if envelope.not_before is None else round(envelope.not_before * 1000)
+        if due_ms is not None and due_ms > now_ms:
+            headers[DUE_HEADER] = due_ms
+        if envelope.expires_at is not None:
+            headers[EXPIRES_HEADER] = round(envelope.expires_at * 1000)
+        await self._publish(
+            payload,
+            queue=envelope.queue,
+            job_id=envelope.id,
+            priority=topology.amqp_priority(envelope.priority),
+            headers=headers,
+            now_ms=now_ms,
+        )
+
+    async def _declare_work(self, queue: str) -> None:
+        """The work queue, bound by its name to the work exchange (where the delay
+        buckets dead-letter)."""
+        await self.link.declare_queue(
+            self.names.work(queue),
+            topology.work_arguments(self.settings.queue_type),
+            exchange=self.names.work_exchange,
+        )
+
+    async def _publish(
+        self,
+        payload: bytes,
+        *,
+        queue: str,
+        job_id: str,
+        priority: int,
+        headers: FieldTable,
+        now_ms: int,
+    ) -> None:
+        """Publish to the work queue, or to the delay bucket its due time asks for."""
+        due = headers.get(DUE_HEADER)
+        bucket = topology.bucket_for(due - now_ms) if isinstance(due, int) else None
+        exchange = ""
+        if bucket is not None:
+            name = self.names.bucket(bucket)
+            await self.link.declare_queue(
+                name,
+                topology.bucket_arguments(bucket, self.names.work_exchange),
+                exchange=self.names.delay_exchange,
+                exchange_type="headers",
+                binding={topology.DELAY_HEADER: bucket},
+            )
+            headers = {**headers, topology.DELAY_HEADER: bucket}
+            exchange = self.names.delay_exchange
+        properties = spec.Basic.Properties(
+            delivery_mode=2,
+            priority=priority,
+            message_id=job_id,
+            content_type="application/json",
+            headers=headers,
+        )
+        await self.link.publish(
+            payload, exchange=exchange, routing_key=self.names.work(queue), properties=properties
+        )
+
+    # -- consumer ----------------------------------------------------------------------
+
+    async def reserve(
+        self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to `limit` jobs already delivered to this process, highest priority
+        first, FIFO within a priority; never blocks (see `wait`).
+
+        The first call for a queue starts consuming it (with a prefetch of
+        `settings.prefetch`, or twice the largest `limit` seen).
+        """
+        session = await self.link.session()
+        await self._consume(session, queues, limit)
+        now = self.clock.now()
+        now_ms = round(now * 1000)
+        self._promote(now_ms)
+        leases: list[Lease] = []
+        skipped: list[_Delivery] = []
+        moves: list[Coroutine[object, object, None]] = []
+        while self._ready and len(leases) < limit:
+            delivery = heapq.heappop(self._ready)
+            if delivery.generation != session.generation:
+                continue  # its session is gone, and RabbitMQ requeued it
+            if delivery.queue not in queues:
+                skipped.append(delivery)
+            elif self._held_back(delivery, now_ms):
+                continue
+            elif (move := self._moved(delivery, now_ms)) is not None:
+                moves.append(move)
+            else:
+                leases.append(self._lease(delivery, now, lease_s))
+        for delivery in skipped:
+            heapq.heappush(self._ready, delivery)
+        if moves:
+            await asyncio.gather(*moves)
+        return leases
+
+    def _held_back(self, delivery: _Delivery, now_ms: int) -> bool:
+        """Keep a delivery due sooner than the shortest bucket here until it is due."""
+        due = delivery.header(DUE_HEADER)
+        if due is None or due <= now_ms + _EARLY_MS or topology.bucket_for(due - now_ms):
+            return False
+        heapq.heappush(self._soon, (due, delivery))
+        return True
+
+    def _moved(self, delivery: _Delivery, now_ms: int) -> Coroutine[object, object, None] | None:
+        """What a delivery needs before it may run: None if nothing (lease it), else
+        the ack of an expired job, or the republish that counts a crash or delays it
+        to the next bucket."""
+        expires = delivery.header(EXPIRES_HEADER)
+        if expires is not None and expires <= now_ms:
+            self.expired += 1
+            logger.info(
+                "job %s expired before it ran",
+                delivery.properties.message_id,
+                extra={"action": "job_expired", "job_id": delivery.properties.message_id},
+            )
+            return self._ack(delivery)
+        due = delivery.header(DUE_HEADER)
+        if delivery.deliver.redelivered:
+            return self._republish(delivery, delay_to=due, counted=1)
+        if due is not None and due > now_ms + _EARLY_MS:
+            return self._republish(delivery, delay_to=due)
+        return None
+
+    def _promote(self, now_ms: int) -> None:
+        while self._soon and self._soon[0][0] <= now_ms + _EARLY_MS:
+            _, delivery = heapq.heappop(self._soon)
+            heapq.heappush(self._ready, delivery)
+
+    def _lease(self, delivery: _Delivery, now: float, lease_s: float) -> Lease:
+        token = _token(delivery)
+        self._held[token] = delivery
+        return Lease(
+            job_id=str(delivery.properties.message_id),
+            token=token,
+            queue=delivery.queue,
+            attempt=(delivery.header(ATTEMPT_HEADER) or 0) + 1,
+            deadline=now + lease_s,
+            payload=delivery.message.body,
+        )
+
+    async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
+        """Return once a job may be ready for this process (a delivery arrived, or a
+        held one is due), or after `timeout_s`."""
+        if self._ready:
+            return
+        if self._soon:
+            timeout_s = min(timeout_s, max(0.0, self._soon[0][0] / 1000 - self.clock.now()))
+        self._arrived.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._arrived.wait()
+        except TimeoutError:
+            pass
+
+    async def _consume(self, session: Session, queues: Sequence[str], limit: int) -> None:
+        if session.generation != self._consuming_generation:
+            self._consuming = {}
+            self._consumer_tags = []
+            self._consuming_generation = session.generation
+            self._prefetch = 0
+        wanted = self.settings.prefetch or max(16, 2 * limit)
+        try:
+            if wanted > self._prefetch:
+                await session.consumer.basic_qos(prefetch_count=wanted, global_=True)
+                self._prefetch = wanted
+            for queue in queues:
+                name = self.names.work(queue)
+                if name in self._consuming:
+                    continue
+                await self._declare_work(queue)
+                ok = await session.consumer.basic_consume(
+                    name, self._receiver(queue, session.generation), no_ack=False
+                )
+                self._consumer_tags.append(str(ok.consumer_tag))
+                self._consuming[name] = queue
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise unavailable("consume", exc) from exc
+
+    def _receiver(self, queue: str, generation: int) -> aiormq.abc.ConsumerCallback:
+        async def receive(message: aiormq.abc.DeliveredMessage) -> None:
+            priority = message.header.properties.priority or 0
+            heapq.heappush(
+                self._ready,
+                _Delivery(
+                    (-priority, next(self._arrival)),
+                    queue,
+                    message,
+                    generation,
+                    time.monotonic(),
+                ),
+            )
+            self._arrived.set()
+
+        return receive
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
+        """True for each lease whose delivery is still held on the live session: RabbitMQ
+        keeps it for this process until it is settled or the connection ends, so there
+        is no deadline to push. Warns once per job that nears `consumer_timeout`."""
+        held: list[bool] = []
+        for lease in leases:
+            delivery = self._held.get(lease.token)
+            alive = delivery is not None and self._alive(delivery)
+            if alive and delivery is not None:
+                self._warn_timeout(delivery, lease_s)
+            held.append(alive)
+        return held
+
+    def _warn_timeout(self, delivery: _Delivery, lease_s: float) -> None:
+        limit = self.settings.consumer_timeout_s
+        age = time.monotonic() - delivery.received
+        if delivery.warned or age + lease_s < _TIMEOUT_WARNING * limit:
+            return
+        delivery.warned = True
+        logger.warning(
+            "job %s has run %.0f s, near RabbitMQ's consumer_timeout (%.0f s): the server "
+            "will then close the channel and give the job to another worker; raise "
+            "consumer_timeout in rabbitmq.conf (and consumer_timeout= in the amqp:// URL)",
+            delivery.properties.message_id,
+            age,
+            limit,
+            extra={"action": "lease_near_timeout", "job_id": delivery.properties.message_id},
+        )
+
+    def _take(self, lease: Lease) -> _Delivery:
+        """The delivery of a lease still held on the live session, now no longer held.
+
+        Raises:
+            LeaseLost: its session is gone (RabbitMQ requeued it), or it was settled.
+        """
+        delivery = self._held.pop(lease.token, None)
+        if delivery is None or not self._alive(delivery):
+            raise LeaseLost(f"job {lease.job_id}: its RabbitMQ delivery is no longer held")
+        return delivery
+
+    def _alive(self, delivery: _Delivery) -> bool:
+        """Whether the delivery's session is the live one (else RabbitMQ requeued it)."""
+        session = self.link.current
+        return session is not None and delivery.generation == session.generation
+
+    # -- settlement ----------------------------------------------------------------------
+
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """None: a delayed job comes out of its bucket by itself, pushed to a consumer
+        (`wait` returns then), so an idle worker need not wake up for it."""
+        return None
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """End each lease (see `Ending`): `ack` and `cancel` acknowledge the delivery;
+        `retry` and `defer` republish the job to its delay bucket (`retry` counting the
+        attempt), `bury` to the dead-letter queue, each acknowledging the delivery once
+        RabbitMQ confirmed the copy. False for a lease whose delivery is no longer held
+        (its connection ended: RabbitMQ requeued the job).
+
+        Raises:
+            BrokerUnavailable: a copy was not confirmed; those leases are still held
+                (the worker retries them), the others took effect.
+        """
+        outcomes = await asyncio.gather(
+            *(self._settle(item) for item in settlements), return_exceptions=True
+        )
+        done: list[bool] = []
+        failure: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                done.append(False)
+            else:
+                done.append(outcome)
+        if failure is not None:
+            raise failure
+        return done
+
+    async def _settle(self, item: Settlement) -> bool:
+        try:
+            delivery = self._take(item.lease)
+        except LeaseLost:
+            return False
+        try:
+            if item.ending in (Ending.ACK, Ending.CANCEL):
+                await self._ack(delivery)
+            elif item.ending is Ending.BURY:
+                assert item.error is not None  # Settlement checks it
+                await self._bury(delivery, item.lease.attempt, item.error)
+            else:
+                assert item.at is not None  # Settlement checks it
+                counted = 1 if item.ending is Ending.RETRY else 0
+                await self._republish(delivery, delay_to=round(item.at * 1000), counted=counted)
+        except BrokerUnavailable:
+            if self._alive(delivery):
+                self._held[_token(delivery)] = delivery  # not settled: still ours
+                raise
+            return False
+        return True
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Give jobs back at once, the attempt not counted; leases no longer held are
+        ignored."""
+        moves = []
+        for lease in leases:
+            try:
+                moves.append(self._republish(self._take(lease), delay_to=None))
+            except LeaseLost:
+                continue
+        await asyncio.gather(*moves)
+
+    async def _bury(self, delivery: _Delivery, attempt: int, error: ErrorInfo) -> None:
+        """Copy the job to its queue's dead-letter queue with `error`, then ack."""
+        name = self.names.dead(delivery.queue)
+        await self.link.declare_queue(name, topology.dead_arguments())
+        headers = dict(delivery.properties.headers or {})
+        headers[ATTEMPT_HEADER] = attempt
+        headers[ERROR_HEADER] = encode_error(error).decode()
+        properties = spec.Basic.Properties(
+            delivery_mode=2,
+            message_id=delivery.properties.message_id,
+            content_type="application/json",
+            headers=_clean(headers),
+        )
+        await self.link.publish(delivery.message.body, routing_key=name, properties=properties)
+        await self._ack(delivery)
+
+    async def _republish(
+        self, delivery: _Delivery, *, delay_to: int | None, counted: int = 0
+    ) -> None:
+        """Publish a copy of the delivery (due at `delay_to` ms, attempts `+counted`),
+        then ack the original once the copy is confirmed."""
+        headers = dict(delivery.properties.headers or {})
+        headers[ATTEMPT_HEADER] = (delivery.header(ATTEMPT_HEADER) or 0) + counted
+        if delay_to is not None:
+            headers[DUE_HEADER] = delay_to
+        else:
+            headers.pop(DUE_HEADER, None)
+        await self._publish(
+            delivery.message.body,
+            queue=delivery.queue,
+            job_id=str(delivery.properties.message_id),
+            priority=delivery.properties.priority or 0,
+            headers=_clean(headers),
+            now_ms=self._now_ms(),
+        )
+        await self._ack(delivery)
+
+    async def _ack(self, delivery: _Delivery) -> None:
+        try:
+            await delivery.message.channel.basic_ack(delivery.tag)
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            # The channel is gone, so RabbitMQ requeued the message: the copy we may
+            # have published makes it at-least-once, never lost.
+            raise unavailable("ack", exc) from exc
+
+    def _now_ms(self) -> int:
+        return round(self.clock.now() * 1000)
+
+
+def _token(delivery: _Delivery) -> str:
+    """A lease's token: its session and delivery tag, unique for the process's life."""
+    return f"{delivery.generation}.{delivery.tag}"
+
+
+def _clean(headers: FieldTable) -> FieldTable:
+    """Headers for a republished copy: RabbitMQ's dead-lettering history (`x-death`,
+    `x-first-death-*`) and the old bucket's routing header are dropped, so a job that
+    hops through many buckets keeps a small message."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if not name.startswith("x-") and name != topology.DELAY_HEADER
+    }

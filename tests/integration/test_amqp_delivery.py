@@ -1,0 +1,336 @@
+"""The RabbitMQ delivery layer against the real server: confirms, prefetch, leases that
+end with the connection, priorities, delays through TTL buckets, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiormq
+import pytest
+
+from offload.brokers.amqp import AmqpDelivery, open_broker
+from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER
+from offload.brokers.memory import MemoryBroker
+from offload.brokers.records import Lease
+from offload.brokers.roles import Settlement
+from offload.clock import SystemClock
+from offload.codec import decode_error
+from offload.errors import ConfigurationError, LeaseLost
+from tests.conformance.helpers import BOOM, make_job
+
+MakeDelivery = Callable[..., Awaitable[AmqpDelivery]]
+CLOCK = SystemClock()
+
+
+@pytest.fixture
+async def make_delivery(amqp_url: str) -> AsyncIterator[MakeDelivery]:
+    """Connected delivery layers on this test's prefix (each its own connection, as
+    separate worker processes have); closed after the test."""
+    made: list[AmqpDelivery] = []
+
+    async def make(**params: str) -> AmqpDelivery:
+        url = amqp_url + "".join(f"&{k}={v}" for k, v in params.items())
+        delivery = AmqpDelivery(url)
+        await delivery.connect()
+        made.append(delivery)
+        return delivery
+
+    yield make
+    for delivery in made:
+        await delivery.close()
+
+
+async def take(
+    delivery: AmqpDelivery,
+    count: int,
+    *,
+    queues: tuple[str, ...] = ("default",),
+    within: float = 10,
+) -> list[Lease]:
+    """Reserve until `count` leases came back (fails after `within` seconds)."""
+    leases: list[Lease] = []
+    deadline = time.monotonic() + within
+    while len(leases) < count:
+        assert time.monotonic() < deadline, f"only {len(leases)} of {count} jobs arrived"
+        leases += await delivery.reserve(
+            queues, worker_id="w", lease_s=30, limit=count - len(leases)
+        )
+        if len(leases) < count:
+            await delivery.wait(queues, 0.2)
+    return leases
+
+
+async def nothing_within(delivery: AmqpDelivery, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert await delivery.reserve(("default",), worker_id="w", lease_s=30, limit=10) == []
+        await delivery.wait(("default",), 0.05)
+
+
+async def enqueue(delivery: AmqpDelivery, **fields: Any) -> str:
+    envelope, payload = make_job(CLOCK, **fields)
+    [result] = await delivery.enqueue([(envelope, payload)])
+    assert result.created and result.id == envelope.id
+    return envelope.id
+
+
+async def test_enqueued_jobs_are_reserved_once_with_their_payload(
+    make_delivery: MakeDelivery,
+) -> None:
+    delivery = await make_delivery()
+    jobs = [make_job(CLOCK, args=[i]) for i in range(20)]
+    await delivery.enqueue(jobs)
+    leases = await take(delivery, 20)
+    assert sorted(lease.job_id for lease in leases) == sorted(e.id for e, _ in jobs)
+    assert {lease.payload for lease in leases} == {payload for _, payload in jobs}
+    assert {lease.attempt for lease in leases} == {1}
+    assert await delivery.settle_many([Settlement.ack(x, None) for x in leases]) == [True] * 20
+    await nothing_within(delivery, 0.3)
+
+
+async def test_higher_priority_is_reserved_first_fifo_within_a_priority(
+    make_delivery: MakeDelivery,
+) -> None:
+    producer = await make_delivery()
+    order = [("low1", -3), ("high", 4), ("mid1", 0), ("low2", -3), ("mid2", 0)]
+    ids = {name: await enqueue(producer, priority=p) for name, p in order}
+    consumer = await make_delivery()
+    leases = await take(consumer, 5)
+    names = {v: k for k, v in ids.items()}
+    assert [names[lease.job_id] for lease in leases] == ["high", "mid1", "mid2", "low1", "low2"]
+
+
+#: A worker that holds one job and never settles it, until it is killed.
+HOLDER = """
+import asyncio, sys
+from offload.brokers import from_url
+from offload.brokers.amqp import AmqpDelivery
+from offload.brokers.memory import MemoryBroker
+
+async def main():
+    delivery = AmqpDelivery(sys.argv[1])
+    while not (leases := await delivery.reserve(("default",), worker_id="x", lease_s=30, limit=1)):
+        await delivery.wait(("default",), 0.2)
+    print(leases[0].job_id, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_consumers_job_goes_to_another_with_the_attempt_counted(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    producer = await make_delivery()
+    job_id = await enqueue(producer)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, amqp_url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), 30)
+        assert line.decode().strip() == job_id
+        other = await make_delivery()
+        await nothing_within(other, 0.5)  # held by the living worker: nobody else gets it
+        holder.kill()  # kill -9: no goodbye to RabbitMQ
+        [again] = await take(other, 1)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
+    assert (again.job_id, again.attempt) == (job_id, 2)
+
+
+async def test_a_lease_ends_with_its_connection(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    session = delivery.link.current
+    assert session is not None
+    await session.connection.close()
+    assert await delivery.extend([lease], 30) == [False]
+    assert await delivery.settle_many([Settlement.ack(lease, None)]) == [False]
+    with pytest.raises(LeaseLost):
+        await delivery.bury(lease, error=BOOM)
+    [again] = await take(delivery, 1)  # reconnected on this call; the job was requeued
+    assert (again.job_id, again.attempt) == (lease.job_id, 2)
+
+
+async def test_extend_holds_while_the_delivery_is_held_and_ack_ends_it(
+    make_delivery: MakeDelivery,
+) -> None:
+    delivery = await make_delivery()
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    other = await make_delivery()
+    await nothing_within(other, 0.3)  # held: nobody else gets it
+    assert await delivery.extend([lease], 30) == [True]
+    assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
+    assert await delivery.extend([lease], 30) == [False]
+    with pytest.raises(LeaseLost):
+        await delivery.retry(lease, at=CLOCK.now(), error=BOOM)
+
+
+async def test_a_retry_waits_in_a_delay_bucket_and_counts_the_attempt(
+    make_delivery: MakeDelivery,
+) -> None:
+    delivery = await make_delivery()
+    job_id = await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    due = CLOCK.now() + 0.6
+    await delivery.retry(lease, at=due, error=BOOM)
+    [again] = await take(delivery, 1)
+    assert CLOCK.now() >= due - 0.002
+    assert (again.job_id, again.attempt) == (job_id, 2)
+
+
+async def test_a_delayed_job_hops_through_buckets_and_starts_on_time(
+    make_delivery: MakeDelivery,
+) -> None:
+    delivery = await make_delivery()
+    due = CLOCK.now() + 0.9  # buckets of 512, 256 and 128 ms, the rest held
+    job_id = await enqueue(delivery, not_before=due)
+    await nothing_within(delivery, 0.5)
+    [lease] = await take(delivery, 1)
+    assert CLOCK.now() >= due - 0.002
+    assert CLOCK.now() < due + 1.0
+    assert (lease.job_id, lease.attempt) == (job_id, 1)
+
+
+async def test_defer_and_release_do_not_count_the_attempt(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    await delivery.defer(lease, at=CLOCK.now() + 0.2)
+    [deferred] = await take(delivery, 1)
+    assert deferred.attempt == 1
+    await delivery.release([deferred])
+    await delivery.close()  # as a stopping worker does; what it had prefetched goes back too
+    other = await make_delivery()
+    [released] = await take(other, 1)
+    assert released.attempt == 1
+
+
+async def test_bury_moves_the_job_to_the_dead_letter_queue_with_its_reason(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    delivery = await make_delivery()
+    job_id = await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    await delivery.bury(lease, error=BOOM)
+    await nothing_within(delivery, 0.3)
+    connection = await aiormq.connect(amqp_url.partition("?")[0])
+    try:
+        channel = await connection.channel()
+        message = await channel.basic_get(delivery.names.dead("default"), no_ack=True)
+    finally:
+        await connection.close()
+    headers = message.header.properties.headers or {}
+    assert message.header.properties.message_id == job_id
+    assert message.body == lease.payload
+    assert decode_error(headers[ERROR_HEADER]) == BOOM  # type: ignore[arg-type]
+    assert headers[ATTEMPT_HEADER] == 1
+
+
+async def test_prefetch_bounds_the_jobs_a_consumer_holds(make_delivery: MakeDelivery) -> None:
+    producer = await make_delivery()
+    await producer.enqueue([make_job(CLOCK) for _ in range(6)])
+    greedy = await make_delivery(prefetch="2")
+    first = await take(greedy, 2)
+    await asyncio.sleep(0.3)
+    assert await greedy.reserve(("default",), worker_id="w", lease_s=30, limit=10) == []
+    other = await make_delivery(prefetch="10")
+    assert len(await take(other, 4)) == 4
+    assert await greedy.settle_many([Settlement.ack(x, None) for x in first]) == [True, True]
+
+
+async def test_a_job_past_its_expiry_is_not_run(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    await enqueue(delivery, expires_at=CLOCK.now() + 0.1)
+    live = await enqueue(delivery, expires_at=CLOCK.now() + 60)
+    await asyncio.sleep(0.3)
+    [lease] = await take(delivery, 1)
+    assert lease.job_id == live
+    assert delivery.expired == 1
+
+
+async def test_each_worker_reserves_only_its_queues(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    in_q1 = await enqueue(delivery, queue="q1")
+    in_q2 = await enqueue(delivery, queue="q2")
+    [first] = await take(delivery, 1, queues=("q2",))
+    assert (first.job_id, first.queue) == (in_q2, "q2")
+    [second] = await take(delivery, 1, queues=("q1", "q2"))
+    assert (second.job_id, second.queue) == (in_q1, "q1")
+
+
+async def test_one_settle_many_call_ends_leases_in_every_way(
+    make_delivery: MakeDelivery,
+) -> None:
+    delivery = await make_delivery()
+    ids = [await enqueue(delivery, args=[i]) for i in range(5)]
+    leases = {lease.job_id: lease for lease in await take(delivery, 5)}
+    now = CLOCK.now()
+    acked, retried, buried, deferred, cancelled = (leases[i] for i in ids)
+    stale = Lease(acked.job_id, "0.0", "default", 1, now, b"")
+    done = await delivery.settle_many(
+        [
+            Settlement.ack(acked, b"1"),
+            Settlement.retry(retried, at=now, error=BOOM),
+            Settlement.bury(buried, error=BOOM),
+            Settlement.defer(deferred, at=now),
+            Settlement.cancel(cancelled, error=BOOM),
+            Settlement.ack(stale, None),
+        ]
+    )
+    assert done == [True, True, True, True, True, False]
+    again = {lease.job_id: lease.attempt for lease in await take(delivery, 2)}
+    assert again == {retried.job_id: 2, deferred.job_id: 1}
+    await nothing_within(delivery, 0.3)
+
+
+async def test_a_key_is_claimed_in_the_state_store_once(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    state = MemoryBroker("memory://")
+    delivery.attach_state(state)
+    first, second, third = (make_job(CLOCK, key="invoice-7") for _ in range(3))
+    results = await delivery.enqueue([first, second])
+    assert [(r.id, r.created) for r in results] == [(first[0].id, True), (first[0].id, False)]
+    [later] = await delivery.enqueue([third])
+    assert (later.id, later.created) == (first[0].id, False)
+    [lease] = await take(delivery, 1)
+    assert lease.job_id == first[0].id
+    await nothing_within(delivery, 0.3)
+
+
+async def test_what_needs_a_state_store_says_which_setting_gives_one(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"state= in the amqp:// URL") as caught:
+        open_broker(amqp_url.replace("guest:guest", "guest:s3cret"))
+    assert "flow, inspection, fleet, signals" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    delivery = await make_delivery()
+    with pytest.raises(ConfigurationError, match=r"keys need a state store: set state="):
+        await delivery.enqueue([make_job(CLOCK, key="k")])
+    with pytest.raises(ConfigurationError, match="max_depth"):
+        await delivery.enqueue([make_job(CLOCK)], max_depth=10)
+
+
+async def test_a_job_nearing_the_consumer_timeout_is_warned_about_once(
+    make_delivery: MakeDelivery, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = await make_delivery(consumer_timeout="10")
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    assert await delivery.extend([lease], 2) == [True]
+    assert "consumer_timeout" not in caplog.text
+    assert await delivery.extend([lease], 9) == [True]  # the next heartbeat may be too late
+    assert await delivery.extend([lease], 9) == [True]
+    warnings = [r for r in caplog.records if "consumer_timeout" in r.getMessage()]
+    assert len(warnings) == 1
+    assert lease.job_id in warnings[0].getMessage()
