@@ -20,15 +20,27 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from offload.envelope import Envelope, ErrorInfo
 
 if TYPE_CHECKING:
     from offload.brokers.base import Lease
-    from offload.worker import Worker
 
-__all__ = ["OUTCOMES", "Hook", "Hooks", "Run", "RunOutcome"]
+__all__ = ["OUTCOMES", "Hook", "HookedWorker", "Hooks", "Run", "RunOutcome"]
+
+
+class HookedWorker(Protocol):
+    """What a hook is handed of the worker that starts or stops (an
+    `offload.worker.Worker`). A protocol rather than the class: the producer runs hooks
+    too, and the modules below the worker import nothing of it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def queues(self) -> list[str]: ...
+
 
 logger = logging.getLogger("offload.hooks")
 
@@ -114,10 +126,10 @@ class Hook:
     def on_dead(self, run: Run) -> None:
         return None
 
-    def on_worker_start(self, worker: Worker) -> None:
+    def on_worker_start(self, worker: HookedWorker) -> None:
         return None
 
-    def on_worker_stop(self, worker: Worker) -> None:
+    def on_worker_stop(self, worker: HookedWorker) -> None:
         return None
 
     def on_broker_error(self, what: str, error: BaseException) -> None:
@@ -200,10 +212,10 @@ class Hooks:
             self._each("on_dead", lambda h: h.on_dead(run), run.job_id)
         self._each("after_run", lambda h: h.after_run(run), run.job_id)
 
-    def worker_started(self, worker: Worker) -> None:
+    def worker_started(self, worker: HookedWorker) -> None:
         self._each("on_worker_start", lambda h: h.on_worker_start(worker), None)
 
-    def worker_stopped(self, worker: Worker) -> None:
+    def worker_stopped(self, worker: HookedWorker) -> None:
         self._each("on_worker_stop", lambda h: h.on_worker_stop(worker), None)
 
     def broker_error(self, what: str, error: BaseException) -> None:

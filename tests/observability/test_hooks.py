@@ -10,8 +10,7 @@ import pytest
 
 from offload import Backoff, JobState, Offload, Retry
 from offload.envelope import Envelope
-from offload.hooks import Hook, Run
-from offload.worker import Worker
+from offload.hooks import Hook, HookedWorker, Run
 from tests.conftest import BROKER_NAMES
 from tests.observability.helpers import all_ended, run_worker_until
 
@@ -45,10 +44,10 @@ class Recorder(Hook):
         assert run.error is not None
         self.events.append(("on_dead", run.task, run.attempt, run.error.type))
 
-    def on_worker_start(self, worker: Worker) -> None:
+    def on_worker_start(self, worker: HookedWorker) -> None:
         self.events.append(("on_worker_start",))
 
-    def on_worker_stop(self, worker: Worker) -> None:
+    def on_worker_stop(self, worker: HookedWorker) -> None:
         self.events.append(("on_worker_stop",))
 
     def of(self, task: str) -> list[tuple[object, ...]]:
@@ -78,10 +77,10 @@ class Exploding(Hook):
     def on_dead(self, run: Run) -> None:
         raise RuntimeError("on_dead broke")
 
-    def on_worker_start(self, worker: Worker) -> None:
+    def on_worker_start(self, worker: HookedWorker) -> None:
         raise RuntimeError("on_worker_start broke")
 
-    def on_worker_stop(self, worker: Worker) -> None:
+    def on_worker_stop(self, worker: HookedWorker) -> None:
         raise RuntimeError("on_worker_stop broke")
 
 

@@ -10,56 +10,26 @@ module globals, so a process may serve several. It reaches the broker through th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from offload._redact import redact_url
 from offload.app import Offload
 from offload.codec import dumps_pretty
 from offload.dashboard import actions, pages
 from offload.dashboard.queries import STATES
-from offload.dashboard.security import Access, Authorize, SecurityHeaders, csrf_token
+from offload.dashboard.security import Access, Authorize, SecurityHeaders
+from offload.dashboard.state import Dashboard
 
 __all__ = ["Dashboard", "create_app"]
 
 _HERE = Path(str(files("offload.dashboard")))
-
-
-@dataclass(slots=True)
-class Dashboard:
-    """What every request handler needs: the app, the access rules, the templates."""
-
-    offload: Offload
-    access: Access
-    env: Environment
-    title: str
-
-    def render(
-        self, request: Request, template: str, status: int = 200, **context: Any
-    ) -> Response:
-        """A page; every value is escaped by the template environment (autoescape)."""
-        page = self.env.get_template(template).render(
-            request=request,
-            root=request.scope.get("root_path", ""),
-            csrf=csrf_token(request),
-            access=self.access,
-            title=self.title,
-            broker=redact_url(self.offload.url),
-            notice=pages.notice(request),
-            **context,
-        )
-        return HTMLResponse(page, status_code=status)
 
 
 def create_app(

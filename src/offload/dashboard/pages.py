@@ -7,7 +7,6 @@ renders a template; none changes anything, so none needs a CSRF token.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -24,10 +23,8 @@ from offload.dashboard.queries import (
     schedule_rows,
     workflow_tree,
 )
+from offload.dashboard.state import dashboard, notice
 from offload.envelope import JobState
-
-if TYPE_CHECKING:
-    from offload.dashboard.app import Dashboard
 
 __all__ = [
     "dashboard",
@@ -45,26 +42,6 @@ __all__ = [
 
 PAGE_SIZE = 50
 
-#: What an action reports after its redirect, by code: the page never prints text
-#: taken from the URL, so a crafted link cannot put words in the dashboard's mouth.
-NOTICES = {
-    "cancelled": "Cancel sent: {n} job(s) cancelled or flagged.",
-    "not-cancelled": "Nothing to cancel: the job has already ended.",
-    "replayed": "Replayed {n} dead job(s): queued again with their attempts reset.",
-    "replayed-edited": "Replayed as a new job with the edited arguments.",
-    "purged": "Purged {n} dead job(s).",
-    "paused": "Paused: workers stop taking its jobs within a second; enqueues still land.",
-    "resumed": "Resumed: workers take its jobs again.",
-    "unchanged": "Nothing changed: it already was in that state.",
-    "signed-in": "Signed in.",
-    "signed-out": "Signed out.",
-}
-
-
-def dashboard(request: Request) -> Dashboard:
-    state: Dashboard = request.app.state.dashboard
-    return state
-
 
 def redirect(request: Request, path: str, **query: str | int) -> Response:
     """303 to `path` inside the dashboard (its prefix added), with a notice code."""
@@ -74,14 +51,6 @@ def redirect(request: Request, path: str, **query: str | int) -> Response:
     if query:
         target += ("&" if "?" in target else "?") + urlencode(query)
     return RedirectResponse(target, status_code=303)
-
-
-def notice(request: Request) -> str | None:
-    template = NOTICES.get(request.query_params.get("notice", ""))
-    if template is None:
-        return None
-    n = request.query_params.get("n", "")
-    return template.format(n=int(n) if n.isdigit() else "?")
 
 
 async def guard(request: Request) -> Response | None:

@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from offload import OffloadError
 from offload.demo import ENV_MAILDIR
-from offload.demo.signup import SignupDemo, UserStore
+from offload.demo.signup import SignupDemo, UserStore, validate_signup
 
 __all__ = ["inbox_page", "signup_form", "signup_page"]
 
@@ -67,8 +67,6 @@ local SMTP server that refuses each message twice before it accepts it. Watch it
 
 async def signup_form(request: Request) -> Response:
     """`POST /signup/form`: sign up from the form, then go to the inbox."""
-    from offload.demo.web import validate_signup  # web.py imports this module
-
     demo: SignupDemo = request.app.state.demo
     form = await request.form()
     email, name, errors = validate_signup({"email": form.get("email"), "name": form.get("name")})

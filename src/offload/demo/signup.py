@@ -22,6 +22,7 @@ so the receiving side can drop the one duplicate neither can prevent (see
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from offload.demo.users_pg import PostgresUserStore
 
 __all__ = [
+    "MAX_EMAIL_LENGTH",
     "CLEANUP_AFTER_S",
     "CLEANUP_CRON",
     "CLEANUP_TASK",
@@ -58,6 +60,7 @@ __all__ = [
     "SignupDemo",
     "User",
     "UserStore",
+    "validate_signup",
     "Verification",
     "app",
     "build",
@@ -267,3 +270,35 @@ def _user_store(config: DemoConfig, broker_url: str) -> UserStore | PostgresUser
 default = build(DemoConfig.from_env(), os.environ.get("OFFLOAD_URL"))
 app = default.app
 send_verification = default.send_verification
+
+
+# -- the sign-up form's rules (the web app's JSON API and form both apply them) ----
+
+#: Deliberately loose: one @, no spaces, a dot in the domain. Real validation is
+#: sending the email, which is what the code is for.
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: Longest accepted name, in characters.
+MAX_NAME_LENGTH = 100
+#: Longest accepted email address, in characters (RFC 5321's path limit, less the <>).
+MAX_EMAIL_LENGTH = 254
+
+
+def validate_signup(payload: Any) -> tuple[str, str, dict[str, str]]:
+    """`(email, name, errors)`: the normalised fields, and a message per bad field."""
+    if not isinstance(payload, dict):
+        return "", "", {"body": "expected a JSON object with 'email' and 'name'"}
+    errors: dict[str, str] = {}
+    email = payload.get("email")
+    name = payload.get("name")
+    if isinstance(email, str) and len(email.strip()) > MAX_EMAIL_LENGTH:
+        errors["email"] = f"an email address has at most {MAX_EMAIL_LENGTH} characters"
+    elif not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
+        errors["email"] = "a valid email address is required"
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "a name is required"
+    elif len(name.strip()) > MAX_NAME_LENGTH:
+        errors["name"] = f"a name has at most {MAX_NAME_LENGTH} characters"
+    if errors:
+        return "", "", errors
+    assert isinstance(email, str) and isinstance(name, str)
+    return email.strip().lower(), name.strip(), {}

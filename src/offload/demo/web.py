@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -30,46 +29,26 @@ from offload import OffloadError
 from offload.dashboard import create_app as create_dashboard
 from offload.demo import ENV_DASHBOARD_TOKEN, ENV_PARENT_PID
 from offload.demo.pages import inbox_page, signup_form, signup_page
-from offload.demo.signup import SignupDemo, User, UserStore, Verification, default
+from offload.demo.signup import (
+    MAX_EMAIL_LENGTH,
+    SignupDemo,
+    User,
+    UserStore,
+    Verification,
+    default,
+    validate_signup,
+)
 
 if TYPE_CHECKING:
     from offload.demo.users_pg import PostgresUserStore
 
 __all__ = ["MAX_BODY_BYTES", "MAX_EMAIL_LENGTH", "create_web", "validate_signup", "web"]
 
-#: Deliberately loose: one @, no spaces, a dot in the domain. Real validation is
-#: sending the email, which is what the code is for.
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-#: Longest accepted name, in characters.
-MAX_NAME_LENGTH = 100
-#: Longest accepted email address, in characters (RFC 5321's path limit, less the <>).
-MAX_EMAIL_LENGTH = 254
 #: Largest accepted request body, in bytes: a sign-up is a few dozen. A larger one is
 #: refused (413) before it is read, so nobody can make the server hold megabytes.
 MAX_BODY_BYTES = 16 * 1024
 #: How often the web server checks that `offload demo` still runs, in seconds.
 ORPHAN_CHECK_S = 1.0
-
-
-def validate_signup(payload: Any) -> tuple[str, str, dict[str, str]]:
-    """`(email, name, errors)`: the normalised fields, and a message per bad field."""
-    if not isinstance(payload, dict):
-        return "", "", {"body": "expected a JSON object with 'email' and 'name'"}
-    errors: dict[str, str] = {}
-    email = payload.get("email")
-    name = payload.get("name")
-    if isinstance(email, str) and len(email.strip()) > MAX_EMAIL_LENGTH:
-        errors["email"] = f"an email address has at most {MAX_EMAIL_LENGTH} characters"
-    elif not isinstance(email, str) or not EMAIL_RE.match(email.strip()):
-        errors["email"] = "a valid email address is required"
-    if not isinstance(name, str) or not name.strip():
-        errors["name"] = "a name is required"
-    elif len(name.strip()) > MAX_NAME_LENGTH:
-        errors["name"] = f"a name has at most {MAX_NAME_LENGTH} characters"
-    if errors:
-        return "", "", errors
-    assert isinstance(email, str) and isinstance(name, str)
-    return email.strip().lower(), name.strip(), {}
 
 
 def _demo(request: Request) -> SignupDemo:
