@@ -14,13 +14,16 @@ worker kills the busy children (`halt`), so their jobs can be given back at once
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import threading
 import time
 import traceback
+import weakref
 from contextlib import suppress
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -101,6 +104,7 @@ class _Child:
             target=_child_main, args=(child_conn, os.getpid()), name="offload-child", daemon=True
         )
         self.process.start()
+        _LIVE.add(self)
         child_conn.close()
 
     def stop(self) -> None:
@@ -112,6 +116,20 @@ class _Child:
     def kill(self) -> None:
         self.stop()
         self.conn.close()
+
+
+#: Every child not yet collected, for `_kill_at_exit`.
+_LIVE: weakref.WeakSet[_Child] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_at_exit() -> None:
+    """Kill the children of runners nobody closed. A child ignores SIGTERM (a job runs
+    to its end at shutdown), and multiprocessing's own exit hook terminates daemonic
+    children with SIGTERM and then joins them: it would wait forever. Registered after
+    that hook (`multiprocessing.util` is imported above), so it runs before it."""
+    for child in list(_LIVE):
+        child.stop()
 
 
 class ProcessRunner:
