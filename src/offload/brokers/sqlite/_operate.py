@@ -16,19 +16,19 @@ _Q = named_queries("offload.brokers.sqlite", "operate.sql")
 
 
 def set_paused(store: Store, name: str, paused: bool) -> bool:
-    with store._write() as now:
+    with store.write() as now:
         if paused:
-            return store._conn.execute(_Q["pause_set"], (name, now)).rowcount == 1
-        return store._conn.execute(_Q["pause_clear"], (name,)).rowcount == 1
+            return store.conn.execute(_Q["pause_set"], (name, now)).rowcount == 1
+        return store.conn.execute(_Q["pause_clear"], (name,)).rowcount == 1
 
 
 def paused(store: Store) -> dict[str, float]:
-    return {name: float(at) for name, at in store._conn.execute(_Q["paused"])}
+    return {name: float(at) for name, at in store.conn.execute(_Q["paused"])}
 
 
 def record_attempt(store: Store, job_id: str, token: str, record: bytes, keep: int) -> None:
-    conn = store._conn
-    with store._write():
+    conn = store.conn
+    with store.write():
         last = conn.execute(_Q["attempt_last"], (job_id,)).fetchone()
         if last is not None and last[1] == token:
             return
@@ -38,11 +38,11 @@ def record_attempt(store: Store, job_id: str, token: str, record: bytes, keep: i
 
 
 def attempt_records(store: Store, job_id: str) -> tuple[list[bytes], int]:
-    rows = store._conn.execute(_Q["attempts"], (job_id,)).fetchall()
+    rows = store.conn.execute(_Q["attempts"], (job_id,)).fetchall()
     return [bytes(r[1]) for r in rows], (int(rows[0][0]) - 1 if rows else 0)
 
 
 def forget_orphans(store: Store) -> None:
     """Drop the history of purged jobs (run by `sweep`)."""
-    with store._write():
-        store._conn.execute(_Q["attempts_orphans"])
+    with store.write():
+        store.conn.execute(_Q["attempts_orphans"])

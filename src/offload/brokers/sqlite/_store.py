@@ -19,7 +19,7 @@ import os
 import sqlite3
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
@@ -99,6 +99,17 @@ class Store:
 
     def close(self) -> None:
         self._closer()
+
+    # The surface that statements kept in modules of their own (`_operate.py`) run on:
+    # the connection, and the write transaction every other operation uses.
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    def write(self) -> AbstractContextManager[float]:
+        """One BEGIN IMMEDIATE transaction, as `_write`; yields `now`."""
+        return self._write()
 
     def run(self, fn: Callable[[Store, *Ts], T], *args: *Ts) -> T:
         """`fn(self, *args)`, retried while another connection holds the lock."""
