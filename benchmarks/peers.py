@@ -183,7 +183,8 @@ class Phase:
         self.adapter.fill(n)
         if self.adapter.bulk_api:
             out["enqueue_bulk"] = n / (time.perf_counter() - started)
-        out["memory"] = (self.storage() - before) / n
+        if self.adapter.queues_in_redis or self.adapter.storage_bytes() is not None:
+            out["memory"] = (self.storage() - before) / n
         self.start_workers(processes)
         self.wait_done(n, self.args.timeout)
         out[f"process{processes}"] = self.processing_rate(n)

@@ -34,6 +34,9 @@ class Adapter:
     bulk_api: str | None = None
     #: Whether the system can enqueue delayed jobs (for the delayed-depth row).
     supports_delay = True
+    #: Whether its queued jobs live in the benchmark's Redis (whose `used_memory` then
+    #: gives the bytes per queued job); False for RabbitMQ, whose cell is n/a.
+    queues_in_redis = True
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         self.redis_url = redis_url

@@ -42,6 +42,7 @@ class CeleryRabbitAdapter(Adapter):
         "no result backend, acks on receipt, without gossip/mingle/heartbeat"
     )
     bulk_api = "`group(...).apply_async()`"
+    queues_in_redis = False
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)

@@ -31,6 +31,7 @@ class DramatiqRabbitAdapter(Adapter):
     name = "Dramatiq (RabbitMQ)"
     config = "`dramatiq -p K -t 8` on RabbitMQ (pika; default threads and prefetch), max_retries=0"
     bulk_api = "`group([...]).run()`"
+    queues_in_redis = False
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)
