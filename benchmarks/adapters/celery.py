@@ -12,6 +12,7 @@ publishes them one by one over one connection).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery, group
 
@@ -22,21 +23,29 @@ from adapters.base import Adapter, tool
 #: our runs faster than `solo`, `threads` and `prefork` for no-op tasks.
 POOL = os.environ.get("BENCH_CELERY_POOL", "gevent")
 
-app = Celery("bench", broker=_probe.redis_url())
-app.conf.update(
-    task_ignore_result=True,
-    worker_prefetch_multiplier=128,
-    worker_disable_rate_limits=True,
-    task_acks_late=False,
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-)
+
+def make_app(broker_url: str, **conf: Any) -> tuple[Celery, Any]:
+    """A Celery app on `broker_url` with the settings above, and its `noop` task."""
+    app = Celery("bench", broker=broker_url)
+    app.conf.update(
+        task_ignore_result=True,
+        worker_prefetch_multiplier=128,
+        worker_disable_rate_limits=True,
+        task_acks_late=False,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        **conf,
+    )
+
+    @app.task(name="noop")
+    def noop(t: float) -> None:
+        _probe.record(t)
+        _probe.io()
+
+    return app, noop
 
 
-@app.task(name="noop")
-def noop(t: float) -> None:
-    _probe.record(t)
-    _probe.io()
+app, noop = make_app(_probe.redis_url())
 
 
 class CeleryAdapter(Adapter):
@@ -46,24 +55,28 @@ class CeleryAdapter(Adapter):
         "acks on receipt, without gossip/mingle/heartbeat; 2 processes = 2 nodes"
     )
     bulk_api = "`group(...).apply_async()`"
+    pool = POOL
+    #: The module `celery -A` loads, and the queue its workers take (None: the default).
+    module = "adapters.celery"
+    queue: str | None = None
+    task: Any = noop
 
     def _one(self, t: float) -> None:
-        noop.delay(t)
+        self.task.delay(t)
 
     def _bulk(self, n: int) -> None:
-        group(noop.s(0.0) for _ in range(n)).apply_async()
+        group(self.task.s(0.0) for _ in range(n)).apply_async()
 
     def _delayed(self, n: int, delay_s: float) -> None:
         for _ in range(n):
-            noop.apply_async((0.0,), countdown=delay_s)
-
-    pool = POOL
+            self.task.apply_async((0.0,), countdown=delay_s)
 
     def workers(self, processes: int) -> list[list[str]]:
         concurrency = {"solo": "1", "threads": "8"}.get(self.pool, "100")
+        queue = ["-Q", self.queue] if self.queue else []
         return [
-            [tool("celery"), "-A", "adapters.celery", "worker", "-P", self.pool, "-c", concurrency,
-             "-n", f"bench{i}@%h", "--without-gossip", "--without-mingle",
+            [tool("celery"), "-A", self.module, "worker", "-P", self.pool, "-c", concurrency,
+             "-n", f"bench{i}@%h", *queue, "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-l", "WARNING"]
             for i in range(processes)
         ]  # fmt: skip

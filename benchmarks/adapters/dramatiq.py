@@ -9,6 +9,8 @@ enqueues them one by one).
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
@@ -29,16 +31,20 @@ class DramatiqAdapter(Adapter):
     name = "Dramatiq"
     config = "`dramatiq -p K -t 8` (default threads and prefetch), max_retries=0"
     bulk_api = "`group([...]).run()`"
+    #: The module `dramatiq` loads (its broker and actor), and that actor.
+    module = "adapters.dramatiq"
+    actor: Any = noop
 
     def _one(self, t: float) -> None:
-        noop.send(t)
+        self.actor.send(t)
 
     def _bulk(self, n: int) -> None:
-        dramatiq.group([noop.message(0.0) for _ in range(n)]).run()
+        messages = [self.actor.message(0.0) for _ in range(n)]
+        dramatiq.group(messages, broker=self.actor.broker).run()
 
     def _delayed(self, n: int, delay_s: float) -> None:
         for _ in range(n):
-            noop.send_with_options(args=(0.0,), delay=int(delay_s * 1000))
+            self.actor.send_with_options(args=(0.0,), delay=int(delay_s * 1000))
 
     def workers(self, processes: int) -> list[list[str]]:
-        return [[tool("dramatiq"), "adapters.dramatiq", "-p", str(processes), "-t", "8"]]
+        return [[tool("dramatiq"), self.module, "-p", str(processes), "-t", "8"]]
