@@ -24,7 +24,7 @@ from offload.brokers.base import EnqueueResult
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
-from offload.envelope import ChordRef, Envelope, ErrorInfo, JobState, Step, new_job_id
+from offload.envelope import Envelope, ErrorInfo, JobState, Step, new_job_id
 from offload.errors import ConfigurationError
 from offload.testing import FakeClock
 
@@ -198,10 +198,10 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     assert (await broker.counts())["default"].states[JobState.QUEUED] == 3
     info = await broker.get_job(done[0].id)
     assert info is not None and info.result_value() == "ok"
-    # and the chain step it already held is known as a workflow job.
+    # and every job it held goes to the outbox when it ends waiting.
     for job_id in (step[0].id, plain[0].id, "junk"):
         assert await broker.cancel(job_id)
-    assert [entry.job_id for entry in await broker.outbox()] == [step[0].id]
+    assert [entry.job_id for entry in await broker.outbox()] == [step[0].id, plain[0].id, "junk"]
 
 
 async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
@@ -241,19 +241,6 @@ async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
     await again.connect()
     assert (await again.counts())["default"].states[JobState.QUEUED] == 3
     await again.close()
-
-
-async def test_outbox_records_only_workflow_jobs(make_broker: MakeBroker, clock: FakeClock) -> None:
-    broker = make_broker()
-    member = job(clock, chord=ChordRef(new_job_id(), 0, 2))
-    step = job(clock, then=[Step(id=new_job_id(), task="next")])
-    plain = job(clock)
-    await broker.enqueue([member, step, plain])
-
-    for envelope, _ in (plain, member, step):
-        assert await broker.cancel(envelope.id)
-
-    assert [entry.job_id for entry in await broker.outbox()] == [member[0].id, step[0].id]
 
 
 async def test_data_survives_close_and_reopen(make_broker: MakeBroker, clock: FakeClock) -> None:

@@ -230,14 +230,13 @@ class Store:
         return self._expire(now)
 
     def _expire(self, now: float) -> list[str]:
-        """Expire the waiting jobs past their `expires_at`, recording the workflow jobs
-        among them in the outbox (same transaction: the caller's). Returns their ids."""
+        """Expire the waiting jobs past their `expires_at`, recording them in the outbox
+        (same transaction: the caller's). Returns their ids."""
         params = {"now": now, "purge_at": now + self._retention_s}
-        rows = self._conn.execute(_Q["expire_due"], params).fetchall()
-        if not rows:
-            return []
-        self._conn.executemany(_Q["outbox_add"], [(row[0],) for row in rows if row[1]])
-        return [row[0] for row in rows]
+        ids = [row[0] for row in self._conn.execute(_Q["expire_due"], params)]
+        if ids:
+            self._conn.executemany(_Q["outbox_add"], [(job_id,) for job_id in ids])
+        return ids
 
     def _best_ready(self, queues: Sequence[str], limit: int) -> list[sqlite3.Row]:
         """The first `limit` ready jobs across `queues`.
@@ -312,13 +311,11 @@ class Store:
         return bool(queues)
 
     def cancel(self, job_id: str) -> bool:
-        """A waiting workflow job goes to the outbox in the cancel's transaction."""
+        """A waiting job goes to the outbox in the cancel's transaction."""
         with self._write() as now:
             params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
-            rows = self._conn.execute(_Q["cancel_waiting"], params).fetchall()
-            if rows:
-                if rows[0][0]:
-                    self._conn.execute(_Q["outbox_add"], (job_id,))
+            if self._conn.execute(_Q["cancel_waiting"], params).fetchall():
+                self._conn.execute(_Q["outbox_add"], (job_id,))
                 return True
             return self._conn.execute(_Q["flag_cancel"], {"id": job_id}).rowcount == 1
 
@@ -326,11 +323,12 @@ class Store:
         rows = self._conn.execute(_Q["outbox"], (limit,))
         return [Ended(row[0], JobState(row[1]), blob(row[2])) for row in rows]
 
-    def clear_outbox(self, job_ids: Sequence[str]) -> None:
+    def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
         if not job_ids:
-            return
+            return []
         with self._write():
-            self._conn.execute(_Q["outbox_clear"], (json.dumps(list(job_ids)),))
+            rows = self._conn.execute(_Q["outbox_clear"], (json.dumps(list(job_ids)),))
+            return [row[0] for row in rows]
 
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits (a cheap

@@ -21,12 +21,12 @@ UPDATE offload_jobs INDEXED BY offload_jobs_running
  WHERE state = 'running' AND lease_deadline <= :now;
 
 -- name: expire_due
--- Waiting jobs past their expiry will never run. Returns them, so that the workflow
--- jobs among them go to the outbox in the same transaction and waiters are woken.
+-- Waiting jobs past their expiry will never run. Returns them, so that they go to the
+-- outbox in the same transaction and waiters are woken.
 UPDATE offload_jobs INDEXED BY offload_jobs_expiry
    SET state = 'expired', finished_at = :now, purge_at = :purge_at
  WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now
-RETURNING id, flow;
+RETURNING id;
 
 -- name: ready_in_queue
 -- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
@@ -163,7 +163,7 @@ DELETE FROM offload_registers WHERE expires_at <= ?;
 UPDATE offload_jobs
    SET state = 'cancelled', finished_at = :now, purge_at = :purge_at
  WHERE id = :id AND state IN ('queued', 'scheduled')
-RETURNING flow;
+RETURNING id;
 
 -- name: flag_cancel
 UPDATE offload_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
@@ -297,7 +297,9 @@ SELECT o.job_id, j.state, j.payload
  LIMIT ?;
 
 -- name: outbox_clear
-DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?));
+-- Returns the entries it removed: one writer at a time, so each id once across callers.
+DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?))
+RETURNING job_id;
 
 -- name: outbox_orphans
 DELETE FROM offload_outbox WHERE job_id NOT IN (SELECT id FROM offload_jobs);

@@ -133,9 +133,10 @@ CREATE TABLE IF NOT EXISTS offload_progress (
     progress BLOB NOT NULL
 ) WITHOUT ROWID;
 
--- Version 5: the outbox (`outbox`). Workflow jobs (`flow = 1`) that end without a worker
--- (cancelled while waiting, expired) get a row here in the same transaction as the state
--- change, until a worker has run their follow-ups and clears it. `seq` gives the order
+-- Version 5: the outbox (`outbox`). Jobs that end without a worker (cancelled while
+-- waiting, expired) get a row here in the same transaction as the state change, until
+-- a worker has run their follow-ups, counted them and cleared it (before metrics counted
+-- these ends, only workflow jobs, `flow = 1`, got one; the column is no longer read). `seq` gives the order
 -- they ended in; rows of purged jobs are skipped when read and deleted by `sweep`.
 CREATE TABLE IF NOT EXISTS offload_outbox (
     seq    INTEGER PRIMARY KEY,
