@@ -315,11 +315,11 @@ def test_a_worker_process_continues_the_producers_trace_and_links_retries(
         by_name = {s["name"]: s for s in exported() if s not in (first, second)}
         process, render = by_name["process default"], by_name["render"]
         trace_id = f"0x{request.get_span_context().trace_id:032x}"
-        assert process["context"]["trace_id"] == trace_id  # type: ignore[index]
+        assert process["context"]["trace_id"] == trace_id
         assert process["parent_id"] == f"0x{sent.context.span_id:016x}"
         assert process["kind"] == "SpanKind.CONSUMER"
-        assert process["attributes"]["messaging.message.id"] == job.id  # type: ignore[index]
-        assert render["parent_id"] == process["context"]["span_id"]  # type: ignore[index]
+        assert process["attributes"]["messaging.message.id"] == job.id
+        assert render["parent_id"] == process["context"]["span_id"]
     finally:
         stop_all([worker], timeout=20)
         app.close()
