@@ -11,6 +11,11 @@ record's error is bounded like every `ErrorInfo` (`envelope.clip`).
 Success costs nothing: the attempt that succeeded, and the one running now, are read
 from the job itself (`started_at`, `finished_at`, `worker_id`). An attempt whose
 worker died (its lease lapsed) left no record: `history` shows it as `lost`.
+
+A record may also carry the trace context of the job's first attempt (`trace`, set by
+a hook such as `offload.tracing.Tracing` through `Run.first_trace`): each failed
+attempt's record repeats it, so the newest record knows it even once older ones were
+dropped, and a later attempt's span can link to the first one (`first_trace`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "Attempt",
     "AttemptOutcome",
     "encode",
+    "first_trace",
     "history",
     "job_with_history",
 ]
@@ -54,7 +60,9 @@ class AttemptOutcome(StrEnum):
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One run of a job. `number` is the job's attempt count for that run (1 for the
-    first; a replayed dead job counts from 1 again). Times are Unix epoch seconds."""
+    first; a replayed dead job counts from 1 again). Times are Unix epoch seconds.
+    `trace` is the W3C trace context (`traceparent`, ...) of the first attempt of the
+    job's run, when a tracing hook gave one; absent in records of older versions."""
 
     number: int
     outcome: AttemptOutcome
@@ -62,6 +70,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: ErrorInfo | None = None
+    trace: dict[str, str] | None = None
 
 
 _DECODER = msgspec.json.Decoder(Attempt)
@@ -80,6 +89,21 @@ def _decoded(records: list[bytes]) -> list[Attempt]:
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # one unreadable record costs that record, not the history
     return out
+
+
+def first_trace(records: list[bytes], attempt: int) -> dict[str, str] | None:
+    """The trace context of the first attempt of the run that attempt number `attempt`
+    continues, from the job's records (oldest first): the newest one's, if it is a
+    retried attempt of that run. A dead or cancelled record ended an earlier run (the
+    job was replayed since), and a record numbered `attempt` or more belongs to one
+    too; None then, or when the attempts since the first left no record or no trace."""
+    newest = _decoded(records[-1:])
+    if not newest:
+        return None
+    last = newest[0]
+    if last.outcome is AttemptOutcome.RETRIED and last.number < attempt:
+        return last.trace
+    return None
 
 
 def history(info: JobInfo, records: list[bytes], dropped: int = 0) -> list[Attempt]:

@@ -20,9 +20,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from offload.envelope import Envelope, ErrorInfo
+from offload.envelope import Envelope, ErrorInfo, JobState
 
 if TYPE_CHECKING:
     from offload.brokers.base import Lease
@@ -66,6 +66,12 @@ class Run:
     retry's due time is not in the envelope). `outcome`, `error`, `delay_s` and
     `duration_s` are set once the attempt has ended. `scratch` is for hooks: state kept
     from `before_run` to `after_run` (a span, a timer), by the hook's own key.
+
+    `first_trace` is the trace context of the job's first attempt: for a later attempt,
+    read by the worker from the job's history before `before_run` (when a hook sets
+    `Hook.links_attempts`); for the first attempt, a hook may set it in `before_run`.
+    The worker records it with the attempt if it fails (`offload.attempts`), so the
+    next attempt gets it.
     """
 
     job_id: str
@@ -80,6 +86,7 @@ class Run:
     delay_s: float | None = None  # retried: seconds until the next attempt
     duration_s: float = 0.0  # the handler's run, settlement excluded
     scratch: dict[str, Any] = field(default_factory=dict)
+    first_trace: dict[str, str] | None = None
     _t0: float = 0.0  # perf_counter at start
 
     @property
@@ -104,7 +111,18 @@ class Hook:
         on_worker_start / on_worker_stop: a worker's start (broker reached) and end.
         on_broker_error: a worker's broker call failed (`what`: "reserve", "recording
             an outcome", ...); the worker retries it with backoff.
+        on_ended: a job ended inside the broker, where no worker ran it: `state` is
+            `expired` (not started before its expiry) or `cancelled` (while waiting).
+            Called once per such job across the fleet, by the worker that cleared the
+            job's outbox entry (`Broker.clear_outbox`); `envelope` is None if the
+            stored payload is not one.
+
+    `links_attempts`: set it True (as `offload.tracing.Tracing` does) for
+    `run.first_trace` to be read from the job's history before a later attempt's
+    `before_run`; that costs one broker read per retried attempt.
     """
+
+    links_attempts: ClassVar[bool] = False
 
     def before_enqueue(self, envelope: Envelope) -> Envelope | None:
         return None
@@ -135,6 +153,9 @@ class Hook:
     def on_broker_error(self, what: str, error: BaseException) -> None:
         return None
 
+    def on_ended(self, job_id: str, state: JobState, envelope: Envelope | None) -> None:
+        return None
+
 
 class Hooks:
     """The hooks of one app, and the guarded calls to them."""
@@ -147,6 +168,11 @@ class Hooks:
 
     def __iter__(self) -> Any:
         return iter(self._hooks)
+
+    @property
+    def links_attempts(self) -> bool:
+        """Whether a hook wants `Run.first_trace` read before a later attempt."""
+        return any(hook.links_attempts for hook in self._hooks)
 
     def add(self, hook: Hook) -> None:
         """Register `hook` (once: adding the same object again does nothing)."""
@@ -188,7 +214,14 @@ class Hooks:
 
     # -- worker ------------------------------------------------------------------------
 
-    def started(self, lease: Lease, envelope: Envelope | None, worker_id: str, now: float) -> Run:
+    def started(
+        self,
+        lease: Lease,
+        envelope: Envelope | None,
+        worker_id: str,
+        now: float,
+        first_trace: dict[str, str] | None = None,
+    ) -> Run:
         """A new `Run` for `lease` starting at `now` (the app's clock), with
         `before_run` called."""
         wait_s = None
@@ -196,6 +229,7 @@ class Hooks:
             due = max(envelope.created_at, envelope.not_before or 0.0)
             wait_s = max(now - due, 0.0) if due else None
         run = Run(lease.job_id, lease.queue, lease.attempt, worker_id, envelope, now, wait_s)
+        run.first_trace = first_trace
         self._each("before_run", lambda h: h.before_run(run), run.job_id)
         run._t0 = time.perf_counter()
         return run
@@ -220,6 +254,9 @@ class Hooks:
 
     def broker_error(self, what: str, error: BaseException) -> None:
         self._each("on_broker_error", lambda h: h.on_broker_error(what, error), None)
+
+    def ended(self, job_id: str, state: JobState, envelope: Envelope | None) -> None:
+        self._each("on_ended", lambda h: h.on_ended(job_id, state, envelope), job_id)
 
     def _each(self, event: str, call: Callable[[Hook], object], job_id: str | None) -> None:
         for hook in self._hooks:

@@ -16,9 +16,12 @@ Labels stay bounded: `queue` is a queue name, `task` a task registered in the ap
 (any other name, from a bad message or a producer-only task, is counted as "other"),
 `outcome` and `state` are fixed words.
 
-Counted by the worker: `succeeded`, `retried`, `dead`, `cancelled` (a running job
-cancelled). Jobs that expire or are cancelled while waiting end inside the broker, where
-no worker sees them; `offload_queue_jobs{state="expired"|"cancelled"}` shows them.
+Counted by the worker, in `offload_jobs_finished_total`: each attempt that ended
+`succeeded`, `retried`, `dead` or `cancelled` (a running job cancelled), and each job
+that ended inside the broker without running: `expired`, or `cancelled` while waiting.
+Those ends are recorded by the broker in its outbox, which every worker drains; the
+worker whose `clear_outbox` removed an entry counts it (`on_ended`), so each is counted
+once across the fleet, provided the workers run with metrics.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class Metrics(Hook):
             ["queue", "task"], registry=r,
         )  # fmt: skip
         self.finished = Counter(
-            "offload_jobs_finished", "Attempts finished, by outcome.",
+            "offload_jobs_finished", "Attempts finished, and jobs that ended without one "
+            "(expired, cancelled while waiting), by outcome.",
             ["queue", "task", "outcome"], registry=r,
         )  # fmt: skip
         self.duration = Histogram(
@@ -124,6 +128,10 @@ class Metrics(Hook):
         task = self._task(run.task)
         self._child(self.finished, run.queue, task, run.outcome).inc()
         self._child(self.duration, run.queue, task).observe(run.duration_s)
+
+    def on_ended(self, job_id: str, state: JobState, envelope: Envelope | None) -> None:
+        queue, task = ("?", OTHER_TASK) if envelope is None else (envelope.queue, envelope.task)
+        self._child(self.finished, queue, self._task(task), state.value).inc()
 
     def on_broker_error(self, what: str, error: BaseException) -> None:
         self.broker_errors.inc()

@@ -9,8 +9,13 @@
   run as before, with spans of their own.
 - a CONSUMER span `process {queue}` per attempt, current while the handler runs (its
   own spans nest under it, in async handlers and in threads). Attempt 1 is a child of
-  the `send` span. A retry is a new trace whose span links to the job's `send` span
-  (the job's first span), so a retry hours later does not stretch the request's trace.
+  the `send` span. A retry is a new trace, so a retry hours later does not stretch the
+  request's trace; its span links to the job's `send` span (`offload.link` = "send")
+  and to attempt 1's `process` span ("first_attempt"). Attempt 1's context is kept in
+  the job's attempt history (`Run.first_trace`, recorded with each failed attempt:
+  `offload.attempts`), which the worker reads before a retry's span starts (one broker
+  read per retried attempt). An attempt 1 that left no record (its worker died, or
+  gave it back at shutdown) leaves its retries without that link.
 - a workflow step enqueued by the worker (the next stage of a chain, a chord's
   callback) is sent from inside its parent's `process` span, as its child, and the
   `send` span also links to that parent span.
@@ -47,6 +52,8 @@ class Tracing(Hook):
         tracer_provider: the provider to use (default: the global one, set by the
             SDK's configuration).
     """
+
+    links_attempts = True  # a retry's span links to attempt 1's (`Run.first_trace`)
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self.tracer = trace.get_tracer("offload", __version__, tracer_provider=tracer_provider)
@@ -92,13 +99,14 @@ class Tracing(Hook):
     def before_run(self, run: Run) -> None:
         carrier = run.envelope.trace if run.envelope is not None else None
         sent = propagate.extract(carrier) if carrier else None
-        sent_span = trace.get_current_span(sent).get_span_context() if sent else None
         links = []
         parent = sent
         if run.attempt > 1:
-            parent = context.Context()  # a new trace, linked to the job's first span
-            if sent_span is not None and sent_span.is_valid:
-                links.append(Link(sent_span, {"offload.link": "first"}))
+            parent = context.Context()  # a new trace, linked to the send and attempt 1
+            for found, role in ((carrier, "send"), (run.first_trace, "first_attempt")):
+                linked = _span_context(found)
+                if linked is not None:
+                    links.append(Link(linked, {"offload.link": role}))
         span = self.tracer.start_span(
             f"process {run.queue}",
             context=parent,
@@ -109,7 +117,12 @@ class Tracing(Hook):
             },
             links=links,
         )
-        token = context.attach(trace.set_span_in_context(span))
+        current = trace.set_span_in_context(span)
+        if run.attempt == 1:  # recorded with the attempt if it fails, for the retries
+            first: dict[str, str] = {}
+            propagate.inject(first, context=current)
+            run.first_trace = first or None
+        token = context.attach(current)
         run.scratch[_KEY] = (span, token)
 
     def after_run(self, run: Run) -> None:
@@ -133,6 +146,15 @@ class Tracing(Hook):
             span.end()
         finally:
             context.detach(token)
+
+
+def _span_context(carrier: dict[str, str] | None) -> trace.SpanContext | None:
+    """The span context a carrier holds (W3C `traceparent`, through the configured
+    propagator), or None if it holds none."""
+    if not carrier:
+        return None
+    found = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return found if found.is_valid else None
 
 
 def _attributes(queue: str, job_id: str, operation: str, task: str) -> dict[str, str]:

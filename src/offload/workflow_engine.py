@@ -63,15 +63,29 @@ class WorkflowEngine:
     """Starts what the end of a workflow's job asks for.
 
     Args:
-        producer: builds the jobs it starts (a task's defaults under a step's options).
+        producer: builds the jobs it starts (a task's defaults under a step's options);
+            its hooks hear of each job this engine clears from the outbox.
         broker: a connected broker; every job it starts, joins and cancels goes here.
         clock: time source (default: the producer's).
+        clears_outbox: whether it clears the outbox entries of the stages it stops (a
+            worker's engine does). A producer's (`Job.cancel`) leaves them, and the
+            entry of the job it cancelled, to the workers: a worker clears each and
+            reports it to its hooks (`Hook.on_ended`), so the metrics count every such
+            end once, in the workers, after running the (idempotent) follow-ups again.
     """
 
-    def __init__(self, producer: Producer, broker: Broker, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        broker: Broker,
+        clock: Clock | None = None,
+        *,
+        clears_outbox: bool = False,
+    ) -> None:
         self.producer = producer
         self.broker = broker
         self.clock = clock or producer.clock
+        self.clears_outbox = clears_outbox
 
     async def follow_up(
         self,
@@ -105,8 +119,8 @@ class WorkflowEngine:
 
     async def cancelled(self, job_id: str) -> None:
         """After `Broker.cancel` took job `job_id`: if it was waiting (now cancelled)
-        and is a workflow step, stop what follows it now and clear its outbox entry.
-        A failure is logged and left to a worker, which finds the entry in the outbox."""
+        and is a workflow step, stop what follows it now. Its outbox entry stays for a
+        worker (see `clears_outbox`); a failure here is logged and left to it too."""
         info = await self.broker.get_job(job_id)
         if info is None or info.state is not JobState.CANCELLED:
             return  # running: flagged, and its worker's `follow_up` sees the flag
@@ -115,7 +129,6 @@ class WorkflowEngine:
             return
         try:
             await self.settle_ended(envelope, JobState.CANCELLED)
-            await self.broker.clear_outbox([job_id])
         except Exception:  # cancelled all the same; a worker finishes this from the outbox
             logger.warning(
                 "job %s: cancelled; its workflow follow-ups are left to a worker",
@@ -126,9 +139,11 @@ class WorkflowEngine:
     async def drain_outbox(self, limit: int = 200) -> int:
         """Run the follow-ups of the jobs in the broker's outbox and clear those that
         succeeded (one that fails stays, is logged, and is tried again next time,
-        without holding up the others). Returns how many were handled and cleared."""
+        without holding up the others); each entry this call cleared (not one another
+        reader cleared first) goes to the hooks' `on_ended`. Returns how many were
+        handled and cleared."""
         entries = await self.broker.outbox(limit)
-        done: list[str] = []
+        done: list[tuple[str, JobState, Envelope | None]] = []
         for entry in entries:
             envelope = _decode(entry)
             try:
@@ -139,10 +154,20 @@ class WorkflowEngine:
             except Exception:
                 logger.exception("job %s: its workflow follow-ups failed; retried", entry.job_id)
                 continue
-            done.append(entry.job_id)
-        if done:
-            await self.broker.clear_outbox(done)
+            done.append((entry.job_id, entry.state, envelope))
+        await self._clear(done)
         return len(done)
+
+    async def _clear(self, ended: list[tuple[str, JobState, Envelope | None]]) -> None:
+        """Clear these outbox entries and report the ones this call removed."""
+        if not ended:
+            return
+        removed = set(await self.broker.clear_outbox([job_id for job_id, _, _ in ended]))
+        hooks = self.producer.hooks
+        if hooks and removed:
+            for job_id, state, envelope in ended:
+                if job_id in removed:
+                    hooks.ended(job_id, state, envelope)
 
     def start_envelopes(
         self,
@@ -244,7 +269,8 @@ class WorkflowEngine:
             await self._after(
                 envelope, envelope.then or [], envelope.chord, end, _next_key(envelope)
             )
-        await self.broker.clear_outbox([e.id for e in stopped])
+        if self.clears_outbox:
+            await self._clear([(e.id, JobState.CANCELLED, e) for e in stopped])
 
     async def _join(self, origin: Envelope, chord: ChordRef, end: _End) -> None:
         if end.ok:

@@ -1,7 +1,7 @@
 """What the conformance suite cannot see of the Redis broker: key reaping, the eviction
 policy warning, typed errors and recovery when Redis goes away, wake-up latency, the
 per-queue scope of idempotency keys, sync producers beside a worker in one process, and
-what job ends cost (published only when waited on; outbox entries only for workflows).
+what job ends cost (published only when waited on; outbox entries leave no keys).
 
 Servers that a test stops or misconfigures are throwaway ones on free ports; the
 shared server only ever sees keys under the test's own prefix.
@@ -264,19 +264,19 @@ async def test_ends_are_published_only_for_jobs_someone_waits_on(redis_url: str)
         await listener.aclose()
 
 
-async def test_outbox_holds_only_workflow_jobs_and_leaves_no_keys(redis_url: str) -> None:
+async def test_outbox_entries_leave_no_keys(redis_url: str) -> None:
     clock = FakeClock()
     prefix = redis_url.split("prefix=")[1]
     async with from_url(redis_url, clock=clock) as broker:
         flow = await enqueue_one(broker, then=[Step(id=new_job_id(), task="next")])
-        await enqueue_one(broker, expires_at=clock.now() + 1)  # a plain job: not recorded
+        plain = await enqueue_one(broker, expires_at=clock.now() + 1)
         waited = await enqueue_one(broker, not_before=clock.now() + 3600)
         await broker.wait_finished(waited, 0.05)  # times out, stays registered
         assert f"{prefix}:{{default}}:waiters" in our_keys(redis_url, prefix)
         assert await broker.cancel(flow)
         clock.advance(2)
         assert (await broker.sweep()).expired == 1
-        assert [entry.job_id for entry in await broker.outbox()] == [flow]
+        assert [entry.job_id for entry in await broker.outbox()] == [flow, plain]
         assert await broker.cancel(waited)
         clock.advance(broker.retention_s + 1)
         assert (await broker.sweep()).purged == 3

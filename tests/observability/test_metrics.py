@@ -5,12 +5,13 @@ real Prometheus server is test_prometheus.py.)"""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from offload import Backoff, Offload, current_job
+from offload import Backoff, Offload, Worker, current_job
 from offload.metrics import BrokerCollector, Metrics
 from tests.conftest import BROKER_NAMES
 from tests.observability.helpers import all_ended, run_worker_until
@@ -68,6 +69,53 @@ async def test_worker_metrics_count_each_outcome_once(url: str) -> None:
         assert _value(metrics, "offload_job_wait_seconds_count", queue="default") == 9
     finally:
         await app.aclose()
+
+
+async def test_jobs_that_end_in_the_broker_are_counted_once_by_two_workers(url: str) -> None:
+    # Given two workers (of two apps, each with its metrics, where the broker can be
+    # shared; memory://: of one app) that take the default queue, and jobs of another
+    # queue that expire, or are cancelled, while they wait there,
+    apps = [Offload(url)] if url == "memory://" else [Offload(url), Offload(url)]
+    metrics = [Metrics(app) for app in apps]
+    for app, hook in zip(apps, metrics, strict=True):
+        app.add_hook(hook)
+        app.task(name="later", queue="idle")(lambda: None)
+        app.task(name="ok")(lambda: None)
+    producer = apps[0]
+    later = producer.tasks["later"]
+    workers = [
+        Worker(apps[i % len(apps)], queues=["default"], poll_s=0.05, sweep_s=0.2) for i in range(2)
+    ]
+    try:
+        expiring = [await later.options(expires=0.3).enqueue_async() for _ in range(30)]
+        cancelled = [await later.enqueue_async() for _ in range(12)]
+        ran = await producer.tasks["ok"].enqueue_async()
+        for job in cancelled:
+            assert await job.cancel_async()
+
+        # when both workers run (each sweeps, expiring them, and drains the outbox),
+        running = [asyncio.create_task(w.run()) for w in workers]
+        broker = await producer.connected_broker()
+        ids = [j.id for j in [*expiring, *cancelled, ran]]
+        deadline = time.monotonic() + 30
+        while not (await all_ended(producer, ids) and await broker.outbox() == []):
+            assert time.monotonic() < deadline, "timed out waiting for the ends"
+            await asyncio.sleep(0.05)
+        for worker in workers:
+            worker.stop()
+        await asyncio.gather(*running)
+
+        # then each end is counted once, with its outcome.
+        def total(outcome: str) -> float:
+            labels = {"queue": "idle", "task": "later", "outcome": outcome}
+            return sum(_value(m, "offload_jobs_finished_total", **labels) for m in metrics)
+
+        assert (total("expired"), total("cancelled")) == (30, 12)
+        ok = {"queue": "default", "task": "ok", "outcome": "succeeded"}
+        assert sum(_value(m, "offload_jobs_finished_total", **ok) for m in metrics) == 1
+    finally:
+        for app in apps:
+            await app.aclose()
 
 
 @pytest.fixture(params=[b for b in BROKER_NAMES if b != "memory"])

@@ -1,6 +1,7 @@
 """The end-to-end proof: a real Prometheus server scrapes `offload worker
 --processes 2 --metrics-port` (whose processes are also recycled under it) and
-`offload metrics`, and its query API reports exactly the jobs that ran.
+`offload metrics`, and its query API reports exactly the jobs that ran, and the jobs
+that ended inside the broker (expired, cancelled while waiting), once each.
 
 Needs the `prometheus` binary (Debian's package; `.ci/run` installs it). The test
 starts its own server with a temporary configuration and data directory on a free
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -53,6 +55,7 @@ APP = textwrap.dedent(
     """
 )
 FANOUT, FLAKY, DOOMED = 20, 5, 3
+EXPIRED, CANCELLED = 4, 6
 
 
 def free_port() -> int:
@@ -141,6 +144,11 @@ def test_prometheus_counts_equal_the_jobs_run(
         jobs = [app.enqueue("fanout", FANOUT)]
         jobs += [app.enqueue("flaky") for _ in range(FLAKY)]
         jobs += [app.enqueue("doomed") for _ in range(DOOMED)]
+        # Jobs that end inside the broker: expired before a worker came, and cancelled.
+        unrun = [app.options("ok", expires=0.2).enqueue() for _ in range(EXPIRED)]
+        unrun += [app.enqueue("ok") for _ in range(CANCELLED)]
+        assert all(job.cancel() for job in unrun[EXPIRED:])
+        time.sleep(0.3)
         procs.append(subprocess.Popen(
             [*offload, "worker", "promapp:app", "--processes", "2", "-c", "2",
              "--max-jobs", "7", "--poll", "0.05", "--quiet-jobs",
@@ -173,11 +181,15 @@ def test_prometheus_counts_equal_the_jobs_run(
             'sum(offload_jobs_finished_total{job="worker",outcome="succeeded"})': succeeded,
             'sum(offload_jobs_finished_total{job="worker",outcome="retried"})': FLAKY,
             'sum(offload_jobs_finished_total{job="worker",outcome="dead"})': DOOMED,
+            'sum(offload_jobs_finished_total{job="worker",outcome="expired"})': EXPIRED,
+            'sum(offload_jobs_finished_total{job="worker",outcome="cancelled"})': CANCELLED,
             'sum(offload_jobs_enqueued_total{job="worker",task="ok"})': FANOUT,
             'sum(offload_job_duration_seconds_count{job="worker"})': succeeded + FLAKY + DOOMED,
             'sum(offload_job_wait_seconds_count{job="worker"})': succeeded + DOOMED,
             'offload_queue_jobs{job="broker",queue="default",state="succeeded"}': succeeded,
             'offload_queue_jobs{job="broker",queue="default",state="dead"}': DOOMED,
+            'offload_queue_jobs{job="broker",queue="default",state="expired"}': EXPIRED,
+            'offload_queue_jobs{job="broker",queue="default",state="cancelled"}': CANCELLED,
             'offload_queue_jobs{job="broker",queue="default",state="queued"}': 0,
             'offload_workers{job="broker"}': 2,
         }

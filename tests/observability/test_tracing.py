@@ -1,5 +1,6 @@
 """OpenTelemetry spans with the SDK's in-memory exporter: a real worker on every
-broker, and a real `offload worker --tracing` process continuing the producer's trace."""
+broker, and a real `offload worker --tracing` process continuing the producer's trace
+and linking a retry to the job's first attempt."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -55,7 +57,7 @@ def spans(exporter: InMemorySpanExporter, name: str, job_id: str) -> list[Readab
     return sorted(found, key=lambda s: s.start_time or 0)
 
 
-async def test_a_job_continues_the_request_trace_and_retries_link_to_it(
+async def test_a_job_continues_the_request_trace_and_retries_link_to_it_and_attempt_1(
     url: str, provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     app = Offload(url)
@@ -101,17 +103,76 @@ async def test_a_job_continues_the_request_trace_and_retries_link_to_it(
         assert first.attributes["offload.outcome"] == "retried"
         assert first.status.status_code is StatusCode.ERROR
         assert [e.name for e in first.events] == ["exception"]
-        # ... the retry is a new trace, linked to the job's first span
+        # ... the retry is a new trace, linked to the send span and to attempt 1's span
         assert second.context.trace_id != trace_id and second.parent is None
-        [link] = second.links
-        assert link.context.span_id == sent.context.span_id
-        assert link.context.trace_id == trace_id
+        links = {
+            (link.attributes or {}).get("offload.link"): (
+                link.context.trace_id,
+                link.context.span_id,
+            )
+            for link in second.links
+        }
+        assert links == {
+            "send": (trace_id, sent.context.span_id),
+            "first_attempt": (trace_id, first.context.span_id),
+        }
         assert second.attributes is not None and second.attributes["offload.attempt"] == 2
         assert second.status.status_code is StatusCode.UNSET
         # ... and the handler's own spans nest under each attempt's span.
         assert inner == [
             (trace_id, first.context.span_id),
             (second.context.trace_id, second.context.span_id),
+        ]
+    finally:
+        await app.aclose()
+
+
+def _first_attempt_link(span: ReadableSpan) -> int | None:
+    """The span id a retry's span links to as its job's first attempt."""
+    found = [
+        link.context.span_id
+        for link in span.links
+        if (link.attributes or {}).get("offload.link") == "first_attempt"
+    ]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+async def test_every_retry_links_to_the_first_attempt_of_its_run(
+    url: str, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = Offload(url)
+    app.add_hook(Tracing(provider))
+    calls: list[int] = []
+
+    @app.task(name="flaky", max_attempts=3, backoff=QUICK)
+    def flaky() -> None:
+        calls.append(current_job().attempt)
+        if len(calls) != 5:
+            raise ConnectionError("down")
+
+    try:
+        # Given a job that fails three times (dead), is replayed, fails once, succeeds:
+        job = await flaky.enqueue_async()
+        await run_worker_until(app, lambda: all_ended(app, [job.id]))
+        assert await job.state_async() is JobState.DEAD
+        broker = await app.connected_broker()
+        assert await broker.replay_dead("default", [job.id]) == 1
+        await run_worker_until(app, lambda: all_ended(app, [job.id]))
+        assert await job.state_async() is JobState.SUCCEEDED
+        assert calls == [1, 2, 3, 1, 2]
+
+        # then attempts 2 and 3 link to attempt 1 (the link carried on by each record),
+        # and after the replay attempt 2 links to the new run's attempt 1.
+        run1 = spans(exporter, "process default", job.id)[:3]
+        run2 = spans(exporter, "process default", job.id)[3:]
+        firsts = [_first_attempt_link(s) for s in [*run1, *run2]]
+        assert firsts == [
+            None,
+            run1[0].context.span_id,
+            run1[0].context.span_id,
+            None,
+            run2[0].context.span_id,
         ]
     finally:
         await app.aclose()
@@ -184,7 +245,7 @@ WORKER_APP = textwrap.dedent(
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
-    from offload import Offload
+    from offload import Backoff, Offload, current_job
 
     provider = TracerProvider()
     out = open(os.environ["SPANS_FILE"], "a", buffering=1)
@@ -198,11 +259,17 @@ WORKER_APP = textwrap.dedent(
     def report(n: int) -> int:
         with trace.get_tracer("report").start_as_current_span("render"):
             return n + 1
+
+    @app.task(name="flaky", backoff=Backoff(base_s=0.01, cap_s=0.01, jitter=False))
+    def flaky() -> str:
+        if current_job().attempt == 1:
+            raise ConnectionError("down")
+        return "ok"
     """
 )
 
 
-def test_a_worker_process_continues_the_producers_trace(
+def test_a_worker_process_continues_the_producers_trace_and_links_retries(
     tmp_path: Path, provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     (tmp_path / "traced.py").write_text(WORKER_APP)
@@ -222,20 +289,37 @@ def test_a_worker_process_continues_the_producers_trace(
             job = app.enqueue("report", 41)
         assert job.result(timeout=30) == 42
         [sent] = spans(exporter, "send default", job.id)
+        retried = app.enqueue("flaky")
+        assert retried.result(timeout=30) == "ok"
 
-        def exported() -> list[dict[str, object]]:
+        def exported() -> list[dict[str, Any]]:
             lines = spans_file.read_text().splitlines() if spans_file.exists() else []
             return [json.loads(line) for line in lines]
 
-        wait_for(lambda: len(exported()) == 2)
-        by_name = {s["name"]: s for s in exported()}
+        wait_for(lambda: len(exported()) == 4)
+
+        def of(job_id: str) -> list[dict[str, Any]]:
+            found = [s for s in exported() if s["attributes"].get("messaging.message.id") == job_id]
+            return sorted(found, key=lambda s: s["attributes"]["offload.attempt"])
+
+        # The retry's span in the worker process links to attempt 1's, read back from
+        # the job's attempt history in the broker.
+        first, second = of(retried.id)
+        assert [link["attributes"]["offload.link"] for link in second["links"]] == [
+            "send",
+            "first_attempt",
+        ]
+        assert second["links"][1]["context"]["span_id"] == first["context"]["span_id"]
+        assert second["links"][1]["context"]["trace_id"] == first["context"]["trace_id"]
+
+        by_name = {s["name"]: s for s in exported() if s not in (first, second)}
         process, render = by_name["process default"], by_name["render"]
         trace_id = f"0x{request.get_span_context().trace_id:032x}"
-        assert process["context"]["trace_id"] == trace_id  # type: ignore[index]
+        assert process["context"]["trace_id"] == trace_id
         assert process["parent_id"] == f"0x{sent.context.span_id:016x}"
         assert process["kind"] == "SpanKind.CONSUMER"
-        assert process["attributes"]["messaging.message.id"] == job.id  # type: ignore[index]
-        assert render["parent_id"] == process["context"]["span_id"]  # type: ignore[index]
+        assert process["attributes"]["messaging.message.id"] == job.id
+        assert render["parent_id"] == process["context"]["span_id"]
     finally:
         stop_all([worker], timeout=20)
         app.close()

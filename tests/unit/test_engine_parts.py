@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from offload import ConfigurationError, JobState, Offload, chain
+from offload import ConfigurationError, JobState, Offload, Worker, chain
 from offload.options import (
     Call,
     EnqueueOptions,
@@ -61,7 +61,13 @@ async def test_the_workflow_engine_stops_what_follows_a_cancelled_step_without_a
     engine = WorkflowEngine(app.producer, broker, clock)
     await engine.cancelled(flow.jobs[0].id)
     assert await flow.jobs[1].state_async() is JobState.CANCELLED
-    assert await broker.outbox() == []  # handled here: no worker needs to see it
+    # Both ends stay in the outbox for a worker, which counts them (metrics) and runs the
+    # follow-ups again: idempotent, the stopped step is enqueued and cancelled once.
+    ended = {entry.job_id for entry in await broker.outbox()}
+    assert ended == {flow.jobs[0].id, flow.jobs[1].id}
+    assert await Worker(app).drain_outbox() == 2
+    assert await broker.outbox() == []
+    assert await flow.jobs[1].state_async() is JobState.CANCELLED
     await app.aclose()
 
 

@@ -24,7 +24,7 @@ from offload.brokers.base import EnqueueResult
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
-from offload.envelope import ChordRef, Envelope, ErrorInfo, JobState, Step, new_job_id
+from offload.envelope import Envelope, ErrorInfo, JobState, Step, new_job_id
 from offload.errors import ConfigurationError
 from offload.testing import FakeClock
 
@@ -163,8 +163,9 @@ async def test_file_with_newer_schema_version_is_refused(
 async def test_version_4_file_upgrades_and_keeps_its_jobs(
     make_broker: MakeBroker, db_path: Path, clock: FakeClock
 ) -> None:
-    # Given a version-4 file (this schema without `flow` and the outbox) holding a chain
-    # step, a plain job, a succeeded job and a row whose payload is no envelope,
+    # Given a version-4 file (this schema without `flow`, the outbox and the counts)
+    # holding a chain step, a plain job, a succeeded job and a row whose payload is no
+    # envelope,
     old = make_broker()
     step, plain, done = (
         job(clock, then=[Step(id=new_job_id(), task="next")]),
@@ -178,6 +179,7 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("ALTER TABLE offload_jobs DROP COLUMN flow")
         conn.execute("DROP TABLE offload_outbox")
+        conn.execute("DROP TABLE offload_counts")
         conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
         conn.execute(
             "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload) "
@@ -198,10 +200,10 @@ async def test_version_4_file_upgrades_and_keeps_its_jobs(
     assert (await broker.counts())["default"].states[JobState.QUEUED] == 3
     info = await broker.get_job(done[0].id)
     assert info is not None and info.result_value() == "ok"
-    # and the chain step it already held is known as a workflow job.
+    # and every job it held goes to the outbox when it ends waiting.
     for job_id in (step[0].id, plain[0].id, "junk"):
         assert await broker.cancel(job_id)
-    assert [entry.job_id for entry in await broker.outbox()] == [step[0].id]
+    assert [entry.job_id for entry in await broker.outbox()] == [step[0].id, plain[0].id, "junk"]
 
 
 async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
@@ -215,8 +217,6 @@ async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
     await old.ack(lease, encode_value("ok"), result_ttl_s=None)
     await old.close()
     with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
-        for trigger in ("insert", "delete", "update"):
-            conn.execute(f"DROP TRIGGER offload_count_{trigger}")
         conn.execute("DROP TABLE offload_counts")
         conn.execute("UPDATE offload_meta SET value = '7' WHERE key = 'schema_version'")
     conn.close()
@@ -243,17 +243,108 @@ async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
     await again.close()
 
 
-async def test_outbox_records_only_workflow_jobs(make_broker: MakeBroker, clock: FakeClock) -> None:
+async def test_counts_equal_a_recount_after_every_kind_of_change(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # The counters are kept by the statements themselves (no triggers): after every
+    # statement that inserts, moves or deletes jobs, they equal a count of the rows.
     broker = make_broker()
-    member = job(clock, chord=ChordRef(new_job_id(), 0, 2))
-    step = job(clock, then=[Step(id=new_job_id(), task="next")])
-    plain = job(clock)
-    await broker.enqueue([member, step, plain])
+    boom = ErrorInfo("E", "boom")
 
-    for envelope, _ in (plain, member, step):
-        assert await broker.cancel(envelope.id)
+    def recount() -> dict[tuple[str, str], int]:
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            rows = conn.execute("SELECT queue, state, count(*) FROM offload_jobs GROUP BY 1, 2")
+            return {(q, s): n for q, s, n in rows}
 
-    assert [entry.job_id for entry in await broker.outbox()] == [member[0].id, step[0].id]
+    async def counted() -> dict[tuple[str, str], int]:
+        return {
+            (queue, str(state)): n
+            for queue, stats in (await broker.counts()).items()
+            for state, n in stats.states.items()
+            if n
+        }
+
+    async def same(step: str) -> None:
+        assert await counted() == recount(), step
+
+    now = clock.now()
+    await broker.enqueue([job(clock) for _ in range(8)] + [job(clock, queue="q")])
+    await broker.enqueue([job(clock, not_before=now + 5), job(clock, expires_at=now + 1)])
+    await broker.enqueue([job(clock, queue="idle", expires_at=now + 1) for _ in range(2)])
+    await same("enqueue")
+    leases = await broker.reserve(["default", "q"], worker_id="w", lease_s=30, limit=7)
+    await same("reserve")
+    ack, retry, bury, defer, stop, give, lapse = leases
+    await broker.ack(ack, encode_value(1), result_ttl_s=None)
+    await broker.retry(retry, at=now + 2, error=boom)
+    await broker.bury(bury, error=boom)
+    await broker.defer(defer, at=now + 2)
+    await broker.cancel_running(stop, error=boom)
+    await broker.release([give])
+    await same("settle and release")
+    waiting = (await broker.list_jobs(queue="default", state=JobState.QUEUED)).items
+    assert await broker.cancel(waiting[0].id)
+    await same("cancel")
+    clock.advance(40)  # the lapsed lease, the due retries, the expiries
+    await broker.reserve(["default"], worker_id="w", lease_s=30, limit=2)
+    await same("reserve: promote, reclaim, expire")
+    await broker.sweep()
+    await same("sweep: expire")
+    assert await broker.replay_dead() == 1
+    await same("replay")
+    [again] = await broker.reserve(["q"], worker_id="w", lease_s=30, limit=1)
+    await broker.bury(again, error=boom)
+    assert await broker.purge_dead() == 1
+    await same("purge dead")
+    clock.advance(broker.retention_s + 1)
+    await broker.sweep()
+    await same("sweep: purge")
+    assert lapse is not None
+
+
+#: The count triggers of schema version 8, as a version-8 file holds them.
+VERSION_8_TRIGGERS = (
+    """CREATE TRIGGER offload_count_insert AFTER INSERT ON offload_jobs BEGIN
+        INSERT INTO offload_counts (queue, state, n) VALUES (new.queue, new.state, 1)
+            ON CONFLICT (queue, state) DO UPDATE SET n = n + 1; END""",
+    """CREATE TRIGGER offload_count_delete AFTER DELETE ON offload_jobs BEGIN
+        UPDATE offload_counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+        END""",
+    """CREATE TRIGGER offload_count_update AFTER UPDATE OF state, queue ON offload_jobs
+        WHEN old.state IS NOT new.state OR old.queue IS NOT new.queue BEGIN
+        UPDATE offload_counts SET n = n - 1 WHERE queue = old.queue AND state = old.state;
+        INSERT INTO offload_counts (queue, state, n) VALUES (new.queue, new.state, 1)
+            ON CONFLICT (queue, state) DO UPDATE SET n = n + 1; END""",
+)
+
+
+async def test_version_8_file_loses_its_count_triggers_and_keeps_exact_counts(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a version-8 file, whose triggers kept its counts,
+    old = make_broker()
+    await old.connect()
+    await old.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        for statement in VERSION_8_TRIGGERS:
+            conn.execute(statement)
+        conn.execute("UPDATE offload_meta SET value = '8' WHERE key = 'schema_version'")
+    conn.close()
+    old = make_broker()
+    await old.enqueue([job(clock) for _ in range(4)])  # counted by the triggers alone
+    await old.close()
+
+    # when a broker of this version opens it, the triggers are gone (else each change
+    # would count twice), the counts are as they were, and each change counts once.
+    broker = make_broker()
+    await broker.connect()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        triggers = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        assert triggers.fetchall() == []
+    assert (await broker.counts())["default"].states[JobState.QUEUED] == 4
+    await broker.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+    states = (await broker.counts())["default"].states
+    assert (states[JobState.QUEUED], states[JobState.RUNNING]) == (3, 1)
 
 
 async def test_data_survives_close_and_reopen(make_broker: MakeBroker, clock: FakeClock) -> None:

@@ -168,8 +168,8 @@ class Composite(Broker):
     async def outbox(self, limit: int = 500) -> list[Ended]:
         return await self.flow.outbox(limit)
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        await self.flow.clear_outbox(job_ids)
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        return await self.flow.clear_outbox(job_ids)
 
     # -- inspection --------------------------------------------------------------------
 

@@ -398,10 +398,12 @@ class MemoryBroker(Broker):
                     break
             return entries
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
         with self._lock:
-            for job_id in job_ids:
-                self._outbox.pop(job_id, None)
+            removed = [job_id for job_id in dict.fromkeys(job_ids) if job_id in self._outbox]
+            for job_id in removed:
+                del self._outbox[job_id]
+            return removed
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
         async def ended() -> bool:

@@ -459,18 +459,23 @@ class Flow(Part):
         `clear_outbox`: `cancelled` by `cancel` while `queued`/`scheduled`, or
         `expired` (by `reserve` or `sweep`).
 
-        A workflow must hear of every member's end, and these ends happen inside the
-        broker, where no worker runs the follow-ups (`offload.workflow_engine`): so the
-        broker records them in the same atomic step as the state change, and a worker
-        (or the producer that cancelled) runs the follow-ups and then clears them.
-        Recorded at least for the jobs whose envelope has `then` or `chord`; a broker
-        may record others too (the reader skips them). An entry whose job was purged is
-        not returned. Read-only: several readers may get the same entries.
+        A workflow must hear of every member's end, and metrics count every such end
+        (`offload_jobs_finished_total`), yet these ends happen inside the broker, where
+        no worker sees them (`offload.workflow_engine`): so the broker records each one
+        in the same atomic step as the state change, and a worker runs the follow-ups,
+        clears the entry and reports the end to its hooks (`Hook.on_ended`). Every job
+        that ends so is recorded (jobs that were already waiting when a broker of an
+        older version was upgraded may be recorded only if they have `then` or
+        `chord`). An entry whose job was purged is not returned. Read-only: several
+        readers may get the same entries.
         """
 
     @abc.abstractmethod
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        """Forget these outbox entries (their follow-ups are done). Idempotent."""
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        """Forget these outbox entries (their follow-ups are done). Returns the ids
+        whose entries this call removed: of several calls for one entry, at once or
+        not, exactly one gets its id, so each end is reported once across a fleet.
+        Idempotent (ids with no entry are ignored)."""
 
 
 class Inspection(Part):

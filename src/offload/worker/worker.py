@@ -163,7 +163,7 @@ class Worker:
         self.admission = Admission(
             limits, app.broker, app.clock, lease_s=lease_s, settle=self._settlements.settle
         )
-        self.engine = WorkflowEngine(app.producer, app.broker, app.clock)
+        self.engine = WorkflowEngine(app.producer, app.broker, app.clock, clears_outbox=True)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
         self.scheduler = Scheduler(app) if scheduler else None
         # The probe writes: a broker that answers reads but refuses writes (a SQLite
@@ -405,12 +405,18 @@ class Worker:
         the app has any, to its hooks (`offload.hooks`)."""
         hooks = self.app.hooks
         now = self.app.clock.now()
-        run = hooks.started(lease, decoded(lease), self.id, now) if hooks else None
+        run = None
+        if hooks:
+            first = None
+            if lease.attempt > 1 and hooks.links_attempts:
+                first = await self._first_trace(lease)
+            run = hooks.started(lease, decoded(lease), self.id, now, first)
         try:
             started = time.perf_counter()
             outcome = await self.executor.execute(lease, run.envelope if run else None)
             duration_s = time.perf_counter() - started
-            recorded = await self._settle(lease, outcome, now)
+            trace = run.first_trace if run is not None else None
+            recorded = await self._settle(lease, outcome, now, trace)
             delay_s = max(outcome.at - self.app.clock.now(), 0.0)
             job_log.finished(lease, outcome, duration_s, delay_s, recorded=recorded)
             if run is not None and recorded:
@@ -419,6 +425,17 @@ class Worker:
         finally:
             if run is not None:
                 hooks.finished(run)
+
+    async def _first_trace(self, lease: Lease) -> dict[str, str] | None:
+        """The trace context of the job's first attempt, from its history
+        (`offload.attempts.first_trace`); None if the broker cannot say now (the
+        attempt runs all the same, its span without that link)."""
+        try:
+            records, _ = await self.broker.attempt_records(lease.job_id)
+        except Exception as exc:
+            self.health.failed("reading a job's attempts", exc)
+            return None
+        return history.first_trace(records, lease.attempt)
 
     async def _admitted(self, lease: Lease) -> bool:
         """Pass the job's flow limits (see `admission.py`); False if it was deferred
@@ -452,15 +469,21 @@ class Worker:
             logger.exception("job %s: its slot of %s frees when its TTL ends", job_id, slot)
 
     async def _settle(
-        self, lease: Lease, outcome: Outcome, started_at: float | None = None
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        started_at: float | None = None,
+        trace: dict[str, str] | None = None,
     ) -> bool:
         """Apply an outcome to the broker, retried while the broker is unavailable (the
         lease is extended meanwhile); a lost lease is logged, not raised. A failed
-        attempt is recorded in the job's history first (`offload.attempts`). Returns
-        whether the outcome was recorded."""
+        attempt is recorded in the job's history first (`offload.attempts`), with
+        `trace` (`Run.first_trace`). Returns whether the outcome was recorded."""
         task_name = outcome.envelope.task if outcome.envelope else "?"
         extra = {"job_id": lease.job_id, "task": task_name, "attempt": lease.attempt}
-        record = None if outcome.action == "ack" else self._attempt(lease, outcome, started_at)
+        record = None
+        if outcome.action != "ack":
+            record = self._attempt(lease, outcome, started_at, trace)
 
         async def settle() -> None:
             await self.engine.follow_up(
@@ -486,7 +509,13 @@ class Worker:
             return True
         return False
 
-    def _attempt(self, lease: Lease, outcome: Outcome, started_at: float | None) -> bytes:
+    def _attempt(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        started_at: float | None,
+        trace: dict[str, str] | None,
+    ) -> bytes:
         """The history record of an attempt that did not succeed."""
         results = {
             "retry": history.AttemptOutcome.RETRIED,
@@ -499,6 +528,7 @@ class Worker:
             started_at=started_at,
             finished_at=self.app.clock.now(),
             error=outcome.error,
+            trace=trace,
         )
         return history.encode(attempt)
 

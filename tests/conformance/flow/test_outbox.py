@@ -1,8 +1,10 @@
 """`Broker.outbox`: the ends a worker never sees (cancelled while waiting, expired) are
-recorded with the state change, so a workflow always hears of every member's end."""
+recorded with the state change, so a workflow always hears of every member's end and
+the metrics count every such end, once (`clear_outbox` says which entries it removed)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from offload.brokers.base import Broker
@@ -96,10 +98,44 @@ async def test_reading_does_not_consume_and_clearing_does(broker: Broker) -> Non
 
     assert await _outbox_ids(broker) == [first, second]
     assert await _outbox_ids(broker) == [first, second]  # several readers see them
-    await broker.clear_outbox([first, new_job_id()])  # unknown ids are ignored
+    assert await broker.clear_outbox([first, new_job_id()]) == [first]  # unknown: ignored
     assert await _outbox_ids(broker) == [second]
-    await broker.clear_outbox([first, second])
-    await broker.clear_outbox([second])  # idempotent
+    assert await broker.clear_outbox([first, second]) == [second]
+    assert await broker.clear_outbox([second]) == []  # idempotent
+    assert await broker.outbox() == []
+
+
+async def test_every_job_that_ends_waiting_is_recorded(broker: Broker, clock: FakeClock) -> None:
+    # Plain jobs too, not only workflow steps: the metrics count each such end.
+    queued = await enqueue_one(broker)
+    scheduled = await enqueue_one(broker, not_before=clock.now() + 3600)
+    at_reserve = await enqueue_one(broker, expires_at=clock.now() + 10)
+    at_sweep = await enqueue_one(broker, queue="idle", expires_at=clock.now() + 10)
+    for job_id in (queued, scheduled):
+        assert await broker.cancel(job_id)
+    clock.advance(11)
+    assert await broker.reserve(["default"], worker_id="w1", lease_s=30, limit=10) == []
+    await broker.sweep()  # the idle queue's (a broker may expire it at reserve already)
+
+    ended = {entry.job_id: entry.state for entry in await broker.outbox()}
+    assert ended == {
+        queued: JobState.CANCELLED,
+        scheduled: JobState.CANCELLED,
+        at_reserve: JobState.EXPIRED,
+        at_sweep: JobState.EXPIRED,
+    }
+
+
+async def test_concurrent_clears_remove_each_entry_once(broker: Broker) -> None:
+    ids = [await enqueue_one(broker) for _ in range(30)]
+    for job_id in ids:
+        assert await broker.cancel(job_id)
+    seen = [await _outbox_ids(broker) for _ in range(4)]  # four readers, the same entries
+    assert all(found == ids for found in seen)
+
+    cleared = await asyncio.gather(*(broker.clear_outbox(found) for found in seen))
+
+    assert sorted(job_id for part in cleared for job_id in part) == sorted(ids)  # no twice
     assert await broker.outbox() == []
 
 

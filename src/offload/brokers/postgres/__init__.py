@@ -420,8 +420,8 @@ class PostgresBroker(Broker):
     async def outbox(self, limit: int = 500) -> list[Ended]:
         return await self._flow.outbox(limit)
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        await self._flow.clear_outbox(job_ids)
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        return await self._flow.clear_outbox(job_ids)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
         """Return within a round trip of the job's end in any process (a NOTIFY on

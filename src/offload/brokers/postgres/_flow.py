@@ -9,10 +9,13 @@ transaction that first takes a transaction-scoped advisory lock on its key (a
 concurrency limit's key, or the group), so calls on one key serialize and calls on
 different keys never wait for each other.
 
-The outbox is not a table: a flow job (one with `then` or `chord`) that is cancelled
-while waiting or expires gets its `outbox_seq` set by the very statement that changes
-its state, and `clear_outbox` sets it back to NULL. The entry is thus atomic with the
-state change, costs no extra write, and vanishes when the job is purged.
+The outbox is not a table: a job that is cancelled while waiting or expires gets its
+`outbox_seq` set by the very statement that changes its state (for the jobs whose
+`flow` column is set: every job enqueued since metrics count these ends, and workflow
+jobs before), and `clear_outbox` sets it back to NULL, returning the rows it changed:
+a row is locked while one call updates it, and a concurrent call then finds it NULL,
+so each entry is cleared by one call. The entry is thus atomic with the state change,
+costs no extra write, and vanishes when the job is purged.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ class Flow:
         rows = await self._db.rows("outbox", {"limit": max(limit, 0)})
         return [Ended(r["id"], JobState(r["state"]), bytes(r["payload"])) for r in rows]
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            await self._db.rowcount("clear_outbox", {"ids": list(job_ids)})
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        if not job_ids:
+            return []
+        rows = await self._db.rows("clear_outbox", {"ids": list(job_ids)})
+        return [r["id"] for r in rows]

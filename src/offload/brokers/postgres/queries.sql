@@ -9,8 +9,9 @@
 --
 -- Statements that end a job (ack, bury, cancel, expiry) pass the ids they ended to
 -- offload_notify_ends(%(ends)s, ...): one notification per statement, which wakes
--- `wait_finished` in every process. Those that end a waiting flow job without a worker
--- (cancel, expiry) also set its outbox_seq: the outbox entry is the state change's row.
+-- `wait_finished` in every process. Those that end a waiting job without a worker
+-- (cancel, expiry) also set its outbox_seq (if `flow`, set for every job since the
+-- metrics count these ends): the outbox entry is the state change's row.
 
 -- name: reserve
 SELECT id, token, queue, attempt, deadline, payload
@@ -179,7 +180,7 @@ RETURNING value;
 SELECT value FROM offload_registers WHERE name = %(name)s AND expires_at > %(now)s;
 
 -- name: cancel
--- Waiting jobs are cancelled (a flow job into the outbox, with its end notified); a
+-- Waiting jobs are cancelled (into the outbox, with their end notified); a
 -- running one is flagged for cooperative cancellation.
 UPDATE offload_jobs
    SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
@@ -362,8 +363,10 @@ SELECT id, state, payload FROM offload_jobs
  LIMIT %(limit)s;
 
 -- name: clear_outbox
+-- The rows it cleared: a concurrent call waits for the row lock, then sees NULL.
 UPDATE offload_jobs SET outbox_seq = NULL
- WHERE id = ANY(%(ids)s::text[]) AND outbox_seq IS NOT NULL;
+ WHERE id = ANY(%(ids)s::text[]) AND outbox_seq IS NOT NULL
+RETURNING id;
 
 -- name: job_state
 SELECT state FROM offload_jobs WHERE id = %(id)s;

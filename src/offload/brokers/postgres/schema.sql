@@ -300,7 +300,7 @@ CREATE TABLE offload_attempts (
     PRIMARY KEY (job_id, n)
 );
 
--- Job counts per queue and state, kept by statement triggers (0009_counts.sql).
+-- Job counts per queue and state, kept by statement triggers (0009_counts.sql, 0010).
 CREATE TABLE offload_counts (
     queue text   NOT NULL,
     state text   NOT NULL,
@@ -314,39 +314,39 @@ CREATE TABLE offload_count_deltas (
     n     bigint NOT NULL
 );
 
--- The deltas table is named in the jobs table's own schema (TG_TABLE_SCHEMA): an
--- application's transaction (`enqueue_in`) runs with its own search_path.
+-- Static queries, each function run with the search_path of its creation, so the deltas
+-- table is the jobs table's own from an application's transaction too (0010).
 CREATE FUNCTION offload_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('INSERT INTO %I.offload_count_deltas (queue, state, n)
-                    SELECT queue, state, count(*) FROM offload_new GROUP BY queue, state',
-                   TG_TABLE_SCHEMA);
+    INSERT INTO offload_count_deltas (queue, state, n)
+    SELECT queue, state, count(*) FROM offload_new GROUP BY queue, state;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION offload_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('INSERT INTO %I.offload_count_deltas (queue, state, n)
-                    SELECT queue, state, -count(*) FROM offload_old GROUP BY queue, state',
-                   TG_TABLE_SCHEMA);
+    INSERT INTO offload_count_deltas (queue, state, n)
+    SELECT queue, state, -count(*) FROM offload_old GROUP BY queue, state;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION offload_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('INSERT INTO %I.offload_count_deltas (queue, state, n)
-        SELECT queue, state, sum(n)
-          FROM (SELECT o.queue, o.state, -1 AS n
-                  FROM offload_old AS o JOIN offload_new AS w ON w.seq = o.seq
-                 WHERE o.state <> w.state OR o.queue <> w.queue
-                UNION ALL
-                SELECT w.queue, w.state, 1
-                  FROM offload_old AS o JOIN offload_new AS w ON w.seq = o.seq
-                 WHERE o.state <> w.state OR o.queue <> w.queue) AS moves
-         GROUP BY queue, state
-        HAVING sum(n) <> 0', TG_TABLE_SCHEMA);
+    INSERT INTO offload_count_deltas (queue, state, n)
+    SELECT m.queue, m.state, sum(m.n)
+      FROM offload_old AS o
+      JOIN offload_new AS w ON w.seq = o.seq
+     CROSS JOIN LATERAL (VALUES (o.queue, o.state, -1), (w.queue, w.state, 1))
+           AS m(queue, state, n)
+     WHERE o.state <> w.state OR o.queue <> w.queue
+     GROUP BY m.queue, m.state
+    HAVING sum(m.n) <> 0;
     RETURN NULL;
 END $$;
+
+ALTER FUNCTION offload_count_inserted() SET search_path FROM CURRENT;
+ALTER FUNCTION offload_count_deleted() SET search_path FROM CURRENT;
+ALTER FUNCTION offload_count_updated() SET search_path FROM CURRENT;
 
 CREATE TRIGGER offload_count_insert AFTER INSERT ON offload_jobs
     REFERENCING NEW TABLE AS offload_new

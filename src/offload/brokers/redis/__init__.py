@@ -480,8 +480,8 @@ class RedisBroker(Broker):
         """Merges the per-queue outboxes (see `_flow.py`)."""
         return await self._flow.outbox(limit)
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        await self._flow.clear_outbox(job_ids)
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        return await self._flow.clear_outbox(job_ids)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
         """Pushed from any process, for jobs someone waits on (see `_signals.py`)."""

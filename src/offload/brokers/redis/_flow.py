@@ -10,12 +10,13 @@ the hash lapses by EXPIRE after the broker's retention.
 
 The outbox: each queue has its own, the zset `P:{q}:outbox` (members: the job's
 enqueue sequence, fixed width, then its id; scores: end times), so the script that
-cancels or expires a job records it in the same atomic call, in the queue's slot. Only
-workflow jobs are recorded: `enqueue` sets the record's `o` field when the envelope has
-`then` or `chord` (`workflow_flag`), so an expiry storm of plain jobs writes nothing
-more. Reading merges the heads of every known queue's outbox; deleting a job (`sweep`)
-takes its entry with it. Ends at one time (one script call expires many) come in
-enqueue order.
+cancels or expires a job records it in the same atomic call, in the queue's slot, and
+marks the record (`o`). Every such job is recorded, since metrics count these ends; a
+workflow job was marked at enqueue already (`workflow_flag`, from when only those were
+recorded). Reading merges the heads of every known queue's outbox; deleting a job
+(`sweep`) takes its entry with it; clearing returns the ids it removed (one script per
+queue: each entry is removed by one call). Ends at one time (one script call expires
+many) come in enqueue order.
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ class Flow:
             for _, member, state, payload in heapq.nsmallest(limit, found)
         ]
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
         """One script per known queue, pipelined: the ids may be of any queue."""
         if not job_ids:
-            return
+            return []
         names = await self._x.known_queues()
-        await self._x.run_many([("clear_outbox", self._x.q(q), list(job_ids)) for q in names])
+        calls: list[Call] = [("clear_outbox", self._x.q(q), list(job_ids)) for q in names]
+        return [text(job_id) for reply in await self._x.run_many(calls) for job_id in reply]

@@ -24,7 +24,7 @@ Per queue `q` (`P` is the prefix):
 | `P:{q}:jobs`          | zset   | every job, score 0, member enqueue ms+seq+id (listing order)  |
 | `P:{q}:keys`          | hash   | idempotency key → job id                                      |
 | `P:{q}:seq`           | string | enqueue counter of the queue                                  |
-| `P:{q}:outbox`        | zset   | workflow jobs ended without a worker: seq+id by end time      |
+| `P:{q}:outbox`        | zset   | jobs ended without a worker: seq+id by end time               |
 | `P:{q}:waiters`       | hash   | job id → 1 while some `wait_finished` may wait on it          |
 
 Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
@@ -57,8 +57,9 @@ only `P:{q}:seq` and the global keys remain.
 The record map uses short field names: `s` state, `tk` task, `p` priority, `a` attempt,
 `m` max attempts, `k` key, `c` created, `d` due, `x` expires, `st` started, `f` finished,
 `w` worker, `t` lease token, `dl` lease deadline, `e` error (JSON), `cx` cancel flag,
-`q` sequence, `n` enqueue ms, `u` purge time, `o` workflow job (its envelope has `then`
-or `chord`: an end without a worker goes to the queue's `outbox`). Times are Unix epoch
+`q` sequence, `n` enqueue ms, `u` purge time, `o` in the queue's `outbox` (set when the
+job ends without a worker; at enqueue already for a workflow job, whose envelope has
+`then` or `chord`). Times are Unix epoch
 seconds (doubles). A record the scripts cannot use (not msgpack, a field missing or of
 the wrong type: `record_problem` in `scripts/_lib.lua`) is buried as `dead`
 (`Undecodable`) by the housekeeping that meets it, never a script error.

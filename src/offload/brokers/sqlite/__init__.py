@@ -299,8 +299,8 @@ class SQLiteBroker(Broker):
     async def outbox(self, limit: int = 500) -> list[Ended]:
         return await self._run(Store.outbox, limit)
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        await self._run(Store.clear_outbox, job_ids)
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        return await self._run(Store.clear_outbox, job_ids)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> None:
         """Return once the job is terminal or unknown, at once when this broker ends

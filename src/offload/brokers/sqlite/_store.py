@@ -8,6 +8,11 @@ and a busy file makes the caller wait before it has done anything, never halfway
 
 Methods take positional arguments only, so the broker can pass them to the executor
 as plain `(function, *args)` with their types intact.
+
+Job counts (`counts`, the table `offload_counts`) are kept here, not by triggers: every
+statement that inserts, moves or deletes jobs returns their queues, each write notes the
+moves (`_move`), and the transaction adds them to the counters in one statement before
+it commits, one row per queue and state (a batch of a hundred acks: two).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import json
 import os
 import sqlite3
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +68,14 @@ _SETTLE = {
     Ending.DEFER: _Q["defer"],
     Ending.CANCEL: _Q["cancel_running"],
 }
+#: The state each settlement's query moves a running job to.
+_SETTLED = {
+    Ending.ACK: JobState.SUCCEEDED,
+    Ending.RETRY: JobState.SCHEDULED,
+    Ending.BURY: JobState.DEAD,
+    Ending.DEFER: JobState.SCHEDULED,
+    Ending.CANCEL: JobState.CANCELLED,
+}
 
 
 # -- row conversion -----------------------------------------------------------------------
@@ -83,6 +97,8 @@ class Store:
         self._conn = conn
         self._clock = clock
         self._retention_s = retention_s
+        # The open write's count changes: (queue, state) -> jobs in or out (`_move`).
+        self._moves: Counter[tuple[str, str]] = Counter()
         # A broker dropped without close() still closes its connection when collected
         # (Python 3.13 warns about an sqlite3 connection collected open).
         self._closer = weakref.finalize(self, conn.close)
@@ -118,16 +134,33 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[float]:
         """One BEGIN IMMEDIATE transaction; yields `now`, read once the write lock is
-        held, so that times written by concurrent processes never run backwards."""
+        held, so that times written by concurrent processes never run backwards. The
+        job moves it noted go into the counters just before the commit."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._clock.now()
+            if self._moves:
+                rows = [(q, s, n) for (q, s), n in self._moves.items() if n]
+                conn.executemany(_Q["count_add"], rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            self._moves.clear()
+
+    def _move(self, queues: Iterable[str], old: str | None, new: str | None) -> None:
+        """Note that a job of each of `queues` (one entry per job) left state `old`
+        (None: it is new) for `new` (None: it was deleted), for the open write."""
+        moves = self._moves
+        was, now = (None if s is None else str(s) for s in (old, new))  # JobState: its value
+        for queue in queues:
+            if was is not None:
+                moves[queue, was] -= 1
+            if now is not None:
+                moves[queue, now] += 1
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -166,6 +199,7 @@ class Store:
             for envelope, payload in jobs:
                 created, state = self._insert(envelope, payload, now)
                 if created:
+                    self._moves[envelope.queue, state] += 1
                     results.append(EnqueueResult(envelope.id, True))
                     known.add(envelope.queue)
                     if state == JobState.QUEUED:
@@ -230,25 +264,33 @@ class Store:
                 lease = Lease(row["id"], token, row["queue"], row["attempt"] + 1, deadline, payload)
                 leases.append(lease)
             self._conn.executemany(_Q["lease_job"], updates)
+            self._move((lease.queue for lease in leases), JobState.QUEUED, JobState.RUNNING)
         return leases, expired
 
     def _make_ready(self, now: float) -> list[str]:
         """Promote due jobs, reclaim lapsed leases, expire stale waiting jobs: each an
         index range scan that finds nothing in the common case. Returns the expired ids."""
         conn = self._conn
-        conn.execute(_Q["promote_due"], {"now": now})
-        conn.execute(_Q["reclaim_lapsed"], {"now": now, "error": _LEASE_EXPIRED})
+        promoted = conn.execute(_Q["promote_due"], {"now": now}).fetchall()
+        self._move((row[0] for row in promoted), JobState.SCHEDULED, JobState.QUEUED)
+        params = {"now": now, "error": _LEASE_EXPIRED}
+        reclaimed = conn.execute(_Q["reclaim_lapsed"], params).fetchall()
+        self._move((row[0] for row in reclaimed), JobState.RUNNING, JobState.QUEUED)
         return self._expire(now)
 
     def _expire(self, now: float) -> list[str]:
-        """Expire the waiting jobs past their `expires_at`, recording the workflow jobs
-        among them in the outbox (same transaction: the caller's). Returns their ids."""
-        params = {"now": now, "purge_at": now + self._retention_s}
-        rows = self._conn.execute(_Q["expire_due"], params).fetchall()
+        """Expire the waiting jobs past their `expires_at`, recording them in the outbox
+        (same transaction: the caller's). Returns their ids."""
+        conn = self._conn
+        rows = conn.execute(_Q["expiring"], {"now": now}).fetchall()
         if not rows:
             return []
-        self._conn.executemany(_Q["outbox_add"], [(row[0],) for row in rows if row[1]])
-        return [row[0] for row in rows]
+        purge_at = now + self._retention_s
+        conn.executemany(_Q["expire_job"], [(now, purge_at, row["seq"]) for row in rows])
+        conn.executemany(_Q["outbox_add"], [(row["id"],) for row in rows])
+        for row in rows:
+            self._move((row["queue"],), row["state"], JobState.EXPIRED)
+        return [row["id"] for row in rows]
 
     def _best_ready(self, queues: Sequence[str], limit: int) -> list[sqlite3.Row]:
         """The first `limit` ready jobs across `queues`.
@@ -287,8 +329,10 @@ class Store:
                 params = self._settle_params(item, now)
                 rows = self._conn.execute(_SETTLE[item.ending], params).fetchall()
                 held.append(len(rows) == 1)
-                if rows and item.at is not None and item.at <= now:
-                    due.add(rows[0]["queue"])
+                if rows:
+                    self._move((rows[0]["queue"],), JobState.RUNNING, _SETTLED[item.ending])
+                    if item.at is not None and item.at <= now:
+                        due.add(rows[0]["queue"])
             if due:
                 self._signal(due)
         return held, bool(due)
@@ -318,18 +362,21 @@ class Store:
         with self._write():
             for lease in leases:
                 params = {"id": lease.job_id, "token": lease.token}
-                queues.update(row["queue"] for row in self._conn.execute(_Q["release"], params))
+                released = [row["queue"] for row in self._conn.execute(_Q["release"], params)]
+                self._move(released, JobState.RUNNING, JobState.QUEUED)
+                queues.update(released)
             self._signal(queues)
         return bool(queues)
 
     def cancel(self, job_id: str) -> bool:
-        """A waiting workflow job goes to the outbox in the cancel's transaction."""
+        """A waiting job goes to the outbox in the cancel's transaction."""
         with self._write() as now:
-            params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
-            rows = self._conn.execute(_Q["cancel_waiting"], params).fetchall()
-            if rows:
-                if rows[0][0]:
-                    self._conn.execute(_Q["outbox_add"], (job_id,))
+            place = self._conn.execute(_Q["job_place"], (job_id,)).fetchone()
+            if place is not None and place["state"] in (JobState.QUEUED, JobState.SCHEDULED):
+                params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
+                self._conn.execute(_Q["cancel_waiting"], params)
+                self._conn.execute(_Q["outbox_add"], (job_id,))
+                self._move((place["queue"],), place["state"], JobState.CANCELLED)
                 return True
             return self._conn.execute(_Q["flag_cancel"], {"id": job_id}).rowcount == 1
 
@@ -337,11 +384,12 @@ class Store:
         rows = self._conn.execute(_Q["outbox"], (limit,))
         return [Ended(row[0], JobState(row[1]), blob(row[2])) for row in rows]
 
-    def clear_outbox(self, job_ids: Sequence[str]) -> None:
+    def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
         if not job_ids:
-            return
+            return []
         with self._write():
-            self._conn.execute(_Q["outbox_clear"], (json.dumps(list(job_ids)),))
+            rows = self._conn.execute(_Q["outbox_clear"], (json.dumps(list(job_ids)),))
+            return [row[0] for row in rows]
 
     def data_version(self) -> int:
         """`PRAGMA data_version`: changes when another connection commits (a cheap
@@ -422,6 +470,7 @@ class Store:
         with self._write() as now:
             params = {"now": now, "queue": queue, "ids": _id_list(job_ids)}
             rows = self._conn.execute(_Q["replay_dead"], params).fetchall()
+            self._move((row["queue"] for row in rows), JobState.DEAD, JobState.QUEUED)
             self._signal({row["queue"] for row in rows})
         return len(rows)
 
@@ -435,7 +484,9 @@ class Store:
                 "ids": _id_list(job_ids),
                 "cutoff": None if older_than is None else now - older_than,
             }
-            return int(self._conn.execute(_Q["purge_dead"], params).rowcount)
+            rows = self._conn.execute(_Q["purge_dead"], params).fetchall()
+            self._move((row["queue"] for row in rows), JobState.DEAD, None)
+        return len(rows)
 
     def queues(self) -> list[str]:
         return [row["name"] for row in self._conn.execute(_Q["queues"])]
@@ -516,7 +567,10 @@ class Store:
         conn = self._conn
         with self._write() as now:
             expired = self._expire(now)
-            purged = conn.execute(_Q["purge_finished"], {"now": now}).rowcount
+            gone = conn.execute(_Q["purge_finished"], {"now": now}).fetchall()
+            for row in gone:
+                self._move((row["queue"],), row["state"], None)
+            purged = len(gone)
             removed = conn.execute(_Q["forget_lapsed_workers"], (now,)).rowcount
             conn.execute(_Q["rates_idle"], (now,))
             conn.execute(_Q["slots_all_lapsed"], (now,))

@@ -8,25 +8,33 @@
 -- index with INDEXED BY, which also turns a lost index into an error, not a slow scan. Statements marked "(hot)" take
 -- positional parameters: executemany over tuples is faster than over dicts.
 
+-- Every statement that inserts, deletes or moves jobs returns their queue (and the state
+-- a RETURNING clause cannot see: a moved job's old one, a deleted job's), so that the
+-- transaction updates `offload_counts` once per queue and state (`_store.Store._write`).
+
 -- name: promote_due
 -- Scheduled jobs whose time has come become ready (index offload_jobs_scheduled).
 UPDATE offload_jobs INDEXED BY offload_jobs_scheduled SET state = 'queued'
- WHERE state = 'scheduled' AND due_at <= :now;
+ WHERE state = 'scheduled' AND due_at <= :now
+RETURNING queue;
 
 -- name: reclaim_lapsed
 -- The visibility timeout: a lease that ran out puts its job back.
 UPDATE offload_jobs INDEXED BY offload_jobs_running
    SET state = 'queued', lease_token = NULL, lease_deadline = NULL, worker_id = NULL,
        error = :error
- WHERE state = 'running' AND lease_deadline <= :now;
+ WHERE state = 'running' AND lease_deadline <= :now
+RETURNING queue;
 
--- name: expire_due
--- Waiting jobs past their expiry will never run. Returns them, so that the workflow
--- jobs among them go to the outbox in the same transaction and waiters are woken.
-UPDATE offload_jobs INDEXED BY offload_jobs_expiry
-   SET state = 'expired', finished_at = :now, purge_at = :purge_at
- WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now
-RETURNING id, flow;
+-- name: expiring
+-- Waiting jobs past their expiry will never run: found here with their state, then
+-- expired by `expire_job`, recorded in the outbox, and their waiters woken.
+SELECT seq, id, queue, state FROM offload_jobs INDEXED BY offload_jobs_expiry
+ WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now;
+
+-- name: expire_job
+-- Parameters: now, purge_at, seq.
+UPDATE offload_jobs SET state = 'expired', finished_at = ?, purge_at = ? WHERE seq = ?;
 
 -- name: ready_in_queue
 -- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
@@ -159,11 +167,13 @@ INSERT INTO offload_registers (name, value, expires_at) VALUES (?, ?, ?)
 -- name: registers_lapsed
 DELETE FROM offload_registers WHERE expires_at <= ?;
 
+-- name: job_place
+SELECT queue, state FROM offload_jobs WHERE id = ?;
+
 -- name: cancel_waiting
 UPDATE offload_jobs
    SET state = 'cancelled', finished_at = :now, purge_at = :purge_at
- WHERE id = :id AND state IN ('queued', 'scheduled')
-RETURNING flow;
+ WHERE id = :id AND state IN ('queued', 'scheduled');
 
 -- name: flag_cancel
 UPDATE offload_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
@@ -220,13 +230,20 @@ DELETE FROM offload_jobs
  WHERE state = 'dead'
    AND (:queue IS NULL OR queue = :queue)
    AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
-   AND (:cutoff IS NULL OR coalesce(finished_at, :now) < :cutoff);
+   AND (:cutoff IS NULL OR coalesce(finished_at, :now) < :cutoff)
+RETURNING queue;
 
 -- name: purge_finished
 -- Dead jobs have no purge_at: they stay until purge_dead. The state test is a guard.
 DELETE FROM offload_jobs INDEXED BY offload_jobs_purge
  WHERE purge_at IS NOT NULL AND purge_at <= :now
-   AND state IN ('succeeded', 'expired', 'cancelled');
+   AND state IN ('succeeded', 'expired', 'cancelled')
+RETURNING queue, state;
+
+-- name: count_add
+-- (hot) One row per queue and state a transaction moved jobs in: queue, state, delta.
+INSERT INTO offload_counts (queue, state, n) VALUES (?, ?, ?)
+    ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n;
 
 -- name: register_worker
 INSERT OR REPLACE INTO offload_workers
@@ -297,7 +314,9 @@ SELECT o.job_id, j.state, j.payload
  LIMIT ?;
 
 -- name: outbox_clear
-DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?));
+-- Returns the entries it removed: one writer at a time, so each id once across callers.
+DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?))
+RETURNING job_id;
 
 -- name: outbox_orphans
 DELETE FROM offload_outbox WHERE job_id NOT IN (SELECT id FROM offload_jobs);

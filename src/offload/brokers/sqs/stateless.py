@@ -108,8 +108,8 @@ class Stateless(Flow, Inspection, Fleet, Signals):
     async def outbox(self, limit: int = 500) -> list[Ended]:
         return []
 
-    async def clear_outbox(self, job_ids: Sequence[str]) -> None:
-        return None
+    async def clear_outbox(self, job_ids: Sequence[str]) -> list[str]:
+        return []
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return set()

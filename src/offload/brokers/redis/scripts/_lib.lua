@@ -220,13 +220,13 @@ local function finish(q, id, r, state, now, purge_at)
   note_end(q, id)
 end
 
--- A waiting job ends without a worker (cancelled or expired): a workflow job is also
--- recorded in the outbox, in this same atomic step, for a worker to run its follow-ups.
+-- A waiting job ends without a worker (cancelled or expired): it is also recorded in
+-- the outbox, in this same atomic step, for a worker to run its workflow follow-ups
+-- and count it; `o` on the record says so (`delete` and `clear_outbox` look at it).
 local function end_unrun(q, id, r, state, now, purge_at)
+  r.o = 1
   finish(q, id, r, state, now, purge_at)
-  if r.o then
-    redis.call('ZADD', q.outbox, now, outbox_member(r, id))
-  end
+  redis.call('ZADD', q.outbox, now, outbox_member(r, id))
 end
 
 -- Forget a job entirely, with its key (if the key still names it) and listing entry.

@@ -2,13 +2,13 @@
 -- queue's outbox does not hold are ignored.
 -- KEYS: the 16 keys of the queue (QueueKeys order).
 -- ARGV: job ids.
--- Returns: how many entries were removed.
+-- Returns: the ids whose entries this call removed (so each end is reported once).
 local q = queue_at(1)
-local n = 0
+local removed = {}
 for _, id in ipairs(ARGV) do
   local r = load(q, id)
-  if r and r.o then
-    n = n + redis.call('ZREM', q.outbox, outbox_member(r, id))
+  if r and r.o and redis.call('ZREM', q.outbox, outbox_member(r, id)) == 1 then
+    removed[#removed + 1] = id
   end
 end
-return n
+return removed
