@@ -132,6 +132,9 @@ async def test_a_copy_delivered_again_takes_the_job_back_with_the_attempt_counte
     job_id = await enqueue_one(broker)
     first = await reserve_one(broker, lease_s=5)
     clock.advance(6)  # the delivery's lease lapses: it hands the same copy out again
+    # the store never takes a ledger job's lease back itself
+    assert await store.reserve(["default"], worker_id="s", lease_s=LEASE_S, limit=5) == []
+    assert (await store.get_job(job_id)).state is JobState.RUNNING  # type: ignore[union-attr]
     second = await reserve_one(broker, worker_id="w2")
     assert (second.job_id, second.attempt) == (job_id, 2)
     assert await broker.settle_many([_ack(first)]) == [False]

@@ -93,7 +93,7 @@ def require_roles(obj: object, what: str) -> None:
         names = ", ".join(role.name.lower() for role in missing)
         raise ConfigurationError(
             f"{what} only delivers jobs; the roles {names} need a state store: "
-            f"set {STATE_URL_SETTING} to a full broker's URL (sqlite, postgresql, redis)"
+            f"set {STATE_URL_SETTING} to a sqlite:/// or postgresql:// URL"
         )
 
 
@@ -200,11 +200,22 @@ class Composite(Broker):
                 queues, worker_id=worker_id, lease_s=lease_s, limit=limit
             )
         await self._publish(await self.ledger.due(queues, limit=max(limit, 100)))
-        delivered = await self.delivery.reserve(
-            queues, worker_id=worker_id, lease_s=lease_s, limit=limit
-        )
-        if not delivered:
-            return []
+        leases: list[Lease] = []
+        while len(leases) < limit:  # refused copies leave room: fill it from the delivery
+            delivered = await self.delivery.reserve(
+                queues, worker_id=worker_id, lease_s=lease_s, limit=limit - len(leases)
+            )
+            if not delivered:
+                break
+            claimed = await self._claim(delivered, worker_id, lease_s)
+            leases += claimed
+            if len(claimed) == len(delivered):
+                break
+        return leases
+
+    async def _claim(self, delivered: list[Lease], worker_id: str, lease_s: float) -> list[Lease]:
+        """The store's leases of the copies it lets run; the others are dropped."""
+        assert self.ledger is not None
         try:
             claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
         except BaseException:
