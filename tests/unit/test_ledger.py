@@ -17,7 +17,7 @@ from offload.brokers import from_url
 from offload.brokers.base import Broker, Lease, Settlement
 from offload.brokers.composite import Composite, with_state_store
 from offload.brokers.records import Outgoing
-from offload.brokers.roles import PUBLISH_GRACE_S
+from offload.brokers.roles import PUBLISH_GRACE_S, Ledger
 from offload.codec import encode_value
 from offload.envelope import JobState
 from offload.errors import BrokerUnavailable
@@ -109,6 +109,7 @@ async def test_a_stale_copy_is_dropped_unrun(
     parts: tuple[Composite, Flaky, Broker], clock: FakeClock
 ) -> None:
     broker, delivery, store = parts
+    assert isinstance(store, Ledger)
     job_id = await enqueue_one(broker)
     [stale] = await delivery.inner.reserve(["default"], worker_id="x", lease_s=1, limit=1)
     await delivery.inner.release([stale])
