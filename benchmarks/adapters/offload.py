@@ -135,3 +135,7 @@ class OffloadAmqp(_OffloadAdapter):
         state = quote(f"sqlite:///{self.db}", safe="")
         self.url = f"{_probe.amqp_url()}?prefix={prefix}&state={state}"
         super().__init__(redis_url, workdir)
+
+    def storage_bytes(self) -> int | None:
+        """The state store's file bytes (database + WAL); RabbitMQ's share is not read."""
+        return sum(p.stat().st_size for p in self.db.parent.glob(self.db.name + "*") if p.is_file())
