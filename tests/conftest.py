@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import pytest
 
@@ -41,6 +42,9 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str]
             return str(request.getfixturevalue("redis_cluster_url"))
         if name == "postgres":
             return str(request.getfixturevalue("postgres_url"))
+        if name.startswith("amqp_"):  # RabbitMQ with a state store: amqp_sqlite, …
+            state = make(name.removeprefix("amqp_"))
+            return f"{request.getfixturevalue('amqp_url')}&state={quote(state, safe='')}"
         raise ValueError(name)
 
     return make
@@ -199,6 +203,7 @@ AMQP_TEST_QUEUES = ("default", "q1", "q2")
 def amqp_server() -> str:
     """The shared RabbitMQ at AMQP_URL, checked once."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import aiormq
 
@@ -207,7 +212,9 @@ def amqp_server() -> str:
         await connection.close()
 
     try:
-        asyncio.run(asyncio.wait_for(ping(), 10))
+        # On a thread of its own: an async fixture may ask for this one from its loop.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, asyncio.wait_for(ping(), 10)).result()
     except Exception as exc:
         service_missing(f"RabbitMQ is not available at {AMQP_URL}: {exc}")
     return AMQP_URL

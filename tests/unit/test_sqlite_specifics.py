@@ -22,11 +22,13 @@ import pytest
 from offload.brokers import from_url
 from offload.brokers.base import EnqueueResult
 from offload.brokers.sqlite import SQLiteBroker, database_path
+from offload.brokers.composite import with_state_store
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
 from offload.envelope import Envelope, ErrorInfo, JobState, Step, new_job_id
 from offload.errors import ConfigurationError
 from offload.testing import FakeClock
+from tests.conformance.delivery_only import DeliveryOnly
 
 MakeBroker = Callable[..., SQLiteBroker]
 
@@ -300,6 +302,50 @@ async def test_counts_equal_a_recount_after_every_kind_of_change(
     await broker.sweep()
     await same("sweep: purge")
     assert lapse is not None
+
+
+
+async def test_counts_equal_a_recount_when_the_file_is_a_state_store(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # The ledger's own statements (record, due, claim) move jobs too, and keep the
+    # counters as the broker's do.
+    store = make_broker()
+    broker = with_state_store(DeliveryOnly(from_url("memory://", clock=clock)), store)
+    await broker.connect()
+    boom = ErrorInfo("E", "boom")
+
+    def recount() -> dict[tuple[str, str], int]:
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            rows = conn.execute("SELECT queue, state, count(*) FROM offload_jobs GROUP BY 1, 2")
+            return {(q, s): n for q, s, n in rows}
+
+    async def same(step: str) -> None:
+        counted = {
+            (queue, str(state)): n
+            for queue, stats in (await store.counts()).items()
+            for state, n in stats.states.items()
+            if n
+        }
+        assert counted == recount(), step
+
+    now = clock.now()
+    await broker.enqueue([job(clock) for _ in range(4)])
+    await broker.enqueue([job(clock, not_before=now + 5), job(clock, expires_at=now + 1)])
+    await same("record")
+    first, second, third = await broker.reserve(
+        ["default"], worker_id="w", lease_s=30, limit=3
+    )
+    await same("claim")
+    await broker.ack(first, encode_value(1), result_ttl_s=None)
+    await broker.retry(second, at=now + 2, error=boom)
+    await same("settle")
+    clock.advance(10)  # the retry and the delayed job are due, the expiring job expired
+    leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=5)
+    await same("due, expire, claim")
+    await broker.release([third, *leases])
+    await same("release")
+    await broker.close()
 
 
 #: The count triggers of schema version 8, as a version-8 file holds them.
@@ -615,3 +661,30 @@ def test_the_demos_user_store_dropped_without_close_closes_its_connection(
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         conn.execute("SELECT 1")
+
+
+async def test_version_8_file_gets_ledger_columns_and_reserve_skips_ledger_jobs(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a file written before the ledger (version 8) holding a waiting job,
+    old = make_broker()
+    [plain] = await old.enqueue([job(clock)])
+    await old.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("DROP INDEX offload_jobs_publish")
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN stamp")
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN publish_by")
+        conn.execute("UPDATE offload_meta SET value = '8' WHERE key = 'schema_version'")
+    conn.close()
+
+    # when a broker of this version opens it and records a job another part delivers,
+    broker = make_broker()
+    _, [copy] = await broker.record([job(clock)])
+    clock.advance(3600)
+
+    # the old job is reserved as before, and the ledger job never (nor given back).
+    leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10)
+    assert [lease.job_id for lease in leases] == [plain.id]
+    assert await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10) == []
+    info = await broker.get_job(copy.job_id)
+    assert info is not None and info.state is JobState.QUEUED

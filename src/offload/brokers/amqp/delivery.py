@@ -30,6 +30,12 @@ the two leaves both copies: at-least-once, never none.
 consumer never decodes a payload. See `offload.brokers.amqp.topology` for the buckets.
 A job past `expires_at` when it is reserved is acknowledged and not run; without a
 state store nothing records it as `expired` (`AmqpDelivery.expired` counts them).
+
+**For a state store** (`publish`, `offload.brokers.composite`): the store keeps every
+job's state, delays, retries, attempts and dead letters, and publishes a copy of a job
+only when it should run; the copy carries the store's stamp (`offload-stamp`), which
+the store checks when the copy is delivered (`Ledger.claim`). Such copies have no due
+or expiry header and are never republished to count a crash: the store counts it.
 """
 
 from __future__ import annotations
@@ -49,14 +55,21 @@ from pamqp.common import FieldTable
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._connection import Link, Session, unavailable
 from offload.brokers.amqp.settings import STATE_SETTING, parse_url
-from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease
+from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease, Outgoing
 from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope, ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 
-__all__ = ["ATTEMPT_HEADER", "DUE_HEADER", "ERROR_HEADER", "EXPIRES_HEADER", "AmqpDelivery"]
+__all__ = [
+    "ATTEMPT_HEADER",
+    "DUE_HEADER",
+    "ERROR_HEADER",
+    "EXPIRES_HEADER",
+    "STAMP_HEADER",
+    "AmqpDelivery",
+]
 
 logger = logging.getLogger("offload.brokers.amqp")
 
@@ -68,6 +81,8 @@ DUE_HEADER = "offload-due"
 EXPIRES_HEADER = "offload-expires"
 #: Why a job was buried (its `ErrorInfo`, JSON), on dead letters.
 ERROR_HEADER = "offload-error"
+#: The state store's stamp of this copy of the job (`Outgoing.stamp`).
+STAMP_HEADER = "offload-stamp"
 #: A job consumed this early (ms) is already due (clock skew between hosts aside).
 _EARLY_MS = 1
 #: When `extend` warns that a lease nears the server's consumer timeout.
@@ -105,6 +120,13 @@ class _Delivery:
         value = (self.properties.headers or {}).get(name)
         return value if isinstance(value, int) else None
 
+    @property
+    def stamp(self) -> str | None:
+        value = (self.properties.headers or {}).get(STAMP_HEADER)
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value if isinstance(value, str) else None
+
 
 class AmqpDelivery(Delivery):
     """The delivery role on RabbitMQ (see the module docstring).
@@ -115,7 +137,7 @@ class AmqpDelivery(Delivery):
         retention_s: how long the state store keeps a key's claim.
     """
 
-    capabilities = Capabilities(push_wakeup=True)
+    capabilities = Capabilities(push_wakeup=True, loop_bound=True)
 
     def __init__(
         self, url: str, *, clock: Clock | None = None, retention_s: float = DEFAULT_RETENTION_S
@@ -136,12 +158,19 @@ class AmqpDelivery(Delivery):
         self._consumer_tags: list[str] = []
         self._consuming_generation = 0
         self._prefetch = 0
+        #: Delivery tags not acknowledged yet, per session generation: a `multiple` ack
+        #: may only cover a run of tags that holds none of another job.
+        self._unacked: dict[int, set[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def attach_state(self, state: Broker) -> None:
         """The state store: idempotency keys are claimed in it (`enqueue`)."""
         self.state = state
+
+    def state_url(self) -> str | None:
+        """The state store `state=` in the URL names."""
+        return self.settings.state_url
 
     async def connect(self) -> None:
         await self.link.session()
@@ -249,6 +278,30 @@ class AmqpDelivery(Delivery):
             now_ms=now_ms,
         )
 
+    async def publish(self, jobs: Sequence[Outgoing]) -> None:
+        """Publish a copy of each job for the state store, due now, with its stamp;
+        return once RabbitMQ confirmed every one (pipelined, as `enqueue`).
+
+        Raises:
+            BrokerUnavailable: RabbitMQ is unreachable or refused a message.
+        """
+        now_ms = self._now_ms()
+        for queue in {job.queue for job in jobs}:
+            await self._declare_work(queue)
+        await asyncio.gather(
+            *(
+                self._publish(
+                    job.payload,
+                    queue=job.queue,
+                    job_id=job.job_id,
+                    priority=topology.amqp_priority(job.priority),
+                    headers={ATTEMPT_HEADER: 0, STAMP_HEADER: job.stamp},
+                    now_ms=now_ms,
+                )
+                for job in jobs
+            )
+        )
+
     async def _declare_work(self, queue: str) -> None:
         """The work queue, bound by its name to the work exchange (where the delay
         buckets dead-letter)."""
@@ -342,7 +395,9 @@ class AmqpDelivery(Delivery):
     def _moved(self, delivery: _Delivery, now_ms: int) -> Coroutine[object, object, None] | None:
         """What a delivery needs before it may run: None if nothing (lease it), else
         the ack of an expired job, or the republish that counts a crash or delays it
-        to the next bucket."""
+        to the next bucket. A state store's copy needs nothing: the store decides."""
+        if delivery.stamp is not None:
+            return None
         expires = delivery.header(EXPIRES_HEADER)
         if expires is not None and expires <= now_ms:
             self.expired += 1
@@ -374,6 +429,7 @@ class AmqpDelivery(Delivery):
             attempt=(delivery.header(ATTEMPT_HEADER) or 0) + 1,
             deadline=now + lease_s,
             payload=delivery.message.body,
+            stamp=delivery.stamp,
         )
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
@@ -396,6 +452,7 @@ class AmqpDelivery(Delivery):
             self._consumer_tags = []
             self._consuming_generation = session.generation
             self._prefetch = 0
+            self._unacked = {session.generation: set()}
         wanted = self.settings.prefetch or max(16, 2 * limit)
         try:
             if wanted > self._prefetch:
@@ -417,16 +474,11 @@ class AmqpDelivery(Delivery):
     def _receiver(self, queue: str, generation: int) -> aiormq.abc.ConsumerCallback:
         async def receive(message: aiormq.abc.DeliveredMessage) -> None:
             priority = message.header.properties.priority or 0
-            heapq.heappush(
-                self._ready,
-                _Delivery(
-                    (-priority, next(self._arrival)),
-                    queue,
-                    message,
-                    generation,
-                    time.monotonic(),
-                ),
+            delivery = _Delivery(
+                (-priority, next(self._arrival)), queue, message, generation, time.monotonic()
             )
+            self._unacked.setdefault(generation, set()).add(delivery.tag)
+            heapq.heappush(self._ready, delivery)
             self._arrived.set()
 
         return receive
@@ -496,20 +548,59 @@ class AmqpDelivery(Delivery):
             BrokerUnavailable: a copy was not confirmed; those leases are still held
                 (the worker retries them), the others took effect.
         """
+        done: list[bool] = [False] * len(settlements)
+        acks: list[tuple[int, _Delivery]] = []
+        moves: list[tuple[int, Settlement]] = []
+        for i, item in enumerate(settlements):
+            if item.ending in (Ending.ACK, Ending.CANCEL):
+                try:
+                    acks.append((i, self._take(item.lease)))
+                except LeaseLost:
+                    continue
+            else:
+                moves.append((i, item))
         outcomes = await asyncio.gather(
-            *(self._settle(item) for item in settlements), return_exceptions=True
+            self._ack_many([d for _, d in acks]),
+            *(self._settle(item) for _, item in moves),
+            return_exceptions=True,
         )
-        done: list[bool] = []
         failure: BaseException | None = None
-        for outcome in outcomes:
+        for (i, _), outcome in zip(moves, outcomes[1:], strict=True):
             if isinstance(outcome, BaseException):
                 failure = failure or outcome
-                done.append(False)
             else:
-                done.append(outcome)
+                done[i] = bool(outcome)
+        if isinstance(outcomes[0], BaseException):
+            failure = outcomes[0]
+            for _, delivery in acks:
+                if self._alive(delivery):
+                    self._held[_token(delivery)] = delivery  # not settled: still ours
+        else:
+            for i, _ in acks:
+                done[i] = True
         if failure is not None:
             raise failure
         return done
+
+    async def _ack_many(self, deliveries: Sequence[_Delivery]) -> None:
+        """Acknowledge deliveries of the live session: one `multiple` ack for those
+        below every other unacknowledged delivery of the channel (usually all of them:
+        jobs end roughly in the order they came), one ack each for the rest."""
+        if not deliveries:
+            return
+        channel = deliveries[0].message.channel
+        tags = sorted(d.tag for d in deliveries)
+        others = self._unacked.get(deliveries[0].generation, set()).difference(tags)
+        floor = min(others, default=None)
+        run = [t for t in tags if floor is None or t < floor]
+        single = tags[len(run) :]
+        try:
+            if run:
+                await channel.basic_ack(run[-1], multiple=len(run) > 1)
+            await asyncio.gather(*(channel.basic_ack(tag) for tag in single))
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            raise unavailable("ack", exc) from exc
+        self._unacked.get(deliveries[0].generation, set()).difference_update(tags)
 
     async def _settle(self, item: Settlement) -> bool:
         try:
@@ -588,6 +679,7 @@ class AmqpDelivery(Delivery):
             # The channel is gone, so RabbitMQ requeued the message: the copy we may
             # have published makes it at-least-once, never lost.
             raise unavailable("ack", exc) from exc
+        self._unacked.get(delivery.generation, set()).discard(delivery.tag)
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)

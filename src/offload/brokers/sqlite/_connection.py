@@ -65,6 +65,9 @@ ADDED_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
         " OR json_extract(CAST(payload AS TEXT), '$.chord') IS NOT NULL"
         " ELSE 0 END",
     ),
+    # Version 9: ledger jobs (`_ledger.py`); no job of an older file is one.
+    ("offload_jobs", "stamp", "TEXT", None),
+    ("offload_jobs", "publish_by", "REAL", None),
 )
 
 _META_TABLE = "CREATE TABLE IF NOT EXISTS offload_meta (key TEXT PRIMARY KEY, value TEXT)"
