@@ -21,8 +21,8 @@ import pytest
 
 from offload.brokers import from_url
 from offload.brokers.base import EnqueueResult
-from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.composite import with_state_store
+from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
 from offload.envelope import Envelope, ErrorInfo, JobState, Step, new_job_id
@@ -304,7 +304,6 @@ async def test_counts_equal_a_recount_after_every_kind_of_change(
     assert lapse is not None
 
 
-
 async def test_counts_equal_a_recount_when_the_file_is_a_state_store(
     make_broker: MakeBroker, db_path: Path, clock: FakeClock
 ) -> None:
@@ -333,9 +332,7 @@ async def test_counts_equal_a_recount_when_the_file_is_a_state_store(
     await broker.enqueue([job(clock) for _ in range(4)])
     await broker.enqueue([job(clock, not_before=now + 5), job(clock, expires_at=now + 1)])
     await same("record")
-    first, second, third = await broker.reserve(
-        ["default"], worker_id="w", lease_s=30, limit=3
-    )
+    first, second, third = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=3)
     await same("claim")
     await broker.ack(first, encode_value(1), result_ttl_s=None)
     await broker.retry(second, at=now + 2, error=boom)
