@@ -16,10 +16,17 @@ pytest.importorskip("psycopg")
 
 import psycopg
 
+from offload.brokers.base import Finished, Outcome
 from offload.brokers.postgres import PostgresBroker
 from offload.brokers.postgres._sql import LATEST_VERSION, MIGRATIONS, apply_migrations
 from offload.envelope import JobState
 from offload.errors import ConfigurationError
+from offload.testing import FakeClock
+from tests.conformance.helpers import enqueue_one, reserve_one
+
+#: A minute boundary, and a time in it, for the per-minute counts.
+M0 = 28_333_400
+T0 = M0 * 60.0 + 30
 
 _CATALOG = {
     "columns": """
@@ -141,6 +148,36 @@ async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> 
         assert counts["a"].states[JobState.QUEUED] == 2
         assert counts["a"].states[JobState.CANCELLED] == 1
         assert (counts["b"].states[JobState.QUEUED], counts["b"].states[JobState.DEAD]) == (2, 0)
+    finally:
+        await broker.close()
+
+
+async def test_0010_counts_ends_on_a_schema_upgraded_with_jobs_in_flight(
+    postgres_url: str,
+) -> None:
+    # Given a schema at migration 9 holding a waiting job past its expiry,
+    broker = PostgresBroker(postgres_url, clock=FakeClock(T0))
+    async with await psycopg.AsyncConnection.connect(
+        broker.settings.conninfo, autocommit=True
+    ) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')
+        await apply_migrations(conn, 9)
+        await conn.execute(
+            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, expires_at,"
+            " payload) VALUES ('old', 'a', 't', 'queued', 1, 1, 2, '{}'::bytea)"
+        )
+    # when 0010 is applied, the reserve function of older workers counts its expiries,
+    await broker.migrate()
+    await broker.connect()
+    try:
+        assert await broker.reserve(["a"], worker_id="w", lease_s=5, limit=1) == []
+        # and the new statements count what they end.
+        await enqueue_one(broker, queue="a")
+        await broker.ack(await reserve_one(broker, ("a",)), None, result_ttl_s=None)
+        assert await broker.finished(T0) == [
+            Finished("a", M0, Outcome.EXPIRED, 1),
+            Finished("a", M0, Outcome.SUCCEEDED, 1),
+        ]
     finally:
         await broker.close()
 

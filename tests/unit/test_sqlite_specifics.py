@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from offload.brokers import from_url
-from offload.brokers.base import EnqueueResult
+from offload.brokers.base import EnqueueResult, Outcome
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.codec import encode_envelope, encode_value
@@ -241,6 +241,33 @@ async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
     await again.connect()
     assert (await again.counts())["default"].states[JobState.QUEUED] == 3
     await again.close()
+
+
+async def test_version_8_file_upgrades_and_counts_ends_from_then_on(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a file written before the per-minute end counts (version 8) with a running
+    # job,
+    old = make_broker()
+    await old.enqueue([job(clock) for _ in range(2)])
+    [lease] = await old.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+    await old.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("DROP TABLE offload_finished")
+        conn.execute("UPDATE offload_meta SET value = '8' WHERE key = 'schema_version'")
+    conn.close()
+
+    # when a broker of this version opens it, it is the current version,
+    broker = make_broker()
+    await broker.connect()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        version = conn.execute("SELECT value FROM offload_meta WHERE key = 'schema_version'")
+        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "9"
+    # and the job settled after the upgrade is counted in its minute.
+    await broker.ack(lease, encode_value("ok"), result_ttl_s=None)
+    [counted] = await broker.finished(clock.now())
+    assert (counted.queue, counted.outcome, counted.count) == ("default", Outcome.SUCCEEDED, 1)
+    assert counted.minute == int(clock.now() // 60)
 
 
 async def test_outbox_records_only_workflow_jobs(make_broker: MakeBroker, clock: FakeClock) -> None:

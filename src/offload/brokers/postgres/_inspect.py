@@ -14,9 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from offload.brokers._sql_rows import queue_stats
-from offload.brokers.base import JobInfo, Page, QueueStats
+from offload.brokers.base import Finished, JobInfo, Outcome, Page, QueueStats
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._executor import QUERIES, Database
+from offload.brokers.records import minute_of
 from offload.clock import Clock
 from offload.codec import decode_value, encode_value
 from offload.envelope import JobState, id_floor
@@ -49,6 +50,13 @@ class Inspector:
             oldest_rows = await cur.fetchall()
         return queue_stats(names, rows, {r["queue"]: r["oldest"] for r in oldest_rows})
 
+    async def finished(self, since: float, queues: Sequence[str] | None) -> list[Finished]:
+        params = {"first": minute_of(since), "queues": None if queues is None else list(queues)}
+        return [
+            Finished(r["queue"], int(r["minute"]), Outcome(r["outcome"]), int(r["n"]))
+            for r in await self._db.rows("finished", params)
+        ]
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         rows = await self._db.rows("get_job_with_progress", {"id": job_id})
         if not rows:
@@ -67,8 +75,16 @@ class Inspector:
         state: JobState | None,
         limit: int,
         cursor: str | None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
         where, params = _filters(queue=queue, state=state)
+        if since is not None:
+            where.append("created_at >= %(since)s")
+            params["since"] = since
+        if until is not None:
+            where.append("created_at <= %(until)s")
+            params["until"] = until
         if cursor:
             where.append("seq < %(cursor)s")
             params["cursor"] = int(cursor)

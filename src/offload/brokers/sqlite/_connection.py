@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 #: Version of `schema.sql`, kept in `offload_meta`. A file with a newer version was
 #: written by a newer offload and is refused rather than misread.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: How long a call waits for another connection's write lock before failing with
 #: `BrokerUnavailable`, in seconds. Transactions here last well under a millisecond.
 BUSY_TIMEOUT_S = 10.0

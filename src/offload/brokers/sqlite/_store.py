@@ -18,7 +18,8 @@ import json
 import os
 import sqlite3
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -32,14 +33,17 @@ from offload.brokers.base import (
     Ended,
     Ending,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
+    Outcome,
     Page,
     QueueStats,
     Settlement,
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.records import FINISHED_KEEP_S, minute_of
 from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
@@ -136,6 +140,15 @@ class Store:
 
     def _signal(self, ready: set[str]) -> None:
         self._touch_queues(set(), ready)
+
+    def _count_ends(self, ends: Iterable[tuple[str, Outcome]], now: float) -> None:
+        """Add jobs that ended now to `offload_finished`: one upsert per queue and
+        outcome, in the caller's transaction (the one that ended them)."""
+        tally = Counter(ends)
+        if tally:
+            minute = minute_of(now)
+            rows = [(minute, q, outcome.value, n) for (q, outcome), n in sorted(tally.items())]
+            self._conn.executemany(_Q["finished_add"], rows)
 
     # -- producer -------------------------------------------------------------------------
 
@@ -237,6 +250,7 @@ class Store:
         if not rows:
             return []
         self._conn.executemany(_Q["outbox_add"], [(row[0],) for row in rows if row[1]])
+        self._count_ends(((row[2], Outcome.EXPIRED) for row in rows), now)
         return [row[0] for row in rows]
 
     def _best_ready(self, queues: Sequence[str], limit: int) -> list[sqlite3.Row]:
@@ -271,13 +285,17 @@ class Store:
         waiters should wake)."""
         held: list[bool] = []
         due: set[str] = set()
+        ends: list[tuple[str, Outcome]] = []
         with self._write() as now:
             for item in settlements:
                 params = self._settle_params(item, now)
                 rows = self._conn.execute(_SETTLE[item.ending], params).fetchall()
                 held.append(len(rows) == 1)
+                if rows and item.ending.outcome is not None:
+                    ends.append((rows[0]["queue"], item.ending.outcome))
                 if rows and item.at is not None and item.at <= now:
                     due.add(rows[0]["queue"])
+            self._count_ends(ends, now)
             if due:
                 self._signal(due)
         return held, bool(due)
@@ -319,6 +337,7 @@ class Store:
             if rows:
                 if rows[0][0]:
                     self._conn.execute(_Q["outbox_add"], (job_id,))
+                self._count_ends([(rows[0][1], Outcome.CANCELLED)], now)
                 return True
             return self._conn.execute(_Q["flag_cancel"], {"id": job_id}).rowcount == 1
 
@@ -362,6 +381,11 @@ class Store:
                     oldest[queue] = first
         return queue_stats(names, rows, oldest)
 
+    def finished(self, since: float, queues: Sequence[str] | None) -> list[Finished]:
+        params = {"first": minute_of(since), "queues": _id_list(queues)}
+        rows = self._conn.execute(_Q["finished"], params)
+        return [Finished(r[0], int(r[1]), Outcome(r[2]), int(r[3])) for r in rows]
+
     def get_job(self, job_id: str) -> JobInfo | None:
         with self._snapshot():
             row = self._conn.execute(_Q["get_job"], (job_id,)).fetchone()
@@ -384,12 +408,24 @@ class Store:
         return [job_info(row) for row in self._conn.execute(_Q["workflow_jobs"], params)]
 
     def list_jobs(
-        self, queue: str | None, state: JobState | None, limit: int, cursor: str | None
+        self,
+        queue: str | None,
+        state: JobState | None,
+        limit: int,
+        cursor: str | None,
+        since: float | None,
+        until: float | None,
     ) -> Page:
         """Newest first; the cursor is the `seq` of the page's last job, and the next
         page starts below it, so deletes in between never skip or repeat a job."""
         conditions: list[str] = []
         params: list[object] = []
+        if since is not None:
+            conditions.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            conditions.append("created_at <= ?")
+            params.append(until)
         if queue:
             conditions.append("queue = ?")
             params.append(queue)
@@ -513,6 +549,7 @@ class Store:
             conn.execute(_Q["joins_lapsed"], (now - self._retention_s,))
             conn.execute(_Q["progress_orphans"])
             conn.execute(_Q["outbox_orphans"])
+            conn.execute(_Q["finished_prune"], (minute_of(now - FINISHED_KEEP_S),))
         report = SweepReport(expired=len(expired), purged=purged, workers_removed=removed)
         return report, expired
 

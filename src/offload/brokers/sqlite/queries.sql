@@ -26,7 +26,7 @@ UPDATE offload_jobs INDEXED BY offload_jobs_running
 UPDATE offload_jobs INDEXED BY offload_jobs_expiry
    SET state = 'expired', finished_at = :now, purge_at = :purge_at
  WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now
-RETURNING id, flow;
+RETURNING id, flow, queue;
 
 -- name: ready_in_queue
 -- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
@@ -163,7 +163,7 @@ DELETE FROM offload_registers WHERE expires_at <= ?;
 UPDATE offload_jobs
    SET state = 'cancelled', finished_at = :now, purge_at = :purge_at
  WHERE id = :id AND state IN ('queued', 'scheduled')
-RETURNING flow;
+RETURNING flow, queue;
 
 -- name: flag_cancel
 UPDATE offload_jobs SET cancel_requested = 1 WHERE id = :id AND state = 'running';
@@ -301,3 +301,16 @@ DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?));
 
 -- name: outbox_orphans
 DELETE FROM offload_outbox WHERE job_id NOT IN (SELECT id FROM offload_jobs);
+
+-- name: finished_add
+-- (hot: once per queue and outcome of a batch) Parameters: minute, queue, outcome, n.
+INSERT INTO offload_finished (minute, queue, outcome, n) VALUES (?, ?, ?, ?)
+    ON CONFLICT (minute, queue, outcome) DO UPDATE SET n = n + excluded.n;
+
+-- name: finished
+SELECT queue, minute, outcome, n FROM offload_finished
+ WHERE minute >= :first AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+ ORDER BY queue, minute, outcome;
+
+-- name: finished_prune
+DELETE FROM offload_finished WHERE minute < ?;

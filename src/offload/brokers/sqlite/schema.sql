@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 8 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 9 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -200,3 +200,16 @@ BEGIN
     INSERT INTO offload_counts (queue, state, n) VALUES (new.queue, new.state, 1)
         ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
+
+-- Version 9: jobs that ended, per minute (`finished`): one row per minute, queue and
+-- outcome (succeeded, failed, dead, cancelled, expired), added to in the transaction
+-- that ends the jobs (a batch of settlements adds each of its rows once). `minute` is
+-- Unix time // 60 by the broker's clock; `sweep` deletes the minutes past
+-- FINISHED_KEEP_S (2 hours), so the table holds a few hundred rows per queue.
+CREATE TABLE IF NOT EXISTS offload_finished (
+    minute  INTEGER NOT NULL,
+    queue   TEXT    NOT NULL,
+    outcome TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (minute, queue, outcome)
+) WITHOUT ROWID;
