@@ -82,7 +82,7 @@ WITH acked AS (
     RETURNING a.id, a.token, j.queue
 ), ended AS (
     SELECT offload_notify_ends(%(ends)s, array_agg(id)) AS sent,
-           offload_count_finished(%(minute)s, 'succeeded', array_agg(queue)) AS counted
+           offload_count_finished(%(minute)s::bigint, 'succeeded', array_agg(queue)) AS counted
       FROM acked
 )
 SELECT acked.id, acked.token FROM acked, ended;
@@ -95,7 +95,7 @@ WITH moved AS (
      WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
     RETURNING queue, CASE WHEN due_at <= %(now)s THEN pg_notify(%(channel)s, queue) END
 )
-SELECT offload_count_finished(%(minute)s, 'failed', ARRAY[queue]) FROM moved;
+SELECT offload_count_finished(%(minute)s::bigint, 'failed', ARRAY[queue]) FROM moved;
 
 -- name: bury
 UPDATE offload_jobs
@@ -103,7 +103,7 @@ UPDATE offload_jobs
        lease_deadline = NULL
  WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
 RETURNING offload_notify_ends(%(ends)s, ARRAY[id]),
-          offload_count_finished(%(minute)s, 'dead', ARRAY[queue]);
+          offload_count_finished(%(minute)s::bigint, 'dead', ARRAY[queue]);
 
 -- name: release
 -- The attempt that was counted at reserve is given back: the job never ran.
@@ -199,7 +199,7 @@ UPDATE offload_jobs
  WHERE id = %(id)s AND state IN ('queued', 'scheduled', 'running')
 RETURNING id, CASE WHEN state = 'cancelled' THEN offload_notify_ends(%(ends)s, ARRAY[id]) END,
           CASE WHEN state = 'cancelled'
-               THEN offload_count_finished(%(minute)s, 'cancelled', ARRAY[queue]) END;
+               THEN offload_count_finished(%(minute)s::bigint, 'cancelled', ARRAY[queue]) END;
 
 -- name: get_job
 SELECT * FROM offload_jobs WHERE id = %(id)s;
@@ -276,7 +276,7 @@ WITH expired AS (
     RETURNING j.id, j.queue
 )
 SELECT count(*) AS n, offload_notify_ends(%(ends)s, array_agg(id)) AS sent,
-       offload_count_finished(%(minute)s, 'expired', array_agg(queue)) AS counted
+       offload_count_finished(%(minute)s::bigint, 'expired', array_agg(queue)) AS counted
   FROM expired;
 
 -- name: purge_finished
@@ -340,7 +340,7 @@ UPDATE offload_jobs
        lease_token = NULL, lease_deadline = NULL
  WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
 RETURNING offload_notify_ends(%(ends)s, ARRAY[id]),
-          offload_count_finished(%(minute)s, 'cancelled', ARRAY[queue]);
+          offload_count_finished(%(minute)s::bigint, 'cancelled', ARRAY[queue]);
 
 -- name: cancel_requested
 SELECT id FROM offload_jobs
