@@ -34,7 +34,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.records import FINISHED_KEEP_S, in_range, minute_of
+from offload.brokers.records import FINISHED_KEEP_S, created_cursor, in_range, minute_of
 from offload.codec import decode_value
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import LeaseLost
@@ -482,22 +482,30 @@ class MemoryBroker(Broker):
         since: float | None = None,
         until: float | None = None,
     ) -> Page:
+        # Enqueue order; with a time range, creation time then enqueue order (the
+        # order of the SQL brokers' index), the cursor "created_at:seq".
+        ranged = since is not None or until is not None
+
+        def position(rec: _Record) -> tuple[float, int]:
+            return (rec.info.created_at if ranged else 0.0, rec.seq)
+
         with self._lock:
-            records = sorted(self._jobs.values(), key=lambda r: r.seq, reverse=True)
-        after = int(cursor) if cursor else None
+            records = sorted(self._jobs.values(), key=position, reverse=True)
+        after = None if not cursor else created_cursor(cursor) if ranged else (0.0, int(cursor))
         items: list[JobInfo] = []
-        last_seq = 0
+        last: _Record | None = None
         for rec in records:
-            if after is not None and rec.seq >= after:
+            if after is not None and position(rec) >= after:
                 continue
             if (queue and rec.info.queue != queue) or (state and rec.info.state != state):
                 continue
             if not in_range(rec.info.created_at, since, until):
                 continue
             if len(items) == limit:
-                return Page(items, str(last_seq))
+                mark = position(last) if last is not None else (0.0, 0)
+                return Page(items, f"{mark[0]!r}:{mark[1]}" if ranged else str(mark[1]))
             items.append(rec.info)
-            last_seq = rec.seq
+            last = rec
         return Page(items, None)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:

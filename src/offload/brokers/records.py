@@ -28,6 +28,7 @@ __all__ = [
     "QueueStats",
     "SweepReport",
     "WorkerInfo",
+    "created_cursor",
     "in_range",
     "minute_of",
 ]
@@ -74,6 +75,20 @@ def in_range(t: float, since: float | None, until: float | None) -> bool:
     """Whether `t` lies within `since` and `until` (both included; None: unbounded):
     `list_jobs`' time filter."""
     return (since is None or t >= since) and (until is None or t <= until)
+
+
+def created_cursor(cursor: str) -> tuple[float, int]:
+    """The (created_at, seq) of a time-range listing's cursor (`created_at:seq`), as
+    the SQL brokers and memory write it.
+
+    Raises:
+        ValueError: `cursor` is not one, naming it.
+    """
+    at, _, seq = cursor.rpartition(":")
+    try:
+        return float(at), int(seq)
+    except ValueError:
+        raise ValueError(f"not a cursor of a time-range listing: {cursor!r}") from None
 
 
 def minute_of(t: float) -> int:

@@ -535,11 +535,10 @@ class Inspection(Part):
         within `since` and `until`, both included), with keyset pagination (a cursor
         belongs to the filters it was made with).
 
-        Newest first is enqueue order; with a time range Redis lists by `created_at`
-        (then enqueue order), from its index of creation times, so that a range deep in
-        a million jobs is a seek. SQLite, PostgreSQL and memory keep enqueue order and
-        read from the newest job down to the range (no index of their own on
-        `created_at`, which every insert would pay for)."""
+        Newest first is enqueue order; with a time range it is creation order
+        (`created_at`, then enqueue order; Redis orders jobs created within the same
+        millisecond by enqueue order alone), read from each broker's index of creation
+        times, so that a range deep in a million jobs is a seek."""
 
     @abc.abstractmethod
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:

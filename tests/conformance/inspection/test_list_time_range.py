@@ -3,7 +3,7 @@ and across pages."""
 
 from __future__ import annotations
 
-from offload.brokers.base import Broker, JobInfo, Page
+from offload.brokers.base import Broker, Page
 from offload.envelope import JobState
 from offload.testing import FakeClock
 
@@ -93,8 +93,17 @@ async def test_list_jobs_by_time_range_lists_jobs_created_out_of_enqueue_order(
     # with their own clocks),
     jobs = await created_at(broker, clock, "a", T0 + 5, T0 + 1, T0 + 9, T0 + 3, T0 + 7)
 
-    # a range lists each job created within it once (in the broker's order: SQL
-    # and memory by enqueue, Redis by creation time).
+    # a range lists the jobs created within it newest created first, across pages.
     pages = await walk(broker, limit=2, since=T0 + 2, until=T0 + 8)
-    listed: list[JobInfo] = [info for page in pages for info in page.items]
-    assert sorted(i.id for i in listed) == sorted([jobs[0], jobs[3], jobs[4]])
+    assert ids(pages) == [jobs[4], jobs[0], jobs[3]]
+
+
+async def test_list_jobs_by_time_range_orders_equal_creation_times_by_enqueue(
+    broker: Broker, clock: FakeClock
+) -> None:
+    # Given jobs created at the same instant, enqueued one after another,
+    same = await created_at(broker, clock, "a", *([T0 + 1] * 5))
+    await created_at(broker, clock, "a", T0 + 2)
+
+    # pages of a range walk them newest enqueued first, each once.
+    assert ids(await walk(broker, limit=2, until=T0 + 1)) == same[::-1]

@@ -360,7 +360,11 @@ CREATE TRIGGER offload_count_update AFTER UPDATE ON offload_jobs
     REFERENCING OLD TABLE AS offload_old NEW TABLE AS offload_new
     FOR EACH STATEMENT EXECUTE FUNCTION offload_count_updated();
 
--- 0010: jobs that ended, per minute (`finished`): how many of each queue ended each
+-- 0010: list_jobs by creation time (a time range), newest created first: an index walk,
+-- so a range deep in a million jobs is a seek.
+CREATE INDEX offload_jobs_created ON offload_jobs (created_at, seq);
+
+-- 0010 too: jobs that ended, per minute (`finished`): how many of each queue ended each
 -- minute (Unix time // 60, by the broker's clock) as each outcome (succeeded, failed,
 -- dead, cancelled, expired). Every statement that ends jobs adds its own in the same
 -- statement (`offload_count_finished`), one upsert per queue it touched; `shard` is the

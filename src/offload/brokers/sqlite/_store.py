@@ -43,7 +43,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.records import FINISHED_KEEP_S, minute_of
+from offload.brokers.records import FINISHED_KEEP_S, created_cursor, minute_of
 from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
@@ -417,15 +417,13 @@ class Store:
         until: float | None,
     ) -> Page:
         """Newest first; the cursor is the `seq` of the page's last job, and the next
-        page starts below it, so deletes in between never skip or repeat a job."""
+        page starts below it, so deletes in between never skip or repeat a job. With a
+        time range, newest created first (`created_at`, then `seq`), walking the
+        `offload_jobs_created` index; the cursor is then `created_at:seq`."""
+        if since is not None or until is not None:
+            return self._list_created(queue, state, limit, cursor, since, until)
         conditions: list[str] = []
         params: list[object] = []
-        if since is not None:
-            conditions.append("created_at >= ?")
-            params.append(since)
-        if until is not None:
-            conditions.append("created_at <= ?")
-            params.append(until)
         if queue:
             conditions.append("queue = ?")
             params.append(queue)
@@ -442,6 +440,46 @@ class Store:
             return Page([job_info(row) for row in rows], None)
         last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
         return Page([job_info(row) for row in rows[:limit]], str(last_seq))
+
+    def _list_created(
+        self,
+        queue: str | None,
+        state: JobState | None,
+        limit: int,
+        cursor: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> Page:
+        """`list_jobs` with a time range (see there)."""
+        conditions: list[str] = []
+        params: list[object] = []
+        if since is not None:
+            conditions.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            conditions.append("created_at <= ?")
+            params.append(until)
+        if queue:
+            conditions.append("queue = ?")
+            params.append(queue)
+        if state is not None:
+            conditions.append("state = ?")
+            params.append(JobState(state).value)
+        if cursor:
+            at, seq = created_cursor(cursor)
+            # The bound on created_at is the seek; the rest skips the ties before it.
+            conditions.append("created_at <= ? AND (created_at < ? OR seq < ?)")
+            params += [at, at, seq]
+        sql = (
+            "SELECT * FROM offload_jobs INDEXED BY offload_jobs_created"
+            f" WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, seq DESC LIMIT ?"
+        )
+        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
+        page = [job_info(row) for row in rows[:limit]]
+        if len(rows) <= limit or limit <= 0:
+            return Page(page, None)
+        last = rows[limit - 1]
+        return Page(page, f"{float(last['created_at'])!r}:{last['seq']}")
 
     def replay_dead(self, queue: str | None, job_ids: Sequence[str] | None) -> int:
         with self._write() as now:

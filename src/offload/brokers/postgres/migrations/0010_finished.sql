@@ -1,8 +1,13 @@
--- 0010: jobs that ended, per minute (`finished`), for the dashboard's throughput and
--- failure rate over the last hour. A table and the function that adds to it (see
--- schema.sql), and `offload_reserve_v2` again with the same signature and results, now
+-- 0010: list_jobs by creation time, and jobs that ended, per minute (`finished`), for
+-- the dashboard's time-range filter, throughput and failure rate over the last hour. An
+-- index, a table and the function that adds to it (see schema.sql), and `offload_reserve_v2` again with the same signature and results, now
 -- also counting the jobs its expiry step ends (workers of older versions call it too,
 -- and their expiries are counted as well).
+-- The index is built in the migration's transaction, which holds writes to the jobs
+-- table back until it is done: on a table of many millions, run `offload migrate` at a
+-- quiet moment.
+CREATE INDEX offload_jobs_created ON offload_jobs (created_at, seq);
+
 CREATE TABLE offload_finished (
     minute  bigint  NOT NULL,
     queue   text    NOT NULL,
