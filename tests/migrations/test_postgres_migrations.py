@@ -120,20 +120,27 @@ async def test_migrations_in_order_equal_a_fresh_install(
         assert got[part] == expected[part], part
 
 
-async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
-    # Given a schema at migration 8 holding jobs written before the count triggers,
-    broker = PostgresBroker(postgres_url)
+async def at_migration(broker: PostgresBroker, upto: int, statement: str) -> None:
+    """The broker's schema built by migrations 1..`upto`, then `statement` run in it."""
     async with await psycopg.AsyncConnection.connect(
         broker.settings.conninfo, autocommit=True
     ) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')
-        await apply_migrations(conn, 8)
-        await conn.execute(
-            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
-            " SELECT 'j' || g, CASE WHEN g <= 3 THEN 'a' ELSE 'b' END, 't',"
-            " CASE WHEN g <= 3 THEN 'queued' ELSE 'dead' END, 1, 1, '{}'::bytea"
-            " FROM generate_series(1, 5) AS g"
-        )
+        await conn.execute(f'CREATE SCHEMA "{broker.settings.schema}"')
+        await apply_migrations(conn, upto)
+        await conn.execute(statement)
+
+
+async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
+    # Given a schema at migration 8 holding jobs written before the count triggers,
+    broker = PostgresBroker(postgres_url)
+    await at_migration(
+        broker,
+        8,
+        "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
+        " SELECT 'j' || g, CASE WHEN g <= 3 THEN 'a' ELSE 'b' END, 't',"
+        " CASE WHEN g <= 3 THEN 'queued' ELSE 'dead' END, 1, 1, '{}'::bytea"
+        " FROM generate_series(1, 5) AS g",
+    )
     # when 0009 is applied, the counts are what it holds, and later changes move them.
     await broker.migrate()
     await broker.connect()
@@ -157,15 +164,12 @@ async def test_0010_counts_ends_on_a_schema_upgraded_with_jobs_in_flight(
 ) -> None:
     # Given a schema at migration 9 holding a waiting job past its expiry,
     broker = PostgresBroker(postgres_url, clock=FakeClock(T0))
-    async with await psycopg.AsyncConnection.connect(
-        broker.settings.conninfo, autocommit=True
-    ) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')
-        await apply_migrations(conn, 9)
-        await conn.execute(
-            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, expires_at,"
-            " payload) VALUES ('old', 'a', 't', 'queued', 1, 1, 2, '{}'::bytea)"
-        )
+    await at_migration(
+        broker,
+        9,
+        "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, expires_at,"
+        " payload) VALUES ('old', 'a', 't', 'queued', 1, 1, 2, '{}'::bytea)",
+    )
     # when 0010 is applied, the reserve function of older workers counts its expiries,
     await broker.migrate()
     await broker.connect()

@@ -420,16 +420,19 @@ class Store:
         page starts below it, so deletes in between never skip or repeat a job. With a
         time range, newest created first (`created_at`, then `seq`), walking the
         `offload_jobs_created` index; the cursor is then `created_at:seq`."""
-        if since is not None or until is not None:
-            return self._list_created(queue, state, limit, cursor, since, until)
         conditions: list[str] = []
         params: list[object] = []
-        if queue:
-            conditions.append("queue = ?")
-            params.append(queue)
-        if state is not None:
-            conditions.append("state = ?")
-            params.append(JobState(state).value)
+        for condition, value in (
+            ("queue = ?", queue or None),
+            ("state = ?", None if state is None else JobState(state).value),
+            ("created_at >= ?", since),
+            ("created_at <= ?", until),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        if since is not None or until is not None:
+            return self._list_created(conditions, params, limit, cursor)
         if cursor:
             conditions.append("seq < ?")
             params.append(int(cursor))
@@ -442,29 +445,9 @@ class Store:
         return Page([job_info(row) for row in rows[:limit]], str(last_seq))
 
     def _list_created(
-        self,
-        queue: str | None,
-        state: JobState | None,
-        limit: int,
-        cursor: str | None,
-        since: float | None,
-        until: float | None,
+        self, conditions: list[str], params: list[object], limit: int, cursor: str | None
     ) -> Page:
-        """`list_jobs` with a time range (see there)."""
-        conditions: list[str] = []
-        params: list[object] = []
-        if since is not None:
-            conditions.append("created_at >= ?")
-            params.append(since)
-        if until is not None:
-            conditions.append("created_at <= ?")
-            params.append(until)
-        if queue:
-            conditions.append("queue = ?")
-            params.append(queue)
-        if state is not None:
-            conditions.append("state = ?")
-            params.append(JobState(state).value)
+        """`list_jobs` with a time range (see there), given its other conditions."""
         if cursor:
             at, seq = created_cursor(cursor)
             # The bound on created_at is the seek; the rest skips the ties before it.
