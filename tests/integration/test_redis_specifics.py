@@ -13,7 +13,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -397,10 +397,10 @@ async def range_listing(broker: RedisBroker, since: float, until: float) -> tupl
     calls = 0
     run = broker._x.run
 
-    async def counted(name: str, *args: Any) -> Any:
+    async def counted(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         nonlocal calls
         calls += name == "list_jobs"
-        return await run(name, *args)
+        return await run(name, keys, args)
 
     broker._x.run = counted  # type: ignore[method-assign]
     try:
