@@ -55,6 +55,9 @@ __all__ = ["Store"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+#: A state with at most this many jobs is listed by a time range from its own index,
+#: its jobs sorted, instead of by walking the creation index (`_created_walk_index`).
+DIRECT_MAX = 10_000
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 _Q = named_queries("offload.brokers.sqlite")
@@ -432,7 +435,8 @@ class Store:
                 conditions.append(condition)
                 params.append(value)
         if since is not None or until is not None:
-            return self._list_created(conditions, params, limit, cursor)
+            index = self._created_walk_index(queue, state)
+            return self._list_created(index, conditions, params, limit, cursor)
         if cursor:
             conditions.append("seq < ?")
             params.append(int(cursor))
@@ -444,17 +448,40 @@ class Store:
         last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
         return Page([job_info(row) for row in rows[:limit]], str(last_seq))
 
+    def _created_walk_index(self, queue: str | None, state: JobState | None) -> str:
+        """The index a time-range listing reads: the creation index, walked in listing
+        order, unless the state asked for is rare (at most `DIRECT_MAX` jobs, counted
+        on the state's index, stopping there): then that state's index, its jobs
+        sorted, so a few dead jobs among a million are not found by walking the range."""
+        if state is None:
+            return "offload_jobs_created"
+        index = "offload_jobs_queue_state" if queue else "offload_jobs_state"
+        where = "queue = ? AND state = ?" if queue else "state = ?"
+        args = [queue, JobState(state).value] if queue else [JobState(state).value]
+        probe = (
+            f"SELECT count(*) FROM (SELECT 1 FROM offload_jobs INDEXED BY {index}"
+            f" WHERE {where} LIMIT ?)"
+        )
+        found = self._conn.execute(probe, [*args, DIRECT_MAX + 1]).fetchone()[0]
+        return index if found <= DIRECT_MAX else "offload_jobs_created"
+
     def _list_created(
-        self, conditions: list[str], params: list[object], limit: int, cursor: str | None
+        self,
+        index: str,
+        conditions: list[str],
+        params: list[object],
+        limit: int,
+        cursor: str | None,
     ) -> Page:
-        """`list_jobs` with a time range (see there), given its other conditions."""
+        """`list_jobs` with a time range (see there), given its other conditions and
+        the index to read (`_created_walk_index`)."""
         if cursor:
             at, seq = created_cursor(cursor)
             # The bound on created_at is the seek; the rest skips the ties before it.
             conditions.append("created_at <= ? AND (created_at < ? OR seq < ?)")
             params += [at, at, seq]
         sql = (
-            "SELECT * FROM offload_jobs INDEXED BY offload_jobs_created"
+            f"SELECT * FROM offload_jobs INDEXED BY {index}"
             f" WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, seq DESC LIMIT ?"
         )
         rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
