@@ -5,7 +5,9 @@
         [--redis redis://127.0.0.1:6379/0]
 
 For each broker: bulk-enqueue `--jobs` jobs through `Broker.enqueue` (batches of 5,000,
-four queues, three tasks, one in ten delayed, one in a hundred with a key), then
+four queues, three tasks, one in ten delayed, one in a hundred with a key, created one
+millisecond apart, so that a one-second range in the middle holds a thousand of a
+million jobs and half of them were enqueued after it), then
 reserve a few thousand and ack, bury, retry or keep running them, so every state is
 present; register a worker. Then request every page of the dashboard `--runs` times
 through its ASGI app in this process (httpx's ASGI transport: routing, broker calls,
@@ -48,14 +50,15 @@ def envelopes(n: int, start: int, now: float) -> list[tuple[Envelope, bytes]]:
             args=[f"user{i}@example.com", i],
             key=f"bench:{i}" if i % 100 == 0 else None,
             not_before=now + 86400 if i % 10 == 0 else None,
-            created_at=now,
+            created_at=now + i / 1000,
         )
         items.append((env, encode_envelope(env)))
     return items
 
 
-async def load(app: Offload, jobs: int) -> str:
-    """Fill the broker; returns a key that exists (for the key filter)."""
+async def load(app: Offload, jobs: int) -> tuple[str, float]:
+    """Fill the broker; returns a key that exists (for the key filter), and the middle
+    of the creation times (for the narrow time range)."""
     broker = await app.connected_broker()
     now = time.time()
     began = time.perf_counter()
@@ -75,10 +78,12 @@ async def load(app: Offload, jobs: int) -> str:
                 await broker.bury(lease, error=error)
             elif n % 4 == 2:
                 await broker.retry(lease, at=time.time() + 3600, error=error)
-    return "bench:500"
+    return "bench:500", now + jobs / 2000
 
 
-async def time_pages(app: Offload, key: str, runs: int) -> list[tuple[str, list[float]]]:
+async def time_pages(
+    app: Offload, key: str, middle: float, runs: int
+) -> list[tuple[str, list[float]]]:
     broker = await app.connected_broker()
     web = create_app(app, token=TOKEN)
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -96,6 +101,7 @@ async def time_pages(app: Offload, key: str, runs: int) -> list[tuple[str, list[
             ("jobs by state (running)", "/jobs?state=running"),
             ("jobs by task", "/jobs?task=media.resize"),
             ("jobs by time range", "/jobs?since=2000-01-01T00:00&until=2100-01-01"),
+            ("jobs by time range (1 s, mid-way)", f"/jobs?since={middle}&until={middle + 1}"),
             ("jobs by key", f"/jobs?key={key}"),
             ("one job", f"/jobs/{first.items[0].id}"),
             ("one dead job", f"/jobs/{dead.items[0].id}"),
@@ -130,12 +136,12 @@ async def run_one(name: str, url: str, jobs: int, runs: int) -> list[tuple[str, 
     app.schedule("emails.send", Every(3600), id="hourly-digest")
     print(f"{name}: loading {jobs:,} jobs", flush=True)
     try:
-        key = await load(app, jobs)
+        key, middle = await load(app, jobs)
         await register_worker(app)
         counts = await (await app.connected_broker()).counts()
         stored = sum(sum(s.states.values()) for s in counts.values())
         print(f"  stored: {stored:,} jobs", flush=True)
-        return await time_pages(app, key, runs)
+        return await time_pages(app, key, middle, runs)
     finally:
         await app.aclose()
 

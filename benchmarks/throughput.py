@@ -1,9 +1,12 @@
 """Throughput and latency of offload on the embedded brokers; prints a Markdown table.
 
     python benchmarks/throughput.py [--jobs 20000] [--runs 3] [--brokers sqlite,memory]
+        [--pg postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/0]
 
-Every row counts the jobs that ran and reports the median of `--runs` runs. A
-benchmark, not a test: it is never part of the default test run.
+Brokers: memory, sqlite (a temp file), postgres (a schema of its own per app, dropped
+after), redis (a key prefix of its own per app, deleted after). Every row counts the
+jobs that ran and reports the median of `--runs` runs. A benchmark, not a test: it is
+never part of the default test run.
 """
 
 from __future__ import annotations
@@ -13,15 +16,52 @@ import asyncio
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from offload import Offload, Worker, current_job
 
+#: Where the postgres and redis brokers live (`--pg`, `--redis`).
+SERVERS = {
+    "postgres": "postgresql://postgres@127.0.0.1:5432/test",
+    "redis": "redis://127.0.0.1:6379/0",
+}
+#: What each app made here left in a server, removed by `cleanup` when it closes.
+_SPACES: list[tuple[str, str]] = []
+
 
 def make_app(broker: str, workdir: Path) -> Offload:
-    url = "memory://" if broker == "memory" else f"sqlite:///{workdir / 'bench.db'}"
-    return Offload(url)
+    if broker == "memory":
+        return Offload("memory://")
+    if broker == "sqlite":
+        return Offload(f"sqlite:///{workdir / 'bench.db'}")
+    space = f"offload_tp_{uuid.uuid4().hex[:10]}"
+    _SPACES.append((broker, space))
+    if broker == "postgres":
+        return Offload(f"{SERVERS['postgres']}?schema={space}")
+    if broker == "redis":
+        url = SERVERS["redis"]
+        return Offload(f"{url}{'&' if '?' in url else '?'}prefix={space}")
+    raise SystemExit(f"unknown broker {broker!r}: memory, sqlite, postgres or redis")
+
+
+def cleanup() -> None:
+    """Drop the schemas and keys the apps of this process made."""
+    while _SPACES:
+        broker, space = _SPACES.pop()
+        if broker == "postgres":
+            import psycopg
+
+            with psycopg.connect(SERVERS["postgres"], autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{space}" CASCADE')
+        else:
+            import redis
+
+            with redis.Redis.from_url(SERVERS["redis"]) as client:
+                keys = list(client.scan_iter(match=f"{space}:*", count=10_000))
+                for i in range(0, len(keys), 10_000):
+                    client.unlink(*keys[i : i + 10_000])
 
 
 def bench_enqueue_single(broker: str, n: int) -> dict[str, float]:
@@ -128,7 +168,12 @@ def bench_latency(broker: str, n: int) -> dict[str, float]:
 def median_of(
     runs: int, fn: Callable[[str, int], dict[str, float]], broker: str, n: int
 ) -> dict[str, float]:
-    results = [fn(broker, n) for _ in range(runs)]
+    results = []
+    for _ in range(runs):
+        try:
+            results.append(fn(broker, n))
+        finally:
+            cleanup()
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
@@ -137,7 +182,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--brokers", default="sqlite,memory")
+    parser.add_argument("--pg", default=SERVERS["postgres"])
+    parser.add_argument("--redis", default=SERVERS["redis"])
     args = parser.parse_args()
+    SERVERS.update(postgres=args.pg, redis=args.redis)
     rows = []
     for broker in args.brokers.split(","):
         single = median_of(args.runs, bench_enqueue_single, broker, args.jobs // 4)

@@ -3,8 +3,9 @@
 and Redis.
 
 An operator's walk: load every page, filter the jobs, open one, replay a dead job
-once its bug is fixed and watch it succeed, cancel a waiting job; and a script hidden
-in a job's arguments never runs.
+once its bug is fixed and watch it succeed, cancel a waiting job, pause a queue, read
+each queue's last hour on the overview; and a script hidden in a job's arguments never
+runs.
 """
 
 from __future__ import annotations
@@ -186,3 +187,26 @@ def test_a_queue_paused_from_the_dashboard_stops_its_worker_until_resumed(
     page.locator("table.queues tr", has_text="alpha").get_by_role("button", name="Resume").click()
     assert "Resumed" in page.locator(".notice").inner_text()
     assert [j.result(timeout=60) for j in held] == ["held 0", "held 1", "held 2"]
+
+
+def test_the_overview_shows_each_queues_last_hour(
+    served: Served, page: Any, tmp_path: Path
+) -> None:
+    # Given six jobs of alpha that succeed and one of beta that dies, run by workers,
+    echoes = [served.tasks["echo"].enqueue(f"hi {i}") for i in range(6)]
+    dead = served.tasks["flaky"].enqueue(str(tmp_path / "never"))
+    served.procs.worker("alpha", "beta")
+    assert [j.result(timeout=60) for j in echoes] == [f"hi {i}" for i in range(6)]
+    wait_until(lambda: dead.state() is JobState.DEAD, "the job to die")
+    base = start(served)
+
+    # the overview shows each queue's jobs done per minute over the last hour, its
+    # failure rate, and a sparkline of both.
+    page.goto(base + "/")
+    alpha = page.locator("table.queues tr", has_text="alpha")
+    beta = page.locator("table.queues tr", has_text="beta")
+    assert alpha.locator(".throughput").inner_text() == "0.1"  # 6 in 60 minutes
+    assert alpha.locator(".failure-rate").inner_text() == "0.0%"
+    assert beta.locator(".throughput").inner_text() == "0.0"  # 1 in 60 minutes
+    assert beta.locator(".failure-rate").inner_text() == "100.0%"
+    assert alpha.locator("svg.spark polyline").count() == 2

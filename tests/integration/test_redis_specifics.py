@@ -13,7 +13,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import pytest
 from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.base import Broker, Settlement
+from offload.brokers.records import FINISHED_KEEP_S
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
 from offload.codec import encode_value
@@ -71,6 +72,7 @@ async def run_to_success(broker: Broker, clock: FakeClock, n: int, ttl_s: float)
 
 
 async def assert_reaped(url: str, n: int) -> None:
+    """`n` jobs run and reaped: only the documented keys of an empty queue remain."""
     clock = FakeClock()
     broker = from_url(url, clock=clock)
     prefix = url.split("prefix=")[1]
@@ -80,7 +82,13 @@ async def assert_reaped(url: str, n: int) -> None:
         clock.advance(11)
         report = await broker.sweep()
     assert report.purged == n
-    assert our_keys(url, prefix) == [f"{prefix}:{{%global}}:queues", f"{prefix}:{{default}}:seq"]
+    # The per-minute end counts stay for their window (FINISHED_KEEP_S), then go too.
+    kept = [f"{prefix}:{{%global}}:queues", f"{prefix}:{{default}}:seq"]
+    assert our_keys(url, prefix) == sorted([*kept, f"{prefix}:{{default}}:finished"])
+    clock.advance(FINISHED_KEEP_S + 60)
+    async with broker:
+        await broker.sweep()
+    assert our_keys(url, prefix) == kept
 
 
 async def test_only_documented_keys_remain_after_results_expire(redis_url: str) -> None:
@@ -382,3 +390,45 @@ async def test_a_burst_of_concurrent_calls_beyond_a_hundred_succeeds(redis_url: 
 def test_a_bad_pool_max_is_a_configuration_error(redis_url: str) -> None:
     with pytest.raises(ConfigurationError, match="pool_max"):
         from_url(f"{redis_url}&pool_max=0")
+
+
+async def range_listing(broker: RedisBroker, since: float, until: float) -> tuple[list[str], int]:
+    """The ids `list_jobs` lists for a time range, and how many scripts it ran."""
+    calls = 0
+    run = broker._x.run
+
+    async def counted(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        nonlocal calls
+        calls += name == "list_jobs"
+        return await run(name, keys, args)
+
+    broker._x.run = counted  # type: ignore[method-assign]
+    try:
+        page = await broker.list_jobs(queue="default", since=since, until=until, limit=10)
+    finally:
+        broker._x.run = run  # type: ignore[method-assign]
+    return [info.id for info in page.items], calls
+
+
+async def test_a_time_range_deep_in_the_queue_is_one_seek_of_the_creation_index(
+    redis_url: str,
+) -> None:
+    # Given three jobs created long ago, then more newer jobs than one walk reads,
+    clock = FakeClock()
+    async with from_url(redis_url, clock=clock) as broker:
+        assert isinstance(broker, RedisBroker)
+        old = [make_job(clock, created_at=1000.0 + i) for i in range(3)]
+        await broker.enqueue(old)
+        await broker.enqueue([make_job(clock, created_at=5000.0) for _ in range(4500)])
+
+        # the range is read in one script call, from the `created` index,
+        listed, calls = await range_listing(broker, 1000.0, 1001.0)
+        assert listed == [old[1][0].id, old[0][0].id]
+        assert calls == 1
+
+        # and where that index misses jobs (stored before it existed), the listing
+        # walks every job instead: the same answer, in budget-sized steps.
+        await broker._x.commands([("DEL", broker._x.q("default").created)])
+        listed, calls = await range_listing(broker, 1000.0, 1001.0)
+        assert listed == [old[1][0].id, old[0][0].id]
+        assert calls == 3

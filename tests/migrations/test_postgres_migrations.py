@@ -16,11 +16,18 @@ pytest.importorskip("psycopg")
 
 import psycopg
 
+from offload.brokers.base import Finished, Outcome
 from offload.brokers.postgres import PostgresBroker
 from offload.brokers.postgres._sql import LATEST_VERSION, MIGRATIONS, apply_migrations
 from offload.codec import encode_envelope
 from offload.envelope import Envelope, JobState
 from offload.errors import ConfigurationError
+from offload.testing import FakeClock
+from tests.conformance.helpers import enqueue_one, reserve_one
+
+#: A minute boundary, and a time in it, for the per-minute counts.
+M0 = 28_333_400
+T0 = M0 * 60.0 + 30
 
 _CATALOG = {
     "columns": """
@@ -114,20 +121,27 @@ async def test_migrations_in_order_equal_a_fresh_install(
         assert got[part] == expected[part], part
 
 
-async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
-    # Given a schema at migration 8 holding jobs written before the count triggers,
-    broker = PostgresBroker(postgres_url)
+async def at_migration(broker: PostgresBroker, upto: int, statement: str) -> None:
+    """The broker's schema built by migrations 1..`upto`, then `statement` run in it."""
     async with await psycopg.AsyncConnection.connect(
         broker.settings.conninfo, autocommit=True
     ) as conn:
-        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')
-        await apply_migrations(conn, 8)
-        await conn.execute(
-            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
-            " SELECT 'j' || g, CASE WHEN g <= 3 THEN 'a' ELSE 'b' END, 't',"
-            " CASE WHEN g <= 3 THEN 'queued' ELSE 'dead' END, 1, 1, '{}'::bytea"
-            " FROM generate_series(1, 5) AS g"
-        )
+        await conn.execute(f'CREATE SCHEMA "{broker.settings.schema}"')
+        await apply_migrations(conn, upto)
+        await conn.execute(statement)
+
+
+async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> None:
+    # Given a schema at migration 8 holding jobs written before the count triggers,
+    broker = PostgresBroker(postgres_url)
+    await at_migration(
+        broker,
+        8,
+        "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
+        " SELECT 'j' || g, CASE WHEN g <= 3 THEN 'a' ELSE 'b' END, 't',"
+        " CASE WHEN g <= 3 THEN 'queued' ELSE 'dead' END, 1, 1, '{}'::bytea"
+        " FROM generate_series(1, 5) AS g",
+    )
     # when 0009 is applied, the counts are what it holds, and later changes move them.
     await broker.migrate()
     await broker.connect()
@@ -169,6 +183,33 @@ async def test_0011_keeps_older_jobs_runnable_and_reserve_skips_ledger_jobs(
         leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10)
         assert [lease.job_id for lease in leases] == ["old"]
         assert copy.job_id == "ledger"
+    finally:
+        await broker.close()
+
+
+async def test_0012_counts_ends_on_a_schema_upgraded_with_jobs_in_flight(
+    postgres_url: str,
+) -> None:
+    # Given a schema at migration 11 holding a waiting job past its expiry,
+    broker = PostgresBroker(postgres_url, clock=FakeClock(T0))
+    await at_migration(
+        broker,
+        11,
+        "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, expires_at,"
+        " payload) VALUES ('old', 'a', 't', 'queued', 1, 1, 2, '{}'::bytea)",
+    )
+    # when 0012 is applied, the reserve function of older workers counts its expiries,
+    await broker.migrate()
+    await broker.connect()
+    try:
+        assert await broker.reserve(["a"], worker_id="w", lease_s=5, limit=1) == []
+        # and the new statements count what they end.
+        await enqueue_one(broker, queue="a")
+        await broker.ack(await reserve_one(broker, ("a",)), None, result_ttl_s=None)
+        assert await broker.finished(T0) == [
+            Finished("a", M0, Outcome.EXPIRED, 1),
+            Finished("a", M0, Outcome.SUCCEEDED, 1),
+        ]
     finally:
         await broker.close()
 

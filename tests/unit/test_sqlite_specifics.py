@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from offload.brokers import from_url
-from offload.brokers.base import EnqueueResult
+from offload.brokers.base import EnqueueResult, Outcome
 from offload.brokers.composite import with_state_store
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
@@ -243,6 +243,33 @@ async def test_version_7_file_gets_its_job_counts_once_and_keeps_them_exact(
     await again.connect()
     assert (await again.counts())["default"].states[JobState.QUEUED] == 3
     await again.close()
+
+
+async def test_version_8_file_upgrades_and_counts_ends_from_then_on(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a file written before the per-minute end counts (version 8) with a running
+    # job,
+    old = make_broker()
+    await old.enqueue([job(clock) for _ in range(2)])
+    [lease] = await old.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+    await old.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("DROP TABLE offload_finished")
+        conn.execute("UPDATE offload_meta SET value = '8' WHERE key = 'schema_version'")
+    conn.close()
+
+    # when a broker of this version opens it, it is the current version,
+    broker = make_broker()
+    await broker.connect()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        version = conn.execute("SELECT value FROM offload_meta WHERE key = 'schema_version'")
+        assert version.fetchone()[0] == str(SCHEMA_VERSION) == "9"
+    # and the job settled after the upgrade is counted in its minute.
+    await broker.ack(lease, encode_value("ok"), result_ttl_s=None)
+    [counted] = await broker.finished(clock.now())
+    assert (counted.queue, counted.outcome, counted.count) == ("default", Outcome.SUCCEEDED, 1)
+    assert counted.minute == int(clock.now() // 60)
 
 
 async def test_counts_equal_a_recount_after_every_kind_of_change(
@@ -685,3 +712,32 @@ async def test_version_8_file_gets_ledger_columns_and_reserve_skips_ledger_jobs(
     assert await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10) == []
     info = await broker.get_job(copy.job_id)
     assert info is not None and info.state is JobState.QUEUED
+
+
+async def test_a_time_range_of_a_rare_state_reads_that_states_index(
+    make_broker: MakeBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload.brokers.sqlite import _store
+
+    # Given three dead jobs among twenty,
+    broker = make_broker()
+    await broker.enqueue([job(clock) for _ in range(20)])
+    for lease in await broker.reserve(["default"], worker_id="w", lease_s=30, limit=3):
+        await broker.bury(lease, error=ErrorInfo("E", "boom"))
+
+    async def index_for(queue: str | None, state: JobState | None) -> str:
+        return await broker._run(_store.Store._created_walk_index, queue, state)
+
+    # a range of dead jobs reads the state's index (a rare state), with no state the
+    # creation index, and so does a dead one once more than DIRECT_MAX are dead;
+    assert await index_for(None, JobState.DEAD) == "offload_jobs_state"
+    assert await index_for("default", JobState.DEAD) == "offload_jobs_queue_state"
+    assert await index_for(None, None) == "offload_jobs_created"
+    monkeypatch.setattr(_store, "DIRECT_MAX", 2)
+    assert await index_for(None, JobState.DEAD) == "offload_jobs_created"
+    # both list the same jobs.
+    listed = await broker.list_jobs(state=JobState.DEAD, since=0.0, limit=2)
+    monkeypatch.setattr(_store, "DIRECT_MAX", 10)
+    again = await broker.list_jobs(state=JobState.DEAD, since=0.0, limit=2)
+    assert [i.id for i in listed.items] == [i.id for i in again.items]
+    assert listed.cursor == again.cursor is not None

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from offload.brokers.records import (
     Ended,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
     Outgoing,
@@ -333,6 +334,11 @@ class Composite(Broker):
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         return await self.inspection.counts(queues)
 
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        """The state store's counts: the ends it records (a delivery that settles
+        without telling it is not counted)."""
+        return await self.inspection.finished(since, queues)
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self.inspection.get_job(job_id)
 
@@ -346,8 +352,12 @@ class Composite(Broker):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
-        return await self.inspection.list_jobs(queue=queue, state=state, limit=limit, cursor=cursor)
+        return await self.inspection.list_jobs(
+            queue=queue, state=state, limit=limit, cursor=cursor, since=since, until=until
+        )
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
         return await self.inspection.workflow_jobs(workflow_id, limit=limit)

@@ -24,15 +24,17 @@ from offload.brokers.base import (
     Ended,
     Ending,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
+    Outcome,
     Page,
     QueueStats,
     Settlement,
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.records import Outgoing
+from offload.brokers.records import FINISHED_KEEP_S, Outgoing, created_cursor, in_range, minute_of
 from offload.brokers.roles import PUBLISH_GRACE_S, Ledger
 from offload.codec import decode_value
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
@@ -88,6 +90,7 @@ class MemoryBroker(Broker, Ledger):
         self._registers: dict[str, tuple[str, float]] = {}  # name -> (value, until)
         self._paused: dict[str, float] = {}  # pause flag -> when raised
         self._attempts: dict[str, tuple[list[tuple[str, bytes]], int]] = {}  # records, dropped
+        self._finished: dict[tuple[str, int, Outcome], int] = {}  # (queue, minute, outcome)
 
     # -- helpers (call with the lock held) ----------------------------------------------
 
@@ -167,8 +170,14 @@ class MemoryBroker(Broker, Ledger):
         self._running.discard(rec.info.id)
         self._ended.notify(rec.info.id)  # spurious for a retry, release or defer: allowed
 
+    def _count_end(self, queue: str, outcome: Outcome, now: float) -> None:
+        """Count an end for `finished`, in the operation that ends the job."""
+        slot = (queue, minute_of(now), outcome)
+        self._finished[slot] = self._finished.get(slot, 0) + 1
+
     def _end_unrun(self, rec: _Record, state: JobState, now: float) -> None:
         """A waiting job ends without a worker: recorded in the outbox (`outbox`)."""
+        self._count_end(rec.info.queue, Outcome(state.value), now)
         rec.version += 1
         rec.purge_at = now + self.retention_s
         self._set(rec, state=state, finished_at=now)
@@ -342,6 +351,8 @@ class MemoryBroker(Broker, Ledger):
 
     def _settle(self, rec: _Record, item: Settlement, now: float) -> None:
         ending = item.ending
+        if ending.outcome is not None:
+            self._count_end(rec.info.queue, ending.outcome, now)
         if ending is Ending.ACK:
             ttl_s = self.retention_s if item.result_ttl_s is None else item.result_ttl_s
             rec.purge_at = now + ttl_s
@@ -541,6 +552,16 @@ class MemoryBroker(Broker, Ledger):
             for q, per in sorted(states.items())
         }
 
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        first = minute_of(since)
+        with self._lock:
+            counted = [
+                Finished(queue, minute, outcome, n)
+                for (queue, minute, outcome), n in self._finished.items()
+                if minute >= first and (queues is None or queue in queues)
+            ]
+        return sorted(counted, key=lambda f: (f.queue, f.minute, f.outcome))
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         with self._lock:
             rec = self._jobs.get(job_id)
@@ -567,21 +588,33 @@ class MemoryBroker(Broker, Ledger):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
+        # Enqueue order; with a time range, creation time then enqueue order (the
+        # order of the SQL brokers' index), the cursor "created_at:seq".
+        ranged = since is not None or until is not None
+
+        def position(rec: _Record) -> tuple[float, int]:
+            return (rec.info.created_at if ranged else 0.0, rec.seq)
+
         with self._lock:
-            records = sorted(self._jobs.values(), key=lambda r: r.seq, reverse=True)
-        after = int(cursor) if cursor else None
+            records = sorted(self._jobs.values(), key=position, reverse=True)
+        after = None if not cursor else created_cursor(cursor) if ranged else (0.0, int(cursor))
         items: list[JobInfo] = []
-        last_seq = 0
+        last: _Record | None = None
         for rec in records:
-            if after is not None and rec.seq >= after:
+            if after is not None and position(rec) >= after:
                 continue
             if (queue and rec.info.queue != queue) or (state and rec.info.state != state):
                 continue
+            if not in_range(rec.info.created_at, since, until):
+                continue
             if len(items) == limit:
-                return Page(items, str(last_seq))
+                mark = position(last) if last is not None else (0.0, 0)
+                return Page(items, f"{mark[0]!r}:{mark[1]}" if ranged else str(mark[1]))
             items.append(rec.info)
-            last_seq = rec.seq
+            last = rec
         return Page(items, None)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
@@ -741,6 +774,8 @@ class MemoryBroker(Broker, Ledger):
                 del self._workers[worker_id]
             self._rates = {k: tat for k, tat in self._rates.items() if tat > now}
             self._registers = {k: v for k, v in self._registers.items() if v[1] > now}
+            kept = minute_of(now - FINISHED_KEEP_S)
+            self._finished = {k: n for k, n in self._finished.items() if k[1] >= kept}
         return SweepReport(expired=expired, purged=purged, workers_removed=len(lapsed))
 
     # -- operations: pause flags and attempt history ------------------------------------

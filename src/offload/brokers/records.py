@@ -6,6 +6,7 @@ broker's answers look the same whichever broker gives them.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +19,19 @@ __all__ = [
     "LEASE_EXPIRED",
     "Ended",
     "EnqueueResult",
+    "FINISHED_KEEP_S",
+    "Finished",
     "JobInfo",
     "Lease",
     "Outgoing",
+    "Outcome",
     "Page",
     "QueueStats",
     "SweepReport",
     "WorkerInfo",
+    "created_cursor",
+    "in_range",
+    "minute_of",
 ]
 
 #: The error every broker records on a job whose lease lapsed (the same words everywhere).
@@ -33,6 +40,61 @@ LEASE_EXPIRED = ErrorInfo("LeaseExpired", "the lease lapsed: the worker died or 
 #: How long expired and cancelled jobs (and succeeded jobs with no result TTL) are
 #: kept for inspection before `sweep` deletes them: 7 days, in seconds.
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+
+#: How far back brokers keep the per-minute counts of finished jobs (`finished`):
+#: `sweep` drops older minutes. Two hours, in seconds: the overview shows the last one.
+FINISHED_KEEP_S = 2 * 3600.0
+
+
+class Outcome(enum.StrEnum):
+    """How a job (or one attempt of it) ended, as counted per minute by `finished`."""
+
+    #: An ack: `running → succeeded`.
+    SUCCEEDED = "succeeded"
+    #: A retry: the attempt failed and the job will run again (`running → scheduled`).
+    FAILED = "failed"
+    #: A bury: `running → dead` (also a corrupt record buried by housekeeping).
+    DEAD = "dead"
+    #: Cancelled while running (a settlement) or while waiting (`cancel`).
+    CANCELLED = "cancelled"
+    #: Expired while waiting (by `reserve` or `sweep`).
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How many jobs of `queue` ended as `outcome` during one minute (`minute`: Unix
+    time // 60, by the broker's clock when they ended)."""
+
+    queue: str
+    minute: int
+    outcome: Outcome
+    count: int
+
+
+def in_range(t: float, since: float | None, until: float | None) -> bool:
+    """Whether `t` lies within `since` and `until` (both included; None: unbounded):
+    `list_jobs`' time filter."""
+    return (since is None or t >= since) and (until is None or t <= until)
+
+
+def created_cursor(cursor: str) -> tuple[float, int]:
+    """The (created_at, seq) of a time-range listing's cursor (`created_at:seq`), as
+    the SQL brokers and memory write it.
+
+    Raises:
+        ValueError: `cursor` is not one, naming it.
+    """
+    at, _, seq = cursor.rpartition(":")
+    try:
+        return float(at), int(seq)
+    except ValueError:
+        raise ValueError(f"not a cursor of a time-range listing: {cursor!r}") from None
+
+
+def minute_of(t: float) -> int:
+    """The minute (Unix time // 60) that `finished` counts an end at time `t` in."""
+    return int(t // 60)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ The contract is cut into five roles, each an ABC a broker inherits to declare it
     Delivery    enqueue, reserve, wait, next_due, extend, release, settle_many
     Flow        take_rate, acquire_slot/release_slot, join, compare_and_set,
                 outbox/clear_outbox
-    Inspection  counts, get_job, find, list_jobs, workflow_jobs, replay_dead,
-                purge_dead, queues, set_progress, record_attempt, attempt_records
+    Inspection  counts, finished, get_job, find, list_jobs, workflow_jobs,
+                replay_dead, purge_dead, queues, set_progress, record_attempt,
+                attempt_records
     Fleet       register_worker, unregister_worker, workers, sweep, set_paused, paused
     Signals     cancel, cancel_requested, wait_finished
 
@@ -57,8 +58,10 @@ from offload.brokers.records import (
     DEFAULT_RETENTION_S,
     Ended,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
+    Outcome,
     Outgoing,
     Page,
     QueueStats,
@@ -79,6 +82,7 @@ __all__ = [
     "Ended",
     "Ending",
     "EnqueueResult",
+    "Finished",
     "Fleet",
     "Flow",
     "Inspection",
@@ -87,6 +91,7 @@ __all__ = [
     "Ledger",
     "Outgoing",
     "PUBLISH_GRACE_S",
+    "Outcome",
     "Page",
     "Part",
     "QueueStats",
@@ -147,6 +152,12 @@ class Ending(enum.StrEnum):
         """The state the job is in after this ending."""
         return _END_STATES[self]
 
+    @property
+    def outcome(self) -> Outcome | None:
+        """How `Inspection.finished` counts this ending; None for a defer (a flow limit
+        held the job back: nothing ended)."""
+        return _END_OUTCOMES.get(self)
+
 
 _END_STATES = {
     Ending.ACK: JobState.SUCCEEDED,
@@ -154,6 +165,13 @@ _END_STATES = {
     Ending.BURY: JobState.DEAD,
     Ending.DEFER: JobState.SCHEDULED,
     Ending.CANCEL: JobState.CANCELLED,
+}
+
+_END_OUTCOMES = {
+    Ending.ACK: Outcome.SUCCEEDED,
+    Ending.RETRY: Outcome.FAILED,
+    Ending.BURY: Outcome.DEAD,
+    Ending.CANCEL: Outcome.CANCELLED,
 }
 
 
@@ -516,6 +534,19 @@ class Inspection(Part):
         """Per queue (all known queues if None): jobs per state, oldest queued job."""
 
     @abc.abstractmethod
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        """How many jobs ended per queue (all if None), minute and `Outcome`, from the
+        minute holding `since` on, sorted by queue, minute and outcome; minutes in which
+        nothing ended are left out. One read, however many jobs ended.
+
+        Brokers count each end in the same atomic step as the end itself, by their
+        clock's minute: every settlement but a defer (`Ending.outcome`), `cancel` of a
+        waiting job (cancelled) and an expiry by `reserve` or `sweep` (expired). `sweep`
+        drops the minutes older than `FINISHED_KEEP_S`, so a `since` further back
+        gets what is left of them (nothing, once a sweep has run).
+        """
+
+    @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobInfo | None:
         """One job by id, None if unknown or purged."""
 
@@ -531,8 +562,17 @@ class Inspection(Part):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
-        """Jobs newest first, filtered by queue and state, with keyset pagination."""
+        """Jobs newest first, filtered by queue, state and creation time (`created_at`
+        within `since` and `until`, both included), with keyset pagination (a cursor
+        belongs to the filters it was made with).
+
+        Newest first is enqueue order; with a time range it is creation order
+        (`created_at`, then enqueue order; Redis orders jobs created within the same
+        millisecond by enqueue order alone), read from each broker's index of creation
+        times, so that a range deep in a million jobs is a seek."""
 
     @abc.abstractmethod
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from offload.app import Offload
 from offload.codec import dumps_pretty
 from offload.dashboard import actions, pages
-from offload.dashboard.queries import STATES
+from offload.dashboard.queries import SPARK_H, SPARK_W, STATES
 from offload.dashboard.security import Access, Authorize, SecurityHeaders
 from offload.dashboard.state import Dashboard
 
@@ -66,6 +66,7 @@ def create_app(
     env.filters["pretty"] = dumps_pretty
     env.filters["compact"] = lambda value: json.dumps(value, ensure_ascii=False)
     env.globals["STATES"] = STATES
+    env.globals.update(SPARK_W=SPARK_W, SPARK_H=SPARK_H)
     access = Access(token=token, basic=basic, authorize=authorize, read_only=read_only)
     routes = [
         Route("/", pages.overview_page, name="overview"),

@@ -14,6 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from offload import pausing
 from offload.attempts import job_with_history
 from offload.dashboard.queries import (
+    WINDOW_MIN,
     JobFilter,
     busy_workers,
     consuming_workers,
@@ -78,7 +79,7 @@ async def overview_page(request: Request) -> Response:
     stats = await broker.counts()
     workers = await broker.workers()
     now = time.time()
-    rows = overview(stats, now)
+    rows = overview(stats, now, await broker.finished(now - WINDOW_MIN * 60))
     totals = {s: sum(r.states[s] for r in rows) for s in JobState}
     held = await pausing.paused(broker)
     return d.render(request, "overview.html", rows=rows, totals=totals, workers=workers,

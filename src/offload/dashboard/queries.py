@@ -1,9 +1,10 @@
 """What the pages show, read through the public `Broker` inspection API only.
 
 Every read here is bounded, so a page costs the same with a thousand jobs stored or a
-million: listings are keyset pages (`list_jobs`' cursor), a key is one `find`, and the
-filters the broker does not index (task, time range) scan at most `SCAN_BUDGET` jobs per
-request and say how far they got, with a cursor to go on from there.
+million: listings are keyset pages (`list_jobs`' cursor, with the queue, state and
+time range filtered by the broker), a key is one `find`, the filter the broker does not
+index (task) scans at most `SCAN_BUDGET` jobs per request and says how far it got, with
+a cursor to go on from there, and the overview's last hour is one `finished` read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from itertools import islice
 
 from offload.app import Offload
 from offload.brokers.base import Broker
-from offload.brokers.records import JobInfo, QueueStats, WorkerInfo
+from offload.brokers.records import (
+    Finished,
+    JobInfo,
+    Outcome,
+    Page,
+    QueueStats,
+    WorkerInfo,
+    minute_of,
+)
 from offload.envelope import JobState
 from offload.schedule import ScheduleEntry
 
@@ -24,10 +33,12 @@ __all__ = [
     "SCAN_BUDGET",
     "JobFilter",
     "JobListing",
+    "LastHour",
     "QueueRow",
     "ScheduleRow",
     "WorkflowNode",
     "busy_workers",
+    "last_hour",
     "consuming_workers",
     "list_filtered",
     "overview",
@@ -54,6 +65,68 @@ STATES: tuple[JobState, ...] = (
 )
 
 
+#: Minutes of the overview's throughput and failure rate (the last hour).
+WINDOW_MIN = 60
+#: Outcomes that are a job's end (throughput); a failed attempt is not one.
+DONE = frozenset({Outcome.SUCCEEDED, Outcome.DEAD, Outcome.CANCELLED, Outcome.EXPIRED})
+#: Outcomes that count as failures (failure rate).
+FAILURES = frozenset({Outcome.FAILED, Outcome.DEAD})
+#: The sparkline's box, in SVG user units.
+SPARK_W, SPARK_H = 120, 24
+
+
+@dataclass(frozen=True, slots=True)
+class LastHour:
+    """A queue's last `WINDOW_MIN` minutes, from the broker's per-minute end counts
+    (`Inspection.finished`): jobs that ended and failures per minute, oldest first."""
+
+    done: tuple[int, ...]
+    failures: tuple[int, ...]
+    ends: int
+
+    @property
+    def per_minute(self) -> float:
+        """Jobs that ended (succeeded, dead, cancelled, expired) per minute."""
+        return sum(self.done) / len(self.done)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failed attempts and dead jobs among every end counted (attempts that ended,
+        and jobs that ended without a worker); None when nothing ended."""
+        return None if self.ends == 0 else sum(self.failures) / self.ends
+
+    def spark(self, series: tuple[int, ...]) -> str:
+        """`series` as the points of an SVG polyline in the sparkline's box, scaled to
+        the larger of the two series (so failures are drawn against the jobs done)."""
+        top = max(max(self.done), max(self.failures), 1)
+        step = SPARK_W / max(len(series) - 1, 1)
+        return " ".join(
+            f"{i * step:.1f},{SPARK_H - 1 - (SPARK_H - 2) * n / top:.1f}"
+            for i, n in enumerate(series)
+        )
+
+
+def last_hour(finished: Sequence[Finished], now: float) -> dict[str, LastHour]:
+    """Each queue's `LastHour` from one `finished(since=now - 1 h)` answer; the current
+    minute is the last of the window."""
+    first = minute_of(now) - WINDOW_MIN + 1
+    done: dict[str, list[int]] = {}
+    failures: dict[str, list[int]] = {}
+    ends: dict[str, int] = {}
+    for f in finished:
+        i = f.minute - first
+        if not 0 <= i < WINDOW_MIN:
+            continue
+        done.setdefault(f.queue, [0] * WINDOW_MIN)
+        failures.setdefault(f.queue, [0] * WINDOW_MIN)
+        if f.outcome in DONE:
+            done[f.queue][i] += f.count
+        if f.outcome in FAILURES:
+            failures[f.queue][i] += f.count
+        ends[f.queue] = ends.get(f.queue, 0) + f.count
+    return {q: LastHour(tuple(done[q]), tuple(failures[q]), ends[q]) for q in done}
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRow:
     """One queue on the overview."""
@@ -61,26 +134,24 @@ class QueueRow:
     name: str
     states: dict[JobState, int]
     oldest_age_s: float | None
+    hour: LastHour | None = None
 
     @property
     def waiting(self) -> int:
         return self.states.get(JobState.QUEUED, 0) + self.states.get(JobState.SCHEDULED, 0)
 
-    @property
-    def failure_rate(self) -> float | None:
-        """Dead among the finished jobs still stored (None when none has finished)."""
-        dead = self.states.get(JobState.DEAD, 0)
-        done = dead + self.states.get(JobState.SUCCEEDED, 0)
-        return None if done == 0 else dead / done
 
-
-def overview(stats: dict[str, QueueStats], now: float) -> list[QueueRow]:
-    """The overview's rows, from one `counts()` call."""
+def overview(
+    stats: dict[str, QueueStats], now: float, finished: Sequence[Finished] = ()
+) -> list[QueueRow]:
+    """The overview's rows, from one `counts()` and one `finished()` call."""
+    hours = last_hour(finished, now)
     return [
         QueueRow(
             name,
             {s: q.states.get(s, 0) for s in STATES},
             None if q.oldest_queued_at is None else max(now - q.oldest_queued_at, 0.0),
+            hours.get(name),
         )
         for name, q in stats.items()
     ]
@@ -105,9 +176,9 @@ def consuming_workers(workers: Sequence[WorkerInfo], now: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """The jobs page's filters. `queue` and `state` go to the broker; `task` and the
-    time range (`since`/`until`, on `created_at`) are applied here, within the scan
-    budget; `key` is one `find`."""
+    """The jobs page's filters. `queue`, `state` and the time range (`since`/`until`,
+    on `created_at`) go to the broker; `task` is applied here, within the scan budget;
+    `key` is one `find`."""
 
     queue: str | None = None
     state: JobState | None = None
@@ -119,7 +190,7 @@ class JobFilter:
     @property
     def scans(self) -> bool:
         """Whether a filter must be applied here, reading jobs the page may not show."""
-        return bool(self.task) or self.since is not None or self.until is not None
+        return bool(self.task)
 
     def matches(self, info: JobInfo) -> bool:
         if self.task and info.task != self.task:
@@ -142,17 +213,19 @@ class JobListing:
 async def list_filtered(
     broker: Broker, f: JobFilter, *, limit: int, cursor: str | None
 ) -> JobListing:
-    """One page of jobs matching `f`, newest first.
-
-    Jobs are listed newest first, so once a job older than `since` is met no later one
-    can match and the listing ends there.
-    """
+    """One page of jobs matching `f`, newest first (see `Inspection.list_jobs`)."""
     if f.key:
         info = await broker.find(f.key)
         found = info is not None and _fits(info, f)
         return JobListing([info] if found and info is not None else [], None, 1)
+
+    async def page_of(n: int, at: str | None) -> Page:
+        return await broker.list_jobs(
+            queue=f.queue, state=f.state, since=f.since, until=f.until, limit=n, cursor=at
+        )
+
     if not f.scans:
-        page = await broker.list_jobs(queue=f.queue, state=f.state, limit=limit, cursor=cursor)
+        page = await page_of(limit, cursor)
         return JobListing(page.items, page.cursor, len(page.items))
     listing = JobListing()
     # A page's worth first (a filter most jobs pass needs no more), then four times
@@ -163,15 +236,9 @@ async def list_filtered(
             listing.exhausted_budget = True
             break
         batch = min(batch, SCAN_BUDGET - listing.scanned)
-        page = await broker.list_jobs(queue=f.queue, state=f.state, limit=batch, cursor=cursor)
+        page = await page_of(batch, cursor)
         batch *= 4
-        for n, info in enumerate(page.items):
-            if f.since is not None and info.created_at < f.since:
-                listing.scanned += n + 1
-                listing.cursor = None
-                return listing
-            if f.matches(info):
-                listing.items.append(info)
+        listing.items += [info for info in page.items if f.matches(info)]
         listing.scanned += len(page.items)
         cursor = page.cursor
         if cursor is None:

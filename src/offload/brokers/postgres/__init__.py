@@ -52,6 +52,7 @@ from offload.brokers.base import (
     Ended,
     Ending,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
     Page,
@@ -71,7 +72,7 @@ from offload.brokers.postgres._listener import Listener, channel_name, ends_chan
 from offload.brokers.postgres._operate import Operations
 from offload.brokers.postgres._signals import EndWaiters, Signals
 from offload.brokers.postgres._sql import migrate, schema_version
-from offload.brokers.records import Outgoing
+from offload.brokers.records import FINISHED_KEEP_S, Outgoing, minute_of
 from offload.brokers.roles import Ledger
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
@@ -392,6 +393,7 @@ class PostgresBroker(Broker, Ledger):
             "id": item.lease.job_id,
             "token": item.lease.token,
             "now": now,
+            "minute": minute_of(now),
             "at": item.at,
             "error": None if item.error is None else encode_error(item.error).decode(),
             "purge_at": now + self.retention_s,
@@ -401,8 +403,10 @@ class PostgresBroker(Broker, Ledger):
 
     async def _ack_many(self, acks: Sequence[Settlement]) -> list[bool]:
         """Every ack in one statement (one round trip, one commit) for the batch."""
+        now = self.clock.now()
         params = {
-            "now": self.clock.now(),
+            "now": now,
+            "minute": minute_of(now),
             "ids": [a.lease.job_id for a in acks],
             "tokens": [a.lease.token for a in acks],
             "results": [a.result for a in acks],
@@ -463,6 +467,9 @@ class PostgresBroker(Broker, Ledger):
         """Per queue: the requested ones (even if unknown), else every known queue."""
         return await self._inspector.counts(queues)
 
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        return await self._inspector.finished(since, queues)
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self._inspector.get_job(job_id)
 
@@ -479,9 +486,11 @@ class PostgresBroker(Broker, Ledger):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
         """Newest first; the cursor is the `seq` of the page's last job."""
-        return await self._inspector.list_jobs(queue, state, limit, cursor)
+        return await self._inspector.list_jobs(queue, state, limit, cursor, since, until)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
         return await self._inspector.workflow_jobs(workflow_id, limit)
@@ -556,6 +565,7 @@ class PostgresBroker(Broker, Ledger):
         async with self._conn() as conn:
             ends = self.settings.ends_channel
             expire = {"now": now, "purge_at": now + self.retention_s, "ends": ends}
+            expire["minute"] = minute_of(now)
             row = await (await conn.execute(_Q["expire_due"], expire)).fetchone()
             expired = row["n"] if row else 0
             purge = {"now": now, "batch": SWEEP_BATCH}
@@ -566,6 +576,7 @@ class PostgresBroker(Broker, Ledger):
             await conn.execute(_Q["forget_lapsed_joins"], {"before": now - self.retention_s})
             await conn.execute(_Q["progress_orphans"])
             await conn.execute(_Q["fold_counts"])  # bound the count deltas (0009)
+            await conn.execute(_Q["finished_prune"], {"before": minute_of(now - FINISHED_KEEP_S)})
         if purged:
             await self._operations.forget_orphans()
         return SweepReport(expired=expired, purged=purged, workers_removed=removed)

@@ -14,9 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from offload.brokers._sql_rows import queue_stats
-from offload.brokers.base import JobInfo, Page, QueueStats
+from offload.brokers.base import Finished, JobInfo, Outcome, Page, QueueStats
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._executor import QUERIES, Database
+from offload.brokers.records import created_cursor, minute_of
 from offload.clock import Clock
 from offload.codec import decode_value, encode_value
 from offload.envelope import JobState, id_floor
@@ -49,6 +50,13 @@ class Inspector:
             oldest_rows = await cur.fetchall()
         return queue_stats(names, rows, {r["queue"]: r["oldest"] for r in oldest_rows})
 
+    async def finished(self, since: float, queues: Sequence[str] | None) -> list[Finished]:
+        params = {"first": minute_of(since), "queues": None if queues is None else list(queues)}
+        return [
+            Finished(r["queue"], int(r["minute"]), Outcome(r["outcome"]), int(r["n"]))
+            for r in await self._db.rows("finished", params)
+        ]
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         rows = await self._db.rows("get_job_with_progress", {"id": job_id})
         if not rows:
@@ -67,20 +75,35 @@ class Inspector:
         state: JobState | None,
         limit: int,
         cursor: str | None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
         where, params = _filters(queue=queue, state=state)
-        if cursor:
+        ranged = since is not None or until is not None
+        if since is not None:
+            where.append("created_at >= %(since)s")
+            params["since"] = since
+        if until is not None:
+            where.append("created_at <= %(until)s")
+            params["until"] = until
+        if cursor and ranged:
+            where.append("(created_at, seq) < (%(at)s, %(cursor)s)")
+            params["at"], params["cursor"] = created_cursor(cursor)
+        elif cursor:
             where.append("seq < %(cursor)s")
             params["cursor"] = int(cursor)
         params["limit"] = limit + 1
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT * FROM offload_jobs {clause} ORDER BY seq DESC LIMIT %(limit)s"
+        # With a time range, the offload_jobs_created index's order (0012).
+        order = "created_at DESC, seq DESC" if ranged else "seq DESC"
+        query = f"SELECT * FROM offload_jobs {clause} ORDER BY {order} LIMIT %(limit)s"
         async with self._db.connection() as conn:
             rows = await (await conn.execute(query, params)).fetchall()
-        if len(rows) <= limit:
-            return Page([_rows.job_info(r) for r in rows], None)
-        last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
-        return Page([_rows.job_info(r) for r in rows[:limit]], str(last_seq))
+        if len(rows) <= limit or (ranged and limit <= 0):
+            return Page([_rows.job_info(r) for r in rows[: max(limit, 0)]], None)
+        last = rows[limit - 1] if limit > 0 else {"created_at": 0.0, "seq": 0}
+        mark = f"{float(last['created_at'])!r}:{last['seq']}" if ranged else str(last["seq"])
+        return Page([_rows.job_info(r) for r in rows[:limit]], mark)
 
     async def workflow_jobs(self, workflow_id: str, limit: int) -> list[JobInfo]:
         needle = b'"workflow_id":' + encode_value(workflow_id)

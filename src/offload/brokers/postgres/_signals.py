@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from offload.brokers._wakeup import JobWaiters
 from offload.brokers.base import Lease
 from offload.brokers.postgres._executor import Database
+from offload.brokers.records import minute_of
 from offload.clock import Clock
 from offload.envelope import TERMINAL_STATES, JobState
 
@@ -91,7 +92,8 @@ class Signals:
     async def cancel(self, job_id: str) -> bool:
         now = self._clock.now()
         params = {"id": job_id, "now": now, "purge_at": now + self._retention_s}
-        rows = await self._db.rows("cancel", params | {"ends": self._ends_channel})
+        params |= {"minute": minute_of(now), "ends": self._ends_channel}
+        rows = await self._db.rows("cancel", params)
         self._waiters.notify([job_id])  # spurious if it was running (only flagged): allowed
         return bool(rows)
 

@@ -12,6 +12,8 @@
 -- `wait_finished` in every process. Those that end a waiting job without a worker
 -- (cancel, expiry) also set its outbox_seq (if `flow`, set for every job since the
 -- metrics count these ends): the outbox entry is the state change's row.
+-- Every statement that ends a job or an attempt also counts it, per queue, in its minute
+-- (%(minute)s) of offload_finished, by offload_count_finished (0012_finished.sql).
 
 -- name: reserve
 SELECT id, token, queue, attempt, deadline, payload
@@ -70,7 +72,7 @@ RETURNING l.id, l.token;
 -- name: ack_many
 -- Every ack of a batch in one statement; the (id, token) pairs it returns are the leases
 -- that were still held. `ended` is a CTE (calling a volatile function, so never inlined
--- nor rescanned): the batch's ends are notified once.
+-- nor rescanned): the batch's ends are notified and counted once.
 WITH acked AS (
     UPDATE offload_jobs AS j
        SET state = 'succeeded', result = a.result, finished_at = %(now)s, lease_token = NULL,
@@ -78,25 +80,31 @@ WITH acked AS (
       FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(results)s::bytea[],
                   %(ttls)s::double precision[]) AS a(id, token, result, ttl)
      WHERE j.id = a.id AND j.lease_token = a.token AND j.state = 'running'
-    RETURNING a.id, a.token
+    RETURNING a.id, a.token, j.queue
 ), ended AS (
-    SELECT offload_notify_ends(%(ends)s, array_agg(id)) AS sent FROM acked
+    SELECT offload_notify_ends(%(ends)s, array_agg(id)) AS sent,
+           offload_count_finished(%(minute)s::bigint, 'succeeded', array_agg(queue)) AS counted
+      FROM acked
 )
 SELECT acked.id, acked.token FROM acked, ended;
 
 -- name: retry
-UPDATE offload_jobs
-   SET state = 'scheduled', due_at = %(at)s, error = %(error)s, lease_token = NULL,
-       lease_deadline = NULL
- WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
-RETURNING CASE WHEN due_at <= %(now)s THEN pg_notify(%(channel)s, queue) END;
+WITH moved AS (
+    UPDATE offload_jobs
+       SET state = 'scheduled', due_at = %(at)s, error = %(error)s, lease_token = NULL,
+           lease_deadline = NULL
+     WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+    RETURNING queue, CASE WHEN due_at <= %(now)s THEN pg_notify(%(channel)s, queue) END
+)
+SELECT offload_count_finished(%(minute)s::bigint, 'failed', ARRAY[queue]) FROM moved;
 
 -- name: bury
 UPDATE offload_jobs
    SET state = 'dead', error = %(error)s, finished_at = %(now)s, lease_token = NULL,
        lease_deadline = NULL
  WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
-RETURNING offload_notify_ends(%(ends)s, ARRAY[id]);
+RETURNING offload_notify_ends(%(ends)s, ARRAY[id]),
+          offload_count_finished(%(minute)s::bigint, 'dead', ARRAY[queue]);
 
 -- name: release
 -- The attempt that was counted at reserve is given back: the job never ran.
@@ -190,7 +198,9 @@ UPDATE offload_jobs
        outbox_seq = CASE WHEN state <> 'running' AND flow
                          THEN nextval('offload_outbox_seq') END
  WHERE id = %(id)s AND state IN ('queued', 'scheduled', 'running')
-RETURNING id, CASE WHEN state = 'cancelled' THEN offload_notify_ends(%(ends)s, ARRAY[id]) END;
+RETURNING id, CASE WHEN state = 'cancelled' THEN offload_notify_ends(%(ends)s, ARRAY[id]) END,
+          CASE WHEN state = 'cancelled'
+               THEN offload_count_finished(%(minute)s::bigint, 'cancelled', ARRAY[queue]) END;
 
 -- name: get_job
 SELECT * FROM offload_jobs WHERE id = %(id)s;
@@ -264,9 +274,11 @@ WITH expired AS (
                AND w.expires_at <= %(now)s
              FOR UPDATE SKIP LOCKED) AS stale
      WHERE j.seq = stale.seq
-    RETURNING j.id
+    RETURNING j.id, j.queue
 )
-SELECT count(*) AS n, offload_notify_ends(%(ends)s, array_agg(id)) AS sent FROM expired;
+SELECT count(*) AS n, offload_notify_ends(%(ends)s, array_agg(id)) AS sent,
+       offload_count_finished(%(minute)s::bigint, 'expired', array_agg(queue)) AS counted
+  FROM expired;
 
 -- name: purge_finished
 -- A bounded batch per call, so one sweep never holds a long transaction; rows
@@ -328,7 +340,8 @@ UPDATE offload_jobs
    SET state = 'cancelled', error = %(error)s, finished_at = %(now)s, purge_at = %(purge_at)s,
        lease_token = NULL, lease_deadline = NULL
  WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
-RETURNING offload_notify_ends(%(ends)s, ARRAY[id]);
+RETURNING offload_notify_ends(%(ends)s, ARRAY[id]),
+          offload_count_finished(%(minute)s::bigint, 'cancelled', ARRAY[queue]);
 
 -- name: cancel_requested
 SELECT id FROM offload_jobs
@@ -443,3 +456,14 @@ UPDATE offload_jobs AS j
    AND (j.state = 'running'
         OR (j.state = 'queued' AND (j.expires_at IS NULL OR j.expires_at > %(now)s)))
 RETURNING j.id, c.token, j.queue, j.attempt, j.payload;
+
+-- name: finished
+-- The shards of each minute summed (0012_finished.sql); the primary key's leading
+-- `minute` bounds the read to the minutes asked for.
+SELECT queue, minute, outcome, sum(n) AS n FROM offload_finished
+ WHERE minute >= %(first)s AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+ GROUP BY queue, minute, outcome
+ ORDER BY queue, minute, outcome;
+
+-- name: finished_prune
+DELETE FROM offload_finished WHERE minute < %(before)s;

@@ -1,4 +1,4 @@
--- The offload PostgreSQL schema for a fresh install: what migrations/0001..0011 build,
+-- The offload PostgreSQL schema for a fresh install: what migrations/0001..0012 build,
 -- in one file. `connect()` and `offload migrate` run this on an empty schema and record
 -- every migration as applied; a schema that has some of them gets the rest instead.
 -- tests/migrations/ proves that both roads end at the same catalog. Any change here
@@ -157,7 +157,8 @@ CREATE FUNCTION offload_reserve_v2(
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_ids text[];
+    v_ids    text[];
+    v_queues text[];
 BEGIN
     UPDATE offload_jobs AS j SET state = 'queued'
       FROM (SELECT s.seq FROM offload_jobs AS s
@@ -182,10 +183,11 @@ BEGIN
                    AND w.expires_at <= p_now
                  FOR UPDATE SKIP LOCKED) AS stale
          WHERE j.seq = stale.seq
-        RETURNING j.id
+        RETURNING j.id, j.queue
     )
-    SELECT array_agg(e.id) INTO v_ids FROM expired AS e;
+    SELECT array_agg(e.id), array_agg(e.queue) INTO v_ids, v_queues FROM expired AS e;
     PERFORM offload_notify_ends(p_ends, v_ids);
+    PERFORM offload_count_finished(floor(p_now / 60)::bigint, 'expired', v_queues);
 
     IF p_limit <= 0 THEN
         RETURN;
@@ -362,3 +364,40 @@ CREATE TRIGGER offload_count_delete AFTER DELETE ON offload_jobs
 CREATE TRIGGER offload_count_update AFTER UPDATE ON offload_jobs
     REFERENCING OLD TABLE AS offload_old NEW TABLE AS offload_new
     FOR EACH STATEMENT EXECUTE FUNCTION offload_count_updated();
+
+-- 0012: list_jobs by creation time (a time range), newest created first: an index walk,
+-- so a range deep in a million jobs is a seek.
+CREATE INDEX offload_jobs_created ON offload_jobs (created_at, seq);
+
+-- 0012 too: jobs that ended, per minute (`finished`): how many of each queue ended each
+-- minute (Unix time // 60, by the broker's clock) as each outcome (succeeded, failed,
+-- dead, cancelled, expired). Every statement that ends jobs adds its own in the same
+-- statement (`offload_count_finished`), one upsert per queue it touched; `shard` is the
+-- writer's backend pid mod 8, so concurrent workers rarely wait on one row (`finished`
+-- sums the shards). `sweep` deletes the minutes past FINISHED_KEEP_S (2 hours).
+CREATE TABLE offload_finished (
+    minute  bigint  NOT NULL,
+    queue   text    NOT NULL,
+    outcome text    NOT NULL,
+    shard   integer NOT NULL,
+    n       bigint  NOT NULL,
+    PRIMARY KEY (minute, queue, outcome, shard)
+);
+
+-- Count one end per element of `p_queues` (a queue once per job that ended there) as
+-- `p_outcome` in minute `p_minute`; nothing for an empty or NULL array. Rows are
+-- upserted in queue order, so two statements never deadlock on them.
+CREATE FUNCTION offload_count_finished(p_minute bigint, p_outcome text, p_queues text[])
+RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(cardinality(p_queues), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO offload_finished AS f (minute, queue, outcome, shard, n)
+    SELECT p_minute, q, p_outcome, pg_backend_pid() % 8, count(*)
+      FROM unnest(p_queues) AS q
+     GROUP BY q
+     ORDER BY q
+    ON CONFLICT (minute, queue, outcome, shard) DO UPDATE SET n = f.n + excluded.n;
+    RETURN cardinality(p_queues);
+END $$;

@@ -62,6 +62,7 @@ from offload.brokers.base import (
     Ended,
     Ending,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
     Page,
@@ -70,6 +71,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.records import FINISHED_KEEP_S, minute_of
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._blocking import BlockingClient
 from offload.brokers.redis._connection import (
@@ -492,6 +494,9 @@ class RedisBroker(Broker):
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         return await self._inspector.counts(queues)
 
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        return await self._inspector.finished(since, queues)
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self._inspector.get_job(job_id)
 
@@ -514,10 +519,13 @@ class RedisBroker(Broker):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
-        """Newest first across the chosen queues; the cursor is the listing member
-        (enqueue time, sequence, id) of the page's last job."""
-        return await self._inspector.list_jobs(queue, state, limit, cursor)
+        """Newest first across the chosen queues; the cursor is the member of the
+        page's last job in the index listed: `jobs` (enqueue time, sequence, id), or
+        with a time range `created` (creation time, then the same)."""
+        return await self._inspector.list_jobs(queue, state, limit, cursor, since, until)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
@@ -581,6 +589,7 @@ class RedisBroker(Broker):
         pending = await self._x.known_queues()
         while pending:
             args = [num(now), num(now + self.retention_s), str(BATCH), self._x.ended_channel]
+            args.append(str(minute_of(now - FINISHED_KEEP_S)))
             replies = await self._x.run_many([("sweep", self._x.q(q), args) for q in pending])
             expired += sum(int(r[0]) for r in replies)
             purged += sum(int(r[1]) for r in replies)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from offload.brokers.base import JobInfo, Page, QueueStats
+from offload.brokers.base import Finished, JobInfo, Outcome, Page, QueueStats
+from offload.brokers.records import minute_of
 from offload.brokers.redis import keys as K
 from offload.brokers.redis._executor import Executor
 from offload.brokers.redis._records import job_info, num, text
@@ -33,6 +34,7 @@ SCAN_BUDGET = 2000
 #: million are found at once (`list_jobs.lua`). Above it the state is common enough
 #: that walking finds a page within a budget or two.
 DIRECT_MAX = 10_000
+_OUTCOMES = frozenset(o.value for o in Outcome)
 _STATE_ORDER = (
     JobState.SCHEDULED,
     JobState.QUEUED,
@@ -42,6 +44,25 @@ _STATE_ORDER = (
     JobState.EXPIRED,
     JobState.CANCELLED,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """A time range of `list_jobs` as `list_jobs.lua` takes it: the creation times (''
+    when unbounded), then the lex range of the `created` index that holds them."""
+
+    since: float | None
+    until: float | None
+
+    @property
+    def args(self) -> list[str]:
+        since, until = self.since, self.until
+        return [
+            "" if since is None else num(since),
+            "" if until is None else num(until),
+            "-" if since is None else "[" + K.created_prefix(since),
+            "+" if until is None else "(" + K.created_prefix(until, after=True),
+        ]
 
 
 class Inspector:
@@ -60,6 +81,25 @@ class Inspector:
             oldest = None if reply[7] in (None, False, 0) else float(reply[7])
             out[queue] = QueueStats(states, oldest)
         return dict(sorted(out.items()))
+
+    async def finished(self, since: float, queues: Sequence[str] | None) -> list[Finished]:
+        """One HGETALL of each queue's `finished` hash, pipelined (a few hundred fields
+        each at most: `sweep` keeps two hours)."""
+        names = await self._x.known_queues() if queues is None else list(dict.fromkeys(queues))
+        replies = await self._x.commands([("HGETALL", self._x.q(q).finished) for q in names])
+        first = minute_of(since)
+        out: list[Finished] = []
+        for queue, reply in zip(names, replies, strict=True):
+            pairs = (
+                reply.items()
+                if isinstance(reply, dict)
+                else zip(reply[::2], reply[1::2], strict=True)
+            )
+            for field, n in pairs:
+                minute, _, outcome = text(field).partition(":")
+                if minute.isdigit() and int(minute) >= first and outcome in _OUTCOMES:
+                    out.append(Finished(queue, int(minute), Outcome(outcome), int(n)))
+        return sorted(out, key=lambda f: (f.queue, f.minute, f.outcome))
 
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self._fetch(await self._x.known_queues(), job_id)
@@ -93,11 +133,14 @@ class Inspector:
         state: JobState | None,
         limit: int,
         cursor: str | None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
         names = [queue] if queue else await self._x.known_queues()
         want = limit + 1
+        span = _Span(since, until)
         found = await asyncio.gather(
-            *(self._list_queue(q, state, want, cursor or "") for q in names)
+            *(self._list_queue(q, state, want, cursor or "", span) for q in names)
         )
         merged = heapq.nlargest(want, (item for items in found for item in items))
         infos = [job_info(*item[1:]) for item in merged]
@@ -106,16 +149,18 @@ class Inspector:
         return Page(infos[:limit], merged[limit - 1][0] if limit > 0 else None)
 
     async def _list_queue(
-        self, queue: str, state: JobState | None, want: int, below: str
+        self, queue: str, state: JobState | None, want: int, below: str, span: _Span
     ) -> list[tuple[str, str, str, bytes, bytes, bytes | None]]:
         items: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
         wanted = "" if state is None else JobState(state).value
         while len(items) < want:
             args = [below, wanted, str(want - len(items)), str(SCAN_BUDGET), str(DIRECT_MAX)]
-            reply = await self._x.run("list_jobs", self._x.q(queue), args)
-            for i in range(2, len(reply), 4):
+            reply = await self._x.run("list_jobs", self._x.q(queue), args + span.args)
+            # A member of `created` starts with 15 digits of creation time (keys.py).
+            id_at = 42 if text(reply[2]) == "created" else 27
+            for i in range(3, len(reply), 4):
                 member = text(reply[i])
-                job_id = member[27:]
+                job_id = member[id_at:]
                 items.append((member, job_id, queue, reply[i + 1], reply[i + 2], reply[i + 3]))
             below = text(reply[0])
             if reply[1] or not below:

@@ -26,6 +26,8 @@ Per queue `q` (`P` is the prefix):
 | `P:{q}:seq`           | string | enqueue counter of the queue                                  |
 | `P:{q}:outbox`        | zset   | jobs ended without a worker: seq+id by end time               |
 | `P:{q}:waiters`       | hash   | job id → 1 while some `wait_finished` may wait on it          |
+| `P:{q}:created`       | zset   | every job, score 0, member created ms+listing member (ranges) |
+| `P:{q}:finished`      | hash   | `<minute>:<outcome>` → jobs that ended so (`finished`)        |
 
 Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
 id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
@@ -50,9 +52,18 @@ value and the end of its TTL, by the broker's clock; see `compare_and_set.lua`).
 `<key>` is escaped like a queue name, and no escaped queue name starts with `%r`, `%s`,
 `%c`, `%w`, `%p` or `%a`.
 
+`created` indexes every job by its envelope's `created_at` (milliseconds, 15 digits,
+then its `jobs` member), so `list_jobs` with a time range is one ZREVRANGEBYLEX: written
+with `jobs` at enqueue and removed with it when the job is deleted. Jobs stored before
+this index existed are not in it; while a queue's `created` holds fewer members than
+its `jobs`, a time range walks `jobs` instead (`list_jobs.lua`). `finished` counts
+ends per minute (Unix time // 60, the broker's clock) and outcome, added to by the
+script that ends the jobs; `sweep` drops the minutes older than `FINISHED_KEEP_S`.
+
 A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
-only `P:{q}:seq` and the global keys remain.
+only `P:{q}:seq`, the global keys and (until its minutes leave the window)
+`P:{q}:finished` remain.
 
 The record map uses short field names: `s` state, `tk` task, `p` priority, `a` attempt,
 `m` max attempts, `k` key, `c` created, `d` due, `x` expires, `st` started, `f` finished,
@@ -81,7 +92,7 @@ __all__ = [
 
 #: Number of keys of one queue, in the order of `QueueKeys`; every script takes them
 #: as a group of KEYS in this order.
-KEYS_PER_QUEUE = 16
+KEYS_PER_QUEUE = 18
 
 
 class QueueKeys(NamedTuple):
@@ -103,6 +114,8 @@ class QueueKeys(NamedTuple):
     seq: str
     outbox: str
     waiters: str
+    created: str
+    finished: str
 
 
 class GlobalKeys(NamedTuple):
@@ -137,6 +150,14 @@ def channel(prefix: str, queue: str) -> str:
 def ended_channel(prefix: str) -> str:
     """The pub/sub channel on which scripts announce ends of jobs someone waits on."""
     return f"{prefix}:ended"
+
+
+def created_prefix(t: float, *, after: bool = False) -> str:
+    """The 15-digit millisecond prefix of the `created` members of jobs created at `t`
+    (with `after`, the next millisecond's: every job created at `t` sorts below it),
+    clamped to what the fixed width holds, as `created_member` in `_lib.lua` does."""
+    ms = int(t * 1000 // 1) + (1 if after else 0)
+    return f"{min(max(ms, 0), 10**15 - 1):015d}"
 
 
 def listing_member(enqueued_ms: int, seq: int, job_id: str) -> str:

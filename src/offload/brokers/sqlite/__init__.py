@@ -36,6 +36,7 @@ from offload.brokers.base import (
     Capabilities,
     Ended,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
     Page,
@@ -357,6 +358,9 @@ class SQLiteBroker(Broker, Ledger):
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         return await self._run(Store.counts, queues)
 
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        return await self._run(Store.finished, since, queues)
+
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self._run(Store.get_job, job_id)
 
@@ -376,8 +380,10 @@ class SQLiteBroker(Broker, Ledger):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
-        return await self._run(Store.list_jobs, queue, state, limit, cursor)
+        return await self._run(Store.list_jobs, queue, state, limit, cursor, since, until)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None

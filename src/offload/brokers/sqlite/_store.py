@@ -38,14 +38,17 @@ from offload.brokers.base import (
     Ended,
     Ending,
     EnqueueResult,
+    Finished,
     JobInfo,
     Lease,
+    Outcome,
     Page,
     QueueStats,
     Settlement,
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.records import FINISHED_KEEP_S, created_cursor, minute_of
 from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
 from offload.codec import decode_value, encode_error, encode_value
@@ -57,6 +60,9 @@ __all__ = ["Store"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+#: A state with at most this many jobs is listed by a time range from its own index,
+#: its jobs sorted, instead of by walking the creation index (`_created_walk_index`).
+DIRECT_MAX = 10_000
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 _Q = named_queries("offload.brokers.sqlite")
@@ -181,6 +187,15 @@ class Store:
     def _signal(self, ready: set[str]) -> None:
         self._touch_queues(set(), ready)
 
+    def _count_ends(self, ends: Iterable[tuple[str, Outcome]], now: float) -> None:
+        """Add jobs that ended now to `offload_finished`: one upsert per queue and
+        outcome, in the caller's transaction (the one that ended them)."""
+        tally = Counter(ends)
+        if tally:
+            minute = minute_of(now)
+            rows = [(minute, q, outcome.value, n) for (q, outcome), n in sorted(tally.items())]
+            self._conn.executemany(_Q["finished_add"], rows)
+
     # -- producer -------------------------------------------------------------------------
 
     def enqueue(
@@ -298,6 +313,7 @@ class Store:
         conn.executemany(_Q["outbox_add"], [(row["id"],) for row in rows])
         for row in rows:
             self._move((row["queue"],), row["state"], JobState.EXPIRED)
+        self._count_ends(((row["queue"], Outcome.EXPIRED) for row in rows), now)
         return [row["id"] for row in rows]
 
     def _best_ready(self, queues: Sequence[str], limit: int) -> list[sqlite3.Row]:
@@ -332,6 +348,7 @@ class Store:
         waiters should wake)."""
         held: list[bool] = []
         due: set[str] = set()
+        ends: list[tuple[str, Outcome]] = []
         with self._write() as now:
             for item in settlements:
                 params = self._settle_params(item, now)
@@ -339,8 +356,11 @@ class Store:
                 held.append(len(rows) == 1)
                 if rows:
                     self._move((rows[0]["queue"],), JobState.RUNNING, _SETTLED[item.ending])
+                    if item.ending.outcome is not None:
+                        ends.append((rows[0]["queue"], item.ending.outcome))
                     if item.at is not None and item.at <= now:
                         due.add(rows[0]["queue"])
+            self._count_ends(ends, now)
             if due:
                 self._signal(due)
         return held, bool(due)
@@ -385,6 +405,7 @@ class Store:
                 self._conn.execute(_Q["cancel_waiting"], params)
                 self._conn.execute(_Q["outbox_add"], (job_id,))
                 self._move((place["queue"],), place["state"], JobState.CANCELLED)
+                self._count_ends([(place["queue"], Outcome.CANCELLED)], now)
                 return True
             return self._conn.execute(_Q["flag_cancel"], {"id": job_id}).rowcount == 1
 
@@ -429,6 +450,11 @@ class Store:
                     oldest[queue] = first
         return queue_stats(names, rows, oldest)
 
+    def finished(self, since: float, queues: Sequence[str] | None) -> list[Finished]:
+        params = {"first": minute_of(since), "queues": _id_list(queues)}
+        rows = self._conn.execute(_Q["finished"], params)
+        return [Finished(r[0], int(r[1]), Outcome(r[2]), int(r[3])) for r in rows]
+
     def get_job(self, job_id: str) -> JobInfo | None:
         with self._snapshot():
             row = self._conn.execute(_Q["get_job"], (job_id,)).fetchone()
@@ -451,18 +477,32 @@ class Store:
         return [job_info(row) for row in self._conn.execute(_Q["workflow_jobs"], params)]
 
     def list_jobs(
-        self, queue: str | None, state: JobState | None, limit: int, cursor: str | None
+        self,
+        queue: str | None,
+        state: JobState | None,
+        limit: int,
+        cursor: str | None,
+        since: float | None,
+        until: float | None,
     ) -> Page:
         """Newest first; the cursor is the `seq` of the page's last job, and the next
-        page starts below it, so deletes in between never skip or repeat a job."""
+        page starts below it, so deletes in between never skip or repeat a job. With a
+        time range, newest created first (`created_at`, then `seq`), walking the
+        `offload_jobs_created` index; the cursor is then `created_at:seq`."""
         conditions: list[str] = []
         params: list[object] = []
-        if queue:
-            conditions.append("queue = ?")
-            params.append(queue)
-        if state is not None:
-            conditions.append("state = ?")
-            params.append(JobState(state).value)
+        for condition, value in (
+            ("queue = ?", queue or None),
+            ("state = ?", None if state is None else JobState(state).value),
+            ("created_at >= ?", since),
+            ("created_at <= ?", until),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        if since is not None or until is not None:
+            index = self._created_walk_index(queue, state)
+            return self._list_created(index, conditions, params, limit, cursor)
         if cursor:
             conditions.append("seq < ?")
             params.append(int(cursor))
@@ -473,6 +513,49 @@ class Store:
             return Page([job_info(row) for row in rows], None)
         last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
         return Page([job_info(row) for row in rows[:limit]], str(last_seq))
+
+    def _created_walk_index(self, queue: str | None, state: JobState | None) -> str:
+        """The index a time-range listing reads: the creation index, walked in listing
+        order, unless the state asked for is rare (at most `DIRECT_MAX` jobs, counted
+        on the state's index, stopping there): then that state's index, its jobs
+        sorted, so a few dead jobs among a million are not found by walking the range."""
+        if state is None:
+            return "offload_jobs_created"
+        index = "offload_jobs_queue_state" if queue else "offload_jobs_state"
+        where = "queue = ? AND state = ?" if queue else "state = ?"
+        args = [queue, JobState(state).value] if queue else [JobState(state).value]
+        probe = (
+            f"SELECT count(*) FROM (SELECT 1 FROM offload_jobs INDEXED BY {index}"
+            f" WHERE {where} LIMIT ?)"
+        )
+        found = self._conn.execute(probe, [*args, DIRECT_MAX + 1]).fetchone()[0]
+        return index if found <= DIRECT_MAX else "offload_jobs_created"
+
+    def _list_created(
+        self,
+        index: str,
+        conditions: list[str],
+        params: list[object],
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """`list_jobs` with a time range (see there), given its other conditions and
+        the index to read (`_created_walk_index`)."""
+        if cursor:
+            at, seq = created_cursor(cursor)
+            # The bound on created_at is the seek; the rest skips the ties before it.
+            conditions.append("created_at <= ? AND (created_at < ? OR seq < ?)")
+            params += [at, at, seq]
+        sql = (
+            f"SELECT * FROM offload_jobs INDEXED BY {index}"
+            f" WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, seq DESC LIMIT ?"
+        )
+        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
+        page = [job_info(row) for row in rows[:limit]]
+        if len(rows) <= limit or limit <= 0:
+            return Page(page, None)
+        last = rows[limit - 1]
+        return Page(page, f"{float(last['created_at'])!r}:{last['seq']}")
 
     def replay_dead(self, queue: str | None, job_ids: Sequence[str] | None) -> int:
         with self._write() as now:
@@ -586,6 +669,7 @@ class Store:
             conn.execute(_Q["joins_lapsed"], (now - self._retention_s,))
             conn.execute(_Q["progress_orphans"])
             conn.execute(_Q["outbox_orphans"])
+            conn.execute(_Q["finished_prune"], (minute_of(now - FINISHED_KEEP_S),))
         report = SweepReport(expired=len(expired), purged=purged, workers_removed=removed)
         return report, expired
 

@@ -347,7 +347,7 @@ SELECT id, queue, CAST(priority AS INTEGER) AS priority, payload, state
  LIMIT :limit;
 
 -- name: any_expiring
--- Whether `expire_due` would expire anything (read without the write lock).
+-- Whether `expiring` would find anything (read without the write lock).
 SELECT 1 FROM offload_jobs INDEXED BY offload_jobs_expiry
  WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now
  LIMIT 1;
@@ -383,3 +383,16 @@ UPDATE offload_jobs
        error = CASE WHEN state = 'running' THEN :lease_error ELSE error END
  WHERE id = :id AND stamp = :stamp AND state IN ('queued', 'running')
 RETURNING queue, CAST(attempt AS INTEGER) AS attempt, payload;
+
+-- name: finished_add
+-- (hot: once per queue and outcome of a batch) Parameters: minute, queue, outcome, n.
+INSERT INTO offload_finished (minute, queue, outcome, n) VALUES (?, ?, ?, ?)
+    ON CONFLICT (minute, queue, outcome) DO UPDATE SET n = n + excluded.n;
+
+-- name: finished
+SELECT queue, minute, outcome, n FROM offload_finished
+ WHERE minute >= :first AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+ ORDER BY queue, minute, outcome;
+
+-- name: finished_prune
+DELETE FROM offload_finished WHERE minute < ?;

@@ -199,3 +199,21 @@ CREATE TABLE IF NOT EXISTS offload_counts (
 DROP TRIGGER IF EXISTS offload_count_insert;
 DROP TRIGGER IF EXISTS offload_count_delete;
 DROP TRIGGER IF EXISTS offload_count_update;
+
+-- Version 9: list_jobs by creation time (a time range), newest first: the index walk
+-- (created_at, then seq, the implicit last column) is the listing order, and a range
+-- deep in a million jobs is a seek.
+CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (created_at);
+
+-- Version 9 too: jobs that ended, per minute (`finished`): one row per minute, queue and
+-- outcome (succeeded, failed, dead, cancelled, expired), added to in the transaction
+-- that ends the jobs (a batch of settlements adds each of its rows once). `minute` is
+-- Unix time // 60 by the broker's clock; `sweep` deletes the minutes past
+-- FINISHED_KEEP_S (2 hours), so the table holds a few hundred rows per queue.
+CREATE TABLE IF NOT EXISTS offload_finished (
+    minute  INTEGER NOT NULL,
+    queue   TEXT    NOT NULL,
+    outcome TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (minute, queue, outcome)
+) WITHOUT ROWID;

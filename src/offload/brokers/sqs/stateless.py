@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from offload.brokers.composite import Composite, with_state_store
 from offload.brokers.records import (
     Ended,
+    Finished,
     JobInfo,
     Lease,
     Page,
@@ -153,8 +154,14 @@ class Stateless(Flow, Inspection, Fleet, Signals):
         state: JobState | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
         raise self._refuse("listing jobs")
+
+    async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
+        """Nothing: SQS counts no ends (the overview shows no throughput)."""
+        return []
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
         raise self._refuse("listing a workflow's jobs")

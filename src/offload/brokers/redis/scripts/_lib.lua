@@ -1,6 +1,6 @@
 -- Shared helpers, prepended to every script of this directory when it is loaded
 -- (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
--- all come through KEYS, as groups of 16 per queue in the order of
+-- all come through KEYS, as groups of 18 per queue in the order of
 -- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
 --
 -- A job is a field in the queue's `payload`, `record` and `result` hashes; its state
@@ -10,7 +10,7 @@
 
 local FIELDS = {'payload', 'record', 'result', 'ready', 'scheduled', 'running',
   'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq', 'outbox',
-  'waiters'}
+  'waiters', 'created', 'finished'}
 
 local function queue_at(group)
   local q = {}
@@ -135,6 +135,13 @@ local function listing_member(r, id)
   return string.format('%015.0f%012.0f', r.n, r.q) .. id
 end
 
+-- Creation order (for time ranges): `created_at` in ms, then listing order; the member
+-- of `created`. Clamped to the fixed width, like `created_prefix` in keys.py.
+local function created_member(r, id)
+  local ms = math.min(math.max(math.floor(r.c * 1000), 0), 1e15 - 1)
+  return string.format('%015.0f', ms) .. listing_member(r, id)
+end
+
 -- Outbox order within one end time: the queue's enqueue sequence (ends in one call share
 -- their time); the member of `outbox`, whose score is the end time.
 local function outbox_member(r, id)
@@ -201,7 +208,32 @@ local function note_end(q, id)
   end
 end
 
+-- Jobs ended by this call, per `finished` key and field (`<minute>:<outcome>`): one
+-- HINCRBY per queue, minute and outcome at the end of the script, not one per job.
+local TALLY = {}
+
+local function count_end(q, outcome, now)
+  local field = string.format('%d:%s', math.floor(now / 60), outcome)
+  local fields = TALLY[q.finished]
+  if not fields then
+    fields = {}
+    TALLY[q.finished] = fields
+  end
+  fields[field] = (fields[field] or 0) + 1
+end
+
+local function flush_counts()
+  for key, fields in pairs(TALLY) do
+    for field, n in pairs(fields) do
+      redis.call('HINCRBY', key, field, n)
+    end
+  end
+  TALLY = {}
+end
+
+-- The end of every script that ends jobs: their counts written, then their waiters told.
 local function publish_ends(channel)
+  flush_counts()
   if #ENDED > 0 then
     redis.call('PUBLISH', channel, table.concat(ENDED, ' '))
   end
@@ -218,6 +250,7 @@ local function finish(q, id, r, state, now, purge_at)
   r.dl = nil
   attach(q, id, r)
   note_end(q, id)
+  count_end(q, state, now)
 end
 
 -- A waiting job ends without a worker (cancelled or expired): it is also recorded in
@@ -236,6 +269,7 @@ local function delete(q, id, r)
   redis.call('HDEL', q.payload, id)
   redis.call('HDEL', q.result, id)
   redis.call('ZREM', q.jobs, listing_member(r, id))
+  redis.call('ZREM', q.created, created_member(r, id))
   if r.o then
     redis.call('ZREM', q.outbox, outbox_member(r, id))
   end

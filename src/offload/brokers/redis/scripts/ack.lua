@@ -1,6 +1,6 @@
 -- ack: running → succeeded for each lease still held, storing its result until its
 -- purge time. A lease past its deadline still acks if nobody took the job back.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job-end channel, then 5 values per lease: job id, token, has
 --       result ('1'/'0'), result, purge time.
 -- Returns: per lease, 1 if acked, 0 if the lease is no longer ours.

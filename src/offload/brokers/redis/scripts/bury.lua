@@ -1,5 +1,5 @@
 -- bury: running → dead (the dead-letter queue), recording the error as the reason.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job id, [3] token, [4] error (JSON), [5] job-end channel.
 -- Returns: 1, or 0 if the lease is no longer ours.
 local q = queue_at(1)

@@ -1,6 +1,6 @@
 -- cancel: queued/scheduled → cancelled (a workflow job also into the outbox); a running
 -- job is flagged for cooperative cancellation and keeps running.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job id, [3] purge time, [4] job-end channel.
 -- Returns: 1, or 0 if the job is unknown or finished.
 local q = queue_at(1)

@@ -1,5 +1,5 @@
 -- cancel_running: running → cancelled (the worker stopped a job flagged by `cancel`).
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job id, [3] token, [4] error (JSON), [5] purge time,
 --       [6] job-end channel.
 -- Returns: 1, or 0 if the lease is no longer ours.

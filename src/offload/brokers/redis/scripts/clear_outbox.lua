@@ -1,6 +1,6 @@
 -- clear_outbox: forget outbox entries whose follow-ups are done. Idempotent: ids the
 -- queue's outbox does not hold are ignored.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: job ids.
 -- Returns: the ids whose entries this call removed (so each end is reported once).
 local q = queue_at(1)

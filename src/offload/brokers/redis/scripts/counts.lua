@@ -1,6 +1,6 @@
 -- counts (read only): jobs per state of one queue, and the earliest due time of its
 -- queued jobs (the head of each priority of `ready`; there are few priorities).
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: none.
 -- Returns: {scheduled, queued, running, succeeded, dead, expired, cancelled, oldest}
 --          with `oldest` a string, or false when nothing is queued.

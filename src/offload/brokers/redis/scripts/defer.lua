@@ -1,6 +1,6 @@
 -- defer: running → scheduled until `at`, the attempt not counted and no error recorded
 -- (a job held back by a rate or concurrency limit).
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job id, [3] token, [4] at, [5] wake-up channel.
 -- Returns: 1, or 0 if the lease is no longer ours.
 local q = queue_at(1)

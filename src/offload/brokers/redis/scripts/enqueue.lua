@@ -1,5 +1,5 @@
 -- enqueue: store new jobs of one queue as `queued` (due now) or `scheduled` (later).
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] wake-up channel, [3] max depth ('' = none), then 10 values per job:
 --       id, key ('' = none), payload, task, priority, max attempts ('' = none), created,
 --       due, expires ('' = none), workflow job ('1' when its envelope has `then` or
@@ -12,7 +12,7 @@
 -- written with one variadic command per structure, so a bulk enqueue costs a few
 -- commands per call instead of seven per job. What it writes for a new job is what
 -- `attach` writes for a `queued` or `scheduled` one, plus the payload, the listing
--- entry and the key.
+-- entries (`jobs`, `created`) and the key.
 local q = queue_at(1)
 local now = tonumber(ARGV[1])
 local count = (#ARGV - 3) / 10
@@ -43,7 +43,7 @@ end
 local seq = redis.call('INCRBY', q.seq, count) - count
 local out = {}
 local w = {payload = {}, record = {}, jobs = {}, ready = {}, scheduled = {}, expiring = {},
-  keys = {}}
+  keys = {}, created = {}}
 local woke = false
 for j = 1, count do
   local i = 4 + (j - 1) * 10
@@ -79,6 +79,7 @@ for j = 1, count do
     if r.x then push(w.expiring, r.x, id) end
     push(w.payload, id, ARGV[i + 2])
     push(w.jobs, 0, listing_member(r, id))
+    push(w.created, 0, created_member(r, id))
     push(w.record, id, cmsgpack.pack(r))
     out[#out + 1] = id
     out[#out + 1] = 1
@@ -88,6 +89,7 @@ write_all('HSET', q.payload, w.payload)
 write_all('HSET', q.record, w.record)
 write_all('HSET', q.keys, w.keys)
 write_all('ZADD', q.jobs, w.jobs)
+write_all('ZADD', q.created, w.created)
 write_all('ZADD', q.ready, w.ready)
 write_all('ZADD', q.scheduled, w.scheduled)
 write_all('ZADD', q.expiring, w.expiring)

@@ -1,6 +1,6 @@
 -- extend: push the deadline of leases still held (token matches; a lease past its
 -- deadline that no reserve has taken back yet is still held, as for ack).
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] new deadline, then pairs of job id and token.
 -- Returns: per lease, 1 if extended, 0 if it is no longer ours.
 local q = queue_at(1)

@@ -1,7 +1,7 @@
 -- outbox: the oldest entries of the queue's outbox (workflow jobs that were cancelled
 -- while waiting or expired), with what a worker needs to run their follow-ups. Reads
 -- only: entries stay until `clear_outbox` or until their job is purged (`delete`).
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] limit (above 0).
 -- Returns: per entry, oldest first: outbox member (sequence and job id), end time,
 --          state, payload.

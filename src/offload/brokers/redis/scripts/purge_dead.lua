@@ -1,6 +1,6 @@
 -- purge_dead: delete dead jobs, with their keys, optionally only those that finished
 -- before a cutoff.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] cutoff ('' = none; a job finished exactly then is kept), [2..] job ids
 --       (none: every dead job).
 -- Returns: how many jobs were deleted.

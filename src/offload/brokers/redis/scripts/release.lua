@@ -1,5 +1,5 @@
 -- release: running → queued at once, the attempt not counted, in its old place.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] wake-up channel, then pairs of job id and token.
 -- Returns: how many jobs went back (leases no longer ours are ignored).
 local q = queue_at(1)

@@ -1,5 +1,5 @@
 -- replay_dead: dead → queued now, attempt count reset.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] wake-up channel, [3..] job ids (none: every dead job).
 -- Returns: how many jobs moved.
 local q = queue_at(1)

@@ -1,7 +1,7 @@
 -- reserve: make due jobs ready, take back lapsed leases, expire waiting jobs past
 -- `expires_at` (workflow jobs into the outbox), then lease up to `limit` ready jobs across the given queues, highest
 -- priority first, then earliest due, then enqueue order.
--- KEYS: 16 keys per queue (QueueKeys order), for one or more queues.
+-- KEYS: the keys of each queue (QueueKeys order), for one or more queues.
 -- ARGV: [1] now, [2] worker id, [3] lease deadline, [4] limit, [5] token prefix,
 --       [6] error recorded on lapsed leases (JSON), [7] purge time of jobs expired now,
 --       [8] most jobs each housekeeping step touches per queue, [9] peek: when above

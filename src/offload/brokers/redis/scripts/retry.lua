@@ -1,5 +1,5 @@
 -- retry: running → scheduled until `at`, recording the error.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] job id, [3] token, [4] at, [5] error (JSON), [6] wake-up channel.
 -- Returns: 1, or 0 if the lease is no longer ours.
 local q = queue_at(1)
@@ -11,6 +11,8 @@ end
 detach(q, id, r)
 r.s, r.d, r.e, r.t, r.dl = 'scheduled', at, ARGV[5], nil, nil
 attach(q, id, r)
+count_end(q, 'failed', now)
+flush_counts()
 if at <= now then
   redis.call('PUBLISH', ARGV[6], '1')
 end

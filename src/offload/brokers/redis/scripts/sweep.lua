@@ -1,7 +1,9 @@
--- sweep: expire waiting jobs past `expires_at` (workflow jobs into the outbox), and delete succeeded, expired and
--- cancelled jobs whose purge time has come (at most `batch` of each per call).
--- KEYS: the 16 keys of the queue (QueueKeys order).
--- ARGV: [1] now, [2] purge time of jobs expired now, [3] batch, [4] job-end channel.
+-- sweep: expire waiting jobs past `expires_at` (workflow jobs into the outbox), delete
+-- succeeded, expired and cancelled jobs whose purge time has come (at most `batch` of
+-- each per call), and drop the per-minute end counts before the oldest minute kept.
+-- KEYS: the keys of the queue (QueueKeys order).
+-- ARGV: [1] now, [2] purge time of jobs expired now, [3] batch, [4] job-end channel,
+--       [5] oldest minute of `finished` kept.
 -- Returns: {expired, purged}.
 local q = queue_at(1)
 local now, batch = tonumber(ARGV[1]), tonumber(ARGV[3])
@@ -18,6 +20,13 @@ for _, state in ipairs({'succeeded', 'expired', 'cancelled'}) do
       redis.call('ZREM', q[state], id)
     end
     purged = purged + 1
+  end
+end
+local kept = tonumber(ARGV[5])
+for _, field in ipairs(redis.call('HKEYS', q.finished)) do
+  local minute = tonumber(string.match(field, '^(%d+):'))
+  if not minute or minute < kept then
+    redis.call('HDEL', q.finished, field)
   end
 end
 publish_ends(ARGV[4])

@@ -3,7 +3,7 @@
 -- and registered in one step: an end is either seen here or published later. The
 -- registration is cleared by the job's end (or its deletion), never by the waiter: a
 -- stale one costs one PUBLISH.
--- KEYS: the 16 keys of the queue (QueueKeys order).
+-- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] job id.
 -- Returns: the job's state, or false if the queue holds no such job.
 local q = queue_at(1)
