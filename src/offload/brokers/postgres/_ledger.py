@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._enqueue import Inserter
 from offload.brokers.postgres._executor import Database
-from offload.brokers.records import EnqueueResult, Lease, Outgoing
+from offload.brokers.records import EnqueueResult, Lease, Outgoing, minute_of
 from offload.brokers.roles import PUBLISH_GRACE_S
 from offload.clock import Clock
 from offload.envelope import Envelope
@@ -63,7 +63,13 @@ class Keeper:
         """Expires the waiting jobs past `expires_at` first, as `reserve` does."""
         now = self._clock.now()
         await self._db.rows(
-            "expire_due", {"now": now, "purge_at": now + self._retention_s, "ends": self._ends}
+            "expire_due",
+            {
+                "now": now,
+                "minute": minute_of(now),
+                "purge_at": now + self._retention_s,
+                "ends": self._ends,
+            },
         )
         params = {
             "now": now,
