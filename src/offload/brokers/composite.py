@@ -98,6 +98,7 @@ class Composite(Broker):
             push_wakeup=caps.push_wakeup,
             push_results=signals.capabilities.push_results,
             blocking_enqueue=caps.blocking_enqueue,
+            lapsing_leases=caps.lapsing_leases,
             cross_process=all(part.capabilities.cross_process for part in self._parts),
             loop_bound=any(part.capabilities.loop_bound for part in self._parts),
         )

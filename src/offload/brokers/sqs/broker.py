@@ -38,14 +38,17 @@ from offload.errors import ConfigurationError
 __all__ = ["STATE_SETTING", "SQSBroker"]
 
 #: How a user gives an sqs:// broker its state store, quoted by every refusal.
-STATE_SETTING = "state= in the sqs:// URL (a postgresql://, redis:// or sqlite:/// URL)"
+STATE_SETTING = (
+    "state= in the sqs:// URL (a postgresql://, redis:// or sqlite:/// URL, "
+    "percent-encoded), or OFFLOAD_STATE_URL"
+)
 
 
 class SQSBroker(Delivery):
     """Enqueue, reserve, extend, release and settle jobs on SQS (see the module
     docstring). One instance per event loop (`loop_bound`)."""
 
-    capabilities = Capabilities(push_wakeup=True, loop_bound=True)
+    capabilities = Capabilities(push_wakeup=True, loop_bound=True, lapsing_leases=True)
 
     def __init__(self, url: str, *, clock: Clock | None = None, **kwargs: float) -> None:
         super().__init__(url, clock=clock, **kwargs)
@@ -188,7 +191,11 @@ class SQSBroker(Delivery):
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         """End every lease as its settlement says: deletes in batches, moves in
-        batches. False for a lease not held here or no longer held. If SQS cannot be
+        batches. False for a lease not held here or no longer held, which includes a
+        lease past its deadline (`lapsing_leases`: SQS may have handed the message to
+        another consumer, and a delete with a stale receipt "succeeds" without
+        deleting anything, so an ack then would count a job done that runs again
+        elsewhere). If SQS cannot be
         reached the leases stay held here, so the caller's retry does the same again
         (a delete is idempotent; a move repeated may leave a second copy of the job,
         which runs again: at-least-once)."""
@@ -199,7 +206,9 @@ class SQSBroker(Delivery):
             message = self._held.get(settlement.lease.token)
             if message is None:
                 continue
-            if settlement.ending in (Ending.ACK, Ending.CANCEL):
+            if not self.sqs.holds(message):
+                self._held.pop(message.receipt, None)
+            elif settlement.ending in (Ending.ACK, Ending.CANCEL):
                 deletes.append((i, message))
             else:
                 moves.append((i, message, _next_message(message, settlement)))

@@ -350,9 +350,8 @@ class SQSDelivery:
         held = [False] * len(messages)
         groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for i, message in enumerate(messages):
-            deadline = self._deadlines.get(message.receipt, message.deadline)
             room = MAX_VISIBILITY_S - math.ceil(now - message.received_at) - 1
-            if now + _MARGIN_S >= deadline or asked > room:
+            if not self.holds(message) or asked > room:
                 continue
             entry = {"Id": str(i), "ReceiptHandle": message.receipt, "VisibilityTimeout": asked}
             groups.setdefault(message.queue_url, []).append((i, entry))
@@ -369,6 +368,14 @@ class SQSDelivery:
             else:
                 self._deadlines.pop(message.receipt, None)
         return held
+
+    def holds(self, message: Received) -> bool:
+        """Whether this process certainly still leases `message`: its visibility, as
+        last extended, ends more than a second from now. Past that, SQS may have
+        handed the message to another consumer, and accepting a stale receipt is no
+        proof it has not (see `extend`)."""
+        deadline = self._deadlines.get(message.receipt, message.deadline)
+        return self.clock.now() + _MARGIN_S < deadline
 
     async def delete(self, messages: Sequence[Received]) -> list[bool]:
         """Delete settled messages. False where SQS refused the receipt. (SQS accepts

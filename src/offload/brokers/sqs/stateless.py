@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from offload.brokers.composite import Composite, with_state_store
 from offload.brokers.records import (
@@ -34,7 +35,6 @@ from offload.brokers.records import (
 )
 from offload.brokers.roles import Broker, Fleet, Flow, Inspection, Signals
 from offload.brokers.sqs.broker import STATE_SETTING, SQSBroker
-from offload.clock import Clock
 from offload.envelope import JobState
 from offload.errors import ConfigurationError
 
@@ -185,28 +185,27 @@ class Stateless(Flow, Inspection, Fleet, Signals):
         raise self._refuse("a schedule (its fire register)")
 
 
-def open_broker(url: str, *, clock: Clock | None = None, state: Broker | None = None) -> Broker:
-    """The whole broker an `sqs://` URL names: SQS for delivery, and the state store
-    (`state` if given, else the URL's `state=`, else `OFFLOAD_STATE_URL`) for the
-    rest, or `Stateless` when there is none.
+def open_broker(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker:
+    """The whole broker an `sqs://` URL names (not yet connected): SQS for delivery,
+    and for the rest the state store named by the URL's `state=`, else `state_url`,
+    else `OFFLOAD_STATE_URL`, or `Stateless` when none is set. `kwargs` (`clock`,
+    `retention_s`) go to both. This is what `offload.brokers.from_url` calls.
 
     Raises:
-        ConfigurationError: a bad URL, or a state store that is not a full broker.
+        ConfigurationError: a bad URL (the SQS one or the store's), or a state store
+            that is not a full broker.
     """
     from offload.brokers import from_url
 
-    delivery = SQSBroker(url, clock=clock)
-    state_url = delivery.config.state or os.environ.get("OFFLOAD_STATE_URL")
-    if state is None and state_url:
-        opened = from_url(state_url, clock=delivery.clock)
-        if not isinstance(opened, Broker):
+    delivery = SQSBroker(url, **kwargs)
+    store_url = delivery.config.state or state_url or os.environ.get("OFFLOAD_STATE_URL")
+    if store_url:
+        store = from_url(store_url, **kwargs)
+        if isinstance(store, Composite):
             raise ConfigurationError(
-                f"the state store {opened!r} does not play the broker roles yet; "
-                f"{STATE_SETTING} needs a broker built on offload.brokers.roles"
+                f"the state store {store!r} only delivers jobs itself; {STATE_SETTING}"
             )
-        state = opened
-    if state is not None:
-        return with_state_store(delivery, state)
+        return with_state_store(delivery, store)
     stateless = Stateless(delivery)
     return Composite(
         delivery, flow=stateless, inspection=stateless, fleet=stateless, signals=stateless
