@@ -329,6 +329,7 @@ class SQSDelivery:
             error=attribute(message, "offload-error"),
             send_id=attribute(message, "offload-send"),
             expires=float(expires) if expires is not None else None,
+            stamp=attribute(message, "offload-stamp"),
         )
 
     # -- leases -------------------------------------------------------------------------
