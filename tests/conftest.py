@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import pytest
 
@@ -41,6 +42,9 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str]
             return str(request.getfixturevalue("redis_cluster_url"))
         if name == "postgres":
             return str(request.getfixturevalue("postgres_url"))
+        if name.startswith("amqp_"):  # RabbitMQ with a state store: amqp_sqlite, …
+            state = make(name.removeprefix("amqp_"))
+            return f"{request.getfixturevalue('amqp_url')}&state={quote(state, safe='')}"
         raise ValueError(name)
 
     return make

@@ -12,7 +12,8 @@ from typing import Any
 import aiormq
 import pytest
 
-from offload.brokers.amqp import AmqpDelivery, open_broker
+from offload.brokers import from_url
+from offload.brokers.amqp import AmqpDelivery
 from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER
 from offload.brokers.memory import MemoryBroker
 from offload.brokers.records import Lease
@@ -308,10 +309,12 @@ async def test_a_key_is_claimed_in_the_state_store_once(make_delivery: MakeDeliv
 
 
 async def test_what_needs_a_state_store_says_which_setting_gives_one(
-    make_delivery: MakeDelivery, amqp_url: str
+    make_delivery: MakeDelivery, amqp_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigurationError, match=r"state= in the amqp:// URL") as caught:
-        open_broker(amqp_url.replace("guest:guest", "guest:s3cret"))
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match=r"state= in an amqp:// URL") as caught:
+        from_url(amqp_url.replace("guest:guest", "guest:s3cret"))
+    assert "state_url" in str(caught.value) and "OFFLOAD_STATE_URL" in str(caught.value)
     assert "flow, inspection, fleet, signals" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     delivery = await make_delivery()

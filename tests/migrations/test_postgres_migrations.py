@@ -18,7 +18,8 @@ import psycopg
 
 from offload.brokers.postgres import PostgresBroker
 from offload.brokers.postgres._sql import LATEST_VERSION, MIGRATIONS, apply_migrations
-from offload.envelope import JobState
+from offload.codec import encode_envelope
+from offload.envelope import Envelope, JobState
 from offload.errors import ConfigurationError
 
 _CATALOG = {
@@ -141,6 +142,33 @@ async def test_0009_counts_the_jobs_an_older_schema_holds(postgres_url: str) -> 
         assert counts["a"].states[JobState.QUEUED] == 2
         assert counts["a"].states[JobState.CANCELLED] == 1
         assert (counts["b"].states[JobState.QUEUED], counts["b"].states[JobState.DEAD]) == (2, 0)
+    finally:
+        await broker.close()
+
+
+async def test_0010_keeps_older_jobs_runnable_and_reserve_skips_ledger_jobs(
+    postgres_url: str,
+) -> None:
+    # Given a schema at migration 9 holding a waiting job,
+    broker = PostgresBroker(postgres_url)
+    async with await psycopg.AsyncConnection.connect(
+        broker.settings.conninfo, autocommit=True
+    ) as conn:
+        await conn.execute(f'CREATE SCHEMA "{schema_of(postgres_url)}"')
+        await apply_migrations(conn, 9)
+        await conn.execute(
+            "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
+            " VALUES ('old', 'default', 't', 'queued', 1, 1, '{}'::bytea)"
+        )
+    # when 0010 is applied, that job is still reserved, and a ledger job never is.
+    await broker.migrate()
+    await broker.connect()
+    try:
+        envelope = Envelope(id="ledger", task="t", created_at=1.0)
+        _, [copy] = await broker.record([(envelope, encode_envelope(envelope))])
+        leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10)
+        assert [lease.job_id for lease in leases] == ["old"]
+        assert copy.job_id == "ledger"
     finally:
         await broker.close()
 

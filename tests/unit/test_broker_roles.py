@@ -27,7 +27,7 @@ BOOM = ErrorInfo("ValueError", "boom")
 
 class SQLiteDelivery(DeliveryOnly):
     """`sqlitedelivery:///path`: the delivery of the SQLite file at `path`, nothing else,
-    standing in for a message queue whose state store is that same file."""
+    standing in for a message queue (its state store is another file)."""
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(SQLiteBroker("sqlite" + url.removeprefix("sqlitedelivery"), **kwargs))
@@ -94,9 +94,8 @@ def test_a_state_store_must_play_every_role(tmp_path: Path) -> None:
 def test_the_state_url_makes_a_composite_of_the_two(
     delivery_scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "jobs.db"
-    monkeypatch.setenv("OFFLOAD_STATE_URL", f"sqlite:///{path}")
-    broker = from_url(f"{delivery_scheme}:///{path}")
+    monkeypatch.setenv("OFFLOAD_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    broker = from_url(f"{delivery_scheme}:///{tmp_path / 'queue.db'}")
     assert isinstance(broker, Composite)
     assert isinstance(broker.delivery, SQLiteDelivery)
     assert isinstance(broker.inspection, SQLiteBroker)
@@ -107,9 +106,8 @@ def test_the_state_url_makes_a_composite_of_the_two(
 async def test_a_worker_runs_jobs_on_a_delivery_only_broker_with_a_state_store(
     delivery_scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "jobs.db"
-    monkeypatch.setenv("OFFLOAD_STATE_URL", f"sqlite:///{path}")
-    app = Offload(f"{delivery_scheme}:///{path}")
+    monkeypatch.setenv("OFFLOAD_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    app = Offload(f"{delivery_scheme}:///{tmp_path / 'queue.db'}")
     tries: list[int] = []
 
     @app.task(max_attempts=3)

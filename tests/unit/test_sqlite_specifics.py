@@ -524,3 +524,30 @@ def test_the_demos_user_store_dropped_without_close_closes_its_connection(
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         conn.execute("SELECT 1")
+
+
+async def test_version_8_file_gets_ledger_columns_and_reserve_skips_ledger_jobs(
+    make_broker: MakeBroker, db_path: Path, clock: FakeClock
+) -> None:
+    # Given a file written before the ledger (version 8) holding a waiting job,
+    old = make_broker()
+    [plain] = await old.enqueue([job(clock)])
+    await old.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("DROP INDEX offload_jobs_publish")
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN stamp")
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN publish_by")
+        conn.execute("UPDATE offload_meta SET value = '8' WHERE key = 'schema_version'")
+    conn.close()
+
+    # when a broker of this version opens it and records a job another part delivers,
+    broker = make_broker()
+    _, [copy] = await broker.record([job(clock)])
+    clock.advance(3600)
+
+    # the old job is reserved as before, and the ledger job never (nor given back).
+    leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10)
+    assert [lease.job_id for lease in leases] == [plain.id]
+    assert await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10) == []
+    info = await broker.get_job(copy.job_id)
+    assert info is not None and info.state is JobState.QUEUED

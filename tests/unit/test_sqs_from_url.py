@@ -1,6 +1,7 @@
 """`sqs://` in the broker registry: `from_url` (and so `Offload(url)`) builds SQS's
-delivery with the state store named by the URL's `state=`, else `state_url=`, else
-`OFFLOAD_STATE_URL`, or SQS alone (refusing what needs a store); no secret is shown.
+delivery with the state store named by `state_url=`, else the URL's `state=`, else
+`OFFLOAD_STATE_URL` (as for every delivery-only broker), or SQS alone (refusing what
+needs a store); no secret is shown.
 Nothing here connects: these are the objects a URL makes."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def test_the_state_in_the_url_is_the_store_of_every_other_role(tmp_path: Path) -
     assert broker.capabilities.lapsing_leases  # SQS's visibility timeout, declared
 
 
-def test_the_url_state_wins_over_state_url_which_wins_over_the_environment(
+def test_state_url_wins_over_the_url_state_which_wins_over_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("in_url", "arg", "env")}
@@ -49,11 +50,9 @@ def test_the_url_state_wins_over_state_url_which_wins_over_the_environment(
         assert isinstance(broker, Composite)
         return broker.inspection.url
 
-    assert (
-        store_of(f"{SQS}&state={quote(urls['in_url'], safe='')}", state_url=urls["arg"])
-        == (urls["in_url"])
-    )
-    assert store_of(SQS, state_url=urls["arg"]) == urls["arg"]
+    in_url = f"{SQS}&state={quote(urls['in_url'], safe='')}"
+    assert store_of(in_url, state_url=urls["arg"]) == urls["arg"]
+    assert store_of(in_url) == urls["in_url"]
     assert store_of(SQS) == urls["env"]
 
 
@@ -65,11 +64,14 @@ def test_without_a_store_sqs_stands_alone_and_offload_takes_the_url() -> None:
     assert SECRET not in repr(broker.delivery) and "AKIDEXAMPLE" in repr(broker)
 
 
-def test_a_state_store_that_only_delivers_itself_is_refused_naming_the_setting() -> None:
+@pytest.mark.parametrize("store", [SQS, "redis://127.0.0.1:6379/0"])
+def test_a_state_store_that_cannot_keep_the_jobs_is_refused_naming_those_that_can(
+    store: str,
+) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        from_url(SQS, state_url=SQS)
+        from_url(SQS, state_url=store)
     message = str(caught.value)
-    assert "only delivers jobs" in message and "state= in the sqs:// URL" in message
+    assert "cannot keep the jobs" in message and "sqlite:///" in message
     assert SECRET not in message
 
 

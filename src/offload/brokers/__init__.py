@@ -29,6 +29,8 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "rediss": ("offload.brokers.redis", "RedisBroker"),
     "postgresql": ("offload.brokers.postgres", "PostgresBroker"),
     "postgres": ("offload.brokers.postgres", "PostgresBroker"),
+    "amqp": ("offload.brokers.amqp", "AmqpDelivery"),
+    "amqps": ("offload.brokers.amqp", "AmqpDelivery"),
     "sqs": ("offload.brokers.sqs", "open_broker"),
 }
 
@@ -38,7 +40,8 @@ def from_url(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker
 
     A URL naming a broker that only delivers (`offload.brokers.roles.Delivery`) is
     combined with a full broker for the other roles (`offload.brokers.composite`):
-    the one `state_url` names, else `OFFLOAD_STATE_URL`. `kwargs` go to both.
+    the one `state_url` names, else the URL's own (`state=` of `amqp://`), else
+    `OFFLOAD_STATE_URL`. `kwargs` go to both.
 
     Raises:
         ConfigurationError: the URL is malformed (a bad host or port too) or its scheme
@@ -54,9 +57,10 @@ def from_url(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker
         return cls(url, **kwargs)
     from offload.brokers.composite import with_state_store
 
-    state_url = state_url or os.environ.get("OFFLOAD_STATE_URL") or None
+    delivery = cls(url, **kwargs)
+    state_url = state_url or delivery.state_url() or os.environ.get("OFFLOAD_STATE_URL") or None
     store = None if state_url is None else from_url(state_url, **kwargs)
-    return with_state_store(cls(url, **kwargs), store)
+    return with_state_store(delivery, store)
 
 
 def _broker_class(url: str) -> type[Delivery] | Callable[..., Broker]:

@@ -12,10 +12,34 @@ worker, the app and the CLI never know.
 `from_url` builds one when a URL names a delivery-only broker: the state store's URL
 comes from the `state_url` argument or `OFFLOAD_STATE_URL`, and a missing one is a
 `ConfigurationError` naming that setting.
+
+**The store keeps every job's state; the delivery only carries copies.** The store
+plays `Ledger` (`offload.brokers.roles`), and each delivery call goes through it:
+
+- `enqueue`: the store records the jobs (keys, depth, expiry: one atomic step, as its
+  own enqueue), then the delivery publishes those created and due now, each copy with
+  the stamp the store gave it, and the store hears they are held (`published`). A
+  publish that fails leaves them recorded and unconfirmed: the call still returns
+  (the jobs are durable in the store, a warning is logged), and `Ledger.due` hands
+  them out again after `PUBLISH_GRACE_S`.
+- `reserve`: first the store's due jobs (delays, retries, deferrals, replays and
+  unconfirmed publishes) are published; then the delivery's deliveries are claimed
+  in the store (`Ledger.claim`): a claimed copy is a lease of the store (its token is
+  the lease's), a refused one (stale, cancelled, expired, finished) is acknowledged
+  in the delivery unrun.
+- `settle_many`: the store records every ending (results, retries as `scheduled`,
+  dead letters, the outbox), then the delivery acknowledges every copy: what runs
+  again is published anew by `due`. `extend` and `release` reach both.
+- A lease cannot lapse in the store: a copy whose holder died comes back from the
+  delivery (RabbitMQ requeues it when the connection ends; SQS when its visibility
+  timeout passes) and `claim` takes the job back with the attempt counted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 from collections.abc import Sequence
 
 from offload.brokers.records import (
@@ -23,30 +47,37 @@ from offload.brokers.records import (
     EnqueueResult,
     JobInfo,
     Lease,
+    Outgoing,
     Page,
     QueueStats,
     SweepReport,
     WorkerInfo,
 )
 from offload.brokers.roles import (
+    PUBLISH_GRACE_S,
     Broker,
     Capabilities,
     Delivery,
     Fleet,
     Flow,
     Inspection,
+    Ledger,
     Role,
     Settlement,
     Signals,
     roles_of,
 )
 from offload.envelope import Envelope, JobState
-from offload.errors import ConfigurationError
+from offload.errors import BrokerError, ConfigurationError
 
 __all__ = ["STATE_URL_SETTING", "Composite", "missing_roles", "with_state_store"]
 
 #: How a user names the state store of a delivery-only broker, quoted in errors.
-STATE_URL_SETTING = "state_url (env OFFLOAD_STATE_URL)"
+STATE_URL_SETTING = (
+    "state_url (env OFFLOAD_STATE_URL, or state= in an amqp:// URL: amqp://…/?state=sqlite:///…)"
+)
+
+logger = logging.getLogger("offload.brokers.composite")
 
 
 def missing_roles(obj: object) -> list[Role]:
@@ -72,7 +103,10 @@ class Composite(Broker):
 
     Each role goes to the object given for it; `connect` and `close` reach every
     distinct object once. Capabilities come from the role they are about: the
-    delivery's enqueue and wake-ups, the signals' result pushes.
+    delivery's enqueue and wake-ups, the signals' result pushes. With a `ledger` (the
+    state store), every delivery call goes through it as the module docstring says;
+    without one the delivery calls go to the delivery alone (it then keeps no state
+    the other roles could see: `offload.brokers.sqs.stateless`).
     """
 
     def __init__(
@@ -83,6 +117,7 @@ class Composite(Broker):
         inspection: Inspection,
         fleet: Fleet,
         signals: Signals,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(delivery.url, clock=delivery.clock, retention_s=inspection.retention_s)
         self.delivery = delivery
@@ -90,14 +125,25 @@ class Composite(Broker):
         self.inspection = inspection
         self.fleet = fleet
         self.signals = signals
-        parts = [delivery, flow, inspection, fleet, signals]
+        self.ledger = ledger
+        #: The store's lease token → the delivery's lease of the same copy.
+        self._copies: dict[str, Lease] = {}
+        parts: list[Delivery | Flow | Inspection | Fleet | Signals | Ledger] = [
+            delivery,
+            flow,
+            inspection,
+            fleet,
+            signals,
+        ]
+        if ledger is not None:
+            parts.append(ledger)
         self._parts = list({id(part): part for part in parts}.values())
         caps = delivery.capabilities
         self.capabilities = Capabilities(
-            transactional_enqueue=caps.transactional_enqueue,
+            transactional_enqueue=caps.transactional_enqueue and ledger is None,
             push_wakeup=caps.push_wakeup,
             push_results=signals.capabilities.push_results,
-            blocking_enqueue=caps.blocking_enqueue,
+            blocking_enqueue=caps.blocking_enqueue and ledger is None,
             lapsing_leases=caps.lapsing_leases,
             cross_process=all(part.capabilities.cross_process for part in self._parts),
             loop_bound=any(part.capabilities.loop_bound for part in self._parts),
@@ -116,34 +162,126 @@ class Composite(Broker):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        return await self.delivery.enqueue(jobs, max_depth=max_depth)
+        if self.ledger is None:
+            return await self.delivery.enqueue(jobs, max_depth=max_depth)
+        results, outgoing = await self.ledger.record(jobs, max_depth=max_depth)
+        await self._publish(outgoing)
+        return results
 
     def enqueue_blocking(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult] | None:
-        return self.delivery.enqueue_blocking(jobs, max_depth=max_depth)
+        if self.ledger is None:
+            return self.delivery.enqueue_blocking(jobs, max_depth=max_depth)
+        return None
+
+    async def _publish(self, outgoing: Sequence[Outgoing]) -> None:
+        """Publish what the store handed out, then tell it the copies are held. A
+        failure leaves them unconfirmed: `Ledger.due` hands them out again later."""
+        assert self.ledger is not None
+        if not outgoing:
+            return
+        try:
+            await self.delivery.publish(outgoing)
+            await self.ledger.published(outgoing)
+        except BrokerError as exc:
+            logger.warning(
+                "publishing %d job(s) failed (%s); they are kept in the state store and "
+                "published again within %.0f s",
+                len(outgoing),
+                exc,
+                PUBLISH_GRACE_S,
+                extra={"action": "publish_failed", "jobs": len(outgoing)},
+            )
 
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
     ) -> list[Lease]:
-        return await self.delivery.reserve(
+        if self.ledger is None:
+            return await self.delivery.reserve(
+                queues, worker_id=worker_id, lease_s=lease_s, limit=limit
+            )
+        await self._publish(await self.ledger.due(queues, limit=max(limit, 100)))
+        delivered = await self.delivery.reserve(
             queues, worker_id=worker_id, lease_s=lease_s, limit=limit
         )
+        if not delivered:
+            return []
+        try:
+            claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+        except BaseException:
+            # Not claimed, so not ours to run: give the copies back (the delivery
+            # would hold them unrun until this process's connection ends).
+            with contextlib.suppress(BrokerError):
+                await self.delivery.release(delivered)
+            raise
+        leases: list[Lease] = []
+        refused: list[Settlement] = []
+        for copy, lease in zip(delivered, claimed, strict=True):
+            if lease is None:
+                refused.append(Settlement.ack(copy, None))
+            else:
+                self._copies[lease.token] = copy
+                # The earlier deadline of the two: where the delivery's lapses by
+                # itself (SQS), the worker must know the copy's (`lapsing_leases`).
+                leases.append(
+                    dataclasses.replace(lease, deadline=min(lease.deadline, copy.deadline))
+                )
+        if refused:
+            await self._drop(refused)
+        return leases
+
+    async def _drop(self, acks: Sequence[Settlement]) -> None:
+        """Acknowledge copies in the delivery whose outcome the store already holds
+        (or that must not run). A failure is harmless: the delivery gives the copy
+        out again, and the store refuses it then."""
+        try:
+            await self.delivery.settle_many(acks)
+        except BrokerError as exc:
+            logger.debug("dropping %d copies failed: %s", len(acks), exc)
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         await self.delivery.wait(queues, timeout_s)
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
-        return await self.delivery.next_due(queues)
+        if self.ledger is None:
+            return await self.delivery.next_due(queues)
+        return await self._store_delivery().next_due(queues)  # delays wait in the store
 
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
-        return await self.delivery.extend(leases, lease_s)
+        if self.ledger is None:
+            return await self.delivery.extend(leases, lease_s)
+        store = self._store_delivery()
+        copies = [self._copies.get(lease.token) for lease in leases]
+        held = await self.delivery.extend([c for c in copies if c is not None], lease_s)
+        alive = iter(held)
+        ours = [copy is not None and next(alive) for copy in copies]
+        kept = await store.extend([x for x, ok in zip(leases, ours, strict=True) if ok], lease_s)
+        still = iter(kept)
+        return [ok and next(still) for ok in ours]
 
     async def release(self, leases: Sequence[Lease]) -> None:
-        await self.delivery.release(leases)
+        if self.ledger is None:
+            await self.delivery.release(leases)
+            return
+        await self._store_delivery().release(leases)
+        copies = [c for lease in leases if (c := self._copies.pop(lease.token, None))]
+        await self.delivery.release(copies)
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
-        return await self.delivery.settle_many(settlements)
+        if self.ledger is None:
+            return await self.delivery.settle_many(settlements)
+        held = await self._store_delivery().settle_many(settlements)
+        copies = [c for item in settlements if (c := self._copies.pop(item.lease.token, None))]
+        if copies:
+            await self._drop([Settlement.ack(copy, None) for copy in copies])
+        return held
+
+    def _store_delivery(self) -> Delivery:
+        """The state store's own delivery calls (extend, release, settle_many), which
+        it answers for ledger jobs as for its own."""
+        assert isinstance(self.ledger, Delivery)
+        return self.ledger
 
     # -- flow --------------------------------------------------------------------------
 
@@ -261,7 +399,8 @@ def with_state_store(delivery: Delivery, store: Broker | None) -> Broker:
 
     Raises:
         ConfigurationError: `delivery` lacks roles and no store is given (naming the
-            setting that gives one), or `store` is not a full broker.
+            setting that gives one), or `store` is not a full broker that keeps a
+            `Ledger`.
     """
     if store is None:
         require_roles(delivery, repr(delivery))
@@ -272,5 +411,12 @@ def with_state_store(delivery: Delivery, store: Broker | None) -> Broker:
             f"the state store {store!r} must be a full broker (sqlite, postgresql, redis, "
             f"memory); it lacks {', '.join(r.name.lower() for r in missing_roles(store))}"
         )
+    if not isinstance(store, Ledger):
+        raise ConfigurationError(
+            f"the state store {store!r} cannot keep the jobs of {delivery!r} yet: "
+            "use a sqlite:///, postgresql:// or memory:// state store"
+        )
     delivery.attach_state(store)
-    return Composite(delivery, flow=store, inspection=store, fleet=store, signals=store)
+    return Composite(
+        delivery, flow=store, inspection=store, fleet=store, signals=store, ledger=store
+    )

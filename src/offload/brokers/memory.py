@@ -32,6 +32,8 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.records import Outgoing
+from offload.brokers.roles import PUBLISH_GRACE_S, Ledger
 from offload.codec import decode_value
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import LeaseLost
@@ -50,10 +52,17 @@ class _Record:
     token: str | None = None
     purge_at: float | None = None
     version: int = 0
+    #: A ledger job (`Ledger`): another part delivers it, so it is never in the heaps.
+    ledger: bool = False
+    #: A ledger job's current copy, and until when it may stay unconfirmed.
+    stamp: str | None = None
+    publish_by: float | None = None
 
 
-class MemoryBroker(Broker):
-    """Jobs in dicts and heaps; state is lost with the process."""
+class MemoryBroker(Broker, Ledger):
+    """Jobs in dicts and heaps; state is lost with the process. Also the state store
+    of a delivery-only broker (`Ledger`): its jobs are kept here but not in the heaps,
+    and `due` finds them by a scan (this broker is for tests)."""
 
     capabilities = Capabilities(push_wakeup=True, cross_process=False, push_results=True)
 
@@ -87,12 +96,16 @@ class MemoryBroker(Broker):
 
     def _push_ready(self, rec: _Record) -> None:
         rec.version += 1
+        if rec.ledger:
+            return  # the delivery holds its copy
         info = rec.info
         heap = self._ready.setdefault(info.queue, [])
         heapq.heappush(heap, (-info.priority, info.due_at, rec.seq, rec.version, info.id))
 
     def _push_scheduled(self, rec: _Record) -> None:
         rec.version += 1
+        if rec.ledger:
+            return  # `due` publishes it
         heapq.heappush(self._scheduled, (rec.info.due_at, rec.version, rec.info.id))
 
     def _expire_due(self, now: float) -> int:
@@ -120,7 +133,7 @@ class MemoryBroker(Broker):
             if rec and rec.version == version and rec.info.state is JobState.SCHEDULED:
                 self._set(rec, state=JobState.QUEUED)
                 self._push_ready(rec)
-        for job_id in list(self._running):
+        for job_id in list(self._running):  # ledger jobs are never in it: see `claim`
             rec = self._jobs[job_id]
             deadline = rec.info.lease_deadline
             if deadline is not None and deadline <= now:
@@ -167,53 +180,62 @@ class MemoryBroker(Broker):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        results: list[EnqueueResult] = []
         with self._lock:
-            now = self.clock.now()
-            if max_depth is not None:
-                self._check_depth(jobs, max_depth)
-            for env, payload in jobs:
-                if env.key is not None and env.key in self._keys:
-                    results.append(EnqueueResult(self._keys[env.key], False))
-                    continue
-                if env.id in self._jobs:  # the same envelope sent twice
-                    results.append(EnqueueResult(env.id, False))
-                    continue
-                due_at = max(env.not_before or now, now)
-                delayed = due_at > now
-                info = JobInfo(
-                    id=env.id,
-                    task=env.task,
-                    queue=env.queue,
-                    state=JobState.SCHEDULED if delayed else JobState.QUEUED,
-                    priority=env.priority,
-                    attempt=0,
-                    max_attempts=env.max_attempts,
-                    key=env.key,
-                    created_at=env.created_at or now,
-                    due_at=due_at,
-                    expires_at=env.expires_at,
-                    started_at=None,
-                    finished_at=None,
-                    worker_id=None,
-                    lease_deadline=None,
-                    error=None,
-                    payload=payload,
-                )
-                rec = _Record(info, next(self._seq))
-                self._jobs[env.id] = rec
-                self._queues.add(env.queue)
-                if env.expires_at is not None:
-                    heapq.heappush(self._expiries, (env.expires_at, env.id))
-                if env.key is not None:
-                    self._keys[env.key] = env.id
-                if delayed:
-                    self._push_scheduled(rec)
-                else:
-                    self._push_ready(rec)
-                results.append(EnqueueResult(env.id, True))
+            results, _ = self._insert(jobs, max_depth, ledger=False)
         self._wakeup.notify()
         return results
+
+    def _insert(
+        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None, *, ledger: bool
+    ) -> tuple[list[EnqueueResult], list[_Record]]:
+        """`enqueue` with the lock held: the results, and the records created."""
+        results: list[EnqueueResult] = []
+        created: list[_Record] = []
+        now = self.clock.now()
+        if max_depth is not None:
+            self._check_depth(jobs, max_depth)
+        for env, payload in jobs:
+            if env.key is not None and env.key in self._keys:
+                results.append(EnqueueResult(self._keys[env.key], False))
+                continue
+            if env.id in self._jobs:  # the same envelope sent twice
+                results.append(EnqueueResult(env.id, False))
+                continue
+            due_at = max(env.not_before or now, now)
+            delayed = due_at > now
+            info = JobInfo(
+                id=env.id,
+                task=env.task,
+                queue=env.queue,
+                state=JobState.SCHEDULED if delayed else JobState.QUEUED,
+                priority=env.priority,
+                attempt=0,
+                max_attempts=env.max_attempts,
+                key=env.key,
+                created_at=env.created_at or now,
+                due_at=due_at,
+                expires_at=env.expires_at,
+                started_at=None,
+                finished_at=None,
+                worker_id=None,
+                lease_deadline=None,
+                error=None,
+                payload=payload,
+            )
+            rec = _Record(info, next(self._seq), ledger=ledger)
+            self._jobs[env.id] = rec
+            self._queues.add(env.queue)
+            if env.expires_at is not None:
+                heapq.heappush(self._expiries, (env.expires_at, env.id))
+            if env.key is not None:
+                self._keys[env.key] = env.id
+            if delayed:
+                self._push_scheduled(rec)
+            else:
+                self._push_ready(rec)
+            results.append(EnqueueResult(env.id, True))
+            created.append(rec)
+        return results, created
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
         adding = adding_per_queue(jobs)
@@ -410,6 +432,89 @@ class MemoryBroker(Broker):
 
         await self._ended.wait(job_id, ended, timeout_s)
 
+    # -- ledger: the state of jobs another part delivers ------------------------------
+
+    def _copy(self, rec: _Record, now: float) -> Outgoing:
+        """A new copy of a ledger job to publish, unconfirmed until `published`."""
+        rec.stamp = os.urandom(8).hex()
+        rec.publish_by = now + PUBLISH_GRACE_S
+        info = rec.info
+        return Outgoing(info.id, info.queue, info.priority, info.payload, rec.stamp)
+
+    async def record(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> tuple[list[EnqueueResult], list[Outgoing]]:
+        with self._lock:
+            now = self.clock.now()
+            results, created = self._insert(jobs, max_depth, ledger=True)
+            ready = [r for r in created if r.info.state is JobState.QUEUED]
+            return results, [self._copy(rec, now) for rec in ready]
+
+    async def published(self, jobs: Sequence[Outgoing]) -> None:
+        with self._lock:
+            for job in jobs:
+                rec = self._jobs.get(job.job_id)
+                if rec is not None and rec.stamp == job.stamp:
+                    rec.publish_by = None
+
+    async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
+        with self._lock:
+            now = self.clock.now()
+            wanted = set(queues)
+            due = sorted(
+                (rec for rec in self._jobs.values() if self._needs_copy(rec, wanted, now)),
+                key=lambda rec: (rec.info.due_at, rec.seq),
+            )
+            out: list[Outgoing] = []
+            for rec in due:
+                if len(out) >= limit:
+                    break
+                if self._expire_if_due(rec, now):
+                    continue
+                if rec.info.state is JobState.SCHEDULED:
+                    self._set(rec, state=JobState.QUEUED)
+                out.append(self._copy(rec, now))
+            return out
+
+    @staticmethod
+    def _needs_copy(rec: _Record, queues: set[str], now: float) -> bool:
+        if not rec.ledger or rec.info.queue not in queues:
+            return False
+        if rec.info.state is JobState.SCHEDULED:
+            return rec.info.due_at <= now
+        return rec.info.state is JobState.QUEUED and (rec.publish_by or now + 1) <= now
+
+    async def claim(
+        self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float
+    ) -> list[Lease | None]:
+        with self._lock:
+            now = self.clock.now()
+            return [self._claim(copy, worker_id, now + lease_s, now) for copy in delivered]
+
+    def _claim(self, copy: Lease, worker_id: str, deadline: float, now: float) -> Lease | None:
+        rec = self._jobs.get(copy.job_id)
+        if rec is None or not rec.ledger or copy.stamp is None or copy.stamp != rec.stamp:
+            return None
+        state = rec.info.state
+        if state is JobState.QUEUED and self._expire_if_due(rec, now):
+            return None
+        if state not in (JobState.QUEUED, JobState.RUNNING):
+            return None
+        token = os.urandom(12).hex()
+        rec.token = token
+        rec.publish_by = None
+        attempt = rec.info.attempt + 1
+        self._set(
+            rec,
+            state=JobState.RUNNING,
+            attempt=attempt,
+            started_at=now,
+            worker_id=worker_id,
+            lease_deadline=deadline,
+        )
+        info = rec.info
+        return Lease(info.id, token, info.queue, attempt, deadline, info.payload, copy.stamp)
+
     # -- inspection -------------------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
@@ -512,6 +617,8 @@ class MemoryBroker(Broker):
                     worker_id=None,
                 )
                 self._push_ready(rec)
+                if rec.ledger:
+                    rec.publish_by = now  # `due` publishes a new copy at once
         if dead:
             self._wakeup.notify()
         return len(dead)

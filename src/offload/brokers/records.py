@@ -20,6 +20,7 @@ __all__ = [
     "EnqueueResult",
     "JobInfo",
     "Lease",
+    "Outgoing",
     "Page",
     "QueueStats",
     "SweepReport",
@@ -50,6 +51,9 @@ class Lease:
     `payload` is the envelope's bytes, decoded by the worker (a job that cannot be
     decoded is buried by the worker, never by the broker). `attempt` counts this
     reservation (1 for the first run).
+
+    `stamp` is set only by a delivery working for a state store: the stamp of the copy
+    it delivered (`Outgoing.stamp`), which the store's `Ledger.claim` checks.
     """
 
     job_id: str
@@ -58,6 +62,24 @@ class Lease:
     attempt: int
     deadline: float
     payload: bytes
+    stamp: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A job a state store (`offload.brokers.roles.Ledger`) hands to a delivery to put
+    on its queue now: the store has decided its key, depth limit and due time.
+
+    `stamp` names this copy of the job: the store keeps the stamp of the one copy that
+    may run, and `Ledger.claim` refuses a delivered copy with any other (a stale copy
+    left by a publish that was retried).
+    """
+
+    job_id: str
+    queue: str
+    priority: int
+    payload: bytes
+    stamp: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ SQL and Redis brokers and memory are full brokers. A broker that can only delive
 store, for the other four (`offload.brokers.composite`). `wait` is in Delivery, not
 Signals: new work is announced by whatever delivers it.
 
+A sixth role, `Ledger`, is what a full broker needs to be such a state store: it keeps
+the state of the jobs another part delivers (recorded at enqueue, claimed when
+delivered, settled like its own), and never hands them out itself.
+
 Every way a lease ends is one `Settlement` passed to `Delivery.settle_many`, in
 batches: the worker group-commits all of them (`offload.worker.settler`).
 
@@ -55,6 +59,7 @@ from offload.brokers.records import (
     EnqueueResult,
     JobInfo,
     Lease,
+    Outgoing,
     Page,
     QueueStats,
     SweepReport,
@@ -62,7 +67,7 @@ from offload.brokers.records import (
 )
 from offload.clock import Clock, SystemClock
 from offload.envelope import Envelope, ErrorInfo, JobState
-from offload.errors import LeaseLost
+from offload.errors import ConfigurationError, LeaseLost
 
 #: The roles, and the records they take and return (re-exported from
 #: `offload.brokers.records`, so one import gives the whole contract).
@@ -79,6 +84,9 @@ __all__ = [
     "Inspection",
     "JobInfo",
     "Lease",
+    "Ledger",
+    "Outgoing",
+    "PUBLISH_GRACE_S",
     "Page",
     "Part",
     "QueueStats",
@@ -395,6 +403,27 @@ class Delivery(Part):
         """`settle(Settlement.cancel(...))`: `running → cancelled`."""
         await self.settle(Settlement.cancel(lease, error=error))
 
+    async def publish(self, jobs: Sequence[Outgoing]) -> None:
+        """Put each job on its queue, due now, carrying its `stamp` (returned in the
+        `Lease.stamp` of its deliveries); return once the delivery holds every one.
+
+        Only a delivery working for a state store is asked this (`Composite`): the
+        store's `Ledger` has decided keys, depth limits and due times, and decides at
+        `reserve` which delivered copy may run, so this call checks nothing. Not atomic
+        across jobs; the store publishes again what was not confirmed.
+
+        Raises:
+            BrokerUnavailable: not every job is known to be held (the store then
+                publishes them again after `PUBLISH_GRACE_S`).
+            ConfigurationError: this delivery cannot work for a state store.
+        """
+        raise ConfigurationError(f"{self!r} cannot deliver jobs for a state store")
+
+    def state_url(self) -> str | None:
+        """The state store this delivery's own URL names (e.g. `?state=` of an
+        `amqp://` URL), None if it names none: `from_url` uses it when not given one."""
+        return None
+
     def attach_state(self, state: Broker) -> None:
         """Called once by `Composite` with the full broker that keeps this delivery's
         state, before `connect`: a delivery-only broker that must tell the state store
@@ -620,6 +649,67 @@ class Signals(Part):
         backoff); brokers with `push_results` return as soon as the job ends anywhere.
         """
         await asyncio.sleep(timeout_s)
+
+
+#: How long a job the state store handed to a delivery (`Ledger.record`, `Ledger.due`)
+#: may stay unconfirmed (`Ledger.published`) before `Ledger.due` hands it out again, in
+#: seconds: a publisher that died or failed between the two must not lose the job.
+PUBLISH_GRACE_S = 30.0
+
+
+class Ledger(Part):
+    """The state of jobs that another part delivers: what makes a full broker the
+    state store of a delivery-only broker (`offload.brokers.composite`).
+
+    A ledger job is an ordinary job of the store (every other role sees it: keys,
+    results, progress, cancel, the outbox, inspection), except that the store's own
+    `reserve` never hands it out and never takes its lease back: the delivery holds
+    its copies, and the store decides which delivered copy runs (`claim`). Delays and
+    retries wait in the store as `scheduled`, and are published when due (`due`), so
+    the delivery needs no timers. Every method is one atomic operation.
+
+        record ──► queued (a copy published) ──claim──► running ──settle_many──► …
+        retry/defer/replay ──► scheduled/queued ──due (a new copy)──► queued ──claim──► …
+    """
+
+    @abc.abstractmethod
+    async def record(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> tuple[list[EnqueueResult], list[Outgoing]]:
+        """Store jobs as `enqueue` does (keys, duplicate ids, `max_depth`, expiry, due
+        times, `QueueFull`), as ledger jobs. Returns `enqueue`'s results, and the jobs
+        to publish now (created and due), each with a fresh stamp and unconfirmed
+        until `published` (else `due` hands it out again after `PUBLISH_GRACE_S`)."""
+
+    @abc.abstractmethod
+    async def published(self, jobs: Sequence[Outgoing]) -> None:
+        """The delivery holds these copies: they need not be published again.
+        Idempotent; a copy whose stamp is no longer the job's is ignored."""
+
+    @abc.abstractmethod
+    async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
+        """Up to `limit` ledger jobs of `queues` to publish now, each with a fresh
+        stamp (any older copy is then refused by `claim`): `scheduled` ones that are
+        due (they become `queued`; those past `expires_at` expire instead), and
+        `queued` ones left unconfirmed for `PUBLISH_GRACE_S` (a failed publish) or
+        replayed from the dead-letter queue. Each is unconfirmed until `published`."""
+
+    @abc.abstractmethod
+    async def claim(
+        self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float
+    ) -> list[Lease | None]:
+        """Decide, for each copy the delivery handed this worker (its lease, with
+        `stamp`), whether it runs: its store lease (`running`, the attempt counted, a
+        fresh token, `deadline = now + lease_s`), or None: the delivery must drop the
+        copy (acknowledge it unrun).
+
+        Claimed: a `queued` job whose stamp matches, and a `running` one whose stamp
+        matches (the same copy delivered again: its holder died or lost its
+        connection, so its lease is taken back and the attempt counted, as a lapsed
+        lease). Refused: an unknown job, a stale stamp, a job `scheduled`, finished,
+        cancelled, or past `expires_at` (it becomes `expired` then, recorded in the
+        outbox).
+        """
 
 
 class Role(enum.Enum):

@@ -30,6 +30,12 @@ the two leaves both copies: at-least-once, never none.
 consumer never decodes a payload. See `offload.brokers.amqp.topology` for the buckets.
 A job past `expires_at` when it is reserved is acknowledged and not run; without a
 state store nothing records it as `expired` (`AmqpDelivery.expired` counts them).
+
+**For a state store** (`publish`, `offload.brokers.composite`): the store keeps every
+job's state, delays, retries, attempts and dead letters, and publishes a copy of a job
+only when it should run; the copy carries the store's stamp (`offload-stamp`), which
+the store checks when the copy is delivered (`Ledger.claim`). Such copies have no due
+or expiry header and are never republished to count a crash: the store counts it.
 """
 
 from __future__ import annotations
@@ -49,14 +55,21 @@ from pamqp.common import FieldTable
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._connection import Link, Session, unavailable
 from offload.brokers.amqp.settings import STATE_SETTING, parse_url
-from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease
+from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease, Outgoing
 from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope, ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
 
-__all__ = ["ATTEMPT_HEADER", "DUE_HEADER", "ERROR_HEADER", "EXPIRES_HEADER", "AmqpDelivery"]
+__all__ = [
+    "ATTEMPT_HEADER",
+    "DUE_HEADER",
+    "ERROR_HEADER",
+    "EXPIRES_HEADER",
+    "STAMP_HEADER",
+    "AmqpDelivery",
+]
 
 logger = logging.getLogger("offload.brokers.amqp")
 
@@ -68,6 +81,8 @@ DUE_HEADER = "offload-due"
 EXPIRES_HEADER = "offload-expires"
 #: Why a job was buried (its `ErrorInfo`, JSON), on dead letters.
 ERROR_HEADER = "offload-error"
+#: The state store's stamp of this copy of the job (`Outgoing.stamp`).
+STAMP_HEADER = "offload-stamp"
 #: A job consumed this early (ms) is already due (clock skew between hosts aside).
 _EARLY_MS = 1
 #: When `extend` warns that a lease nears the server's consumer timeout.
@@ -105,6 +120,13 @@ class _Delivery:
         value = (self.properties.headers or {}).get(name)
         return value if isinstance(value, int) else None
 
+    @property
+    def stamp(self) -> str | None:
+        value = (self.properties.headers or {}).get(STAMP_HEADER)
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value if isinstance(value, str) else None
+
 
 class AmqpDelivery(Delivery):
     """The delivery role on RabbitMQ (see the module docstring).
@@ -115,7 +137,7 @@ class AmqpDelivery(Delivery):
         retention_s: how long the state store keeps a key's claim.
     """
 
-    capabilities = Capabilities(push_wakeup=True)
+    capabilities = Capabilities(push_wakeup=True, loop_bound=True)
 
     def __init__(
         self, url: str, *, clock: Clock | None = None, retention_s: float = DEFAULT_RETENTION_S
@@ -142,6 +164,10 @@ class AmqpDelivery(Delivery):
     def attach_state(self, state: Broker) -> None:
         """The state store: idempotency keys are claimed in it (`enqueue`)."""
         self.state = state
+
+    def state_url(self) -> str | None:
+        """The state store `state=` in the URL names."""
+        return self.settings.state_url
 
     async def connect(self) -> None:
         await self.link.session()
@@ -249,6 +275,30 @@ class AmqpDelivery(Delivery):
             now_ms=now_ms,
         )
 
+    async def publish(self, jobs: Sequence[Outgoing]) -> None:
+        """Publish a copy of each job for the state store, due now, with its stamp;
+        return once RabbitMQ confirmed every one (pipelined, as `enqueue`).
+
+        Raises:
+            BrokerUnavailable: RabbitMQ is unreachable or refused a message.
+        """
+        now_ms = self._now_ms()
+        for queue in {job.queue for job in jobs}:
+            await self._declare_work(queue)
+        await asyncio.gather(
+            *(
+                self._publish(
+                    job.payload,
+                    queue=job.queue,
+                    job_id=job.job_id,
+                    priority=topology.amqp_priority(job.priority),
+                    headers={ATTEMPT_HEADER: 0, STAMP_HEADER: job.stamp},
+                    now_ms=now_ms,
+                )
+                for job in jobs
+            )
+        )
+
     async def _declare_work(self, queue: str) -> None:
         """The work queue, bound by its name to the work exchange (where the delay
         buckets dead-letter)."""
@@ -342,7 +392,9 @@ class AmqpDelivery(Delivery):
     def _moved(self, delivery: _Delivery, now_ms: int) -> Coroutine[object, object, None] | None:
         """What a delivery needs before it may run: None if nothing (lease it), else
         the ack of an expired job, or the republish that counts a crash or delays it
-        to the next bucket."""
+        to the next bucket. A state store's copy needs nothing: the store decides."""
+        if delivery.stamp is not None:
+            return None
         expires = delivery.header(EXPIRES_HEADER)
         if expires is not None and expires <= now_ms:
             self.expired += 1
@@ -374,6 +426,7 @@ class AmqpDelivery(Delivery):
             attempt=(delivery.header(ATTEMPT_HEADER) or 0) + 1,
             deadline=now + lease_s,
             payload=delivery.message.body,
+            stamp=delivery.stamp,
         )
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:

@@ -15,7 +15,8 @@
   named queries and pooled connections): `Inspector` (`_inspect.py`), `Flow` (limits,
   joins, registers, outbox: `_flow.py`), `Signals` (cancel, `wait_finished`:
   `_signals.py`), `Inserter` (`_enqueue.py`), `Operations` (pause flags, attempt
-  history: `_operate.py`). Delivery (reserve, extend, release,
+  history: `_operate.py`), `Keeper` (the `Ledger` role, as the state store of a
+  delivery-only broker: `_ledger.py`). Delivery (reserve, extend, release,
   `settle_many`) and the fleet are here.
 
 The URL is libpq's, plus offload's own query parameters: `schema` (tables live in this
@@ -65,10 +66,13 @@ from offload.brokers.postgres._executor import QUERIES as _Q
 from offload.brokers.postgres._executor import Connection, Database
 from offload.brokers.postgres._flow import Flow
 from offload.brokers.postgres._inspect import Inspector
+from offload.brokers.postgres._ledger import Keeper
 from offload.brokers.postgres._listener import Listener, channel_name, ends_channel
 from offload.brokers.postgres._operate import Operations
 from offload.brokers.postgres._signals import EndWaiters, Signals
 from offload.brokers.postgres._sql import migrate, schema_version
+from offload.brokers.records import Outgoing
+from offload.brokers.roles import Ledger
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
@@ -138,7 +142,7 @@ class _LoopState:
             self.checking = asyncio.get_running_loop().create_task(_check(self.pool))
 
 
-class PostgresBroker(Broker):
+class PostgresBroker(Broker, Ledger):
     """Jobs in PostgreSQL tables; see the module docstring."""
 
     capabilities = Capabilities(
@@ -164,6 +168,7 @@ class PostgresBroker(Broker):
         s = self.settings
         self._db = Database(self._conn)
         self._enqueuer = Inserter(self._db, self.clock, schema=s.schema, channel=s.channel)
+        self._keeper = Keeper(self._db, self._enqueuer, self.clock)
         self._flow = Flow(self._db, self.clock)
         self._inspector = Inspector(self._db, self.clock, s.channel)
         self._operations = Operations(self._db, self.clock)
@@ -403,6 +408,24 @@ class PostgresBroker(Broker):
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return await self._signals.cancel_requested(leases)
+
+    # -- ledger: the state store of a delivery-only broker (`_ledger.py`) -----------------
+
+    async def record(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> tuple[list[EnqueueResult], list[Outgoing]]:
+        return await self._keeper.record(jobs, max_depth)
+
+    async def published(self, jobs: Sequence[Outgoing]) -> None:
+        await self._keeper.published(jobs)
+
+    async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
+        return await self._keeper.due(queues, limit)
+
+    async def claim(
+        self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float
+    ) -> list[Lease | None]:
+        return await self._keeper.claim(delivered, worker_id, lease_s)
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if not leases:

@@ -14,7 +14,7 @@ broker. On the application's connection the tables are qualified with the URL's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -43,17 +43,25 @@ class Inserter:
         self._channel = channel  # the NOTIFY channel of new work
 
     async def enqueue(
-        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
+        self,
+        jobs: Sequence[tuple[Envelope, bytes]],
+        max_depth: int | None,
+        ledger: Mapping[str, Any] | None = None,
     ) -> list[EnqueueResult]:
+        """Insert `jobs`; with `ledger` (its `now`, `stamps` and `publish_by` columns,
+        from `_ledger.py`), as ledger jobs."""
         if not jobs:
             return []
         if max_depth is not None:
-            return await self.enqueue_bounded(jobs, max_depth)
+            return await self.enqueue_bounded(jobs, max_depth, ledger)
         async with self._db.connection() as conn:
-            return await self.enqueue_on(conn, jobs, None)
+            return await self.enqueue_on(conn, jobs, None, ledger)
 
     async def enqueue_bounded(
-        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int
+        self,
+        jobs: Sequence[tuple[Envelope, bytes]],
+        max_depth: int,
+        ledger: Mapping[str, Any] | None = None,
     ) -> list[EnqueueResult]:
         """`enqueue` that refuses (QueueFull) to push a queue past `max_depth` waiting jobs."""
         adding = adding_per_queue(jobs)
@@ -64,7 +72,7 @@ class Inserter:
                 depth = int(row["n"]) if row else 0
                 if depth + adding[queue] > max_depth:
                     raise queue_full(queue, depth, max_depth)
-            return await self.enqueue_on(conn, jobs, None)
+            return await self.enqueue_on(conn, jobs, None, ledger)
 
     async def enqueue_in(
         self,
@@ -102,10 +110,16 @@ class Inserter:
         conn: psycopg.AsyncConnection[Any],
         jobs: Sequence[tuple[Envelope, bytes]],
         schema: str | None,
+        ledger: Mapping[str, Any] | None = None,
     ) -> list[EnqueueResult]:
-        params = _rows.enqueue_params(jobs, self._clock.now(), self._channel)
+        if ledger is None:
+            query = _Q["enqueue"]
+            params = _rows.enqueue_params(jobs, self._clock.now(), self._channel)
+        else:
+            query = _Q["ledger_enqueue"]
+            params = {**_rows.enqueue_params(jobs, ledger["now"], self._channel), **ledger}
         async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(qualified(_Q["enqueue"], schema), params)
+            await cur.execute(qualified(query, schema), params)
             created = {row[0] for row in await cur.fetchall()}
             holders: dict[str, str] = {}
             keys = _unresolved_keys(jobs, created)

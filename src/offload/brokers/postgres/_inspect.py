@@ -95,7 +95,9 @@ class Inspector:
         params.update(now=self._clock.now(), channel=self._channel)
         query = (
             "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
-            " finished_at = NULL, worker_id = NULL"
+            " finished_at = NULL, worker_id = NULL,"
+            # A ledger job needs a new copy in its delivery: `ledger_due` makes it now.
+            " publish_by = CASE WHEN stamp IS NULL THEN NULL ELSE %(now)s END"
             f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"
         )
         async with self._db.connection() as conn:

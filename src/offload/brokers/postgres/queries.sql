@@ -367,3 +367,75 @@ UPDATE offload_jobs SET outbox_seq = NULL
 
 -- name: job_state
 SELECT state FROM offload_jobs WHERE id = %(id)s;
+
+-- Ledger: this schema as the state store of a delivery-only broker (`_ledger.py`). A
+-- ledger job has a stamp (its current copy; '' before the first) and `publish_by` while
+-- that copy is unconfirmed; offload_reserve_v2 leaves such jobs alone.
+
+-- name: ledger_enqueue
+-- `enqueue` for ledger jobs, each with its first copy's stamp ('' if not due yet) and
+-- `publish_by`; no NOTIFY: nobody reserves them here.
+WITH input AS (
+    SELECT *
+      FROM unnest(%(ids)s::text[], %(queues)s::text[], %(tasks)s::text[], %(states)s::text[],
+                  %(priorities)s::integer[], %(max_attempts)s::integer[], %(keys)s::text[],
+                  %(created)s::double precision[], %(due)s::double precision[],
+                  %(expires)s::double precision[], %(payloads)s::bytea[],
+                  %(flows)s::boolean[], %(stamps)s::text[],
+                  %(publish_by)s::double precision[])
+           WITH ORDINALITY
+           AS t(id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+                expires_at, payload, flow, stamp, publish_by, ord)
+)
+INSERT INTO offload_jobs
+       (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+        expires_at, payload, flow, stamp, publish_by)
+SELECT id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+       expires_at, payload, flow, stamp, publish_by
+  FROM input
+ ORDER BY ord
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: ledger_due
+-- Scheduled ledger jobs now due, and queued ones whose copy was not confirmed in time
+-- (or replayed), each given a new copy; SKIP LOCKED: two workers never take one job.
+WITH due AS (
+    SELECT j.seq FROM offload_jobs AS j
+     WHERE j.state = 'scheduled' AND j.due_at <= %(now)s AND j.stamp IS NOT NULL
+       AND j.queue = ANY(%(queues)s::text[])
+     ORDER BY j.due_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), unconfirmed AS (
+    SELECT j.seq FROM offload_jobs AS j
+     WHERE j.publish_by IS NOT NULL AND j.publish_by <= %(now)s AND j.state = 'queued'
+       AND j.queue = ANY(%(queues)s::text[])
+     ORDER BY j.publish_by
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE offload_jobs AS j
+   SET state = 'queued', stamp = replace(gen_random_uuid()::text, '-', ''),
+       publish_by = %(publish_by)s
+ WHERE j.seq IN (SELECT seq FROM due UNION ALL SELECT seq FROM unconfirmed)
+RETURNING j.id, j.queue, j.priority, j.payload, j.stamp;
+
+-- name: ledger_published
+UPDATE offload_jobs AS j SET publish_by = NULL
+  FROM unnest(%(ids)s::text[], %(stamps)s::text[]) AS c(id, stamp)
+ WHERE j.id = c.id AND j.stamp = c.stamp;
+
+-- name: ledger_claim
+-- The copy `stamp` of a waiting job, or of a running one (delivered again: its holder is
+-- gone), runs under a new lease. A waiting job past its expiry is not claimed (its copy
+-- is dropped; `sweep` expires it).
+UPDATE offload_jobs AS j
+   SET state = 'running', lease_token = c.token, attempt = j.attempt + 1,
+       started_at = %(now)s, worker_id = %(worker_id)s, lease_deadline = %(deadline)s,
+       publish_by = NULL
+  FROM unnest(%(ids)s::text[], %(stamps)s::text[], %(tokens)s::text[]) AS c(id, stamp, token)
+ WHERE j.id = c.id AND j.stamp = c.stamp
+   AND (j.state = 'running'
+        OR (j.state = 'queued' AND (j.expires_at IS NULL OR j.expires_at > %(now)s)))
+RETURNING j.id, c.token, j.queue, j.attempt, j.payload;

@@ -1,4 +1,4 @@
--- The offload PostgreSQL schema for a fresh install: what migrations/0001..0009 build,
+-- The offload PostgreSQL schema for a fresh install: what migrations/0001..0010 build,
 -- in one file. `connect()` and `offload migrate` run this on an empty schema and record
 -- every migration as applied; a schema that has some of them gets the rest instead.
 -- tests/migrations/ proves that both roads end at the same catalog. Any change here
@@ -37,7 +37,9 @@ CREATE TABLE offload_jobs (
     cancel_requested boolean          NOT NULL DEFAULT false,
     purge_at         double precision,                 -- when sweep may delete a finished job
     flow             boolean          NOT NULL DEFAULT false, -- the envelope has `then`/`chord`
-    outbox_seq       bigint                            -- set while in the outbox (`outbox`)
+    outbox_seq       bigint,                           -- set while in the outbox (`outbox`)
+    stamp            text,                             -- a ledger job's copy (`_ledger.py`)
+    publish_by       double precision                  -- until when that copy may be unconfirmed
 );
 
 -- reserve: the best ready jobs of one queue, in the order they are taken.
@@ -56,6 +58,9 @@ CREATE INDEX offload_jobs_running
 CREATE INDEX offload_jobs_expiry
     ON offload_jobs (expires_at)
     WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled');
+-- ledger: copies the delivery has not confirmed (or replayed jobs).
+CREATE INDEX offload_jobs_publish
+    ON offload_jobs (publish_by) WHERE publish_by IS NOT NULL;
 -- sweep: finished jobs past their result TTL or retention.
 CREATE INDEX offload_jobs_purge
     ON offload_jobs (purge_at) WHERE purge_at IS NOT NULL;
@@ -156,7 +161,7 @@ DECLARE
 BEGIN
     UPDATE offload_jobs AS j SET state = 'queued'
       FROM (SELECT s.seq FROM offload_jobs AS s
-             WHERE s.state = 'scheduled' AND s.due_at <= p_now
+             WHERE s.state = 'scheduled' AND s.due_at <= p_now AND s.stamp IS NULL
              FOR UPDATE SKIP LOCKED) AS due
      WHERE j.seq = due.seq;
 
@@ -164,7 +169,7 @@ BEGIN
        SET state = 'queued', lease_token = NULL, lease_deadline = NULL, worker_id = NULL,
            error = p_lease_error
       FROM (SELECT r.seq FROM offload_jobs AS r
-             WHERE r.state = 'running' AND r.lease_deadline <= p_now
+             WHERE r.state = 'running' AND r.lease_deadline <= p_now AND r.stamp IS NULL
              FOR UPDATE SKIP LOCKED) AS lapsed
      WHERE j.seq = lapsed.seq;
 
@@ -193,7 +198,7 @@ BEGIN
          CROSS JOIN LATERAL (
                SELECT r.seq, r.priority, r.due_at
                  FROM offload_jobs AS r
-                WHERE r.state = 'queued' AND r.queue = q.name
+                WHERE r.state = 'queued' AND r.queue = q.name AND r.stamp IS NULL
                   AND (r.expires_at IS NULL OR r.expires_at > p_now)
                 ORDER BY r.priority DESC, r.due_at, r.seq
                 LIMIT p_limit

@@ -44,7 +44,9 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.sqlite import _operate
+from offload.brokers.records import Outgoing
+from offload.brokers.roles import Ledger
+from offload.brokers.sqlite import _ledger, _operate
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
@@ -117,8 +119,9 @@ def _close_store(opened: Future[Store]) -> None:
         opened.result().close()
 
 
-class SQLiteBroker(Broker):
-    """Jobs in one SQLite file, shared by the processes of one machine."""
+class SQLiteBroker(Broker, Ledger):
+    """Jobs in one SQLite file, shared by the processes of one machine; also the state
+    store of a delivery-only broker (`Ledger`, `_ledger.py`)."""
 
     capabilities = Capabilities(
         transactional_enqueue=False, push_wakeup=False, cross_process=True, loop_bound=False
@@ -280,6 +283,26 @@ class SQLiteBroker(Broker):
                 [s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES]
             )
         return held
+
+    # -- ledger: the state store of a delivery-only broker (`_ledger.py`) ---------------
+
+    async def record(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> tuple[list[EnqueueResult], list[Outgoing]]:
+        return await self._run(_ledger.record, jobs, max_depth)
+
+    async def published(self, jobs: Sequence[Outgoing]) -> None:
+        await self._run(_ledger.published, jobs)
+
+    async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
+        return await self._run(_ledger.due, queues, limit)
+
+    async def claim(
+        self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float
+    ) -> list[Lease | None]:
+        claimed, expired = await self._run(_ledger.claim, delivered, worker_id, lease_s)
+        self._notify_ended(expired)
+        return claimed
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         if not leases:

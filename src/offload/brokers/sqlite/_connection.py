@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 #: Version of `schema.sql`, kept in `offload_meta`. A file with a newer version was
 #: written by a newer offload and is refused rather than misread.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: How long a call waits for another connection's write lock before failing with
 #: `BrokerUnavailable`, in seconds. Transactions here last well under a millisecond.
 BUSY_TIMEOUT_S = 10.0
@@ -65,6 +65,9 @@ ADDED_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
         " OR json_extract(CAST(payload AS TEXT), '$.chord') IS NOT NULL"
         " ELSE 0 END",
     ),
+    # Version 9: ledger jobs (`_ledger.py`); no job of an older file is one.
+    ("offload_jobs", "stamp", "TEXT", None),
+    ("offload_jobs", "publish_by", "REAL", None),
 )
 
 _META_TABLE = "CREATE TABLE IF NOT EXISTS offload_meta (key TEXT PRIMARY KEY, value TEXT)"

@@ -146,22 +146,30 @@ class Store:
         job is ready now (so the broker wakes local waiters)."""
         if not jobs:
             return [], False
+        with self._write() as now:
+            results, ready = self._add(jobs, max_depth, now, _Q["insert_job"])
+        return results, ready
+
+    def _add(
+        self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None, now: float, sql: str
+    ) -> tuple[list[EnqueueResult], bool]:
+        """`enqueue`'s work inside the caller's transaction, inserting with `sql`
+        (`insert_job`, or `insert_ledger_job` for `_ledger.record`)."""
         results: list[EnqueueResult] = []
         known: set[str] = set()
         ready: set[str] = set()
-        with self._write() as now:
-            if max_depth is not None:
-                self._check_depth(jobs, max_depth)
-            for envelope, payload in jobs:
-                created, state = self._insert(envelope, payload, now)
-                if created:
-                    results.append(EnqueueResult(envelope.id, True))
-                    known.add(envelope.queue)
-                    if state == JobState.QUEUED:
-                        ready.add(envelope.queue)
-                else:
-                    results.append(EnqueueResult(self._existing_id(envelope), False))
-            self._touch_queues(known, ready)
+        if max_depth is not None:
+            self._check_depth(jobs, max_depth)
+        for envelope, payload in jobs:
+            created, state = self._insert(envelope, payload, now, sql)
+            if created:
+                results.append(EnqueueResult(envelope.id, True))
+                known.add(envelope.queue)
+                if state == JobState.QUEUED:
+                    ready.add(envelope.queue)
+            else:
+                results.append(EnqueueResult(self._existing_id(envelope), False))
+        self._touch_queues(known, ready)
         return results, bool(ready)
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
@@ -170,7 +178,7 @@ class Store:
         depths = {q: int(self._conn.execute(depth, (q,)).fetchone()[0]) for q in adding}
         check_depth(adding, depths, max_depth)
 
-    def _insert(self, env: Envelope, payload: bytes, now: float) -> tuple[bool, str]:
+    def _insert(self, env: Envelope, payload: bytes, now: float, sql: str) -> tuple[bool, str]:
         due_at = max(env.not_before or now, now)
         state = JobState.SCHEDULED.value if due_at > now else JobState.QUEUED.value
         params = (
@@ -187,7 +195,7 @@ class Store:
             payload,
             int(env.has_follow_ups),
         )
-        return self._conn.execute(_Q["insert_job"], params).rowcount == 1, state
+        return self._conn.execute(sql, params).rowcount == 1, state
 
     def _existing_id(self, env: Envelope) -> str:
         """The job an insert collided with: the holder of the key, else (a re-enqueue

@@ -10,15 +10,16 @@
 
 -- name: promote_due
 -- Scheduled jobs whose time has come become ready (index offload_jobs_scheduled).
+-- Ledger jobs (stamp set) are published when due by `ledger_due` instead.
 UPDATE offload_jobs INDEXED BY offload_jobs_scheduled SET state = 'queued'
- WHERE state = 'scheduled' AND due_at <= :now;
+ WHERE state = 'scheduled' AND due_at <= :now AND stamp IS NULL;
 
 -- name: reclaim_lapsed
 -- The visibility timeout: a lease that ran out puts its job back.
 UPDATE offload_jobs INDEXED BY offload_jobs_running
    SET state = 'queued', lease_token = NULL, lease_deadline = NULL, worker_id = NULL,
        error = :error
- WHERE state = 'running' AND lease_deadline <= :now;
+ WHERE state = 'running' AND lease_deadline <= :now AND stamp IS NULL;
 
 -- name: expire_due
 -- Waiting jobs past their expiry will never run. Returns them, so that the workflow
@@ -35,7 +36,7 @@ RETURNING id, flow;
 SELECT seq, id, queue, CAST(priority AS INTEGER) AS priority, CAST(due_at AS REAL) AS due_at,
        CAST(attempt AS INTEGER) AS attempt, payload
   FROM offload_jobs INDEXED BY offload_jobs_ready
- WHERE state = 'queued' AND queue = :queue
+ WHERE state = 'queued' AND queue = :queue AND stamp IS NULL
  ORDER BY priority DESC, due_at, seq
  LIMIT :limit;
 
@@ -52,6 +53,15 @@ INSERT INTO offload_jobs
        (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
         expires_at, payload, flow)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING;
+
+-- name: insert_ledger_job
+-- `insert_job` for a job another part delivers (`_ledger.py`): stamp '' until its
+-- first copy is made.
+INSERT INTO offload_jobs
+       (id, queue, task, state, priority, max_attempts, key, created_at, due_at,
+        expires_at, payload, flow, stamp)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')
 ON CONFLICT DO NOTHING;
 
 -- name: id_for_key
@@ -208,8 +218,10 @@ SELECT min((SELECT min(due_at) FROM offload_jobs INDEXED BY offload_jobs_ready
 SELECT name FROM offload_queues ORDER BY name;
 
 -- name: replay_dead
+-- A ledger job needs a new copy in its delivery: `ledger_unconfirmed` makes it at once.
 UPDATE offload_jobs
-   SET state = 'queued', attempt = 0, due_at = :now, finished_at = NULL, worker_id = NULL
+   SET state = 'queued', attempt = 0, due_at = :now, finished_at = NULL, worker_id = NULL,
+       publish_by = CASE WHEN stamp IS NULL THEN NULL ELSE :now END
  WHERE state = 'dead'
    AND (:queue IS NULL OR queue = :queue)
    AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
@@ -301,3 +313,42 @@ DELETE FROM offload_outbox WHERE job_id IN (SELECT value FROM json_each(?));
 
 -- name: outbox_orphans
 DELETE FROM offload_outbox WHERE job_id NOT IN (SELECT id FROM offload_jobs);
+
+-- Ledger: the state of jobs another part delivers (`_ledger.py`, `Ledger` in roles.py).
+-- A ledger job has a stamp (its current copy; '' before the first), and `publish_by`
+-- while that copy is not known to be held by the delivery.
+
+-- name: ledger_due
+-- Scheduled ledger jobs whose time has come, in due order (index offload_jobs_scheduled).
+SELECT id, queue, CAST(priority AS INTEGER) AS priority, payload
+  FROM offload_jobs INDEXED BY offload_jobs_scheduled
+ WHERE state = 'scheduled' AND due_at <= :now AND stamp IS NOT NULL
+   AND queue IN (SELECT value FROM json_each(:queues))
+ ORDER BY due_at
+ LIMIT :limit;
+
+-- name: ledger_unconfirmed
+-- Queued ledger jobs whose copy was not confirmed in time (or replayed ones).
+SELECT id, queue, CAST(priority AS INTEGER) AS priority, payload
+  FROM offload_jobs INDEXED BY offload_jobs_publish
+ WHERE publish_by IS NOT NULL AND publish_by <= :now AND state = 'queued'
+   AND queue IN (SELECT value FROM json_each(:queues))
+ ORDER BY publish_by
+ LIMIT :limit;
+
+-- name: ledger_copy
+-- (hot) Parameters: stamp, publish_by, id.
+UPDATE offload_jobs SET state = 'queued', stamp = ?, publish_by = ? WHERE id = ?;
+
+-- name: ledger_published
+-- (hot) Parameters: id, stamp.
+UPDATE offload_jobs SET publish_by = NULL WHERE id = ? AND stamp = ?;
+
+-- name: ledger_claim
+-- The copy `stamp` of a waiting job, or of a running one (delivered again: its holder
+-- is gone), runs under a new lease. Waiting jobs past their expiry were expired first.
+UPDATE offload_jobs
+   SET state = 'running', lease_token = :token, attempt = attempt + 1, started_at = :now,
+       worker_id = :worker_id, lease_deadline = :deadline, publish_by = NULL
+ WHERE id = :id AND stamp = :stamp AND state IN ('queued', 'running')
+RETURNING queue, CAST(attempt AS INTEGER) AS attempt, payload;

@@ -1,4 +1,4 @@
--- The offload SQLite schema, version 8 (kept in offload_meta, not in PRAGMA user_version,
+-- The offload SQLite schema, version 9 (kept in offload_meta, not in PRAGMA user_version,
 -- which belongs to whoever else may share the file).
 --
 -- Applied when a connecting broker finds an older version (0: a new file), in the same
@@ -37,7 +37,12 @@ CREATE TABLE IF NOT EXISTS offload_jobs (
     result           BLOB,                    -- encoded JSON result
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     purge_at         REAL,                    -- when sweep may delete a finished job
-    flow             INTEGER NOT NULL DEFAULT 0  -- 1: the envelope has `then` or `chord`
+    flow             INTEGER NOT NULL DEFAULT 0, -- 1: the envelope has `then` or `chord`
+    -- Version 9: a job another part delivers (a ledger job, `_ledger.py`): the stamp of
+    -- its current copy ('' before the first; NULL: not a ledger job), and until when
+    -- that copy may stay unconfirmed by the delivery.
+    stamp            TEXT,
+    publish_by       REAL
 );
 
 -- reserve: the best ready jobs of one queue, in the order they must be taken.
@@ -56,6 +61,10 @@ CREATE INDEX IF NOT EXISTS offload_jobs_running
 CREATE INDEX IF NOT EXISTS offload_jobs_expiry
     ON offload_jobs (expires_at)
     WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled');
+
+-- Version 9, ledger: copies the delivery has not confirmed (or replayed jobs).
+CREATE INDEX IF NOT EXISTS offload_jobs_publish
+    ON offload_jobs (publish_by) WHERE publish_by IS NOT NULL;
 
 -- sweep: finished jobs past their result TTL or retention.
 CREATE INDEX IF NOT EXISTS offload_jobs_purge

@@ -11,11 +11,11 @@ SQS moves, batched per call:
     release         a fresh copy due now, the attempt not counted (FIFO: in place)
 
 What SQS cannot do is the state store's (`state=` in the URL; see `config.py` and
-`stateless.py`): an idempotency key is claimed in the store's register `sqs-key:KEY`
-(atomic `compare_and_set`, kept for the retention), and results, progress,
-cancellation, joins, limits, inspection and schedules' fire keys are the other roles,
-played by the store. Without a store, `enqueue` refuses keys and `max_depth` (always:
-SQS cannot count atomically) with a `ConfigurationError` naming `state=`.
+`stateless.py`). With one, the store records every job and decides when it is due
+(`offload.brokers.composite`): SQS only carries the copies the store `publish`es, due
+now, each with the store's stamp (`Lease.stamp`), and the store's `Ledger.claim`
+decides which delivered copy runs. Without a store, `enqueue` sends jobs itself and
+refuses keys and `max_depth` with a `ConfigurationError` naming `state=`.
 Priority has no meaning on SQS: jobs come in SQS's order (FIFO queues: strict).
 A job received after its `expires_at` is deleted without running (`expired` counts
 them; only a state store can record it as `expired`).
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from offload.brokers import records
 from offload.brokers.records import EnqueueResult, Lease
-from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
+from offload.brokers.roles import Capabilities, Delivery, Ending, Settlement
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.messages import Outgoing, Received
@@ -57,7 +58,6 @@ class SQSBroker(Delivery):
         #: Receipt handle → the message it leases, for the leases this process holds.
         self._held: dict[str, Received] = {}
         self._lease_s = 30.0
-        self._state: Broker | None = None
         #: Jobs deleted unrun because they were received after their `expires_at`.
         self.expired = 0
 
@@ -73,7 +73,8 @@ class SQSBroker(Delivery):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        """Send every job (batched; SQS has them when this returns).
+        """Send every job (batched; SQS has them when this returns), without a state
+        store (with one, the store records jobs and `publish`es them).
 
         Raises:
             ConfigurationError: a job has a `key`, or `max_depth` is given: both need a
@@ -83,7 +84,9 @@ class SQSBroker(Delivery):
         """
         if max_depth is not None:
             raise self.needs_state("max_depth (a bounded queue)")
-        owners = await self._claim_keys(jobs)
+        for envelope, _ in jobs:
+            if envelope.key is not None:
+                raise self.needs_state(f"the idempotency key of job {envelope.id}")
         items = {
             envelope.id: Outgoing(
                 envelope.id,
@@ -93,39 +96,27 @@ class SQSBroker(Delivery):
                 expires=envelope.expires_at,
             )
             for envelope, payload in jobs
-            if owners.get(envelope.key or "", envelope.id) == envelope.id
         }
         await self.sqs.send(list(items.values()))
-        return [
-            EnqueueResult(owner, owner == envelope.id)
-            for envelope, _ in jobs
-            for owner in [owners.get(envelope.key or "", envelope.id)]
-        ]
+        return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
 
-    def attach_state(self, state: Broker) -> None:
-        """Keep the state store: idempotency keys are claimed in its registers."""
-        self._state = state
-
-    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> dict[str, str]:
-        """Key → the id of the job that owns it: the first job ever enqueued with it
-        (until the retention), claimed atomically in the state store's register
-        `sqs-key:KEY`. A job whose key another job owns is not sent.
+    async def publish(self, jobs: Sequence[records.Outgoing]) -> None:
+        """Send a copy of each job for the state store, due now, carrying its stamp
+        (also its FIFO deduplication id: a retried publish of one copy is one message,
+        a new copy is another); return once SQS has every one. `priority` has no
+        meaning on SQS.
 
         Raises:
-            ConfigurationError: a job has a key and there is no state store.
+            SerializationError: a job is over SQS's message size (nothing is sent).
+            BrokerUnavailable: SQS could not be reached (the store publishes again).
         """
-        owners: dict[str, str] = {}
-        for envelope, _ in jobs:
-            key = envelope.key
-            if key is None or key in owners:
-                continue
-            if self._state is None:
-                raise self.needs_state(f"the idempotency key of job {envelope.id}")
-            held = await self._state.compare_and_set(
-                f"sqs-key:{key}", None, envelope.id, ttl_s=self.retention_s
-            )
-            owners[key] = held or envelope.id
-        return owners
+        await self.sqs.send(
+            [Outgoing(j.job_id, j.queue, j.payload, send_id=j.stamp, stamp=j.stamp) for j in jobs]
+        )
+
+    def state_url(self) -> str | None:
+        """The state store `state=` in the URL names."""
+        return self.config.state
 
     def needs_state(self, what: str) -> ConfigurationError:
         """The error for an operation SQS alone cannot do."""
@@ -166,7 +157,9 @@ class SQSBroker(Delivery):
             if m in stale:
                 continue
             self._held[m.receipt] = m
-            leases.append(Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body))
+            leases.append(
+                Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body, m.stamp)
+            )
         return leases
 
     # -- leases -------------------------------------------------------------------------

@@ -34,9 +34,8 @@ from offload.brokers.records import (
     WorkerInfo,
 )
 from offload.brokers.roles import Broker, Fleet, Flow, Inspection, Signals
-from offload.brokers.sqs.broker import STATE_SETTING, SQSBroker
+from offload.brokers.sqs.broker import SQSBroker
 from offload.envelope import JobState
-from offload.errors import ConfigurationError
 
 __all__ = ["NEEDS_STATE", "Stateless", "open_broker"]
 
@@ -187,25 +186,20 @@ class Stateless(Flow, Inspection, Fleet, Signals):
 
 def open_broker(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker:
     """The whole broker an `sqs://` URL names (not yet connected): SQS for delivery,
-    and for the rest the state store named by the URL's `state=`, else `state_url`,
-    else `OFFLOAD_STATE_URL`, or `Stateless` when none is set. `kwargs` (`clock`,
-    `retention_s`) go to both. This is what `offload.brokers.from_url` calls.
+    and for the rest the state store named by `state_url`, else the URL's `state=`,
+    else `OFFLOAD_STATE_URL` (the order of `from_url`, which calls this), or
+    `Stateless` when none is set. `kwargs` (`clock`, `retention_s`) go to both.
 
     Raises:
         ConfigurationError: a bad URL (the SQS one or the store's), or a state store
-            that is not a full broker.
+            that cannot keep SQS's jobs (`with_state_store`).
     """
     from offload.brokers import from_url
 
     delivery = SQSBroker(url, **kwargs)
-    store_url = delivery.config.state or state_url or os.environ.get("OFFLOAD_STATE_URL")
+    store_url = state_url or delivery.state_url() or os.environ.get("OFFLOAD_STATE_URL")
     if store_url:
-        store = from_url(store_url, **kwargs)
-        if isinstance(store, Composite):
-            raise ConfigurationError(
-                f"the state store {store!r} only delivers jobs itself; {STATE_SETTING}"
-            )
-        return with_state_store(delivery, store)
+        return with_state_store(delivery, from_url(store_url, **kwargs))
     stateless = Stateless(delivery)
     return Composite(
         delivery, flow=stateless, inspection=stateless, fleet=stateless, signals=stateless

@@ -1,0 +1,131 @@
+"""The SQLite broker as a state store (`offload.brokers.roles.Ledger`): the state of
+jobs another part delivers (`offload.brokers.composite`).
+
+A ledger job is a row of `offload_jobs` like any other, with a `stamp` (its current
+copy in the delivery; '' before the first) and, while that copy is unconfirmed, a
+`publish_by` time. The store's own reservation leaves these rows alone (`stamp IS
+NULL` in `promote_due`, `reclaim_lapsed` and `ready_in_queue`), so no worker of the
+file itself runs them and no lapsed lease puts them back: the delivery holds them.
+Each function is one transaction, run through `Store.run` like the store's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+
+from offload.brokers._sql import named_queries
+from offload.brokers._sql_rows import blob
+from offload.brokers.records import EnqueueResult, Lease, Outgoing
+from offload.brokers.roles import PUBLISH_GRACE_S
+from offload.brokers.sqlite._store import Store
+from offload.envelope import Envelope
+
+__all__ = ["claim", "due", "published", "record"]
+
+_Q = named_queries("offload.brokers.sqlite")
+
+
+def _copies(store: Store, out: list[Outgoing], now: float) -> list[Outgoing]:
+    """Make `out` the jobs' current copies: `queued` with their stamps, unconfirmed
+    for `PUBLISH_GRACE_S`."""
+    store._conn.executemany(
+        _Q["ledger_copy"], [(job.stamp, now + PUBLISH_GRACE_S, job.job_id) for job in out]
+    )
+    return out
+
+
+def _stamp() -> str:
+    return os.urandom(8).hex()
+
+
+def record(
+    store: Store, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
+) -> tuple[list[EnqueueResult], list[Outgoing]]:
+    """`Ledger.record`: `enqueue` as ledger jobs, and a first copy of those due now."""
+    if not jobs:
+        return [], []
+    with store._write() as now:
+        results, _ = store._add(jobs, max_depth, now, _Q["insert_ledger_job"])
+        out = [
+            Outgoing(env.id, env.queue, env.priority, payload, _stamp())
+            for (env, payload), result in zip(jobs, results, strict=True)
+            if result.created and (env.not_before or now) <= now
+        ]
+        return results, _copies(store, out, now)
+
+
+def published(store: Store, jobs: Sequence[Outgoing]) -> None:
+    """`Ledger.published`."""
+    if not jobs:
+        return
+    with store._write():
+        store._conn.executemany(_Q["ledger_published"], [(j.job_id, j.stamp) for j in jobs])
+
+
+def due(store: Store, queues: Sequence[str], limit: int) -> list[Outgoing]:
+    """`Ledger.due`. Looks first without the write lock (every reservation asks, and
+    the answer is almost always none); a job past `expires_at` is handed out too, and
+    expired by `claim` (or `sweep`), never run."""
+    names = json.dumps(list(queues))
+    if not _due_rows(store, names, limit, store._clock.now()):
+        return []
+    with store._write() as now:
+        rows = _due_rows(store, names, limit, now)
+        out = [
+            Outgoing(row["id"], row["queue"], row["priority"], blob(row["payload"]), _stamp())
+            for row in rows
+        ]
+        return _copies(store, out, now)
+
+
+def _due_rows(store: Store, queues: str, limit: int, now: float) -> list[sqlite3.Row]:
+    conn = store._conn
+    params = {"queues": queues, "limit": limit, "now": now}
+    rows = conn.execute(_Q["ledger_due"], params).fetchall()
+    if len(rows) < limit:
+        params["limit"] = limit - len(rows)
+        rows += conn.execute(_Q["ledger_unconfirmed"], params).fetchall()
+    return rows
+
+
+def claim(
+    store: Store, delivered: Sequence[Lease], worker_id: str, lease_s: float
+) -> tuple[list[Lease | None], list[str]]:
+    """`Ledger.claim`. Returns the leases, and the ids of jobs that expired first."""
+    conn = store._conn
+    sql = _Q["ledger_claim"]
+    claimed: list[Lease | None] = []
+    with store._write() as now:
+        expired = store._expire(now)
+        deadline = now + lease_s
+        for copy in delivered:
+            if not copy.stamp:
+                claimed.append(None)
+                continue
+            token = os.urandom(12).hex()
+            params = {
+                "id": copy.job_id,
+                "stamp": copy.stamp,
+                "token": token,
+                "now": now,
+                "worker_id": worker_id,
+                "deadline": deadline,
+            }
+            row = conn.execute(sql, params).fetchone()
+            claimed.append(
+                None
+                if row is None
+                else Lease(
+                    copy.job_id,
+                    token,
+                    row["queue"],
+                    row["attempt"],
+                    deadline,
+                    blob(row["payload"]),
+                    copy.stamp,
+                )
+            )
+    return claimed, expired
