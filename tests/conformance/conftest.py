@@ -35,8 +35,10 @@ from .delivery_only import DeliveryOnly
 DELIVERY_ONLY_NAMES = ["delivery_only"]
 #: RabbitMQ (`amqp://`) with a state store: `amqp_<store>`.
 AMQP_NAMES = ["amqp_sqlite", "amqp_memory"]
+#: SQS (`sqs://`, moto's server) with a state store: `sqs_<store>` (`sqs_fake_time.py`).
+SQS_NAMES = ["sqs_sqlite", "sqs_memory"]
 #: Delivery-only brokers with a state store, run by every test that takes `broker`.
-COMPOSED_NAMES = ["composite", "composite_memory", *AMQP_NAMES]
+COMPOSED_NAMES = ["composite", "composite_memory", *AMQP_NAMES, *SQS_NAMES]
 #: How long `Pushed.reserve` waits for deliveries still on their way, in seconds.
 PUSH_GRACE_S = 0.3
 
@@ -110,6 +112,11 @@ def _build(
     if name in AMQP_NAMES:
         store = from_url(broker_url(name.removeprefix("amqp_")), clock=clock)
         return _amqp(str(request.getfixturevalue("amqp_url")), store, clock)
+    if name in SQS_NAMES:
+        from .sqs_fake_time import FakeTimeSQS
+
+        store = from_url(broker_url(name.removeprefix("sqs_")), clock=clock)
+        return with_state_store(FakeTimeSQS(request.getfixturevalue("sqs_url"), clock=clock), store)
     return from_url(broker_url(name), clock=clock)
 
 

@@ -370,13 +370,16 @@ class SQSDelivery:
                 self._deadlines.pop(message.receipt, None)
         return held
 
+    def deadline(self, message: Received) -> float:
+        """When `message`'s visibility ends, as last extended by this process."""
+        return self._deadlines.get(message.receipt, message.deadline)
+
     def holds(self, message: Received) -> bool:
-        """Whether this process certainly still leases `message`: its visibility, as
-        last extended, ends more than a second from now. Past that, SQS may have
-        handed the message to another consumer, and accepting a stale receipt is no
-        proof it has not (see `extend`)."""
-        deadline = self._deadlines.get(message.receipt, message.deadline)
-        return self.clock.now() + _MARGIN_S < deadline
+        """Whether this process certainly still leases `message`: its visibility ends
+        more than a second from now. Past that, SQS may have handed the message to
+        another consumer, and accepting a stale receipt is no proof it has not (see
+        `extend`)."""
+        return self.clock.now() + _MARGIN_S < self.deadline(message)
 
     async def delete(self, messages: Sequence[Received]) -> list[bool]:
         """Delete settled messages. False where SQS refused the receipt. (SQS accepts
