@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from offload.brokers import records
 from offload.brokers.records import EnqueueResult, Lease
-from offload.brokers.roles import Capabilities, Delivery, Ending, Settlement
+from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.messages import Outgoing, Received
@@ -117,6 +117,11 @@ class SQSBroker(Delivery):
     def state_url(self) -> str | None:
         """The state store `state=` in the URL names."""
         return self.config.state
+
+    def attach_state(self, state: Broker) -> None:
+        """Working for a state store: its main queues get no redrive policy (see
+        `topology.py`: the store buries a job whose workers keep dying)."""
+        self.sqs.topology.redrive = False
 
     def needs_state(self, what: str) -> ConfigurationError:
         """The error for an operation SQS alone cannot do."""
