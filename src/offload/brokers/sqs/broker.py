@@ -152,15 +152,22 @@ class SQSBroker(Delivery):
         return None
 
     async def _leases(self, messages: Sequence[Received]) -> list[Lease]:
+        """Leases for received messages, but none for a copy this process already holds
+        a live lease on: SQS may hand one message to two receives at once (at-least-once
+        delivery; moto does it under concurrent receives). The second receipt is left
+        alone, not deleted (that would delete the message the first holder runs): it
+        comes back once its visibility lapses, when the first has settled or died."""
         now = self.clock.now()
         stale = [m for m in messages if m.expires is not None and m.expires <= now]
         if stale:
             await self.sqs.delete(stale)
             self.expired += len(stale)
+        live = {(m.job_id, m.stamp) for m in self._held.values() if self.sqs.holds(m)}
         leases = []
         for m in messages:
-            if m in stale:
+            if m in stale or (m.job_id, m.stamp) in live:
                 continue
+            live.add((m.job_id, m.stamp))
             self._held[m.receipt] = m
             leases.append(
                 Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body, m.stamp)
