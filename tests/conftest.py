@@ -203,6 +203,7 @@ AMQP_TEST_QUEUES = ("default", "q1", "q2")
 def amqp_server() -> str:
     """The shared RabbitMQ at AMQP_URL, checked once."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import aiormq
 
@@ -211,7 +212,9 @@ def amqp_server() -> str:
         await connection.close()
 
     try:
-        asyncio.run(asyncio.wait_for(ping(), 10))
+        # On a thread of its own: an async fixture may ask for this one from its loop.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, asyncio.wait_for(ping(), 10)).result()
     except Exception as exc:
         service_missing(f"RabbitMQ is not available at {AMQP_URL}: {exc}")
     return AMQP_URL

@@ -10,6 +10,7 @@ ADAPTERS: dict[str, str] = {
     "offload-redis": "adapters.offload:OffloadRedis",
     "offload-redis-def": "adapters.offload:OffloadRedisDef",
     "offload-sqlite": "adapters.offload:OffloadSQLite",
+    "offload-amqp": "adapters.offload:OffloadAmqp",
     "raw-redis-py": "adapters.raw:RawRedis",
     "celery": "adapters.celery:CeleryAdapter",
     "celery-threads": "adapters.celery:CeleryThreads",
@@ -25,4 +26,6 @@ ADAPTERS: dict[str, str] = {
 }
 
 #: Systems that are the ceiling or offload itself, not peers (ratios are against peers).
-NOT_PEERS = frozenset({"offload-redis", "offload-redis-def", "offload-sqlite", "raw-redis-py"})
+NOT_PEERS = frozenset(
+    {"offload-redis", "offload-redis-def", "offload-sqlite", "offload-amqp", "raw-redis-py"}
+)

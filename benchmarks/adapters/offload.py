@@ -115,3 +115,27 @@ class OffloadSQLite(_OffloadAdapter):
     def storage_bytes(self) -> int | None:
         """File bytes (database + WAL): the embedded broker's footprint."""
         return sum(p.stat().st_size for p in self.db.parent.glob(self.db.name + "*") if p.is_file())
+
+
+class OffloadAmqp(_OffloadAdapter):
+    name = "offload (RabbitMQ + SQLite state)"
+    config = (
+        "as offload (Redis), on `amqp://` (RabbitMQ delivers) with a `sqlite:///` state "
+        "store in a temp dir: every job recorded, claimed and settled in the store"
+    )
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        from urllib.parse import quote
+
+        from offload.brokers.amqp.topology import Names
+
+        prefix = "bench-offload"
+        _probe.purge_amqp(Names(prefix).work("default"))
+        self.db = workdir / "state.db"
+        state = quote(f"sqlite:///{self.db}", safe="")
+        self.url = f"{_probe.amqp_url()}?prefix={prefix}&state={state}"
+        super().__init__(redis_url, workdir)
+
+    def storage_bytes(self) -> int | None:
+        """The state store's file bytes (database + WAL); RabbitMQ's share is not read."""
+        return sum(p.stat().st_size for p in self.db.parent.glob(self.db.name + "*") if p.is_file())

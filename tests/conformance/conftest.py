@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from urllib.parse import quote
 
 import pytest
 
@@ -34,11 +36,71 @@ from .delivery_only import DeliveryOnly
 #: Brokers that can only deliver, run alone by the tests that take `delivery`.
 DELIVERY_ONLY_NAMES = ["delivery_only"]
 #: RabbitMQ (`amqp://`) with a state store: `amqp_<store>`.
-AMQP_NAMES = ["amqp_sqlite", "amqp_memory"]
+AMQP_NAMES = ["amqp_sqlite", "amqp_postgres"]
 #: SQS (`sqs://`, moto's server) with a state store: `sqs_<store>` (`sqs_fake_time.py`).
-SQS_NAMES = ["sqs_sqlite", "sqs_memory"]
+SQS_NAMES = ["sqs_sqlite", "sqs_postgres"]
 #: Delivery-only brokers with a state store, run by every test that takes `broker`.
 COMPOSED_NAMES = ["composite", "composite_memory", *AMQP_NAMES, *SQS_NAMES]
+#: Why a lease never lapses on RabbitMQ.
+_CONNECTION_LEASE = (
+    "RabbitMQ: a lease is the unacknowledged delivery and ends with its connection "
+    "(the copy is then delivered again), not at a deadline: a FakeClock cannot lapse it"
+)
+#: The tests that do not apply to RabbitMQ (run, and must fail: strict xfail), and why.
+#: The README's RabbitMQ section lists them.
+AMQP_NOT_APPLICABLE: dict[str, str] = {
+    "test_lease_expiry_redelivers_job": _CONNECTION_LEASE,
+    "test_stale_token_finish_raises_lease_lost": _CONNECTION_LEASE,
+    "test_release_ignores_stale_leases": _CONNECTION_LEASE,
+    "test_defer_with_stale_lease_raises_lease_lost": _CONNECTION_LEASE,
+    "test_settle_many_settles_each_lease_on_its_own": _CONNECTION_LEASE,
+    "test_settle_many_tells_a_stale_lease_from_the_current_one_of_the_same_job": (
+        _CONNECTION_LEASE
+    ),
+    "test_history_shows_failures_the_lost_attempt_and_the_success": _CONNECTION_LEASE,
+    "test_concurrent_reserves_lease_each_job_exactly_once": (
+        "RabbitMQ: one consumer holds at most `prefetch` unacknowledged jobs (default "
+        "twice the largest reserve limit, at least 16): reserving 500 without settling "
+        "any gets the first 16"
+    ),
+    "test_list_jobs_finds_a_few_dead_or_running_jobs_among_thousands": (
+        "RabbitMQ: priority orders the jobs not yet pushed to a worker; a job of higher "
+        "priority enqueued after a worker prefetched its window runs after that window"
+    ),
+}
+
+
+#: Why SQS cannot keep a lease past its deadline.
+_LAPSING_LEASE = (
+    "SQS: the visibility timeout lapses by itself (capabilities.lapsing_leases), so a "
+    "lease past its deadline is never extended or settled, even if nobody took the job"
+)
+#: The tests that do not apply to SQS (strict xfail), and why; the README's SQS
+#: section lists them.
+SQS_NOT_APPLICABLE: dict[str, str] = {
+    "test_extend_after_lapse_keeps_a_lease_nobody_took_back": _LAPSING_LEASE,
+    "test_list_jobs_finds_a_few_dead_or_running_jobs_among_thousands": (
+        "SQS has no priorities: a job of higher priority enqueued after a backlog was "
+        "sent is received after it"
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of `AMQP_NOT_APPLICABLE` / `SQS_NOT_APPLICABLE` strict xfail on
+    RabbitMQ / SQS."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = None if callspec is None else callspec.params.get("broker")
+        table = {**dict.fromkeys(AMQP_NAMES, AMQP_NOT_APPLICABLE),
+                 **dict.fromkeys(SQS_NAMES, SQS_NOT_APPLICABLE)}.get(name)  # fmt: skip
+        if table is None:
+            continue
+        reason = table.get(getattr(item, "originalname", item.name))
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
 #: How long `Pushed.reserve` waits for deliveries still on their way, in seconds.
 PUSH_GRACE_S = 0.3
 
@@ -80,9 +142,8 @@ def _amqp(url: str, store: Broker, clock: FakeClock) -> Broker:
     return Pushed(delivery, flow=store, inspection=store, fleet=store, signals=store, ledger=store)
 
 
-async def _delete_queues(url: str, queues: Sequence[str]) -> None:
-    """Delete the AMQP queues of these offload queues (those `amqp_url` does not
-    know of: its teardown deletes the prefix's exchanges and `AMQP_TEST_QUEUES`)."""
+async def _delete_topology(url: str, queues: Sequence[str]) -> None:
+    """Delete the AMQP queues of these offload queues and the prefix's exchanges."""
     import aiormq
 
     from offload.brokers.amqp.settings import parse_url
@@ -93,9 +154,11 @@ async def _delete_queues(url: str, queues: Sequence[str]) -> None:
     connection = await aiormq.connect(settings.connect_url)
     try:
         channel = await connection.channel()
-        for queue in set(queues) - set(AMQP_TEST_QUEUES):
+        for queue in {*queues, *AMQP_TEST_QUEUES}:
             await channel.queue_delete(names.work(queue))
             await channel.queue_delete(names.dead(queue))
+        await channel.exchange_delete(names.delay_exchange)
+        await channel.exchange_delete(names.work_exchange)
     finally:
         await connection.close()
 
@@ -110,8 +173,12 @@ def _build(
         store = from_url(broker_url("sqlite" if name == "composite" else "memory"), clock=clock)
         return with_state_store(DeliveryOnly(from_url("memory://", clock=clock)), store)
     if name in AMQP_NAMES:
-        store = from_url(broker_url(name.removeprefix("amqp_")), clock=clock)
-        return _amqp(str(request.getfixturevalue("amqp_url")), store, clock)
+        # `amqp_server`, not the async `amqp_url`: this runs on the test's loop already.
+        server = request.getfixturevalue("amqp_server")
+        state = broker_url(name.removeprefix("amqp_"))
+        prefix = f"offload-test-{uuid.uuid4().hex[:12]}"
+        url = f"{server}?prefix={prefix}&state={quote(state, safe='')}"
+        return _amqp(url, from_url(state, clock=clock), clock)
     if name in SQS_NAMES:
         from .sqs_fake_time import FakeTimeSQS
 
@@ -131,10 +198,10 @@ async def broker(
     try:
         yield b
     finally:
-        queues = await b.queues() if isinstance(b, Pushed) else []
+        queues = await b.queues() if isinstance(b, Pushed) else None
         await b.close()
-        if queues:
-            await _delete_queues(b.url, queues)
+        if queues is not None:
+            await _delete_topology(b.url, queues)
 
 
 @pytest.fixture(params=BROKER_NAMES + DELIVERY_ONLY_NAMES)

@@ -91,6 +91,12 @@ def test_a_state_store_must_play_every_role(tmp_path: Path) -> None:
         with_state_store(DeliveryOnly(from_url("memory://")), store)  # type: ignore[arg-type]
 
 
+def test_a_state_store_that_keeps_no_ledger_is_refused_naming_those_that_do() -> None:
+    redis = from_url("redis://127.0.0.1:6379/15")  # a full broker without `Ledger` (yet)
+    with pytest.raises(ConfigurationError, match=r"use a sqlite:///, postgresql://"):
+        with_state_store(DeliveryOnly(from_url("memory://")), redis)
+
+
 def test_the_state_url_makes_a_composite_of_the_two(
     delivery_scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

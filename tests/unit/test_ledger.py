@@ -17,7 +17,7 @@ from offload.brokers import from_url
 from offload.brokers.base import Broker, Lease, Settlement
 from offload.brokers.composite import Composite, with_state_store
 from offload.brokers.records import Outgoing
-from offload.brokers.roles import PUBLISH_GRACE_S
+from offload.brokers.roles import PUBLISH_GRACE_S, Ledger
 from offload.codec import encode_value
 from offload.envelope import JobState
 from offload.errors import BrokerUnavailable
@@ -109,6 +109,7 @@ async def test_a_stale_copy_is_dropped_unrun(
     parts: tuple[Composite, Flaky, Broker], clock: FakeClock
 ) -> None:
     broker, delivery, store = parts
+    assert isinstance(store, Ledger)
     job_id = await enqueue_one(broker)
     [stale] = await delivery.inner.reserve(["default"], worker_id="x", lease_s=1, limit=1)
     await delivery.inner.release([stale])
@@ -132,6 +133,9 @@ async def test_a_copy_delivered_again_takes_the_job_back_with_the_attempt_counte
     job_id = await enqueue_one(broker)
     first = await reserve_one(broker, lease_s=5)
     clock.advance(6)  # the delivery's lease lapses: it hands the same copy out again
+    # the store never takes a ledger job's lease back itself
+    assert await store.reserve(["default"], worker_id="s", lease_s=LEASE_S, limit=5) == []
+    assert (await store.get_job(job_id)).state is JobState.RUNNING  # type: ignore[union-attr]
     second = await reserve_one(broker, worker_id="w2")
     assert (second.job_id, second.attempt) == (job_id, 2)
     assert await broker.settle_many([_ack(first)]) == [False]

@@ -79,6 +79,11 @@ STATE_URL_SETTING = (
 
 logger = logging.getLogger("offload.brokers.composite")
 
+#: How often a worker's `reserve` asks the state store for due jobs, in seconds of the
+#: broker's clock (sooner after this process settled a retry or a deferral): one store
+#: read saved on most reservations of a busy worker, at most this late for a delay.
+DUE_POLL_S = 0.2
+
 
 def missing_roles(obj: object) -> list[Role]:
     """The roles a whole broker needs that `obj` does not play, in `Role` order."""
@@ -94,7 +99,7 @@ def require_roles(obj: object, what: str) -> None:
         names = ", ".join(role.name.lower() for role in missing)
         raise ConfigurationError(
             f"{what} only delivers jobs; the roles {names} need a state store: "
-            f"set {STATE_URL_SETTING} to a full broker's URL (sqlite, postgresql, redis)"
+            f"set {STATE_URL_SETTING} to a sqlite:/// or postgresql:// URL"
         )
 
 
@@ -128,6 +133,8 @@ class Composite(Broker):
         self.ledger = ledger
         #: The store's lease token → the delivery's lease of the same copy.
         self._copies: dict[str, Lease] = {}
+        #: When `reserve` next asks the store what is due (`Ledger.due`), by the clock.
+        self._due_check = 0.0
         parts: list[Delivery | Flow | Inspection | Fleet | Signals | Ledger] = [
             delivery,
             flow,
@@ -201,12 +208,26 @@ class Composite(Broker):
             return await self.delivery.reserve(
                 queues, worker_id=worker_id, lease_s=lease_s, limit=limit
             )
-        await self._publish(await self.ledger.due(queues, limit=max(limit, 100)))
-        delivered = await self.delivery.reserve(
-            queues, worker_id=worker_id, lease_s=lease_s, limit=limit
-        )
-        if not delivered:
-            return []
+        now = self.clock.now()
+        if now >= self._due_check:
+            self._due_check = now + DUE_POLL_S
+            await self._publish(await self.ledger.due(queues, limit=max(limit, 100)))
+        leases: list[Lease] = []
+        while len(leases) < limit:  # refused copies leave room: fill it from the delivery
+            delivered = await self.delivery.reserve(
+                queues, worker_id=worker_id, lease_s=lease_s, limit=limit - len(leases)
+            )
+            if not delivered:
+                break
+            claimed = await self._claim(delivered, worker_id, lease_s)
+            leases += claimed
+            if len(claimed) == len(delivered):
+                break
+        return leases
+
+    async def _claim(self, delivered: list[Lease], worker_id: str, lease_s: float) -> list[Lease]:
+        """The store's leases of the copies it lets run; the others are dropped."""
+        assert self.ledger is not None
         try:
             claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
         except BaseException:
@@ -246,7 +267,8 @@ class Composite(Broker):
     async def next_due(self, queues: Sequence[str]) -> float | None:
         if self.ledger is None:
             return await self.delivery.next_due(queues)
-        return await self._store_delivery().next_due(queues)  # delays wait in the store
+        due = await self._store_delivery().next_due(queues)  # delays wait in the store
+        return None if due is None else max(due, self._due_check)
 
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
         if self.ledger is None:
@@ -272,6 +294,8 @@ class Composite(Broker):
         if self.ledger is None:
             return await self.delivery.settle_many(settlements)
         held = await self._store_delivery().settle_many(settlements)
+        if any(item.at is not None for item in settlements):
+            self._due_check = 0.0  # a retry or deferral may be due at once
         copies = [c for item in settlements if (c := self._copies.pop(item.lease.token, None))]
         if copies:
             await self._drop([Settlement.ack(copy, None) for copy in copies])
@@ -337,6 +361,7 @@ class Composite(Broker):
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
+        self._due_check = 0.0  # replayed ledger jobs are published by the next `due`
         return await self.inspection.replay_dead(queue, job_ids)
 
     async def purge_dead(

@@ -460,6 +460,7 @@ class MemoryBroker(Broker, Ledger):
     async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
         with self._lock:
             now = self.clock.now()
+            self._expire_due(now)
             wanted = set(queues)
             due = sorted(
                 (rec for rec in self._jobs.values() if self._needs_copy(rec, wanted, now)),
@@ -504,6 +505,8 @@ class MemoryBroker(Broker, Ledger):
         rec.token = token
         rec.publish_by = None
         attempt = rec.info.attempt + 1
+        if state is JobState.RUNNING:  # its holder is gone: as a lapsed lease
+            self._set(rec, error=LEASE_EXPIRED)
         self._set(
             rec,
             state=JobState.RUNNING,

@@ -158,6 +158,9 @@ class AmqpDelivery(Delivery):
         self._consumer_tags: list[str] = []
         self._consuming_generation = 0
         self._prefetch = 0
+        #: Delivery tags not acknowledged yet, per session generation: a `multiple` ack
+        #: may only cover a run of tags that holds none of another job.
+        self._unacked: dict[int, set[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -449,6 +452,7 @@ class AmqpDelivery(Delivery):
             self._consumer_tags = []
             self._consuming_generation = session.generation
             self._prefetch = 0
+            self._unacked = {session.generation: set()}
         wanted = self.settings.prefetch or max(16, 2 * limit)
         try:
             if wanted > self._prefetch:
@@ -470,16 +474,11 @@ class AmqpDelivery(Delivery):
     def _receiver(self, queue: str, generation: int) -> aiormq.abc.ConsumerCallback:
         async def receive(message: aiormq.abc.DeliveredMessage) -> None:
             priority = message.header.properties.priority or 0
-            heapq.heappush(
-                self._ready,
-                _Delivery(
-                    (-priority, next(self._arrival)),
-                    queue,
-                    message,
-                    generation,
-                    time.monotonic(),
-                ),
+            delivery = _Delivery(
+                (-priority, next(self._arrival)), queue, message, generation, time.monotonic()
             )
+            self._unacked.setdefault(generation, set()).add(delivery.tag)
+            heapq.heappush(self._ready, delivery)
             self._arrived.set()
 
         return receive
@@ -549,20 +548,59 @@ class AmqpDelivery(Delivery):
             BrokerUnavailable: a copy was not confirmed; those leases are still held
                 (the worker retries them), the others took effect.
         """
+        done: list[bool] = [False] * len(settlements)
+        acks: list[tuple[int, _Delivery]] = []
+        moves: list[tuple[int, Settlement]] = []
+        for i, item in enumerate(settlements):
+            if item.ending in (Ending.ACK, Ending.CANCEL):
+                try:
+                    acks.append((i, self._take(item.lease)))
+                except LeaseLost:
+                    continue
+            else:
+                moves.append((i, item))
         outcomes = await asyncio.gather(
-            *(self._settle(item) for item in settlements), return_exceptions=True
+            self._ack_many([d for _, d in acks]),
+            *(self._settle(item) for _, item in moves),
+            return_exceptions=True,
         )
-        done: list[bool] = []
         failure: BaseException | None = None
-        for outcome in outcomes:
+        for (i, _), outcome in zip(moves, outcomes[1:], strict=True):
             if isinstance(outcome, BaseException):
                 failure = failure or outcome
-                done.append(False)
             else:
-                done.append(outcome)
+                done[i] = outcome
+        if isinstance(outcomes[0], BaseException):
+            failure = outcomes[0]
+            for _, delivery in acks:
+                if self._alive(delivery):
+                    self._held[_token(delivery)] = delivery  # not settled: still ours
+        else:
+            for i, _ in acks:
+                done[i] = True
         if failure is not None:
             raise failure
         return done
+
+    async def _ack_many(self, deliveries: Sequence[_Delivery]) -> None:
+        """Acknowledge deliveries of the live session: one `multiple` ack for those
+        below every other unacknowledged delivery of the channel (usually all of them:
+        jobs end roughly in the order they came), one ack each for the rest."""
+        if not deliveries:
+            return
+        channel = deliveries[0].message.channel
+        tags = sorted(d.tag for d in deliveries)
+        others = self._unacked.get(deliveries[0].generation, set()).difference(tags)
+        floor = min(others, default=None)
+        run = [t for t in tags if floor is None or t < floor]
+        single = tags[len(run) :]
+        try:
+            if run:
+                await channel.basic_ack(run[-1], multiple=len(run) > 1)
+            await asyncio.gather(*(channel.basic_ack(tag) for tag in single))
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            raise unavailable("ack", exc) from exc
+        self._unacked.get(deliveries[0].generation, set()).difference_update(tags)
 
     async def _settle(self, item: Settlement) -> bool:
         try:
@@ -641,6 +679,7 @@ class AmqpDelivery(Delivery):
             # The channel is gone, so RabbitMQ requeued the message: the copy we may
             # have published makes it at-least-once, never lost.
             raise unavailable("ack", exc) from exc
+        self._unacked.get(delivery.generation, set()).discard(delivery.tag)
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)

@@ -168,7 +168,13 @@ class PostgresBroker(Broker, Ledger):
         s = self.settings
         self._db = Database(self._conn)
         self._enqueuer = Inserter(self._db, self.clock, schema=s.schema, channel=s.channel)
-        self._keeper = Keeper(self._db, self._enqueuer, self.clock)
+        self._keeper = Keeper(
+            self._db,
+            self._enqueuer,
+            self.clock,
+            retention_s=self.retention_s,
+            ends=s.ends_channel,
+        )
         self._flow = Flow(self._db, self.clock)
         self._inspector = Inspector(self._db, self.clock, s.channel)
         self._operations = Operations(self._db, self.clock)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from offload.brokers.postgres import _rows
 from offload.brokers.postgres._enqueue import Inserter
 from offload.brokers.postgres._executor import Database
 from offload.brokers.records import EnqueueResult, Lease, Outgoing
@@ -26,10 +27,14 @@ __all__ = ["Keeper"]
 class Keeper:
     """The `Ledger` calls of a `PostgresBroker`."""
 
-    def __init__(self, db: Database, inserter: Inserter, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, inserter: Inserter, clock: Clock, *, retention_s: float, ends: str
+    ) -> None:
         self._db = db
         self._inserter = inserter
         self._clock = clock
+        self._retention_s = retention_s
+        self._ends = ends  # the NOTIFY channel of job ends (`_signals.py`)
 
     async def record(
         self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
@@ -55,7 +60,11 @@ class Keeper:
             await self._db.rows("ledger_published", params)
 
     async def due(self, queues: Sequence[str], limit: int) -> list[Outgoing]:
+        """Expires the waiting jobs past `expires_at` first, as `reserve` does."""
         now = self._clock.now()
+        await self._db.rows(
+            "expire_due", {"now": now, "purge_at": now + self._retention_s, "ends": self._ends}
+        )
         params = {
             "now": now,
             "queues": list(queues),
@@ -84,6 +93,7 @@ class Keeper:
             "ids": [copy.job_id for copy in copies],
             "stamps": [copy.stamp for copy in copies],
             "tokens": tokens,
+            "lease_error": _rows.LEASE_EXPIRED,
         }
         rows = {(r["id"], r["token"]): r for r in await self._db.rows("ledger_claim", params)}
         by_copy = {id(copy): token for copy, token in zip(copies, tokens, strict=True)}

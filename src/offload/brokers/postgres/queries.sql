@@ -433,7 +433,8 @@ UPDATE offload_jobs AS j SET publish_by = NULL
 UPDATE offload_jobs AS j
    SET state = 'running', lease_token = c.token, attempt = j.attempt + 1,
        started_at = %(now)s, worker_id = %(worker_id)s, lease_deadline = %(deadline)s,
-       publish_by = NULL
+       publish_by = NULL,
+       error = CASE WHEN j.state = 'running' THEN %(lease_error)s ELSE j.error END
   FROM unnest(%(ids)s::text[], %(stamps)s::text[], %(tokens)s::text[]) AS c(id, stamp, token)
  WHERE j.id = c.id AND j.stamp = c.stamp
    AND (j.state = 'running'

@@ -295,7 +295,9 @@ class SQLiteBroker(Broker, Ledger):
         await self._run(_ledger.published, jobs)
 
     async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
-        return await self._run(_ledger.due, queues, limit)
+        out, expired = await self._run(_ledger.due, queues, limit)
+        self._notify_ended(expired)
+        return out
 
     async def claim(
         self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float

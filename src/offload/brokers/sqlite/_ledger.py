@@ -18,14 +18,17 @@ from collections.abc import Sequence
 
 from offload.brokers._sql import named_queries
 from offload.brokers._sql_rows import blob
-from offload.brokers.records import EnqueueResult, Lease, Outgoing
+from offload.brokers.records import LEASE_EXPIRED, EnqueueResult, Lease, Outgoing
 from offload.brokers.roles import PUBLISH_GRACE_S
 from offload.brokers.sqlite._store import Store
+from offload.codec import encode_error
 from offload.envelope import Envelope
 
 __all__ = ["claim", "due", "published", "record"]
 
 _Q = named_queries("offload.brokers.sqlite")
+#: The error of a job whose copy came back to be run again: its holder is gone.
+_LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 
 
 def _copies(store: Store, out: list[Outgoing], now: float) -> list[Outgoing]:
@@ -65,20 +68,27 @@ def published(store: Store, jobs: Sequence[Outgoing]) -> None:
         store._conn.executemany(_Q["ledger_published"], [(j.job_id, j.stamp) for j in jobs])
 
 
-def due(store: Store, queues: Sequence[str], limit: int) -> list[Outgoing]:
-    """`Ledger.due`. Looks first without the write lock (every reservation asks, and
-    the answer is almost always none); a job past `expires_at` is handed out too, and
-    expired by `claim` (or `sweep`), never run."""
+def due(store: Store, queues: Sequence[str], limit: int) -> tuple[list[Outgoing], list[str]]:
+    """`Ledger.due`, and first what the store's own `reserve` does first: expire the
+    waiting jobs past `expires_at`. Returns the copies and the ids that expired. Looks
+    without the write lock first: every reservation asks, and the answer is almost
+    always nothing."""
     names = json.dumps(list(queues))
-    if not _due_rows(store, names, limit, store._clock.now()):
-        return []
+    now = store._clock.now()
+    if not _due_rows(store, names, limit, now) and not _expiring(store, now):
+        return [], []
     with store._write() as now:
+        expired = store._expire(now)
         rows = _due_rows(store, names, limit, now)
         out = [
             Outgoing(row["id"], row["queue"], row["priority"], blob(row["payload"]), _stamp())
             for row in rows
         ]
-        return _copies(store, out, now)
+        return _copies(store, out, now), expired
+
+
+def _expiring(store: Store, now: float) -> bool:
+    return store._conn.execute(_Q["any_expiring"], {"now": now}).fetchone() is not None
 
 
 def _due_rows(store: Store, queues: str, limit: int, now: float) -> list[sqlite3.Row]:
@@ -113,6 +123,7 @@ def claim(
                 "now": now,
                 "worker_id": worker_id,
                 "deadline": deadline,
+                "lease_error": _LEASE_EXPIRED,
             }
             row = conn.execute(sql, params).fetchone()
             claimed.append(

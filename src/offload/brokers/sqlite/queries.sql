@@ -327,6 +327,12 @@ SELECT id, queue, CAST(priority AS INTEGER) AS priority, payload
  ORDER BY due_at
  LIMIT :limit;
 
+-- name: any_expiring
+-- Whether `expire_due` would expire anything (read without the write lock).
+SELECT 1 FROM offload_jobs INDEXED BY offload_jobs_expiry
+ WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled') AND expires_at <= :now
+ LIMIT 1;
+
 -- name: ledger_unconfirmed
 -- Queued ledger jobs whose copy was not confirmed in time (or replayed ones).
 SELECT id, queue, CAST(priority AS INTEGER) AS priority, payload
@@ -349,6 +355,7 @@ UPDATE offload_jobs SET publish_by = NULL WHERE id = ? AND stamp = ?;
 -- is gone), runs under a new lease. Waiting jobs past their expiry were expired first.
 UPDATE offload_jobs
    SET state = 'running', lease_token = :token, attempt = attempt + 1, started_at = :now,
-       worker_id = :worker_id, lease_deadline = :deadline, publish_by = NULL
+       worker_id = :worker_id, lease_deadline = :deadline, publish_by = NULL,
+       error = CASE WHEN state = 'running' THEN :lease_error ELSE error END
  WHERE id = :id AND stamp = :stamp AND state IN ('queued', 'running')
 RETURNING queue, CAST(attempt AS INTEGER) AS attempt, payload;

@@ -38,11 +38,8 @@ CREATE TABLE IF NOT EXISTS offload_jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     purge_at         REAL,                    -- when sweep may delete a finished job
     flow             INTEGER NOT NULL DEFAULT 0, -- 1: the envelope has `then` or `chord`
-    -- Version 9: a job another part delivers (a ledger job, `_ledger.py`): the stamp of
-    -- its current copy ('' before the first; NULL: not a ledger job), and until when
-    -- that copy may stay unconfirmed by the delivery.
-    stamp            TEXT,
-    publish_by       REAL
+    stamp            TEXT,                    -- v9, a ledger job (`_ledger.py`): its copy
+    publish_by       REAL                     -- v9: until when that copy may be unconfirmed
 );
 
 -- reserve: the best ready jobs of one queue, in the order they must be taken.
@@ -62,7 +59,10 @@ CREATE INDEX IF NOT EXISTS offload_jobs_expiry
     ON offload_jobs (expires_at)
     WHERE expires_at IS NOT NULL AND state IN ('queued', 'scheduled');
 
--- Version 9, ledger: copies the delivery has not confirmed (or replayed jobs).
+-- Version 9, ledger: a job another part delivers (a ledger job, `_ledger.py`) has the
+-- stamp of its current copy ('' before the first; NULL: not a ledger job) and, while
+-- the delivery has not confirmed that copy, `publish_by`: this index finds those (and
+-- replayed jobs) for `ledger_unconfirmed`.
 CREATE INDEX IF NOT EXISTS offload_jobs_publish
     ON offload_jobs (publish_by) WHERE publish_by IS NOT NULL;
 
