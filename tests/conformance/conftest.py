@@ -91,10 +91,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     RabbitMQ / SQS."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        name = None if callspec is None else callspec.params.get("broker")
-        table = {**dict.fromkeys(AMQP_NAMES, AMQP_NOT_APPLICABLE),
-                 **dict.fromkeys(SQS_NAMES, SQS_NOT_APPLICABLE)}.get(name)  # fmt: skip
-        if table is None:
+        name = "" if callspec is None else str(callspec.params.get("broker"))
+        if name in AMQP_NAMES:
+            table = AMQP_NOT_APPLICABLE
+        elif name in SQS_NAMES:
+            table = SQS_NOT_APPLICABLE
+        else:
             continue
         reason = table.get(getattr(item, "originalname", item.name))
         if reason is not None:
