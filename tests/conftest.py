@@ -186,6 +186,23 @@ def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
+def moto(tmp_path: Path) -> Iterator[Any]:
+    """A moto SQS server of this test's own, for a test that freezes, kills or restarts
+    it (the session's `sqs_server` must stay up)."""
+    from tests.sqs_server import MotoServer
+
+    server = MotoServer(tmp_path)
+    try:
+        server.start()
+    except Exception as exc:
+        service_missing(f"cannot start moto's SQS server (pip install 'moto[server]'): {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def sqs_url(sqs_server: Any) -> str:
     """An `sqs://` URL whose queues (prefix) belong to this test alone."""
     return str(sqs_server.url(f"t{uuid.uuid4().hex[:12]}"))

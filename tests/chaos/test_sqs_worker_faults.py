@@ -43,19 +43,6 @@ WORKER_ARGS = ("--lease", str(LEASE_S), "-c", "10")
 
 
 @pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path)
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.fail(f"cannot start moto's SQS server: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def fleet(moto: MotoServer, tmp_path: Path) -> Iterator[Fleet]:
     state = quote(f"sqlite:///{tmp_path / 'state.db'}", safe="")
     fleet = Fleet(tmp_path, moto.url("chaos", state=state, wait="1"))

@@ -5,10 +5,6 @@ same app and the same checks as `test_amqp_worker.py`."""
 
 from __future__ import annotations
 
-import importlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,26 +21,11 @@ pytestmark = pytest.mark.timeout(180)
 def sqs_mailapp(
     sqs_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[ModuleType, Path]]:
-    """The README's app on SQS with a SQLite store, imported here as the producer, and
-    a real `offload worker` process running it."""
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    (tmp_path / "sqsmailapp.py").write_text(on_rabbitmq.APP_SOURCE)
+    """The README's app on SQS with a SQLite store, and a real `offload worker`."""
     state = quote(f"sqlite:///{tmp_path / 'state.db'}", safe="")
-    monkeypatch.setenv("OFFLOAD_URL", f"{sqs_url}&wait=1&state={state}")
-    monkeypatch.setenv("OUTBOX", str(outbox))
-    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    argv = [sys.executable, "-m", "offload", "worker", "sqsmailapp:app", "-c", "8"]
-    worker = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
-    module = importlib.import_module("sqsmailapp")
-    try:
-        yield module, outbox
-    finally:
-        worker.terminate()
-        assert worker.wait(30) == 0
-        module.app.close()
-        sys.modules.pop("sqsmailapp", None)
+    url = f"{sqs_url}&wait=1&state={state}"
+    with on_rabbitmq.worker_app(url, tmp_path, monkeypatch, "sqsmailapp") as app_and_outbox:
+        yield app_and_outbox
 
 
 def test_the_readme_examples_run_on_sqs_with_their_state_in_the_store(

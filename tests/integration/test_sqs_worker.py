@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -60,20 +60,6 @@ THREAD_APP = textwrap.dedent(
 )
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ARGS = ("--lease", str(LEASE_S), "-c", "1", "--poll", "1")
-
-
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    """A server of this test's own: it is frozen, which the session's must not be."""
-    server = MotoServer(tmp_path)
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.fail(f"cannot start moto's SQS server: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
