@@ -13,8 +13,10 @@ from urllib.parse import quote
 import pytest
 
 from offload import JobState, Offload, Worker
+from offload.brokers import from_url
 from offload.brokers.composite import Composite
 from offload.brokers.sqs import SQSBroker
+from tests.conformance.helpers import make_job
 
 
 @pytest.fixture
@@ -75,3 +77,29 @@ async def test_with_a_store_sqs_parks_no_message_itself_and_alone_it_does(
     assert await redrive_policy(broker.delivery, "withstore") is None
     async with SQSBroker(sqs_url) as alone:
         assert await redrive_policy(alone, "alone") == "10"
+
+
+async def test_a_copy_sqs_hands_to_two_processes_at_once_runs_in_one(
+    sqs_url: str, tmp_path: Path
+) -> None:
+    # SQS delivers at least once: a copy may reach a second process while the first
+    # runs it (moto does it under concurrent receives); made visible again here by
+    # hand, as that duplicate would be. The store's claim alone would take the job back.
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    first, second = from_url(sqs_url, state_url=state), from_url(sqs_url, state_url=state)
+    assert isinstance(first, Composite) and isinstance(first.delivery, SQSBroker)
+    async with first, second:
+        [created] = await first.enqueue([make_job(first.clock)])
+        [lease] = await first.reserve(["default"], worker_id="a", lease_s=30, limit=1)
+        [message] = first.delivery._held.values()
+        await first.delivery.sqs.client.call(
+            "change_message_visibility",
+            QueueUrl=message.queue_url,
+            ReceiptHandle=message.receipt,
+            VisibilityTimeout=0,
+        )
+        assert await second.reserve(["default"], worker_id="b", lease_s=30, limit=1) == []
+        assert await first.extend([lease], 30) == [True]  # still the first one's
+        await first.ack(lease, None, result_ttl_s=None)
+        info = await second.get_job(created.id)
+        assert info is not None and (info.state, info.attempt) == (JobState.SUCCEEDED, 1)

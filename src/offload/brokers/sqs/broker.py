@@ -23,6 +23,7 @@ them; only a state store can record it as `expired`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from offload.brokers import records
@@ -37,6 +38,11 @@ from offload.envelope import Envelope
 from offload.errors import ConfigurationError
 
 __all__ = ["STATE_SETTING", "SQSBroker"]
+
+#: The state store's register naming the one receipt of a copy that may run now (see
+#: `SQSBroker._exclusive`), and the value a released copy leaves in it.
+_RUNS = "sqs-runs:{job_id}:{stamp}"
+_RELEASED = "released"
 
 #: How a user gives an sqs:// broker its state store, quoted by every refusal.
 STATE_SETTING = (
@@ -58,6 +64,7 @@ class SQSBroker(Delivery):
         #: Receipt handle → the message it leases, for the leases this process holds.
         self._held: dict[str, Received] = {}
         self._lease_s = 30.0
+        self._state: Broker | None = None
         #: Jobs deleted unrun because they were received after their `expires_at`.
         self.expired = 0
 
@@ -120,8 +127,10 @@ class SQSBroker(Delivery):
 
     def attach_state(self, state: Broker) -> None:
         """Working for a state store: its main queues get no redrive policy (see
-        `topology.py`: the store buries a job whose workers keep dying)."""
+        `topology.py`: the store buries a job whose workers keep dying), and a copy runs
+        under one receipt at a time (`_exclusive`)."""
         self.sqs.topology.redrive = False
+        self._state = state
 
     def needs_state(self, what: str) -> ConfigurationError:
         """The error for an operation SQS alone cannot do."""
@@ -163,16 +172,62 @@ class SQSBroker(Delivery):
             await self.sqs.delete(stale)
             self.expired += len(stale)
         live = {(m.job_id, m.stamp) for m in self._held.values() if self.sqs.holds(m)}
-        leases = []
+        fresh: list[Received] = []
         for m in messages:
-            if m in stale or (m.job_id, m.stamp) in live:
-                continue
-            live.add((m.job_id, m.stamp))
+            if m not in stale and (m.job_id, m.stamp) not in live:
+                live.add((m.job_id, m.stamp))
+                fresh.append(m)
+        leases = []
+        for m in await self._exclusive(fresh):
             self._held[m.receipt] = m
             leases.append(
                 Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body, m.stamp)
             )
         return leases
+
+    async def _exclusive(self, messages: Sequence[Received]) -> list[Received]:
+        """The messages whose copy no other receipt runs now, across processes.
+
+        SQS may hand one message to two processes at once, and the state store's
+        `claim` takes a running copy back (it reads a second delivery of one copy as
+        its holder's death, which it is on RabbitMQ): both would run it. So each copy
+        that runs holds the store's register `sqs-runs:JOB:STAMP` with its receipt
+        (atomic `compare_and_set`), for the lease, renewed by `extend` and given up by
+        `release`; a copy whose register another receipt holds is left alone (not
+        deleted: that is the message the holder runs), to come back once its
+        visibility lapses. A holder that died stops renewing, and its register lapses
+        with its visibility. Without a state store there is nothing to share: all."""
+        state = self._state
+        if state is None or not messages:
+            return list(messages)
+
+        async def take(m: Received) -> bool:
+            name = _RUNS.format(job_id=m.job_id, stamp=m.stamp)
+            holder = await state.compare_and_set(name, None, m.receipt, ttl_s=self._lease_s)
+            if holder == _RELEASED:
+                holder = await state.compare_and_set(
+                    name, _RELEASED, m.receipt, ttl_s=self._lease_s
+                )
+            return holder == m.receipt
+
+        taken = await asyncio.gather(*(take(m) for m in messages))
+        return [m for m, ok in zip(messages, taken, strict=True) if ok]
+
+    async def _renew(
+        self, messages: Sequence[Received], new: str | None, ttl_s: float
+    ) -> list[bool]:
+        """Renew (`new` None) or give up (`new`: `_RELEASED`) the registers of copies
+        held here (`_exclusive`); whether each was still this receipt's."""
+        state = self._state
+        if state is None:
+            return [True] * len(messages)
+
+        async def renew(m: Received) -> bool:
+            name = _RUNS.format(job_id=m.job_id, stamp=m.stamp)
+            value = new or m.receipt
+            return await state.compare_and_set(name, m.receipt, value, ttl_s=ttl_s) == value
+
+        return list(await asyncio.gather(*(renew(m) for m in messages)))
 
     # -- leases -------------------------------------------------------------------------
 
@@ -182,6 +237,10 @@ class SQSBroker(Delivery):
         found = [(i, self._held.get(lease.token)) for i, lease in enumerate(leases)]
         held = [(i, m) for i, m in found if m is not None]
         answers = await self.sqs.extend([m for _, m in held], lease_s)
+        if lease_s > 0:
+            kept = [m for (_, m), ok in zip(held, answers, strict=True) if ok]
+            still = iter(await self._renew(kept, None, lease_s))
+            answers = [ok and next(still) for ok in answers]
         out = [False] * len(leases)
         for (i, message), ok in zip(held, answers, strict=True):
             out[i] = ok
@@ -193,6 +252,7 @@ class SQSBroker(Delivery):
         """Give unstarted jobs back at once, the attempt not counted."""
         messages = [m for lease in leases if (m := self._held.pop(lease.token, None))]
         await self.sqs.release(messages)
+        await self._renew(messages, _RELEASED, self._lease_s)
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         """End every lease as its settlement says: deletes in batches, moves in
