@@ -184,8 +184,9 @@ def _build(
     if name in SQS_NAMES:
         from .sqs_fake_time import FakeTimeSQS
 
-        store = from_url(broker_url(name.removeprefix("sqs_")), clock=clock)
-        return with_state_store(FakeTimeSQS(request.getfixturevalue("sqs_url"), clock=clock), store)
+        state = broker_url(name.removeprefix("sqs_"))
+        url = f"{request.getfixturevalue('sqs_url')}&state={quote(state, safe='')}"
+        return with_state_store(FakeTimeSQS(url, clock=clock), from_url(state, clock=clock))
     return from_url(broker_url(name), clock=clock)
 
 
