@@ -11,7 +11,10 @@ suite's delivery part needs no other role. `composite` and `composite_memory` ar
 `Composite` of `DeliveryOnly` over one broker (memory) and a state store that is
 another (SQLite, memory): the store learns of every job only through its `Ledger`
 role, so they prove that a delivery-only broker with a state store keeps the whole
-contract (results, cancels, keys, inspection) and not just delivery.
+contract (results, cancels, keys, inspection) and not just delivery. `amqp_sqlite` and
+`amqp_postgres` are RabbitMQ with those state stores (`Pushed`: reservations wait a
+moment for pushed deliveries); the tests that cannot apply to RabbitMQ are
+`AMQP_NOT_APPLICABLE`, run as strict expected failures.
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@
     amqp://user:password@host:5672/vhost?state=postgresql://…&prefix=offload
         &queue_type=classic&prefetch=0&consumer_timeout=1800&heartbeat=30
 
-RabbitMQ holds the jobs in flight; everything it cannot hold (keys, results, progress,
-cancellation, joins, limits, inspection, schedules' fire keys) comes from the state
-store named by `state=` (a `postgresql://`, `redis://` or `sqlite:///` URL). Without
-one, only delivery works, and every call that needs the rest raises a
-`ConfigurationError` that names the missing `state=` setting (`require_state`).
+RabbitMQ holds the jobs in flight; every job's state (keys, results, progress,
+cancellation, delays, attempts, dead letters, inspection) is kept by the state store
+named by `state=` (a `postgresql://` or `sqlite:///` URL; `AmqpDelivery.state_url`),
+which `offload.brokers.from_url` combines with it. Without one, `from_url` raises a
+`ConfigurationError` naming the settings that give one; `AmqpDelivery` alone can still
+enqueue and deliver jobs without keys.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from offload.errors import ConfigurationError
 __all__ = ["DEFAULT_CONSUMER_TIMEOUT_S", "STATE_SETTING", "AmqpSettings", "parse_url"]
 
 #: How a user names the state store, quoted by every error about a missing one.
-STATE_SETTING = (
-    "state= in the amqp:// URL (amqp://…/?state=postgresql://…, redis://… or sqlite:///…)"
-)
+STATE_SETTING = "state= in the amqp:// URL (amqp://…/?state=postgresql://… or sqlite:///…)"
 
 #: RabbitMQ's own default `consumer_timeout` (30 minutes, in seconds): a delivery not
 #: acknowledged within it makes the server close the channel and redeliver every job
