@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from offload import Offload, Worker, current_job
+from offload import Offload, current_job
 from offload.worker.lapses import EXIT_LEASE_LAPSED
+from tests.running import working
 from tests.sqs_server import MotoServer
 
 LEASE_S = 3.0
@@ -93,9 +94,7 @@ async def test_a_job_whose_lease_cannot_be_extended_is_stopped_before_sqs_hands_
     runs = tmp_path / "runs"
     runs.mkdir()
     await app.enqueue_async("slow", str(runs))
-    worker = Worker(app, concurrency=1, lease_s=LEASE_S, poll_s=1.0)
-    running = asyncio.create_task(worker.run())
-    try:
+    async with working(app, concurrency=1, lease_s=LEASE_S, poll_s=1.0) as worker:
         await until((runs / "1.started").exists, 30)
         # When SQS stops answering (every call hangs) past the lease's deadline
         moto.pause()
@@ -112,9 +111,6 @@ async def test_a_job_whose_lease_cannot_be_extended_is_stopped_before_sqs_hands_
         await until((runs / "2.finished").exists, 60)
         await asyncio.sleep(max(0.0, frozen_at + SLOW_S + 1 - time.monotonic()))
         assert sorted(p.name for p in runs.iterdir()) == ["1.started", "2.finished", "2.started"]
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 60)
 
 
 async def test_a_job_whose_lease_is_extended_runs_past_it_once(
@@ -126,15 +122,10 @@ async def test_a_job_whose_lease_is_extended_runs_past_it_once(
     runs = tmp_path / "runs"
     runs.mkdir()
     await task.enqueue_async(str(runs))
-    worker = Worker(app, concurrency=2, lease_s=LEASE_S, poll_s=1.0)
-    running = asyncio.create_task(worker.run())
-    try:
+    async with working(app, concurrency=2, lease_s=LEASE_S, poll_s=1.0):
         await until((runs / "1.finished").exists, SLOW_S + 30)
         await asyncio.sleep(LEASE_S + 1)
         assert sorted(p.name for p in runs.iterdir()) == ["1.finished", "1.started"]
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 60)
 
 
 async def test_a_cli_worker_whose_sync_job_cannot_keep_its_lease_ends_itself_before_the_deadline(
@@ -176,12 +167,7 @@ async def test_a_cli_worker_whose_sync_job_cannot_keep_its_lease_ends_itself_bef
     assert ended_after < LEASE_S, log_text
     assert "sync handler cannot be stopped" in log_text
     # and the job runs again elsewhere, once, the first attempt never finishing
-    worker = Worker(app, concurrency=1, lease_s=LEASE_S, poll_s=1.0)
-    running = asyncio.create_task(worker.run())
-    try:
+    async with working(app, concurrency=1, lease_s=LEASE_S, poll_s=1.0):
         await until((runs / "2.finished").exists, 60)
         await asyncio.sleep(max(0.0, frozen_at + SLOW_S + 1 - time.monotonic()))
         assert sorted(p.name for p in runs.iterdir()) == ["1.started", "2.finished", "2.started"]
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 60)

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from offload import JobState, Offload, Worker
+from offload import JobState, Offload
 from offload.brokers import SCHEMES
 from offload.brokers.memory import MemoryBroker
 from offload.brokers.records import Lease
 from offload.errors import BrokerUnavailable
 from offload.testing import FakeClock
+from tests.running import working
 
 LEASE_S = 3.0
 
@@ -67,26 +68,23 @@ async def test_a_sync_job_past_its_provable_deadline_is_never_settled(
         return "done"
 
     job = await blocking.enqueue_async()
-    worker = Worker(app, concurrency=1, lease_s=LEASE_S)
-    running = asyncio.create_task(worker.run())
-    try:
-        await until(started.is_set)
-        # When extensions fail and the clock passes the point where SQS could hand
-        # the job out again
-        LapsingMemory.down = True
-        clock.advance(LEASE_S - 0.5)
-        await until(lambda: "its outcome is dropped" in caplog.text)
-        release.set()
-        await until(lambda: not worker.running_jobs())
-        # Then its outcome was not recorded: the job is still the broker's to hand out
-        info = await job.info_async()
-        assert info.state is JobState.RUNNING
-        assert info.result is None
-    finally:
-        release.set()
-        LapsingMemory.down = False
-        worker.stop()
-        await asyncio.wait_for(running, 10)
+    async with working(app, concurrency=1, lease_s=LEASE_S, stop_within_s=10) as worker:
+        try:
+            await until(started.is_set)
+            # When extensions fail and the clock passes the point where SQS could hand
+            # the job out again
+            LapsingMemory.down = True
+            clock.advance(LEASE_S - 0.5)
+            await until(lambda: "its outcome is dropped" in caplog.text)
+            release.set()
+            await until(lambda: not worker.running_jobs())
+            # Then its outcome was not recorded: the job is still the broker's to hand out
+            info = await job.info_async()
+            assert info.state is JobState.RUNNING
+            assert info.result is None
+        finally:
+            release.set()
+            LapsingMemory.down = False
 
 
 async def test_an_async_job_past_its_provable_deadline_is_stopped_and_not_settled(
@@ -101,19 +99,16 @@ async def test_an_async_job_past_its_provable_deadline_is_stopped_and_not_settle
         return "done"
 
     job = await slow.enqueue_async()
-    worker = Worker(app, concurrency=1, lease_s=LEASE_S)
-    running = asyncio.create_task(worker.run())
-    try:
-        await until(lambda: bool(worker.running_jobs()))
-        LapsingMemory.down = True
-        clock.advance(LEASE_S - 0.5)
-        await until(lambda: not worker.running_jobs())
-        assert not finished.is_set()
-        assert (await job.info_async()).state is JobState.RUNNING
-    finally:
-        LapsingMemory.down = False
-        worker.stop()
-        await asyncio.wait_for(running, 10)
+    async with working(app, concurrency=1, lease_s=LEASE_S, stop_within_s=10) as worker:
+        try:
+            await until(lambda: bool(worker.running_jobs()))
+            LapsingMemory.down = True
+            clock.advance(LEASE_S - 0.5)
+            await until(lambda: not worker.running_jobs())
+            assert not finished.is_set()
+            assert (await job.info_async()).state is JobState.RUNNING
+        finally:
+            LapsingMemory.down = False
 
 
 async def test_a_job_whose_extensions_succeed_is_not_stopped_however_long_it_runs(
@@ -127,9 +122,7 @@ async def test_a_job_whose_extensions_succeed_is_not_stopped_however_long_it_run
         return "done"
 
     job = await long.enqueue_async()
-    worker = Worker(app, concurrency=1, lease_s=LEASE_S)
-    running = asyncio.create_task(worker.run())
-    try:
+    async with working(app, concurrency=1, lease_s=LEASE_S, stop_within_s=10) as worker:
         await until(lambda: bool(worker.running_jobs()))
         for _ in range(5):  # five leases long, each extension landing in time
             await asyncio.sleep(LEASE_S / 3 + 0.5)  # an extension at least (real time)
@@ -138,6 +131,3 @@ async def test_a_job_whose_extensions_succeed_is_not_stopped_however_long_it_run
             assert worker.running_jobs() == [job.id]
         gate.set()
         assert await job.result_async(timeout=5) == "done"
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 10)
