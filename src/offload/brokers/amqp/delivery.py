@@ -569,7 +569,7 @@ class AmqpDelivery(Delivery):
             if isinstance(outcome, BaseException):
                 failure = failure or outcome
             else:
-                done[i] = outcome
+                done[i] = bool(outcome)
         if isinstance(outcomes[0], BaseException):
             failure = outcomes[0]
             for _, delivery in acks:
