@@ -169,12 +169,11 @@ def redis_cluster_url(redis_cluster: list[int]) -> Iterator[str]:
 # -- SQS (moto's server mode, started by the tests) -----------------------------------------
 
 
-@pytest.fixture(scope="session")
-def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A moto SQS server on a free port for the session (see tests/sqs_server.py)."""
+def _moto_server(directory: Path) -> Iterator[Any]:
+    """A moto SQS server writing its log under `directory`, stopped after the test."""
     from tests.sqs_server import MotoServer
 
-    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    server = MotoServer(directory)
     try:
         server.start()
     except Exception as exc:
@@ -183,6 +182,19 @@ def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto SQS server on a free port for the session (see tests/sqs_server.py)."""
+    yield from _moto_server(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[Any]:
+    """A moto SQS server of this test's own, for a test that freezes, kills or restarts
+    it (the session's `sqs_server` must stay up)."""
+    yield from _moto_server(tmp_path)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ lost connection, not what survives the server; see `tests/chaos/test_sqs_faults.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,17 @@ class MotoServer:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections open, calls hang, as a stalled
+        service or a network partition looks to a client."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused server (SIGCONT): it answers the calls that waited."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Kill the server and start an empty one on the same port."""

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,19 +33,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 LEASE_S = 6.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path)
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.fail(f"cannot start moto's SQS server: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start_consumer(url: str, runs: Path, logs: Path) -> subprocess.Popen[bytes]:

@@ -40,8 +40,10 @@ from .delivery_only import DeliveryOnly
 DELIVERY_ONLY_NAMES = ["delivery_only"]
 #: RabbitMQ (`amqp://`) with a state store: `amqp_<store>`.
 AMQP_NAMES = ["amqp_sqlite", "amqp_postgres"]
+#: SQS (`sqs://`, moto's server) with a state store: `sqs_<store>` (`sqs_fake_time.py`).
+SQS_NAMES = ["sqs_sqlite", "sqs_postgres"]
 #: Delivery-only brokers with a state store, run by every test that takes `broker`.
-COMPOSED_NAMES = ["composite", "composite_memory", *AMQP_NAMES]
+COMPOSED_NAMES = ["composite", "composite_memory", *AMQP_NAMES, *SQS_NAMES]
 #: Why a lease never lapses on RabbitMQ.
 _CONNECTION_LEASE = (
     "RabbitMQ: a lease is the unacknowledged delivery and ends with its connection "
@@ -71,13 +73,35 @@ AMQP_NOT_APPLICABLE: dict[str, str] = {
 }
 
 
+#: Why SQS cannot keep a lease past its deadline.
+_LAPSING_LEASE = (
+    "SQS: the visibility timeout lapses by itself (capabilities.lapsing_leases), so a "
+    "lease past its deadline is never extended or settled, even if nobody took the job"
+)
+#: The tests that do not apply to SQS (strict xfail), and why; the README's SQS
+#: section lists them.
+SQS_NOT_APPLICABLE: dict[str, str] = {
+    "test_extend_after_lapse_keeps_a_lease_nobody_took_back": _LAPSING_LEASE,
+    "test_list_jobs_finds_a_few_dead_or_running_jobs_among_thousands": (
+        "SQS has no priorities: a job of higher priority enqueued after a backlog was "
+        "sent is received after it"
+    ),
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of `AMQP_NOT_APPLICABLE` strict xfail on RabbitMQ."""
+    """Mark the tests of `AMQP_NOT_APPLICABLE` / `SQS_NOT_APPLICABLE` strict xfail on
+    RabbitMQ / SQS."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None or callspec.params.get("broker") not in AMQP_NAMES:
+        name = "" if callspec is None else str(callspec.params.get("broker"))
+        if name in AMQP_NAMES:
+            table = AMQP_NOT_APPLICABLE
+        elif name in SQS_NAMES:
+            table = SQS_NOT_APPLICABLE
+        else:
             continue
-        reason = AMQP_NOT_APPLICABLE.get(getattr(item, "originalname", item.name))
+        reason = table.get(getattr(item, "originalname", item.name))
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
@@ -160,6 +184,12 @@ def _build(
         prefix = f"offload-test-{uuid.uuid4().hex[:12]}"
         url = f"{server}?prefix={prefix}&state={quote(state, safe='')}"
         return _amqp(url, from_url(state, clock=clock), clock)
+    if name in SQS_NAMES:
+        from .sqs_fake_time import FakeTimeSQS
+
+        state = broker_url(name.removeprefix("sqs_"))
+        url = f"{request.getfixturevalue('sqs_url')}&state={quote(state, safe='')}"
+        return with_state_store(FakeTimeSQS(url, clock=clock), from_url(state, clock=clock))
     return from_url(broker_url(name), clock=clock)
 
 

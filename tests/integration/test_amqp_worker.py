@@ -5,6 +5,7 @@ refused naming the setting."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -54,33 +55,43 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def mailapp(
-    amqp_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@contextlib.contextmanager
+def worker_app(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "mailapp"
 ) -> Iterator[tuple[ModuleType, Path]]:
-    """The app module on RabbitMQ with a SQLite state store (imported here, as the
-    producer), and a real `offload worker` process running it."""
+    """The app module on broker `url` (imported here, as the producer), and a real
+    `offload worker` process running it; also for other brokers (`test_sqs_readme.py`)."""
     outbox = tmp_path / "outbox"
     outbox.mkdir()
-    (tmp_path / "mailapp.py").write_text(APP_SOURCE)
-    monkeypatch.setenv("OFFLOAD_URL", f"{amqp_url}&state=sqlite:///{tmp_path / 'state.db'}")
+    (tmp_path / f"{name}.py").write_text(APP_SOURCE)
+    monkeypatch.setenv("OFFLOAD_URL", url)
     monkeypatch.setenv("OUTBOX", str(outbox))
     monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "offload", "worker", "mailapp:app", "-c", "8"],
+        [sys.executable, "-m", "offload", "worker", f"{name}:app", "-c", "8"],
         env=env,
         cwd=tmp_path,
     )
-    module = importlib.import_module("mailapp")
+    module = importlib.import_module(name)
     try:
         yield module, outbox
     finally:
         worker.terminate()
         assert worker.wait(30) == 0
         module.app.close()
-        sys.modules.pop("mailapp", None)
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def mailapp(
+    amqp_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ModuleType, Path]]:
+    """The app module on RabbitMQ with a SQLite state store, and its worker."""
+    url = f"{amqp_url}&state=sqlite:///{tmp_path / 'state.db'}"
+    with worker_app(url, tmp_path, monkeypatch) as app_and_outbox:
+        yield app_and_outbox
 
 
 def test_the_readme_examples_run_on_rabbitmq_with_their_state_in_the_store(

@@ -1,4 +1,5 @@
-"""Broker registry: a URL scheme names a broker class, imported only when used.
+"""Broker registry: a URL scheme names a broker class (or the function that builds a
+broker of several parts), imported only when used.
 
 `import offload` never imports a broker's third-party client; the broker module is
 imported when a URL with its scheme is first opened.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +19,9 @@ from offload.errors import ConfigurationError
 
 __all__ = ["SCHEMES", "from_url"]
 
-#: URL scheme → (module, class). Add a broker by adding a line.
+#: URL scheme → (module, class), or (module, function) for a broker whose URL names
+#: its own state store: `open_broker(url, *, state_url=None, **kwargs) -> Broker`.
+#: Add a broker by adding a line.
 SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("offload.brokers.memory", "MemoryBroker"),
     "sqlite": ("offload.brokers.sqlite", "SQLiteBroker"),
@@ -27,6 +31,7 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "postgres": ("offload.brokers.postgres", "PostgresBroker"),
     "amqp": ("offload.brokers.amqp", "AmqpDelivery"),
     "amqps": ("offload.brokers.amqp", "AmqpDelivery"),
+    "sqs": ("offload.brokers.sqs", "open_broker"),
 }
 
 
@@ -44,7 +49,10 @@ def from_url(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker
             message shows the URL without its credentials. Also when the URL names a
             delivery-only broker and no state store is set (naming the setting).
     """
-    cls = _broker_class(url)
+    target = _broker_class(url)
+    if not isinstance(target, type):  # a broker of parts, built by its package
+        return target(url, state_url=state_url, **kwargs)
+    cls: type[Delivery] = target
     if issubclass(cls, Broker):
         return cls(url, **kwargs)
     from offload.brokers.composite import with_state_store
@@ -55,8 +63,8 @@ def from_url(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker
     return with_state_store(delivery, store)
 
 
-def _broker_class(url: str) -> type[Delivery]:
-    """The class a URL's scheme names, imported now."""
+def _broker_class(url: str) -> type[Delivery] | Callable[..., Broker]:
+    """The class (or builder function) a URL's scheme names, imported now."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             f"invalid broker URL {url!r}: expected SCHEME://…, "
@@ -81,5 +89,5 @@ def _broker_class(url: str) -> type[Delivery]:
             f"the {scheme!r} broker needs an extra: "
             f"pip install 'offload[{module_name.rpartition('.')[2]}]' ({exc})"
         ) from exc
-    cls: type[Delivery] = getattr(module, class_name)
+    cls: type[Delivery] | Callable[..., Broker] = getattr(module, class_name)
     return cls

@@ -38,6 +38,7 @@ plays `Ledger` (`offload.brokers.roles`), and each delivery call goes through it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -151,6 +152,7 @@ class Composite(Broker):
             push_wakeup=caps.push_wakeup,
             push_results=signals.capabilities.push_results,
             blocking_enqueue=caps.blocking_enqueue and ledger is None,
+            lapsing_leases=caps.lapsing_leases,
             cross_process=all(part.capabilities.cross_process for part in self._parts),
             loop_bound=any(part.capabilities.loop_bound for part in self._parts),
         )
@@ -242,7 +244,11 @@ class Composite(Broker):
                 refused.append(Settlement.ack(copy, None))
             else:
                 self._copies[lease.token] = copy
-                leases.append(lease)
+                # The earlier deadline of the two: where the delivery's lapses by
+                # itself (SQS), the worker must know the copy's (`lapsing_leases`).
+                leases.append(
+                    dataclasses.replace(lease, deadline=min(lease.deadline, copy.deadline))
+                )
         if refused:
             await self._drop(refused)
         return leases

@@ -120,12 +120,20 @@ class Capabilities:
             `Job.result()` re-reads with a backoff).
         blocking_enqueue: `enqueue_blocking` can store jobs from the calling thread,
             so sync producers skip the portal's thread hop.
+        lapsing_leases: a lease ends at its deadline by itself: the broker hands the
+            job to the next consumer once it passes, with no `reserve` taking it back
+            (SQS's visibility timeout). Such a broker refuses to extend or settle a
+            lease past its deadline, and the worker stops a job whose lease it could
+            not extend before the deadline comes and never settles it
+            (`offload.worker.lapses`). Without it a lapsed lease stays its holder's
+            until another worker takes the job (see `Delivery.extend`).
     """
 
     transactional_enqueue: bool = False
     push_wakeup: bool = False
     push_results: bool = False
     blocking_enqueue: bool = False
+    lapsing_leases: bool = False
     cross_process: bool = True
     loop_bound: bool = False
 
@@ -353,7 +361,8 @@ class Delivery(Part):
         back, or it was finished). A lease past its deadline that nobody took back is
         still ours and is extended, as `settle_many` accepts it: a worker cut off from
         the broker for longer than its lease learns, once back, whether anyone else may
-        have the job, and is not told so when nobody has."""
+        have the job, and is not told so when nobody has. (Except on a broker with
+        `capabilities.lapsing_leases`: there a lease past its deadline is never ours.)"""
 
     @abc.abstractmethod
     async def release(self, leases: Sequence[Lease]) -> None:
@@ -369,7 +378,8 @@ class Delivery(Part):
         lease is no longer held (the token does not match the job's current lease: a
         `reserve` took the job back, or it was settled already), and the others still
         take effect. A lease past its deadline that no `reserve` has taken back is
-        still held: the work is done and nobody else has the job. The worker never
+        still held: the work is done and nobody else has the job (not so with
+        `capabilities.lapsing_leases`: past its deadline a lease is lost). The worker never
         puts two settlements of one lease in a call.
         """
 

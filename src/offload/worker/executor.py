@@ -184,6 +184,11 @@ class Executor:
         """
         return self._handler_threads.running()
 
+    def kill_child(self, job_id: str) -> bool:
+        """Kill the child process running job `job_id`'s handler, if one does (its
+        lease lapsed: `offload.worker.lapses`)."""
+        return self._processes.kill(job_id)
+
     def kill_children(self) -> None:
         """Kill the child processes running handlers now, and start no more: their
         handlers stop at once (shutdown past the grace period)."""

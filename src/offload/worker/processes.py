@@ -140,6 +140,7 @@ class ProcessRunner:
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
+        self._jobs: dict[str, _Child] = {}  # job id -> the busy child running it
         self._lock = threading.Lock()
         self._closed = False
         self._halted = False
@@ -154,12 +155,16 @@ class ProcessRunner:
             RemoteError: the handler raised; Retry and Bury are re-raised as such.
         """
         child = self._acquire()
+        with self._lock:
+            self._jobs[ctx.id] = child
         request = [fn.__module__, fn.__qualname__, args, kwargs, _ctx_fields(ctx)]
         try:
             child.conn.send_bytes(encode_value(request, what=f"arguments of {ctx.task}"))
             finished = child.conn.poll(timeout_s)
             reply = decode_value(child.conn.recv_bytes()) if finished else None
         except (EOFError, OSError) as exc:
+            with self._lock:
+                self._jobs.pop(ctx.id, None)
             self._discard(child)
             code = child.process.exitcode
             raise RemoteError(
@@ -168,6 +173,8 @@ class ProcessRunner:
                 f"the child process running the job died (exit code {code})",
                 "",
             ) from exc
+        with self._lock:
+            self._jobs.pop(ctx.id, None)
         if reply is None:
             self._discard(child)
             raise JobTimeout(f"task {ctx.task!r} ran past its timeout of {timeout_s} s")
@@ -207,6 +214,16 @@ class ProcessRunner:
                 self._idle.append(child)
                 return
         child.kill()
+
+    def kill(self, job_id: str) -> bool:
+        """Kill the child running job `job_id`, if one does: its handler stops at once
+        (the thread waiting on it sees EOF). False if no child runs that job."""
+        with self._lock:
+            child = self._jobs.pop(job_id, None)
+        if child is None:
+            return False
+        child.stop()
+        return True
 
     def halt(self) -> None:
         """Kill every busy child now and refuse new runs: their handlers stop at once.

@@ -56,11 +56,11 @@ async def give_back(
     )
 
 
-def end_process(stuck: int, lease_s: float, worker_id: str) -> NoReturn:
-    """End the process now, all its threads with it, leaving the jobs of the handlers
-    that cannot be stopped leased: they run again elsewhere once the leases lapse.
-    Giving them back first would let another worker start them while they still run
-    here."""
+def end_process(stuck: int, lease_s: float, worker_id: str, *, code: int = 0) -> NoReturn:
+    """End the process now (exit status `code`), all its threads with it, leaving the
+    jobs of the handlers that cannot be stopped leased: they run again elsewhere once
+    the leases lapse. Giving them back first would let another worker start them while
+    they still run here."""
     logger.warning(
         "%d running jobs cannot be stopped (sync handlers, in threads); ending the process "
         "now: they run again elsewhere once their leases lapse, within %.0f s",
@@ -69,4 +69,4 @@ def end_process(stuck: int, lease_s: float, worker_id: str) -> NoReturn:
         extra={"action": "abandoned", "worker_id": worker_id},
     )
     logging.shutdown()  # flushes every handler: os._exit skips that
-    os._exit(0)
+    os._exit(code)

@@ -27,6 +27,9 @@ cannot be stopped at all, so with `hard_exit` (the CLI) the process ends at once
 (`os._exit`) without giving those jobs back: their leases lapse (within `lease_s`) and
 they run again elsewhere, as after a crash. Without `hard_exit` (a worker embedded in
 another program) the worker waits for such handlers instead, leases extended.
+On a broker whose leases lapse by themselves (SQS: `capabilities.lapsing_leases`) a
+job whose lease cannot be extended in time is stopped before its deadline and never
+settled, by the same rule (`lapses.py`).
 
 Recycling (`max_jobs`, `max_memory_mb`; `recycling.py`): a worker past a limit stops
 reserving and finishes its running jobs with no time limit; nothing is given back or
@@ -58,6 +61,7 @@ from offload.pausing import PauseView
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome, decoded
+from offload.worker.lapses import EXIT_LEASE_LAPSED, Lapses
 from offload.worker.recycling import Recycling
 from offload.worker.settler import Settlements, lease_fate
 from offload.worker.shutdown import end_process, give_back
@@ -170,6 +174,8 @@ class Worker:
         # file locked by another writer) is not back.
         self.health = BrokerHealth(logger, probe=self._heartbeat, on_failure=app.hooks.broker_error)
         self._lost: set[str] = set()  # jobs whose lost lease was reported
+        caps = app.broker.capabilities
+        self.lapses = Lapses(lease_s, app.clock) if caps.lapsing_leases else None
         # Paused queues (`offload.pausing`), read again before a reservation when older
         # than half a second; and for the health probes (`probes.py`): when the fetch
         # loop last made progress (monotonic) and `reserve` last answered (clock).
@@ -236,6 +242,9 @@ class Worker:
         ]
         fetcher = asyncio.create_task(self._fetch_loop(), name="fetch")
         keeper = asyncio.create_task(self._keep_leases_after_stop(), name="leases at stop")
+        if self.lapses is not None:  # until the very end, as the keeper
+            watch = self.lapses.watch(self._held, self._stop_lapsed)
+            side_tasks.append(asyncio.create_task(watch, name="lease deadlines"))
         try:
             done, _ = await asyncio.wait(
                 [fetcher, *side_tasks], return_when=asyncio.FIRST_COMPLETED
@@ -276,6 +285,8 @@ class Worker:
         self.progress_at = time.monotonic()
         self.last_reserve_at = self.app.clock.now()
         self.recycling.taken += len(leases)
+        if self.lapses is not None:
+            self.lapses.hold(leases)
         self._buffer.extend(leases)
         self._start_buffered()
         return len(leases)
@@ -391,6 +402,8 @@ class Worker:
         finally:
             self._running.pop(lease.job_id, None)
             self._lost.discard(lease.job_id)
+            if self.lapses is not None:
+                self.lapses.forget(lease)
             await self._release_slot(lease.job_id)
             self.processed += ran
             reason = self.recycling.reason(idle=not self._running and not self._buffer)
@@ -486,6 +499,8 @@ class Worker:
             record = self._attempt(lease, outcome, started_at, trace)
 
         async def settle() -> None:
+            if self.lapses is not None and self.lapses.dropped(lease):
+                raise LeaseLost(f"the lease on job {lease.job_id} lapsed")
             await self.engine.follow_up(
                 lease, outcome.action, outcome.envelope, result=outcome.result, error=outcome.error
             )
@@ -498,7 +513,8 @@ class Worker:
         try:
             await self.health.retry("recording an outcome", settle)
         except LeaseLost:
-            await self._lease_lost(lease, "before its outcome was recorded")
+            if self.lapses is None or not self.lapses.dropped(lease):  # else said already
+                await self._lease_lost(lease, "before its outcome was recorded")
         except Exception:
             logger.exception(
                 "job %s: could not record its outcome; it runs again once its lease lapses",
@@ -562,19 +578,69 @@ class Worker:
     async def extend_leases(self) -> None:
         """Heartbeat: push every held lease's deadline forward. A lease the broker
         refuses is reported only if the job may really run twice (see `_lease_lost`)."""
-        held = [lease for lease, _ in self._running.values()] + list(self._buffer)
+        held = self._held()
         if not held:
             return
         if self._slots:
             await self._renew_slots()
-        for lease, ok in zip(held, await self.broker.extend(held, self.lease_s), strict=True):
+        asked_at = self.app.clock.now()
+        answers = await self.broker.extend(held, self.lease_s)
+        if self.lapses is not None:
+            self.lapses.extended(held, answers, asked_at)
+        for lease, ok in zip(held, answers, strict=True):
             if ok:
                 continue
             if lease in self._buffer:  # not started here: dropping it is all it takes
                 self._buffer.remove(lease)
+                if self.lapses is not None:
+                    self.lapses.forget(lease)
                 logger.debug("job %s: reserved but taken back before it started", lease.job_id)
-            elif (entry := self._running.get(lease.job_id)) is not None and entry[0] is lease:
+            elif (entry := self._running.get(lease.job_id)) is None or entry[0] is not lease:
+                continue
+            elif self.lapses is not None:
+                self._stop_lapsed(lease, "the broker refused to extend its lease")
+            else:
                 await self._lease_lost(lease, "while it runs")
+
+    def _held(self) -> list[Lease]:
+        """Every lease this worker holds: running jobs, then unstarted ones."""
+        return [lease for lease, _ in self._running.values()] + list(self._buffer)
+
+    def _stop_lapsed(self, lease: Lease, why: str) -> None:
+        """Give up a job whose lease lapses by itself (see `lapses.py`): never settle it,
+        and stop its handler before the broker hands it to another worker, or end the
+        process (`hard_exit`) when the handler cannot be stopped."""
+        assert self.lapses is not None
+        if not self.lapses.drop(lease):
+            return
+        extra = {"action": "lease_lapsed", "job_id": lease.job_id, "attempt": lease.attempt}
+        if lease in self._buffer:
+            self._buffer.remove(lease)
+            self.lapses.forget(lease)
+            logger.info("job %s: %s; not started here", lease.job_id, why, extra=extra)
+            return
+        entry = self._running.get(lease.job_id)
+        if entry is None or entry[0] is not lease:
+            return
+        if lease.job_id in self.executor.in_threads():
+            logger.error(
+                "job %s: %s, and its sync handler cannot be stopped; its outcome is dropped "
+                "and it runs again elsewhere",
+                lease.job_id,
+                why,
+                extra=extra,
+            )
+            if self.hard_exit:
+                end_process(1, self.lease_s, self.id, code=EXIT_LEASE_LAPSED)
+            return
+        logger.warning(
+            "job %s: %s; stopped, it runs again once the broker hands it out",
+            lease.job_id,
+            why,
+            extra=extra,
+        )
+        entry[1].cancel()
+        self.executor.kill_child(lease.job_id)  # after the cancel: nothing settles it
 
     async def _lease_lost(self, lease: Lease, when: str) -> None:
         """Warn that a job may run twice, once per job, if it may: the broker refusing

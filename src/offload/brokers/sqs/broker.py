@@ -11,11 +11,11 @@ SQS moves, batched per call:
     release         a fresh copy due now, the attempt not counted (FIFO: in place)
 
 What SQS cannot do is the state store's (`state=` in the URL; see `config.py` and
-`stateless.py`): an idempotency key is claimed in the store's register `sqs-key:KEY`
-(atomic `compare_and_set`, kept for the retention), and results, progress,
-cancellation, joins, limits, inspection and schedules' fire keys are the other roles,
-played by the store. Without a store, `enqueue` refuses keys and `max_depth` (always:
-SQS cannot count atomically) with a `ConfigurationError` naming `state=`.
+`stateless.py`). With one, the store records every job and decides when it is due
+(`offload.brokers.composite`): SQS only carries the copies the store `publish`es, due
+now, each with the store's stamp (`Lease.stamp`), and the store's `Ledger.claim`
+decides which delivered copy runs. Without a store, `enqueue` sends jobs itself and
+refuses keys and `max_depth` with a `ConfigurationError` naming `state=`.
 Priority has no meaning on SQS: jobs come in SQS's order (FIFO queues: strict).
 A job received after its `expires_at` is deleted without running (`expired` counts
 them; only a state store can record it as `expired`).
@@ -23,8 +23,10 @@ them; only a state store can record it as `expired`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
+from offload.brokers import records
 from offload.brokers.records import EnqueueResult, Lease
 from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.brokers.sqs.config import SQSConfig
@@ -37,15 +39,23 @@ from offload.errors import ConfigurationError
 
 __all__ = ["STATE_SETTING", "SQSBroker"]
 
+#: The state store's register naming the one receipt of a copy that may run now (see
+#: `SQSBroker._exclusive`), and the value a released copy leaves in it.
+_RUNS = "sqs-runs:{job_id}:{stamp}"
+_RELEASED = "released"
+
 #: How a user gives an sqs:// broker its state store, quoted by every refusal.
-STATE_SETTING = "state= in the sqs:// URL (a postgresql://, redis:// or sqlite:/// URL)"
+STATE_SETTING = (
+    "state= in the sqs:// URL (a postgresql://, redis:// or sqlite:/// URL, "
+    "percent-encoded), or OFFLOAD_STATE_URL"
+)
 
 
 class SQSBroker(Delivery):
     """Enqueue, reserve, extend, release and settle jobs on SQS (see the module
     docstring). One instance per event loop (`loop_bound`)."""
 
-    capabilities = Capabilities(push_wakeup=True, loop_bound=True)
+    capabilities = Capabilities(push_wakeup=True, loop_bound=True, lapsing_leases=True)
 
     def __init__(self, url: str, *, clock: Clock | None = None, **kwargs: float) -> None:
         super().__init__(url, clock=clock, **kwargs)
@@ -70,7 +80,8 @@ class SQSBroker(Delivery):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        """Send every job (batched; SQS has them when this returns).
+        """Send every job (batched; SQS has them when this returns), without a state
+        store (with one, the store records jobs and `publish`es them).
 
         Raises:
             ConfigurationError: a job has a `key`, or `max_depth` is given: both need a
@@ -80,7 +91,9 @@ class SQSBroker(Delivery):
         """
         if max_depth is not None:
             raise self.needs_state("max_depth (a bounded queue)")
-        owners = await self._claim_keys(jobs)
+        for envelope, _ in jobs:
+            if envelope.key is not None:
+                raise self.needs_state(f"the idempotency key of job {envelope.id}")
         items = {
             envelope.id: Outgoing(
                 envelope.id,
@@ -90,39 +103,34 @@ class SQSBroker(Delivery):
                 expires=envelope.expires_at,
             )
             for envelope, payload in jobs
-            if owners.get(envelope.key or "", envelope.id) == envelope.id
         }
         await self.sqs.send(list(items.values()))
-        return [
-            EnqueueResult(owner, owner == envelope.id)
-            for envelope, _ in jobs
-            for owner in [owners.get(envelope.key or "", envelope.id)]
-        ]
+        return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
 
-    def attach_state(self, state: Broker) -> None:
-        """Keep the state store: idempotency keys are claimed in its registers."""
-        self._state = state
-
-    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> dict[str, str]:
-        """Key → the id of the job that owns it: the first job ever enqueued with it
-        (until the retention), claimed atomically in the state store's register
-        `sqs-key:KEY`. A job whose key another job owns is not sent.
+    async def publish(self, jobs: Sequence[records.Outgoing]) -> None:
+        """Send a copy of each job for the state store, due now, carrying its stamp
+        (also its FIFO deduplication id: a retried publish of one copy is one message,
+        a new copy is another); return once SQS has every one. `priority` has no
+        meaning on SQS.
 
         Raises:
-            ConfigurationError: a job has a key and there is no state store.
+            SerializationError: a job is over SQS's message size (nothing is sent).
+            BrokerUnavailable: SQS could not be reached (the store publishes again).
         """
-        owners: dict[str, str] = {}
-        for envelope, _ in jobs:
-            key = envelope.key
-            if key is None or key in owners:
-                continue
-            if self._state is None:
-                raise self.needs_state(f"the idempotency key of job {envelope.id}")
-            held = await self._state.compare_and_set(
-                f"sqs-key:{key}", None, envelope.id, ttl_s=self.retention_s
-            )
-            owners[key] = held or envelope.id
-        return owners
+        await self.sqs.send(
+            [Outgoing(j.job_id, j.queue, j.payload, send_id=j.stamp, stamp=j.stamp) for j in jobs]
+        )
+
+    def state_url(self) -> str | None:
+        """The state store `state=` in the URL names."""
+        return self.config.state
+
+    def attach_state(self, state: Broker) -> None:
+        """Working for a state store: its main queues get no redrive policy (see
+        `topology.py`: the store buries a job whose workers keep dying), and a copy runs
+        under one receipt at a time (`_exclusive`)."""
+        self.sqs.topology.redrive = False
+        self._state = state
 
     def needs_state(self, what: str) -> ConfigurationError:
         """The error for an operation SQS alone cannot do."""
@@ -153,18 +161,73 @@ class SQSBroker(Delivery):
         return None
 
     async def _leases(self, messages: Sequence[Received]) -> list[Lease]:
+        """Leases for received messages, but none for a copy this process already holds
+        a live lease on: SQS may hand one message to two receives at once (at-least-once
+        delivery; moto does it under concurrent receives). The second receipt is left
+        alone, not deleted (that would delete the message the first holder runs): it
+        comes back once its visibility lapses, when the first has settled or died."""
         now = self.clock.now()
         stale = [m for m in messages if m.expires is not None and m.expires <= now]
         if stale:
             await self.sqs.delete(stale)
             self.expired += len(stale)
-        leases = []
+        live = {(m.job_id, m.stamp) for m in self._held.values() if self.sqs.holds(m)}
+        fresh: list[Received] = []
         for m in messages:
-            if m in stale:
-                continue
+            if m not in stale and (m.job_id, m.stamp) not in live:
+                live.add((m.job_id, m.stamp))
+                fresh.append(m)
+        leases = []
+        for m in await self._exclusive(fresh):
             self._held[m.receipt] = m
-            leases.append(Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body))
+            leases.append(
+                Lease(m.job_id, m.receipt, m.queue, m.attempt, m.deadline, m.body, m.stamp)
+            )
         return leases
+
+    async def _exclusive(self, messages: Sequence[Received]) -> list[Received]:
+        """The messages whose copy no other receipt runs now, across processes.
+
+        SQS may hand one message to two processes at once, and the state store's
+        `claim` takes a running copy back (it reads a second delivery of one copy as
+        its holder's death, which it is on RabbitMQ): both would run it. So each copy
+        that runs holds the store's register `sqs-runs:JOB:STAMP` with its receipt
+        (atomic `compare_and_set`), for the lease, renewed by `extend` and given up by
+        `release`; a copy whose register another receipt holds is left alone (not
+        deleted: that is the message the holder runs), to come back once its
+        visibility lapses. A holder that died stops renewing, and its register lapses
+        with its visibility. Without a state store there is nothing to share: all."""
+        state = self._state
+        if state is None or not messages:
+            return list(messages)
+
+        async def take(m: Received) -> bool:
+            name = _RUNS.format(job_id=m.job_id, stamp=m.stamp)
+            holder = await state.compare_and_set(name, None, m.receipt, ttl_s=self._lease_s)
+            if holder == _RELEASED:
+                holder = await state.compare_and_set(
+                    name, _RELEASED, m.receipt, ttl_s=self._lease_s
+                )
+            return holder == m.receipt
+
+        taken = await asyncio.gather(*(take(m) for m in messages))
+        return [m for m, ok in zip(messages, taken, strict=True) if ok]
+
+    async def _renew(
+        self, messages: Sequence[Received], new: str | None, ttl_s: float
+    ) -> list[bool]:
+        """Renew (`new` None) or give up (`new`: `_RELEASED`) the registers of copies
+        held here (`_exclusive`); whether each was still this receipt's."""
+        state = self._state
+        if state is None:
+            return [True] * len(messages)
+
+        async def renew(m: Received) -> bool:
+            name = _RUNS.format(job_id=m.job_id, stamp=m.stamp)
+            value = new or m.receipt
+            return await state.compare_and_set(name, m.receipt, value, ttl_s=ttl_s) == value
+
+        return list(await asyncio.gather(*(renew(m) for m in messages)))
 
     # -- leases -------------------------------------------------------------------------
 
@@ -174,6 +237,10 @@ class SQSBroker(Delivery):
         found = [(i, self._held.get(lease.token)) for i, lease in enumerate(leases)]
         held = [(i, m) for i, m in found if m is not None]
         answers = await self.sqs.extend([m for _, m in held], lease_s)
+        if lease_s > 0:
+            kept = [m for (_, m), ok in zip(held, answers, strict=True) if ok]
+            still = iter(await self._renew(kept, None, lease_s))
+            answers = [ok and next(still) for ok in answers]
         out = [False] * len(leases)
         for (i, message), ok in zip(held, answers, strict=True):
             out[i] = ok
@@ -185,10 +252,15 @@ class SQSBroker(Delivery):
         """Give unstarted jobs back at once, the attempt not counted."""
         messages = [m for lease in leases if (m := self._held.pop(lease.token, None))]
         await self.sqs.release(messages)
+        await self._renew(messages, _RELEASED, self._lease_s)
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         """End every lease as its settlement says: deletes in batches, moves in
-        batches. False for a lease not held here or no longer held. If SQS cannot be
+        batches. False for a lease not held here or no longer held, which includes a
+        lease past its deadline (`lapsing_leases`: SQS may have handed the message to
+        another consumer, and a delete with a stale receipt "succeeds" without
+        deleting anything, so an ack then would count a job done that runs again
+        elsewhere). If SQS cannot be
         reached the leases stay held here, so the caller's retry does the same again
         (a delete is idempotent; a move repeated may leave a second copy of the job,
         which runs again: at-least-once)."""
@@ -199,7 +271,9 @@ class SQSBroker(Delivery):
             message = self._held.get(settlement.lease.token)
             if message is None:
                 continue
-            if settlement.ending in (Ending.ACK, Ending.CANCEL):
+            if not self.sqs.holds(message):
+                self._held.pop(message.receipt, None)
+            elif settlement.ending in (Ending.ACK, Ending.CANCEL):
                 deletes.append((i, message))
             else:
                 moves.append((i, message, _next_message(message, settlement)))

@@ -329,6 +329,7 @@ class SQSDelivery:
             error=attribute(message, "offload-error"),
             send_id=attribute(message, "offload-send"),
             expires=float(expires) if expires is not None else None,
+            stamp=attribute(message, "offload-stamp"),
         )
 
     # -- leases -------------------------------------------------------------------------
@@ -350,9 +351,8 @@ class SQSDelivery:
         held = [False] * len(messages)
         groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for i, message in enumerate(messages):
-            deadline = self._deadlines.get(message.receipt, message.deadline)
             room = MAX_VISIBILITY_S - math.ceil(now - message.received_at) - 1
-            if now + _MARGIN_S >= deadline or asked > room:
+            if not self.holds(message) or asked > room:
                 continue
             entry = {"Id": str(i), "ReceiptHandle": message.receipt, "VisibilityTimeout": asked}
             groups.setdefault(message.queue_url, []).append((i, entry))
@@ -369,6 +369,17 @@ class SQSDelivery:
             else:
                 self._deadlines.pop(message.receipt, None)
         return held
+
+    def deadline(self, message: Received) -> float:
+        """When `message`'s visibility ends, as last extended by this process."""
+        return self._deadlines.get(message.receipt, message.deadline)
+
+    def holds(self, message: Received) -> bool:
+        """Whether this process certainly still leases `message`: its visibility ends
+        more than a second from now. Past that, SQS may have handed the message to
+        another consumer, and accepting a stale receipt is no proof it has not (see
+        `extend`)."""
+        return self.clock.now() + _MARGIN_S < self.deadline(message)
 
     async def delete(self, messages: Sequence[Received]) -> list[bool]:
         """Delete settled messages. False where SQS refused the receipt. (SQS accepts

@@ -17,6 +17,9 @@ accounted for:
                       delay's hops, a move repeated after a crash): a FIFO queue's
                       deduplication id
     offload-expires   epoch seconds: a job received after then is not run
+    offload-stamp     the copy's stamp, for a job published for a state store: the
+                      store runs only the copy whose stamp it holds (`Ledger.claim`);
+                      kept by every move of the message
     offload-encoding  `base64` when the body is not plain text
     offload-error     on a dead-lettered message: why (JSON `ErrorInfo`)
 
@@ -52,6 +55,7 @@ class Outgoing:
     error: str | None = None  # JSON ErrorInfo, for a dead-lettered message
     send_id: str | None = None  # the same for every copy of one logical send (FIFO dedup)
     expires: float | None = None  # epoch seconds: not to be run after then
+    stamp: str | None = None  # the state store's name for this copy (`Ledger.claim`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +80,19 @@ class Received:
     error: str | None = None
     send_id: str | None = None
     expires: float | None = None
+    stamp: str | None = None
 
     def outgoing(self, *, attempt: int, due: float | None, error: str | None = None) -> Outgoing:
         """This job as a new message (a retry, a hop, a release, a dead letter)."""
         return Outgoing(
-            self.job_id, self.queue, self.body, attempt, due, error, expires=self.expires
+            self.job_id,
+            self.queue,
+            self.body,
+            attempt,
+            due,
+            error,
+            expires=self.expires,
+            stamp=self.stamp,
         )
 
 
@@ -110,6 +122,8 @@ def encode_message(item: Outgoing, limit: int) -> tuple[str, dict[str, Any]]:
         attributes["offload-expires"] = _number(item.expires)
     if item.send_id is not None:
         attributes["offload-send"] = _string(item.send_id)
+    if item.stamp is not None:
+        attributes["offload-stamp"] = _string(item.stamp)
     if item.error is not None:
         attributes["offload-error"] = _string(_NOT_XML.sub("?", item.error))
     size = message_size(text, attributes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from offload.brokers.composite import Composite, with_state_store
 from offload.brokers.records import (
@@ -34,10 +35,8 @@ from offload.brokers.records import (
     WorkerInfo,
 )
 from offload.brokers.roles import Broker, Fleet, Flow, Inspection, Signals
-from offload.brokers.sqs.broker import STATE_SETTING, SQSBroker
-from offload.clock import Clock
+from offload.brokers.sqs.broker import SQSBroker
 from offload.envelope import JobState
-from offload.errors import ConfigurationError
 
 __all__ = ["NEEDS_STATE", "Stateless", "open_broker"]
 
@@ -192,28 +191,22 @@ class Stateless(Flow, Inspection, Fleet, Signals):
         raise self._refuse("a schedule (its fire register)")
 
 
-def open_broker(url: str, *, clock: Clock | None = None, state: Broker | None = None) -> Broker:
-    """The whole broker an `sqs://` URL names: SQS for delivery, and the state store
-    (`state` if given, else the URL's `state=`, else `OFFLOAD_STATE_URL`) for the
-    rest, or `Stateless` when there is none.
+def open_broker(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker:
+    """The whole broker an `sqs://` URL names (not yet connected): SQS for delivery,
+    and for the rest the state store named by `state_url`, else the URL's `state=`,
+    else `OFFLOAD_STATE_URL` (the order of `from_url`, which calls this), or
+    `Stateless` when none is set. `kwargs` (`clock`, `retention_s`) go to both.
 
     Raises:
-        ConfigurationError: a bad URL, or a state store that is not a full broker.
+        ConfigurationError: a bad URL (the SQS one or the store's), or a state store
+            that cannot keep SQS's jobs (`with_state_store`).
     """
     from offload.brokers import from_url
 
-    delivery = SQSBroker(url, clock=clock)
-    state_url = delivery.config.state or os.environ.get("OFFLOAD_STATE_URL")
-    if state is None and state_url:
-        opened = from_url(state_url, clock=delivery.clock)
-        if not isinstance(opened, Broker):
-            raise ConfigurationError(
-                f"the state store {opened!r} does not play the broker roles yet; "
-                f"{STATE_SETTING} needs a broker built on offload.brokers.roles"
-            )
-        state = opened
-    if state is not None:
-        return with_state_store(delivery, state)
+    delivery = SQSBroker(url, **kwargs)
+    store_url = state_url or delivery.state_url() or os.environ.get("OFFLOAD_STATE_URL")
+    if store_url:
+        return with_state_store(delivery, from_url(store_url, **kwargs))
     stateless = Stateless(delivery)
     return Composite(
         delivery, flow=stateless, inspection=stateless, fleet=stateless, signals=stateless

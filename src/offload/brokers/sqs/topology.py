@@ -18,7 +18,10 @@ Queues are created on first use (CreateQueue is idempotent when the attributes a
 the same) and their URLs cached. The main queue redrives to its DLQ after `redrive`
 receives, so a message whose workers keep dying before they can settle it (a crash
 in decoding, an out-of-memory kill) is parked instead of looping for ever; offload's
-own attempt limit (`WorkerLost`) usually buries such a job first.
+own attempt limit (`WorkerLost`) usually buries such a job first. Not so for a broker
+working for a state store (`redrive = False`): the store counts every delivery as an
+attempt and buries such a job itself, while a message SQS parked would leave the
+store's job `running` for ever; so its main queues get no redrive policy.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class Topology:
         self._config = client.config
         self._sets: dict[str, QueueSet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Whether main queues redrive to their DLQ (not for a state store's delivery).
+        self.redrive = True
 
     def forget(self) -> None:
         """Drop every cached queue URL (a queue went missing): the next use finds or
@@ -128,16 +133,17 @@ class Topology:
         base = sqs_base_name(cfg.prefix, queue)
         tags = {TAG: queue[:256]}
         dlq_url = await self._ensure(_name(base, "-dlq", fifo), fifo, {}, tags)
-        dlq_attrs = await self._client.call(
-            "get_queue_attributes", QueueUrl=dlq_url, AttributeNames=["QueueArn"]
-        )
-        redrive = json.dumps(
-            {
+        extra = {}
+        if self.redrive:
+            dlq_attrs = await self._client.call(
+                "get_queue_attributes", QueueUrl=dlq_url, AttributeNames=["QueueArn"]
+            )
+            policy = {
                 "deadLetterTargetArn": dlq_attrs["Attributes"]["QueueArn"],
                 "maxReceiveCount": str(cfg.redrive),
             }
-        )
-        url = await self._ensure(_name(base, "", fifo), fifo, {"RedrivePolicy": redrive}, tags)
+            extra["RedrivePolicy"] = json.dumps(policy)
+        url = await self._ensure(_name(base, "", fifo), fifo, extra, tags)
         delay_url = (
             await self._ensure(_name(base, "-delay", False), False, {}, tags) if fifo else None
         )
