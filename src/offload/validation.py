@@ -201,9 +201,19 @@ def arguments(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         encode_value(value, what=label)
 
 
+#: (task, queue) name pairs that passed their checks, so that the producer's hot path
+#: checks each pair once (names are immutable strings; issue 16); at most this many.
+MAX_CHECKED_NAMES = 1024
+_checked_names: set[tuple[str, str]] = set()
+
+
 def _check_options(e: Envelope) -> None:
-    task_name(e.task)
-    queue_name(e.queue)
+    task, queue = e.task, e.queue
+    if not (type(task) is str and type(queue) is str and (task, queue) in _checked_names):
+        task_name(task)
+        queue_name(queue)
+        if len(_checked_names) < MAX_CHECKED_NAMES:
+            _checked_names.add((task, queue))
     priority(e.priority)
     if e.key is not None:
         job_key(e.key)

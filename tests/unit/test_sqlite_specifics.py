@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +26,7 @@ from offload.brokers.base import EnqueueResult, Outcome
 from offload.brokers.composite import with_state_store
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
+from offload.brokers.sqlite._doorbell import Doorbell, wake_directory
 from offload.codec import encode_envelope, encode_value
 from offload.envelope import Envelope, ErrorInfo, JobState, Step, new_job_id
 from offload.errors import ConfigurationError
@@ -741,3 +744,105 @@ async def test_a_time_range_of_a_rare_state_reads_that_states_index(
     again = await broker.list_jobs(state=JobState.DEAD, since=0.0, limit=2)
     assert [i.id for i in listed.items] == [i.id for i in again.items]
     assert listed.cursor == again.cursor is not None
+
+
+# -- the doorbell: cross-process wake-ups without polling (issue 16) --------------------
+
+_ENQUEUER = """
+import asyncio, sys, time
+from offload.brokers.sqlite import SQLiteBroker
+from offload.codec import encode_envelope
+from offload.envelope import Envelope, new_job_id
+
+async def main():
+    broker = SQLiteBroker("sqlite:///" + sys.argv[1])
+    await broker.connect()
+    print("ready", flush=True)
+    while (await asyncio.to_thread(sys.stdin.readline)).strip():
+        env = Envelope(id=new_job_id(), task="t", created_at=time.time())
+        await broker.enqueue([(env, encode_envelope(env))])
+    await broker.close()
+
+asyncio.run(main())
+"""
+
+
+async def _wake_latencies(waiting: SQLiteBroker, db_path: Path, rounds: int) -> list[float]:
+    """How long `waiting.wait` took to return after another process was asked to
+    enqueue, `rounds` times (each includes that process's enqueue)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ENQUEUER, str(db_path),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
+        latencies = []
+        for _ in range(rounds):
+            waiter = asyncio.create_task(waiting.wait(["default"], 30.0))
+            await asyncio.sleep(0.05)
+            assert not waiter.done()
+            start = time.monotonic()
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            await asyncio.wait_for(waiter, 30.0)
+            latencies.append(time.monotonic() - start)
+            taken = await waiting.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+            assert len(taken) == 1
+        return latencies
+    finally:
+        child.stdin.write(b"\n")
+        child.stdin.close()
+        await asyncio.wait_for(child.wait(), 30)
+
+
+async def test_an_enqueue_in_another_process_wakes_wait_long_before_the_poll(
+    make_broker: MakeBroker, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fallback poll of 10 s (a wait looks first 10 s after it starts),
+    monkeypatch.setattr("offload.brokers.sqlite.WAIT_POLL_S", 10.0)
+    waiting = make_broker(clock=None)
+    await waiting.connect()
+
+    # each of three enqueues by another process wakes the waiter within 2 s (a
+    # millisecond or so on a quiet machine), where the poll alone would take 10 s.
+    latencies = await _wake_latencies(waiting, db_path, rounds=3)
+
+    assert max(latencies) < 2.0, latencies
+
+
+def test_ringing_removes_the_sockets_of_brokers_that_are_gone(tmp_path: Path) -> None:
+    # Given a socket left behind by a process that died (bound, then closed),
+    bell = Doorbell(tmp_path / "jobs.db", lambda: None)
+    bell.directory.mkdir()
+    stale = bell.directory / "1-dead.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
+        dead.bind(str(stale))
+
+    # a ring finds its send refused and removes it.
+    bell.ring()
+    bell.close()
+    assert not stale.exists()
+
+
+def test_a_waiting_broker_hears_a_ring_and_leaves_no_socket_behind(tmp_path: Path) -> None:
+    heard = threading.Event()
+    waiting = Doorbell(tmp_path / "jobs.db", heard.set)
+    ringing = Doorbell(tmp_path / "jobs.db", lambda: None)
+    waiting.listen()
+    [bound] = list(waiting.directory.iterdir())
+
+    ringing.ring()
+    assert heard.wait(5.0)
+    assert waiting.rings == 1
+
+    waiting.close()
+    ringing.close()
+    assert not bound.exists()
+
+
+def test_a_database_path_too_long_for_a_socket_rings_in_the_temp_dir(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120) / "jobs.db"
+    directory = wake_directory(deep)
+    assert directory.parent == Path(tempfile.gettempdir())
+    assert directory == wake_directory(deep)  # the same for every process

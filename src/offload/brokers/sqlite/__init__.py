@@ -4,9 +4,11 @@ Several worker processes on one machine may share the file: every state change i
 `BEGIN IMMEDIATE` transaction (see `_store.py`), and the file is in WAL mode so readers
 never wait for the writer.
 
-SQLite has no way to push an event to another process, so `wait_finished` is woken at
-once only by the jobs this broker ends (ack, bury, cancel, expiry); an end in another
-process is seen by polling `PRAGMA data_version` (`push_results` is False).
+SQLite has no way to push an event to another process. New work made ready by another
+process wakes `wait` through a Unix datagram socket beside the file (`_doorbell.py`),
+with a poll of `PRAGMA data_version` as the fallback; `wait_finished` is woken at once
+only by the jobs this broker ends (ack, bury, cancel, expiry), and an end in another
+process is seen by that poll (`push_results` is False).
 
 The async API sits on the blocking `sqlite3` driver through one dedicated thread per
 broker: each method runs its whole transaction there with `run_in_executor`, so the
@@ -48,6 +50,7 @@ from offload.brokers.base import (
 from offload.brokers.records import Outgoing
 from offload.brokers.roles import Ledger
 from offload.brokers.sqlite import _ledger, _operate
+from offload.brokers.sqlite._doorbell import Doorbell
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
@@ -58,8 +61,9 @@ __all__ = ["SQLiteBroker", "database_path"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-#: How often `wait` asks SQLite whether another process committed, in seconds. The
-#: check reads no table, so a short interval costs little and keeps pickup latency low.
+#: How often `wait` asks SQLite whether another process committed, in seconds: the
+#: fallback of the doorbell (`_doorbell.py`), which wakes it at once. The check reads
+#: no table, so a short interval costs little.
 WAIT_POLL_S = 0.015
 
 _URL_FORMS = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
@@ -140,6 +144,7 @@ class SQLiteBroker(Broker, Ledger):
         self._lock = threading.Lock()
         self._state: _State | None = None
         self._signal = _LocalSignal()
+        self._doorbell = Doorbell(self.path, self._signal.wakeup.notify)
         self._ended = JobWaiters()  # `wait_finished`, woken by the jobs this broker ends
 
     # -- plumbing -------------------------------------------------------------------------
@@ -191,6 +196,11 @@ class SQLiteBroker(Broker, Ledger):
             for job_id in job_ids:
                 self._ended.notify(job_id)
 
+    def _made_ready(self) -> None:
+        """Wake the waiters of this broker, and ring those of other processes."""
+        self._signal.notify()
+        self._doorbell.ring()
+
     def _wrap(self, exc: sqlite3.Error) -> BrokerError:
         if isinstance(exc, sqlite3.OperationalError):
             return BrokerUnavailable(f"SQLite database {self.path} is unavailable: {exc}")
@@ -217,6 +227,7 @@ class SQLiteBroker(Broker, Ledger):
             state, self._state = self._state, None
         if state is None:
             return
+        self._doorbell.close()
         self._signal.notify()  # let waiters return now instead of at their next poll
         executor, opened = state
         closing = asyncio.get_running_loop().run_in_executor(executor, _close_store, opened)
@@ -233,7 +244,7 @@ class SQLiteBroker(Broker, Ledger):
     ) -> list[EnqueueResult]:
         results, ready = await self._run(Store.enqueue, jobs, max_depth)
         if ready:
-            self._signal.notify()
+            self._made_ready()
         return results
 
     # -- consumer -------------------------------------------------------------------------
@@ -257,13 +268,16 @@ class SQLiteBroker(Broker, Ledger):
         deadline = loop.time() + timeout_s
         seen = self._signal.count
         names = list(queues)
+        self._doorbell.listen()  # before the mark: a commit after it rings us
+        rings = self._doorbell.rings
         mark = await self._run(Store.signal_mark, names)
         while (remaining := deadline - loop.time()) > 0:
-            if await self._signal.wakeup.wait(min(WAIT_POLL_S, remaining)):
-                return
+            if self._doorbell.rings == rings:  # no ring since the last look: sleep
+                await self._signal.wakeup.wait(min(WAIT_POLL_S, remaining))
             # Work made ready here, or close() called: return rather than reopen.
             if self._signal.count != seen or self._state is None:
                 return
+            rings = self._doorbell.rings
             mark, changed = await self._run(Store.poll_signal, names, mark)
             if changed:
                 return
@@ -277,7 +291,7 @@ class SQLiteBroker(Broker, Ledger):
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         held, due = await self._run(Store.settle_many, settlements)
         if due:
-            self._signal.notify()
+            self._made_ready()
         if self._ended:
             ended = zip(settlements, held, strict=True)
             self._notify_ended(
@@ -314,7 +328,7 @@ class SQLiteBroker(Broker, Ledger):
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if await self._run(Store.release, leases):
-            self._signal.notify()
+            self._made_ready()
 
     async def cancel(self, job_id: str) -> bool:
         done = await self._run(Store.cancel, job_id)
@@ -390,7 +404,7 @@ class SQLiteBroker(Broker, Ledger):
     ) -> int:
         moved = await self._run(Store.replay_dead, queue, job_ids)
         if moved:
-            self._signal.notify()
+            self._made_ready()
         return moved
 
     async def purge_dead(
