@@ -275,6 +275,23 @@ async def test_version_8_file_upgrades_and_counts_ends_from_then_on(
     assert counted.minute == int(clock.now() // 60)
 
 
+def recount(db_path: Path) -> dict[tuple[str, str], int]:
+    """The jobs of the file counted by queue and state, from the rows themselves."""
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        rows = conn.execute("SELECT queue, state, count(*) FROM offload_jobs GROUP BY 1, 2")
+        return {(q, s): n for q, s, n in rows}
+
+
+async def counted(broker: SQLiteBroker) -> dict[tuple[str, str], int]:
+    """The same as the broker's counters give them (`counts`)."""
+    return {
+        (queue, str(state)): n
+        for queue, stats in (await broker.counts()).items()
+        for state, n in stats.states.items()
+        if n
+    }
+
+
 async def test_counts_equal_a_recount_after_every_kind_of_change(
     make_broker: MakeBroker, db_path: Path, clock: FakeClock
 ) -> None:
@@ -283,21 +300,8 @@ async def test_counts_equal_a_recount_after_every_kind_of_change(
     broker = make_broker()
     boom = ErrorInfo("E", "boom")
 
-    def recount() -> dict[tuple[str, str], int]:
-        with contextlib.closing(sqlite3.connect(db_path)) as conn:
-            rows = conn.execute("SELECT queue, state, count(*) FROM offload_jobs GROUP BY 1, 2")
-            return {(q, s): n for q, s, n in rows}
-
-    async def counted() -> dict[tuple[str, str], int]:
-        return {
-            (queue, str(state)): n
-            for queue, stats in (await broker.counts()).items()
-            for state, n in stats.states.items()
-            if n
-        }
-
     async def same(step: str) -> None:
-        assert await counted() == recount(), step
+        assert await counted(broker) == recount(db_path), step
 
     now = clock.now()
     await broker.enqueue([job(clock) for _ in range(8)] + [job(clock, queue="q")])
@@ -344,19 +348,8 @@ async def test_counts_equal_a_recount_when_the_file_is_a_state_store(
     await broker.connect()
     boom = ErrorInfo("E", "boom")
 
-    def recount() -> dict[tuple[str, str], int]:
-        with contextlib.closing(sqlite3.connect(db_path)) as conn:
-            rows = conn.execute("SELECT queue, state, count(*) FROM offload_jobs GROUP BY 1, 2")
-            return {(q, s): n for q, s, n in rows}
-
     async def same(step: str) -> None:
-        counted = {
-            (queue, str(state)): n
-            for queue, stats in (await store.counts()).items()
-            for state, n in stats.states.items()
-            if n
-        }
-        assert counted == recount(), step
+        assert await counted(store) == recount(db_path), step
 
     now = clock.now()
     await broker.enqueue([job(clock) for _ in range(4)])
