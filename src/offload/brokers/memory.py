@@ -269,23 +269,29 @@ class MemoryBroker(Broker, Ledger):
                     break
                 if self._expire_if_due(rec, now):
                     continue
-                token = os.urandom(12).hex()
-                rec.token = token
-                attempt = rec.info.attempt + 1
                 deadline = now + lease_s
-                self._set(
-                    rec,
-                    state=JobState.RUNNING,
-                    attempt=attempt,
-                    started_at=now,
-                    worker_id=worker_id,
-                    lease_deadline=deadline,
-                )
+                token, attempt = self._start(rec, worker_id, now, deadline)
                 self._running.add(rec.info.id)
                 leases.append(
                     Lease(rec.info.id, token, rec.info.queue, attempt, deadline, rec.info.payload)
                 )
         return leases
+
+    def _start(self, rec: _Record, worker_id: str, now: float, deadline: float) -> tuple[str, int]:
+        """Put `rec` under a new lease (`reserve` and the ledger's `claim`): its token
+        and attempt number."""
+        token = os.urandom(12).hex()
+        rec.token = token
+        attempt = rec.info.attempt + 1
+        self._set(
+            rec,
+            state=JobState.RUNNING,
+            attempt=attempt,
+            started_at=now,
+            worker_id=worker_id,
+            lease_deadline=deadline,
+        )
+        return token, attempt
 
     def _pop_best(self, queues: Sequence[str]) -> _Record | None:
         best: list[tuple[int, float, int, int, str]] | None = None
@@ -514,20 +520,10 @@ class MemoryBroker(Broker, Ledger):
             return None
         if state not in (JobState.QUEUED, JobState.RUNNING):
             return None
-        token = os.urandom(12).hex()
-        rec.token = token
         rec.publish_by = None
-        attempt = rec.info.attempt + 1
         if state is JobState.RUNNING:  # its holder is gone: as a lapsed lease
             self._set(rec, error=LEASE_EXPIRED)
-        self._set(
-            rec,
-            state=JobState.RUNNING,
-            attempt=attempt,
-            started_at=now,
-            worker_id=worker_id,
-            lease_deadline=deadline,
-        )
+        token, attempt = self._start(rec, worker_id, now, deadline)
         info = rec.info
         return Lease(info.id, token, info.queue, attempt, deadline, info.payload, copy.stamp)
 
