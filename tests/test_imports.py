@@ -25,17 +25,7 @@ ALLOWED_UP = {
 #: broker helpers become classes with explicit collaborators).
 NOT_YET = ("offload.brokers.redis", "offload.brokers.postgres")
 #: Known circles left to their owners, each to be split (the test fails on any other).
-KNOWN = [
-    # `brokers.records` imports the `Attempt` record from `offload.attempts`, which
-    # also holds the history reader typed with `Broker` and `JobInfo`: the record
-    # belongs below the brokers, the reader above them.
-    [
-        "offload.attempts",
-        "offload.brokers.base",
-        "offload.brokers.records",
-        "offload.brokers.roles",
-    ],
-]
+KNOWN: list[list[str]] = []
 
 
 def _modules() -> dict[str, Path]:

@@ -21,11 +21,11 @@ dropped, and a later attempt's span can link to the first one (`first_trace`).
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from offload.brokers.records import Attempt, AttemptOutcome
 from offload.envelope import ErrorInfo, JobState
 
 if TYPE_CHECKING:
@@ -47,30 +47,6 @@ ATTEMPTS_KEPT = 20
 
 #: The error shown for an attempt that left no record (its worker died or stalled).
 LOST = ErrorInfo("WorkerLost", "no outcome was recorded: the worker died or its lease lapsed")
-
-
-class AttemptOutcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    RETRIED = "retried"  # failed; the job was scheduled again
-    DEAD = "dead"  # failed for the last time (dead-letter queue)
-    CANCELLED = "cancelled"  # stopped by a cancel while it ran
-    RUNNING = "running"  # the attempt now under way
-    LOST = "lost"  # left no outcome: its worker died or its lease lapsed
-
-
-class Attempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One run of a job. `number` is the job's attempt count for that run (1 for the
-    first; a replayed dead job counts from 1 again). Times are Unix epoch seconds.
-    `trace` is the W3C trace context (`traceparent`, ...) of the first attempt of the
-    job's run, when a tracing hook gave one; absent in records of older versions."""
-
-    number: int
-    outcome: AttemptOutcome
-    worker_id: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: ErrorInfo | None = None
-    trace: dict[str, str] | None = None
 
 
 _DECODER = msgspec.json.Decoder(Attempt)

@@ -15,11 +15,13 @@ import pytest
 from offload.brokers import from_url
 from offload.brokers.amqp import AmqpDelivery
 from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER
-from offload.brokers.memory import MemoryBroker
+from offload.brokers.composite import Composite
 from offload.brokers.records import Lease
 from offload.brokers.roles import Settlement
+from offload.brokers.stateless import Stateless
 from offload.clock import SystemClock
 from offload.codec import decode_error
+from offload.envelope import Step, new_job_id
 from offload.errors import ConfigurationError, LeaseLost
 from tests.conformance.helpers import BOOM, make_job
 
@@ -110,7 +112,7 @@ HOLDER = """
 import asyncio, sys
 from offload.brokers import from_url
 from offload.brokers.amqp import AmqpDelivery
-from offload.brokers.memory import MemoryBroker
+from offload.brokers.composite import Composite
 
 async def main():
     delivery = AmqpDelivery(sys.argv[1])
@@ -294,34 +296,24 @@ async def test_one_settle_many_call_ends_leases_in_every_way(
     await nothing_within(delivery, 0.3)
 
 
-async def test_a_key_is_claimed_in_the_state_store_once(make_delivery: MakeDelivery) -> None:
-    delivery = await make_delivery()
-    state = MemoryBroker("memory://")
-    delivery.attach_state(state)
-    first, second, third = (make_job(CLOCK, key="invoice-7") for _ in range(3))
-    results = await delivery.enqueue([first, second])
-    assert [(r.id, r.created) for r in results] == [(first[0].id, True), (first[0].id, False)]
-    [later] = await delivery.enqueue([third])
-    assert (later.id, later.created) == (first[0].id, False)
-    [lease] = await take(delivery, 1)
-    assert lease.job_id == first[0].id
-    await nothing_within(delivery, 0.3)
-
-
-async def test_what_needs_a_state_store_says_which_setting_gives_one(
+async def test_without_a_store_amqp_stands_alone_and_refuses_what_needs_one_before_sending(
     make_delivery: MakeDelivery, amqp_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
-    with pytest.raises(ConfigurationError, match=r"state= in an amqp:// URL") as caught:
-        from_url(amqp_url.replace("guest:guest", "guest:s3cret"))
-    assert "state_url" in str(caught.value) and "OFFLOAD_STATE_URL" in str(caught.value)
-    assert "flow, inspection, fleet, signals" in str(caught.value)
-    assert "s3cret" not in str(caught.value)
+    whole = from_url(amqp_url.replace("guest:guest", "guest:s3cret"))
+    assert isinstance(whole, Composite) and isinstance(whole.inspection, Stateless)
+    assert "s3cret" not in repr(whole)
     delivery = await make_delivery()
-    with pytest.raises(ConfigurationError, match=r"keys need a state store: set state="):
-        await delivery.enqueue([make_job(CLOCK, key="k")])
-    with pytest.raises(ConfigurationError, match="max_depth"):
-        await delivery.enqueue([make_job(CLOCK)], max_depth=10)
+    keyed = make_job(CLOCK, key="k")
+    step = make_job(CLOCK, then=[Step(id=new_job_id(), task="next")])
+    for jobs, max_depth, what in (
+        ([keyed], None, "the idempotency key"),
+        ([step], None, "a workflow"),
+        ([make_job(CLOCK)], 10, "max_depth"),
+    ):
+        with pytest.raises(ConfigurationError, match=f"{what}.*needs a state store on amqp://"):
+            await delivery.enqueue([make_job(CLOCK), *jobs], max_depth=max_depth)
+    await nothing_within(delivery, 0.3)  # nothing of a refused call was sent
 
 
 async def test_a_job_nearing_the_consumer_timeout_is_warned_about_once(

@@ -16,7 +16,7 @@ from offload.brokers import from_url
 from offload.brokers.composite import Composite
 from offload.brokers.sqlite import SQLiteBroker
 from offload.brokers.sqs import SQSBroker
-from offload.brokers.sqs.stateless import Stateless
+from offload.brokers.stateless import Stateless
 from offload.errors import ConfigurationError
 
 SECRET = "wJalrXUtnFEMI-s3cret"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,9 +18,7 @@ from offload.errors import ConfigurationError
 
 __all__ = ["SCHEMES", "from_url"]
 
-#: URL scheme → (module, class), or (module, function) for a broker whose URL names
-#: its own state store: `open_broker(url, *, state_url=None, **kwargs) -> Broker`.
-#: Add a broker by adding a line.
+#: URL scheme → (module, class). Add a broker by adding a line.
 SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("offload.brokers.memory", "MemoryBroker"),
     "sqlite": ("offload.brokers.sqlite", "SQLiteBroker"),
@@ -31,39 +28,43 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "postgres": ("offload.brokers.postgres", "PostgresBroker"),
     "amqp": ("offload.brokers.amqp", "AmqpDelivery"),
     "amqps": ("offload.brokers.amqp", "AmqpDelivery"),
-    "sqs": ("offload.brokers.sqs", "open_broker"),
+    "sqs": ("offload.brokers.sqs", "SQSBroker"),
 }
 
 
 def from_url(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker:
     """Build the broker a URL names (not yet connected).
 
-    A URL naming a broker that only delivers (`offload.brokers.roles.Delivery`) is
-    combined with a full broker for the other roles (`offload.brokers.composite`):
-    the one `state_url` names, else the URL's own (`state=` of `amqp://`), else
-    `OFFLOAD_STATE_URL`. `kwargs` go to both.
+    A URL naming a broker that only delivers (`offload.brokers.roles.Delivery`:
+    `amqp://`, `sqs://`) is combined with a full broker for the other roles
+    (`offload.brokers.composite`): the one `state_url` names, else the URL's own
+    (`state=`), else `OFFLOAD_STATE_URL`. `kwargs` go to both. Without any, the
+    delivery stands alone where it can (`offload.brokers.stateless`: what it cannot
+    do raises a `ConfigurationError` naming those settings).
 
     Raises:
         ConfigurationError: the URL is malformed (a bad host or port too) or its scheme
             is unknown, saying which schemes exist; like every offload error, its
-            message shows the URL without its credentials. Also when the URL names a
-            delivery-only broker and no state store is set (naming the setting).
+            message shows the URL without its credentials. Also when a state store
+            cannot keep a delivery's jobs (naming the stores that can).
     """
-    target = _broker_class(url)
-    if not isinstance(target, type):  # a broker of parts, built by its package
-        return target(url, state_url=state_url, **kwargs)
-    cls: type[Delivery] = target
+    cls = _broker_class(url)
     if issubclass(cls, Broker):
         return cls(url, **kwargs)
     from offload.brokers.composite import with_state_store
 
     delivery = cls(url, **kwargs)
     state_url = state_url or delivery.state_url() or os.environ.get("OFFLOAD_STATE_URL") or None
+    facts = delivery.facts()
+    if state_url is None and facts is not None:
+        from offload.brokers.stateless import alone
+
+        return alone(delivery, facts)
     store = None if state_url is None else from_url(state_url, **kwargs)
     return with_state_store(delivery, store)
 
 
-def _broker_class(url: str) -> type[Delivery] | Callable[..., Broker]:
+def _broker_class(url: str) -> type[Delivery]:
     """The class (or builder function) a URL's scheme names, imported now."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
@@ -89,5 +90,5 @@ def _broker_class(url: str) -> type[Delivery] | Callable[..., Broker]:
             f"the {scheme!r} broker needs an extra: "
             f"pip install 'offload[{module_name.rpartition('.')[2]}]' ({exc})"
         ) from exc
-    cls: type[Delivery] | Callable[..., Broker] = getattr(module, class_name)
+    cls: type[Delivery] = getattr(module, class_name)
     return cls

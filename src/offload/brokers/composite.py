@@ -112,7 +112,7 @@ class Composite(Broker):
     delivery's enqueue and wake-ups, the signals' result pushes. With a `ledger` (the
     state store), every delivery call goes through it as the module docstring says;
     without one the delivery calls go to the delivery alone (it then keeps no state
-    the other roles could see: `offload.brokers.sqs.stateless`).
+    the other roles could see: `offload.brokers.stateless`).
     """
 
     def __init__(

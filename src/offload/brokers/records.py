@@ -1,7 +1,8 @@
 """The values brokers take and return: leases, job records, pages, counts, workers.
 
 Plain frozen dataclasses shared by every broker role (`offload.brokers.roles`), so a
-broker's answers look the same whichever broker gives them.
+broker's answers look the same whichever broker gives them; and an attempt's record
+(`Attempt`: `offload.attempts` reads a job's history from them, above the brokers).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from offload.attempts import Attempt
+import msgspec
+
 from offload.codec import decode_envelope, decode_value
 from offload.envelope import Envelope, ErrorInfo, JobState
 
 __all__ = [
     "DEFAULT_RETENTION_S",
+    "Attempt",
+    "AttemptOutcome",
     "LEASE_EXPIRED",
     "Ended",
     "EnqueueResult",
@@ -59,6 +63,30 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     #: Expired while waiting (by `reserve` or `sweep`).
     EXPIRED = "expired"
+
+
+class AttemptOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRIED = "retried"  # failed; the job was scheduled again
+    DEAD = "dead"  # failed for the last time (dead-letter queue)
+    CANCELLED = "cancelled"  # stopped by a cancel while it ran
+    RUNNING = "running"  # the attempt now under way
+    LOST = "lost"  # left no outcome: its worker died or its lease lapsed
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One run of a job. `number` is the job's attempt count for that run (1 for the
+    first; a replayed dead job counts from 1 again). Times are Unix epoch seconds.
+    `trace` is the W3C trace context (`traceparent`, ...) of the first attempt of the
+    job's run, when a tracing hook gave one; absent in records of older versions."""
+
+    number: int
+    outcome: AttemptOutcome
+    worker_id: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: ErrorInfo | None = None
+    trace: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, final, runtime_checkable
 
 from offload._redact import redact_url
 from offload.brokers.records import (
@@ -71,6 +71,9 @@ from offload.brokers.records import (
 from offload.clock import Clock, SystemClock
 from offload.envelope import Envelope, ErrorInfo, JobState
 from offload.errors import ConfigurationError, LeaseLost
+
+if TYPE_CHECKING:
+    from offload.brokers.facts import QueueFacts
 
 #: The roles, and the records they take and return (re-exported from
 #: `offload.brokers.records`, so one import gives the whole contract).
@@ -440,6 +443,12 @@ class Delivery(Part):
     def state_url(self) -> str | None:
         """The state store this delivery's own URL names (e.g. `?state=` of an
         `amqp://` URL), None if it names none: `from_url` uses it when not given one."""
+        return None
+
+    def facts(self) -> QueueFacts | None:
+        """What this delivery can answer about its queues without a state store (see
+        `offload.brokers.stateless`), or None: it cannot run without one. Full
+        brokers never need it."""
         return None
 
     def attach_state(self, state: Broker) -> None:

@@ -24,7 +24,7 @@ from offload.cli import workflow_tree
 from offload.cli.shared import app_from_options, app_option, console, run_async, url_option
 from offload.codec import dumps_pretty
 from offload.envelope import JobState, clip
-from offload.errors import JobNotFound
+from offload.errors import ConfigurationError, JobNotFound
 from offload.pausing import Paused
 
 #: Most characters a table cell shows of one value (arguments, result, error, key):
@@ -62,13 +62,25 @@ def fmt_age(seconds: float | None) -> str:
 @app_option
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
+@click.option(
+    "-q",
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Only this queue (repeatable); names queues a broker cannot list (amqp:// alone).",
+)
+def status(app_spec: str | None, url: str | None, as_json: bool, queues: tuple[str, ...]) -> None:
     """Jobs per queue and state, the age of the oldest queued job, and live workers."""
     app = app_from_options(app_spec, url)
 
-    async def collect() -> tuple[dict[str, Any], list[WorkerInfo], Paused]:
+    async def collect() -> tuple[dict[str, Any], list[WorkerInfo] | None, Paused]:
         broker = await app.connected_broker()
-        return await broker.counts(), await broker.workers(), await pausing.paused(broker)
+        counts = await broker.counts(list(queues) or None)
+        try:
+            workers: list[WorkerInfo] | None = await broker.workers()
+        except ConfigurationError:  # a delivery without a state store keeps no registry
+            workers = None
+        return counts, workers, await pausing.paused(broker)
 
     counts, workers, paused = run_async(app, collect)
     now = time.time()
@@ -83,7 +95,9 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
                 }
                 for q, stats in counts.items()
             },
-            "workers": [
+            "workers": None
+            if workers is None
+            else [
                 {
                     "id": w.id,
                     "queues": w.queues,
@@ -115,7 +129,9 @@ def status(app_spec: str | None, url: str | None, as_json: bool) -> None:
         if held:
             since = ", ".join(f"{n} (since {fmt_time(t)})" for n, t in sorted(held.items()))
             out.print(Text(f"paused {kind}: {since}"))
-    if workers:
+    if workers is None:
+        out.print("workers: not known (this broker keeps no registry without a state store)")
+    elif workers:
         out.print(_workers_table(workers, now))
     else:
         out.print("no live workers")

@@ -8,7 +8,8 @@ settlements, and `publish` for a state store), over the topology in `topology` (
 queues with priorities, TTL'd delay buckets, dead-letter queues) and one connection
 managed by `_connection.Link`. `offload.brokers.from_url` makes it a whole broker with
 the state store named by `state=` in the URL (`settings.parse_url`), `state_url=` or
-`OFFLOAD_STATE_URL` (`offload.brokers.composite`); without one it refuses, naming them.
+`OFFLOAD_STATE_URL` (`offload.brokers.composite`); without one it stands alone
+(`offload.brokers.stateless`, with what RabbitMQ itself knows from `facts`).
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ that the connection went away and why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiormq
@@ -175,6 +177,32 @@ class Link:
     async def close(self) -> None:
         self._closed = True
         await self._drop()
+
+    @contextlib.asynccontextmanager
+    async def channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A channel of its own for a short task (counting, dead letters), closed after.
+
+        Not the publisher's or the consumer's: a passive declare of a missing queue
+        closes its channel, and messages it got but did not ack go back to their queue
+        when it closes.
+
+        Raises:
+            BrokerUnavailable: RabbitMQ cannot be reached, or the connection was lost
+                while the block ran.
+        """
+        session = await self.session()
+        try:
+            channel = await session.connection.channel(publisher_confirms=False)
+        except _LOST as exc:
+            raise unavailable("open channel", exc) from exc
+        try:
+            yield channel
+        except _LOST as exc:
+            raise unavailable("channel", exc) from exc
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*_LOST):
+                    await channel.close()
 
     async def declare_queue(
         self,

@@ -54,13 +54,21 @@ from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._connection import Link, Session, unavailable
-from offload.brokers.amqp.settings import STATE_SETTING, parse_url
+from offload.brokers.amqp.facts import AmqpFacts
+from offload.brokers.amqp.settings import parse_url
+from offload.brokers.amqp.topology import (
+    ATTEMPT_HEADER,
+    DUE_HEADER,
+    ERROR_HEADER,
+    EXPIRES_HEADER,
+    STAMP_HEADER,
+)
 from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease, Outgoing
-from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
+from offload.brokers.roles import Capabilities, Delivery, Ending, Settlement
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope, ErrorInfo
-from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+from offload.errors import BrokerUnavailable, LeaseLost
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -73,16 +81,6 @@ __all__ = [
 
 logger = logging.getLogger("offload.brokers.amqp")
 
-#: Attempts already used when the message was published (0 for a new job).
-ATTEMPT_HEADER = "offload-attempt"
-#: When the job is due, epoch milliseconds (absent: at once).
-DUE_HEADER = "offload-due"
-#: When the job expires, epoch milliseconds (absent: never).
-EXPIRES_HEADER = "offload-expires"
-#: Why a job was buried (its `ErrorInfo`, JSON), on dead letters.
-ERROR_HEADER = "offload-error"
-#: The state store's stamp of this copy of the job (`Outgoing.stamp`).
-STAMP_HEADER = "offload-stamp"
 #: A job consumed this early (ms) is already due (clock skew between hosts aside).
 _EARLY_MS = 1
 #: When `extend` warns that a lease nears the server's consumer timeout.
@@ -134,7 +132,7 @@ class AmqpDelivery(Delivery):
     Args:
         url: an `amqp://` URL (`offload.brokers.amqp.settings`).
         clock: the source of `not_before`/`expires_at` comparisons and lease deadlines.
-        retention_s: how long the state store keeps a key's claim.
+        retention_s: how long finished jobs are kept (by the state store).
     """
 
     capabilities = Capabilities(push_wakeup=True, loop_bound=True)
@@ -146,9 +144,11 @@ class AmqpDelivery(Delivery):
         self.settings = parse_url(url)
         self.names = topology.Names(self.settings.prefix)
         self.link = Link(self.settings)
-        self.state: Broker | None = None
         #: Jobs acknowledged unrun because `expires_at` had passed.
         self.expired = 0
+        #: The offload queues this process enqueued to or consumed (RabbitMQ cannot list
+        #: them: `AmqpFacts.names`).
+        self.used: set[str] = set()
         self._ready: list[_Delivery] = []
         self._soon: list[tuple[int, _Delivery]] = []  # (due ms, delivery): held until due
         self._held: dict[str, _Delivery] = {}  # lease token → its delivery
@@ -164,13 +164,13 @@ class AmqpDelivery(Delivery):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def attach_state(self, state: Broker) -> None:
-        """The state store: idempotency keys are claimed in it (`enqueue`)."""
-        self.state = state
-
     def state_url(self) -> str | None:
         """The state store `state=` in the URL names."""
         return self.settings.state_url
+
+    def facts(self) -> AmqpFacts:
+        """What RabbitMQ answers without a state store (`offload.brokers.stateless`)."""
+        return AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
 
     async def connect(self) -> None:
         await self.link.session()
@@ -209,58 +209,27 @@ class AmqpDelivery(Delivery):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        """Publish every job and return once RabbitMQ has confirmed all of them.
+        """Publish every job and return once RabbitMQ has confirmed all of them
+        (without a state store: with one, the store records jobs and `publish`es them).
 
         Publishes are pipelined on one channel (one round trip for the whole batch, not
         one per job). Not atomic across jobs: if the connection drops mid-batch, some
         are stored and the call raises, and a retried call stores those again
-        (at-least-once). A job with a `key` first claims it in the state store
-        (`compare_and_set` of the register `key:<key>`): a key claimed by another job
-        returns that job's id with `created=False`, and is not published.
+        (at-least-once: without a store, a job id is not checked for duplicates).
 
         Raises:
             BrokerUnavailable: RabbitMQ is unreachable or refused a message.
-            ConfigurationError: `max_depth` (RabbitMQ cannot count and publish in one
-                step), or a key without a state store.
+            ConfigurationError: a job has a key or is a workflow step, or `max_depth`
+                is given: these need a state store (`QueueFacts.check_enqueue`).
         """
-        if max_depth is not None:
-            raise ConfigurationError(
-                "max_depth (backpressure) is not available on amqp://: RabbitMQ cannot "
-                "count a queue and publish to it in one atomic step"
-            )
-        results = await self._claim_keys(jobs)
-        fresh = [job for job, result in zip(jobs, results, strict=True) if result.created]
+        self.facts().check_enqueue(jobs, max_depth)
         now_ms = self._now_ms()
-        for queue in {envelope.queue for envelope, _ in fresh}:
+        for queue in {envelope.queue for envelope, _ in jobs}:
             await self._declare_work(queue)
         await asyncio.gather(
-            *(self._publish_new(envelope, payload, now_ms) for envelope, payload in fresh)
+            *(self._publish_new(envelope, payload, now_ms) for envelope, payload in jobs)
         )
-        return results
-
-    async def _claim_keys(self, jobs: Sequence[tuple[Envelope, bytes]]) -> list[EnqueueResult]:
-        results: list[EnqueueResult] = []
-        claimed: dict[str, str] = {}
-        for envelope, _ in jobs:
-            if envelope.key is None:
-                results.append(EnqueueResult(envelope.id, True))
-                continue
-            if self.state is None:
-                raise ConfigurationError(
-                    f"job {envelope.id} has a key ({envelope.key!r}); keys need a state "
-                    f"store: set {STATE_SETTING}"
-                )
-            owner = claimed.get(envelope.key)
-            if owner is None:
-                owner = (
-                    await self.state.compare_and_set(
-                        f"key:{envelope.key}", None, envelope.id, ttl_s=self.retention_s
-                    )
-                    or envelope.id
-                )
-                claimed[envelope.key] = owner
-            results.append(EnqueueResult(owner, owner == envelope.id))
-        return results
+        return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
 
     async def _publish_new(self, envelope: Envelope, payload: bytes, now_ms: int) -> None:
         headers: FieldTable = {ATTEMPT_HEADER: 0}
@@ -305,6 +274,7 @@ class AmqpDelivery(Delivery):
     async def _declare_work(self, queue: str) -> None:
         """The work queue, bound by its name to the work exchange (where the delay
         buckets dead-letter)."""
+        self.used.add(queue)
         await self.link.declare_queue(
             self.names.work(queue),
             topology.work_arguments(self.settings.queue_type),
@@ -644,6 +614,7 @@ class AmqpDelivery(Delivery):
         headers[ERROR_HEADER] = encode_error(error).decode()
         properties = spec.Basic.Properties(
             delivery_mode=2,
+            priority=delivery.properties.priority,  # kept for a replay
             message_id=delivery.properties.message_id,
             content_type="application/json",
             headers=_clean(headers),

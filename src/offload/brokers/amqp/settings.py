@@ -22,7 +22,10 @@ from offload.errors import ConfigurationError
 __all__ = ["DEFAULT_CONSUMER_TIMEOUT_S", "STATE_SETTING", "AmqpSettings", "parse_url"]
 
 #: How a user names the state store, quoted by every error about a missing one.
-STATE_SETTING = "state= in the amqp:// URL (amqp://…/?state=postgresql://… or sqlite:///…)"
+STATE_SETTING = (
+    "state= in the amqp:// URL (amqp://…/?state=postgresql://… or sqlite:///…, "
+    "percent-encoded), state_url= or OFFLOAD_STATE_URL"
+)
 
 #: RabbitMQ's own default `consumer_timeout` (30 minutes, in seconds): a delivery not
 #: acknowledged within it makes the server close the channel and redeliver every job

@@ -43,6 +43,11 @@ import hashlib
 from pamqp.common import FieldTable
 
 __all__ = [
+    "ATTEMPT_HEADER",
+    "DUE_HEADER",
+    "ERROR_HEADER",
+    "EXPIRES_HEADER",
+    "STAMP_HEADER",
     "BUCKET_MAX_MS",
     "BUCKET_MIN_MS",
     "DELAY_HEADER",
@@ -59,6 +64,16 @@ __all__ = [
 BUCKET_MIN_MS = 64
 #: The longest bucket: 2**31 ms, about 24.9 days (RabbitMQ's TTLs stop at 2**32 - 1).
 BUCKET_MAX_MS = 2**31
+#: Attempts already used when the message was published (0 for a new job).
+ATTEMPT_HEADER = "offload-attempt"
+#: When the job is due, epoch milliseconds (absent: at once).
+DUE_HEADER = "offload-due"
+#: When the job expires, epoch milliseconds (absent: never).
+EXPIRES_HEADER = "offload-expires"
+#: Why a job was buried (its `ErrorInfo`, JSON), on dead letters.
+ERROR_HEADER = "offload-error"
+#: The state store's stamp of this copy of the job (`Outgoing.stamp`).
+STAMP_HEADER = "offload-stamp"
 #: The header the delay exchange routes on: the bucket's TTL in milliseconds.
 DELAY_HEADER = "offload-delay"
 #: `x-max-priority` of classic work queues (see the module docstring).

@@ -11,8 +11,7 @@ store (`state=` in the URL) keeps those. The modules:
     messages.py   a job as a message: body, attributes, the size rule
     delivery.py   send / receive / extend / delete / move / dead letters (`SQSDelivery`)
     broker.py     the delivery role on top of it (`SQSBroker`)
-    stateless.py  `open_broker` (what `from_url` calls): SQS with its state store, or
-                  alone, answering what SQS knows and refusing the rest (`Stateless`)
+    facts.py      what SQS answers without a state store (`offload.brokers.stateless`)
 
 Imported only through the broker registry, so `import offload` never imports botocore.
 """
@@ -23,6 +22,5 @@ from offload.brokers.sqs.broker import SQSBroker
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.messages import Outgoing, Received
-from offload.brokers.sqs.stateless import open_broker
 
-__all__ = ["Outgoing", "Received", "SQSBroker", "SQSConfig", "SQSDelivery", "open_broker"]
+__all__ = ["Outgoing", "Received", "SQSBroker", "SQSConfig", "SQSDelivery"]

@@ -11,7 +11,7 @@ SQS moves, batched per call:
     release         a fresh copy due now, the attempt not counted (FIFO: in place)
 
 What SQS cannot do is the state store's (`state=` in the URL; see `config.py` and
-`stateless.py`). With one, the store records every job and decides when it is due
+`offload.brokers.stateless`). With one, the store records every job and decides when it is due
 (`offload.brokers.composite`): SQS only carries the copies the store `publish`es, due
 now, each with the store's stamp (`Lease.stamp`), and the store's `Ledger.claim`
 decides which delivered copy runs. Without a store, `enqueue` sends jobs itself and
@@ -31,24 +31,18 @@ from offload.brokers.records import EnqueueResult, Lease
 from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
+from offload.brokers.sqs.facts import SQSFacts
 from offload.brokers.sqs.messages import Outgoing, Received
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope
-from offload.errors import ConfigurationError
 
-__all__ = ["STATE_SETTING", "SQSBroker"]
+__all__ = ["SQSBroker"]
 
 #: The state store's register naming the one receipt of a copy that may run now (see
 #: `SQSBroker._exclusive`), and the value a released copy leaves in it.
 _RUNS = "sqs-runs:{job_id}:{stamp}"
 _RELEASED = "released"
-
-#: How a user gives an sqs:// broker its state store, quoted by every refusal.
-STATE_SETTING = (
-    "state= in the sqs:// URL (a postgresql://, redis:// or sqlite:/// URL, "
-    "percent-encoded), or OFFLOAD_STATE_URL"
-)
 
 
 class SQSBroker(Delivery):
@@ -84,16 +78,12 @@ class SQSBroker(Delivery):
         store (with one, the store records jobs and `publish`es them).
 
         Raises:
-            ConfigurationError: a job has a `key`, or `max_depth` is given: both need a
-                state store, and nothing is sent.
+            ConfigurationError: a job has a `key` or is a workflow step, or
+                `max_depth` is given: these need a state store; nothing is sent.
             SerializationError: a job is over SQS's message size (nothing is sent).
             BrokerUnavailable: SQS could not be reached (resending is safe).
         """
-        if max_depth is not None:
-            raise self.needs_state("max_depth (a bounded queue)")
-        for envelope, _ in jobs:
-            if envelope.key is not None:
-                raise self.needs_state(f"the idempotency key of job {envelope.id}")
+        self.facts().check_enqueue(jobs, max_depth)
         items = {
             envelope.id: Outgoing(
                 envelope.id,
@@ -132,9 +122,9 @@ class SQSBroker(Delivery):
         self.sqs.topology.redrive = False
         self._state = state
 
-    def needs_state(self, what: str) -> ConfigurationError:
-        """The error for an operation SQS alone cannot do."""
-        return ConfigurationError(f"{what} needs a state store on sqs://: set {STATE_SETTING}")
+    def facts(self) -> SQSFacts:
+        """What SQS answers without a state store (`offload.brokers.stateless`)."""
+        return SQSFacts(self.sqs)
 
     # -- reserve ------------------------------------------------------------------------
 
@@ -171,11 +161,11 @@ class SQSBroker(Delivery):
         if stale:
             await self.sqs.delete(stale)
             self.expired += len(stale)
-        live = {(m.job_id, m.stamp) for m in self._held.values() if self.sqs.holds(m)}
+        live = {_copy(m) for m in self._held.values() if self.sqs.holds(m)}
         fresh: list[Received] = []
         for m in messages:
-            if m not in stale and (m.job_id, m.stamp) not in live:
-                live.add((m.job_id, m.stamp))
+            if m not in stale and _copy(m) not in live:
+                live.add(_copy(m))
                 fresh.append(m)
         leases = []
         for m in await self._exclusive(fresh):
@@ -286,6 +276,14 @@ class SQSBroker(Delivery):
             out[i] = ok
             self._held.pop(message.receipt, None)
         return out
+
+
+def _copy(message: Received) -> tuple[str, str]:
+    """Which copy of its job a message is: the store's stamp (a copy published twice is
+    one copy), else SQS's own message id (without a store, a retry's new message is
+    another copy of the job, to be leased even while the old one is still held here:
+    its move deletes the old one only after sending the new)."""
+    return (message.job_id, message.stamp or message.message_id)
 
 
 def _next_message(message: Received, settlement: Settlement) -> Outgoing:

@@ -1,29 +1,33 @@
-"""What `sqs://` can answer without a state store, and the clear refusal of the rest.
+"""A delivery-only broker without a state store: what it answers alone, and a clear
+refusal of the rest.
 
-`open_broker` makes an `sqs://` URL a whole `Broker`: SQS's delivery role, and the
-other roles from the state store that `state=` names. Without `state=` those roles
-come from `Stateless`, which answers what SQS itself knows and refuses the rest with a
-`ConfigurationError` naming the `state=` setting (listed in `NEEDS_STATE`):
+A message queue (`amqp://`, `sqs://`) delivers jobs, retries them through its own
+delays and parks dead ones, but cannot look a job up, hold a result, a key or a limit.
+Without a state store (`state=` in its URL, `state_url=`, `OFFLOAD_STATE_URL`),
+`from_url` makes the delivery a whole broker (`alone`) whose other roles are a
+`Stateless`:
 
-- answered from SQS: `counts` (SQS's approximate numbers: ready, leased, delayed,
-  dead), `queues`, `replay_dead` and `purge_dead` (the dead-letter queues);
-- answered because nothing can be there: `outbox` (no job ends inside SQS with a
+- answered from the queue itself (`QueueFacts`, given by `Delivery.facts()`):
+  `counts` (what the server can count), `queues`, `replay_dead` and `purge_dead`;
+- answered because nothing can be there: `outbox` (no job ends inside the queue with a
   workflow waiting on it), `cancel_requested` (no cancel could be recorded), `sweep`
   (nothing to expire or purge), `paused` (no flag can be raised), worker registration
-  and attempt records (kept nowhere: `workers` and `attempt_records` refuse);
-- refused: job lookup and listing (`get_job`, `find`, `list_jobs`, `workflow_jobs`:
-  so `Job.result()`, `state()`, `info()`), `cancel`, `set_progress`, `workers`, rate and
-  concurrency limits, chord joins, pausing, and the registers the scheduler keeps its
-  fires in.
+  and attempt records (kept nowhere: `workers` and `attempt_records` refuse),
+  `finished` (no end is counted);
+- refused with a `ConfigurationError` naming the setting (`NEEDS_STATE`): job lookup
+  and listing (`get_job`, `find`, `list_jobs`, `workflow_jobs`: so `Job.result()`,
+  `state()`, `info()`), `cancel`, `set_progress`, `workers`, rate and concurrency
+  limits, chord joins, pausing, and the registers the scheduler keeps its fires in.
+  The delivery's own `enqueue` refuses keys, `max_depth` and workflow steps the same
+  way (`offload.brokers.facts.QueueFacts.check_enqueue`), before sending anything.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import Any
 
-from offload.brokers.composite import Composite, with_state_store
+from offload.brokers.composite import Composite
+from offload.brokers.facts import QueueFacts
 from offload.brokers.records import (
     Ended,
     Finished,
@@ -34,13 +38,12 @@ from offload.brokers.records import (
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.roles import Broker, Fleet, Flow, Inspection, Signals
-from offload.brokers.sqs.broker import SQSBroker
+from offload.brokers.roles import Broker, Delivery, Fleet, Flow, Inspection, Signals
 from offload.envelope import JobState
 
-__all__ = ["NEEDS_STATE", "Stateless", "open_broker"]
+__all__ = ["NEEDS_STATE", "Stateless", "alone"]
 
-#: What an `sqs://` broker without a state store refuses (the rest works).
+#: What a delivery-only broker without a state store refuses (the rest works).
 NEEDS_STATE = (
     "idempotency keys",
     "max_depth",
@@ -56,40 +59,37 @@ NEEDS_STATE = (
 )
 
 
+def alone(delivery: Delivery, facts: QueueFacts) -> Broker:
+    """`delivery` as a whole broker without a state store (module docstring)."""
+    stateless = Stateless(delivery, facts)
+    return Composite(
+        delivery, flow=stateless, inspection=stateless, fleet=stateless, signals=stateless
+    )
+
+
 class Stateless(Flow, Inspection, Fleet, Signals):
-    """The non-delivery roles of an `sqs://` broker without `state=` (module docstring)."""
+    """The non-delivery roles of a delivery-only broker without a state store (module
+    docstring)."""
 
-    def __init__(self, delivery: SQSBroker) -> None:
+    def __init__(self, delivery: Delivery, facts: QueueFacts) -> None:
         super().__init__(delivery.url, clock=delivery.clock)
-        self._sqs = delivery.sqs
-        self._refuse = delivery.needs_state
+        self._facts = facts
+        self._refuse = facts.needs_state
 
-    # -- answered from SQS -------------------------------------------------------------
+    # -- answered from the queue -------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        """SQS's approximate counts: ready as queued, leased as running, delayed as
-        scheduled, the dead-letter queue as dead (retries wait as delayed too)."""
-        out = {}
-        for queue in queues if queues is not None else await self.queues():
-            depth = await self._sqs.depth(queue)
-            out[queue] = QueueStats(
-                {
-                    JobState.QUEUED: depth["ready"],
-                    JobState.RUNNING: depth["leased"],
-                    JobState.SCHEDULED: depth["delayed"],
-                    JobState.DEAD: depth["dead"],
-                }
-            )
-        return out
+        names = queues if queues is not None else await self.queues()
+        return {queue: await self._facts.stats(queue) for queue in names}
 
     async def queues(self) -> list[str]:
-        return await self._sqs.topology.listed()
+        return await self._facts.names()
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
         names = [queue] if queue is not None else await self.queues()
-        return sum([await self._sqs.replay_dead(name, job_ids) for name in names])
+        return sum([await self._facts.replay_dead(name, job_ids) for name in names])
 
     async def purge_dead(
         self,
@@ -101,7 +101,7 @@ class Stateless(Flow, Inspection, Fleet, Signals):
         if older_than is not None:
             raise self._refuse("purge_dead(older_than=...) (when each job died)")
         names = [queue] if queue is not None else await self.queues()
-        return sum([await self._sqs.purge_dead(name, job_ids) for name in names])
+        return sum([await self._facts.purge_dead(name, job_ids) for name in names])
 
     # -- nothing there to answer -------------------------------------------------------
 
@@ -159,7 +159,7 @@ class Stateless(Flow, Inspection, Fleet, Signals):
         raise self._refuse("listing jobs")
 
     async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
-        """Nothing: SQS counts no ends (the overview shows no throughput)."""
+        """Nothing: no end is counted (the overview shows no throughput)."""
         return []
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
@@ -189,25 +189,3 @@ class Stateless(Flow, Inspection, Fleet, Signals):
         self, name: str, expected: str | None, new: str, *, ttl_s: float
     ) -> str | None:
         raise self._refuse("a schedule (its fire register)")
-
-
-def open_broker(url: str, *, state_url: str | None = None, **kwargs: Any) -> Broker:
-    """The whole broker an `sqs://` URL names (not yet connected): SQS for delivery,
-    and for the rest the state store named by `state_url`, else the URL's `state=`,
-    else `OFFLOAD_STATE_URL` (the order of `from_url`, which calls this), or
-    `Stateless` when none is set. `kwargs` (`clock`, `retention_s`) go to both.
-
-    Raises:
-        ConfigurationError: a bad URL (the SQS one or the store's), or a state store
-            that cannot keep SQS's jobs (`with_state_store`).
-    """
-    from offload.brokers import from_url
-
-    delivery = SQSBroker(url, **kwargs)
-    store_url = state_url or delivery.state_url() or os.environ.get("OFFLOAD_STATE_URL")
-    if store_url:
-        return with_state_store(delivery, from_url(store_url, **kwargs))
-    stateless = Stateless(delivery)
-    return Composite(
-        delivery, flow=stateless, inspection=stateless, fleet=stateless, signals=stateless
-    )

@@ -1,0 +1,127 @@
+"""`amqp://` and `sqs://` without a state store, one rule for both: a real `offload
+worker` runs the README's jobs (retries with backoff, `Retry(delay=)`, a delayed job,
+dead letters counted, replayed and purged), and everything that needs a store raises a
+`ConfigurationError` naming the settings that give one (no secret shown)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
+
+import pytest
+
+from offload import JobState, chain
+from offload.brokers.roles import Broker
+from offload.errors import ConfigurationError
+from tests.integration.test_amqp_worker import worker_app
+
+pytestmark = pytest.mark.timeout(180)
+T = TypeVar("T")
+
+
+@pytest.fixture(params=["amqp", "sqs"])
+def storeless_app(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ModuleType, Path, str]]:
+    """The README's app on RabbitMQ or SQS alone, and a real `offload worker`."""
+    if request.param == "amqp":
+        url = request.getfixturevalue("amqp_url")
+    else:
+        url = request.getfixturevalue("sqs_url") + "&wait=1"
+    with worker_app(url, tmp_path, monkeypatch, f"alone{request.param}") as (app, outbox):
+        yield app, outbox, request.param
+
+
+def arrived(outbox: Path, name: str, within: float = 30) -> str:
+    deadline = time.monotonic() + within
+    while not (outbox / name).exists():
+        assert time.monotonic() < deadline, f"{name} never arrived"
+        time.sleep(0.05)
+    return (outbox / name).read_text()
+
+
+def on_broker(app: ModuleType, call: Callable[[Broker], Awaitable[T]]) -> T:
+    """`call` on the app's broker, from this (synchronous) test."""
+
+    async def run() -> T:
+        return await call(await app.app.connected_broker())
+
+    result: T = app.app.portal.run(run())
+    return result
+
+
+def dead_count(app: ModuleType, within: float, expected: int) -> int:
+    """The dead-letter count the broker reports, waited for (SQS's is approximate)."""
+    deadline = time.monotonic() + within
+    while True:
+        dead = on_broker(app, lambda b: b.counts(["default"]))["default"].states[JobState.DEAD]
+        if dead == expected or time.monotonic() > deadline:
+            return int(dead)
+        time.sleep(0.2)
+
+
+def test_the_jobs_run_and_dead_letters_are_counted_replayed_and_purged(
+    storeless_app: tuple[ModuleType, Path, str],
+) -> None:
+    app, outbox, _ = storeless_app
+    send = app.send_verification
+    send.enqueue("ada@example.com", "1")
+    send.enqueue("flaky@example.com", "2")  # fails twice, retried with backoff
+    send.enqueue("limited@example.com", "3")  # Retry(delay=0.5) once
+    started = time.monotonic()
+    send.options(delay=2).enqueue("later@example.com", "4")
+    assert arrived(outbox, "ada@example.com.1") == "1"
+    assert arrived(outbox, "flaky@example.com.2") == "3"
+    assert arrived(outbox, "limited@example.com.3") == "2"
+    assert arrived(outbox, "later@example.com.4") == "1"
+    assert time.monotonic() - started >= 1.9
+    # a job that gives up at once goes to the dead letters, counted there
+    bad = [send.enqueue(f"bad{n}@example.com", str(n)).id for n in range(3)]
+    assert dead_count(app, 30, 3) == 3
+    # replay one (the mailbox is fixed meanwhile): it runs; purge another; one is left
+    (outbox / "fixed").write_text("")
+    assert on_broker(app, lambda b: b.replay_dead("default", [bad[0]])) == 1
+    assert arrived(outbox, "bad0@example.com.0") == "1"
+    assert on_broker(app, lambda b: b.purge_dead("default", [bad[1]])) == 1
+    assert dead_count(app, 30, 1) == 1
+    assert on_broker(app, lambda b: b.purge_dead("default")) == 1
+    assert dead_count(app, 30, 0) == 0
+    assert "default" in on_broker(app, lambda b: b.queues())
+    # the CLI, as an operator runs it: counts of a named queue; no registry of workers
+    shown = subprocess.run(
+        [sys.executable, "-m", "offload", "status", "--json", "-q", "default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    status = json.loads(shown.stdout)
+    assert status["queues"]["default"]["dead"] == 0 and status["workers"] is None
+
+
+def test_what_needs_a_store_says_which_setting_gives_one(
+    storeless_app: tuple[ModuleType, Path, str],
+) -> None:
+    app, outbox, scheme = storeless_app
+    job = app.add.enqueue(1, 2)
+    app.send_verification.enqueue("ada@example.com", "1")
+    assert arrived(outbox, "ada@example.com.1") == "1"  # (the worker is up)
+    refusals = {
+        "result": lambda: job.result(timeout=5),
+        "state": job.state,
+        "cancel": job.cancel,
+        "key": lambda: app.add.options(key="once").enqueue(2, 2),
+        "chain": lambda: chain(app.add.call(1, 2), app.add.partial(10)).enqueue(),
+        "workers": lambda: on_broker(app, lambda b: b.workers()),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(ConfigurationError) as caught:
+            call()
+        message = str(caught.value)
+        assert f"needs a state store on {scheme}://" in message, (what, message)
+        assert "state=" in message and "OFFLOAD_STATE_URL" in message, (what, message)
