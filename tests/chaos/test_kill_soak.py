@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 WORKER_ARGS = ("--lease", "2", "-c", "10")
 
 
-@pytest.mark.parametrize("name", [*BROKERS, "amqp_sqlite"])
+@pytest.mark.parametrize("name", [*BROKERS, "amqp_sqlite", "amqp_postgres"])
 def test_random_sigkills_lose_no_job_and_never_overlap_two_runs(
     name: str, tmp_path: Path, broker_url: Callable[[str], str]
 ) -> None:
