@@ -42,6 +42,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str]
             return str(request.getfixturevalue("redis_cluster_url"))
         if name == "postgres":
             return str(request.getfixturevalue("postgres_url"))
+        if name == "amqp":  # RabbitMQ alone, without a state store
+            return str(request.getfixturevalue("amqp_url"))
         if name.startswith("amqp_"):  # RabbitMQ with a state store: amqp_sqlite, …
             state = make(name.removeprefix("amqp_"))
             return f"{request.getfixturevalue('amqp_url')}&state={quote(state, safe='')}"

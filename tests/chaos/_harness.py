@@ -302,6 +302,35 @@ class Fleet:
         return tally
 
 
+class StorelessFleet(Fleet):
+    """A `Fleet` on a broker without a state store (`amqp://` alone): nothing can be
+    looked up, so what became of each job is read from its runs alone. A job is done
+    when one of its runs returned (every task of `APP_SOURCE` that a scenario enqueues
+    succeeds); it is lost when none did."""
+
+    def done(self) -> set[str]:
+        return {job_id for job_id, runs in self.runs().items() if any(r.ended for r in runs)}
+
+    def finished(self, queue: str = "default") -> int:
+        return len(self.done())
+
+    def settled(self, ids: Sequence[str]) -> bool:
+        return set(ids) <= self.done()
+
+    def tally(self, ids: Sequence[str]) -> Tally:
+        runs = self.runs()
+        tally = Tally(jobs=len(ids))
+        for job_id in ids:
+            job_runs = runs.get(job_id, [])
+            if not any(r.ended for r in job_runs):
+                tally.lost.append(job_id)
+            if len(job_runs) > 1:
+                tally.twice.append(job_id)
+            if overlapping(job_runs):
+                tally.overlapping.append(job_id)
+        return tally
+
+
 def read_runs(runs_dir: Path) -> dict[str, list[Run]]:
     """Every run recorded under `runs_dir` (see the module docstring), per job id, in
     start order. Lines other than S, T and E (a consumer's own notes) are skipped."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos._harness import BROKERS, Fleet, env_int, wait_for
+from tests.chaos._harness import BROKERS, Fleet, StorelessFleet, env_int, wait_for
 from tests.chaos._report import record
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 WORKER_ARGS = ("--lease", "2", "-c", "10")
 
 
-@pytest.mark.parametrize("name", [*BROKERS, "amqp_sqlite", "amqp_postgres"])
+@pytest.mark.parametrize("name", [*BROKERS, "amqp", "amqp_sqlite", "amqp_postgres"])
 def test_random_sigkills_lose_no_job_and_never_overlap_two_runs(
     name: str, tmp_path: Path, broker_url: Callable[[str], str]
 ) -> None:
     jobs, kills_wanted = env_int("JOBS", 2000), env_int("KILLS", 12)
     rng = random.Random(1234)
-    fleet = Fleet(tmp_path, broker_url(name))
+    fleet = (StorelessFleet if name == "amqp" else Fleet)(tmp_path, broker_url(name))
     try:
         # Enqueued in waves between the kills, so that work runs throughout.
         waves = [range(jobs)[w :: kills_wanted + 1] for w in range(kills_wanted + 1)]
