@@ -103,3 +103,30 @@ async def test_a_copy_sqs_hands_to_two_processes_at_once_runs_in_one(
         await first.ack(lease, None, result_ttl_s=None)
         info = await second.get_job(created.id)
         assert info is not None and (info.state, info.attempt) == (JobState.SUCCEEDED, 1)
+
+
+async def test_a_fifo_queue_with_a_store_runs_its_jobs_in_enqueue_order(
+    sqs_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store's copies go through a FIFO queue (group and deduplication ids set by
+    # `publish`: SQS refuses a FIFO message without them), one at a time, in order.
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    state = quote(f"sqlite:///{tmp_path / 'state.db'}", safe="")
+    app = Offload(f"{sqs_url}&fifo=ordered&state={state}")
+    ran: list[int] = []
+
+    @app.task(queue="ordered")
+    async def step(n: int) -> int:
+        ran.append(n)
+        return n
+
+    jobs = [await step.enqueue_async(n) for n in range(12)]
+    worker = Worker(app, queues=["ordered"], concurrency=1, lease_s=10, poll_s=0.2)
+    running = asyncio.create_task(worker.run())
+    try:
+        assert [await job.result_async(timeout=30) for job in jobs] == list(range(12))
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+        await app.aclose()
+    assert ran == list(range(12))
