@@ -7,7 +7,8 @@
 Each system gets a schema of its own in the database (`bench_offload`,
 `bench_procrastinate`), dropped and created again before every measurement. Rows:
 
-- enqueue, one call per job: `enqueue_async` / `defer_async` in a loop;
+- enqueue, one call per job: `enqueue_async` / `defer_async` in a loop, and from sync
+  code (`enqueue()` / `defer()` inside `App.open()`, procrastinate's sync connector);
 - enqueue, bulk: `enqueue_many_async` / `batch_defer_async`, 1,000 jobs per call;
 - processing: `--jobs` no-op jobs enqueued first, then one worker process
   (`python -m offload worker ... --concurrency C`, `procrastinate worker --concurrency
@@ -139,6 +140,11 @@ class System:
     async def enqueue_batch(self, n: int) -> None:
         raise NotImplementedError
 
+    def enqueue_sync(self, n: int) -> float:
+        """Seconds for `n` one-call enqueues from plain synchronous code (a web view),
+        after one outside the timing."""
+        raise NotImplementedError
+
     async def probe(self) -> None:
         raise NotImplementedError
 
@@ -179,6 +185,16 @@ class OffloadSystem(System):
 
     async def enqueue_batch(self, n: int) -> None:
         await offload_noop.enqueue_many_async([()] * n)
+
+    def enqueue_sync(self, n: int) -> float:
+        try:
+            offload_noop.enqueue()
+            started = time.perf_counter()
+            for _ in range(n):
+                offload_noop.enqueue()
+            return time.perf_counter() - started
+        finally:
+            offload_app.close()
 
     async def probe(self) -> None:
         await offload_probe.enqueue_async(time.time())
@@ -235,6 +251,14 @@ class ProcrastinateSystem(System):
 
     async def enqueue_batch(self, n: int) -> None:
         await proc_noop.batch_defer_async(*([{}] * n))
+
+    def enqueue_sync(self, n: int) -> float:
+        with proc_app.open():  # procrastinate's sync path: a sync psycopg connector
+            proc_noop.defer()
+            started = time.perf_counter()
+            for _ in range(n):
+                proc_noop.defer()
+            return time.perf_counter() - started
 
     async def probe(self) -> None:
         await proc_probe.defer_async(sent=time.time())
@@ -345,6 +369,13 @@ def enqueue_single(system: System, n: int) -> float:
     return n / elapsed
 
 
+def enqueue_single_sync(system: System, n: int) -> float:
+    fresh(system)
+    elapsed = system.enqueue_sync(n)
+    assert stored(system)[0] == n + 1, (system.name, stored(system), n + 1)
+    return n / elapsed
+
+
 def enqueue_bulk(system: System, n: int, *, clean: bool = True) -> float:
     if clean:
         fresh(system)
@@ -446,6 +477,7 @@ def measure(system: System, args: argparse.Namespace, log: Path) -> dict[str, fl
     p50, p99 = latency(system, log)
     return {
         "enqueue one": enqueue_single(system, single_n),
+        "enqueue one sync": enqueue_single_sync(system, single_n),
         "enqueue bulk": enqueue_bulk(system, args.jobs),
         "process": process(system, args.jobs, log),
         "p50 ms": p50,
@@ -463,6 +495,7 @@ def measure_depth(system: System, args: argparse.Namespace, log: Path) -> list[f
 
 ROWS = [
     ("enqueue, one call per job (jobs/s)", "enqueue one", True),
+    ("enqueue, one call per job from sync code (jobs/s)", "enqueue one sync", True),
     (f"enqueue, bulk {BATCH} per call (jobs/s)", "enqueue bulk", True),
     ("processing, 1 worker process (jobs/s)", "process", True),
     ("enqueue→start latency p50 (ms)", "p50 ms", False),

@@ -62,6 +62,7 @@ from offload.brokers.base import (
     WorkerInfo,
 )
 from offload.brokers.postgres import _rows
+from offload.brokers.postgres._blocking import BlockingPool, unavailable
 from offload.brokers.postgres._enqueue import Inserter
 from offload.brokers.postgres._executor import QUERIES as _Q
 from offload.brokers.postgres._executor import Connection, Database
@@ -77,7 +78,7 @@ from offload.brokers.roles import Ledger
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
-from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from offload.errors import BrokerError, ConfigurationError
 
 __all__ = ["PostgresBroker", "parse_url"]
 
@@ -149,6 +150,7 @@ class PostgresBroker(Broker, Ledger):
     capabilities = Capabilities(
         transactional_enqueue=True,
         push_wakeup=True,
+        blocking_enqueue=True,
         push_results=True,
         cross_process=True,
         loop_bound=False,
@@ -168,6 +170,8 @@ class PostgresBroker(Broker, Ledger):
         self._ends = EndWaiters()  # `wait_finished`, for every loop of this broker
         s = self.settings
         self._db = Database(self._conn)
+        self._blocking = BlockingPool(s.conninfo, s.pool_max)
+        self._migrated = False  # the schema is known current (`enqueue_blocking`)
         self._enqueuer = Inserter(self._db, self.clock, schema=s.schema, channel=s.channel)
         self._keeper = Keeper(
             self._db,
@@ -234,7 +238,7 @@ class PostgresBroker(Broker, Ledger):
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             state.recheck()
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
         except psycopg.Error as exc:
             raise BrokerError(f"PostgreSQL error: {exc}") from exc
 
@@ -264,13 +268,16 @@ class PostgresBroker(Broker, Ledger):
         try:
             async with await psycopg.AsyncConnection.connect(s.conninfo, autocommit=True) as conn:
                 applied = await migrate(conn, s.schema)
-                return await schema_version(conn), applied
+                version = await schema_version(conn)
         except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
+        self._migrated = True
+        return version, applied
 
     async def close(self) -> None:
-        """Close the pools and listeners of every event loop; idempotent. Another
-        loop's are closed on that loop if it still runs (else they are dropped)."""
+        """Close the pools and listeners of every event loop, and the sync producers'
+        pool; idempotent. Another loop's are closed on that loop if it still runs (else
+        they are dropped)."""
         here = asyncio.get_running_loop()
         with self._lock:
             opening, self._opening = self._opening, {}
@@ -280,6 +287,7 @@ class PostgresBroker(Broker, Ledger):
             elif loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(_close_state(task), loop)
                 await asyncio.wrap_future(future)
+        await asyncio.to_thread(self._blocking.close)
 
     # -- producer -------------------------------------------------------------------------
 
@@ -287,6 +295,17 @@ class PostgresBroker(Broker, Ledger):
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
         return await self._enqueuer.enqueue(jobs, max_depth)
+
+    def enqueue_blocking(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult] | None:
+        """The same statement from the calling thread, on a plain psycopg pool (see
+        `_blocking.py`); None for a call it leaves to `enqueue`: before this process
+        has seen the schema migrated, and with `max_depth`."""
+        if not self._migrated or max_depth is not None or not jobs:
+            return None
+        with self._blocking.connection() as conn:
+            return self._enqueuer.enqueue_on_sync(conn, jobs, None)
 
     async def enqueue_in(
         self, connection: psycopg.AsyncConnection[Any], jobs: Sequence[tuple[Envelope, bytes]]
@@ -615,8 +634,3 @@ async def _close_state(opening: asyncio.Task[_LoopState]) -> None:
 async def _check(pool: AsyncConnectionPool[Any]) -> None:
     with contextlib.suppress(Exception):  # a closed pool, or the server still away
         await pool.check()
-
-
-def _unavailable(exc: Exception) -> BrokerUnavailable:
-    """One line, as the CLI prints errors (libpq's messages span several)."""
-    return BrokerUnavailable(f"PostgreSQL is unavailable: {' '.join(str(exc).split())}")

@@ -92,16 +92,27 @@ class Inserter:
         _require_transaction(connection)
         if not jobs:
             return []
-        with connection.cursor(row_factory=tuple_row) as cur:
+        return self.enqueue_on_sync(connection, jobs, self._schema)
+
+    def enqueue_on_sync(
+        self,
+        conn: psycopg.Connection[Any],
+        jobs: Sequence[tuple[Envelope, bytes]],
+        schema: str | None,
+    ) -> list[EnqueueResult]:
+        """`enqueue_on` on a synchronous connection: the application's, inside its
+        transaction (`enqueue_in_sync`), or the broker's own, in autocommit
+        (`PostgresBroker.enqueue_blocking`)."""
+        with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(
-                qualified(_Q["enqueue"], self._schema),
+                qualified(_Q["enqueue"], schema),
                 _rows.enqueue_params(jobs, self._clock.now(), self._channel),
             )
             created = {row[0] for row in cur.fetchall()}
             holders: dict[str, str] = {}
             keys = _unresolved_keys(jobs, created)
             if keys:
-                cur.execute(qualified(_Q["ids_for_keys"], self._schema), {"keys": keys})
+                cur.execute(qualified(_Q["ids_for_keys"], schema), {"keys": keys})
                 holders = {row[0]: row[1] for row in cur.fetchall()}
         return _rows.enqueue_results(jobs, created, holders)
 
