@@ -125,3 +125,32 @@ def test_what_needs_a_store_says_which_setting_gives_one(
         message = str(caught.value)
         assert f"needs a state store on {scheme}://" in message, (what, message)
         assert "state=" in message and "OFFLOAD_STATE_URL" in message, (what, message)
+
+
+async def test_the_dashboard_shows_the_counts_and_says_what_needs_a_store(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from offload import Offload
+    from offload.dashboard import create_app
+
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    app = Offload(amqp_url)
+
+    @app.task(name="ping")
+    def ping(n: int) -> int:
+        return n
+
+    job = await ping.enqueue_async(1)
+    transport = httpx.ASGITransport(app=create_app(app))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as http:
+            overview = await http.get("/")
+            assert overview.status_code == 200 and "default" in overview.text
+            for path in (f"/jobs/{job.id}", "/jobs", "/dead"):
+                page = await http.get(path)
+                assert page.status_code == 501, (path, page.status_code)
+                assert "needs a state store on amqp://" in page.text, path
+    finally:
+        await app.aclose()

@@ -17,6 +17,8 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -25,7 +27,8 @@ from offload.codec import dumps_pretty
 from offload.dashboard import actions, pages
 from offload.dashboard.queries import SPARK_H, SPARK_W, STATES
 from offload.dashboard.security import Access, Authorize, SecurityHeaders
-from offload.dashboard.state import Dashboard
+from offload.dashboard.state import Dashboard, dashboard
+from offload.errors import ConfigurationError
 
 __all__ = ["Dashboard", "create_app"]
 
@@ -90,9 +93,22 @@ def create_app(
         Route("/schedules/{name:path}/resume", actions.resume_schedule, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={ConfigurationError: _not_on_this_broker},
+    )
     app.state.dashboard = Dashboard(offload_app, access, env, title)
     return app
+
+
+async def _not_on_this_broker(request: Request, exc: Exception) -> Response:
+    """A page the broker cannot answer (a message queue without a state store cannot
+    look jobs up): say so, and which setting would give it, instead of a server error."""
+    heading = "Not available on this broker"
+    return dashboard(request).render(
+        request, "message.html", 501, heading=heading, message=str(exc)
+    )
 
 
 def _fmt_time(ts: float | None) -> str:

@@ -26,6 +26,7 @@ from offload.dashboard.queries import (
 )
 from offload.dashboard.state import dashboard, notice
 from offload.envelope import JobState
+from offload.errors import ConfigurationError
 
 __all__ = [
     "dashboard",
@@ -77,7 +78,10 @@ async def overview_page(request: Request) -> Response:
     d = dashboard(request)
     broker = await d.offload.connected_broker()
     stats = await broker.counts()
-    workers = await broker.workers()
+    try:
+        workers = await broker.workers()
+    except ConfigurationError:  # a delivery without a state store keeps no registry
+        workers = []
     now = time.time()
     rows = overview(stats, now, await broker.finished(now - WINDOW_MIN * 60))
     totals = {s: sum(r.states[s] for r in rows) for s in JobState}
