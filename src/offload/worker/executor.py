@@ -30,6 +30,7 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
+import time
 import traceback
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ from offload.context import JobContext, _current, _reporters
 from offload.envelope import Envelope, ErrorInfo, type_path
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
 from offload.worker.processes import ProcessRunner, RemoteError
-from offload.worker.threads import HandlerThreads
+from offload.worker.threads import Done, HandlerThreads
 
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, Lease
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "Outcome", "decoded"]
 
 logger = logging.getLogger("offload.worker")
+
+#: A future whose cancellation stops a job before a thread takes it.
+Guard = asyncio.Future[Any]
 
 
 #: A sync handler's `progress()` waits at most this long (seconds) for the broker.
@@ -212,25 +216,64 @@ class Executor:
         if task is None:
             message = f"no task named {envelope.task!r} is registered in this worker"
             return Outcome("bury", envelope, error=ErrorInfo("UnknownTask", message))
-        max_attempts = _max_attempts(envelope, task)
-        if lease.attempt > max_attempts:
-            message = (
-                f"attempt {lease.attempt} exceeds max_attempts={max_attempts}: "
-                "an earlier attempt's worker was lost (crashed, killed, or stalled past its lease)"
-            )
-            return Outcome("bury", envelope, error=ErrorInfo("WorkerLost", message))
-        try:
-            task.check_arguments(envelope.args, envelope.kwargs)
-        except InvalidArguments as exc:  # retrying cannot fix a call that never binds
-            return Outcome("bury", envelope, error=ErrorInfo("InvalidArguments", str(exc)))
+        refused = _refused(lease, envelope, task)
+        if refused is not None:
+            return refused
         return await self._run(lease, envelope, task)
 
-    async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
-        now = self.clock.now()
-        timeout_s = (
-            envelope.timeout_s if envelope.timeout_s is not None else task.defaults.timeout_s
+    def threadable(self, envelope: Envelope) -> Task[Any, Any] | None:
+        """The task of a job that `run_in_thread` can run whole: a plain function with
+        no timeout (a timeout needs a child process) and no workflow after it."""
+        task = self.find_task(envelope.task)
+        if task is None or task.is_async or envelope.has_follow_ups:
+            return None
+        if envelope.timeout_s is not None or task.defaults.timeout_s is not None:
+            return None
+        return task
+
+    def submit_whole(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], guard: Guard, done: Done
+    ) -> None:
+        """Run a `threadable` job in a handler thread from start to end (`run_in_thread`),
+        then `done((outcome, seconds), None)` on the loop; nothing if `guard` is
+        cancelled before a thread takes the job."""
+        self._loop = asyncio.get_running_loop()
+        call = functools.partial(
+            self.run_in_thread, lease, envelope, task, contextvars.copy_context()
         )
-        ctx = JobContext(
+        self._handler_threads.run(lease.job_id, call, guard, done)
+
+    def run_in_thread(
+        self,
+        lease: Lease,
+        envelope: Envelope,
+        task: Task[Any, Any],
+        context: contextvars.Context,
+    ) -> tuple[Outcome, float]:
+        """`execute` of a `threadable` job, run in a handler thread from start to end
+        (see `submit_whole`): the outcome and the handler's time in seconds. The job's
+        context is `context` (copied on the loop). Never raises."""
+        refused = _refused(lease, envelope, task)
+        if refused is not None:
+            return refused, 0.0
+        ctx = self._context(lease, envelope, task, None)
+        _reporters[envelope.id] = self._report
+        started = time.perf_counter()
+        try:
+            value = context.run(_as_job, ctx, task.fn, envelope.args, envelope.kwargs)
+        except _Escaped as exc:
+            return self._failed(exc.original, lease, envelope, task), time.perf_counter() - started
+        except Exception as exc:
+            return self._failed(exc, lease, envelope, task), time.perf_counter() - started
+        finally:
+            _reporters.pop(envelope.id, None)
+        duration_s = time.perf_counter() - started
+        return self._succeeded(lease, envelope, task, value), duration_s
+
+    def _context(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], timeout_s: float | None
+    ) -> JobContext:
+        return JobContext(
             id=envelope.id,
             task=envelope.task,
             queue=envelope.queue,
@@ -238,15 +281,20 @@ class Executor:
             max_attempts=_max_attempts(envelope, task),
             key=envelope.key,
             created_at=envelope.created_at,
-            deadline=now + timeout_s if timeout_s is not None else None,
+            deadline=self.clock.now() + timeout_s if timeout_s is not None else None,
             worker_id=self.worker_id,
             failures=tuple(envelope.failures or ()),
         )
+
+    async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
+        timeout_s = (
+            envelope.timeout_s if envelope.timeout_s is not None else task.defaults.timeout_s
+        )
+        ctx = self._context(lease, envelope, task, timeout_s)
         self._loop = asyncio.get_running_loop()
         _reporters[envelope.id] = self._report
         try:
             value = await self._call(task, envelope, ctx, timeout_s)
-            result = encode_value(value, what=f"the result of task {envelope.task!r}")
         except _CancelRequested:
             error = ErrorInfo("Cancelled", "cancelled while running")
             return Outcome("cancel", envelope, error=error)
@@ -256,6 +304,15 @@ class Executor:
             return self._failed(exc, lease, envelope, task)
         finally:
             _reporters.pop(envelope.id, None)
+        return self._succeeded(lease, envelope, task, value)
+
+    def _succeeded(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], value: Any
+    ) -> Outcome:
+        try:
+            result = encode_value(value, what=f"the result of task {envelope.task!r}")
+        except Exception as exc:
+            return self._failed(exc, lease, envelope, task)
         ttl = envelope.result_ttl_s
         return Outcome(
             "ack", envelope, result, result_ttl_s=task.defaults.result_ttl_s if ttl is None else ttl
@@ -272,8 +329,7 @@ class Executor:
                 self._threads, self._processes.run, task.fn, env.args, env.kwargs, ctx, timeout_s
             )
         context = contextvars.copy_context()
-        context.run(_current.set, ctx)
-        call = functools.partial(context.run, _contained_sync, task.fn, env.args, env.kwargs)
+        call = functools.partial(context.run, _as_job, ctx, task.fn, env.args, env.kwargs)
         return await self._handler_threads.submit(env.id, call)
 
     def _report(self, job_id: str, value: Any) -> None:
@@ -346,6 +402,31 @@ class Executor:
         if decision.delay_s is None:
             return Outcome("bury", envelope, error=_with_reason(error, decision.reason))
         return Outcome("retry", envelope, at=self.clock.now() + decision.delay_s, error=error)
+
+
+def _refused(lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome | None:
+    """The burial of an attempt that must not run: past its attempts (an earlier
+    worker was lost) or with arguments that never bind; None if it may run."""
+    max_attempts = _max_attempts(envelope, task)
+    if lease.attempt > max_attempts:
+        message = (
+            f"attempt {lease.attempt} exceeds max_attempts={max_attempts}: "
+            "an earlier attempt's worker was lost (crashed, killed, or stalled past its lease)"
+        )
+        return Outcome("bury", envelope, error=ErrorInfo("WorkerLost", message))
+    try:
+        task.check_arguments(envelope.args, envelope.kwargs)
+    except InvalidArguments as exc:  # retrying cannot fix a call that never binds
+        return Outcome("bury", envelope, error=ErrorInfo("InvalidArguments", str(exc)))
+    return None
+
+
+def _as_job(
+    ctx: JobContext, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    """A sync handler's call inside its job's context (run in a copied `Context`)."""
+    _current.set(ctx)
+    return _contained_sync(fn, args, kwargs)
 
 
 def _max_attempts(envelope: Envelope, task: Task[Any, Any]) -> int:
