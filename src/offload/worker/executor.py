@@ -188,6 +188,11 @@ class Executor:
         """
         return self._handler_threads.running()
 
+    def withdraw(self) -> list[str]:
+        """Ids of the jobs queued for a handler thread that none has taken, taken back:
+        they will not run here (a stopping worker releases them)."""
+        return self._handler_threads.withdraw()
+
     def kill_child(self, job_id: str) -> bool:
         """Kill the child process running job `job_id`'s handler, if one does (its
         lease lapsed: `offload.worker.lapses`)."""

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from offload.brokers.base import Settlement
 from offload.logging import job_log
+from offload.worker.executor import decoded
 
 if TYPE_CHECKING:
     from offload.brokers.base import Lease
@@ -56,11 +57,22 @@ class ThreadLane:
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
         self._concluding: set[asyncio.Task[None]] = set()
+        self._planned: tuple[Lease, Envelope | None, Task[Any, Any] | None] | None = None
 
     def open(self) -> bool:
         """Whether jobs may take the lane now (nothing needs a task per job)."""
         worker = self._worker
         return not worker.app.hooks and not worker.admission.active and worker.lapses is None
+
+    def plan(self, lease: Lease) -> tuple[Envelope | None, Task[Any, Any] | None]:
+        """The job's envelope (None: undecodable) and its task if it takes the lane
+        (`Executor.threadable`), else None; the last job's answer is remembered (the
+        worker asks about the head of its buffer, then starts it)."""
+        if self._planned is None or self._planned[0] is not lease:
+            envelope = decoded(lease)
+            task = self._worker.executor.threadable(envelope) if envelope is not None else None
+            self._planned = (lease, envelope, task)
+        return self._planned[1], self._planned[2]
 
     def start(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> asyncio.Future[None]:
         """Queue a `threadable` job for a handler thread; the future ends once its

@@ -84,6 +84,22 @@ class HandlerThreads:
         with self._lock:
             return set(self._running)
 
+    def withdraw(self) -> list[str]:
+        """Take back every job no thread has taken yet, cancelling its guard (it will
+        never run); returns their keys. Call on the loop's thread."""
+        keys: list[str] = []
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return keys
+            if item is None:  # closed: leave the threads their ends
+                self._jobs.put(None)
+                return keys
+            if not item[1].cancelled():
+                item[1].cancel()
+                keys.append(item[0])
+
     def close(self) -> None:
         """Cancel the jobs no thread has taken and let the threads end (a running call
         is not interrupted; the threads are daemons). Call on the loop's thread."""

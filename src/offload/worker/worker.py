@@ -391,17 +391,25 @@ class Worker:
             stopper.cancel()
 
     def _start_buffered(self) -> None:
-        while self._buffer and len(self._running) - len(self._settling) < self.concurrency:
+        """Start buffered jobs while there is a free slot; a job for the thread lane
+        also while fewer than `concurrency` wait for a thread (see `lane.py`)."""
+        lane = self.lane if self.lane is not None and self.lane.open() else None
+        while self._buffer:
+            busy = len(self._running) - len(self._settling)
+            if busy >= self.concurrency and (
+                lane is None or busy >= 2 * self.concurrency or not lane.plan(self._buffer[0])[1]
+            ):
+                return
             lease = self._buffer.popleft()
-            self._running[lease.job_id] = (lease, self._start(lease))
+            self._running[lease.job_id] = (lease, self._start(lease, lane))
 
-    def _start(self, lease: Lease) -> asyncio.Future[None]:
+    def _start(self, lease: Lease, lane: ThreadLane | None) -> asyncio.Future[None]:
         """Start a job: whole in a handler thread if it can (`lane.py`), else as a task."""
         envelope = None
-        if self.lane is not None and self.lane.open():
-            envelope = decoded(lease)
-            if envelope is not None and (task := self.executor.threadable(envelope)):
-                return self.lane.start(lease, envelope, task)
+        if lane is not None:
+            envelope, task = lane.plan(lease)
+            if envelope is not None and task is not None:
+                return lane.start(lease, envelope, task)
         return asyncio.create_task(self._process(lease, envelope), name=f"job [{lease.job_id}]")
 
     async def _process(self, lease: Lease, envelope: Envelope | None = None) -> None:
@@ -736,9 +744,11 @@ class Worker:
     # -- shutdown ----------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        if self._buffer:
-            unstarted = list(self._buffer)
-            self._buffer.clear()
+        unstarted = list(self._buffer)
+        self._buffer.clear()
+        for job_id in self.executor.withdraw():  # queued for a thread, not taken
+            unstarted.append(self._running.pop(job_id)[0])
+        if unstarted:
             await self.broker.release(unstarted)
             logger.info("released %d unstarted jobs", len(unstarted), extra={"action": "released"})
         if not self._running:
