@@ -161,7 +161,7 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="offload-job")
         self._handler_threads = HandlerThreads(threads, name="offload-handler")
         self._processes = ProcessRunner()
-        self._handlers: dict[str, asyncio.Future[Any]] = {}  # running async handlers
+        self._handlers: dict[str, asyncio.Task[Any]] = {}  # job tasks of async handlers
         self._cancelled: set[str] = set()
         self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
         self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
@@ -176,8 +176,9 @@ class Executor:
         handler = self._handlers.get(job_id)
         if handler is None or handler.done():
             return False
-        self._cancelled.add(job_id)
-        handler.cancel()
+        if job_id not in self._cancelled:  # once: `_call_async` takes back one cancel
+            self._cancelled.add(job_id)
+            handler.cancel()
         return True
 
     def in_threads(self) -> set[str]:
@@ -366,31 +367,35 @@ class Executor:
     async def _call_async(
         self, task: Task[Any, Any], env: Envelope, ctx: JobContext, timeout_s: float | None
     ) -> Any:
-        """Run the handler as a task of its own, which `cancel` may cancel alone."""
+        """Run the handler in the job's own task (no task of its own: one task, future
+        and several loop callbacks fewer per job, issue 16). `cancel` cancels that
+        task, and the cancellation it caused is taken back here (`Task.uncancel`) and
+        ends the job `cancelled`; one that someone else also asked for (the worker's
+        shutdown) goes on."""
+        job_task = asyncio.current_task()
+        assert job_task is not None
         token = _current.set(ctx)
+        self._handlers[env.id] = job_task
         try:
             coro = _contained(task.fn(*env.args, **env.kwargs))
             # No wait_for without a timeout: one coroutine fewer per job.
-            handler = asyncio.ensure_future(
-                coro if timeout_s is None else asyncio.wait_for(coro, timeout_s)
-            )
-        finally:
-            _current.reset(token)
-        self._handlers[env.id] = handler
-        try:
-            return await handler
+            return await (coro if timeout_s is None else asyncio.wait_for(coro, timeout_s))
         except TimeoutError as exc:
             raise JobTimeout(f"task {env.task!r} ran past its timeout of {timeout_s} s") from exc
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current and current.cancelling():
-                raise  # the worker cancels this job's task (shutdown)
             if env.id in self._cancelled:
-                raise _CancelRequested() from None
+                self._cancelled.discard(env.id)
+                if job_task.uncancel() == 0:
+                    raise _CancelRequested() from None
+            if job_task.cancelling():
+                raise  # the worker cancels this job's task (shutdown)
             raise _Escaped(exc) from None  # the handler's own doing: its failure
         finally:
+            _current.reset(token)
             self._handlers.pop(env.id, None)
-            self._cancelled.discard(env.id)
+            if env.id in self._cancelled:  # the handler ignored the cancellation
+                self._cancelled.discard(env.id)
+                job_task.uncancel()
 
     def _failed(
         self, exc: BaseException, lease: Lease, envelope: Envelope, task: Task[Any, Any]

@@ -14,6 +14,7 @@ its own: its settlement carries a callback instead (`add`).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 from offload.brokers.base import LEASE_EXPIRED, Broker, Lease, Settlement
@@ -46,8 +47,8 @@ class Settlements:
                 its lease lapses.
         """
         future: asyncio.Future[bool | Exception] = asyncio.get_running_loop().create_future()
-        self.add(item, future.set_result)
-        held = await asyncio.shield(future)
+        self.add(item, functools.partial(_answer, future))
+        held = await future  # cancelling the waiter leaves the settlement in its batch
         if isinstance(held, Exception):
             raise held
         if not held:
@@ -75,6 +76,11 @@ class Settlements:
                     settled(ok)
         finally:
             self._flusher = None
+
+
+def _answer(future: asyncio.Future[bool | Exception], held: bool | Exception) -> None:
+    if not future.done():  # else its waiter was cancelled: nobody listens
+        future.set_result(held)
 
 
 async def lease_fate(broker: Broker, lease: Lease) -> str | None:
