@@ -747,7 +747,8 @@ class Worker:
         unstarted = list(self._buffer)
         self._buffer.clear()
         for job_id in self.executor.withdraw():  # queued for a thread, not taken
-            unstarted.append(self._running.pop(job_id)[0])
+            if (entry := self._running.pop(job_id, None)) is not None:
+                unstarted.append(entry[0])
         if unstarted:
             await self.broker.release(unstarted)
             logger.info("released %d unstarted jobs", len(unstarted), extra={"action": "released"})
