@@ -162,7 +162,7 @@ class Executor:
         self._handler_threads = HandlerThreads(threads, name="offload-handler")
         self._processes = ProcessRunner()
         self._handlers: dict[str, asyncio.Task[Any]] = {}  # job tasks of async handlers
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, int] = {}  # job id -> cancels of its task by `cancel`
         self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
         self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
         self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, once it runs
@@ -176,9 +176,8 @@ class Executor:
         handler = self._handlers.get(job_id)
         if handler is None or handler.done():
             return False
-        if job_id not in self._cancelled:  # once: `_call_async` takes back one cancel
-            self._cancelled.add(job_id)
-            handler.cancel()
+        self._cancelled[job_id] = self._cancelled.get(job_id, 0) + 1  # `_call_async` takes
+        handler.cancel()  # each of them back
         return True
 
     def in_threads(self) -> set[str]:
@@ -383,19 +382,15 @@ class Executor:
         except TimeoutError as exc:
             raise JobTimeout(f"task {env.task!r} ran past its timeout of {timeout_s} s") from exc
         except asyncio.CancelledError as exc:
-            if env.id in self._cancelled:
-                self._cancelled.discard(env.id)
-                if job_task.uncancel() == 0:
-                    raise _CancelRequested() from None
+            if _take_back(job_task, self._cancelled.pop(env.id, 0)):
+                raise _CancelRequested() from None
             if job_task.cancelling():
                 raise  # the worker cancels this job's task (shutdown)
             raise _Escaped(exc) from None  # the handler's own doing: its failure
         finally:
             _current.reset(token)
             self._handlers.pop(env.id, None)
-            if env.id in self._cancelled:  # the handler ignored the cancellation
-                self._cancelled.discard(env.id)
-                job_task.uncancel()
+            _take_back(job_task, self._cancelled.pop(env.id, 0))  # the handler ignored them
 
     def _failed(
         self, exc: BaseException, lease: Lease, envelope: Envelope, task: Task[Any, Any]
@@ -437,6 +432,15 @@ def _as_job(
     """A sync handler's call inside its job's context (run in a copied `Context`)."""
     _current.set(ctx)
     return _contained_sync(fn, args, kwargs)
+
+
+def _take_back(task: asyncio.Task[Any], cancels: int) -> bool:
+    """Undo `cancels` cancellations of `task` (`Task.uncancel`); True if there were
+    some and none is left (nobody else cancelled it)."""
+    left = task.cancelling()
+    for _ in range(cancels):
+        left = task.uncancel()
+    return cancels > 0 and left == 0
 
 
 def _max_attempts(envelope: Envelope, task: Task[Any, Any]) -> int:
