@@ -18,7 +18,10 @@ loop turn (`threads.py`). An ack joins the worker's group commit (`Settlements.a
 with a callback instead of a waiting task, and the job is done when the batch is
 durable. Anything else takes the worker's one-job path (`Worker.conclude`: attempt
 history, retries while the broker is away, a lost lease reported), as does an ack
-whose batch failed.
+whose batch failed. Up to `concurrency` more jobs than there are threads wait in the
+threads' queue (`Worker._start_buffered`), so a thread that finishes one takes the
+next without waiting for the loop; a stopping worker takes back those no thread took
+(`HandlerThreads.withdraw`) and releases them with its prefetch buffer.
 
 The lane is open only while nothing needs the job task: no hooks, no flow limits, and
 leases that do not lapse by themselves (`lapses.py` stops a job through its task).
