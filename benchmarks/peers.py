@@ -474,12 +474,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="also write the report to this file")
     parser.add_argument("--body", choices=("noop", "io"), default="noop",
                         help="noop, or io: one real Redis round trip per job")  # fmt: skip
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to run (default: all of "
+                             f"{', '.join(PHASES)})")  # fmt: skip
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--logdir", help=argparse.SUPPRESS)
     parser.add_argument("--pidfile", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    if set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases {sorted(set(args.phases) - set(PHASES))}; known: {PHASES}")
     unknown = set(args.systems) - ADAPTERS.keys()
     if unknown and not args.phase:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(ADAPTERS)}")
@@ -558,7 +564,7 @@ def main() -> None:
     os.environ["BENCH_BODY"] = args.body  # read by every job (adapters/_probe.py)
     print(f"logs: {args.logdir}; load average {args.load_start}", file=sys.stderr)
     results = Results()
-    run_phases(args, results, args.systems, PHASES, args.timeout)
+    run_phases(args, results, args.systems, args.phases, args.timeout)
     depth_systems: list[str] = []
     if args.depth:
         # The main table first: the depth rows take long, and a partial result helps.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
+from contextvars import Context
 from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
@@ -95,7 +96,15 @@ class _RecordingExecutor(Executor):
         return super()._failed(exc, lease, envelope, task)
 
     async def execute(self, lease: Lease, envelope: Envelope | None = None) -> Outcome:
-        outcome = await super().execute(lease, envelope)
+        return self._recorded(lease, await super().execute(lease, envelope))
+
+    def run_in_thread(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], context: Context
+    ) -> tuple[Outcome, float]:
+        outcome, duration_s = super().run_in_thread(lease, envelope, task, context)
+        return self._recorded(lease, outcome), duration_s
+
+    def _recorded(self, lease: Lease, outcome: Outcome) -> Outcome:
         raised = self._raised.pop(lease.job_id, None)
         if outcome.action == "bury":
             self.buried.append((lease.job_id, raised, outcome.error))

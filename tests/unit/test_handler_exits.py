@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
-from offload import Backoff, JobState, Offload, Worker
+from offload import Backoff, Job, JobState, Offload, Task, Worker
 from offload.testing import FakeClock
 
 
@@ -124,3 +125,69 @@ async def test_base_exception_is_retried_when_the_policy_names_it(
     info = await job.info_async()
     assert (info.state, info.attempt) == (JobState.DEAD, 2)
     assert info.error is not None and "attempts exhausted (2/2)" in info.error.message
+
+
+async def cancelled_once_started(
+    app: Offload, task: Task[[], Coroutine[Any, Any, str]], started: asyncio.Event
+) -> tuple[Worker, asyncio.Task[None], Job]:
+    """A worker running `task`'s job, which is cancelled once its handler started."""
+    worker = Worker(app, poll_s=0.01)
+    runner = asyncio.create_task(worker.run())
+    job = await task.enqueue_async()
+    await asyncio.wait_for(started.wait(), 5)
+    assert await job.cancel_async()
+    return worker, runner, job
+
+
+async def test_cancel_of_a_job_that_swallowed_an_earlier_one_still_cancels_it() -> None:
+    """An async handler runs in its job's task; each `Job.cancel` check cancels that
+    task, and the executor takes those cancellations back: a handler that ignored the
+    first one is cancelled again and the job ends `cancelled`, not as a shutdown."""
+    app = Offload("memory://")
+    started = asyncio.Event()
+    seen: list[str] = []
+
+    @app.task(name="stubborn")
+    async def stubborn() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("ignored")
+        await asyncio.sleep(30)  # the second cancel ends this
+        return "finished"
+
+    worker, runner, job = await cancelled_once_started(app, stubborn, started)
+    for _ in range(400):
+        if await job.state_async() is JobState.CANCELLED:
+            break
+        await asyncio.sleep(0.01)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    info = await job.info_async()
+    assert (info.state, seen) == (JobState.CANCELLED, ["ignored"])
+    assert info.error is not None and info.error.type == "Cancelled"
+
+
+async def test_handler_that_ignores_a_cancel_and_returns_succeeds_and_the_task_goes_on() -> None:
+    app = Offload("memory://")
+    started, ignored = asyncio.Event(), asyncio.Event()
+
+    @app.task(name="shrugs")
+    async def shrugs() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            ignored.set()
+        task = asyncio.current_task()
+        assert task is not None
+        return f"cancelling={task.cancelling()}"  # taken back before it settles
+
+    worker, runner, job = await cancelled_once_started(app, shrugs, started)
+    await asyncio.wait_for(ignored.wait(), 5)
+    result = await job.result_async(timeout=5)
+    worker.stop()
+    await asyncio.wait_for(runner, 5)
+    assert result == "cancelling=1"  # inside the handler the cancel is still counted
+    assert (await job.info_async()).state is JobState.SUCCEEDED

@@ -30,6 +30,7 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
+import time
 import traceback
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ from offload.context import JobContext, _current, _reporters
 from offload.envelope import Envelope, ErrorInfo, type_path
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
 from offload.worker.processes import ProcessRunner, RemoteError
-from offload.worker.threads import HandlerThreads
+from offload.worker.threads import Done, HandlerThreads
 
 if TYPE_CHECKING:
     from offload.brokers.base import Broker, Lease
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "Outcome", "decoded"]
 
 logger = logging.getLogger("offload.worker")
+
+#: A future whose cancellation stops a job before a thread takes it.
+Guard = asyncio.Future[Any]
 
 
 #: A sync handler's `progress()` waits at most this long (seconds) for the broker.
@@ -157,8 +161,8 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="offload-job")
         self._handler_threads = HandlerThreads(threads, name="offload-handler")
         self._processes = ProcessRunner()
-        self._handlers: dict[str, asyncio.Future[Any]] = {}  # running async handlers
-        self._cancelled: set[str] = set()
+        self._handlers: dict[str, asyncio.Task[Any]] = {}  # job tasks of async handlers
+        self._cancelled: dict[str, int] = {}  # job id -> cancels of its task by `cancel`
         self._latest: dict[str, bytes] = {}  # progress not sent yet, by job id
         self._senders: dict[str, asyncio.Task[None]] = {}  # progress sent in the background
         self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, once it runs
@@ -172,8 +176,8 @@ class Executor:
         handler = self._handlers.get(job_id)
         if handler is None or handler.done():
             return False
-        self._cancelled.add(job_id)
-        handler.cancel()
+        self._cancelled[job_id] = self._cancelled.get(job_id, 0) + 1  # `_call_async` takes
+        handler.cancel()  # each of them back
         return True
 
     def in_threads(self) -> set[str]:
@@ -183,6 +187,11 @@ class Executor:
         worker must not give its job back while the process lives (see `Worker`).
         """
         return self._handler_threads.running()
+
+    def withdraw(self) -> list[str]:
+        """Ids of the jobs queued for a handler thread that none has taken, taken back:
+        they will not run here (a stopping worker releases them)."""
+        return self._handler_threads.withdraw()
 
     def kill_child(self, job_id: str) -> bool:
         """Kill the child process running job `job_id`'s handler, if one does (its
@@ -212,25 +221,64 @@ class Executor:
         if task is None:
             message = f"no task named {envelope.task!r} is registered in this worker"
             return Outcome("bury", envelope, error=ErrorInfo("UnknownTask", message))
-        max_attempts = _max_attempts(envelope, task)
-        if lease.attempt > max_attempts:
-            message = (
-                f"attempt {lease.attempt} exceeds max_attempts={max_attempts}: "
-                "an earlier attempt's worker was lost (crashed, killed, or stalled past its lease)"
-            )
-            return Outcome("bury", envelope, error=ErrorInfo("WorkerLost", message))
-        try:
-            task.check_arguments(envelope.args, envelope.kwargs)
-        except InvalidArguments as exc:  # retrying cannot fix a call that never binds
-            return Outcome("bury", envelope, error=ErrorInfo("InvalidArguments", str(exc)))
+        refused = _refused(lease, envelope, task)
+        if refused is not None:
+            return refused
         return await self._run(lease, envelope, task)
 
-    async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
-        now = self.clock.now()
-        timeout_s = (
-            envelope.timeout_s if envelope.timeout_s is not None else task.defaults.timeout_s
+    def threadable(self, envelope: Envelope) -> Task[Any, Any] | None:
+        """The task of a job that `run_in_thread` can run whole: a plain function with
+        no timeout (a timeout needs a child process) and no workflow after it."""
+        task = self.find_task(envelope.task)
+        if task is None or task.is_async or envelope.has_follow_ups:
+            return None
+        if envelope.timeout_s is not None or task.defaults.timeout_s is not None:
+            return None
+        return task
+
+    def submit_whole(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], guard: Guard, done: Done
+    ) -> None:
+        """Run a `threadable` job in a handler thread from start to end (`run_in_thread`),
+        then `done((outcome, seconds), None)` on the loop; nothing if `guard` is
+        cancelled before a thread takes the job."""
+        self._loop = asyncio.get_running_loop()
+        call = functools.partial(
+            self.run_in_thread, lease, envelope, task, contextvars.copy_context()
         )
-        ctx = JobContext(
+        self._handler_threads.run(lease.job_id, call, guard, done)
+
+    def run_in_thread(
+        self,
+        lease: Lease,
+        envelope: Envelope,
+        task: Task[Any, Any],
+        context: contextvars.Context,
+    ) -> tuple[Outcome, float]:
+        """`execute` of a `threadable` job, run in a handler thread from start to end
+        (see `submit_whole`): the outcome and the handler's time in seconds. The job's
+        context is `context` (copied on the loop). Never raises."""
+        refused = _refused(lease, envelope, task)
+        if refused is not None:
+            return refused, 0.0
+        ctx = self._context(lease, envelope, task, None)
+        _reporters[envelope.id] = self._report
+        started = time.perf_counter()
+        try:
+            value = context.run(_as_job, ctx, task.fn, envelope.args, envelope.kwargs)
+        except _Escaped as exc:
+            return self._failed(exc.original, lease, envelope, task), time.perf_counter() - started
+        except Exception as exc:
+            return self._failed(exc, lease, envelope, task), time.perf_counter() - started
+        finally:
+            _reporters.pop(envelope.id, None)
+        duration_s = time.perf_counter() - started
+        return self._succeeded(lease, envelope, task, value), duration_s
+
+    def _context(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], timeout_s: float | None
+    ) -> JobContext:
+        return JobContext(
             id=envelope.id,
             task=envelope.task,
             queue=envelope.queue,
@@ -238,15 +286,20 @@ class Executor:
             max_attempts=_max_attempts(envelope, task),
             key=envelope.key,
             created_at=envelope.created_at,
-            deadline=now + timeout_s if timeout_s is not None else None,
+            deadline=self.clock.now() + timeout_s if timeout_s is not None else None,
             worker_id=self.worker_id,
             failures=tuple(envelope.failures or ()),
         )
+
+    async def _run(self, lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome:
+        timeout_s = (
+            envelope.timeout_s if envelope.timeout_s is not None else task.defaults.timeout_s
+        )
+        ctx = self._context(lease, envelope, task, timeout_s)
         self._loop = asyncio.get_running_loop()
         _reporters[envelope.id] = self._report
         try:
             value = await self._call(task, envelope, ctx, timeout_s)
-            result = encode_value(value, what=f"the result of task {envelope.task!r}")
         except _CancelRequested:
             error = ErrorInfo("Cancelled", "cancelled while running")
             return Outcome("cancel", envelope, error=error)
@@ -256,6 +309,15 @@ class Executor:
             return self._failed(exc, lease, envelope, task)
         finally:
             _reporters.pop(envelope.id, None)
+        return self._succeeded(lease, envelope, task, value)
+
+    def _succeeded(
+        self, lease: Lease, envelope: Envelope, task: Task[Any, Any], value: Any
+    ) -> Outcome:
+        try:
+            result = encode_value(value, what=f"the result of task {envelope.task!r}")
+        except Exception as exc:
+            return self._failed(exc, lease, envelope, task)
         ttl = envelope.result_ttl_s
         return Outcome(
             "ack", envelope, result, result_ttl_s=task.defaults.result_ttl_s if ttl is None else ttl
@@ -272,8 +334,7 @@ class Executor:
                 self._threads, self._processes.run, task.fn, env.args, env.kwargs, ctx, timeout_s
             )
         context = contextvars.copy_context()
-        context.run(_current.set, ctx)
-        call = functools.partial(context.run, _contained_sync, task.fn, env.args, env.kwargs)
+        call = functools.partial(context.run, _as_job, ctx, task.fn, env.args, env.kwargs)
         return await self._handler_threads.submit(env.id, call)
 
     def _report(self, job_id: str, value: Any) -> None:
@@ -305,31 +366,31 @@ class Executor:
     async def _call_async(
         self, task: Task[Any, Any], env: Envelope, ctx: JobContext, timeout_s: float | None
     ) -> Any:
-        """Run the handler as a task of its own, which `cancel` may cancel alone."""
+        """Run the handler in the job's own task (no task of its own: one task, future
+        and several loop callbacks fewer per job, issue 16). `cancel` cancels that
+        task, and the cancellation it caused is taken back here (`Task.uncancel`) and
+        ends the job `cancelled`; one that someone else also asked for (the worker's
+        shutdown) goes on."""
+        job_task = asyncio.current_task()
+        assert job_task is not None
         token = _current.set(ctx)
+        self._handlers[env.id] = job_task
         try:
             coro = _contained(task.fn(*env.args, **env.kwargs))
             # No wait_for without a timeout: one coroutine fewer per job.
-            handler = asyncio.ensure_future(
-                coro if timeout_s is None else asyncio.wait_for(coro, timeout_s)
-            )
-        finally:
-            _current.reset(token)
-        self._handlers[env.id] = handler
-        try:
-            return await handler
+            return await (coro if timeout_s is None else asyncio.wait_for(coro, timeout_s))
         except TimeoutError as exc:
             raise JobTimeout(f"task {env.task!r} ran past its timeout of {timeout_s} s") from exc
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current and current.cancelling():
-                raise  # the worker cancels this job's task (shutdown)
-            if env.id in self._cancelled:
+            if _take_back(job_task, self._cancelled.pop(env.id, 0)):
                 raise _CancelRequested() from None
+            if job_task.cancelling():
+                raise  # the worker cancels this job's task (shutdown)
             raise _Escaped(exc) from None  # the handler's own doing: its failure
         finally:
+            _current.reset(token)
             self._handlers.pop(env.id, None)
-            self._cancelled.discard(env.id)
+            _take_back(job_task, self._cancelled.pop(env.id, 0))  # the handler ignored them
 
     def _failed(
         self, exc: BaseException, lease: Lease, envelope: Envelope, task: Task[Any, Any]
@@ -346,6 +407,40 @@ class Executor:
         if decision.delay_s is None:
             return Outcome("bury", envelope, error=_with_reason(error, decision.reason))
         return Outcome("retry", envelope, at=self.clock.now() + decision.delay_s, error=error)
+
+
+def _refused(lease: Lease, envelope: Envelope, task: Task[Any, Any]) -> Outcome | None:
+    """The burial of an attempt that must not run: past its attempts (an earlier
+    worker was lost) or with arguments that never bind; None if it may run."""
+    max_attempts = _max_attempts(envelope, task)
+    if lease.attempt > max_attempts:
+        message = (
+            f"attempt {lease.attempt} exceeds max_attempts={max_attempts}: "
+            "an earlier attempt's worker was lost (crashed, killed, or stalled past its lease)"
+        )
+        return Outcome("bury", envelope, error=ErrorInfo("WorkerLost", message))
+    try:
+        task.check_arguments(envelope.args, envelope.kwargs)
+    except InvalidArguments as exc:  # retrying cannot fix a call that never binds
+        return Outcome("bury", envelope, error=ErrorInfo("InvalidArguments", str(exc)))
+    return None
+
+
+def _as_job(
+    ctx: JobContext, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    """A sync handler's call inside its job's context (run in a copied `Context`)."""
+    _current.set(ctx)
+    return _contained_sync(fn, args, kwargs)
+
+
+def _take_back(task: asyncio.Task[Any], cancels: int) -> bool:
+    """Undo `cancels` cancellations of `task` (`Task.uncancel`); True if there were
+    some and none is left (nobody else cancelled it)."""
+    left = task.cancelling()
+    for _ in range(cancels):
+        left = task.uncancel()
+    return cancels > 0 and left == 0
 
 
 def _max_attempts(envelope: Envelope, task: Task[Any, Any]) -> int:

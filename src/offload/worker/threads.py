@@ -16,6 +16,7 @@ cancellation, so the loop never sees a job as neither running nor stoppable).
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections import deque
@@ -24,8 +25,11 @@ from typing import Any
 
 __all__ = ["HandlerThreads"]
 
-#: A job for a thread: its key (the job id), its future, and the call to make.
-_Item = tuple[str, "asyncio.Future[Any]", Callable[[], Any]]
+#: What a thread hands back: the call's value, or what it raised.
+Done = Callable[[Any, "BaseException | None"], None]
+#: A job for a thread: its key (the job id), the future whose cancellation stops it
+#: before it starts, the call to make, and where its result goes (on the loop).
+_Item = tuple[str, "asyncio.Future[Any]", Callable[[], Any], Done]
 
 
 class HandlerThreads:
@@ -35,7 +39,7 @@ class HandlerThreads:
         self._size = size
         self._name = name
         self._jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._done: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self._done: deque[tuple[asyncio.Future[Any], Done, Any, BaseException | None]] = deque()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -50,10 +54,19 @@ class HandlerThreads:
         Cancelling the future before a thread takes the job means it never runs; once
         it runs, cancelling only stops the caller from waiting for it.
         """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.run(key, call, future, functools.partial(_resolve, future))
+        return future
+
+    def run(
+        self, key: str, call: Callable[[], Any], guard: asyncio.Future[Any], done: Done
+    ) -> None:
+        """Run `call()` in a thread, then `done(value, error)` on the loop, in the turn
+        that delivers every result finished meanwhile; neither happens if `guard` was
+        cancelled before a thread took the job."""
         if self._closed:
             raise RuntimeError("handler threads are closed")
-        loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        self._loop = asyncio.get_running_loop()
         with self._lock:  # an idle thread takes the job, else a new one if allowed
             start = self._idle == 0 and len(self._threads) < self._size
             if self._idle > 0:
@@ -64,13 +77,28 @@ class HandlerThreads:
             )
             self._threads.append(thread)
             thread.start()
-        self._jobs.put((key, future, call))
-        return future
+        self._jobs.put((key, guard, call, done))
 
     def running(self) -> set[str]:
         """Keys of the jobs whose call runs in a thread now."""
         with self._lock:
             return set(self._running)
+
+    def withdraw(self) -> list[str]:
+        """Take back every job no thread has taken yet, cancelling its guard (it will
+        never run); returns their keys. Call on the loop's thread."""
+        keys: list[str] = []
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return keys
+            if item is None:  # closed: leave the threads their ends
+                self._jobs.put(None)
+                return keys
+            if not item[1].cancelled():
+                item[1].cancel()
+                keys.append(item[0])
 
     def close(self) -> None:
         """Cancel the jobs no thread has taken and let the threads end (a running call
@@ -88,12 +116,12 @@ class HandlerThreads:
 
     def _serve(self) -> None:
         while (item := self._jobs.get()) is not None:
-            key, future, call = item
+            key, guard, call, done = item
             with self._lock:
                 self._running.add(key)  # first running, then the cancel check
             value: Any = None
             error: BaseException | None = None
-            if not future.cancelled():
+            if not guard.cancelled():
                 try:
                     value = call()
                 except BaseException as exc:
@@ -101,12 +129,12 @@ class HandlerThreads:
             with self._lock:
                 self._running.discard(key)
                 self._idle += self._jobs.empty()
-            self._deliver_later(future, value, error)
+            self._deliver_later(guard, done, value, error)
 
     def _deliver_later(
-        self, future: asyncio.Future[Any], value: Any, error: BaseException | None
+        self, guard: asyncio.Future[Any], done: Done, value: Any, error: BaseException | None
     ) -> None:
-        self._done.append((future, value, error))
+        self._done.append((guard, done, value, error))
         if self._wake_pending or self._loop is None:
             return
         self._wake_pending = True
@@ -116,15 +144,18 @@ class HandlerThreads:
             pass
 
     def _deliver(self) -> None:
-        """On the loop: settle the future of every job finished since the last turn."""
+        """On the loop: hand over the result of every job finished since the last turn."""
         self._wake_pending = False  # before draining: a later append wakes us again
         while self._done:
-            future, value, error = self._done.popleft()
-            if future.cancelled():
-                continue
-            if error is None:
-                future.set_result(value)
-            elif isinstance(error, StopIteration):  # a future refuses it (PEP 479)
-                future.set_exception(RuntimeError(f"{type(error).__name__}: {error}"))
-            else:
-                future.set_exception(error)
+            guard, done, value, error = self._done.popleft()
+            if not guard.cancelled():
+                done(value, error)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if error is None:
+        future.set_result(value)
+    elif isinstance(error, StopIteration):  # a future refuses it (PEP 479)
+        future.set_exception(RuntimeError(f"{type(error).__name__}: {error}"))
+    else:
+        future.set_exception(error)

@@ -53,14 +53,15 @@ from offload import attempts as history
 from offload import validation
 from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Lease, Settlement, WorkerInfo
-from offload.envelope import ErrorInfo
+from offload.envelope import Envelope, ErrorInfo
 from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
-from offload.hooks import OUTCOMES
+from offload.hooks import OUTCOMES, Run
 from offload.logging import job_log
 from offload.pausing import PauseView
 from offload.scheduler import MAX_SLEEP_S, Scheduler
 from offload.worker.admission import Admission
 from offload.worker.executor import Executor, Outcome, decoded
+from offload.worker.lane import ThreadLane
 from offload.worker.lapses import EXIT_LEASE_LAPSED, Lapses
 from offload.worker.recycling import Recycling
 from offload.worker.settler import Settlements, lease_fate
@@ -152,7 +153,8 @@ class Worker:
         )
         self.processed = 0
         self._buffer: deque[Lease] = deque()
-        self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self._running: dict[str, tuple[Lease, asyncio.Future[None]]] = {}
+        self._settling: set[str] = set()  # in `_running`, handler returned: no slot held
         self.recycling = Recycling(max_jobs, max_memory_mb)
         self.recycled: str | None = None  # why it recycled itself; None if stopped
         self.hard_exit = hard_exit
@@ -162,10 +164,10 @@ class Worker:
         self._capacity = asyncio.Event()
         self._forced = asyncio.Event()
         self._started_at = app.clock.now()
-        self._settlements = Settlements(app.broker)
+        self.settlements = Settlements(app.broker)
         limits = {n: t.defaults.limits for n, t in app.tasks.items() if t.defaults.limits}
         self.admission = Admission(
-            limits, app.broker, app.clock, lease_s=lease_s, settle=self._settlements.settle
+            limits, app.broker, app.clock, lease_s=lease_s, settle=self.settlements.settle
         )
         self.engine = WorkflowEngine(app.producer, app.broker, app.clock, clears_outbox=True)
         self._slots: dict[str, tuple[str, int]] = {}  # job id -> (slot key, its limit)
@@ -182,6 +184,7 @@ class Worker:
         self.pauses = PauseView()
         self.progress_at = time.monotonic()
         self.last_reserve_at: float | None = None
+        self.lane = ThreadLane(self) if any(not t.is_async for t in app.tasks.values()) else None
 
     @property
     def broker(self) -> Broker:
@@ -388,32 +391,55 @@ class Worker:
             stopper.cancel()
 
     def _start_buffered(self) -> None:
-        while self._buffer and len(self._running) < self.concurrency:
+        """Start buffered jobs while there is a free slot; a job for the thread lane
+        also while fewer than `concurrency` wait for a thread (see `lane.py`)."""
+        lane = self.lane if self.lane is not None and self.lane.open() else None
+        while self._buffer:
+            busy = len(self._running) - len(self._settling)
+            if busy >= self.concurrency and (
+                lane is None or busy >= 2 * self.concurrency or not lane.plan(self._buffer[0])[1]
+            ):
+                return
             lease = self._buffer.popleft()
-            task = asyncio.create_task(self._process(lease), name=f"job [{lease.job_id}]")
-            self._running[lease.job_id] = (lease, task)
+            self._running[lease.job_id] = (lease, self._start(lease, lane))
 
-    async def _process(self, lease: Lease) -> None:
+    def _start(self, lease: Lease, lane: ThreadLane | None) -> asyncio.Future[None]:
+        """Start a job: whole in a handler thread if it can (`lane.py`), else as a task."""
+        envelope = None
+        if lane is not None:
+            envelope, task = lane.plan(lease)
+            if envelope is not None and task is not None:
+                return lane.start(lease, envelope, task)
+        return asyncio.create_task(self._process(lease, envelope), name=f"job [{lease.job_id}]")
+
+    async def _process(self, lease: Lease, envelope: Envelope | None = None) -> None:
         ran = False
         try:
             if await self._admitted(lease):
                 ran = True
-                await self._run_job(lease)
+                await self._run_job(lease, envelope)
         finally:
-            self._running.pop(lease.job_id, None)
-            self._lost.discard(lease.job_id)
-            if self.lapses is not None:
-                self.lapses.forget(lease)
-            await self._release_slot(lease.job_id)
-            self.processed += ran
-            reason = self.recycling.reason(idle=not self._running and not self._buffer)
-            if reason is not None:
-                self._recycle(reason)
-            if not self._stopping.is_set():
-                self._start_buffered()
-            self._capacity.set()
+            if lease.job_id in self._slots:  # not held while its slot is given back
+                self._running.pop(lease.job_id, None)
+                await self._release_slot(lease.job_id)
+            self.ended(lease, ran=ran)
 
-    async def _run_job(self, lease: Lease) -> None:
+    def ended(self, lease: Lease, *, ran: bool) -> None:
+        """Forget a job that ended here (settled, or given up) and start the next."""
+        self._running.pop(lease.job_id, None)
+        self._settling.discard(lease.job_id)
+        self._lost.discard(lease.job_id)
+        if self.lapses is not None:
+            self.lapses.forget(lease)
+        self.processed += ran
+        reason = self.recycling.reason(idle=not self._running and not self._buffer)
+        if reason is not None:
+            self._recycle(reason)
+        if not self._stopping.is_set():
+            self._start_buffered()
+        self._capacity.set()
+
+    async def _run_job(self, lease: Lease, envelope: Envelope | None = None) -> None:
         """Run one attempt, record its outcome, and report it to the job log and, if
         the app has any, to its hooks (`offload.hooks`)."""
         hooks = self.app.hooks
@@ -426,18 +452,34 @@ class Worker:
             run = hooks.started(lease, decoded(lease), self.id, now, first)
         try:
             started = time.perf_counter()
-            outcome = await self.executor.execute(lease, run.envelope if run else None)
+            outcome = await self.executor.execute(lease, run.envelope if run else envelope)
             duration_s = time.perf_counter() - started
-            trace = run.first_trace if run is not None else None
-            recorded = await self._settle(lease, outcome, now, trace)
-            delay_s = max(outcome.at - self.app.clock.now(), 0.0)
-            job_log.finished(lease, outcome, duration_s, delay_s, recorded=recorded)
-            if run is not None and recorded:
-                run.outcome = OUTCOMES[outcome.action]
-                run.error, run.delay_s, run.duration_s = outcome.error, delay_s, duration_s
+            self.handler_returned(lease.job_id)
+            await self.conclude(lease, outcome, now, duration_s, run)
         finally:
             if run is not None:
                 hooks.finished(run)
+
+    async def conclude(
+        self, lease: Lease, outcome: Outcome, now: float, duration_s: float, run: Run | None = None
+    ) -> None:
+        """Record a finished attempt's outcome (`_settle`), then report it to the job
+        log and to the hooks' `run`, if any."""
+        trace = run.first_trace if run is not None else None
+        recorded = await self._settle(lease, outcome, now, trace)
+        delay_s = max(outcome.at - self.app.clock.now(), 0.0)
+        job_log.finished(lease, outcome, duration_s, delay_s, recorded=recorded)
+        if run is not None and recorded:
+            run.outcome = OUTCOMES[outcome.action]
+            run.error, run.delay_s, run.duration_s = outcome.error, delay_s, duration_s
+
+    def handler_returned(self, job_id: str) -> None:
+        """The job's handler is done and only its settlement is left: its slot is free
+        for the next job (`concurrency` bounds handlers running, not settlements in
+        flight), so a handler thread does not idle through a broker round trip."""
+        self._settling.add(job_id)
+        if not self._stopping.is_set():
+            self._start_buffered()
 
     async def _first_trace(self, lease: Lease) -> dict[str, str] | None:
         """The trace context of the job's first attempt, from its history
@@ -514,7 +556,7 @@ class Worker:
             await self.health.retry("recording an outcome", settle)
         except LeaseLost:
             if self.lapses is None or not self.lapses.dropped(lease):  # else said already
-                await self._lease_lost(lease, "before its outcome was recorded")
+                await self.lease_lost(lease, "before its outcome was recorded")
         except Exception:
             logger.exception(
                 "job %s: could not record its outcome; it runs again once its lease lapses",
@@ -551,18 +593,18 @@ class Worker:
     async def _apply(self, lease: Lease, outcome: Outcome) -> None:
         """Record the outcome (the job log reports it: `offload.logging.job_log`)."""
         if outcome.action == "ack":
-            await self._settlements.settle(
+            await self.settlements.settle(
                 Settlement.ack(lease, outcome.result, result_ttl_s=outcome.result_ttl_s)
             )
             return
         error = outcome.error
         assert error is not None
         if outcome.action == "retry":
-            await self._settlements.settle(Settlement.retry(lease, at=outcome.at, error=error))
+            await self.settlements.settle(Settlement.retry(lease, at=outcome.at, error=error))
         elif outcome.action == "cancel":
-            await self._settlements.settle(Settlement.cancel(lease, error=error))
+            await self.settlements.settle(Settlement.cancel(lease, error=error))
         else:
-            await self._settlements.settle(Settlement.bury(lease, error=error))
+            await self.settlements.settle(Settlement.bury(lease, error=error))
 
     # -- side tasks --------------------------------------------------------------------
 
@@ -577,7 +619,7 @@ class Worker:
 
     async def extend_leases(self) -> None:
         """Heartbeat: push every held lease's deadline forward. A lease the broker
-        refuses is reported only if the job may really run twice (see `_lease_lost`)."""
+        refuses is reported only if the job may really run twice (see `lease_lost`)."""
         held = self._held()
         if not held:
             return
@@ -600,7 +642,7 @@ class Worker:
             elif self.lapses is not None:
                 self._stop_lapsed(lease, "the broker refused to extend its lease")
             else:
-                await self._lease_lost(lease, "while it runs")
+                await self.lease_lost(lease, "while it runs")
 
     def _held(self) -> list[Lease]:
         """Every lease this worker holds: running jobs, then unstarted ones."""
@@ -642,7 +684,7 @@ class Worker:
         entry[1].cancel()
         self.executor.kill_child(lease.job_id)  # after the cancel: nothing settles it
 
-    async def _lease_lost(self, lease: Lease, when: str) -> None:
+    async def lease_lost(self, lease: Lease, when: str) -> None:
         """Warn that a job may run twice, once per job, if it may: the broker refusing
         a lease is not proof (the job's own outcome may have landed first, or a retried
         outcome's first try), so the job's record decides (`lease_fate`)."""
@@ -702,9 +744,12 @@ class Worker:
     # -- shutdown ----------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        if self._buffer:
-            unstarted = list(self._buffer)
-            self._buffer.clear()
+        unstarted = list(self._buffer)
+        self._buffer.clear()
+        for job_id in self.executor.withdraw():  # queued for a thread, not taken
+            if (entry := self._running.pop(job_id, None)) is not None:
+                unstarted.append(entry[0])
+        if unstarted:
             await self.broker.release(unstarted)
             logger.info("released %d unstarted jobs", len(unstarted), extra={"action": "released"})
         if not self._running:
@@ -753,7 +798,7 @@ class Worker:
                 return
             await asyncio.sleep(self.lease_s / 3)
 
-    async def _abandon(self, pending: set[asyncio.Task[None]]) -> None:
+    async def _abandon(self, pending: set[asyncio.Future[None]]) -> None:
         """Past the grace period: stop what can be stopped and give it back to run
         again now; never give back a job whose handler may still run in this process
         (see the module docstring). Leases stay extended until the end."""
