@@ -158,3 +158,21 @@ async def test_lane_outcomes_other_than_success_take_the_one_job_path() -> None:
     assert (info.state, info.attempt) == (JobState.DEAD, 1)
     assert len(info.attempts) == 1  # its history, written by the one-job path
     assert info.error is not None and "negative" in info.error.message
+
+
+async def test_stop_reports_the_running_jobs_and_cancels_the_waiting_ones() -> None:
+    threads = HandlerThreads(1, name="test-handler")
+    gate = threading.Event()
+    ran: list[str] = []
+    try:
+        first = threads.submit("first", lambda: gate.wait(5))
+        second = threads.submit("second", lambda: ran.append("second"))
+        await asyncio.sleep(0.05)
+        assert threads.stop(["first", "second", "other"]) == {"first"}
+        assert second.cancelled() and not first.done()
+        gate.set()
+        assert await first is True
+        await asyncio.sleep(0.05)
+        assert ran == []
+    finally:
+        threads.close()

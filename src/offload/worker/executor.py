@@ -19,8 +19,8 @@ or the thread pool can let it take the worker down, and the task's retry policy
 decides (the default `retry_on=(Exception,)` does not retry it). Only a cancellation
 that the worker or `Job.cancel()` caused stays a cancellation.
 
-At shutdown the worker asks which handlers it cannot stop (`in_threads`: sync ones in
-threads) and kills the child processes of the others (`kill_children`).
+At shutdown the worker asks which handlers it cannot stop (`stop_in_threads`: sync ones
+in threads) and kills the child processes of the others (`kill_children`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -180,13 +180,14 @@ class Executor:
         handler.cancel()  # each of them back
         return True
 
-    def in_threads(self) -> set[str]:
-        """Ids of the jobs whose sync handler runs in a thread of this process now.
-
-        Nothing stops such a handler but its return or the end of the process, so the
-        worker must not give its job back while the process lives (see `Worker`).
-        """
-        return self._handler_threads.running()
+    def stop_in_threads(self, job_ids: Iterable[str]) -> set[str]:
+        """Of `job_ids`, the jobs whose sync handler runs in a thread now: nothing stops
+        such a handler but its return or the end of the process, so the worker must not
+        give its job back while the process lives (see `Worker`). Those still waiting
+        for a thread are cancelled and will not run. One step (`HandlerThreads.stop`):
+        a look at the running set, then a cancel, left a thread time to take the job
+        in between and run it after it was given back."""
+        return self._handler_threads.stop(job_ids)
 
     def withdraw(self) -> list[str]:
         """Ids of the jobs queued for a handler thread that none has taken, taken back:

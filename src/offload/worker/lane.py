@@ -27,7 +27,7 @@ The lane is open only while nothing needs the job task: no hooks, no flow limits
 leases that do not lapse by themselves (`lapses.py` stops a job through its task).
 Everything else about a `def` handler is unchanged: it runs in one of `concurrency`
 threads, its job is cancelled before a thread takes it at shutdown and given back, it
-is never given back while it runs (`Executor.in_threads`), and its slot is free for
+is never given back while it runs (`Executor.stop_in_threads`), and its slot is free for
 the next job as soon as it returns (`Worker.handler_returned`).
 """
 

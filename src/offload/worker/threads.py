@@ -20,7 +20,7 @@ import functools
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["HandlerThreads"]
@@ -45,7 +45,8 @@ class HandlerThreads:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job
         self._running: set[str] = set()
-        self._lock = threading.Lock()  # guards _running and _idle
+        self._queued: dict[str, asyncio.Future[Any]] = {}  # key → guard, not taken yet
+        self._lock = threading.Lock()  # guards _running, _queued and _idle
         self._closed = False
 
     def submit(self, key: str, call: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -71,6 +72,7 @@ class HandlerThreads:
             start = self._idle == 0 and len(self._threads) < self._size
             if self._idle > 0:
                 self._idle -= 1
+            self._queued[key] = guard
         if start:
             thread = threading.Thread(
                 target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
@@ -84,6 +86,21 @@ class HandlerThreads:
         with self._lock:
             return set(self._running)
 
+    def stop(self, keys: Iterable[str]) -> set[str]:
+        """Of the jobs `keys`, the ones a thread runs now (nothing can stop them); the
+        others that wait for a thread are cancelled, and will not run. One step against
+        the threads taking jobs (under the lock a thread takes a job with): a job is
+        either reported running here or never runs, so a caller that gives back every
+        job not reported never gives back one that is running. Call on the loop's
+        thread."""
+        with self._lock:
+            running = {key for key in keys if key in self._running}
+            for key in keys:
+                guard = None if key in running else self._queued.pop(key, None)
+                if guard is not None:
+                    guard.cancel()
+        return running
+
     def withdraw(self) -> list[str]:
         """Take back every job no thread has taken yet, cancelling its guard (it will
         never run); returns their keys. Call on the loop's thread."""
@@ -96,6 +113,7 @@ class HandlerThreads:
             if item is None:  # closed: leave the threads their ends
                 self._jobs.put(None)
                 return keys
+            self._forget(item[0], item[1])
             if not item[1].cancelled():
                 item[1].cancel()
                 keys.append(item[0])
@@ -110,6 +128,7 @@ class HandlerThreads:
             except queue.Empty:
                 break
             if item is not None:
+                self._forget(item[0], item[1])
                 item[1].cancel()
         for _ in self._threads:
             self._jobs.put(None)
@@ -117,7 +136,9 @@ class HandlerThreads:
     def _serve(self) -> None:
         while (item := self._jobs.get()) is not None:
             key, guard, call, done = item
-            with self._lock:
+            with self._lock:  # taken and running in one step (see `stop`)
+                if self._queued.get(key) is guard:
+                    del self._queued[key]
                 self._running.add(key)  # first running, then the cancel check
             value: Any = None
             error: BaseException | None = None
@@ -130,6 +151,11 @@ class HandlerThreads:
                 self._running.discard(key)
                 self._idle += self._jobs.empty()
             self._deliver_later(guard, done, value, error)
+
+    def _forget(self, key: str, guard: asyncio.Future[Any]) -> None:
+        with self._lock:
+            if self._queued.get(key) is guard:
+                del self._queued[key]
 
     def _deliver_later(
         self, guard: asyncio.Future[Any], done: Done, value: Any, error: BaseException | None

@@ -664,7 +664,7 @@ class Worker:
         entry = self._running.get(lease.job_id)
         if entry is None or entry[0] is not lease:
             return
-        if lease.job_id in self.executor.in_threads():
+        if self.executor.stop_in_threads([lease.job_id]):
             logger.error(
                 "job %s: %s, and its sync handler cannot be stopped; its outcome is dropped "
                 "and it runs again elsewhere",
@@ -803,8 +803,8 @@ class Worker:
         again now; never give back a job whose handler may still run in this process
         (see the module docstring). Leases stay extended until the end."""
         now = self.app.clock.now
-        in_threads = self.executor.in_threads()
         held = [(lease, task) for lease, task in self._running.values() if task in pending]
+        in_threads = self.executor.stop_in_threads([lease.job_id for lease, _ in held])
         stoppable = [(lease, task) for lease, task in held if lease.job_id not in in_threads]
         for _, task in stoppable:
             task.cancel()
