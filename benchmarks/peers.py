@@ -462,6 +462,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per phase (default 20,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs per cell; the median is shown")
     parser.add_argument("--systems", default=",".join(ADAPTERS), help="comma-separated systems")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases (default all: {','.join(PHASES)})",
+    )
     parser.add_argument("--depth", action="store_true", help="also run the 1M-deep rows")
     parser.add_argument("--depth-systems", default=None,
                         help="systems for the depth rows (default: offload, the ceiling and "
@@ -483,6 +488,9 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.systems) - ADAPTERS.keys()
     if unknown and not args.phase:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(ADAPTERS)}")
+    bad = set(args.phases.split(",")) - set(PHASES)
+    if bad:
+        parser.error(f"unknown phases {sorted(bad)}; known: {', '.join(PHASES)}")
     return args
 
 
@@ -558,7 +566,8 @@ def main() -> None:
     os.environ["BENCH_BODY"] = args.body  # read by every job (adapters/_probe.py)
     print(f"logs: {args.logdir}; load average {args.load_start}", file=sys.stderr)
     results = Results()
-    run_phases(args, results, args.systems, PHASES, args.timeout)
+    phases = tuple(p for p in PHASES if p in args.phases.split(","))
+    run_phases(args, results, args.systems, phases, args.timeout)
     depth_systems: list[str] = []
     if args.depth:
         # The main table first: the depth rows take long, and a partial result helps.

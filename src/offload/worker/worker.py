@@ -91,6 +91,11 @@ RUNNING_LISTED = 100
 UNWIND_S = 1.0
 
 
+async def _nothing_after(timeout_s: float) -> list[Lease]:
+    await asyncio.sleep(timeout_s)
+    return []
+
+
 class Worker:
     """Runs the jobs of an `Offload` app.
 
@@ -284,12 +289,18 @@ class Worker:
         )
         self.progress_at = time.monotonic()
         self.last_reserve_at = self.app.clock.now()
+        self._take(leases)
+        return len(leases)
+
+    def _take(self, leases: Sequence[Lease]) -> None:
+        """Hold newly leased jobs and start what fits (none once stopping: the
+        shutdown gives back what was not started)."""
         self.recycling.taken += len(leases)
         if self.lapses is not None:
             self.lapses.hold(leases)
         self._buffer.extend(leases)
-        self._start_buffered()
-        return len(leases)
+        if not self._stopping.is_set():
+            self._start_buffered()
 
     async def drain(self) -> int:
         """Run jobs until none is ready and none is running; returns how many ran.
@@ -337,15 +348,14 @@ class Worker:
                 await self.health.succeeded()
 
     async def _fetch(self) -> None:
-        """One turn of the fetch loop: reserve, then wait for a free slot, or for work
-        when there was none (every broker call of the turn may raise)."""
-        reserved = await self.tick()
+        """One turn of the fetch loop: wait for a free slot while none is, else reserve
+        what fits, waiting for work if nothing is ready (every broker call may raise)."""
         if self._full():
             self._capacity.clear()
             if self._full() and not self._stopping.is_set():  # stop() set it already
                 await self._capacity.wait()
-        elif reserved == 0:
-            await self._idle_wait()
+        elif not self._stopping.is_set():
+            await self._reserve_or_wait()
 
     def _full(self) -> bool:
         return self._room() <= 0 or self.recycling.took_all()
@@ -368,24 +378,38 @@ class Worker:
         """The ids of the jobs running now."""
         return list(self._running)
 
-    async def _idle_wait(self) -> None:
+    async def _reserve_or_wait(self) -> None:
+        """Reserve what fits, or wait for work (`Delivery.wait_for_work`: until the next
+        delayed job is due, `poll_s` at most, or the worker stops; the broker may hand
+        over jobs already leased meanwhile)."""
         timeout_s = self.poll_s
         queues = await self.pauses.active(self.broker, self.queues)
         if len(queues) < len(self.queues):  # notice a resume soon
             timeout_s = min(timeout_s, self.pauses.max_age_s)
-        due = await self.broker.next_due(queues) if queues else None
-        if due is not None:
-            timeout_s = min(timeout_s, max(due - self.app.clock.now(), 0.0))
+        self.progress_at = time.monotonic()
         if queues:
-            waiter = asyncio.create_task(self.broker.wait(queues, timeout_s))
-        else:
-            waiter = asyncio.create_task(asyncio.sleep(timeout_s))
+            work = self.broker.wait_for_work(
+                queues, timeout_s, worker_id=self.id, lease_s=self.lease_s, limit=self._room()
+            )
+        else:  # all paused: nothing to take, and nothing wrong
+            work = _nothing_after(timeout_s)
+        waiter = asyncio.create_task(work)
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             stopper.cancel()
+            # A cancelled wait may give back what it was handed: let it finish first.
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if waiter.cancelled():
+            return
+        leases = waiter.result()
+        self.progress_at = time.monotonic()
+        if queues:
+            self.last_reserve_at = self.app.clock.now()
+        self._take(leases)
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self._running) < self.concurrency:

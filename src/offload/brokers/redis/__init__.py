@@ -83,6 +83,7 @@ from offload.brokers.redis._connection import (
 )
 from offload.brokers.redis._executor import SCRIPTS, Executor
 from offload.brokers.redis._flow import Flow, workflow_flag
+from offload.brokers.redis._handoff import MARGIN_S, Handoff, Ticket
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
 from offload.brokers.redis._operate import Operations
@@ -142,6 +143,7 @@ class RedisBroker(Broker):
         self._operations = Operations(x, self.clock, retention_s)
         self._signals = Signals(x, self.clock, retention_s, self._subscribed)
         self._workflows = Workflows(x, retention_s)
+        self._handoff = Handoff(self.prefix)
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
@@ -290,30 +292,59 @@ class RedisBroker(Broker):
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
     ) -> list[Lease]:
+        """The worker's parking ticket, if it has one, ends first (`_handoff.py`): what
+        was handed to it and not yet returned comes back with the new leases."""
         names = list(dict.fromkeys(queues))
-        if not names or limit <= 0:
+        ticket = self._handoff.retire(worker_id)
+        if (not names or limit <= 0) or (self.options.cluster and len(names) > 1):
+            recovered = await self._unpark(ticket)
+            if not names or limit <= 0:
+                return recovered
+            return recovered + await self._reserve_across_slots(names, worker_id, lease_s, limit)
+        return await self._reserve(names, worker_id, lease_s, limit, ticket)
+
+    async def _unpark(self, ticket: Ticket | None) -> list[Lease]:
+        if ticket is None:
             return []
-        if self.options.cluster and len(names) > 1:
-            return await self._reserve_across_slots(names, worker_id, lease_s, limit)
-        return await self._reserve(names, worker_id, lease_s, limit)
+        call = self._handoff.unpark_call(ticket, self._x.q(ticket.queue))
+        return self._handoff.recovered(ticket, await self._x.run(*call))
 
     def _reserve_call(
         self, names: Sequence[str], worker_id: str, lease_s: float, limit: int, peek: int = 0
-    ) -> Call:
+    ) -> tuple[str, list[str], list[str | bytes]]:
         now = self.clock.now()
         keys = [key for queue in names for key in self._x.q(queue)]
-        args = [num(now), worker_id, num(now + lease_s), str(limit), os.urandom(8).hex() + ":"]
-        args += [_LEASE_EXPIRED, num(now + self.retention_s), str(BATCH), str(peek)]
-        args.append(self._x.ended_channel)
+        args: list[str | bytes] = [num(now), worker_id, num(now + lease_s), str(limit)]
+        args += [os.urandom(8).hex() + ":", _LEASE_EXPIRED, num(now + self.retention_s)]
+        args += [str(BATCH), str(peek), self._x.ended_channel]
         return ("reserve", keys, args)
 
     async def _reserve(
-        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int
+        self,
+        names: Sequence[str],
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+        end: Ticket | None = None,
+        park: tuple[Ticket, str] | None = None,
     ) -> list[Lease]:
+        """`reserve.lua`, after `unpark.lua` for the ticket `end` in the same round
+        trip (its recovered leases first); with `park` (a new ticket and its end), the
+        script parks the worker when nothing is ready."""
         call = self._reserve_call(names, worker_id, lease_s, limit)
-        reply = await self._x.run(*call)
+        if park is not None:
+            call[2].extend([park[0].member, park[1]])
+        if end is None:
+            recovered, reply = [], await self._x.run(*call)
+        else:
+            unpark = self._handoff.unpark_call(end, self._x.q(end.queue))
+            replies = await self._x.run_many([unpark, call])
+            recovered, reply = self._handoff.recovered(end, replies[0]), replies[1]
+        if park is not None and reply[:1] == [b"parked"]:
+            park[0].due = float(reply[1]) if reply[1] else None
+            return recovered
         deadline = float(call[2][2])
-        return [
+        return recovered + [
             Lease(
                 text(reply[i + 1]),
                 text(reply[i + 2]),
@@ -356,6 +387,47 @@ class RedisBroker(Broker):
             await asyncio.sleep(min(timeout_s, 1.0))
             return
         await listener.wait(channels, timeout_s)
+
+    async def wait_for_work(
+        self,
+        queues: Sequence[str],
+        timeout_s: float,
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> list[Lease]:
+        """A worker of one queue parks there (`_handoff.py`): one script reserves, or
+        parks it if nothing is ready; then it waits for jobs handed to it, a wake-up
+        (from a producer that does not hand over) or the timeout."""
+        names = list(dict.fromkeys(queues))
+        channel = self._handoff.channel(worker_id)
+        try:
+            if len(names) != 1 or limit <= 0:
+                raise LookupError("parking takes one queue")
+            await self._subscribed([self._x.channel(names[0])])
+            await self._subscribed([channel], handler=self._handoff.received, confirm=True)
+        except Exception:  # LookupError, BrokerError, redis-py failing mid-reconnect
+            return await super().wait_for_work(
+                names, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
+            )
+        old = self._handoff.retire(worker_id)
+        ticket = self._handoff.issue(names[0], worker_id, lease_s, limit)
+        park = (ticket, num(self.clock.now() + timeout_s + MARGIN_S))
+        try:
+            reserved = self._reserve(names, worker_id, lease_s, limit, old, park)
+            if leases := await self._given_back_if_cancelled(reserved):
+                return leases  # the next reserve ends the ticket, parked or not
+            if ticket.due is not None:
+                timeout_s = min(timeout_s, max(ticket.due - self.clock.now(), 0.0))
+            listener = await self._subscribed([self._x.channel(names[0])])
+            await listener.wait([self._x.channel(names[0])], timeout_s, lambda: bool(ticket.inbox))
+            return self._handoff.take(ticket)
+        except asyncio.CancelledError:
+            self._handoff.retire(worker_id)
+            handed = self._handoff.take(ticket)
+            await self.release(handed + await self._unpark(ticket))
+            raise
 
     async def _subscribed(
         self,

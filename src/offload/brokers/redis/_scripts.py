@@ -52,6 +52,7 @@ _NAMES = (
     "clear_outbox",
     "watch",
     "record_attempt",
+    "unpark",
 )
 
 

@@ -40,6 +40,14 @@ for n, id in ipairs(ids) do
   if stored_ids[n] then id_taken[id] = true end
 end
 
+-- Whether the new jobs may go straight to a parked worker: only when one is parked
+-- and they are all the queue would have ready (nothing ready before them, nothing due
+-- to become ready at the next reserve), so a handoff takes what a reserve would.
+local hand = redis.call('EXISTS', q.parked) == 1 and redis.call('EXISTS', q.ready) == 0
+  and #redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, 1) == 0
+  and #redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, 1) == 0
+local payload_of = {}
+
 local seq = redis.call('INCRBY', q.seq, count) - count
 local out = {}
 local w = {payload = {}, record = {}, jobs = {}, ready = {}, scheduled = {}, expiring = {},
@@ -78,6 +86,7 @@ for j = 1, count do
     end
     if r.x then push(w.expiring, r.x, id) end
     push(w.payload, id, ARGV[i + 2])
+    payload_of[id] = ARGV[i + 2]
     push(w.jobs, 0, listing_member(r, id))
     push(w.created, 0, created_member(r, id))
     push(w.record, id, cmsgpack.pack(r))
@@ -93,6 +102,56 @@ write_all('ZADD', q.created, w.created)
 write_all('ZADD', q.ready, w.ready)
 write_all('ZADD', q.scheduled, w.scheduled)
 write_all('ZADD', q.expiring, w.expiring)
+
+-- Hand the ready jobs to parked workers (reserve.lua parks them), each ticket once:
+-- leased to its worker as `reserve` would (token prefix, limit and lease time from the
+-- ticket), published on its channel, and noted in `handed` so that the worker finds
+-- them again at its next reserve if the message is lost (`unpark.lua`). The wake-up
+-- goes out only for what is left, to the other workers (older ones never park).
+local function netstring(s)
+  return #s .. ':' .. s
+end
+
+if woke and hand then
+  redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
+  local ready = true
+  while ready do
+    local first = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
+    local head = first[1]
+    if not head then break end
+    redis.call('ZREM', q.parked, head)
+    local ok, t = pcall(cmsgpack.unpack, head)
+    if ok and type(t) == 'table' and type(t[1]) == 'string' and tonumber(t[2])
+        and tonumber(t[2]) >= 1 and tonumber(t[3]) and type(t[4]) == 'string'
+        and type(t[5]) == 'string' then
+      local deadline = now + tonumber(t[3])
+      local at = string.format('%.17g', deadline)
+      local message, ids = {netstring(t[1]), netstring(at)}, {at}
+      for n, member in ipairs(redis.call('ZRANGE', q.ready, 0, tonumber(t[2]) - 1)) do
+        local id = string.sub(member, 28)
+        local r = load(q, id)
+        if r.x and r.x <= now then  -- already expired: the next reserve ends it
+          ready = false
+          break
+        end
+        local token = t[1] .. n
+        lease(q, id, r, now, t[5], token, deadline)
+        push(message, netstring(id), netstring(token))
+        push(message, netstring(tostring(r.a)), netstring(payload_of[id]))
+        ids[#ids + 1] = id
+      end
+      if #ids > 1 then
+        redis.call('HSET', q.handed, t[1], table.concat(ids, ' '))
+        redis.call('PUBLISH', t[4], table.concat(message))
+      else  -- nothing handed: the worker stays parked
+        redis.call('ZADD', q.parked, first[2], head)
+        ready = false
+      end
+      ready = ready and redis.call('EXISTS', q.ready) == 1
+    end
+  end
+  woke = redis.call('EXISTS', q.ready) == 1
+end
 if woke then
   redis.call('PUBLISH', ARGV[2], '1')
 end
