@@ -91,11 +91,6 @@ RUNNING_LISTED = 100
 UNWIND_S = 1.0
 
 
-async def _nothing_after(timeout_s: float) -> list[Lease]:
-    await asyncio.sleep(timeout_s)
-    return []
-
-
 class Worker:
     """Runs the jobs of an `Offload` app.
 
@@ -157,6 +152,8 @@ class Worker:
         )
         self.processed = 0
         self._buffer: deque[Lease] = deque()
+        #: The fetch loop's task while it waits for work (`_interrupt_wait` ends it).
+        self._waiting: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
         self.recycling = Recycling(max_jobs, max_memory_mb)
         self.recycled: str | None = None  # why it recycled itself; None if stopped
@@ -206,6 +203,7 @@ class Worker:
         self.recycled = None  # a stop on request supersedes a recycle
         self._stopping.set()
         self._capacity.set()
+        self._interrupt_wait()
         if force:
             self._forced.set()
 
@@ -217,6 +215,12 @@ class Worker:
         logger.info("recycling: %s", reason, extra={"action": "recycling", "worker_id": self.id})
         self._stopping.set()
         self._capacity.set()
+        self._interrupt_wait()
+
+    def _interrupt_wait(self) -> None:
+        """End the fetch loop's wait for work, if it waits (see `_reserve_or_wait`)."""
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down in order (see the module docstring)."""
@@ -381,31 +385,33 @@ class Worker:
     async def _reserve_or_wait(self) -> None:
         """Reserve what fits, or wait for work (`Delivery.wait_for_work`: until the next
         delayed job is due, `poll_s` at most, or the worker stops; the broker may hand
-        over jobs already leased meanwhile)."""
+        over jobs already leased meanwhile). A stop cancels the wait (the broker gives
+        back what it was handed); the call is awaited in this task, not raced against
+        the stop in others, which would cost two more loop turns per job."""
         timeout_s = self.poll_s
         queues = await self.pauses.active(self.broker, self.queues)
         if len(queues) < len(self.queues):  # notice a resume soon
             timeout_s = min(timeout_s, self.pauses.max_age_s)
         self.progress_at = time.monotonic()
-        if queues:
-            work = self.broker.wait_for_work(
-                queues, timeout_s, worker_id=self.id, lease_s=self.lease_s, limit=self._room()
-            )
-        else:  # all paused: nothing to take, and nothing wrong
-            work = _nothing_after(timeout_s)
-        waiter = asyncio.create_task(work)
-        stopper = asyncio.create_task(self._stopping.wait())
-        try:
-            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-            # A cancelled wait may give back what it was handed: let it finish first.
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
-        if waiter.cancelled():
+        if self._stopping.is_set():
             return
-        leases = waiter.result()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting = task
+        try:
+            if queues:
+                leases = await self.broker.wait_for_work(
+                    queues, timeout_s, worker_id=self.id, lease_s=self.lease_s, limit=self._room()
+                )
+            else:  # all paused: nothing to take, and nothing wrong
+                await asyncio.sleep(timeout_s)
+                leases = []
+        except asyncio.CancelledError:
+            if not self._stopping.is_set() or task.uncancel() > 0:
+                raise  # not (only) our own interruption
+            return
+        finally:
+            self._waiting = None
         self.progress_at = time.monotonic()
         if queues:
             self.last_reserve_at = self.app.clock.now()
