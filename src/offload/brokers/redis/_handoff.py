@@ -61,6 +61,7 @@ class Ticket:
     member: bytes  # as in the queue's `parked` zset
     inbox: list[Lease] = field(default_factory=list)  # received, not yet taken
     delivered: set[str] = field(default_factory=set)  # job ids the worker was given
+    parked: bool = False  # known to be in `parked` (else it never was: no unpark needed)
     due: float | None = None  # when parked: the first delayed job's due time
 
 
