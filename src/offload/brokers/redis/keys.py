@@ -81,6 +81,7 @@ the wrong type: `record_problem` in `scripts/_lib.lua`) is buried as `dead`
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 __all__ = [
@@ -137,6 +138,7 @@ def escape_queue(queue: str) -> str:
     return queue.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+@functools.lru_cache(maxsize=4096)  # built for every script call: once per queue is enough
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
     base = f"{prefix}:{{{escape_queue(queue)}}}:"
     return QueueKeys(*(base + name for name in QueueKeys._fields))
