@@ -171,6 +171,8 @@ def main() -> None:
             time.sleep(0.05)
         time.sleep(0.1)
         events = json.loads(events_file.read_text())
+        if os.environ.get("PICKUP_TRACE_KEEP"):
+            Path(os.environ["PICKUP_TRACE_KEEP"]).write_text(json.dumps(events))
     finally:
         worker.terminate()
         worker.wait(30)

@@ -197,6 +197,11 @@ async def test_a_worker_of_one_queue_is_handed_its_jobs(redis_url: str) -> None:
             while len(started) == n:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.002)
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        client = await broker._redis()
+        keys = broker._x.q("default")
+        assert await client.exists(keys.parked, keys.handed) == 0  # nothing left behind
     finally:
         worker.stop()
         await asyncio.wait_for(running, 10)

@@ -320,8 +320,8 @@ class RedisBroker(Broker):
         try:
             if len(names) != 1 or limit <= 0:
                 raise LookupError("parking takes one queue")
-            await self._subscribed([self._x.channel(names[0])])
             await self._subscribed([channel], handler=self._handoff.received, confirm=True)
+            listener = await self._subscribed([self._x.channel(names[0])])
         except Exception:  # LookupError, BrokerError, redis-py failing mid-reconnect
             return await super().wait_for_work(
                 names, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
@@ -338,7 +338,6 @@ class RedisBroker(Broker):
                 return leases
             if ticket.due is not None:
                 timeout_s = min(timeout_s, max(ticket.due - self.clock.now(), 0.0))
-            listener = await self._subscribed([self._x.channel(names[0])])
             await listener.wait([self._x.channel(names[0])], timeout_s, lambda: bool(ticket.inbox))
             return self._handoff.take(ticket)
         except asyncio.CancelledError:

@@ -73,7 +73,7 @@ class Listener:
             self._channels |= new
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read(), name="offload redis wakeups")
-        if confirm:
+        if confirm and not wanted <= self._confirmed:  # (no task for what is confirmed)
             await asyncio.wait_for(self._confirmation(wanted), CONFIRM_TIMEOUT_S)
 
     async def _confirmation(self, channels: set[str]) -> None:

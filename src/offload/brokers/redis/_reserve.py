@@ -85,8 +85,12 @@ class Reserver:
         trip (its recovered leases first); with `park` (a new ticket and its end), the
         script parks the worker when nothing is ready."""
         call = self._call(names, worker_id, lease_s, limit)
-        if park is not None:
-            call[2].extend([park[0].member, park[1]])
+        call[2].extend([park[0].member, park[1]] if park is not None else ["", ""])
+        if end is not None and end.delivered and [end.queue] == list(names):
+            # Handed over and received whole (a ticket is used once): only its note is
+            # left, which this script drops; no `unpark` call.
+            call[2].append(end.prefix)
+            end = None
         if end is None:
             recovered, reply = [], await self._x.run(*call)
         else:

@@ -9,7 +9,9 @@
 --       queue instead (how a reservation over queues in several cluster slots starts),
 --       [10] job-end channel, [11] optional: the ticket that parks the worker when
 --       nothing is ready (one queue only; a msgpack array: token prefix, limit, lease
---       seconds, handoff channel, worker id), [12] the ticket's end (Unix seconds).
+--       seconds, handoff channel, worker id), [12] the ticket's end (Unix seconds),
+--       [13] optional: the token prefix of a ticket whose note in `handed` (of the
+--       first queue) goes.
 -- Returns: per lease, the queue's group number, job id, token, attempt, payload; when
 --          peeking, per queue, a flat list of member and score pairs; when parked,
 --          {'parked', due time of the first scheduled job or ''}.
@@ -101,8 +103,12 @@ while taken < limit do
     out[#out + 1] = redis.call('HGET', q.payload, id) or ''
   end
 end
--- Nothing ready: park the worker (one queue only), so that `enqueue` hands it the next
--- jobs already leased (see enqueue.lua and _handoff.py).
+-- The note of the worker's last ticket, whose handoff it received whole (unpark.lua
+-- otherwise), and when nothing is ready, the worker parked (one queue only), so that
+-- `enqueue` hands it the next jobs already leased (see enqueue.lua and _handoff.py).
+if ARGV[13] and ARGV[13] ~= '' then
+  redis.call('HDEL', queues[1].handed, ARGV[13])
+end
 if taken == 0 and ARGV[11] and ARGV[11] ~= '' and groups == 1 then
   redis.call('ZADD', queues[1].parked, tonumber(ARGV[12]), ARGV[11])
   local due = redis.call('ZRANGE', queues[1].scheduled, 0, 0, 'WITHSCORES')[2] or ''
