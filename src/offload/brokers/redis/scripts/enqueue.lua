@@ -49,22 +49,24 @@ local function netstring(s)
   return #s .. ':' .. s
 end
 local ticket, parked_as
-if redis.call('EXISTS', q.parked) == 1 and redis.call('EXISTS', q.ready) == 0
+-- The ticket that ends last (tickets end `MARGIN_S` after their wait: the latest is
+-- live if any is); the ones that ended are dropped here (and by `sweep`).
+local head = redis.call('ZRANGE', q.parked, -1, -1, 'WITHSCORES')
+if head[1] and tonumber(head[2]) < now then
+  redis.call('DEL', q.parked)
+elseif head[1] and redis.call('EXISTS', q.ready) == 0
     and #redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, 1) == 0
     and #redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, 1) == 0 then
   redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
-  local head = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
-  if head[1] then
-    local ok, t = pcall(cmsgpack.unpack, head[1])
-    if not (ok and type(t) == 'table' and type(t[1]) == 'string' and tonumber(t[2])
-        and tonumber(t[3]) and type(t[4]) == 'string' and type(t[5]) == 'string') then
-      redis.call('ZREM', q.parked, head[1])  -- not ours to use
-    elseif tonumber(t[2]) >= count then
-      redis.call('ZREM', q.parked, head[1])
-      ticket, parked_as = t, head
-      ticket.deadline = string.format('%.17g', now + tonumber(t[3]))
-      ticket.message, ticket.ids = {netstring(t[1]), netstring(ticket.deadline)}, {ticket.deadline}
-    end
+  local ok, t = pcall(cmsgpack.unpack, head[1])
+  if not (ok and type(t) == 'table' and type(t[1]) == 'string' and tonumber(t[2])
+      and tonumber(t[3]) and type(t[4]) == 'string' and type(t[5]) == 'string') then
+    redis.call('ZREM', q.parked, head[1])  -- not ours to use
+  elseif tonumber(t[2]) >= count then
+    redis.call('ZREM', q.parked, head[1])
+    ticket, parked_as = t, head
+    ticket.deadline = string.format('%.17g', now + tonumber(t[3]))
+    ticket.message, ticket.ids = {netstring(t[1]), netstring(ticket.deadline)}, {ticket.deadline}
   end
 end
 
