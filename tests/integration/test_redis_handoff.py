@@ -34,6 +34,12 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield request.getfixturevalue(f"{request.param}_url")
 
 
+def redis_broker(url: str) -> RedisBroker:
+    broker = from_url(url)
+    assert isinstance(broker, RedisBroker)
+    return broker
+
+
 def park(broker: RedisBroker, timeout_s: float = LONG_S, worker_id: str = "w1") -> Any:
     """An idle worker's wait, as a task."""
     wait = broker.wait_for_work(["default"], timeout_s, worker_id=worker_id, lease_s=30, limit=10)
@@ -50,7 +56,7 @@ async def parked(broker: RedisBroker, n: int = 1) -> None:
 
 
 async def test_a_parked_worker_is_handed_the_job_by_the_enqueue_itself(url: str) -> None:
-    worker, producer = from_url(url), from_url(url)
+    worker, producer = redis_broker(url), redis_broker(url)
     async with worker, producer:
         waiting = park(worker)
         await parked(worker)
@@ -64,9 +70,10 @@ async def test_a_parked_worker_is_handed_the_job_by_the_enqueue_itself(url: str)
 
 
 async def test_a_lost_handoff_message_is_returned_by_the_next_reserve(url: str) -> None:
-    worker, producer = from_url(url), from_url(url)
+    worker, producer = redis_broker(url), redis_broker(url)
     async with worker, producer:
-        worker._handoff.received = lambda data: None  # every message lost
+        # every message lost
+        worker._handoff.received = lambda data: None  # type: ignore[method-assign]
         waiting = park(worker, timeout_s=0.5)
         await parked(worker)
         job_id = await enqueue_one(producer)
@@ -78,9 +85,10 @@ async def test_a_lost_handoff_message_is_returned_by_the_next_reserve(url: str) 
 
 
 async def test_a_cancelled_wait_gives_back_what_it_was_handed(url: str) -> None:
-    worker, producer = from_url(url), from_url(url)
+    worker, producer = redis_broker(url), redis_broker(url)
     async with worker, producer:
-        worker._handoff.received = lambda data: None  # the wait never sees it
+        # the wait never sees it
+        worker._handoff.received = lambda data: None  # type: ignore[method-assign]
         waiting = park(worker)
         await parked(worker)
         job_id = await enqueue_one(producer)
@@ -96,7 +104,7 @@ async def test_a_cancelled_wait_gives_back_what_it_was_handed(url: str) -> None:
 async def test_a_producer_that_does_not_hand_over_wakes_a_parked_worker(url: str) -> None:
     """An older producer: its job stays queued and its wake-up reaches the parked
     worker at once, which then reserves it."""
-    worker, producer = from_url(url), from_url(url)
+    worker, producer = redis_broker(url), redis_broker(url)
     async with worker, producer:
         waiting = park(worker)
         await parked(worker)
@@ -117,7 +125,7 @@ async def test_with_no_parked_worker_the_enqueue_wakes_older_workers(url: str) -
     wake-up it listens to goes out."""
     import redis.asyncio
 
-    async with from_url(url) as producer:
+    async with redis_broker(url) as producer:
         listener = redis.asyncio.Redis.from_url(url.split("?")[0])
         pubsub = listener.pubsub()
         await pubsub.subscribe(producer._x.channel("default"))
