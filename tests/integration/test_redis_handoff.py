@@ -216,3 +216,26 @@ async def test_a_worker_of_one_queue_is_handed_its_jobs(redis_url: str) -> None:
         await app.aclose()
     assert handed == 10
     assert max(started) < 1.0, started
+
+
+async def test_idle_workers_take_turns(url: str) -> None:
+    """A worker that was just handed a job parks again behind the others."""
+    a, b, producer = redis_broker(url), redis_broker(url), redis_broker(url)
+    async with a, b, producer:
+        waits = {"a": park(a, worker_id="a")}
+        await parked(a)
+        waits["b"] = park(b, worker_id="b")
+        await parked(a, 2)
+        got: list[str] = []
+        for _ in range(4):
+            await enqueue_one(producer)
+            done, _ = await asyncio.wait(waits.values(), timeout=5, return_when="FIRST_COMPLETED")
+            [name] = [n for n, w in waits.items() if w in done]
+            assert len(waits[name].result()) == 1
+            got.append(name)
+            waits[name] = park(a if name == "a" else b, worker_id=name)  # parks again
+            await parked(a, 2)
+        for wait in waits.values():
+            wait.cancel()
+        await asyncio.gather(*waits.values(), return_exceptions=True)
+    assert got == ["a", "b", "a", "b"], got

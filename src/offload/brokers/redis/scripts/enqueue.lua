@@ -49,15 +49,16 @@ local function netstring(s)
   return #s .. ':' .. s
 end
 local ticket, parked_as
--- The ticket that ends last (tickets end `MARGIN_S` after their wait: the latest is
--- live if any is); the ones that ended are dropped here (and by `sweep`).
-local head = redis.call('ZRANGE', q.parked, -1, -1, 'WITHSCORES')
+-- The ticket that ends first, so that idle workers take turns (each parks again after
+-- its handoff, behind the others); tickets that ended are dropped here (and by `sweep`).
+local head = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
 if head[1] and tonumber(head[2]) < now then
-  redis.call('DEL', q.parked)
-elseif head[1] and redis.call('EXISTS', q.ready) == 0
+  redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
+  head = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
+end
+if head[1] and redis.call('EXISTS', q.ready) == 0
     and #redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, 1) == 0
     and #redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, 1) == 0 then
-  redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
   local ok, t = pcall(cmsgpack.unpack, head[1])
   if not (ok and type(t) == 'table' and type(t[1]) == 'string' and tonumber(t[2])
       and tonumber(t[3]) and type(t[4]) == 'string' and type(t[5]) == 'string') then
