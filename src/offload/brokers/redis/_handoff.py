@@ -16,7 +16,8 @@ Why no job can be stranded:
   version. If its message is lost (pub/sub is at most once: a dropped subscriber
   connection), the worker's next `reserve` first runs `unpark.lua`, which ends the
   ticket and returns every job handed to it that is still leased under it; the broker
-  drops those the message gave already. The worker always reserves after a wait.
+  drops those the message gave already. The worker always reserves after a wait (a
+  ticket whose message arrived needs no `unpark`: that reserve drops its note).
 - A worker that dies while parked: its ticket ends after its wait (`poll_s` plus
   `MARGIN_S`), and jobs handed to it meanwhile run elsewhere once their lease lapses,
   as jobs a worker reserved just before dying do. A wait cancelled while parked (the
@@ -26,9 +27,10 @@ Why no job can be stranded:
   old producer publishes the wake-up, on which a parked new worker reserves (which
   unparks it first). `sweep` forgets tickets and notes of workers that never came back.
 
-Only a worker of one queue parks (its ticket, `parked` and `handed` are in that
-queue's slot, so this works on a cluster as well); several queues keep the wake-up
-and `reserve`, which picks the best job across them.
+The ticket that ends first is served, so idle workers take turns: each parks again
+after its handoff, behind the others. Only a worker of one queue parks (its ticket,
+`parked` and `handed` are in that queue's slot, so this works on a cluster as well);
+several queues keep the wake-up and `reserve`, which picks the best job across them.
 """
 
 from __future__ import annotations
