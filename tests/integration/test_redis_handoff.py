@@ -239,3 +239,18 @@ async def test_idle_workers_take_turns(url: str) -> None:
             wait.cancel()
         await asyncio.gather(*waits.values(), return_exceptions=True)
     assert got == ["a", "b", "a", "b"], got
+
+
+async def test_a_worker_leaving_between_two_waits_gives_back_what_was_handed(url: str) -> None:
+    """Its last wait ended (a timeout) with its ticket still parked: unregistering ends
+    the ticket and releases a job handed to it meanwhile at once."""
+    worker, producer = redis_broker(url), redis_broker(url)
+    async with worker, producer:
+        assert await park(worker, timeout_s=0.2) == []  # parked, then timed out
+        job_id = await enqueue_one(producer)
+        assert await state_of(producer, job_id) is JobState.RUNNING  # handed meanwhile
+        await worker.unregister_worker("w1")
+        assert await state_of(producer, job_id) is JobState.QUEUED
+        client = await worker._redis()
+        keys = worker._x.q("default")
+        assert await client.exists(keys.parked, keys.handed) == 0

@@ -564,6 +564,10 @@ class RedisBroker(Broker):
         await self._x.run("worker_register", self._worker_keys(), [info.id, data, until])
 
     async def unregister_worker(self, worker_id: str) -> None:
+        """Also ends the worker's parking ticket, if one is left (a stop between two
+        waits), giving back at once what was handed to it (`_handoff.py`)."""
+        if (ticket := self._handoff.retire(worker_id)) is not None:
+            await self.release(await self._reserver.unpark(ticket))
         await self._x.run("worker_forget", self._worker_keys(), ["id", worker_id])
 
     async def workers(self) -> list[WorkerInfo]:
