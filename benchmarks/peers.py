@@ -462,6 +462,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per phase (default 20,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs per cell; the median is shown")
     parser.add_argument("--systems", default=",".join(ADAPTERS), help="comma-separated systems")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases (default all: {','.join(PHASES)})",
+    )
     parser.add_argument("--depth", action="store_true", help="also run the 1M-deep rows")
     parser.add_argument("--depth-systems", default=None,
                         help="systems for the depth rows (default: offload, the ceiling and "
@@ -474,9 +479,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="also write the report to this file")
     parser.add_argument("--body", choices=("noop", "io"), default="noop",
                         help="noop, or io: one real Redis round trip per job")  # fmt: skip
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help="comma-separated phases to run (default: all of "
-                             f"{', '.join(PHASES)})")  # fmt: skip
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--logdir", help=argparse.SUPPRESS)

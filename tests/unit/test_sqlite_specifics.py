@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from offload.brokers.composite import with_state_store
 from offload.brokers.sqlite import SQLiteBroker, database_path
 from offload.brokers.sqlite._connection import SCHEMA_VERSION
 from offload.brokers.sqlite._doorbell import Doorbell, wake_directory
+from offload.brokers.sqlite._store import Store
 from offload.codec import encode_envelope, encode_value
 from offload.envelope import Envelope, ErrorInfo, JobState, Step, new_job_id
 from offload.errors import ConfigurationError
@@ -802,6 +804,56 @@ async def test_an_enqueue_in_another_process_wakes_wait_long_before_the_poll(
     latencies = await _wake_latencies(waiting, db_path, rounds=3)
 
     assert max(latencies) < 2.0, latencies
+
+
+async def test_a_ring_naming_the_queue_wakes_a_waiter_without_a_poll(
+    make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fallback poll of 10 s and a count of the polls,
+    monkeypatch.setattr("offload.brokers.sqlite.WAIT_POLL_S", 10.0)
+    polls: list[object] = []
+    poll_signal = Store.poll_signal
+
+    def counted(store: Store, *args: Any) -> Any:
+        polls.append(args)
+        return poll_signal(store, *args)
+
+    monkeypatch.setattr(Store, "poll_signal", counted)
+    waiting, other = make_broker(clock=None), make_broker(clock=None)
+    await waiting.connect()
+    waiter = asyncio.create_task(waiting.wait(["a"], 30.0))
+    await asyncio.sleep(0.05)
+
+    # a job of another queue, enqueued by another broker (process), rings it: it
+    # neither returns nor polls;
+    envelope = Envelope(id=new_job_id(), task="t", queue="b", created_at=time.time())
+    await other.enqueue([(envelope, encode_envelope(envelope))])
+    await asyncio.sleep(0.2)
+    assert not waiter.done() and polls == []
+
+    # one of its own queue returns it at once, still without a poll.
+    envelope = Envelope(id=new_job_id(), task="t", queue="a", created_at=time.time())
+    await other.enqueue([(envelope, encode_envelope(envelope))])
+    await asyncio.wait_for(waiter, 2.0)
+    assert polls == []
+
+
+async def test_a_ring_without_names_makes_the_waiter_poll(
+    make_broker: MakeBroker, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an older version rings: the poll decides, at once."""
+    monkeypatch.setattr("offload.brokers.sqlite.WAIT_POLL_S", 10.0)
+    waiting, other = make_broker(clock=None), make_broker(clock=None)
+    await waiting.connect()
+    waiter = asyncio.create_task(waiting.wait(["a"], 30.0))
+    await asyncio.sleep(0.05)
+    older = Doorbell(db_path, lambda: None)
+    monkeypatch.setattr(older, "ring", lambda queues=(): Doorbell.ring(older))
+    monkeypatch.setattr(other, "_doorbell", older)
+    envelope = Envelope(id=new_job_id(), task="t", queue="a", created_at=time.time())
+    await other.enqueue([(envelope, encode_envelope(envelope))])
+    await asyncio.wait_for(waiter, 2.0)
+    older.close()
 
 
 def test_ringing_removes_the_sockets_of_brokers_that_are_gone(tmp_path: Path) -> None:

@@ -48,8 +48,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Self, final, runtime_checkable
 
@@ -348,6 +349,45 @@ class Delivery(Part):
         `push_wakeup` return as soon as a job is enqueued.
         """
         await asyncio.sleep(timeout_s)
+
+    async def wait_for_work(
+        self,
+        queues: Sequence[str],
+        timeout_s: float,
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> list[Lease]:
+        """The worker's fetch: `reserve`, and if nothing is ready, `wait` until work
+        may be ready, the next delayed job is due (`next_due`) or `timeout_s` passed,
+        then return nothing (the caller reserves again).
+
+        A broker may instead hand the waiting worker up to `limit` jobs the moment they
+        are enqueued, leased to `worker_id` as `reserve` leases them, and return them.
+        Its next `reserve` or `wait_for_work` for `worker_id` ends the handing and
+        returns with its own leases what was handed and not yet returned; a cancelled
+        call gives back at once what it was handed."""
+        reserve = self.reserve(queues, worker_id=worker_id, lease_s=lease_s, limit=limit)
+        if leases := await self._given_back_if_cancelled(reserve):
+            return leases
+        due = await self.next_due(queues)
+        if due is not None:
+            timeout_s = min(timeout_s, max(due - self.clock.now(), 0.0))
+        await self.wait(queues, timeout_s)
+        return []
+
+    async def _given_back_if_cancelled(self, leasing: Awaitable[list[Lease]]) -> list[Lease]:
+        """Await `leasing` (a call that leases jobs); if the caller is cancelled
+        meanwhile, the call still completes and its leases are released at once,
+        instead of lapsing after the lease time."""
+        task = asyncio.ensure_future(leasing)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.release(await task)
+            raise
 
     @abc.abstractmethod
     async def next_due(self, queues: Sequence[str]) -> float | None:

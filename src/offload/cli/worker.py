@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -156,6 +157,10 @@ def worker(
         max_memory_mb=max_memory,
         hard_exit=True,
     )
+    # What is loaded by now lives as long as the process: frozen, it is out of the
+    # collector's sight, whose full passes would otherwise scan it all (about 20 ms on a
+    # small VM, every job waiting meanwhile: the p99 of pick-up latency, issue 16).
+    gc.freeze()
     sys.exit(asyncio.run(_run(w, health)))
 
 

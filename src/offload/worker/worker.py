@@ -153,6 +153,8 @@ class Worker:
         )
         self.processed = 0
         self._buffer: deque[Lease] = deque()
+        #: The fetch loop's task while it waits for work (`_interrupt_wait` ends it).
+        self._waiting: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Lease, asyncio.Future[None]]] = {}
         self._settling: set[str] = set()  # in `_running`, handler returned: no slot held
         self.recycling = Recycling(max_jobs, max_memory_mb)
@@ -204,6 +206,7 @@ class Worker:
         self.recycled = None  # a stop on request supersedes a recycle
         self._stopping.set()
         self._capacity.set()
+        self._interrupt_wait()
         if force:
             self._forced.set()
 
@@ -215,6 +218,12 @@ class Worker:
         logger.info("recycling: %s", reason, extra={"action": "recycling", "worker_id": self.id})
         self._stopping.set()
         self._capacity.set()
+        self._interrupt_wait()
+
+    def _interrupt_wait(self) -> None:
+        """End the fetch loop's wait for work, if it waits (see `_reserve_or_wait`)."""
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down in order (see the module docstring)."""
@@ -287,12 +296,18 @@ class Worker:
         )
         self.progress_at = time.monotonic()
         self.last_reserve_at = self.app.clock.now()
+        self._take(leases)
+        return len(leases)
+
+    def _take(self, leases: Sequence[Lease]) -> None:
+        """Hold newly leased jobs and start what fits (none once stopping: the
+        shutdown gives back what was not started)."""
         self.recycling.taken += len(leases)
         if self.lapses is not None:
             self.lapses.hold(leases)
         self._buffer.extend(leases)
-        self._start_buffered()
-        return len(leases)
+        if not self._stopping.is_set():
+            self._start_buffered()
 
     async def drain(self) -> int:
         """Run jobs until none is ready and none is running; returns how many ran.
@@ -340,15 +355,14 @@ class Worker:
                 await self.health.succeeded()
 
     async def _fetch(self) -> None:
-        """One turn of the fetch loop: reserve, then wait for a free slot, or for work
-        when there was none (every broker call of the turn may raise)."""
-        reserved = await self.tick()
+        """One turn of the fetch loop: wait for a free slot while none is, else reserve
+        what fits, waiting for work if nothing is ready (every broker call may raise)."""
         if self._full():
             self._capacity.clear()
             if self._full() and not self._stopping.is_set():  # stop() set it already
                 await self._capacity.wait()
-        elif reserved == 0:
-            await self._idle_wait()
+        elif not self._stopping.is_set():
+            await self._reserve_or_wait()
 
     def _full(self) -> bool:
         return self._room() <= 0 or self.recycling.took_all()
@@ -371,24 +385,40 @@ class Worker:
         """The ids of the jobs running now."""
         return list(self._running)
 
-    async def _idle_wait(self) -> None:
+    async def _reserve_or_wait(self) -> None:
+        """Reserve what fits, or wait for work (`Delivery.wait_for_work`: until the next
+        delayed job is due, `poll_s` at most, or the worker stops; the broker may hand
+        over jobs already leased meanwhile). A stop cancels the wait (the broker gives
+        back what it was handed); the call is awaited in this task, not raced against
+        the stop in others, which would cost two more loop turns per job."""
         timeout_s = self.poll_s
         queues = await self.pauses.active(self.broker, self.queues)
         if len(queues) < len(self.queues):  # notice a resume soon
             timeout_s = min(timeout_s, self.pauses.max_age_s)
-        due = await self.broker.next_due(queues) if queues else None
-        if due is not None:
-            timeout_s = min(timeout_s, max(due - self.app.clock.now(), 0.0))
-        if queues:
-            waiter = asyncio.create_task(self.broker.wait(queues, timeout_s))
-        else:
-            waiter = asyncio.create_task(asyncio.sleep(timeout_s))
-        stopper = asyncio.create_task(self._stopping.wait())
+        self.progress_at = time.monotonic()
+        if self._stopping.is_set():
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting = task
         try:
-            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if queues:
+                leases = await self.broker.wait_for_work(
+                    queues, timeout_s, worker_id=self.id, lease_s=self.lease_s, limit=self._room()
+                )
+            else:  # all paused: nothing to take, and nothing wrong
+                await asyncio.sleep(timeout_s)
+                leases = []
+        except asyncio.CancelledError:
+            if not self._stopping.is_set() or task.uncancel() > 0:
+                raise  # not (only) our own interruption
+            return
         finally:
-            waiter.cancel()
-            stopper.cancel()
+            self._waiting = None
+        self.progress_at = time.monotonic()
+        if queues:
+            self.last_reserve_at = self.app.clock.now()
+        self._take(leases)
 
     def _start_buffered(self) -> None:
         """Start buffered jobs while there is a free slot; a job for the thread lane

@@ -23,14 +23,12 @@ are global; jobs with one key in different queues are the only difference, and `
 looks in every queue. Likewise a job id is looked up in every known queue (inspection,
 listings and the dead-letter operations are in `_inspect.py`).
 
-Reservation over several queues is one script on a single Redis. On a cluster, whose
-queues live in different slots, it peeks at the head of each queue, then leases from
-each queue its share of the best `limit` jobs, one script per queue: exact when alone,
-best effort under concurrent reservations (never a job leased twice).
-
-Wake-ups are pub/sub (see `_listener.py`), and so are job ends for `wait_finished`, but
-only for jobs someone waits on (see `_signals.py`). Workflow jobs cancelled while waiting
-or expired are recorded in their queue's outbox by the same script (see `_flow.py`).
+Reservation is `_reserve.py` (across the slots of a cluster too). An idle worker of
+one queue parks there and is handed new jobs already leased by `enqueue` itself
+(`_handoff.py`); other wake-ups are pub/sub (see `_listener.py`), and so are job ends
+for `wait_finished`, but only for jobs someone waits on (see `_signals.py`). Workflow
+jobs cancelled while waiting or expired are recorded in their queue's outbox by the same
+script (see `_flow.py`).
 Connections belong to the event loop that opened them (`Capabilities.loop_bound`):
 `Offload` gives its sync portal a broker of its own.
 
@@ -43,9 +41,7 @@ the key schema): `Inspector` (`_inspect.py`), `Flow` (`_flow.py`), `Signals`
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -56,7 +52,6 @@ import msgspec
 from offload.brokers._depth import queue_full
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
-    LEASE_EXPIRED,
     Broker,
     Capabilities,
     Ended,
@@ -83,10 +78,12 @@ from offload.brokers.redis._connection import (
 )
 from offload.brokers.redis._executor import SCRIPTS, Executor
 from offload.brokers.redis._flow import Flow, workflow_flag
+from offload.brokers.redis._handoff import MARGIN_S, Handoff
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
 from offload.brokers.redis._operate import Operations
 from offload.brokers.redis._records import num, opt, text
+from offload.brokers.redis._reserve import BATCH, Reserver
 from offload.brokers.redis._scripts import Call, Client
 from offload.brokers.redis._signals import Signals
 from offload.brokers.redis._workflows import Workflows
@@ -97,9 +94,6 @@ from offload.errors import BrokerError
 
 __all__ = ["RedisBroker"]
 
-_LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
-#: Most jobs one housekeeping step of a script touches per queue (bounds script time).
-BATCH = 1000
 #: The script that records each way a lease ends but `ack` (batched per queue).
 _SETTLE_SCRIPTS = {
     Ending.RETRY: "retry",
@@ -142,6 +136,8 @@ class RedisBroker(Broker):
         self._operations = Operations(x, self.clock, retention_s)
         self._signals = Signals(x, self.clock, retention_s, self._subscribed)
         self._workflows = Workflows(x, retention_s)
+        self._handoff = Handoff(self.prefix)
+        self._reserver = Reserver(x, self.clock, retention_s, self.options.cluster, self._handoff)
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
@@ -290,59 +286,9 @@ class RedisBroker(Broker):
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
     ) -> list[Lease]:
-        names = list(dict.fromkeys(queues))
-        if not names or limit <= 0:
-            return []
-        if self.options.cluster and len(names) > 1:
-            return await self._reserve_across_slots(names, worker_id, lease_s, limit)
-        return await self._reserve(names, worker_id, lease_s, limit)
-
-    def _reserve_call(
-        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int, peek: int = 0
-    ) -> Call:
-        now = self.clock.now()
-        keys = [key for queue in names for key in self._x.q(queue)]
-        args = [num(now), worker_id, num(now + lease_s), str(limit), os.urandom(8).hex() + ":"]
-        args += [_LEASE_EXPIRED, num(now + self.retention_s), str(BATCH), str(peek)]
-        args.append(self._x.ended_channel)
-        return ("reserve", keys, args)
-
-    async def _reserve(
-        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int
-    ) -> list[Lease]:
-        call = self._reserve_call(names, worker_id, lease_s, limit)
-        reply = await self._x.run(*call)
-        deadline = float(call[2][2])
-        return [
-            Lease(
-                text(reply[i + 1]),
-                text(reply[i + 2]),
-                names[int(reply[i]) - 1],
-                int(reply[i + 3]),
-                deadline,
-                bytes(reply[i + 4]),
-            )
-            for i in range(0, len(reply), 5)
-        ]
-
-    async def _reserve_across_slots(
-        self, names: Sequence[str], worker_id: str, lease_s: float, limit: int
-    ) -> list[Lease]:
-        peeks = [self._reserve_call([q], worker_id, lease_s, 0, peek=limit) for q in names]
-        heads: list[tuple[float, bytes, int]] = []
-        for n, reply in enumerate(await self._x.run_many(peeks)):
-            pairs = reply[0]
-            heads += [(float(pairs[i + 1]), pairs[i], n) for i in range(0, len(pairs), 2)]
-        share: dict[int, int] = {}
-        for _, _, n in heapq.nsmallest(limit, heads):
-            share[n] = share.get(n, 0) + 1
-        batches = await asyncio.gather(
-            *(self._reserve([names[n]], worker_id, lease_s, k) for n, k in share.items())
-        )
-        # Leases of different queues, merged back into the order of their peeked heads.
-        order = {member[27:].decode(): rank for rank, (_, member, _) in enumerate(sorted(heads))}
-        leases = [lease for batch in batches for lease in batch]
-        return sorted(leases, key=lambda lease: order.get(lease.job_id, len(order)))
+        """The worker's parking ticket, if it has one, ends first (`_handoff.py`): what
+        was handed to it and not yet returned comes back with the new leases."""
+        return await self._reserver.reserve(queues, worker_id, lease_s, limit)
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         """Return when a job is made ready now in `queues` (by any process), or after
@@ -356,6 +302,49 @@ class RedisBroker(Broker):
             await asyncio.sleep(min(timeout_s, 1.0))
             return
         await listener.wait(channels, timeout_s)
+
+    async def wait_for_work(
+        self,
+        queues: Sequence[str],
+        timeout_s: float,
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> list[Lease]:
+        """A worker of one queue parks there (`_handoff.py`): one script reserves, or
+        parks it if nothing is ready; then it waits for jobs handed to it, a wake-up
+        (from a producer that does not hand over) or the timeout."""
+        names = list(dict.fromkeys(queues))
+        channel = self._handoff.channel(worker_id)
+        try:
+            if len(names) != 1 or limit <= 0:
+                raise LookupError("parking takes one queue")
+            await self._subscribed([channel], handler=self._handoff.received, confirm=True)
+            listener = await self._subscribed([self._x.channel(names[0])])
+        except Exception:  # LookupError, BrokerError, redis-py failing mid-reconnect
+            return await super().wait_for_work(
+                names, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
+            )
+        old = self._handoff.retire(worker_id)
+        ticket = self._handoff.issue(names[0], worker_id, lease_s, limit)
+        park = (ticket, num(self.clock.now() + timeout_s + MARGIN_S))
+        try:
+            reserved = self._reserver.lease(names, worker_id, lease_s, limit, old, park)
+            leases = await self._given_back_if_cancelled(reserved)
+            if not ticket.parked:  # work was ready: nothing can be handed to the ticket
+                self._handoff.retire(worker_id)
+            if leases:  # (else parked: the next reserve ends the ticket)
+                return leases
+            if ticket.due is not None:
+                timeout_s = min(timeout_s, max(ticket.due - self.clock.now(), 0.0))
+            await listener.wait([self._x.channel(names[0])], timeout_s, lambda: bool(ticket.inbox))
+            return self._handoff.take(ticket)
+        except asyncio.CancelledError:
+            self._handoff.retire(worker_id)
+            handed = self._handoff.take(ticket)
+            await self.release(handed + await self._reserver.unpark(ticket))
+            raise
 
     async def _subscribed(
         self,
@@ -575,6 +564,10 @@ class RedisBroker(Broker):
         await self._x.run("worker_register", self._worker_keys(), [info.id, data, until])
 
     async def unregister_worker(self, worker_id: str) -> None:
+        """Also ends the worker's parking ticket, if one is left (a stop between two
+        waits), giving back at once what was handed to it (`_handoff.py`)."""
+        if (ticket := self._handoff.retire(worker_id)) is not None:
+            await self.release(await self._reserver.unpark(ticket))
         await self._x.run("worker_forget", self._worker_keys(), ["id", worker_id])
 
     async def workers(self) -> list[WorkerInfo]:

@@ -73,7 +73,7 @@ class Listener:
             self._channels |= new
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read(), name="offload redis wakeups")
-        if confirm:
+        if confirm and not wanted <= self._confirmed:  # (no task for what is confirmed)
             await asyncio.wait_for(self._confirmation(wanted), CONFIRM_TIMEOUT_S)
 
     async def _confirmation(self, channels: set[str]) -> None:
@@ -82,13 +82,21 @@ class Listener:
                 raise ConnectionError("the redis wake-up listener stopped")
             await self._changed.wait()
 
-    async def wait(self, channels: Iterable[str], timeout_s: float) -> None:
+    async def wait(
+        self,
+        channels: Iterable[str],
+        timeout_s: float,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         """Return when one of `channels` got a message since the last wait on it, or
-        after `timeout_s`, or when the connection failed."""
+        `ready()` (checked after every message a handler took) is true, or after
+        `timeout_s`, or when the connection failed."""
         wanted = set(channels)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not self.failed:
+            if ready is not None and ready():
+                return
             if self._pending & wanted:
                 self._pending -= wanted
                 return
@@ -96,8 +104,9 @@ class Listener:
             if remaining <= 0:
                 return
             changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
+            try:  # not `wait_for`: on 3.11 it may swallow a cancel that meets a message
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             except TimeoutError:
                 return
 
@@ -125,7 +134,6 @@ class Listener:
         elif (handler := self._handlers.get(channel)) is not None:
             data = message["data"]
             handler(data if isinstance(data, bytes) else str(data).encode())
-            return
         else:
             self._pending.add(channel)
         self._notify()

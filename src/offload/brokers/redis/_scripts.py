@@ -52,6 +52,7 @@ _NAMES = (
     "clear_outbox",
     "watch",
     "record_attempt",
+    "unpark",
 )
 
 
@@ -113,6 +114,9 @@ class Scripts:
         calling thread (`_blocking.py`)."""
 
         def send() -> list[Any]:
+            if len(calls) == 1:  # a pipeline of one costs ~10 µs more on the client
+                name, keys, args = calls[0]
+                return [client.evalsha(self.shas[name], len(keys), *keys, *args)]
             pipe = client.pipeline(transaction=False)
             for name, keys, args in calls:
                 pipe.evalsha(self.shas[name], len(keys), *keys, *args)

@@ -28,14 +28,17 @@ Per queue `q` (`P` is the prefix):
 | `P:{q}:waiters`       | hash   | job id → 1 while some `wait_finished` may wait on it          |
 | `P:{q}:created`       | zset   | every job, score 0, member created ms+listing member (ranges) |
 | `P:{q}:finished`      | hash   | `<minute>:<outcome>` → jobs that ended so (`finished`)        |
+| `P:{q}:parked`        | zset   | idle workers waiting to be handed jobs: ticket → its end      |
+| `P:{q}:handed`        | hash   | ticket token prefix → lease deadline and ids handed to it     |
 
 Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
 id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
 registration).
 
 Pub/sub channels (not keys, so untagged): `P:{q}:wake` (a job of the queue was made
-ready now) and `P:ended` (space-separated ids of jobs that ended and are listed in their
-queue's `waiters`; see `_signals.py`).
+ready now), `P:ended` (space-separated ids of jobs that ended and are listed in their
+queue's `waiters`; see `_signals.py`) and `P:handoff:<worker id>` (jobs handed to that
+worker while it was parked, already leased: see `_handoff.py`).
 
 Flow control, each key hash-tagged by itself (any slot of a cluster, one key per
 script): `P:{%rate:<key>}:tat` (string: the GCRA theoretical arrival time of a rate
@@ -78,6 +81,7 @@ the wrong type: `record_problem` in `scripts/_lib.lua`) is buried as `dead`
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 __all__ = [
@@ -92,7 +96,7 @@ __all__ = [
 
 #: Number of keys of one queue, in the order of `QueueKeys`; every script takes them
 #: as a group of KEYS in this order.
-KEYS_PER_QUEUE = 18
+KEYS_PER_QUEUE = 20
 
 
 class QueueKeys(NamedTuple):
@@ -116,6 +120,8 @@ class QueueKeys(NamedTuple):
     waiters: str
     created: str
     finished: str
+    parked: str
+    handed: str
 
 
 class GlobalKeys(NamedTuple):
@@ -132,6 +138,7 @@ def escape_queue(queue: str) -> str:
     return queue.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+@functools.lru_cache(maxsize=4096)  # built for every script call: once per queue is enough
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
     base = f"{prefix}:{{{escape_queue(queue)}}}:"
     return QueueKeys(*(base + name for name in QueueKeys._fields))
@@ -145,6 +152,11 @@ def global_keys(prefix: str) -> GlobalKeys:
 def channel(prefix: str, queue: str) -> str:
     """The pub/sub channel on which a queue announces jobs made ready now."""
     return f"{prefix}:{{{escape_queue(queue)}}}:wake"
+
+
+def handoff_channel(prefix: str, worker_id: str) -> str:
+    """The pub/sub channel on which `enqueue` hands jobs to a parked worker."""
+    return f"{prefix}:handoff:{worker_id}"
 
 
 def ended_channel(prefix: str) -> str:

@@ -119,6 +119,17 @@ def _invoke(opened: Future[Store], fn: Callable[[Store, *Ts], T], *args: *Ts) ->
     return opened.result().run(fn, *args)
 
 
+def _enqueue(
+    store: Store, doorbell: Doorbell, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
+) -> tuple[list[EnqueueResult], set[str]]:
+    """`Store.enqueue`, ringing the other processes' waiters from the store's thread
+    right after the commit, not after the hop back to the event loop."""
+    results, ready = store.enqueue(jobs, max_depth)
+    if ready:
+        doorbell.ring(ready)
+    return results, ready
+
+
 def _close_store(opened: Future[Store]) -> None:
     if opened.exception() is None:
         opened.result().close()
@@ -242,9 +253,9 @@ class SQLiteBroker(Broker, Ledger):
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
     ) -> list[EnqueueResult]:
-        results, ready = await self._run(Store.enqueue, jobs, max_depth)
+        results, ready = await self._run(_enqueue, self._doorbell, jobs, max_depth)
         if ready:
-            self._made_ready()
+            self._signal.notify()
         return results
 
     # -- consumer -------------------------------------------------------------------------
@@ -261,8 +272,9 @@ class SQLiteBroker(Broker, Ledger):
         """Return when a job is made ready in `queues`, or after `timeout_s`.
 
         Jobs made ready by this broker wake it at once; those made ready by another
-        connection (another process) within about `WAIT_POLL_S`. A delayed job that
-        becomes due, or a lapsed lease, wakes nobody: the caller's timeout covers them.
+        process ring its doorbell (`_doorbell.py`), else are seen by the poll within
+        about `WAIT_POLL_S`. A delayed job that becomes due, or a lapsed lease, wakes
+        nobody: the caller's timeout covers them.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -271,14 +283,22 @@ class SQLiteBroker(Broker, Ledger):
         self._doorbell.listen()  # before the mark: a commit after it rings us
         rings = self._doorbell.rings
         mark = await self._run(Store.signal_mark, names)
+        polled = loop.time()
         while (remaining := deadline - loop.time()) > 0:
             if self._doorbell.rings == rings:  # no ring since the last look: sleep
                 await self._signal.wakeup.wait(min(WAIT_POLL_S, remaining))
             # Work made ready here, or close() called: return rather than reopen.
             if self._signal.count != seen or self._state is None:
                 return
-            rings = self._doorbell.rings
+            now_rings = self._doorbell.rings  # read first: a later ring is seen next turn
+            rang, rung = self._doorbell.rang_for(names, rings), now_rings != rings
+            rings = now_rings
+            if rang:  # a ring named one of our queues: no poll needed to know
+                return
+            if rung and rang is False and loop.time() - polled < WAIT_POLL_S:
+                continue  # rings for other queues only, and the fallback poll not due
             mark, changed = await self._run(Store.poll_signal, names, mark)
+            polled = loop.time()
             if changed:
                 return
 

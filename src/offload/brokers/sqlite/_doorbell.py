@@ -7,10 +7,12 @@ later on average (issue 16). Now every broker that waits binds a Unix datagram s
 in a directory beside the database file (`<file>-wake/`, or a directory in the temp
 dir named by a digest of the file's path when that path is too long for a socket
 address), and a broker that commits work made ready sends one byte to every socket
-there (`ring`). The waiter's thread receives it and wakes the broker's waiters, which
-then poll at once; the poll stays as the fallback (another machine's process on a
-shared volume, a full socket buffer, a platform without Unix sockets), and it alone
-decides whether work is ready for the waiter's queues, so a ring is only ever a hint.
+there (`ring`). The waiter's thread receives it and wakes the broker's waiters. A ring
+that names the queues made ready (newline-separated) lets a waiter of one of them
+return at once and one of none sleep on; a ring without names (`1`, as from older
+versions) makes every waiter poll at once. The poll stays as the fallback (another
+machine's process on a shared volume, a full socket buffer, a platform without Unix
+sockets): a ring is only ever a hint, and a waiter woken spuriously reserves nothing.
 
 A socket whose process died is found when a send to it is refused, and removed then.
 """
@@ -24,7 +26,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 __all__ = ["Doorbell"]
@@ -35,6 +37,8 @@ logger = logging.getLogger("offload.brokers.sqlite")
 #: 104 on macOS and the BSDs, including the final NUL.
 MAX_SOCKET_PATH = 100
 _SUFFIX = ".sock"
+#: Longest ring (bytes of queue names); a longer one is sent without names.
+MAX_RING = 4096
 
 
 def wake_directory(db_path: Path) -> Path:
@@ -60,6 +64,10 @@ class Doorbell:
         self._lock = threading.Lock()
         #: How many rings this broker received; `wait` compares it across a poll.
         self.rings = 0
+        #: The count of the last ring without queue names (every waiter polls), and of
+        #: the last ring naming each queue.
+        self.unnamed = 0
+        self.named: dict[str, int] = {}
         self._own: str | None = None  # the path of our bound socket, while listening
         self._receiver: socket.socket | None = None
         self._sender: socket.socket | None = None
@@ -93,13 +101,26 @@ class Doorbell:
     def _receive(self, receiver: socket.socket) -> None:
         while True:
             try:
-                receiver.recv(64)
+                data = receiver.recv(MAX_RING)
             except OSError:  # closed under us
                 return
             if self._receiver is not receiver:
                 return
-            self.rings += 1
+            rings = self.rings + 1
+            if data in (b"", b"1"):
+                self.unnamed = rings
+            else:
+                for name in data.decode(errors="replace").split("\n"):
+                    self.named[name] = rings
+            self.rings = rings
             self._on_ring()
+
+    def rang_for(self, queues: Collection[str], since: int) -> bool | None:
+        """Whether a ring after count `since` named one of `queues` (True), or had no
+        names (None: poll to know), or only named other queues (False)."""
+        if any(self.named.get(queue, 0) > since for queue in queues):
+            return True
+        return None if self.unnamed > since else False
 
     def close(self) -> None:
         """Stop listening: remove the socket file and end the thread."""
@@ -119,9 +140,13 @@ class Doorbell:
 
     # -- the committing side -------------------------------------------------------------
 
-    def ring(self) -> None:
-        """Tell every other waiting broker of this file that work may be ready. Never
-        raises and never blocks: a waiter that misses it polls."""
+    def ring(self, queues: Collection[str] = ()) -> None:
+        """Tell every other waiting broker of this file that work may be ready in
+        `queues` (in any queue if none are named). Never raises and never blocks: a
+        waiter that misses it polls. May be called from any thread."""
+        data = "\n".join(sorted(queues)).encode() if queues else b"1"
+        if len(data) > MAX_RING:
+            data = b"1"
         peers = self._listing()
         if not peers:
             return
@@ -137,7 +162,7 @@ class Doorbell:
             if path == self._own:
                 continue  # this broker's own waiters were woken in-process
             try:
-                sender.sendto(b"1", path)
+                sender.sendto(data, path)
             except (ConnectionRefusedError, FileNotFoundError):
                 with contextlib.suppress(OSError):  # its process is gone
                     os.unlink(path)

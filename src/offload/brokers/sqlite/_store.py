@@ -200,18 +200,18 @@ class Store:
 
     def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None
-    ) -> tuple[list[EnqueueResult], bool]:
-        """Insert the batch in one transaction. Returns the results, and whether any
-        job is ready now (so the broker wakes local waiters)."""
+    ) -> tuple[list[EnqueueResult], set[str]]:
+        """Insert the batch in one transaction. Returns the results, and the queues of
+        the jobs ready now (so the broker wakes their waiters)."""
         if not jobs:
-            return [], False
+            return [], set()
         with self._write() as now:
             results, ready = self._add(jobs, max_depth, now, _Q["insert_job"])
         return results, ready
 
     def _add(
         self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int | None, now: float, sql: str
-    ) -> tuple[list[EnqueueResult], bool]:
+    ) -> tuple[list[EnqueueResult], set[str]]:
         """`enqueue`'s work inside the caller's transaction, inserting with `sql`
         (`insert_job`, or `insert_ledger_job` for `_ledger.record`)."""
         results: list[EnqueueResult] = []
@@ -230,7 +230,7 @@ class Store:
             else:
                 results.append(EnqueueResult(self._existing_id(envelope), False))
         self._touch_queues(known, ready)
-        return results, bool(ready)
+        return results, ready
 
     def _check_depth(self, jobs: Sequence[tuple[Envelope, bytes]], max_depth: int) -> None:
         adding = adding_per_queue(jobs)

@@ -1,6 +1,6 @@
 -- Shared helpers, prepended to every script of this directory when it is loaded
 -- (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
--- all come through KEYS, as groups of 18 per queue in the order of
+-- all come through KEYS, as groups of 20 per queue in the order of
 -- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
 --
 -- A job is a field in the queue's `payload`, `record` and `result` hashes; its state
@@ -10,7 +10,7 @@
 
 local FIELDS = {'payload', 'record', 'result', 'ready', 'scheduled', 'running',
   'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq', 'outbox',
-  'waiters', 'created', 'finished'}
+  'waiters', 'created', 'finished', 'parked', 'handed'}
 
 local function queue_at(group)
   local q = {}
@@ -184,6 +184,14 @@ local function attach(q, id, r)
     redis.call('ZADD', q.expiring, r.x, id)
   end
   save(q, id, r)
+end
+
+-- Lease a queued job: running until `deadline` under `token`, its attempt counted
+-- (`reserve`, and `enqueue` handing jobs to a parked worker).
+local function lease(q, id, r, now, worker, token, deadline)
+  detach(q, id, r)
+  r.s, r.a, r.st, r.w, r.t, r.dl = 'running', r.a + 1, now, worker, token, deadline
+  attach(q, id, r)
 end
 
 -- Ids of jobs ended by this call that a `wait_finished` registered in `waiters`;

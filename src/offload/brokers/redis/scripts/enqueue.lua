@@ -12,7 +12,8 @@
 -- written with one variadic command per structure, so a bulk enqueue costs a few
 -- commands per call instead of seven per job. What it writes for a new job is what
 -- `attach` writes for a `queued` or `scheduled` one, plus the payload, the listing
--- entries (`jobs`, `created`) and the key.
+-- entries (`jobs`, `created`) and the key. Jobs handed to a parked worker (below) are
+-- written as `reserve` leaves them: `running`, attempt 1.
 local q = queue_at(1)
 local now = tonumber(ARGV[1])
 local count = (#ARGV - 3) / 10
@@ -40,10 +41,40 @@ for n, id in ipairs(ids) do
   if stored_ids[n] then id_taken[id] = true end
 end
 
+-- A parked worker (reserve.lua parks one) takes every job of the call made ready now,
+-- leased to it here as `reserve` would lease them, when nothing else is ready or due
+-- to be (so it gets what a reserve would) and they fit in its free capacity. Each
+-- ticket is used once. Otherwise the jobs are queued and the wake-up goes out.
+local function netstring(s)
+  return #s .. ':' .. s
+end
+local ticket, parked_as
+-- The ticket that ends first, so that idle workers take turns (each parks again after
+-- its handoff, behind the others); tickets that ended are dropped here (and by `sweep`).
+local head = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
+if head[1] and tonumber(head[2]) < now then
+  redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
+  head = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
+end
+if head[1] and redis.call('EXISTS', q.ready) == 0
+    and #redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, 1) == 0
+    and #redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, 1) == 0 then
+  local ok, t = pcall(cmsgpack.unpack, head[1])
+  if not (ok and type(t) == 'table' and type(t[1]) == 'string' and tonumber(t[2])
+      and tonumber(t[3]) and type(t[4]) == 'string' and type(t[5]) == 'string') then
+    redis.call('ZREM', q.parked, head[1])  -- not ours to use
+  elseif tonumber(t[2]) >= count then
+    redis.call('ZREM', q.parked, head[1])
+    ticket, parked_as = t, head
+    ticket.deadline = string.format('%.17g', now + tonumber(t[3]))
+    ticket.message, ticket.ids = {netstring(t[1]), netstring(ticket.deadline)}, {ticket.deadline}
+  end
+end
+
 local seq = redis.call('INCRBY', q.seq, count) - count
 local out = {}
 local w = {payload = {}, record = {}, jobs = {}, ready = {}, scheduled = {}, expiring = {},
-  keys = {}, created = {}}
+  keys = {}, created = {}, running = {}}
 local woke = false
 for j = 1, count do
   local i = 4 + (j - 1) * 10
@@ -71,12 +102,20 @@ for j = 1, count do
     if r.d > now then
       r.s = 'scheduled'
       push(w.scheduled, r.d, id)
+      if r.x then push(w.expiring, r.x, id) end
+    elseif ticket and not (r.x and r.x <= now) then
+      local token = ticket[1] .. #ticket.ids
+      r.s, r.a, r.st, r.w, r.t, r.dl = 'running', 1, now, ticket[5], token, tonumber(ticket.deadline)
+      push(w.running, r.dl, id)
+      push(ticket.message, netstring(id), netstring(token))
+      push(ticket.message, '1:1', netstring(ARGV[i + 2]))
+      ticket.ids[#ticket.ids + 1] = id
     else
       r.s = 'queued'
       push(w.ready, -r.p, ready_member(r, id))
+      if r.x then push(w.expiring, r.x, id) end
       woke = true
     end
-    if r.x then push(w.expiring, r.x, id) end
     push(w.payload, id, ARGV[i + 2])
     push(w.jobs, 0, listing_member(r, id))
     push(w.created, 0, created_member(r, id))
@@ -93,6 +132,15 @@ write_all('ZADD', q.created, w.created)
 write_all('ZADD', q.ready, w.ready)
 write_all('ZADD', q.scheduled, w.scheduled)
 write_all('ZADD', q.expiring, w.expiring)
+write_all('ZADD', q.running, w.running)
+if ticket and #ticket.ids > 1 then
+  -- Noted, so that the worker's next reserve finds them if the message is lost
+  -- (unpark.lua); then the leases go to the worker on its channel.
+  redis.call('HSET', q.handed, ticket[1], table.concat(ticket.ids, ' '))
+  redis.call('PUBLISH', ticket[4], table.concat(ticket.message))
+elseif ticket then  -- nothing of the call was made ready now: it stays parked
+  redis.call('ZADD', q.parked, parked_as[2], parked_as[1])
+end
 if woke then
   redis.call('PUBLISH', ARGV[2], '1')
 end

@@ -7,9 +7,14 @@
 --       [8] most jobs each housekeeping step touches per queue, [9] peek: when above
 --       0, lease nothing and return the first `peek` ready members and scores of each
 --       queue instead (how a reservation over queues in several cluster slots starts),
---       [10] job-end channel.
+--       [10] job-end channel, [11] optional: the ticket that parks the worker when
+--       nothing is ready (one queue only; a msgpack array: token prefix, limit, lease
+--       seconds, handoff channel, worker id), [12] the ticket's end (Unix seconds),
+--       [13] optional: the token prefix of a ticket whose note in `handed` (of the
+--       first queue) goes.
 -- Returns: per lease, the queue's group number, job id, token, attempt, payload; when
---          peeking, per queue, a flat list of member and score pairs.
+--          peeking, per queue, a flat list of member and score pairs; when parked,
+--          {'parked', due time of the first scheduled job or ''}.
 local now, worker, deadline = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local limit, prefix, lapsed_error = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local purge_at, batch = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -90,15 +95,24 @@ while taken < limit do
     end_unrun(q, id, r, 'expired', now, purge_at)
   else
     taken = taken + 1
-    detach(q, id, r)
-    r.s, r.a, r.st, r.w, r.t, r.dl = 'running', r.a + 1, now, worker, prefix .. taken, deadline
-    attach(q, id, r)
+    lease(q, id, r, now, worker, prefix .. taken, deadline)
     out[#out + 1] = g
     out[#out + 1] = id
     out[#out + 1] = r.t
     out[#out + 1] = r.a
     out[#out + 1] = redis.call('HGET', q.payload, id) or ''
   end
+end
+-- The note of the worker's last ticket, whose handoff it received whole (unpark.lua
+-- otherwise), and when nothing is ready, the worker parked (one queue only), so that
+-- `enqueue` hands it the next jobs already leased (see enqueue.lua and _handoff.py).
+if ARGV[13] and ARGV[13] ~= '' then
+  redis.call('HDEL', queues[1].handed, ARGV[13])
+end
+if taken == 0 and ARGV[11] and ARGV[11] ~= '' and groups == 1 then
+  redis.call('ZADD', queues[1].parked, tonumber(ARGV[12]), ARGV[11])
+  local due = redis.call('ZRANGE', queues[1].scheduled, 0, 0, 'WITHSCORES')[2] or ''
+  out = {'parked', due}
 end
 publish_ends(ARGV[10])
 return out

@@ -1,6 +1,7 @@
 -- sweep: expire waiting jobs past `expires_at` (workflow jobs into the outbox), delete
 -- succeeded, expired and cancelled jobs whose purge time has come (at most `batch` of
--- each per call), and drop the per-minute end counts before the oldest minute kept.
+-- each per call), drop the per-minute end counts before the oldest minute kept, and
+-- forget lapsed parking tickets and handoff notes.
 -- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] purge time of jobs expired now, [3] batch, [4] job-end channel,
 --       [5] oldest minute of `finished` kept.
@@ -27,6 +28,16 @@ for _, field in ipairs(redis.call('HKEYS', q.finished)) do
   local minute = tonumber(string.match(field, '^(%d+):'))
   if not minute or minute < kept then
     redis.call('HDEL', q.finished, field)
+  end
+end
+-- Tickets of workers that never came back (a crash while parked), and notes of jobs
+-- handed to them whose leases have lapsed (the next reserve takes those jobs back).
+redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
+local handed = redis.call('HGETALL', q.handed)
+for i = 1, #handed, 2 do
+  local deadline = tonumber(string.match(handed[i + 1], '^(%S+)'))
+  if not deadline or deadline < now then
+    redis.call('HDEL', q.handed, handed[i])
   end
 end
 publish_ends(ARGV[4])
