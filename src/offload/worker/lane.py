@@ -36,28 +36,52 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from offload.brokers.base import Settlement
 from offload.logging import job_log
 from offload.worker.executor import decoded
 
 if TYPE_CHECKING:
+    from offload.app import Offload
     from offload.brokers.base import Lease
     from offload.envelope import Envelope
+    from offload.hooks import Run
     from offload.task import Task
-    from offload.worker.executor import Outcome
-    from offload.worker.worker import Worker
+    from offload.worker.admission import Admission
+    from offload.worker.executor import Executor, Outcome
+    from offload.worker.lapses import Lapses
+    from offload.worker.settler import Settlements
 
-__all__ = ["ThreadLane"]
+__all__ = ["Host", "ThreadLane"]
 
 logger = logging.getLogger("offload.worker")
+
+
+class Host(Protocol):
+    """What the lane uses of its worker (`offload.worker.worker.Worker`)."""
+
+    app: Offload
+    executor: Executor
+    admission: Admission
+    lapses: Lapses | None
+    settlements: Settlements
+
+    async def conclude(
+        self, lease: Lease, outcome: Outcome, now: float, duration_s: float, run: Run | None = None
+    ) -> None: ...
+
+    def ended(self, lease: Lease, *, ran: bool) -> None: ...
+
+    def handler_returned(self, job_id: str) -> None: ...
+
+    async def lease_lost(self, lease: Lease, when: str) -> None: ...
 
 
 class ThreadLane:
     """The worker's path for jobs run whole in a handler thread (module docstring)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Host) -> None:
         self._worker = worker
         self._concluding: set[asyncio.Task[None]] = set()
         self._planned: tuple[Lease, Envelope | None, Task[Any, Any] | None] | None = None
