@@ -105,42 +105,54 @@ def _due_rows(store: Store, queues: str, limit: int, now: float) -> list[sqlite3
 def claim(
     store: Store, delivered: Sequence[Lease], worker_id: str, lease_s: float
 ) -> tuple[list[Lease | None], list[str]]:
-    """`Ledger.claim`. Returns the leases, and the ids of jobs that expired first."""
+    """`Ledger.claim`. Returns the leases, and the ids of jobs that expired first.
+
+    Two statements for the whole batch: one read of the jobs' rows, and one
+    `executemany` of the claims decided from them (under the write lock, so the rows
+    cannot change in between); copies are decided in order, so a copy delivered twice
+    in one batch is claimed twice, as one after the other."""
     conn = store._conn
-    sql = _Q["ledger_claim"]
     claimed: list[Lease | None] = []
     with store._write() as now:
         expired = store._expire(now)
         deadline = now + lease_s
+        ids = json.dumps([copy.job_id for copy in delivered if copy.stamp])
+        rows = {row["id"]: row for row in conn.execute(_Q["ledger_copies"], (ids,))}
+        # A job's state and attempt as this batch's claims leave them.
+        now_running: dict[str, int] = {}
+        updates: list[tuple[str, int, float, str, float, str | None, str]] = []
+        moved: list[str] = []
         for copy in delivered:
-            if not copy.stamp:
+            row = rows.get(copy.job_id) if copy.stamp else None
+            if row is None or row["stamp"] != copy.stamp:
                 claimed.append(None)
                 continue
+            attempt = now_running.get(copy.job_id)
+            taken_back = attempt is not None or row["state"] == "running"
+            if attempt is None:
+                if row["state"] not in ("queued", "running"):
+                    claimed.append(None)
+                    continue
+                if not taken_back:
+                    moved.append(row["queue"])
+                attempt = row["attempt"]
+            attempt += 1
+            now_running[copy.job_id] = attempt
             token = os.urandom(12).hex()
-            params = {
-                "id": copy.job_id,
-                "stamp": copy.stamp,
-                "token": token,
-                "now": now,
-                "worker_id": worker_id,
-                "deadline": deadline,
-                "lease_error": _LEASE_EXPIRED,
-            }
-            was = conn.execute(_Q["ledger_state"], (copy.job_id, copy.stamp)).fetchone()
-            row = conn.execute(sql, params).fetchone()
-            if row is not None and was[0] != "running":
-                store._move((row["queue"],), was[0], "running")
+            error = _LEASE_EXPIRED if taken_back else None
+            updates.append((token, attempt, now, worker_id, deadline, error, copy.job_id))
             claimed.append(
-                None
-                if row is None
-                else Lease(
+                Lease(
                     copy.job_id,
                     token,
                     row["queue"],
-                    row["attempt"],
+                    attempt,
                     deadline,
                     blob(row["payload"]),
                     copy.stamp,
                 )
             )
+        if updates:
+            conn.executemany(_Q["ledger_claim"], updates)
+            store._move(moved, "queued", "running")
     return claimed, expired
