@@ -11,12 +11,13 @@ from typing import Any
 
 import aiormq
 import pytest
+from pamqp import commands as spec
 
 from offload.brokers import from_url
 from offload.brokers.amqp import AmqpDelivery
-from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER
+from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER, STAMP_HEADER
 from offload.brokers.memory import MemoryBroker
-from offload.brokers.records import Lease
+from offload.brokers.records import Lease, Outgoing
 from offload.brokers.roles import Settlement
 from offload.clock import SystemClock
 from offload.codec import decode_error
@@ -337,3 +338,36 @@ async def test_a_job_nearing_the_consumer_timeout_is_warned_about_once(
     warnings = [r for r in caplog.records if "consumer_timeout" in r.getMessage()]
     assert len(warnings) == 1
     assert lease.job_id in warnings[0].getMessage()
+
+
+async def test_a_state_stores_copy_carries_its_stamp_and_no_headers(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """The stamp travels as the `correlation_id`, so a copy has no header table for
+    every consumer to decode; a copy stamped by an earlier version (an `offload-stamp`
+    header, still in a queue at an upgrade) is read too."""
+    delivery = await make_delivery()
+    envelope, payload = make_job(CLOCK)
+    await delivery.publish([Outgoing(envelope.id, "default", 0, payload, "s-new")])
+    await delivery.link.publish(
+        payload,
+        routing_key=delivery.names.work("default"),
+        properties=spec.Basic.Properties(
+            message_id=envelope.id, headers={ATTEMPT_HEADER: 0, STAMP_HEADER: "s-old"}
+        ),
+    )
+    leases = await take(delivery, 2)
+    assert [lease.stamp for lease in leases] == ["s-new", "s-old"]
+    await delivery.release(leases)  # published again: the stamps kept, no headers
+    await delivery.close()
+    connection = await aiormq.connect(amqp_url.partition("?")[0])
+    try:
+        channel = await connection.channel()
+        copies = [
+            await channel.basic_get(delivery.names.work("default"), no_ack=True) for _ in "ab"
+        ]
+    finally:
+        await connection.close()
+    properties = [copy.header.properties for copy in copies]
+    assert sorted(str(p.correlation_id) for p in properties) == ["s-new", "s-old"]
+    assert [p.headers for p in properties] == [None, None]

@@ -33,9 +33,11 @@ state store nothing records it as `expired` (`AmqpDelivery.expired` counts them)
 
 **For a state store** (`publish`, `offload.brokers.composite`): the store keeps every
 job's state, delays, retries, attempts and dead letters, and publishes a copy of a job
-only when it should run; the copy carries the store's stamp (`offload-stamp`), which
-the store checks when the copy is delivered (`Ledger.claim`). Such copies have no due
-or expiry header and are never republished to count a crash: the store counts it.
+only when it should run; the copy carries the store's stamp as its `correlation_id`
+(earlier versions: an `offload-stamp` header, still read), which the store checks when
+the copy is delivered (`Ledger.claim`). Such copies have no headers at all (nothing
+for the consumer to decode: no due, expiry or attempt) and are never republished to
+count a crash: the store counts it.
 """
 
 from __future__ import annotations
@@ -122,7 +124,14 @@ class _Delivery:
 
     @property
     def stamp(self) -> str | None:
-        value = (self.properties.headers or {}).get(STAMP_HEADER)
+        """The state store's stamp: the `correlation_id` of a copy the store
+        published (or its `offload-stamp` header, where earlier versions put it)."""
+        properties = self.properties
+        if properties.correlation_id is not None:
+            return properties.correlation_id
+        if not properties.headers:
+            return None
+        value = properties.headers.get(STAMP_HEADER)
         if isinstance(value, bytes):
             value = value.decode()
         return value if isinstance(value, str) else None
@@ -295,8 +304,9 @@ class AmqpDelivery(Delivery):
                     queue=job.queue,
                     job_id=job.job_id,
                     priority=topology.amqp_priority(job.priority),
-                    headers={ATTEMPT_HEADER: 0, STAMP_HEADER: job.stamp},
+                    headers=None,
                     now_ms=now_ms,
+                    stamp=job.stamp,
                 )
                 for job in jobs
             )
@@ -318,11 +328,15 @@ class AmqpDelivery(Delivery):
         queue: str,
         job_id: str,
         priority: int,
-        headers: FieldTable,
+        headers: FieldTable | None,
         now_ms: int,
+        stamp: str | None = None,
     ) -> None:
-        """Publish to the work queue, or to the delay bucket its due time asks for."""
-        due = headers.get(DUE_HEADER)
+        """Publish to the work queue, or to the delay bucket its due time asks for. A
+        state store's copy (`stamp`) carries no headers: its stamp is the
+        `correlation_id`, and the store keeps the rest (fewer bytes for every consumer
+        to decode)."""
+        due = None if headers is None else headers.get(DUE_HEADER)
         bucket = topology.bucket_for(due - now_ms) if isinstance(due, int) else None
         exchange = ""
         if bucket is not None:
@@ -334,7 +348,7 @@ class AmqpDelivery(Delivery):
                 exchange_type="headers",
                 binding={topology.DELAY_HEADER: bucket},
             )
-            headers = {**headers, topology.DELAY_HEADER: bucket}
+            headers = {**(headers or {}), topology.DELAY_HEADER: bucket}
             exchange = self.names.delay_exchange
         properties = spec.Basic.Properties(
             delivery_mode=2,
@@ -342,6 +356,7 @@ class AmqpDelivery(Delivery):
             message_id=job_id,
             content_type="application/json",
             headers=headers,
+            correlation_id=stamp,
         )
         await self.link.publish(
             payload, exchange=exchange, routing_key=self.names.work(queue), properties=properties
@@ -647,6 +662,7 @@ class AmqpDelivery(Delivery):
             message_id=delivery.properties.message_id,
             content_type="application/json",
             headers=_clean(headers),
+            correlation_id=delivery.properties.correlation_id,
         )
         await self.link.publish(delivery.message.body, routing_key=name, properties=properties)
         await self._ack(delivery)
@@ -655,8 +671,10 @@ class AmqpDelivery(Delivery):
         self, delivery: _Delivery, *, delay_to: int | None, counted: int = 0
     ) -> None:
         """Publish a copy of the delivery (due at `delay_to` ms, attempts `+counted`),
-        then ack the original once the copy is confirmed."""
-        headers = dict(delivery.properties.headers or {})
+        then ack the original once the copy is confirmed. A state store's copy keeps
+        its stamp, and no headers (the store counts its attempts)."""
+        stamp = delivery.stamp
+        headers = {} if stamp is not None else dict(delivery.properties.headers or {})
         headers[ATTEMPT_HEADER] = (delivery.header(ATTEMPT_HEADER) or 0) + counted
         if delay_to is not None:
             headers[DUE_HEADER] = delay_to
@@ -667,8 +685,9 @@ class AmqpDelivery(Delivery):
             queue=delivery.queue,
             job_id=str(delivery.properties.message_id),
             priority=delivery.properties.priority or 0,
-            headers=_clean(headers),
+            headers=None if stamp is not None else _clean(headers),
             now_ms=self._now_ms(),
+            stamp=stamp,
         )
         await self._ack(delivery)
 
