@@ -210,27 +210,53 @@ class Composite(Broker):
                 queues, worker_id=worker_id, lease_s=lease_s, limit=limit
             )
         now = self.clock.now()
-        if now >= self._due_check:
+        poll = now >= self._due_check  # ask the store what is due, with the claim
+        if poll:
             self._due_check = now + DUE_POLL_S
-            await self._publish(await self.ledger.due(queues, limit=max(limit, 100)))
+        due_limit = max(limit, 100)
         leases: list[Lease] = []
         while len(leases) < limit:  # refused copies leave room: fill it from the delivery
             delivered = await self.delivery.reserve(
                 queues, worker_id=worker_id, lease_s=lease_s, limit=limit - len(leases)
             )
             if not delivered:
+                if poll:  # nothing to claim: ask alone, and take what it made ready
+                    poll = False
+                    due = await self.ledger.due(queues, limit=due_limit)
+                    if due:
+                        await self._publish(due)
+                        continue
                 break
-            claimed = await self._claim(delivered, worker_id, lease_s)
+            claimed, due = await self._claim(
+                delivered, worker_id, lease_s, queues if poll else (), due_limit
+            )
+            poll = False
+            await self._publish(due)
             leases += claimed
             if len(claimed) == len(delivered):
                 break
         return leases
 
-    async def _claim(self, delivered: list[Lease], worker_id: str, lease_s: float) -> list[Lease]:
-        """The store's leases of the copies it lets run; the others are dropped."""
+    async def _claim(
+        self,
+        delivered: list[Lease],
+        worker_id: str,
+        lease_s: float,
+        due_in: Sequence[str],
+        due_limit: int,
+    ) -> tuple[list[Lease], list[Outgoing]]:
+        """The store's leases of the copies it lets run (the others are dropped), and,
+        if `due_in` names queues, the store's due jobs there (`Ledger.claim_due`: one
+        store call for both)."""
         assert self.ledger is not None
         try:
-            claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+            if due_in:
+                claimed, due = await self.ledger.claim_due(
+                    delivered, due_in, worker_id=worker_id, lease_s=lease_s, limit=due_limit
+                )
+            else:
+                claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+                due = []
         except BaseException:
             # Not claimed, so not ours to run: give the copies back (the delivery
             # would hold them unrun until this process's connection ends).
@@ -244,14 +270,14 @@ class Composite(Broker):
                 refused.append(Settlement.ack(copy, None))
             else:
                 self._copies[lease.token] = copy
-                # The earlier deadline of the two: where the delivery's lapses by
-                # itself (SQS), the worker must know the copy's (`lapsing_leases`).
-                leases.append(
-                    dataclasses.replace(lease, deadline=min(lease.deadline, copy.deadline))
-                )
+                # The earlier deadline of the two where the delivery's lapses by
+                # itself (SQS): the worker must know the copy's (`lapsing_leases`).
+                if self.capabilities.lapsing_leases and copy.deadline < lease.deadline:
+                    lease = dataclasses.replace(lease, deadline=copy.deadline)
+                leases.append(lease)
         if refused:
             await self._drop(refused)
-        return leases
+        return leases, due
 
     async def _drop(self, acks: Sequence[Settlement]) -> None:
         """Acknowledge copies in the delivery whose outcome the store already holds

@@ -49,6 +49,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, final, runtime_checkable
@@ -70,7 +71,7 @@ from offload.brokers.records import (
 )
 from offload.clock import Clock, SystemClock
 from offload.envelope import Envelope, ErrorInfo, JobState
-from offload.errors import ConfigurationError, LeaseLost
+from offload.errors import BrokerError, ConfigurationError, LeaseLost
 
 #: The roles, and the records they take and return (re-exported from
 #: `offload.brokers.records`, so one import gives the whole contract).
@@ -103,6 +104,8 @@ __all__ = [
     "WorkerInfo",
     "roles_of",
 ]
+
+logger = logging.getLogger("offload.brokers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,6 +758,30 @@ class Ledger(Part):
         cancelled, or past `expires_at` (it becomes `expired` then, recorded in the
         outbox).
         """
+
+    async def claim_due(
+        self,
+        delivered: Sequence[Lease],
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> tuple[list[Lease | None], list[Outgoing]]:
+        """`claim`, then `due` of `queues`: one call, which a store may answer in one
+        transaction (SQLite does: one trip to its thread, one write for both). Here
+        two calls: if `due` fails, the claims stand and nothing is due (the caller
+        asks again at its next poll).
+
+        Raises:
+            BrokerError: the claim failed (nothing claimed).
+        """
+        claimed = await self.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+        try:
+            return claimed, await self.due(queues, limit=limit)
+        except BrokerError as exc:
+            logger.warning("asking the state store for due jobs failed: %s", exc)
+            return claimed, []
 
 
 class Role(enum.Enum):
