@@ -264,10 +264,10 @@ class Composite(Broker):
                 await self.delivery.release(delivered)
             raise
         leases: list[Lease] = []
-        refused: list[Settlement] = []
+        refused: list[Lease] = []
         for copy, lease in zip(delivered, claimed, strict=True):
             if lease is None:
-                refused.append(Settlement.ack(copy, None))
+                refused.append(copy)
             else:
                 self._copies[lease.token] = copy
                 # The earlier deadline of the two where the delivery's lapses by
@@ -279,14 +279,14 @@ class Composite(Broker):
             await self._drop(refused)
         return leases, due
 
-    async def _drop(self, acks: Sequence[Settlement]) -> None:
+    async def _drop(self, copies: Sequence[Lease]) -> None:
         """Acknowledge copies in the delivery whose outcome the store already holds
         (or that must not run). A failure is harmless: the delivery gives the copy
         out again, and the store refuses it then."""
         try:
-            await self.delivery.settle_many(acks)
+            await self.delivery.drop(copies)
         except BrokerError as exc:
-            logger.debug("dropping %d copies failed: %s", len(acks), exc)
+            logger.debug("dropping %d copies failed: %s", len(copies), exc)
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         await self.delivery.wait(queues, timeout_s)
@@ -325,7 +325,7 @@ class Composite(Broker):
             self._due_check = 0.0  # a retry or deferral may be due at once
         copies = [c for item in settlements if (c := self._copies.pop(item.lease.token, None))]
         if copies:
-            await self._drop([Settlement.ack(copy, None) for copy in copies])
+            await self._drop(copies)
         return held
 
     def _store_delivery(self) -> Delivery:

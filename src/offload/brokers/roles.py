@@ -440,6 +440,17 @@ class Delivery(Part):
         """
         raise ConfigurationError(f"{self!r} cannot deliver jobs for a state store")
 
+    async def drop(self, copies: Sequence[Lease]) -> None:
+        """End copies whose fate the state store holds (settled there, or refused by
+        its `claim`): acknowledge them, with no result and nothing more to wait for
+        (a copy whose acknowledgement is lost comes back, and the store refuses it).
+        Asked by `Composite` only; copies no longer held are ignored.
+
+        Raises:
+            BrokerError: the delivery failed (harmless, as a lost acknowledgement).
+        """
+        await self.settle_many([Settlement.ack(copy, None) for copy in copies])
+
     def state_url(self) -> str | None:
         """The state store this delivery's own URL names (e.g. `?state=` of an
         `amqp://` URL), None if it names none: `from_url` uses it when not given one."""

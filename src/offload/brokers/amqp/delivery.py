@@ -597,10 +597,22 @@ class AmqpDelivery(Delivery):
             raise failure
         return done
 
-    async def _ack_many(self, deliveries: Sequence[_Delivery]) -> None:
+    async def drop(self, copies: Sequence[Lease]) -> None:
+        """Acknowledge a state store's copies (`Delivery.drop`) as `_ack_many` does,
+        returning once the acks are queued for the socket, not written: a lost one
+        brings the copy back, and the store refuses it then."""
+        taken = []
+        for copy in copies:
+            delivery = self._held.pop(copy.token, None)
+            if delivery is not None and self._alive(delivery):
+                taken.append(delivery)
+        await self._ack_many(taken, wait=False)
+
+    async def _ack_many(self, deliveries: Sequence[_Delivery], *, wait: bool = True) -> None:
         """Acknowledge deliveries of the live session: one `multiple` ack for those
         below every other unacknowledged delivery of the channel (usually all of them:
-        jobs end roughly in the order they came), one ack each for the rest."""
+        jobs end roughly in the order they came), one ack each for the rest. `wait`:
+        return once the frames are written (else once they are queued)."""
         if not deliveries:
             return
         channel = deliveries[0].message.channel
@@ -611,8 +623,8 @@ class AmqpDelivery(Delivery):
         single = tags[len(run) :]
         try:
             if run:
-                await channel.basic_ack(run[-1], multiple=len(run) > 1)
-            await asyncio.gather(*(channel.basic_ack(tag) for tag in single))
+                await channel.basic_ack(run[-1], multiple=len(run) > 1, wait=wait)
+            await asyncio.gather(*(channel.basic_ack(tag, wait=wait) for tag in single))
         except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
             raise unavailable("ack", exc) from exc
         self._unacked.get(deliveries[0].generation, set()).difference_update(tags)
