@@ -106,6 +106,19 @@ UPDATE offload_jobs
  WHERE id = :id AND lease_token = :token AND state = 'running'
 RETURNING queue;
 
+-- name: running_tokens
+-- The lease tokens and queues of running jobs, for a batch of acks (`ack_held`).
+-- Parameter: a JSON array of ids.
+SELECT id, lease_token, queue FROM offload_jobs
+ WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running';
+
+-- name: ack_held
+-- (hot) `ack` of a lease `running_tokens` found held, in the same write.
+UPDATE offload_jobs
+   SET state = 'succeeded', result = :result, finished_at = :now, lease_token = NULL,
+       lease_deadline = NULL, error = NULL, purge_at = :purge_at
+ WHERE id = :id;
+
 -- name: retry
 UPDATE offload_jobs
    SET state = 'scheduled', due_at = :at, error = :error, lease_token = NULL,
