@@ -340,12 +340,13 @@ async def test_a_job_nearing_the_consumer_timeout_is_warned_about_once(
     assert lease.job_id in warnings[0].getMessage()
 
 
-async def test_a_state_stores_copy_carries_its_stamp_and_no_headers(
+async def test_a_state_stores_copy_carries_its_stamp_and_no_headers_or_body(
     make_delivery: MakeDelivery, amqp_url: str
 ) -> None:
     """The stamp travels as the `correlation_id`, so a copy has no header table for
-    every consumer to decode; a copy stamped by an earlier version (an `offload-stamp`
-    header, still in a queue at an upgrade) is read too."""
+    every consumer to decode, and no body (the store's claim gives the payload); a copy
+    stamped by an earlier version (an `offload-stamp` header, still in a queue at an
+    upgrade) is read too."""
     delivery = await make_delivery()
     envelope, payload = make_job(CLOCK)
     await delivery.publish([Outgoing(envelope.id, "default", 0, payload, "s-new")])
@@ -368,6 +369,7 @@ async def test_a_state_stores_copy_carries_its_stamp_and_no_headers(
         ]
     finally:
         await connection.close()
-    properties = [copy.header.properties for copy in copies]
-    assert sorted(str(p.correlation_id) for p in properties) == ["s-new", "s-old"]
-    assert [p.headers for p in properties] == [None, None]
+    properties = {str(copy.header.properties.correlation_id): copy for copy in copies}
+    assert sorted(properties) == ["s-new", "s-old"]
+    assert [copy.header.properties.headers for copy in copies] == [None, None]
+    assert properties["s-new"].body == b""  # the store gives the payload at the claim

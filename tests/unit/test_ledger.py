@@ -194,3 +194,29 @@ async def test_release_gives_the_job_back_to_both(
 
 def _ack(lease: Lease) -> Settlement:
     return Settlement.ack(lease, None)
+
+
+async def test_a_claim_gives_the_stores_payload_and_decides_copies_in_order(
+    parts: tuple[Composite, Flaky, Broker],
+) -> None:
+    """A copy may travel without its body (RabbitMQ's do): the lease carries the payload
+    the store holds. In one batch, a stale copy is refused and the same copy twice is
+    claimed twice, the second taking the job back, as one claim after the other."""
+    broker, delivery, store = parts
+    assert isinstance(store, Ledger)
+    envelope, payload = make_job(broker.clock)
+    await broker.enqueue([(envelope, payload)])
+    [copy] = await delivery.inner.reserve(["default"], worker_id="x", lease_s=60, limit=1)
+    job_id, stamp = copy.job_id.split(SEP)
+    bare = replace(copy, job_id=job_id, stamp=stamp, payload=b"")
+    stale = replace(bare, stamp="0" * 16)
+    first, refused, second = await store.claim([bare, stale, bare], worker_id="w", lease_s=LEASE_S)
+    assert refused is None
+    assert first is not None and second is not None
+    assert (first.payload, second.payload) == (payload, payload)
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert await store.settle_many([_ack(first), _ack(second)]) == [False, True]
+    info = await store.get_job(job_id)
+    assert info is not None and info.state is JobState.SUCCEEDED and info.attempt == 2
+    counts = (await store.counts(["default"]))["default"].states
+    assert counts.get(JobState.SUCCEEDED) == 1 and not counts.get(JobState.RUNNING)

@@ -759,8 +759,9 @@ class Ledger(Part):
     ) -> list[Lease | None]:
         """Decide, for each copy the delivery handed this worker (its lease, with
         `stamp`), whether it runs: its store lease (`running`, the attempt counted, a
-        fresh token, `deadline = now + lease_s`), or None: the delivery must drop the
-        copy (acknowledge it unrun).
+        fresh token, `deadline = now + lease_s`, the payload the store holds: a copy's
+        own may be empty), or None: the delivery must drop the copy (acknowledge it
+        unrun).
 
         Claimed: a `queued` job whose stamp matches, and a `running` one whose stamp
         matches (the same copy delivered again: its holder died or lost its

@@ -35,9 +35,10 @@ state store nothing records it as `expired` (`AmqpDelivery.expired` counts them)
 job's state, delays, retries, attempts and dead letters, and publishes a copy of a job
 only when it should run; the copy carries the store's stamp as its `correlation_id`
 (earlier versions: an `offload-stamp` header, still read), which the store checks when
-the copy is delivered (`Ledger.claim`). Such copies have no headers at all (nothing
-for the consumer to decode: no due, expiry or attempt) and are never republished to
-count a crash: the store counts it.
+the copy is delivered (`Ledger.claim`, which also gives the job's payload). Such copies
+have no body and no headers (nothing for the consumer to read but the properties: no
+due, expiry or attempt) and are never republished to count a crash: the store counts
+it.
 """
 
 from __future__ import annotations
@@ -291,6 +292,10 @@ class AmqpDelivery(Delivery):
         """Publish a copy of each job for the state store, due now, with its stamp;
         return once RabbitMQ confirmed every one (pipelined, as `enqueue`).
 
+        A copy has no body: the store's `claim` gives the lease the job's payload, so
+        the message is its id and stamp only (two frames for a consumer to read, not
+        three; nothing for RabbitMQ to write but the properties).
+
         Raises:
             BrokerUnavailable: RabbitMQ is unreachable or refused a message.
         """
@@ -300,7 +305,7 @@ class AmqpDelivery(Delivery):
         await asyncio.gather(
             *(
                 self._publish(
-                    job.payload,
+                    b"",
                     queue=job.queue,
                     job_id=job.job_id,
                     priority=topology.amqp_priority(job.priority),
