@@ -22,11 +22,12 @@ plays `Ledger` (`offload.brokers.roles`), and each delivery call goes through it
   publish that fails leaves them recorded and unconfirmed: the call still returns
   (the jobs are durable in the store, a warning is logged), and `Ledger.due` hands
   them out again after `PUBLISH_GRACE_S`.
-- `reserve`: first the store's due jobs (delays, retries, deferrals, replays and
-  unconfirmed publishes) are published; then the delivery's deliveries are claimed
-  in the store (`Ledger.claim`): a claimed copy is a lease of the store (its token is
-  the lease's), a refused one (stale, cancelled, expired, finished) is acknowledged
-  in the delivery unrun.
+- `reserve`: the delivery's deliveries are claimed in the store (`Ledger.claim`): a
+  claimed copy is a lease of the store (its token is the lease's), a refused one
+  (stale, cancelled, expired, finished) is acknowledged in the delivery unrun. Every
+  `DUE_POLL_S` the same store call (`Ledger.claim_due`; `due` alone when nothing was
+  delivered) also hands out the store's due jobs (delays, retries, deferrals, replays
+  and unconfirmed publishes), which are published then.
 - `settle_many`: the store records every ending (results, retries as `scheduled`,
   dead letters, the outbox), then the delivery acknowledges every copy: what runs
   again is published anew by `due`. `extend` and `release` reach both.
