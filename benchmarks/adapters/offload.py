@@ -127,6 +127,8 @@ class OffloadAmqp(_OffloadAdapter):
         "store in a temp dir: every job recorded, claimed and settled in the store"
     )
     prefix = "bench-offload"
+    #: The SQLite store's file, if the row has one.
+    db: Path | None = None
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         from offload.brokers.amqp.topology import Names
@@ -148,7 +150,10 @@ class OffloadAmqp(_OffloadAdapter):
 
     def storage_bytes(self) -> int | None:
         """The state store's file bytes (database + WAL); RabbitMQ's share is not read."""
-        return sum(p.stat().st_size for p in self.db.parent.glob(self.db.name + "*") if p.is_file())
+        db = self.db
+        if db is None:
+            return None
+        return sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
 
 
 class OffloadAmqpPostgres(OffloadAmqp):
@@ -162,7 +167,7 @@ class OffloadAmqpPostgres(OffloadAmqp):
         "driver, no store thread)"
     )
     schema = "bench_amqp_state"
-    queues_in_redis = False  # and the store's bytes are not measured
+    queues_in_redis = False  # and the store's bytes are not measured (`db` is None)
 
     def state_url(self, workdir: Path) -> str | None:
         import psycopg
@@ -171,6 +176,3 @@ class OffloadAmqpPostgres(OffloadAmqp):
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         return f"{dsn}{'&' if '?' in dsn else '?'}schema={self.schema}"
-
-    def storage_bytes(self) -> int | None:
-        return None
