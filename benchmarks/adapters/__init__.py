@@ -11,6 +11,7 @@ ADAPTERS: dict[str, str] = {
     "offload-redis-def": "adapters.offload:OffloadRedisDef",
     "offload-sqlite": "adapters.offload:OffloadSQLite",
     "offload-amqp": "adapters.offload:OffloadAmqp",
+    "offload-amqp-pg": "adapters.offload:OffloadAmqpPostgres",
     "raw-redis-py": "adapters.raw:RawRedis",
     "celery": "adapters.celery:CeleryAdapter",
     "celery-threads": "adapters.celery:CeleryThreads",
@@ -27,5 +28,12 @@ ADAPTERS: dict[str, str] = {
 
 #: Systems that are the ceiling or offload itself, not peers (ratios are against peers).
 NOT_PEERS = frozenset(
-    {"offload-redis", "offload-redis-def", "offload-sqlite", "offload-amqp", "raw-redis-py"}
+    {
+        "offload-redis",
+        "offload-redis-def",
+        "offload-sqlite",
+        "offload-amqp",
+        "offload-amqp-pg",
+        "raw-redis-py",
+    }
 )

@@ -118,24 +118,61 @@ class OffloadSQLite(_OffloadAdapter):
 
 
 class OffloadAmqp(_OffloadAdapter):
+    """offload on RabbitMQ: `amqp_url(state)` is the URL, with the state store this
+    class names (`state_url`; None: no `state=`, RabbitMQ alone)."""
+
     name = "offload (RabbitMQ + SQLite state)"
     config = (
         "as offload (Redis), on `amqp://` (RabbitMQ delivers) with a `sqlite:///` state "
         "store in a temp dir: every job recorded, claimed and settled in the store"
     )
+    prefix = "bench-offload"
+    #: The SQLite store's file, if the row has one.
+    db: Path | None = None
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
-        from urllib.parse import quote
-
         from offload.brokers.amqp.topology import Names
 
-        prefix = "bench-offload"
-        _probe.purge_amqp(Names(prefix).work("default"))
-        self.db = workdir / "state.db"
-        state = quote(f"sqlite:///{self.db}", safe="")
-        self.url = f"{_probe.amqp_url()}?prefix={prefix}&state={state}"
+        _probe.purge_amqp(Names(self.prefix).work("default"))
+        self.url = self.amqp_url(self.state_url(workdir))
         super().__init__(redis_url, workdir)
+
+    def state_url(self, workdir: Path) -> str | None:
+        """The state store of this row, made empty for the phase."""
+        self.db = workdir / "state.db"
+        return f"sqlite:///{self.db}"
+
+    def amqp_url(self, state: str | None) -> str:
+        from urllib.parse import quote
+
+        url = f"{_probe.amqp_url()}?prefix={self.prefix}"
+        return url if state is None else f"{url}&state={quote(state, safe='')}"
 
     def storage_bytes(self) -> int | None:
         """The state store's file bytes (database + WAL); RabbitMQ's share is not read."""
-        return sum(p.stat().st_size for p in self.db.parent.glob(self.db.name + "*") if p.is_file())
+        db = self.db
+        if db is None:
+            return None
+        return sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
+
+
+class OffloadAmqpPostgres(OffloadAmqp):
+    """The state in PostgreSQL (`BENCH_PG_DSN`, default the local `test` database), in
+    the schema `bench_amqp_state`, dropped before every phase."""
+
+    name = "offload (RabbitMQ + PostgreSQL state)"
+    config = (
+        "as offload (RabbitMQ + SQLite state), with the state store in PostgreSQL "
+        "(`BENCH_PG_DSN`, schema `bench_amqp_state`, dropped before every phase; async "
+        "driver, no store thread)"
+    )
+    schema = "bench_amqp_state"
+    queues_in_redis = False  # and the store's bytes are not measured (`db` is None)
+
+    def state_url(self, workdir: Path) -> str | None:
+        import psycopg
+
+        dsn = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        return f"{dsn}{'&' if '?' in dsn else '?'}schema={self.schema}"

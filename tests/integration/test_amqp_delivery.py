@@ -11,12 +11,13 @@ from typing import Any
 
 import aiormq
 import pytest
+from pamqp import commands as spec
 
 from offload.brokers import from_url
 from offload.brokers.amqp import AmqpDelivery
-from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER
+from offload.brokers.amqp.delivery import ATTEMPT_HEADER, ERROR_HEADER, STAMP_HEADER
 from offload.brokers.composite import Composite
-from offload.brokers.records import Lease
+from offload.brokers.records import Lease, Outgoing
 from offload.brokers.roles import Settlement
 from offload.brokers.stateless import Stateless
 from offload.clock import SystemClock
@@ -329,3 +330,38 @@ async def test_a_job_nearing_the_consumer_timeout_is_warned_about_once(
     warnings = [r for r in caplog.records if "consumer_timeout" in r.getMessage()]
     assert len(warnings) == 1
     assert lease.job_id in warnings[0].getMessage()
+
+
+async def test_a_state_stores_copy_carries_its_stamp_and_no_headers_or_body(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """The stamp travels as the `correlation_id`, so a copy has no header table for
+    every consumer to decode, and no body (the store's claim gives the payload); a copy
+    stamped by an earlier version (an `offload-stamp` header, still in a queue at an
+    upgrade) is read too."""
+    delivery = await make_delivery()
+    envelope, payload = make_job(CLOCK)
+    await delivery.publish([Outgoing(envelope.id, "default", 0, payload, "s-new")])
+    await delivery.link.publish(
+        payload,
+        routing_key=delivery.names.work("default"),
+        properties=spec.Basic.Properties(
+            message_id=envelope.id, headers={ATTEMPT_HEADER: 0, STAMP_HEADER: "s-old"}
+        ),
+    )
+    leases = await take(delivery, 2)
+    assert [lease.stamp for lease in leases] == ["s-new", "s-old"]
+    await delivery.release(leases)  # published again: the stamps kept, no headers
+    await delivery.close()
+    connection = await aiormq.connect(amqp_url.partition("?")[0])
+    try:
+        channel = await connection.channel()
+        copies = [
+            await channel.basic_get(delivery.names.work("default"), no_ack=True) for _ in "ab"
+        ]
+    finally:
+        await connection.close()
+    properties = {str(copy.header.properties.correlation_id): copy for copy in copies}
+    assert sorted(properties) == ["s-new", "s-old"]
+    assert [copy.header.properties.headers for copy in copies] == [None, None]
+    assert properties["s-new"].body == b""  # the store gives the payload at the claim

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -194,3 +195,63 @@ async def test_release_gives_the_job_back_to_both(
 
 def _ack(lease: Lease) -> Settlement:
     return Settlement.ack(lease, None)
+
+
+async def test_a_claim_gives_the_stores_payload_and_decides_copies_in_order(
+    parts: tuple[Composite, Flaky, Broker],
+) -> None:
+    """A copy may travel without its body (RabbitMQ's do): the lease carries the payload
+    the store holds. In one batch, a stale copy is refused and the same copy twice is
+    claimed twice, the second taking the job back, as one claim after the other."""
+    broker, delivery, store = parts
+    assert isinstance(store, Ledger)
+    envelope, payload = make_job(broker.clock)
+    await broker.enqueue([(envelope, payload)])
+    [copy] = await delivery.inner.reserve(["default"], worker_id="x", lease_s=60, limit=1)
+    job_id, stamp = copy.job_id.split(SEP)
+    bare = replace(copy, job_id=job_id, stamp=stamp, payload=b"")
+    stale = replace(bare, stamp="0" * 16)
+    first, refused, second = await store.claim([bare, stale, bare], worker_id="w", lease_s=LEASE_S)
+    assert refused is None
+    assert first is not None and second is not None
+    assert (first.payload, second.payload) == (payload, payload)
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert await store.settle_many([_ack(first), _ack(second)]) == [False, True]
+    info = await store.get_job(job_id)
+    assert info is not None and info.state is JobState.SUCCEEDED and info.attempt == 2
+    counts = (await store.counts(["default"]))["default"].states
+    assert counts.get(JobState.SUCCEEDED) == 1 and not counts.get(JobState.RUNNING)
+
+
+async def test_a_reservation_claims_and_publishes_what_is_due_in_one_store_call(
+    parts: tuple[Composite, Flaky, Broker], clock: FakeClock
+) -> None:
+    """When the due poll comes with deliveries to claim, one `claim_due` does both: the
+    copy runs, and the retry that came due is published (it runs next)."""
+    broker, _, store = parts
+    assert isinstance(store, Ledger)
+    retried = await enqueue_one(broker)
+    await broker.retry(await reserve_one(broker), at=clock.now() + 10, error=BOOM)
+    waiting = await enqueue_one(broker)
+    clock.advance(11)  # the retry is due, and the due poll too
+    calls: list[str] = []  # the composite's calls (not the store's own, within them)
+    claim_due, due = store.claim_due, store.due
+
+    async def counted_claim_due(*args: Any, **kwargs: Any) -> Any:
+        calls.append("claim_due")
+        depth = len(calls)
+        try:
+            return await claim_due(*args, **kwargs)
+        finally:
+            del calls[depth:]
+
+    async def counted_due(*args: Any, **kwargs: Any) -> Any:
+        calls.append("due")
+        return await due(*args, **kwargs)
+
+    store.claim_due, store.due = counted_claim_due, counted_due  # type: ignore[method-assign]
+    [first] = await broker.reserve(["default"], worker_id="w", lease_s=LEASE_S, limit=1)
+    assert first.job_id == waiting
+    assert calls == ["claim_due"]
+    [second] = await broker.reserve(["default"], worker_id="w", lease_s=LEASE_S, limit=1)
+    assert (second.job_id, second.attempt) == (retried, 2)

@@ -22,11 +22,12 @@ plays `Ledger` (`offload.brokers.roles`), and each delivery call goes through it
   publish that fails leaves them recorded and unconfirmed: the call still returns
   (the jobs are durable in the store, a warning is logged), and `Ledger.due` hands
   them out again after `PUBLISH_GRACE_S`.
-- `reserve`: first the store's due jobs (delays, retries, deferrals, replays and
-  unconfirmed publishes) are published; then the delivery's deliveries are claimed
-  in the store (`Ledger.claim`): a claimed copy is a lease of the store (its token is
-  the lease's), a refused one (stale, cancelled, expired, finished) is acknowledged
-  in the delivery unrun.
+- `reserve`: the delivery's deliveries are claimed in the store (`Ledger.claim`): a
+  claimed copy is a lease of the store (its token is the lease's), a refused one
+  (stale, cancelled, expired, finished) is acknowledged in the delivery unrun. Every
+  `DUE_POLL_S` the same store call (`Ledger.claim_due`; `due` alone when nothing was
+  delivered) also hands out the store's due jobs (delays, retries, deferrals, replays
+  and unconfirmed publishes), which are published then.
 - `settle_many`: the store records every ending (results, retries as `scheduled`,
   dead letters, the outbox), then the delivery acknowledges every copy: what runs
   again is published anew by `due`. `extend` and `release` reach both.
@@ -210,27 +211,53 @@ class Composite(Broker):
                 queues, worker_id=worker_id, lease_s=lease_s, limit=limit
             )
         now = self.clock.now()
-        if now >= self._due_check:
+        poll = now >= self._due_check  # ask the store what is due, with the claim
+        if poll:
             self._due_check = now + DUE_POLL_S
-            await self._publish(await self.ledger.due(queues, limit=max(limit, 100)))
+        due_limit = max(limit, 100)
         leases: list[Lease] = []
         while len(leases) < limit:  # refused copies leave room: fill it from the delivery
             delivered = await self.delivery.reserve(
                 queues, worker_id=worker_id, lease_s=lease_s, limit=limit - len(leases)
             )
             if not delivered:
+                if poll:  # nothing to claim: ask alone, and take what it made ready
+                    poll = False
+                    due = await self.ledger.due(queues, limit=due_limit)
+                    if due:
+                        await self._publish(due)
+                        continue
                 break
-            claimed = await self._claim(delivered, worker_id, lease_s)
+            claimed, due = await self._claim(
+                delivered, worker_id, lease_s, queues if poll else (), due_limit
+            )
+            poll = False
+            await self._publish(due)
             leases += claimed
             if len(claimed) == len(delivered):
                 break
         return leases
 
-    async def _claim(self, delivered: list[Lease], worker_id: str, lease_s: float) -> list[Lease]:
-        """The store's leases of the copies it lets run; the others are dropped."""
+    async def _claim(
+        self,
+        delivered: list[Lease],
+        worker_id: str,
+        lease_s: float,
+        due_in: Sequence[str],
+        due_limit: int,
+    ) -> tuple[list[Lease], list[Outgoing]]:
+        """The store's leases of the copies it lets run (the others are dropped), and,
+        if `due_in` names queues, the store's due jobs there (`Ledger.claim_due`: one
+        store call for both)."""
         assert self.ledger is not None
         try:
-            claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+            if due_in:
+                claimed, due = await self.ledger.claim_due(
+                    delivered, due_in, worker_id=worker_id, lease_s=lease_s, limit=due_limit
+                )
+            else:
+                claimed = await self.ledger.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+                due = []
         except BaseException:
             # Not claimed, so not ours to run: give the copies back (the delivery
             # would hold them unrun until this process's connection ends).
@@ -238,29 +265,29 @@ class Composite(Broker):
                 await self.delivery.release(delivered)
             raise
         leases: list[Lease] = []
-        refused: list[Settlement] = []
+        refused: list[Lease] = []
         for copy, lease in zip(delivered, claimed, strict=True):
             if lease is None:
-                refused.append(Settlement.ack(copy, None))
+                refused.append(copy)
             else:
                 self._copies[lease.token] = copy
-                # The earlier deadline of the two: where the delivery's lapses by
-                # itself (SQS), the worker must know the copy's (`lapsing_leases`).
-                leases.append(
-                    dataclasses.replace(lease, deadline=min(lease.deadline, copy.deadline))
-                )
+                # The earlier deadline of the two where the delivery's lapses by
+                # itself (SQS): the worker must know the copy's (`lapsing_leases`).
+                if self.capabilities.lapsing_leases and copy.deadline < lease.deadline:
+                    lease = dataclasses.replace(lease, deadline=copy.deadline)
+                leases.append(lease)
         if refused:
             await self._drop(refused)
-        return leases
+        return leases, due
 
-    async def _drop(self, acks: Sequence[Settlement]) -> None:
+    async def _drop(self, copies: Sequence[Lease]) -> None:
         """Acknowledge copies in the delivery whose outcome the store already holds
         (or that must not run). A failure is harmless: the delivery gives the copy
         out again, and the store refuses it then."""
         try:
-            await self.delivery.settle_many(acks)
+            await self.delivery.drop(copies)
         except BrokerError as exc:
-            logger.debug("dropping %d copies failed: %s", len(acks), exc)
+            logger.debug("dropping %d copies failed: %s", len(copies), exc)
 
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         await self.delivery.wait(queues, timeout_s)
@@ -299,7 +326,7 @@ class Composite(Broker):
             self._due_check = 0.0  # a retry or deferral may be due at once
         copies = [c for item in settlements if (c := self._copies.pop(item.lease.token, None))]
         if copies:
-            await self._drop([Settlement.ack(copy, None) for copy in copies])
+            await self._drop(copies)
         return held
 
     def _store_delivery(self) -> Delivery:

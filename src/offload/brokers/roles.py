@@ -50,6 +50,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Self, final, runtime_checkable
@@ -71,7 +72,7 @@ from offload.brokers.records import (
 )
 from offload.clock import Clock, SystemClock
 from offload.envelope import Envelope, ErrorInfo, JobState
-from offload.errors import ConfigurationError, LeaseLost
+from offload.errors import BrokerError, ConfigurationError, LeaseLost
 
 if TYPE_CHECKING:
     from offload.brokers.facts import QueueFacts
@@ -107,6 +108,8 @@ __all__ = [
     "WorkerInfo",
     "roles_of",
 ]
+
+logger = logging.getLogger("offload.brokers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +483,17 @@ class Delivery(Part):
         """
         raise ConfigurationError(f"{self!r} cannot deliver jobs for a state store")
 
+    async def drop(self, copies: Sequence[Lease]) -> None:
+        """End copies whose fate the state store holds (settled there, or refused by
+        its `claim`): acknowledge them, with no result and nothing more to wait for
+        (a copy whose acknowledgement is lost comes back, and the store refuses it).
+        Asked by `Composite` only; copies no longer held are ignored.
+
+        Raises:
+            BrokerError: the delivery failed (harmless, as a lost acknowledgement).
+        """
+        await self.settle_many([Settlement.ack(copy, None) for copy in copies])
+
     def state_url(self) -> str | None:
         """The state store this delivery's own URL names (e.g. `?state=` of an
         `amqp://` URL), None if it names none: `from_url` uses it when not given one."""
@@ -794,8 +808,9 @@ class Ledger(Part):
     ) -> list[Lease | None]:
         """Decide, for each copy the delivery handed this worker (its lease, with
         `stamp`), whether it runs: its store lease (`running`, the attempt counted, a
-        fresh token, `deadline = now + lease_s`), or None: the delivery must drop the
-        copy (acknowledge it unrun).
+        fresh token, `deadline = now + lease_s`, the payload the store holds: a copy's
+        own may be empty), or None: the delivery must drop the copy (acknowledge it
+        unrun).
 
         Claimed: a `queued` job whose stamp matches, and a `running` one whose stamp
         matches (the same copy delivered again: its holder died or lost its
@@ -804,6 +819,30 @@ class Ledger(Part):
         cancelled, or past `expires_at` (it becomes `expired` then, recorded in the
         outbox).
         """
+
+    async def claim_due(
+        self,
+        delivered: Sequence[Lease],
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> tuple[list[Lease | None], list[Outgoing]]:
+        """`claim`, then `due` of `queues`: one call, which a store may answer in one
+        transaction (SQLite does: one trip to its thread, one write for both). Here
+        two calls: if `due` fails, the claims stand and nothing is due (the caller
+        asks again at its next poll).
+
+        Raises:
+            BrokerError: the claim failed (nothing claimed).
+        """
+        claimed = await self.claim(delivered, worker_id=worker_id, lease_s=lease_s)
+        try:
+            return claimed, await self.due(queues, limit=limit)
+        except BrokerError as exc:
+            logger.warning("asking the state store for due jobs failed: %s", exc)
+            return claimed, []
 
 
 class Role(enum.Enum):

@@ -33,9 +33,12 @@ state store nothing records it as `expired` (`AmqpDelivery.expired` counts them)
 
 **For a state store** (`publish`, `offload.brokers.composite`): the store keeps every
 job's state, delays, retries, attempts and dead letters, and publishes a copy of a job
-only when it should run; the copy carries the store's stamp (`offload-stamp`), which
-the store checks when the copy is delivered (`Ledger.claim`). Such copies have no due
-or expiry header and are never republished to count a crash: the store counts it.
+only when it should run; the copy carries the store's stamp as its `correlation_id`
+(earlier versions: an `offload-stamp` header, still read), which the store checks when
+the copy is delivered (`Ledger.claim`, which also gives the job's payload). Such copies
+have no body and no headers (nothing for the consumer to read but the properties: no
+due, expiry or attempt) and are never republished to count a crash: the store counts
+it.
 """
 
 from __future__ import annotations
@@ -120,7 +123,14 @@ class _Delivery:
 
     @property
     def stamp(self) -> str | None:
-        value = (self.properties.headers or {}).get(STAMP_HEADER)
+        """The state store's stamp: the `correlation_id` of a copy the store
+        published (or its `offload-stamp` header, where earlier versions put it)."""
+        properties = self.properties
+        if properties.correlation_id is not None:
+            return properties.correlation_id
+        if not properties.headers:
+            return None
+        value = properties.headers.get(STAMP_HEADER)
         if isinstance(value, bytes):
             value = value.decode()
         return value if isinstance(value, str) else None
@@ -251,6 +261,10 @@ class AmqpDelivery(Delivery):
         """Publish a copy of each job for the state store, due now, with its stamp;
         return once RabbitMQ confirmed every one (pipelined, as `enqueue`).
 
+        A copy has no body: the store's `claim` gives the lease the job's payload, so
+        the message is its id and stamp only (two frames for a consumer to read, not
+        three; nothing for RabbitMQ to write but the properties).
+
         Raises:
             BrokerUnavailable: RabbitMQ is unreachable or refused a message.
         """
@@ -260,12 +274,13 @@ class AmqpDelivery(Delivery):
         await asyncio.gather(
             *(
                 self._publish(
-                    job.payload,
+                    b"",
                     queue=job.queue,
                     job_id=job.job_id,
                     priority=topology.amqp_priority(job.priority),
-                    headers={ATTEMPT_HEADER: 0, STAMP_HEADER: job.stamp},
+                    headers=None,
                     now_ms=now_ms,
+                    stamp=job.stamp,
                 )
                 for job in jobs
             )
@@ -288,11 +303,15 @@ class AmqpDelivery(Delivery):
         queue: str,
         job_id: str,
         priority: int,
-        headers: FieldTable,
+        headers: FieldTable | None,
         now_ms: int,
+        stamp: str | None = None,
     ) -> None:
-        """Publish to the work queue, or to the delay bucket its due time asks for."""
-        due = headers.get(DUE_HEADER)
+        """Publish to the work queue, or to the delay bucket its due time asks for. A
+        state store's copy (`stamp`) carries no headers: its stamp is the
+        `correlation_id`, and the store keeps the rest (fewer bytes for every consumer
+        to decode)."""
+        due = None if headers is None else headers.get(DUE_HEADER)
         bucket = topology.bucket_for(due - now_ms) if isinstance(due, int) else None
         exchange = ""
         if bucket is not None:
@@ -304,7 +323,7 @@ class AmqpDelivery(Delivery):
                 exchange_type="headers",
                 binding={topology.DELAY_HEADER: bucket},
             )
-            headers = {**headers, topology.DELAY_HEADER: bucket}
+            headers = {**(headers or {}), topology.DELAY_HEADER: bucket}
             exchange = self.names.delay_exchange
         properties = spec.Basic.Properties(
             delivery_mode=2,
@@ -312,6 +331,7 @@ class AmqpDelivery(Delivery):
             message_id=job_id,
             content_type="application/json",
             headers=headers,
+            correlation_id=stamp,
         )
         await self.link.publish(
             payload, exchange=exchange, routing_key=self.names.work(queue), properties=properties
@@ -552,10 +572,22 @@ class AmqpDelivery(Delivery):
             raise failure
         return done
 
-    async def _ack_many(self, deliveries: Sequence[_Delivery]) -> None:
+    async def drop(self, copies: Sequence[Lease]) -> None:
+        """Acknowledge a state store's copies (`Delivery.drop`) as `_ack_many` does,
+        returning once the acks are queued for the socket, not written: a lost one
+        brings the copy back, and the store refuses it then."""
+        taken = []
+        for copy in copies:
+            delivery = self._held.pop(copy.token, None)
+            if delivery is not None and self._alive(delivery):
+                taken.append(delivery)
+        await self._ack_many(taken, wait=False)
+
+    async def _ack_many(self, deliveries: Sequence[_Delivery], *, wait: bool = True) -> None:
         """Acknowledge deliveries of the live session: one `multiple` ack for those
         below every other unacknowledged delivery of the channel (usually all of them:
-        jobs end roughly in the order they came), one ack each for the rest."""
+        jobs end roughly in the order they came), one ack each for the rest. `wait`:
+        return once the frames are written (else once they are queued)."""
         if not deliveries:
             return
         channel = deliveries[0].message.channel
@@ -566,8 +598,8 @@ class AmqpDelivery(Delivery):
         single = tags[len(run) :]
         try:
             if run:
-                await channel.basic_ack(run[-1], multiple=len(run) > 1)
-            await asyncio.gather(*(channel.basic_ack(tag) for tag in single))
+                await channel.basic_ack(run[-1], multiple=len(run) > 1, wait=wait)
+            await asyncio.gather(*(channel.basic_ack(tag, wait=wait) for tag in single))
         except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
             raise unavailable("ack", exc) from exc
         self._unacked.get(deliveries[0].generation, set()).difference_update(tags)
@@ -618,6 +650,7 @@ class AmqpDelivery(Delivery):
             message_id=delivery.properties.message_id,
             content_type="application/json",
             headers=_clean(headers),
+            correlation_id=delivery.properties.correlation_id,
         )
         await self.link.publish(delivery.message.body, routing_key=name, properties=properties)
         await self._ack(delivery)
@@ -626,8 +659,10 @@ class AmqpDelivery(Delivery):
         self, delivery: _Delivery, *, delay_to: int | None, counted: int = 0
     ) -> None:
         """Publish a copy of the delivery (due at `delay_to` ms, attempts `+counted`),
-        then ack the original once the copy is confirmed."""
-        headers = dict(delivery.properties.headers or {})
+        then ack the original once the copy is confirmed. A state store's copy keeps
+        its stamp, and no headers (the store counts its attempts)."""
+        stamp = delivery.stamp
+        headers = {} if stamp is not None else dict(delivery.properties.headers or {})
         headers[ATTEMPT_HEADER] = (delivery.header(ATTEMPT_HEADER) or 0) + counted
         if delay_to is not None:
             headers[DUE_HEADER] = delay_to
@@ -638,8 +673,9 @@ class AmqpDelivery(Delivery):
             queue=delivery.queue,
             job_id=str(delivery.properties.message_id),
             priority=delivery.properties.priority or 0,
-            headers=_clean(headers),
+            headers=None if stamp is not None else _clean(headers),
             now_ms=self._now_ms(),
+            stamp=stamp,
         )
         await self._ack(delivery)
 

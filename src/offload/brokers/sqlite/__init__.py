@@ -337,9 +337,26 @@ class SQLiteBroker(Broker, Ledger):
     async def claim(
         self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float
     ) -> list[Lease | None]:
-        claimed, expired = await self._run(_ledger.claim, delivered, worker_id, lease_s)
-        self._notify_ended(expired)
+        claimed, _ = await self.claim_due(
+            delivered, (), worker_id=worker_id, lease_s=lease_s, limit=0
+        )
         return claimed
+
+    async def claim_due(
+        self,
+        delivered: Sequence[Lease],
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> tuple[list[Lease | None], list[Outgoing]]:
+        """One transaction for both (see `Ledger.claim_due`)."""
+        claimed, out, expired = await self._run(
+            _ledger.claim, delivered, worker_id, lease_s, queues, limit
+        )
+        self._notify_ended(expired)
+        return claimed, out
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         if not leases:

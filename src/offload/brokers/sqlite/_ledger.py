@@ -79,13 +79,18 @@ def due(store: Store, queues: Sequence[str], limit: int) -> tuple[list[Outgoing]
         return [], []
     with store._write() as now:
         expired = store._expire(now)
-        rows = _due_rows(store, names, limit, now)
-        store._move([r["queue"] for r in rows if r["state"] == "scheduled"], "scheduled", "queued")
-        out = [
-            Outgoing(row["id"], row["queue"], row["priority"], blob(row["payload"]), _stamp())
-            for row in rows
-        ]
-        return _copies(store, out, now), expired
+        return _hand_out(store, names, limit, now), expired
+
+
+def _hand_out(store: Store, queues: str, limit: int, now: float) -> list[Outgoing]:
+    """The due jobs' new copies, in the caller's write (after `_expire`)."""
+    rows = _due_rows(store, queues, limit, now)
+    store._move([r["queue"] for r in rows if r["state"] == "scheduled"], "scheduled", "queued")
+    out = [
+        Outgoing(row["id"], row["queue"], row["priority"], blob(row["payload"]), _stamp())
+        for row in rows
+    ]
+    return _copies(store, out, now)
 
 
 def _expiring(store: Store, now: float) -> bool:
@@ -103,44 +108,71 @@ def _due_rows(store: Store, queues: str, limit: int, now: float) -> list[sqlite3
 
 
 def claim(
-    store: Store, delivered: Sequence[Lease], worker_id: str, lease_s: float
-) -> tuple[list[Lease | None], list[str]]:
-    """`Ledger.claim`. Returns the leases, and the ids of jobs that expired first."""
-    conn = store._conn
-    sql = _Q["ledger_claim"]
-    claimed: list[Lease | None] = []
+    store: Store,
+    delivered: Sequence[Lease],
+    worker_id: str,
+    lease_s: float,
+    due_in: Sequence[str],
+    limit: int,
+) -> tuple[list[Lease | None], list[Outgoing], list[str]]:
+    """`Ledger.claim` and, if `due_in` names queues, `Ledger.due` of them, in one
+    transaction (`Ledger.claim_due`). Returns the leases, the due copies, and the ids
+    of jobs that expired first."""
     with store._write() as now:
         expired = store._expire(now)
-        deadline = now + lease_s
-        for copy in delivered:
-            if not copy.stamp:
+        claimed = _claim(store, delivered, worker_id, now, now + lease_s)
+        due_out = _hand_out(store, json.dumps(list(due_in)), limit, now) if due_in else []
+    return claimed, due_out, expired
+
+
+def _claim(
+    store: Store, delivered: Sequence[Lease], worker_id: str, now: float, deadline: float
+) -> list[Lease | None]:
+    """The claims of `claim`, in the caller's write (after `_expire`).
+
+    Two statements for the whole batch: one read of the jobs' rows, and one
+    `executemany` of the claims decided from them (under the write lock, so the rows
+    cannot change in between); copies are decided in order, so a copy delivered twice
+    in one batch is claimed twice, as one after the other."""
+    conn = store._conn
+    claimed: list[Lease | None] = []
+    ids = json.dumps([copy.job_id for copy in delivered if copy.stamp])
+    rows = {row["id"]: row for row in conn.execute(_Q["ledger_copies"], (ids,))}
+    # A job's state and attempt as this batch's claims leave them.
+    now_running: dict[str, int] = {}
+    updates: list[tuple[str, int, float, str, float, str | None, str]] = []
+    moved: list[str] = []
+    for copy in delivered:
+        row = rows.get(copy.job_id) if copy.stamp else None
+        if row is None or row["stamp"] != copy.stamp:
+            claimed.append(None)
+            continue
+        attempt = now_running.get(copy.job_id)
+        taken_back = attempt is not None or row["state"] == "running"
+        if attempt is None:
+            if row["state"] not in ("queued", "running"):
                 claimed.append(None)
                 continue
-            token = os.urandom(12).hex()
-            params = {
-                "id": copy.job_id,
-                "stamp": copy.stamp,
-                "token": token,
-                "now": now,
-                "worker_id": worker_id,
-                "deadline": deadline,
-                "lease_error": _LEASE_EXPIRED,
-            }
-            was = conn.execute(_Q["ledger_state"], (copy.job_id, copy.stamp)).fetchone()
-            row = conn.execute(sql, params).fetchone()
-            if row is not None and was[0] != "running":
-                store._move((row["queue"],), was[0], "running")
-            claimed.append(
-                None
-                if row is None
-                else Lease(
-                    copy.job_id,
-                    token,
-                    row["queue"],
-                    row["attempt"],
-                    deadline,
-                    blob(row["payload"]),
-                    copy.stamp,
-                )
+            if not taken_back:
+                moved.append(row["queue"])
+            attempt = row["attempt"]
+        attempt += 1
+        now_running[copy.job_id] = attempt
+        token = os.urandom(12).hex()
+        error = _LEASE_EXPIRED if taken_back else None
+        updates.append((token, attempt, now, worker_id, deadline, error, copy.job_id))
+        claimed.append(
+            Lease(
+                copy.job_id,
+                token,
+                row["queue"],
+                attempt,
+                deadline,
+                blob(row["payload"]),
+                copy.stamp,
             )
-    return claimed, expired
+        )
+    if updates:
+        conn.executemany(_Q["ledger_claim"], updates)
+        store._move(moved, "queued", "running")
+    return claimed

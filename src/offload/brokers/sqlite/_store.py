@@ -92,6 +92,12 @@ def _ready_order(row: sqlite3.Row) -> tuple[int, float, int]:
     return (-row["priority"], row["due_at"], row["seq"])
 
 
+def _only_acks(settlements: Sequence[Settlement]) -> bool:
+    """Whether a batch is acks of distinct jobs (`Store._ack_many` may take it)."""
+    ids = {item.lease.job_id for item in settlements if item.ending is Ending.ACK}
+    return len(ids) == len(settlements)
+
+
 def _id_list(job_ids: Sequence[str] | None) -> str | None:
     return None if job_ids is None else json.dumps(list(job_ids))
 
@@ -349,6 +355,9 @@ class Store:
         held: list[bool] = []
         due: set[str] = set()
         ends: list[tuple[str, Outcome]] = []
+        if _only_acks(settlements):
+            with self._write() as now:
+                return self._ack_many(settlements, now), False
         with self._write() as now:
             for item in settlements:
                 params = self._settle_params(item, now)
@@ -364,6 +373,28 @@ class Store:
             if due:
                 self._signal(due)
         return held, bool(due)
+
+    def _ack_many(self, acks: Sequence[Settlement], now: float) -> list[bool]:
+        """`settle_many` of acks of distinct jobs: one read of their leases and one
+        `executemany` of the acks of those held (the write lock keeps them held
+        in between), instead of a statement per job."""
+        ids = json.dumps([item.lease.job_id for item in acks])
+        running = {row[0]: row for row in self._conn.execute(_Q["running_tokens"], (ids,))}
+        held: list[bool] = []
+        params: list[dict[str, object]] = []
+        queues: list[str] = []
+        for item in acks:
+            row = running.get(item.lease.job_id)
+            ok = row is not None and row[1] == item.lease.token
+            held.append(ok)
+            if row is not None and ok:
+                params.append(self._settle_params(item, now))
+                queues.append(row[2])
+        if params:
+            self._conn.executemany(_Q["ack_held"], params)
+            self._move(queues, JobState.RUNNING, JobState.SUCCEEDED)
+            self._count_ends(((queue, Outcome.SUCCEEDED) for queue in queues), now)
+        return held
 
     def _settle_params(self, item: Settlement, now: float) -> dict[str, object]:
         """The named parameters of the settlement's query; each reads the ones it needs."""

@@ -106,6 +106,19 @@ UPDATE offload_jobs
  WHERE id = :id AND lease_token = :token AND state = 'running'
 RETURNING queue;
 
+-- name: running_tokens
+-- The lease tokens and queues of running jobs, for a batch of acks (`ack_held`).
+-- Parameter: a JSON array of ids.
+SELECT id, lease_token, queue FROM offload_jobs
+ WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running';
+
+-- name: ack_held
+-- (hot) `ack` of a lease `running_tokens` found held, in the same write.
+UPDATE offload_jobs
+   SET state = 'succeeded', result = :result, finished_at = :now, lease_token = NULL,
+       lease_deadline = NULL, error = NULL, purge_at = :purge_at
+ WHERE id = :id;
+
 -- name: retry
 UPDATE offload_jobs
    SET state = 'scheduled', due_at = :at, error = :error, lease_token = NULL,
@@ -369,20 +382,20 @@ UPDATE offload_jobs SET state = 'queued', stamp = ?, publish_by = ? WHERE id = ?
 -- (hot) Parameters: id, stamp.
 UPDATE offload_jobs SET publish_by = NULL WHERE id = ? AND stamp = ?;
 
--- name: ledger_state
--- The state of the job whose current copy is `stamp` (for the counts: `ledger_claim`
--- cannot return the state it moved the job from). Parameters: id, stamp.
-SELECT state FROM offload_jobs WHERE id = ? AND stamp = ?;
+-- name: ledger_copies
+-- The rows of the jobs of delivered copies (`claim` decides in Python which copy
+-- runs, under the write lock). Parameter: a JSON array of ids.
+SELECT id, stamp, state, queue, CAST(attempt AS INTEGER) AS attempt, payload
+  FROM offload_jobs WHERE id IN (SELECT value FROM json_each(?));
 
 -- name: ledger_claim
--- The copy `stamp` of a waiting job, or of a running one (delivered again: its holder
--- is gone), runs under a new lease. Waiting jobs past their expiry were expired first.
+-- (hot) A claimed copy's job runs under a new lease; the error of a job taken back
+-- from a dead holder says so. Parameters: token, attempt, now, worker_id, deadline,
+-- error or NULL (kept), id.
 UPDATE offload_jobs
-   SET state = 'running', lease_token = :token, attempt = attempt + 1, started_at = :now,
-       worker_id = :worker_id, lease_deadline = :deadline, publish_by = NULL,
-       error = CASE WHEN state = 'running' THEN :lease_error ELSE error END
- WHERE id = :id AND stamp = :stamp AND state IN ('queued', 'running')
-RETURNING queue, CAST(attempt AS INTEGER) AS attempt, payload;
+   SET state = 'running', lease_token = ?, attempt = ?, started_at = ?, worker_id = ?,
+       lease_deadline = ?, publish_by = NULL, error = coalesce(?, error)
+ WHERE id = ?;
 
 -- name: finished_add
 -- (hot: once per queue and outcome of a batch) Parameters: minute, queue, outcome, n.
