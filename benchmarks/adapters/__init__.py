@@ -12,6 +12,7 @@ ADAPTERS: dict[str, str] = {
     "offload-sqlite": "adapters.offload:OffloadSQLite",
     "offload-amqp": "adapters.offload:OffloadAmqp",
     "offload-amqp-pg": "adapters.offload:OffloadAmqpPostgres",
+    "offload-amqp-alone": "adapters.offload:OffloadAmqpAlone",
     "raw-redis-py": "adapters.raw:RawRedis",
     "celery": "adapters.celery:CeleryAdapter",
     "celery-threads": "adapters.celery:CeleryThreads",
@@ -34,6 +35,7 @@ NOT_PEERS = frozenset(
         "offload-sqlite",
         "offload-amqp",
         "offload-amqp-pg",
+        "offload-amqp-alone",
         "raw-redis-py",
     }
 )

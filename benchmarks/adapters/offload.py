@@ -156,6 +156,21 @@ class OffloadAmqp(_OffloadAdapter):
         return sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
 
 
+class OffloadAmqpAlone(OffloadAmqp):
+    """RabbitMQ without a state store: what Dramatiq and Celery keep too (nothing but
+    the message), so the like-for-like row next to them."""
+
+    name = "offload (RabbitMQ alone)"
+    config = (
+        "as offload (RabbitMQ + SQLite state), without a state store (`amqp://` alone: "
+        "no results or lookups; attempts in a header, retries in delay queues)"
+    )
+
+    def state_url(self, workdir: Path) -> str | None:
+        self.db = None
+        return None
+
+
 class OffloadAmqpPostgres(OffloadAmqp):
     """The state in PostgreSQL (`BENCH_PG_DSN`, default the local `test` database), in
     the schema `bench_amqp_state`, dropped before every phase."""

@@ -22,6 +22,7 @@ from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
+from offload.brokers.redis.keys import QueueKeys
 from offload.envelope import JobState
 from offload.worker import Worker
 from tests.conformance.helpers import enqueue_one, make_job, state_of
@@ -69,6 +70,23 @@ async def test_a_parked_worker_is_handed_the_job_by_the_enqueue_itself(url: str)
         assert await state_of(producer, job_id) is JobState.SUCCEEDED
 
 
+async def test_a_queue_paused_after_a_worker_parked_hands_it_nothing(url: str) -> None:
+    worker, producer = redis_broker(url), redis_broker(url)
+    async with worker, producer:
+        waiting = park(worker)
+        await parked(worker)
+        assert await producer.set_paused("queue:default", True)
+        paused_id = await enqueue_one(producer)
+        assert await state_of(producer, paused_id) is JobState.QUEUED  # not handed
+        assert await asyncio.wait_for(waiting, 5) == []  # woken, and left to read the flag
+        assert await producer.set_paused("queue:default", False)
+        [lease] = await worker.wait_for_work(  # resumed: the job is there to reserve
+            ["default"], LONG_S, worker_id="w1", lease_s=30, limit=10
+        )
+        assert lease.job_id == paused_id
+        await worker.ack(lease, None, result_ttl_s=None)
+
+
 async def test_a_lost_handoff_message_is_returned_by_the_next_reserve(url: str) -> None:
     worker, producer = redis_broker(url), redis_broker(url)
     async with worker, producer:
@@ -112,7 +130,8 @@ async def test_a_producer_that_does_not_hand_over_wakes_a_parked_worker(url: str
         await producer._remember({"default"})
         [call] = producer._enqueue_calls([(envelope, payload)], {"default": [0]}, time.time(), None)
         name, keys, args = call
-        older = [*keys[:-2], keys[-2] + ":none", keys[-1]]  # a `parked` nobody parks in
+        at = QueueKeys._fields.index("parked")
+        older = [*keys[:at], keys[at] + ":none", *keys[at + 1 :]]  # a `parked` nobody parks in
         await producer._x.run(name, older, args)
         assert await state_of(producer, envelope.id) is JobState.QUEUED
         assert await asyncio.wait_for(waiting, 5) == []  # woken, long before LONG_S

@@ -432,3 +432,18 @@ async def test_a_time_range_deep_in_the_queue_is_one_seek_of_the_creation_index(
         listed, calls = await range_listing(broker, 1000.0, 1001.0)
         assert listed == [old[1][0].id, old[0][0].id]
         assert calls == 3
+
+
+def test_the_scripts_name_a_queues_keys_in_the_order_python_passes_them() -> None:
+    # `_lib.lua` indexes KEYS by its FIELDS list; `keys.QueueKeys` builds them: one
+    # field added to one side only shifts every key after it.
+    import re
+    from pathlib import Path
+
+    import offload.brokers.redis as package
+    from offload.brokers.redis.keys import QueueKeys
+
+    lib = (Path(package.__file__).parent / "scripts" / "_lib.lua").read_text()
+    found = re.search(r"local FIELDS = \{(.*?)\}", lib, re.S)
+    assert found is not None
+    assert tuple(re.findall(r"'(\w+)'", found.group(1))) == QueueKeys._fields

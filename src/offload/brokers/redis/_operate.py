@@ -12,6 +12,9 @@ from offload.brokers.redis._executor import Executor
 from offload.brokers.redis._records import text
 from offload.clock import Clock
 
+#: How `offload.pausing` names a queue's flag (`queue:<name>`).
+QUEUE_FLAG = "queue:"
+
 __all__ = ["Operations"]
 
 
@@ -24,12 +27,19 @@ class Operations:
         self._retention_s = retention_s
 
     async def set_paused(self, name: str, paused: bool) -> bool:
+        """The flag in the global hash, and a paused queue's copy in its own slot,
+        which `enqueue.lua` reads: a worker parked before the pause is handed nothing
+        (workers read the global flags before they reserve or park)."""
         key = K.paused_key(self._x.prefix)
+        commands: list[tuple[str, ...]] = []
         if paused:
-            command: tuple[str, ...] = ("HSETNX", key, name, repr(self._clock.now()))
+            commands.append(("HSETNX", key, name, repr(self._clock.now())))
         else:
-            command = ("HDEL", key, name)
-        [changed] = await self._x.commands([command])
+            commands.append(("HDEL", key, name))
+        if name.startswith(QUEUE_FLAG):
+            mark = K.queue_keys(self._x.prefix, name.removeprefix(QUEUE_FLAG)).paused
+            commands.append(("SET", mark, "1") if paused else ("DEL", mark))
+        changed, *_ = await self._x.commands(commands)
         return bool(changed)
 
     async def paused(self) -> dict[str, float]:

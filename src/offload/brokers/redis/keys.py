@@ -122,6 +122,7 @@ class QueueKeys(NamedTuple):
     finished: str
     parked: str
     handed: str
+    paused: str  # set while the queue is paused (`set_paused`): no handoff then
 
 
 class GlobalKeys(NamedTuple):

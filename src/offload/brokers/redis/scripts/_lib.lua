@@ -10,7 +10,7 @@
 
 local FIELDS = {'payload', 'record', 'result', 'ready', 'scheduled', 'running',
   'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq', 'outbox',
-  'waiters', 'created', 'finished', 'parked', 'handed'}
+  'waiters', 'created', 'finished', 'parked', 'handed', 'paused'}
 
 local function queue_at(group)
   local q = {}

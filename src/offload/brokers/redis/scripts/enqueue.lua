@@ -56,7 +56,9 @@ if head[1] and tonumber(head[2]) < now then
   redis.call('ZREMRANGEBYSCORE', q.parked, '-inf', '(' .. ARGV[1])
   head = redis.call('ZRANGE', q.parked, 0, 0, 'WITHSCORES')
 end
-if head[1] and redis.call('EXISTS', q.ready) == 0
+-- A paused queue hands nothing (the flag's copy in the queue's own slot, `paused`): a
+-- worker parked before the pause would otherwise run its jobs.
+if head[1] and redis.call('EXISTS', q.paused) == 0 and redis.call('EXISTS', q.ready) == 0
     and #redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', now, 'LIMIT', 0, 1) == 0
     and #redis.call('ZRANGEBYSCORE', q.running, '-inf', now, 'LIMIT', 0, 1) == 0 then
   local ok, t = pcall(cmsgpack.unpack, head[1])
