@@ -41,11 +41,13 @@ UPDATE offload_jobs SET state = 'expired', finished_at = ?, purge_at = ? WHERE s
 -- The best ready jobs of one queue, in index order: no sort, stops after `limit` rows.
 -- The casts keep a row whose numbers were overwritten with text (SQLite stores what it
 -- is given) from failing the reservation in Python: it costs that job, not the queue.
+-- ORDER BY names the table's columns: a bare `priority` would be the cast's alias, an
+-- expression no index holds, and SQLite would sort every ready job of the queue.
 SELECT seq, id, queue, CAST(priority AS INTEGER) AS priority, CAST(due_at AS REAL) AS due_at,
        CAST(attempt AS INTEGER) AS attempt, payload
   FROM offload_jobs INDEXED BY offload_jobs_ready
  WHERE state = 'queued' AND queue = :queue AND stamp IS NULL
- ORDER BY priority DESC, due_at, seq
+ ORDER BY offload_jobs.priority DESC, offload_jobs.due_at, offload_jobs.seq
  LIMIT :limit;
 
 -- name: lease_job
