@@ -166,6 +166,8 @@ class OffloadAmqpAlone(OffloadAmqp):
         "no results or lookups; attempts in a header, retries in delay queues)"
     )
 
+    queues_in_redis = False  # nor in a store: RabbitMQ's own bytes are not read
+
     def state_url(self, workdir: Path) -> str | None:
         self.db = None
         return None
