@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from offload import Offload, QueueFull
+from offload import Offload, QueueFull, Task
 from offload.errors import BrokerUnavailable
 
 
@@ -29,13 +29,19 @@ def counting_hops(app: Offload) -> list[int]:
     return hops
 
 
-def test_sync_enqueue_runs_on_the_calling_thread_after_the_first(postgres_url: str) -> None:
-    app = Offload(postgres_url, max_queue_depth=None)
+def ping_app(url: str, **options: Any) -> tuple[Offload, Task[[int], int]]:
+    """An app on `url` with one task, `ping`."""
+    app = Offload(url, **options)
 
     @app.task(name="ping")
     def ping(n: int) -> int:
         return n
 
+    return app, ping
+
+
+def test_sync_enqueue_runs_on_the_calling_thread_after_the_first(postgres_url: str) -> None:
+    app, ping = ping_app(postgres_url, max_queue_depth=None)
     hops = counting_hops(app)
     try:
         first = ping.enqueue(1)  # opens the broker (and migrates) through the portal
@@ -52,12 +58,7 @@ def test_sync_enqueue_runs_on_the_calling_thread_after_the_first(postgres_url: s
 
 
 def test_a_bounded_queue_keeps_the_portal_path_and_its_limit(postgres_url: str) -> None:
-    app = Offload(postgres_url, max_queue_depth=2)
-
-    @app.task(name="ping")
-    def ping(n: int) -> int:
-        return n
-
+    app, ping = ping_app(postgres_url, max_queue_depth=2)
     hops = counting_hops(app)
     try:
         ping.enqueue_many([(1,), (2,)])
@@ -69,12 +70,7 @@ def test_a_bounded_queue_keeps_the_portal_path_and_its_limit(postgres_url: str) 
 
 
 def test_a_forked_child_enqueues_on_a_pool_of_its_own(postgres_url: str) -> None:
-    app = Offload(postgres_url)
-
-    @app.task(name="ping")
-    def ping(n: int) -> int:
-        return n
-
+    app, ping = ping_app(postgres_url)
     try:
         ping.enqueue(1)
         ping.enqueue(2)  # the parent's pool is open
@@ -106,12 +102,7 @@ async def _counts(app: Offload) -> int:
 def test_a_connection_the_server_dropped_fails_one_call_and_the_next_one_works(
     postgres_url: str, postgres_dsn: str
 ) -> None:
-    app = Offload(postgres_url)
-
-    @app.task(name="ping")
-    def ping(n: int) -> int:
-        return n
-
+    app, ping = ping_app(postgres_url)
     try:
         ping.enqueue(1)
         ping.enqueue(2)
