@@ -159,6 +159,7 @@ class AmqpDelivery(Delivery):
         #: The offload queues this process enqueued to or consumed (RabbitMQ cannot list
         #: them: `AmqpFacts.names`).
         self.used: set[str] = set()
+        self._facts = AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
         self._ready: list[_Delivery] = []
         self._soon: list[tuple[int, _Delivery]] = []  # (due ms, delivery): held until due
         self._held: dict[str, _Delivery] = {}  # lease token → its delivery
@@ -180,7 +181,7 @@ class AmqpDelivery(Delivery):
 
     def facts(self) -> AmqpFacts:
         """What RabbitMQ answers without a state store (`offload.brokers.stateless`)."""
-        return AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
+        return self._facts
 
     async def connect(self) -> None:
         await self.link.session()

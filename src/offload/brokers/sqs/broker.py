@@ -55,6 +55,7 @@ class SQSBroker(Delivery):
         super().__init__(url, clock=clock, **kwargs)
         self.config = SQSConfig.from_url(url)
         self.sqs = SQSDelivery(self.config, clock=self.clock)
+        self._facts = SQSFacts(self.sqs)
         #: Receipt handle → the message it leases, for the leases this process holds.
         self._held: dict[str, Received] = {}
         self._lease_s = 30.0
@@ -124,7 +125,7 @@ class SQSBroker(Delivery):
 
     def facts(self) -> SQSFacts:
         """What SQS answers without a state store (`offload.brokers.stateless`)."""
-        return SQSFacts(self.sqs)
+        return self._facts
 
     # -- reserve ------------------------------------------------------------------------
 
