@@ -156,8 +156,8 @@ class Link:
         if self._closed or closing.cancelled():
             return
         reason = closing.exception()
-        if reason is None:
-            return
+        if reason is None or isinstance(reason, asyncio.CancelledError):
+            return  # closed, or its reader cancelled by the loop's end (`asyncio.run` exiting)
         logger.warning(
             "RabbitMQ connection lost (%s: %s); its jobs in flight go back to their queues, "
             "and the next call reconnects",

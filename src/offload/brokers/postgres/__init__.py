@@ -287,7 +287,10 @@ class PostgresBroker(Broker, Ledger):
             elif loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(_close_state(task), loop)
                 await asyncio.wrap_future(future)
-        await asyncio.to_thread(self._blocking.close)
+        try:
+            await asyncio.to_thread(self._blocking.close)
+        except RuntimeError:  # at interpreter exit the default executor takes nothing new
+            self._blocking.close()
 
     # -- producer -------------------------------------------------------------------------
 

@@ -241,10 +241,14 @@ class SQLiteBroker(Broker, Ledger):
         self._doorbell.close()
         self._signal.notify()  # let waiters return now instead of at their next poll
         executor, opened = state
-        closing = asyncio.get_running_loop().run_in_executor(executor, _close_store, opened)
-        executor.shutdown(wait=False)
         try:
-            await closing
+            try:
+                closing = asyncio.get_running_loop().run_in_executor(executor, _close_store, opened)
+            except RuntimeError:  # at interpreter exit: the store's thread has already ended
+                _close_store(opened)
+            else:
+                executor.shutdown(wait=False)
+                await closing
         except sqlite3.Error as exc:
             raise self._wrap(exc) from exc
 
