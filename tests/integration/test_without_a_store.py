@@ -154,3 +154,25 @@ async def test_the_dashboard_shows_the_counts_and_says_what_needs_a_store(
                 assert "needs a state store on amqp://" in page.text, path
     finally:
         await app.aclose()
+
+
+def test_dead_letters_on_rabbitmq_alone_need_their_queue_named(amqp_url: str) -> None:
+    """RabbitMQ cannot list queues: a replay or purge over "every queue" would look only
+    at those this process used (none, in the CLI) and report 0, so it is refused."""
+    for command in (["replay", "some-id"], ["purge", "--all", "-y"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "offload", "dlq", *command, "--url", amqp_url],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode != 0, command
+        assert "cannot list its queues" in done.stderr and "-q/--queue" in done.stderr
+        assert "guest:guest" not in done.stderr  # the URL's password is not shown
+    replay = ["dlq", "replay", "some-id", "-q", "q1", "--url", amqp_url]
+    named = subprocess.run(
+        [sys.executable, "-m", "offload", *replay],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert named.stdout.strip() == "replayed 0 dead jobs"

@@ -20,6 +20,9 @@ class QueueFacts(abc.ABC):
     setting: str
     #: The URL scheme, for the refusals' wording.
     scheme: str
+    #: Whether `names` lists every queue the server has (False: only those this process
+    #: used, so an operation over "every queue" must be given its queue instead).
+    lists_queues: bool = True
 
     def needs_state(self, what: str) -> ConfigurationError:
         """The error for an operation the delivery alone cannot do."""
@@ -43,6 +46,14 @@ class QueueFacts(abc.ABC):
                 raise self.needs_state(f"the idempotency key of job {envelope.id}")
             if envelope.has_follow_ups:
                 raise self.needs_state(f"a workflow (chain or chord) step, job {envelope.id}")
+
+    def unlisted(self, what: str) -> ConfigurationError:
+        """The error for `what` over every queue where the server cannot list them."""
+        return ConfigurationError(
+            f"{what} without a queue: {self.scheme}:// cannot list its queues without a "
+            f"state store; name the queue (queue=..., `-q/--queue` in the CLI) or set "
+            f"{self.setting}"
+        )
 
     @abc.abstractmethod
     async def stats(self, queue: str) -> QueueStats:

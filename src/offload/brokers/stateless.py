@@ -88,7 +88,7 @@ class Stateless(Flow, Inspection, Fleet, Signals):
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
-        names = [queue] if queue is not None else await self.queues()
+        names = await self._every("replaying dead jobs", queue)
         return sum([await self._facts.replay_dead(name, job_ids) for name in names])
 
     async def purge_dead(
@@ -100,8 +100,18 @@ class Stateless(Flow, Inspection, Fleet, Signals):
     ) -> int:
         if older_than is not None:
             raise self._refuse("purge_dead(older_than=...) (when each job died)")
-        names = [queue] if queue is not None else await self.queues()
+        names = await self._every("purging dead jobs", queue)
         return sum([await self._facts.purge_dead(name, job_ids) for name in names])
+
+    async def _every(self, what: str, queue: str | None) -> list[str]:
+        """`[queue]`, or every queue where the server can list them (else a refusal: a
+        sweep of only the queues this process happened to use would report 0 for dead
+        jobs it never looked at)."""
+        if queue is not None:
+            return [queue]
+        if not self._facts.lists_queues:
+            raise self._facts.unlisted(what)
+        return await self.queues()
 
     # -- nothing there to answer -------------------------------------------------------
 

@@ -34,6 +34,7 @@ __all__ = ["AmqpFacts"]
 class AmqpFacts(QueueFacts):
     setting = STATE_SETTING
     scheme = "amqp"
+    lists_queues = False  # RabbitMQ's AMQP has no way to list queues
 
     def __init__(self, link: Link, names: Names, queue_type: str, used: set[str]) -> None:
         self._link = link
