@@ -25,6 +25,7 @@ from pathlib import Path
 from offload import JobState, Offload
 from offload.brokers.base import JobInfo, QueueStats
 from offload.envelope import TERMINAL_STATES
+from tests.chaos import _report
 from tests.integration.test_worker_process import stop_all, wait_for
 
 __all__ = [
@@ -139,6 +140,26 @@ class Tally:
     twice: list[str] = field(default_factory=list)  # started more than once
     overlapping: list[str] = field(default_factory=list)  # two runs at once
     unfinished: list[str] = field(default_factory=list)  # succeeded, but no run returned
+
+    def record(
+        self, broker: str, scenario: str, *, faults: int, jobs: int | None = None, note: str = ""
+    ) -> None:
+        """Add these counts to the chaos report's row (`_report.record`)."""
+        _report.record(
+            broker,
+            scenario,
+            jobs=self.jobs if jobs is None else jobs,
+            faults=faults,
+            lost=len(self.lost),
+            overlapping=len(self.overlapping),
+            stuck=len(self.stuck),
+            note=note,
+        )
+
+    def clean(self, *, unfinished: bool = True) -> bool:
+        """No job lost, stuck or run twice at once (nor, if `unfinished`, succeeded
+        without a finished run)."""
+        return not (self.lost or self.stuck or self.overlapping or (unfinished and self.unfinished))
 
     def summary(self) -> str:
         return (

@@ -238,14 +238,11 @@ def test_bad_job_is_buried_with_the_reason_and_the_worker_and_other_jobs_go_on(
             problems.append("the innocent job was charged an attempt")
         if worker.poll() is not None:
             problems.append(f"the worker exited ({worker.returncode})")
-        record(
+        tally.record(
             name,
             SCENARIO,
             jobs=len(everyone),
             faults=1,
-            lost=len(tally.lost),
-            overlapping=len(tally.overlapping),
-            stuck=len(tally.stuck),
             note=f"{row} fails ({spec.waits_for or 'new'})" if problems else "",
         )
         assert not problems, problems

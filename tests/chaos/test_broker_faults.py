@@ -18,7 +18,6 @@ import pytest
 
 from offload import OffloadError
 from tests.chaos._harness import Fleet, alive, env_int, wait_for
-from tests.chaos._report import record
 from tests.redis_cluster import RedisProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -78,18 +77,15 @@ def test_workers_survive_redis_killed_and_restarted_and_no_acknowledged_job_is_l
         fleet.wait_settled(producer.ids, timeout=180 if alive(workers) else 10)
         tally = fleet.tally(producer.ids)
         survivors = alive(workers)
-        record(
+        tally.record(
             "redis (own server)",
             "3 broker restart",
             jobs=len(producer.ids),
             faults=restarts,
-            lost=len(tally.lost),
-            overlapping=len(tally.overlapping),
-            stuck=len(tally.stuck),
             note=f"{producer.refused} enqueues refused in outages"
             + ("" if survivors else "; a worker exited: waits for point 3 (faults)"),
         )
-        assert not (tally.lost or tally.stuck or tally.overlapping), tally.summary()
+        assert tally.clean(unfinished=False), tally.summary()
         assert survivors, "a worker exited during the Redis outages"
         assert producer.refused, "no enqueue met an outage; the test proved nothing"
     finally:
@@ -138,19 +134,16 @@ def test_workers_survive_their_postgres_backends_being_terminated(
             fleet.wait_settled(ids, timeout=180 if alive(workers) else 10)
         tally = fleet.tally(ids)
         survivors = alive(workers)
-        record(
+        tally.record(
             "postgres",
             "4 backends terminated",
             jobs=len(ids),
             faults=terminated,
-            lost=len(tally.lost),
-            overlapping=len(tally.overlapping),
-            stuck=len(tally.stuck),
             note=f"{rounds * 15} rounds idle, {rounds} busy"
             + ("" if survivors else "; a worker exited: waits for point 3 (faults)"),
         )
         assert terminated >= rounds, "no worker backend was terminated; the test proved nothing"
         assert survivors, "a worker exited when its PostgreSQL connections were cut"
-        assert not (tally.lost or tally.stuck or tally.overlapping), tally.summary()
+        assert tally.clean(unfinished=False), tally.summary()
     finally:
         fleet.close()

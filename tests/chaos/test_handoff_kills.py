@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.chaos._harness import Fleet, env_int
-from tests.chaos._report import record
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
@@ -49,18 +48,13 @@ def test_parked_workers_killed_at_random_lose_no_handed_job(
             for job_id, runs in fleet.runs().items()
             if job_id in set(ids) and min(run.attempt for run in runs) > 1
         ]
-        record(
+        tally.record(
             name,
             "parked workers killed (handoff)",
             jobs=jobs,
             faults=kills_wanted,
-            lost=len(tally.lost),
-            overlapping=len(tally.overlapping),
-            stuck=len(tally.stuck),
             note=f"{len(late)} first ran at attempt 2 or later (leased to a killed worker)",
         )
-        assert not (tally.lost or tally.stuck or tally.overlapping or tally.unfinished), (
-            tally.summary()
-        )
+        assert tally.clean(), tally.summary()
     finally:
         fleet.close()

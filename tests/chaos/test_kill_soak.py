@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.chaos._harness import BROKERS, Fleet, StorelessFleet, env_int, wait_for
-from tests.chaos._report import record
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -48,19 +47,14 @@ def test_random_sigkills_lose_no_job_and_never_overlap_two_runs(
                 kills += 1
         fleet.wait_settled(ids, timeout=120 + jobs * 0.05)
         tally = fleet.tally(ids)
-        record(
+        tally.record(
             name,
             "1 kill -9 loop",
             jobs=jobs,
             faults=kills,
-            lost=len(tally.lost),
-            overlapping=len(tally.overlapping),
-            stuck=len(tally.stuck),
             note=f"{len(tally.twice)} ran twice",
         )
-        assert not (tally.lost or tally.stuck or tally.overlapping or tally.unfinished), (
-            tally.summary()
-        )
+        assert tally.clean(), tally.summary()
         assert tally.twice, "no kill interrupted a running job; the test proved nothing"
     finally:
         fleet.close()

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests.chaos._harness import BROKERS, Fleet, wait_for
-from tests.chaos._report import record
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -62,14 +61,11 @@ def test_a_stopping_worker_never_runs_a_job_it_handed_back(
             for r in runs
             if r.pid == first.pid and r.ended
         ]
-        record(
+        tally.record(
             name,
             f"2 SIGTERM, {stop}",
             jobs=len(ids),
             faults=signals,
-            lost=len(tally.lost),
-            overlapping=len(tally.overlapping),
-            stuck=len(tally.stuck),
             note="waits for point 4 (shutdown)" if tally.overlapping or finished_in_stopped else "",
         )
         assert exited, "the stopped worker did not exit"

@@ -33,7 +33,6 @@ from urllib.parse import quote
 import pytest
 
 from tests.chaos._harness import Fleet, env_int, wait_for
-from tests.chaos._report import record
 from tests.sqs_server import MotoServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -74,19 +73,14 @@ def restart_dead(fleet: Fleet, workers: list[subprocess.Popen[bytes]]) -> list[i
 def check(fleet: Fleet, ids: list[str], scenario: str, faults: int, note: str = "") -> None:
     fleet.wait_settled(ids, timeout=240)
     tally = fleet.tally(ids)
-    record(
+    tally.record(
         "sqs+sqlite",
         scenario,
         jobs=len(ids),
         faults=faults,
-        lost=len(tally.lost),
-        overlapping=len(tally.overlapping),
-        stuck=len(tally.stuck),
         note=f"{len(tally.twice)} ran twice{'; ' + note if note else ''}",
     )
-    assert not (tally.lost or tally.stuck or tally.overlapping or tally.unfinished), (
-        tally.summary() + "\n" + fleet.worker_logs()[-4000:]
-    )
+    assert tally.clean(), tally.summary() + "\n" + fleet.worker_logs()[-4000:]
 
 
 def test_sqs_workers_killed_at_random_lose_no_job_and_never_overlap_two_runs(
