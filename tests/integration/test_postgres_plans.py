@@ -26,12 +26,27 @@ LIMIT = 100
 
 
 def insert(conn: psycopg.Connection[Any], prefix: str, state: str, n: int) -> None:
+    """`n` jobs in `state`: due (and created) at time 1 to n, a running one leased until
+    far ahead, a scheduled one due far ahead; none expires."""
     conn.execute(
-        "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at, payload)"
-        " SELECT %s || g, 'default', 't', %s, 1, g, '\\x7b7d'::bytea"
-        " FROM generate_series(1, %s) AS g",
-        (prefix, state, n),
+        "INSERT INTO offload_jobs (id, queue, task, state, created_at, due_at,"
+        " lease_deadline, payload)"
+        " SELECT %(prefix)s || g, 'default', 't', %(state)s, 1,"
+        " CASE WHEN %(state)s = 'scheduled' THEN 1e12 ELSE g END,"
+        " CASE WHEN %(state)s = 'running' THEN 1e12 END, '\\x7b7d'::bytea"
+        " FROM generate_series(1, %(n)s) AS g",
+        {"prefix": prefix, "state": state, "n": n},
     )
+
+
+#: Each step of the reserve function (a line of its text) and the partial index that
+#: answers it.
+STEPS = {
+    "s.state = 'scheduled'": "offload_jobs_scheduled",
+    "r.state = 'running'": "offload_jobs_running",
+    "w.expires_at IS NOT NULL": "offload_jobs_expiry",
+    "WITH picked AS": "offload_jobs_ready",
+}
 
 
 def reserve_plans(conn: psycopg.Connection[Any]) -> list[str]:
@@ -61,10 +76,11 @@ def reserve_plans(conn: psycopg.Connection[Any]) -> list[str]:
     return plans
 
 
-async def test_reserve_walks_the_ready_index_in_order_with_stale_statistics(
+async def test_reserve_walks_its_partial_indexes_in_order_with_stale_statistics(
     postgres_url: str,
 ) -> None:
-    # Given statistics taken when 20 of 20,000 jobs were queued, then 5,000 more queued,
+    # Given statistics taken when 20 of 20,000 jobs were queued and none running or
+    # scheduled, then 5,000 more queued, 5,000 running and 5,000 scheduled for later,
     broker = PostgresBroker(postgres_url)
     await broker.connect()
     await broker.close()
@@ -75,6 +91,8 @@ async def test_reserve_walks_the_ready_index_in_order_with_stale_statistics(
         insert(conn, "early-", "queued", 20)
         conn.execute("ANALYZE offload_jobs")
         insert(conn, "burst-", "queued", 5_000)
+        insert(conn, "busy-", "running", 5_000)
+        insert(conn, "later-", "scheduled", 5_000)
         plans = reserve_plans(conn)
 
     # a reserve takes the ready jobs by an ordered walk of offload_jobs_ready that stops
@@ -82,9 +100,15 @@ async def test_reserve_walks_the_ready_index_in_order_with_stale_statistics(
     # 5,020, then a sort),
     [picked] = [plan for plan in plans if "WITH picked" in plan]
     [scan] = [line for line in picked.splitlines() if " on offload_jobs r " in line]
-    assert "Index Scan using offload_jobs_ready" in scan, picked
+    assert "Index Scan using offload_jobs_ready " in scan, picked
     assert re.search(rf"actual rows={LIMIT} loops=1", scan), picked
     assert "Sort Key: r." not in picked, picked
+    # every other step reads only its own partial index's range (before 0013, lapsed
+    # leases were looked for among all 5,000 running jobs, via offload_jobs_state),
+    for step, index in STEPS.items():
+        [plan] = [plan for plan in plans if step in plan]
+        assert f"Index Scan using {index} on offload_jobs" in plan, plan
+        assert "Rows Removed by Filter" not in plan, plan
     # and no statement of it reads the table whole, by bitmap, or compiles (JIT).
     for plan in plans:
         assert "Bitmap Heap Scan" not in plan, plan
