@@ -2,7 +2,8 @@
 
     benchmarks/.venv/bin/pip install procrastinate   # once; never a dependency of offload
     benchmarks/.venv/bin/python benchmarks/postgres_vs_procrastinate.py [--jobs 20000]
-        [--runs 3] [--depth] [--dsn postgresql://postgres@127.0.0.1:5432/test]
+        [--runs 3] [--depth] [--phases single,sync,bulk,process,latency]
+        [--systems offload,procrastinate]
 
 Each system gets a schema of its own in the database (`bench_offload`,
 `bench_procrastinate`), dropped and created again before every measurement. Rows:
@@ -19,7 +20,10 @@ Each system gets a schema of its own in the database (`bench_offload`,
 - with `--depth`: processing again with 1,000,000 finished jobs in the table.
 
 Every row checks that all its jobs ran (or were stored) and reports the median of
-`--runs` runs. A benchmark, never part of the test run.
+`--runs` runs; each run measures every system in turn, so with `--phases single,sync`
+(the one-call rows only, seconds each) the two systems alternate within a minute.
+`--systems offload` leaves procrastinate out (for an A/B of offload alone: its
+processing rows take minutes). A benchmark, never part of the test run.
 """
 
 from __future__ import annotations
@@ -471,18 +475,31 @@ def percentile(values: list[float], p: float) -> float:
 # -- the run --------------------------------------------------------------------------------
 
 
+#: `--phases`: each phase and the rows it fills.
+PHASES = {
+    "single": ("enqueue one",),
+    "sync": ("enqueue one sync",),
+    "bulk": ("enqueue bulk",),
+    "process": ("process",),
+    "latency": ("p50 ms", "p99 ms"),
+}
+
+
 def measure(system: System, args: argparse.Namespace, log: Path) -> dict[str, float]:
-    """One run of every row for one system."""
+    """One run of the rows of `args.phases` for one system."""
     single_n = max(args.jobs // 4, 1)
-    p50, p99 = latency(system, log)
-    return {
-        "enqueue one": enqueue_single(system, single_n),
-        "enqueue one sync": enqueue_single_sync(system, single_n),
-        "enqueue bulk": enqueue_bulk(system, args.jobs),
-        "process": process(system, args.jobs, log),
-        "p50 ms": p50,
-        "p99 ms": p99,
-    }
+    rows: dict[str, float] = {}
+    if "latency" in args.phases:
+        rows["p50 ms"], rows["p99 ms"] = latency(system, log)
+    if "single" in args.phases:
+        rows["enqueue one"] = enqueue_single(system, single_n)
+    if "sync" in args.phases:
+        rows["enqueue one sync"] = enqueue_single_sync(system, single_n)
+    if "bulk" in args.phases:
+        rows["enqueue bulk"] = enqueue_bulk(system, args.jobs)
+    if "process" in args.phases:
+        rows["process"] = process(system, args.jobs, log)
+    return rows
 
 
 def measure_depth(system: System, args: argparse.Namespace, log: Path) -> list[float]:
@@ -508,17 +525,22 @@ def fmt(value: float, higher_is_better: bool) -> str:
 
 
 def table(results: dict[str, dict[str, float]], depth: dict[str, float] | None) -> str:
+    names = list(results)
+    both = len(names) > 1
     lines = [
-        "| row | offload | procrastinate | offload / procrastinate |",
-        "|---|---:|---:|---:|",
+        "| row | " + " | ".join(names) + (" | offload / procrastinate |" if both else " |"),
+        "|---|" + "---:|" * (len(names) + both),
     ]
-    rows = [(label, key, hib, results) for label, key, hib in ROWS]
+    measured = results[names[0]]
+    rows = [(label, key, hib, results) for label, key, hib in ROWS if key in measured]
     if depth is not None:
         label = f"processing, {DEPTH:,} finished jobs in the table (jobs/s)"
         rows.append((label, "process", True, {k: {"process": v} for k, v in depth.items()}))
     for label, key, hib, source in rows:
-        ours, theirs = source["offload"][key], source["procrastinate"][key]
-        lines.append(f"| {label} | {fmt(ours, hib)} | {fmt(theirs, hib)} | {ours / theirs:.2f}x |")
+        cells = [fmt(source[name][key], hib) for name in names]
+        if both:
+            cells.append(f"{source['offload'][key] / source['procrastinate'][key]:.2f}x")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -531,11 +553,22 @@ def main() -> None:
     parser.add_argument(
         "--procrastinate-concurrency", type=int, default=10, help="procrastinate worker"
     )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}"
+    )
+    parser.add_argument("--systems", default="offload,procrastinate")
     args = parser.parse_args()
-    systems: list[System] = [
-        OffloadSystem(DSN, args.concurrency),
-        ProcrastinateSystem(DSN, args.procrastinate_concurrency),
-    ]
+    args.phases = [p for p in args.phases.split(",") if p]
+    if unknown := set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases: {sorted(unknown)}")
+    available: dict[str, System] = {
+        "offload": OffloadSystem(DSN, args.concurrency),
+        "procrastinate": ProcrastinateSystem(DSN, args.procrastinate_concurrency),
+    }
+    names = [n for n in args.systems.split(",") if n]
+    if unknown := set(names) - set(available):
+        parser.error(f"unknown systems: {sorted(unknown)}")
+    systems = [available[n] for n in names]
     log = Path(tempfile.mkdtemp(prefix="bench-pg-")) / "workers.log"
     runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
     for i in range(args.runs):
