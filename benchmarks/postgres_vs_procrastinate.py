@@ -2,7 +2,8 @@
 
     benchmarks/.venv/bin/pip install procrastinate   # once; never a dependency of offload
     benchmarks/.venv/bin/python benchmarks/postgres_vs_procrastinate.py [--jobs 20000]
-        [--runs 3] [--depth] [--dsn postgresql://postgres@127.0.0.1:5432/test]
+        [--runs 3] [--depth] [--phases single,sync,bulk,process,latency]
+        [--systems offload,procrastinate]
 
 Each system gets a schema of its own in the database (`bench_offload`,
 `bench_procrastinate`), dropped and created again before every measurement. Rows:
@@ -19,7 +20,10 @@ Each system gets a schema of its own in the database (`bench_offload`,
 - with `--depth`: processing again with 1,000,000 finished jobs in the table.
 
 Every row checks that all its jobs ran (or were stored) and reports the median of
-`--runs` runs. A benchmark, never part of the test run.
+`--runs` runs; each run measures every system in turn, so with `--phases single,sync`
+(the one-call rows only, seconds each) the two systems alternate within a minute.
+`--systems offload` leaves procrastinate out (for an A/B of offload alone: its
+processing rows take minutes). A benchmark, never part of the test run.
 """
 
 from __future__ import annotations
@@ -123,6 +127,11 @@ class System:
     def __init__(self, dsn: str, concurrency: int) -> None:
         self.dsn = dsn
         self.concurrency = concurrency
+        #: The highest job id (offload: `seq`) of the depth jobs, 0 without them: this
+        #: run's jobs are the ones above it, counted by an index range scan. (Filtering
+        #: the depth jobs out by a column read all million rows on every 0.2 s poll: a
+        #: parallel scan of 110-135 ms, which took most of the 2 cores from the worker.)
+        self.floor = 0
 
     async def open(self) -> None:
         raise NotImplementedError
@@ -151,6 +160,13 @@ class System:
     def worker_argv(self) -> list[str]:
         raise NotImplementedError
 
+    def floor_sql(self) -> str:
+        """The highest job id in the table (0 if empty)."""
+        raise NotImplementedError
+
+    #: The tables the depth jobs fill (vacuumed once they are in).
+    tables = ""
+
     def counts_sql(self) -> str:
         """(stored jobs, succeeded jobs) of this run (depth jobs excluded)."""
         raise NotImplementedError
@@ -170,6 +186,7 @@ class System:
 class OffloadSystem(System):
     name = "offload"
     schema = OFFLOAD_SCHEMA
+    tables = "offload_jobs"
 
     async def open(self) -> None:
         await offload_app.connected_broker()
@@ -209,13 +226,15 @@ class OffloadSystem(System):
     def counts_sql(self) -> str:
         return (
             "SELECT count(*), count(*) FILTER (WHERE state = 'succeeded')"
-            " FROM offload_jobs WHERE id NOT LIKE 'depth-%'"
+            f" FROM offload_jobs WHERE seq > {self.floor}"
         )
+
+    def floor_sql(self) -> str:
+        return "SELECT coalesce(max(seq), 0) FROM offload_jobs"
 
     def span_sql(self) -> str:
         return (
-            "SELECT max(finished_at) - min(started_at) FROM offload_jobs"
-            " WHERE id NOT LIKE 'depth-%'"
+            f"SELECT max(finished_at) - min(started_at) FROM offload_jobs WHERE seq > {self.floor}"
         )
 
     def depth_sql(self) -> str:
@@ -230,12 +249,13 @@ class OffloadSystem(System):
         )
 
     def forget_run_sql(self) -> str:
-        return "DELETE FROM offload_jobs WHERE id NOT LIKE 'depth-%'"
+        return f"DELETE FROM offload_jobs WHERE seq > {self.floor}"
 
 
 class ProcrastinateSystem(System):
     name = "procrastinate"
     schema = PROCRASTINATE_SCHEMA
+    tables = "procrastinate_jobs, procrastinate_events"
 
     async def open(self) -> None:
         await proc_app.open_async()
@@ -273,15 +293,18 @@ class ProcrastinateSystem(System):
     def counts_sql(self) -> str:
         return (
             "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded')"
-            " FROM procrastinate_jobs WHERE lock IS DISTINCT FROM 'depth'"
+            f" FROM procrastinate_jobs WHERE id > {self.floor}"
         )
+
+    def floor_sql(self) -> str:
+        return "SELECT coalesce(max(id), 0) FROM procrastinate_jobs"
 
     def span_sql(self) -> str:
         return (
             "SELECT extract(epoch FROM max(e.at) FILTER (WHERE e.type = 'succeeded')"
             " - min(e.at) FILTER (WHERE e.type = 'started'))"
             " FROM procrastinate_events AS e JOIN procrastinate_jobs AS j ON j.id = e.job_id"
-            " WHERE j.lock IS DISTINCT FROM 'depth'"
+            f" WHERE j.id > {self.floor}"
         )
 
     def depth_sql(self) -> str:
@@ -293,7 +316,7 @@ class ProcrastinateSystem(System):
         )
 
     def forget_run_sql(self) -> str:
-        return "DELETE FROM procrastinate_jobs WHERE lock IS DISTINCT FROM 'depth'"
+        return f"DELETE FROM procrastinate_jobs WHERE id > {self.floor}"
 
 
 # -- the database -------------------------------------------------------------------------
@@ -341,6 +364,7 @@ def run_async(fn: Callable[[], Awaitable[float]], system: System) -> float:
 def fresh(system: System) -> None:
     """An empty schema with the system's tables."""
     reset_schema(system.dsn, system.schema)
+    system.floor = 0
 
     async def install() -> float:
         await system.install()
@@ -471,18 +495,31 @@ def percentile(values: list[float], p: float) -> float:
 # -- the run --------------------------------------------------------------------------------
 
 
+#: `--phases`: each phase and the rows it fills.
+PHASES = {
+    "single": ("enqueue one",),
+    "sync": ("enqueue one sync",),
+    "bulk": ("enqueue bulk",),
+    "process": ("process",),
+    "latency": ("p50 ms", "p99 ms"),
+}
+
+
 def measure(system: System, args: argparse.Namespace, log: Path) -> dict[str, float]:
-    """One run of every row for one system."""
+    """One run of the rows of `args.phases` for one system."""
     single_n = max(args.jobs // 4, 1)
-    p50, p99 = latency(system, log)
-    return {
-        "enqueue one": enqueue_single(system, single_n),
-        "enqueue one sync": enqueue_single_sync(system, single_n),
-        "enqueue bulk": enqueue_bulk(system, args.jobs),
-        "process": process(system, args.jobs, log),
-        "p50 ms": p50,
-        "p99 ms": p99,
-    }
+    rows: dict[str, float] = {}
+    if "latency" in args.phases:
+        rows["p50 ms"], rows["p99 ms"] = latency(system, log)
+    if "single" in args.phases:
+        rows["enqueue one"] = enqueue_single(system, single_n)
+    if "sync" in args.phases:
+        rows["enqueue one sync"] = enqueue_single_sync(system, single_n)
+    if "bulk" in args.phases:
+        rows["enqueue bulk"] = enqueue_bulk(system, args.jobs)
+    if "process" in args.phases:
+        rows["process"] = process(system, args.jobs, log)
+    return rows
 
 
 def measure_depth(system: System, args: argparse.Namespace, log: Path) -> list[float]:
@@ -490,6 +527,13 @@ def measure_depth(system: System, args: argparse.Namespace, log: Path) -> list[f
     fresh(system)
     print(f"  {system.name}: inserting {DEPTH:,} finished jobs", file=sys.stderr)
     execute(system.dsn, system.schema, system.depth_sql())
+    (floor,) = query(system.dsn, system.schema, system.floor_sql())
+    system.floor = int(floor)
+    # A table that holds a million finished jobs, not the minutes after they were
+    # written: the vacuum autovacuum would start within a minute, and the checkpoint the
+    # insert's WAL started, done now rather than during the runs.
+    execute(system.dsn, system.schema, f"VACUUM {system.tables}")
+    execute(system.dsn, system.schema, "CHECKPOINT")
     return [process(system, args.jobs, log, depth=True) for _ in range(args.runs)]
 
 
@@ -508,17 +552,22 @@ def fmt(value: float, higher_is_better: bool) -> str:
 
 
 def table(results: dict[str, dict[str, float]], depth: dict[str, float] | None) -> str:
+    names = list(results)
+    both = len(names) > 1
     lines = [
-        "| row | offload | procrastinate | offload / procrastinate |",
-        "|---|---:|---:|---:|",
+        "| row | " + " | ".join(names) + (" | offload / procrastinate |" if both else " |"),
+        "|---|" + "---:|" * (len(names) + both),
     ]
-    rows = [(label, key, hib, results) for label, key, hib in ROWS]
+    measured = results[names[0]]
+    rows = [(label, key, hib, results) for label, key, hib in ROWS if key in measured]
     if depth is not None:
         label = f"processing, {DEPTH:,} finished jobs in the table (jobs/s)"
         rows.append((label, "process", True, {k: {"process": v} for k, v in depth.items()}))
     for label, key, hib, source in rows:
-        ours, theirs = source["offload"][key], source["procrastinate"][key]
-        lines.append(f"| {label} | {fmt(ours, hib)} | {fmt(theirs, hib)} | {ours / theirs:.2f}x |")
+        cells = [fmt(source[name][key], hib) for name in names]
+        if both:
+            cells.append(f"{source['offload'][key] / source['procrastinate'][key]:.2f}x")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -531,11 +580,22 @@ def main() -> None:
     parser.add_argument(
         "--procrastinate-concurrency", type=int, default=10, help="procrastinate worker"
     )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}"
+    )
+    parser.add_argument("--systems", default="offload,procrastinate")
     args = parser.parse_args()
-    systems: list[System] = [
-        OffloadSystem(DSN, args.concurrency),
-        ProcrastinateSystem(DSN, args.procrastinate_concurrency),
-    ]
+    args.phases = [p for p in args.phases.split(",") if p]
+    if unknown := set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases: {sorted(unknown)}")
+    available: dict[str, System] = {
+        "offload": OffloadSystem(DSN, args.concurrency),
+        "procrastinate": ProcrastinateSystem(DSN, args.procrastinate_concurrency),
+    }
+    names = [n for n in args.systems.split(",") if n]
+    if unknown := set(names) - set(available):
+        parser.error(f"unknown systems: {sorted(unknown)}")
+    systems = [available[n] for n in names]
     log = Path(tempfile.mkdtemp(prefix="bench-pg-")) / "workers.log"
     runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
     for i in range(args.runs):

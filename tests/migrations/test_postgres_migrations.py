@@ -46,7 +46,8 @@ _CATALOG = {
          WHERE n.nspname = %(s)s ORDER BY 1, 2""",
     "functions": """
         SELECT p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
-               p.prosrc, p.provolatile, l.lanname
+               p.prosrc, p.provolatile, l.lanname,
+               replace(array_to_string(p.proconfig, ' '), %(s)s, '<schema>')
           FROM pg_proc p
           JOIN pg_namespace n ON n.oid = p.pronamespace
           JOIN pg_language l ON l.oid = p.prolang

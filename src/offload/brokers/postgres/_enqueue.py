@@ -103,11 +103,9 @@ class Inserter:
         """`enqueue_on` on a synchronous connection: the application's, inside its
         transaction (`enqueue_in_sync`), or the broker's own, in autocommit
         (`PostgresBroker.enqueue_blocking`)."""
+        query, params = self._insert(jobs)
         with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(
-                qualified(_Q["enqueue"], schema),
-                _rows.enqueue_params(jobs, self._clock.now(), self._channel),
-            )
+            cur.execute(qualified(query, schema), params)
             created = {row[0] for row in cur.fetchall()}
             holders: dict[str, str] = {}
             keys = _unresolved_keys(jobs, created)
@@ -115,6 +113,16 @@ class Inserter:
                 cur.execute(qualified(_Q["ids_for_keys"], schema), {"keys": keys})
                 holders = {row[0]: row[1] for row in cur.fetchall()}
         return _rows.enqueue_results(jobs, created, holders)
+
+    def _insert(self, jobs: Sequence[tuple[Envelope, bytes]]) -> tuple[str, dict[str, Any]]:
+        """The statement that inserts `jobs`, and its parameters: `enqueue_one` for one
+        job (plain parameters are cheaper to send than one-element arrays), else
+        `enqueue`. Both store the same rows."""
+        now = self._clock.now()
+        if len(jobs) == 1:
+            [(env, payload)] = jobs
+            return _Q["enqueue_one"], _rows.enqueue_one_params(env, payload, now, self._channel)
+        return _Q["enqueue"], _rows.enqueue_params(jobs, now, self._channel)
 
     async def enqueue_on(
         self,
@@ -124,8 +132,7 @@ class Inserter:
         ledger: Mapping[str, Any] | None = None,
     ) -> list[EnqueueResult]:
         if ledger is None:
-            query = _Q["enqueue"]
-            params = _rows.enqueue_params(jobs, self._clock.now(), self._channel)
+            query, params = self._insert(jobs)
         else:
             query = _Q["ledger_enqueue"]
             params = {**_rows.enqueue_params(jobs, ledger["now"], self._channel), **ledger}

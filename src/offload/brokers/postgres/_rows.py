@@ -17,6 +17,7 @@ from offload.envelope import Envelope
 
 __all__ = [
     "LEASE_EXPIRED",
+    "enqueue_one_params",
     "enqueue_params",
     "enqueue_results",
     "job_info",
@@ -27,35 +28,55 @@ __all__ = [
 LEASE_EXPIRED = encode_error(base.LEASE_EXPIRED).decode()
 
 
+#: The columns of the `enqueue` statement's rows, in `_columns` order.
+_COLUMNS = (
+    "ids", "queues", "tasks", "states", "priorities", "max_attempts", "keys",
+    "created", "due", "expires", "payloads", "flows",
+)  # fmt: skip
+#: The same, as `enqueue_one` names its parameters.
+_ONE = (
+    "id", "queue", "task", "state", "priority", "max_attempts", "key",
+    "created", "due", "expires", "payload", "flow",
+)  # fmt: skip
+
+
+def _columns(env: Envelope, payload: bytes, now: float) -> tuple[Any, ...]:
+    """One job's row, in `_COLUMNS` order."""
+    due_at = max(env.not_before or now, now)
+    return (
+        env.id,
+        env.queue,
+        env.task,
+        "scheduled" if due_at > now else "queued",
+        env.priority,
+        env.max_attempts,
+        env.key,
+        env.created_at or now,
+        due_at,
+        env.expires_at,
+        payload,
+        # `flow`: a cancel or an expiry records the job in the outbox. Every job since
+        # metrics count those ends (0006 named it for the workflow jobs it was for then).
+        True,
+    )
+
+
 def enqueue_params(
     jobs: Sequence[tuple[Envelope, bytes]], now: float, channel: str
 ) -> dict[str, Any]:
     """The column arrays of the `enqueue` statement: one array per column, so a batch
     of any size is one statement with a fixed text (prepared once)."""
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "ids", "queues", "tasks", "states", "priorities", "max_attempts", "keys",
-            "created", "due", "expires", "payloads", "flows",
-        )
-    }  # fmt: skip
-    for env, payload in jobs:
-        due_at = max(env.not_before or now, now)
-        columns["ids"].append(env.id)
-        columns["queues"].append(env.queue)
-        columns["tasks"].append(env.task)
-        columns["states"].append("scheduled" if due_at > now else "queued")
-        columns["priorities"].append(env.priority)
-        columns["max_attempts"].append(env.max_attempts)
-        columns["keys"].append(env.key)
-        columns["created"].append(env.created_at or now)
-        columns["due"].append(due_at)
-        columns["expires"].append(env.expires_at)
-        columns["payloads"].append(payload)
-        # `flow`: a cancel or an expiry records the job in the outbox. Every job since
-        # metrics count those ends (0006 named it for the workflow jobs it was for then).
-        columns["flows"].append(True)
-    return {**columns, "channel": channel}
+    rows = [_columns(env, payload, now) for env, payload in jobs]
+    params: dict[str, Any] = {name: [row[i] for row in rows] for i, name in enumerate(_COLUMNS)}
+    params["channel"] = channel
+    return params
+
+
+def enqueue_one_params(env: Envelope, payload: bytes, now: float, channel: str) -> dict[str, Any]:
+    """The parameters of `enqueue_one`: the row `enqueue_params` would give the job."""
+    params = dict(zip(_ONE, _columns(env, payload, now), strict=True))
+    params["channel"] = channel
+    return params
 
 
 def enqueue_results(
