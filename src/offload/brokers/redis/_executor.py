@@ -38,6 +38,10 @@ class Executor:
         """The keys of `queue`."""
         return K.queue_keys(self.prefix, queue)
 
+    def one_keys(self, queue: str) -> tuple[str, ...]:
+        """The keys of `queue` that `enqueue_one.lua` takes."""
+        return K.one_keys(self.prefix, queue)
+
     def channel(self, queue: str) -> str:
         """The pub/sub channel of new work in `queue`."""
         return K.channel(self.prefix, queue)

@@ -125,6 +125,26 @@ class QueueKeys(NamedTuple):
     paused: str  # set while the queue is paused (`set_paused`): no handoff then
 
 
+#: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that
+#: enqueueing one job reads or writes (each key passed costs Redis and the client a
+#: little on every call).
+ONE_KEYS = (
+    "payload",
+    "record",
+    "ready",
+    "scheduled",
+    "running",
+    "expiring",
+    "jobs",
+    "keys",
+    "seq",
+    "created",
+    "parked",
+    "handed",
+    "paused",
+)
+
+
 class GlobalKeys(NamedTuple):
     queues: str
     workers: str
@@ -143,6 +163,13 @@ def escape_queue(queue: str) -> str:
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
     base = f"{prefix}:{{{escape_queue(queue)}}}:"
     return QueueKeys(*(base + name for name in QueueKeys._fields))
+
+
+@functools.lru_cache(maxsize=4096)
+def one_keys(prefix: str, queue: str) -> tuple[str, ...]:
+    """The KEYS of `enqueue_one.lua` for `queue` (`ONE_KEYS`)."""
+    keys = queue_keys(prefix, queue)
+    return tuple(getattr(keys, name) for name in ONE_KEYS)
 
 
 def global_keys(prefix: str) -> GlobalKeys:
