@@ -283,7 +283,9 @@ class RedisBroker(Broker):
     def _job_args(job: tuple[Envelope, bytes], now: float) -> list[str | bytes]:
         """The ten ARGV values of one job in an enqueue script."""
         env, payload = job
-        due = max(env.not_before or now, now)
+        now_text = num(now)
+        created = env.created_at
+        not_before = env.not_before
         return [
             env.id,
             env.key or "",
@@ -291,8 +293,8 @@ class RedisBroker(Broker):
             env.task,
             str(env.priority),
             opt(env.max_attempts),
-            num(env.created_at or now),
-            num(due),
+            num(created) if created else now_text,
+            num(not_before) if not_before is not None and not_before > now else now_text,
             opt(env.expires_at),
             workflow_flag(env),
         ]

@@ -177,6 +177,7 @@ def global_keys(prefix: str) -> GlobalKeys:
     return GlobalKeys(base + "queues", base + "workers", base + "workers:seen")
 
 
+@functools.lru_cache(maxsize=4096)  # named by every enqueue: once per queue is enough
 def channel(prefix: str, queue: str) -> str:
     """The pub/sub channel on which a queue announces jobs made ready now."""
     return f"{prefix}:{{{escape_queue(queue)}}}:wake"
