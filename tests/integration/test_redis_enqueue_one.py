@@ -9,6 +9,8 @@ compare every key of the queue.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -224,3 +226,53 @@ def test_a_script_error_on_the_direct_connection_is_a_broker_error_and_leaves_it
         assert t.enqueue(5).id
     finally:
         app.close()
+
+
+async def test_async_enqueues_survive_a_killed_connection_and_a_script_flush(
+    redis_url: str,
+) -> None:
+    """`enqueue_async`'s direct connection fails over to the pooled client too."""
+    async with redis_broker(redis_url) as broker:
+        admin = redis.Redis.from_url(broker.options.redis_url)
+        try:
+            await broker.enqueue([make_job(broker.clock)])
+            assert broker._x._direct_conn is not None  # the call took the direct connection
+            admin.client_kill_filter(_type="normal", skipme=True)
+            [first] = await broker.enqueue([make_job(broker.clock)])
+            admin.script_flush()
+            [second] = await broker.enqueue([make_job(broker.clock)])
+            assert first.created and second.created
+            counts = await broker.counts(["default"])
+            assert counts["default"].states[JobState.QUEUED] == 3
+        finally:
+            admin.close()
+
+
+async def test_a_cancelled_async_enqueue_leaves_the_next_ones_their_own_replies(
+    redis_url: str,
+) -> None:
+    """A call cancelled at any point (before sending, while its reply is on the way)
+    must not leave a reply for the next call on the direct connection to read as its
+    own."""
+    async with redis_broker(redis_url) as broker:
+        await broker.enqueue([make_job(broker.clock)])
+        for turns in range(40):
+            task = asyncio.ensure_future(broker.enqueue([make_job(broker.clock)]))
+            for _ in range(turns % 8):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            job = make_job(broker.clock)
+            [result] = await broker.enqueue([job])
+            assert result.id == job[0].id and result.created
+
+
+async def test_concurrent_async_enqueues_are_all_stored(redis_url: str) -> None:
+    """Calls that find the direct connection busy take the pooled client."""
+    async with redis_broker(redis_url) as broker:
+        jobs = [make_job(broker.clock) for _ in range(200)]
+        results = await asyncio.gather(*(broker.enqueue([job]) for job in jobs))
+        assert [r.id for [r] in results] == [job[0].id for job in jobs]
+        counts = await broker.counts(["default"])
+        assert counts["default"].states[JobState.QUEUED] == 200

@@ -204,6 +204,7 @@ class RedisBroker(Broker):
         self._blocking.close()
         if loop is not asyncio.get_running_loop():
             return  # another loop's sockets: they go with that loop
+        await self._x.close_direct()
         if listener is not None:
             await listener.close()
         if client is not None:
@@ -224,7 +225,11 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
         await self._workflows.index(jobs)
-        replies = await self._x.run_many(self._enqueue_calls(jobs, by_queue, now, max_depth))
+        calls = self._enqueue_calls(jobs, by_queue, now, max_depth)
+        if len(calls) == 1:  # one queue (`enqueue_async()`): the direct connection
+            replies = [await self._x.run_one(calls[0])]
+        else:
+            replies = await self._x.run_many(calls)
         return self._enqueue_results(jobs, by_queue, replies, max_depth)
 
     def enqueue_blocking(

@@ -1,5 +1,5 @@
--- Shared helpers, prepended to every script of this directory when it is loaded
--- (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
+-- Shared helpers, prepended (after `_members.lua`) to every script of this directory
+-- but the lean ones when it is loaded (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
 -- all come through KEYS, as groups of 20 per queue in the order of
 -- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
 --
