@@ -270,9 +270,10 @@ class RedisBroker(Broker):
             if len(indexes) == 1:
                 calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth))
                 continue
-            args: list[str | bytes] = [num(now), self._x.channel(queue), opt(max_depth)]
+            now_text = num(now)
+            args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
             for i in indexes:
-                args += self._job_args(jobs[i], now)
+                args += self._job_args(jobs[i], now, now_text)
             calls.append(("enqueue", self._x.q(queue), args))
         return calls
 
@@ -281,14 +282,15 @@ class RedisBroker(Broker):
     ) -> Call:
         """The `enqueue_one.lua` call of one job (its ARGV: enqueue.lua's for one job)."""
         queue = job[0].queue
-        args = [num(now), self._x.channel(queue), opt(max_depth), *self._job_args(job, now)]
+        now_text = num(now)
+        args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
+        args += self._job_args(job, now, now_text)
         return ("enqueue_one", self._x.one_keys(queue), args)
 
     @staticmethod
-    def _job_args(job: tuple[Envelope, bytes], now: float) -> list[str | bytes]:
-        """The ten ARGV values of one job in an enqueue script."""
+    def _job_args(job: tuple[Envelope, bytes], now: float, now_text: str) -> list[str | bytes]:
+        """The ten ARGV values of one job in an enqueue script (`now_text`: `num(now)`)."""
         env, payload = job
-        now_text = num(now)
         created = env.created_at
         not_before = env.not_before
         return [
