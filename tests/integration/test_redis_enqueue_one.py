@@ -43,7 +43,7 @@ def redis_broker(url: str) -> RedisBroker:
 async def snapshot(broker: RedisBroker, job_id: str, key: str | None) -> dict[str, Any]:
     """Everything the queue's keys hold about one job, with its id, key and enqueue
     sequence replaced by placeholders (the only things two jobs of one call differ in)."""
-    client = await broker._redis()
+    client: Any = await broker._redis()  # (a single Redis or a cluster: the same calls)
     q = broker._x.q("default")
     out: dict[str, Any] = {}
     seq = None
@@ -114,12 +114,12 @@ async def test_enqueue_one_marks_a_workflow_job_as_enqueue_does(url: str) -> Non
         flags = []
         for script in ("enqueue", "enqueue_one"):
             job = make_job(broker.clock, created_at=now)
-            _, keys, args = broker._enqueue_one_call(job, now, None)
-            args[-1] = "1"  # the envelope has `then` or `chord`
+            _, keys, call_args = broker._enqueue_one_call(job, now, None)
+            args = [*call_args[:-1], "1"]  # the envelope has `then` or `chord`
             await broker._x.run(
                 script, keys if script == "enqueue_one" else broker._x.q("default"), args
             )
-            client = await broker._redis()
+            client: Any = await broker._redis()
             record = msgspec.msgpack.decode(
                 await client.hget(broker._x.q("default").record, job[0].id)
             )
