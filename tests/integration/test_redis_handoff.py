@@ -22,7 +22,6 @@ from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis import keys as K
-from offload.brokers.redis.keys import QueueKeys
 from offload.envelope import JobState
 from offload.worker import Worker
 from tests.conformance.helpers import enqueue_one, make_job, state_of
@@ -130,7 +129,7 @@ async def test_a_producer_that_does_not_hand_over_wakes_a_parked_worker(url: str
         await producer._remember({"default"})
         [call] = producer._enqueue_calls([(envelope, payload)], {"default": [0]}, time.time(), None)
         name, keys, args = call
-        at = QueueKeys._fields.index("parked")
+        at = list(keys).index(producer._x.q("default").parked)
         older = [*keys[:at], keys[at] + ":none", *keys[at + 1 :]]  # a `parked` nobody parks in
         await producer._x.run(name, older, args)
         assert await state_of(producer, envelope.id) is JobState.QUEUED

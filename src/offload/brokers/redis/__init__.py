@@ -204,6 +204,7 @@ class RedisBroker(Broker):
         self._blocking.close()
         if loop is not asyncio.get_running_loop():
             return  # another loop's sockets: they go with that loop
+        await self._x.close_direct()
         if listener is not None:
             await listener.close()
         if client is not None:
@@ -224,7 +225,11 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
         await self._workflows.index(jobs)
-        replies = await self._x.run_many(self._enqueue_calls(jobs, by_queue, now, max_depth))
+        calls = self._enqueue_calls(jobs, by_queue, now, max_depth)
+        if len(calls) == 1:  # one queue (`enqueue_async()`): the direct connection
+            replies = [await self._x.run_one(calls[0])]
+        else:
+            replies = await self._x.run_many(calls)
         return self._enqueue_results(jobs, by_queue, replies, max_depth)
 
     def enqueue_blocking(
@@ -235,6 +240,12 @@ class RedisBroker(Broker):
         a queue not recorded yet, or for workflow jobs (whose index comes first)."""
         if self.options.cluster or not jobs:
             return None
+        if len(jobs) == 1:  # `task.enqueue()`: one script on the direct connection
+            env = jobs[0][0]
+            if env.workflow_id is not None or env.queue not in self._known:
+                return None
+            call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth)
+            return [self._enqueue_one_result(env.queue, self._blocking.run_one(call), max_depth)]
         by_queue: dict[str, list[int]] = {}
         for i, (env, _) in enumerate(jobs):
             if env.workflow_id is not None:
@@ -252,18 +263,59 @@ class RedisBroker(Broker):
         now: float,
         max_depth: int | None,
     ) -> list[Call]:
-        """One `enqueue.lua` call per queue (shared by `enqueue` and `enqueue_blocking`)."""
+        """One script call per queue (shared by `enqueue` and `enqueue_blocking`):
+        `enqueue_one.lua` for a queue's single job, else `enqueue.lua`."""
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
-            args: list[str | bytes] = [num(now), self._x.channel(queue), opt(max_depth)]
+            if len(indexes) == 1:
+                calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth))
+                continue
+            now_text = num(now)
+            args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
             for i in indexes:
-                env, payload = jobs[i]
-                due = max(env.not_before or now, now)
-                args += [env.id, env.key or "", payload, env.task, str(env.priority)]
-                args += [opt(env.max_attempts), num(env.created_at or now), num(due)]
-                args += [opt(env.expires_at), workflow_flag(env)]
+                args += self._job_args(jobs[i], now, now_text)
             calls.append(("enqueue", self._x.q(queue), args))
         return calls
+
+    def _enqueue_one_call(
+        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None
+    ) -> Call:
+        """The `enqueue_one.lua` call of one job (its ARGV: enqueue.lua's for one job)."""
+        queue = job[0].queue
+        now_text = num(now)
+        args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
+        args += self._job_args(job, now, now_text)
+        return ("enqueue_one", self._x.one_keys(queue), args)
+
+    @staticmethod
+    def _job_args(job: tuple[Envelope, bytes], now: float, now_text: str) -> list[str | bytes]:
+        """The ten ARGV values of one job in an enqueue script (`now_text`: `num(now)`)."""
+        env, payload = job
+        created = env.created_at
+        not_before = env.not_before
+        return [
+            env.id,
+            env.key or "",
+            payload,
+            env.task,
+            str(env.priority),
+            opt(env.max_attempts),
+            num(created) if created else now_text,
+            num(not_before) if not_before is not None and not_before > now else now_text,
+            opt(env.expires_at),
+            workflow_flag(env),
+        ]
+
+    @staticmethod
+    def _enqueue_one_result(queue: str, reply: Any, max_depth: int | None) -> EnqueueResult:
+        """The result of `enqueue_one.lua`'s `reply`.
+
+        Raises:
+            QueueFull: the job would have passed `max_depth`.
+        """
+        if max_depth is not None and reply[0] == -1:
+            raise queue_full(queue, int(reply[1]), max_depth)
+        return EnqueueResult(text(reply[0]), bool(reply[1]))
 
     @staticmethod
     def _enqueue_results(

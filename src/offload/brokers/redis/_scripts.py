@@ -1,7 +1,9 @@
 """The Lua scripts of `scripts/`, loaded once per connection and called by SHA.
 
-Each script is `_lib.lua` followed by its own text, so the shared helpers travel with
-it and every script stays one atomic call. Scripts are loaded at connect; after a
+Each script is `_members.lua` and `_lib.lua` followed by its own text, so the shared
+helpers travel with it and every script stays one atomic call; the lean ones
+(`LEAN`: `enqueue_one`) take `_members.lua` alone, since Redis runs a script's whole
+text, every definition of `_lib.lua` included, on every call. Scripts are loaded at connect; after a
 Redis restart (which forgets them) the first call gets NOSCRIPT, loads them all again
 and retries once.
 """
@@ -53,13 +55,18 @@ _NAMES = (
     "watch",
     "record_attempt",
     "unpark",
+    "enqueue_one",
 )
+
+#: Scripts loaded without `_lib.lua` (see the module docstring).
+LEAN = frozenset({"enqueue_one"})
 
 
 def _source(name: str) -> str:
     folder = files("offload.brokers.redis") / "scripts"
-    lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-    return lib + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+    parts = ["_members"] if name in LEAN else ["_members", "_lib"]
+    texts = [(folder / f"{part}.lua").read_text(encoding="utf-8") for part in [*parts, name]]
+    return "\n".join(texts)
 
 
 def pipeline(client: Client) -> Any:

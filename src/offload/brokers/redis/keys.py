@@ -125,6 +125,26 @@ class QueueKeys(NamedTuple):
     paused: str  # set while the queue is paused (`set_paused`): no handoff then
 
 
+#: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that
+#: enqueueing one job reads or writes (each key passed costs Redis and the client a
+#: little on every call).
+ONE_KEYS = (
+    "payload",
+    "record",
+    "ready",
+    "scheduled",
+    "running",
+    "expiring",
+    "jobs",
+    "keys",
+    "seq",
+    "created",
+    "parked",
+    "handed",
+    "paused",
+)
+
+
 class GlobalKeys(NamedTuple):
     queues: str
     workers: str
@@ -145,11 +165,19 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
     return QueueKeys(*(base + name for name in QueueKeys._fields))
 
 
+@functools.lru_cache(maxsize=4096)
+def one_keys(prefix: str, queue: str) -> tuple[str, ...]:
+    """The KEYS of `enqueue_one.lua` for `queue` (`ONE_KEYS`)."""
+    keys = queue_keys(prefix, queue)
+    return tuple(getattr(keys, name) for name in ONE_KEYS)
+
+
 def global_keys(prefix: str) -> GlobalKeys:
     base = f"{prefix}:{{%global}}:"
     return GlobalKeys(base + "queues", base + "workers", base + "workers:seen")
 
 
+@functools.lru_cache(maxsize=4096)  # named by every enqueue: once per queue is enough
 def channel(prefix: str, queue: str) -> str:
     """The pub/sub channel on which a queue announces jobs made ready now."""
     return f"{prefix}:{{{escape_queue(queue)}}}:wake"

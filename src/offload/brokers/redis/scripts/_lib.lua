@@ -1,5 +1,5 @@
--- Shared helpers, prepended to every script of this directory when it is loaded
--- (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
+-- Shared helpers, prepended (after `_members.lua`) to every script of this directory
+-- but the lean ones when it is loaded (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
 -- all come through KEYS, as groups of 20 per queue in the order of
 -- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
 --
@@ -123,23 +123,6 @@ end
 
 local function save(q, id, r)
   redis.call('HSET', q.record, id, cmsgpack.pack(r))
-end
-
--- Ready order within one priority: due time (ms), then the queue's enqueue sequence.
-local function ready_member(r, id)
-  return string.format('%015.0f%012.0f', math.max(0, math.floor(r.d * 1000)), r.q) .. id
-end
-
--- Listing order: enqueue time (ms), then sequence; the member of `jobs`.
-local function listing_member(r, id)
-  return string.format('%015.0f%012.0f', r.n, r.q) .. id
-end
-
--- Creation order (for time ranges): `created_at` in ms, then listing order; the member
--- of `created`. Clamped to the fixed width, like `created_prefix` in keys.py.
-local function created_member(r, id)
-  local ms = math.min(math.max(math.floor(r.c * 1000), 0), 1e15 - 1)
-  return string.format('%015.0f', ms) .. listing_member(r, id)
 end
 
 -- Outbox order within one end time: the queue's enqueue sequence (ends in one call share
