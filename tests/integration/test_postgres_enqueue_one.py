@@ -33,7 +33,7 @@ def job(job_id: str, **fields: Any) -> tuple[Envelope, bytes]:
     return envelope, encode_envelope(envelope).replace(job_id.encode(), b"ID")
 
 
-def rows(broker: PostgresBroker, ids: list[str]) -> list[tuple[Any, ...]]:
+def rows(broker: PostgresBroker, ids: list[str]) -> list[tuple[Any, ...] | None]:
     options = f"-c search_path={broker.settings.schema}"
     with psycopg.connect(broker.settings.conninfo, options=options) as conn:
         return [
