@@ -94,10 +94,6 @@ __all__ = [
     "slots_key",
 ]
 
-#: Number of keys of one queue, in the order of `QueueKeys`; every script takes them
-#: as a group of KEYS in this order.
-KEYS_PER_QUEUE = 20
-
 
 class QueueKeys(NamedTuple):
     """The keys of one queue, in the order the Lua scripts expect them."""
