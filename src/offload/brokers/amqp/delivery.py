@@ -49,7 +49,6 @@ import itertools
 import logging
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
 
 import aiormq.abc
 from pamqp import commands as spec
@@ -90,50 +89,68 @@ _EARLY_MS = 1
 _TIMEOUT_WARNING = 0.8
 
 
-@dataclass(order=True)
 class _Delivery:
-    """One unacknowledged delivery held by this process."""
+    """One unacknowledged delivery held by this process, its fields read once.
 
-    rank: tuple[int, int]  # (-priority, arrival): the heap order of ready jobs
-    queue: str = field(compare=False)
-    message: aiormq.abc.DeliveredMessage = field(compare=False)
-    generation: int = field(compare=False)
-    received: float = field(compare=False)
-    warned: bool = field(default=False, compare=False)
+    Made by the consumer callback for every message, so it reads what the rest needs
+    from aiormq's message once (no property chain per access)."""
 
-    @property
-    def deliver(self) -> spec.Basic.Deliver:
-        frame = self.message.delivery
-        assert isinstance(frame, spec.Basic.Deliver)  # consumers get nothing else
-        return frame
+    __slots__ = (
+        "body",
+        "channel",
+        "generation",
+        "headers",
+        "message_id",
+        "priority",
+        "properties",
+        "queue",
+        "received",
+        "redelivered",
+        "stamp",
+        "tag",
+        "warned",
+    )
 
-    @property
-    def tag(self) -> int:
-        tag = self.deliver.delivery_tag
-        assert tag is not None  # a Basic.Deliver always carries one
-        return tag
-
-    @property
-    def properties(self) -> spec.Basic.Properties:
-        return self.message.header.properties
+    def __init__(
+        self, queue: str, message: aiormq.abc.DeliveredMessage, generation: int, received: float
+    ) -> None:
+        deliver = message.delivery
+        assert isinstance(deliver, spec.Basic.Deliver)  # consumers get nothing else
+        assert deliver.delivery_tag is not None  # a Basic.Deliver always carries one
+        properties = message.header.properties
+        self.queue = queue
+        self.channel = message.channel
+        self.body = message.body
+        self.tag: int = deliver.delivery_tag
+        self.redelivered = bool(deliver.redelivered)
+        self.properties = properties
+        self.headers: FieldTable = properties.headers or {}
+        self.priority: int = properties.priority or 0
+        self.message_id = str(properties.message_id)
+        self.generation = generation
+        self.received = received
+        self.warned = False
+        self.stamp = _stamp(properties.correlation_id, self.headers)
 
     def header(self, name: str) -> int | None:
-        value = (self.properties.headers or {}).get(name)
+        value = self.headers.get(name)
         return value if isinstance(value, int) else None
 
-    @property
-    def stamp(self) -> str | None:
-        """The state store's stamp: the `correlation_id` of a copy the store
-        published (or its `offload-stamp` header, where earlier versions put it)."""
-        properties = self.properties
-        if properties.correlation_id is not None:
-            return properties.correlation_id
-        if not properties.headers:
-            return None
-        value = properties.headers.get(STAMP_HEADER)
-        if isinstance(value, bytes):
-            value = value.decode()
-        return value if isinstance(value, str) else None
+
+def _stamp(correlation_id: str | None, headers: FieldTable) -> str | None:
+    """The state store's stamp: the `correlation_id` of a copy the store published (or
+    its `offload-stamp` header, where earlier versions put it)."""
+    if correlation_id is not None:
+        return correlation_id
+    value = headers.get(STAMP_HEADER) if headers else None
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value if isinstance(value, str) else None
+
+
+#: A ready delivery in the heap: (-priority, arrival, delivery); `arrival` is unique, so
+#: tuples compare in C and never reach the delivery.
+_Ready = tuple[int, int, _Delivery]
 
 
 class AmqpDelivery(Delivery):
@@ -160,7 +177,7 @@ class AmqpDelivery(Delivery):
         #: them: `AmqpFacts.names`).
         self.used: set[str] = set()
         self._facts = AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
-        self._ready: list[_Delivery] = []
+        self._ready: list[_Ready] = []
         self._soon: list[tuple[int, _Delivery]] = []  # (due ms, delivery): held until due
         self._held: dict[str, _Delivery] = {}  # lease token → its delivery
         self._arrival = itertools.count()
@@ -198,7 +215,7 @@ class AmqpDelivery(Delivery):
         if session is not None:
             try:
                 await self._stop_consuming(session)
-                waiting = [d for d in self._ready if d.generation == session.generation]
+                waiting = [d for _, _, d in self._ready if d.generation == session.generation]
                 waiting += [d for _, d in self._soon if d.generation == session.generation]
                 self._ready.clear()
                 self._soon.clear()
@@ -243,7 +260,9 @@ class AmqpDelivery(Delivery):
         return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
 
     async def _publish_new(self, envelope: Envelope, payload: bytes, now_ms: int) -> None:
-        headers: FieldTable = {ATTEMPT_HEADER: 0}
+        # No attempt header for a new job (absent reads as 0): a message without a
+        # header table is one decode fewer for every consumer, and less for RabbitMQ.
+        headers: FieldTable = {}
         due_ms = None if envelope.not_before is None else round(envelope.not_before * 1000)
         if due_ms is not None and due_ms > now_ms:
             headers[DUE_HEADER] = due_ms
@@ -254,7 +273,7 @@ class AmqpDelivery(Delivery):
             queue=envelope.queue,
             job_id=envelope.id,
             priority=topology.amqp_priority(envelope.priority),
-            headers=headers,
+            headers=headers or None,
             now_ms=now_ms,
         )
 
@@ -355,22 +374,23 @@ class AmqpDelivery(Delivery):
         now_ms = round(now * 1000)
         self._promote(now_ms)
         leases: list[Lease] = []
-        skipped: list[_Delivery] = []
+        skipped: list[_Ready] = []
         moves: list[Coroutine[object, object, None]] = []
         while self._ready and len(leases) < limit:
-            delivery = heapq.heappop(self._ready)
+            entry = heapq.heappop(self._ready)
+            delivery = entry[2]
             if delivery.generation != session.generation:
                 continue  # its session is gone, and RabbitMQ requeued it
             if delivery.queue not in queues:
-                skipped.append(delivery)
+                skipped.append(entry)
             elif self._held_back(delivery, now_ms):
                 continue
             elif (move := self._moved(delivery, now_ms)) is not None:
                 moves.append(move)
             else:
                 leases.append(self._lease(delivery, now, lease_s))
-        for delivery in skipped:
-            heapq.heappush(self._ready, delivery)
+        for entry in skipped:
+            heapq.heappush(self._ready, entry)
         if moves:
             await asyncio.gather(*moves)
         return leases
@@ -399,7 +419,7 @@ class AmqpDelivery(Delivery):
             )
             return self._ack(delivery)
         due = delivery.header(DUE_HEADER)
-        if delivery.deliver.redelivered:
+        if delivery.redelivered:
             return self._republish(delivery, delay_to=due, counted=1)
         if due is not None and due > now_ms + _EARLY_MS:
             return self._republish(delivery, delay_to=due)
@@ -408,18 +428,18 @@ class AmqpDelivery(Delivery):
     def _promote(self, now_ms: int) -> None:
         while self._soon and self._soon[0][0] <= now_ms + _EARLY_MS:
             _, delivery = heapq.heappop(self._soon)
-            heapq.heappush(self._ready, delivery)
+            heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
 
     def _lease(self, delivery: _Delivery, now: float, lease_s: float) -> Lease:
         token = _token(delivery)
         self._held[token] = delivery
         return Lease(
-            job_id=str(delivery.properties.message_id),
+            job_id=delivery.message_id,
             token=token,
             queue=delivery.queue,
             attempt=(delivery.header(ATTEMPT_HEADER) or 0) + 1,
             deadline=now + lease_s,
-            payload=delivery.message.body,
+            payload=delivery.body,
             stamp=delivery.stamp,
         )
 
@@ -436,6 +456,28 @@ class AmqpDelivery(Delivery):
                 await self._arrived.wait()
         except TimeoutError:
             pass
+
+    async def wait_for_work(
+        self,
+        queues: Sequence[str],
+        timeout_s: float,
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> list[Lease]:
+        """`reserve`; if nothing is ready, `wait`, then `reserve` again and return what
+        arrived: RabbitMQ pushes jobs to this process, so the one that ended the wait is
+        here already, and the worker gets it from this call instead of a loop turn
+        later (one turn and one call fewer per pick-up of an idle worker). A cancelled
+        call gives back at once what it leased (`_given_back_if_cancelled`)."""
+        leases = await super().wait_for_work(
+            queues, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
+        )
+        if leases or not (self._ready or self._soon):
+            return leases
+        reserve = self.reserve(queues, worker_id=worker_id, lease_s=lease_s, limit=limit)
+        return await self._given_back_if_cancelled(reserve)
 
     async def _consume(self, session: Session, queues: Sequence[str], limit: int) -> None:
         if session.generation != self._consuming_generation:
@@ -464,12 +506,9 @@ class AmqpDelivery(Delivery):
 
     def _receiver(self, queue: str, generation: int) -> aiormq.abc.ConsumerCallback:
         async def receive(message: aiormq.abc.DeliveredMessage) -> None:
-            priority = message.header.properties.priority or 0
-            delivery = _Delivery(
-                (-priority, next(self._arrival)), queue, message, generation, time.monotonic()
-            )
+            delivery = _Delivery(queue, message, generation, time.monotonic())
             self._unacked.setdefault(generation, set()).add(delivery.tag)
-            heapq.heappush(self._ready, delivery)
+            heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
             self._arrived.set()
 
         return receive
@@ -591,7 +630,7 @@ class AmqpDelivery(Delivery):
         return once the frames are written (else once they are queued)."""
         if not deliveries:
             return
-        channel = deliveries[0].message.channel
+        channel = deliveries[0].channel
         tags = sorted(d.tag for d in deliveries)
         others = self._unacked.get(deliveries[0].generation, set()).difference(tags)
         floor = min(others, default=None)
@@ -642,7 +681,7 @@ class AmqpDelivery(Delivery):
         """Copy the job to its queue's dead-letter queue with `error`, then ack."""
         name = self.names.dead(delivery.queue)
         await self.link.declare_queue(name, topology.dead_arguments())
-        headers = dict(delivery.properties.headers or {})
+        headers = dict(delivery.headers)
         headers[ATTEMPT_HEADER] = attempt
         headers[ERROR_HEADER] = encode_error(error).decode()
         properties = spec.Basic.Properties(
@@ -653,7 +692,7 @@ class AmqpDelivery(Delivery):
             headers=_clean(headers),
             correlation_id=delivery.properties.correlation_id,
         )
-        await self.link.publish(delivery.message.body, routing_key=name, properties=properties)
+        await self.link.publish(delivery.body, routing_key=name, properties=properties)
         await self._ack(delivery)
 
     async def _republish(
@@ -663,17 +702,17 @@ class AmqpDelivery(Delivery):
         then ack the original once the copy is confirmed. A state store's copy keeps
         its stamp, and no headers (the store counts its attempts)."""
         stamp = delivery.stamp
-        headers = {} if stamp is not None else dict(delivery.properties.headers or {})
+        headers = {} if stamp is not None else dict(delivery.headers)
         headers[ATTEMPT_HEADER] = (delivery.header(ATTEMPT_HEADER) or 0) + counted
         if delay_to is not None:
             headers[DUE_HEADER] = delay_to
         else:
             headers.pop(DUE_HEADER, None)
         await self._publish(
-            delivery.message.body,
+            delivery.body,
             queue=delivery.queue,
-            job_id=str(delivery.properties.message_id),
-            priority=delivery.properties.priority or 0,
+            job_id=delivery.message_id,
+            priority=delivery.priority,
             headers=None if stamp is not None else _clean(headers),
             now_ms=self._now_ms(),
             stamp=stamp,
@@ -682,7 +721,7 @@ class AmqpDelivery(Delivery):
 
     async def _ack(self, delivery: _Delivery) -> None:
         try:
-            await delivery.message.channel.basic_ack(delivery.tag)
+            await delivery.channel.basic_ack(delivery.tag)
         except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
             # The channel is gone, so RabbitMQ requeued the message: the copy we may
             # have published makes it at-least-once, never lost.
