@@ -365,3 +365,39 @@ async def test_a_state_stores_copy_carries_its_stamp_and_no_headers_or_body(
     assert sorted(properties) == ["s-new", "s-old"]
     assert [copy.header.properties.headers for copy in copies] == [None, None]
     assert properties["s-new"].body == b""  # the store gives the payload at the claim
+
+
+async def test_a_new_jobs_message_has_no_header_table_and_runs_as_attempt_one(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """A job due now, without expiry, is published with no headers (attempt 0 is what an
+    absent header reads as): one table fewer for every consumer and for RabbitMQ."""
+    producer = await make_delivery()
+    looked_at = await enqueue(producer)
+    connection = await aiormq.connect(amqp_url.partition("?")[0])
+    try:
+        channel = await connection.channel()
+        message = await channel.basic_get(producer.names.work("default"), no_ack=True)
+    finally:
+        await connection.close()
+    assert message.header.properties.message_id == looked_at
+    assert message.header.properties.headers is None
+    job_id = await enqueue(producer)
+    [lease] = await take(await make_delivery(), 1)
+    assert (lease.job_id, lease.attempt) == (job_id, 1)
+
+
+async def test_an_idle_consumers_wait_for_work_returns_the_job_that_woke_it(
+    make_delivery: MakeDelivery,
+) -> None:
+    """RabbitMQ pushes the job to the waiting consumer, so `wait_for_work` leases it in
+    the same call, instead of returning empty for the worker's next turn to take it."""
+    consumer, producer = await make_delivery(), await make_delivery()
+    args = {"worker_id": "w", "lease_s": 30.0, "limit": 10}
+    assert await consumer.wait_for_work(("default",), 0.05, **args) == []  # consuming now
+    waiting = asyncio.create_task(consumer.wait_for_work(("default",), 10.0, **args))
+    await asyncio.sleep(0.1)
+    job_id = await enqueue(producer)
+    leases = await asyncio.wait_for(waiting, 5)
+    assert [lease.job_id for lease in leases] == [job_id]
+    assert await consumer.settle_many([Settlement.ack(leases[0], None)]) == [True]
