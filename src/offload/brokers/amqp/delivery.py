@@ -56,6 +56,7 @@ from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._connection import Link, Session, unavailable
+from offload.brokers.amqp._held import Held, Ready
 from offload.brokers.amqp.facts import AmqpFacts
 from offload.brokers.amqp.settings import parse_url
 from offload.brokers.amqp.topology import (
@@ -89,70 +90,6 @@ _EARLY_MS = 1
 _TIMEOUT_WARNING = 0.8
 
 
-class _Delivery:
-    """One unacknowledged delivery held by this process, its fields read once.
-
-    Made by the consumer callback for every message, so it reads what the rest needs
-    from aiormq's message once (no property chain per access)."""
-
-    __slots__ = (
-        "body",
-        "channel",
-        "generation",
-        "headers",
-        "message_id",
-        "priority",
-        "properties",
-        "queue",
-        "received",
-        "redelivered",
-        "stamp",
-        "tag",
-        "warned",
-    )
-
-    def __init__(
-        self, queue: str, message: aiormq.abc.DeliveredMessage, generation: int, received: float
-    ) -> None:
-        deliver = message.delivery
-        assert isinstance(deliver, spec.Basic.Deliver)  # consumers get nothing else
-        assert deliver.delivery_tag is not None  # a Basic.Deliver always carries one
-        properties = message.header.properties
-        self.queue = queue
-        self.channel = message.channel
-        self.body = message.body
-        self.tag: int = deliver.delivery_tag
-        self.redelivered = bool(deliver.redelivered)
-        self.properties = properties
-        self.headers: FieldTable = properties.headers or {}
-        self.priority: int = properties.priority or 0
-        self.message_id = str(properties.message_id)
-        self.generation = generation
-        self.received = received
-        self.warned = False
-        self.stamp = _stamp(properties.correlation_id, self.headers)
-
-    def header(self, name: str) -> int | None:
-        value = self.headers.get(name)
-        return value if isinstance(value, int) else None
-
-
-def _stamp(correlation_id: str | None, headers: FieldTable) -> str | None:
-    """The state store's stamp: the `correlation_id` of a copy the store published (or
-    its `offload-stamp` header, where earlier versions put it)."""
-    if correlation_id is not None:
-        return correlation_id
-    value = headers.get(STAMP_HEADER) if headers else None
-    if isinstance(value, bytes):
-        value = value.decode()
-    return value if isinstance(value, str) else None
-
-
-#: A ready delivery in the heap: (-priority, arrival, delivery); `arrival` is unique, so
-#: tuples compare in C and never reach the delivery.
-_Ready = tuple[int, int, _Delivery]
-
-
 class AmqpDelivery(Delivery):
     """The delivery role on RabbitMQ (see the module docstring).
 
@@ -177,9 +114,9 @@ class AmqpDelivery(Delivery):
         #: them: `AmqpFacts.names`).
         self.used: set[str] = set()
         self._facts = AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
-        self._ready: list[_Ready] = []
-        self._soon: list[tuple[int, _Delivery]] = []  # (due ms, delivery): held until due
-        self._held: dict[str, _Delivery] = {}  # lease token → its delivery
+        self._ready: list[Ready] = []
+        self._soon: list[tuple[int, Held]] = []  # (due ms, delivery): held until due
+        self._held: dict[str, Held] = {}  # lease token → its delivery
         self._arrival = itertools.count()
         self._arrived = asyncio.Event()
         self._consuming: dict[str, str] = {}  # AMQP queue name → offload queue
@@ -374,7 +311,7 @@ class AmqpDelivery(Delivery):
         now_ms = round(now * 1000)
         self._promote(now_ms)
         leases: list[Lease] = []
-        skipped: list[_Ready] = []
+        skipped: list[Ready] = []
         moves: list[Coroutine[object, object, None]] = []
         while self._ready and len(leases) < limit:
             entry = heapq.heappop(self._ready)
@@ -395,20 +332,22 @@ class AmqpDelivery(Delivery):
             await asyncio.gather(*moves)
         return leases
 
-    def _held_back(self, delivery: _Delivery, now_ms: int) -> bool:
+    def _held_back(self, delivery: Held, now_ms: int) -> bool:
         """Keep a delivery due sooner than the shortest bucket here until it is due."""
+        if not delivery.headers:  # a job due now: the usual case
+            return False
         due = delivery.header(DUE_HEADER)
         if due is None or due <= now_ms + _EARLY_MS or topology.bucket_for(due - now_ms):
             return False
         heapq.heappush(self._soon, (due, delivery))
         return True
 
-    def _moved(self, delivery: _Delivery, now_ms: int) -> Coroutine[object, object, None] | None:
+    def _moved(self, delivery: Held, now_ms: int) -> Coroutine[object, object, None] | None:
         """What a delivery needs before it may run: None if nothing (lease it), else
         the ack of an expired job, or the republish that counts a crash or delays it
         to the next bucket. A state store's copy needs nothing: the store decides."""
-        if delivery.stamp is not None:
-            return None
+        if delivery.stamp is not None or not (delivery.headers or delivery.redelivered):
+            return None  # a store's copy (the store decides), or a new job due now
         expires = delivery.header(EXPIRES_HEADER)
         if expires is not None and expires <= now_ms:
             self.expired += 1
@@ -430,7 +369,7 @@ class AmqpDelivery(Delivery):
             _, delivery = heapq.heappop(self._soon)
             heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
 
-    def _lease(self, delivery: _Delivery, now: float, lease_s: float) -> Lease:
+    def _lease(self, delivery: Held, now: float, lease_s: float) -> Lease:
         token = _token(delivery)
         self._held[token] = delivery
         return Lease(
@@ -506,7 +445,7 @@ class AmqpDelivery(Delivery):
 
     def _receiver(self, queue: str, generation: int) -> aiormq.abc.ConsumerCallback:
         async def receive(message: aiormq.abc.DeliveredMessage) -> None:
-            delivery = _Delivery(queue, message, generation, time.monotonic())
+            delivery = Held(queue, message, generation, time.monotonic())
             self._unacked.setdefault(generation, set()).add(delivery.tag)
             heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
             self._arrived.set()
@@ -528,7 +467,7 @@ class AmqpDelivery(Delivery):
             held.append(alive)
         return held
 
-    def _warn_timeout(self, delivery: _Delivery, lease_s: float) -> None:
+    def _warn_timeout(self, delivery: Held, lease_s: float) -> None:
         limit = self.settings.consumer_timeout_s
         age = time.monotonic() - delivery.received
         if delivery.warned or age + lease_s < _TIMEOUT_WARNING * limit:
@@ -544,7 +483,7 @@ class AmqpDelivery(Delivery):
             extra={"action": "lease_near_timeout", "job_id": delivery.properties.message_id},
         )
 
-    def _take(self, lease: Lease) -> _Delivery:
+    def _take(self, lease: Lease) -> Held:
         """The delivery of a lease still held on the live session, now no longer held.
 
         Raises:
@@ -555,7 +494,19 @@ class AmqpDelivery(Delivery):
             raise LeaseLost(f"job {lease.job_id}: its RabbitMQ delivery is no longer held")
         return delivery
 
-    def _alive(self, delivery: _Delivery) -> bool:
+    def _hold_again(self, deliveries: Sequence[Held]) -> None:
+        """Deliveries whose ack failed: still ours while their session lives."""
+        for delivery in deliveries:
+            if self._alive(delivery):
+                self._held[_token(delivery)] = delivery
+
+    def _live_generation(self) -> int | None:
+        """The live session's generation (None without one): a delivery of any other
+        was requeued by RabbitMQ when its connection ended."""
+        session = self.link.current
+        return None if session is None else session.generation
+
+    def _alive(self, delivery: Held) -> bool:
         """Whether the delivery's session is the live one (else RabbitMQ requeued it)."""
         session = self.link.current
         return session is not None and delivery.generation == session.generation
@@ -579,16 +530,25 @@ class AmqpDelivery(Delivery):
                 (the worker retries them), the others took effect.
         """
         done: list[bool] = [False] * len(settlements)
-        acks: list[tuple[int, _Delivery]] = []
+        acks: list[tuple[int, Held]] = []
         moves: list[tuple[int, Settlement]] = []
+        live = self._live_generation()
         for i, item in enumerate(settlements):
-            if item.ending in (Ending.ACK, Ending.CANCEL):
-                try:
-                    acks.append((i, self._take(item.lease)))
-                except LeaseLost:
-                    continue
+            if item.ending is Ending.ACK or item.ending is Ending.CANCEL:
+                delivery = self._held.pop(item.lease.token, None)
+                if delivery is not None and delivery.generation == live:
+                    acks.append((i, delivery))  # else no longer held: False
             else:
                 moves.append((i, item))
+        if not moves:  # the usual batch: acks only, one call, no gather
+            try:
+                await self._ack_many([d for _, d in acks])
+            except BrokerUnavailable:
+                self._hold_again([d for _, d in acks])
+                raise
+            for i, _ in acks:
+                done[i] = True
+            return done
         outcomes = await asyncio.gather(
             self._ack_many([d for _, d in acks]),
             *(self._settle(item) for _, item in moves),
@@ -602,9 +562,7 @@ class AmqpDelivery(Delivery):
                 done[i] = bool(outcome)
         if isinstance(outcomes[0], BaseException):
             failure = outcomes[0]
-            for _, delivery in acks:
-                if self._alive(delivery):
-                    self._held[_token(delivery)] = delivery  # not settled: still ours
+            self._hold_again([d for _, d in acks])
         else:
             for i, _ in acks:
                 done[i] = True
@@ -623,7 +581,7 @@ class AmqpDelivery(Delivery):
                 taken.append(delivery)
         await self._ack_many(taken, wait=False)
 
-    async def _ack_many(self, deliveries: Sequence[_Delivery], *, wait: bool = True) -> None:
+    async def _ack_many(self, deliveries: Sequence[Held], *, wait: bool = True) -> None:
         """Acknowledge deliveries of the live session: one `multiple` ack for those
         below every other unacknowledged delivery of the channel (usually all of them:
         jobs end roughly in the order they came), one ack each for the rest. `wait`:
@@ -677,7 +635,7 @@ class AmqpDelivery(Delivery):
                 continue
         await asyncio.gather(*moves)
 
-    async def _bury(self, delivery: _Delivery, attempt: int, error: ErrorInfo) -> None:
+    async def _bury(self, delivery: Held, attempt: int, error: ErrorInfo) -> None:
         """Copy the job to its queue's dead-letter queue with `error`, then ack."""
         name = self.names.dead(delivery.queue)
         await self.link.declare_queue(name, topology.dead_arguments())
@@ -695,9 +653,7 @@ class AmqpDelivery(Delivery):
         await self.link.publish(delivery.body, routing_key=name, properties=properties)
         await self._ack(delivery)
 
-    async def _republish(
-        self, delivery: _Delivery, *, delay_to: int | None, counted: int = 0
-    ) -> None:
+    async def _republish(self, delivery: Held, *, delay_to: int | None, counted: int = 0) -> None:
         """Publish a copy of the delivery (due at `delay_to` ms, attempts `+counted`),
         then ack the original once the copy is confirmed. A state store's copy keeps
         its stamp, and no headers (the store counts its attempts)."""
@@ -719,7 +675,7 @@ class AmqpDelivery(Delivery):
         )
         await self._ack(delivery)
 
-    async def _ack(self, delivery: _Delivery) -> None:
+    async def _ack(self, delivery: Held) -> None:
         try:
             await delivery.channel.basic_ack(delivery.tag)
         except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
@@ -732,7 +688,7 @@ class AmqpDelivery(Delivery):
         return round(self.clock.now() * 1000)
 
 
-def _token(delivery: _Delivery) -> str:
+def _token(delivery: Held) -> str:
     """A lease's token: its session and delivery tag, unique for the process's life."""
     return f"{delivery.generation}.{delivery.tag}"
 
