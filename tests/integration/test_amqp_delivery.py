@@ -401,3 +401,40 @@ async def test_an_idle_consumers_wait_for_work_returns_the_job_that_woke_it(
     leases = await asyncio.wait_for(waiting, 5)
     assert [lease.job_id for lease in leases] == [job_id]
     assert await consumer.settle_many([Settlement.ack(leases[0], None)]) == [True]
+
+
+async def test_acks_settled_one_by_one_go_out_together_in_one_frame(
+    make_delivery: MakeDelivery,
+) -> None:
+    """Jobs settled in separate calls within the linger share a `multiple` ack frame
+    (`_acks.py`), and every one of them is acknowledged: none comes back once the
+    connection is gone."""
+    delivery = await make_delivery()
+    await delivery.enqueue([make_job(CLOCK, args=[i]) for i in range(20)])
+    leases = await take(delivery, 20)
+    session = delivery.link.current
+    assert session is not None
+    sent: list[tuple[int, bool]] = []
+    basic_ack = session.consumer.basic_ack
+
+    async def counted(tag: int, multiple: bool = False, wait: bool = True) -> None:
+        sent.append((tag, multiple))
+        await basic_ack(tag, multiple=multiple, wait=wait)
+
+    session.consumer.basic_ack = counted  # type: ignore[method-assign]
+    for lease in leases:
+        assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
+    await asyncio.sleep(0.1)
+    assert len(sent) == 1 and sent[0][1]
+    await asyncio.sleep(0.1)  # the frame reaches RabbitMQ before the connection ends
+    await session.connection.close()
+    await nothing_within(await make_delivery(), 0.3)
+
+
+async def test_close_sends_the_acks_still_waiting(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
+    await delivery.close()  # at once: the ack still waits for others
+    await nothing_within(await make_delivery(), 0.3)

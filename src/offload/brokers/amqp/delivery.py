@@ -21,7 +21,9 @@ it: before running it, the consumer republishes it with one more attempt counted
 acks the old copy, so a job that kills its workers is buried after `max_attempts`
 crashes (the worker's `WorkerLost` rule) on classic queues too, which count nothing.
 
-**Ends.** `ack` acknowledges. `retry`, `defer` and `release` publish the job again
+**Ends.** `ack` acknowledges, a moment later and many jobs to one `multiple` ack frame
+(`offload.brokers.amqp._acks`: an ack has no reply, so a lost connection brings the
+job back either way). `retry`, `defer` and `release` publish the job again
 (to a delay bucket, or its work queue) and acknowledge the old delivery once RabbitMQ
 confirmed the new one; `bury` does the same with the dead-letter queue. A crash between
 the two leaves both copies: at-least-once, never none.
@@ -55,6 +57,7 @@ from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
+from offload.brokers.amqp._acks import AckLinger
 from offload.brokers.amqp._connection import Link, Session, unavailable
 from offload.brokers.amqp._held import Held, Ready
 from offload.brokers.amqp.facts import AmqpFacts
@@ -126,6 +129,8 @@ class AmqpDelivery(Delivery):
         #: Delivery tags not acknowledged yet, per session generation: a `multiple` ack
         #: may only cover a run of tags that holds none of another job.
         self._unacked: dict[int, set[int]] = {}
+        #: Settled jobs' acks, sent a moment later many to a frame (`_acks.py`).
+        self._acks = AckLinger(lambda held: self._ack_many(held, wait=False), self._alive)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -148,6 +153,7 @@ class AmqpDelivery(Delivery):
         delivery it made to them, so none is still on its way when the rest are given
         back (one in flight would come back marked `redelivered`, counted as a crash).
         """
+        await self._acks.flush()
         session = self.link.current
         if session is not None:
             try:
@@ -494,12 +500,6 @@ class AmqpDelivery(Delivery):
             raise LeaseLost(f"job {lease.job_id}: its RabbitMQ delivery is no longer held")
         return delivery
 
-    def _hold_again(self, deliveries: Sequence[Held]) -> None:
-        """Deliveries whose ack failed: still ours while their session lives."""
-        for delivery in deliveries:
-            if self._alive(delivery):
-                self._held[_token(delivery)] = delivery
-
     def _live_generation(self) -> int | None:
         """The live session's generation (None without one): a delivery of any other
         was requeued by RabbitMQ when its connection ended."""
@@ -519,8 +519,9 @@ class AmqpDelivery(Delivery):
         return None
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """End each lease (see `Ending`): `ack` and `cancel` acknowledge the delivery;
-        `retry` and `defer` republish the job to its delay bucket (`retry` counting the
+        """End each lease (see `Ending`): `ack` and `cancel` acknowledge the delivery
+        (within `_acks.LINGER_S`, many to one frame: `_acks.py`); `retry` and `defer`
+        republish the job to its delay bucket (`retry` counting the
         attempt), `bury` to the dead-letter queue, each acknowledging the delivery once
         RabbitMQ confirmed the copy. False for a lease whose delivery is no longer held
         (its connection ended: RabbitMQ requeued the job).
@@ -530,56 +531,43 @@ class AmqpDelivery(Delivery):
                 (the worker retries them), the others took effect.
         """
         done: list[bool] = [False] * len(settlements)
-        acks: list[tuple[int, Held]] = []
+        acks: list[Held] = []
         moves: list[tuple[int, Settlement]] = []
         live = self._live_generation()
         for i, item in enumerate(settlements):
             if item.ending is Ending.ACK or item.ending is Ending.CANCEL:
                 delivery = self._held.pop(item.lease.token, None)
                 if delivery is not None and delivery.generation == live:
-                    acks.append((i, delivery))  # else no longer held: False
+                    acks.append(delivery)
+                    done[i] = True  # else no longer held: False
             else:
                 moves.append((i, item))
-        if not moves:  # the usual batch: acks only, one call, no gather
-            try:
-                await self._ack_many([d for _, d in acks])
-            except BrokerUnavailable:
-                self._hold_again([d for _, d in acks])
-                raise
-            for i, _ in acks:
-                done[i] = True
+        self._acks.add(acks)
+        if not moves:  # the usual batch: acks only
             return done
         outcomes = await asyncio.gather(
-            self._ack_many([d for _, d in acks]),
-            *(self._settle(item) for _, item in moves),
-            return_exceptions=True,
+            *(self._settle(item) for _, item in moves), return_exceptions=True
         )
         failure: BaseException | None = None
-        for (i, _), outcome in zip(moves, outcomes[1:], strict=True):
+        for (i, _), outcome in zip(moves, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 failure = failure or outcome
             else:
                 done[i] = bool(outcome)
-        if isinstance(outcomes[0], BaseException):
-            failure = outcomes[0]
-            self._hold_again([d for _, d in acks])
-        else:
-            for i, _ in acks:
-                done[i] = True
         if failure is not None:
             raise failure
         return done
 
     async def drop(self, copies: Sequence[Lease]) -> None:
-        """Acknowledge a state store's copies (`Delivery.drop`) as `_ack_many` does,
-        returning once the acks are queued for the socket, not written: a lost one
-        brings the copy back, and the store refuses it then."""
+        """Acknowledge a state store's copies (`Delivery.drop`) as `settle_many` does
+        its acks (within `_acks.LINGER_S`, many to a frame): a lost ack brings the copy
+        back, and the store refuses it then."""
         taken = []
         for copy in copies:
             delivery = self._held.pop(copy.token, None)
             if delivery is not None and self._alive(delivery):
                 taken.append(delivery)
-        await self._ack_many(taken, wait=False)
+        self._acks.add(taken)
 
     async def _ack_many(self, deliveries: Sequence[Held], *, wait: bool = True) -> None:
         """Acknowledge deliveries of the live session: one `multiple` ack for those
