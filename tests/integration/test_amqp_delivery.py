@@ -393,9 +393,14 @@ async def test_an_idle_consumers_wait_for_work_returns_the_job_that_woke_it(
     """RabbitMQ pushes the job to the waiting consumer, so `wait_for_work` leases it in
     the same call, instead of returning empty for the worker's next turn to take it."""
     consumer, producer = await make_delivery(), await make_delivery()
-    args = {"worker_id": "w", "lease_s": 30.0, "limit": 10}
-    assert await consumer.wait_for_work(("default",), 0.05, **args) == []  # consuming now
-    waiting = asyncio.create_task(consumer.wait_for_work(("default",), 10.0, **args))
+
+    def wait_for_work(timeout_s: float) -> Awaitable[list[Lease]]:
+        return consumer.wait_for_work(
+            ("default",), timeout_s, worker_id="w", lease_s=30.0, limit=10
+        )
+
+    assert await wait_for_work(0.05) == []  # consuming now
+    waiting = asyncio.ensure_future(wait_for_work(10.0))
     await asyncio.sleep(0.1)
     job_id = await enqueue(producer)
     leases = await asyncio.wait_for(waiting, 5)
@@ -421,7 +426,7 @@ async def test_acks_settled_one_by_one_go_out_together_in_one_frame(
         sent.append((tag, multiple))
         await basic_ack(tag, multiple=multiple, wait=wait)
 
-    session.consumer.basic_ack = counted  # type: ignore[method-assign]
+    session.consumer.basic_ack = counted  # type: ignore[method-assign,assignment]
     for lease in leases:
         assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
     await asyncio.sleep(0.1)
