@@ -9,6 +9,15 @@ call (pipelined confirms), then K consumer processes that reserve, "run" a no-op
 settle each job with `settle_many` (acks), and the enqueue→reserve latency of jobs
 sent one at a time to an idle consumer. Queues have a prefix of the run's own and are
 deleted after.
+
+    .venv/bin/python benchmarks/amqp_delivery.py --cpu [--jobs 20000] [--rounds 3]
+
+measures instead the CPU per message of one consumer process (user + system, this
+process only) over the same queued jobs, rounds alternated: a bare aiormq consumer
+(`basic_consume`, a `multiple` ack every 50 deliveries and at the end, the prefetch
+`AmqpDelivery` takes for a worker of `--concurrency 100 --prefetch 100`: 400) against
+`AmqpDelivery`'s `wait_for_work` → `settle_many` loop, which is what offload's worker
+adds its own per-job path to.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import resource
 import statistics
 import time
 import uuid
@@ -123,9 +133,76 @@ async def cleanup(url: str) -> None:
         await connection.close()
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def bare(url: str, count: int) -> float:
+    """CPU seconds of a bare aiormq consumer taking `count` queued jobs."""
+    names = Names(url.rpartition("prefix=")[2])
+    connection = await aiormq.connect(URL)
+    try:
+        channel = await connection.channel()
+        await channel.basic_qos(prefetch_count=400)
+        done = asyncio.Event()
+        seen = 0
+
+        async def received(message: aiormq.abc.DeliveredMessage) -> None:
+            nonlocal seen
+            seen += 1
+            if seen % 50 == 0 or seen == count:
+                await channel.basic_ack(message.delivery.delivery_tag, multiple=True)  # type: ignore[union-attr]
+            if seen == count:
+                done.set()
+
+        started = _cpu_s()
+        await channel.basic_consume(names.work("default"), received, no_ack=False)
+        await done.wait()
+        return _cpu_s() - started
+    finally:
+        await connection.close()
+
+
+async def ours(url: str, count: int) -> float:
+    """CPU seconds of `AmqpDelivery`'s reserve/settle loop taking `count` queued jobs."""
+    delivery = AmqpDelivery(url)
+    queues = ("default",)
+    try:
+        await delivery.connect()
+        started, done = _cpu_s(), 0
+        while done < count:
+            leases = await delivery.wait_for_work(queues, 1.0, worker_id="b", lease_s=30, limit=100)
+            await delivery.settle_many([Settlement.ack(lease, None) for lease in leases])
+            done += len(leases)
+        return _cpu_s() - started
+    finally:
+        await delivery.close()
+
+
+async def cpu_per_message(jobs: int, rounds: int) -> None:
+    url = f"{URL}?prefix=bench-{uuid.uuid4().hex[:8]}"
+    producer = AmqpDelivery(url)
+    try:
+        for rnd in range(rounds):
+            for name, consume in (("bare aiormq", bare), ("AmqpDelivery", ours)):
+                for start in range(0, jobs, 1000):
+                    await producer.enqueue([job() for _ in range(min(1000, jobs - start))])
+                took = await consume(url, jobs)
+                print(f"round {rnd + 1} {name:<13} {took / jobs * 1e6:6.1f} µs CPU per message")
+    finally:
+        await producer.close()
+        await cleanup(url)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--cpu", action="store_true", help="CPU per message, bare vs ours")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.processes))
+    if args.cpu:
+        asyncio.run(cpu_per_message(args.jobs, args.rounds))
+    else:
+        asyncio.run(main(args.jobs, args.processes))

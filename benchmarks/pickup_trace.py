@@ -106,6 +106,20 @@ def _wrap_broker(app: Any, events: list[tuple[str, float, Any]]) -> None:
         events.append(("signal", time.time(), "wake-up"))
 
     broker_cls.wait = traced_wait
+    delivery = getattr(app.broker, "delivery", None)
+    receiver = getattr(type(delivery), "_receiver", None)
+    if receiver is not None:  # RabbitMQ: when the consumer callback got each job
+
+        def traced_receiver(self: Any, queue: str, generation: int) -> Any:
+            receive = receiver(self, queue, generation)
+
+            async def traced_receive(message: Any) -> None:
+                events.append(("delivered", time.time(), message.header.properties.message_id))
+                await receive(message)
+
+            return traced_receive
+
+        type(delivery)._receiver = traced_receiver  # type: ignore[union-attr]
     handoff = getattr(app.broker, "_handoff", None)
     if handoff is not None:
         received = handoff.received
@@ -151,6 +165,8 @@ def main() -> None:
     producer = Offload(args.url)
     task = producer.task(name="trace")(lambda seq, t0: None)
     calls: dict[str, tuple[int, float, float]] = {}
+    published: dict[str, tuple[float, float]] = {}  # job id -> publish called, confirmed
+    _trace_publish(producer, published)
     try:
         for i in range(warm):
             task.enqueue(-1 - i, time.time())
@@ -179,7 +195,25 @@ def main() -> None:
         if args.url.startswith("redis"):
             _drop_keys(args.url)
         producer.close()
-    _report(calls, events, args)
+    _report(calls, events, args, published)
+
+
+def _trace_publish(producer: Any, published: dict[str, tuple[float, float]]) -> None:
+    """On RabbitMQ: note when the producer's loop calls the publish of each job and
+    when its confirm returns (every `Link` of this process: the sync portal has its own
+    broker)."""
+    if not str(producer.producer.url).startswith("amqp"):
+        return
+    from offload.brokers.amqp._connection import Link
+
+    publish = Link.publish
+
+    async def traced(self: Any, body: bytes, **kwargs: Any) -> None:
+        t = time.time()
+        await publish(self, body, **kwargs)
+        published[str(kwargs["properties"].message_id)] = (t, time.time())
+
+    Link.publish = traced  # type: ignore[method-assign]
 
 
 def _drop_keys(url: str) -> None:
@@ -194,8 +228,29 @@ def _drop_keys(url: str) -> None:
     client.close()
 
 
-def _report(calls: dict[str, tuple[int, float, float]], events: list[Any], args: Any) -> None:
+def _rabbitmq_steps(
+    note: Any,
+    job_id: str,
+    t0: float,
+    published: dict[str, tuple[float, float]],
+    delivered: dict[str, float],
+) -> None:
+    """On RabbitMQ: the publish on the producer's loop, its confirm, the delivery."""
+    if job_id in published:
+        note("  publish called (loop)", published[job_id][0] - t0)
+        note("  publish confirmed", published[job_id][1] - t0)
+    if job_id in delivered:
+        note("delivered to the consumer", delivered[job_id] - t0)
+
+
+def _report(
+    calls: dict[str, tuple[int, float, float]],
+    events: list[Any],
+    args: Any,
+    published: dict[str, tuple[float, float]],
+) -> None:
     starts = {seq: t for kind, t, seq in events if kind == "start"}
+    delivered = {job_id: t for kind, t, job_id in events if kind == "delivered"}
     leased: dict[str, tuple[float, float, str]] = {}  # job id -> call, return, method
     signals: list[tuple[float, str]] = []
     for kind, t, extra in events:
@@ -220,6 +275,7 @@ def _report(calls: dict[str, tuple[int, float, float]], events: list[Any], args:
         path = f"{method} after a {signal[1]}" if signal else f"{method}, no signal"
         paths[path] = paths.get(path, 0) + 1
         note("enqueue() call", t1 - t0)
+        _rabbitmq_steps(note, job_id, t0, published, delivered)
         if signal:
             note("signal received", signal[0] - t0)
         note("lease returned", got - t0)

@@ -365,3 +365,81 @@ async def test_a_state_stores_copy_carries_its_stamp_and_no_headers_or_body(
     assert sorted(properties) == ["s-new", "s-old"]
     assert [copy.header.properties.headers for copy in copies] == [None, None]
     assert properties["s-new"].body == b""  # the store gives the payload at the claim
+
+
+async def test_a_new_jobs_message_has_no_header_table_and_runs_as_attempt_one(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """A job due now, without expiry, is published with no headers (attempt 0 is what an
+    absent header reads as): one table fewer for every consumer and for RabbitMQ."""
+    producer = await make_delivery()
+    looked_at = await enqueue(producer)
+    connection = await aiormq.connect(amqp_url.partition("?")[0])
+    try:
+        channel = await connection.channel()
+        message = await channel.basic_get(producer.names.work("default"), no_ack=True)
+    finally:
+        await connection.close()
+    assert message.header.properties.message_id == looked_at
+    assert message.header.properties.headers is None
+    job_id = await enqueue(producer)
+    [lease] = await take(await make_delivery(), 1)
+    assert (lease.job_id, lease.attempt) == (job_id, 1)
+
+
+async def test_an_idle_consumers_wait_for_work_returns_the_job_that_woke_it(
+    make_delivery: MakeDelivery,
+) -> None:
+    """RabbitMQ pushes the job to the waiting consumer, so `wait_for_work` leases it in
+    the same call, instead of returning empty for the worker's next turn to take it."""
+    consumer, producer = await make_delivery(), await make_delivery()
+
+    def wait_for_work(timeout_s: float) -> Awaitable[list[Lease]]:
+        return consumer.wait_for_work(
+            ("default",), timeout_s, worker_id="w", lease_s=30.0, limit=10
+        )
+
+    assert await wait_for_work(0.05) == []  # consuming now
+    waiting = asyncio.ensure_future(wait_for_work(10.0))
+    await asyncio.sleep(0.1)
+    job_id = await enqueue(producer)
+    leases = await asyncio.wait_for(waiting, 5)
+    assert [lease.job_id for lease in leases] == [job_id]
+    assert await consumer.settle_many([Settlement.ack(leases[0], None)]) == [True]
+
+
+async def test_acks_settled_one_by_one_go_out_together_in_one_frame(
+    make_delivery: MakeDelivery,
+) -> None:
+    """Jobs settled in separate calls within the linger share a `multiple` ack frame
+    (`_acks.py`), and every one of them is acknowledged: none comes back once the
+    connection is gone."""
+    delivery = await make_delivery()
+    await delivery.enqueue([make_job(CLOCK, args=[i]) for i in range(20)])
+    leases = await take(delivery, 20)
+    session = delivery.link.current
+    assert session is not None
+    sent: list[tuple[int, bool]] = []
+    basic_ack = session.consumer.basic_ack
+
+    async def counted(tag: int, multiple: bool = False, wait: bool = True) -> None:
+        sent.append((tag, multiple))
+        await basic_ack(tag, multiple=multiple, wait=wait)
+
+    session.consumer.basic_ack = counted  # type: ignore[method-assign,assignment]
+    for lease in leases:
+        assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
+    await asyncio.sleep(0.1)
+    assert len(sent) == 1 and sent[0][1]
+    await asyncio.sleep(0.1)  # the frame reaches RabbitMQ before the connection ends
+    await session.connection.close()
+    await nothing_within(await make_delivery(), 0.3)
+
+
+async def test_close_sends_the_acks_still_waiting(make_delivery: MakeDelivery) -> None:
+    delivery = await make_delivery()
+    await enqueue(delivery)
+    [lease] = await take(delivery, 1)
+    assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
+    await delivery.close()  # at once: the ack still waits for others
+    await nothing_within(await make_delivery(), 0.3)

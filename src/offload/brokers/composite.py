@@ -292,6 +292,26 @@ class Composite(Broker):
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         await self.delivery.wait(queues, timeout_s)
 
+    async def wait_for_work(
+        self,
+        queues: Sequence[str],
+        timeout_s: float,
+        *,
+        worker_id: str,
+        lease_s: float,
+        limit: int,
+    ) -> list[Lease]:
+        """Without a state store, the delivery's own (it may hand over what woke it,
+        as RabbitMQ's does); with one, `reserve` (which claims in the store), else
+        `wait`."""
+        if self.ledger is None:
+            return await self.delivery.wait_for_work(
+                queues, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
+            )
+        return await super().wait_for_work(
+            queues, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
+        )
+
     async def next_due(self, queues: Sequence[str]) -> float | None:
         if self.ledger is None:
             return await self.delivery.next_due(queues)
