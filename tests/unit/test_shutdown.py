@@ -31,17 +31,20 @@ async def wait_until_running(app: Offload, job_id: str) -> None:
 async def test_sync_handler_past_the_grace_period_is_waited_for_not_given_back(
     app: Offload,
 ) -> None:
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     @app.task
     def blocking() -> str:
+        started.set()
         release.wait(10)
         return "done"
 
     job = await blocking.enqueue_async()
     worker = Worker(app, grace_s=0.05, poll_s=0.01)
     runner = asyncio.create_task(worker.run())
-    await wait_until_running(app, job.id)
+    # The handler itself must have started: a job the broker shows running may still
+    # wait for a thread, and a stop then rightly gives it back unstarted.
+    assert await asyncio.to_thread(started.wait, 10)
     worker.stop()
     await asyncio.sleep(0.5)  # ten times the grace period
     assert not runner.done()
