@@ -3,7 +3,8 @@ consumer, and started again on the same data: every job whose enqueue returned i
 delivered afterwards (publisher confirms mean durable), the leases held at the kill
 end (`extend` says so) and those jobs come back with the crash counted, delayed jobs
 waiting in their delay buckets still start on time, and both sides reconnect by
-themselves. Calls during the outage raise `BrokerUnavailable`, nothing else."""
+themselves (the sync producer's pooled pika connection too). Calls during the outage
+raise `BrokerUnavailable`, nothing else."""
 
 from __future__ import annotations
 
@@ -70,6 +71,10 @@ async def test_a_killed_rabbitmq_loses_no_confirmed_job(node: RabbitNode) -> Non
         ready = [make_job(CLOCK, args=[i]) for i in range(JOBS)]
         delayed = [make_job(CLOCK, args=[i], not_before=now + 3) for i in range(20)]
         await producer.enqueue(ready + delayed)
+        # ... and some from sync code (the calling thread's pika connection).
+        synced = [make_job(CLOCK, args=[i]) for i in range(20)]
+        for job in synced:
+            assert await asyncio.to_thread(producer.enqueue_blocking, [job]) is not None
         held: list[Lease] = []
         while len(held) < 5:
             held += await consumer.reserve(
@@ -80,6 +85,8 @@ async def test_a_killed_rabbitmq_loses_no_confirmed_job(node: RabbitNode) -> Non
         await asyncio.to_thread(node.kill)
         with pytest.raises(BrokerUnavailable):
             await producer.enqueue([make_job(CLOCK)])
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.to_thread(producer.enqueue_blocking, [make_job(CLOCK)])
         assert await consumer.extend(held, 30) == [False] * 5
         with pytest.raises(BrokerUnavailable):
             await consumer.reserve(("default",), worker_id="w", lease_s=30, limit=1)
@@ -88,7 +95,9 @@ async def test_a_killed_rabbitmq_loses_no_confirmed_job(node: RabbitNode) -> Non
         # Then: both reconnect on their next call, and every confirmed job arrives.
         late = make_job(CLOCK)
         await producer.enqueue([late])
-        expected = {e.id for e, _ in ready + delayed} | {late[0].id}
+        late_sync = make_job(CLOCK)  # its pooled connection died with the node
+        assert await asyncio.to_thread(producer.enqueue_blocking, [late_sync]) is not None
+        expected = {e.id for e, _ in ready + delayed + synced} | {late[0].id, late_sync[0].id}
         got = await drain(consumer, expected, within=120)
     finally:
         await producer.close()
@@ -97,7 +106,9 @@ async def test_a_killed_rabbitmq_loses_no_confirmed_job(node: RabbitNode) -> Non
     missing = expected - set(ids)
     assert not missing, (
         f"{len(missing)} lost: {len(missing & {e.id for e, _ in ready})} ready, "
-        f"{len(missing & {e.id for e, _ in delayed})} delayed, late: {late[0].id in missing}; "
+        f"{len(missing & {e.id for e, _ in delayed})} delayed, "
+        f"{len(missing & {e.id for e, _ in synced})} sync, late: {late[0].id in missing}, "
+        f"late sync: {late_sync[0].id in missing}; "
         f"held: {len(missing & {lease.job_id for lease in held})}"
     )
     attempts = {lease.job_id: lease.attempt for lease in got}

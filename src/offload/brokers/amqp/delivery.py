@@ -58,8 +58,10 @@ from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._acks import AckLinger
+from offload.brokers.amqp._blocking import BlockingPublisher
 from offload.brokers.amqp._connection import Link, Session, unavailable
 from offload.brokers.amqp._held import Held, Ready
+from offload.brokers.amqp._publishing import CONTENT_TYPE, PERSISTENT, Publishing, new_headers
 from offload.brokers.amqp.facts import AmqpFacts
 from offload.brokers.amqp.settings import parse_url
 from offload.brokers.amqp.topology import (
@@ -102,7 +104,7 @@ class AmqpDelivery(Delivery):
         retention_s: how long finished jobs are kept (by the state store).
     """
 
-    capabilities = Capabilities(push_wakeup=True, loop_bound=True)
+    capabilities = Capabilities(push_wakeup=True, loop_bound=True, blocking_enqueue=True)
 
     def __init__(
         self, url: str, *, clock: Clock | None = None, retention_s: float = DEFAULT_RETENTION_S
@@ -113,9 +115,11 @@ class AmqpDelivery(Delivery):
         self.link = Link(self.settings)
         #: Jobs acknowledged unrun because `expires_at` had passed.
         self.expired = 0
+        self._out = Publishing(self.link, self.settings, self.names)
         #: The offload queues this process enqueued to or consumed (RabbitMQ cannot list
         #: them: `AmqpFacts.names`).
-        self.used: set[str] = set()
+        self.used = self._out.used
+        self._blocking = BlockingPublisher(self.settings)
         self._facts = AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
         self._ready: list[Ready] = []
         self._soon: list[tuple[int, Held]] = []  # (due ms, delivery): held until due
@@ -165,6 +169,7 @@ class AmqpDelivery(Delivery):
                 await asyncio.gather(*(self._republish(d, delay_to=None) for d in waiting))
             except BrokerUnavailable:
                 logger.debug("giving back prefetched jobs failed; RabbitMQ requeues them")
+        self._blocking.close()
         await self.link.close()
 
     async def _stop_consuming(self, session: Session) -> None:
@@ -194,31 +199,39 @@ class AmqpDelivery(Delivery):
                 is given: these need a state store (`QueueFacts.check_enqueue`).
         """
         self.facts().check_enqueue(jobs, max_depth)
-        now_ms = self._now_ms()
-        for queue in {envelope.queue for envelope, _ in jobs}:
-            await self._declare_work(queue)
-        await asyncio.gather(
-            *(self._publish_new(envelope, payload, now_ms) for envelope, payload in jobs)
-        )
-        return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
+        return await self._out.enqueue(jobs, self._now_ms())
 
-    async def _publish_new(self, envelope: Envelope, payload: bytes, now_ms: int) -> None:
-        # No attempt header for a new job (absent reads as 0): a message without a
-        # header table is one decode fewer for every consumer, and less for RabbitMQ.
-        headers: FieldTable = {}
-        due_ms = None if envelope.not_before is None else round(envelope.not_before * 1000)
-        if due_ms is not None and due_ms > now_ms:
-            headers[DUE_HEADER] = due_ms
-        if envelope.expires_at is not None:
-            headers[EXPIRES_HEADER] = round(envelope.expires_at * 1000)
-        await self._publish(
-            payload,
-            queue=envelope.queue,
-            job_id=envelope.id,
-            priority=topology.amqp_priority(envelope.priority),
-            headers=headers or None,
-            now_ms=now_ms,
-        )
+    def enqueue_blocking(
+        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
+    ) -> list[EnqueueResult] | None:
+        """`enqueue` from the calling thread, on a pika connection (`_blocking.py`), for
+        the plain case: one job, due now, to a queue this process declared already;
+        None for anything else (the caller then uses `enqueue`). Returns once RabbitMQ
+        confirmed the job; same errors as `enqueue`."""
+        self.facts().check_enqueue(jobs, max_depth)
+        if len(jobs) != 1:
+            return None
+        envelope, payload = jobs[0]
+        now_ms = self._now_ms()
+        headers = new_headers(envelope, now_ms)
+        if envelope.queue not in self._out.declared or (headers and DUE_HEADER in headers):
+            return None
+        routing_key = self.names.work(envelope.queue)
+        try:
+            self._blocking.publish(
+                payload,
+                routing_key=routing_key,
+                job_id=envelope.id,
+                priority=topology.amqp_priority(envelope.priority),
+                headers=headers,
+            )
+        except BrokerUnavailable:
+            # Perhaps the queue was deleted: the next enqueue declares it again.
+            self._out.declared.discard(envelope.queue)
+            if (session := self.link.current) is not None:
+                session.declared.discard(routing_key)
+            raise
+        return [EnqueueResult(envelope.id, True)]
 
     async def publish(self, jobs: Sequence[Outgoing]) -> None:
         """Publish a copy of each job for the state store, due now, with its stamp;
@@ -231,74 +244,7 @@ class AmqpDelivery(Delivery):
         Raises:
             BrokerUnavailable: RabbitMQ is unreachable or refused a message.
         """
-        now_ms = self._now_ms()
-        for queue in {job.queue for job in jobs}:
-            await self._declare_work(queue)
-        await asyncio.gather(
-            *(
-                self._publish(
-                    b"",
-                    queue=job.queue,
-                    job_id=job.job_id,
-                    priority=topology.amqp_priority(job.priority),
-                    headers=None,
-                    now_ms=now_ms,
-                    stamp=job.stamp,
-                )
-                for job in jobs
-            )
-        )
-
-    async def _declare_work(self, queue: str) -> None:
-        """The work queue, bound by its name to the work exchange (where the delay
-        buckets dead-letter)."""
-        self.used.add(queue)
-        await self.link.declare_queue(
-            self.names.work(queue),
-            topology.work_arguments(self.settings.queue_type),
-            exchange=self.names.work_exchange,
-        )
-
-    async def _publish(
-        self,
-        payload: bytes,
-        *,
-        queue: str,
-        job_id: str,
-        priority: int,
-        headers: FieldTable | None,
-        now_ms: int,
-        stamp: str | None = None,
-    ) -> None:
-        """Publish to the work queue, or to the delay bucket its due time asks for. A
-        state store's copy (`stamp`) carries no headers: its stamp is the
-        `correlation_id`, and the store keeps the rest (fewer bytes for every consumer
-        to decode)."""
-        due = None if headers is None else headers.get(DUE_HEADER)
-        bucket = topology.bucket_for(due - now_ms) if isinstance(due, int) else None
-        exchange = ""
-        if bucket is not None:
-            name = self.names.bucket(bucket)
-            await self.link.declare_queue(
-                name,
-                topology.bucket_arguments(bucket, self.names.work_exchange),
-                exchange=self.names.delay_exchange,
-                exchange_type="headers",
-                binding={topology.DELAY_HEADER: bucket},
-            )
-            headers = {**(headers or {}), topology.DELAY_HEADER: bucket}
-            exchange = self.names.delay_exchange
-        properties = spec.Basic.Properties(
-            delivery_mode=2,
-            priority=priority,
-            message_id=job_id,
-            content_type="application/json",
-            headers=headers,
-            correlation_id=stamp,
-        )
-        await self.link.publish(
-            payload, exchange=exchange, routing_key=self.names.work(queue), properties=properties
-        )
+        await self._out.copies(jobs, self._now_ms())
 
     # -- consumer ----------------------------------------------------------------------
 
@@ -440,7 +386,7 @@ class AmqpDelivery(Delivery):
                 name = self.names.work(queue)
                 if name in self._consuming:
                     continue
-                await self._declare_work(queue)
+                await self._out.declare_work(queue)
                 ok = await session.consumer.basic_consume(
                     name, self._receiver(queue, session.generation), no_ack=False
                 )
@@ -631,10 +577,10 @@ class AmqpDelivery(Delivery):
         headers[ATTEMPT_HEADER] = attempt
         headers[ERROR_HEADER] = encode_error(error).decode()
         properties = spec.Basic.Properties(
-            delivery_mode=2,
+            delivery_mode=PERSISTENT,
             priority=delivery.properties.priority,  # kept for a replay
             message_id=delivery.properties.message_id,
-            content_type="application/json",
+            content_type=CONTENT_TYPE,
             headers=_clean(headers),
             correlation_id=delivery.properties.correlation_id,
         )
@@ -652,7 +598,7 @@ class AmqpDelivery(Delivery):
             headers[DUE_HEADER] = delay_to
         else:
             headers.pop(DUE_HEADER, None)
-        await self._publish(
+        await self._out.publish_one(
             delivery.body,
             queue=delivery.queue,
             job_id=delivery.message_id,
