@@ -199,9 +199,9 @@ def main() -> None:
 
 
 def _trace_publish(producer: Any, published: dict[str, tuple[float, float]]) -> None:
-    """On RabbitMQ: note when the producer's loop calls the publish of each job and
-    when its confirm returns (every `Link` of this process: the sync portal has its own
-    broker)."""
+    """On RabbitMQ: note when the publish of each job is called and when its confirm
+    returns (every `Link` of this process, the sync portal has its own broker; and the
+    sync producer's blocking publisher)."""
     if not str(producer.producer.url).startswith("amqp"):
         return
     from offload.brokers.amqp._connection import Link
@@ -214,6 +214,18 @@ def _trace_publish(producer: Any, published: dict[str, tuple[float, float]]) -> 
         published[str(kwargs["properties"].message_id)] = (t, time.time())
 
     Link.publish = traced  # type: ignore[method-assign]
+    try:  # the sync producer's own path (pika, from the calling thread)
+        from offload.brokers.amqp._blocking import BlockingPublisher
+    except ImportError:  # a checkout before it
+        return
+    blocking = BlockingPublisher.publish
+
+    def traced_blocking(self: Any, body: bytes, **kwargs: Any) -> None:
+        t = time.time()
+        blocking(self, body, **kwargs)
+        published[str(kwargs["job_id"])] = (t, time.time())
+
+    BlockingPublisher.publish = traced_blocking  # type: ignore[method-assign]
 
 
 def _drop_keys(url: str) -> None:
@@ -237,7 +249,7 @@ def _rabbitmq_steps(
 ) -> None:
     """On RabbitMQ: the publish on the producer's loop, its confirm, the delivery."""
     if job_id in published:
-        note("  publish called (loop)", published[job_id][0] - t0)
+        note("  publish called", published[job_id][0] - t0)
         note("  publish confirmed", published[job_id][1] - t0)
     if job_id in delivered:
         note("delivered to the consumer", delivered[job_id] - t0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiormq
@@ -406,6 +406,60 @@ async def test_an_idle_consumers_wait_for_work_returns_the_job_that_woke_it(
     leases = await asyncio.wait_for(waiting, 5)
     assert [lease.job_id for lease in leases] == [job_id]
     assert await consumer.settle_many([Settlement.ack(leases[0], None)]) == [True]
+
+
+async def test_an_idle_consumer_is_handed_the_job_by_its_callback_without_a_reserve(
+    make_delivery: MakeDelivery,
+) -> None:
+    """An idle `wait_for_work` is the taker: the consumer callback leases the job it
+    received and hands it over, so no `reserve` runs between the delivery and the
+    worker (one loop turn instead of a wake-up, a task and a reserve)."""
+    consumer, producer = await make_delivery(), await make_delivery()
+    assert (
+        await consumer.wait_for_work(("default",), 0.05, worker_id="w", lease_s=30.0, limit=10)
+        == []
+    )  # consuming now
+    reserves: list[int] = []
+    reserve = consumer.reserve
+
+    async def counted(queues: Sequence[str], **kwargs: Any) -> list[Lease]:
+        leases = await reserve(queues, **kwargs)
+        reserves.append(len(leases))
+        return leases
+
+    consumer.reserve = counted  # type: ignore[method-assign]
+    waiting = asyncio.ensure_future(
+        consumer.wait_for_work(("default",), 10.0, worker_id="w", lease_s=30.0, limit=10)
+    )
+    await asyncio.sleep(0.1)
+    job_id = await enqueue(producer)
+    leases = await asyncio.wait_for(waiting, 5)
+    assert [lease.job_id for lease in leases] == [job_id]
+    assert reserves == [0]  # the one before the wait, none after it
+    assert await consumer.settle_many([Settlement.ack(leases[0], None)]) == [True]
+
+
+async def test_an_idle_consumer_woken_by_a_job_to_check_first_reserves_it(
+    make_delivery: MakeDelivery,
+) -> None:
+    """A delivery that needs a look before it runs (here: an expiry header) is not
+    handed over from the callback: it wakes the taker, whose `reserve` checks it."""
+    consumer, producer = await make_delivery(), await make_delivery()
+    await consumer.wait_for_work(("default",), 0.05, worker_id="w", lease_s=30.0, limit=10)
+    waiting = asyncio.ensure_future(
+        consumer.wait_for_work(("default",), 10.0, worker_id="w", lease_s=30.0, limit=10)
+    )
+    await asyncio.sleep(0.1)
+    live = await enqueue(producer, expires_at=CLOCK.now() + 60)
+    leases = await asyncio.wait_for(waiting, 5)
+    assert [lease.job_id for lease in leases] == [live]
+    waiting = asyncio.ensure_future(
+        consumer.wait_for_work(("default",), 0.5, worker_id="w", lease_s=30.0, limit=10)
+    )
+    await asyncio.sleep(0.1)
+    await enqueue(producer, expires_at=CLOCK.now() - 1)  # expired: acked, not run
+    assert await asyncio.wait_for(waiting, 5) == []
+    assert consumer.expired == 1
 
 
 async def test_acks_settled_one_by_one_go_out_together_in_one_frame(

@@ -46,11 +46,13 @@ it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 
 import aiormq.abc
 from pamqp import commands as spec
@@ -126,6 +128,7 @@ class AmqpDelivery(Delivery):
         self._held: dict[str, Held] = {}  # lease token → its delivery
         self._arrival = itertools.count()
         self._arrived = asyncio.Event()
+        self._taker: _Taker | None = None  # an idle `wait_for_work`, handed a delivery
         self._consuming: dict[str, str] = {}  # AMQP queue name → offload queue
         self._consumer_tags: list[str] = []
         self._consuming_generation = 0
@@ -357,18 +360,49 @@ class AmqpDelivery(Delivery):
         lease_s: float,
         limit: int,
     ) -> list[Lease]:
-        """`reserve`; if nothing is ready, `wait`, then `reserve` again and return what
-        arrived: RabbitMQ pushes jobs to this process, so the one that ended the wait is
-        here already, and the worker gets it from this call instead of a loop turn
-        later (one turn and one call fewer per pick-up of an idle worker). A cancelled
-        call gives back at once what it leased (`_given_back_if_cancelled`)."""
-        leases = await super().wait_for_work(
-            queues, timeout_s, worker_id=worker_id, lease_s=lease_s, limit=limit
-        )
-        if leases or not (self._ready or self._soon):
+        """`reserve`; if nothing is ready, wait and return what arrived: RabbitMQ pushes
+        jobs to this process, so the one that ends the wait is here already.
+
+        An idle call (nothing held at all) waits as the *taker*: the consumer callback
+        leases a plain delivery (due now, no expiry, not redelivered) of its queues
+        itself and hands it over through a future, so the worker gets it one loop turn
+        after RabbitMQ delivered it, without a `reserve` (or the task it runs in) after
+        the wake-up. Anything else (a delivery to check first, one held for later)
+        goes through the heap and a `reserve` after the wait. A cancelled call gives
+        back at once what it was handed or leased (`_given_back_if_cancelled`)."""
+        reserve = self.reserve(queues, worker_id=worker_id, lease_s=lease_s, limit=limit)
+        if leases := await self._given_back_if_cancelled(reserve):
             return leases
+        if not (self._ready or self._soon or self._taker):  # idle, and the only taker
+            taker = _Taker(frozenset(queues), lease_s, asyncio.get_running_loop().create_future())
+            if handed := await self._handed(taker, timeout_s):
+                return handed
+        else:
+            await self.wait(queues, timeout_s)
+        if not (self._ready or self._soon):
+            return []
         reserve = self.reserve(queues, worker_id=worker_id, lease_s=lease_s, limit=limit)
         return await self._given_back_if_cancelled(reserve)
+
+    async def _handed(self, taker: _Taker, timeout_s: float) -> list[Lease]:
+        """Wait as the taker until a delivery is handed over (its lease), another one
+        arrives (nothing: the caller reserves), or `timeout_s` passes (nothing)."""
+        self._taker = taker
+        leases = taker.leases
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await leases
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if leases.done() and not leases.cancelled():  # handed as the caller left
+                with contextlib.suppress(Exception):
+                    await self.release(leases.result())
+            raise
+        finally:
+            self._taker = None
+        # Handed in the loop turn the timeout fired in, or not at all.
+        return leases.result() if leases.done() and not leases.cancelled() else []
 
     async def _consume(self, session: Session, queues: Sequence[str], limit: int) -> None:
         if session.generation != self._consuming_generation:
@@ -399,6 +433,17 @@ class AmqpDelivery(Delivery):
         async def receive(message: aiormq.abc.DeliveredMessage) -> None:
             delivery = Held(queue, message, generation, time.monotonic())
             self._unacked.setdefault(generation, set()).add(delivery.tag)
+            taker, self._taker = self._taker, None
+            if taker is not None and not taker.leases.done():  # an idle `wait_for_work`
+                if (
+                    queue in taker.queues
+                    and generation == self._consuming_generation
+                    and not (delivery.headers or delivery.redelivered)
+                ):
+                    lease = self._lease(delivery, self.clock.now(), taker.lease_s)
+                    taker.leases.set_result([lease])  # a job it may run at once
+                    return
+                taker.leases.set_result([])  # one to check first: it reserves
             heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
             self._arrived.set()
 
@@ -620,6 +665,16 @@ class AmqpDelivery(Delivery):
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class _Taker:
+    """An idle `wait_for_work`: its queues, lease time, and the future the consumer
+    callback hands a lease through."""
+
+    queues: frozenset[str]
+    lease_s: float
+    leases: asyncio.Future[list[Lease]]
 
 
 def _token(delivery: Held) -> str:
