@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiormq
+import aiormq.abc
 import pytest
 from pamqp import commands as spec
+from pamqp.header import ContentHeader
 
 from offload.brokers import from_url
 from offload.brokers.amqp import AmqpDelivery
@@ -437,6 +439,33 @@ async def test_an_idle_consumer_is_handed_the_job_by_its_callback_without_a_rese
     assert [lease.job_id for lease in leases] == [job_id]
     assert reserves == [0]  # the one before the wait, none after it
     assert await consumer.settle_many([Settlement.ack(leases[0], None)]) == [True]
+
+
+async def test_the_consumer_callback_hands_a_job_over_in_the_readers_own_loop_turn(
+    make_delivery: MakeDelivery,
+) -> None:
+    """aiormq runs what the callback returns as a task, a loop turn later: the callback
+    must hand the job to the waiting worker when called, not in that task."""
+    consumer = await make_delivery()
+    await consumer.wait_for_work(("default",), 0.05, worker_id="w", lease_s=30.0, limit=10)
+    waiting = asyncio.ensure_future(
+        consumer.wait_for_work(("default",), 10.0, worker_id="w", lease_s=30.0, limit=10)
+    )
+    await asyncio.sleep(0.1)
+    session = consumer.link.current
+    assert session is not None
+    message = aiormq.abc.DeliveredMessage(
+        delivery=spec.Basic.Deliver(consumer_tag="t", delivery_tag=10_000, routing_key="r"),
+        header=ContentHeader(properties=spec.Basic.Properties(message_id="job-1")),
+        body=b"{}",
+        channel=session.consumer,
+    )
+    receive = consumer._receiver("default", session.generation)
+    returned = receive(message)
+    assert consumer._taker is None and len(consumer._held) == 1  # leased and handed
+    await returned
+    [lease] = await waiting
+    assert lease.job_id == "job-1"
 
 
 async def test_an_idle_consumer_woken_by_a_job_to_check_first_reserves_it(

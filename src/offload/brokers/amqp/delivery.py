@@ -430,7 +430,14 @@ class AmqpDelivery(Delivery):
             raise unavailable("consume", exc) from exc
 
     def _receiver(self, queue: str, generation: int) -> aiormq.abc.ConsumerCallback:
-        async def receive(message: aiormq.abc.DeliveredMessage) -> None:
+        """The consumer callback of `queue`'s consumer on session `generation`.
+
+        A plain function, not a coroutine function: aiormq calls it in the reader's own
+        loop turn and runs what it returns as a task, so the delivery is held (or
+        handed to the taker) in that turn, a loop turn before an `async def` callback's
+        task would start; what it returns is a coroutine that does nothing."""
+
+        def receive(message: aiormq.abc.DeliveredMessage) -> Coroutine[object, object, None]:
             delivery = Held(queue, message, generation, time.monotonic())
             self._unacked.setdefault(generation, set()).add(delivery.tag)
             taker, self._taker = self._taker, None
@@ -442,10 +449,11 @@ class AmqpDelivery(Delivery):
                 ):
                     lease = self._lease(delivery, self.clock.now(), taker.lease_s)
                     taker.leases.set_result([lease])  # a job it may run at once
-                    return
+                    return _nothing()
                 taker.leases.set_result([])  # one to check first: it reserves
             heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
             self._arrived.set()
+            return _nothing()
 
         return receive
 
@@ -675,6 +683,10 @@ class _Taker:
     queues: frozenset[str]
     lease_s: float
     leases: asyncio.Future[list[Lease]]
+
+
+async def _nothing() -> None:
+    """What the consumer callback gives aiormq to run: its work is done already."""
 
 
 def _token(delivery: Held) -> str:
