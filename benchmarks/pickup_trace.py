@@ -113,9 +113,9 @@ def _wrap_broker(app: Any, events: list[tuple[str, float, Any]]) -> None:
         def traced_receiver(self: Any, queue: str, generation: int) -> Any:
             receive = receiver(self, queue, generation)
 
-            async def traced_receive(message: Any) -> None:
+            def traced_receive(message: Any) -> Any:  # called as the callback is (no task)
                 events.append(("delivered", time.time(), message.header.properties.message_id))
-                await receive(message)
+                return receive(message)
 
             return traced_receive
 
