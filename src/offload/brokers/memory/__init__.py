@@ -27,10 +27,10 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.ledger import PUBLISH_GRACE_S, Ledger
 from offload.brokers.memory._inspect import MemoryInspection
 from offload.brokers.memory._table import Record
 from offload.brokers.records import FINISHED_KEEP_S, Outgoing, minute_of
-from offload.brokers.roles import PUBLISH_GRACE_S, Ledger
 from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import LeaseLost
 from offload.limits import gcra

@@ -27,8 +27,8 @@ from offload.brokers.base import (
     Outcome,
     WorkerInfo,
 )
+from offload.brokers.part import Part
 from offload.brokers.records import minute_of
-from offload.brokers.roles import Part
 from offload.envelope import Envelope, JobState
 from offload.errors import LeaseLost
 

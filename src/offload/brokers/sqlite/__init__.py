@@ -47,8 +47,8 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.ledger import Ledger
 from offload.brokers.records import Outgoing
-from offload.brokers.roles import Ledger
 from offload.brokers.sqlite import _flow, _inspect, _ledger, _operate
 from offload.brokers.sqlite._doorbell import Doorbell
 from offload.brokers.sqlite._store import Store
