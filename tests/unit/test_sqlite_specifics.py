@@ -717,7 +717,7 @@ async def test_version_8_file_gets_ledger_columns_and_reserve_skips_ledger_jobs(
 async def test_a_time_range_of_a_rare_state_reads_that_states_index(
     make_broker: MakeBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from offload.brokers.sqlite import _store
+    from offload.brokers.sqlite import _inspect
 
     # Given three dead jobs among twenty,
     broker = make_broker()
@@ -726,18 +726,18 @@ async def test_a_time_range_of_a_rare_state_reads_that_states_index(
         await broker.bury(lease, error=ErrorInfo("E", "boom"))
 
     async def index_for(queue: str | None, state: JobState | None) -> str:
-        return await broker._run(_store.Store._created_walk_index, queue, state)
+        return await broker._run(_inspect._created_walk_index, queue, state)
 
     # a range of dead jobs reads the state's index (a rare state), with no state the
     # creation index, and so does a dead one once more than DIRECT_MAX are dead;
     assert await index_for(None, JobState.DEAD) == "offload_jobs_state"
     assert await index_for("default", JobState.DEAD) == "offload_jobs_queue_state"
     assert await index_for(None, None) == "offload_jobs_created"
-    monkeypatch.setattr(_store, "DIRECT_MAX", 2)
+    monkeypatch.setattr(_inspect, "DIRECT_MAX", 2)
     assert await index_for(None, JobState.DEAD) == "offload_jobs_created"
     # both list the same jobs.
     listed = await broker.list_jobs(state=JobState.DEAD, since=0.0, limit=2)
-    monkeypatch.setattr(_store, "DIRECT_MAX", 10)
+    monkeypatch.setattr(_inspect, "DIRECT_MAX", 10)
     again = await broker.list_jobs(state=JobState.DEAD, since=0.0, limit=2)
     assert [i.id for i in listed.items] == [i.id for i in again.items]
     assert listed.cursor == again.cursor is not None

@@ -43,6 +43,8 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from offload.brokers.ledger import PUBLISH_GRACE_S, Ledger
+from offload.brokers.part import Capabilities
 from offload.brokers.records import (
     Ended,
     EnqueueResult,
@@ -52,20 +54,17 @@ from offload.brokers.records import (
     Outgoing,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
 from offload.brokers.roles import (
-    PUBLISH_GRACE_S,
     Broker,
-    Capabilities,
     Delivery,
     Fleet,
     Flow,
     Inspection,
-    Ledger,
     Role,
-    Settlement,
     Signals,
     roles_of,
 )

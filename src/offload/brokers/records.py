@@ -1,8 +1,10 @@
 """The values brokers take and return: leases, job records, pages, counts, workers.
 
 Plain frozen dataclasses shared by every broker role (`offload.brokers.roles`), so a
-broker's answers look the same whichever broker gives them; and an attempt's record
-(`Attempt`: `offload.attempts` reads a job's history from them, above the brokers).
+broker's answers look the same whichever broker gives them; how a lease ends
+(`Ending`, and `Settlement`: what `Delivery.settle_many` takes); and an attempt's
+record (`Attempt`: `offload.attempts` reads a job's history from them, above the
+brokers).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "AttemptOutcome",
     "LEASE_EXPIRED",
     "Ended",
+    "Ending",
     "EnqueueResult",
     "FINISHED_KEEP_S",
     "Finished",
@@ -31,6 +34,7 @@ __all__ = [
     "Outcome",
     "Page",
     "QueueStats",
+    "Settlement",
     "SweepReport",
     "WorkerInfo",
     "created_cursor",
@@ -153,6 +157,111 @@ class Lease:
     deadline: float
     payload: bytes
     stamp: str | None = None
+
+
+class Ending(enum.StrEnum):
+    """How a lease ends: the five ways a worker settles a running job."""
+
+    #: `running → succeeded`, storing the result for its TTL.
+    ACK = "ack"
+    #: `running → scheduled` until `at`, recording the error (the attempt counted).
+    RETRY = "retry"
+    #: `running → dead` (the dead-letter queue), recording the error as the reason.
+    BURY = "bury"
+    #: `running → scheduled` until `at`, the attempt not counted and no error recorded:
+    #: a flow limit (rate or concurrency) held the job back, so waiting uses no attempt.
+    DEFER = "defer"
+    #: `running → cancelled`, recording the error: the worker stopped a job flagged by
+    #: `cancel` (it may have run in part). Kept for the retention, like a job cancelled
+    #: before it started.
+    CANCEL = "cancel"
+
+    @property
+    def state(self) -> JobState:
+        """The state the job is in after this ending."""
+        return _END_STATES[self]
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How `Inspection.finished` counts this ending; None for a defer (a flow limit
+        held the job back: nothing ended)."""
+        return _END_OUTCOMES.get(self)
+
+
+_END_STATES = {
+    Ending.ACK: JobState.SUCCEEDED,
+    Ending.RETRY: JobState.SCHEDULED,
+    Ending.BURY: JobState.DEAD,
+    Ending.DEFER: JobState.SCHEDULED,
+    Ending.CANCEL: JobState.CANCELLED,
+}
+
+_END_OUTCOMES = {
+    Ending.ACK: Outcome.SUCCEEDED,
+    Ending.RETRY: Outcome.FAILED,
+    Ending.BURY: Outcome.DEAD,
+    Ending.CANCEL: Outcome.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One lease ending: which lease, how (`ending`), and with what.
+
+    `result` and `result_ttl_s` (None: the broker's retention) belong to `ack`; `error`
+    to `retry`, `bury` and `cancel`; `at` (when the job is due again) to `retry` and
+    `defer`. Build one with the class methods, which take exactly what each needs.
+    """
+
+    lease: Lease
+    ending: Ending
+    result: bytes | None = None
+    result_ttl_s: float | None = None
+    error: ErrorInfo | None = None
+    at: float | None = None
+
+    def __post_init__(self) -> None:
+        needs_error = self.ending in (Ending.RETRY, Ending.BURY, Ending.CANCEL)
+        if needs_error != (self.error is not None):
+            raise ValueError(
+                f"a {self.ending} settlement {'needs' if needs_error else 'takes no'} error"
+            )
+        needs_at = self.ending in (Ending.RETRY, Ending.DEFER)
+        if needs_at != (self.at is not None):
+            raise ValueError(
+                f"a {self.ending} settlement {'needs' if needs_at else 'takes no'} `at`"
+            )
+        if self.ending is not Ending.ACK and (
+            self.result is not None or self.result_ttl_s is not None
+        ):
+            raise ValueError(f"a {self.ending} settlement takes no result")
+
+    @property
+    def state(self) -> JobState:
+        """The state the job is in once this settlement is recorded."""
+        return self.ending.state
+
+    @classmethod
+    def ack(
+        cls, lease: Lease, result: bytes | None, *, result_ttl_s: float | None = None
+    ) -> Settlement:
+        return cls(lease, Ending.ACK, result=result, result_ttl_s=result_ttl_s)
+
+    @classmethod
+    def retry(cls, lease: Lease, *, at: float, error: ErrorInfo) -> Settlement:
+        return cls(lease, Ending.RETRY, error=error, at=at)
+
+    @classmethod
+    def bury(cls, lease: Lease, *, error: ErrorInfo) -> Settlement:
+        return cls(lease, Ending.BURY, error=error)
+
+    @classmethod
+    def defer(cls, lease: Lease, *, at: float) -> Settlement:
+        return cls(lease, Ending.DEFER, at=at)
+
+    @classmethod
+    def cancel(cls, lease: Lease, *, error: ErrorInfo) -> Settlement:
+        return cls(lease, Ending.CANCEL, error=error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,12 +23,15 @@ SQL and Redis brokers and memory are full brokers. A broker that can only delive
 store, for the other four (`offload.brokers.composite`). `wait` is in Delivery, not
 Signals: new work is announced by whatever delivers it.
 
-A sixth role, `Ledger`, is what a full broker needs to be such a state store: it keeps
-the state of the jobs another part delivers (recorded at enqueue, claimed when
-delivered, settled like its own), and never hands them out itself.
+A sixth role, `Ledger` (`offload.brokers.ledger`), is what a full broker needs to be
+such a state store: it keeps the state of the jobs another part delivers (recorded
+at enqueue, claimed when delivered, settled like its own), and never hands them out
+itself.
 
-Every way a lease ends is one `Settlement` passed to `Delivery.settle_many`, in
-batches: the worker group-commits all of them (`offload.worker.settler`).
+Every way a lease ends is one `Settlement` (a record, in `offload.brokers.records`)
+passed to `Delivery.settle_many`, in batches: the worker group-commits all of them
+(`offload.worker.settler`). What every role shares (URL, clock, lifecycle,
+`Capabilities`) is `Part`, in `offload.brokers.part`.
 
 Lifecycle of a job, by broker operation:
 
@@ -50,15 +53,15 @@ import abc
 import asyncio
 import contextlib
 import enum
-import logging
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Self, final, runtime_checkable
+from typing import TYPE_CHECKING, final
 
-from offload._redact import redact_url
+from offload.brokers.ledger import PUBLISH_GRACE_S, Ledger
+from offload.brokers.part import Capabilities, Part, TransactionalEnqueue
 from offload.brokers.records import (
     DEFAULT_RETENTION_S,
     Ended,
+    Ending,
     EnqueueResult,
     Finished,
     JobInfo,
@@ -67,18 +70,19 @@ from offload.brokers.records import (
     Outgoing,
     Page,
     QueueStats,
+    Settlement,
     SweepReport,
     WorkerInfo,
 )
-from offload.clock import Clock, SystemClock
 from offload.envelope import Envelope, ErrorInfo, JobState
-from offload.errors import BrokerError, ConfigurationError, LeaseLost
+from offload.errors import ConfigurationError, LeaseLost
 
 if TYPE_CHECKING:
     from offload.brokers.facts import QueueFacts
 
-#: The roles, and the records they take and return (re-exported from
-#: `offload.brokers.records`, so one import gives the whole contract).
+#: The roles, and what they share and take and return (re-exported from
+#: `offload.brokers.part`, `offload.brokers.ledger` and `offload.brokers.records`, so
+#: one import gives the whole contract).
 __all__ = [
     "DEFAULT_RETENTION_S",
     "Broker",
@@ -108,186 +112,6 @@ __all__ = [
     "WorkerInfo",
     "roles_of",
 ]
-
-logger = logging.getLogger("offload.brokers")
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    """What a broker can do beyond the contract, declared instead of discovered.
-
-    Attributes:
-        transactional_enqueue: `enqueue` can join the application's own transaction.
-        push_wakeup: `wait` returns early when work arrives (no polling).
-        cross_process: several processes share the broker's state.
-        loop_bound: the broker's connections belong to the event loop that opened
-            them, so each loop needs its own instance.
-        push_results: `wait_finished` returns as soon as the job ends, whichever
-            process ends it (without it, only an end in this process is pushed and
-            `Job.result()` re-reads with a backoff).
-        blocking_enqueue: `enqueue_blocking` can store jobs from the calling thread,
-            so sync producers skip the portal's thread hop.
-        lapsing_leases: a lease ends at its deadline by itself: the broker hands the
-            job to the next consumer once it passes, with no `reserve` taking it back
-            (SQS's visibility timeout). Such a broker refuses to extend or settle a
-            lease past its deadline, and the worker stops a job whose lease it could
-            not extend before the deadline comes and never settles it
-            (`offload.worker.lapses`). Without it a lapsed lease stays its holder's
-            until another worker takes the job (see `Delivery.extend`).
-    """
-
-    transactional_enqueue: bool = False
-    push_wakeup: bool = False
-    push_results: bool = False
-    blocking_enqueue: bool = False
-    lapsing_leases: bool = False
-    cross_process: bool = True
-    loop_bound: bool = False
-
-
-class Ending(enum.StrEnum):
-    """How a lease ends: the five ways a worker settles a running job."""
-
-    #: `running → succeeded`, storing the result for its TTL.
-    ACK = "ack"
-    #: `running → scheduled` until `at`, recording the error (the attempt counted).
-    RETRY = "retry"
-    #: `running → dead` (the dead-letter queue), recording the error as the reason.
-    BURY = "bury"
-    #: `running → scheduled` until `at`, the attempt not counted and no error recorded:
-    #: a flow limit (rate or concurrency) held the job back, so waiting uses no attempt.
-    DEFER = "defer"
-    #: `running → cancelled`, recording the error: the worker stopped a job flagged by
-    #: `cancel` (it may have run in part). Kept for the retention, like a job cancelled
-    #: before it started.
-    CANCEL = "cancel"
-
-    @property
-    def state(self) -> JobState:
-        """The state the job is in after this ending."""
-        return _END_STATES[self]
-
-    @property
-    def outcome(self) -> Outcome | None:
-        """How `Inspection.finished` counts this ending; None for a defer (a flow limit
-        held the job back: nothing ended)."""
-        return _END_OUTCOMES.get(self)
-
-
-_END_STATES = {
-    Ending.ACK: JobState.SUCCEEDED,
-    Ending.RETRY: JobState.SCHEDULED,
-    Ending.BURY: JobState.DEAD,
-    Ending.DEFER: JobState.SCHEDULED,
-    Ending.CANCEL: JobState.CANCELLED,
-}
-
-_END_OUTCOMES = {
-    Ending.ACK: Outcome.SUCCEEDED,
-    Ending.RETRY: Outcome.FAILED,
-    Ending.BURY: Outcome.DEAD,
-    Ending.CANCEL: Outcome.CANCELLED,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """One lease ending: which lease, how (`ending`), and with what.
-
-    `result` and `result_ttl_s` (None: the broker's retention) belong to `ack`; `error`
-    to `retry`, `bury` and `cancel`; `at` (when the job is due again) to `retry` and
-    `defer`. Build one with the class methods, which take exactly what each needs.
-    """
-
-    lease: Lease
-    ending: Ending
-    result: bytes | None = None
-    result_ttl_s: float | None = None
-    error: ErrorInfo | None = None
-    at: float | None = None
-
-    def __post_init__(self) -> None:
-        needs_error = self.ending in (Ending.RETRY, Ending.BURY, Ending.CANCEL)
-        if needs_error != (self.error is not None):
-            raise ValueError(
-                f"a {self.ending} settlement {'needs' if needs_error else 'takes no'} error"
-            )
-        needs_at = self.ending in (Ending.RETRY, Ending.DEFER)
-        if needs_at != (self.at is not None):
-            raise ValueError(
-                f"a {self.ending} settlement {'needs' if needs_at else 'takes no'} `at`"
-            )
-        if self.ending is not Ending.ACK and (
-            self.result is not None or self.result_ttl_s is not None
-        ):
-            raise ValueError(f"a {self.ending} settlement takes no result")
-
-    @property
-    def state(self) -> JobState:
-        """The state the job is in once this settlement is recorded."""
-        return self.ending.state
-
-    @classmethod
-    def ack(
-        cls, lease: Lease, result: bytes | None, *, result_ttl_s: float | None = None
-    ) -> Settlement:
-        return cls(lease, Ending.ACK, result=result, result_ttl_s=result_ttl_s)
-
-    @classmethod
-    def retry(cls, lease: Lease, *, at: float, error: ErrorInfo) -> Settlement:
-        return cls(lease, Ending.RETRY, error=error, at=at)
-
-    @classmethod
-    def bury(cls, lease: Lease, *, error: ErrorInfo) -> Settlement:
-        return cls(lease, Ending.BURY, error=error)
-
-    @classmethod
-    def defer(cls, lease: Lease, *, at: float) -> Settlement:
-        return cls(lease, Ending.DEFER, at=at)
-
-    @classmethod
-    def cancel(cls, lease: Lease, *, error: ErrorInfo) -> Settlement:
-        return cls(lease, Ending.CANCEL, error=error)
-
-
-class Part(abc.ABC):  # noqa: B024 - the shared base of the roles; it has no abstract method of its own
-    """What every role of a broker has: its URL, clock, retention and lifecycle.
-
-    One object may play several roles (a full broker plays all of them); this base is
-    shared, so it is initialised once.
-    """
-
-    #: Declared abilities; see `Capabilities`.
-    capabilities = Capabilities()
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        clock: Clock | None = None,
-        retention_s: float = DEFAULT_RETENTION_S,
-    ) -> None:
-        self.url = url
-        self.clock: Clock = clock or SystemClock()
-        self.retention_s = retention_s
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {redact_url(self.url)}>"
-
-    async def connect(self) -> None:
-        """Open connections and install schema; idempotent."""
-        return None
-
-    async def close(self) -> None:
-        """Release every resource; idempotent."""
-        return None
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 class Delivery(Part):
@@ -759,92 +583,6 @@ class Signals(Part):
         await asyncio.sleep(timeout_s)
 
 
-#: How long a job the state store handed to a delivery (`Ledger.record`, `Ledger.due`)
-#: may stay unconfirmed (`Ledger.published`) before `Ledger.due` hands it out again, in
-#: seconds: a publisher that died or failed between the two must not lose the job.
-PUBLISH_GRACE_S = 30.0
-
-
-class Ledger(Part):
-    """The state of jobs that another part delivers: what makes a full broker the
-    state store of a delivery-only broker (`offload.brokers.composite`).
-
-    A ledger job is an ordinary job of the store (every other role sees it: keys,
-    results, progress, cancel, the outbox, inspection), except that the store's own
-    `reserve` never hands it out and never takes its lease back: the delivery holds
-    its copies, and the store decides which delivered copy runs (`claim`). Delays and
-    retries wait in the store as `scheduled`, and are published when due (`due`), so
-    the delivery needs no timers. Every method is one atomic operation.
-
-        record ──► queued (a copy published) ──claim──► running ──settle_many──► …
-        retry/defer/replay ──► scheduled/queued ──due (a new copy)──► queued ──claim──► …
-    """
-
-    @abc.abstractmethod
-    async def record(
-        self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
-    ) -> tuple[list[EnqueueResult], list[Outgoing]]:
-        """Store jobs as `enqueue` does (keys, duplicate ids, `max_depth`, expiry, due
-        times, `QueueFull`), as ledger jobs. Returns `enqueue`'s results, and the jobs
-        to publish now (created and due), each with a fresh stamp and unconfirmed
-        until `published` (else `due` hands it out again after `PUBLISH_GRACE_S`)."""
-
-    @abc.abstractmethod
-    async def published(self, jobs: Sequence[Outgoing]) -> None:
-        """The delivery holds these copies: they need not be published again.
-        Idempotent; a copy whose stamp is no longer the job's is ignored."""
-
-    @abc.abstractmethod
-    async def due(self, queues: Sequence[str], *, limit: int) -> list[Outgoing]:
-        """Up to `limit` ledger jobs of `queues` to publish now, each with a fresh
-        stamp (any older copy is then refused by `claim`): `scheduled` ones that are
-        due (they become `queued`; those past `expires_at` expire instead), and
-        `queued` ones left unconfirmed for `PUBLISH_GRACE_S` (a failed publish) or
-        replayed from the dead-letter queue. Each is unconfirmed until `published`."""
-
-    @abc.abstractmethod
-    async def claim(
-        self, delivered: Sequence[Lease], *, worker_id: str, lease_s: float
-    ) -> list[Lease | None]:
-        """Decide, for each copy the delivery handed this worker (its lease, with
-        `stamp`), whether it runs: its store lease (`running`, the attempt counted, a
-        fresh token, `deadline = now + lease_s`, the payload the store holds: a copy's
-        own may be empty), or None: the delivery must drop the copy (acknowledge it
-        unrun).
-
-        Claimed: a `queued` job whose stamp matches, and a `running` one whose stamp
-        matches (the same copy delivered again: its holder died or lost its
-        connection, so its lease is taken back and the attempt counted, as a lapsed
-        lease). Refused: an unknown job, a stale stamp, a job `scheduled`, finished,
-        cancelled, or past `expires_at` (it becomes `expired` then, recorded in the
-        outbox).
-        """
-
-    async def claim_due(
-        self,
-        delivered: Sequence[Lease],
-        queues: Sequence[str],
-        *,
-        worker_id: str,
-        lease_s: float,
-        limit: int,
-    ) -> tuple[list[Lease | None], list[Outgoing]]:
-        """`claim`, then `due` of `queues`: one call, which a store may answer in one
-        transaction (SQLite does: one trip to its thread, one write for both). Here
-        two calls: if `due` fails, the claims stand and nothing is due (the caller
-        asks again at its next poll).
-
-        Raises:
-            BrokerError: the claim failed (nothing claimed).
-        """
-        claimed = await self.claim(delivered, worker_id=worker_id, lease_s=lease_s)
-        try:
-            return claimed, await self.due(queues, limit=limit)
-        except BrokerError as exc:
-            logger.warning("asking the state store for due jobs failed: %s", exc)
-            return claimed, []
-
-
 class Role(enum.Enum):
     """The five roles, each naming its ABC (`Role.FLOW.part is Flow`)."""
 
@@ -873,22 +611,3 @@ class Broker(Delivery, Flow, Inspection, Fleet, Signals):
 def roles_of(obj: object) -> frozenset[Role]:
     """The roles `obj` declares, by inheriting their ABCs."""
     return frozenset(role for role in Role if isinstance(obj, role.part))
-
-
-@runtime_checkable
-class TransactionalEnqueue(Protocol):
-    """A delivery whose jobs can join the application's own database transaction
-    (`capabilities.transactional_enqueue`).
-
-    `enqueue_in` has `enqueue`'s contract, but runs on `connection` (the application's
-    driver connection) and never commits: the jobs exist once the application commits,
-    and never if it rolls back; no worker can see them before the commit.
-    """
-
-    def enqueue_in_sync(
-        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
-    ) -> list[EnqueueResult]: ...
-
-    async def enqueue_in(
-        self, connection: Any, jobs: Sequence[tuple[Envelope, bytes]]
-    ) -> list[EnqueueResult]: ...

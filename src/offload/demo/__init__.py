@@ -6,14 +6,19 @@ local SMTP server that is slow and flaky on purpose (`smtp.py`); then it drives 
 hundred sign-ups over HTTP and reports how long they took beside how long the email
 took, and whether every email arrived exactly once (`run.py`).
 
+The orchestrator's parts: the scripted story one user walks after the load
+(`story.py`) and the summary it prints (`summary.py`).
+
 This package needs the `demo` extra (`pip install 'offload[demo]'`). Importing it does
-not: only the names below, shared by the app and the orchestrator, live here.
+not: only the names below, shared by the app, the orchestrator and its story, live
+here.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CODE_TTL_S",
+    "DemoError",
     "ENV_CODE_TTL",
     "ENV_DASHBOARD_TOKEN",
     "ENV_DB",
@@ -45,3 +50,7 @@ ENV_CODE_TTL = "OFFLOAD_DEMO_CODE_TTL"
 #: The orchestrator's pid: its children stop when it is gone (killed, say), instead of
 #: running on as orphans. The same variable `offload worker` watches for its supervisor.
 ENV_PARENT_PID = "OFFLOAD_SUPERVISOR_PID"
+
+
+class DemoError(Exception):
+    """A part of the demo could not start or misbehaved."""

@@ -17,18 +17,17 @@ SIGTERM (like Ctrl-C) stops every part before the demo exits; a demo killed outr
 leaves no orphans either, since its children watch their parent (`ENV_PARENT_PID`)
 and stop when it is gone.
 
-Then a few hundred sign-ups go over HTTP while a live display follows the emails, and
-a summary puts the sign-up latency beside the SMTP delay the request did not wait for,
-with the delivery accounting: delivered, duplicates, retries, dead letters, expired.
+Then a few hundred sign-ups go over HTTP while a live display follows the emails, one
+user walks through the resend story (`story.py`), and a summary (`summary.py`) puts the
+sign-up latency beside the SMTP delay the request did not wait for, with the delivery
+accounting: delivered, duplicates, retries, dead letters, expired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from rich.console import Console, Group
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,7 +50,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from offload._redact import redact_url
 from offload.app import Offload
@@ -62,11 +60,16 @@ from offload.demo import (
     ENV_PARENT_PID,
     ENV_SMTP_HOST,
     ENV_SMTP_PORT,
+    DemoError,
 )
 from offload.demo.smtp import SMTPServer, free_port
+from offload.demo.story import Story
+from offload.demo.summary import DemoSummary, percentile, render_summary
 from offload.envelope import ACTIVE_STATES, JobState
 
-__all__ = ["DemoError", "DemoSummary", "run_demo", "serve_demo"]
+#: `DemoError` lives in `offload.demo`, and `DemoSummary`, `percentile` and
+#: `render_summary` in `offload.demo.summary`: re-exported, so their old paths work.
+__all__ = ["DemoError", "DemoSummary", "percentile", "render_summary", "run_demo", "serve_demo"]
 
 #: How long the web server may take to answer its first request, in seconds.
 STARTUP_TIMEOUT_S = 30.0
@@ -82,60 +85,6 @@ HTTP_CLIENTS = 20
 #: Under `--serve`, the SMTP server refuses each message this many times (451) before
 #: it accepts it, so every sign-up shows its job fail, retry and succeed.
 SERVE_REFUSALS = 2
-#: The address of the user who walks through the resend story after the load.
-STORY_EMAIL = "ada@example.com"
-CODE_RE = re.compile(r"\b(\d{6})\b")
-
-
-class DemoError(Exception):
-    """A part of the demo could not start or misbehaved."""
-
-
-@dataclass(frozen=True, slots=True)
-class DemoSummary:
-    """What a run measured. `ok` is the demo's verdict: every email exactly once.
-
-    Attributes:
-        latency_p50_ms / latency_p99_ms: sign-up request latency, as the client saw it.
-        smtp_delay_ms: how long the SMTP server took per message (what a synchronous
-            sign-up would have waited for, at least once per attempt).
-        delivered: distinct emails (by Message-ID) the sign-up users received.
-        users_emailed_once: sign-up users whose inbox holds exactly one message.
-        duplicates: messages accepted again under a Message-ID already delivered.
-        retries: sum over jobs of attempts beyond the first (from the broker).
-        refused: 451 answers of the SMTP server (each should cost one retry).
-    """
-
-    signups: int
-    accepted: int
-    latency_p50_ms: float
-    latency_p99_ms: float
-    smtp_delay_ms: float
-    failure_rate: float
-    delivered: int
-    users_emailed_once: int
-    duplicates: int
-    retries: int
-    refused: int
-    dead: int
-    expired: int
-    wall_s: float
-    timed_out: bool
-    workdir: str
-    story: tuple[str, ...] = ()
-    story_ok: bool = True
-
-    @property
-    def ok(self) -> bool:
-        return (
-            not self.timed_out
-            and self.story_ok
-            and self.accepted == self.signups
-            and self.delivered == self.signups
-            and self.users_emailed_once == self.signups
-            and self.duplicates == 0
-            and self.dead == 0
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +304,7 @@ class _Demo:
                 retries = await self._retries()
                 mail = self.smtp.stats()
                 once = self._users_emailed_once()
-                story = await _Story(client, self.smtp).run()
+                story = await Story(client, self.smtp).run()
         finally:
             self.stopping = True
             # Workers first, while the SMTP server still answers their last sends.
@@ -573,79 +522,7 @@ class _Demo:
         return sum(len(self.smtp.handler.inbox(e).messages) == 1 for e in self.load.emails)
 
 
-@dataclass(slots=True)
-class _Story:
-    """One user's walk through the rest of the story, after the load: sign up, read
-    the code from the inbox, ask for a resend, find the old code refused and the new
-    one accepted, and fail to sign up twice."""
-
-    client: httpx.AsyncClient
-    smtp: SMTPServer
-    lines: list[str] = field(default_factory=list)
-    ok: bool = True
-
-    def check(self, passed: bool, text: str) -> None:
-        self.ok = self.ok and passed
-        self.lines.append(f"{'[green]✓' if passed else '[red]✗'}[/] {text}")
-
-    async def run(self) -> _Story:
-        try:
-            await self._walk()
-        except (DemoError, httpx.HTTPError) as exc:
-            self.check(False, f"the story stopped: {exc}")
-        return self
-
-    async def _walk(self) -> None:
-        start = time.perf_counter()
-        response = await self.client.post(
-            "/signup", json={"email": STORY_EMAIL, "name": "Ada Lovelace"}
-        )
-        answered_ms = (time.perf_counter() - start) * 1000
-        status = response.status_code
-        self.check(status == 201, f"{STORY_EMAIL} signs up: {status} in {answered_ms:.0f} ms")
-        first = await self._code(1)
-        waited_ms = (time.perf_counter() - start) * 1000
-        self.check(True, f"her code {first} arrives {waited_ms:.0f} ms after she signed up")
-        response = await self.client.post("/resend", json={"email": STORY_EMAIL})
-        self.check(response.status_code == 202, f"she asks for a resend: {response.status_code}")
-        second = await self._code(2)
-        self.check(second != first, f"a new code {second} arrives in a second email")
-        old = await self._verify(first)
-        self.check(old == 400, f"the old code is refused: {old}")
-        new = await self._verify(second)
-        self.check(new == 200, f"the new code verifies her: {new}")
-        again = await self.client.post("/signup", json={"email": STORY_EMAIL, "name": "Ada"})
-        self.check(again.status_code == 409, f"signing up again: {again.status_code}")
-
-    async def _verify(self, code: str) -> int:
-        response = await self.client.get("/verify", params={"email": STORY_EMAIL, "code": code})
-        return response.status_code
-
-    async def _code(self, count: int, timeout_s: float = 30.0) -> str:
-        """The code in the `count`-th email to the story's user, once it arrives."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            inbox = self.smtp.handler.inbox(STORY_EMAIL)
-            if len(inbox.messages) >= count:
-                found = CODE_RE.search(str(inbox.messages[count - 1]["Subject"]))
-                if found is None:
-                    raise DemoError("the verification email carries no code")
-                return found.group(1)
-            await asyncio.sleep(0.02)
-        raise DemoError(f"email #{count} to {STORY_EMAIL} did not arrive in {timeout_s:.0f} s")
-
-
 # -- helpers ----------------------------------------------------------------------------
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The nearest-rank percentile (0 for no values): the smallest value that at least
-    `p` percent of the values do not exceed."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(math.ceil(p / 100 * len(ordered)), 1)
-    return ordered[rank - 1]
 
 
 def _web_argv(port: int) -> list[str]:
@@ -682,38 +559,3 @@ def _progress(console: Console) -> Iterator[Progress]:
     )
     with progress:
         yield progress
-
-
-def render_summary(s: DemoSummary) -> Group:
-    """The summary: latency next to the delay it avoided, the delivery accounting, the
-    resend story, and the verdict."""
-    table = Table(
-        title=f"offload demo: {s.signups} sign-ups", title_justify="left", show_header=False
-    )
-    table.add_column("")
-    table.add_column("", justify="right")
-    table.add_column("", style="dim")
-    table.add_row("sign-ups answered 201", f"{s.accepted} / {s.signups}")
-    table.add_row(
-        "sign-up latency p50 / p99",
-        f"{s.latency_p50_ms:.1f} / {s.latency_p99_ms:.1f} ms",
-        "never waits for the email",
-    )
-    table.add_row(
-        "SMTP delay per message", f"{s.smtp_delay_ms:.0f} ms", f"{s.failure_rate:.0%} refused (451)"
-    )
-    table.add_section()
-    table.add_row(
-        "emails delivered", f"{s.delivered} / {s.signups}", f"{s.users_emailed_once} users got one"
-    )
-    table.add_row("duplicates", str(s.duplicates), "Message-ID seen twice")
-    table.add_row("retries", str(s.retries), f"{s.refused} SMTP refusals")
-    table.add_row("dead letters", str(s.dead))
-    table.add_row("expired", str(s.expired))
-    table.add_row("wall time", f"{s.wall_s:.1f} s", "timed out" if s.timed_out else "")
-    verdict = (
-        "[bold green]every email delivered exactly once"
-        if s.ok
-        else "[bold red]not every email was delivered exactly once"
-    )
-    return Group(table, *s.story, verdict, f"[dim]databases and logs: {s.workdir}")

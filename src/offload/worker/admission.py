@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from offload.brokers.roles import Settlement
+from offload.brokers.records import Settlement
 from offload.codec import decode_envelope
 from offload.envelope import Envelope
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from offload import attempts as history
-from offload.brokers.roles import Settlement
+from offload.brokers.records import Settlement
 from offload.envelope import ErrorInfo
 
 if TYPE_CHECKING:

@@ -73,8 +73,16 @@ from offload.brokers.amqp.topology import (
     EXPIRES_HEADER,
     STAMP_HEADER,
 )
-from offload.brokers.records import DEFAULT_RETENTION_S, EnqueueResult, Lease, Outgoing
-from offload.brokers.roles import Capabilities, Delivery, Ending, Settlement
+from offload.brokers.part import Capabilities
+from offload.brokers.records import (
+    DEFAULT_RETENTION_S,
+    Ending,
+    EnqueueResult,
+    Lease,
+    Outgoing,
+    Settlement,
+)
+from offload.brokers.roles import Delivery
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope, ErrorInfo

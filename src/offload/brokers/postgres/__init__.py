@@ -61,6 +61,7 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.ledger import Ledger
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._blocking import BlockingPool, unavailable
 from offload.brokers.postgres._enqueue import Inserter
@@ -74,7 +75,6 @@ from offload.brokers.postgres._operate import Operations
 from offload.brokers.postgres._signals import EndWaiters, Signals
 from offload.brokers.postgres._sql import migrate, schema_version
 from offload.brokers.records import FINISHED_KEEP_S, Outgoing, minute_of
-from offload.brokers.roles import Ledger
 from offload.clock import Clock
 from offload.codec import encode_error, encode_value
 from offload.envelope import TERMINAL_STATES, Envelope, JobState

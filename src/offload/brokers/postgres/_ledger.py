@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from offload.brokers.ledger import PUBLISH_GRACE_S
 from offload.brokers.postgres import _rows
 from offload.brokers.postgres._enqueue import Inserter
 from offload.brokers.postgres._executor import Database
 from offload.brokers.records import EnqueueResult, Lease, Outgoing, minute_of
-from offload.brokers.roles import PUBLISH_GRACE_S
 from offload.clock import Clock
 from offload.envelope import Envelope
 

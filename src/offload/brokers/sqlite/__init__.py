@@ -47,9 +47,9 @@ from offload.brokers.base import (
     SweepReport,
     WorkerInfo,
 )
+from offload.brokers.ledger import Ledger
 from offload.brokers.records import Outgoing
-from offload.brokers.roles import Ledger
-from offload.brokers.sqlite import _ledger, _operate
+from offload.brokers.sqlite import _flow, _inspect, _ledger, _operate
 from offload.brokers.sqlite._doorbell import Doorbell
 from offload.brokers.sqlite._store import Store
 from offload.clock import Clock
@@ -408,25 +408,25 @@ class SQLiteBroker(Broker, Ledger):
             job_id, ended, timeout_s, recheck=ended_elsewhere, every_s=WAIT_POLL_S
         )
 
-    # -- inspection -----------------------------------------------------------------------
+    # -- inspection (`_inspect.py`) -------------------------------------------------------
 
     async def counts(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        return await self._run(Store.counts, queues)
+        return await self._run(_inspect.counts, queues)
 
     async def finished(self, since: float, queues: Sequence[str] | None = None) -> list[Finished]:
-        return await self._run(Store.finished, since, queues)
+        return await self._run(_inspect.finished, since, queues)
 
     async def get_job(self, job_id: str) -> JobInfo | None:
-        return await self._run(Store.get_job, job_id)
+        return await self._run(_inspect.get_job, job_id)
 
     async def set_progress(self, job_id: str, progress: bytes) -> None:
-        await self._run(Store.set_progress, job_id, progress)
+        await self._run(_inspect.set_progress, job_id, progress)
 
     async def find(self, key: str) -> JobInfo | None:
-        return await self._run(Store.find, key)
+        return await self._run(_inspect.find, key)
 
     async def workflow_jobs(self, workflow_id: str, *, limit: int = 1000) -> list[JobInfo]:
-        return await self._run(Store.workflow_jobs, workflow_id, limit)
+        return await self._run(_inspect.workflow_jobs, workflow_id, limit)
 
     async def list_jobs(
         self,
@@ -438,12 +438,12 @@ class SQLiteBroker(Broker, Ledger):
         since: float | None = None,
         until: float | None = None,
     ) -> Page:
-        return await self._run(Store.list_jobs, queue, state, limit, cursor, since, until)
+        return await self._run(_inspect.list_jobs, queue, state, limit, cursor, since, until)
 
     async def replay_dead(
         self, queue: str | None = None, job_ids: Sequence[str] | None = None
     ) -> int:
-        moved = await self._run(Store.replay_dead, queue, job_ids)
+        moved = await self._run(_inspect.replay_dead, queue, job_ids)
         if moved:
             self._made_ready()
         return moved
@@ -455,34 +455,34 @@ class SQLiteBroker(Broker, Ledger):
         *,
         older_than: float | None = None,
     ) -> int:
-        purged = await self._run(Store.purge_dead, queue, job_ids, older_than)
+        purged = await self._run(_inspect.purge_dead, queue, job_ids, older_than)
         if purged:
             await self._run(_operate.forget_orphans)
         return purged
 
     async def queues(self) -> list[str]:
-        return await self._run(Store.queues)
+        return await self._run(_inspect.queue_names)
 
-    # -- coordination and housekeeping ----------------------------------------------------
+    # -- coordination (`_flow.py`) and housekeeping ---------------------------------------
 
     async def take_rate(self, key: str, *, limit: int, per_s: float) -> float:
-        return await self._run(Store.take_rate, key, limit, per_s)
+        return await self._run(_flow.take_rate, key, limit, per_s)
 
     async def acquire_slot(self, key: str, *, limit: int, holder: str, ttl_s: float) -> bool:
-        return await self._run(Store.acquire_slot, key, limit, holder, ttl_s)
+        return await self._run(_flow.acquire_slot, key, limit, holder, ttl_s)
 
     async def join(
         self, group_id: str, member_id: str, *, index: int, total: int, outcome: bytes
     ) -> list[bytes] | None:
-        return await self._run(Store.join, group_id, member_id, index, total, outcome)
+        return await self._run(_flow.join, group_id, member_id, index, total, outcome)
 
     async def release_slot(self, key: str, holder: str) -> None:
-        await self._run(Store.release_slot, key, holder)
+        await self._run(_flow.release_slot, key, holder)
 
     async def compare_and_set(
         self, name: str, expected: str | None, new: str, *, ttl_s: float
     ) -> str | None:
-        return await self._run(Store.compare_and_set, name, expected, new, ttl_s)
+        return await self._run(_flow.compare_and_set, name, expected, new, ttl_s)
 
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         await self._run(Store.register_worker, info, ttl_s)

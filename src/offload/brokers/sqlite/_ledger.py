@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from offload.brokers._sql import named_queries
 from offload.brokers._sql_rows import blob
+from offload.brokers.ledger import PUBLISH_GRACE_S
 from offload.brokers.records import LEASE_EXPIRED, EnqueueResult, Lease, Outgoing
-from offload.brokers.roles import PUBLISH_GRACE_S
 from offload.brokers.sqlite._store import Store
 from offload.codec import encode_error
 from offload.envelope import Envelope

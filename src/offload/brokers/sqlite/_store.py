@@ -9,7 +9,13 @@ and a busy file makes the caller wait before it has done anything, never halfway
 Methods take positional arguments only, so the broker can pass them to the executor
 as plain `(function, *args)` with their types intact.
 
-Job counts (`counts`, the table `offload_counts`) are kept here, not by triggers: every
+This module holds the job lifecycle (enqueue, reserve, settle, release, cancel, the
+outbox, sweep) and the transactions; the rest are functions of a store kept in modules
+of their own and run the same way (`Store.run`): inspection (`_inspect.py`), flow
+(`_flow.py`: rates, slots, joins, registers), operations (`_operate.py`) and the
+ledger (`_ledger.py`).
+
+Job counts (`_inspect.counts`, the table `offload_counts`) are kept here, not by triggers: every
 statement that inserts, moves or deletes jobs returns their queues, each write notes the
 moves (`_move`), and the transaction adds them to the counters in one statement before
 it commits, one row per queue and state (a batch of a hundred acks: two).
@@ -26,43 +32,34 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
 from offload.brokers._depth import adding_per_queue, check_depth
 from offload.brokers._sql import named_queries
-from offload.brokers._sql_rows import blob, job_info, queue_stats, worker_info
+from offload.brokers._sql_rows import blob, worker_info
 from offload.brokers.base import (
     LEASE_EXPIRED,
     Ended,
     Ending,
     EnqueueResult,
-    Finished,
-    JobInfo,
     Lease,
     Outcome,
-    Page,
-    QueueStats,
     Settlement,
     SweepReport,
     WorkerInfo,
 )
-from offload.brokers.records import FINISHED_KEEP_S, created_cursor, minute_of
+from offload.brokers.records import FINISHED_KEEP_S, minute_of
 from offload.brokers.sqlite._connection import connect, retry_busy
 from offload.clock import Clock
-from offload.codec import decode_value, encode_error, encode_value
-from offload.envelope import TERMINAL_STATES, Envelope, JobState, id_floor
-from offload.limits import gcra
+from offload.codec import encode_error, encode_value
+from offload.envelope import TERMINAL_STATES, Envelope, JobState
 
 __all__ = ["Store"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-#: A state with at most this many jobs is listed by a time range from its own index,
-#: its jobs sorted, instead of by walking the creation index (`_created_walk_index`).
-DIRECT_MAX = 10_000
 #: The error recorded on a job whose lease lapsed; the same words as every broker.
 _LEASE_EXPIRED = encode_error(LEASE_EXPIRED).decode()
 _Q = named_queries("offload.brokers.sqlite")
@@ -98,10 +95,6 @@ def _only_acks(settlements: Sequence[Settlement]) -> bool:
     return len(ids) == len(settlements)
 
 
-def _id_list(job_ids: Sequence[str] | None) -> str | None:
-    return None if job_ids is None else json.dumps(list(job_ids))
-
-
 class Store:
     """Every broker operation as one synchronous transaction on one connection."""
 
@@ -128,8 +121,10 @@ class Store:
     def close(self) -> None:
         self._closer()
 
-    # The surface that statements kept in modules of their own (`_operate.py`) run on:
-    # the connection, and the write transaction every other operation uses.
+    # The surface that statements kept in modules of their own (`_inspect.py`,
+    # `_flow.py`, `_operate.py`) run on: the connection, the write transaction every
+    # other operation uses, the read snapshot, and the notes a write keeps of its moves
+    # and of the queues it made ready.
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -138,6 +133,18 @@ class Store:
     def write(self) -> AbstractContextManager[float]:
         """One BEGIN IMMEDIATE transaction, as `_write`; yields `now`."""
         return self._write()
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """A read transaction, as `_snapshot`."""
+        return self._snapshot()
+
+    def move(self, queues: Iterable[str], old: str | None, new: str | None) -> None:
+        """Note job moves for the open write's counters, as `_move`."""
+        self._move(queues, old, new)
+
+    def signal(self, ready: set[str]) -> None:
+        """Tell `wait` in every process that `ready` queues have work, as `_signal`."""
+        self._signal(ready)
 
     def run(self, fn: Callable[[Store, *Ts], T], *args: *Ts) -> T:
         """`fn(self, *args)`, retried while another connection holds the lock."""
@@ -461,201 +468,8 @@ class Store:
         row = self._conn.execute(_Q["job_state"], (job_id,)).fetchone()
         return row is None or JobState(row[0]) in TERMINAL_STATES
 
-    # -- inspection -----------------------------------------------------------------------
-
-    def counts(self, queues: Sequence[str] | None) -> dict[str, QueueStats]:
-        """Per queue: the requested ones (even if unknown), else every known queue
-        (including those whose jobs were all purged, as `queues` lists them)."""
-        conn = self._conn
-        with self._snapshot():
-            if queues is None:
-                names = self.queues()
-                rows = conn.execute(_Q["count_states"]).fetchall()
-            else:
-                names = list(queues)
-                rows = conn.execute(_Q["count_states_of"], (json.dumps(names),)).fetchall()
-            oldest = {}
-            for queue in {*names, *(row["queue"] for row in rows)}:
-                first = conn.execute(_Q["oldest_queued"], {"queue": queue}).fetchone()[0]
-                if first is not None:
-                    oldest[queue] = first
-        return queue_stats(names, rows, oldest)
-
-    def finished(self, since: float, queues: Sequence[str] | None) -> list[Finished]:
-        params = {"first": minute_of(since), "queues": _id_list(queues)}
-        rows = self._conn.execute(_Q["finished"], params)
-        return [Finished(r[0], int(r[1]), Outcome(r[2]), int(r[3])) for r in rows]
-
-    def get_job(self, job_id: str) -> JobInfo | None:
-        with self._snapshot():
-            row = self._conn.execute(_Q["get_job"], (job_id,)).fetchone()
-            progress = self._conn.execute(_Q["get_progress"], (job_id,)).fetchone()
-        if row is None:
-            return None
-        info = job_info(row)
-        return info if progress is None else replace(info, progress=decode_value(progress[0]))
-
-    def set_progress(self, job_id: str, progress: bytes) -> None:
-        with self._write():
-            self._conn.execute(_Q["set_progress"], (job_id, progress))
-
-    def find(self, key: str) -> JobInfo | None:
-        row = self._conn.execute(_Q["find"], (key,)).fetchone()
-        return None if row is None else job_info(row)
-
-    def workflow_jobs(self, workflow_id: str, limit: int) -> list[JobInfo]:
-        params = {"floor": id_floor(workflow_id), "wf": workflow_id, "limit": limit}
-        return [job_info(row) for row in self._conn.execute(_Q["workflow_jobs"], params)]
-
-    def list_jobs(
-        self,
-        queue: str | None,
-        state: JobState | None,
-        limit: int,
-        cursor: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> Page:
-        """Newest first; the cursor is the `seq` of the page's last job, and the next
-        page starts below it, so deletes in between never skip or repeat a job. With a
-        time range, newest created first (`created_at`, then `seq`), walking the
-        `offload_jobs_created` index; the cursor is then `created_at:seq`."""
-        conditions: list[str] = []
-        params: list[object] = []
-        for condition, value in (
-            ("queue = ?", queue or None),
-            ("state = ?", None if state is None else JobState(state).value),
-            ("created_at >= ?", since),
-            ("created_at <= ?", until),
-        ):
-            if value is not None:
-                conditions.append(condition)
-                params.append(value)
-        if since is not None or until is not None:
-            index = self._created_walk_index(queue, state)
-            return self._list_created(index, conditions, params, limit, cursor)
-        if cursor:
-            conditions.append("seq < ?")
-            params.append(int(cursor))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = f"SELECT * FROM offload_jobs {where} ORDER BY seq DESC LIMIT ?"
-        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
-        if len(rows) <= limit:
-            return Page([job_info(row) for row in rows], None)
-        last_seq = rows[limit - 1]["seq"] if limit > 0 else 0
-        return Page([job_info(row) for row in rows[:limit]], str(last_seq))
-
-    def _created_walk_index(self, queue: str | None, state: JobState | None) -> str:
-        """The index a time-range listing reads: the creation index, walked in listing
-        order, unless the state asked for is rare (at most `DIRECT_MAX` jobs, counted
-        on the state's index, stopping there): then that state's index, its jobs
-        sorted, so a few dead jobs among a million are not found by walking the range."""
-        if state is None:
-            return "offload_jobs_created"
-        index = "offload_jobs_queue_state" if queue else "offload_jobs_state"
-        where = "queue = ? AND state = ?" if queue else "state = ?"
-        args = [queue, JobState(state).value] if queue else [JobState(state).value]
-        probe = (
-            f"SELECT count(*) FROM (SELECT 1 FROM offload_jobs INDEXED BY {index}"
-            f" WHERE {where} LIMIT ?)"
-        )
-        found = self._conn.execute(probe, [*args, DIRECT_MAX + 1]).fetchone()[0]
-        return index if found <= DIRECT_MAX else "offload_jobs_created"
-
-    def _list_created(
-        self,
-        index: str,
-        conditions: list[str],
-        params: list[object],
-        limit: int,
-        cursor: str | None,
-    ) -> Page:
-        """`list_jobs` with a time range (see there), given its other conditions and
-        the index to read (`_created_walk_index`)."""
-        if cursor:
-            at, seq = created_cursor(cursor)
-            # The bound on created_at is the seek; the rest skips the ties before it.
-            conditions.append("created_at <= ? AND (created_at < ? OR seq < ?)")
-            params += [at, at, seq]
-        sql = (
-            f"SELECT * FROM offload_jobs INDEXED BY {index}"
-            f" WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, seq DESC LIMIT ?"
-        )
-        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
-        page = [job_info(row) for row in rows[:limit]]
-        if len(rows) <= limit or limit <= 0:
-            return Page(page, None)
-        last = rows[limit - 1]
-        return Page(page, f"{float(last['created_at'])!r}:{last['seq']}")
-
-    def replay_dead(self, queue: str | None, job_ids: Sequence[str] | None) -> int:
-        with self._write() as now:
-            params = {"now": now, "queue": queue, "ids": _id_list(job_ids)}
-            rows = self._conn.execute(_Q["replay_dead"], params).fetchall()
-            self._move((row["queue"] for row in rows), JobState.DEAD, JobState.QUEUED)
-            self._signal({row["queue"] for row in rows})
-        return len(rows)
-
-    def purge_dead(
-        self, queue: str | None, job_ids: Sequence[str] | None, older_than: float | None
-    ) -> int:
-        with self._write() as now:
-            params = {
-                "now": now,
-                "queue": queue,
-                "ids": _id_list(job_ids),
-                "cutoff": None if older_than is None else now - older_than,
-            }
-            rows = self._conn.execute(_Q["purge_dead"], params).fetchall()
-            self._move((row["queue"] for row in rows), JobState.DEAD, None)
-        return len(rows)
-
-    def queues(self) -> list[str]:
-        return [row["name"] for row in self._conn.execute(_Q["queues"])]
-
-    # -- coordination and housekeeping ----------------------------------------------------
-
-    def take_rate(self, key: str, limit: int, per_s: float) -> float:
-        with self._write() as now:
-            row = self._conn.execute(_Q["rate_tat"], (key,)).fetchone()
-            tat, wait = gcra(None if row is None else row[0], now, limit, per_s)
-            if tat is not None:
-                self._conn.execute(_Q["rate_set"], (key, tat))
-        return wait
-
-    def join(
-        self, group_id: str, member_id: str, index: int, total: int, outcome: bytes
-    ) -> list[bytes] | None:
-        conn = self._conn
-        with self._write() as now:
-            conn.execute(_Q["join_insert"], (group_id, member_id, index, outcome, now))
-            if conn.execute(_Q["join_count"], (group_id,)).fetchone()[0] < total:
-                return None
-            return [bytes(row[0]) for row in conn.execute(_Q["join_outcomes"], (group_id,))]
-
-    def acquire_slot(self, key: str, limit: int, holder: str, ttl_s: float) -> bool:
-        conn = self._conn
-        with self._write() as now:
-            conn.execute(_Q["slots_lapsed"], (key, now))
-            params = {"key": key, "holder": holder, "until": now + ttl_s, "limit": limit}
-            if conn.execute(_Q["slot_renew"], params).rowcount:
-                return True
-            return bool(conn.execute(_Q["slot_take"], params).rowcount)
-
-    def compare_and_set(
-        self, name: str, expected: str | None, new: str, ttl_s: float
-    ) -> str | None:
-        with self._write() as now:
-            row = self._conn.execute(_Q["register_get"], (name, now)).fetchone()
-            current = None if row is None else str(row[0])
-            if current not in (expected, new):
-                return current
-            self._conn.execute(_Q["register_set"], (name, new, now + ttl_s))
-        return new
-
-    def release_slot(self, key: str, holder: str) -> None:
-        with self._write():
-            self._conn.execute(_Q["slot_release"], (key, holder))
+    # -- housekeeping: the worker registry and sweep --------------------------------------
+    # (Inspection is in `_inspect.py`; rate limits, slots, joins and registers in `_flow.py`.)
 
     def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
         queues = encode_value(info.queues, what="worker queues").decode()

@@ -1,4 +1,5 @@
--- The named statements of the SQLite broker, loaded by `_store.py`.
+-- The named statements of the SQLite broker, loaded by `_store.py` and the modules
+-- beside it (`_inspect.py`, `_flow.py`, `_ledger.py`).
 --
 -- Each starts at a `-- name: <name>` line. Partial indexes are only used when a query's
 -- WHERE clause repeats the index's condition word for word, so conditions such as

@@ -27,8 +27,9 @@ import asyncio
 from collections.abc import Sequence
 
 from offload.brokers import records
-from offload.brokers.records import EnqueueResult, Lease
-from offload.brokers.roles import Broker, Capabilities, Delivery, Ending, Settlement
+from offload.brokers.part import Capabilities
+from offload.brokers.records import Ending, EnqueueResult, Lease, Settlement
+from offload.brokers.roles import Broker, Delivery
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.facts import SQSFacts
