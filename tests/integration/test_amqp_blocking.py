@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -24,31 +23,16 @@ from offload import Offload
 from offload.brokers.amqp import AmqpDelivery
 from offload.brokers.amqp._blocking import BlockingPublisher
 from offload.brokers.amqp.settings import parse_url
-from offload.brokers.records import Lease
 from offload.clock import SystemClock
 from offload.errors import BrokerUnavailable, ConfigurationError
 from tests.conformance.helpers import make_job
+from tests.integration.test_amqp_delivery import MakeDelivery, make_delivery, take
+
+__all__ = ["make_delivery"]  # the fixture, shared with test_amqp_delivery.py
 
 pytestmark = pytest.mark.timeout(60)
 
-MakeDelivery = Callable[..., Awaitable[AmqpDelivery]]
 CLOCK = SystemClock()
-
-
-@pytest.fixture
-async def make_delivery(amqp_url: str) -> AsyncIterator[MakeDelivery]:
-    """Connected delivery layers on this test's prefix, closed after the test."""
-    made: list[AmqpDelivery] = []
-
-    async def make(**params: str) -> AmqpDelivery:
-        delivery = AmqpDelivery(amqp_url + "".join(f"&{k}={v}" for k, v in params.items()))
-        await delivery.connect()
-        made.append(delivery)
-        return delivery
-
-    yield make
-    for delivery in made:
-        await delivery.close()
 
 
 async def declared(delivery: AmqpDelivery) -> None:
@@ -65,19 +49,6 @@ def blocking(delivery: AmqpDelivery, **fields: Any) -> str:
     [result] = results
     assert result.created and result.id == envelope.id
     return envelope.id
-
-
-async def take(delivery: AmqpDelivery, count: int, within: float = 10) -> list[Lease]:
-    leases: list[Lease] = []
-    deadline = time.monotonic() + within
-    while len(leases) < count:
-        assert time.monotonic() < deadline, f"only {len(leases)} of {count} jobs arrived"
-        leases += await delivery.reserve(
-            ("default",), worker_id="w", lease_s=30, limit=count - len(leases)
-        )
-        if len(leases) < count:
-            await delivery.wait(("default",), 0.2)
-    return leases
 
 
 def close_our_connections(prefix: str) -> int:
@@ -204,6 +175,9 @@ FORKED = """
 import asyncio, os, sys
 from offload.brokers.amqp import AmqpDelivery
 from tests.conformance.helpers import make_job
+from tests.integration.test_amqp_delivery import MakeDelivery, make_delivery, take
+
+__all__ = ["make_delivery"]  # the fixture, shared with test_amqp_delivery.py
 from offload.clock import SystemClock
 
 delivery = AmqpDelivery(sys.argv[1])
