@@ -28,6 +28,15 @@ job back either way). `retry`, `defer` and `release` publish the job again
 confirmed the new one; `bury` does the same with the dead-letter queue. A crash between
 the two leaves both copies: at-least-once, never none.
 
+**Producing** (`_publishing.py`): every publish waits for RabbitMQ's confirm. A plain
+sync `enqueue` (one job due now, to a queue this process declared) is published from
+the calling thread on a pooled pika connection (`_blocking.py`, `enqueue_blocking`),
+without the sync portal's thread hop; the message is the same.
+
+**Waking an idle worker.** An idle `wait_for_work` is the *taker*: the consumer callback
+(a plain function, run in aiormq's reader turn) leases a plain delivery itself and
+hands it over through a future, so the worker resumes one loop turn after the delivery.
+
 **Delays and expiry.** `not_before` and `expires_at` travel as headers, so the
 consumer never decodes a payload. See `offload.brokers.amqp.topology` for the buckets.
 A job past `expires_at` when it is reserved is acknowledged and not run; without a
