@@ -186,7 +186,7 @@ delivery.enqueue_blocking([make_job(SystemClock())])  # the parent's connection
 pid = os.fork()
 if pid == 0:
     ok = delivery.enqueue_blocking([make_job(SystemClock())]) is not None
-    idle = delivery._blocking._idle
+    idle = delivery._out.blocking._idle
     mine = bool(idle) and all(conn.pid == os.getpid() for conn in idle)
     os._exit(0 if ok and mine else 3)
 _, status = os.waitpid(pid, 0)
@@ -245,9 +245,9 @@ def test_a_task_enqueued_from_sync_code_takes_the_calling_threads_path(amqp_url:
         portal_broker = app.producer.portal_broker
         assert portal_broker is not None
         delivery = portal_broker.delivery  # type: ignore[attr-defined]
-        assert delivery._blocking._idle == []
+        assert delivery._out.blocking._idle == []
         second = add.enqueue(3, 4)
-        assert len(delivery._blocking._idle) == 1  # published, confirmed, given back
+        assert len(delivery._out.blocking._idle) == 1  # published, confirmed, given back
         assert first.id != second.id
     finally:
         app.close()

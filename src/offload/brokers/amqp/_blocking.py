@@ -42,8 +42,8 @@ import pika.exceptions
 from pamqp.common import FieldTable
 
 from offload._redact import redact
-from offload.brokers.amqp._publishing import CONTENT_TYPE, PERSISTENT
 from offload.brokers.amqp.settings import AmqpSettings
+from offload.brokers.amqp.topology import CONTENT_TYPE, PERSISTENT
 from offload.errors import BrokerUnavailable, ConfigurationError
 
 __all__ = ["CONNECTION_NAME", "POOL_SIZE", "BlockingPublisher"]

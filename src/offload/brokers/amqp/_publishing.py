@@ -5,7 +5,8 @@ republishes held jobs through `Publishing`).
 Two paths send a new job, and the consumer must not tell them apart: the asyncio one
 (`Publishing.enqueue`, on the broker's `Link`) and the calling thread's
 (`offload.brokers.amqp._blocking`, for a plain sync `enqueue`). Both take the message's
-headers and properties from `new_headers`, `PERSISTENT` and `CONTENT_TYPE` here.
+headers from `new_headers` here, and their properties from `topology` (`PERSISTENT`,
+`CONTENT_TYPE`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
+from offload.brokers.amqp._blocking import BlockingPublisher
 from offload.brokers.amqp._connection import Link
 from offload.brokers.amqp.settings import AmqpSettings
-from offload.brokers.amqp.topology import DUE_HEADER, EXPIRES_HEADER
+from offload.brokers.amqp.topology import CONTENT_TYPE, DUE_HEADER, EXPIRES_HEADER, PERSISTENT
 from offload.brokers.records import EnqueueResult, Outgoing
 from offload.envelope import Envelope
+from offload.errors import BrokerUnavailable
 
-__all__ = ["CONTENT_TYPE", "PERSISTENT", "Publishing", "new_headers"]
-
-#: Every job message is persistent (delivery mode 2: a durable queue writes it to disk).
-PERSISTENT = 2
-#: Every job message's content type (the envelope is JSON).
-CONTENT_TYPE = "application/json"
+__all__ = ["Publishing", "new_headers"]
 
 
 def new_headers(envelope: Envelope, now_ms: int) -> FieldTable | None:
@@ -53,6 +51,7 @@ class Publishing:
             list them: `AmqpFacts.names`).
         declared: the offload queues whose work queue this process has declared; the
             calling thread's path publishes only to these (it declares nothing).
+        blocking: the calling threads' publisher (`publish_blocking`).
     """
 
     def __init__(self, link: Link, settings: AmqpSettings, names: topology.Names) -> None:
@@ -61,6 +60,7 @@ class Publishing:
         self.names = names
         self.used: set[str] = set()
         self.declared: set[str] = set()
+        self.blocking = BlockingPublisher(settings)
 
     async def enqueue(
         self, jobs: Sequence[tuple[Envelope, bytes]], now_ms: int
@@ -83,6 +83,39 @@ class Publishing:
             )
         )
         return [EnqueueResult(envelope.id, True) for envelope, _ in jobs]
+
+    def publish_blocking(self, envelope: Envelope, payload: bytes, now_ms: int) -> bool:
+        """Publish one job from the calling thread (`_blocking.py`) if it is due now and
+        its queue is declared already, and return once RabbitMQ confirmed it; False,
+        publishing nothing, for any other job (the caller uses `enqueue`).
+
+        Raises:
+            BrokerUnavailable: RabbitMQ is unreachable or refused the message; the
+                queue's declaration is forgotten (it may have been deleted), so the next
+                enqueue declares it again.
+        """
+        headers = new_headers(envelope, now_ms)
+        if envelope.queue not in self.declared or (headers and DUE_HEADER in headers):
+            return False
+        routing_key = self.names.work(envelope.queue)
+        try:
+            self.blocking.publish(
+                payload,
+                routing_key=routing_key,
+                job_id=envelope.id,
+                priority=topology.amqp_priority(envelope.priority),
+                headers=headers,
+            )
+        except BrokerUnavailable:
+            self.declared.discard(envelope.queue)
+            if (session := self.link.current) is not None:
+                session.declared.discard(routing_key)
+            raise
+        return True
+
+    def close(self) -> None:
+        """Close the calling threads' connections (the `Link` is closed by its owner)."""
+        self.blocking.close()
 
     async def copies(self, jobs: Sequence[Outgoing], now_ms: int) -> None:
         """Publish a body-less copy of each job for the state store, due now, with its

@@ -69,17 +69,18 @@ from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._acks import AckLinger
-from offload.brokers.amqp._blocking import BlockingPublisher
 from offload.brokers.amqp._connection import Link, Session, unavailable
 from offload.brokers.amqp._held import Held, Ready
-from offload.brokers.amqp._publishing import CONTENT_TYPE, PERSISTENT, Publishing, new_headers
+from offload.brokers.amqp._publishing import Publishing
 from offload.brokers.amqp.facts import AmqpFacts
 from offload.brokers.amqp.settings import parse_url
 from offload.brokers.amqp.topology import (
     ATTEMPT_HEADER,
+    CONTENT_TYPE,
     DUE_HEADER,
     ERROR_HEADER,
     EXPIRES_HEADER,
+    PERSISTENT,
     STAMP_HEADER,
 )
 from offload.brokers.part import Capabilities
@@ -138,7 +139,6 @@ class AmqpDelivery(Delivery):
         #: The offload queues this process enqueued to or consumed (RabbitMQ cannot list
         #: them: `AmqpFacts.names`).
         self.used = self._out.used
-        self._blocking = BlockingPublisher(self.settings)
         self._facts = AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
         self._ready: list[Ready] = []
         self._soon: list[tuple[int, Held]] = []  # (due ms, delivery): held until due
@@ -189,7 +189,7 @@ class AmqpDelivery(Delivery):
                 await asyncio.gather(*(self._republish(d, delay_to=None) for d in waiting))
             except BrokerUnavailable:
                 logger.debug("giving back prefetched jobs failed; RabbitMQ requeues them")
-        self._blocking.close()
+        self._out.close()
         await self.link.close()
 
     async def _stop_consuming(self, session: Session) -> None:
@@ -232,25 +232,8 @@ class AmqpDelivery(Delivery):
         if len(jobs) != 1:
             return None
         envelope, payload = jobs[0]
-        now_ms = self._now_ms()
-        headers = new_headers(envelope, now_ms)
-        if envelope.queue not in self._out.declared or (headers and DUE_HEADER in headers):
+        if not self._out.publish_blocking(envelope, payload, self._now_ms()):
             return None
-        routing_key = self.names.work(envelope.queue)
-        try:
-            self._blocking.publish(
-                payload,
-                routing_key=routing_key,
-                job_id=envelope.id,
-                priority=topology.amqp_priority(envelope.priority),
-                headers=headers,
-            )
-        except BrokerUnavailable:
-            # Perhaps the queue was deleted: the next enqueue declares it again.
-            self._out.declared.discard(envelope.queue)
-            if (session := self.link.current) is not None:
-                session.declared.discard(routing_key)
-            raise
         return [EnqueueResult(envelope.id, True)]
 
     async def publish(self, jobs: Sequence[Outgoing]) -> None:

@@ -44,6 +44,8 @@ from pamqp.common import FieldTable
 
 __all__ = [
     "ATTEMPT_HEADER",
+    "CONTENT_TYPE",
+    "PERSISTENT",
     "DUE_HEADER",
     "ERROR_HEADER",
     "EXPIRES_HEADER",
@@ -64,6 +66,10 @@ __all__ = [
 BUCKET_MIN_MS = 64
 #: The longest bucket: 2**31 ms, about 24.9 days (RabbitMQ's TTLs stop at 2**32 - 1).
 BUCKET_MAX_MS = 2**31
+#: Every job message is persistent (delivery mode 2: a durable queue writes it to disk).
+PERSISTENT = 2
+#: Every job message's content type (the envelope is JSON).
+CONTENT_TYPE = "application/json"
 #: Attempts already used when the message was published (0 for a new job).
 ATTEMPT_HEADER = "offload-attempt"
 #: When the job is due, epoch milliseconds (absent: at once).
