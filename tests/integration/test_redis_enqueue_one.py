@@ -24,6 +24,7 @@ from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.records import EnqueueResult
 from offload.brokers.redis import RedisBroker
+from offload.brokers.redis._executor import SCRIPTS
 from offload.envelope import JobState, new_job_id
 from offload.errors import QueueFull
 from tests.conformance.helpers import make_job
@@ -99,7 +100,7 @@ async def test_enqueue_one_writes_what_enqueue_writes_for_one_job(url: str, case
             job = make_job(broker.clock, created_at=now, **fields)
             _, keys, args = broker._enqueue_one_call(job, now, None)
             if script == "enqueue":
-                keys = broker._x.q("default")
+                keys, args = broker._x.q("default"), args[:-1]  # without the inbox flag
             await broker._remember({"default"})
             reply = await broker._x.run(script, keys, args)
             assert [x.decode() if isinstance(x, bytes) else x for x in reply] == [job[0].id, 1]
@@ -115,7 +116,9 @@ async def test_enqueue_one_marks_a_workflow_job_as_enqueue_does(url: str) -> Non
         for script in ("enqueue", "enqueue_one"):
             job = make_job(broker.clock, created_at=now)
             _, keys, call_args = broker._enqueue_one_call(job, now, None)
-            args = [*call_args[:-1], "1"]  # the envelope has `then` or `chord`
+            args = [*call_args[:-2], "1"]  # the envelope has `then` or `chord`
+            if script == "enqueue_one":
+                args.append("")  # the inbox flag
             await broker._x.run(
                 script, keys if script == "enqueue_one" else broker._x.q("default"), args
             )
@@ -148,6 +151,7 @@ def queued(app: Offload, job_ids: list[str]) -> int:
     assert isinstance(broker, RedisBroker)
     q = broker._x.q("default")
     with redis.Redis.from_url(broker.options.redis_url) as client:
+        client.eval(SCRIPTS.sources["expand"], len(q), *q)  # the inbox's jobs, expanded
         for job_id in job_ids:
             record = msgspec.msgpack.decode(client.hget(q.record, job_id))
             assert record["s"] == "queued"

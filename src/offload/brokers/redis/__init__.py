@@ -79,6 +79,7 @@ from offload.brokers.redis._connection import (
 from offload.brokers.redis._executor import SCRIPTS, Executor
 from offload.brokers.redis._flow import Flow, workflow_flag
 from offload.brokers.redis._handoff import MARGIN_S, Handoff
+from offload.brokers.redis._inbox import INBOX_FLAG, InboxGate
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
 from offload.brokers.redis._operate import Operations
@@ -137,6 +138,7 @@ class RedisBroker(Broker):
         self._signals = Signals(x, self.clock, retention_s, self._subscribed)
         self._workflows = Workflows(x, retention_s)
         self._handoff = Handoff(self.prefix)
+        self._inbox = InboxGate()
         self._reserver = Reserver(x, self.clock, retention_s, self.options.cluster, self._handoff)
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,7 +227,8 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
         await self._workflows.index(jobs)
-        calls = self._enqueue_calls(jobs, by_queue, now, max_depth)
+        inbox = len(jobs) == 1 and await self._inbox_allowed()
+        calls = self._enqueue_calls(jobs, by_queue, now, max_depth, inbox)
         if len(calls) == 1:  # one queue (`enqueue_async()`): the direct connection
             replies = [await self._x.run_one(calls[0])]
         else:
@@ -244,7 +247,8 @@ class RedisBroker(Broker):
             env = jobs[0][0]
             if env.workflow_id is not None or env.queue not in self._known:
                 return None
-            call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth)
+            inbox = self._inbox_allowed_blocking()
+            call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth, inbox)
             return [self._enqueue_one_result(env.queue, self._blocking.run_one(call), max_depth)]
         by_queue: dict[str, list[int]] = {}
         for i, (env, _) in enumerate(jobs):
@@ -262,13 +266,15 @@ class RedisBroker(Broker):
         by_queue: dict[str, list[int]],
         now: float,
         max_depth: int | None,
+        inbox: bool = False,
     ) -> list[Call]:
         """One script call per queue (shared by `enqueue` and `enqueue_blocking`):
-        `enqueue_one.lua` for a queue's single job, else `enqueue.lua`."""
+        `enqueue_one.lua` for a queue's single job (`inbox`: it may use the inbox),
+        else `enqueue.lua`."""
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             if len(indexes) == 1:
-                calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth))
+                calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth, inbox))
                 continue
             now_text = num(now)
             args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
@@ -278,14 +284,41 @@ class RedisBroker(Broker):
         return calls
 
     def _enqueue_one_call(
-        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None
+        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None, inbox: bool = False
     ) -> Call:
-        """The `enqueue_one.lua` call of one job (its ARGV: enqueue.lua's for one job)."""
+        """The `enqueue_one.lua` call of one job (its ARGV: enqueue.lua's for one job,
+        then whether the inbox may be used)."""
         queue = job[0].queue
         now_text = num(now)
         args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
         args += self._job_args(job, now, now_text)
+        # A workflow's jobs are read by id from its index (`_workflows.py`): full path.
+        args.append("1" if inbox and job[0].workflow_id is None else "")
         return ("enqueue_one", self._x.one_keys(queue), args)
+
+    async def _inbox_allowed(self) -> bool:
+        """Whether every live worker drains inboxes (`_inbox.py`), from the registry
+        read at most every few seconds."""
+        allowed = self._inbox.cached()
+        if allowed is not None:
+            return allowed
+        try:
+            reply = await self._x.run("workers", self._worker_keys(), [num(self.clock.now())])
+        except BrokerError:
+            return self._inbox.failed()
+        return self._inbox.learn(reply)
+
+    def _inbox_allowed_blocking(self) -> bool:
+        """`_inbox_allowed` from the calling thread (`enqueue_blocking`)."""
+        allowed = self._inbox.cached()
+        if allowed is not None:
+            return allowed
+        call: Call = ("workers", self._worker_keys(), [num(self.clock.now())])
+        try:
+            [reply] = self._blocking.run_many([call])
+        except BrokerError:
+            return self._inbox.failed()
+        return self._inbox.learn(reply)
 
     @staticmethod
     def _job_args(job: tuple[Envelope, bytes], now: float, now_text: str) -> list[str | bytes]:
@@ -610,8 +643,11 @@ class RedisBroker(Broker):
         return [self.global_keys.workers, self.global_keys.workers_seen]
 
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Also says that this worker drains queue inboxes (`_inbox.py`): producers use
+        them only while every live worker does."""
         now = self.clock.now()
-        data = msgspec.json.encode(replace(info, last_seen=now))
+        extra = {**info.extra, INBOX_FLAG: 1}
+        data = msgspec.json.encode(replace(info, last_seen=now, extra=extra))
         until = num(now + ttl_s)
         await self._x.run("worker_register", self._worker_keys(), [info.id, data, until])
 
@@ -624,7 +660,10 @@ class RedisBroker(Broker):
 
     async def workers(self) -> list[WorkerInfo]:
         reply = await self._x.run("workers", self._worker_keys(), [num(self.clock.now())])
-        return [msgspec.json.decode(raw, type=WorkerInfo) for raw in reply]
+        infos = [msgspec.json.decode(raw, type=WorkerInfo) for raw in reply]
+        for info in infos:  # the broker's own flag (`register_worker`), not the worker's
+            info.extra.pop(INBOX_FLAG, None)
+        return infos
 
     async def sweep(self) -> SweepReport:
         """Expire, purge and forget, in batches of `BATCH` per queue and script call

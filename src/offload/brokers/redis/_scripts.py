@@ -1,8 +1,8 @@
 """The Lua scripts of `scripts/`, loaded once per connection and called by SHA.
 
-Each script is `_members.lua` and `_lib.lua` followed by its own text, so the shared
-helpers travel with it and every script stays one atomic call; the lean ones
-(`LEAN`: `enqueue_one`) take `_members.lua` alone, since Redis runs a script's whole
+Each script is `_members.lua`, `_inbox.lua` and `_lib.lua` followed by its own text,
+so the shared helpers travel with it and every script stays one atomic call; the lean
+ones (`LEAN`: `enqueue_one`) leave out `_lib.lua`, since Redis runs a script's whole
 text, every definition of `_lib.lua` included, on every call. Scripts are loaded at connect; after a
 Redis restart (which forgets them) the first call gets NOSCRIPT, loads them all again
 and retries once.
@@ -56,6 +56,7 @@ _NAMES = (
     "record_attempt",
     "unpark",
     "enqueue_one",
+    "expand",
 )
 
 #: Scripts loaded without `_lib.lua` (see the module docstring).
@@ -64,7 +65,7 @@ LEAN = frozenset({"enqueue_one"})
 
 def _source(name: str) -> str:
     folder = files("offload.brokers.redis") / "scripts"
-    parts = ["_members"] if name in LEAN else ["_members", "_lib"]
+    parts = ["_members", "_inbox"] if name in LEAN else ["_members", "_inbox", "_lib"]
     texts = [(folder / f"{part}.lua").read_text(encoding="utf-8") for part in [*parts, name]]
     return "\n".join(texts)
 

@@ -1,22 +1,44 @@
 -- enqueue_one: `enqueue` of one job, the call a sync `task.enqueue()` or an
--- `enqueue_async()` makes (issue 16). It writes exactly what enqueue.lua writes for a
--- call of one job (the same keys, records and members: old and new workers and
--- inspectors read its jobs alike), but is loaded with `_members.lua` only, not the
--- whole `_lib.lua` (whose definitions every script runs on every call), takes only the
--- keys it uses, and tests the id by writing the payload (HSETNX) instead of reading the
--- record first: a few µs of Redis time per call instead of ~30.
+-- `enqueue_async()` makes (issue 16). It is loaded with `_members.lua` and
+-- `_inbox.lua` only, not the whole `_lib.lua` (whose definitions every script runs on
+-- every call), and takes only the keys it uses.
+--
+-- The plain case (ARGV[14] = '1': every live worker expands inboxes; due now, no key,
+-- no max depth, not a workflow job, no worker parked on the queue, the inbox not full)
+-- stores the payload (HSETNX: an id already there is a retried call, answered as a
+-- duplicate) and LPUSHes the rest onto the queue's inbox (`_inbox.lua`), then wakes
+-- the queue: three writes. Every other call first drains the inbox (so the job gets
+-- its sequence after the jobs before it) and then writes exactly what enqueue.lua
+-- writes for a call of one job (the same keys, records and members).
 -- KEYS: payload, record, ready, scheduled, running, expiring, jobs, keys, seq, created,
---       parked, handed, paused (of one queue: `ONE_KEYS` in keys.py).
+--       parked, handed, paused, inbox (of one queue: `ONE_KEYS` in keys.py).
 -- ARGV: as enqueue.lua's for one job: [1] now, [2] wake-up channel, [3] max depth
 --       ('' = none), [4] id, [5] key ('' = none), [6] payload, [7] task, [8] priority,
 --       [9] max attempts ('' = none), [10] created, [11] due, [12] expires ('' = none),
---       [13] workflow job ('1' or '').
+--       [13] workflow job ('1' or ''); then [14] '1' if the inbox may be used.
 -- Returns: {id, 1} if stored; {id of the existing job, 0} if the key or the id was
 --          taken; {-1, depth} and nothing stored if the job would pass the max depth.
 local payload, record, ready, scheduled, running, expiring, jobs, keys, seq, created,
-  parked, handed, paused = unpack(KEYS)
+  parked, handed, paused, inbox = unpack(KEYS)
 local now = tonumber(ARGV[1])
 local id, key = ARGV[4], ARGV[5]
+if ARGV[14] == '1' and key == '' and ARGV[3] == '' and ARGV[13] == ''
+    and ARGV[11] == ARGV[1] and redis.call('EXISTS', parked) == 0
+    and redis.call('LLEN', inbox) < INBOX_MAX then
+  local e = {i = id, tk = ARGV[7], p = tonumber(ARGV[8]), c = tonumber(ARGV[10]),
+    d = now, n = math.floor(now * 1000)}
+  assert(e.p and e.c, 'enqueue_one: priority and created must be numbers')
+  if ARGV[9] ~= '' then e.m = tonumber(ARGV[9]) end
+  if ARGV[12] ~= '' then e.x = tonumber(ARGV[12]) end
+  if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
+    return {id, 0}
+  end
+  redis.call('LPUSH', inbox, cmsgpack.pack(e))
+  redis.call('PUBLISH', ARGV[2], '1')
+  return {id, 1}
+end
+expand_inbox({inbox = inbox, record = record, ready = ready, expiring = expiring,
+  jobs = jobs, created = created, seq = seq})
 if ARGV[3] ~= '' then
   local depth = redis.call('ZCARD', ready) + redis.call('ZCARD', scheduled)
   if depth + 1 > tonumber(ARGV[3]) then
