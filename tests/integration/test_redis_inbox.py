@@ -26,7 +26,7 @@ from offload.envelope import JobState
 from offload.errors import QueueFull
 from offload.testing import FakeClock
 from tests.conformance.helpers import BOOM, LEASE_S, make_job, reserve_one
-from tests.integration.test_redis_enqueue_one import snapshot
+from tests.integration.test_redis_enqueue_one import fields_of, snapshot
 
 
 @pytest.fixture(params=["redis", "redis_cluster"])
@@ -268,16 +268,16 @@ def test_the_gate_rereads_the_registry_after_its_interval_and_closes_on_failure(
     assert gate.cached() is None
 
 
-async def test_a_bad_call_writes_nothing_to_the_inbox(url: str) -> None:
-    # Mutation: the lean branch's assert moved after the HSETNX -> a payload without an
-    # entry is left behind (a job that is never found).
+async def test_a_call_with_bad_fields_writes_nothing(url: str) -> None:
+    # Mutation: the full path's assert moved after the HSETNX -> a payload without a
+    # record is left behind (a job that is never found).
     async with redis_broker(url) as broker:
         job = make_job(broker.clock)
-        name, keys, args = broker._enqueue_one_call(job, broker.clock.now(), None, True)
-        bad = [*args[:7], "not a number", *args[8:]]  # priority
+        name, keys, args = broker._enqueue_one_call(job, broker.clock.now(), None, False)
+        fields = msgspec.msgpack.encode({**fields_of(args), "p": "high"})
         await broker._remember({"default"})
-        with pytest.raises(Exception, match="priority"):
-            await broker._x.run(name, keys, bad)
+        with pytest.raises(Exception, match="fields must be"):
+            await broker._x.run(name, keys, [*args[:6], fields, ""])
         assert await raw_state(broker, job[0].id) == (0, False, False)
 
 

@@ -95,6 +95,9 @@ from offload.errors import BrokerError
 
 __all__ = ["RedisBroker"]
 
+#: Packs the fields of `enqueue_one.lua`'s job.
+_FIELDS = msgspec.msgpack.Encoder()
+
 #: The script that records each way a lease ends but `ack` (batched per queue).
 _SETTLE_SCRIPTS = {
     Ending.RETRY: "retry",
@@ -286,14 +289,47 @@ class RedisBroker(Broker):
     def _enqueue_one_call(
         self, job: tuple[Envelope, bytes], now: float, max_depth: int | None, inbox: bool = False
     ) -> Call:
-        """The `enqueue_one.lua` call of one job (its ARGV: enqueue.lua's for one job,
-        then whether the inbox may be used)."""
-        queue = job[0].queue
-        now_text = num(now)
-        args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
-        args += self._job_args(job, now, now_text)
-        # A workflow's jobs are read by id from its index (`_workflows.py`): full path.
-        args.append("1" if inbox and job[0].workflow_id is None else "")
+        """The `enqueue_one.lua` call of one job: its fields in one msgpack map (the
+        inbox entry itself: `_inbox.lua`), and whether it may go to the inbox (`inbox`:
+        the gate is open; and the job is due now, without key, max depth or workflow)."""
+        env, payload = job
+        not_before = env.not_before
+        due = not_before if not_before is not None and not_before > now else now
+        fields: dict[str, Any] = {
+            "i": env.id,
+            "tk": env.task,
+            "p": env.priority,
+            "c": env.created_at or now,
+            "d": due,
+            "n": math.floor(now * 1000),
+        }
+        if env.max_attempts is not None:
+            fields["m"] = env.max_attempts
+        if env.expires_at is not None:
+            fields["x"] = env.expires_at
+        workflow = workflow_flag(env)
+        if workflow:
+            fields["o"] = 1
+        plain = (
+            inbox
+            and due == now
+            and env.key is None
+            and max_depth is None
+            and not workflow
+            # A workflow's jobs are read by id from its index (`_workflows.py`).
+            and env.workflow_id is None
+        )
+        queue = env.queue
+        args: list[str | bytes] = [
+            num(now),
+            self._x.channel(queue),
+            opt(max_depth),
+            env.id,
+            env.key or "",
+            payload,
+            _FIELDS.encode(fields),
+            "1" if plain else "",
+        ]
         return ("enqueue_one", self._x.one_keys(queue), args)
 
     async def _inbox_allowed(self) -> bool:

@@ -127,25 +127,10 @@ class QueueKeys(NamedTuple):
     inbox: str  # lean one-call enqueues, drained by every script of the queue
 
 
-#: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that
-#: enqueueing one job reads or writes (each key passed costs Redis and the client a
-#: little on every call).
-ONE_KEYS = (
-    "payload",
-    "record",
-    "ready",
-    "scheduled",
-    "running",
-    "expiring",
-    "jobs",
-    "keys",
-    "seq",
-    "created",
-    "parked",
-    "handed",
-    "paused",
-    "inbox",
-)
+#: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that a
+#: plain one-call enqueue touches (each key passed costs Redis and the client a little
+#: on every call; the script names the others from the first one's prefix).
+ONE_KEYS = ("payload", "inbox", "parked")
 
 
 class GlobalKeys(NamedTuple):

@@ -1,42 +1,52 @@
 -- enqueue_one: `enqueue` of one job, the call a sync `task.enqueue()` or an
 -- `enqueue_async()` makes (issue 16). It is loaded with `_members.lua` and
 -- `_inbox.lua` only, not the whole `_lib.lua` (whose definitions every script runs on
--- every call), and takes only the keys it uses.
+-- every call), and takes three keys and eight arguments: Redis spends about a
+-- microsecond per ten keys and arguments of a call before the script starts.
 --
--- The plain case (ARGV[14] = '1': every live worker expands inboxes; due now, no key,
--- no max depth, not a workflow job, no worker parked on the queue, the inbox not full)
--- stores the payload (HSETNX: an id already there is a retried call, answered as a
--- duplicate) and LPUSHes the rest onto the queue's inbox (`_inbox.lua`), then wakes
--- the queue: three writes. Every other call first drains the inbox (so the job gets
--- its sequence after the jobs before it) and then writes exactly what enqueue.lua
+-- The plain case (ARGV[8] = '1', set by the producer for a job due now, without key,
+-- max depth or workflow, while every live worker expands inboxes) stores the payload
+-- (HSETNX: an id already there is a retried call, answered as a duplicate) and
+-- LPUSHes ARGV[7], already the inbox entry (`_inbox.lua`), then wakes the queue: three
+-- writes, no msgpack work. Unless a worker is parked on the queue (it is handed the
+-- job below) or the inbox is full. Every other call first drains the inbox (so the job
+-- gets its sequence after the jobs before it) and then writes exactly what enqueue.lua
 -- writes for a call of one job (the same keys, records and members).
--- KEYS: payload, record, ready, scheduled, running, expiring, jobs, keys, seq, created,
---       parked, handed, paused, inbox (of one queue: `ONE_KEYS` in keys.py).
--- ARGV: as enqueue.lua's for one job: [1] now, [2] wake-up channel, [3] max depth
---       ('' = none), [4] id, [5] key ('' = none), [6] payload, [7] task, [8] priority,
---       [9] max attempts ('' = none), [10] created, [11] due, [12] expires ('' = none),
---       [13] workflow job ('1' or ''); then [14] '1' if the inbox may be used.
+--
+-- Only the keys of the plain case come through KEYS; the full path names the queue's
+-- other keys from KEYS[1]'s prefix, which holds the queue's hash tag, so they are in
+-- the same slot (Redis Cluster allows a script undeclared keys of its slot).
+-- KEYS: payload, inbox, parked (of one queue: `ONE_KEYS` in keys.py).
+-- ARGV: [1] now, [2] wake-up channel, [3] max depth ('' = none), [4] id, [5] key
+--       ('' = none), [6] payload, [7] the job's fields, a msgpack map with the record's
+--       names (keys.py): i (id), tk, p, c, d, n, and m, x, o when set; [8] '1' if the
+--       inbox may be used.
 -- Returns: {id, 1} if stored; {id of the existing job, 0} if the key or the id was
 --          taken; {-1, depth} and nothing stored if the job would pass the max depth.
-local payload, record, ready, scheduled, running, expiring, jobs, keys, seq, created,
-  parked, handed, paused, inbox = unpack(KEYS)
+local payload, inbox, parked = KEYS[1], KEYS[2], KEYS[3]
 local now = tonumber(ARGV[1])
 local id, key = ARGV[4], ARGV[5]
-if ARGV[14] == '1' and key == '' and ARGV[3] == '' and ARGV[13] == ''
-    and ARGV[11] == ARGV[1] and redis.call('EXISTS', parked) == 0
+if ARGV[8] == '1' and redis.call('EXISTS', parked) == 0
     and redis.call('LLEN', inbox) < INBOX_MAX then
-  local e = {i = id, tk = ARGV[7], p = tonumber(ARGV[8]), c = tonumber(ARGV[10]),
-    d = now, n = math.floor(now * 1000)}
-  assert(e.p and e.c, 'enqueue_one: priority and created must be numbers')
-  if ARGV[9] ~= '' then e.m = tonumber(ARGV[9]) end
-  if ARGV[12] ~= '' then e.x = tonumber(ARGV[12]) end
   if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
     return {id, 0}
   end
-  redis.call('LPUSH', inbox, cmsgpack.pack(e))
+  redis.call('LPUSH', inbox, ARGV[7])
   redis.call('PUBLISH', ARGV[2], '1')
   return {id, 1}
 end
+local base = string.sub(payload, 1, -8)  -- 'P:{q}:' ('payload' is 7 characters)
+local record, ready, scheduled, running = base .. 'record', base .. 'ready',
+  base .. 'scheduled', base .. 'running'
+local expiring, jobs, keys, seq = base .. 'expiring', base .. 'jobs', base .. 'keys',
+  base .. 'seq'
+local created, handed, paused = base .. 'created', base .. 'handed', base .. 'paused'
+-- Checked before the first write: a script error stops a script, not its writes.
+local ok, r = pcall(cmsgpack.unpack, ARGV[7])
+assert(ok and type(r) == 'table' and type(r.tk) == 'string' and tonumber(r.p)
+  and tonumber(r.c) and tonumber(r.d) and tonumber(r.n) and r.i == id,
+  'enqueue_one: the fields must be a msgpack map of the job (task, priority, times)')
+r.i, r.a = nil, 0
 expand_inbox({inbox = inbox, record = record, ready = ready, expiring = expiring,
   jobs = jobs, created = created, seq = seq})
 if ARGV[3] ~= '' then
@@ -51,10 +61,6 @@ if key ~= '' then
     return {owner, 0}
   end
 end
-local r = {tk = ARGV[7], p = tonumber(ARGV[8]), a = 0, c = tonumber(ARGV[10]),
-  d = tonumber(ARGV[11]), n = math.floor(now * 1000)}
--- Checked before the first write: a script error stops a script, not its writes.
-assert(r.p and r.c and r.d, 'enqueue_one: priority, created and due must be numbers')
 -- Payload and record are written and deleted together: a payload already there is a
 -- job with this id (a retried call), left as it is.
 if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
@@ -65,9 +71,6 @@ if key ~= '' then
   r.k = key
   redis.call('HSET', keys, key, id)
 end
-if ARGV[9] ~= '' then r.m = tonumber(ARGV[9]) end
-if ARGV[12] ~= '' then r.x = tonumber(ARGV[12]) end
-if ARGV[13] ~= '' then r.o = 1 end
 
 -- A parked worker takes the job if it is made ready now, as in enqueue.lua (read the
 -- reasons there): nothing else ready or due, the queue not paused, room on the ticket.
