@@ -2,9 +2,9 @@
 -- `_members.lua` (see offload/brokers/redis/_scripts.py).
 --
 -- A plain one-call enqueue (due now, no key, no max depth, no workflow, no worker
--- parked on the queue, fewer than INBOX_MAX entries waiting) stores its payload and
--- LPUSHes one msgpack map onto `P:{q}:inbox` (enqueue_one.lua), nothing else: the
--- least Redis time per call. `expand_inbox` writes every waiting entry into the full
+-- parked on the queue, the inbox not full: enqueue_one.lua) stores its payload and
+-- LPUSHes one msgpack map onto `P:{q}:inbox`, nothing else: the least Redis time per
+-- call. `expand_inbox` writes every waiting entry into the full
 -- state (record, `ready`, `expiring`, `jobs`, `created`, the queue's sequence) exactly
 -- as enqueue.lua would have written a queued job at that moment, oldest first. Every
 -- script that reads or changes a queue's state calls it first (`queue_at` in
@@ -13,10 +13,6 @@
 --
 -- An entry is the record the job gets, without its state, attempt and sequence, plus
 -- its id (`i`): {i, tk, p, c, d, n[, m][, x]} (field names as in keys.py's record).
-
--- Most entries an inbox holds before enqueue_one.lua takes the full path again: bounds
--- the work of the one expansion that drains it (a few ms per 1,000 entries).
-local INBOX_MAX = 10000
 
 -- Variadic writes go out in chunks of this many arguments (Lua's `unpack` stack limit;
 -- even, so pairs stay whole).
