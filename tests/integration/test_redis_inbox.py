@@ -245,6 +245,21 @@ def test_the_sync_producer_follows_the_gate_too(redis_url: str) -> None:
         app.close()
 
 
+def test_the_sync_producer_answers_a_resent_job_as_a_duplicate(redis_url: str) -> None:
+    # Mutation: the sync path's reading of the plain case's 0/1 reply as always
+    # created -> the second answer says created.
+    broker = redis_broker(redis_url)
+    job = make_job(broker.clock)
+    try:
+        broker._known = {"default"}  # the queue recorded: the sync path takes the call
+        assert broker.enqueue_blocking([job]) == [EnqueueResult(job[0].id, True)]
+        assert broker.enqueue_blocking([job]) == [EnqueueResult(job[0].id, False)]
+        with redis.Redis.from_url(broker.options.redis_url) as client:
+            assert client.llen(broker._x.q("default").inbox) == 1
+    finally:
+        broker._blocking.close()
+
+
 def test_the_gate_rereads_the_registry_after_its_interval_and_closes_on_failure() -> None:
     # Mutation: REFRESH_S ignored (`cached` always None, or never expiring) -> the
     # cached answers below change.

@@ -252,7 +252,7 @@ class RedisBroker(Broker):
                 return None
             inbox = self._inbox_allowed_blocking()
             call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth, inbox)
-            return [self._enqueue_one_result(env.queue, self._blocking.run_one(call), max_depth)]
+            return [self._enqueue_one_result(env, self._blocking.run_one(call), max_depth)]
         by_queue: dict[str, list[int]] = {}
         for i, (env, _) in enumerate(jobs):
             if env.workflow_id is not None:
@@ -376,14 +376,17 @@ class RedisBroker(Broker):
         ]
 
     @staticmethod
-    def _enqueue_one_result(queue: str, reply: Any, max_depth: int | None) -> EnqueueResult:
-        """The result of `enqueue_one.lua`'s `reply`.
+    def _enqueue_one_result(env: Envelope, reply: Any, max_depth: int | None) -> EnqueueResult:
+        """The result of `enqueue_one.lua`'s `reply` for the job `env`: 1 or 0 alone
+        from its plain case, else [id, 1 or 0].
 
         Raises:
             QueueFull: the job would have passed `max_depth`.
         """
+        if isinstance(reply, int):
+            return EnqueueResult(env.id, bool(reply))
         if max_depth is not None and reply[0] == -1:
-            raise queue_full(queue, int(reply[1]), max_depth)
+            raise queue_full(env.queue, int(reply[1]), max_depth)
         return EnqueueResult(text(reply[0]), bool(reply[1]))
 
     @staticmethod
@@ -398,6 +401,9 @@ class RedisBroker(Broker):
                 raise queue_full(queue, int(reply[1]), max_depth)
         results: list[EnqueueResult | None] = [None] * len(jobs)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            if isinstance(reply, int):  # enqueue_one.lua's plain case (one job)
+                results[indexes[0]] = EnqueueResult(jobs[indexes[0]][0].id, bool(reply))
+                continue
             for n, i in enumerate(indexes):
                 results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))
         return [r for r in results if r is not None]

@@ -15,7 +15,6 @@ call per producer per interval, none per job); a read that fails closes the gate
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,29 +49,26 @@ class InboxGate:
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
-        self._open = False
-        self._until = float("-inf")
-        self._lock = threading.Lock()
+        # (allowed, until): one tuple, replaced whole, so a reader on another thread
+        # sees an answer with its own deadline without a lock (read on every enqueue).
+        self._state: tuple[bool, float] = (False, float("-inf"))
 
     def cached(self) -> bool | None:
         """The answer if it is still fresh, else None (read the registry: `learn`)."""
-        with self._lock:
-            return self._open if self._monotonic() < self._until else None
+        allowed, until = self._state
+        return allowed if self._monotonic() < until else None
 
     def learn(self, registrations: Sequence[Any]) -> bool:
         """Open the gate iff every live worker's registration carries the flag."""
         allowed = all(supports_inbox(raw) for raw in registrations)
-        with self._lock:
-            self._open, self._until = allowed, self._monotonic() + REFRESH_S
+        self._state = (allowed, self._monotonic() + REFRESH_S)
         return allowed
 
     def failed(self) -> bool:
         """The registry could not be read: closed for `RETRY_S`."""
-        with self._lock:
-            self._open, self._until = False, self._monotonic() + RETRY_S
+        self._state = (False, self._monotonic() + RETRY_S)
         return False
 
     def reset(self) -> None:
         """Forget the last answer: the next call reads the registry."""
-        with self._lock:
-            self._until = float("-inf")
+        self._state = (False, float("-inf"))

@@ -23,6 +23,8 @@
 --       inbox may be used.
 -- Returns: {id, 1} if stored; {id of the existing job, 0} if the key or the id was
 --          taken; {-1, depth} and nothing stored if the job would pass the max depth.
+--          The plain case answers 1 or 0 alone (the id is the caller's): a shorter
+--          reply for Redis to build and the client to read.
 --
 -- The plain case runs first, before the shared helpers are defined (`_scripts.py`
 -- puts `_members.lua` and `_inbox.lua` at the `@helpers` line below): it needs none of
@@ -34,11 +36,11 @@ local id, key = ARGV[4], ARGV[5]
 local INBOX_MAX = 10000
 if ARGV[8] == '1' and redis.call('EXISTS', parked) == 0 then
   if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
-    return {id, 0}
+    return 0
   end
   if redis.call('LPUSH', inbox, ARGV[7]) <= INBOX_MAX then
     redis.call('PUBLISH', ARGV[2], '1')
-    return {id, 1}
+    return 1
   end
   redis.call('LPOP', inbox)  -- full: taken back, the job goes the full way
   redis.call('HDEL', payload, id)
