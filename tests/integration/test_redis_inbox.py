@@ -7,6 +7,7 @@ inbox only while every live worker says it drains inboxes (`_inbox.py`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -189,6 +190,34 @@ async def test_a_full_inbox_sends_the_next_job_the_full_way(url: str) -> None:
         assert await raw_state(broker, second) == (0, True, True)
         states = (await broker.counts(["default"]))["default"].states
         assert states[JobState.QUEUED] == 2
+
+
+async def test_a_worker_parked_after_a_burst_is_handed_the_next_job(url: str) -> None:
+    """Only a push onto an empty inbox looks for a parked worker: a worker parks in a
+    reserve, which drains the inbox first, so the next push finds it empty again."""
+    # Mutation: the plain case never looking for a parked worker (`n > 1 or` made
+    # `n >= 1 or`) -> the job goes to the inbox, not to the parked worker.
+    async with redis_broker(url) as worker, redis_broker(url) as producer:
+        burst = [await enqueue(producer) for _ in range(3)]
+        leases = await worker.reserve(["default"], worker_id="w", lease_s=LEASE_S, limit=10)
+        assert [lease.job_id for lease in leases] == burst
+        waiting = asyncio.create_task(
+            worker.wait_for_work(["default"], 5.0, worker_id="w", lease_s=LEASE_S, limit=1)
+        )
+        for _ in range(100):  # until the worker's ticket is in `parked`
+            client: Any = await producer._redis()
+            if await client.exists(producer._x.q("default").parked):
+                break
+            await asyncio.sleep(0.02)
+        job = make_job(producer.clock)
+        call = producer._enqueue_one_call(job, producer.clock.now(), None, True)
+        reply = await producer._x.run(*call)
+        assert isinstance(reply, list)  # the full way (the plain case answers 1 alone)
+        handed = job[0].id
+        [lease] = await waiting
+        assert lease.job_id == handed
+        info = await producer.get_job(handed)
+        assert info is not None and info.state == JobState.RUNNING
 
 
 def _old_worker(worker_id: str, now: float) -> WorkerInfo:

@@ -34,15 +34,20 @@ local id, key = ARGV[4], ARGV[5]
 -- Most entries an inbox holds: past it the next call drains it (the full path), which
 -- bounds the work of that one expansion (a few ms per 1,000 entries).
 local INBOX_MAX = 10000
-if ARGV[8] == '1' and redis.call('EXISTS', parked) == 0 then
+-- Only a push onto an empty inbox looks for a parked worker: a worker parks only in a
+-- `reserve` that drained the inbox first (`queue_at`), so none has parked since the
+-- push that found it empty (and found none parked).
+if ARGV[8] == '1' then
   if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
     return 0
   end
-  if redis.call('LPUSH', inbox, ARGV[7]) <= INBOX_MAX then
+  local n = redis.call('LPUSH', inbox, ARGV[7])
+  if n <= INBOX_MAX and (n > 1 or redis.call('EXISTS', parked) == 0) then
     redis.call('PUBLISH', ARGV[2], '1')
     return 1
   end
-  redis.call('LPOP', inbox)  -- full: taken back, the job goes the full way
+  -- A parked worker (handed the job below) or a full inbox: taken back, the full way.
+  redis.call('LPOP', inbox)
   redis.call('HDEL', payload, id)
 end
 --@helpers
