@@ -24,7 +24,7 @@ from offload.brokers.records import EnqueueResult, WorkerInfo
 from offload.brokers.redis import RedisBroker
 from offload.brokers.redis._inbox import INBOX_FLAG, REFRESH_S, RETRY_S, InboxGate
 from offload.envelope import JobState
-from offload.errors import QueueFull
+from offload.errors import BrokerUnavailable, QueueFull
 from offload.testing import FakeClock
 from tests.conformance.helpers import BOOM, LEASE_S, make_job, reserve_one
 from tests.integration.test_redis_enqueue_one import fields_of, snapshot
@@ -241,6 +241,24 @@ async def test_a_live_older_worker_keeps_producers_off_the_inbox(url: str) -> No
         async with redis_broker(url) as producer:
             job_id = await enqueue(producer)
             assert await raw_state(producer, job_id) == (1, True, False)
+
+
+async def test_a_failed_registry_read_sends_jobs_the_full_way(url: str) -> None:
+    # Mutation: `_inbox_allowed` answering True when the read fails -> the job goes to
+    # the inbox although no one knows which workers are live.
+    async with redis_broker(url) as broker:
+        run = broker._x.run
+
+        async def failing(name: str, keys: Any, args: Any) -> Any:
+            if name == "workers":
+                raise BrokerUnavailable("the registry read fails (a test)")
+            return await run(name, keys, args)
+
+        broker._x.run = failing  # type: ignore[method-assign]
+        job_id = await enqueue(broker)
+        assert await raw_state(broker, job_id) == (0, True, True)
+        broker._x.run = run  # type: ignore[method-assign]
+        assert await broker._inbox_allowed() is False  # closed for RETRY_S still
 
 
 def test_the_sync_producer_follows_the_gate_too(redis_url: str) -> None:
