@@ -40,9 +40,14 @@ def _redis_client(url: str) -> tuple[Any, str]:
 
 
 def _redis_record(url: str, queue: str, job_id: str, change: Callable[[Any], bytes]) -> None:
+    from offload.brokers.redis._executor import SCRIPTS
+    from offload.brokers.redis.keys import queue_keys
+
     client, prefix = _redis_client(url)
     with client:
-        key = f"{prefix}:{{{queue}}}:record"
+        keys = queue_keys(prefix, queue)
+        client.eval(SCRIPTS.sources["expand"], len(keys), *keys)  # out of the inbox
+        key = keys.record
         client.hset(key, job_id, change(msgspec.msgpack.decode(client.hget(key, job_id))))
 
 

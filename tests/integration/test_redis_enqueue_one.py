@@ -24,6 +24,7 @@ from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.records import EnqueueResult
 from offload.brokers.redis import RedisBroker
+from offload.brokers.redis._executor import SCRIPTS
 from offload.envelope import JobState, new_job_id
 from offload.errors import QueueFull
 from tests.conformance.helpers import make_job
@@ -70,6 +71,21 @@ async def snapshot(broker: RedisBroker, job_id: str, key: str | None) -> dict[st
     return out
 
 
+def fields_of(args: Any) -> dict[str, Any]:
+    """The job's fields in `enqueue_one.lua`'s ARGV."""
+    value = args[6]
+    assert isinstance(value, bytes)
+    fields: dict[str, Any] = msgspec.msgpack.decode(value)
+    return fields
+
+
+def enqueue_args(broker: RedisBroker, job: Any, now: float) -> list[Any]:
+    """The ARGV of `enqueue.lua` for `job` alone."""
+    now_text = repr(now)
+    head = [now_text, broker._x.channel("default"), ""]
+    return head + broker._job_args(job, now, now_text)
+
+
 OPTIONS: dict[str, dict[str, Any]] = {
     "plain": {},
     "priority": {"priority": 5},
@@ -99,7 +115,7 @@ async def test_enqueue_one_writes_what_enqueue_writes_for_one_job(url: str, case
             job = make_job(broker.clock, created_at=now, **fields)
             _, keys, args = broker._enqueue_one_call(job, now, None)
             if script == "enqueue":
-                keys = broker._x.q("default")
+                keys, args = broker._x.q("default"), enqueue_args(broker, job, now)
             await broker._remember({"default"})
             reply = await broker._x.run(script, keys, args)
             assert [x.decode() if isinstance(x, bytes) else x for x in reply] == [job[0].id, 1]
@@ -114,8 +130,12 @@ async def test_enqueue_one_marks_a_workflow_job_as_enqueue_does(url: str) -> Non
         flags = []
         for script in ("enqueue", "enqueue_one"):
             job = make_job(broker.clock, created_at=now)
-            _, keys, call_args = broker._enqueue_one_call(job, now, None)
-            args = [*call_args[:-1], "1"]  # the envelope has `then` or `chord`
+            _, keys, args = broker._enqueue_one_call(job, now, None)
+            if script == "enqueue":  # the envelope has `then` or `chord`
+                args = [*enqueue_args(broker, job, now)[:-1], "1"]
+            else:
+                fields = fields_of(args)
+                args = [*args[:6], msgspec.msgpack.encode({**fields, "o": 1}), ""]
             await broker._x.run(
                 script, keys if script == "enqueue_one" else broker._x.q("default"), args
             )
@@ -148,6 +168,7 @@ def queued(app: Offload, job_ids: list[str]) -> int:
     assert isinstance(broker, RedisBroker)
     q = broker._x.q("default")
     with redis.Redis.from_url(broker.options.redis_url) as client:
+        client.eval(SCRIPTS.sources["expand"], len(q), *q)  # the inbox's jobs, expanded
         for job_id in job_ids:
             record = msgspec.msgpack.decode(client.hget(q.record, job_id))
             assert record["s"] == "queued"
@@ -219,7 +240,8 @@ def test_a_script_error_on_the_direct_connection_is_a_broker_error_and_leaves_it
         now = time.time()
         call = broker._enqueue_one_call(make_job(broker.clock, id=new_job_id()), now, None)
         name, keys, args = call
-        bad = (name, keys, [*args[:7], "not a number", *args[8:]])  # priority
+        fields = msgspec.msgpack.encode({**fields_of(args), "p": "high"})
+        bad = (name, keys, [*args[:6], fields, ""])  # a priority that is not a number
         with pytest.raises(BrokerError):
             broker._blocking.run_one(bad)
         assert broker._blocking._direct is not None  # kept: the reply was read whole

@@ -79,6 +79,7 @@ from offload.brokers.redis._connection import (
 from offload.brokers.redis._executor import SCRIPTS, Executor
 from offload.brokers.redis._flow import Flow, workflow_flag
 from offload.brokers.redis._handoff import MARGIN_S, Handoff
+from offload.brokers.redis._inbox import INBOX_FLAG, InboxGate
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
 from offload.brokers.redis._operate import Operations
@@ -93,6 +94,9 @@ from offload.envelope import TERMINAL_STATES, Envelope, JobState
 from offload.errors import BrokerError
 
 __all__ = ["RedisBroker"]
+
+#: Packs the fields of `enqueue_one.lua`'s job.
+_FIELDS = msgspec.msgpack.Encoder()
 
 #: The script that records each way a lease ends but `ack` (batched per queue).
 _SETTLE_SCRIPTS = {
@@ -137,6 +141,7 @@ class RedisBroker(Broker):
         self._signals = Signals(x, self.clock, retention_s, self._subscribed)
         self._workflows = Workflows(x, retention_s)
         self._handoff = Handoff(self.prefix)
+        self._inbox = InboxGate()
         self._reserver = Reserver(x, self.clock, retention_s, self.options.cluster, self._handoff)
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,7 +230,8 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
         await self._workflows.index(jobs)
-        calls = self._enqueue_calls(jobs, by_queue, now, max_depth)
+        inbox = len(jobs) == 1 and await self._inbox_allowed()
+        calls = self._enqueue_calls(jobs, by_queue, now, max_depth, inbox)
         if len(calls) == 1:  # one queue (`enqueue_async()`): the direct connection
             replies = [await self._x.run_one(calls[0])]
         else:
@@ -244,8 +250,9 @@ class RedisBroker(Broker):
             env = jobs[0][0]
             if env.workflow_id is not None or env.queue not in self._known:
                 return None
-            call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth)
-            return [self._enqueue_one_result(env.queue, self._blocking.run_one(call), max_depth)]
+            inbox = self._inbox_allowed_blocking()
+            call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth, inbox)
+            return [self._enqueue_one_result(env, self._blocking.run_one(call), max_depth)]
         by_queue: dict[str, list[int]] = {}
         for i, (env, _) in enumerate(jobs):
             if env.workflow_id is not None:
@@ -262,13 +269,15 @@ class RedisBroker(Broker):
         by_queue: dict[str, list[int]],
         now: float,
         max_depth: int | None,
+        inbox: bool = False,
     ) -> list[Call]:
         """One script call per queue (shared by `enqueue` and `enqueue_blocking`):
-        `enqueue_one.lua` for a queue's single job, else `enqueue.lua`."""
+        `enqueue_one.lua` for a queue's single job (`inbox`: it may use the inbox),
+        else `enqueue.lua`."""
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             if len(indexes) == 1:
-                calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth))
+                calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth, inbox))
                 continue
             now_text = num(now)
             args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
@@ -278,14 +287,74 @@ class RedisBroker(Broker):
         return calls
 
     def _enqueue_one_call(
-        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None
+        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None, inbox: bool = False
     ) -> Call:
-        """The `enqueue_one.lua` call of one job (its ARGV: enqueue.lua's for one job)."""
-        queue = job[0].queue
-        now_text = num(now)
-        args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
-        args += self._job_args(job, now, now_text)
+        """The `enqueue_one.lua` call of one job: its fields in one msgpack map (the
+        inbox entry itself: `_inbox.lua`), and whether it may go to the inbox (`inbox`:
+        the gate is open; and the job is due now, without key, max depth or workflow)."""
+        env, payload = job
+        not_before = env.not_before
+        due = not_before if not_before is not None and not_before > now else now
+        fields: dict[str, Any] = {
+            "i": env.id,
+            "tk": env.task,
+            "p": env.priority,
+            "c": env.created_at or now,
+            "d": due,
+            "n": math.floor(now * 1000),
+        }
+        if env.max_attempts is not None:
+            fields["m"] = env.max_attempts
+        if env.expires_at is not None:
+            fields["x"] = env.expires_at
+        workflow = workflow_flag(env)
+        if workflow:
+            fields["o"] = 1
+        plain = (
+            inbox
+            and due == now
+            and env.key is None
+            and max_depth is None
+            and not workflow
+            # A workflow's jobs are read by id from its index (`_workflows.py`).
+            and env.workflow_id is None
+        )
+        queue = env.queue
+        args: list[str | bytes] = [
+            num(now),
+            self._x.channel(queue),
+            opt(max_depth),
+            env.id,
+            env.key or "",
+            payload,
+            _FIELDS.encode(fields),
+            "1" if plain else "",
+        ]
         return ("enqueue_one", self._x.one_keys(queue), args)
+
+    async def _inbox_allowed(self) -> bool:
+        """Whether every live worker drains inboxes (`_inbox.py`), from the registry
+        read at most every few seconds."""
+        allowed = self._inbox.cached()
+        if allowed is not None:
+            return allowed
+        try:
+            reply = await self._x.run("workers", self._worker_keys(), [num(self.clock.now())])
+        except BrokerError:
+            return self._inbox.failed()
+        return self._inbox.learn(reply)
+
+    def _inbox_allowed_blocking(self) -> bool:
+        """`_inbox_allowed` from the calling thread (`enqueue_blocking`)."""
+        allowed = self._inbox.cached()
+        if allowed is not None:
+            return allowed
+        call: Call = ("workers", self._worker_keys(), [num(self.clock.now())])
+        try:
+            [reply] = self._blocking.run_many([call])
+        except BrokerError:
+            return self._inbox.failed()
+        return self._inbox.learn(reply)
 
     @staticmethod
     def _job_args(job: tuple[Envelope, bytes], now: float, now_text: str) -> list[str | bytes]:
@@ -307,14 +376,17 @@ class RedisBroker(Broker):
         ]
 
     @staticmethod
-    def _enqueue_one_result(queue: str, reply: Any, max_depth: int | None) -> EnqueueResult:
-        """The result of `enqueue_one.lua`'s `reply`.
+    def _enqueue_one_result(env: Envelope, reply: Any, max_depth: int | None) -> EnqueueResult:
+        """The result of `enqueue_one.lua`'s `reply` for the job `env`: 1 or 0 alone
+        from its plain case, else [id, 1 or 0].
 
         Raises:
             QueueFull: the job would have passed `max_depth`.
         """
+        if isinstance(reply, int):
+            return EnqueueResult(env.id, bool(reply))
         if max_depth is not None and reply[0] == -1:
-            raise queue_full(queue, int(reply[1]), max_depth)
+            raise queue_full(env.queue, int(reply[1]), max_depth)
         return EnqueueResult(text(reply[0]), bool(reply[1]))
 
     @staticmethod
@@ -329,6 +401,9 @@ class RedisBroker(Broker):
                 raise queue_full(queue, int(reply[1]), max_depth)
         results: list[EnqueueResult | None] = [None] * len(jobs)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            if isinstance(reply, int):  # enqueue_one.lua's plain case (one job)
+                results[indexes[0]] = EnqueueResult(jobs[indexes[0]][0].id, bool(reply))
+                continue
             for n, i in enumerate(indexes):
                 results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))
         return [r for r in results if r is not None]
@@ -610,8 +685,11 @@ class RedisBroker(Broker):
         return [self.global_keys.workers, self.global_keys.workers_seen]
 
     async def register_worker(self, info: WorkerInfo, ttl_s: float) -> None:
+        """Also says that this worker drains queue inboxes (`_inbox.py`): producers use
+        them only while every live worker does."""
         now = self.clock.now()
-        data = msgspec.json.encode(replace(info, last_seen=now))
+        extra = {**info.extra, INBOX_FLAG: 1}
+        data = msgspec.json.encode(replace(info, last_seen=now, extra=extra))
         until = num(now + ttl_s)
         await self._x.run("worker_register", self._worker_keys(), [info.id, data, until])
 
@@ -624,7 +702,10 @@ class RedisBroker(Broker):
 
     async def workers(self) -> list[WorkerInfo]:
         reply = await self._x.run("workers", self._worker_keys(), [num(self.clock.now())])
-        return [msgspec.json.decode(raw, type=WorkerInfo) for raw in reply]
+        infos = [msgspec.json.decode(raw, type=WorkerInfo) for raw in reply]
+        for info in infos:  # the broker's own flag (`register_worker`), not the worker's
+            info.extra.pop(INBOX_FLAG, None)
+        return infos
 
     async def sweep(self) -> SweepReport:
         """Expire, purge and forget, in batches of `BATCH` per queue and script call

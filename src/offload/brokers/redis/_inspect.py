@@ -104,8 +104,12 @@ class Inspector:
     async def get_job(self, job_id: str) -> JobInfo | None:
         return await self._fetch(await self._x.known_queues(), job_id)
 
-    async def _fetch(self, names: Sequence[str], job_id: str) -> JobInfo | None:
-        """The job with its progress, from the first of `names` that holds it."""
+    async def _fetch(
+        self, names: Sequence[str], job_id: str, expanded: bool = False
+    ) -> JobInfo | None:
+        """The job with its progress, from the first of `names` that holds it. A payload
+        without its record is a job still in its queue's inbox: the inbox is expanded
+        (`expand.lua`) and the job read again."""
         commands: list[tuple[Any, ...]] = [("GET", K.progress_key(self._x.prefix, job_id))]
         for queue in names:
             q = self._x.q(queue)
@@ -114,6 +118,9 @@ class Inspector:
         progress, *replies = await self._x.commands(commands)
         for n, queue in enumerate(names):
             raw, payload, result = replies[3 * n : 3 * n + 3]
+            if raw is None and payload is not None and not expanded:
+                await self._x.run("expand", self._x.q(queue), [])
+                return await self._fetch([queue], job_id, expanded=True)
             if raw is not None:
                 info = job_info(job_id, queue, raw, payload, result)
                 return info if progress is None else replace(info, progress=decode_value(progress))

@@ -1,9 +1,10 @@
 """The Lua scripts of `scripts/`, loaded once per connection and called by SHA.
 
-Each script is `_members.lua` and `_lib.lua` followed by its own text, so the shared
-helpers travel with it and every script stays one atomic call; the lean ones
-(`LEAN`: `enqueue_one`) take `_members.lua` alone, since Redis runs a script's whole
-text, every definition of `_lib.lua` included, on every call. Scripts are loaded at connect; after a
+Each script is `_members.lua`, `_inbox.lua` and `_lib.lua` followed by its own text,
+so the shared helpers travel with it and every script stays one atomic call; the lean
+ones (`LEAN`: `enqueue_one`) leave out `_lib.lua`, since Redis runs a script's whole
+text, every definition of `_lib.lua` included, on every call; a script with a
+`--@helpers` line gets them there instead of in front. Scripts are loaded at connect; after a
 Redis restart (which forgets them) the first call gets NOSCRIPT, loads them all again
 and retries once.
 """
@@ -56,17 +57,26 @@ _NAMES = (
     "record_attempt",
     "unpark",
     "enqueue_one",
+    "expand",
 )
 
 #: Scripts loaded without `_lib.lua` (see the module docstring).
 LEAN = frozenset({"enqueue_one"})
 
 
+#: The line of a script at which its helpers go, when not in front (`enqueue_one.lua`
+#: runs its plain case before defining them).
+HELPERS_AT = "--@helpers\n"
+
+
 def _source(name: str) -> str:
     folder = files("offload.brokers.redis") / "scripts"
-    parts = ["_members"] if name in LEAN else ["_members", "_lib"]
-    texts = [(folder / f"{part}.lua").read_text(encoding="utf-8") for part in [*parts, name]]
-    return "\n".join(texts)
+    parts = ["_members", "_inbox"] if name in LEAN else ["_members", "_inbox", "_lib"]
+    helpers = "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts)
+    own = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    if HELPERS_AT in own:
+        return own.replace(HELPERS_AT, helpers + "\n", 1)
+    return helpers + "\n" + own
 
 
 def pipeline(client: Client) -> Any:

@@ -107,7 +107,8 @@ class Signals:
                 self.waiters.notify(job_id)
 
     async def locate(self, job_id: str) -> str | None:
-        """The queue holding a job, None if no queue does."""
+        """The queue holding a job, None if no queue does: by its payload, which a job
+        has from its enqueue to its deletion (its record may still wait in the inbox)."""
         names = await self._x.known_queues()
-        found = await self._x.commands([("HEXISTS", self._x.q(q).record, job_id) for q in names])
+        found = await self._x.commands([("HEXISTS", self._x.q(q).payload, job_id) for q in names])
         return next((q for q, hit in zip(names, found, strict=True) if hit), None)

@@ -30,6 +30,7 @@ Per queue `q` (`P` is the prefix):
 | `P:{q}:finished`      | hash   | `<minute>:<outcome>` → jobs that ended so (`finished`)        |
 | `P:{q}:parked`        | zset   | idle workers waiting to be handed jobs: ticket → its end      |
 | `P:{q}:handed`        | hash   | ticket token prefix → lease deadline and ids handed to it     |
+| `P:{q}:inbox`         | list   | lean enqueues not yet expanded: msgpack entries, newest first |
 
 Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
 id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
@@ -63,7 +64,11 @@ its `jobs`, a time range walks `jobs` instead (`list_jobs.lua`). `finished` coun
 ends per minute (Unix time // 60, the broker's clock) and outcome, added to by the
 script that ends the jobs; `sweep` drops the minutes older than `FINISHED_KEEP_S`.
 
-A job lives in exactly one state zset at a time; `counts` are their sizes. Empty
+`inbox` holds the jobs of lean one-call enqueues (`scripts/_inbox.lua`): their payload
+is stored, the rest of their state waits in the list until the next script of the
+queue expands it (every script does so first), so no reader sees a job there.
+
+A job lives in exactly one state zset at a time (once expanded); `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
 only `P:{q}:seq`, the global keys and (until its minutes leave the window)
 `P:{q}:finished` remain.
@@ -119,26 +124,13 @@ class QueueKeys(NamedTuple):
     parked: str
     handed: str
     paused: str  # set while the queue is paused (`set_paused`): no handoff then
+    inbox: str  # lean one-call enqueues, drained by every script of the queue
 
 
-#: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that
-#: enqueueing one job reads or writes (each key passed costs Redis and the client a
-#: little on every call).
-ONE_KEYS = (
-    "payload",
-    "record",
-    "ready",
-    "scheduled",
-    "running",
-    "expiring",
-    "jobs",
-    "keys",
-    "seq",
-    "created",
-    "parked",
-    "handed",
-    "paused",
-)
+#: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that a
+#: plain one-call enqueue touches (each key passed costs Redis and the client a little
+#: on every call; the script names the others from the first one's prefix).
+ONE_KEYS = ("payload", "inbox", "parked")
 
 
 class GlobalKeys(NamedTuple):

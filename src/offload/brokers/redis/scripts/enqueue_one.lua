@@ -1,22 +1,71 @@
 -- enqueue_one: `enqueue` of one job, the call a sync `task.enqueue()` or an
--- `enqueue_async()` makes (issue 16). It writes exactly what enqueue.lua writes for a
--- call of one job (the same keys, records and members: old and new workers and
--- inspectors read its jobs alike), but is loaded with `_members.lua` only, not the
--- whole `_lib.lua` (whose definitions every script runs on every call), takes only the
--- keys it uses, and tests the id by writing the payload (HSETNX) instead of reading the
--- record first: a few µs of Redis time per call instead of ~30.
--- KEYS: payload, record, ready, scheduled, running, expiring, jobs, keys, seq, created,
---       parked, handed, paused (of one queue: `ONE_KEYS` in keys.py).
--- ARGV: as enqueue.lua's for one job: [1] now, [2] wake-up channel, [3] max depth
---       ('' = none), [4] id, [5] key ('' = none), [6] payload, [7] task, [8] priority,
---       [9] max attempts ('' = none), [10] created, [11] due, [12] expires ('' = none),
---       [13] workflow job ('1' or '').
+-- `enqueue_async()` makes (issue 16). It is loaded with `_members.lua` and
+-- `_inbox.lua` only, not the whole `_lib.lua` (whose definitions every script runs on
+-- every call), and takes three keys and eight arguments: Redis spends about a
+-- microsecond per ten keys and arguments of a call before the script starts.
+--
+-- The plain case (ARGV[8] = '1', set by the producer for a job due now, without key,
+-- max depth or workflow, while every live worker expands inboxes) stores the payload
+-- (HSETNX: an id already there is a retried call, answered as a duplicate) and
+-- LPUSHes ARGV[7], already the inbox entry (`_inbox.lua`), then wakes the queue: three
+-- writes, no msgpack work. Unless a worker is parked on the queue (it is handed the
+-- job below) or the inbox is full. Every other call first drains the inbox (so the job
+-- gets its sequence after the jobs before it) and then writes exactly what enqueue.lua
+-- writes for a call of one job (the same keys, records and members).
+--
+-- Only the keys of the plain case come through KEYS; the full path names the queue's
+-- other keys from KEYS[1]'s prefix, which holds the queue's hash tag, so they are in
+-- the same slot (Redis Cluster allows a script undeclared keys of its slot).
+-- KEYS: payload, inbox, parked (of one queue: `ONE_KEYS` in keys.py).
+-- ARGV: [1] now, [2] wake-up channel, [3] max depth ('' = none), [4] id, [5] key
+--       ('' = none), [6] payload, [7] the job's fields, a msgpack map with the record's
+--       names (keys.py): i (id), tk, p, c, d, n, and m, x, o when set; [8] '1' if the
+--       inbox may be used.
 -- Returns: {id, 1} if stored; {id of the existing job, 0} if the key or the id was
 --          taken; {-1, depth} and nothing stored if the job would pass the max depth.
-local payload, record, ready, scheduled, running, expiring, jobs, keys, seq, created,
-  parked, handed, paused = unpack(KEYS)
-local now = tonumber(ARGV[1])
+--          The plain case answers 1 or 0 alone (the id is the caller's): a shorter
+--          reply for Redis to build and the client to read.
+--
+-- The plain case runs first, before the shared helpers are defined (`_scripts.py`
+-- puts `_members.lua` and `_inbox.lua` at the `@helpers` line below): it needs none of
+-- them, and defining them costs Redis time on every call.
+local payload, inbox, parked = KEYS[1], KEYS[2], KEYS[3]
 local id, key = ARGV[4], ARGV[5]
+-- Most entries an inbox holds: past it the next call drains it (the full path), which
+-- bounds the work of that one expansion (a few ms per 1,000 entries).
+local INBOX_MAX = 10000
+-- Only a push onto an empty inbox looks for a parked worker: a worker parks only in a
+-- `reserve` that drained the inbox first (`queue_at`), so none has parked since the
+-- push that found it empty (and found none parked).
+if ARGV[8] == '1' then
+  if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
+    return 0
+  end
+  local n = redis.call('LPUSH', inbox, ARGV[7])
+  if n <= INBOX_MAX and (n > 1 or redis.call('EXISTS', parked) == 0) then
+    redis.call('PUBLISH', ARGV[2], '1')
+    return 1
+  end
+  -- A parked worker (handed the job below) or a full inbox: taken back, the full way.
+  redis.call('LPOP', inbox)
+  redis.call('HDEL', payload, id)
+end
+--@helpers
+local now = tonumber(ARGV[1])
+local base = string.sub(payload, 1, -8)  -- 'P:{q}:' ('payload' is 7 characters)
+local record, ready, scheduled, running = base .. 'record', base .. 'ready',
+  base .. 'scheduled', base .. 'running'
+local expiring, jobs, keys, seq = base .. 'expiring', base .. 'jobs', base .. 'keys',
+  base .. 'seq'
+local created, handed, paused = base .. 'created', base .. 'handed', base .. 'paused'
+-- Checked before the first write: a script error stops a script, not its writes.
+local ok, r = pcall(cmsgpack.unpack, ARGV[7])
+assert(ok and type(r) == 'table' and type(r.tk) == 'string' and tonumber(r.p)
+  and tonumber(r.c) and tonumber(r.d) and tonumber(r.n) and r.i == id,
+  'enqueue_one: the fields must be a msgpack map of the job (task, priority, times)')
+r.i, r.a = nil, 0
+expand_inbox({inbox = inbox, record = record, ready = ready, expiring = expiring,
+  jobs = jobs, created = created, seq = seq})
 if ARGV[3] ~= '' then
   local depth = redis.call('ZCARD', ready) + redis.call('ZCARD', scheduled)
   if depth + 1 > tonumber(ARGV[3]) then
@@ -29,10 +78,6 @@ if key ~= '' then
     return {owner, 0}
   end
 end
-local r = {tk = ARGV[7], p = tonumber(ARGV[8]), a = 0, c = tonumber(ARGV[10]),
-  d = tonumber(ARGV[11]), n = math.floor(now * 1000)}
--- Checked before the first write: a script error stops a script, not its writes.
-assert(r.p and r.c and r.d, 'enqueue_one: priority, created and due must be numbers')
 -- Payload and record are written and deleted together: a payload already there is a
 -- job with this id (a retried call), left as it is.
 if redis.call('HSETNX', payload, id, ARGV[6]) == 0 then
@@ -43,9 +88,6 @@ if key ~= '' then
   r.k = key
   redis.call('HSET', keys, key, id)
 end
-if ARGV[9] ~= '' then r.m = tonumber(ARGV[9]) end
-if ARGV[12] ~= '' then r.x = tonumber(ARGV[12]) end
-if ARGV[13] ~= '' then r.o = 1 end
 
 -- A parked worker takes the job if it is made ready now, as in enqueue.lua (read the
 -- reasons there): nothing else ready or due, the queue not paused, room on the ticket.
