@@ -133,14 +133,17 @@ end
 
 local PURGED_BY_TIME = {succeeded = true, expired = true, cancelled = true}
 
+-- `expiring` holds a waiting job only if its record has `x` (`attach`, both enqueue
+-- scripts; no version writes it otherwise and none clears `x`), so a job without one
+-- costs no ZREM there: most jobs have no expiry.
 local function detach(q, id, r)
   local s = r.s
   if s == 'queued' then
     redis.call('ZREM', q.ready, ready_member(r, id))
-    redis.call('ZREM', q.expiring, id)
+    if r.x then redis.call('ZREM', q.expiring, id) end
   elseif s == 'scheduled' then
     redis.call('ZREM', q.scheduled, id)
-    redis.call('ZREM', q.expiring, id)
+    if r.x then redis.call('ZREM', q.expiring, id) end
   elseif s == 'running' then
     redis.call('ZREM', q.running, id)
   elseif s == 'dead' then
