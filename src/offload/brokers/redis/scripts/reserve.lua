@@ -54,16 +54,31 @@ for g = 1, groups do
 end
 
 -- The best head among the queues: lowest score (highest priority), then lowest member.
-local function best_head()
+-- Each queue's heads are read `want` (the leases still wanted) at a time, one ZRANGE
+-- per queue and batch instead of one per job taken: while this loop runs, `ready` only
+-- loses the members it takes, so the next unread head of a batch is the queue's head.
+-- A batch used up is read again from the top unless it was short (the end of `ready`).
+local heads, next_head, at_end = {}, {}, {}
+local function best_head(want)
   local best_g, best_member, best_score = nil, nil, nil
   for g = 1, groups do
-    local head = redis.call('ZRANGE', queues[g].ready, 0, 0, 'WITHSCORES')
-    if head[1] then
-      local score = tonumber(head[2])
-      if not best_g or score < best_score or (score == best_score and head[1] < best_member) then
-        best_g, best_member, best_score = g, head[1], score
+    local i = next_head[g]
+    if (not i or i > #heads[g]) and not at_end[g] then
+      heads[g] = redis.call('ZRANGE', queues[g].ready, 0, want - 1, 'WITHSCORES')
+      at_end[g] = #heads[g] < 2 * want
+      i = 1
+      next_head[g] = 1
+    end
+    local member = heads[g][i]
+    if member then
+      local score = tonumber(heads[g][i + 1])
+      if not best_g or score < best_score or (score == best_score and member < best_member) then
+        best_g, best_member, best_score = g, member, score
       end
     end
+  end
+  if best_g then
+    next_head[best_g] = next_head[best_g] + 2
   end
   return best_g, best_member
 end
@@ -81,7 +96,7 @@ end
 local out = {}
 local taken = 0
 while taken < limit do
-  local g, member = best_head()
+  local g, member = best_head(limit - taken)
   if not g then break end
   local q = queues[g]
   local id = string.sub(member, 28)
