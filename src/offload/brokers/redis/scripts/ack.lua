@@ -7,6 +7,7 @@
 local q = queue_at(1)
 local now = tonumber(ARGV[1])
 local out = {}
+local results = {}  -- id, result pairs: one HSET for the call, not one per job
 for i = 3, #ARGV, 5 do
   local id, token = ARGV[i], ARGV[i + 1]
   local r = load(q, id)
@@ -14,12 +15,13 @@ for i = 3, #ARGV, 5 do
     r.e = nil
     finish(q, id, r, 'succeeded', now, tonumber(ARGV[i + 4]))
     if ARGV[i + 2] == '1' then
-      redis.call('HSET', q.result, id, ARGV[i + 3])
+      push(results, id, ARGV[i + 3])
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+write_all('HSET', q.result, results)
 publish_ends(ARGV[2])
 return out

@@ -95,6 +95,7 @@ end
 
 local out = {}
 local taken = 0
+local reads = {}  -- per queue group: the leased ids and their payload slots in `out`
 while taken < limit do
   local g, member = best_head(limit - taken)
   if not g then break end
@@ -115,7 +116,20 @@ while taken < limit do
     out[#out + 1] = id
     out[#out + 1] = r.t
     out[#out + 1] = r.a
-    out[#out + 1] = redis.call('HGET', q.payload, id) or ''
+    out[#out + 1] = ''
+    local wanted = reads[g]
+    if not wanted then
+      wanted = {ids = {}, slots = {}}
+      reads[g] = wanted
+    end
+    wanted.ids[#wanted.ids + 1] = id
+    wanted.slots[#wanted.slots + 1] = #out
+  end
+end
+-- The payloads of the leased jobs, one HMGET per queue (not one HGET per job).
+for g, wanted in pairs(reads) do
+  for i, payload in ipairs(hmget_all(queues[g].payload, wanted.ids)) do
+    out[wanted.slots[i]] = payload or ''
   end
 end
 -- The note of the worker's last ticket, whose handoff it received whole (unpark.lua
