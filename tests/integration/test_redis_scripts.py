@@ -65,3 +65,35 @@ async def test_a_reservation_past_unusable_heads_still_fills_its_limit_in_order(
         leases = await broker.reserve(["a", "b"], worker_id="w", lease_s=30, limit=3)
         assert [lease.job_id for lease in leases] == [b_late]
     client.close()
+
+
+async def test_a_job_acked_twice_in_one_call_counts_once(redis_url: str) -> None:
+    """ack.lua sends its moves in one write per key at its end: the second ack of the
+    same lease in the call must still see the job as acked, not as running."""
+    clock = FakeClock()
+    async with from_url(redis_url, clock=clock) as broker:
+        job = await enqueue_one(broker)
+        [lease] = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=1)
+        ack = Settlement.ack(lease, encode_value(1))
+        assert await broker.settle_many([ack, ack]) == [True, False]
+        assert await state_of(broker, job) is JobState.SUCCEEDED
+        counts = await broker.counts()
+        assert counts["default"].states.get(JobState.SUCCEEDED) == 1
+
+
+async def test_a_job_listed_twice_in_ready_is_leased_once(redis_url: str) -> None:
+    """A stale second member of `ready` for one job (which no version writes, but a
+    crash of an older one could leave): reserve.lua holds its writes until the end of
+    the loop, so the second member must not find the job still queued."""
+    clock = FakeClock()
+    client, prefix = _client(redis_url)
+    ready = f"{prefix}:{{default}}:ready"
+    async with from_url(redis_url, clock=clock) as broker:
+        job = await enqueue_one(broker)
+        [(member, score)] = client.zrange(ready, 0, -1, withscores=True)
+        stale = b"%015d" % (int(member[:15]) + 1) + member[15:]
+        client.zadd(ready, {stale: score})
+        leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=5)
+        assert [lease.job_id for lease in leases] == [job]
+        assert client.zcard(ready) == 0
+    client.close()

@@ -64,6 +64,10 @@ local function best_head(want)
   for g = 1, groups do
     local i = next_head[g]
     if (not i or i > #heads[g]) and not at_end[g] then
+      if HELD then  -- the leases so far leave `ready` before it is read again
+        flush_writes()
+        hold_writes()
+      end
       heads[g] = redis.call('ZRANGE', queues[g].ready, 0, want - 1, 'WITHSCORES')
       at_end[g] = #heads[g] < 2 * want
       i = 1
@@ -96,12 +100,24 @@ end
 local out = {}
 local taken = 0
 local reads = {}  -- per queue group: the leased ids and their payload slots in `out`
+-- The moves of this loop go out in one write per key at its end (`hold_writes`); an id
+-- met twice (a stale second member) is only dropped from `ready`, as its record, once
+-- moved, would say.
+local seen = {}
+hold_writes()
 while taken < limit do
   local g, member = best_head(limit - taken)
   if not g then break end
   local q = queues[g]
   local id = string.sub(member, 28)
-  local r, problem = load(q, id)
+  local once = g .. ' ' .. id
+  local r, problem
+  if seen[once] then
+    r = nil
+  else
+    seen[once] = true
+    r, problem = load(q, id)
+  end
   if problem then
     redis.call('ZREM', q.ready, member)
     bury_broken(q, id, problem, now)
@@ -126,6 +142,7 @@ while taken < limit do
     wanted.slots[#wanted.slots + 1] = #out
   end
 end
+flush_writes()
 -- The payloads of the leased jobs, one HMGET per queue (not one HGET per job).
 for g, wanted in pairs(reads) do
   for i, payload in ipairs(hmget_all(queues[g].payload, wanted.ids)) do
