@@ -107,9 +107,9 @@ local function record_problem(r)
   return nil
 end
 
--- The job's record, or nil if there is none; nil and the problem if it is unusable.
-local function load(q, id)
-  local raw = redis.call('HGET', q.record, id)
+-- The record read as `raw` (false or nil if there is none): nil if there is none; nil
+-- and the problem if it is unusable. (`load`, or a script's one HMGET of many.)
+local function decode(raw)
   if not raw then
     return nil
   end
@@ -119,6 +119,11 @@ local function load(q, id)
     return nil, problem
   end
   return r
+end
+
+-- The job's record, or nil if there is none; nil and the problem if it is unusable.
+local function load(q, id)
+  return decode(redis.call('HGET', q.record, id))
 end
 
 -- The writes of `detach`, `attach` and `save`, held back between `hold_writes` and

@@ -9,14 +9,20 @@ local now = tonumber(ARGV[1])
 local out = {}
 local results = {}  -- id, result pairs: one HSET for the call, not one per job
 -- The moves go out in one write per key at the end (`hold_writes`); a job acked twice
--- in one call is refused the second time, as its record, once moved, would say.
+-- in one call is refused the second time, as its record, once moved, would say (the
+-- records are read once, before any move).
 local acked = {}
 hold_writes()
+local ids = {}
+for i = 3, #ARGV, 5 do
+  ids[#ids + 1] = ARGV[i]
+end
+local raws = hmget_all(q.record, ids)  -- every record in one read
 for i = 3, #ARGV, 5 do
   local id, token = ARGV[i], ARGV[i + 1]
   local r = nil
   if not acked[id] then
-    r = load(q, id)
+    r = decode(raws[(i - 3) / 5 + 1])
   end
   if r and r.s == 'running' and r.t == token then
     acked[id] = true

@@ -59,8 +59,9 @@ end
 -- loses the members it takes, so the next unread head of a batch is the queue's head.
 -- A batch used up is read again from the top unless it was short (the end of `ready`).
 local heads, next_head, at_end = {}, {}, {}
+local raws = {}  -- per queue: the records of `heads`, read with them in one HMGET
 local function best_head(want)
-  local best_g, best_member, best_score = nil, nil, nil
+  local best_g, best_member, best_score, best_raw = nil, nil, nil, nil
   for g = 1, groups do
     local i = next_head[g]
     if (not i or i > #heads[g]) and not at_end[g] then
@@ -70,6 +71,11 @@ local function best_head(want)
       end
       heads[g] = redis.call('ZRANGE', queues[g].ready, 0, want - 1, 'WITHSCORES')
       at_end[g] = #heads[g] < 2 * want
+      local ids = {}
+      for k = 1, #heads[g], 2 do
+        ids[#ids + 1] = string.sub(heads[g][k], 28)
+      end
+      raws[g] = hmget_all(queues[g].record, ids)
       i = 1
       next_head[g] = 1
     end
@@ -77,14 +83,14 @@ local function best_head(want)
     if member then
       local score = tonumber(heads[g][i + 1])
       if not best_g or score < best_score or (score == best_score and member < best_member) then
-        best_g, best_member, best_score = g, member, score
+        best_g, best_member, best_score, best_raw = g, member, score, raws[g][(i + 1) / 2]
       end
     end
   end
   if best_g then
     next_head[best_g] = next_head[best_g] + 2
   end
-  return best_g, best_member
+  return best_g, best_member, best_raw
 end
 
 local peek = tonumber(ARGV[9])
@@ -100,13 +106,13 @@ end
 local out = {}
 local taken = 0
 local reads = {}  -- per queue group: the leased ids and their payload slots in `out`
--- The moves of this loop go out in one write per key at its end (`hold_writes`); an id
--- met twice (a stale second member) is only dropped from `ready`, as its record, once
--- moved, would say.
+-- The moves of this loop go out in one write per key at its end (`hold_writes`), and
+-- its records were read with their heads: an id met twice (a stale second member) is
+-- only dropped from `ready`, as its record, once moved, would say.
 local seen = {}
 hold_writes()
 while taken < limit do
-  local g, member = best_head(limit - taken)
+  local g, member, raw = best_head(limit - taken)
   if not g then break end
   local q = queues[g]
   local id = string.sub(member, 28)
@@ -116,7 +122,7 @@ while taken < limit do
     r = nil
   else
     seen[once] = true
-    r, problem = load(q, id)
+    r, problem = decode(raw)
   end
   if problem then
     redis.call('ZREM', q.ready, member)
