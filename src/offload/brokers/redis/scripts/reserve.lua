@@ -54,18 +54,43 @@ for g = 1, groups do
 end
 
 -- The best head among the queues: lowest score (highest priority), then lowest member.
-local function best_head()
-  local best_g, best_member, best_score = nil, nil, nil
+-- Each queue's heads are read `want` (the leases still wanted) at a time, one ZRANGE
+-- per queue and batch instead of one per job taken: while this loop runs, `ready` only
+-- loses the members it takes, so the next unread head of a batch is the queue's head.
+-- A batch used up is read again from the top unless it was short (the end of `ready`).
+local heads, next_head, at_end = {}, {}, {}
+local raws = {}  -- per queue: the records of `heads`, read with them in one HMGET
+local function best_head(want)
+  local best_g, best_member, best_score, best_raw = nil, nil, nil, nil
   for g = 1, groups do
-    local head = redis.call('ZRANGE', queues[g].ready, 0, 0, 'WITHSCORES')
-    if head[1] then
-      local score = tonumber(head[2])
-      if not best_g or score < best_score or (score == best_score and head[1] < best_member) then
-        best_g, best_member, best_score = g, head[1], score
+    local i = next_head[g]
+    if (not i or i > #heads[g]) and not at_end[g] then
+      if HELD then  -- the leases so far leave `ready` before it is read again
+        flush_writes()
+        hold_writes()
+      end
+      heads[g] = redis.call('ZRANGE', queues[g].ready, 0, want - 1, 'WITHSCORES')
+      at_end[g] = #heads[g] < 2 * want
+      local ids = {}
+      for k = 1, #heads[g], 2 do
+        ids[#ids + 1] = string.sub(heads[g][k], 28)
+      end
+      raws[g] = hmget_all(queues[g].record, ids)
+      i = 1
+      next_head[g] = 1
+    end
+    local member = heads[g][i]
+    if member then
+      local score = tonumber(heads[g][i + 1])
+      if not best_g or score < best_score or (score == best_score and member < best_member) then
+        best_g, best_member, best_score, best_raw = g, member, score, raws[g][(i + 1) / 2]
       end
     end
   end
-  return best_g, best_member
+  if best_g then
+    next_head[best_g] = next_head[best_g] + 2
+  end
+  return best_g, best_member, best_raw
 end
 
 local peek = tonumber(ARGV[9])
@@ -80,12 +105,25 @@ end
 
 local out = {}
 local taken = 0
+local reads = {}  -- per queue group: the leased ids and their payload slots in `out`
+-- The moves of this loop go out in one write per key at its end (`hold_writes`), and
+-- its records were read with their heads: an id met twice (a stale second member) is
+-- only dropped from `ready`, as its record, once moved, would say.
+local seen = {}
+hold_writes()
 while taken < limit do
-  local g, member = best_head()
+  local g, member, raw = best_head(limit - taken)
   if not g then break end
   local q = queues[g]
   local id = string.sub(member, 28)
-  local r, problem = load(q, id)
+  local once = g .. ' ' .. id
+  local r, problem
+  if seen[once] then
+    r = nil
+  else
+    seen[once] = true
+    r, problem = decode(raw)
+  end
   if problem then
     redis.call('ZREM', q.ready, member)
     bury_broken(q, id, problem, now)
@@ -100,7 +138,21 @@ while taken < limit do
     out[#out + 1] = id
     out[#out + 1] = r.t
     out[#out + 1] = r.a
-    out[#out + 1] = redis.call('HGET', q.payload, id) or ''
+    out[#out + 1] = ''
+    local wanted = reads[g]
+    if not wanted then
+      wanted = {ids = {}, slots = {}}
+      reads[g] = wanted
+    end
+    wanted.ids[#wanted.ids + 1] = id
+    wanted.slots[#wanted.slots + 1] = #out
+  end
+end
+flush_writes()
+-- The payloads of the leased jobs, one HMGET per queue (not one HGET per job).
+for g, wanted in pairs(reads) do
+  for i, payload in ipairs(hmget_all(queues[g].payload, wanted.ids)) do
+    out[wanted.slots[i]] = payload or ''
   end
 end
 -- The note of the worker's last ticket, whose handoff it received whole (unpark.lua
