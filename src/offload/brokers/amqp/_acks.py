@@ -41,7 +41,7 @@ class AckLinger:
     """The acks waiting to be sent (see the module docstring).
 
     Args:
-        send: acknowledge deliveries of the live session (`AmqpDelivery._ack_many`).
+        send: acknowledge deliveries of the live session (`Settling._ack_many`).
         alive: whether a delivery's session is still the live one.
     """
 

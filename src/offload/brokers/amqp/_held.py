@@ -9,7 +9,7 @@ from pamqp.common import FieldTable
 
 from offload.brokers.amqp.topology import STAMP_HEADER
 
-__all__ = ["Held", "Ready", "stamp_of"]
+__all__ = ["Held", "Ready", "stamp_of", "token_of"]
 
 
 class Held:
@@ -74,3 +74,8 @@ def stamp_of(correlation_id: str | None, headers: FieldTable) -> str | None:
 #: A ready delivery in the heap: (-priority, arrival, delivery); `arrival` is unique, so
 #: tuples compare in C and never reach the delivery.
 Ready = tuple[int, int, Held]
+
+
+def token_of(delivery: Held) -> str:
+    """A lease's token: its session and delivery tag, unique for the process's life."""
+    return f"{delivery.generation}.{delivery.tag}"

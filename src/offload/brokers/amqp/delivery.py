@@ -21,12 +21,9 @@ it: before running it, the consumer republishes it with one more attempt counted
 acks the old copy, so a job that kills its workers is buried after `max_attempts`
 crashes (the worker's `WorkerLost` rule) on classic queues too, which count nothing.
 
-**Ends.** `ack` acknowledges, a moment later and many jobs to one `multiple` ack frame
-(`offload.brokers.amqp._acks`: an ack has no reply, so a lost connection brings the
-job back either way). `retry`, `defer` and `release` publish the job again
-(to a delay bucket, or its work queue) and acknowledge the old delivery once RabbitMQ
-confirmed the new one; `bury` does the same with the dead-letter queue. A crash between
-the two leaves both copies: at-least-once, never none.
+**Ends** (`offload.brokers.amqp._settling`): `ack` acknowledges a moment later, many
+jobs to one frame; `retry`, `defer`, `release` and `bury` publish a copy and acknowledge
+the old delivery once RabbitMQ confirmed it: at-least-once, never none.
 
 **Producing** (`_publishing.py`): every publish waits for RabbitMQ's confirm. A plain
 sync `enqueue` (one job due now, to a queue this process declared) is published from
@@ -64,29 +61,24 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 
 import aiormq.abc
-from pamqp import commands as spec
-from pamqp.common import FieldTable
 
 from offload.brokers.amqp import topology
-from offload.brokers.amqp._acks import AckLinger
 from offload.brokers.amqp._connection import Link, Session, unavailable
-from offload.brokers.amqp._held import Held, Ready
+from offload.brokers.amqp._held import Held, Ready, token_of
 from offload.brokers.amqp._publishing import Publishing
+from offload.brokers.amqp._settling import Settling
 from offload.brokers.amqp.facts import AmqpFacts
 from offload.brokers.amqp.settings import parse_url
 from offload.brokers.amqp.topology import (
     ATTEMPT_HEADER,
-    CONTENT_TYPE,
     DUE_HEADER,
     ERROR_HEADER,
     EXPIRES_HEADER,
-    PERSISTENT,
     STAMP_HEADER,
 )
 from offload.brokers.part import Capabilities
 from offload.brokers.records import (
     DEFAULT_RETENTION_S,
-    Ending,
     EnqueueResult,
     Lease,
     Outgoing,
@@ -94,9 +86,8 @@ from offload.brokers.records import (
 )
 from offload.brokers.roles import Delivery
 from offload.clock import Clock
-from offload.codec import encode_error
-from offload.envelope import Envelope, ErrorInfo
-from offload.errors import BrokerUnavailable, LeaseLost
+from offload.envelope import Envelope
+from offload.errors import BrokerUnavailable
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -153,8 +144,10 @@ class AmqpDelivery(Delivery):
         #: Delivery tags not acknowledged yet, per session generation: a `multiple` ack
         #: may only cover a run of tags that holds none of another job.
         self._unacked: dict[int, set[int]] = {}
-        #: Settled jobs' acks, sent a moment later many to a frame (`_acks.py`).
-        self._acks = AckLinger(lambda held: self._ack_many(held, wait=False), self._alive)
+        #: Every way a lease ends (`_settling.py`), on the held deliveries above.
+        self._settling = Settling(
+            self.link, self.names, self._out, self._held, self._unacked, self._alive, self._now_ms
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -177,7 +170,7 @@ class AmqpDelivery(Delivery):
         delivery it made to them, so none is still on its way when the rest are given
         back (one in flight would come back marked `redelivered`, counted as a crash).
         """
-        await self._acks.flush()
+        await self._settling.flush()
         session = self.link.current
         if session is not None:
             try:
@@ -186,7 +179,7 @@ class AmqpDelivery(Delivery):
                 waiting += [d for _, d in self._soon if d.generation == session.generation]
                 self._ready.clear()
                 self._soon.clear()
-                await asyncio.gather(*(self._republish(d, delay_to=None) for d in waiting))
+                await asyncio.gather(*(self._settling.republish(d, delay_to=None) for d in waiting))
             except BrokerUnavailable:
                 logger.debug("giving back prefetched jobs failed; RabbitMQ requeues them")
         self._out.close()
@@ -311,12 +304,12 @@ class AmqpDelivery(Delivery):
                 delivery.properties.message_id,
                 extra={"action": "job_expired", "job_id": delivery.properties.message_id},
             )
-            return self._ack(delivery)
+            return self._settling.ack(delivery)
         due = delivery.header(DUE_HEADER)
         if delivery.redelivered:
-            return self._republish(delivery, delay_to=due, counted=1)
+            return self._settling.republish(delivery, delay_to=due, counted=1)
         if due is not None and due > now_ms + _EARLY_MS:
-            return self._republish(delivery, delay_to=due)
+            return self._settling.republish(delivery, delay_to=due)
         return None
 
     def _promote(self, now_ms: int) -> None:
@@ -325,7 +318,7 @@ class AmqpDelivery(Delivery):
             heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
 
     def _lease(self, delivery: Held, now: float, lease_s: float) -> Lease:
-        token = _token(delivery)
+        token = token_of(delivery)
         self._held[token] = delivery
         return Lease(
             job_id=delivery.message_id,
@@ -410,7 +403,8 @@ class AmqpDelivery(Delivery):
             self._consumer_tags = []
             self._consuming_generation = session.generation
             self._prefetch = 0
-            self._unacked = {session.generation: set()}
+            self._unacked.clear()  # in place: `Settling` shares it
+            self._unacked[session.generation] = set()
         wanted = self.settings.prefetch or max(16, 2 * limit)
         try:
             if wanted > self._prefetch:
@@ -488,23 +482,6 @@ class AmqpDelivery(Delivery):
             extra={"action": "lease_near_timeout", "job_id": delivery.properties.message_id},
         )
 
-    def _take(self, lease: Lease) -> Held:
-        """The delivery of a lease still held on the live session, now no longer held.
-
-        Raises:
-            LeaseLost: its session is gone (RabbitMQ requeued it), or it was settled.
-        """
-        delivery = self._held.pop(lease.token, None)
-        if delivery is None or not self._alive(delivery):
-            raise LeaseLost(f"job {lease.job_id}: its RabbitMQ delivery is no longer held")
-        return delivery
-
-    def _live_generation(self) -> int | None:
-        """The live session's generation (None without one): a delivery of any other
-        was requeued by RabbitMQ when its connection ended."""
-        session = self.link.current
-        return None if session is None else session.generation
-
     def _alive(self, delivery: Held) -> bool:
         """Whether the delivery's session is the live one (else RabbitMQ requeued it)."""
         session = self.link.current
@@ -529,147 +506,18 @@ class AmqpDelivery(Delivery):
             BrokerUnavailable: a copy was not confirmed; those leases are still held
                 (the worker retries them), the others took effect.
         """
-        done: list[bool] = [False] * len(settlements)
-        acks: list[Held] = []
-        moves: list[tuple[int, Settlement]] = []
-        live = self._live_generation()
-        for i, item in enumerate(settlements):
-            if item.ending is Ending.ACK or item.ending is Ending.CANCEL:
-                delivery = self._held.pop(item.lease.token, None)
-                if delivery is not None and delivery.generation == live:
-                    acks.append(delivery)
-                    done[i] = True  # else no longer held: False
-            else:
-                moves.append((i, item))
-        self._acks.add(acks)
-        if not moves:  # the usual batch: acks only
-            return done
-        outcomes = await asyncio.gather(
-            *(self._settle(item) for _, item in moves), return_exceptions=True
-        )
-        failure: BaseException | None = None
-        for (i, _), outcome in zip(moves, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failure = failure or outcome
-            else:
-                done[i] = bool(outcome)
-        if failure is not None:
-            raise failure
-        return done
+        return await self._settling.settle_many(settlements)
 
     async def drop(self, copies: Sequence[Lease]) -> None:
         """Acknowledge a state store's copies (`Delivery.drop`) as `settle_many` does
         its acks (within `_acks.LINGER_S`, many to a frame): a lost ack brings the copy
         back, and the store refuses it then."""
-        taken = []
-        for copy in copies:
-            delivery = self._held.pop(copy.token, None)
-            if delivery is not None and self._alive(delivery):
-                taken.append(delivery)
-        self._acks.add(taken)
-
-    async def _ack_many(self, deliveries: Sequence[Held], *, wait: bool = True) -> None:
-        """Acknowledge deliveries of the live session: one `multiple` ack for those
-        below every other unacknowledged delivery of the channel (usually all of them:
-        jobs end roughly in the order they came), one ack each for the rest. `wait`:
-        return once the frames are written (else once they are queued)."""
-        if not deliveries:
-            return
-        channel = deliveries[0].channel
-        tags = sorted(d.tag for d in deliveries)
-        others = self._unacked.get(deliveries[0].generation, set()).difference(tags)
-        floor = min(others, default=None)
-        run = [t for t in tags if floor is None or t < floor]
-        single = tags[len(run) :]
-        try:
-            if run:
-                await channel.basic_ack(run[-1], multiple=len(run) > 1, wait=wait)
-            await asyncio.gather(*(channel.basic_ack(tag, wait=wait) for tag in single))
-        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
-            raise unavailable("ack", exc) from exc
-        self._unacked.get(deliveries[0].generation, set()).difference_update(tags)
-
-    async def _settle(self, item: Settlement) -> bool:
-        try:
-            delivery = self._take(item.lease)
-        except LeaseLost:
-            return False
-        try:
-            if item.ending in (Ending.ACK, Ending.CANCEL):
-                await self._ack(delivery)
-            elif item.ending is Ending.BURY:
-                assert item.error is not None  # Settlement checks it
-                await self._bury(delivery, item.lease.attempt, item.error)
-            else:
-                assert item.at is not None  # Settlement checks it
-                counted = 1 if item.ending is Ending.RETRY else 0
-                await self._republish(delivery, delay_to=round(item.at * 1000), counted=counted)
-        except BrokerUnavailable:
-            if self._alive(delivery):
-                self._held[_token(delivery)] = delivery  # not settled: still ours
-                raise
-            return False
-        return True
+        await self._settling.drop(copies)
 
     async def release(self, leases: Sequence[Lease]) -> None:
         """Give jobs back at once, the attempt not counted; leases no longer held are
         ignored."""
-        moves = []
-        for lease in leases:
-            try:
-                moves.append(self._republish(self._take(lease), delay_to=None))
-            except LeaseLost:
-                continue
-        await asyncio.gather(*moves)
-
-    async def _bury(self, delivery: Held, attempt: int, error: ErrorInfo) -> None:
-        """Copy the job to its queue's dead-letter queue with `error`, then ack."""
-        name = self.names.dead(delivery.queue)
-        await self.link.declare_queue(name, topology.dead_arguments())
-        headers = dict(delivery.headers)
-        headers[ATTEMPT_HEADER] = attempt
-        headers[ERROR_HEADER] = encode_error(error).decode()
-        properties = spec.Basic.Properties(
-            delivery_mode=PERSISTENT,
-            priority=delivery.properties.priority,  # kept for a replay
-            message_id=delivery.properties.message_id,
-            content_type=CONTENT_TYPE,
-            headers=_clean(headers),
-            correlation_id=delivery.properties.correlation_id,
-        )
-        await self.link.publish(delivery.body, routing_key=name, properties=properties)
-        await self._ack(delivery)
-
-    async def _republish(self, delivery: Held, *, delay_to: int | None, counted: int = 0) -> None:
-        """Publish a copy of the delivery (due at `delay_to` ms, attempts `+counted`),
-        then ack the original once the copy is confirmed. A state store's copy keeps
-        its stamp, and no headers (the store counts its attempts)."""
-        stamp = delivery.stamp
-        headers = {} if stamp is not None else dict(delivery.headers)
-        headers[ATTEMPT_HEADER] = (delivery.header(ATTEMPT_HEADER) or 0) + counted
-        if delay_to is not None:
-            headers[DUE_HEADER] = delay_to
-        else:
-            headers.pop(DUE_HEADER, None)
-        await self._out.publish_one(
-            delivery.body,
-            queue=delivery.queue,
-            job_id=delivery.message_id,
-            priority=delivery.priority,
-            headers=None if stamp is not None else _clean(headers),
-            now_ms=self._now_ms(),
-            stamp=stamp,
-        )
-        await self._ack(delivery)
-
-    async def _ack(self, delivery: Held) -> None:
-        try:
-            await delivery.channel.basic_ack(delivery.tag)
-        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
-            # The channel is gone, so RabbitMQ requeued the message: the copy we may
-            # have published makes it at-least-once, never lost.
-            raise unavailable("ack", exc) from exc
-        self._unacked.get(delivery.generation, set()).discard(delivery.tag)
+        await self._settling.release(leases)
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
@@ -687,19 +535,3 @@ class _Taker:
 
 async def _nothing() -> None:
     """What the consumer callback gives aiormq to run: its work is done already."""
-
-
-def _token(delivery: Held) -> str:
-    """A lease's token: its session and delivery tag, unique for the process's life."""
-    return f"{delivery.generation}.{delivery.tag}"
-
-
-def _clean(headers: FieldTable) -> FieldTable:
-    """Headers for a republished copy: RabbitMQ's dead-lettering history (`x-death`,
-    `x-first-death-*`) and the old bucket's routing header are dropped, so a job that
-    hops through many buckets keeps a small message."""
-    return {
-        name: value
-        for name, value in headers.items()
-        if not name.startswith("x-") and name != topology.DELAY_HEADER
-    }
