@@ -83,7 +83,7 @@ def enqueue_args(broker: RedisBroker, job: Any, now: float) -> list[Any]:
     """The ARGV of `enqueue.lua` for `job` alone."""
     now_text = repr(now)
     head = [now_text, broker._x.channel("default"), ""]
-    return head + broker._job_args(job, now, now_text)
+    return head + broker._enqueuing.job_args(job, now, now_text)
 
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -113,7 +113,7 @@ async def test_enqueue_one_writes_what_enqueue_writes_for_one_job(url: str, case
             if options.get("key"):
                 fields["key"] = key
             job = make_job(broker.clock, created_at=now, **fields)
-            _, keys, args = broker._enqueue_one_call(job, now, None)
+            _, keys, args = broker._enqueuing.one_call(job, now, None)
             if script == "enqueue":
                 keys, args = broker._x.q("default"), enqueue_args(broker, job, now)
             await broker._remember({"default"})
@@ -130,7 +130,7 @@ async def test_enqueue_one_marks_a_workflow_job_as_enqueue_does(url: str) -> Non
         flags = []
         for script in ("enqueue", "enqueue_one"):
             job = make_job(broker.clock, created_at=now)
-            _, keys, args = broker._enqueue_one_call(job, now, None)
+            _, keys, args = broker._enqueuing.one_call(job, now, None)
             if script == "enqueue":  # the envelope has `then` or `chord`
                 args = [*enqueue_args(broker, job, now)[:-1], "1"]
             else:
@@ -157,7 +157,7 @@ async def test_enqueue_one_answers_duplicates_and_full_queues_as_enqueue_does(ur
         assert await broker.enqueue([first]) == [EnqueueResult(created.id, False)]  # same id
         with pytest.raises(QueueFull):
             await broker.enqueue([make_job(broker.clock)], max_depth=1)
-        call = broker._enqueue_one_call(make_job(broker.clock), now, 1)
+        call = broker._enqueuing.one_call(make_job(broker.clock), now, 1)
         assert await broker._x.run(*call) == [-1, 1]
         assert (await broker.counts(["default"]))["default"].states[JobState.QUEUED] == 1
 
@@ -238,7 +238,7 @@ def test_a_script_error_on_the_direct_connection_is_a_broker_error_and_leaves_it
     assert isinstance(broker, RedisBroker)
     try:
         now = time.time()
-        call = broker._enqueue_one_call(make_job(broker.clock, id=new_job_id()), now, None)
+        call = broker._enqueuing.one_call(make_job(broker.clock, id=new_job_id()), now, None)
         name, keys, args = call
         fields = msgspec.msgpack.encode({**fields_of(args), "p": "high"})
         bad = (name, keys, [*args[:6], fields, ""])  # a priority that is not a number

@@ -127,7 +127,9 @@ async def test_a_producer_that_does_not_hand_over_wakes_a_parked_worker(url: str
         await parked(worker)
         envelope, payload = make_job(producer.clock)
         await producer._remember({"default"})
-        [call] = producer._enqueue_calls([(envelope, payload)], {"default": [0]}, time.time(), None)
+        [call] = producer._enqueuing.calls(
+            [(envelope, payload)], {"default": [0]}, time.time(), None
+        )
         name, keys, args = call
         at = list(keys).index(producer._x.q("default").parked)
         older = [*keys[:at], keys[at] + ":none", *keys[at + 1 :]]  # a `parked` nobody parks in

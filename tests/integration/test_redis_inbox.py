@@ -101,7 +101,7 @@ async def test_an_expanded_inbox_job_is_stored_as_enqueue_stores_it(url: str) ->
         snapshots = []
         for inbox in (False, True):
             job = make_job(broker.clock, created_at=now, priority=2, expires_at=now + 60)
-            _, keys, args = broker._enqueue_one_call(job, now, None, inbox)
+            _, keys, args = broker._enqueuing.one_call(job, now, None, inbox)
             await broker._remember({"default"})
             await broker._x.run("enqueue_one", keys, args)
             assert (await raw_state(broker, job[0].id))[2] is not inbox
@@ -210,7 +210,7 @@ async def test_a_worker_parked_after_a_burst_is_handed_the_next_job(url: str) ->
                 break
             await asyncio.sleep(0.02)
         job = make_job(producer.clock)
-        call = producer._enqueue_one_call(job, producer.clock.now(), None, True)
+        call = producer._enqueuing.one_call(job, producer.clock.now(), None, True)
         reply = await producer._x.run(*call)
         assert isinstance(reply, list)  # the full way (the plain case answers 1 alone)
         handed = job[0].id
@@ -335,7 +335,7 @@ async def test_a_call_with_bad_fields_writes_nothing(url: str) -> None:
     # record is left behind (a job that is never found).
     async with redis_broker(url) as broker:
         job = make_job(broker.clock)
-        name, keys, args = broker._enqueue_one_call(job, broker.clock.now(), None, False)
+        name, keys, args = broker._enqueuing.one_call(job, broker.clock.now(), None, False)
         fields = msgspec.msgpack.encode({**fields_of(args), "p": "high"})
         await broker._remember({"default"})
         with pytest.raises(Exception, match="fields must be"):

@@ -32,10 +32,13 @@ script (see `_flow.py`).
 Connections belong to the event loop that opened them (`Capabilities.loop_bound`):
 `Offload` gives its sync portal a broker of its own.
 
-Beside the hot path here (enqueue, reserve, extend, release, `settle_many`, the fleet),
-each role is one class built on an `Executor` (`_executor.py`: scripts, pipelines and
-the key schema): `Inspector` (`_inspect.py`), `Flow` (`_flow.py`), `Signals`
-(`_signals.py`), `Workflows` (`_workflows.py`), `Operations` (`_operate.py`).
+`RedisBroker` wires its parts, each one class built on an `Executor` (`_executor.py`:
+scripts, pipelines and the key schema): the enqueue scripts' calls and replies
+`Enqueuing` (`_enqueue.py`), `Reserver` (`_reserve.py`), extending and ending leases
+`Settler` (`_settle.py`), `Inspector` (`_inspect.py`), `Flow` (`_flow.py`), `Signals`
+(`_signals.py`), `Workflows` (`_workflows.py`), `Operations` (`_operate.py`). Here stay
+the connections, which path an enqueue takes (this loop's client or the calling
+thread's, the inbox gate), waiting and parking, and the fleet.
 """
 
 from __future__ import annotations
@@ -44,18 +47,15 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from offload.brokers._depth import queue_full
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     Broker,
     Capabilities,
     Ended,
-    Ending,
     EnqueueResult,
     Finished,
     JobInfo,
@@ -76,35 +76,25 @@ from offload.brokers.redis._connection import (
     parse_url,
     plain_client,
 )
+from offload.brokers.redis._enqueue import Enqueuing
 from offload.brokers.redis._executor import SCRIPTS, Executor
-from offload.brokers.redis._flow import Flow, workflow_flag
+from offload.brokers.redis._flow import Flow
 from offload.brokers.redis._handoff import MARGIN_S, Handoff
 from offload.brokers.redis._inbox import INBOX_FLAG, InboxGate
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
 from offload.brokers.redis._operate import Operations
-from offload.brokers.redis._records import num, opt, text
+from offload.brokers.redis._records import num
 from offload.brokers.redis._reserve import BATCH, Reserver
 from offload.brokers.redis._scripts import Call, Client
+from offload.brokers.redis._settle import Settler
 from offload.brokers.redis._signals import Signals
 from offload.brokers.redis._workflows import Workflows
 from offload.clock import Clock
-from offload.codec import encode_error
-from offload.envelope import TERMINAL_STATES, Envelope, JobState
+from offload.envelope import Envelope, JobState
 from offload.errors import BrokerError
 
 __all__ = ["RedisBroker"]
-
-#: Packs the fields of `enqueue_one.lua`'s job.
-_FIELDS = msgspec.msgpack.Encoder()
-
-#: The script that records each way a lease ends but `ack` (batched per queue).
-_SETTLE_SCRIPTS = {
-    Ending.RETRY: "retry",
-    Ending.BURY: "bury",
-    Ending.DEFER: "defer",
-    Ending.CANCEL: "cancel_running",
-}
 
 
 class RedisBroker(Broker):
@@ -135,6 +125,7 @@ class RedisBroker(Broker):
         self._blocking = BlockingClient(self.options, self._where)
         self._x = x = Executor(self._redis, self._where, self.prefix)
         self.global_keys = x.global_keys
+        self._enqueuing = Enqueuing(x)
         self._flow = Flow(x, self.clock, retention_s)
         self._inspector = Inspector(x, self.clock)
         self._operations = Operations(x, self.clock, retention_s)
@@ -143,6 +134,7 @@ class RedisBroker(Broker):
         self._handoff = Handoff(self.prefix)
         self._inbox = InboxGate()
         self._reserver = Reserver(x, self.clock, retention_s, self.options.cluster, self._handoff)
+        self._settler = Settler(x, self.clock, retention_s, self._signals)
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
@@ -231,12 +223,12 @@ class RedisBroker(Broker):
         await self._remember(set(by_queue))
         await self._workflows.index(jobs)
         inbox = len(jobs) == 1 and await self._inbox_allowed()
-        calls = self._enqueue_calls(jobs, by_queue, now, max_depth, inbox)
+        calls = self._enqueuing.calls(jobs, by_queue, now, max_depth, inbox)
         if len(calls) == 1:  # one queue (`enqueue_async()`): the direct connection
             replies = [await self._x.run_one(calls[0])]
         else:
             replies = await self._x.run_many(calls)
-        return self._enqueue_results(jobs, by_queue, replies, max_depth)
+        return self._enqueuing.results(jobs, by_queue, replies, max_depth)
 
     def enqueue_blocking(
         self, jobs: Sequence[tuple[Envelope, bytes]], *, max_depth: int | None = None
@@ -251,8 +243,8 @@ class RedisBroker(Broker):
             if env.workflow_id is not None or env.queue not in self._known:
                 return None
             inbox = self._inbox_allowed_blocking()
-            call = self._enqueue_one_call(jobs[0], self.clock.now(), max_depth, inbox)
-            return [self._enqueue_one_result(env, self._blocking.run_one(call), max_depth)]
+            call = self._enqueuing.one_call(jobs[0], self.clock.now(), max_depth, inbox)
+            return [self._enqueuing.one_result(env, self._blocking.run_one(call), max_depth)]
         by_queue: dict[str, list[int]] = {}
         for i, (env, _) in enumerate(jobs):
             if env.workflow_id is not None:
@@ -260,77 +252,8 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         if not self._known.issuperset(by_queue):
             return None
-        calls = self._enqueue_calls(jobs, by_queue, self.clock.now(), max_depth)
-        return self._enqueue_results(jobs, by_queue, self._blocking.run_many(calls), max_depth)
-
-    def _enqueue_calls(
-        self,
-        jobs: Sequence[tuple[Envelope, bytes]],
-        by_queue: dict[str, list[int]],
-        now: float,
-        max_depth: int | None,
-        inbox: bool = False,
-    ) -> list[Call]:
-        """One script call per queue (shared by `enqueue` and `enqueue_blocking`):
-        `enqueue_one.lua` for a queue's single job (`inbox`: it may use the inbox),
-        else `enqueue.lua`."""
-        calls: list[Call] = []
-        for queue, indexes in by_queue.items():
-            if len(indexes) == 1:
-                calls.append(self._enqueue_one_call(jobs[indexes[0]], now, max_depth, inbox))
-                continue
-            now_text = num(now)
-            args: list[str | bytes] = [now_text, self._x.channel(queue), opt(max_depth)]
-            for i in indexes:
-                args += self._job_args(jobs[i], now, now_text)
-            calls.append(("enqueue", self._x.q(queue), args))
-        return calls
-
-    def _enqueue_one_call(
-        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None, inbox: bool = False
-    ) -> Call:
-        """The `enqueue_one.lua` call of one job: its fields in one msgpack map (the
-        inbox entry itself: `_inbox.lua`), and whether it may go to the inbox (`inbox`:
-        the gate is open; and the job is due now, without key, max depth or workflow)."""
-        env, payload = job
-        not_before = env.not_before
-        due = not_before if not_before is not None and not_before > now else now
-        fields: dict[str, Any] = {
-            "i": env.id,
-            "tk": env.task,
-            "p": env.priority,
-            "c": env.created_at or now,
-            "d": due,
-            "n": math.floor(now * 1000),
-        }
-        if env.max_attempts is not None:
-            fields["m"] = env.max_attempts
-        if env.expires_at is not None:
-            fields["x"] = env.expires_at
-        workflow = workflow_flag(env)
-        if workflow:
-            fields["o"] = 1
-        plain = (
-            inbox
-            and due == now
-            and env.key is None
-            and max_depth is None
-            and not workflow
-            # A workflow's jobs are read by id from its index (`_workflows.py`).
-            and env.workflow_id is None
-        )
-        queue = env.queue
-        args: list[str | bytes] = [
-            num(now),
-            self._x.channel(queue),
-            opt(max_depth),
-            env.id,
-            env.key or "",
-            payload,
-            _FIELDS.encode(fields),
-            "1" if plain else "",
-        ]
-        return ("enqueue_one", self._x.one_keys(queue), args)
+        calls = self._enqueuing.calls(jobs, by_queue, self.clock.now(), max_depth)
+        return self._enqueuing.results(jobs, by_queue, self._blocking.run_many(calls), max_depth)
 
     async def _inbox_allowed(self) -> bool:
         """Whether every live worker drains inboxes (`_inbox.py`), from the registry
@@ -355,58 +278,6 @@ class RedisBroker(Broker):
         except BrokerError:
             return self._inbox.failed()
         return self._inbox.learn(reply)
-
-    @staticmethod
-    def _job_args(job: tuple[Envelope, bytes], now: float, now_text: str) -> list[str | bytes]:
-        """The ten ARGV values of one job in an enqueue script (`now_text`: `num(now)`)."""
-        env, payload = job
-        created = env.created_at
-        not_before = env.not_before
-        return [
-            env.id,
-            env.key or "",
-            payload,
-            env.task,
-            str(env.priority),
-            opt(env.max_attempts),
-            num(created) if created else now_text,
-            num(not_before) if not_before is not None and not_before > now else now_text,
-            opt(env.expires_at),
-            workflow_flag(env),
-        ]
-
-    @staticmethod
-    def _enqueue_one_result(env: Envelope, reply: Any, max_depth: int | None) -> EnqueueResult:
-        """The result of `enqueue_one.lua`'s `reply` for the job `env`: 1 or 0 alone
-        from its plain case, else [id, 1 or 0].
-
-        Raises:
-            QueueFull: the job would have passed `max_depth`.
-        """
-        if isinstance(reply, int):
-            return EnqueueResult(env.id, bool(reply))
-        if max_depth is not None and reply[0] == -1:
-            raise queue_full(env.queue, int(reply[1]), max_depth)
-        return EnqueueResult(text(reply[0]), bool(reply[1]))
-
-    @staticmethod
-    def _enqueue_results(
-        jobs: Sequence[tuple[Envelope, bytes]],
-        by_queue: dict[str, list[int]],
-        replies: Sequence[Any],
-        max_depth: int | None,
-    ) -> list[EnqueueResult]:
-        for queue, reply in zip(by_queue, replies, strict=True):
-            if max_depth is not None and reply and reply[0] == -1:
-                raise queue_full(queue, int(reply[1]), max_depth)
-        results: list[EnqueueResult | None] = [None] * len(jobs)
-        for indexes, reply in zip(by_queue.values(), replies, strict=True):
-            if isinstance(reply, int):  # enqueue_one.lua's plain case (one job)
-                results[indexes[0]] = EnqueueResult(jobs[indexes[0]][0].id, bool(reply))
-                continue
-            for n, i in enumerate(indexes):
-                results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))
-        return [r for r in results if r is not None]
 
     # -- consumer -------------------------------------------------------------------------
 
@@ -500,96 +371,18 @@ class RedisBroker(Broker):
         return min(due, default=None)
 
     async def extend(self, leases: Sequence[Lease], lease_s: float) -> list[bool]:
-        now = self.clock.now()
-        head = [num(now), num(now + lease_s)]
-        return await self._per_queue(leases, "extend", head, lambda lease: [lease.token])
-
-    async def _per_queue(
-        self, leases: Sequence[Lease], script: str, head: list[str], extra: Any
-    ) -> list[bool]:
-        """Run `script` once per queue of `leases` (one pipeline), with `head` then the
-        id and `extra(lease)` of each lease as ARGV; the per-lease 1/0 replies, in order."""
-        by_queue: dict[str, list[int]] = {}
-        for i, lease in enumerate(leases):
-            by_queue.setdefault(lease.queue, []).append(i)
-        calls: list[Call] = []
-        for queue, indexes in by_queue.items():
-            args: list[str | bytes] = list(head)
-            for i in indexes:
-                args += [leases[i].job_id, *extra(leases[i])]
-            calls.append((script, self._x.q(queue), args))
-        out = [False] * len(leases)
-        for indexes, reply in zip(by_queue.values(), await self._x.run_many(calls), strict=True):
-            for i, ok in zip(indexes, reply, strict=True):
-                out[i] = bool(ok)
-        return out
+        return await self._settler.extend(leases, lease_s)
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> list[bool]:
         """One pipeline: the acks one `ack.lua` call per queue, every other ending one
         script call each."""
-        if not settlements:
-            return []
-        now = self.clock.now()
-        calls: list[Call] = []
-        answers: list[list[int]] = []  # the settlements each call answers, in order
-        acks: dict[str, list[int]] = {}
-        for i, item in enumerate(settlements):
-            if item.ending is Ending.ACK:
-                acks.setdefault(item.lease.queue, []).append(i)
-            else:
-                calls.append(self._settle_call(item, now))
-                answers.append([i])
-        for queue, indexes in acks.items():
-            args: list[str | bytes] = [num(now), self._x.ended_channel]
-            for i in indexes:
-                args += self._ack_args(settlements[i], now)
-            calls.append(("ack", self._x.q(queue), args))
-            answers.append(indexes)
-        held = [False] * len(settlements)
-        for indexes, reply in zip(answers, await self._x.run_many(calls), strict=True):
-            for i, ok in zip(indexes, reply if isinstance(reply, list) else [reply], strict=True):
-                held[i] = bool(ok)
-        ended = zip(settlements, held, strict=True)
-        self._signals.ended_here(
-            s.lease.job_id for s, ok in ended if ok and s.state in TERMINAL_STATES
-        )
-        return held
-
-    def _ack_args(self, item: Settlement, now: float) -> list[str | bytes]:
-        ttl = self.retention_s if item.result_ttl_s is None else item.result_ttl_s
-        flag = "0" if item.result is None else "1"
-        return [item.lease.job_id, item.lease.token, flag, item.result or b"", num(now + ttl)]
-
-    def _settle_call(self, item: Settlement, now: float) -> Call:
-        """The script call of a settlement other than an ack (its reply: 1 if held)."""
-        lease = item.lease
-        head: list[str | bytes] = [num(now), lease.job_id, lease.token]
-        error = "" if item.error is None else encode_error(item.error).decode()
-        ending = item.ending
-        if ending is Ending.RETRY:
-            assert item.at is not None
-            args = [*head, num(item.at), error, self._x.channel(lease.queue)]
-        elif ending is Ending.DEFER:
-            assert item.at is not None
-            args = [*head, num(item.at), self._x.channel(lease.queue)]
-        elif ending is Ending.BURY:
-            args = [*head, error, self._x.ended_channel]
-        else:
-            args = [*head, error, num(now + self.retention_s), self._x.ended_channel]
-        return (_SETTLE_SCRIPTS[ending], self._x.q(lease.queue), args)
+        return await self._settler.settle_many(settlements)
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return await self._signals.cancel_requested(leases)
 
     async def release(self, leases: Sequence[Lease]) -> None:
-        by_queue: dict[str, list[str]] = {}
-        for lease in leases:
-            by_queue.setdefault(lease.queue, []).extend([lease.job_id, lease.token])
-        calls: list[Call] = [
-            ("release", self._x.q(queue), [self._x.channel(queue), *pairs])
-            for queue, pairs in by_queue.items()
-        ]
-        await self._x.run_many(calls)
+        await self._settler.release(leases)
 
     async def cancel(self, job_id: str) -> bool:
         return await self._signals.cancel(job_id)
