@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pickup_trace import _pct  # this folder is on sys.path: the script's own, or PYTHONPATH
+
 HERE = Path(__file__).resolve().parent
 OUT_ENV = "AMQP_PUBLISH_LATENCY_OUT"
 URL_ENV = "AMQP_PUBLISH_LATENCY_URL"
@@ -51,11 +53,6 @@ def _worker_app() -> Any:
 
 if os.environ.get(URL_ENV):
     app = _worker_app()
-
-
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * q))]
 
 
 def main() -> None:

@@ -150,29 +150,26 @@ class BlockingPublisher:
             content_type=CONTENT_TYPE,
             headers=headers,
         )
-        conn = self._take()
-        try:
-            self._send(conn, body, routing_key, properties)
-        except _LOST as exc:
-            self._discard(conn)
-            logger.warning(
-                "RabbitMQ connection of the sync producer lost (%s); publishing again on a new one",
-                _describe(exc),
-                extra={"action": "broker_unavailable"},
-            )
+        for attempt in (1, 2):
             conn = self._take()
             try:
                 self._send(conn, body, routing_key, properties)
-            except _LOST as again:
+            except _LOST as exc:
                 self._discard(conn)
-                raise _unavailable("publish", again) from again
+                if attempt == 2:
+                    raise _unavailable("publish", exc) from exc
+                logger.warning(
+                    "RabbitMQ connection of the sync producer lost (%s); "
+                    "publishing again on a new one",
+                    _describe(exc),
+                    extra={"action": "broker_unavailable"},
+                )
             except BaseException:
                 self._discard(conn)
                 raise
-        except BaseException:
-            self._discard(conn)
-            raise
-        self._give_back(conn)
+            else:
+                self._give_back(conn)
+                return
 
     def _send(
         self, conn: _Connection, body: bytes, routing_key: str, properties: pika.BasicProperties
