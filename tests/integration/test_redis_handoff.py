@@ -6,6 +6,11 @@ A producer of an older version (whose `enqueue.lua` knows no `parked` key) is pl
 by the current script given a `parked` key nobody parks in: it then writes exactly
 what the older script wrote, and publishes the same wake-up. An older worker is one
 that never parks: `reserve` without a ticket and a subscriber to the wake-up channel.
+
+Every test runs twice: with producers that hand a job over by `enqueue_one.lua`'s full
+path (inbox level 1, as while a worker of the previous version is live) and with
+producers that lend it in the plain case, its state left in the queue's `lent` list
+(level 2, `_inbox.py`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import pytest
 
 from offload import Offload
 from offload.brokers import from_url
-from offload.brokers.redis import RedisBroker
+from offload.brokers.records import WorkerInfo
+from offload.brokers.redis import RedisBroker, _inbox
 from offload.brokers.redis import keys as K
+from offload.brokers.redis._inbox import INBOX_FLAG
 from offload.envelope import JobState
 from offload.worker import Worker
 from tests.conformance.helpers import enqueue_one, make_job, state_of
@@ -32,6 +39,14 @@ LONG_S = 30.0  # a wait that only a missed handoff or wake-up would run out
 @pytest.fixture(params=["redis", "redis_cluster"])
 def url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture(params=[1, 2], ids=["handed", "lent"], autouse=True)
+def level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The highest inbox level producers use (`_inbox.py`): 1 hands over by the full
+    path, 2 lends."""
+    monkeypatch.setattr(_inbox, "INBOX_LEVEL", request.param)
+    return int(request.param)
 
 
 def redis_broker(url: str) -> RedisBroker:
@@ -274,3 +289,113 @@ async def test_a_worker_leaving_between_two_waits_gives_back_what_was_handed(url
         client = await worker._redis()
         keys = worker._x.q("default")
         assert await client.exists(keys.parked, keys.handed) == 0
+
+
+async def raw_record(broker: RedisBroker, job_id: str) -> dict[str, Any] | None:
+    client = await broker._redis()
+    raw = await client.hget(broker._x.q("default").record, job_id)
+    return None if raw is None else dict(msgspec.msgpack.decode(raw))
+
+
+async def test_a_lent_job_waits_in_lent_and_reads_as_running(url: str, level: int) -> None:
+    # Mutation: enqueue_one.lua never lending (the ARGV[8] == '2' branch skipped) ->
+    # nothing in `lent` at level 2; expand_lent dropping the `handed` note -> the
+    # lost-message test above returns nothing.
+    worker, producer = redis_broker(url), redis_broker(url)
+    async with worker, producer:
+        client = await producer._redis()
+        keys = producer._x.q("default")
+        waiting = park(worker)
+        await parked(worker)
+        job_id = await enqueue_one(producer)
+        lent = level == 2
+        assert await client.llen(keys.lent) == (1 if lent else 0)
+        assert (await raw_record(producer, job_id) is None) is lent  # not written yet
+        assert await client.zcard(keys.parked) == 0  # the ticket is used
+        [lease] = await asyncio.wait_for(waiting, 5)
+        assert lease.job_id == job_id and lease.attempt == 1
+        assert await state_of(producer, job_id) is JobState.RUNNING  # expanded to read
+        assert await client.llen(keys.lent) == 0
+        record = await raw_record(producer, job_id)
+        assert record is not None
+        assert (record["s"], record["a"], record["w"], record["t"]) == (
+            "running",
+            1,
+            "w1",
+            lease.token,
+        )
+        assert record["dl"] == lease.deadline
+        assert await client.zscore(keys.running, job_id) == lease.deadline
+        assert job_id in (await client.hget(keys.handed, lease.token[:-1])).decode()
+        assert await worker.reserve(["default"], worker_id="w1", lease_s=30, limit=10) == []
+        assert await client.hlen(keys.handed) == 0  # that reserve dropped the note
+        await worker.ack(lease, None, result_ttl_s=None)
+        assert await state_of(producer, job_id) is JobState.SUCCEEDED
+
+
+async def test_a_lent_job_is_stored_as_a_handed_one(url: str, level: int) -> None:
+    # Mutation: expand_lent writing another state, attempt, worker, sequence or
+    # members than the full path -> the two jobs differ below.
+    if level != 2:
+        pytest.skip("compares the two ways: needs producers that lend")
+    worker, producer = redis_broker(url), redis_broker(url)
+    async with worker, producer:
+        client = await producer._redis()
+        keys = producer._x.q("default")
+        ids = []
+        for gate in (2, 1):  # lent, then handed by the full path
+            producer._inbox._state = (gate, float("inf"))
+            waiting = park(worker)
+            await parked(worker)
+            ids.append(await enqueue_one(producer))
+            assert len(await asyncio.wait_for(waiting, 5)) == 1
+        lent_id, handed_id = ids
+        await producer._x.run("expand", keys, [])
+        lent, handed = await raw_record(producer, lent_id), await raw_record(producer, handed_id)
+        assert lent is not None and handed is not None
+        assert lent.keys() == handed.keys()
+        same = {k: v for k, v in lent.items() if k not in ("c", "d", "n", "st", "dl", "t", "q")}
+        assert same == {k: handed[k] for k in same}
+        assert lent["q"] + 1 == handed["q"]  # numbered in enqueue order
+        assert lent["dl"] - lent["st"] == pytest.approx(handed["dl"] - handed["st"])
+        for index in (keys.jobs, keys.created):
+            members = [m.decode() for m in await client.zrange(index, 0, -1)]
+            assert [m[-len(lent_id) :] for m in members] == [lent_id, handed_id]
+        for job_id in ids:
+            assert await client.zscore(keys.running, job_id) is not None
+
+
+async def test_a_job_expired_when_enqueued_is_not_lent(url: str) -> None:
+    # Mutation: `_lean_level` ignoring `expires_at` -> the expired job is lent and runs.
+    worker, producer = redis_broker(url), redis_broker(url)
+    async with worker, producer:
+        waiting = park(worker)
+        await parked(worker)
+        job_id = await enqueue_one(producer, expires_at=producer.clock.now() - 1)
+        assert await state_of(producer, job_id) is JobState.QUEUED  # left to expire
+        assert await asyncio.wait_for(waiting, 5) == []
+
+
+async def test_a_live_worker_of_the_previous_level_keeps_producers_from_lending(
+    url: str, level: int
+) -> None:
+    # Mutation: `InboxGate.learn` taking the highest level instead of the lowest ->
+    # the job is lent to a worker whose scripts never write its record.
+    worker, producer = redis_broker(url), redis_broker(url)
+    async with worker, producer:
+        now = worker.clock.now()
+        older = {"id": "older", "extra": {INBOX_FLAG: 1}}
+        await worker.register_worker(WorkerInfo("w1", "host", 1, ["default"], 1, now), 60)
+        await worker._x.run(
+            "worker_register",
+            worker._worker_keys(),
+            ["older", msgspec.json.encode(older), repr(now + 60)],
+        )
+        waiting = park(worker)
+        await parked(worker)
+        job_id = await enqueue_one(producer)
+        client = await producer._redis()
+        assert await client.llen(producer._x.q("default").lent) == 0
+        assert await raw_record(producer, job_id) is not None  # handed the full way
+        [lease] = await asyncio.wait_for(waiting, 5)
+        assert lease.job_id == job_id

@@ -22,7 +22,7 @@ from offload import Offload
 from offload.brokers import from_url
 from offload.brokers.records import EnqueueResult, WorkerInfo
 from offload.brokers.redis import RedisBroker
-from offload.brokers.redis._inbox import INBOX_FLAG, REFRESH_S, RETRY_S, InboxGate
+from offload.brokers.redis._inbox import INBOX_FLAG, INBOX_LEVEL, REFRESH_S, RETRY_S, InboxGate
 from offload.envelope import JobState
 from offload.errors import BrokerUnavailable, QueueFull
 from offload.testing import FakeClock
@@ -237,7 +237,7 @@ async def test_a_live_older_worker_keeps_producers_off_the_inbox(url: str) -> No
         await admin.unregister_worker("old")
         await admin.register_worker(_old_worker("new", now), ttl_s=60)  # this version
         [raw] = await admin._x.run("workers", admin._worker_keys(), [repr(now)])
-        assert msgspec.json.decode(raw)["extra"][INBOX_FLAG] == 1
+        assert msgspec.json.decode(raw)["extra"][INBOX_FLAG] == INBOX_LEVEL
         async with redis_broker(url) as producer:
             job_id = await enqueue(producer)
             assert await raw_state(producer, job_id) == (1, True, False)
@@ -258,7 +258,7 @@ async def test_a_failed_registry_read_sends_jobs_the_full_way(url: str) -> None:
         job_id = await enqueue(broker)
         assert await raw_state(broker, job_id) == (0, True, True)
         broker._x.run = run  # type: ignore[method-assign]
-        assert await broker._inbox_allowed() is False  # closed for RETRY_S still
+        assert await broker._inbox_allowed() == 0  # closed for RETRY_S still
 
 
 def test_the_sync_producer_follows_the_gate_too(redis_url: str) -> None:
@@ -309,23 +309,27 @@ def test_the_sync_producer_answers_a_resent_job_as_a_duplicate(redis_url: str) -
 
 def test_the_gate_rereads_the_registry_after_its_interval_and_closes_on_failure() -> None:
     # Mutation: REFRESH_S ignored (`cached` always None, or never expiring) -> the
-    # cached answers below change.
+    # cached answers below change; the lowest level not taken -> the level-1 worker's
+    # producers would lend it jobs it cannot ack.
     t = [0.0]
     gate = InboxGate(lambda: t[0])
     assert gate.cached() is None
-    assert gate.learn([]) is True  # no live worker: allowed
+    assert gate.learn([]) == INBOX_LEVEL  # no live worker: all of it
     t[0] = REFRESH_S - 0.01
-    assert gate.cached() is True
+    assert gate.cached() == INBOX_LEVEL
     t[0] = REFRESH_S + 0.01
     assert gate.cached() is None
     old = msgspec.json.encode(_old_worker("old", 0.0))
-    new = msgspec.json.encode({"extra": {INBOX_FLAG: 1}})
-    assert gate.learn([new, old]) is False
-    assert gate.learn([new, b"not json"]) is False
-    assert gate.learn([new]) is True
-    assert gate.failed() is False
+    level_1 = msgspec.json.encode({"extra": {INBOX_FLAG: 1}})
+    new = msgspec.json.encode({"extra": {INBOX_FLAG: INBOX_LEVEL}})
+    assert gate.learn([new, old]) == 0
+    assert gate.learn([new, b"not json"]) == 0
+    assert gate.learn([new, msgspec.json.encode({"extra": {INBOX_FLAG: "2"}})]) == 0
+    assert gate.learn([new, level_1]) == 1  # the inbox, but no lending
+    assert gate.learn([new]) == INBOX_LEVEL
+    assert gate.failed() == 0
     t[0] += RETRY_S - 0.01
-    assert gate.cached() is False
+    assert gate.cached() == 0
     t[0] += 0.02
     assert gate.cached() is None
 

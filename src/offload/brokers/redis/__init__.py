@@ -80,7 +80,7 @@ from offload.brokers.redis._enqueue import Enqueuing
 from offload.brokers.redis._executor import SCRIPTS, Executor
 from offload.brokers.redis._flow import Flow
 from offload.brokers.redis._handoff import MARGIN_S, Handoff
-from offload.brokers.redis._inbox import INBOX_FLAG, InboxGate
+from offload.brokers.redis._inbox import INBOX_FLAG, INBOX_LEVEL, InboxGate
 from offload.brokers.redis._inspect import Inspector
 from offload.brokers.redis._listener import Listener
 from offload.brokers.redis._operate import Operations
@@ -222,7 +222,7 @@ class RedisBroker(Broker):
             by_queue.setdefault(env.queue, []).append(i)
         await self._remember(set(by_queue))
         await self._workflows.index(jobs)
-        inbox = len(jobs) == 1 and await self._inbox_allowed()
+        inbox = await self._inbox_allowed() if len(jobs) == 1 else 0
         calls = self._enqueuing.calls(jobs, by_queue, now, max_depth, inbox)
         if len(calls) == 1:  # one queue (`enqueue_async()`): the direct connection
             replies = [await self._x.run_one(calls[0])]
@@ -255,9 +255,9 @@ class RedisBroker(Broker):
         calls = self._enqueuing.calls(jobs, by_queue, self.clock.now(), max_depth)
         return self._enqueuing.results(jobs, by_queue, self._blocking.run_many(calls), max_depth)
 
-    async def _inbox_allowed(self) -> bool:
-        """Whether every live worker drains inboxes (`_inbox.py`), from the registry
-        read at most every few seconds."""
+    async def _inbox_allowed(self) -> int:
+        """The inbox level every live worker drains (`_inbox.py`; 0: none), from the
+        registry read at most every few seconds."""
         allowed = self._inbox.cached()
         if allowed is not None:
             return allowed
@@ -267,7 +267,7 @@ class RedisBroker(Broker):
             return self._inbox.failed()
         return self._inbox.learn(reply)
 
-    def _inbox_allowed_blocking(self) -> bool:
+    def _inbox_allowed_blocking(self) -> int:
         """`_inbox_allowed` from the calling thread (`enqueue_blocking`)."""
         allowed = self._inbox.cached()
         if allowed is not None:
@@ -481,7 +481,7 @@ class RedisBroker(Broker):
         """Also says that this worker drains queue inboxes (`_inbox.py`): producers use
         them only while every live worker does."""
         now = self.clock.now()
-        extra = {**info.extra, INBOX_FLAG: 1}
+        extra = {**info.extra, INBOX_FLAG: INBOX_LEVEL}
         data = msgspec.json.encode(replace(info, last_seen=now, extra=extra))
         until = num(now + ttl_s)
         await self._x.run("worker_register", self._worker_keys(), [info.id, data, until])

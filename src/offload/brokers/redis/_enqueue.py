@@ -43,11 +43,11 @@ class Enqueuing:
         by_queue: dict[str, list[int]],
         now: float,
         max_depth: int | None,
-        inbox: bool = False,
+        inbox: int = 0,
     ) -> list[Call]:
         """One script call per queue (shared by `enqueue` and `enqueue_blocking`):
-        `enqueue_one.lua` for a queue's single job (`inbox`: it may use the inbox),
-        else `enqueue.lua`."""
+        `enqueue_one.lua` for a queue's single job (`inbox`: the inbox level it may
+        use, `_inbox.py`), else `enqueue.lua`."""
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             if len(indexes) == 1:
@@ -61,11 +61,13 @@ class Enqueuing:
         return calls
 
     def one_call(
-        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None, inbox: bool = False
+        self, job: tuple[Envelope, bytes], now: float, max_depth: int | None, inbox: int = 0
     ) -> Call:
         """The `enqueue_one.lua` call of one job: its fields in one msgpack map (the
-        inbox entry itself: `_inbox.lua`), and whether it may go to the inbox (`inbox`:
-        the gate is open; and the job is due now, without key, max depth or workflow)."""
+        inbox entry itself: `_inbox.lua`), and how far it may take the lean way: the
+        inbox level the gate allows (`inbox`, `_inbox.py`) if the job is due now,
+        without key, max depth or workflow; level 2 (lent to a parked worker) only if
+        it has not expired already."""
         env, payload = job
         not_before = env.not_before
         due = not_before if not_before is not None and not_before > now else now
@@ -85,7 +87,7 @@ class Enqueuing:
         if workflow:
             fields["o"] = 1
         plain = (
-            inbox
+            inbox > 0
             and due == now
             and env.key is None
             and max_depth is None
@@ -102,7 +104,7 @@ class Enqueuing:
             env.key or "",
             payload,
             _FIELDS.encode(fields),
-            "1" if plain else "",
+            _lean_level(inbox, env.expires_at, now) if plain else "",
         ]
         return ("enqueue_one", self._x.one_keys(queue), args)
 
@@ -157,3 +159,10 @@ class Enqueuing:
             for n, i in enumerate(indexes):
                 results[i] = EnqueueResult(text(reply[2 * n]), bool(reply[2 * n + 1]))
         return [r for r in results if r is not None]
+
+
+def _lean_level(inbox: int, expires_at: float | None, now: float) -> str:
+    """ARGV[8] of a plain `enqueue_one.lua` call: '2' may lend to a parked worker."""
+    if inbox >= 2 and (expires_at is None or expires_at > now):
+        return "2"
+    return "1"

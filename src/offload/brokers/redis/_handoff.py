@@ -27,6 +27,12 @@ Why no job can be stranded:
   old producer publishes the wake-up, on which a parked new worker reserves (which
   unparks it first). `sweep` forgets tickets and notes of workers that never came back.
 
+A plain one-call enqueue lends the job instead (`enqueue_one.lua`, while every live
+worker is at inbox level 2: `_inbox.py`): the same lease and message, but its record
+waits in the queue's `lent` list until the next script of the queue writes it
+(`expand_lent` in `_inbox.lua`, with the `handed` note): fewer Redis calls between the
+enqueue and the message, which is most of what an idle worker's pick-up waits for.
+
 The ticket that ends first is served, so idle workers take turns: each parks again
 after its handoff, behind the others. Only a worker of one queue parks (its ticket,
 `parked` and `handed` are in that queue's slot, so this works on a cluster as well);

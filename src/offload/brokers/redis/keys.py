@@ -31,6 +31,7 @@ Per queue `q` (`P` is the prefix):
 | `P:{q}:parked`        | zset   | idle workers waiting to be handed jobs: ticket → its end      |
 | `P:{q}:handed`        | hash   | ticket token prefix → lease deadline and ids handed to it     |
 | `P:{q}:inbox`         | list   | lean enqueues not yet expanded: msgpack entries, newest first |
+| `P:{q}:lent`          | list   | lean enqueues handed to a parked worker, not yet expanded     |
 
 Global: `P:{%global}:queues` (set of queue names), `P:{%global}:workers` (hash: worker
 id → JSON `WorkerInfo`) and `P:{%global}:workers:seen` (zset: worker id → end of its
@@ -67,6 +68,9 @@ script that ends the jobs; `sweep` drops the minutes older than `FINISHED_KEEP_S
 `inbox` holds the jobs of lean one-call enqueues (`scripts/_inbox.lua`): their payload
 is stored, the rest of their state waits in the list until the next script of the
 queue expands it (every script does so first), so no reader sees a job there.
+`lent` is the same for a job a lean enqueue handed to a parked worker: each entry is
+the inbox entry followed by the lease (`_handoff.py`); it expands into the running
+job and the `handed` note the full path writes at once.
 
 A job lives in exactly one state zset at a time (once expanded); `counts` are their sizes. Empty
 hashes and zsets do not exist in Redis, so once every job of a queue has been purged
@@ -125,6 +129,7 @@ class QueueKeys(NamedTuple):
     handed: str
     paused: str  # set while the queue is paused (`set_paused`): no handoff then
     inbox: str  # lean one-call enqueues, drained by every script of the queue
+    lent: str  # lean one-call enqueues handed to a parked worker, drained likewise
 
 
 #: The keys `scripts/enqueue_one.lua` takes, in its order: those of `QueueKeys` that a

@@ -24,10 +24,66 @@ local function inbox_write(command, key, list)
   end
 end
 
+-- Whether `r`, a decoded entry, is a usable map of a job's fields.
+local function inbox_entry(r)
+  return type(r) == 'table' and type(r.i) == 'string' and type(r.tk) == 'string'
+    and tonumber(r.p) and tonumber(r.c) and tonumber(r.d) and tonumber(r.n)
+end
+
+-- Drain the `lent` list of the queue whose keys are `q` (needs q.lent, q.record,
+-- q.running, q.jobs, q.created, q.seq, q.handed): jobs a lean enqueue handed to a
+-- parked worker (enqueue_one.lua, level 2). An entry is the job's inbox entry followed
+-- by a second msgpack value, the lease: {token prefix, lease deadline, worker id,
+-- start time}. Each becomes what the full path writes for a handed job at once: the
+-- record, running under token `<prefix>1` with attempt 1, its `running`, `jobs` and
+-- `created` members, and its note in `handed` (which the worker's next reserve drops,
+-- or its `unpark` reads if the handoff message was lost). An entry that does not
+-- decode is dropped (its lease then lapses unseen: only enqueue_one.lua writes them).
+local function expand_lent(q)
+  local entries = redis.call('LRANGE', q.lent, 0, -1)
+  local count = #entries
+  if count == 0 then
+    return
+  end
+  redis.call('DEL', q.lent)
+  local last = redis.call('INCRBY', q.seq, count)
+  local records, running, jobs, created, notes = {}, {}, {}, {}, {}
+  local n = 0
+  for i = count, 1, -1 do  -- LPUSHed: the oldest entry is the last one
+    local ok, r, h = pcall(cmsgpack.unpack, entries[i])
+    if ok and inbox_entry(r) and type(h) == 'table' and type(h[1]) == 'string'
+        and tonumber(h[2]) and type(h[3]) == 'string' and tonumber(h[4]) then
+      local id = r.i
+      r.i = nil
+      n = n + 1
+      r.s, r.a, r.q = 'running', 1, last - count + n
+      r.st, r.w, r.t, r.dl = tonumber(h[4]), h[3], h[1] .. '1', tonumber(h[2])
+      records[#records + 1] = id
+      records[#records + 1] = cmsgpack.pack(r)
+      running[#running + 1] = r.dl
+      running[#running + 1] = id
+      jobs[#jobs + 1] = 0
+      jobs[#jobs + 1] = listing_member(r, id)
+      created[#created + 1] = 0
+      created[#created + 1] = created_member(r, id)
+      notes[#notes + 1] = h[1]
+      notes[#notes + 1] = string.format('%.17g', r.dl) .. ' ' .. id
+    end
+  end
+  inbox_write('HSET', q.record, records)
+  inbox_write('ZADD', q.running, running)
+  inbox_write('ZADD', q.jobs, jobs)
+  inbox_write('ZADD', q.created, created)
+  inbox_write('HSET', q.handed, notes)
+end
+
 -- Drain the inbox of the queue whose keys are `q` (needs q.inbox, q.record, q.ready,
--- q.expiring, q.jobs, q.created, q.seq) into the full state. An entry that does not
+-- q.expiring, q.jobs, q.created, q.seq, and for `expand_lent` q.lent, q.running,
+-- q.handed) into the full state, the `lent` list first (its entries were pushed while
+-- the inbox was empty, so they come before every job in it). An entry that does not
 -- decode to a usable map is dropped (only enqueue_one.lua writes entries).
 local function expand_inbox(q)
+  expand_lent(q)
   local entries = redis.call('LRANGE', q.inbox, 0, -1)
   local count = #entries
   if count == 0 then
@@ -39,8 +95,7 @@ local function expand_inbox(q)
   local n = 0
   for i = count, 1, -1 do  -- LPUSHed: the oldest entry is the last one
     local ok, r = pcall(cmsgpack.unpack, entries[i])
-    if ok and type(r) == 'table' and type(r.i) == 'string' and type(r.tk) == 'string'
-        and tonumber(r.p) and tonumber(r.c) and tonumber(r.d) and tonumber(r.n) then
+    if ok and inbox_entry(r) then
       local id = r.i
       r.i = nil
       n = n + 1

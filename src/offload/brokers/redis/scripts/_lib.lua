@@ -1,6 +1,6 @@
 -- Shared helpers, prepended (after `_members.lua` and `_inbox.lua`) to every script of this directory
 -- but the lean ones when it is loaded (see offload/brokers/redis/_scripts.py). Defines no keys of its own: a script's keys
--- all come through KEYS, as groups of 22 per queue in the order of
+-- all come through KEYS, as groups of 23 per queue in the order of
 -- offload.brokers.redis.keys.QueueKeys, read here by `queue_at(group)`.
 --
 -- A job is a field in the queue's `payload`, `record` and `result` hashes; its state
@@ -10,7 +10,7 @@
 
 local FIELDS = {'payload', 'record', 'result', 'ready', 'scheduled', 'running',
   'expiring', 'dead', 'succeeded', 'expired', 'cancelled', 'jobs', 'keys', 'seq', 'outbox',
-  'waiters', 'created', 'finished', 'parked', 'handed', 'paused', 'inbox'}
+  'waiters', 'created', 'finished', 'parked', 'handed', 'paused', 'inbox', 'lent'}
 
 -- The keys of the `group`-th queue of KEYS, its inbox drained first (`_inbox.lua`):
 -- every script that reads or changes a queue's state starts here, so each sees the
