@@ -294,6 +294,7 @@ async def test_a_worker_leaving_between_two_waits_gives_back_what_was_handed(url
 async def raw_record(broker: RedisBroker, job_id: str) -> dict[str, Any] | None:
     client = await broker._redis()
     raw = await client.hget(broker._x.q("default").record, job_id)
+    assert raw is None or isinstance(raw, bytes)
     return None if raw is None else dict(msgspec.msgpack.decode(raw))
 
 
@@ -326,7 +327,8 @@ async def test_a_lent_job_waits_in_lent_and_reads_as_running(url: str, level: in
         )
         assert record["dl"] == lease.deadline
         assert await client.zscore(keys.running, job_id) == lease.deadline
-        assert job_id in (await client.hget(keys.handed, lease.token[:-1])).decode()
+        note = await client.hget(keys.handed, lease.token[:-1])
+        assert isinstance(note, bytes) and job_id in note.decode()
         assert await worker.reserve(["default"], worker_id="w1", lease_s=30, limit=10) == []
         assert await client.hlen(keys.handed) == 0  # that reserve dropped the note
         await worker.ack(lease, None, result_ttl_s=None)
@@ -359,7 +361,7 @@ async def test_a_lent_job_is_stored_as_a_handed_one(url: str, level: int) -> Non
         assert lent["q"] + 1 == handed["q"]  # numbered in enqueue order
         assert lent["dl"] - lent["st"] == pytest.approx(handed["dl"] - handed["st"])
         for index in (keys.jobs, keys.created):
-            members = [m.decode() for m in await client.zrange(index, 0, -1)]
+            members = [str(m, "ascii") for m in await client.zrange(index, 0, -1)]  # type: ignore[arg-type]
             assert [m[-len(lent_id) :] for m in members] == [lent_id, handed_id]
         for job_id in ids:
             assert await client.zscore(keys.running, job_id) is not None
