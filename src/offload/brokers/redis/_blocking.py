@@ -23,7 +23,8 @@ notifications, say) can come between a call and its reply, and a script's reply 
 the same in either protocol. Error replies become redis-py's exceptions
 (`BaseParser.parse_error`: NOSCRIPT is `NoScriptError`, and so on), turned into
 offload's as `errors` does (`broker_error`). The socket keeps the URL's
-`socket_timeout`: a read or write that times out fails the call here.
+`socket_timeout`: a read or write that times out fails the call here (on Linux the
+kernel times them, `_kernel_timeouts`, so no `poll()` comes before each).
 
 One thread uses that connection at a time; a thread that finds it busy, and any call
 that fails on it (a connection error or timeout, NOSCRIPT after a Redis restart, a
