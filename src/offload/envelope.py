@@ -10,6 +10,7 @@ the envelope, so that a state change never rewrites the payload.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from enum import StrEnum
 from typing import Any
@@ -236,9 +237,33 @@ def id_floor(job_id: str, margin_s: float = 60.0) -> str:
     return "" if ms is None else f"{max(ms - int(margin_s * 1000), 0):012x}"
 
 
+#: Random bytes drawn at once for job ids (400 ids' worth): a `getrandom` system call
+#: per id cost about 1% of a sync `task.enqueue()` on Redis (issue 16).
+_ENTROPY_BYTES = 4000
+
+
+class _Entropy(threading.local):
+    """A thread's unused bytes of `os.urandom`, and the process that drew them: a
+    forked child draws its own (else it would make its parent's next ids), even where
+    the fork runs no `os.register_at_fork` hooks."""
+
+    pid = 0
+    pool = b""
+    at = _ENTROPY_BYTES
+
+
+_entropy = _Entropy()
+
+
 def new_job_id() -> str:
     """A 32-hex-digit id that sorts by creation time (48-bit ms clock + 80 random bits).
 
     Time-ordered ids keep database indexes append-mostly and make listings readable.
+    The random bits are `os.urandom`'s, taken from a per-thread pool (`_Entropy`).
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    e = _entropy
+    at = e.at
+    if at >= _ENTROPY_BYTES or e.pid != os.getpid():
+        e.pool, e.pid, at = os.urandom(_ENTROPY_BYTES), os.getpid(), 0
+    e.at = at + 10
+    return f"{time.time_ns() // 1_000_000:012x}{e.pool[at : at + 10].hex()}"

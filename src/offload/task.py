@@ -68,7 +68,9 @@ class Enqueuer(Generic[P]):
             SerializationError: an argument is not JSON-serializable (names which).
             BrokerError: the broker refused or could not be reached.
         """
-        return self.enqueue_many([Call(args, kwargs)])[0]
+        # `enqueue_many` of one call, without its conversions (a web request's path)
+        [result] = self.producer.enqueue(self._name, [Call(args, kwargs)], self._overrides)
+        return Job(self.producer, result.id, created=result.created)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """`enqueue` for async code."""

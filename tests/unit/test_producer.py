@@ -220,3 +220,42 @@ def test_bad_options_are_refused(app: Offload) -> None:
         work.options(queue="")
     with pytest.raises(ConfigurationError, match="max_attempts must be an int from 1"):
         work.options(max_attempts=0)
+
+
+def test_job_ids_are_unique_time_ordered_hex_across_threads_and_a_fork() -> None:
+    """Ids take their random bits from a per-thread pool of `os.urandom` bytes: no two
+    threads, no refill, and no forked child may hand out the same bits twice."""
+    import multiprocessing
+    import re
+    import threading
+    import time
+
+    from offload.envelope import _ENTROPY_BYTES, new_job_id
+
+    per_thread = 3 * _ENTROPY_BYTES // 10  # each thread refills its pool twice
+    ids: list[list[str]] = []
+
+    def make() -> None:
+        ids.append([new_job_id() for _ in range(per_thread)])
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    made = [i for batch in ids for i in batch]
+    assert len(set(made)) == len(made) == 4 * per_thread
+    assert all(re.fullmatch("[0-9a-f]{32}", i) for i in made)
+    now_ms = time.time_ns() // 1_000_000
+    assert all(now_ms - 60_000 <= int(i[:12], 16) <= now_ms for i in made)
+    assert len({i[12:] for i in made}) == len(made)  # the random parts alone differ
+
+    new_job_id()  # the parent's pool has bytes left, which the child must not use
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=lambda: answers.put([new_job_id() for _ in range(5)]))
+    child.start()
+    from_child = answers.get(timeout=30)
+    child.join(30)
+    from_parent = [new_job_id() for _ in range(5)]
+    assert not {i[12:] for i in from_child} & {i[12:] for i in from_parent}

@@ -41,6 +41,7 @@ from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 __all__ = [
     "RedisURL",
+    "broker_error",
     "check_eviction_policy",
     "errors",
     "make_client",
@@ -157,23 +158,33 @@ def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
 
 @contextlib.contextmanager
 def errors(where: str) -> Iterator[None]:
-    """Turn redis-py's exceptions into offload's: lost or refused connections (and a
-    cluster without a quorum) into `BrokerUnavailable`, anything else into
-    `BrokerError`; the original stays as `__cause__`."""
+    """Turn redis-py's exceptions into offload's (`broker_error`); the original stays as
+    `__cause__`, and any other exception passes unchanged."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError) as exc:
-        raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
-    except RedisClusterException as exc:
-        raise BrokerUnavailable(f"Redis Cluster at {where} is unavailable: {exc}") from exc
-    except RedisError as exc:
-        raise BrokerError(f"Redis error at {where}: {exc}") from exc
-    except OSError as exc:
-        raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc}") from exc
-    except (AttributeError, TypeError) as exc:
-        if not _write_on_closed_connection(exc):
+    except Exception as exc:
+        error = broker_error(exc, where)
+        if error is None:
             raise
-        raise BrokerUnavailable(f"Redis at {where} is unavailable: {exc!r}") from exc
+        raise error from exc
+
+
+def broker_error(exc: Exception, where: str) -> BrokerError | None:
+    """Offload's exception for redis-py's `exc` (None for one that is not redis-py's):
+    lost or refused connections (and a cluster without a quorum) are
+    `BrokerUnavailable`, anything else `BrokerError`. A hot path catches and converts
+    with this instead of entering `errors`."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | ClusterDownError | TryAgainError):
+        return BrokerUnavailable(f"Redis at {where} is unavailable: {exc}")
+    if isinstance(exc, RedisClusterException):
+        return BrokerUnavailable(f"Redis Cluster at {where} is unavailable: {exc}")
+    if isinstance(exc, RedisError):
+        return BrokerError(f"Redis error at {where}: {exc}")
+    if isinstance(exc, OSError):
+        return BrokerUnavailable(f"Redis at {where} is unavailable: {exc}")
+    if isinstance(exc, AttributeError | TypeError) and _write_on_closed_connection(exc):
+        return BrokerUnavailable(f"Redis at {where} is unavailable: {exc!r}")
+    return None
 
 
 def _write_on_closed_connection(exc: BaseException) -> bool:
