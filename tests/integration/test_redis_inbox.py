@@ -74,6 +74,33 @@ async def test_a_plain_enqueue_goes_to_the_inbox_and_is_reserved_and_acked(url: 
         assert (await raw_state(broker, job_id))[0] == 0
 
 
+async def test_only_the_push_onto_an_empty_inbox_wakes_the_queue(url: str) -> None:
+    # Mutation: enqueue_one.lua publishing on every push again -> 3 wake-ups; not on
+    # the first either -> none, and an idle worker would sleep until its poll.
+    import redis.asyncio
+
+    async with redis_broker(url) as broker:
+        listener = redis.asyncio.Redis.from_url(url.split("?")[0])
+        pubsub = listener.pubsub()
+        try:
+            await pubsub.subscribe(broker._x.channel("default"))
+            assert await pubsub.get_message(timeout=2) is not None  # subscribed
+            ids = [await enqueue(broker) for _ in range(3)]
+            assert (await raw_state(broker, ids[0]))[0] == 3  # all three in the inbox
+            wakes = 0
+            while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3):
+                wakes += 1
+            assert wakes == 1
+            # the one reservation it leads to takes all three
+            leases = await broker.reserve(["default"], worker_id="w", lease_s=30, limit=10)
+            assert sorted(lease.job_id for lease in leases) == sorted(ids)
+            await enqueue(broker)  # the inbox is empty again: this push wakes
+            assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await listener.aclose()
+
+
 async def test_an_inbox_job_is_found_by_id_with_its_full_state_at_once(url: str) -> None:
     # Mutation: the expand step of `Inspector._fetch` removed -> get_job is None;
     # `locate` by record again -> cancel finds nothing (next test).

@@ -191,6 +191,8 @@ async def test_idle_wait_wakes_within_milliseconds_of_an_enqueue_elsewhere(
             await enqueue_one(producer)
             await waiting
             latencies.append(time.perf_counter() - start)
+            # as a worker does: the next job wakes it only once this one is reserved
+            await waiter.reserve(["default"], worker_id="w", lease_s=30, limit=10)
     # Each includes the enqueue's own round trip: typically well under a millisecond on
     # a quiet machine, several under a CPU hog. The bounds stay far from both that and
     # the 2 s timeout a missed push would cost, so only a lost or slow push fails.

@@ -173,7 +173,9 @@ class Delivery(Part):
         """Return when work may be ready in `queues`, or after `timeout_s`.
 
         May return early spuriously. The base implementation just sleeps; brokers with
-        `push_wakeup` return as soon as a job is enqueued.
+        `push_wakeup` return as soon as a job is enqueued (Redis: the first job since
+        the queue's last reservation, which is then due; the reservation that wake-up
+        leads to takes the later ones as well).
         """
         await asyncio.sleep(timeout_s)
 

@@ -291,8 +291,11 @@ class RedisBroker(Broker):
     async def wait(self, queues: Sequence[str], timeout_s: float) -> None:
         """Return when a job is made ready now in `queues` (by any process), or after
         `timeout_s`. A job that becomes due later wakes nobody: `next_due` tells the
-        caller how long to wait at most. If the subscriber connection fails, this
-        sleeps (at most a second) so that the caller's next call sees the error."""
+        caller how long to wait at most. A plain enqueue onto a queue whose inbox
+        already holds jobs wakes nobody either: the push that filled it first woke the
+        queue, and the reservation that leads to drains the whole inbox. If the
+        subscriber connection fails, this sleeps (at most a second) so that the
+        caller's next call sees the error."""
         channels = [self._x.channel(q) for q in queues]
         try:
             listener = await self._subscribed(channels)

@@ -7,8 +7,9 @@
 -- The plain case (ARGV[8] = '1', set by the producer for a job due now, without key,
 -- max depth or workflow, while every live worker expands inboxes) stores the payload
 -- (HSETNX: an id already there is a retried call, answered as a duplicate) and
--- LPUSHes ARGV[7], already the inbox entry (`_inbox.lua`), then wakes the queue: three
--- writes, no msgpack work. Unless a worker is parked on the queue or the inbox is full.
+-- LPUSHes ARGV[7], already the inbox entry (`_inbox.lua`), then wakes the queue if the
+-- inbox was empty: two or three writes, no msgpack work. Unless a worker is parked on
+-- the queue or the inbox is full.
 -- A parked worker is lent the job in the plain case itself when ARGV[8] = '2' (every
 -- live worker also drains `lent`: `_inbox.py`), else handed it by the full path below:
 -- the same lease either way, the lent one written in fewer calls (its record waits in
@@ -46,7 +47,9 @@ if ARGV[8] == '1' or ARGV[8] == '2' then
   end
   local n = redis.call('LPUSH', inbox, ARGV[7])
   if n > 1 and n <= INBOX_MAX then
-    redis.call('PUBLISH', ARGV[2], '1')
+    -- No wake-up: the push that made the inbox non-empty published one, and no
+    -- script of the queue has run since (each drains the inbox), so every worker it
+    -- woke has yet to reserve, and that reserve takes this job too.
     return 1
   end
   if n == 1 and ARGV[8] == '1' and redis.call('EXISTS', parked) == 0 then
