@@ -103,6 +103,8 @@ async def test_uncommitted_job_is_invisible_then_commit_wakes_the_worker(
             await asyncio.sleep(0.5)  # the worker is awake and looking
             assert sent.emails == []
             assert await app.broker.get_job(job.id) is None  # other sessions see nothing
+            # (This reserve also waits until the loop's listener, the worker's, LISTENs:
+            # the NOTIFY at commit cannot be missed, however slowly the worker started.)
             leases = await app.broker.reserve(["default"], worker_id="x", lease_s=5, limit=5)
             assert leases == []
         await asyncio.wait_for(sent.event.wait(), 5)  # woken by the NOTIFY at commit

@@ -25,8 +25,9 @@ class Wakeup:
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._waiters.add(entry)
-        try:
-            await asyncio.wait_for(entry[1].wait(), timeout_s)
+        try:  # not `wait_for`: on 3.11 it may drop a cancel that meets a notify
+            async with asyncio.timeout(timeout_s):
+                await entry[1].wait()
             return True
         except TimeoutError:
             return False
@@ -79,8 +80,9 @@ class JobWaiters:
                 return True
             while (remaining := deadline - loop.time()) > 0:
                 step = remaining if recheck is None else min(every_s, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), step)
+                with contextlib.suppress(TimeoutError):  # (not `wait_for`, as above)
+                    async with asyncio.timeout(step):
+                        await event.wait()
                 if event.is_set() or (recheck is not None and await recheck()):
                     return True
             return event.is_set()

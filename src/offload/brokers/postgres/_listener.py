@@ -88,8 +88,7 @@ class Listener:
         job committed after this returns can go unnoticed."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="offload-postgres-listener")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), timeout_s)
+        await _wait_set(self._listening, timeout_s)
 
     async def listen_ends(self, timeout_s: float = 5.0) -> None:
         """LISTEN to the ends channel too (from now until `close`), and wait until it
@@ -98,8 +97,7 @@ class Listener:
             self._ends_wanted = True
             self._ends_asked.set()
         await self.start(timeout_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ends_listening.wait(), timeout_s)
+        await _wait_set(self._ends_listening, timeout_s)
 
     def mark(self, queues: Sequence[str]) -> None:
         """Note how many notifications `queues` have had (called before a reserve)."""
@@ -114,8 +112,7 @@ class Listener:
         entry = (frozenset(queues), asyncio.Event())
         self._waiters.add(entry)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(entry[1].wait(), timeout_s)
+            await _wait_set(entry[1], timeout_s)
         finally:
             self._waiters.discard(entry)
 
@@ -197,3 +194,18 @@ class Listener:
                 self._on_ends(note.payload)
             else:
                 self._wake(note.payload)
+
+
+async def _wait_set(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait until `event` is set or `timeout_s` passed, and pass a cancellation on.
+
+    Not `asyncio.wait_for(event.wait(), ...)`: before Python 3.12 it runs the wait in a
+    task of its own and, cancelled in the loop turn after that task finished (always the
+    case for an event already set), returns its result and drops the cancellation. A
+    worker stopped at that moment went on into its idle wait and slept through the stop
+    for its whole poll interval. An event already set costs no loop turn here."""
+    if event.is_set():
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()

@@ -74,7 +74,8 @@ class Listener:
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read(), name="offload redis wakeups")
         if confirm and not wanted <= self._confirmed:  # (no task for what is confirmed)
-            await asyncio.wait_for(self._confirmation(wanted), CONFIRM_TIMEOUT_S)
+            async with asyncio.timeout(CONFIRM_TIMEOUT_S):  # (not `wait_for`: see `wait`)
+                await self._confirmation(wanted)
 
     async def _confirmation(self, channels: set[str]) -> None:
         while not channels <= self._confirmed:
