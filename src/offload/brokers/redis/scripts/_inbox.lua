@@ -18,9 +18,16 @@
 -- even, so pairs stay whole).
 local INBOX_CHUNK = 4000
 
-local function inbox_write(command, key, list)
-  for i = 1, #list, INBOX_CHUNK do
-    redis.call(command, key, unpack(list, i, math.min(i + INBOX_CHUNK - 1, #list)))
+-- Append a pair (field, value) or (score, member) to a flat list for `write_all`.
+local function push(list, a, b)
+  list[#list + 1] = a
+  list[#list + 1] = b
+end
+
+-- One variadic HSET or ZADD of every pair in `pairs`, in chunks; nothing if empty.
+local function write_all(command, key, pairs)
+  for i = 1, #pairs, INBOX_CHUNK do
+    redis.call(command, key, unpack(pairs, i, math.min(i + INBOX_CHUNK - 1, #pairs)))
   end
 end
 
@@ -30,94 +37,69 @@ local function inbox_entry(r)
     and tonumber(r.p) and tonumber(r.c) and tonumber(r.d) and tonumber(r.n)
 end
 
--- Drain the `lent` list of the queue whose keys are `q` (needs q.lent, q.record,
--- q.running, q.jobs, q.created, q.seq, q.handed): jobs a lean enqueue handed to a
--- parked worker (enqueue_one.lua, level 2). An entry is the job's inbox entry followed
--- by a second msgpack value, the lease: {token prefix, lease deadline, worker id,
--- start time}. Each becomes what the full path writes for a handed job at once: the
--- record, running under token `<prefix>1` with attempt 1, its `running`, `jobs` and
--- `created` members, and its note in `handed` (which the worker's next reserve drops,
--- or its `unpark` reads if the handoff message was lost). An entry that does not
--- decode is dropped (its lease then lapses unseen: only enqueue_one.lua writes them).
-local function expand_lent(q)
-  local entries = redis.call('LRANGE', q.lent, 0, -1)
+-- The writes a drain gathers, in the order they go out: the key name in `q` and the
+-- command of each.
+local DRAIN_WRITES = {{'record', 'HSET'}, {'ready', 'ZADD'}, {'expiring', 'ZADD'},
+  {'running', 'ZADD'}, {'jobs', 'ZADD'}, {'created', 'ZADD'}, {'handed', 'HSET'}}
+
+-- Drain one list of lean enqueues of the queue whose keys are `q`, `q[list]`, into the
+-- full state, oldest first, each job numbered in the queue's sequence. An inbox entry
+-- (list 'inbox') becomes the queued job enqueue.lua writes: record, `ready`,
+-- `expiring`. A `lent` entry (enqueue_one.lua, level 2: a job lent to a parked worker)
+-- is the inbox entry followed by a second msgpack value, the lease {token prefix,
+-- lease deadline, worker id, start time}, and becomes what the full path writes for a
+-- handed job: the record running under token `<prefix>1` with attempt 1, `running`,
+-- and its note in `handed` (which the worker's next reserve drops, or its `unpark`
+-- reads if the handoff message was lost). Both get their `jobs` and `created` members.
+-- An entry that does not decode to a usable map is dropped (only enqueue_one.lua
+-- writes entries; a dropped lent one's lease lapses unseen).
+local function drain(q, list)
+  local entries = redis.call('LRANGE', q[list], 0, -1)
   local count = #entries
   if count == 0 then
     return
   end
-  redis.call('DEL', q.lent)
+  redis.call('DEL', q[list])
   local last = redis.call('INCRBY', q.seq, count)
-  local records, running, jobs, created, notes = {}, {}, {}, {}, {}
+  local lent = list == 'lent'
+  local w = {record = {}, ready = {}, expiring = {}, running = {}, jobs = {}, created = {},
+    handed = {}}
   local n = 0
   for i = count, 1, -1 do  -- LPUSHed: the oldest entry is the last one
     local ok, r, h = pcall(cmsgpack.unpack, entries[i])
-    if ok and inbox_entry(r) and type(h) == 'table' and type(h[1]) == 'string'
-        and tonumber(h[2]) and type(h[3]) == 'string' and tonumber(h[4]) then
+    if ok and inbox_entry(r) and (not lent or (type(h) == 'table'
+        and type(h[1]) == 'string' and tonumber(h[2]) and type(h[3]) == 'string'
+        and tonumber(h[4]))) then
       local id = r.i
       r.i = nil
       n = n + 1
-      r.s, r.a, r.q = 'running', 1, last - count + n
-      r.st, r.w, r.t, r.dl = tonumber(h[4]), h[3], h[1] .. '1', tonumber(h[2])
-      records[#records + 1] = id
-      records[#records + 1] = cmsgpack.pack(r)
-      running[#running + 1] = r.dl
-      running[#running + 1] = id
-      jobs[#jobs + 1] = 0
-      jobs[#jobs + 1] = listing_member(r, id)
-      created[#created + 1] = 0
-      created[#created + 1] = created_member(r, id)
-      notes[#notes + 1] = h[1]
-      notes[#notes + 1] = string.format('%.17g', r.dl) .. ' ' .. id
+      r.q = last - count + n
+      if lent then
+        r.s, r.a = 'running', 1
+        r.st, r.w, r.t, r.dl = tonumber(h[4]), h[3], h[1] .. '1', tonumber(h[2])
+        push(w.running, r.dl, id)
+        push(w.handed, h[1], string.format('%.17g', r.dl) .. ' ' .. id)
+      else
+        r.s, r.a = 'queued', 0
+        push(w.ready, -r.p, ready_member(r, id))
+        if r.x then
+          push(w.expiring, r.x, id)
+        end
+      end
+      push(w.record, id, cmsgpack.pack(r))
+      push(w.jobs, 0, listing_member(r, id))
+      push(w.created, 0, created_member(r, id))
     end
   end
-  inbox_write('HSET', q.record, records)
-  inbox_write('ZADD', q.running, running)
-  inbox_write('ZADD', q.jobs, jobs)
-  inbox_write('ZADD', q.created, created)
-  inbox_write('HSET', q.handed, notes)
+  for _, write in ipairs(DRAIN_WRITES) do
+    write_all(write[2], q[write[1]], w[write[1]])
+  end
 end
 
--- Drain the inbox of the queue whose keys are `q` (needs q.inbox, q.record, q.ready,
--- q.expiring, q.jobs, q.created, q.seq, and for `expand_lent` q.lent, q.running,
--- q.handed) into the full state, the `lent` list first (its entries were pushed while
--- the inbox was empty, so they come before every job in it). An entry that does not
--- decode to a usable map is dropped (only enqueue_one.lua writes entries).
+-- Drain the queue's lean enqueues (`q` needs inbox, lent, record, ready, expiring,
+-- running, jobs, created, seq, handed) into the full state: the `lent` list first (its
+-- entries were pushed while the inbox was empty, so they come before every job in it).
 local function expand_inbox(q)
-  expand_lent(q)
-  local entries = redis.call('LRANGE', q.inbox, 0, -1)
-  local count = #entries
-  if count == 0 then
-    return 0
-  end
-  redis.call('DEL', q.inbox)
-  local last = redis.call('INCRBY', q.seq, count)
-  local records, ready, expiring, jobs, created = {}, {}, {}, {}, {}
-  local n = 0
-  for i = count, 1, -1 do  -- LPUSHed: the oldest entry is the last one
-    local ok, r = pcall(cmsgpack.unpack, entries[i])
-    if ok and inbox_entry(r) then
-      local id = r.i
-      r.i = nil
-      n = n + 1
-      r.s, r.a, r.q = 'queued', 0, last - count + n
-      records[#records + 1] = id
-      records[#records + 1] = cmsgpack.pack(r)
-      ready[#ready + 1] = -r.p
-      ready[#ready + 1] = ready_member(r, id)
-      if r.x then
-        expiring[#expiring + 1] = r.x
-        expiring[#expiring + 1] = id
-      end
-      jobs[#jobs + 1] = 0
-      jobs[#jobs + 1] = listing_member(r, id)
-      created[#created + 1] = 0
-      created[#created + 1] = created_member(r, id)
-    end
-  end
-  inbox_write('HSET', q.record, records)
-  inbox_write('ZADD', q.ready, ready)
-  inbox_write('ZADD', q.expiring, expiring)
-  inbox_write('ZADD', q.jobs, jobs)
-  inbox_write('ZADD', q.created, created)
-  return n
+  drain(q, 'lent')
+  drain(q, 'inbox')
 end

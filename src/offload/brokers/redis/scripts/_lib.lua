@@ -39,18 +39,8 @@ local function hmget_all(key, fields)
   return values
 end
 
--- Append a pair (field, value) or (score, member) to a flat list for `write_all`.
-local function push(list, a, b)
-  list[#list + 1] = a
-  list[#list + 1] = b
-end
-
--- One variadic HSET or ZADD of every pair in `pairs`, in chunks; nothing if empty.
-local function write_all(command, key, pairs)
-  for i = 1, #pairs, CHUNK do
-    redis.call(command, key, unpack(pairs, i, math.min(i + CHUNK - 1, #pairs)))
-  end
-end
+-- (`push` and `write_all`, for variadic writes, are in `_inbox.lua`, which precedes
+-- this file in every script.)
 
 -- What a record must hold for the scripts to use it. A record that does not (garbage
 -- written over it, a field missing or of the wrong type) must cost one job, never a
