@@ -40,7 +40,10 @@ APP_SOURCE = textwrap.dedent(
             raise Retry(delay=0.5)
         if email.startswith("bad") and not (OUTBOX / "fixed").exists():
             raise ValueError("no such mailbox")
-        (OUTBOX / f"{email}.{code}").write_text(str(attempt))
+        # written aside, then renamed: a test polling for the file never reads it empty
+        sent = OUTBOX / f"{email}.{code}"
+        (OUTBOX / f".{sent.name}").write_text(str(attempt))
+        (OUTBOX / f".{sent.name}").replace(sent)
         return attempt
 
     @app.task(name="add")
