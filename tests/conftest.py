@@ -18,6 +18,20 @@ from offload.brokers import from_url
 from offload.brokers.base import Broker
 from offload.testing import FakeClock
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run that selects chaos or slow tests (`pytest -m chaos tests/chaos`) takes one
+    process whatever addopts' `-n 3` says: each of those tests loads the machine on its
+    own (kill loops, soaks, restarts of its own servers), and the chaos summary table is
+    gathered in the process that prints it. (pytest-xdist sets up its session after
+    this hook, trylast, and leaves a run whose `dist` is "no" alone.)"""
+    markexpr = config.getoption("markexpr", "") or ""
+    if "chaos" in markexpr.replace("not chaos", "") or "slow" in markexpr.replace("not slow", ""):
+        config.option.dist = "no"
+        config.option.numprocesses = 0
+        config.option.tx = []
+
+
 BROKER_NAMES = ["memory", "sqlite", "postgres"]
 BROKER_NAMES += ["redis", "redis_cluster"]
 

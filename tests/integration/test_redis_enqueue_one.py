@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,11 +29,23 @@ from offload.brokers.redis._executor import SCRIPTS
 from offload.envelope import JobState, new_job_id
 from offload.errors import QueueFull
 from tests.conformance.helpers import make_job
+from tests.redis_cluster import RedisProcess
 
 
 @pytest.fixture(params=["redis", "redis_cluster"])
 def url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def own_redis_url(tmp_path: Path, redis_server: str) -> Iterator[str]:
+    """A redis-server of this test's own: a test that kills every client's connection
+    and flushes the scripts must not do so to tests running beside it (pytest -n)."""
+    server = RedisProcess(tmp_path).start()
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0?prefix=t"
+    finally:
+        server.stop()
 
 
 def redis_broker(url: str) -> RedisBroker:
@@ -186,11 +199,13 @@ def sync_app(url: str) -> tuple[Offload, Any]:
     return app, t
 
 
-def test_sync_enqueues_survive_a_killed_connection_and_a_script_flush(redis_url: str) -> None:
+def test_sync_enqueues_survive_a_killed_connection_and_a_script_flush(
+    own_redis_url: str,
+) -> None:
     """The direct connection fails over to the ordinary path, which reconnects and
     loads the scripts again; the job is stored once."""
-    app, t = sync_app(redis_url)
-    admin = redis.Redis.from_url(redis_url.split("?")[0])
+    app, t = sync_app(own_redis_url)
+    admin = redis.Redis.from_url(own_redis_url.split("?")[0])
     try:
         t.enqueue(1)
         admin.client_kill_filter(_type="normal", skipme=True)  # every client's connection
@@ -251,10 +266,10 @@ def test_a_script_error_on_the_direct_connection_is_a_broker_error_and_leaves_it
 
 
 async def test_async_enqueues_survive_a_killed_connection_and_a_script_flush(
-    redis_url: str,
+    own_redis_url: str,
 ) -> None:
     """`enqueue_async`'s direct connection fails over to the pooled client too."""
-    async with redis_broker(redis_url) as broker:
+    async with redis_broker(own_redis_url) as broker:
         admin = redis.Redis.from_url(broker.options.redis_url)
         try:
             await broker.enqueue([make_job(broker.clock)])
