@@ -17,6 +17,12 @@ first line; it prints the median, p90 and p99 of each, and how each job reached 
 worker. The URL's
 prefix (default `pickup-trace`) keeps the script's keys apart; they are deleted at
 the end on Redis. Works on `sqlite:///path` too (the wake-up is the doorbell).
+
+`--slowest N` also notes, in the worker, every event-loop callback that ran longer than
+80 µs (with its task's name and innermost frames) and every wait in `epoll`, and prints
+the worker's timeline around the N slowest pick-ups: it tells a tail made by our own
+code (a long callback before the job's) from one where the worker sat in `epoll` while
+its message was on the way (the host's wake-up).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ HERE = Path(__file__).resolve().parent
 EVENTS_ENV = "PICKUP_TRACE_EVENTS"
 COUNT_ENV = "PICKUP_TRACE_COUNT"
 URL_ENV = "PICKUP_TRACE_URL"
+LOOP_ENV = "PICKUP_TRACE_LOOP"
+#: A loop callback longer than this (seconds) is noted by `--slowest`.
+LONG_CALLBACK_S = 0.00008
 
 
 # -- the worker side (imported by `python -m offload worker pickup_trace:app`) -------------
@@ -60,6 +69,8 @@ def _worker_app() -> Any:
 
     _wrap_broker(app, events)
     _note_collections(events)
+    if os.environ.get(LOOP_ENV):
+        _note_loop(events)
     return app
 
 
@@ -76,6 +87,49 @@ def _note_collections(events: list[tuple[str, float, Any]]) -> None:
             events.append(("gc", time.time(), [info["generation"], took]))
 
     gc.callbacks.append(callback)
+
+
+def _note_loop(events: list[tuple[str, float, Any]]) -> None:
+    """Note loop callbacks longer than LONG_CALLBACK_S and every `epoll` wait (for
+    `--slowest`; this costs a few µs per callback, so the other columns read a little
+    slower with it)."""
+    import asyncio.events
+    import selectors
+
+    run = asyncio.events.Handle._run
+    select = selectors.EpollSelector.select
+
+    def timed_run(self: Any) -> None:
+        wall, started = time.time(), time.perf_counter()
+        try:
+            run(self)
+        finally:
+            if (took := time.perf_counter() - started) > LONG_CALLBACK_S:
+                events.append(("callback", wall, [took, _callback_name(self)]))
+
+    def timed_select(self: Any, timeout: float | None = None) -> Any:
+        wall = time.time()
+        ready = select(self, timeout)
+        events.append(("epoll", wall, [time.time() - wall, timeout, len(ready)]))
+        return ready
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+    selectors.EpollSelector.select = timed_select  # type: ignore[method-assign]
+
+
+def _callback_name(handle: Any) -> str:
+    """The task a loop callback steps, with its innermost frames, or the handle."""
+    owner = getattr(handle._callback, "__self__", None)
+    task = getattr(owner, "_Task__task", None) or owner  # (a TaskStepMethWrapper's task)
+    if not hasattr(task, "get_coro"):
+        return repr(handle)[:120]
+    frames, coro = [], task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return f"{task.get_name()} {'>'.join(frames[-4:])}"
 
 
 def _wrap_broker(app: Any, events: list[tuple[str, float, Any]]) -> None:
@@ -149,6 +203,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--worker-args", default="--concurrency 100 --prefetch 100")
+    parser.add_argument("--slowest", type=int, default=0, help="show the worker's timeline "
+                        "around the N slowest pick-ups")  # fmt: skip
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE))
@@ -159,6 +215,8 @@ def main() -> None:
     warm = 10
     env = dict(os.environ)
     env.update({URL_ENV: args.url, EVENTS_ENV: str(events_file), COUNT_ENV: str(args.jobs + warm)})
+    if args.slowest:
+        env[LOOP_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     argv = [sys.executable, "-m", "offload", "worker", "pickup_trace:app", "--log-level", "warning"]
     worker = subprocess.Popen([*argv, *args.worker_args.split()], env=env, cwd=workdir)
@@ -196,6 +254,8 @@ def main() -> None:
             _drop_keys(args.url)
         producer.close()
     _report(calls, events, args, published)
+    if args.slowest:
+        _slowest(calls, events, args.slowest)
 
 
 def _trace_publish(producer: Any, published: dict[str, tuple[float, float]]) -> None:
@@ -309,6 +369,35 @@ def _report(
               f"{max(took for _, took in passes) * 1e3:.1f} ms (generations "
               f"{sorted({g for g, _ in passes})})")  # fmt: skip
     print("how jobs reached the worker:", "; ".join(f"{k}: {n}" for k, n in sorted(paths.items())))
+
+
+def _slowest(calls: dict[str, tuple[int, float, float]], events: list[Any], n: int) -> None:
+    """The worker's timeline from 2 ms before each of the `n` slowest pick-ups' enqueue
+    to its handler: long callbacks, `epoll` waits that lasted over 0.1 ms, signals,
+    leases and handler starts, in ms after that job's t0."""
+    starts = {seq: t for kind, t, seq in events if kind == "start"}
+    timeline = sorted(events, key=lambda event: event[1])
+    times = [event[1] for event in timeline]
+    slowest = sorted(
+        ((starts[seq] - t0, seq, t0, t1) for seq, t0, t1 in calls.values() if seq in starts),
+        reverse=True,
+    )[:n]
+    for total, seq, t0, t1 in slowest:
+        print(f"\njob {seq}: handler at {total * 1e3:.3f} ms, enqueue() returned at "
+              f"{(t1 - t0) * 1e3:.3f}")  # fmt: skip
+        begin = bisect.bisect_left(times, t0 - 0.002)
+        end = bisect.bisect_right(times, starts[seq])
+        for kind, t, extra in timeline[begin:end]:
+            at = f"{(t - t0) * 1e3:+8.3f}"
+            if kind == "callback":
+                print(f"  {at} callback {extra[0] * 1e3:.3f} ms: {extra[1]}")
+            elif kind == "epoll" and extra[0] > 0.0001:
+                print(f"  {at} in epoll {extra[0] * 1e3:.3f} ms -> {extra[2]} ready")
+            elif kind == "leased":
+                print(f"  {at} {extra[1]} (called {(extra[0] - t0) * 1e3:+.3f}) returned "
+                      f"{(t - t0) * 1e3:+.3f}: {len(extra[2])} jobs")  # fmt: skip
+            elif kind in ("signal", "start", "gc"):
+                print(f"  {at} {kind} {extra}")
 
 
 if __name__ == "__main__":
