@@ -19,10 +19,10 @@ prefix (default `pickup-trace`) keeps the script's keys apart; they are deleted 
 the end on Redis. Works on `sqlite:///path` too (the wake-up is the doorbell).
 
 `--slowest N` also notes, in the worker, every event-loop callback that ran longer than
-80 µs (with its task's name and innermost frames) and every wait in `epoll`, and prints
-the worker's timeline around the N slowest pick-ups: it tells a tail made by our own
-code (a long callback before the job's) from one where the worker sat in `epoll` while
-its message was on the way (the host's wake-up).
+80 µs (its task's name, outer and innermost frames) and every wait in `epoll`, and
+prints the worker's timeline around the N slowest pick-ups: it tells a tail made by our
+own code (a long callback before the job's) from one where the worker sat in `epoll`
+while its message was on the way (the host's wake-up).
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def _note_loop(events: list[tuple[str, float, Any]]) -> None:
 
 
 def _callback_name(handle: Any) -> str:
-    """The task a loop callback steps, with its innermost frames, or the handle."""
+    """The task a loop callback steps, with its outer and innermost frames, or the
+    handle."""
     owner = getattr(handle._callback, "__self__", None)
     task = getattr(owner, "_Task__task", None) or owner  # (a TaskStepMethWrapper's task)
     if not hasattr(task, "get_coro"):
@@ -129,7 +130,7 @@ def _callback_name(handle: Any) -> str:
         if frame is not None:
             frames.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return f"{task.get_name()} {'>'.join(frames[-4:])}"
+    return f"{task.get_name()} {'>'.join(frames[:3] + frames[-2:])}"
 
 
 def _wrap_broker(app: Any, events: list[tuple[str, float, Any]]) -> None:
