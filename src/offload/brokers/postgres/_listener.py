@@ -9,6 +9,13 @@ The listener counts notifications per queue. `reserve` notes the count before it
 for work, and `wait` returns at once if the count moved since: a job committed between
 an empty reserve and the start of a wait is not slept through.
 
+Only the first `start` waits for LISTEN to take effect. While the connection is lost and
+reconnecting, calls go on without it (an idle worker polls meanwhile) instead of each
+waiting for it: a listener that cannot reconnect (the role's connection limit reached,
+say) must not make every `reserve` of the worker wait out a timeout. Once LISTEN is in
+effect again every waiter is woken to look, so a job committed during the gap is found
+at once rather than at the next poll.
+
 Job ends (for `wait_finished`) come on a second channel, whose payloads are the ended
 jobs' ids, one per line. The connection LISTENs to it only once this process waits for a
 job (`listen_ends`), and from then on until it closes: a worker that never waits for a
@@ -79,16 +86,30 @@ class Listener:
         self._counts: dict[str, int] = {}
         self._waiters: set[tuple[frozenset[str], asyncio.Event]] = set()
         self._listening = asyncio.Event()
+        self._started = False  # the first `start` returned (LISTEN in effect or not)
         self._task: asyncio.Task[None] | None = None
         self._marks: dict[tuple[str, ...], int] = {}
         self._attempts = Attempts()  # reconnections (waiters poll meanwhile)
 
     async def start(self, timeout_s: float = 5.0) -> None:
-        """Start listening (once) and wait until LISTEN has taken effect, so that no
-        job committed after this returns can go unnoticed."""
+        """Start listening (once). The first call waits until LISTEN has taken effect,
+        so that no job committed after it returns can go unnoticed; if that takes longer
+        than `timeout_s` it says so once and returns (waiters poll until LISTEN is in
+        effect). Later calls never wait: see the module's docstring."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="offload-postgres-listener")
+        if self._started:
+            return
         await _wait_set(self._listening, timeout_s)
+        if not self._started:
+            self._started = True
+            if not self._listening.is_set():
+                logger.warning(
+                    "postgres listener: LISTEN not in effect after %.0f s; idle workers "
+                    "poll for jobs until it is",
+                    timeout_s,
+                    extra={"action": "postgres_listener_slow"},
+                )
 
     async def listen_ends(self, timeout_s: float = 5.0) -> None:
         """LISTEN to the ends channel too (from now until `close`), and wait until it
@@ -160,6 +181,8 @@ class Listener:
         try:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
             self._listening.set()
+            if self._attempts.failures:  # back after a loss: jobs of the gap were not
+                self._wake(None)  # announced to us, so let every waiter look now
             self._attempts.reset()
             while not self._ends_wanted:
                 await self._read_until_ends_asked(conn)
