@@ -157,6 +157,23 @@ def redis_url(redis_server: str) -> Iterator[str]:
         _delete_prefix(client, prefix)
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path, redis_server: str) -> Iterator[Any]:
+    """A redis-server of this test's own on a free port, without persistence
+    (`tests.redis_cluster.RedisProcess`): for a test that stops and starts it, or
+    disturbs it in ways the shared one must not be (every client killed, scripts
+    flushed) while other tests run beside it (pytest -n)."""
+    from tests.redis_cluster import RedisProcess
+
+    directory = tmp_path / "own-redis"
+    directory.mkdir()
+    server = RedisProcess(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """A Redis Cluster of 3 masters on free ports, started for the session: the ports."""

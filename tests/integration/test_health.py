@@ -14,7 +14,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,17 +60,6 @@ def wait_for(port: int, path: str, status: int, within: float) -> float:
             return time.monotonic() - start
         time.sleep(0.2)
     raise AssertionError(f"{path} never answered {status} in {within} s; last {seen}")
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path, redis_server: str) -> Iterator[RedisProcess]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisProcess(directory).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def start_worker(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[bytes]:

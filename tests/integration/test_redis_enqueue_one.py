@@ -14,7 +14,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,14 +37,10 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def own_redis_url(tmp_path: Path, redis_server: str) -> Iterator[str]:
-    """A redis-server of this test's own: a test that kills every client's connection
-    and flushes the scripts must not do so to tests running beside it (pytest -n)."""
-    server = RedisProcess(tmp_path).start()
-    try:
-        yield f"redis://127.0.0.1:{server.port}/0?prefix=t"
-    finally:
-        server.stop()
+def own_redis_url(own_redis: RedisProcess) -> str:
+    """On a server of this test's own: a test that kills every client's connection and
+    flushes the scripts must not do so to tests running beside it (pytest -n)."""
+    return f"redis://127.0.0.1:{own_redis.port}/0?prefix=t"
 
 
 def redis_broker(url: str) -> RedisBroker:

@@ -3,7 +3,7 @@ policy warning, typed errors and recovery when Redis goes away, wake-up latency,
 per-queue scope of idempotency keys, sync producers beside a worker in one process, and
 what job ends cost (published only when waited on; outbox entries leave no keys).
 
-Servers that a test stops or misconfigures are throwaway ones on free ports; the
+Servers that a test stops or misconfigures are throwaway ones on free ports (`own_redis`); the
 shared server only ever sees keys under the test's own prefix.
 """
 
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -35,23 +35,13 @@ from tests.conformance.helpers import enqueue_one, make_job
 from tests.redis_cluster import RedisProcess, free_port
 
 
-@pytest.fixture
-def throwaway(tmp_path: Path, redis_server: str) -> Iterator[RedisProcess]:
-    """A redis-server of this test's own, which the test may stop and start again."""
-    server = RedisProcess(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_throwaway_server_never_takes_another_server_for_its_own(
-    throwaway: RedisProcess, tmp_path: Path
+    own_redis: RedisProcess, tmp_path: Path
 ) -> None:
     """A port found free can be taken before our server binds it (parallel test runs):
     the server answering there must not pass for ours, whose process already exited."""
     with pytest.raises(RuntimeError, match="did not start"):
-        RedisProcess(tmp_path, throwaway.port).start(timeout=5)
+        RedisProcess(tmp_path, own_redis.port).start(timeout=5)
 
 
 def our_keys(url: str, prefix: str) -> list[str]:
@@ -132,20 +122,20 @@ async def test_closed_port_gives_broker_unavailable(options: str) -> None:
 
 
 async def test_producer_gets_broker_unavailable_while_redis_is_down_then_recovers(
-    throwaway: RedisProcess,
+    own_redis: RedisProcess,
 ) -> None:
-    async with from_url(f"redis://127.0.0.1:{throwaway.port}") as broker:
+    async with from_url(f"redis://127.0.0.1:{own_redis.port}") as broker:
         await enqueue_one(broker)
-        throwaway.stop()
+        own_redis.stop()
         with pytest.raises(BrokerUnavailable):
             await enqueue_one(broker)
-        throwaway.start()  # empty again: no persistence, and no scripts loaded
+        own_redis.start()  # empty again: no persistence, and no scripts loaded
         await enqueue_one(broker)
         assert len(await broker.reserve(["default"], worker_id="w", lease_s=5, limit=5)) == 1
 
 
-async def test_worker_resumes_by_itself_after_redis_restarts(throwaway: RedisProcess) -> None:
-    app = Offload(f"redis://127.0.0.1:{throwaway.port}")
+async def test_worker_resumes_by_itself_after_redis_restarts(own_redis: RedisProcess) -> None:
+    app = Offload(f"redis://127.0.0.1:{own_redis.port}")
     done: list[int] = []
 
     @app.task(name="record")
@@ -157,9 +147,9 @@ async def test_worker_resumes_by_itself_after_redis_restarts(throwaway: RedisPro
     try:
         await record.enqueue_async(1)
         await wait_for(lambda: done == [1])
-        throwaway.stop()
+        own_redis.stop()
         await asyncio.sleep(0.5)  # the worker's reserve fails meanwhile, and it backs off
-        throwaway.start()
+        own_redis.start()
         producer = from_url(app.url)
         async with producer:
             await enqueue_one(producer, "record", args=[2])
@@ -337,8 +327,8 @@ def test_sync_enqueue_runs_on_the_calling_thread_after_the_first(redis_url: str)
         app.close()
 
 
-def test_sync_fast_path_survives_a_redis_restart(throwaway: RedisProcess) -> None:
-    app = Offload(f"redis://127.0.0.1:{throwaway.port}")
+def test_sync_fast_path_survives_a_redis_restart(own_redis: RedisProcess) -> None:
+    app = Offload(f"redis://127.0.0.1:{own_redis.port}")
 
     @app.task(name="ping")
     def ping() -> None: ...
@@ -346,14 +336,14 @@ def test_sync_fast_path_survives_a_redis_restart(throwaway: RedisProcess) -> Non
     try:
         ping.enqueue()
         ping.enqueue()  # fast path
-        throwaway.stop()
+        own_redis.stop()
         with pytest.raises(BrokerUnavailable):
             ping.enqueue()
-        throwaway.start()  # empty: the scripts are gone (NOSCRIPT, then reloaded)
+        own_redis.start()  # empty: the scripts are gone (NOSCRIPT, then reloaded)
         job = ping.enqueue()
 
         async def reserve() -> list[str]:
-            async with from_url(f"redis://127.0.0.1:{throwaway.port}") as broker:
+            async with from_url(f"redis://127.0.0.1:{own_redis.port}") as broker:
                 leases = await broker.reserve(["default"], worker_id="w", lease_s=5, limit=5)
                 return [lease.job_id for lease in leases]
 
