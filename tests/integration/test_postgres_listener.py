@@ -175,7 +175,7 @@ async def test_a_listener_that_never_connects_is_reported_once_and_the_worker_po
             started = time.monotonic()
             assert await broker.reserve(["default"], worker_id="w", lease_s=30, limit=1) == []
             await broker.wait(["default"], 0.1)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.5  # (before: 5 s each)
         said = [r.getMessage() for r in caplog.records if "LISTEN not in effect" in r.getMessage()]
         assert said == [
             "postgres listener: LISTEN not in effect after 5 s; idle workers poll for jobs "
