@@ -198,15 +198,18 @@ class Phase:
         self.wait_done(10, WARMUP_TIMEOUT_S)
         time.sleep(0.5)
         self.client.delete(_probe.DONE_KEY, _probe.TS_KEY, _probe.LAT_KEY)
+        before = self.worker_cpu_s()
         self.adapter.enqueue_paced(n, rate)
         self.wait_done(n, self.args.timeout)
+        idle_cpu_us = (self.worker_cpu_s() - before) / n * 1e6
         deadline = time.monotonic() + 2
         while len(lats := _probe.read_floats(self.client, _probe.LAT_KEY)) < n:
             if time.monotonic() > deadline:
                 raise PhaseError(f"{len(lats)} latencies for {n} jobs")
             time.sleep(0.01)
         lats.sort()
-        return {"p50": lats[n // 2] * 1000, "p99": lats[int(n * 0.99) - 1] * 1000}
+        p99 = lats[int(n * 0.99) - 1] * 1000
+        return {"p50": lats[n // 2] * 1000, "p99": p99, "idle_cpu_us": idle_cpu_us}
 
     def cpu(self) -> dict[str, float]:
         """Worker CPU per job: 1 worker process, warmed up and idle, then N jobs queued
@@ -341,6 +344,7 @@ COLUMNS: list[tuple[str, str, bool]] = [
     ("p99", "enqueue→start p99 (ms)", False),
     ("memory", "broker bytes per queued job", False),
     ("cpu_us", "worker CPU per job (µs)", False),
+    ("idle_cpu_us", "worker CPU per job, paced (µs)", False),
     ("queued", "process, 1M queued (jobs/s)", True),
     ("delayed", "process, 1M delayed waiting (jobs/s)", True),
 ]
@@ -355,6 +359,7 @@ PHASE_OF = {
     "cpu_us": "cpu",
     "p50": "latency",
     "p99": "latency",
+    "idle_cpu_us": "latency",
     "memory": "bulk",
     "queued": "queued",
     "delayed": "delayed",
@@ -526,7 +531,7 @@ def pick_depth_systems(args: argparse.Namespace, results: Results) -> list[str]:
 
 
 def report(args: argparse.Namespace, results: Results, depth_systems: list[str]) -> str:
-    columns = COLUMNS if args.depth else COLUMNS[:10]
+    columns = COLUMNS if args.depth else COLUMNS[:11]
     body = "no-op jobs" if args.body == "noop" else "jobs making one Redis round trip each"
     lines = [
         f"{args.jobs:,} {body} per phase, median of {args.runs} runs; latency: "
