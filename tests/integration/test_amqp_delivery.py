@@ -526,3 +526,16 @@ async def test_close_sends_the_acks_still_waiting(make_delivery: MakeDelivery) -
     assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
     await delivery.close()  # at once: the ack still waits for others
     await nothing_within(await make_delivery(), 0.3)
+
+
+async def test_an_unknown_vhost_is_a_configuration_error_naming_it(amqp_server: str) -> None:
+    """RabbitMQ answers the open of a vhost that does not exist with Connection.Close;
+    the worker and the CLI showed aiormq's traceback ("Expected one of
+    ['Connection.OpenOk']"), not what is wrong."""
+    url = amqp_server.rstrip("/") + "/no-such-vhost-here"
+    delivery = AmqpDelivery(url)
+    try:
+        with pytest.raises(ConfigurationError, match="vhost 'no-such-vhost-here'"):
+            await delivery.connect()
+    finally:
+        await delivery.close()

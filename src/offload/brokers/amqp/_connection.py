@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import aiormq
 import aiormq.exceptions
@@ -68,6 +69,12 @@ _LOST = (
     OSError,
     TimeoutError,
 )
+
+
+def _vhost(url: str) -> str:
+    """The vhost an amqp:// URL names (its path, percent-decoded; "/" when empty)."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def unavailable(what: str, exc: BaseException) -> BrokerUnavailable:
@@ -156,6 +163,16 @@ class Link:
                 "RabbitMQ refused the login (wrong user, password or vhost in the "
                 f"amqp:// URL): {exc}"
             ) from exc
+        except aiormq.exceptions.InvalidFrameError as exc:
+            if "Connection.Close" not in str(exc):
+                raise unavailable("connect", exc) from exc
+            # RabbitMQ answers Connection.Open with Connection.Close (530 NOT_ALLOWED)
+            # for a vhost that does not exist or that the user may not access; aiormq
+            # reports it as an unexpected frame.
+            raise ConfigurationError(
+                f"RabbitMQ refused the vhost {_vhost(self._settings.connect_url)!r} (it does "
+                "not exist, or the user may not access it): check the amqp:// URL's path"
+            ) from None
         except _LOST as exc:
             raise unavailable("connect", exc) from exc
         try:
