@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -40,10 +41,18 @@ class _RaisedAnyway(logging.Filter):
     """Drops aiormq's own error line for a failed connect: the same error is raised to
     offload as `BrokerUnavailable`, and the caller's `BrokerHealth` reports an outage
     once, which a line per reconnect attempt from every loop of every worker would
-    bury."""
+    bury. Also drops its two lines for a connection the server closed (an ERROR, then
+    a WARNING with its reader's traceback): `Link` logs that loss itself, once, as a
+    warning naming the reason."""
+
+    _DROPPED = (
+        "error when creating transport",
+        "Unexpected connection close from remote",
+        "Cancelling cause reader exited abnormally",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("error when creating transport")
+        return not record.getMessage().startswith(self._DROPPED)
 
 
 _RAISED_ANYWAY = _RaisedAnyway()
@@ -123,6 +132,8 @@ class Link:
         self._opening = asyncio.Lock()
         self._closed = False
         self._loop_end: AsyncGenerator[None, None] | None = None
+        #: What RabbitMQ shows for the connection (management UI, rabbitmqctl).
+        self._name = f"offload {settings.prefix} pid {os.getpid()}"
 
     @property
     def current(self) -> Session | None:
@@ -157,7 +168,10 @@ class Link:
         _quiet_driver()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                connection = await aiormq.connect(self._settings.connect_url)
+                connection = await aiormq.connect(
+                    self._settings.connect_url,
+                    client_properties={"connection_name": self._name},
+                )
         except aiormq.exceptions.ProbableAuthenticationError as exc:
             raise ConfigurationError(
                 "RabbitMQ refused the login (wrong user, password or vhost in the "
