@@ -24,10 +24,23 @@ _SECRET_PARAM = re.compile(r"pass|pwd|secret|token|api_?key|access_?key|credenti
 
 #: `scheme://user:password@` anywhere in a text (the password part is masked).
 _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]*@")
+#: The same, percent-encoded (`scheme%3A%2F%2Fuser%3Apassword%40`): a state store's URL
+#: nested in a broker URL's query (`amqp://…?state=postgresql%3A%2F%2Fu%3Apw%40db`).
+_ENCODED_USERINFO = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*%3A%2F%2F(?:(?!%3A|%40|%2F)[^:/@\s'\"&?#])*%3A)"
+    r"(?:(?!%40)[^@\s'\"&?#/])*%40",
+    re.I,
+)
 #: `password=value` as in a query string or a libpq conninfo (`password=pw host=…`).
 _KEY_VALUE = re.compile(
     r"(?P<key>\b[\w.-]*(?:pass|pwd|secret|token|api_?key|access_?key|credential)[\w.-]*)"
     r"(?P<sep>\s*=\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^&\s'\",;)]+)",
+    re.I,
+)
+#: The same, percent-encoded (`password%3Dvalue`, up to `%26`, the next parameter).
+_ENCODED_KEY_VALUE = re.compile(
+    r"(?P<key>\b[\w.-]*(?:pass|pwd|secret|token|api_?key|access_?key|credential)[\w.-]*)"
+    r"(?P<sep>%3D)(?P<value>(?:(?!%26)[^&\s'\",;)])+)",
     re.I,
 )
 
@@ -68,10 +81,13 @@ def _masked_value(key: str, value: str) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with every `scheme://user:password@` and `password=value` masked."""
-    if "@" not in text and "=" not in text:
+    """`text` with every `scheme://user:password@` (also percent-encoded) and
+    `password=value` masked."""
+    if "@" not in text and "=" not in text and "%" not in text:
         return text
     text = _USERINFO.sub(lambda m: f"{m['head']}{MASK}@", text)
+    text = _ENCODED_USERINFO.sub(lambda m: f"{m['head']}{MASK}%40", text)
+    text = _ENCODED_KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "JobTimeout",
     "LeaseLost",
     "OffloadError",
+    "RETRY_NO_REASON",
     "QueueFull",
     "ResultTimeout",
     "Retry",
@@ -149,6 +150,10 @@ class JobControl(Exception):
     """Raised by a handler to steer the worker. Never logged as an error."""
 
 
+#: The message of a `Retry` raised without a reason.
+RETRY_NO_REASON = "retry requested"
+
+
 class Retry(JobControl):
     """Retry this job, after `delay` seconds if given, else per the retry policy.
 
@@ -161,7 +166,7 @@ class Retry(JobControl):
 
         self.delay = duration(delay, "Retry delay")  # NaN, inf, negative: ConfigurationError
         self.reason = reason
-        super().__init__(reason or "retry requested")
+        super().__init__(reason or RETRY_NO_REASON)
 
 
 class Bury(JobControl):

@@ -16,6 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from offload.errors import RETRY_NO_REASON as NO_REASON
 from offload.hooks import OUTCOMES
 
 if TYPE_CHECKING:
@@ -85,9 +86,12 @@ class JobLog:
         error = outcome.error
         if action == "retry" and error is not None:
             extra["retry_in_s"] = round(delay_s, 3)
-            if requested:
+            if requested and error.message and error.message != NO_REASON:
                 text += ", retry requested (%s), next in %.1f s"
                 args += [error.message, delay_s]
+            elif requested:  # `raise Retry()` without a reason: its message is NO_REASON
+                text += ", retry requested, next in %.1f s"
+                args += [delay_s]
             else:
                 text += " with %s, retry in %.1f s"
                 args += [error.type, delay_s]

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from offload.envelope import Backoff
-from offload.errors import Bury, Retry
+from offload.errors import RETRY_NO_REASON, Bury, Retry
 
 __all__ = ["DEFAULT_BACKOFF", "RetryDecision", "RetryPolicy", "backoff_delay"]
 
@@ -61,7 +61,7 @@ class RetryPolicy:
             return RetryDecision(None, f"attempts exhausted ({attempt}/{max_attempts})")
         if isinstance(exc, Retry):
             delay = exc.delay if exc.delay is not None else backoff_delay(backoff, attempt)
-            return RetryDecision(max(delay, 0.0), exc.reason or "retry requested")
+            return RetryDecision(max(delay, 0.0), exc.reason or RETRY_NO_REASON)
         if _matches(exc, self.give_up_on) or not _matches(exc, self.retry_on):
             return RetryDecision(None, f"{_type_name(exc)} is not retryable")
         return RetryDecision(backoff_delay(backoff, attempt), _type_name(exc))

@@ -526,3 +526,48 @@ async def test_close_sends_the_acks_still_waiting(make_delivery: MakeDelivery) -
     assert await delivery.settle_many([Settlement.ack(lease, None)]) == [True]
     await delivery.close()  # at once: the ack still waits for others
     await nothing_within(await make_delivery(), 0.3)
+
+
+async def test_an_unknown_vhost_is_a_configuration_error_naming_it(amqp_server: str) -> None:
+    """RabbitMQ answers the open of a vhost that does not exist with Connection.Close;
+    the worker and the CLI showed aiormq's traceback ("Expected one of
+    ['Connection.OpenOk']"), not what is wrong."""
+    url = amqp_server.rstrip("/") + "/no-such-vhost-here"
+    delivery = AmqpDelivery(url)
+    try:
+        with pytest.raises(ConfigurationError, match="vhost 'no-such-vhost-here'"):
+            await delivery.connect()
+    finally:
+        await delivery.close()
+
+
+async def test_a_connection_the_server_closes_is_one_warning_without_a_traceback(
+    make_delivery: MakeDelivery, amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README (Guarantees, broker outages): a cut connection is one line. aiormq logged
+    an ERROR and a WARNING with its reader's traceback beside offload's own warning."""
+    import logging
+    import subprocess
+
+    prefix = amqp_url.partition("prefix=")[2]
+    delivery = await make_delivery()
+    with caplog.at_level(logging.INFO):
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        pids = [line.split("\t")[0] for line in listing.splitlines() if prefix in line]
+        assert len(pids) == 1, listing
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pids[0], "closed by the test"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while "RabbitMQ connection lost" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        await delivery.link.session()  # the next call reconnects
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in loud] == ["offload.brokers.amqp"], caplog.text
+    assert "Traceback" not in caplog.text

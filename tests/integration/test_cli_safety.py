@@ -69,6 +69,24 @@ def test_a_command_that_reads_refuses_a_missing_database(
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize("args", [a for a in COMMANDS if a[0] not in ("enqueue", "migrate")])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:guest@127.0.0.1:1/?state=sqlite:///typo/offload.db",
+        "sqs://k:s@127.0.0.1:1/?region=us-east-1&state=sqlite%3A%2F%2F%2Ftypo%2Foffload.db",
+    ],
+    ids=["amqp", "sqs"],
+)
+def test_a_command_that_reads_refuses_a_missing_state_store_database(
+    tmp_path: Path, args: tuple[str, ...], url: str
+) -> None:
+    done = offload(tmp_path, *args, url=url)
+    assert done.returncode == 1
+    assert "no such database" in done.stderr, done.stderr
+    assert not (tmp_path / "typo").exists()
+
+
 def test_enqueue_creates_the_database(tmp_path: Path) -> None:
     done = offload(tmp_path, "enqueue", "emails.send", url="sqlite:///new/offload.db")
     assert done.returncode == 0, done.stderr

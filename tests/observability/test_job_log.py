@@ -70,6 +70,25 @@ async def test_one_line_per_finished_attempt_with_its_fields(
     assert "ValueError: ValueError is not retryable: bad" in seen[("doomed", 1)].getMessage()
 
 
+async def test_a_retry_without_a_reason_is_logged_without_repeating_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`raise Retry(delay=...)` with no reason logged "retry requested (retry
+    requested)"."""
+    app = Offload("memory://")
+
+    @app.task(name="asks", backoff=QUICK)
+    def asks() -> None:
+        if current_job().attempt == 1:
+            raise Retry(delay=0)
+
+    caplog.set_level(logging.INFO, logger="offload.jobs")
+    job = await asks.enqueue_async()
+    await run_worker_until(app, lambda: all_ended(app, [job.id]))
+    [retried] = [r for r in lines(caplog) if r.outcome == "retried"]  # type: ignore[attr-defined]
+    assert retried.getMessage().endswith(", retry requested, next in 0.0 s"), retried.getMessage()
+
+
 APP = textwrap.dedent(
     """
     from offload import Offload

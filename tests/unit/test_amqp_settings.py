@@ -50,6 +50,16 @@ def test_a_bad_parameter_is_refused_by_name(query: str, named: str) -> None:
         parse_url(f"amqp://u:secret@h/?{query}")
 
 
+def test_a_bad_state_store_scheme_names_the_stores_that_work() -> None:
+    """The README names sqlite:///, postgresql:// and memory:// (Redis is refused as a
+    store); the message named redis:// among them and left memory:// out."""
+    with pytest.raises(ConfigurationError) as caught:
+        parse_url("amqp://u:secret@h/?state=mysql://db")
+    message = str(caught.value)
+    assert "sqlite:///" in message and "postgresql://" in message and "memory://" in message
+    assert "redis://" not in message
+
+
 def test_an_error_about_the_url_shows_no_password() -> None:
     with pytest.raises(ConfigurationError) as caught:
         parse_url("amqp://u:secret@h/?nope=1")

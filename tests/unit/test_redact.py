@@ -102,3 +102,28 @@ def test_the_log_formatter_scrubs_messages_and_tracebacks() -> None:
     out = formatter.format(record)
     assert SECRET not in out
     assert "RuntimeError" in out
+
+
+@pytest.mark.parametrize(
+    "url",
+    [  # the state store's URL percent-encoded, as the README writes it
+        f"amqp://guest:pw@h/?state=postgresql%3A%2F%2Fu%3A{SECRET}%40db%2Fapp&bogus=1",
+        f"sqs://k:pw@h:99999/?region=r&state=postgresql%3A%2F%2Fu%3A{SECRET}%40db%2Fapp",
+        f"sqs://k:pw@h:1/?region=r&state=postgresql%3a%2f%2fu%3a{SECRET}%40db%2fapp&bogus=1",
+    ],
+)
+def test_a_bad_url_hides_the_password_of_its_percent_encoded_state_store(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        from_url(url)
+    assert SECRET not in str(caught.value)
+
+
+def test_free_text_is_scrubbed_of_percent_encoded_urls() -> None:
+    text = f"bad: 'x://h/?state=postgresql%3A%2F%2Fu%3A{SECRET}%40db%2Fapp%3Fschema%3Ds'"
+    shown = redact(text)
+    assert SECRET not in shown
+    assert "%40db%2Fapp%3Fschema%3Ds" in shown
+    text = f"bad: 'x://h/?state=postgresql%3A%2F%2Fdb%2Fapp%3Fpassword%3D{SECRET}%26schema%3Ds'"
+    shown = redact(text)
+    assert SECRET not in shown
+    assert "%26schema%3Ds" in shown

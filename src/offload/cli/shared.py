@@ -72,12 +72,17 @@ def app_from_options(app_spec: str | None, url: str | None, *, create: bool = Fa
             database (and its directories) for a mistyped path and report it empty.
     """
     app = load_app(app_spec) if app_spec else Offload(url)
-    path = getattr(app.broker, "path", None)
-    if not create and isinstance(path, Path) and not path.exists():
-        raise click.ClickException(
-            f"no such database: {path} (check --url or OFFLOAD_URL; "
-            "a worker or an enqueue creates it)"
-        )
+    if create:
+        return app
+    # The broker itself, or the state store of a delivery (amqp://, sqs:// with
+    # state=sqlite:///…), which `Composite` holds as its inspection role.
+    for part in (app.broker, getattr(app.broker, "inspection", None)):
+        path = getattr(part, "path", None)
+        if isinstance(path, Path) and not path.exists():
+            raise click.ClickException(
+                f"no such database: {path} (check --url or OFFLOAD_URL, and its state=; "
+                "a worker or an enqueue creates it)"
+            )
     return app
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import aiormq
 import aiormq.exceptions
@@ -39,10 +41,18 @@ class _RaisedAnyway(logging.Filter):
     """Drops aiormq's own error line for a failed connect: the same error is raised to
     offload as `BrokerUnavailable`, and the caller's `BrokerHealth` reports an outage
     once, which a line per reconnect attempt from every loop of every worker would
-    bury."""
+    bury. Also drops its two lines for a connection the server closed (an ERROR, then
+    a WARNING with its reader's traceback): `Link` logs that loss itself, once, as a
+    warning naming the reason."""
+
+    _DROPPED = (
+        "error when creating transport",
+        "Unexpected connection close from remote",
+        "Cancelling cause reader exited abnormally",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("error when creating transport")
+        return not record.getMessage().startswith(self._DROPPED)
 
 
 _RAISED_ANYWAY = _RaisedAnyway()
@@ -68,6 +78,12 @@ _LOST = (
     OSError,
     TimeoutError,
 )
+
+
+def _vhost(url: str) -> str:
+    """The vhost an amqp:// URL names (its path, percent-decoded; "/" when empty)."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def unavailable(what: str, exc: BaseException) -> BrokerUnavailable:
@@ -116,6 +132,8 @@ class Link:
         self._opening = asyncio.Lock()
         self._closed = False
         self._loop_end: AsyncGenerator[None, None] | None = None
+        #: What RabbitMQ shows for the connection (management UI, rabbitmqctl).
+        self._name = f"offload {settings.prefix} pid {os.getpid()}"
 
     @property
     def current(self) -> Session | None:
@@ -150,12 +168,25 @@ class Link:
         _quiet_driver()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                connection = await aiormq.connect(self._settings.connect_url)
+                connection = await aiormq.connect(
+                    self._settings.connect_url,
+                    client_properties={"connection_name": self._name},
+                )
         except aiormq.exceptions.ProbableAuthenticationError as exc:
             raise ConfigurationError(
                 "RabbitMQ refused the login (wrong user, password or vhost in the "
                 f"amqp:// URL): {exc}"
             ) from exc
+        except aiormq.exceptions.InvalidFrameError as exc:
+            if "Connection.Close" not in str(exc):
+                raise unavailable("connect", exc) from exc
+            # RabbitMQ answers Connection.Open with Connection.Close (530 NOT_ALLOWED)
+            # for a vhost that does not exist or that the user may not access; aiormq
+            # reports it as an unexpected frame.
+            raise ConfigurationError(
+                f"RabbitMQ refused the vhost {_vhost(self._settings.connect_url)!r} (it does "
+                "not exist, or the user may not access it): check the amqp:// URL's path"
+            ) from None
         except _LOST as exc:
             raise unavailable("connect", exc) from exc
         try:

@@ -105,7 +105,7 @@ def _state(value: str | None) -> str | None:
     scheme = state.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres", "redis", "rediss", "sqlite", "memory"):
         raise ConfigurationError(
-            f"state= must be a postgresql://, redis:// or sqlite:/// URL, got {state!r}"
+            f"state= must be a sqlite:///, postgresql:// or memory:// URL, got {state!r}"
         )
     return state
 
