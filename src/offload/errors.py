@@ -53,7 +53,6 @@ __all__ = [
     "JobTimeout",
     "LeaseLost",
     "OffloadError",
-    "RETRY_NO_REASON",
     "QueueFull",
     "ResultTimeout",
     "Retry",
