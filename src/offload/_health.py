@@ -14,6 +14,14 @@ replaced) are one info line, not an outage. Each loop
 keeps its own `Attempts`, so its retries spread out (and workers do not reconnect in
 lockstep), and sleeps in `pause`, which a recovery seen by any other loop cuts short.
 
+The broker is back when the probe (a write) succeeds and every recurring loop that
+failed during the outage has succeeded since. A broker of two parts fails in part: with
+RabbitMQ or SQS away and its state store up, the fetch loop fails while the heartbeat,
+which is the probe, goes on succeeding; a success of another loop says nothing about
+the part that failed. It does hint that the broker may be back, though: it wakes the
+failing loops to try again at once, at most once a second (`POKE_S`), so a broker back
+after a long outage is seen by all of them within a moment, not after their backoff.
+
 Errors other than `BrokerUnavailable` are not an outage: each is logged with its
 traceback, as a bug or a bad record should be, but still retried with backoff rather
 than in a tight loop.
@@ -43,6 +51,8 @@ RECONNECT = Backoff(base_s=0.2, cap_s=5.0, jitter=True)
 #: Failures within this many seconds of the first are one event (the calls in flight
 #: when connections were cut); a failure later than that is an outage.
 BLIP_S = 0.05
+#: While loops still fail, another loop's success wakes them at most this often (s).
+POKE_S = 1.0
 
 
 class Attempts:
@@ -89,19 +99,27 @@ class BrokerHealth:
         self._warned = False
         self._failed_calls = 0
         self._back = asyncio.Event()
+        self._failing: set[str] = set()  # recurring loops that failed and not succeeded since
+        self._poke = asyncio.Event()  # wakes the failing loops' pauses (`succeeded`)
+        self._poked_at = float("-inf")
 
     @property
     def down(self) -> bool:
         return self._down_since is not None
 
-    def failed(self, what: str, exc: BaseException) -> None:
-        """Record that a call (`what`, e.g. "reserve") raised `exc`."""
+    def failed(self, what: str, exc: BaseException, *, recurring: bool = False) -> None:
+        """Record that a call (`what`, e.g. "reserve") raised `exc`. `recurring`: the
+        call is a loop's, which tries again and says `succeeded(what)` once it works:
+        until then the broker is not back, whatever other loops see."""
         if self._on_failure is not None:
             self._on_failure(what, exc)
-        if not isinstance(exc, BrokerUnavailable):
+        if not isinstance(exc, BrokerUnavailable):  # the broker answered: not an outage
+            self._failing.discard(what)
             self._log.error("%s failed", what, exc_info=exc, extra={"action": "broker_error"})
             return
         self._log.debug("%s failed: %s", what, exc)
+        if recurring:
+            self._failing.add(what)
         if self._down_since is None:
             self._down_since = self._monotonic()
             self._first_error = f"{what} failed: {exc}"
@@ -118,10 +136,20 @@ class BrokerHealth:
                 extra={"action": "broker_unavailable"},
             )
 
-    async def succeeded(self) -> None:
-        """Record that a loop's action completed: if the broker was down, confirm with
-        the probe that it is back (and say so once)."""
+    async def succeeded(self, what: str | None = None) -> None:
+        """Record that a loop's action (`what`, as given to `failed`) completed: if the
+        broker was down and no recurring loop still fails, confirm with the probe that
+        it is back (and say so once)."""
+        if what is not None:
+            self._failing.discard(what)
         if self._down_since is None:
+            return
+        if self._failing:
+            now = self._monotonic()
+            if now - self._poked_at >= POKE_S:
+                self._poked_at = now
+                self._poke.set()
+                self._poke = asyncio.Event()
             return
         try:
             await self._probe()
@@ -151,7 +179,7 @@ class BrokerHealth:
         down, until another loop finds it back."""
         events = [stopping] if stopping is not None else []
         if self._down_since is not None:
-            events.append(self._back)
+            events += [self._back, self._poke]
         if not events:
             await asyncio.sleep(seconds)
             return
@@ -176,11 +204,11 @@ class BrokerHealth:
             try:
                 await action()
             except Exception as exc:
-                self.failed(what, exc)
+                self.failed(what, exc, recurring=True)
                 delay = attempts.next_delay()
             else:
                 attempts.reset()
-                await self.succeeded()
+                await self.succeeded(what)
                 delay = period_s if isinstance(period_s, float | int) else period_s()
             await self.pause(delay, stopping)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from offload import JobState, Offload, Worker
+from offload._health import BrokerHealth
 from offload.brokers.base import Broker
 from offload.errors import BrokerUnavailable
 from offload.schedule import Every
@@ -39,10 +40,10 @@ class Outage:
     """While `down`, every call in `CALLS` of a real broker raises `BrokerUnavailable`
     (as a lost connection does); `failed` counts them by name."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, calls: tuple[str, ...] = CALLS) -> None:
         self.down = False
         self.failed: Counter[str] = Counter()
-        for name in CALLS:
+        for name in calls:
             setattr(broker, name, self._guarded(name, getattr(broker, name)))
 
     def _guarded(self, name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -125,6 +126,67 @@ async def test_worker_rides_out_an_outage_in_every_loop_with_one_warning(
         worker.stop()
         await asyncio.wait_for(running, 10)
         await app.aclose()
+
+
+async def test_delivery_down_while_the_state_store_answers_is_one_outage_not_reconnects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RabbitMQ or SQS away, its state store up (`sqs://…&state=sqlite:///…`): only
+    the fetch loop's calls fail. The heartbeat, which is also the health probe, still
+    succeeds, and used to declare the broker back after each failed reserve: "a broker
+    connection was lost; reconnected" every second or so, never the warning, and
+    `/ready` said the broker was up for the whole outage."""
+    app = Offload("memory://")
+
+    @app.task(name="job")
+    async def job() -> None: ...
+
+    outage = Outage(app.broker, calls=("reserve", "next_due", "wait"))
+    worker = Worker(app, lease_s=0.3, poll_s=0.05, sweep_s=0.1)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.2)
+        with caplog.at_level(logging.INFO, logger="offload"):
+            outage.down = True
+            await asyncio.sleep(1.5)  # several heartbeats (every lease_s / 3)
+            assert worker.health.down, "the delivery is down, and the worker says it is up"
+            assert outage.failed["reserve"] >= 2, outage.failed
+            about, _ = outage_report(caplog)
+            assert len(about) == 1 and "broker unavailable" in about[0], about
+            outage.down = False
+            await job.enqueue_async()
+
+            async def ran() -> bool:
+                return await jobs_in(app, JobState.SUCCEEDED) == 1
+
+            await wait_for(ran)
+        about, loud = outage_report(caplog)
+        assert len(about) == 2 and "reachable again" in about[1], about
+        assert not worker.health.down
+        assert loud == [about[0]], loud
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        await app.aclose()
+
+
+async def test_another_loops_success_wakes_a_failing_loop_but_does_not_end_the_outage() -> None:
+    probes: list[int] = []
+
+    async def probe() -> None:
+        probes.append(1)
+
+    health = BrokerHealth(logging.getLogger("offload.test"), probe=probe)
+    health.failed("reserve", BrokerUnavailable("SQS is away"), recurring=True)
+    backoff = asyncio.create_task(health.pause(30.0))  # the fetch loop's, after a failure
+    await asyncio.sleep(0)
+    await health.succeeded("heartbeat")  # the state store answers
+    await asyncio.wait_for(backoff, 1.0)  # woken to try again now, not in 30 s
+    assert health.down and not probes
+    await health.succeeded("heartbeat")
+    assert health.down  # a second success within POKE_S wakes nobody, ends nothing
+    await health.succeeded("reserve")
+    assert not health.down and probes == [1]
 
 
 async def test_scheduler_rides_out_an_outage_with_one_warning(

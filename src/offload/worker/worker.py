@@ -348,11 +348,11 @@ class Worker:
                     await self.extend_leases()  # take back if they lapsed meanwhile
                 await self._fetch()
             except Exception as exc:
-                self.health.failed("reserve", exc)
+                self.health.failed("reserve", exc, recurring=True)
                 await self.health.pause(attempts.next_delay(), self._stopping)
             else:
                 attempts.reset()
-                await self.health.succeeded()
+                await self.health.succeeded("reserve")
 
     async def _fetch(self) -> None:
         """One turn of the fetch loop: wait for a free slot while none is, else reserve
