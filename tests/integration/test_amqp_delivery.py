@@ -571,3 +571,40 @@ async def test_a_connection_the_server_closes_is_one_warning_without_a_traceback
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.name for r in loud] == ["offload.brokers.amqp"], caplog.text
     assert "Traceback" not in caplog.text
+
+
+async def test_a_job_delivered_again_while_this_process_runs_it_is_kept_not_leased_twice(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """The connection a job was leased on ends while the job runs here: RabbitMQ
+    requeues it and delivers it to this process again. That delivery is taken by the
+    running lease (extending it says held, its ack acknowledges the new delivery),
+    not leased a second time. A lease the worker released (it dropped the job before
+    starting it) takes nothing: that job is leased again."""
+    import subprocess
+
+    prefix = amqp_url.partition("prefix=")[2]
+    delivery = await make_delivery()
+    running_id = await enqueue(delivery)
+    dropped_id = await enqueue(delivery)
+    running, dropped = sorted(await take(delivery, 2), key=lambda x: x.job_id != running_id)
+    assert (running.job_id, dropped.job_id) == (running_id, dropped_id)
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for pid in [line.split("\t")[0] for line in listing.splitlines() if prefix in line]:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True)
+    deadline = time.monotonic() + 10
+    while delivery.link.current is not None:
+        assert time.monotonic() < deadline, "the cut was not noticed"
+        await asyncio.sleep(0.05)
+    assert await delivery.extend([running, dropped], 30) == [False, False]
+    await delivery.release([dropped])  # the worker's: it will not run that one
+    [again] = await take(delivery, 1)  # reconnects; both jobs come back
+    assert again.job_id == dropped_id and again.attempt == 2  # a crash, counted
+    await nothing_within(delivery, 0.5)  # the running job is not leased twice
+    assert await delivery.extend([running], 30) == [True]
+    ok = await delivery.settle_many([Settlement.ack(running, None), Settlement.ack(again, None)])
+    assert ok == [True, True]
+    await nothing_within(delivery, 0.5)

@@ -19,6 +19,7 @@ from offload import (
     Worker,
     current_job,
 )
+from offload.brokers.records import Lease
 from offload.envelope import Envelope, new_job_id
 from offload.testing import FakeClock
 
@@ -357,3 +358,43 @@ async def test_job_from_a_wait_starts_before_the_next_wait_is_sent(app: Offload)
     # The handler's first line comes before the fetch loop builds and sends its next
     # call (on Redis a script call), which used to delay every pick-up by its CPU time.
     assert events[:3] == ["wait", "handler", "wait"], events
+
+
+async def test_a_reserved_job_taken_back_before_it_started_is_released_to_the_broker(
+    app: Offload,
+) -> None:
+    """The broker refused to extend a lease the worker had not started (RabbitMQ: its
+    connection ended): the worker drops it, and tells the broker so, which must not keep
+    it as a job this process runs (RabbitMQ gives a job delivered again to a run of
+    this process that holds it)."""
+    go_on = asyncio.Event()
+
+    @app.task
+    async def blocking(n: int) -> None:
+        await go_on.wait()
+
+    await blocking.enqueue_many_async([(1,), (2,)])
+    worker = Worker(app, concurrency=1, prefetch=1, poll_s=0.01)
+    runner = asyncio.create_task(worker.run())
+    for _ in range(200):
+        if worker.running_jobs() and worker._buffer:
+            break
+        await asyncio.sleep(0.01)
+    [buffered] = list(worker._buffer)
+    released: list[str] = []
+    release = app.broker.release
+
+    async def refused(leases: object, lease_s: float) -> list[bool]:
+        return [False] * len(leases)  # type: ignore[arg-type]
+
+    async def noting(leases: list[Lease]) -> None:
+        released.extend(lease.job_id for lease in leases)
+        await release(leases)
+
+    app.broker.extend = refused  # type: ignore[method-assign, assignment]
+    app.broker.release = noting  # type: ignore[method-assign]
+    await worker.extend_leases()
+    assert released == [buffered.job_id] and not worker._buffer
+    go_on.set()
+    worker.stop()
+    await asyncio.wait_for(runner, 5)

@@ -54,7 +54,7 @@ from offload import validation
 from offload._health import Attempts, BrokerHealth
 from offload.brokers.base import Lease, Settlement, WorkerInfo
 from offload.envelope import Envelope, ErrorInfo
-from offload.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
 from offload.hooks import OUTCOMES, Run
 from offload.logging import job_log
 from offload.pausing import PauseView
@@ -664,11 +664,13 @@ class Worker:
         answers = await self.broker.extend(held, self.lease_s)
         if self.lapses is not None:
             self.lapses.extended(held, answers, asked_at)
+        dropped: list[Lease] = []
         for lease, ok in zip(held, answers, strict=True):
             if ok:
                 continue
             if lease in self._buffer:  # not started here: dropping it is all it takes
                 self._buffer.remove(lease)
+                dropped.append(lease)
                 if self.lapses is not None:
                     self.lapses.forget(lease)
                 logger.debug("job %s: reserved but taken back before it started", lease.job_id)
@@ -678,6 +680,9 @@ class Worker:
                 self._stop_lapsed(lease, "the broker refused to extend its lease")
             else:
                 await self.lease_lost(lease, "while it runs")
+        if dropped:  # so the broker forgets them too (RabbitMQ: none is taken for a run
+            with contextlib.suppress(BrokerError):  # of this process if delivered again)
+                await self.broker.release(dropped)
 
     def _held(self) -> list[Lease]:
         """Every lease this worker holds: running jobs, then unstarted ones."""

@@ -13,6 +13,8 @@ its queue and may already run elsewhere). Two limits are RabbitMQ's, not offload
   the URL says what the server is set to); raise it in rabbitmq.conf for longer jobs.
 - a job's lease cannot outlive its connection: a worker cut off from RabbitMQ while a
   sync handler runs may see that job start elsewhere (at-least-once, as after a crash).
+  Delivered again to this process, which still runs it, the job is not leased a
+  second time: the running lease takes the new delivery (`_adopted`).
 
 **Attempts.** A message is immutable, so the attempts already used travel in a header
 (`offload-attempt`) set whenever offload republishes it (retry, defer, release). A
@@ -268,6 +270,8 @@ class AmqpDelivery(Delivery):
                 continue  # its session is gone, and RabbitMQ requeued it
             if delivery.queue not in queues:
                 skipped.append(entry)
+            elif delivery.redelivered and self._adopted(delivery):
+                continue
             elif self._held_back(delivery, now_ms):
                 continue
             elif (move := self._moved(delivery, now_ms)) is not None:
@@ -279,6 +283,20 @@ class AmqpDelivery(Delivery):
         if moves:
             await asyncio.gather(*moves)
         return leases
+
+    def _adopted(self, delivery: Held) -> bool:
+        """Whether `delivery` is a job this process is still running, requeued by
+        RabbitMQ when the connection it was leased on ended (a cut, a proxy, a broker
+        restart) and delivered again here: it must not run a second time beside the
+        first. The lease of that run now stands for the new delivery: extending it says
+        it is held, settling it acknowledges (or republishes) the new one, so the job
+        ends once, through the run that was already going."""
+        for token, held in self._held.items():
+            if held.message_id == delivery.message_id and not self._alive(held):
+                self._held[token] = delivery
+                logger.debug("job %s: delivered again while running here; kept", held.message_id)
+                return True
+        return False
 
     def _held_back(self, delivery: Held, now_ms: int) -> bool:
         """Keep a delivery due sooner than the shortest bucket here until it is due."""
