@@ -72,6 +72,7 @@ from offload.brokers.postgres._inspect import Inspector
 from offload.brokers.postgres._ledger import Keeper
 from offload.brokers.postgres._listener import Listener, channel_name, ends_channel
 from offload.brokers.postgres._operate import Operations
+from offload.brokers.postgres._pool_log import own_pool
 from offload.brokers.postgres._signals import EndWaiters, Signals
 from offload.brokers.postgres._sql import migrate, schema_version
 from offload.brokers.records import FINISHED_KEEP_S, Outgoing, minute_of
@@ -223,7 +224,8 @@ class PostgresBroker(Broker, Ledger):
             open=False,
             name="offload",
         )
-        await pool.open(wait=True, timeout=10)
+        with own_pool():  # the pool's tasks, made now, inherit the mark
+            await pool.open(wait=True, timeout=10)
         listener = Listener(
             s.conninfo, s.channel, ends_channel=s.ends_channel, on_ends=self._ends.on_payload
         )
@@ -234,8 +236,9 @@ class PostgresBroker(Broker, Ledger):
         """A pooled connection (autocommit), with psycopg's errors made ours."""
         state = await self._state()
         try:
-            async with state.pool.connection() as conn:
-                yield conn
+            with own_pool():
+                async with state.pool.connection() as conn:
+                    yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             state.recheck()
             raise unavailable(exc) from exc
@@ -635,5 +638,5 @@ async def _close_state(opening: asyncio.Task[_LoopState]) -> None:
 
 
 async def _check(pool: AsyncConnectionPool[Any]) -> None:
-    with contextlib.suppress(Exception):  # a closed pool, or the server still away
+    with own_pool(), contextlib.suppress(Exception):  # a closed pool, or the server still away
         await pool.check()

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from offload.brokers.postgres._pool_log import own_pool
 from offload.errors import BrokerError, BrokerUnavailable
 
 __all__ = ["BlockingPool", "unavailable"]
@@ -69,7 +70,7 @@ class BlockingPool:
             BrokerError: the server refused the statement.
         """
         try:
-            with self._get().connection(timeout=_WAIT_S) as conn:
+            with own_pool(), self._get().connection(timeout=_WAIT_S) as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             raise unavailable(exc) from exc
