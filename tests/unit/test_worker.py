@@ -391,8 +391,8 @@ async def test_a_reserved_job_taken_back_before_it_started_is_released_to_the_br
         released.extend(lease.job_id for lease in leases)
         await release(leases)
 
-    app.broker.extend = refused  # type: ignore[method-assign, assignment]
-    app.broker.release = noting  # type: ignore[method-assign]
+    app.broker.extend = refused  # type: ignore[method-assign]
+    app.broker.release = noting  # type: ignore[method-assign, assignment]
     await worker.extend_leases()
     assert released == [buffered.job_id] and not worker._buffer
     go_on.set()
