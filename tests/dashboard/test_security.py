@@ -335,3 +335,33 @@ async def test_queues_and_schedules_are_paused_and_resumed_by_signed_in_users_on
     assert list(schedule_held) == ["hourly-echo"]
     assert 'action="/schedules/hourly-echo/resume"' in schedules.text
     assert await app.paused_async() == Paused({}, {})
+
+
+async def test_credentials_with_non_ascii_characters_are_checked_never_a_server_error(
+    app: Offload, client: Client
+) -> None:
+    """A password with an accent, or a forged cookie, is a refusal (or a sign-in when
+    it is right), never a 500: `hmac.compare_digest` raises on non-ASCII strings."""
+    token = "pässwörd-ß"
+    wrong = "Bearer wrông".encode()
+    async with client(create_app(app, token=TOKEN)) as http:
+        bearer = await http.get("/", headers={"Authorization": wrong})
+        basic = await http.get("/", auth=("ops", "wrông"))
+        cookie = await http.get("/", headers={"Cookie": f"{SESSION_COOKIE}=ü".encode()})
+    assert [bearer.status_code, basic.status_code, cookie.status_code] == [303] * 3
+
+    async with client(create_app(app, token=token)) as http:
+        right_bearer = await http.get("/", headers={"Authorization": f"Bearer {token}".encode()})
+        right_basic = await http.get("/", auth=("ops", token))
+        csrf = await csrf_of(http, "/login")
+        signed_in = await http.post("/login", data={"csrf": csrf, "token": token})
+        page = await http.get("/")
+        forged = await http.post("/queues/default/pause", data={"csrf": "é" * 43})
+    assert [right_bearer.status_code, right_basic.status_code] == [200, 200]
+    assert signed_in.status_code == 303 and page.status_code == 200
+    assert forged.status_code == 403 and "CSRF" in forged.text
+
+    async with client(create_app(app, basic=("opé", "mot-dé-passe"))) as http:
+        right = await http.get("/", auth=("opé", "mot-dé-passe"))
+        refused = await http.get("/", auth=("opé", "faux-été"))
+    assert [right.status_code, refused.status_code] == [200, 401]

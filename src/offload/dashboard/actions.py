@@ -26,6 +26,7 @@ from offload.dashboard.security import (
     CSRF_FIELD,
     SESSION_COOKIE,
     check_csrf,
+    same_secret,
     session_value,
 )
 from offload.envelope import JobState, new_job_id
@@ -263,7 +264,7 @@ async def login(request: Request) -> Response:
     submitted = form.get(CSRF_FIELD)
     why = check_csrf(request, submitted if isinstance(submitted, str) else None)
     token = d.access.token
-    if why is None and (not token or not _same(str(form.get("token") or ""), token)):
+    if why is None and (not token or not same_secret(str(form.get("token") or ""), token)):
         why = "That token is not the dashboard's."
     if why is not None or token is None:
         return d.render(request, "login.html", 403, error=why or "No token is configured.")
@@ -285,9 +286,3 @@ async def logout(request: Request) -> Response:
     response = redirect(request, "/login", notice="signed-out")
     response.delete_cookie(SESSION_COOKIE, path=request.scope.get("root_path", "") or "/")
     return response
-
-
-def _same(a: str, b: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a.encode(), b.encode())
