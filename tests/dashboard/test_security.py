@@ -365,3 +365,34 @@ async def test_credentials_with_non_ascii_characters_are_checked_never_a_server_
         right = await http.get("/", auth=("opé", "mot-dé-passe"))
         refused = await http.get("/", auth=("opé", "faux-été"))
     assert [right.status_code, refused.status_code] == [200, 401]
+
+
+@pytest.mark.parametrize("name", ["memory", "sqlite", "postgres", "redis"])
+async def test_a_bad_cursor_or_a_time_that_is_no_number_is_a_400_naming_it(
+    name: str, broker_url: Callable[[str], str], client: Client
+) -> None:
+    """What a user can type in the address bar: a cursor cut short or made up (SQLite:
+    an int too large for it), a time of NaN or infinity (Redis could not seek to it)."""
+    offload = Offload(broker_url(name))
+    register(offload)
+    try:
+        await offload.tasks["dash.echo"].enqueue_async("x")
+        huge = "9" * 30
+        async with client(create_app(offload)) as http:
+            answers = {
+                query: await http.get("/jobs", params=dict([query]))
+                for query in [
+                    ("cursor", "abc"), ("cursor", huge), ("cursor", "9" * 5000),
+                    ("since", "nan"), ("until", "inf"), ("since", "-1e999"),
+                ]
+            }  # fmt: skip
+            dead = await http.get("/dead", params={"cursor": "not-a-cursor"})
+            fine = await http.get("/jobs")
+    finally:
+        await offload.aclose()
+    assert fine.status_code == 200
+    for (field, value), page in [*answers.items(), (("cursor", "not-a-cursor"), dead)]:
+        if field == "cursor" and page.status_code == 200:
+            continue  # a broker whose cursors are any text (Redis: a member to seek to)
+        assert page.status_code == 400, (field, value[:40], page.text[-300:])
+        assert "not a cursor" in page.text if field == "cursor" else "not a time" in page.text
