@@ -396,3 +396,23 @@ async def test_a_bad_cursor_or_a_time_that_is_no_number_is_a_400_naming_it(
             continue  # a broker whose cursors are any text (Redis: a member to seek to)
         assert page.status_code == 400, (field, value[:40], page.text[-300:])
         assert "not a cursor" in page.text if field == "cursor" else "not a time" in page.text
+
+
+async def test_purging_dead_jobs_older_than_nan_or_negative_hours_is_refused(
+    app: Offload, client: Client
+) -> None:
+    """NaN hours reached the broker as no cutoff at all on SQLite (every dead job
+    purged); a negative age is a typo, not "all of them"."""
+    job_id = await dead_job(app)
+    async with client(create_app(app, token=TOKEN), headers=BEARER) as http:
+        csrf = await csrf_of(http, "/dead")
+        answers = [
+            await http.post(
+                "/dead/purge", data={"csrf": csrf, "scope": "all", "older_than_h": hours}
+            )
+            for hours in ("nan", "-5", "inf", "1e400", "soon")
+        ]
+    assert [a.status_code for a in answers] == [400] * 5
+    assert all("not a number of hours, 0 or more" in a.text for a in answers)
+    info = await (await app.connected_broker()).get_job(job_id)
+    assert info is not None and info.state is JobState.DEAD

@@ -31,7 +31,7 @@ from offload.dashboard.security import (
 )
 from offload.envelope import JobState, new_job_id
 from offload.errors import OffloadError
-from offload.validation import checked
+from offload.validation import checked, duration
 
 __all__ = [
     "cancel_job",
@@ -214,10 +214,10 @@ async def purge_dead(request: Request) -> Response:
     broker = await d.offload.connected_broker()
     older = str(form.get("older_than_h") or "").strip()
     try:
-        older_than = float(older) * 3600 if older else None
-    except ValueError:
-        return d.render(request, "message.html", 400, heading="Bad input",
-                        message=f"older than: not a number of hours: {older!r}")  # fmt: skip
+        older_than = duration(float(older) * 3600, "older than") if older else None
+    except (ValueError, OffloadError):  # NaN is no age: SQLite read it as no cutoff at all
+        why = f"older than: not a number of hours, 0 or more: {older!r}"
+        return d.render(request, "message.html", 400, heading="Bad input", message=why)
     queue, ids = await _selected(broker, form)
     n = 0 if ids == [] else await broker.purge_dead(queue, ids, older_than=older_than)
     return redirect(request, _back(form, "/dead"), notice="purged", n=n)
