@@ -345,13 +345,13 @@ async def test_credentials_with_non_ascii_characters_are_checked_never_a_server_
     token = "pässwörd-ß"
     wrong = "Bearer wrông".encode()
     async with client(create_app(app, token=TOKEN)) as http:
-        bearer = await http.get("/", headers={"Authorization": wrong})
+        bearer = await http.get("/", headers={b"Authorization": wrong})
         basic = await http.get("/", auth=("ops", "wrông"))
-        cookie = await http.get("/", headers={"Cookie": f"{SESSION_COOKIE}=ü".encode()})
+        cookie = await http.get("/", headers={b"Cookie": f"{SESSION_COOKIE}=ü".encode()})
     assert [bearer.status_code, basic.status_code, cookie.status_code] == [303] * 3
 
     async with client(create_app(app, token=token)) as http:
-        right_bearer = await http.get("/", headers={"Authorization": f"Bearer {token}".encode()})
+        right_bearer = await http.get("/", headers={b"Authorization": f"Bearer {token}".encode()})
         right_basic = await http.get("/", auth=("ops", token))
         csrf = await csrf_of(http, "/login")
         signed_in = await http.post("/login", data={"csrf": csrf, "token": token})
