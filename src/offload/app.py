@@ -122,8 +122,9 @@ class Offload:
             concurrency_limit=options.get("concurrency_limit"),
             concurrency_key=options.get("concurrency_key"),
         )
-        flow("?")  # bad options fail here, before a function is given
         name = options.get("name")
+        # Bad options fail here, before a function is given (so the name, if any).
+        flow(name if isinstance(name, str) and name else "?")
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = validation.task_name(name or f"{f.__module__}.{f.__qualname__}")

@@ -3,6 +3,7 @@ credentials, and a malformed `--basic-auth` named without echoing the secret."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,39 @@ def test_a_malformed_basic_auth_is_named_and_not_echoed(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "USER:PASSWORD" in done.stderr
     assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_with_a_root_path_the_url_it_prints_answers(tmp_path: Path) -> None:
+    """`--root-path /ops` is the prefix a proxy strips: pages are served at / and link
+    to /ops/. The startup line printed http://HOST:PORT/ops/, a 404 when opened."""
+    db = tmp_path / "o.db"
+    subprocess.run(
+        [sys.executable, "-m", "offload", "enqueue", "t", "--url", f"sqlite:///{db}"],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    port = free_port()
+    log_path = tmp_path / "dashboard.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offload", "dashboard", "--url", f"sqlite:///{db}",
+         "--port", str(port), "--root-path", "/ops"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    try:
+
+        def up() -> bool:
+            try:
+                return bool(httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code)
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, "the dashboard to answer")
+        [printed] = re.findall(r"on (http://\S+)", log_path.read_text())
+        page = httpx.get(printed, timeout=5)
+        assert page.status_code == 200, printed
+        assert 'href="/ops/jobs"' in page.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert "/ops/" in log_path.read_text()

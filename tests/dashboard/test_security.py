@@ -335,3 +335,84 @@ async def test_queues_and_schedules_are_paused_and_resumed_by_signed_in_users_on
     assert list(schedule_held) == ["hourly-echo"]
     assert 'action="/schedules/hourly-echo/resume"' in schedules.text
     assert await app.paused_async() == Paused({}, {})
+
+
+async def test_credentials_with_non_ascii_characters_are_checked_never_a_server_error(
+    app: Offload, client: Client
+) -> None:
+    """A password with an accent, or a forged cookie, is a refusal (or a sign-in when
+    it is right), never a 500: `hmac.compare_digest` raises on non-ASCII strings."""
+    token = "pässwörd-ß"
+    wrong = "Bearer wrông".encode()
+    async with client(create_app(app, token=TOKEN)) as http:
+        bearer = await http.get("/", headers={b"Authorization": wrong})
+        basic = await http.get("/", auth=("ops", "wrông"))
+        cookie = await http.get("/", headers={b"Cookie": f"{SESSION_COOKIE}=ü".encode()})
+    assert [bearer.status_code, basic.status_code, cookie.status_code] == [303] * 3
+
+    async with client(create_app(app, token=token)) as http:
+        right_bearer = await http.get("/", headers={b"Authorization": f"Bearer {token}".encode()})
+        right_basic = await http.get("/", auth=("ops", token))
+        csrf = await csrf_of(http, "/login")
+        signed_in = await http.post("/login", data={"csrf": csrf, "token": token})
+        page = await http.get("/")
+        forged = await http.post("/queues/default/pause", data={"csrf": "é" * 43})
+    assert [right_bearer.status_code, right_basic.status_code] == [200, 200]
+    assert signed_in.status_code == 303 and page.status_code == 200
+    assert forged.status_code == 403 and "CSRF" in forged.text
+
+    async with client(create_app(app, basic=("opé", "mot-dé-passe"))) as http:
+        right = await http.get("/", auth=("opé", "mot-dé-passe"))
+        refused = await http.get("/", auth=("opé", "faux-été"))
+    assert [right.status_code, refused.status_code] == [200, 401]
+
+
+@pytest.mark.parametrize("name", ["memory", "sqlite", "postgres", "redis"])
+async def test_a_bad_cursor_or_a_time_that_is_no_number_is_a_400_naming_it(
+    name: str, broker_url: Callable[[str], str], client: Client
+) -> None:
+    """What a user can type in the address bar: a cursor cut short or made up (SQLite:
+    an int too large for it), a time of NaN or infinity (Redis could not seek to it)."""
+    offload = Offload(broker_url(name))
+    register(offload)
+    try:
+        await offload.tasks["dash.echo"].enqueue_async("x")
+        huge = "9" * 30
+        async with client(create_app(offload)) as http:
+            answers = {
+                query: await http.get("/jobs", params=dict([query]))
+                for query in [
+                    ("cursor", "abc"), ("cursor", huge), ("cursor", "9" * 5000),
+                    ("since", "nan"), ("until", "inf"), ("since", "-1e999"),
+                ]
+            }  # fmt: skip
+            dead = await http.get("/dead", params={"cursor": "not-a-cursor"})
+            fine = await http.get("/jobs")
+    finally:
+        await offload.aclose()
+    assert fine.status_code == 200
+    for (field, value), page in [*answers.items(), (("cursor", "not-a-cursor"), dead)]:
+        if field == "cursor" and page.status_code == 200:
+            continue  # a broker whose cursors are any text (Redis: a member to seek to)
+        assert page.status_code == 400, (field, value[:40], page.text[-300:])
+        assert "not a cursor" in page.text if field == "cursor" else "not a time" in page.text
+
+
+async def test_purging_dead_jobs_older_than_nan_or_negative_hours_is_refused(
+    app: Offload, client: Client
+) -> None:
+    """NaN hours reached the broker as no cutoff at all on SQLite (every dead job
+    purged); a negative age is a typo, not "all of them"."""
+    job_id = await dead_job(app)
+    async with client(create_app(app, token=TOKEN), headers=BEARER) as http:
+        csrf = await csrf_of(http, "/dead")
+        answers = [
+            await http.post(
+                "/dead/purge", data={"csrf": csrf, "scope": "all", "older_than_h": hours}
+            )
+            for hours in ("nan", "-5", "inf", "1e400", "soon")
+        ]
+    assert [a.status_code for a in answers] == [400] * 5
+    assert all("not a number of hours, 0 or more" in a.text for a in answers)
+    info = await (await app.connected_broker()).get_job(job_id)
+    assert info is not None and info.state is JobState.DEAD

@@ -145,3 +145,33 @@ def test_cancel_a_job_and_a_whole_workflow(run, tmp_path: Path) -> None:  # type
         assert missing.returncode != 0 and "Traceback" not in missing.stderr
     finally:
         app.close()
+
+
+def test_dlq_purge_older_than_refuses_nan_and_negative_ages(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--older-than nan` purged every dead job (SQLite binds NaN as NULL: no cutoff)."""
+    import asyncio
+
+    from offload import Offload
+    from offload.envelope import ErrorInfo
+
+    async def bury_one() -> str:
+        app = Offload(f"sqlite:///{tmp_path / 'cli.db'}")
+        async with app:
+            job = await app.enqueue_async("fails", 1)
+            broker = await app.connected_broker()
+            [lease] = await broker.reserve(["default"], worker_id="t", lease_s=60, limit=1)
+            await broker.bury(lease, error=ErrorInfo("RuntimeError", "boom"))
+            return job.id
+
+    job_id = asyncio.run(bury_one())
+    for age in ("nan", "-5", "inf"):
+        refused = run("dlq", "purge", "--all", "--yes", f"--older-than={age}")
+        assert refused.returncode == 2, (age, refused.stdout, refused.stderr)
+        assert "--older-than" in refused.stderr and "Traceback" not in refused.stderr
+    assert json.loads(run("show", job_id, "--json").stdout)["state"] == "dead"
+    assert run("dlq", "purge", "--all", "--yes", "--older-than", "3600").stdout.strip() == (
+        "purged 0 dead jobs"
+    )
+    assert run("dlq", "purge", "--all", "--yes", "--older-than", "0").stdout.strip() == (
+        "purged 1 dead jobs"
+    )

@@ -36,7 +36,8 @@ def _redis_client(url: str) -> tuple[Any, str]:
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if query.get("cluster") == ["true"]:
         return RedisCluster(host=host, port=port), prefix
-    return redis.Redis(host=host, port=port), prefix
+    db = int(parts.path.strip("/") or 0)  # OFFLOAD_TEST_REDIS may name another database
+    return redis.Redis(host=host, port=port, db=db), prefix
 
 
 def _redis_record(url: str, queue: str, job_id: str, change: Callable[[Any], bytes]) -> None:

@@ -214,3 +214,11 @@ def test_bad_flow_options_are_configuration_errors(
 def test_bad_max_queue_depth_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="max_queue_depth"):
         Offload("memory://", max_queue_depth=-1)
+
+
+def test_a_bad_limit_names_the_task_it_was_declared_on() -> None:
+    app = Offload("memory://")
+    with pytest.raises(ConfigurationError, match=r"for task 'emails\.send'"):
+        app.task(name="emails.send", concurrency_limit=0)
+    with pytest.raises(ConfigurationError, match=r"task 'emails\.send': rate_key needs"):
+        app.task(name="emails.send", rate_key=lambda to: to)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -387,12 +388,12 @@ async def test_a_reserved_job_taken_back_before_it_started_is_released_to_the_br
     async def refused(leases: object, lease_s: float) -> list[bool]:
         return [False] * len(leases)  # type: ignore[arg-type]
 
-    async def noting(leases: list[Lease]) -> None:
+    async def noting(leases: Sequence[Lease]) -> None:
         released.extend(lease.job_id for lease in leases)
         await release(leases)
 
     app.broker.extend = refused  # type: ignore[method-assign]
-    app.broker.release = noting  # type: ignore[method-assign, assignment]
+    app.broker.release = noting  # type: ignore[method-assign]
     await worker.extend_leases()
     assert released == [buffered.job_id] and not worker._buffer
     go_on.set()

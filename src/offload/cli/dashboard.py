@@ -80,6 +80,11 @@ def dashboard(
     app = app_from_options(app_spec, url)
     web = create_app(app, token=token or None, basic=basic, read_only=read_only)
     mode = "read-only" if read_only or not (token or basic) else "actions need sign-in"
-    click.echo(f"offload dashboard on http://{host}:{port}{root_path}/ ({mode})", err=True)
+    # uvicorn's root_path is the prefix a proxy strips: the pages are served at / and
+    # link to root_path/. The URL printed is one that answers here.
+    proxied = (
+        f"; its links start with {root_path}/, for a proxy that strips it" if root_path else ""
+    )
+    click.echo(f"offload dashboard on http://{host}:{port}/ ({mode}{proxied})", err=True)
     uvicorn.run(web, host=host, port=port, root_path=root_path, log_level="warning",
                 access_log=False)  # fmt: skip

@@ -9,6 +9,8 @@ from offload.brokers.base import JobInfo
 from offload.cli.inspect import cell, fmt_time
 from offload.cli.shared import app_from_options, app_option, console, run_async, url_option
 from offload.envelope import JobState
+from offload.errors import ConfigurationError
+from offload.validation import duration
 
 
 @click.group()
@@ -81,7 +83,8 @@ def replay(
 @click.argument("job_ids", nargs=-1)
 @click.option("-q", "--queue", default=None, help="Every dead job of this queue.")
 @click.option("--all", "all_", is_flag=True, help="Every dead job.")
-@click.option("--older-than", type=float, default=None, help="Only jobs dead this many seconds.")
+@click.option("--older-than", type=float, default=None, callback=lambda _c, _p, v: _age(v),
+              help="Only jobs dead at least this many seconds.")  # fmt: skip
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(
     app_spec: str | None,
@@ -103,3 +106,13 @@ def purge(
         return await broker.purge_dead(queue, ids, older_than=older_than)
 
     click.echo(f"purged {run_async(app, go)} dead jobs")
+
+
+def _age(value: float | None) -> float | None:
+    """`--older-than`: finite seconds, 0 or more. NaN is no age: SQLite binds it as
+    NULL, "no cutoff", and `--older-than nan` purged every dead job."""
+    try:
+        return duration(value, "--older-than")
+    except ConfigurationError as exc:
+        message = str(exc).removeprefix("--older-than ")
+        raise click.BadParameter(message, param_hint="--older-than") from None

@@ -26,11 +26,12 @@ from offload.dashboard.security import (
     CSRF_FIELD,
     SESSION_COOKIE,
     check_csrf,
+    same_secret,
     session_value,
 )
 from offload.envelope import JobState, new_job_id
 from offload.errors import OffloadError
-from offload.validation import checked
+from offload.validation import checked, duration
 
 __all__ = [
     "cancel_job",
@@ -213,10 +214,10 @@ async def purge_dead(request: Request) -> Response:
     broker = await d.offload.connected_broker()
     older = str(form.get("older_than_h") or "").strip()
     try:
-        older_than = float(older) * 3600 if older else None
-    except ValueError:
-        return d.render(request, "message.html", 400, heading="Bad input",
-                        message=f"older than: not a number of hours: {older!r}")  # fmt: skip
+        older_than = duration(float(older) * 3600, "older than") if older else None
+    except (ValueError, OffloadError):  # NaN is no age: SQLite read it as no cutoff at all
+        why = f"older than: not a number of hours, 0 or more: {older!r}"
+        return d.render(request, "message.html", 400, heading="Bad input", message=why)
     queue, ids = await _selected(broker, form)
     n = 0 if ids == [] else await broker.purge_dead(queue, ids, older_than=older_than)
     return redirect(request, _back(form, "/dead"), notice="purged", n=n)
@@ -263,7 +264,7 @@ async def login(request: Request) -> Response:
     submitted = form.get(CSRF_FIELD)
     why = check_csrf(request, submitted if isinstance(submitted, str) else None)
     token = d.access.token
-    if why is None and (not token or not _same(str(form.get("token") or ""), token)):
+    if why is None and (not token or not same_secret(str(form.get("token") or ""), token)):
         why = "That token is not the dashboard's."
     if why is not None or token is None:
         return d.render(request, "login.html", 403, error=why or "No token is configured.")
@@ -285,9 +286,3 @@ async def logout(request: Request) -> Response:
     response = redirect(request, "/login", notice="signed-out")
     response.delete_cookie(SESSION_COOKIE, path=request.scope.get("root_path", "") or "/")
     return response
-
-
-def _same(a: str, b: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a.encode(), b.encode())

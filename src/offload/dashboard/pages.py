@@ -142,7 +142,16 @@ async def _listing(request: Request, template: str, forced_state: JobState | Non
         return d.render(request, template, 400, f=f, errors=errors, queues=queues, listing=None,
                         query=request.query_params)  # fmt: skip
     cursor = request.query_params.get("cursor") or None
-    listing = await list_filtered(broker, f, limit=PAGE_SIZE, cursor=cursor)
+    try:
+        listing = await list_filtered(broker, f, limit=PAGE_SIZE, cursor=cursor)
+    except (ValueError, OverflowError):
+        if cursor is None:
+            raise
+        # A cursor is the broker's own mark, made by a page link: one typed or cut in
+        # the address bar is a bad request, not a server error.
+        errors = [f"not a cursor of this listing: {cursor[:80]!r} (start from the newest)"]
+        return d.render(request, template, 400, f=f, errors=errors, queues=queues,
+                        listing=None, query=request.query_params)  # fmt: skip
     return d.render(request, template, f=f, errors=[], queues=queues, listing=listing,
                     query=request.query_params)  # fmt: skip
 

@@ -9,6 +9,7 @@ a cursor to go on from there, and the overview's last hour is one `finished` rea
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -266,9 +267,13 @@ def parse_time(text: str | None) -> float | None:
         return None
     text = text.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:  # NaN and infinity are no time (and no broker can seek to them)
+        if not math.isfinite(seconds):
+            raise ValueError(f"not a time: {text!r} (use 2026-11-30T04:00 or Unix seconds)")
+        return seconds
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

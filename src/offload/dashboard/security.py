@@ -43,6 +43,7 @@ __all__ = [
     "SecurityHeaders",
     "check_csrf",
     "csrf_token",
+    "same_secret",
     "session_value",
 ]
 
@@ -122,14 +123,16 @@ class Access:
     def _token_ok(request: Request, token: str) -> bool:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token):
+        # A header arrives as latin-1 text: its own bytes are what the client sent.
+        bearer = value.strip().encode("latin-1", "replace")
+        if scheme.lower() == "bearer" and hmac.compare_digest(bearer, _utf8(token)):
             return True
         if scheme.lower() == "basic":
             creds = _basic(value)
-            if creds is not None and hmac.compare_digest(creds[1], token):
+            if creds is not None and same_secret(creds[1], token):
                 return True
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie, session_value(token))
+        return bool(cookie) and same_secret(cookie, session_value(token))
 
     @staticmethod
     def _basic_ok(request: Request, user: str, password: str) -> bool:
@@ -138,9 +141,20 @@ class Access:
         if creds is None:
             return False
         # Both compared, always, so the time taken does not tell which one was wrong.
-        user_ok = hmac.compare_digest(creds[0].encode(), user.encode())
-        password_ok = hmac.compare_digest(creds[1].encode(), password.encode())
+        user_ok = same_secret(creds[0], user)
+        password_ok = same_secret(creds[1], password)
         return user_ok and password_ok
+
+
+def same_secret(a: str, b: str) -> bool:
+    """`a == b` in constant time, for any text: `hmac.compare_digest` raises on two
+    strings with a non-ASCII character, so what a client sends (a password with an
+    accent, a forged cookie) would be a server error instead of a refusal."""
+    return hmac.compare_digest(_utf8(a), _utf8(b))
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _basic(value: str) -> tuple[str, str] | None:
@@ -171,7 +185,7 @@ def check_csrf(request: Request, submitted: str | None) -> str | None:
         if urlsplit(origin).netloc != request.headers.get("host", ""):
             return "the request came from another site"
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not cookie or not submitted or not hmac.compare_digest(cookie, submitted):
+    if not cookie or not submitted or not same_secret(cookie, submitted):
         return "the form's CSRF token is missing or does not match; reload the page"
     return None
 
