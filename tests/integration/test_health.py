@@ -90,7 +90,7 @@ def test_ready_goes_false_while_the_broker_is_gone_and_true_once_it_is_back(
         own_redis.start()
         took = wait_for(port, "/ready", 200, within=60)
         print(f"processes={processes}: ready again {took:.1f} s after the restart")
-        assert probe(port, "/nothing")[0] == 503
+        assert probe(port, "/nothing")[0] == 404  # not a probe: not "not ready"
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -110,6 +110,9 @@ def test_a_worker_is_live_and_ready_on_every_broker(
         _, body = probe(port, "/ready")
         assert body["broker_down"] is False
         assert isinstance(body["fetch_age_s"], float) and body["fetch_age_s"] < 60
+        # a typo in a probe's path is a 404, not a worker that is not ready (503)
+        status, body = probe(port, "/healthz")
+        assert status == 404 and "use /live or /ready" in body["reason"]
     finally:
         worker.terminate()
         worker.wait(timeout=60)

@@ -76,3 +76,28 @@ def test_a_taken_metrics_port_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: cannot serve metrics on 0.0.0.0:{port}: ")
     assert "Traceback" not in done.stderr
+
+
+def test_metrics_listen_on_the_address_metrics_bind_names(tmp_path: Path) -> None:
+    """`--metrics-bind 127.0.0.2` (any loopback address other than 127.0.0.1 will do):
+    the metrics answer there and not on 127.0.0.1; the default is every address."""
+    env = _env(tmp_path)
+    port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "offload", "worker", "oneapp:app", "--poll", "0.05",
+         "--metrics-port", str(port), "--metrics-bind", "127.0.0.2"],
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+
+        def answers(host: str) -> bool:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(lambda: answers("127.0.0.2"))
+        assert not answers("127.0.0.1")
+    finally:
+        stop_all([worker], timeout=20)

@@ -90,6 +90,8 @@ ORPHAN_CHECK_S = 1.0
               **env_twin("METRICS_PORT"),
               help="Serve Prometheus metrics on this port (/metrics; with --processes, the "
               "sum of all processes). Needs offload[metrics].")  # fmt: skip
+@click.option("--metrics-bind", default="0.0.0.0", **env_twin("METRICS_BIND"),
+              help="Address the metrics listen on (127.0.0.1: this host only).")  # fmt: skip
 @click.option("--tracing", is_flag=True, **env_twin("TRACING"),
               help="OpenTelemetry spans for each attempt (offload.tracing), sent by the "
               "SDK your app module (or opentelemetry-instrument) sets up.")  # fmt: skip
@@ -114,6 +116,7 @@ def worker(
     log_config: str | None,
     quiet_jobs: bool,
     metrics_port: int | None,
+    metrics_bind: str,
     tracing: bool,
 ) -> None:
     """Run jobs of the app MODULE:APP until SIGTERM or Ctrl-C.
@@ -137,12 +140,13 @@ def worker(
     recycling = max_jobs is not None or max_memory is not None
     health = Health(health_host, health_port, ready_within) if health_port is not None else None
     if processes > 1 or (recycling and not _supervised()):
-        sys.exit(_supervise(processes, health, metrics_port))
+        sys.exit(_supervise(processes, health, metrics_port, metrics_bind))
     if _supervised():  # the supervisor serves the probes; this process reports to it
         report_dir = os.environ.get("OFFLOAD_HEALTH_DIR")
         health = Health.reporting(Path(report_dir), ready_within) if report_dir else None
     app = load_app(app_spec)
-    observe(app, metrics_port=metrics_port, tracing=tracing, serve=not _supervised())
+    observe(app, metrics_port=metrics_port, metrics_bind=metrics_bind, tracing=tracing,
+            serve=not _supervised())  # fmt: skip
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     w = Worker(
         app,
@@ -244,7 +248,14 @@ async def _orphan_watchdog(w: Worker) -> None:
     w.stop()
 
 
-def observe(app: Offload, *, metrics_port: int | None, tracing: bool, serve: bool) -> None:
+def observe(
+    app: Offload,
+    *,
+    metrics_port: int | None,
+    tracing: bool,
+    serve: bool,
+    metrics_bind: str = "0.0.0.0",
+) -> None:
     """Register the metrics and tracing hooks the flags ask for; serve the metrics
     unless a supervisor serves them (`serve` False: they go to its directory)."""
     if tracing:
@@ -258,10 +269,15 @@ def observe(app: Offload, *, metrics_port: int | None, tracing: bool, serve: boo
     metrics = Metrics(app)
     app.add_hook(metrics)
     if serve:
-        serve_metrics(metrics_port, metrics.registry)
+        serve_metrics(metrics_port, metrics.registry, addr=metrics_bind)
 
 
-def _supervise(count: int, health: Health | None = None, metrics_port: int | None = None) -> int:
+def _supervise(
+    count: int,
+    health: Health | None = None,
+    metrics_port: int | None = None,
+    metrics_bind: str = "0.0.0.0",
+) -> int:
     """Run `count` single-process workers as children; replace any that recycled
     itself at once and restart any that died after a pause; pass SIGTERM/SIGINT on to
     all of them (as SIGTERM) and wait. With `health`, serve the probes for all of them
@@ -272,7 +288,7 @@ def _supervise(count: int, health: Health | None = None, metrics_port: int | Non
     if metrics_port is not None:
         metrics = need("offload.metrics", "metrics", "--metrics-port")
         metrics_dir = metrics.multiprocess_dir()
-        metrics.serve_children(metrics_port, metrics_dir)
+        metrics.serve_children(metrics_port, metrics_dir, addr=metrics_bind)
     try:
         return _supervise_probed(count, health, metrics_dir)
     finally:

@@ -58,9 +58,20 @@ def verdict(worker: Worker, ready_s: float) -> Verdict:
     return True, details
 
 
+#: The answer to a path that is neither probe: 404, so that a typo in a probe's
+#: configuration is told apart from a worker that is not ready.
+NOT_FOUND = {"reason": "not found: use /live or /ready"}
+
+
+def _status(ok: bool, details: dict[str, Any]) -> tuple[int, str]:
+    if details is NOT_FOUND:
+        return 404, "Not Found"
+    return (200, "OK") if ok else (503, "Service Unavailable")
+
+
 def _reply(ok: bool, details: dict[str, Any]) -> bytes:
     body = json.dumps({"ok": ok, **details}).encode()
-    status = "200 OK" if ok else "503 Service Unavailable"
+    status = "%d %s" % _status(ok, details)
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -80,7 +91,7 @@ async def serve(worker: Worker, host: str, port: int, ready_s: float) -> asyncio
             elif path.startswith("/ready"):
                 answer = _reply(*verdict(worker, ready_s))
             else:
-                answer = _reply(False, {"reason": "not found: use /live or /ready"})
+                answer = _reply(False, NOT_FOUND)
             writer.write(answer)
             await writer.drain()
         except (OSError, TimeoutError, UnicodeDecodeError):
@@ -139,9 +150,9 @@ def serve_supervisor(
             elif self.path.startswith("/ready"):
                 ok, details = ready
             else:
-                ok, details = False, {"reason": "not found: use /live or /ready"}
+                ok, details = False, NOT_FOUND
             body = json.dumps({"ok": ok, **details}).encode()
-            self.send_response(200 if ok else 503)
+            self.send_response(_status(ok, details)[0])
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
