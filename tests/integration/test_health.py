@@ -112,7 +112,7 @@ def test_a_worker_is_live_and_ready_on_every_broker(
         assert isinstance(body["fetch_age_s"], float) and body["fetch_age_s"] < 60
         # a typo in a probe's path is a 404, not a worker that is not ready (503)
         status, body = probe(port, "/healthz")
-        assert status == 404 and "use /live or /ready" in body["reason"]
+        assert status == 404 and "use /live or /ready" in str(body["reason"])
     finally:
         worker.terminate()
         worker.wait(timeout=60)

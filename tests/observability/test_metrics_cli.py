@@ -93,7 +93,7 @@ def test_metrics_listen_on_the_address_metrics_bind_names(tmp_path: Path) -> Non
         def answers(host: str) -> bool:
             try:
                 with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
-                    return r.status == 200
+                    return bool(r.status == 200)
             except OSError:
                 return False
 

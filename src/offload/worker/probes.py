@@ -71,7 +71,8 @@ def _status(ok: bool, details: dict[str, Any]) -> tuple[int, str]:
 
 def _reply(ok: bool, details: dict[str, Any]) -> bytes:
     body = json.dumps({"ok": ok, **details}).encode()
-    status = "%d %s" % _status(ok, details)
+    code, reason = _status(ok, details)
+    status = f"{code} {reason}"
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
