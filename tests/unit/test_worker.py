@@ -399,3 +399,24 @@ async def test_a_reserved_job_taken_back_before_it_started_is_released_to_the_br
     go_on.set()
     worker.stop()
     await asyncio.wait_for(runner, 5)
+
+
+async def test_a_second_stop_while_the_first_ends_the_wait_is_no_error(app: Offload) -> None:
+    """SIGTERM, then SIGTERM again ("stopping now") while the fetch loop is still
+    leaving its wait: the second stop used to cancel the waiting task a second time,
+    which `Worker.run` then raised as an uncaught CancelledError (a traceback at
+    shutdown, and the wait's own clean-up cut short)."""
+
+    @app.task
+    async def never() -> None: ...
+
+    worker = Worker(app, poll_s=30)
+    runner = asyncio.create_task(worker.run())
+    for _ in range(200):
+        if worker._waiting is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert worker._waiting is not None
+    worker.stop()
+    worker.stop(force=True)  # before the loop delivered the first cancellation
+    await asyncio.wait_for(runner, 5)  # ends, and raises nothing

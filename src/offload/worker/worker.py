@@ -221,9 +221,13 @@ class Worker:
         self._interrupt_wait()
 
     def _interrupt_wait(self) -> None:
-        """End the fetch loop's wait for work, if it waits (see `_reserve_or_wait`)."""
+        """End the fetch loop's wait for work, if it waits (see `_reserve_or_wait`):
+        once per wait. A second stop (a second signal) while the first still ends it
+        would cancel its clean-up (what the broker handed over is given back) and
+        leave a cancellation that nobody asked the task for."""
         if self._waiting is not None:
             self._waiting.cancel()
+            self._waiting = None
 
     async def run(self) -> None:
         """Run until `stop()`; then shut down in order (see the module docstring)."""
