@@ -183,3 +183,26 @@ async def test_a_listener_that_never_connects_is_reported_once_and_the_worker_po
         ]
     finally:
         await broker.close()
+
+
+async def test_the_first_wait_looks_for_a_job_committed_before_its_listen(
+    postgres_url: str,
+) -> None:
+    """A job committed after a process's first `wait` began but before its LISTEN took
+    effect was announced to nobody: the wait slept its whole timeout (the conformance
+    test `test_wait_returns_early_when_a_job_is_enqueued[postgres]` failed so under
+    load). The first wait now looks once LISTEN is in effect. Here the job is committed
+    before the wait, the widest form of that window; later waits do not look."""
+    producer = from_url(postgres_url)
+    consumer = from_url(postgres_url)
+    try:
+        await producer.enqueue([make_job(FakeClock())])
+        started = time.monotonic()
+        await consumer.wait(["default"], 3.0)
+        assert time.monotonic() - started < 1.5  # at once, not after 3 s
+        started = time.monotonic()
+        await consumer.wait(["default"], 0.3)  # a later wait waits for a notification
+        assert time.monotonic() - started >= 0.25
+    finally:
+        await producer.close()
+        await consumer.close()

@@ -91,15 +91,18 @@ class Listener:
         self._marks: dict[tuple[str, ...], int] = {}
         self._attempts = Attempts()  # reconnections (waiters poll meanwhile)
 
-    async def start(self, timeout_s: float = 5.0) -> None:
+    async def start(self, timeout_s: float = 5.0) -> bool:
         """Start listening (once). The first call waits until LISTEN has taken effect,
         so that no job committed after it returns can go unnoticed; if that takes longer
         than `timeout_s` it says so once and returns (waiters poll until LISTEN is in
-        effect). Later calls never wait: see the module's docstring."""
+        effect). Later calls never wait: see the module's docstring. True for the call
+        that waited: a job committed between its caller's last look and LISTEN taking
+        effect was announced to nobody."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="offload-postgres-listener")
         if self._started:
-            return
+            return False
+        waited = not self._listening.is_set()
         await _wait_set(self._listening, timeout_s)
         if not self._started:
             self._started = True
@@ -110,6 +113,7 @@ class Listener:
                     timeout_s,
                     extra={"action": "postgres_listener_slow"},
                 )
+        return waited
 
     async def listen_ends(self, timeout_s: float = 5.0) -> None:
         """LISTEN to the ends channel too (from now until `close`), and wait until it

@@ -65,6 +65,13 @@ RETURNING id, CASE WHEN state = 'queued' THEN pg_notify(%(channel)s, queue) END;
 -- name: ids_for_keys
 SELECT key, id FROM offload_jobs WHERE key = ANY(%(keys)s::text[]);
 
+-- name: queued_exists
+-- Whether a job waits in one of the queues now (offload_jobs_ready): asked once, by the
+-- first `wait` of a listener, for jobs committed before its LISTEN took effect.
+SELECT EXISTS (
+       SELECT 1 FROM offload_jobs
+        WHERE state = 'queued' AND queue = ANY(%(queues)s::text[])) AS found;
+
 -- name: next_due
 -- The earliest scheduled job of each queue (offload_jobs_scheduled_queue), then the least.
 SELECT min(n.due_at)
