@@ -162,8 +162,11 @@ async def test_a_lease_ends_with_its_connection(make_delivery: MakeDelivery) -> 
     assert await delivery.settle_many([Settlement.ack(lease, None)]) == [False]
     with pytest.raises(LeaseLost):
         await delivery.bury(lease, error=BOOM)
-    [again] = await take(delivery, 1)  # reconnected on this call; the job was requeued
-    assert (again.job_id, again.attempt) == (lease.job_id, 2)
+    # RabbitMQ requeued the job; delivered to this process again (which reconnects on
+    # its next call), it is acknowledged unrun: its run ended here (the ack above)
+    await nothing_within(delivery, 1.0)
+    other = await make_delivery()
+    await nothing_within(other, 0.5)  # and nobody else gets it either: it was acked
 
 
 async def test_extend_holds_while_the_delivery_is_held_and_ack_ends_it(
@@ -608,3 +611,41 @@ async def test_a_job_delivered_again_while_this_process_runs_it_is_kept_not_leas
     ok = await delivery.settle_many([Settlement.ack(running, None), Settlement.ack(again, None)])
     assert ok == [True, True]
     await nothing_within(delivery, 0.5)
+
+
+async def test_a_job_that_ended_here_after_its_connection_was_cut_is_not_run_again_here(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """The job's run ends after its connection was cut and before RabbitMQ delivered it
+    again: its ack never reached RabbitMQ (the settlement says so: False), which
+    requeues it. Delivered to this process again, it is acknowledged unrun; a retry's
+    copy of another job (a new attempt) still runs."""
+    import subprocess
+
+    prefix = amqp_url.partition("prefix=")[2]
+    delivery = await make_delivery()
+    done_id = await enqueue(delivery)
+    retried_id = await enqueue(delivery)
+    done, retried = sorted(await take(delivery, 2), key=lambda x: x.job_id != done_id)
+    # the retried job's first attempt ends before the cut: its copy (attempt 2) waits
+    # in a delay bucket until after the cut (rabbitmqctl takes a second or two)
+    retry = Settlement.retry(retried, at=CLOCK.now() + 6, error=BOOM)
+    [ok] = await delivery.settle_many([retry])
+    assert ok
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for pid in [line.split("\t")[0] for line in listing.splitlines() if prefix in line]:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True)
+    deadline = time.monotonic() + 10
+    while delivery.link.current is not None:
+        assert time.monotonic() < deadline, "the cut was not noticed"
+        await asyncio.sleep(0.05)
+    # the job ends now, on the dead session: its ack cannot be sent
+    assert await delivery.settle_many([Settlement.ack(done, None)]) == [False]
+    [again] = await take(delivery, 1)  # reconnects; the done job comes back too
+    assert (again.job_id, again.attempt) == (retried_id, 2)
+    await nothing_within(delivery, 1.0)  # the done job is acknowledged, not leased
+    assert await delivery.settle_many([Settlement.ack(again, None)]) == [True]
+    await nothing_within(delivery, 0.3)

@@ -43,13 +43,19 @@ class AckLinger:
     Args:
         send: acknowledge deliveries of the live session (`Settling._ack_many`).
         alive: whether a delivery's session is still the live one.
+        lost: told of the deliveries whose ack could not be sent.
     """
 
     def __init__(
-        self, send: Callable[[list[Held]], Awaitable[None]], alive: Callable[[Held], bool]
+        self,
+        send: Callable[[list[Held]], Awaitable[None]],
+        alive: Callable[[Held], bool],
+        *,
+        lost: Callable[[list[Held]], None] = lambda _: None,
     ) -> None:
         self._send = send
         self._alive = alive
+        self._lost = lost
         self._waiting: list[Held] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -76,11 +82,14 @@ class AckLinger:
         try:
             while self._waiting:
                 batch = [d for d in self._waiting if self._alive(d)]
-                lost = len(self._waiting) - len(batch)
+                gone = [d for d in self._waiting if not self._alive(d)]
+                lost = len(gone)
+                self._lost(gone)
                 self._waiting = []
                 try:
                     await self._send(batch)
                 except BrokerUnavailable as exc:
+                    self._lost(batch)
                     lost += len(batch)
                     logger.warning(
                         "%d finished jobs' acknowledgements were not sent (%s); RabbitMQ "

@@ -77,8 +77,13 @@ class Settling:
         self._unacked = unacked
         self._alive = alive
         self._now_ms = now_ms
+        #: Jobs that ended here whose ack never reached RabbitMQ (its connection ended
+        #: first): job id → the attempt header of that delivery (`ended_here`).
+        self._ended: dict[str, int | None] = {}
         #: Settled jobs' acks, sent a moment later many to a frame (`_acks.py`).
-        self._acks = AckLinger(lambda held: self._ack_many(held, wait=False), self._alive)
+        self._acks = AckLinger(
+            lambda held: self._ack_many(held, wait=False), self._alive, lost=self._unsent
+        )
 
     async def flush(self) -> None:
         """Send the acks still waiting (`AckLinger.flush`; the delivery's `close`)."""
@@ -96,6 +101,8 @@ class Settling:
                 if delivery is not None and delivery.generation == live:
                     acks.append(delivery)
                     done[i] = True  # else no longer held: False
+                elif delivery is not None:
+                    self._unsent([delivery])
             else:
                 moves.append((i, item))
         self._acks.add(acks)
@@ -113,6 +120,26 @@ class Settling:
         if failure is not None:
             raise failure
         return done
+
+    def _unsent(self, deliveries: list[Held]) -> None:
+        """Note jobs that ended here (acked or cancelled) whose ack RabbitMQ never got:
+        it requeues them, and one delivered to this process again is acknowledged
+        unrun (`ended_here`). At most `_ENDED_KEPT`, the oldest forgotten first."""
+        for delivery in deliveries:
+            if delivery.stamp is None:  # a store's copy: the store refuses it anyway
+                self._ended[delivery.message_id] = delivery.header(ATTEMPT_HEADER)
+        while len(self._ended) > _ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
+
+    def ended_here(self, delivery: Held) -> bool:
+        """Whether `delivery` (redelivered) is a job that ended here after the
+        connection it was leased on was cut: its ack is all it still needs."""
+        if delivery.message_id not in self._ended:
+            return False
+        if self._ended[delivery.message_id] != delivery.header(ATTEMPT_HEADER):
+            return False  # another attempt's copy (a retry): it runs
+        del self._ended[delivery.message_id]
+        return True
 
     async def drop(self, copies: Sequence[Lease]) -> None:
         """`AmqpDelivery.drop`: the copies' acks wait in `_acks` as `settle_many`'s do."""
@@ -243,6 +270,10 @@ class Settling:
             # have published makes it at-least-once, never lost.
             raise unavailable("ack", exc) from exc
         self._unacked.get(delivery.generation, set()).discard(delivery.tag)
+
+
+#: Most jobs `Settling` remembers as ended here with their ack unsent.
+_ENDED_KEPT = 10_000
 
 
 def _clean(headers: FieldTable) -> FieldTable:

@@ -272,6 +272,8 @@ class AmqpDelivery(Delivery):
                 skipped.append(entry)
             elif delivery.redelivered and self._adopted(delivery):
                 continue
+            elif delivery.redelivered and self._settling.ended_here(delivery):
+                moves.append(self._settling.ack(delivery))  # its run ended here already
             elif self._held_back(delivery, now_ms):
                 continue
             elif (move := self._moved(delivery, now_ms)) is not None:
