@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiormq
 import aiormq.exceptions
+import pamqp.exceptions
 from pamqp import commands as spec
 from pamqp.common import FieldTable
 
@@ -177,12 +178,12 @@ class Link:
                 "RabbitMQ refused the login (wrong user, password or vhost in the "
                 f"amqp:// URL): {exc}"
             ) from exc
-        except aiormq.exceptions.InvalidFrameError as exc:
+        except (aiormq.exceptions.InvalidFrameError, pamqp.exceptions.AMQPInternalError) as exc:
             if "Connection.Close" not in str(exc):
                 raise unavailable("connect", exc) from exc
             # RabbitMQ answers Connection.Open with Connection.Close (530 NOT_ALLOWED)
             # for a vhost that does not exist or that the user may not access; aiormq
-            # reports it as an unexpected frame.
+            # reports it as an unexpected frame (aiormq 6.8, our floor: pamqp's error).
             raise ConfigurationError(
                 f"RabbitMQ refused the vhost {_vhost(self._settings.connect_url)!r} (it does "
                 "not exist, or the user may not access it): check the amqp:// URL's path"
