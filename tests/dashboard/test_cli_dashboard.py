@@ -26,12 +26,18 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_it_binds_to_loopback_and_is_read_only_without_credentials(tmp_path: Path) -> None:
+def _database_with_a_job(tmp_path: Path) -> Path:
+    """A SQLite broker file holding one job, enqueued by the CLI."""
     db = tmp_path / "o.db"
     subprocess.run(
         [sys.executable, "-m", "offload", "enqueue", "t", "--url", f"sqlite:///{db}"],
         check=True, capture_output=True, cwd=ROOT,
     )  # fmt: skip
+    return db
+
+
+def test_it_binds_to_loopback_and_is_read_only_without_credentials(tmp_path: Path) -> None:
+    db = _database_with_a_job(tmp_path)
     port = free_port()
     log = (tmp_path / "dashboard.log").open("wb")
     proc = subprocess.Popen(
@@ -72,11 +78,7 @@ def test_a_malformed_basic_auth_is_named_and_not_echoed(tmp_path: Path) -> None:
 def test_with_a_root_path_the_url_it_prints_answers(tmp_path: Path) -> None:
     """`--root-path /ops` is the prefix a proxy strips: pages are served at / and link
     to /ops/. The startup line printed http://HOST:PORT/ops/, a 404 when opened."""
-    db = tmp_path / "o.db"
-    subprocess.run(
-        [sys.executable, "-m", "offload", "enqueue", "t", "--url", f"sqlite:///{db}"],
-        check=True, capture_output=True, cwd=ROOT,
-    )  # fmt: skip
+    db = _database_with_a_job(tmp_path)
     port = free_port()
     log_path = tmp_path / "dashboard.log"
     log = log_path.open("wb")

@@ -17,23 +17,9 @@ from pathlib import Path
 import pytest
 
 from offload import JobState, Offload, Worker
+from tests.integration.test_amqp_delivery import close_connections
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _close_connections(prefix: str) -> int:
-    """Close every RabbitMQ connection named after `prefix` (this test's own)."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    pids = [line.split("\t")[0] for line in listing.splitlines() if prefix in line]
-    for pid in pids:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_connection", pid, "cut by the test"],
-            capture_output=True, check=False,
-        )  # fmt: skip
-    return len(pids)
 
 
 def _messages(prefix: str) -> int:
@@ -83,7 +69,7 @@ async def test_a_job_running_when_its_connection_is_cut_does_not_start_again_her
         while not starts:
             assert time.monotonic() < deadline, "the job never started"
             await asyncio.sleep(0.02)
-        assert await asyncio.to_thread(_close_connections, prefix) >= 1
+        assert await asyncio.to_thread(close_connections, prefix) >= 1
         await asyncio.sleep(2.0)  # reconnected; the requeued job delivered again
         assert starts == {"a": 1}, "the job started again while its first run went on"
         go_on.set()

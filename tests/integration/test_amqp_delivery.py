@@ -77,6 +77,34 @@ async def nothing_within(delivery: AmqpDelivery, seconds: float) -> None:
         await delivery.wait(("default",), 0.05)
 
 
+def close_connections(prefix: str) -> int:
+    """Close every RabbitMQ connection named after `prefix` (the test's own: offload
+    names its connections `offload PREFIX pid N`), as a proxy or a broker restart would
+    end them; returns how many."""
+    import subprocess
+
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    pids = [line.split("\t")[0] for line in listing.splitlines() if prefix in line]
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "cut by the test"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+    return len(pids)
+
+
+async def cut(delivery: AmqpDelivery, prefix: str) -> None:
+    """Cut `delivery`'s connection and wait until it noticed."""
+    assert await asyncio.to_thread(close_connections, prefix) >= 1
+    deadline = time.monotonic() + 10
+    while delivery.link.current is not None:
+        assert time.monotonic() < deadline, "the cut was not noticed"
+        await asyncio.sleep(0.05)
+
+
 async def enqueue(delivery: AmqpDelivery, **fields: Any) -> str:
     envelope, payload = make_job(CLOCK, **fields)
     [result] = await delivery.enqueue([(envelope, payload)])
@@ -550,21 +578,11 @@ async def test_a_connection_the_server_closes_is_one_warning_without_a_traceback
     """README (Guarantees, broker outages): a cut connection is one line. aiormq logged
     an ERROR and a WARNING with its reader's traceback beside offload's own warning."""
     import logging
-    import subprocess
 
     prefix = amqp_url.partition("prefix=")[2]
     delivery = await make_delivery()
     with caplog.at_level(logging.INFO):
-        listing = subprocess.run(
-            ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        pids = [line.split("\t")[0] for line in listing.splitlines() if prefix in line]
-        assert len(pids) == 1, listing
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_connection", pids[0], "closed by the test"],
-            capture_output=True, check=True,
-        )  # fmt: skip
+        assert await asyncio.to_thread(close_connections, prefix) == 1
         deadline = time.monotonic() + 10
         while "RabbitMQ connection lost" not in caplog.text:
             assert time.monotonic() < deadline, caplog.text
@@ -584,24 +602,13 @@ async def test_a_job_delivered_again_while_this_process_runs_it_is_kept_not_leas
     running lease (extending it says held, its ack acknowledges the new delivery),
     not leased a second time. A lease the worker released (it dropped the job before
     starting it) takes nothing: that job is leased again."""
-    import subprocess
-
     prefix = amqp_url.partition("prefix=")[2]
     delivery = await make_delivery()
     running_id = await enqueue(delivery)
     dropped_id = await enqueue(delivery)
     running, dropped = sorted(await take(delivery, 2), key=lambda x: x.job_id != running_id)
     assert (running.job_id, dropped.job_id) == (running_id, dropped_id)
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    for pid in [line.split("\t")[0] for line in listing.splitlines() if prefix in line]:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True)
-    deadline = time.monotonic() + 10
-    while delivery.link.current is not None:
-        assert time.monotonic() < deadline, "the cut was not noticed"
-        await asyncio.sleep(0.05)
+    await cut(delivery, prefix)
     assert await delivery.extend([running, dropped], 30) == [False, False]
     await delivery.release([dropped])  # the worker's: it will not run that one
     [again] = await take(delivery, 1)  # reconnects; both jobs come back
@@ -620,8 +627,6 @@ async def test_a_job_that_ended_here_after_its_connection_was_cut_is_not_run_aga
     again: its ack never reached RabbitMQ (the settlement says so: False), which
     requeues it. Delivered to this process again, it is acknowledged unrun; a retry's
     copy of another job (a new attempt) still runs."""
-    import subprocess
-
     prefix = amqp_url.partition("prefix=")[2]
     delivery = await make_delivery()
     done_id = await enqueue(delivery)
@@ -632,16 +637,7 @@ async def test_a_job_that_ended_here_after_its_connection_was_cut_is_not_run_aga
     retry = Settlement.retry(retried, at=CLOCK.now() + 6, error=BOOM)
     [ok] = await delivery.settle_many([retry])
     assert ok
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    for pid in [line.split("\t")[0] for line in listing.splitlines() if prefix in line]:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True)
-    deadline = time.monotonic() + 10
-    while delivery.link.current is not None:
-        assert time.monotonic() < deadline, "the cut was not noticed"
-        await asyncio.sleep(0.05)
+    await cut(delivery, prefix)
     # the job ends now, on the dead session: its ack cannot be sent
     assert await delivery.settle_many([Settlement.ack(done, None)]) == [False]
     [again] = await take(delivery, 1)  # reconnects; the done job comes back too
