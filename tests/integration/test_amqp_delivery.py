@@ -645,3 +645,25 @@ async def test_a_job_that_ended_here_after_its_connection_was_cut_is_not_run_aga
     await nothing_within(delivery, 1.0)  # the done job is acknowledged, not leased
     assert await delivery.settle_many([Settlement.ack(again, None)]) == [True]
     await nothing_within(delivery, 0.3)
+
+
+async def test_jobs_prefetched_but_never_leased_come_back_after_a_cut_uncounted(
+    make_delivery: MakeDelivery, amqp_url: str
+) -> None:
+    """RabbitMQ pushes jobs ahead (the prefetch); a cut connection requeues them all and
+    marks them redelivered. Those this process never leased never ran: they come back
+    with their attempt uncounted (counted, a job at its last attempt, e.g. every job
+    of a `max_attempts=1` task, was buried unrun). The one it leased may have run: its
+    crash is counted."""
+    prefix = amqp_url.partition("prefix=")[2]
+    delivery = await make_delivery()
+    ids = [await enqueue(delivery) for _ in range(3)]
+    [leased] = await take(delivery, 1)
+    deadline = time.monotonic() + 10
+    while len(delivery._ready) < 2:  # the other two are pushed here, unleased
+        assert time.monotonic() < deadline, "the prefetch never arrived"
+        await delivery.wait(("default",), 0.1)
+    await cut(delivery, prefix)
+    await delivery.release([leased])  # the worker's, for a lease it gives up unrun
+    back = {lease.job_id: lease.attempt for lease in await take(delivery, 3)}
+    assert back == {i: 2 if i == leased.job_id else 1 for i in ids}

@@ -146,6 +146,10 @@ class AmqpDelivery(Delivery):
         #: Delivery tags not acknowledged yet, per session generation: a `multiple` ack
         #: may only cover a run of tags that holds none of another job.
         self._unacked: dict[int, set[int]] = {}
+        #: Jobs pushed to this process on a session that ended before it leased them:
+        #: job id → (attempt header, whether that delivery was a redelivery). See
+        #: `_unleased_back`.
+        self._unleased: dict[str, tuple[int | None, bool]] = {}
         #: Every way a lease ends (`_settling.py`), on the held deliveries above.
         self._settling = Settling(
             self.link, self.names, self._out, self._held, self._unacked, self._alive, self._now_ms
@@ -272,6 +276,9 @@ class AmqpDelivery(Delivery):
                 skipped.append(entry)
             elif delivery.redelivered and self._adopted(delivery):
                 continue
+            elif delivery.redelivered and self._unleased_back(delivery):
+                heapq.heappush(self._ready, entry)  # as first delivered: looked at again
+                continue
             elif delivery.redelivered and self._settling.ended_here(delivery):
                 moves.append(self._settling.ack(delivery))  # its run ended here already
             elif self._held_back(delivery, now_ms):
@@ -299,6 +306,34 @@ class AmqpDelivery(Delivery):
                 logger.debug("job %s: delivered again while running here; kept", held.message_id)
                 return True
         return False
+
+    def _forget_unleased(self, live: int) -> None:
+        """A new session: the deliveries of ended ones this process still holds unleased
+        (pushed ahead, or held until due) are gone from it, and RabbitMQ requeued them;
+        note them, so that their return is not counted as a crash (`_unleased_back`)."""
+        pending = [d for _, _, d in self._ready] + [d for _, d in self._soon]
+        for delivery in pending:
+            if delivery.generation != live:
+                self._unleased[delivery.message_id] = (
+                    delivery.header(ATTEMPT_HEADER),
+                    delivery.redelivered,
+                )
+        self._ready = [e for e in self._ready if e[2].generation == live]
+        heapq.heapify(self._ready)
+        self._soon = [e for e in self._soon if e[1].generation == live]
+        heapq.heapify(self._soon)
+        while len(self._unleased) > _UNLEASED_KEPT:
+            del self._unleased[next(iter(self._unleased))]
+
+    def _unleased_back(self, delivery: Held) -> bool:
+        """Whether `delivery` is one this process held unleased when its session ended:
+        RabbitMQ marks it redelivered, but it never ran here. It then counts as it was
+        first delivered (a redelivery only if that one was)."""
+        noted = self._unleased.pop(delivery.message_id, None)
+        if noted is None or noted[0] != delivery.header(ATTEMPT_HEADER) or noted[1]:
+            return False
+        delivery.redelivered = False
+        return True
 
     def _held_back(self, delivery: Held, now_ms: int) -> bool:
         """Keep a delivery due sooner than the shortest bucket here until it is due."""
@@ -419,6 +454,7 @@ class AmqpDelivery(Delivery):
 
     async def _consume(self, session: Session, queues: Sequence[str], limit: int) -> None:
         if session.generation != self._consuming_generation:
+            self._forget_unleased(session.generation)
             self._consuming = {}
             self._consumer_tags = []
             self._consuming_generation = session.generation
@@ -541,6 +577,10 @@ class AmqpDelivery(Delivery):
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
+
+
+#: Most jobs `AmqpDelivery` notes as held unleased when their session ended.
+_UNLEASED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
