@@ -667,3 +667,18 @@ async def test_jobs_prefetched_but_never_leased_come_back_after_a_cut_uncounted(
     await delivery.release([leased])  # the worker's, for a lease it gives up unrun
     back = {lease.job_id: lease.attempt for lease in await take(delivery, 3)}
     assert back == {i: 2 if i == leased.job_id else 1 for i in ids}
+
+
+async def test_jobs_due_in_the_same_millisecond_are_held_until_due_and_all_run(
+    make_delivery: MakeDelivery,
+) -> None:
+    """A batch delayed alike (`enqueue_many` with one `delay`) comes back from its last
+    delay bucket due in the same millisecond; the consumer holds each until it is due.
+    Held as (due, delivery), two of them were compared themselves: a TypeError in every
+    `reserve` from then on, and the batch stuck."""
+    delivery = await make_delivery()
+    due = CLOCK.now() + 0.5
+    jobs = [make_job(CLOCK, args=[i], not_before=due) for i in range(5)]
+    await delivery.enqueue(jobs)
+    leases = await take(delivery, 5)
+    assert sorted(lease.job_id for lease in leases) == sorted(e.id for e, _ in jobs)

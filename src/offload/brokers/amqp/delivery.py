@@ -134,7 +134,9 @@ class AmqpDelivery(Delivery):
         self.used = self._out.used
         self._facts = AmqpFacts(self.link, self.names, self.settings.queue_type, self.used)
         self._ready: list[Ready] = []
-        self._soon: list[tuple[int, Held]] = []  # (due ms, delivery): held until due
+        #: (due ms, arrival, delivery): held until due; `arrival` is unique, so two
+        #: deliveries due in the same millisecond never compare themselves.
+        self._soon: list[tuple[int, int, Held]] = []
         self._held: dict[str, Held] = {}  # lease token → its delivery
         self._arrival = itertools.count()
         self._arrived = asyncio.Event()
@@ -182,7 +184,7 @@ class AmqpDelivery(Delivery):
             try:
                 await self._stop_consuming(session)
                 waiting = [d for _, _, d in self._ready if d.generation == session.generation]
-                waiting += [d for _, d in self._soon if d.generation == session.generation]
+                waiting += [d for _, _, d in self._soon if d.generation == session.generation]
                 self._ready.clear()
                 self._soon.clear()
                 await asyncio.gather(*(self._settling.republish(d, delay_to=None) for d in waiting))
@@ -311,7 +313,7 @@ class AmqpDelivery(Delivery):
         """A new session: the deliveries of ended ones this process still holds unleased
         (pushed ahead, or held until due) are gone from it, and RabbitMQ requeued them;
         note them, so that their return is not counted as a crash (`_unleased_back`)."""
-        pending = [d for _, _, d in self._ready] + [d for _, d in self._soon]
+        pending = [d for _, _, d in self._ready] + [d for _, _, d in self._soon]
         for delivery in pending:
             if delivery.generation != live:
                 self._unleased[delivery.message_id] = (
@@ -320,7 +322,7 @@ class AmqpDelivery(Delivery):
                 )
         self._ready = [e for e in self._ready if e[2].generation == live]
         heapq.heapify(self._ready)
-        self._soon = [e for e in self._soon if e[1].generation == live]
+        self._soon = [e for e in self._soon if e[2].generation == live]
         heapq.heapify(self._soon)
         while len(self._unleased) > _UNLEASED_KEPT:
             del self._unleased[next(iter(self._unleased))]
@@ -342,7 +344,7 @@ class AmqpDelivery(Delivery):
         due = delivery.header(DUE_HEADER)
         if due is None or due <= now_ms + _EARLY_MS or topology.bucket_for(due - now_ms):
             return False
-        heapq.heappush(self._soon, (due, delivery))
+        heapq.heappush(self._soon, (due, next(self._arrival), delivery))
         return True
 
     def _moved(self, delivery: Held, now_ms: int) -> Coroutine[object, object, None] | None:
@@ -369,7 +371,7 @@ class AmqpDelivery(Delivery):
 
     def _promote(self, now_ms: int) -> None:
         while self._soon and self._soon[0][0] <= now_ms + _EARLY_MS:
-            _, delivery = heapq.heappop(self._soon)
+            _, _, delivery = heapq.heappop(self._soon)
             heapq.heappush(self._ready, (-delivery.priority, next(self._arrival), delivery))
 
     def _lease(self, delivery: Held, now: float, lease_s: float) -> Lease:
