@@ -155,14 +155,24 @@ def test_the_cli_pauses_and_resumes_queues_and_schedules(tmp_path: Path) -> None
     )
     env = {**os.environ, "OFFLOAD_URL": url, "PYTHONPATH": str(tmp_path)}
 
+    errors: list[str] = []
+
     def offload(*args: str) -> str:
         cmd = [sys.executable, "-m", "offload", *args]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         assert done.returncode == 0, done.stderr
+        errors.append(done.stderr)
         return done.stdout
 
     offload("enqueue", "t")  # creates the database
     assert offload("pause", "emails", "reports") == "emails: paused\nreports: paused\n"
+    # neither queue has had a job (a typo pauses nothing that runs): said on stderr
+    assert errors[-1].splitlines() == [
+        f"note: no job has used queue {q!r} yet (queues seen: default)"
+        for q in ("emails", "reports")
+    ]
+    assert offload("pause", "default") == "default: paused\n" and errors[-1] == ""
+    assert offload("resume", "default") == "default: resumed\n"
     assert offload("pause", "emails") == "emails: was paused already\n"
     assert offload("schedules", "pause", "nightly") == "nightly: paused\n"
     status = json.loads(offload("status", "--json"))

@@ -24,14 +24,27 @@ def _apply(
     action: Callable[[Offload, str], Awaitable[bool]],
     done: str,
     already: str,
+    seen: Callable[[Offload], Awaitable[list[str]]] | None = None,
 ) -> None:
+    """Apply `action` to each name and say what it did; with `seen` (the names in use),
+    note on stderr each name not among them: it is acted on all the same (a queue's
+    jobs may come later), but a typo would pause nothing that runs."""
     app = app_from_options(app_spec, url)
 
-    async def go() -> list[bool]:
-        return [await action(app, name) for name in names]
+    async def go() -> tuple[list[bool], list[str] | None]:
+        changed = [await action(app, name) for name in names]
+        return changed, (await seen(app) if seen is not None else None)
 
-    for name, changed in zip(names, run_async(app, go), strict=True):
-        click.echo(f"{name}: {done if changed else already}")
+    changed, known = run_async(app, go)
+    for name, ok in zip(names, changed, strict=True):
+        click.echo(f"{name}: {done if ok else already}")
+    for name in [n for n in names if known is not None and n not in known]:
+        listed = ", ".join(sorted(known or ())) or "none"
+        click.echo(f"note: no job has used queue {name!r} yet (queues seen: {listed})", err=True)
+
+
+async def _queues(app: Offload) -> list[str]:
+    return await (await app.connected_broker()).queues()
 
 
 @click.command()
@@ -41,7 +54,7 @@ def _apply(
 def pause(app_spec: str | None, url: str | None, queues: tuple[str, ...]) -> None:
     """Pause QUEUES: workers stop taking their jobs (within a second), enqueues are
     still accepted, and the jobs wait until `offload resume`. Survives restarts."""
-    _apply(app_spec, url, queues, Offload.pause_async, "paused", "was paused already")
+    _apply(app_spec, url, queues, Offload.pause_async, "paused", "was paused already", _queues)
 
 
 @click.command()
