@@ -3,13 +3,18 @@ once (`offload.brokers.amqp.delivery`)."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import aiormq.abc
 from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from offload.brokers.amqp.topology import STAMP_HEADER
 
-__all__ = ["Held", "Ready", "stamp_of", "token_of"]
+__all__ = ["NOTES_KEPT", "Held", "Ready", "note", "stamp_of", "token_of"]
+
+
+T = TypeVar("T")
 
 
 class Held:
@@ -79,3 +84,14 @@ Ready = tuple[int, int, Held]
 def token_of(delivery: Held) -> str:
     """A lease's token: its session and delivery tag, unique for the process's life."""
     return f"{delivery.generation}.{delivery.tag}"
+
+
+#: Most jobs a consumer keeps a note of across lost connections (`note`).
+NOTES_KEPT = 10_000
+
+
+def note(notes: dict[str, T], job_id: str, value: T) -> None:
+    """Note `value` for `job_id` in `notes`, forgetting the oldest past `NOTES_KEPT`."""
+    notes[job_id] = value
+    while len(notes) > NOTES_KEPT:
+        del notes[next(iter(notes))]

@@ -28,7 +28,7 @@ from pamqp.common import FieldTable
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._acks import AckLinger
 from offload.brokers.amqp._connection import Link, unavailable
-from offload.brokers.amqp._held import Held, token_of
+from offload.brokers.amqp._held import Held, note, token_of
 from offload.brokers.amqp._publishing import Publishing
 from offload.brokers.amqp.topology import (
     ATTEMPT_HEADER,
@@ -124,12 +124,10 @@ class Settling:
     def _unsent(self, deliveries: list[Held]) -> None:
         """Note jobs that ended here (acked or cancelled) whose ack RabbitMQ never got:
         it requeues them, and one delivered to this process again is acknowledged
-        unrun (`ended_here`). At most `_ENDED_KEPT`, the oldest forgotten first."""
+        unrun (`ended_here`)."""
         for delivery in deliveries:
             if delivery.stamp is None:  # a store's copy: the store refuses it anyway
-                self._ended[delivery.message_id] = delivery.header(ATTEMPT_HEADER)
-        while len(self._ended) > _ENDED_KEPT:
-            del self._ended[next(iter(self._ended))]
+                note(self._ended, delivery.message_id, delivery.header(ATTEMPT_HEADER))
 
     def ended_here(self, delivery: Held) -> bool:
         """Whether `delivery` (redelivered) is a job that ended here after the
@@ -270,10 +268,6 @@ class Settling:
             # have published makes it at-least-once, never lost.
             raise unavailable("ack", exc) from exc
         self._unacked.get(delivery.generation, set()).discard(delivery.tag)
-
-
-#: Most jobs `Settling` remembers as ended here with their ack unsent.
-_ENDED_KEPT = 10_000
 
 
 def _clean(headers: FieldTable) -> FieldTable:

@@ -66,7 +66,7 @@ import aiormq.abc
 
 from offload.brokers.amqp import topology
 from offload.brokers.amqp._connection import Link, Session, unavailable
-from offload.brokers.amqp._held import Held, Ready, token_of
+from offload.brokers.amqp._held import Held, Ready, note, token_of
 from offload.brokers.amqp._publishing import Publishing
 from offload.brokers.amqp._settling import Settling
 from offload.brokers.amqp.facts import AmqpFacts
@@ -150,7 +150,7 @@ class AmqpDelivery(Delivery):
         self._unacked: dict[int, set[int]] = {}
         #: Jobs pushed to this process on a session that ended before it leased them:
         #: job id → (attempt header, whether that delivery was a redelivery). See
-        #: `_unleased_back`.
+        #: `_uncount_unleased`.
         self._unleased: dict[str, tuple[int | None, bool]] = {}
         #: Every way a lease ends (`_settling.py`), on the held deliveries above.
         self._settling = Settling(
@@ -274,12 +274,11 @@ class AmqpDelivery(Delivery):
             delivery = entry[2]
             if delivery.generation != session.generation:
                 continue  # its session is gone, and RabbitMQ requeued it
+            if delivery.redelivered:
+                self._uncount_unleased(delivery)
             if delivery.queue not in queues:
                 skipped.append(entry)
             elif delivery.redelivered and self._adopted(delivery):
-                continue
-            elif delivery.redelivered and self._unleased_back(delivery):
-                heapq.heappush(self._ready, entry)  # as first delivered: looked at again
                 continue
             elif delivery.redelivered and self._settling.ended_here(delivery):
                 moves.append(self._settling.ack(delivery))  # its run ended here already
@@ -312,30 +311,23 @@ class AmqpDelivery(Delivery):
     def _forget_unleased(self, live: int) -> None:
         """A new session: the deliveries of ended ones this process still holds unleased
         (pushed ahead, or held until due) are gone from it, and RabbitMQ requeued them;
-        note them, so that their return is not counted as a crash (`_unleased_back`)."""
+        note them, so that their return is not counted as a crash (`_uncount_unleased`)."""
         pending = [d for _, _, d in self._ready] + [d for _, _, d in self._soon]
-        for delivery in pending:
-            if delivery.generation != live:
-                self._unleased[delivery.message_id] = (
-                    delivery.header(ATTEMPT_HEADER),
-                    delivery.redelivered,
-                )
+        for d in pending:
+            if d.generation != live:
+                note(self._unleased, d.message_id, (d.header(ATTEMPT_HEADER), d.redelivered))
         self._ready = [e for e in self._ready if e[2].generation == live]
         heapq.heapify(self._ready)
         self._soon = [e for e in self._soon if e[2].generation == live]
         heapq.heapify(self._soon)
-        while len(self._unleased) > _UNLEASED_KEPT:
-            del self._unleased[next(iter(self._unleased))]
 
-    def _unleased_back(self, delivery: Held) -> bool:
-        """Whether `delivery` is one this process held unleased when its session ended:
-        RabbitMQ marks it redelivered, but it never ran here. It then counts as it was
+    def _uncount_unleased(self, delivery: Held) -> None:
+        """A redelivery of one this process held unleased when its session ended:
+        RabbitMQ marks it redelivered, but it never ran here, so it counts as it was
         first delivered (a redelivery only if that one was)."""
         noted = self._unleased.pop(delivery.message_id, None)
-        if noted is None or noted[0] != delivery.header(ATTEMPT_HEADER) or noted[1]:
-            return False
-        delivery.redelivered = False
-        return True
+        if noted is not None and noted == (delivery.header(ATTEMPT_HEADER), False):
+            delivery.redelivered = False
 
     def _held_back(self, delivery: Held, now_ms: int) -> bool:
         """Keep a delivery due sooner than the shortest bucket here until it is due."""
@@ -579,10 +571,6 @@ class AmqpDelivery(Delivery):
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
-
-
-#: Most jobs `AmqpDelivery` notes as held unleased when their session ended.
-_UNLEASED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
