@@ -38,8 +38,10 @@ def _apply(
     changed, known = run_async(app, go)
     for name, ok in zip(names, changed, strict=True):
         click.echo(f"{name}: {done if ok else already}")
-    for name in [n for n in names if known is not None and n not in known]:
-        listed = ", ".join(sorted(known or ())) or "none"
+    if known is None:
+        return
+    listed = ", ".join(sorted(known)) or "none"
+    for name in [n for n in names if n not in known]:
         click.echo(f"note: no job has used queue {name!r} yet (queues seen: {listed})", err=True)
 
 
