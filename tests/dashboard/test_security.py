@@ -180,11 +180,16 @@ async def test_replay_with_edited_arguments_makes_a_new_job_and_purges_the_dead_
         bad = await http.post(
             f"/jobs/{job_id}/replay-edited", data={"csrf": csrf, "args": "{", "kwargs": "{}"}
         )
+        misfit = await http.post(  # dash.flaky takes one argument
+            f"/jobs/{job_id}/replay-edited", data={"csrf": csrf, "args": "[1, 2]", "kwargs": "{}"}
+        )
         done = await http.post(
             f"/jobs/{job_id}/replay-edited",
             data={"csrf": csrf, "args": '["/tmp/fixed"]', "kwargs": "{}"},
         )
     assert bad.status_code == 400 and "args is not JSON" in bad.text
+    assert misfit.status_code == 400
+    assert "bad arguments for task &#39;dash.flaky&#39;" in misfit.text
     assert done.status_code == 303
     new_id = done.headers["location"].split("/jobs/")[1].split("?")[0]
     broker = await app.connected_broker()

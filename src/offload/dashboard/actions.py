@@ -126,7 +126,10 @@ async def replay_edited(request: Request) -> Response:
     from zero) with the same task, queue and options, then the dead one is purged.
 
     The copy is stored first, so a failure in between leaves two jobs, never none. It
-    carries no idempotency key: the dead job holds that key until it is purged."""
+    carries no idempotency key: the dead job holds that key until it is purged. When
+    the dashboard's app knows the task (`--app`), the edited arguments must fit its
+    signature, as at enqueue: a misfit would only burn the copy's attempts and bury
+    it again."""
     form, refused = await _permit(request)
     if refused is not None:
         return refused
@@ -140,6 +143,8 @@ async def replay_edited(request: Request) -> Response:
                         message=f"Job {job_id} is not a readable dead job.")  # fmt: skip
     try:
         args, kwargs = _edited(form)
+        if (task := d.offload.tasks.get(envelope.task)) is not None:
+            task.check_arguments(args, kwargs)
         copy = msgspec.structs.replace(
             envelope, id=new_job_id(), args=args, kwargs=kwargs, key=None,
             not_before=None, created_at=time.time(),
