@@ -108,9 +108,15 @@ class Producer:
             created_at=now,
         )
 
-    def items(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Item]:
+    def items(
+        self, name: str, calls: Sequence[Call], overrides: Overrides, *, hooks: bool = True
+    ) -> list[Item]:
         """Checked, encoded envelopes: everything an enqueue sends to the broker. The
         whole batch is checked before the broker sees any of it (all or nothing).
+
+        `hooks=False` leaves out the `before_enqueue` hooks, for jobs that may never be
+        sent (Django's on-commit enqueue): `hooked` runs them once the send is certain,
+        so that every `before_enqueue` a hook hears is followed by its `after_enqueue`.
 
         Raises:
             InvalidArguments: a call does not fit the registered task's signature.
@@ -123,7 +129,7 @@ class Producer:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self.envelope(name, call, call.overrides or overrides, now)
-            if not self.hooks:
+            if not self.hooks or not hooks:
                 items.append(validation.checked(envelope))
                 continue
             envelope = self.hooks.before_enqueue(envelope)
@@ -133,6 +139,26 @@ class Producer:
                 self.not_sent([*items, (envelope, b"")], exc)
                 raise
         return items
+
+    def hooked(self, items: Sequence[Item]) -> list[Item]:
+        """`items` made with `items(..., hooks=False)`, passed through the
+        `before_enqueue` hooks now and checked again, just before they are sent.
+
+        Raises:
+            SerializationError / ConfigurationError: a hook made an envelope invalid
+                (the hooks hear that none of the batch was sent).
+        """
+        if not self.hooks:
+            return list(items)
+        hooked: list[Item] = []
+        for envelope, _ in items:
+            envelope = self.hooks.before_enqueue(envelope)
+            try:
+                hooked.append(validation.checked(envelope))
+            except Exception as exc:
+                self.not_sent([*hooked, (envelope, b"")], exc)
+                raise
+        return hooked
 
     # -- sending -----------------------------------------------------------------------
 

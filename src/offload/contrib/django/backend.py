@@ -203,18 +203,28 @@ class OffloadBackend(BaseTaskBackend):
         self.validate_task(task)
         name = task.module_path
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))  # as Django
-        items = self.app.producer.items(name, [Call(tuple(args), kwargs)], _overrides(task))
-        envelope = items[0][0]
+        producer = self.app.producer
         db = connections[self.database]
         in_atomic = db.in_atomic_block
         joined = in_atomic and _same_database(self.app, db)
+        # A job sent on commit meets the enqueue hooks only then: after a rollback they
+        # would wait for an `after_enqueue` that never comes (a tracing span left open).
+        on_commit = in_atomic and not joined
+        items = producer.items(
+            name, [Call(tuple(args), kwargs)], _overrides(task), hooks=not on_commit
+        )
+        envelope = items[0][0]
         job_id = envelope.id  # an idempotency key may name an existing job instead:
         if joined:  # written in the caller's transaction
             self.app.ensure_schema()
-            [written] = self.app.producer.transactional().enqueue_in_sync(db.connection, items)
-            job_id = written.id
+            try:
+                written = producer.transactional().enqueue_in_sync(db.connection, items)
+            except BaseException as exc:
+                producer.not_sent(items, exc)
+                raise
+            job_id = producer.sent(items, written)[0].id
         elif not in_atomic:
-            job_id = self.app.producer.send(name, items)[0].id
+            job_id = producer.send(name, items)[0].id
         not_before = envelope.not_before
         result = enqueued(
             task,
@@ -230,7 +240,7 @@ class OffloadBackend(BaseTaskBackend):
             task_enqueued.send(type(self), task_result=result)
 
         def send() -> None:
-            self.app.producer.send(name, items)
+            producer.send(name, producer.hooked(items))
             announce()
 
         if not in_atomic:
