@@ -31,6 +31,7 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from offload._redact import redact_url
 from offload.envelope import ErrorInfo, JobState
 from offload.errors import JobFailed
 from offload.scheduler import Scheduler
@@ -152,7 +153,7 @@ class InlineRunner:
         self._scheduler: Scheduler | None = None
 
     def __repr__(self) -> str:
-        return f"<InlineRunner {self.url} now={self.clock.now()}>"
+        return f"<InlineRunner {redact_url(self.url)} now={self.clock.now()}>"
 
     # -- open / close ------------------------------------------------------------------
 

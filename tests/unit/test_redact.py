@@ -53,6 +53,14 @@ def test_reprs_hide_the_password() -> None:
     assert "127.0.0.1:1" in repr(app)
 
 
+def test_an_inline_runners_repr_hides_the_password() -> None:
+    """pytest prints a failing test's fixtures by their repr (`offload_runner = ...`),
+    into CI logs: a runner on a server broker must not show its password there."""
+    runner = Offload("memory://").testing(f"redis://:{SECRET}@127.0.0.1:1/0")
+    assert SECRET not in repr(runner)
+    assert "redis://:***@127.0.0.1:1/0" in repr(runner)
+
+
 @pytest.mark.parametrize(
     "url",
     [
