@@ -165,3 +165,13 @@ def test_the_enqueue_hooks_hear_nothing_of_a_job_never_sent_after_a_rollback(
         assert hook.before == []  # not before the commit sends it
     assert hook.before == [result.id]
     assert hook.after == [(result.id, True, None)]
+
+
+def test_a_key_whose_job_exists_gives_that_job_at_commit() -> None:
+    """Sent on commit, an enqueue whose idempotency key names an existing job must end
+    up with that job's id (as outside a transaction), not the id of a job never stored."""
+    first = tasks.on_sqlite.using(key="once:gus").enqueue("gus@example.com")
+    with transaction.atomic():
+        second = tasks.on_sqlite.using(key="once:gus").enqueue("gus@example.com")
+    assert second.id == first.id
+    assert tasks.on_sqlite.get_result(second.id).id == first.id

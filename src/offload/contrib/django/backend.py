@@ -19,7 +19,9 @@ Enqueue and transactions: inside `transaction.atomic()` on the `database` alias,
 is written in that transaction when the broker is PostgreSQL in the same database (same
 NAME, HOST and PORT, psycopg 3): it exists if and only if the transaction commits. With
 any other broker (or database) the job is sent on commit (`transaction.on_commit`), and
-never if the transaction rolls back. Outside a transaction it is sent at once.
+never if the transaction rolls back; if its idempotency key names an existing job, the
+returned result takes that job's id at the commit. Outside a transaction it is sent at
+once.
 
 Backend instances are per thread (Django's connection handler); they share one
 `Offload` app per configuration, held here, so a process has one broker per backend.
@@ -240,7 +242,9 @@ class OffloadBackend(BaseTaskBackend):
             task_enqueued.send(type(self), task_result=result)
 
         def send() -> None:
-            producer.send(name, producer.hooked(items))
+            [sent] = producer.send(name, producer.hooked(items))
+            if sent.id != result.id:  # the key's job stands: the result is that one's
+                object.__setattr__(result, "id", sent.id)
             announce()
 
         if not in_atomic:
