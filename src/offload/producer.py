@@ -15,6 +15,8 @@ engine that sits above the producer.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +69,11 @@ class Producer:
         # A loop-bound broker (Capabilities.loop_bound) cannot serve the sync portal's
         # loop and the caller's (a worker's) at once: the portal gets its own instance.
         self._portal_broker: Broker | None = None
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
+        #: A forked child's copies of its parent's brokers: kept, never used or closed
+        #: (their connections are the parent's; closing them would end its sessions).
+        self._inherited: list[Broker] = []
         #: Lifecycle hooks (`offload.hooks`): every enqueue path runs `before_enqueue`
         #: on each job it builds and `after_enqueue` once the broker answered (or not).
         self.hooks = Hooks()
@@ -178,6 +185,7 @@ class Producer:
         """Send checked, encoded envelopes (`items`) from synchronous code: on the
         calling thread where the broker can (`Capabilities.blocking_enqueue`), else on
         the portal loop."""
+        self._own_connections()
         broker = self._portal_broker or self.broker
         if broker.capabilities.blocking_enqueue and not self.portal.is_current():
             try:
@@ -286,6 +294,7 @@ class Producer:
         On the sync portal's loop a loop-bound broker is a second instance of the same
         URL, so that sync producers and an async worker may share this app.
         """
+        self._own_connections()
         if self.broker.capabilities.loop_bound and self.portal.is_current():
             if self._portal_broker is None:
                 self._portal_broker = from_url(self.url, clock=self.clock)
@@ -315,8 +324,23 @@ class Producer:
         """The portal loop's own broker, if one was made (loop-bound brokers)."""
         return self._portal_broker
 
+    def _own_connections(self) -> None:
+        """In a forked child, start over from a fresh broker for `url`: the inherited
+        one is connected through the parent's sockets, and served by the parent's
+        portal loop, whose thread the child does not have (it would wait forever)."""
+        if self._pid == os.getpid():
+            return
+        with self._fork_lock:
+            if self._pid == os.getpid():
+                return
+            self._inherited += [b for b in (self.broker, self._portal_broker) if b is not None]
+            self.broker = from_url(self.url, clock=self.clock)
+            self._connected, self._portal_broker = False, None
+            self._pid = os.getpid()
+
     async def aclose(self) -> None:
         """Close the broker."""
+        self._own_connections()
         if self._connected:
             self._connected = False
             await self.broker.close()
@@ -329,6 +353,7 @@ class Producer:
 
     async def _close_brokers(self) -> None:
         """Close the portal's broker and the main one (run on the portal loop)."""
+        self._own_connections()
         portal_broker, self._portal_broker = self._portal_broker, None
         if portal_broker is not None:
             await portal_broker.close()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
+import queue
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -259,3 +263,52 @@ def test_job_ids_are_unique_time_ordered_hex_across_threads_and_a_fork() -> None
     child.join(30)
     from_parent = [new_job_id() for _ in range(5)]
     assert not {i[12:] for i in from_child} & {i[12:] for i in from_parent}
+
+
+def _in_forked_child(work: Callable[[], object], timeout_s: float = 30.0) -> object:
+    """`work()`'s result, run in a child forked from this (multi-threaded) process; an
+    AssertionError if the child hangs past `timeout_s` (it is then killed)."""
+    import multiprocessing
+    import warnings
+
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork() beside threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = context.Process(target=lambda: answers.put(repr(work())), daemon=True)
+        child.start()
+    try:
+        return answers.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"the forked child hung for {timeout_s} s") from None
+    finally:
+        child.kill()
+        child.join(10)
+        answers.close()
+
+
+def test_a_forked_child_uses_the_sync_api_after_its_parent_did(tmp_path: Path) -> None:
+    """gunicorn --preload, uWSGI or multiprocessing's fork: the parent's portal loop and
+    the connections it served were not copied into the child (only the thread that
+    forked was), so a child that reused them waited forever on a loop nobody runs. It
+    starts its own and leaves the parent's alone."""
+    app = Offload(f"sqlite:///{tmp_path / 'offload.db'}")
+
+    @app.task(name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    first = double.enqueue(1)
+    assert first.state() is JobState.QUEUED  # the parent's portal loop is running
+
+    def in_child() -> object:
+        job = double.enqueue(2)
+        return job.state(), first.state(), asyncio.run(first.state_async())
+
+    states = (JobState.QUEUED, JobState.QUEUED, JobState.QUEUED)
+    try:
+        assert _in_forked_child(in_child) == repr(states)
+        assert first.state() is JobState.QUEUED  # the parent's connections still serve
+        assert len(app.portal.run(app.broker.list_jobs(limit=10)).items) == 2
+    finally:
+        app.close()
