@@ -49,6 +49,35 @@ def test_bad_url_names_known_schemes() -> None:
         Offload("not a url")
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://:pw@127.0.0.1:1/0?prefx=app", "prefx"),
+        ("rediss://:pw@127.0.0.1:1/0?ssl_cert_reqs=none&prefx=app", "prefx"),
+        ("redis://:pw@127.0.0.1:1?cluster=true&prefx=app", "prefx"),
+        ("redis://:pw@127.0.0.1:1/0?socket_timeout=soon", "socket_timeout"),
+        ("postgresql://u:pw@127.0.0.1:1/db?schem=app", "schem"),
+    ],
+)
+def test_an_unknown_url_option_is_a_configuration_error_naming_it(url: str, named: str) -> None:
+    """A typo in a broker URL's options fails where the app is made, naming the option,
+    as an offload error without the password: not at the first connection, as an
+    outage a worker retries forever (Redis), or psycopg's own error (PostgreSQL)."""
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        Offload(url)
+    assert "pw" not in str(caught.value)
+
+
+def test_url_options_of_the_client_libraries_are_taken() -> None:
+    for url in (
+        "redis://127.0.0.1:1/0?prefix=a&pool_max=5&socket_timeout=5&client_name=web",
+        "rediss://127.0.0.1:1/0?ssl_cert_reqs=none&health_check_interval=10",
+        "redis://127.0.0.1:1?cluster=true&read_from_replicas=true&socket_timeout=3",
+        "postgresql://u@127.0.0.1:1/db?schema=app&pool_max=3&sslmode=disable&connect_timeout=3",
+    ):
+        Offload(url).close()
+
+
 def test_url_defaults_to_env_then_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFFLOAD_URL", "memory://")
     assert Offload().url == "memory://"
