@@ -203,7 +203,7 @@ class InlineRunner:
         at once), until none is ready; fire the schedules due now. Returns how many
         jobs ran. Jobs delayed or waiting for a retry stay until the clock reaches
         them (`advance`, `run_all`)."""
-        return self.app.portal.run(self.drain_async(raise_errors=raise_errors))
+        return self._run_sync(self._run_due, raise_errors)
 
     async def drain_async(self, *, raise_errors: bool | None = None) -> int:
         """`drain` for async tests."""
@@ -215,17 +215,19 @@ class InlineRunner:
         backoff time, and sees the time it would in production). Each stop also runs
         the broker's housekeeping (`sweep`: expiry, purge of finished jobs past their
         result TTL). Returns how many jobs ran."""
-        return self.app.portal.run(self.advance_async(seconds, raise_errors=raise_errors))
+        return self._run_sync(self._advancing(seconds), raise_errors)
 
     async def advance_async(
         self, seconds: float | timedelta, *, raise_errors: bool | None = None
     ) -> int:
         """`advance` for async tests."""
+        return await self._checked(self._advancing(seconds), raise_errors)
+
+    def _advancing(self, seconds: float | timedelta) -> Callable[[], Coroutine[Any, Any, int]]:
         delta = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
         if not delta >= 0:
             raise ValueError(f"advance() takes seconds >= 0, got {seconds!r}")
-        deadline = self.clock.now() + delta
-        return await self._checked(partial(self._steps, deadline, until_idle=False), raise_errors)
+        return partial(self._steps_for, delta, until_idle=False)
 
     def run_all(
         self, *, within: float | timedelta = 7 * 86400.0, raise_errors: bool | None = None
@@ -234,15 +236,17 @@ class InlineRunner:
         schedule fires on the way) until no job waits, or `within` seconds have
         passed. The shortest way to "run everything, retries included". Returns how
         many jobs ran."""
-        return self.app.portal.run(self.run_all_async(within=within, raise_errors=raise_errors))
+        return self._run_sync(self._running_all(within), raise_errors)
 
     async def run_all_async(
         self, *, within: float | timedelta = 7 * 86400.0, raise_errors: bool | None = None
     ) -> int:
         """`run_all` for async tests."""
+        return await self._checked(self._running_all(within), raise_errors)
+
+    def _running_all(self, within: float | timedelta) -> Callable[[], Coroutine[Any, Any, int]]:
         span = within.total_seconds() if isinstance(within, timedelta) else float(within)
-        deadline = self.clock.now() + span
-        return await self._checked(partial(self._steps, deadline, until_idle=True), raise_errors)
+        return partial(self._steps_for, span, until_idle=True)
 
     # -- looking -----------------------------------------------------------------------
 
@@ -316,6 +320,10 @@ class InlineRunner:
             if count == 0:
                 return ran
 
+    async def _steps_for(self, span_s: float, *, until_idle: bool) -> int:
+        """`_steps` until `span_s` seconds from now (read when the run starts)."""
+        return await self._steps(self.clock.now() + span_s, until_idle=until_idle)
+
     async def _steps(self, deadline: float, *, until_idle: bool) -> int:
         broker = await self._broker()
         ran = await self._run_due()
@@ -338,10 +346,31 @@ class InlineRunner:
         fires = [next(e.schedule.after(now)) for e in self.app.schedules.values()]
         return float(min(fires)) if fires else None
 
+    def _run_sync(
+        self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
+    ) -> int:
+        """Run `run` on the portal loop; raise the first job's death, if asked, here on
+        the caller's thread: a handler's `SystemExit` or `KeyboardInterrupt` raised on
+        the portal's loop would stop that loop and leave the caller waiting forever."""
+        ran, error = self.app.portal.run(self._recorded(run, raise_errors))
+        if error is not None:
+            raise error
+        return ran
+
     async def _checked(
         self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
     ) -> int:
         """Run `run`; then, if asked, raise the first job's death during it."""
+        ran, error = await self._recorded(run, raise_errors)
+        if error is not None:
+            raise error
+        return ran
+
+    async def _recorded(
+        self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
+    ) -> tuple[int, BaseException | None]:
+        """Run `run`; how many jobs ran, and, if asked, the first job's death during it
+        (its exception, else `JobFailed`), returned for the caller to raise."""
         await self._broker()  # raises if the runner is not open
         worker = self._worker()
         executor = worker.executor
@@ -351,7 +380,5 @@ class InlineRunner:
         if executor.buried and (self.raise_errors if raise_errors is None else raise_errors):
             job_id, raised, error = executor.buried[0]
             executor.buried.clear()
-            if raised is not None:
-                raise raised
-            raise JobFailed(job_id, error)
-        return ran
+            return ran, raised if raised is not None else JobFailed(job_id, error)
+        return ran, None
