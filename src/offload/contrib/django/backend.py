@@ -40,7 +40,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.tasks import Task, task_backends
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
@@ -334,11 +334,16 @@ def worker_app(alias: str = DEFAULT_DB_ALIAS) -> DjangoOffload:
     elsewhere is still found by its module path when a job names it.
 
     Raises:
-        ConfigurationError: `alias` is not an `OffloadBackend`.
+        ConfigurationError: `alias` names no backend, or not an `OffloadBackend`.
     """
+    from django.conf import settings
     from django.utils.module_loading import autodiscover_modules
 
-    backend = task_backends[alias]
+    try:
+        backend = task_backends[alias]
+    except InvalidTaskBackend:  # Django's own error is a traceback in the commands
+        known = ", ".join(repr(a) for a in getattr(settings, "TASKS", {})) or "none"
+        raise ConfigurationError(f"no TASKS backend {alias!r} (configured: {known})") from None
     if not isinstance(backend, OffloadBackend):
         raise ConfigurationError(
             f"TASKS[{alias!r}] is {type(backend).__module__}.{type(backend).__qualname__}, "
