@@ -31,6 +31,7 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from offload._portal import Portal
 from offload._redact import redact_url
 from offload.envelope import ErrorInfo, JobState
 from offload.errors import JobFailed
@@ -121,8 +122,10 @@ class InlineRunner:
     Jobs run one at a time (concurrency 1), in enqueue order within a priority, so a
     test sees the same order every run.
 
-    Sync methods run on the app's portal loop (as a sync `enqueue` does); async tests
-    use the `*_async` twins, which run on the test's own loop.
+    Sync methods run the jobs on an event loop of the runner's own, in a thread, as a
+    worker runs them on its own loop: not on the app's portal loop, where an async
+    handler's sync call (`other.enqueue(...)`, `job.state()`) would wait on the loop it
+    runs on. Async tests use the `*_async` twins, which run on the test's own loop.
 
     Args:
         url: the broker to run on; `memory://` (default) is a complete broker in
@@ -151,6 +154,7 @@ class InlineRunner:
         self._restore: Callable[[], None] | None = None
         self._workers: dict[asyncio.AbstractEventLoop, Worker] = {}
         self._scheduler: Scheduler | None = None
+        self._loop = Portal()  # the sync methods' loop, started on first use
 
     def __repr__(self) -> str:
         return f"<InlineRunner {redact_url(self.url)} now={self.clock.now()}>"
@@ -164,7 +168,10 @@ class InlineRunner:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: _Traceback
     ) -> None:
-        self.app.portal.run(self._close())
+        try:  # where the sync methods connected the broker, if they ran
+            (self._loop if self._loop.started else self.app.portal).run(self._close())
+        finally:
+            self._loop.close()
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -259,7 +266,7 @@ class InlineRunner:
     ) -> list[JobInfo]:
         """The jobs in the broker (optionally of one state, task or queue), oldest
         first. A dead job's `error` holds the exception's type, message and traceback."""
-        return self.app.portal.run(self.jobs_async(state=state, task=task, queue=queue))
+        return self._loop.run(self.jobs_async(state=state, task=task, queue=queue))
 
     async def jobs_async(
         self,
@@ -291,7 +298,7 @@ class InlineRunner:
 
     def _worker(self) -> Worker:
         """This loop's worker (asyncio objects belong to one loop, and a runner may be
-        driven from the portal's loop and the test's)."""
+        driven from its own loop and the test's)."""
         loop = asyncio.get_running_loop()
         worker = self._workers.get(loop)
         if worker is None:
@@ -349,10 +356,10 @@ class InlineRunner:
     def _run_sync(
         self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
     ) -> int:
-        """Run `run` on the portal loop; raise the first job's death, if asked, here on
-        the caller's thread: a handler's `SystemExit` or `KeyboardInterrupt` raised on
-        the portal's loop would stop that loop and leave the caller waiting forever."""
-        ran, error = self.app.portal.run(self._recorded(run, raise_errors))
+        """Run `run` on the runner's loop; raise the first job's death, if asked, here
+        on the caller's thread: a handler's `SystemExit` or `KeyboardInterrupt` raised
+        on that loop would stop it and leave the caller waiting forever."""
+        ran, error = self._loop.run(self._recorded(run, raise_errors))
         if error is not None:
             raise error
         return ran

@@ -203,6 +203,27 @@ def test_raise_errors_raises_a_handlers_base_exception_in_the_test(
         t.__exit__(None, None, None)
 
 
+def test_an_async_handler_may_call_the_sync_api_under_a_sync_drain(app: Offload) -> None:
+    """A worker runs async handlers on its own loop, so one that calls the sync API
+    (enqueue, a job's state) works; the sync `drain` ran them on the app's portal loop,
+    where that call raised "Portal.run called from the portal's own loop"."""
+
+    @app.task
+    def leaf(n: int) -> int:
+        return n
+
+    @app.task
+    async def fan_out(n: int) -> str:
+        jobs = [leaf.enqueue(i) for i in range(n)]  # sync, as legacy code may
+        return jobs[-1].state()
+
+    with app.testing(raise_errors=True) as t:
+        job = fan_out.enqueue(2)
+        assert t.drain() == 3
+        assert job.result() == "queued"  # what it saw before the leaves ran
+        assert [j.state for j in t.jobs(task=leaf)] == [JobState.SUCCEEDED] * 2
+
+
 def test_app_gets_its_own_broker_and_clock_back_after_the_test(tmp_path: Path) -> None:
     app = Offload(f"sqlite:///{tmp_path / 'prod.db'}")
 
