@@ -168,8 +168,10 @@ class InlineRunner:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: _Traceback
     ) -> None:
-        try:  # where the sync methods connected the broker, if they ran
-            (self._loop if self._loop.started else self.app.portal).run(self._close())
+        try:
+            if self._loop.started:  # the broker the sync methods used, on their loop
+                self._loop.run(self.app.aclose())
+            self.app.portal.run(self._close())  # the portal's broker, on the portal's
         finally:
             self._loop.close()
 
