@@ -168,10 +168,8 @@ class InlineRunner:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: _Traceback
     ) -> None:
-        try:
-            if self._loop.started:  # the broker the sync methods used, on their loop
-                self._loop.run(self.app.aclose())
-            self.app.portal.run(self._close())  # the portal's broker, on the portal's
+        try:  # on the loop where the sync methods used the broker, if they ran
+            (self._loop if self._loop.started else self.app.portal).run(self._close())
         finally:
             self._loop.close()
 
@@ -199,11 +197,19 @@ class InlineRunner:
                 worker.executor.close()
             self._workers.clear()
             portal_broker = self.app.producer.portal_broker
-            if portal_broker is not None:
-                await portal_broker.close()
+            if portal_broker is not None:  # a loop-bound broker: closed on its own loop
+                await self._on_portal(portal_broker.close())
             await self.app.aclose()
         finally:
             restore()
+
+    async def _on_portal(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Await `coro` on the app's portal loop (from another loop, in a thread: the
+        portal's loop may be waiting for this one)."""
+        if self.app.portal.is_current():
+            await coro
+        else:
+            await asyncio.to_thread(self.app.portal.run, coro)
 
     # -- running -----------------------------------------------------------------------
 

@@ -27,3 +27,25 @@ def test_a_runner_on_a_server_broker_closes_every_connection_it_opened(redis_url
         gc.collect()
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
     app.close()
+
+
+async def test_an_async_runner_closes_the_portals_connections_on_the_portals_loop(
+    redis_url: str,
+) -> None:
+    """An async test's runner closed the portal's connections (opened by a sync call
+    such as `job.state()`) from the test's loop, which left them open."""
+    app = Offload("memory://")
+
+    @app.task
+    async def ping() -> str:
+        return "pong"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with app.testing(redis_url) as t:
+            job = await ping.enqueue_async()
+            assert await t.drain_async() == 1
+            assert job.state() == "succeeded"  # sync: the portal's own connections
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+    app.close()
