@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import inspect
 import queue
@@ -108,6 +109,30 @@ def test_unserializable_argument_fails_at_enqueue_naming_it(app: Offload) -> Non
         send.enqueue("ada@example.com", attachment=object())
     with pytest.raises(SerializationError, match=r"argument 0 of task 'emails.send'"):
         send.enqueue({1, 2, object()})  # type: ignore[arg-type]
+    assert app.portal.run(app.broker.counts()) == {}  # nothing reached the broker
+
+
+def test_a_value_that_is_not_json_is_found_where_it_sits_in_its_argument(app: Offload) -> None:
+    """The README promises the argument "and where in it": a NaN was placed, but an
+    object msgspec cannot encode, deep in a large argument, was not."""
+
+    @dataclasses.dataclass
+    class Row:
+        when: object
+
+    @app.task(name="reports.build")
+    def build(spec: object, *, rows: object = None) -> None: ...
+
+    with pytest.raises(
+        SerializationError,
+        match=r"argument 0 of task 'reports.build' "
+        r"is not JSON-serializable at \['filters'\]\[1\]\['since'\]: ",
+    ):
+        build.enqueue({"filters": [{"name": "x"}, {"since": object()}]})
+    with pytest.raises(SerializationError, match=r"argument 'rows' .* at \[2\]\.when: "):
+        build.enqueue({}, rows=[Row(1), Row(2), Row(object())])
+    with pytest.raises(SerializationError, match=r"'reports.build' is not JSON-serializable: "):
+        build.enqueue(object())  # the argument itself: no place to name
     assert app.portal.run(app.broker.counts()) == {}  # nothing reached the broker
 
 
