@@ -46,6 +46,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from offload._redact import dataclass_repr
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     Broker,
@@ -104,6 +105,8 @@ class Settings:
     pool_max: int
     channel: str  # the NOTIFY channel of this schema's jobs
     ends_channel: str  # the NOTIFY channel of this schema's job ends (`_signals.py`)
+
+    __repr__ = dataclass_repr  # the URL keeps the password: never shown
 
 
 def parse_url(url: str) -> Settings:

@@ -38,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from offload._redact import dataclass_repr
 from offload.brokers.redis._scripts import Client
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
@@ -75,6 +76,8 @@ class RedisURL:
     prefix: str
     cluster: bool
     pool_max: int = DEFAULT_POOL_MAX
+
+    __repr__ = dataclass_repr  # the URL keeps the password: never shown
 
 
 def parse_url(url: str) -> RedisURL:
