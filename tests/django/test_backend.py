@@ -113,6 +113,33 @@ def test_djangos_signals_are_sent_for_enqueue_start_and_finish() -> None:
     ]
 
 
+def test_an_async_tasks_signal_receivers_leave_no_database_connection_open() -> None:
+    """An async task's signals are sent from the default executor's threads; a receiver
+    that queries the database opened a connection there that stayed open for the
+    worker's life (Django closes its connections around each request, and offload
+    around each sync task, not in those threads)."""
+    from django.db import connections
+
+    used: list[Any] = []
+
+    def receive(sender: type, task_result: Any, **kwargs: Any) -> None:
+        wrapper = connections["default"]  # this thread's own
+        with wrapper.cursor() as cur:
+            cur.execute("SELECT 1")
+        used.append(wrapper)
+
+    task_finished.connect(receive)
+    try:
+        result = tasks.async_add.enqueue(1, 2)
+        drain()
+    finally:
+        task_finished.disconnect(receive)
+    assert tasks.async_add.get_result(result.id).return_value == 3
+    [wrapper] = used
+    assert wrapper is not connections["default"]  # not this thread's...
+    assert wrapper.connection is None  # ...and closed after the receivers ran
+
+
 def test_run_after_defers_the_job() -> None:
     later = timezone.now() + timedelta(hours=1)
     result = tasks.add.using(run_after=later).enqueue(1, 2)

@@ -9,7 +9,8 @@ worker thread before and after, as Django does around a request.
 `task_finished` is sent once per job, when its outcome is final: on success, or on a
 failure that offload will not retry (a retried attempt leaves the job READY). For an
 async task the receivers run in a thread (`asyncio.to_thread`), as sync code may: never
-on the worker's loop, and never waiting for the main thread, which `Signal.asend` would.
+on the worker's loop, and never waiting for the main thread, which `Signal.asend` would;
+the database connections of that thread are cleaned up around them, as for sync tasks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections
+from django.dispatch import Signal
 from django.tasks import Task, TaskContext, TaskResultStatus
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
@@ -92,14 +94,14 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
 
         async def handler(*args: Any, **kwargs: Any) -> Any:
             result, call_args = start(args, kwargs)
-            await asyncio.to_thread(task_started.send, sender, task_result=result)
+            await asyncio.to_thread(_send, task_started, sender, result)
             try:
                 value = succeeded(result, await func(*call_args, **kwargs))
             except BaseException as exc:
                 if failed(result, exc):
-                    await asyncio.to_thread(task_finished.send, sender, task_result=result)
+                    await asyncio.to_thread(_send, task_finished, sender, result)
                 raise
-            await asyncio.to_thread(task_finished.send, sender, task_result=result)
+            await asyncio.to_thread(_send, task_finished, sender, result)
             return value
 
         run: Callable[..., Any] = handler
@@ -125,6 +127,17 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
     run.__signature__ = signature  # type: ignore[attr-defined]
     run.__module__, run.__qualname__, run.__doc__ = func.__module__, func.__qualname__, func.__doc__
     return run
+
+
+def _send(signal: Signal, sender: type, result: OffloadTaskResult) -> None:
+    """Send an async task's `signal` from a thread of the default executor, its
+    database connections cleaned up around the receivers as around a sync task: else a
+    receiver's query leaves that pool thread a connection open for the worker's life."""
+    close_old_connections()
+    try:
+        signal.send(sender, task_result=result)
+    finally:
+        close_old_connections()
 
 
 def _finish(result: OffloadTaskResult, status: TaskResultStatus, state: JobState) -> None:
