@@ -140,6 +140,19 @@ def test_an_async_tasks_signal_receivers_leave_no_database_connection_open() -> 
     assert wrapper.connection is None  # ...and closed after the receivers ran
 
 
+def test_an_async_task_leaves_no_database_connection_open() -> None:
+    """A worker is Django's request cycle for jobs: as around a sync task, the
+    connection an async task used (through `sync_to_async`) is cleaned up after it.
+    Kept open for the worker's life, it went stale on a database restart or an idle
+    timeout, and failed the jobs that used it after."""
+    tasks.ran.clear()
+    result = tasks.touches_the_database.enqueue()
+    drain()
+    assert tasks.touches_the_database.get_result(result.id).return_value == 1
+    [(_, wrapper)] = [r for r in tasks.ran if r[0] == "touches_the_database"]
+    assert wrapper.connection is None
+
+
 def test_run_after_defers_the_job() -> None:
     later = timezone.now() + timedelta(hours=1)
     result = tasks.add.using(run_after=later).enqueue(1, 2)

@@ -10,7 +10,8 @@ worker thread before and after, as Django does around a request.
 failure that offload will not retry (a retried attempt leaves the job READY). For an
 async task the receivers run in a thread (`asyncio.to_thread`), as sync code may: never
 on the worker's loop, and never waiting for the main thread, which `Signal.asend` would;
-the database connections of that thread are cleaned up around them, as for sync tasks.
+the database connections of that thread are cleaned up around them, as for sync tasks,
+and so are those of asgiref's thread, where an async task's ORM calls run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from django.dispatch import Signal
 from django.tasks import Task, TaskContext, TaskResultStatus
@@ -93,6 +95,15 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
     if inspect.iscoroutinefunction(func):
 
         async def handler(*args: Any, **kwargs: Any) -> Any:
+            # The ORM of async code runs in asgiref's thread (`sync_to_async`): its
+            # connections are cleaned up around the task there, as around a sync task.
+            await sync_to_async(close_old_connections)()
+            try:
+                return await run_async(args, kwargs)
+            finally:
+                await sync_to_async(close_old_connections)()
+
+        async def run_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             result, call_args = start(args, kwargs)
             await asyncio.to_thread(_send, task_started, sender, result)
             try:
