@@ -3,6 +3,7 @@ read the result back through Django, with every feature Django's API names."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -151,6 +152,27 @@ def test_an_async_task_leaves_no_database_connection_open() -> None:
     assert tasks.touches_the_database.get_result(result.id).return_value == 1
     [(_, wrapper)] = [r for r in tasks.ran if r[0] == "touches_the_database"]
     assert wrapper.connection is None
+
+
+def test_an_async_task_runs_under_a_worker_driven_from_inside_async_to_sync() -> None:
+    """A worker driven from a sync function that `async_to_sync` runs (as Django's own
+    test suite does) inherits that caller's context: the connection cleanup around an
+    async task must not wait for the caller's thread, which waits for the worker."""
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    async def enqueue_and_run() -> Any:
+        result = await tasks.async_add.aenqueue(2, 3)
+        await sync_to_async(drain)()  # on the thread async_to_sync blocks
+        return result
+
+    outcome: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(async_to_sync(enqueue_and_run)()), daemon=True
+    )
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "deadlock: the worker waited for its caller's thread"
+    assert tasks.async_add.get_result(outcome[0].id).return_value == 5
 
 
 def test_run_after_defers_the_job() -> None:

@@ -17,6 +17,7 @@ and so are those of asgiref's thread, where an async task's ORM calls run.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -97,11 +98,11 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
         async def handler(*args: Any, **kwargs: Any) -> Any:
             # The ORM of async code runs in asgiref's thread (`sync_to_async`): its
             # connections are cleaned up around the task there, as around a sync task.
-            await sync_to_async(close_old_connections)()
+            await _close_old_connections_async()
             try:
                 return await run_async(args, kwargs)
             finally:
-                await sync_to_async(close_old_connections)()
+                await _close_old_connections_async()
 
         async def run_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             result, call_args = start(args, kwargs)
@@ -138,6 +139,16 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
     run.__signature__ = signature  # type: ignore[attr-defined]
     run.__module__, run.__qualname__, run.__doc__ = func.__module__, func.__qualname__, func.__doc__
     return run
+
+
+async def _close_old_connections_async() -> None:
+    """`close_old_connections()` in asgiref's thread for async code's ORM calls (its
+    single thread, outside any `async_to_sync`), from a fresh context: a worker driven
+    from inside `async_to_sync` (a test's) inherits that caller's context, where
+    `sync_to_async` would pick the caller's own thread, blocked waiting for the
+    worker: a deadlock."""
+    cleanup = sync_to_async(close_old_connections)()
+    await asyncio.create_task(cleanup, context=contextvars.Context())
 
 
 def _send(signal: Signal, sender: type, result: OffloadTaskResult) -> None:
