@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -49,9 +50,14 @@ class Portal:
         self._thread: threading.Thread | None = None
         self._on_exit = on_exit
         self._finalizer: weakref.finalize[Any, Portal] | None = None
+        self._pid = os.getpid()
+        #: The parent's loop, in a forked child: kept, never run, closed or collected.
+        self._inherited: list[asyncio.AbstractEventLoop] = []
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._loop is not None and self._pid != os.getpid():
+                self._forget_parents_loop()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
@@ -67,12 +73,24 @@ class Portal:
                 thread = threading.Thread(target=serve, name="offload-portal", daemon=True)
                 thread.start()
                 ready.wait()
-                self._loop, self._thread = loop, thread
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
                 # A portal dropped without close() stops its loop when collected.
                 self._finalizer = weakref.finalize(self, _stop, loop, thread, None)
                 self._finalizer.atexit = False  # exit is `_close_all`'s, on_exit first
                 _live.add(self)
             return self._loop
+
+    def _forget_parents_loop(self) -> None:
+        """In a forked child (gunicorn --preload, multiprocessing's fork): the loop was
+        copied but not its thread, so a coroutine handed to it would wait forever.
+        Drop it (the next `run` starts a loop of the child's own) without closing it:
+        its selector and sockets are the parent's too."""
+        assert self._loop is not None
+        self._inherited.append(self._loop)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._loop = self._thread = self._finalizer = None
+        _live.discard(self)
 
     def is_current(self) -> bool:
         """Whether the caller runs on the portal's loop."""

@@ -10,11 +10,13 @@ into a message on its way up is still caught before it is printed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "RedactingFormatter", "redact", "redact_url"]
+__all__ = ["MASK", "RedactingFormatter", "dataclass_repr", "redact", "redact_url"]
 
 MASK = "***"
 
@@ -89,6 +91,16 @@ def redact(text: str) -> str:
     text = _ENCODED_USERINFO.sub(lambda m: f"{m['head']}{MASK}%40", text)
     text = _ENCODED_KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
+
+
+def dataclass_repr(obj: Any) -> str:
+    """A dataclass's usual repr with its credentials masked: for the parsed settings
+    of a broker URL, which keep the password for the client library (assign it as the
+    class's `__repr__`, which `@dataclass` then leaves alone)."""
+    shown = ", ".join(
+        f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj) if f.repr
+    )
+    return redact(f"{type(obj).__qualname__}({shown})")
 
 
 class RedactingFormatter(logging.Formatter):

@@ -7,6 +7,7 @@ are raised at the producer, before anything reaches the broker.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Mapping, Sequence
@@ -66,7 +67,8 @@ def encode_value(value: Any, *, what: str = "value") -> bytes:
     try:
         return _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise SerializationError(f"{what} is not JSON-serializable: {exc}") from exc
+        at = _at(_bad_spot(value)) if not isinstance(exc, RecursionError) else ""
+        raise SerializationError(f"{what} is not JSON-serializable{at}: {exc}") from exc
 
 
 def decode_value(data: bytes) -> Any:
@@ -120,15 +122,42 @@ def _canonical(node: Any) -> Any:
 def _describe_bad_argument(
     task: str, args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
 ) -> str:
-    for index, arg in enumerate(args):
+    named: list[tuple[object, Any]] = [*enumerate(args), *((repr(k), v) for k, v in kwargs.items())]
+    for name, arg in named:
         problem = _encode_problem(arg)
         if problem:
-            return f"argument {index} of task {task!r} is not JSON-serializable: {problem}"
-    for name, arg in kwargs.items():
-        problem = _encode_problem(arg)
-        if problem:
-            return f"argument {name!r} of task {task!r} is not JSON-serializable: {problem}"
+            at = "" if isinstance(exc, RecursionError) else _at(_bad_spot(arg))
+            return f"argument {name} of task {task!r} is not JSON-serializable{at}: {problem}"
     return f"job for task {task!r} is not JSON-serializable: {exc}"
+
+
+def _bad_spot(value: Any, path: str = "", depth: int = 0) -> str:
+    """Where in `value` its encoding fails (`['rows'][3].when`): the innermost value
+    that fails on its own, so a bad value deep in a large argument is found by name.
+    Runs only once an encoding has failed."""
+    if depth < 100:  # the nesting limit of `offload.validation`
+        for suffix, child in _children(value):
+            if _encode_problem(child):
+                return _bad_spot(child, path + suffix, depth + 1)
+    return path
+
+
+def _at(path: str) -> str:
+    if not path:
+        return ""
+    return f" at {path if len(path) <= 80 else path[:77] + '...'}"
+
+
+def _children(value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [(f"[{k!r}]", v) for k, v in value.items()]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [(f"[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, msgspec.Struct):
+        return [(f".{f}", getattr(value, f)) for f in value.__struct_fields__]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
+    return []
 
 
 def _encode_problem(value: Any) -> str | None:

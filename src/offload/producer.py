@@ -15,6 +15,8 @@ engine that sits above the producer.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +69,11 @@ class Producer:
         # A loop-bound broker (Capabilities.loop_bound) cannot serve the sync portal's
         # loop and the caller's (a worker's) at once: the portal gets its own instance.
         self._portal_broker: Broker | None = None
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
+        #: A forked child's copies of its parent's brokers: kept, never used or closed
+        #: (their connections are the parent's; closing them would end its sessions).
+        self._inherited: list[Broker] = []
         #: Lifecycle hooks (`offload.hooks`): every enqueue path runs `before_enqueue`
         #: on each job it builds and `after_enqueue` once the broker answered (or not).
         self.hooks = Hooks()
@@ -108,9 +115,15 @@ class Producer:
             created_at=now,
         )
 
-    def items(self, name: str, calls: Sequence[Call], overrides: Overrides) -> list[Item]:
+    def items(
+        self, name: str, calls: Sequence[Call], overrides: Overrides, *, hooks: bool = True
+    ) -> list[Item]:
         """Checked, encoded envelopes: everything an enqueue sends to the broker. The
         whole batch is checked before the broker sees any of it (all or nothing).
+
+        `hooks=False` leaves out the `before_enqueue` hooks, for jobs that may never be
+        sent (Django's on-commit enqueue): `hooked` runs them once the send is certain,
+        so that every `before_enqueue` a hook hears is followed by its `after_enqueue`.
 
         Raises:
             InvalidArguments: a call does not fit the registered task's signature.
@@ -123,7 +136,7 @@ class Producer:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self.envelope(name, call, call.overrides or overrides, now)
-            if not self.hooks:
+            if not self.hooks or not hooks:
                 items.append(validation.checked(envelope))
                 continue
             envelope = self.hooks.before_enqueue(envelope)
@@ -133,6 +146,26 @@ class Producer:
                 self.not_sent([*items, (envelope, b"")], exc)
                 raise
         return items
+
+    def hooked(self, items: Sequence[Item]) -> list[Item]:
+        """`items` made with `items(..., hooks=False)`, passed through the
+        `before_enqueue` hooks now and checked again, just before they are sent.
+
+        Raises:
+            SerializationError / ConfigurationError: a hook made an envelope invalid
+                (the hooks hear that none of the batch was sent).
+        """
+        if not self.hooks:
+            return list(items)
+        hooked: list[Item] = []
+        for envelope, _ in items:
+            envelope = self.hooks.before_enqueue(envelope)
+            try:
+                hooked.append(validation.checked(envelope))
+            except Exception as exc:
+                self.not_sent([*hooked, (envelope, b"")], exc)
+                raise
+        return hooked
 
     # -- sending -----------------------------------------------------------------------
 
@@ -152,6 +185,7 @@ class Producer:
         """Send checked, encoded envelopes (`items`) from synchronous code: on the
         calling thread where the broker can (`Capabilities.blocking_enqueue`), else on
         the portal loop."""
+        self._own_connections()
         broker = self._portal_broker or self.broker
         if broker.capabilities.blocking_enqueue and not self.portal.is_current():
             try:
@@ -260,6 +294,7 @@ class Producer:
         On the sync portal's loop a loop-bound broker is a second instance of the same
         URL, so that sync producers and an async worker may share this app.
         """
+        self._own_connections()
         if self.broker.capabilities.loop_bound and self.portal.is_current():
             if self._portal_broker is None:
                 self._portal_broker = from_url(self.url, clock=self.clock)
@@ -289,8 +324,23 @@ class Producer:
         """The portal loop's own broker, if one was made (loop-bound brokers)."""
         return self._portal_broker
 
+    def _own_connections(self) -> None:
+        """In a forked child, start over from a fresh broker for `url`: the inherited
+        one is connected through the parent's sockets, and served by the parent's
+        portal loop, whose thread the child does not have (it would wait forever)."""
+        if self._pid == os.getpid():
+            return
+        with self._fork_lock:
+            if self._pid == os.getpid():
+                return
+            self._inherited += [b for b in (self.broker, self._portal_broker) if b is not None]
+            self.broker = from_url(self.url, clock=self.clock)
+            self._connected, self._portal_broker = False, None
+            self._pid = os.getpid()
+
     async def aclose(self) -> None:
         """Close the broker."""
+        self._own_connections()
         if self._connected:
             self._connected = False
             await self.broker.close()
@@ -303,6 +353,7 @@ class Producer:
 
     async def _close_brokers(self) -> None:
         """Close the portal's broker and the main one (run on the portal loop)."""
+        self._own_connections()
         portal_broker, self._portal_broker = self._portal_broker, None
         if portal_broker is not None:
             await portal_broker.close()

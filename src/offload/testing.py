@@ -31,6 +31,8 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from offload._portal import Portal
+from offload._redact import redact_url
 from offload.envelope import ErrorInfo, JobState
 from offload.errors import JobFailed
 from offload.scheduler import Scheduler
@@ -120,8 +122,10 @@ class InlineRunner:
     Jobs run one at a time (concurrency 1), in enqueue order within a priority, so a
     test sees the same order every run.
 
-    Sync methods run on the app's portal loop (as a sync `enqueue` does); async tests
-    use the `*_async` twins, which run on the test's own loop.
+    Sync methods run the jobs on an event loop of the runner's own, in a thread, as a
+    worker runs them on its own loop: not on the app's portal loop, where an async
+    handler's sync call (`other.enqueue(...)`, `job.state()`) would wait on the loop it
+    runs on. Async tests use the `*_async` twins, which run on the test's own loop.
 
     Args:
         url: the broker to run on; `memory://` (default) is a complete broker in
@@ -150,9 +154,10 @@ class InlineRunner:
         self._restore: Callable[[], None] | None = None
         self._workers: dict[asyncio.AbstractEventLoop, Worker] = {}
         self._scheduler: Scheduler | None = None
+        self._loop = Portal()  # the sync methods' loop, started on first use
 
     def __repr__(self) -> str:
-        return f"<InlineRunner {self.url} now={self.clock.now()}>"
+        return f"<InlineRunner {redact_url(self.url)} now={self.clock.now()}>"
 
     # -- open / close ------------------------------------------------------------------
 
@@ -163,7 +168,10 @@ class InlineRunner:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: _Traceback
     ) -> None:
-        self.app.portal.run(self._close())
+        try:  # on the loop where the sync methods used the broker, if they ran
+            (self._loop if self._loop.started else self.app.portal).run(self._close())
+        finally:
+            self._loop.close()
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -189,11 +197,19 @@ class InlineRunner:
                 worker.executor.close()
             self._workers.clear()
             portal_broker = self.app.producer.portal_broker
-            if portal_broker is not None:
-                await portal_broker.close()
+            if portal_broker is not None:  # a loop-bound broker: closed on its own loop
+                await self._on_portal(portal_broker.close())
             await self.app.aclose()
         finally:
             restore()
+
+    async def _on_portal(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Await `coro` on the app's portal loop (from another loop, in a thread: the
+        portal's loop may be waiting for this one)."""
+        if self.app.portal.is_current():
+            await coro
+        else:
+            await asyncio.to_thread(self.app.portal.run, coro)
 
     # -- running -----------------------------------------------------------------------
 
@@ -202,7 +218,7 @@ class InlineRunner:
         at once), until none is ready; fire the schedules due now. Returns how many
         jobs ran. Jobs delayed or waiting for a retry stay until the clock reaches
         them (`advance`, `run_all`)."""
-        return self.app.portal.run(self.drain_async(raise_errors=raise_errors))
+        return self._run_sync(self._run_due, raise_errors)
 
     async def drain_async(self, *, raise_errors: bool | None = None) -> int:
         """`drain` for async tests."""
@@ -214,17 +230,19 @@ class InlineRunner:
         backoff time, and sees the time it would in production). Each stop also runs
         the broker's housekeeping (`sweep`: expiry, purge of finished jobs past their
         result TTL). Returns how many jobs ran."""
-        return self.app.portal.run(self.advance_async(seconds, raise_errors=raise_errors))
+        return self._run_sync(self._advancing(seconds), raise_errors)
 
     async def advance_async(
         self, seconds: float | timedelta, *, raise_errors: bool | None = None
     ) -> int:
         """`advance` for async tests."""
+        return await self._checked(self._advancing(seconds), raise_errors)
+
+    def _advancing(self, seconds: float | timedelta) -> Callable[[], Coroutine[Any, Any, int]]:
         delta = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
         if not delta >= 0:
             raise ValueError(f"advance() takes seconds >= 0, got {seconds!r}")
-        deadline = self.clock.now() + delta
-        return await self._checked(partial(self._steps, deadline, until_idle=False), raise_errors)
+        return partial(self._steps_for, delta, until_idle=False)
 
     def run_all(
         self, *, within: float | timedelta = 7 * 86400.0, raise_errors: bool | None = None
@@ -233,15 +251,17 @@ class InlineRunner:
         schedule fires on the way) until no job waits, or `within` seconds have
         passed. The shortest way to "run everything, retries included". Returns how
         many jobs ran."""
-        return self.app.portal.run(self.run_all_async(within=within, raise_errors=raise_errors))
+        return self._run_sync(self._running_all(within), raise_errors)
 
     async def run_all_async(
         self, *, within: float | timedelta = 7 * 86400.0, raise_errors: bool | None = None
     ) -> int:
         """`run_all` for async tests."""
+        return await self._checked(self._running_all(within), raise_errors)
+
+    def _running_all(self, within: float | timedelta) -> Callable[[], Coroutine[Any, Any, int]]:
         span = within.total_seconds() if isinstance(within, timedelta) else float(within)
-        deadline = self.clock.now() + span
-        return await self._checked(partial(self._steps, deadline, until_idle=True), raise_errors)
+        return partial(self._steps_for, span, until_idle=True)
 
     # -- looking -----------------------------------------------------------------------
 
@@ -254,7 +274,7 @@ class InlineRunner:
     ) -> list[JobInfo]:
         """The jobs in the broker (optionally of one state, task or queue), oldest
         first. A dead job's `error` holds the exception's type, message and traceback."""
-        return self.app.portal.run(self.jobs_async(state=state, task=task, queue=queue))
+        return self._loop.run(self.jobs_async(state=state, task=task, queue=queue))
 
     async def jobs_async(
         self,
@@ -286,7 +306,7 @@ class InlineRunner:
 
     def _worker(self) -> Worker:
         """This loop's worker (asyncio objects belong to one loop, and a runner may be
-        driven from the portal's loop and the test's)."""
+        driven from its own loop and the test's)."""
         loop = asyncio.get_running_loop()
         worker = self._workers.get(loop)
         if worker is None:
@@ -315,6 +335,10 @@ class InlineRunner:
             if count == 0:
                 return ran
 
+    async def _steps_for(self, span_s: float, *, until_idle: bool) -> int:
+        """`_steps` until `span_s` seconds from now (read when the run starts)."""
+        return await self._steps(self.clock.now() + span_s, until_idle=until_idle)
+
     async def _steps(self, deadline: float, *, until_idle: bool) -> int:
         broker = await self._broker()
         ran = await self._run_due()
@@ -337,10 +361,31 @@ class InlineRunner:
         fires = [next(e.schedule.after(now)) for e in self.app.schedules.values()]
         return float(min(fires)) if fires else None
 
+    def _run_sync(
+        self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
+    ) -> int:
+        """Run `run` on the runner's loop; raise the first job's death, if asked, here
+        on the caller's thread: a handler's `SystemExit` or `KeyboardInterrupt` raised
+        on that loop would stop it and leave the caller waiting forever."""
+        ran, error = self._loop.run(self._recorded(run, raise_errors))
+        if error is not None:
+            raise error
+        return ran
+
     async def _checked(
         self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
     ) -> int:
         """Run `run`; then, if asked, raise the first job's death during it."""
+        ran, error = await self._recorded(run, raise_errors)
+        if error is not None:
+            raise error
+        return ran
+
+    async def _recorded(
+        self, run: Callable[[], Coroutine[Any, Any, int]], raise_errors: bool | None
+    ) -> tuple[int, BaseException | None]:
+        """Run `run`; how many jobs ran, and, if asked, the first job's death during it
+        (its exception, else `JobFailed`), returned for the caller to raise."""
         await self._broker()  # raises if the runner is not open
         worker = self._worker()
         executor = worker.executor
@@ -350,7 +395,5 @@ class InlineRunner:
         if executor.buried and (self.raise_errors if raise_errors is None else raise_errors):
             job_id, raised, error = executor.buried[0]
             executor.buried.clear()
-            if raised is not None:
-                raise raised
-            raise JobFailed(job_id, error)
-        return ran
+            return ran, raised if raised is not None else JobFailed(job_id, error)
+        return ran, None

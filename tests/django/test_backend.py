@@ -3,6 +3,7 @@ read the result back through Django, with every feature Django's API names."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -111,6 +112,67 @@ def test_djangos_signals_are_sent_for_enqueue_start_and_finish() -> None:
         ("started", result.id, "RUNNING"),
         ("finished", result.id, "SUCCESSFUL"),
     ]
+
+
+def test_an_async_tasks_signal_receivers_leave_no_database_connection_open() -> None:
+    """An async task's signals are sent from the default executor's threads; a receiver
+    that queries the database opened a connection there that stayed open for the
+    worker's life (Django closes its connections around each request, and offload
+    around each sync task, not in those threads)."""
+    from django.db import connections
+
+    used: list[Any] = []
+
+    def receive(sender: type, task_result: Any, **kwargs: Any) -> None:
+        wrapper = connections["default"]  # this thread's own
+        with wrapper.cursor() as cur:
+            cur.execute("SELECT 1")
+        used.append(wrapper)
+
+    task_finished.connect(receive)
+    try:
+        result = tasks.async_add.enqueue(1, 2)
+        drain()
+    finally:
+        task_finished.disconnect(receive)
+    assert tasks.async_add.get_result(result.id).return_value == 3
+    [wrapper] = used
+    assert wrapper is not connections["default"]  # not this thread's...
+    assert wrapper.connection is None  # ...and closed after the receivers ran
+
+
+def test_an_async_task_leaves_no_database_connection_open() -> None:
+    """A worker is Django's request cycle for jobs: as around a sync task, the
+    connection an async task used (through `sync_to_async`) is cleaned up after it.
+    Kept open for the worker's life, it went stale on a database restart or an idle
+    timeout, and failed the jobs that used it after."""
+    tasks.ran.clear()
+    result = tasks.touches_the_database.enqueue()
+    drain()
+    assert tasks.touches_the_database.get_result(result.id).return_value == 1
+    [(_, wrapper)] = [r for r in tasks.ran if r[0] == "touches_the_database"]
+    assert wrapper.connection is None
+
+
+def test_an_async_task_runs_under_a_worker_driven_from_inside_async_to_sync() -> None:
+    """A worker driven from a sync function that `async_to_sync` runs (as Django's own
+    test suite does) inherits that caller's context: the connection cleanup around an
+    async task must not wait for the caller's thread, which waits for the worker."""
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    async def enqueue_and_run() -> Any:
+        result = await tasks.async_add.aenqueue(2, 3)
+        await sync_to_async(drain)()  # on the thread async_to_sync blocks
+        return result
+
+    outcome: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(async_to_sync(enqueue_and_run)()), daemon=True
+    )
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "deadlock: the worker waited for its caller's thread"
+    assert tasks.async_add.get_result(outcome[0].id).return_value == 5
 
 
 def test_run_after_defers_the_job() -> None:

@@ -10,13 +10,16 @@ commit, and never on rollback.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.tasks import TaskResultStatus
 from django.tasks.exceptions import TaskResultDoesNotExist
 
-from tests.django.helpers import drain, running_worker, wait_for
+from offload.envelope import Envelope
+from offload.hooks import Hook
+from tests.django.helpers import backend, drain, running_worker, wait_for
 from tests.django.project import tasks
 
 pytestmark = pytest.mark.timeout(120)
@@ -104,3 +107,71 @@ def test_elsewhere_a_rollback_means_the_job_is_never_sent() -> None:
     drain("sqlite")
     with pytest.raises(TaskResultDoesNotExist):
         tasks.on_sqlite.get_result(result.id)
+
+
+class HeardEnqueues(Hook):
+    """Records what the enqueue hooks heard, by job id."""
+
+    def __init__(self) -> None:
+        self.before: list[str] = []
+        self.after: list[tuple[str, bool | None, BaseException | None]] = []
+
+    def before_enqueue(self, envelope: Envelope) -> None:
+        self.before.append(envelope.id)
+
+    def after_enqueue(
+        self, envelope: Envelope, created: bool | None, error: BaseException | None
+    ) -> None:
+        self.after.append((envelope.id, created, error))
+
+
+@pytest.fixture
+def heard() -> Iterator[Callable[[str], HeardEnqueues]]:
+    """A `HeardEnqueues` hook on a backend's app, removed after the test."""
+    added: list[tuple[Any, HeardEnqueues]] = []
+
+    def add(alias: str) -> HeardEnqueues:
+        hook = HeardEnqueues()
+        app = backend(alias).app
+        app.add_hook(hook)
+        added.append((app, hook))
+        return hook
+
+    yield add
+    for app, hook in added:
+        app.hooks.remove(hook)
+
+
+def test_the_enqueue_hooks_hear_a_job_written_in_the_transaction_to_its_end(
+    heard: Callable[[str], HeardEnqueues],
+) -> None:
+    hook = heard("default")
+    with transaction.atomic():
+        result = tasks.add.enqueue(1, 2)
+    assert hook.before == [result.id]
+    assert hook.after == [(result.id, True, None)]  # a tracing span ends, metrics count
+
+
+def test_the_enqueue_hooks_hear_nothing_of_a_job_never_sent_after_a_rollback(
+    heard: Callable[[str], HeardEnqueues],
+) -> None:
+    hook = heard("sqlite")
+    with pytest.raises(Rollback), transaction.atomic():
+        tasks.on_sqlite.enqueue("eve@example.com")
+        raise Rollback()
+    assert not hook.before and not hook.after  # no span left open, waiting forever
+    with transaction.atomic():
+        result = tasks.on_sqlite.enqueue("fay@example.com")
+        assert hook.before == []  # not before the commit sends it
+    assert hook.before == [result.id]
+    assert hook.after == [(result.id, True, None)]
+
+
+def test_a_key_whose_job_exists_gives_that_job_at_commit() -> None:
+    """Sent on commit, an enqueue whose idempotency key names an existing job must end
+    up with that job's id (as outside a transaction), not the id of a job never stored."""
+    first = tasks.on_sqlite.using(key="once:gus").enqueue("gus@example.com")
+    with transaction.atomic():
+        second = tasks.on_sqlite.using(key="once:gus").enqueue("gus@example.com")
+    assert second.id == first.id
+    assert tasks.on_sqlite.get_result(second.id).id == first.id

@@ -72,3 +72,21 @@ def test_a_backend_that_is_not_offloads_is_refused() -> None:
     with override_settings(TASKS={"default": dummy}):
         with pytest.raises(ConfigurationError, match=r"not offload\.contrib\.django"):
             worker_app("default")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"backend": "nope"}, r"no TASKS backend 'nope' \(configured: 'default', 'sqlite'\)"),
+        ({"lease": -1.0}, "lease"),
+    ],
+)
+def test_a_bad_backend_or_option_is_a_command_error_naming_it(
+    options: dict[str, object], named: str
+) -> None:
+    """`manage.py offload_worker --backend typo` printed Django's traceback
+    (InvalidTaskBackend), and a bad worker option offload's: each is one line."""
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=named):
+        call_command("offload_worker", **options)

@@ -192,3 +192,28 @@ async def test_first_enqueue_into_a_new_queue_does_not_block_other_transactions(
     assert (await app.broker.counts(["brand-new"]))["brand-new"].states[JobState.QUEUED] == (
         2 if first_ends == "commit" else 1
     )
+
+
+async def test_max_depth_bounds_enqueue_but_not_enqueue_in(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    """What the README says: a count that `QueueFull` could trust would lock the queue
+    until the application's commit, so `enqueue_in` is not checked."""
+    from offload import QueueFull
+
+    app = Offload(postgres_url)
+    try:
+
+        @app.task(name="bounded", max_depth=1)
+        async def bounded() -> None:
+            pass
+
+        await bounded.enqueue_async()
+        with pytest.raises(QueueFull):
+            await bounded.enqueue_async()
+        async with await psycopg.AsyncConnection.connect(postgres_dsn) as conn:
+            async with conn.transaction():
+                job = await bounded.enqueue_in_async(conn)
+        assert job is not None and await job.state_async() is JobState.QUEUED
+    finally:
+        await app.aclose()

@@ -113,8 +113,13 @@ def test_a_forked_child_opens_its_own_direct_connection(redis_url: str) -> None:
         answers = context.Queue()
 
         def child() -> None:
+            # The child's producer has a broker of its own (the parent's is left alone),
+            # whose first enqueue records the queue, as `sync_app` did.
+            t.enqueue(2)
             job = t.enqueue(2)
-            child_sock = broker._blocking._sock
+            mine = app.producer.portal_broker or app.producer.broker
+            assert isinstance(mine, RedisBroker) and mine is not broker
+            child_sock = mine._blocking._sock
             answers.put((job.id, child_sock.getsockname() if child_sock else None))
 
         process = context.Process(target=child)

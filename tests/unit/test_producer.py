@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import inspect
+import queue
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +50,35 @@ def test_bad_url_names_known_schemes() -> None:
         Offload("not a url")
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://:pw@127.0.0.1:1/0?prefx=app", "prefx"),
+        ("rediss://:pw@127.0.0.1:1/0?ssl_cert_reqs=none&prefx=app", "prefx"),
+        ("redis://:pw@127.0.0.1:1?cluster=true&prefx=app", "prefx"),
+        ("redis://:pw@127.0.0.1:1/0?socket_timeout=soon", "socket_timeout"),
+        ("postgresql://u:pw@127.0.0.1:1/db?schem=app", "schem"),
+    ],
+)
+def test_an_unknown_url_option_is_a_configuration_error_naming_it(url: str, named: str) -> None:
+    """A typo in a broker URL's options fails where the app is made, naming the option,
+    as an offload error without the password: not at the first connection, as an
+    outage a worker retries forever (Redis), or psycopg's own error (PostgreSQL)."""
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        Offload(url)
+    assert "pw" not in str(caught.value)
+
+
+def test_url_options_of_the_client_libraries_are_taken() -> None:
+    for url in (
+        "redis://127.0.0.1:1/0?prefix=a&pool_max=5&socket_timeout=5&client_name=web",
+        "rediss://127.0.0.1:1/0?ssl_cert_reqs=none&health_check_interval=10",
+        "redis://127.0.0.1:1?cluster=true&read_from_replicas=true&socket_timeout=3",
+        "postgresql://u@127.0.0.1:1/db?schema=app&pool_max=3&sslmode=disable&connect_timeout=3",
+    ):
+        Offload(url).close()
+
+
 def test_url_defaults_to_env_then_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFFLOAD_URL", "memory://")
     assert Offload().url == "memory://"
@@ -75,6 +109,30 @@ def test_unserializable_argument_fails_at_enqueue_naming_it(app: Offload) -> Non
         send.enqueue("ada@example.com", attachment=object())
     with pytest.raises(SerializationError, match=r"argument 0 of task 'emails.send'"):
         send.enqueue({1, 2, object()})  # type: ignore[arg-type]
+    assert app.portal.run(app.broker.counts()) == {}  # nothing reached the broker
+
+
+def test_a_value_that_is_not_json_is_found_where_it_sits_in_its_argument(app: Offload) -> None:
+    """The README promises the argument "and where in it": a NaN was placed, but an
+    object msgspec cannot encode, deep in a large argument, was not."""
+
+    @dataclasses.dataclass
+    class Row:
+        when: object
+
+    @app.task(name="reports.build")
+    def build(spec: object, *, rows: object = None) -> None: ...
+
+    with pytest.raises(
+        SerializationError,
+        match=r"argument 0 of task 'reports.build' "
+        r"is not JSON-serializable at \['filters'\]\[1\]\['since'\]: ",
+    ):
+        build.enqueue({"filters": [{"name": "x"}, {"since": object()}]})
+    with pytest.raises(SerializationError, match=r"argument 'rows' .* at \[2\]\.when: "):
+        build.enqueue({}, rows=[Row(1), Row(2), Row(object())])
+    with pytest.raises(SerializationError, match=r"'reports.build' is not JSON-serializable: "):
+        build.enqueue(object())  # the argument itself: no place to name
     assert app.portal.run(app.broker.counts()) == {}  # nothing reached the broker
 
 
@@ -259,3 +317,52 @@ def test_job_ids_are_unique_time_ordered_hex_across_threads_and_a_fork() -> None
     child.join(30)
     from_parent = [new_job_id() for _ in range(5)]
     assert not {i[12:] for i in from_child} & {i[12:] for i in from_parent}
+
+
+def _in_forked_child(work: Callable[[], object], timeout_s: float = 30.0) -> object:
+    """`work()`'s result, run in a child forked from this (multi-threaded) process; an
+    AssertionError if the child hangs past `timeout_s` (it is then killed)."""
+    import multiprocessing
+    import warnings
+
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork() beside threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = context.Process(target=lambda: answers.put(repr(work())), daemon=True)
+        child.start()
+    try:
+        return answers.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"the forked child hung for {timeout_s} s") from None
+    finally:
+        child.kill()
+        child.join(10)
+        answers.close()
+
+
+def test_a_forked_child_uses_the_sync_api_after_its_parent_did(tmp_path: Path) -> None:
+    """gunicorn --preload, uWSGI or multiprocessing's fork: the parent's portal loop and
+    the connections it served were not copied into the child (only the thread that
+    forked was), so a child that reused them waited forever on a loop nobody runs. It
+    starts its own and leaves the parent's alone."""
+    app = Offload(f"sqlite:///{tmp_path / 'offload.db'}")
+
+    @app.task(name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    first = double.enqueue(1)
+    assert first.state() is JobState.QUEUED  # the parent's portal loop is running
+
+    def in_child() -> object:
+        job = double.enqueue(2)
+        return job.state(), first.state(), asyncio.run(first.state_async())
+
+    states = (JobState.QUEUED, JobState.QUEUED, JobState.QUEUED)
+    try:
+        assert _in_forked_child(in_child) == repr(states)
+        assert first.state() is JobState.QUEUED  # the parent's connections still serve
+        assert len(app.portal.run(app.broker.list_jobs(limit=10)).items) == 2
+    finally:
+        app.close()

@@ -56,6 +56,36 @@ def test_reprs_hide_the_password() -> None:
 @pytest.mark.parametrize(
     "url",
     [
+        f"postgresql://u:{SECRET}@127.0.0.1:1/db?schema=s",
+        f"postgresql://u@127.0.0.1:1/db?password={SECRET}",
+        f"redis://:{SECRET}@127.0.0.1:1/0",
+        f"amqp://guest:{SECRET}@127.0.0.1:1/?state=postgresql://u:{SECRET}@h/db",
+    ],
+)
+def test_the_parsed_settings_of_a_broker_url_hide_the_password(url: str) -> None:
+    """The settings a URL is parsed into keep the password for the client library, so
+    their repr (a debugger, `pytest -l`, a log of `vars(broker)`) must not show it."""
+    from offload.brokers.amqp.settings import parse_url as amqp_settings
+    from offload.brokers.postgres import parse_url as postgres_settings
+    from offload.brokers.redis._connection import parse_url as redis_settings
+
+    parse = {"postgresql": postgres_settings, "redis": redis_settings, "amqp": amqp_settings}
+    shown = repr(parse[url.partition(":")[0]](url))
+    assert SECRET not in shown
+    assert "***" in shown and "127.0.0.1:1" in shown
+
+
+def test_an_inline_runners_repr_hides_the_password() -> None:
+    """pytest prints a failing test's fixtures by their repr (`offload_runner = ...`),
+    into CI logs: a runner on a server broker must not show its password there."""
+    runner = Offload("memory://").testing(f"redis://:{SECRET}@127.0.0.1:1/0")
+    assert SECRET not in repr(runner)
+    assert "redis://:***@127.0.0.1:1/0" in repr(runner)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
         f"redis://:{SECRET}@h:notaport/0",
         f"redis://:{SECRET}@h:99999/0",
         f"postgresql://u:{SECRET}@[::1",

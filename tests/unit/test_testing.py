@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -158,6 +160,68 @@ def test_raise_errors_reports_a_job_buried_without_an_exception(app: Offload) ->
             t.drain()
         assert raised.value.job_id == job.id
         assert t.drain() == 0  # raised once, not again
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt("from the handler")])
+@pytest.mark.parametrize("how", ["drain", "advance", "run_all"])
+def test_raise_errors_raises_a_handlers_base_exception_in_the_test(
+    app: Offload, raised: BaseException, how: str
+) -> None:
+    """`raise_errors` re-raised the handler's exception on the portal's loop: a
+    `SystemExit` or `KeyboardInterrupt` stopped that loop, and the test waited forever
+    (so did every later sync call of the app). It is raised in the test's thread."""
+
+    @app.task(max_attempts=1)
+    def leave() -> None:
+        raise raised
+
+    calls: dict[str, Callable[[InlineRunner], int]] = {
+        "drain": lambda t: t.drain(raise_errors=True),
+        "advance": lambda t: t.advance(60, raise_errors=True),
+        "run_all": lambda t: t.run_all(raise_errors=True),
+    }
+    t = app.testing().__enter__()
+    job = leave.enqueue()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            calls[how](t)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)  # a daemon: it may hang
+    caller.start()
+    caller.join(20)
+    if caller.is_alive():  # the runner is left open: closing it would hang as well
+        pytest.fail(f"{how}(raise_errors=True) hung: the portal's loop stopped")
+    try:
+        assert [type(e) for e in outcome] == [type(raised)]
+        assert job.state() is JobState.DEAD  # the app's sync calls still answer
+        assert t.drain() == 0
+    finally:
+        t.__exit__(None, None, None)
+
+
+def test_an_async_handler_may_call_the_sync_api_under_a_sync_drain(app: Offload) -> None:
+    """A worker runs async handlers on its own loop, so one that calls the sync API
+    (enqueue, a job's state) works; the sync `drain` ran them on the app's portal loop,
+    where that call raised "Portal.run called from the portal's own loop"."""
+
+    @app.task
+    def leaf(n: int) -> int:
+        return n
+
+    @app.task
+    async def fan_out(n: int) -> str:
+        jobs = [leaf.enqueue(i) for i in range(n)]  # sync, as legacy code may
+        return jobs[-1].state()
+
+    with app.testing(raise_errors=True) as t:
+        job = fan_out.enqueue(2)
+        assert t.drain() == 3
+        assert job.result() == "queued"  # what it saw before the leaves ran
+        assert [j.state for j in t.jobs(task=leaf)] == [JobState.SUCCEEDED] * 2
 
 
 def test_app_gets_its_own_broker_and_clock_back_after_the_test(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import asyncio
 import os
 from typing import Any
 
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 from django.tasks import TaskContext, task
 
 from offload.envelope import Backoff
@@ -46,6 +47,22 @@ def fails_twice(context: TaskContext) -> int:
     if context.attempt < 3:
         raise ConnectionError(f"attempt {context.attempt}")
     return context.attempt
+
+
+@task()
+async def touches_the_database() -> int:
+    """An async task using the ORM the Django way (`sync_to_async`); records the
+    database wrapper it used."""
+
+    def query() -> int:
+        wrapper = connections["default"]
+        ran.append(("touches_the_database", wrapper))
+        with wrapper.cursor() as cur:
+            cur.execute("SELECT 1")
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    return await sync_to_async(query)()
 
 
 @task()

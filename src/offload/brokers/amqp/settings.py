@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+from offload._redact import dataclass_repr
 from offload.errors import ConfigurationError
 
 __all__ = ["DEFAULT_CONSUMER_TIMEOUT_S", "STATE_SETTING", "AmqpSettings", "parse_url"]
@@ -65,6 +66,8 @@ class AmqpSettings:
     prefetch: int = 0
     consumer_timeout_s: float = DEFAULT_CONSUMER_TIMEOUT_S
     heartbeat_s: int = 30
+
+    __repr__ = dataclass_repr  # the URL keeps the password: never shown
 
 
 def parse_url(url: str) -> AmqpSettings:

@@ -42,9 +42,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from offload._redact import dataclass_repr
 from offload.brokers.base import (
     DEFAULT_RETENTION_S,
     Broker,
@@ -104,6 +106,8 @@ class Settings:
     channel: str  # the NOTIFY channel of this schema's jobs
     ends_channel: str  # the NOTIFY channel of this schema's job ends (`_signals.py`)
 
+    __repr__ = dataclass_repr  # the URL keeps the password: never shown
+
 
 def parse_url(url: str) -> Settings:
     """Split a broker URL into psycopg's conninfo and offload's options.
@@ -127,6 +131,14 @@ def parse_url(url: str) -> Settings:
     if pool_max < 1:
         raise ConfigurationError(f"pool_max must be at least 1 in {url!r}")
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    try:  # libpq's own parse, no connection: a typo fails here, as offload's error
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        reason = " ".join(str(exc).split())  # libpq's message ends with a newline
+        raise ConfigurationError(
+            f"{reason} in the PostgreSQL URL {url!r} (offload takes "
+            f"{', '.join(_OUR_PARAMS)}, libpq its connection parameters)"
+        ) from None
     channel = channel_name("offload", schema)
     return Settings(conninfo, schema, pool_max, channel, ends_channel(schema))
 

@@ -13,6 +13,7 @@ database number.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import parse_url as redis_parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -36,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from offload._redact import dataclass_repr
 from offload.brokers.redis._scripts import Client
 from offload.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
@@ -74,6 +77,8 @@ class RedisURL:
     cluster: bool
     pool_max: int = DEFAULT_POOL_MAX
 
+    __repr__ = dataclass_repr  # the URL keeps the password: never shown
+
 
 def parse_url(url: str) -> RedisURL:
     """Split an offload Redis URL into redis-py's URL and our options.
@@ -99,7 +104,53 @@ def parse_url(url: str) -> RedisURL:
     if not pool_max.isdigit() or int(pool_max) < 1:
         raise ConfigurationError(f"invalid pool_max={pool_max!r} in {url!r}: an integer >= 1")
     redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+    _check_redis_options(redis_url, url, cluster=flag in _TRUE)
     return RedisURL(redis_url, prefix, flag in _TRUE, int(pool_max))
+
+
+def _check_redis_options(redis_url: str, url: str, *, cluster: bool) -> None:
+    """Refuse a query option redis-py would not take, naming it.
+
+    redis-py passes any option of the URL to its connection class as a keyword, and so
+    fails only at the first connection, with a TypeError that reads as an outage: a
+    worker given `?prefx=app` retried "until the broker is back", forever.
+
+    Raises:
+        ConfigurationError: an unknown option, or a value redis-py cannot parse.
+    """
+    try:
+        options = redis_parse_url(redis_url)
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc} ({url!r})") from None
+    target: type = RedisCluster if cluster else options.get("connection_class", Connection)
+    accepted = _keywords(target)
+    if accepted is None:  # a class taking **kwargs: redis-py will judge
+        return
+    given = {k for k, _ in parse_qsl(urlsplit(redis_url).query, keep_blank_values=True)}
+    unknown = sorted(given - accepted - {"max_connections"})
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(unknown)} in the Redis URL {url!r}: offload "
+            "takes prefix, cluster and pool_max, and redis-py the keywords of "
+            f"{target.__name__}"
+        )
+
+
+def _keywords(cls: type) -> set[str] | None:
+    """The keyword arguments `cls(...)` takes: its `__init__`'s, and while that one
+    passes `**kwargs` on, its bases'; None if no `__init__` on the way stops them."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is object:
+            return None
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
 
 
 def plain_client(url: RedisURL) -> Redis:

@@ -9,19 +9,24 @@ worker thread before and after, as Django does around a request.
 `task_finished` is sent once per job, when its outcome is final: on success, or on a
 failure that offload will not retry (a retried attempt leaves the job READY). For an
 async task the receivers run in a thread (`asyncio.to_thread`), as sync code may: never
-on the worker's loop, and never waiting for the main thread, which `Signal.asend` would.
+on the worker's loop, and never waiting for the main thread, which `Signal.asend` would;
+the database connections of that thread are cleaned up around them, as for sync tasks,
+and so are those of asgiref's thread, where an async task's ORM calls run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime
 from traceback import format_exception
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.db import close_old_connections
+from django.dispatch import Signal
 from django.tasks import Task, TaskContext, TaskResultStatus
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
@@ -91,15 +96,24 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
     if inspect.iscoroutinefunction(func):
 
         async def handler(*args: Any, **kwargs: Any) -> Any:
+            # The ORM of async code runs in asgiref's thread (`sync_to_async`): its
+            # connections are cleaned up around the task there, as around a sync task.
+            await _close_old_connections_async()
+            try:
+                return await run_async(args, kwargs)
+            finally:
+                await _close_old_connections_async()
+
+        async def run_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             result, call_args = start(args, kwargs)
-            await asyncio.to_thread(task_started.send, sender, task_result=result)
+            await asyncio.to_thread(_send, task_started, sender, result)
             try:
                 value = succeeded(result, await func(*call_args, **kwargs))
             except BaseException as exc:
                 if failed(result, exc):
-                    await asyncio.to_thread(task_finished.send, sender, task_result=result)
+                    await asyncio.to_thread(_send, task_finished, sender, result)
                 raise
-            await asyncio.to_thread(task_finished.send, sender, task_result=result)
+            await asyncio.to_thread(_send, task_finished, sender, result)
             return value
 
         run: Callable[..., Any] = handler
@@ -125,6 +139,27 @@ def make_handler(app: Offload, task: Task, alias: str, sender: type) -> Callable
     run.__signature__ = signature  # type: ignore[attr-defined]
     run.__module__, run.__qualname__, run.__doc__ = func.__module__, func.__qualname__, func.__doc__
     return run
+
+
+async def _close_old_connections_async() -> None:
+    """`close_old_connections()` in asgiref's thread for async code's ORM calls (its
+    single thread, outside any `async_to_sync`), from a fresh context: a worker driven
+    from inside `async_to_sync` (a test's) inherits that caller's context, where
+    `sync_to_async` would pick the caller's own thread, blocked waiting for the
+    worker: a deadlock."""
+    cleanup = sync_to_async(close_old_connections)()
+    await asyncio.create_task(cleanup, context=contextvars.Context())
+
+
+def _send(signal: Signal, sender: type, result: OffloadTaskResult) -> None:
+    """Send an async task's `signal` from a thread of the default executor, its
+    database connections cleaned up around the receivers as around a sync task: else a
+    receiver's query leaves that pool thread a connection open for the worker's life."""
+    close_old_connections()
+    try:
+        signal.send(sender, task_result=result)
+    finally:
+        close_old_connections()
 
 
 def _finish(result: OffloadTaskResult, status: TaskResultStatus, state: JobState) -> None:

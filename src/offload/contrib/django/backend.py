@@ -19,7 +19,9 @@ Enqueue and transactions: inside `transaction.atomic()` on the `database` alias,
 is written in that transaction when the broker is PostgreSQL in the same database (same
 NAME, HOST and PORT, psycopg 3): it exists if and only if the transaction commits. With
 any other broker (or database) the job is sent on commit (`transaction.on_commit`), and
-never if the transaction rolls back. Outside a transaction it is sent at once.
+never if the transaction rolls back; if its idempotency key names an existing job, the
+returned result takes that job's id at the commit. Outside a transaction it is sent at
+once.
 
 Backend instances are per thread (Django's connection handler); they share one
 `Offload` app per configuration, held here, so a process has one broker per backend.
@@ -38,7 +40,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.tasks import Task, task_backends
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
@@ -203,18 +205,28 @@ class OffloadBackend(BaseTaskBackend):
         self.validate_task(task)
         name = task.module_path
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))  # as Django
-        items = self.app.producer.items(name, [Call(tuple(args), kwargs)], _overrides(task))
-        envelope = items[0][0]
+        producer = self.app.producer
         db = connections[self.database]
         in_atomic = db.in_atomic_block
         joined = in_atomic and _same_database(self.app, db)
+        # A job sent on commit meets the enqueue hooks only then: after a rollback they
+        # would wait for an `after_enqueue` that never comes (a tracing span left open).
+        on_commit = in_atomic and not joined
+        items = producer.items(
+            name, [Call(tuple(args), kwargs)], _overrides(task), hooks=not on_commit
+        )
+        envelope = items[0][0]
         job_id = envelope.id  # an idempotency key may name an existing job instead:
         if joined:  # written in the caller's transaction
             self.app.ensure_schema()
-            [written] = self.app.producer.transactional().enqueue_in_sync(db.connection, items)
-            job_id = written.id
+            try:
+                written = producer.transactional().enqueue_in_sync(db.connection, items)
+            except BaseException as exc:
+                producer.not_sent(items, exc)
+                raise
+            job_id = producer.sent(items, written)[0].id
         elif not in_atomic:
-            job_id = self.app.producer.send(name, items)[0].id
+            job_id = producer.send(name, items)[0].id
         not_before = envelope.not_before
         result = enqueued(
             task,
@@ -230,7 +242,9 @@ class OffloadBackend(BaseTaskBackend):
             task_enqueued.send(type(self), task_result=result)
 
         def send() -> None:
-            self.app.producer.send(name, items)
+            [sent] = producer.send(name, producer.hooked(items))
+            if sent.id != result.id:  # the key's job stands: the result is that one's
+                object.__setattr__(result, "id", sent.id)
             announce()
 
         if not in_atomic:
@@ -320,11 +334,16 @@ def worker_app(alias: str = DEFAULT_DB_ALIAS) -> DjangoOffload:
     elsewhere is still found by its module path when a job names it.
 
     Raises:
-        ConfigurationError: `alias` is not an `OffloadBackend`.
+        ConfigurationError: `alias` names no backend, or not an `OffloadBackend`.
     """
+    from django.conf import settings
     from django.utils.module_loading import autodiscover_modules
 
-    backend = task_backends[alias]
+    try:
+        backend = task_backends[alias]
+    except InvalidTaskBackend:  # Django's own error is a traceback in the commands
+        known = ", ".join(repr(a) for a in getattr(settings, "TASKS", {})) or "none"
+        raise ConfigurationError(f"no TASKS backend {alias!r} (configured: {known})") from None
     if not isinstance(backend, OffloadBackend):
         raise ConfigurationError(
             f"TASKS[{alias!r}] is {type(backend).__module__}.{type(backend).__qualname__}, "

@@ -39,18 +39,17 @@ class Command(BaseCommand):
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
         setup_logging(options["log_level"], "text")
-        try:
-            app = worker_app(options["backend"])
+        queues = options["queues"]
+        try:  # a bad backend or option is a one-line error, as Django's commands give
+            worker = Worker(
+                worker_app(options["backend"]),
+                queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+                concurrency=options["concurrency"],
+                prefetch=options["prefetch"],
+                lease_s=options["lease"],
+                grace_s=options["grace"],
+                poll_s=options["poll"],
+            )
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from None
-        queues = options["queues"]
-        worker = Worker(
-            app,
-            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-            concurrency=options["concurrency"],
-            prefetch=options["prefetch"],
-            lease_s=options["lease"],
-            grace_s=options["grace"],
-            poll_s=options["poll"],
-        )
         asyncio.run(_run(worker))
