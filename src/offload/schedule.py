@@ -277,8 +277,13 @@ class ScheduleEntry:
         `max_catch_up + 1` ticks after the last (and the grace) have passed. A
         restarting scheduler looks that far back for the last fire (see
         `offload.scheduler`), so the job must still be there to be found."""
+        from offload.validation import MAX_DURATION_S
+
         later = self.schedule.next_fires(last_ts, self.max_catch_up + 1)
-        return later[-1] - first_ts + self.grace_s
+        # A sparse schedule (a leap day: 11 fires span 44 years) or a long grace would
+        # ask for more than any TTL may be, and the fire's enqueue would refuse it at
+        # every tick; the longest TTL keeps the fire for its ~31 years instead.
+        return min(later[-1] - first_ts + self.grace_s, MAX_DURATION_S)
 
 
 def make_entry(
@@ -302,8 +307,7 @@ def make_entry(
         raise InvalidSchedule(f"expected Cron(...) or Every(...), got {schedule!r}")
     _check_choice("overlap", overlap, Overlap)
     _check_choice("misfire", misfire, Misfire)
-    if max_catch_up < 1:
-        raise ConfigurationError(f"max_catch_up must be at least 1, got {max_catch_up}")
+    _check_catch_up(max_catch_up)
     grace_s = validation.seconds(grace, "grace")
     entry_id = validation.task_name(id or name, "schedule id")
     if ":" in entry_id:
@@ -316,6 +320,20 @@ def make_entry(
     return ScheduleEntry(
         entry_id, name, schedule, tuple(args), kw, overlap, misfire, max_catch_up, grace_s
     )
+
+
+#: The most ticks `max_catch_up` may name: a restarting replica looks up that many fire
+#: keys, one broker call each, and every fire computes that many next ticks.
+MAX_CATCH_UP = 1000
+
+
+def _check_catch_up(value: object) -> None:
+    """Refuse at declaration what would break every tick later (a float fails the
+    look-back's `islice`, a huge count makes each fire compute that many ticks)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CATCH_UP:
+        raise ConfigurationError(
+            f"max_catch_up must be an int from 1 to {MAX_CATCH_UP}, got {value!r}"
+        )
 
 
 def _check_choice(option: str, value: object, choices: Any) -> None:

@@ -196,6 +196,9 @@ def test_app_schedule_validates_the_declaration() -> None:
         app.schedule(daily, Every(60), id="z", misfire="later")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_catch_up"):
         app.schedule(daily, Every(60), id="z", max_catch_up=0)
+    for bad in (2.5, "3", True, 10**12):  # each broke every tick of the scheduler later
+        with pytest.raises(ConfigurationError, match="max_catch_up must be an int"):
+            app.schedule(daily, Every(60), id="z", max_catch_up=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="may not contain ':'"):
         app.schedule(daily, Every(60), id="a:b")
     with pytest.raises(InvalidSchedule, match="Cron"):

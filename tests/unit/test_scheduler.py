@@ -429,3 +429,17 @@ async def test_a_fire_whose_replica_died_before_enqueueing_it_is_enqueued_by_the
     assert [f.outcome for f in fires] == outcomes
     expected = [6000] if late == 60 else [6120]
     assert fired(await all_jobs(broker))["t"] == expected
+
+
+async def test_a_schedule_whose_look_back_outlasts_the_longest_ttl_still_fires(
+    broker: Broker, clock: FakeClock
+) -> None:
+    """A leap-day cron's 11-tick look-back spans 44 years, past the longest result
+    TTL a job may have (~31 years): its fire used to be refused at every tick
+    (`result_ttl must be ... at most 1000000000`), so the schedule never ran."""
+    app = on(broker, clock)
+    app.schedule("t", Cron("0 0 29 2 *"), id="leap")
+    fires = await Scheduler(app).tick(utc(2028, 2, 29) + 5)
+    assert [(f.fire_ts, f.outcome) for f in fires] == [(utc(2028, 2, 29), "enqueued")]
+    # And a restarted replica finds that fire, so it does not fire it again.
+    assert await Scheduler(app).tick(utc(2028, 2, 29) + 120) == []
