@@ -199,6 +199,11 @@ def test_bad_rate_limit_is_a_configuration_error_naming_it(app: Offload, bad: st
     [
         ({"concurrency_limit": 0}, "concurrency_limit"),
         ({"concurrency_limit": 1.5}, "concurrency_limit"),
+        # SQLite could not compare against it: each reservation raised OverflowError.
+        ({"concurrency_limit": 10**20}, "concurrency_limit .* from 1 to 2147483647"),
+        # Not callable: every job of the task was buried (InvalidLimitKey) when run.
+        ({"rate_limit": "1/s", "rate_key": "tenant"}, "rate_key must be a function"),
+        ({"concurrency_limit": 1, "concurrency_key": 3}, "concurrency_key must be a function"),
         ({"rate_key": lambda: "k"}, "rate_key needs a rate_limit"),
         ({"concurrency_key": lambda: "k"}, "concurrency_key needs"),
         ({"max_depth": 0}, "max_depth"),
