@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from offload.errors import ConfigurationError, InvalidSchedule
+from offload.validation import MAX_DURATION_S
 
 if TYPE_CHECKING:
     from croniter import croniter
@@ -92,7 +93,7 @@ class Schedule(abc.ABC):
 
 
 class Every(Schedule):
-    """Fire every `interval` (whole seconds, at least 1), aligned to the Unix epoch.
+    """Fire every `interval` (whole seconds, 1 to 10**9), aligned to the Unix epoch.
 
     Aligned, not relative to a start time, so every replica agrees on the instants:
     `Every(3600)` fires on each hour UTC, `Every(timedelta(days=1))` at midnight UTC.
@@ -107,6 +108,12 @@ class Every(Schedule):
             raise InvalidSchedule(f"Every() takes seconds or a timedelta, got {interval!r}")
         if not math.isfinite(value) or value < 1 or value != int(value):
             raise InvalidSchedule(f"Every() needs a whole number of seconds >= 1, got {value}")
+        if value > MAX_DURATION_S:
+            # Its fires would pass the year 9999 that datetimes (`offload schedules`,
+            # the scheduler's logs) and every broker can hold.
+            raise InvalidSchedule(
+                f"Every() takes at most {MAX_DURATION_S:.0f} seconds (~31 years), got {value}"
+            )
         self.interval_s = int(value)
 
     def __repr__(self) -> str:
@@ -277,8 +284,6 @@ class ScheduleEntry:
         `max_catch_up + 1` ticks after the last (and the grace) have passed. A
         restarting scheduler looks that far back for the last fire (see
         `offload.scheduler`), so the job must still be there to be found."""
-        from offload.validation import MAX_DURATION_S
-
         later = self.schedule.next_fires(last_ts, self.max_catch_up + 1)
         # A sparse schedule (a leap day: 11 fires span 44 years) or a long grace would
         # ask for more than any TTL may be, and the fire's enqueue would refuse it at

@@ -168,6 +168,17 @@ def test_bad_interval_fails_at_declaration(interval: float | timedelta) -> None:
         Every(interval)
 
 
+@pytest.mark.parametrize("interval", [10**9 + 1, 10**12, timedelta(days=10**6)])
+def test_an_interval_whose_fires_pass_year_9999_fails_at_declaration(
+    interval: float | timedelta,
+) -> None:
+    """`Every(10**12)` was accepted, and `offload schedules` then died with a traceback
+    (`ValueError: year 33658 is out of range`) showing its next fires."""
+    with pytest.raises(InvalidSchedule, match="at most 1000000000 seconds"):
+        Every(interval)
+    assert Every(10**9).next_fires(0, 3) == [10**9, 2 * 10**9, 3 * 10**9]
+
+
 def test_invalid_schedule_is_a_configuration_error() -> None:
     assert issubclass(InvalidSchedule, ConfigurationError)
     assert issubclass(InvalidSchedule, ValueError)
