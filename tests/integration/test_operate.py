@@ -188,3 +188,39 @@ def test_the_cli_pauses_and_resumes_queues_and_schedules(tmp_path: Path) -> None
     assert "nightly" in offload("schedules", "schedapp:app")  # listing works as before
     env["OFFLOAD_APP"] = "schedapp:app"
     assert "nightly" in offload("schedules")  # MODULE:APP from the environment
+
+
+def test_offload_schedules_lists_a_paused_schedule_as_firing_nothing(tmp_path: Path) -> None:
+    """`offload schedules` listed the next fire times of a paused schedule as if it
+    would fire then; it now says it is paused (and `--json` gives `paused_at`)."""
+    (tmp_path / "schedapp.py").write_text(
+        "from offload import Every, Offload\n"
+        "app = Offload()\n"
+        "@app.task(name='t')\n"
+        "def t() -> None: ...\n"
+        "app.schedule(t, Every(60), id='nightly')\n"
+        "app.schedule(t, Every(3600), id='hourly')\n"
+    )
+    env = {**os.environ, "OFFLOAD_URL": f"sqlite:///{tmp_path}/o.db", "PYTHONPATH": str(tmp_path)}
+
+    def offload(*args: str) -> str:
+        cmd = [sys.executable, "-m", "offload", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        return done.stdout
+
+    # No database yet: nothing is paused, and listing creates none.
+    assert "none: paused" not in offload("schedules", "schedapp:app")
+    assert not (tmp_path / "o.db").exists()
+    offload("enqueue", "t")  # creates the database
+    assert offload("schedules", "pause", "nightly") == "nightly: paused\n"
+    rows = {
+        r["id"]: r
+        for r in map(json.loads, offload("schedules", "schedapp:app", "--json").splitlines())
+    }
+    assert rows["nightly"]["paused_at"] is not None and rows["hourly"]["paused_at"] is None
+    table = offload("schedules", "schedapp:app").splitlines()
+    assert "none: paused since" in next(line for line in table if "nightly" in line)
+    assert "none: paused" not in next(line for line in table if "hourly" in line)
+    offload("schedules", "resume", "nightly")
+    assert "none: paused" not in offload("schedules", "schedapp:app")
