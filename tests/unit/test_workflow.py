@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from typing import Any
 
 import msgspec
 import pytest
 
 from offload import JobCancelled, JobFailed, JobState, Offload, Worker, chain, chord, group
+from offload.brokers.base import JobInfo
+from offload.brokers.memory import MemoryBroker
 from offload.envelope import Envelope
 from offload.errors import ConfigurationError, InvalidArguments
 from offload.testing import FakeClock
@@ -208,6 +212,59 @@ async def test_cancelling_a_group_cancels_its_waiting_members(app: Offload) -> N
     assert await flow.cancel_async() == 4
     assert await Worker(app).drain() == 0
     assert {await j.state_async() for j in flow.jobs} == {JobState.CANCELLED}
+
+
+class RemoteMemory(MemoryBroker):
+    """The memory broker with a network's round trip on the calls a cancel makes, so
+    that how many of them a cancel waits for one after the other shows in time."""
+
+    ROUND_TRIP_S = 0.002
+
+    async def cancel(self, job_id: str) -> bool:
+        await asyncio.sleep(self.ROUND_TRIP_S)
+        return await super().cancel(job_id)
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        await asyncio.sleep(self.ROUND_TRIP_S)
+        return await super().get_job(job_id)
+
+    async def join(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.ROUND_TRIP_S)
+        return await super().join(*args, **kwargs)
+
+
+async def test_cancelling_a_big_group_stops_the_members_that_had_not_started() -> None:
+    """A group's cancel took its members one at a time, each with its follow-ups (a
+    get_job and the group's join): slower than a worker taking them in the same order,
+    so it met member after member already running, flagged them, and they ran to
+    success (PostgreSQL: 974 of 1,361 waiting members ran). Every member is now taken
+    first, concurrently, before any follow-up."""
+    app = Offload("memory://")
+    app.broker = RemoteMemory()
+    started: list[int] = []
+
+    @app.task
+    async def member(i: int) -> None:
+        started.append(i)
+        await asyncio.sleep(0.003)
+
+    @app.task
+    def callback(results: list[None]) -> None: ...
+
+    flow = await chord(
+        group(member.call(i) for i in range(300)), callback.partial()
+    ).enqueue_async()
+    worker = Worker(app, concurrency=1, poll_s=0.01)
+    running = asyncio.create_task(worker.run())
+    while len(started) < 5:
+        await asyncio.sleep(0.001)
+    before = len(started)
+    await flow.cancel_async()
+    ran_after = len(started) - before
+    worker.stop()
+    await running
+    assert ran_after < 30, f"{ran_after} members started after the cancel was called"
+    assert await flow.last.state_async() is JobState.CANCELLED  # type: ignore[union-attr]
 
 
 async def test_an_empty_group_enqueues_nothing_and_its_result_is_empty(app: Offload) -> None:
