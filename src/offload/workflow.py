@@ -139,30 +139,9 @@ class Workflow:
         jobs were cancelled or flagged."""
         if self._producer is None:
             return 0
-        broker = await self._producer.connected_broker()
-        engine = WorkflowEngine(self._producer, broker)
-        gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
         done: set[str] = set()
-
-        async def take(job_id: str) -> None:
-            async with gate:
-                if await broker.cancel(job_id):
-                    done.add(job_id)
-
-        async def follow_up(job_id: str) -> None:
-            async with gate:
-                await engine.cancelled(job_id)
-
         for _ in range(2):
-            # Every job is taken first, concurrently, and only then are the follow-ups
-            # of the waiting ones recorded (a group's join, one at a time per group):
-            # done one job at a time, a big group's cancel moved through it in the order
-            # the workers take it and at about their pace (PostgreSQL: 1,361 waiting
-            # members, 974 of them ran), so it mostly met members already running and
-            # flagged them, and they ran to success anyway.
-            before = set(done)
-            await asyncio.gather(*(take(job.id) for job in self.jobs if job.id not in done))
-            await asyncio.gather(*(follow_up(job_id) for job_id in done - before))
+            done |= await cancel_jobs(self._producer, [j.id for j in self.jobs if j.id not in done])
         return len(done)
 
     def cancel(self) -> int:
@@ -172,6 +151,34 @@ class Workflow:
         if self._producer is None:
             return []
         return self._producer.portal.run(self.result_async(timeout))
+
+
+async def cancel_jobs(producer: Producer, job_ids: Sequence[str]) -> set[str]:
+    """`Job.cancel` for many jobs (`Workflow.cancel`, `offload cancel --workflow`):
+    the ids of those cancelled or flagged.
+
+    Every job is taken first, concurrently, and only then are the follow-ups of the
+    waiting ones recorded (a group's join, one at a time per group). Done one job at a
+    time, a big group's cancel moved through it in the order the workers take it and
+    at about their pace (PostgreSQL: 1,361 waiting members, 974 of them ran), so it
+    mostly met members already running and flagged them, and they ran to success."""
+    broker = await producer.connected_broker()
+    engine = WorkflowEngine(producer, broker)
+    gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
+    taken: set[str] = set()
+
+    async def take(job_id: str) -> None:
+        async with gate:
+            if await broker.cancel(job_id):
+                taken.add(job_id)
+
+    async def follow_up(job_id: str) -> None:
+        async with gate:
+            await engine.cancelled(job_id)
+
+    await asyncio.gather(*(take(job_id) for job_id in dict.fromkeys(job_ids)))
+    await asyncio.gather(*(follow_up(job_id) for job_id in taken))
+    return taken
 
 
 class _Flow:
