@@ -224,9 +224,20 @@ class Cron(Schedule):
         return hi
 
 
+#: Names the zone database resolves to the host's own setting (`/etc/localtime`), so
+#: replicas on hosts set differently would fire one tick at different instants, under
+#: different keys: each fire twice.
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
+
+
 def _zone(tz: str) -> ZoneInfo:
     if tz in ("UTC", "Etc/UTC"):
         return ZoneInfo("UTC")
+    if tz in _HOST_ZONES:
+        raise InvalidSchedule(
+            f"time zone {tz!r} is whatever each host is set to, so replicas would not "
+            "agree on a fire's instant; name the zone (e.g. 'Europe/Paris')"
+        )
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:

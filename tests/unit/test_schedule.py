@@ -162,6 +162,15 @@ def test_unknown_time_zone_fails_at_declaration(tz: str) -> None:
         Cron("0 3 * * *", tz=tz)
 
 
+@pytest.mark.parametrize("tz", ["localtime", "posixrules"])
+def test_a_time_zone_that_is_the_hosts_own_setting_fails_at_declaration(tz: str) -> None:
+    """`tz="localtime"` loaded /etc/localtime: replicas on hosts set to different zones
+    computed different instants for one tick, so it fired once per zone, under
+    different keys."""
+    with pytest.raises(InvalidSchedule, match="replicas would not agree"):
+        Cron("0 3 * * *", tz=tz)
+
+
 @pytest.mark.parametrize("interval", [0, -5, 0.5, 1.5, timedelta(milliseconds=10)])
 def test_bad_interval_fails_at_declaration(interval: float | timedelta) -> None:
     with pytest.raises(InvalidSchedule):
