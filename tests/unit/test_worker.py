@@ -253,6 +253,37 @@ async def test_unserializable_result_buries_with_reason(app: Offload) -> None:
     assert info.error is not None and info.error.type == "SerializationError"
 
 
+async def test_a_nan_or_infinite_result_is_buried_not_read_back_as_none(app: Offload) -> None:
+    """msgspec writes NaN and ±Infinity as null: a handler returning `float("nan")`
+    succeeded with the result None, and a chain passed None on. Like any result JSON
+    cannot hold, it is now refused, naming where it is."""
+
+    @app.task(name="ratio", max_attempts=5)
+    def ratio() -> float:
+        return float("nan")
+
+    @app.task(name="stats", max_attempts=5)
+    async def stats() -> dict[str, list[float]]:
+        return {"p99": [1.0, float("inf")]}
+
+    @app.task(name="report")
+    def report() -> None:
+        current_job().progress({"eta": float("-inf")})
+
+    nan_job, inf_job = await ratio.enqueue_async(), await stats.enqueue_async()
+    progress_job = await report.enqueue_async()
+    await Worker(app).drain()
+    for job, message in [
+        (nan_job, "the result of task 'ratio' holds nan: NaN"),
+        (inf_job, "the result of task 'stats' holds inf at ['p99'][1]: NaN"),
+        (progress_job, "a progress report holds -inf at ['eta']: NaN"),
+    ]:
+        info = await job.info_async()
+        assert info.state is JobState.DEAD and info.attempt == 1
+        assert info.error is not None and info.error.type == "SerializationError"
+        assert info.error.message.startswith(message)
+
+
 async def test_shutdown_releases_prefetched_jobs(app: Offload) -> None:
     started = asyncio.Event()
     finish = asyncio.Event()
