@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -244,12 +245,21 @@ def _zone(tz: str) -> ZoneInfo:
         raise InvalidSchedule(f"unknown time zone {tz!r} (expected e.g. 'Europe/Paris')") from exc
 
 
+#: croniter's random field (`R`, `R(0-30)`, `R/5`): drawn anew by every parse.
+_RANDOM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
+
+
 def _parse(expr: str) -> croniter:
     """The expression parsed (on naive wall-clock datetimes), or InvalidSchedule."""
     from croniter import CroniterError, croniter
 
     if not isinstance(expr, str) or not expr.strip():
         raise InvalidSchedule(f"empty cron expression {expr!r}")
+    if any(_RANDOM.match(part) for part in re.split(r"[\s,]+", expr.strip())):
+        raise InvalidSchedule(
+            f"bad cron expression {expr!r}: an 'R' (random) field picks another time in "
+            "each process, so replicas would not agree on a fire; write the time"
+        )
     try:
         parsed = croniter(expr, datetime(2000, 1, 1))
         copy.copy(parsed).get_next(datetime)

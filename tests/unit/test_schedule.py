@@ -162,6 +162,16 @@ def test_unknown_time_zone_fails_at_declaration(tz: str) -> None:
         Cron("0 3 * * *", tz=tz)
 
 
+@pytest.mark.parametrize("expr", ["R 3 * * *", "0 r * * *", "R(0-30)/5 * * * *", "0,R 3 * * *"])
+def test_a_random_cron_field_fails_at_declaration(expr: str) -> None:
+    """croniter draws an `R` field at each parse: every replica (and every restart)
+    fired at its own instant, under its own key, so one daily tick ran once per
+    replica."""
+    with pytest.raises(InvalidSchedule, match="random"):
+        Cron(expr)
+    assert Cron("0 3 * MAR FRI").next_fires(0, 1)  # names holding an R are fine
+
+
 @pytest.mark.parametrize("tz", ["localtime", "posixrules"])
 def test_a_time_zone_that_is_the_hosts_own_setting_fails_at_declaration(tz: str) -> None:
     """`tz="localtime"` loaded /etc/localtime: replicas on hosts set to different zones
