@@ -255,6 +255,14 @@ def _parse(expr: str) -> croniter:
 
     if not isinstance(expr, str) or not expr.strip():
         raise InvalidSchedule(f"empty cron expression {expr!r}")
+    if len(expr.split()) > 6:
+        # croniter reads a seventh field as years: a schedule that ends. Its last fire
+        # passed, every tick of every scheduler raised (CroniterBadDateError) and no
+        # schedule of the app fired any more.
+        raise InvalidSchedule(
+            f"bad cron expression {expr!r}: five fields, or six with seconds last "
+            "(a year field would end the schedule)"
+        )
     if any(_RANDOM.match(part) for part in re.split(r"[\s,]+", expr.strip())):
         raise InvalidSchedule(
             f"bad cron expression {expr!r}: an 'R' (random) field picks another time in "

@@ -150,7 +150,20 @@ def test_every_is_aligned_to_the_epoch() -> None:
 # -- declaration errors --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expr", ["61 * * * *", "* * *", "", "every day", "* * * * mon-xyz"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "61 * * * *",
+        "* * *",
+        "",
+        "every day",
+        "* * * * mon-xyz",
+        # croniter's year field: once its last fire passed, every scheduler tick raised
+        # and no schedule of the app fired any more.
+        "0 3 1 1 * 0 2020",
+        "0 3 * * * 0 2030",
+    ],
+)
 def test_bad_cron_expression_fails_at_declaration(expr: str) -> None:
     with pytest.raises(InvalidSchedule, match="cron expression"):
         Cron(expr)
