@@ -106,6 +106,30 @@ def test_options_delay_priority_queue_expiry(app: Offload, clock: FakeClock) -> 
         work.options(delay=1, at=at)
 
 
+def test_a_job_that_would_expire_before_it_is_due_is_refused(
+    app: Offload, clock: FakeClock
+) -> None:
+    """`options(delay=3600)` of a task declared with `expires=900` was stored, and
+    turned `expired` without ever running: expiry counts from the enqueue. Nothing
+    reaches the broker now, by any path (delay=, at=, by name, in a batch)."""
+
+    @app.task(name="emails.verify", expires=900)
+    def verify(email: str) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"expire 900 s from now, before it is due"):
+        verify.options(delay=3600).enqueue("ada@example.com")
+    at = dt.datetime.fromtimestamp(clock.now() + 60, dt.UTC)
+    with pytest.raises(ConfigurationError, match="could never run"):
+        verify.options(at=at, expires=60).enqueue("ada@example.com")
+    with pytest.raises(ConfigurationError, match="could never run"):
+        app.options("emails.verify", delay=10, expires=5).enqueue("ada@example.com")
+    with pytest.raises(ConfigurationError, match="could never run"):
+        verify.options(delay=1000).enqueue_many([verify.call("a"), verify.call("b")])
+    assert app.portal.run(app.broker.counts()) == {}
+    # Due before it expires: stored as before.
+    assert verify.options(delay=899).enqueue("ada@example.com").state() is JobState.SCHEDULED
+
+
 def test_key_returns_existing_job(app: Offload) -> None:
     @app.task
     def send(user_id: int) -> None: ...
