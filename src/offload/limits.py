@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from offload.errors import ConfigurationError
+from offload.validation import MAX_DURATION_S
 
 __all__ = ["EPSILON_S", "MAX_CONCURRENCY", "Limits", "Rate", "gcra", "parse_rate"]
 
@@ -53,9 +54,15 @@ def parse_rate(value: str | Rate) -> Rate:
             "or d, e.g. '10/s', '600/m', '1000/h'"
         )
     count, multiple, unit = match.groups()
+    if multiple == ".":  # the pattern admits a lone dot, which float() refuses unnamed
+        raise ConfigurationError(f"invalid rate_limit {value!r}: '.' is not a number of {unit}")
     per_s = (float(multiple) if multiple else 1.0) * _UNITS[unit]
     if int(count) < 1 or per_s <= 0:
         raise ConfigurationError(f"invalid rate_limit {value!r}: count and period must be > 0")
+    if per_s > MAX_DURATION_S:
+        raise ConfigurationError(
+            f"invalid rate_limit {value!r}: the period may be at most {MAX_DURATION_S:.0f} s"
+        )
     return Rate(int(count), per_s)
 
 

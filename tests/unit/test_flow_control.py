@@ -186,7 +186,23 @@ def test_parse_rate(text: str, rate: Rate) -> None:
     assert parse_rate(text) == rate
 
 
-@pytest.mark.parametrize("bad", ["10", "10/x", "ten/s", "0/s", "-1/s", "10/0s", "", "1.5/s"])
+@pytest.mark.parametrize(
+    "bad",
+    # "10/.s" raised a bare ValueError ("could not convert string to float: '.'") that
+    # named no option, and a period of 10^23 days was accepted.
+    [
+        "10",
+        "10/x",
+        "ten/s",
+        "0/s",
+        "-1/s",
+        "10/0s",
+        "",
+        "1.5/s",
+        "10/.s",
+        "1/99999999999999999999999d",
+    ],
+)
 def test_bad_rate_limit_is_a_configuration_error_naming_it(app: Offload, bad: str) -> None:
     with pytest.raises(ConfigurationError, match=f"invalid rate_limit {bad!r}"):
 
