@@ -343,6 +343,12 @@ def make_entry(
     _check_choice("misfire", misfire, Misfire)
     _check_catch_up(max_catch_up)
     grace_s = validation.seconds(grace, "grace")
+    if grace_s < MIN_GRACE_S:
+        raise ConfigurationError(
+            f"grace must be at least {MIN_GRACE_S:g} s, got {grace_s:g}: a scheduler sees "
+            "each tick a moment after it (it wakes at each fire), so with less every tick "
+            "would count as missed"
+        )
     entry_id = validation.task_name(id or name, "schedule id")
     if ":" in entry_id:
         raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")
@@ -355,6 +361,11 @@ def make_entry(
         entry_id, name, schedule, tuple(args), kw, overlap, misfire, max_catch_up, grace_s
     )
 
+
+#: The least `grace` (seconds): a scheduler wakes just after each fire instant (and at
+#: least every second), so a tick is always a little late when it is seen. With grace=0
+#: every tick was "missed": `misfire="skip"` never fired at all.
+MIN_GRACE_S = 1.0
 
 #: The most ticks `max_catch_up` may name: a restarting replica looks up that many fire
 #: keys, one broker call each, and every fire computes that many next ticks.

@@ -239,6 +239,9 @@ def test_app_schedule_validates_the_declaration() -> None:
         app.schedule(daily, Every(60), id="z", misfire="later")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_catch_up"):
         app.schedule(daily, Every(60), id="z", max_catch_up=0)
+    for grace in (0, 0.5):  # every tick was seen late, so counted missed (skip: never)
+        with pytest.raises(ConfigurationError, match="grace must be at least 1 s"):
+            app.schedule(daily, Every(60), id="z", grace=grace)
     for bad in (2.5, "3", True, 10**12):  # each broke every tick of the scheduler later
         with pytest.raises(ConfigurationError, match="max_catch_up must be an int"):
             app.schedule(daily, Every(60), id="z", max_catch_up=bad)  # type: ignore[arg-type]
