@@ -177,6 +177,38 @@ async def test_expired_job_never_runs(app: Offload, clock: FakeClock) -> None:
         await job.result_async(timeout=0)
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_prefetched_job_that_expires_while_it_waits_never_runs(
+    app: Offload, clock: FakeClock, kind: str
+) -> None:
+    """The broker checks `expires` when it leases a job, and a worker with a prefetch
+    leases jobs ahead: one that waited there past its expiry ran anyway (`offload
+    worker -c 1 --prefetch 10`: five jobs with `expires=1.5` behind a 3 s job all ran).
+    It is now given back unrun, with no attempt counted, and the broker expires it."""
+    ran: list[int] = []
+
+    @app.task(name="long")
+    async def long() -> None:
+        clock.advance(60)  # the jobs prefetched meanwhile expire
+
+    @app.task(name="quick_sync", expires=30)
+    def quick_sync(i: int) -> None:
+        ran.append(i)
+
+    @app.task(name="quick_async", expires=30)
+    async def quick_async(i: int) -> None:
+        ran.append(i)
+
+    quick = quick_sync if kind == "sync" else quick_async
+    await long.enqueue_async()
+    jobs = [await quick.enqueue_async(i) for i in range(3)]
+    await Worker(app, concurrency=1, prefetch=5).drain()
+    assert ran == []
+    for job in jobs:
+        info = await job.info_async()
+        assert info.state is JobState.EXPIRED and info.attempt == 0
+
+
 async def test_cancelled_job_never_runs(app: Offload) -> None:
     ran: list[int] = []
 
