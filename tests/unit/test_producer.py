@@ -130,6 +130,26 @@ def test_a_job_that_would_expire_before_it_is_due_is_refused(
     assert verify.options(delay=899).enqueue("ada@example.com").state() is JobState.SCHEDULED
 
 
+def test_a_datetime_without_a_time_zone_is_refused(app: Offload, clock: FakeClock) -> None:
+    """A naive `at=` or `expires=` was read in the process's local time zone:
+    `datetime.utcnow() + timedelta(minutes=10)` on a host in New York made the job due
+    in 310 minutes. Each host reads it differently, so it is refused, naming it."""
+
+    @app.task(name="t")
+    def t() -> None: ...
+
+    naive = dt.datetime(2030, 1, 1, 12, 0)
+    with pytest.raises(ConfigurationError, match=r"at is a datetime without a time zone"):
+        t.options(at=naive)
+    with pytest.raises(ConfigurationError, match=r"expires is a datetime without a time zone"):
+        t.options(expires=naive)
+    with pytest.raises(ConfigurationError, match="without a time zone"):
+        app.options("t", at=naive)
+    aware = naive.replace(tzinfo=dt.UTC)
+    info = t.options(at=aware).enqueue().info()
+    assert info.due_at == aware.timestamp()
+
+
 def test_key_returns_existing_job(app: Offload) -> None:
     @app.task
     def send(user_id: int) -> None: ...
