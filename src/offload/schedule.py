@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from offload.errors import ConfigurationError, InvalidSchedule
-from offload.validation import MAX_DURATION_S
+from offload.validation import MAX_DURATION_S, MAX_KEY_LENGTH, MAX_TIME
 
 if TYPE_CHECKING:
     from croniter import croniter
@@ -352,6 +352,13 @@ def make_entry(
     entry_id = validation.task_name(id or name, "schedule id")
     if ":" in entry_id:
         raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")
+    if len(entry_id) > MAX_SCHEDULE_ID_LENGTH:
+        # Else every fire's key is too long, and each tick of every scheduler raised.
+        raise ConfigurationError(
+            f"a schedule id may be at most {MAX_SCHEDULE_ID_LENGTH} characters (its fires' "
+            f"keys, schedule:ID:TIME, at most {validation.MAX_KEY_LENGTH}), got "
+            f"{len(entry_id)}: pass a shorter id="
+        )
     kw = dict(kwargs or {})
     registered = tasks.get(name)
     if registered is not None:
@@ -361,6 +368,10 @@ def make_entry(
         entry_id, name, schedule, tuple(args), kw, overlap, misfire, max_catch_up, grace_s
     )
 
+
+#: The longest schedule id whose fire keys (`fire_key`, with the longest fire time:
+#: `MAX_TIME`, or a negative one) fit in a job key.
+MAX_SCHEDULE_ID_LENGTH = MAX_KEY_LENGTH - len(fire_key("", -int(MAX_TIME)))
 
 #: The least `grace` (seconds): a scheduler wakes just after each fire instant (and at
 #: least every second), so a tick is always a little late when it is seen. With grace=0

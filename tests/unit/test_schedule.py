@@ -239,6 +239,11 @@ def test_app_schedule_validates_the_declaration() -> None:
         app.schedule(daily, Every(60), id="z", misfire="later")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_catch_up"):
         app.schedule(daily, Every(60), id="z", max_catch_up=0)
+    # Its fires' keys would pass 512 characters: each tick of every scheduler raised.
+    with pytest.raises(ConfigurationError, match="at most 489 characters"):
+        app.schedule(daily, Every(60), id="x" * 490)
+    long_id = Offload("memory://").schedule("t", Every(60), id="x" * 489).id
+    assert len(fire_key(long_id, -253_402_300_799)) == 512
     for grace in (0, 0.5):  # every tick was seen late, so counted missed (skip: never)
         with pytest.raises(ConfigurationError, match="grace must be at least 1 s"):
             app.schedule(daily, Every(60), id="z", grace=grace)
