@@ -457,16 +457,16 @@ class Worker:
             envelope, task = lane.plan(lease)
         if lease.job_id in self._waited:
             self._waited.discard(lease.job_id)
-            if self._expired(lease, envelope):
+            envelope = envelope if envelope is not None else decoded(lease)  # decoded once
+            if self._expired(envelope):
                 return asyncio.create_task(self._give_back_expired(lease))
         if lane is not None and envelope is not None and task is not None:
             return lane.start(lease, envelope, task)
         return asyncio.create_task(self._process(lease, envelope), name=f"job [{lease.job_id}]")
 
-    def _expired(self, lease: Lease, envelope: Envelope | None) -> bool:
+    def _expired(self, envelope: Envelope | None) -> bool:
         """Whether the job's `expires` passed: the broker checks it when it leases a
         job, but a job prefetched (`--prefetch`) may wait here past it, and ran anyway."""
-        envelope = envelope if envelope is not None else decoded(lease)
         expires_at = envelope.expires_at if envelope is not None else None
         return expires_at is not None and expires_at <= self.app.clock.now()
 
