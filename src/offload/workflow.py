@@ -38,7 +38,7 @@ import msgspec
 
 from offload.envelope import JobState, Step, new_job_id
 from offload.errors import ConfigurationError, JobFailed, JobNotFound, ResultTimeout
-from offload.job import Job
+from offload.job import Job, wait_deadline
 from offload.options import Call, Overrides
 from offload.task import Task
 from offload.workflow_engine import WorkflowEngine
@@ -91,7 +91,7 @@ class Workflow:
                 succeed (in a chain, the step that stopped it).
             ResultTimeout: no result after `timeout` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         if not self._stages:
             return []
         return await self._result_of(self._stages, deadline)

@@ -16,6 +16,7 @@ from offload import (
     Offload,
     SerializationError,
     UnknownTask,
+    chain,
 )
 from offload.testing import FakeClock
 
@@ -148,6 +149,23 @@ def test_a_datetime_without_a_time_zone_is_refused(app: Offload, clock: FakeCloc
     aware = naive.replace(tzinfo=dt.UTC)
     info = t.options(at=aware).enqueue().info()
     assert info.due_at == aware.timestamp()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", True])
+def test_waiting_for_a_result_with_a_timeout_that_is_not_seconds_is_refused(
+    app: Offload, timeout: object
+) -> None:
+    """`job.result(timeout=float("nan"))` waited forever (a NaN deadline is never
+    reached) and `timeout="5"` raised a bare TypeError; both name the option now, for
+    a job and for a workflow."""
+
+    @app.task(name="t")
+    def t() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="timeout must be seconds or None"):
+        t.enqueue().result(timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="timeout must be seconds or None"):
+        chain(t.call()).enqueue().result(timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_key_returns_existing_job(app: Offload) -> None:
