@@ -381,6 +381,11 @@ def _producer_of(item: Call | _Flow) -> Producer:
 
 
 def _task(call: Call) -> Task[Any, Any]:
-    if not isinstance(call.task, Task):
-        raise ConfigurationError("workflow steps are made with task.call(...)")
+    if not isinstance(call, Call) or not isinstance(call.task, Task):
+        # Not a Call at all (a string, a task itself, a job) used to raise a bare
+        # AttributeError ("'str' object has no attribute 'task'").
+        raise ConfigurationError(
+            "workflow steps are made with task.call(...) or task.partial(...), or are a "
+            f"chain, group or chord; got {call!r:.80}"
+        )
     return call.task

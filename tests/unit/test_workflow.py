@@ -401,3 +401,21 @@ async def test_a_chord_enqueued_before_nesting_still_fires(app: Offload) -> None
 
     await Worker(app).drain()
     assert await app.job(callback_id).result_async(timeout=1) == 13
+
+
+def test_a_workflow_step_that_is_not_a_call_is_refused_naming_what_it_got(app: Offload) -> None:
+    """`chain(t.call(1), "x")` (or a task, or a job where a call belongs) raised a bare
+    AttributeError ("'str' object has no attribute 'task'") that said nothing of the
+    workflow; it is a ConfigurationError naming the step now."""
+
+    @app.task(name="t")
+    def t(x: int = 0) -> int:
+        return x
+
+    for build in (
+        lambda: chain(t.call(1), "x"),  # type: ignore[arg-type]
+        lambda: chord(group([t.call(1)]), t),  # type: ignore[arg-type]
+        lambda: group(["x", t.call(1)]).enqueue(),  # type: ignore[list-item]
+    ):
+        with pytest.raises(ConfigurationError, match=r"workflow steps are made with task\.call"):
+            build()
