@@ -359,6 +359,11 @@ def make_entry(
             f"keys, schedule:ID:TIME, at most {validation.MAX_KEY_LENGTH}), got "
             f"{len(entry_id)}: pass a shorter id="
         )
+    if not isinstance(args, list | tuple):
+        # A string was taken as its characters: args="sales" meant ("s", "a", ...).
+        raise ConfigurationError(f"args must be a list or tuple, got {args!r:.80}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ConfigurationError(f"kwargs must be a dict, got {kwargs!r:.80}")
     kw = dict(kwargs or {})
     registered = tasks.get(name)
     if registered is not None:

@@ -244,6 +244,11 @@ def test_app_schedule_validates_the_declaration() -> None:
         app.schedule(daily, Every(60), id="x" * 490)
     long_id = Offload("memory://").schedule("t", Every(60), id="x" * 489).id
     assert len(fire_key(long_id, -253_402_300_799)) == 512
+    # args="sales" was read as its characters, and kwargs=[...] raised a bare TypeError.
+    with pytest.raises(ConfigurationError, match="args must be a list or tuple, got 'sales'"):
+        app.schedule(daily, Every(60), id="z", args="sales")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"kwargs must be a dict, got \[1\]"):
+        app.schedule(daily, Every(60), id="z", kwargs=[1])  # type: ignore[arg-type]
     for grace in (0, 0.5):  # every tick was seen late, so counted missed (skip: never)
         with pytest.raises(ConfigurationError, match="grace must be at least 1 s"):
             app.schedule(daily, Every(60), id="z", grace=grace)
