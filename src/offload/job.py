@@ -7,6 +7,7 @@ in a later HTTP request.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from offload.attempts import job_with_history
 from offload.brokers.base import EnqueueResult, JobInfo
 from offload.envelope import JobState
 from offload.errors import (
+    ConfigurationError,
     JobCancelled,
     JobExpired,
     JobFailed,
@@ -100,8 +102,9 @@ class Job:
             ResultTimeout: still unfinished after `timeout` seconds.
             JobNotFound: unknown or purged.
             SerializationError: the stored result is not JSON (garbage in the broker).
+            ConfigurationError: `timeout` is not a number of seconds (or NaN).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         broker = await self._producer.connected_broker()
         pushed = broker.capabilities.push_results
         delay = _PUSHED_MAX_S if pushed else _POLL_MIN_S
@@ -163,3 +166,17 @@ def _raise_for_outcome(info: JobInfo) -> None:
         raise JobExpired(info.id, f"job {info.id} expired before it could run")
     if info.state is JobState.CANCELLED:
         raise JobCancelled(info.id, f"job {info.id} was cancelled")
+
+
+def wait_deadline(timeout: float | None) -> float | None:
+    """The `time.monotonic()` deadline of a wait of `timeout` seconds (None: forever).
+
+    Raises:
+        ConfigurationError: `timeout` is not a number, or NaN: a NaN deadline compares
+            false with every time, so `result(timeout=nan)` waited forever, silently.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise ConfigurationError(f"timeout must be seconds or None, got {timeout!r}")
+    return time.monotonic() + timeout

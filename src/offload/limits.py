@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from offload.errors import ConfigurationError
+from offload.validation import MAX_DURATION_S
 
-__all__ = ["EPSILON_S", "Limits", "Rate", "gcra", "parse_rate"]
+__all__ = ["EPSILON_S", "MAX_CONCURRENCY", "Limits", "Rate", "gcra", "parse_rate"]
 
 #: Slack in the GCRA comparison, in seconds, so float rounding never refuses a token
 #: that is due (a millionth of a second, far below any real rate's interval).
 EPSILON_S = 1e-6
+
+#: The largest concurrency limit: what every broker's slot check can compare against
+#: (SQLite refused a bigger one at each reservation, leaving the job stuck `running`).
+MAX_CONCURRENCY = 2**31 - 1
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*$")
@@ -49,9 +54,15 @@ def parse_rate(value: str | Rate) -> Rate:
             "or d, e.g. '10/s', '600/m', '1000/h'"
         )
     count, multiple, unit = match.groups()
+    if multiple == ".":  # the pattern admits a lone dot, which float() refuses unnamed
+        raise ConfigurationError(f"invalid rate_limit {value!r}: '.' is not a number of {unit}")
     per_s = (float(multiple) if multiple else 1.0) * _UNITS[unit]
     if int(count) < 1 or per_s <= 0:
         raise ConfigurationError(f"invalid rate_limit {value!r}: count and period must be > 0")
+    if per_s > MAX_DURATION_S:
+        raise ConfigurationError(
+            f"invalid rate_limit {value!r}: the period may be at most {MAX_DURATION_S:.0f} s"
+        )
     return Rate(int(count), per_s)
 
 
@@ -111,20 +122,26 @@ def make_limits(
     """Validated limits of a task, None if it has none.
 
     Raises:
-        ConfigurationError: a bad rate string, a concurrency limit below 1, or a key
-            function without its limit.
+        ConfigurationError: a bad rate string, a concurrency limit outside 1 to
+            `MAX_CONCURRENCY`, a key function that is not callable or lacks its limit.
     """
     if rate_key is not None and rate_limit is None:
         raise ConfigurationError(f"task {task!r}: rate_key needs a rate_limit")
     if concurrency_key is not None and concurrency_limit is None:
         raise ConfigurationError(f"task {task!r}: concurrency_key needs a concurrency_limit")
     if concurrency_limit is not None and (
-        type(concurrency_limit) is not int or concurrency_limit < 1
+        type(concurrency_limit) is not int or not 1 <= concurrency_limit <= MAX_CONCURRENCY
     ):
         raise ConfigurationError(
             f"invalid concurrency_limit {concurrency_limit!r} for task {task!r}: "
-            "expected an int >= 1"
+            f"expected an int from 1 to {MAX_CONCURRENCY}"
         )
+    for option, fn in (("rate_key", rate_key), ("concurrency_key", concurrency_key)):
+        if fn is not None and not callable(fn):
+            # Else every job of the task is buried (InvalidLimitKey) when it is reserved.
+            raise ConfigurationError(
+                f"task {task!r}: {option} must be a function of the job's arguments, got {fn!r}"
+            )
     if rate_limit is None and concurrency_limit is None:
         return None
     rate = None if rate_limit is None else parse_rate(rate_limit)

@@ -195,7 +195,7 @@ def make_overrides(**options: Unpack[EnqueueOptions]) -> Overrides:
     if delay is not None and at is not None:
         raise ConfigurationError("give either delay= or at=, not both")
     if isinstance(expires, datetime):
-        expires_at: float | None = v.timestamp(expires.timestamp(), "expires")
+        expires_at: float | None = v.timestamp(_unix(expires, "expires"), "expires")
         expires_s = None
     else:
         expires_at, expires_s = None, v.duration(expires, "expires", positive=True)
@@ -203,7 +203,7 @@ def make_overrides(**options: Unpack[EnqueueOptions]) -> Overrides:
     max_attempts, backoff = options.get("max_attempts"), options.get("backoff")
     return Overrides(
         delay_s=v.duration(delay, "delay"),
-        at=None if at is None else v.timestamp(_unix(at), "at"),
+        at=None if at is None else v.timestamp(_unix(at, "at"), "at"),
         priority=None if priority is None else v.priority(priority),
         queue=None if queue is None else v.queue_name(queue),
         key=key if key is None or callable(key) else v.job_key(key),
@@ -249,5 +249,19 @@ def _known(options: Mapping[str, object], record: type[Any], where: str) -> None
             raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
 
 
-def _unix(at: datetime | float) -> float:
-    return at.timestamp() if isinstance(at, datetime) else at
+def _unix(at: datetime | float, what: str) -> float:
+    """Unix seconds of a time given as a datetime (with its time zone) or seconds.
+
+    Raises:
+        ConfigurationError: a naive datetime. Python reads it in the local time zone
+            of the process, so `datetime.utcnow() + timedelta(minutes=10)` on a host in
+            New York made a job due in 310 minutes, and hosts set differently disagree.
+    """
+    if not isinstance(at, datetime):
+        return at
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ConfigurationError(
+            f"{what} is a datetime without a time zone ({at.isoformat()}), which each host "
+            "reads in its own; give one, e.g. datetime.now(UTC) + timedelta(minutes=10)"
+        )
+    return at.timestamp()

@@ -136,6 +136,8 @@ class Producer:
             if task is not None:
                 task.check_arguments(call.args, call.kwargs)
             envelope = self.envelope(name, call, call.overrides or overrides, now)
+            if envelope.expires_at is not None and envelope.not_before is not None:
+                _check_due_before_expiry(envelope, now)
             if not self.hooks or not hooks:
                 items.append(validation.checked(envelope))
                 continue
@@ -364,3 +366,19 @@ def _key(spec: KeySpec | None, call: Call) -> str | None:
     if spec is None or isinstance(spec, str):
         return spec
     return validation.job_key(spec(*call.args, **call.kwargs), "the key function's result")
+
+
+def _check_due_before_expiry(envelope: Envelope, now: float) -> None:
+    """Refuse a job that expires before it is due: it could never run, and was stored
+    only to turn `expired` (a task's `expires=900` with `options(delay=3600)`).
+
+    Raises:
+        ConfigurationError: naming both times, from now.
+    """
+    assert envelope.expires_at is not None and envelope.not_before is not None
+    if envelope.expires_at <= envelope.not_before:
+        raise ConfigurationError(
+            f"a job of task {envelope.task!r} would expire {envelope.expires_at - now:g} s "
+            f"from now, before it is due ({envelope.not_before - now:g} s from now: delay= "
+            "or at=), so it could never run; give it a later expires="
+        )

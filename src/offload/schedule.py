@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from offload.errors import ConfigurationError, InvalidSchedule
+from offload.validation import MAX_DURATION_S, MAX_KEY_LENGTH, MAX_TIME
 
 if TYPE_CHECKING:
     from croniter import croniter
@@ -92,7 +94,7 @@ class Schedule(abc.ABC):
 
 
 class Every(Schedule):
-    """Fire every `interval` (whole seconds, at least 1), aligned to the Unix epoch.
+    """Fire every `interval` (whole seconds, 1 to 10**9), aligned to the Unix epoch.
 
     Aligned, not relative to a start time, so every replica agrees on the instants:
     `Every(3600)` fires on each hour UTC, `Every(timedelta(days=1))` at midnight UTC.
@@ -107,6 +109,12 @@ class Every(Schedule):
             raise InvalidSchedule(f"Every() takes seconds or a timedelta, got {interval!r}")
         if not math.isfinite(value) or value < 1 or value != int(value):
             raise InvalidSchedule(f"Every() needs a whole number of seconds >= 1, got {value}")
+        if value > MAX_DURATION_S:
+            # Its fires would pass the year 9999 that datetimes (`offload schedules`,
+            # the scheduler's logs) and every broker can hold.
+            raise InvalidSchedule(
+                f"Every() takes at most {MAX_DURATION_S:.0f} seconds (~31 years), got {value}"
+            )
         self.interval_s = int(value)
 
     def __repr__(self) -> str:
@@ -217,13 +225,28 @@ class Cron(Schedule):
         return hi
 
 
+#: Names the zone database resolves to the host's own setting (`/etc/localtime`), so
+#: replicas on hosts set differently would fire one tick at different instants, under
+#: different keys: each fire twice.
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
+
+
 def _zone(tz: str) -> ZoneInfo:
     if tz in ("UTC", "Etc/UTC"):
         return ZoneInfo("UTC")
+    if tz in _HOST_ZONES:
+        raise InvalidSchedule(
+            f"time zone {tz!r} is whatever each host is set to, so replicas would not "
+            "agree on a fire's instant; name the zone (e.g. 'Europe/Paris')"
+        )
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise InvalidSchedule(f"unknown time zone {tz!r} (expected e.g. 'Europe/Paris')") from exc
+
+
+#: croniter's random field (`R`, `R(0-30)`, `R/5`): drawn anew by every parse.
+_RANDOM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
 
 
 def _parse(expr: str) -> croniter:
@@ -232,6 +255,19 @@ def _parse(expr: str) -> croniter:
 
     if not isinstance(expr, str) or not expr.strip():
         raise InvalidSchedule(f"empty cron expression {expr!r}")
+    if len(expr.split()) > 6:
+        # croniter reads a seventh field as years: a schedule that ends. Its last fire
+        # passed, every tick of every scheduler raised (CroniterBadDateError) and no
+        # schedule of the app fired any more.
+        raise InvalidSchedule(
+            f"bad cron expression {expr!r}: five fields, or six with seconds last "
+            "(a year field would end the schedule)"
+        )
+    if any(_RANDOM.match(part) for part in re.split(r"[\s,]+", expr.strip())):
+        raise InvalidSchedule(
+            f"bad cron expression {expr!r}: an 'R' (random) field picks another time in "
+            "each process, so replicas would not agree on a fire; write the time"
+        )
     try:
         parsed = croniter(expr, datetime(2000, 1, 1))
         copy.copy(parsed).get_next(datetime)
@@ -278,7 +314,10 @@ class ScheduleEntry:
         restarting scheduler looks that far back for the last fire (see
         `offload.scheduler`), so the job must still be there to be found."""
         later = self.schedule.next_fires(last_ts, self.max_catch_up + 1)
-        return later[-1] - first_ts + self.grace_s
+        # A sparse schedule (a leap day: 11 fires span 44 years) or a long grace would
+        # ask for more than any TTL may be, and the fire's enqueue would refuse it at
+        # every tick; the longest TTL keeps the fire for its ~31 years instead.
+        return min(later[-1] - first_ts + self.grace_s, MAX_DURATION_S)
 
 
 def make_entry(
@@ -302,12 +341,29 @@ def make_entry(
         raise InvalidSchedule(f"expected Cron(...) or Every(...), got {schedule!r}")
     _check_choice("overlap", overlap, Overlap)
     _check_choice("misfire", misfire, Misfire)
-    if max_catch_up < 1:
-        raise ConfigurationError(f"max_catch_up must be at least 1, got {max_catch_up}")
+    _check_catch_up(max_catch_up)
     grace_s = validation.seconds(grace, "grace")
+    if grace_s < MIN_GRACE_S:
+        raise ConfigurationError(
+            f"grace must be at least {MIN_GRACE_S:g} s, got {grace_s:g}: a scheduler sees "
+            "each tick a moment after it (it wakes at each fire), so with less every tick "
+            "would count as missed"
+        )
     entry_id = validation.task_name(id or name, "schedule id")
     if ":" in entry_id:
         raise ConfigurationError(f"a schedule id may not contain ':', got {entry_id!r}")
+    if len(entry_id) > MAX_SCHEDULE_ID_LENGTH:
+        # Else every fire's key is too long, and each tick of every scheduler raised.
+        raise ConfigurationError(
+            f"a schedule id may be at most {MAX_SCHEDULE_ID_LENGTH} characters (its fires' "
+            f"keys, schedule:ID:TIME, at most {validation.MAX_KEY_LENGTH}), got "
+            f"{len(entry_id)}: pass a shorter id="
+        )
+    if not isinstance(args, list | tuple):
+        # A string was taken as its characters: args="sales" meant ("s", "a", ...).
+        raise ConfigurationError(f"args must be a list or tuple, got {args!r:.80}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ConfigurationError(f"kwargs must be a dict, got {kwargs!r:.80}")
     kw = dict(kwargs or {})
     registered = tasks.get(name)
     if registered is not None:
@@ -316,6 +372,29 @@ def make_entry(
     return ScheduleEntry(
         entry_id, name, schedule, tuple(args), kw, overlap, misfire, max_catch_up, grace_s
     )
+
+
+#: The longest schedule id whose fire keys (`fire_key`, with the longest fire time:
+#: `MAX_TIME`, or a negative one) fit in a job key.
+MAX_SCHEDULE_ID_LENGTH = MAX_KEY_LENGTH - len(fire_key("", -int(MAX_TIME)))
+
+#: The least `grace` (seconds): a scheduler wakes just after each fire instant (and at
+#: least every second), so a tick is always a little late when it is seen. With grace=0
+#: every tick was "missed": `misfire="skip"` never fired at all.
+MIN_GRACE_S = 1.0
+
+#: The most ticks `max_catch_up` may name: a restarting replica looks up that many fire
+#: keys, one broker call each, and every fire computes that many next ticks.
+MAX_CATCH_UP = 1000
+
+
+def _check_catch_up(value: object) -> None:
+    """Refuse at declaration what would break every tick later (a float fails the
+    look-back's `islice`, a huge count makes each fire compute that many ticks)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CATCH_UP:
+        raise ConfigurationError(
+            f"max_catch_up must be an int from 1 to {MAX_CATCH_UP}, got {value!r}"
+        )
 
 
 def _check_choice(option: str, value: object, choices: Any) -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -52,6 +53,7 @@ import msgspec
 from offload import pausing, validation
 from offload._health import BrokerHealth
 from offload.envelope import ACTIVE_STATES
+from offload.errors import BrokerError
 from offload.options import Call, make_overrides
 from offload.schedule import ScheduleEntry, utc_iso
 
@@ -88,6 +90,8 @@ class Fire:
 
 #: Most times one tick re-reads the schedule's register after another replica moved it.
 MAX_ROUNDS = 8
+#: How often (seconds) a schedule whose ticks keep failing is logged again.
+FAILURE_LOG_S = 60.0
 
 
 @dataclass(slots=True)
@@ -128,6 +132,7 @@ class Scheduler:
         self.clock = clock or app.producer.clock
         self._only = set(only) if only is not None else None
         self._states: dict[str, _State] = {}
+        self._failing: dict[str, float] = {}  # schedule id -> when its failure was logged
         self._stopping = asyncio.Event()
 
     @property
@@ -176,9 +181,33 @@ class Scheduler:
         for entry in self.entries:
             if entry.id in held:
                 self._hold(entry, now)
-            else:
+                continue
+            try:
                 fires.extend(await self._tick_entry(broker, entry, now))
+            except BrokerError:
+                raise  # an outage: `run()` retries the whole tick with backoff
+            except Exception:
+                # One schedule whose fire cannot be enqueued (its job refused by the
+                # broker, say SQS's size limit) used to fail the whole tick: no other
+                # schedule fired either. Its ticks stay due and are tried again.
+                self._failed(entry)
+            else:
+                if self._failing.pop(entry.id, None) is not None:
+                    logger.info("schedule %s: fires again", entry.id)
         return fires
+
+    def _failed(self, entry: ScheduleEntry) -> None:
+        """Log a schedule's failed tick: with its traceback the first time, then once a
+        minute until it fires again."""
+        now = time.monotonic()
+        last = self._failing.get(entry.id)
+        if last is None or now - last >= FAILURE_LOG_S:
+            self._failing[entry.id] = now
+            logger.exception(
+                "schedule %s: its tick failed; the other schedules go on, it is tried again",
+                entry.id,
+                extra={"action": "schedule_failed", "schedule": entry.id},
+            )
 
     def _hold(self, entry: ScheduleEntry, now: float) -> None:
         """A paused schedule (`offload.pausing`): its ticks up to `now` are handled by

@@ -58,6 +58,7 @@ __all__ = [
     "seconds",
     "task_name",
     "timestamp",
+    "value_bytes",
 ]
 
 MAX_QUEUE_LENGTH = 200
@@ -199,6 +200,47 @@ def arguments(task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         label = _label(owner, name)
         _check_value(value, label, "", 0)
         encode_value(value, what=label)
+
+
+def value_bytes(value: Any, what: str) -> bytes:
+    """`encode_value` for what a handler gives back (a result, a progress report),
+    refusing what msgspec would otherwise change silently: NaN and ±Infinity, which it
+    writes as null (a handler returning `float("nan")` had its result read back as
+    None, and passed on as None to the next step of its chain). Unlike arguments,
+    values may nest deeper than `MAX_DEPTH`.
+
+    Raises:
+        SerializationError: the value is not JSON, or holds NaN or ±Infinity (named by
+            `what` and where in it).
+    """
+    data = encode_value(value, what=what)
+    if b"null" in data:  # only then can a NaN or infinity be in it
+        _check_finite(value, what, "")
+    return data
+
+
+def _check_finite(value: Any, label: str, path: str) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(
+                f"{label} holds {value!r}{_at(path)}: NaN and ±Infinity have no JSON form"
+            )
+        return
+    children: Iterator[tuple[str, Any]]
+    if isinstance(value, str | bytes | int | None):
+        return
+    if isinstance(value, dict):
+        children = ((f"[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = ((f"[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, msgspec.Struct):
+        children = ((f".{f}", getattr(value, f)) for f in value.__struct_fields__)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        children = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
+    else:
+        return
+    for suffix, child in children:
+        _check_finite(child, label, path + suffix)
 
 
 #: (task, queue) name pairs that passed their checks, so that the producer's hot path

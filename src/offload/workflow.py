@@ -38,7 +38,7 @@ import msgspec
 
 from offload.envelope import JobState, Step, new_job_id
 from offload.errors import ConfigurationError, JobFailed, JobNotFound, ResultTimeout
-from offload.job import Job
+from offload.job import Job, wait_deadline
 from offload.options import Call, Overrides
 from offload.task import Task
 from offload.workflow_engine import WorkflowEngine
@@ -50,6 +50,9 @@ __all__ = ["Chain", "Chord", "Group", "Workflow", "chain", "chord", "group"]
 
 #: While a step the workflow waits for is not enqueued yet, look again after this (s).
 _NOT_YET_S = 0.05
+#: Cancels in flight at once in `Workflow.cancel`: enough to outpace the workers taking
+#: a big group's members, few enough not to crowd the broker's connection pool.
+CANCEL_CONCURRENCY = 32
 
 OnFailure = Literal["continue", "stop"]
 
@@ -88,7 +91,7 @@ class Workflow:
                 succeed (in a chain, the step that stopped it).
             ResultTimeout: no result after `timeout` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         if not self._stages:
             return []
         return await self._result_of(self._stages, deadline)
@@ -134,11 +137,11 @@ class Workflow:
         starts what follows it, even if it succeeds). Steps are visited twice, so a
         step enqueued during the first pass is caught by the second. Returns how many
         jobs were cancelled or flagged."""
+        if self._producer is None:
+            return 0
         done: set[str] = set()
         for _ in range(2):
-            for job in self.jobs:
-                if job.id not in done and await job.cancel_async():
-                    done.add(job.id)
+            done |= await cancel_jobs(self._producer, [j.id for j in self.jobs if j.id not in done])
         return len(done)
 
     def cancel(self) -> int:
@@ -148,6 +151,34 @@ class Workflow:
         if self._producer is None:
             return []
         return self._producer.portal.run(self.result_async(timeout))
+
+
+async def cancel_jobs(producer: Producer, job_ids: Sequence[str]) -> set[str]:
+    """`Job.cancel` for many jobs (`Workflow.cancel`, `offload cancel --workflow`):
+    the ids of those cancelled or flagged.
+
+    Every job is taken first, concurrently, and only then are the follow-ups of the
+    waiting ones recorded (a group's join, one at a time per group). Done one job at a
+    time, a big group's cancel moved through it in the order the workers take it and
+    at about their pace (PostgreSQL: 1,361 waiting members, 974 of them ran), so it
+    mostly met members already running and flagged them, and they ran to success."""
+    broker = await producer.connected_broker()
+    engine = WorkflowEngine(producer, broker)
+    gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
+    taken: set[str] = set()
+
+    async def take(job_id: str) -> None:
+        async with gate:
+            if await broker.cancel(job_id):
+                taken.add(job_id)
+
+    async def follow_up(job_id: str) -> None:
+        async with gate:
+            await engine.cancelled(job_id)
+
+    await asyncio.gather(*(take(job_id) for job_id in dict.fromkeys(job_ids)))
+    await asyncio.gather(*(follow_up(job_id) for job_id in taken))
+    return taken
 
 
 class _Flow:
@@ -350,6 +381,11 @@ def _producer_of(item: Call | _Flow) -> Producer:
 
 
 def _task(call: Call) -> Task[Any, Any]:
-    if not isinstance(call.task, Task):
-        raise ConfigurationError("workflow steps are made with task.call(...)")
+    if not isinstance(call, Call) or not isinstance(call.task, Task):
+        # Not a Call at all (a string, a task itself, a job) used to raise a bare
+        # AttributeError ("'str' object has no attribute 'task'").
+        raise ConfigurationError(
+            "workflow steps are made with task.call(...) or task.partial(...), or are a "
+            f"chain, group or chord; got {call!r:.80}"
+        )
     return call.task

@@ -186,6 +186,21 @@ def test_run_after_defers_the_job() -> None:
     assert fresh == result
 
 
+def test_a_naive_run_after_is_read_in_djangos_time_zone() -> None:
+    """With USE_TZ = False, Django's times are naive and mean TIME_ZONE; offload refuses
+    a naive datetime (each host would read it in its own zone), so the backend makes it
+    aware in Django's zone first, instead of failing every `using(run_after=...)`."""
+    from django.test import override_settings
+
+    with override_settings(USE_TZ=False, TIME_ZONE="America/New_York"):
+        later = timezone.now() + timedelta(hours=1)
+        assert timezone.is_naive(later)
+        result = tasks.add.using(run_after=later).enqueue(1, 2)
+        assert result.offload_state is JobState.SCHEDULED
+        due_at = backend().app.job(result.id).info().due_at
+        assert due_at == timezone.make_aware(later).timestamp()
+
+
 def test_higher_django_priority_runs_first() -> None:
     tasks.ran.clear()
     for priority in (-100, 0, 100, 7):

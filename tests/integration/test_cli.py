@@ -175,3 +175,24 @@ def test_dlq_purge_older_than_refuses_nan_and_negative_ages(run, tmp_path: Path)
     assert run("dlq", "purge", "--all", "--yes", "--older-than", "0").stdout.strip() == (
         "purged 1 dead jobs"
     )
+
+
+def test_enqueueing_a_task_the_app_does_not_declare_is_noted(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`offload enqueue emails.sned --app M:A` printed an id and nothing else: every
+    worker of that app then buried the job as an unknown task. With --app the tasks are
+    known, so the name is noted on stderr (and enqueued all the same: its worker may
+    live elsewhere); without --app there is nothing to check against."""
+    (tmp_path / "mailapp.py").write_text(
+        "from offload import Offload\n"
+        "app = Offload()\n"
+        "@app.task(name='emails.send')\n"
+        "def send(to: str) -> None: ...\n"
+    )
+    typo = run("enqueue", "emails.sned", "--app", "mailapp:app", "--args", '["ada"]')
+    assert typo.returncode == 0 and len(typo.stdout.split()) == 1
+    assert typo.stderr == (
+        "note: mailapp:app declares no task 'emails.sned' (its tasks: emails.send)\n"
+    )
+    known = run("enqueue", "emails.send", "--app", "mailapp:app", "--args", '["ada"]')
+    assert known.returncode == 0 and known.stderr == ""
+    assert run("enqueue", "emails.sned", "--args", '["ada"]').stderr == ""

@@ -188,3 +188,70 @@ def test_the_cli_pauses_and_resumes_queues_and_schedules(tmp_path: Path) -> None
     assert "nightly" in offload("schedules", "schedapp:app")  # listing works as before
     env["OFFLOAD_APP"] = "schedapp:app"
     assert "nightly" in offload("schedules")  # MODULE:APP from the environment
+
+
+def test_offload_schedules_lists_a_paused_schedule_as_firing_nothing(tmp_path: Path) -> None:
+    """`offload schedules` listed the next fire times of a paused schedule as if it
+    would fire then; it now says it is paused (and `--json` gives `paused_at`)."""
+    (tmp_path / "schedapp.py").write_text(
+        "from offload import Every, Offload\n"
+        "app = Offload()\n"
+        "@app.task(name='t')\n"
+        "def t() -> None: ...\n"
+        "app.schedule(t, Every(60), id='nightly')\n"
+        "app.schedule(t, Every(3600), id='hourly')\n"
+    )
+    env = {**os.environ, "OFFLOAD_URL": f"sqlite:///{tmp_path}/o.db", "PYTHONPATH": str(tmp_path)}
+
+    def offload(*args: str) -> str:
+        cmd = [sys.executable, "-m", "offload", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        return done.stdout
+
+    # No database yet: nothing is paused, and listing creates none.
+    assert "none: paused" not in offload("schedules", "schedapp:app")
+    assert not (tmp_path / "o.db").exists()
+    offload("enqueue", "t")  # creates the database
+    assert offload("schedules", "pause", "nightly") == "nightly: paused\n"
+    rows = {
+        r["id"]: r
+        for r in map(json.loads, offload("schedules", "schedapp:app", "--json").splitlines())
+    }
+    assert rows["nightly"]["paused_at"] is not None and rows["hourly"]["paused_at"] is None
+    table = offload("schedules", "schedapp:app").splitlines()
+    assert "none: paused since" in next(line for line in table if "nightly" in line)
+    assert "none: paused" not in next(line for line in table if "hourly" in line)
+    offload("schedules", "resume", "nightly")
+    assert "none: paused" not in offload("schedules", "schedapp:app")
+
+
+def test_pausing_a_schedule_the_app_does_not_declare_is_noted(tmp_path: Path) -> None:
+    """`offload schedules pause nightly-reprot --app M:A` answered 'paused' and nothing
+    else: the typo paused nothing that fires. With --app the ids are known, so each one
+    the app does not declare is noted on stderr (and paused all the same, as a queue)."""
+    (tmp_path / "schedapp.py").write_text(
+        "from offload import Every, Offload\n"
+        "app = Offload()\n"
+        "@app.task(name='t')\n"
+        "def t() -> None: ...\n"
+        "app.schedule(t, Every(60), id='nightly-report')\n"
+    )
+    env = {**os.environ, "OFFLOAD_URL": f"sqlite:///{tmp_path}/o.db", "PYTHONPATH": str(tmp_path)}
+
+    def offload(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "offload", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    offload("enqueue", "t")  # creates the database
+    done = offload(
+        "schedules", "pause", "nightly-reprot", "nightly-report", "--app", "schedapp:app"
+    )
+    assert done.stdout == "nightly-reprot: paused\nnightly-report: paused\n"
+    assert done.stderr.splitlines() == [
+        "note: 'nightly-reprot' is not a schedule of schedapp:app (its schedules: nightly-report)"
+    ]
+    # Without --app the schedules are not known: no note.
+    assert offload("schedules", "resume", "nightly-reprot").stderr == ""

@@ -186,7 +186,23 @@ def test_parse_rate(text: str, rate: Rate) -> None:
     assert parse_rate(text) == rate
 
 
-@pytest.mark.parametrize("bad", ["10", "10/x", "ten/s", "0/s", "-1/s", "10/0s", "", "1.5/s"])
+@pytest.mark.parametrize(
+    "bad",
+    # "10/.s" raised a bare ValueError ("could not convert string to float: '.'") that
+    # named no option, and a period of 10^23 days was accepted.
+    [
+        "10",
+        "10/x",
+        "ten/s",
+        "0/s",
+        "-1/s",
+        "10/0s",
+        "",
+        "1.5/s",
+        "10/.s",
+        "1/99999999999999999999999d",
+    ],
+)
 def test_bad_rate_limit_is_a_configuration_error_naming_it(app: Offload, bad: str) -> None:
     with pytest.raises(ConfigurationError, match=f"invalid rate_limit {bad!r}"):
 
@@ -199,6 +215,11 @@ def test_bad_rate_limit_is_a_configuration_error_naming_it(app: Offload, bad: st
     [
         ({"concurrency_limit": 0}, "concurrency_limit"),
         ({"concurrency_limit": 1.5}, "concurrency_limit"),
+        # SQLite could not compare against it: each reservation raised OverflowError.
+        ({"concurrency_limit": 10**20}, "concurrency_limit .* from 1 to 2147483647"),
+        # Not callable: every job of the task was buried (InvalidLimitKey) when run.
+        ({"rate_limit": "1/s", "rate_key": "tenant"}, "rate_key must be a function"),
+        ({"concurrency_limit": 1, "concurrency_key": 3}, "concurrency_key must be a function"),
         ({"rate_key": lambda: "k"}, "rate_key needs a rate_limit"),
         ({"concurrency_key": lambda: "k"}, "concurrency_key needs"),
         ({"max_depth": 0}, "max_depth"),

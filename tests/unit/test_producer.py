@@ -21,6 +21,7 @@ from offload import (
     Offload,
     SerializationError,
     UnknownTask,
+    chain,
 )
 from offload.testing import FakeClock
 
@@ -162,6 +163,67 @@ def test_options_delay_priority_queue_expiry(app: Offload, clock: FakeClock) -> 
     assert work.options(at=at, queue="other").enqueue().info().queue == "other"
     with pytest.raises(ConfigurationError, match="either delay= or at="):
         work.options(delay=1, at=at)
+
+
+def test_a_job_that_would_expire_before_it_is_due_is_refused(
+    app: Offload, clock: FakeClock
+) -> None:
+    """`options(delay=3600)` of a task declared with `expires=900` was stored, and
+    turned `expired` without ever running: expiry counts from the enqueue. Nothing
+    reaches the broker now, by any path (delay=, at=, by name, in a batch)."""
+
+    @app.task(name="emails.verify", expires=900)
+    def verify(email: str) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"expire 900 s from now, before it is due"):
+        verify.options(delay=3600).enqueue("ada@example.com")
+    at = dt.datetime.fromtimestamp(clock.now() + 60, dt.UTC)
+    with pytest.raises(ConfigurationError, match="could never run"):
+        verify.options(at=at, expires=60).enqueue("ada@example.com")
+    with pytest.raises(ConfigurationError, match="could never run"):
+        app.options("emails.verify", delay=10, expires=5).enqueue("ada@example.com")
+    with pytest.raises(ConfigurationError, match="could never run"):
+        verify.options(delay=1000).enqueue_many([verify.call("a"), verify.call("b")])
+    assert app.portal.run(app.broker.counts()) == {}
+    # Due before it expires: stored as before.
+    assert verify.options(delay=899).enqueue("ada@example.com").state() is JobState.SCHEDULED
+
+
+def test_a_datetime_without_a_time_zone_is_refused(app: Offload, clock: FakeClock) -> None:
+    """A naive `at=` or `expires=` was read in the process's local time zone:
+    `datetime.utcnow() + timedelta(minutes=10)` on a host in New York made the job due
+    in 310 minutes. Each host reads it differently, so it is refused, naming it."""
+
+    @app.task(name="t")
+    def t() -> None: ...
+
+    naive = dt.datetime(2030, 1, 1, 12, 0)
+    with pytest.raises(ConfigurationError, match=r"at is a datetime without a time zone"):
+        t.options(at=naive)
+    with pytest.raises(ConfigurationError, match=r"expires is a datetime without a time zone"):
+        t.options(expires=naive)
+    with pytest.raises(ConfigurationError, match="without a time zone"):
+        app.options("t", at=naive)
+    aware = naive.replace(tzinfo=dt.UTC)
+    info = t.options(at=aware).enqueue().info()
+    assert info.due_at == aware.timestamp()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", True])
+def test_waiting_for_a_result_with_a_timeout_that_is_not_seconds_is_refused(
+    app: Offload, timeout: object
+) -> None:
+    """`job.result(timeout=float("nan"))` waited forever (a NaN deadline is never
+    reached) and `timeout="5"` raised a bare TypeError; both name the option now, for
+    a job and for a workflow."""
+
+    @app.task(name="t")
+    def t() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="timeout must be seconds or None"):
+        t.enqueue().result(timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="timeout must be seconds or None"):
+        chain(t.call()).enqueue().result(timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_key_returns_existing_job(app: Offload) -> None:

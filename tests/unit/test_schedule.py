@@ -150,7 +150,20 @@ def test_every_is_aligned_to_the_epoch() -> None:
 # -- declaration errors --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expr", ["61 * * * *", "* * *", "", "every day", "* * * * mon-xyz"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "61 * * * *",
+        "* * *",
+        "",
+        "every day",
+        "* * * * mon-xyz",
+        # croniter's year field: once its last fire passed, every scheduler tick raised
+        # and no schedule of the app fired any more.
+        "0 3 1 1 * 0 2020",
+        "0 3 * * * 0 2030",
+    ],
+)
 def test_bad_cron_expression_fails_at_declaration(expr: str) -> None:
     with pytest.raises(InvalidSchedule, match="cron expression"):
         Cron(expr)
@@ -162,10 +175,40 @@ def test_unknown_time_zone_fails_at_declaration(tz: str) -> None:
         Cron("0 3 * * *", tz=tz)
 
 
+@pytest.mark.parametrize("expr", ["R 3 * * *", "0 r * * *", "R(0-30)/5 * * * *", "0,R 3 * * *"])
+def test_a_random_cron_field_fails_at_declaration(expr: str) -> None:
+    """croniter draws an `R` field at each parse: every replica (and every restart)
+    fired at its own instant, under its own key, so one daily tick ran once per
+    replica."""
+    with pytest.raises(InvalidSchedule, match="random"):
+        Cron(expr)
+    assert Cron("0 3 * MAR FRI").next_fires(0, 1)  # names holding an R are fine
+
+
+@pytest.mark.parametrize("tz", ["localtime", "posixrules"])
+def test_a_time_zone_that_is_the_hosts_own_setting_fails_at_declaration(tz: str) -> None:
+    """`tz="localtime"` loaded /etc/localtime: replicas on hosts set to different zones
+    computed different instants for one tick, so it fired once per zone, under
+    different keys."""
+    with pytest.raises(InvalidSchedule, match="replicas would not agree"):
+        Cron("0 3 * * *", tz=tz)
+
+
 @pytest.mark.parametrize("interval", [0, -5, 0.5, 1.5, timedelta(milliseconds=10)])
 def test_bad_interval_fails_at_declaration(interval: float | timedelta) -> None:
     with pytest.raises(InvalidSchedule):
         Every(interval)
+
+
+@pytest.mark.parametrize("interval", [10**9 + 1, 10**12, timedelta(days=10**6)])
+def test_an_interval_whose_fires_pass_year_9999_fails_at_declaration(
+    interval: float | timedelta,
+) -> None:
+    """`Every(10**12)` was accepted, and `offload schedules` then died with a traceback
+    (`ValueError: year 33658 is out of range`) showing its next fires."""
+    with pytest.raises(InvalidSchedule, match="at most 1000000000 seconds"):
+        Every(interval)
+    assert Every(10**9).next_fires(0, 3) == [10**9, 2 * 10**9, 3 * 10**9]
 
 
 def test_invalid_schedule_is_a_configuration_error() -> None:
@@ -196,6 +239,22 @@ def test_app_schedule_validates_the_declaration() -> None:
         app.schedule(daily, Every(60), id="z", misfire="later")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_catch_up"):
         app.schedule(daily, Every(60), id="z", max_catch_up=0)
+    # Its fires' keys would pass 512 characters: each tick of every scheduler raised.
+    with pytest.raises(ConfigurationError, match="at most 489 characters"):
+        app.schedule(daily, Every(60), id="x" * 490)
+    long_id = Offload("memory://").schedule("t", Every(60), id="x" * 489).id
+    assert len(fire_key(long_id, -253_402_300_799)) == 512
+    # args="sales" was read as its characters, and kwargs=[...] raised a bare TypeError.
+    with pytest.raises(ConfigurationError, match="args must be a list or tuple, got 'sales'"):
+        app.schedule(daily, Every(60), id="z", args="sales")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"kwargs must be a dict, got \[1\]"):
+        app.schedule(daily, Every(60), id="z", kwargs=[1])  # type: ignore[arg-type]
+    for grace in (0, 0.5):  # every tick was seen late, so counted missed (skip: never)
+        with pytest.raises(ConfigurationError, match="grace must be at least 1 s"):
+            app.schedule(daily, Every(60), id="z", grace=grace)
+    for bad in (2.5, "3", True, 10**12):  # each broke every tick of the scheduler later
+        with pytest.raises(ConfigurationError, match="max_catch_up must be an int"):
+            app.schedule(daily, Every(60), id="z", max_catch_up=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="may not contain ':'"):
         app.schedule(daily, Every(60), id="a:b")
     with pytest.raises(InvalidSchedule, match="Cron"):

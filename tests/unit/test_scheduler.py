@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
 from offload import Cron, Every, JobState, Offload, Scheduler
 from offload.brokers.base import Broker, JobInfo, Lease
-from offload.envelope import ACTIVE_STATES
+from offload.envelope import ACTIVE_STATES, Envelope
+from offload.hooks import Hook
 from offload.schedule import Misfire, Overlap
 from offload.testing import FakeClock
 
@@ -429,3 +431,45 @@ async def test_a_fire_whose_replica_died_before_enqueueing_it_is_enqueued_by_the
     assert [f.outcome for f in fires] == outcomes
     expected = [6000] if late == 60 else [6120]
     assert fired(await all_jobs(broker))["t"] == expected
+
+
+async def test_a_schedule_whose_look_back_outlasts_the_longest_ttl_still_fires(
+    broker: Broker, clock: FakeClock
+) -> None:
+    """A leap-day cron's 11-tick look-back spans 44 years, past the longest result
+    TTL a job may have (~31 years): its fire used to be refused at every tick
+    (`result_ttl must be ... at most 1000000000`), so the schedule never ran."""
+    app = on(broker, clock)
+    app.schedule("t", Cron("0 0 29 2 *"), id="leap")
+    fires = await Scheduler(app).tick(utc(2028, 2, 29) + 5)
+    assert [(f.fire_ts, f.outcome) for f in fires] == [(utc(2028, 2, 29), "enqueued")]
+    # And a restarted replica finds that fire, so it does not fire it again.
+    assert await Scheduler(app).tick(utc(2028, 2, 29) + 120) == []
+
+
+async def test_a_schedule_whose_fire_cannot_be_enqueued_does_not_stop_the_others(
+    broker: Broker, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fire the producer refuses (here a hook gives it a queue name no broker takes;
+    in life, say, arguments past SQS's message size) failed the whole tick, so no
+    schedule of the app fired, on any replica, until it was fixed. Now that schedule's
+    ticks stay due and are tried again, and the others fire."""
+    broken = {"on": True}
+
+    class BadQueue(Hook):
+        def before_enqueue(self, envelope: Envelope) -> Envelope | None:
+            if envelope.task == "bad" and broken["on"]:
+                return msgspec.structs.replace(envelope, queue="a,b")
+            return None
+
+    app = on(broker, clock)
+    app.add_hook(BadQueue())
+    app.schedule("bad", Every(60), overlap="allow")
+    app.schedule("good", Every(60), overlap="allow")
+    scheduler = Scheduler(app)
+    fires = await scheduler.tick(6000)
+    assert [(f.schedule_id, f.fire_ts, f.outcome) for f in fires] == [("good", 6000, "enqueued")]
+    assert "schedule bad: its tick failed" in caplog.text
+    broken["on"] = False
+    fires = await scheduler.tick(6001)  # the failed tick is still due, and fires now
+    assert [(f.schedule_id, f.fire_ts, f.outcome) for f in fires] == [("bad", 6000, "enqueued")]

@@ -42,6 +42,22 @@ def sync_raises_in_child() -> None:
     raise KeyError("missing")
 
 
+@app.task(timeout=5, max_attempts=1)
+def sync_nan_in_child() -> float:
+    return float("nan")
+
+
+async def test_a_nan_result_from_a_child_process_is_refused_not_read_back_as_none() -> None:
+    """The child encoded the result and NaN came back as null: the job succeeded with
+    None. The child now refuses it as the worker does."""
+    job = await sync_nan_in_child.enqueue_async()
+    await Worker(app).drain()
+    info = await job.info_async()
+    assert info.state is JobState.DEAD
+    assert info.error is not None and info.error.type == "SerializationError"
+    assert "holds nan" in info.error.message
+
+
 async def test_async_timeout_cancels_the_handler() -> None:
     job = await async_sleeper.enqueue_async()
     started = time.monotonic()

@@ -177,6 +177,38 @@ async def test_expired_job_never_runs(app: Offload, clock: FakeClock) -> None:
         await job.result_async(timeout=0)
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_prefetched_job_that_expires_while_it_waits_never_runs(
+    app: Offload, clock: FakeClock, kind: str
+) -> None:
+    """The broker checks `expires` when it leases a job, and a worker with a prefetch
+    leases jobs ahead: one that waited there past its expiry ran anyway (`offload
+    worker -c 1 --prefetch 10`: five jobs with `expires=1.5` behind a 3 s job all ran).
+    It is now given back unrun, with no attempt counted, and the broker expires it."""
+    ran: list[int] = []
+
+    @app.task(name="long")
+    async def long() -> None:
+        clock.advance(60)  # the jobs prefetched meanwhile expire
+
+    @app.task(name="quick_sync", expires=30)
+    def quick_sync(i: int) -> None:
+        ran.append(i)
+
+    @app.task(name="quick_async", expires=30)
+    async def quick_async(i: int) -> None:
+        ran.append(i)
+
+    quick = quick_sync if kind == "sync" else quick_async
+    await long.enqueue_async()
+    jobs = [await quick.enqueue_async(i) for i in range(3)]
+    await Worker(app, concurrency=1, prefetch=5).drain()
+    assert ran == []
+    for job in jobs:
+        info = await job.info_async()
+        assert info.state is JobState.EXPIRED and info.attempt == 0
+
+
 async def test_cancelled_job_never_runs(app: Offload) -> None:
     ran: list[int] = []
 
@@ -251,6 +283,37 @@ async def test_unserializable_result_buries_with_reason(app: Offload) -> None:
     assert info.state is JobState.DEAD
     assert info.attempt == 1
     assert info.error is not None and info.error.type == "SerializationError"
+
+
+async def test_a_nan_or_infinite_result_is_buried_not_read_back_as_none(app: Offload) -> None:
+    """msgspec writes NaN and ±Infinity as null: a handler returning `float("nan")`
+    succeeded with the result None, and a chain passed None on. Like any result JSON
+    cannot hold, it is now refused, naming where it is."""
+
+    @app.task(name="ratio", max_attempts=5)
+    def ratio() -> float:
+        return float("nan")
+
+    @app.task(name="stats", max_attempts=5)
+    async def stats() -> dict[str, list[float]]:
+        return {"p99": [1.0, float("inf")]}
+
+    @app.task(name="report")
+    def report() -> None:
+        current_job().progress({"eta": float("-inf")})
+
+    nan_job, inf_job = await ratio.enqueue_async(), await stats.enqueue_async()
+    progress_job = await report.enqueue_async()
+    await Worker(app).drain()
+    for job, message in [
+        (nan_job, "the result of task 'ratio' holds nan: NaN"),
+        (inf_job, "the result of task 'stats' holds inf at ['p99'][1]: NaN"),
+        (progress_job, "a progress report holds -inf at ['eta']: NaN"),
+    ]:
+        info = await job.info_async()
+        assert info.state is JobState.DEAD and info.attempt == 1
+        assert info.error is not None and info.error.type == "SerializationError"
+        assert info.error.message.startswith(message)
 
 
 async def test_shutdown_releases_prefetched_jobs(app: Offload) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from typing import Any
 
 import msgspec
 import pytest
 
 from offload import JobCancelled, JobFailed, JobState, Offload, Worker, chain, chord, group
+from offload.brokers.base import JobInfo
+from offload.brokers.memory import MemoryBroker
 from offload.envelope import Envelope
 from offload.errors import ConfigurationError, InvalidArguments
 from offload.testing import FakeClock
@@ -210,6 +214,59 @@ async def test_cancelling_a_group_cancels_its_waiting_members(app: Offload) -> N
     assert {await j.state_async() for j in flow.jobs} == {JobState.CANCELLED}
 
 
+class RemoteMemory(MemoryBroker):
+    """The memory broker with a network's round trip on the calls a cancel makes, so
+    that how many of them a cancel waits for one after the other shows in time."""
+
+    ROUND_TRIP_S = 0.002
+
+    async def cancel(self, job_id: str) -> bool:
+        await asyncio.sleep(self.ROUND_TRIP_S)
+        return await super().cancel(job_id)
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        await asyncio.sleep(self.ROUND_TRIP_S)
+        return await super().get_job(job_id)
+
+    async def join(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.ROUND_TRIP_S)
+        return await super().join(*args, **kwargs)
+
+
+async def test_cancelling_a_big_group_stops_the_members_that_had_not_started() -> None:
+    """A group's cancel took its members one at a time, each with its follow-ups (a
+    get_job and the group's join): slower than a worker taking them in the same order,
+    so it met member after member already running, flagged them, and they ran to
+    success (PostgreSQL: 974 of 1,361 waiting members ran). Every member is now taken
+    first, concurrently, before any follow-up."""
+    app = Offload("memory://")
+    app.broker = RemoteMemory()
+    started: list[int] = []
+
+    @app.task
+    async def member(i: int) -> None:
+        started.append(i)
+        await asyncio.sleep(0.003)
+
+    @app.task
+    def callback(results: list[None]) -> None: ...
+
+    flow = await chord(
+        group(member.call(i) for i in range(300)), callback.partial()
+    ).enqueue_async()
+    worker = Worker(app, concurrency=1, poll_s=0.01)
+    running = asyncio.create_task(worker.run())
+    while len(started) < 5:
+        await asyncio.sleep(0.001)
+    before = len(started)
+    await flow.cancel_async()
+    ran_after = len(started) - before
+    worker.stop()
+    await running
+    assert ran_after < 30, f"{ran_after} members started after the cancel was called"
+    assert await flow.last.state_async() is JobState.CANCELLED  # type: ignore[union-attr]
+
+
 async def test_an_empty_group_enqueues_nothing_and_its_result_is_empty(app: Offload) -> None:
     flow = await group([]).enqueue_async()
     assert flow.jobs == [] and flow.last is None
@@ -344,3 +401,21 @@ async def test_a_chord_enqueued_before_nesting_still_fires(app: Offload) -> None
 
     await Worker(app).drain()
     assert await app.job(callback_id).result_async(timeout=1) == 13
+
+
+def test_a_workflow_step_that_is_not_a_call_is_refused_naming_what_it_got(app: Offload) -> None:
+    """`chain(t.call(1), "x")` (or a task, or a job where a call belongs) raised a bare
+    AttributeError ("'str' object has no attribute 'task'") that said nothing of the
+    workflow; it is a ConfigurationError naming the step now."""
+
+    @app.task(name="t")
+    def t(x: int = 0) -> int:
+        return x
+
+    for build in (
+        lambda: chain(t.call(1), "x"),  # type: ignore[arg-type]
+        lambda: chord(group([t.call(1)]), t),  # type: ignore[arg-type]
+        lambda: group(["x", t.call(1)]).enqueue(),  # type: ignore[list-item]
+    ):
+        with pytest.raises(ConfigurationError, match=r"workflow steps are made with task\.call"):
+            build()

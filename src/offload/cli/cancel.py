@@ -1,16 +1,22 @@
 """`offload cancel`: stop jobs, or a whole workflow, from a shell.
 
-Goes through `Job.cancel` (not the bare broker call), so a cancelled workflow step
-stops what follows it at once, exactly as in application code.
+Goes through `offload.workflow.cancel_jobs` (`Job.cancel` for many, not the bare broker
+call), so a cancelled workflow step stops what follows it at once, exactly as in
+application code, and a big workflow's waiting jobs are all taken before workers reach
+them.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import click
 
+from offload.brokers.base import JobInfo
 from offload.cli.shared import app_from_options, app_option, run_async, url_option
 from offload.envelope import JobState
 from offload.errors import JobNotFound
+from offload.workflow import CANCEL_CONCURRENCY, cancel_jobs
 
 
 @click.command()
@@ -41,12 +47,21 @@ def cancel(app_spec: str | None, url: str | None, job_ids: tuple[str, ...], work
                 if not steps:
                     raise JobNotFound(job_id, f"no workflow with a job {job_id}")
                 ids += [step.id for step in steps]
+        ids = list(dict.fromkeys(ids))
+        gate = asyncio.Semaphore(CANCEL_CONCURRENCY)
+
+        async def read(job_id: str) -> JobInfo | None:
+            async with gate:
+                return await broker.get_job(job_id)
+
+        befores = await asyncio.gather(*(read(job_id) for job_id in ids))
+        found = [job_id for job_id, before in zip(ids, befores, strict=True) if before]
+        taken = await cancel_jobs(app.producer, found)
         report = []
-        for job_id in dict.fromkeys(ids):
-            before = await broker.get_job(job_id)
+        for job_id, before in zip(ids, befores, strict=True):
             if before is None:
                 report.append((job_id, "not found (never enqueued, or purged)"))
-            elif await app.job(job_id).cancel_async():
+            elif job_id in taken:
                 flagged = before.state is JobState.RUNNING
                 report.append((job_id, "flagged (running)" if flagged else "cancelled"))
             elif not workflow:

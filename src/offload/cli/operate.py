@@ -25,6 +25,7 @@ def _apply(
     done: str,
     already: str,
     seen: Callable[[Offload], Awaitable[list[str]]] | None = None,
+    unknown: str = "note: no job has used queue {name!r} yet (queues seen: {listed})",
 ) -> None:
     """Apply `action` to each name and say what it did; with `seen` (the names in use),
     note on stderr each name not among them: it is acted on all the same (a queue's
@@ -42,11 +43,15 @@ def _apply(
         return
     listed = ", ".join(sorted(known)) or "none"
     for name in [n for n in names if n not in known]:
-        click.echo(f"note: no job has used queue {name!r} yet (queues seen: {listed})", err=True)
+        click.echo(unknown.format(name=name, listed=listed), err=True)
 
 
 async def _queues(app: Offload) -> list[str]:
     return await (await app.connected_broker()).queues()
+
+
+async def _schedules(app: Offload) -> list[str]:
+    return list(app.schedules)
 
 
 @click.command()
@@ -76,7 +81,10 @@ def pause_schedule(app_spec: str | None, url: str | None, schedule_ids: tuple[st
     """Pause SCHEDULES: no scheduler fires them until resumed (ticks in between are
     skipped, not caught up)."""
     action = Offload.pause_schedule_async
-    _apply(app_spec, url, schedule_ids, action, "paused", "was paused already")
+    # With --app the schedules are known: a typo'd id would pause nothing that fires.
+    seen = _schedules if app_spec else None
+    note = "note: {name!r} is not a schedule of " + f"{app_spec} (its schedules: {{listed}})"
+    _apply(app_spec, url, schedule_ids, action, "paused", "was paused already", seen, note)
 
 
 @click.command("resume")

@@ -71,3 +71,10 @@ def enqueue(
     job = run_async(app, go)
     suffix = "" if job.created else "  (existing job with this key)"
     click.echo(f"{job.id}{suffix}")
+    if app_spec and task_name not in app.tasks:
+        # Enqueued all the same (its worker may live elsewhere), but a typo would be
+        # buried as an unknown task by every worker of this app, silently until then.
+        known = ", ".join(sorted(app.tasks)) or "none"
+        click.echo(
+            f"note: {app_spec} declares no task {task_name!r} (its tasks: {known})", err=True
+        )

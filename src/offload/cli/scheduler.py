@@ -7,13 +7,16 @@ import json
 import logging
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 from rich.table import Table
 
-from offload.cli.shared import console, env_twin, load_app, setup_logging
+from offload.app import Offload
+from offload.cli.shared import console, env_twin, load_app, run_async, setup_logging
+from offload.errors import OffloadError
 from offload.schedule import ScheduleEntry
 from offload.scheduler import Scheduler
 
@@ -75,7 +78,8 @@ def list_schedules(app_spec: str, count: int, as_json: bool) -> None:
     """List the schedules of MODULE:APP with their next fire times."""
     app = load_app(app_spec)
     now = app.clock.now()
-    rows = [_row(entry, now, count) for entry in app.schedules.values()]
+    paused = _paused(app) if app.schedules else {}
+    rows = [_row(entry, now, count, paused.get(entry.id)) for entry in app.schedules.values()]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -91,15 +95,36 @@ def list_schedules(app_spec: str, count: int, as_json: bool) -> None:
             f"catch-up<={row['max_catch_up']} grace={row['grace_s']:g}s"
         )
         fires = "\n".join(row["next_local"])
+        if row["paused_at"] is not None:
+            since = datetime.fromtimestamp(row["paused_at"]).strftime("%Y-%m-%d %H:%M:%S")
+            fires = f"none: paused since {since}"
         table.add_row(row["id"], row["task"], row["schedule"], row["tz"], fires, policies)
     out.print(table)
 
 
-def _row(entry: ScheduleEntry, now: float, count: int) -> dict[str, Any]:
+def _paused(app: Offload) -> dict[str, float]:
+    """The app's paused schedules (`offload schedules pause`), each with the time of its
+    pause: the next fires listed for one of them do not happen until it is resumed.
+
+    Read from the broker; one that cannot say (no store yet, no state store, down) is
+    noted on stderr and the list is shown without pauses rather than not at all."""
+    for part in (app.broker, getattr(app.broker, "inspection", None)):
+        path = getattr(part, "path", None)
+        if isinstance(path, Path) and not path.exists():
+            return {}  # no database yet, so nothing paused (and none created by a list)
+    try:
+        return dict(run_async(app, app.paused_async).schedules)
+    except OffloadError as exc:
+        click.echo(f"note: paused schedules not known ({exc})", err=True)
+        return {}
+
+
+def _row(entry: ScheduleEntry, now: float, count: int, paused_at: float | None) -> dict[str, Any]:
     zone = ZoneInfo(entry.schedule.tz)
     fires = entry.schedule.next_fires(now, count)
     return {
         "id": entry.id,
+        "paused_at": paused_at,
         "task": entry.task,
         "schedule": entry.schedule.describe(),
         "tz": entry.schedule.tz,

@@ -39,10 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from offload.codec import decode_envelope, encode_value
+from offload.codec import decode_envelope
 from offload.context import JobContext, _current, _reporters
 from offload.envelope import Envelope, ErrorInfo, type_path
 from offload.errors import InvalidArguments, JobTimeout, SerializationError
+from offload.validation import value_bytes
 from offload.worker.processes import ProcessRunner, RemoteError
 from offload.worker.threads import Done, HandlerThreads
 
@@ -316,7 +317,7 @@ class Executor:
         self, lease: Lease, envelope: Envelope, task: Task[Any, Any], value: Any
     ) -> Outcome:
         try:
-            result = encode_value(value, what=f"the result of task {envelope.task!r}")
+            result = value_bytes(value, f"the result of task {envelope.task!r}")
         except Exception as exc:
             return self._failed(exc, lease, envelope, task)
         ttl = envelope.result_ttl_s
@@ -344,7 +345,7 @@ class Executor:
         background, latest report first out) or from a handler thread (waiting)."""
         loop = self._loop
         assert loop is not None  # set before any job runs
-        data = encode_value(value, what="a progress report")
+        data = value_bytes(value, "a progress report")
         if not _on_loop(loop):
             future = asyncio.run_coroutine_threadsafe(self.broker.set_progress(job_id, data), loop)
             future.result(timeout=PROGRESS_TIMEOUT_S)

@@ -33,6 +33,7 @@ from offload.codec import decode_value, encode_value
 from offload.context import JobContext, _current
 from offload.envelope import type_path
 from offload.errors import Bury, JobTimeout, Retry
+from offload.validation import value_bytes
 
 __all__ = ["ProcessRunner", "RemoteError"]
 
@@ -83,7 +84,7 @@ def _child_main(conn: Connection, parent: int) -> None:  # pragma: no cover - in
         token = _current.set(JobContext(*ctx))
         try:
             result = _resolve(module, qualname)(*args, **kwargs)
-            reply: list[Any] = ["ok", encode_value(result).decode()]
+            reply: list[Any] = ["ok", value_bytes(result, "the result").decode()]
         except Retry as exc:
             reply = ["retry", exc.delay, exc.reason]
         except Bury as exc:

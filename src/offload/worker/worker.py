@@ -153,6 +153,9 @@ class Worker:
         )
         self.processed = 0
         self._buffer: deque[Lease] = deque()
+        #: Jobs left waiting in `_buffer` when they were reserved (the prefetch): their
+        #: expiry is checked again when they start (see `_start`).
+        self._waited: set[str] = set()
         #: The fetch loop's task while it waits for work (`_interrupt_wait` ends it).
         self._waiting: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Lease, asyncio.Future[None]]] = {}
@@ -312,6 +315,8 @@ class Worker:
         self._buffer.extend(leases)
         if not self._stopping.is_set():
             self._start_buffered()
+        if self._buffer:
+            self._waited.update(lease.job_id for lease in self._buffer)
 
     async def drain(self) -> int:
         """Run jobs until none is ready and none is running; returns how many ran.
@@ -436,20 +441,53 @@ class Worker:
         while self._buffer:
             busy = len(self._running) - len(self._settling)
             if busy >= self.concurrency and (
-                lane is None or busy >= 2 * self.concurrency or not lane.plan(self._buffer[0])[1]
+                lane is None
+                or busy >= 2 * self.concurrency
+                or not _queueable(lane, self._buffer[0])
             ):
                 return
             lease = self._buffer.popleft()
             self._running[lease.job_id] = (lease, self._start(lease, lane))
 
     def _start(self, lease: Lease, lane: ThreadLane | None) -> asyncio.Future[None]:
-        """Start a job: whole in a handler thread if it can (`lane.py`), else as a task."""
-        envelope = None
+        """Start a job: whole in a handler thread if it can (`lane.py`), else as a task;
+        one that expired while it waited in the prefetch buffer is given back unrun."""
+        envelope = task = None
         if lane is not None:
             envelope, task = lane.plan(lease)
-            if envelope is not None and task is not None:
-                return lane.start(lease, envelope, task)
+        if lease.job_id in self._waited:
+            self._waited.discard(lease.job_id)
+            envelope = envelope if envelope is not None else decoded(lease)  # decoded once
+            if self._expired(envelope):
+                return asyncio.create_task(self._give_back_expired(lease))
+        if lane is not None and envelope is not None and task is not None:
+            return lane.start(lease, envelope, task)
         return asyncio.create_task(self._process(lease, envelope), name=f"job [{lease.job_id}]")
+
+    def _expired(self, envelope: Envelope | None) -> bool:
+        """Whether the job's `expires` passed: the broker checks it when it leases a
+        job, but a job prefetched (`--prefetch`) may wait here past it, and ran anyway."""
+        expires_at = envelope.expires_at if envelope is not None else None
+        return expires_at is not None and expires_at <= self.app.clock.now()
+
+    async def _give_back_expired(self, lease: Lease) -> None:
+        """Release an expired job unrun (no attempt counted); the broker's next
+        reservation marks it `expired` (and starts its workflow's follow-ups)."""
+        try:
+            await self.broker.release([lease])
+            logger.info(
+                "job %s: expired while it waited in this worker's prefetch; given back unrun",
+                lease.job_id,
+                extra={"action": "released", "job_id": lease.job_id},
+            )
+        except Exception:
+            logger.warning(
+                "job %s: expired unrun; the broker expires it once its lease lapses",
+                lease.job_id,
+                exc_info=True,
+            )
+        finally:
+            self.ended(lease, ran=False)
 
     async def _process(self, lease: Lease, envelope: Envelope | None = None) -> None:
         ran = False
@@ -674,6 +712,7 @@ class Worker:
                 continue
             if lease in self._buffer:  # not started here: dropping it is all it takes
                 self._buffer.remove(lease)
+                self._waited.discard(lease.job_id)
                 dropped.append(lease)
                 if self.lapses is not None:
                     self.lapses.forget(lease)
@@ -702,6 +741,7 @@ class Worker:
         extra = {"action": "lease_lapsed", "job_id": lease.job_id, "attempt": lease.attempt}
         if lease in self._buffer:
             self._buffer.remove(lease)
+            self._waited.discard(lease.job_id)
             self.lapses.forget(lease)
             logger.info("job %s: %s; not started here", lease.job_id, why, extra=extra)
             return
@@ -790,6 +830,7 @@ class Worker:
     async def _shutdown(self) -> None:
         unstarted = list(self._buffer)
         self._buffer.clear()
+        self._waited.clear()
         for job_id in self.executor.withdraw():  # queued for a thread, not taken
             if (entry := self._running.pop(job_id, None)) is not None:
                 unstarted.append(entry[0])
@@ -876,3 +917,11 @@ class Worker:
                 now(),
                 self.id,
             )
+
+
+def _queueable(lane: ThreadLane, lease: Lease) -> bool:
+    """Whether a job may wait for a handler thread in the lane's queue (see `lane.py`):
+    one that can expire waits in the buffer instead, where `Worker._start` looks at its
+    expiry again when it starts (a thread would run it however late)."""
+    envelope, task = lane.plan(lease)
+    return task is not None and envelope is not None and envelope.expires_at is None

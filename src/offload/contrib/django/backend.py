@@ -42,6 +42,7 @@ from django.tasks import Task, task_backends
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
+from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
@@ -291,9 +292,12 @@ def _overrides(task: Task) -> Any:
     options: dict[str, Any] = {}
     if isinstance(task, OffloadTask):
         options = {o: getattr(task, o) for o in ENQUEUE_OPTIONS if getattr(task, o) is not None}
-    return make_overrides(
-        queue=task.queue_name, priority=task.priority, at=task.run_after, **options
-    )
+    run_after = task.run_after
+    if run_after is not None and timezone.is_naive(run_after):
+        # Django reads a naive time in its TIME_ZONE (USE_TZ = False); offload refuses
+        # one, since each host would read it in its own zone.
+        run_after = timezone.make_aware(run_after)
+    return make_overrides(queue=task.queue_name, priority=task.priority, at=run_after, **options)
 
 
 def _utc(ts: float) -> datetime:
