@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -142,11 +142,20 @@ class BrokerCollector(Collector):
 
     A scrape that cannot reach the broker returns only `offload_broker_errors_total`
     (counting such scrapes), so the gauges go missing rather than lie.
+
+    `queues` limits the gauges to those queues, and names the ones a broker cannot
+    list (RabbitMQ without a state store knows only the queues its process used). A
+    broker that keeps no worker registry (a delivery without a state store) is not an
+    error: its counts are still served, and `offload_workers` is left out, as `offload
+    status` says "workers: not known" rather than failing.
     """
 
-    def __init__(self, app: Offload, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, app: Offload, *, timeout_s: float = 10.0, queues: Sequence[str] = ()
+    ) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.queues = list(queues)
         self.errors = 0
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -155,7 +164,7 @@ class BrokerCollector(Collector):
         except Exception as exc:
             self.errors += 1
             logger.warning("could not read the broker for metrics: %s", exc)
-            stats, workers = None, 0
+            stats, workers = None, None
         errors = CounterMetricFamily(
             "offload_broker_errors", "Scrapes that could not read the broker."
         )
@@ -180,16 +189,23 @@ class BrokerCollector(Collector):
             oldest.add_metric([queue], max(now - since, 0.0) if since is not None else 0.0)
         yield jobs
         yield oldest
+        if workers is None:  # no registry to count (a delivery without a state store)
+            return
         alive = GaugeMetricFamily("offload_workers", "Workers alive (registered heartbeats).")
         alive.add_metric([], workers)
         yield alive
 
-    async def _read(self) -> tuple[dict[str, QueueStats], int]:
+    async def _read(self) -> tuple[dict[str, QueueStats], int | None]:
+        """The counts, and the live workers (None: the broker keeps no registry)."""
         import asyncio
 
-        async def read() -> tuple[dict[str, QueueStats], int]:
+        async def read() -> tuple[dict[str, QueueStats], int | None]:
             broker = await self.app.connected_broker()
-            return dict(await broker.counts()), len(await broker.workers())
+            stats = dict(await broker.counts(self.queues or None))
+            try:
+                return stats, len(await broker.workers())
+            except ConfigurationError:  # a delivery without a state store
+                return stats, None
 
         return await asyncio.wait_for(read(), self.timeout_s)
 

@@ -176,3 +176,37 @@ def test_dead_letters_on_rabbitmq_alone_need_their_queue_named(amqp_url: str) ->
         check=True,
     )
     assert named.stdout.strip() == "replayed 0 dead jobs"
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "sqs"])
+def test_the_metrics_exporter_serves_the_counts_without_a_store(
+    scheme: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`offload metrics` on RabbitMQ or SQS alone: the queue's counts are served and
+    `offload_workers` is left out (no registry to count), instead of every scrape
+    failing on the missing worker registry and counting as a broker error."""
+    from offload import Offload
+    from offload.metrics import BrokerCollector
+
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    url = request.getfixturevalue("amqp_url" if scheme == "amqp" else "sqs_url")
+    producer = Offload(url)
+    reader = Offload(url)
+    try:
+        producer.enqueue("ping", 1)  # declares the queue; no worker takes it
+        collector = BrokerCollector(reader, queues=["default"])
+        deadline = time.monotonic() + 30
+        while True:  # SQS's counts are approximate: wait for the job to show
+            families = {f.name: f for f in collector.collect()}
+            jobs = families.get("offload_queue_jobs")
+            samples = jobs.samples if jobs is not None else []
+            depth = {s.labels["state"]: s.value for s in samples if s.labels["queue"] == "default"}
+            if depth.get("queued") == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert depth["queued"] == 1
+        assert collector.errors == 0
+        assert "offload_workers" not in families
+    finally:
+        producer.close()
+        reader.close()
