@@ -146,8 +146,9 @@ class BrokerCollector(Collector):
     `queues` limits the gauges to those queues, and names the ones a broker cannot
     list (RabbitMQ without a state store knows only the queues its process used). A
     broker that keeps no worker registry (a delivery without a state store) is not an
-    error: its counts are still served, and `offload_workers` is left out, as `offload
-    status` says "workers: not known" rather than failing.
+    error: the counts its queue server gives are served, and what it cannot know is
+    left out rather than reported as 0 (`offload_workers`, the states it does not
+    count, the oldest job's age), as `offload status` says "workers: not known".
     """
 
     def __init__(
@@ -182,14 +183,17 @@ class BrokerCollector(Collector):
             labels=["queue"],
         )
         now = self.app.clock.now()
+        alone = workers is None  # a delivery without a state store: partial counts
         for queue, queue_stats in sorted(stats.items()):
             for state in JobState:
-                jobs.add_metric([queue, state.value], queue_stats.states.get(state, 0))
+                if not alone or state in queue_stats.states:
+                    jobs.add_metric([queue, state.value], queue_stats.states.get(state, 0))
             since = queue_stats.oldest_queued_at
-            oldest.add_metric([queue], max(now - since, 0.0) if since is not None else 0.0)
+            if not alone or since is not None:
+                oldest.add_metric([queue], max(now - since, 0.0) if since is not None else 0.0)
         yield jobs
         yield oldest
-        if workers is None:  # no registry to count (a delivery without a state store)
+        if alone:  # no registry to count
             return
         alive = GaugeMetricFamily("offload_workers", "Workers alive (registered heartbeats).")
         alive.add_metric([], workers)

@@ -183,7 +183,8 @@ def test_the_metrics_exporter_serves_the_counts_without_a_store(
     scheme: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`offload metrics` on RabbitMQ or SQS alone: the queue's counts are served and
-    `offload_workers` is left out (no registry to count), instead of every scrape
+    what it cannot know is left out, not shown as 0 (`offload_workers`: no registry;
+    RabbitMQ counts neither running nor scheduled jobs), instead of every scrape
     failing on the missing worker registry and counting as a broker error."""
     from offload import Offload
     from offload.metrics import BrokerCollector
@@ -207,6 +208,9 @@ def test_the_metrics_exporter_serves_the_counts_without_a_store(
         assert depth["queued"] == 1
         assert collector.errors == 0
         assert "offload_workers" not in families
+        assert "succeeded" not in depth  # never counted by the queue
+        if scheme == "amqp":
+            assert "running" not in depth and "scheduled" not in depth
     finally:
         producer.close()
         reader.close()
