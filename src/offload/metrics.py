@@ -193,7 +193,7 @@ class BrokerCollector(Collector):
                 oldest.add_metric([queue], max(now - since, 0.0) if since is not None else 0.0)
         yield jobs
         yield oldest
-        if alone:  # no registry to count
+        if workers is None:  # no registry to count
             return
         alive = GaugeMetricFamily("offload_workers", "Workers alive (registered heartbeats).")
         alive.add_metric([], workers)
