@@ -6,6 +6,7 @@ dead letters counted, replayed and purged), and everything that needs a store ra
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import TypeVar
 import pytest
 
 from offload import JobState, chain
+from offload.brokers.records import Lease
 from offload.brokers.roles import Broker
 from offload.errors import ConfigurationError
 from tests.integration.test_amqp_worker import worker_app
@@ -214,3 +216,48 @@ def test_the_metrics_exporter_serves_the_counts_without_a_store(
     finally:
         producer.close()
         reader.close()
+
+
+@pytest.fixture(params=["amqp", "sqs"])
+def alone_url(request: pytest.FixtureRequest) -> str:
+    """A RabbitMQ or SQS URL of this test's own, without a state store."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+async def test_jobs_enqueued_without_a_store_run_once_a_store_is_set(
+    alone_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Jobs waiting in RabbitMQ or SQS when the operator adds `state=` are not lost:
+    a copy without the store's stamp used to be refused by the store's claim and
+    acknowledged unrun, with no trace. Now the job is recorded in the store and runs
+    (and says so in the log)."""
+    from offload import Offload
+    from offload.brokers import from_url
+
+    caplog.set_level(logging.INFO, logger="offload.brokers.composite")
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    url = alone_url
+    alone = Offload(url)
+    try:
+        waiting = (await alone.enqueue_async("ping", 1)).id
+    finally:
+        await alone.aclose()
+    broker = from_url(url, state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    await broker.connect()
+    try:
+        deadline = time.monotonic() + 30
+        leases: list[Lease] = []
+        while not leases:
+            assert time.monotonic() < deadline, "the job enqueued without a store never ran"
+            leases = await broker.reserve(["default"], worker_id="w1", lease_s=30, limit=1)
+            if not leases:
+                await broker.wait(["default"], 0.2)
+        assert [lease.job_id for lease in leases] == [waiting]
+        info = await broker.get_job(waiting)
+        assert info is not None and info.state is JobState.RUNNING
+        assert "recorded in the store" in caplog.text
+    finally:
+        await broker.close()
