@@ -17,13 +17,14 @@ now, each with the store's stamp (`Lease.stamp`), and the store's `Ledger.claim`
 decides which delivered copy runs. Without a store, `enqueue` sends jobs itself and
 refuses keys and `max_depth` with a `ConfigurationError` naming `state=`.
 Priority has no meaning on SQS: jobs come in SQS's order (FIFO queues: strict).
-A job received after its `expires_at` is deleted without running (`expired` counts
+A job received after its `expires_at` is deleted without running and logged (`expired` counts
 them; only a state store can record it as `expired`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from offload.brokers import records
@@ -39,6 +40,8 @@ from offload.codec import encode_error
 from offload.envelope import Envelope
 
 __all__ = ["SQSBroker"]
+
+logger = logging.getLogger("offload.brokers.sqs")
 
 #: The state store's register naming the one receipt of a copy that may run now (see
 #: `SQSBroker._exclusive`), and the value a released copy leaves in it.
@@ -163,6 +166,12 @@ class SQSBroker(Delivery):
         if stale:
             await self.sqs.delete(stale)
             self.expired += len(stale)
+            for m in stale:  # no store records it: the log is the only trace (as on RabbitMQ)
+                logger.info(
+                    "job %s expired before it ran",
+                    m.job_id,
+                    extra={"action": "job_expired", "job_id": m.job_id},
+                )
         live = {_copy(m) for m in self._held.values() if self.sqs.holds(m)}
         fresh: list[Received] = []
         for m in messages:
