@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -261,3 +262,20 @@ async def test_jobs_enqueued_without_a_store_run_once_a_store_is_set(
         assert "recorded in the store" in caplog.text
     finally:
         await broker.close()
+
+
+def test_status_shows_the_states_rabbitmq_alone_cannot_count_as_unknown(amqp_url: str) -> None:
+    """RabbitMQ alone counts ready and dead messages only: `offload status` showed 0
+    running, 0 scheduled and 0 succeeded, which reads as "nothing runs"; they are "-"."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "offload", "status", "-q", "default", "--url", amqp_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    [row] = [line for line in shown.stdout.splitlines() if "default" in line]
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    # queue, queued, scheduled, running, succeeded, dead, expired, cancelled, oldest
+    assert cells[1] == "0" and cells[5] == "0", cells
+    assert cells[2] == cells[3] == cells[4] == cells[6] == cells[7] == "-", cells
