@@ -130,3 +130,25 @@ async def test_a_fifo_queue_with_a_store_runs_its_jobs_in_enqueue_order(
         await asyncio.wait_for(running, 30)
         await app.aclose()
     assert ran == list(range(12))
+
+
+async def test_a_job_too_big_for_sqs_is_refused_before_the_store_records_any_of_its_batch(
+    app: Offload,
+) -> None:
+    """The store used to record the batch first: the enqueue raised, yet every job of
+    it stayed `queued` in the store, and each worker's `reserve` failed with the same
+    SerializationError (a traceback) whenever `due` handed them out again, every 30 s,
+    for ever."""
+    from offload.errors import SerializationError
+
+    @app.task(name="echo")
+    def echo(text: str) -> str:
+        return text
+
+    small = echo.call("hi")
+    big = echo.call("x" * 300_000)  # SQS takes 256 KiB
+    with pytest.raises(SerializationError, match="over the queue's limit"):
+        await echo.enqueue_many_async([small, big])
+    broker = await app.connected_broker()
+    assert (await broker.counts(["default"]))["default"].states.get(JobState.QUEUED, 0) == 0
+    assert (await broker.list_jobs(limit=10)).items == []

@@ -175,6 +175,7 @@ class Composite(Broker):
     ) -> list[EnqueueResult]:
         if self.ledger is None:
             return await self.delivery.enqueue(jobs, max_depth=max_depth)
+        self.delivery.check_publish(jobs)  # a job it could never publish: store none
         results, outgoing = await self.ledger.record(jobs, max_depth=max_depth)
         await self._publish(outgoing)
         return results

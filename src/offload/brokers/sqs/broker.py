@@ -34,7 +34,7 @@ from offload.brokers.roles import Broker, Delivery
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.facts import SQSFacts
-from offload.brokers.sqs.messages import Outgoing, Received
+from offload.brokers.sqs.messages import Outgoing, Received, encode_message
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope
@@ -47,6 +47,9 @@ logger = logging.getLogger("offload.brokers.sqs")
 #: `SQSBroker._exclusive`), and the value a released copy leaves in it.
 _RUNS = "sqs-runs:{job_id}:{stamp}"
 _RELEASED = "released"
+#: A stamp's room in a store's copy when `check_publish` measures it: twice the 16 hex
+#: characters of the stores' stamps, so a longer one still fits.
+_STAMP_ROOM = "0" * 32
 
 
 class SQSBroker(Delivery):
@@ -115,6 +118,22 @@ class SQSBroker(Delivery):
         await self.sqs.send(
             [Outgoing(j.job_id, j.queue, j.payload, send_id=j.stamp, stamp=j.stamp) for j in jobs]
         )
+
+    def check_publish(self, jobs: Sequence[tuple[Envelope, bytes]]) -> None:
+        """Refuse a job over SQS's message size before the state store records it:
+        `publish` would refuse it later, every time `due` handed it out again (a
+        "reserve failed" traceback every 30 s in each worker), while the enqueue that
+        raised had left it `queued` in the store. Measured as `publish` sends it, with
+        room for the stamp (the stores' are 16 hex characters) sent twice.
+
+        Raises:
+            SerializationError: naming the job and both sizes.
+        """
+        for envelope, payload in jobs:
+            item = Outgoing(
+                envelope.id, envelope.queue, payload, send_id=_STAMP_ROOM, stamp=_STAMP_ROOM
+            )
+            encode_message(item, self.config.max_message_bytes)
 
     def state_url(self) -> str | None:
         """The state store `state=` in the URL names."""
