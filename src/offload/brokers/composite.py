@@ -71,8 +71,8 @@ from offload.brokers.roles import (
     roles_of,
 )
 from offload.codec import decode_envelope
-from offload.envelope import Envelope, JobState
-from offload.errors import BrokerError, ConfigurationError
+from offload.envelope import Envelope, ErrorInfo, JobState
+from offload.errors import BrokerError, ConfigurationError, SerializationError
 
 __all__ = ["STATE_URL_SETTING", "Composite", "missing_roles", "with_state_store"]
 
@@ -196,6 +196,16 @@ class Composite(Broker):
         try:
             await self.delivery.publish(outgoing)
             await self.ledger.published(outgoing)
+        except SerializationError as exc:
+            # A job no message can carry (stored before `check_publish` refused such
+            # jobs, or the size limit lowered since): publish the others one by one
+            # and bury it with the reason, instead of failing every `reserve` that
+            # meets it, and the jobs due beside it, for ever.
+            if len(outgoing) > 1:
+                for job in outgoing:
+                    await self._publish([job])
+            else:
+                await self._bury_unsendable(outgoing[0], exc)
         except BrokerError as exc:
             logger.warning(
                 "publishing %d job(s) failed (%s); they are kept in the state store and "
@@ -205,6 +215,23 @@ class Composite(Broker):
                 PUBLISH_GRACE_S,
                 extra={"action": "publish_failed", "jobs": len(outgoing)},
             )
+
+    async def _bury_unsendable(self, job: Outgoing, error: SerializationError) -> None:
+        """Bury in the store a job the delivery refuses to carry: claimed as if its copy
+        were delivered (the store's lease), then settled dead with the reason."""
+        assert self.ledger is not None
+        copy = Lease(job.job_id, "", job.queue, 0, 0.0, b"", job.stamp)
+        [lease] = await self.ledger.claim([copy], worker_id="offload", lease_s=60.0)
+        if lease is None:  # meanwhile cancelled, expired or handed out anew
+            return
+        reason = ErrorInfo("SerializationError", str(error))
+        await self._store_delivery().settle_many([Settlement.bury(lease, error=reason)])
+        logger.error(
+            "job %s cannot be published (%s): buried",
+            job.job_id,
+            error,
+            extra={"action": "buried", "job_id": job.job_id},
+        )
 
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
