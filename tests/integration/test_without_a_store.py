@@ -279,3 +279,33 @@ def test_status_shows_the_states_rabbitmq_alone_cannot_count_as_unknown(amqp_url
     # queue, queued, scheduled, running, succeeded, dead, expired, cancelled, oldest
     assert cells[1] == "0" and cells[5] == "0", cells
     assert cells[2] == cells[3] == cells[4] == cells[6] == cells[7] == "-", cells
+
+
+@pytest.mark.parametrize("command", [["scheduler"], ["worker", "--scheduler"]])
+def test_schedules_without_a_store_are_refused_at_start(
+    alone_url: str, tmp_path: Path, command: list[str]
+) -> None:
+    """`offload scheduler` (or a `--scheduler` worker) on RabbitMQ or SQS alone: each
+    tick needs the store (a fire's job is found by its key), so it used to start and
+    then log "scheduler tick failed" with a traceback several times a second, for
+    ever. It now ends at once with one line naming the schedules and the setting."""
+    (tmp_path / "ticking.py").write_text(
+        "import os\n"
+        "from offload import Every, Offload\n"
+        "app = Offload(os.environ['OFFLOAD_URL'])\n"
+        "@app.task(name='tick')\n"
+        "def tick() -> None: ...\n"
+        "app.schedule(tick, Every(2), id='every-2s')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OFFLOAD_STATE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", *command[:1], "ticking:app", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=30,  # it ran until killed
+        cwd=tmp_path,
+        env={**env, "OFFLOAD_URL": alone_url, "PYTHONPATH": str(tmp_path)},
+    )
+    assert done.returncode != 0
+    assert "the schedules (every-2s) cannot run" in done.stderr, done.stderr
+    assert "state=" in done.stderr and "Traceback" not in done.stderr, done.stderr

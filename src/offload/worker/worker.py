@@ -234,6 +234,8 @@ class Worker:
         if not await self.health.reach(self.app.connected_broker, self._stopping):
             logger.info("worker %s stopped before its broker was reachable", self.id)
             return
+        if self.scheduler is not None:  # a broker that cannot keep schedules: say so now
+            await self.scheduler.check(await self.app.connected_broker())
         logger.info(
             "worker %s started: queues=%s concurrency=%d",
             self.id,
