@@ -5,6 +5,7 @@ dead letters counted, replayed and purged), and everything that needs a store ra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -309,3 +310,43 @@ def test_schedules_without_a_store_are_refused_at_start(
     assert done.returncode != 0
     assert "the schedules (every-2s) cannot run" in done.stderr, done.stderr
     assert "state=" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+async def test_a_job_whose_limits_need_a_store_is_buried_with_the_reason(
+    alone_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate- or concurrency-limited task on RabbitMQ or SQS alone: the limit cannot
+    be checked, and the job was held unrun until its lease lapsed (on RabbitMQ: as
+    long as the worker lived), then checked again, with a traceback each time. It is
+    buried with the reason, which names the setting, and the other jobs run."""
+    from offload import Offload, Worker
+
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    app = Offload(alone_url)
+    ran: list[str] = []
+
+    @app.task(name="limited", rate_limit="5/s")
+    async def limited() -> None:
+        ran.append("limited")
+
+    @app.task(name="plain")
+    async def plain() -> None:
+        ran.append("plain")
+
+    worker = Worker(app, lease_s=5, poll_s=0.1)
+    running = asyncio.create_task(worker.run())
+    try:
+        await limited.enqueue_async()
+        await plain.enqueue_async()
+        broker = await app.connected_broker()
+        deadline = time.monotonic() + 30
+        while True:
+            dead = (await broker.counts(["default"]))["default"].states.get(JobState.DEAD, 0)
+            if (dead, ran) == (1, ["plain"]):
+                break
+            assert time.monotonic() < deadline, (dead, ran)
+            await asyncio.sleep(0.2)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+        await app.aclose()

@@ -547,6 +547,15 @@ class Worker:
             verdict = await self.health.retry("flow limits", lambda: self.admission.admit(lease))
         except LeaseLost:
             return False
+        except ConfigurationError as exc:
+            # The broker cannot keep the limit (RabbitMQ or SQS without a state store):
+            # no later check can pass, so the job is buried with the reason (replay it
+            # once a store is set) instead of held unrun until its lease lapses, and
+            # then again, for ever, with a traceback each time.
+            logger.error("job %s: buried: %s", lease.job_id, exc, extra={"action": "buried"})
+            error = ErrorInfo("ConfigurationError", str(exc))
+            await self._settle(lease, Outcome("bury", decoded(lease), error=error))
+            return False
         except Exception:
             logger.exception("job %s: flow limits could not be checked", lease.job_id)
             return False
