@@ -350,3 +350,49 @@ async def test_a_job_whose_limits_need_a_store_is_buried_with_the_reason(
         worker.stop()
         await asyncio.wait_for(running, 30)
         await app.aclose()
+
+
+async def test_a_retry_linked_to_its_first_attempt_is_no_broker_error_without_a_store(
+    alone_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a hook that links attempts (`Tracing`, `offload worker --tracing`), every
+    retried attempt read the job's attempt history, which RabbitMQ or SQS alone does
+    not keep: an ERROR with a traceback per retry, counted as a broker error (the
+    `offload_broker_errors_total` metric). There is simply nothing to link to."""
+    from offload import Backoff, Offload, Worker
+    from offload.hooks import Hook
+
+    class Linker(Hook):
+        links_attempts = True
+
+    errors: list[str] = []
+
+    class BrokerErrors(Hook):
+        def on_broker_error(self, what: str, error: BaseException) -> None:
+            errors.append(what)
+
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    app = Offload(alone_url)
+    app.add_hook(Linker())
+    app.add_hook(BrokerErrors())
+
+    @app.task(name="flaky", max_attempts=3, backoff=Backoff(base_s=0.1, cap_s=0.1))
+    async def flaky() -> None:
+        raise RuntimeError("again")
+
+    caplog.set_level(logging.ERROR, logger="offload.worker")
+    worker = Worker(app, lease_s=5, poll_s=0.1)
+    running = asyncio.create_task(worker.run())
+    try:
+        await flaky.enqueue_async()
+        broker = await app.connected_broker()
+        deadline = time.monotonic() + 30
+        while (await broker.counts(["default"]))["default"].states.get(JobState.DEAD, 0) < 1:
+            assert time.monotonic() < deadline, "the job never died"
+            await asyncio.sleep(0.2)
+        assert errors == []
+        assert "reading a job's attempts" not in caplog.text
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+        await app.aclose()

@@ -529,10 +529,12 @@ class Worker:
 
     async def _first_trace(self, lease: Lease) -> dict[str, str] | None:
         """The trace context of the job's first attempt, from its history
-        (`offload.attempts.first_trace`); None if the broker cannot say now (the
-        attempt runs all the same, its span without that link)."""
+        (`offload.attempts.first_trace`); None if the broker cannot say now, or keeps
+        no history (the attempt runs all the same, its span without that link)."""
         try:
             records, _ = await self.broker.attempt_records(lease.job_id)
+        except ConfigurationError:  # no history is kept (RabbitMQ or SQS alone): none
+            return None  # to link, as for an attempt 1 that left no record; no failure
         except Exception as exc:
             self.health.failed("reading a job's attempts", exc)
             return None
