@@ -152,6 +152,9 @@ async def test_the_dashboard_shows_the_counts_and_says_what_needs_a_store(
         async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as http:
             overview = await http.get("/")
             assert overview.status_code == 200 and "default" in overview.text
+            # no registry: not "0 workers alive", which reads as "every worker is down"
+            assert "workers not known" in overview.text
+            assert "workers alive" not in overview.text
             for path in (f"/jobs/{job.id}", "/jobs", "/dead"):
                 page = await http.get(path)
                 assert page.status_code == 501, (path, page.status_code)
