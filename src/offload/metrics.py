@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -142,11 +142,21 @@ class BrokerCollector(Collector):
 
     A scrape that cannot reach the broker returns only `offload_broker_errors_total`
     (counting such scrapes), so the gauges go missing rather than lie.
+
+    `queues` limits the gauges to those queues, and names the ones a broker cannot
+    list (RabbitMQ without a state store knows only the queues its process used). A
+    broker that keeps no worker registry (a delivery without a state store) is not an
+    error: the counts its queue server gives are served, and what it cannot know is
+    left out rather than reported as 0 (`offload_workers`, the states it does not
+    count, the oldest job's age), as `offload status` says "workers: not known".
     """
 
-    def __init__(self, app: Offload, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, app: Offload, *, timeout_s: float = 10.0, queues: Sequence[str] = ()
+    ) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.queues = list(queues)
         self.errors = 0
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -155,7 +165,7 @@ class BrokerCollector(Collector):
         except Exception as exc:
             self.errors += 1
             logger.warning("could not read the broker for metrics: %s", exc)
-            stats, workers = None, 0
+            stats, workers = None, None
         errors = CounterMetricFamily(
             "offload_broker_errors", "Scrapes that could not read the broker."
         )
@@ -173,23 +183,33 @@ class BrokerCollector(Collector):
             labels=["queue"],
         )
         now = self.app.clock.now()
+        alone = workers is None  # a delivery without a state store: partial counts
         for queue, queue_stats in sorted(stats.items()):
             for state in JobState:
-                jobs.add_metric([queue, state.value], queue_stats.states.get(state, 0))
+                if not alone or state in queue_stats.states:
+                    jobs.add_metric([queue, state.value], queue_stats.states.get(state, 0))
             since = queue_stats.oldest_queued_at
-            oldest.add_metric([queue], max(now - since, 0.0) if since is not None else 0.0)
+            if not alone or since is not None:
+                oldest.add_metric([queue], max(now - since, 0.0) if since is not None else 0.0)
         yield jobs
         yield oldest
+        if workers is None:  # no registry to count
+            return
         alive = GaugeMetricFamily("offload_workers", "Workers alive (registered heartbeats).")
         alive.add_metric([], workers)
         yield alive
 
-    async def _read(self) -> tuple[dict[str, QueueStats], int]:
+    async def _read(self) -> tuple[dict[str, QueueStats], int | None]:
+        """The counts, and the live workers (None: the broker keeps no registry)."""
         import asyncio
 
-        async def read() -> tuple[dict[str, QueueStats], int]:
+        async def read() -> tuple[dict[str, QueueStats], int | None]:
             broker = await self.app.connected_broker()
-            return dict(await broker.counts()), len(await broker.workers())
+            stats = dict(await broker.counts(self.queues or None))
+            try:
+                return stats, len(await broker.workers())
+            except ConfigurationError:  # a delivery without a state store
+                return stats, None
 
         return await asyncio.wait_for(read(), self.timeout_s)
 

@@ -53,7 +53,7 @@ import msgspec
 from offload import pausing, validation
 from offload._health import BrokerHealth
 from offload.envelope import ACTIVE_STATES
-from offload.errors import BrokerError
+from offload.errors import BrokerError, ConfigurationError
 from offload.options import Call, make_overrides
 from offload.schedule import ScheduleEntry, utc_iso
 
@@ -152,6 +152,7 @@ class Scheduler:
         health = BrokerHealth(logger, probe=self._probe)
         if not await health.reach(self.producer.connected_broker, self._stopping):
             return
+        await self.check(await self.producer.connected_broker())
         logger.info(
             "scheduler started: %d schedules",
             len(self.entries),
@@ -159,6 +160,27 @@ class Scheduler:
         )
         await health.every("scheduler tick", self._sleep_s, self.tick, self._stopping)
         logger.info("scheduler stopped", extra={"action": "scheduler_stopped"})
+
+    async def check(self, broker: Broker) -> None:
+        """Refuse now a broker that cannot keep what the schedules need (a fire's job
+        looked up by its key, the fire registers): RabbitMQ or SQS without a state
+        store. Else every tick failed on it, logged with a traceback each time, for as
+        long as the scheduler (or a `--scheduler` worker) ran. An outage now is left to
+        the ticks, which ride it out.
+
+        Raises:
+            ConfigurationError: naming the schedules and the setting that gives a store.
+        """
+        entries = self.entries
+        if not entries:
+            return
+        try:
+            await broker.find(entries[0].key(0))
+        except ConfigurationError as exc:
+            ids = ", ".join(entry.id for entry in entries)
+            raise ConfigurationError(f"the schedules ({ids}) cannot run: {exc}") from exc
+        except BrokerError:
+            return
 
     async def _probe(self) -> None:
         """A cheap call that reaches the broker (see `BrokerHealth`)."""

@@ -4,6 +4,7 @@ each way a lease ends, leases held against other consumers, what needs a state s
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -218,13 +219,19 @@ async def test_keys_and_bounded_queues_need_a_state_store_and_say_which_setting(
     assert await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=10) == []
 
 
-async def test_a_job_received_after_it_expired_is_dropped_unrun(broker: SQSBroker) -> None:
-    await enqueue(broker, expires_at=broker.clock.now() + 0.5)
+async def test_a_job_received_after_it_expired_is_dropped_unrun_and_logged(
+    broker: SQSBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a store nothing records the expiry, so the log line is an operator's
+    only trace of a job that never ran (RabbitMQ alone logs it too); it was silent."""
+    caplog.set_level(logging.INFO, logger="offload.brokers.sqs")
+    gone = await enqueue(broker, expires_at=broker.clock.now() + 0.5)
     live = await enqueue(broker)
     await asyncio.sleep(1.0)
     leases = await broker.reserve(["default"], worker_id="w1", lease_s=LEASE_S, limit=10)
     assert [lease.job_id for lease in leases] == [live]
     assert broker.expired == 1
+    assert f"job {gone} expired before it ran" in caplog.text
 
 
 async def test_wait_returns_when_a_job_arrives_and_reserve_hands_it_out(

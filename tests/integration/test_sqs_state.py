@@ -15,6 +15,7 @@ import pytest
 from offload import JobState, Offload, Worker
 from offload.brokers import from_url
 from offload.brokers.composite import Composite
+from offload.brokers.records import Lease
 from offload.brokers.sqs import SQSBroker
 from tests.conformance.helpers import make_job
 
@@ -130,3 +131,59 @@ async def test_a_fifo_queue_with_a_store_runs_its_jobs_in_enqueue_order(
         await asyncio.wait_for(running, 30)
         await app.aclose()
     assert ran == list(range(12))
+
+
+async def test_a_job_too_big_for_sqs_is_refused_before_the_store_records_any_of_its_batch(
+    app: Offload,
+) -> None:
+    """The store used to record the batch first: the enqueue raised, yet every job of
+    it stayed `queued` in the store, and each worker's `reserve` failed with the same
+    SerializationError (a traceback) whenever `due` handed them out again, every 30 s,
+    for ever."""
+    from offload.errors import SerializationError
+
+    @app.task(name="echo")
+    def echo(text: str) -> str:
+        return text
+
+    small = echo.call("hi")
+    big = echo.call("x" * 300_000)  # SQS takes 256 KiB
+    with pytest.raises(SerializationError, match="over the queue's limit"):
+        await echo.enqueue_many_async([small, big])
+    broker = await app.connected_broker()
+    assert (await broker.counts(["default"]))["default"].states.get(JobState.QUEUED, 0) == 0
+    assert (await broker.list_jobs(limit=10)).items == []
+
+
+async def test_a_stored_job_sqs_cannot_carry_is_buried_and_the_jobs_due_beside_it_run(
+    sqs_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job the store holds but no SQS message can carry (here: `max_message_bytes`
+    lowered while it waited; or one stored before enqueue checked the size) made
+    every `reserve` that the store handed it to fail, with the jobs due beside it
+    unsent, for ever. It is buried with the reason; the others are published."""
+    monkeypatch.delenv("OFFLOAD_STATE_URL", raising=False)
+    state = quote(f"sqlite:///{tmp_path / 'state.db'}", safe="")
+    before = from_url(f"{sqs_url}&state={state}")
+    after = from_url(f"{sqs_url}&state={state}&max_message_bytes=1024")
+    await before.connect()
+    await after.connect()
+    try:
+        due = before.clock.now() + 1
+        big, big_payload = make_job(before.clock, args=["x" * 2000], not_before=due)
+        small, small_payload = make_job(before.clock, not_before=due)
+        await before.enqueue([(big, big_payload), (small, small_payload)])
+        await asyncio.sleep(1.2)
+        leases: list[Lease] = []
+        for _ in range(50):
+            leases += await after.reserve(["default"], worker_id="w1", lease_s=30, limit=10)
+            if leases:
+                break
+            await asyncio.sleep(0.1)
+        assert [lease.job_id for lease in leases] == [small.id]
+        dead = await after.get_job(big.id)
+        assert dead is not None and dead.state is JobState.DEAD
+        assert dead.error is not None and "over the queue's limit" in dead.error.message
+    finally:
+        await before.close()
+        await after.close()

@@ -250,3 +250,63 @@ def test_offload_migrate_command(postgres_url: str) -> None:
 
     assert f"schema is at version {LATEST_VERSION}" in run()
     assert "up to date" in run()
+
+
+@pytest.fixture
+def worker_role(postgres_dsn: str) -> Any:
+    """A login role of this test's own that may not create anything (no CREATE on the
+    database, as a worker's role is meant to be), and its DSN; dropped after."""
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = f"offload_w_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    params = {"port": 5432, "host": "127.0.0.1", **conninfo_to_dict(postgres_dsn)}
+    try:
+        yield name, f"postgresql://{name}@{params['host']}:{params['port']}/{params['dbname']}"
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+async def test_a_role_that_may_not_create_uses_a_schema_offload_migrate_made(
+    postgres_dsn: str, postgres_url: str, worker_role: tuple[str, str]
+) -> None:
+    """The README's deploy step: `offload migrate` as a role that may run DDL, workers
+    as one that may not. The workers' connect must not run DDL on a current schema
+    (PostgreSQL checks CREATE before `IF NOT EXISTS`, so a no-op `CREATE SCHEMA IF NOT
+    EXISTS` was refused: every connect failed with InsufficientPrivilege); a schema
+    still to be made is a one-line ConfigurationError saying what to do, not a psycopg
+    traceback."""
+    from psycopg import sql
+
+    name, dsn = worker_role
+    schema = schema_of(postgres_url)
+    missing = PostgresBroker(f"{dsn}?schema={schema}")  # not made yet: the role cannot
+    with pytest.raises(ConfigurationError, match="offload migrate"):
+        await missing.connect()
+    await missing.close()
+    await fresh(postgres_url)  # `offload migrate`, as the admin
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        for grant in (
+            "GRANT USAGE ON SCHEMA {s} TO {r}",
+            "GRANT ALL ON ALL TABLES IN SCHEMA {s} TO {r}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {r}",
+        ):
+            admin.execute(sql.SQL(grant).format(s=sql.Identifier(schema), r=sql.Identifier(name)))
+    broker = PostgresBroker(f"{dsn}?schema={schema}")
+    try:
+        await broker.connect()
+        await enqueue_one(broker)
+        await reserve_one(broker)
+    finally:
+        await broker.close()

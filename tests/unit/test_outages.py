@@ -174,6 +174,47 @@ async def test_delivery_down_while_the_state_store_answers_is_one_outage_not_rec
         await app.aclose()
 
 
+async def test_a_worker_stopped_during_an_outage_does_not_say_the_broker_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM while RabbitMQ or SQS is away (its state store up): the fetch loop's last
+    turn asks the broker nothing (it is stopping), and it counted as a reserve that
+    answered, so the heartbeat probe logged "broker reachable again after 14.8 s" in
+    the middle of the outage, as the worker stopped."""
+    app = Offload("memory://")
+
+    @app.task(name="job")
+    async def job() -> None: ...
+
+    outage = Outage(app.broker, calls=("reserve", "next_due", "wait"))
+    failing = app.broker.reserve
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        if outage.down:  # as SQS's client, which retries a refused connection first
+            await asyncio.sleep(0.5)
+        return await failing(*args, **kwargs)
+
+    app.broker.reserve = slow  # type: ignore[method-assign]
+    worker = Worker(app, lease_s=0.3, poll_s=0.05, sweep_s=0.1)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.2)
+        with caplog.at_level(logging.INFO, logger="offload"):
+            outage.down = True
+            await asyncio.sleep(1.5)
+            assert worker.health.down
+            while worker._waiting is None:  # the stop comes while a reserve is out
+                await asyncio.sleep(0.01)
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+        about, _ = outage_report(caplog)
+        assert len(about) == 1 and "broker unavailable" in about[0], about
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        await app.aclose()
+
+
 async def test_another_loops_success_wakes_a_failing_loop_but_does_not_end_the_outage() -> None:
     probes: list[int] = []
 

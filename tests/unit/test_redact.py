@@ -147,3 +147,26 @@ def test_free_text_is_scrubbed_of_percent_encoded_urls() -> None:
     shown = redact(text)
     assert SECRET not in shown
     assert "%26schema%3Ds" in shown
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])  # in a thread; in a child process
+def test_a_failed_jobs_stored_error_is_scrubbed(timeout: float | None) -> None:
+    """A handler's error naming the URL it could not reach kept the password in the
+    job's stored error (message and traceback), shown whole by `offload show`, `offload
+    dlq list` and the dashboard, while the worker's log line showed it scrubbed."""
+    app = Offload("memory://")
+    reach = app.task(name="reach", max_attempts=1, timeout=timeout)(reach_the_database)
+    with app.testing() as runner:
+        job = reach.enqueue()
+        runner.drain()
+        info = job.info()
+    assert info.error is not None
+    assert SECRET not in info.error.message and SECRET not in info.error.traceback
+    assert "postgresql://app:***@db/app" in info.error.message
+    assert "postgresql://app:***@db/app" in info.error.traceback
+
+
+def reach_the_database() -> None:
+    """A handler whose error names the URL, password included (importable by name, as
+    one with a timeout must be: it runs in a child process)."""
+    raise ConnectionError(f"could not reach postgresql://app:{SECRET}@db/app")

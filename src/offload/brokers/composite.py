@@ -43,6 +43,8 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+import msgspec
+
 from offload.brokers.ledger import PUBLISH_GRACE_S, Ledger
 from offload.brokers.part import Capabilities
 from offload.brokers.records import (
@@ -68,8 +70,9 @@ from offload.brokers.roles import (
     Signals,
     roles_of,
 )
-from offload.envelope import Envelope, JobState
-from offload.errors import BrokerError, ConfigurationError
+from offload.codec import decode_envelope
+from offload.envelope import Envelope, ErrorInfo, JobState
+from offload.errors import BrokerError, ConfigurationError, SerializationError
 
 __all__ = ["STATE_URL_SETTING", "Composite", "missing_roles", "with_state_store"]
 
@@ -172,6 +175,7 @@ class Composite(Broker):
     ) -> list[EnqueueResult]:
         if self.ledger is None:
             return await self.delivery.enqueue(jobs, max_depth=max_depth)
+        self.delivery.check_publish(jobs)  # a job it could never publish: store none
         results, outgoing = await self.ledger.record(jobs, max_depth=max_depth)
         await self._publish(outgoing)
         return results
@@ -192,6 +196,16 @@ class Composite(Broker):
         try:
             await self.delivery.publish(outgoing)
             await self.ledger.published(outgoing)
+        except SerializationError as exc:
+            # A job no message can carry (stored before `check_publish` refused such
+            # jobs, or the size limit lowered since): publish the others one by one
+            # and bury it with the reason, instead of failing every `reserve` that
+            # meets it, and the jobs due beside it, for ever.
+            if len(outgoing) > 1:
+                for job in outgoing:
+                    await self._publish([job])
+            else:
+                await self._bury_unsendable(outgoing[0], exc)
         except BrokerError as exc:
             logger.warning(
                 "publishing %d job(s) failed (%s); they are kept in the state store and "
@@ -201,6 +215,23 @@ class Composite(Broker):
                 PUBLISH_GRACE_S,
                 extra={"action": "publish_failed", "jobs": len(outgoing)},
             )
+
+    async def _bury_unsendable(self, job: Outgoing, error: SerializationError) -> None:
+        """Bury in the store a job the delivery refuses to carry: claimed as if its copy
+        were delivered (the store's lease), then settled dead with the reason."""
+        assert self.ledger is not None
+        copy = Lease(job.job_id, "", job.queue, 0, 0.0, b"", job.stamp)
+        [lease] = await self.ledger.claim([copy], worker_id="offload", lease_s=60.0)
+        if lease is None:  # meanwhile cancelled, expired or handed out anew
+            return
+        reason = ErrorInfo("SerializationError", str(error))
+        await self._store_delivery().settle_many([Settlement.bury(lease, error=reason)])
+        logger.error(
+            "job %s cannot be published (%s): buried",
+            job.job_id,
+            error,
+            extra={"action": "buried", "job_id": job.job_id},
+        )
 
     async def reserve(
         self, queues: Sequence[str], *, worker_id: str, lease_s: float, limit: int
@@ -227,6 +258,12 @@ class Composite(Broker):
                         await self._publish(due)
                         continue
                 break
+            foreign = [copy for copy in delivered if copy.stamp is None]
+            if foreign:  # not the store's copies: record them in it first
+                await self._adopt(foreign)
+                delivered = [copy for copy in delivered if copy.stamp is not None]
+                if not delivered:
+                    continue
             claimed, due = await self._claim(
                 delivered, worker_id, lease_s, queues if poll else (), due_limit
             )
@@ -278,6 +315,48 @@ class Composite(Broker):
         if refused:
             await self._drop(refused)
         return leases, due
+
+    async def _adopt(self, messages: Sequence[Lease]) -> None:
+        """Record in the store the delivered messages it did not publish (no stamp):
+        jobs enqueued while the delivery ran without a state store (RabbitMQ or SQS
+        alone, before `state=` was set), or a job put on the queue by hand. `claim`
+        refuses an unstamped copy, so they were acknowledged unrun, silently: lost.
+
+        A message that is a job is recorded as a new job (its attempts start again; one
+        recorded already, the same id, is not recorded twice), published as the store's
+        copy, and only then dropped, so a crash in between delivers it again. A message
+        that is not a job is dropped with a warning naming its queue and what is wrong
+        with it: there is nothing the store could keep of it."""
+        assert self.ledger is not None
+        jobs: list[tuple[Envelope, bytes]] = []
+        for message in messages:
+            try:
+                jobs.append((decode_envelope(message.payload), message.payload))
+            except msgspec.DecodeError as exc:
+                logger.warning(
+                    "dropped a message on queue %r that is not an offload job (%s)",
+                    message.queue,
+                    exc,
+                    extra={"action": "foreign_message", "queue": message.queue},
+                )
+        try:
+            if jobs:
+                results, outgoing = await self.ledger.record(jobs)
+                await self._publish(outgoing)
+                for (envelope, _), result in zip(jobs, results, strict=True):
+                    if result.created:
+                        logger.info(
+                            "job %s (%s): delivered without the state store's stamp "
+                            "(enqueued without a state store); recorded in the store",
+                            envelope.id,
+                            envelope.task,
+                            extra={"action": "adopted", "job_id": envelope.id},
+                        )
+        except BaseException:
+            with contextlib.suppress(BrokerError):
+                await self.delivery.release(messages)
+            raise
+        await self._drop(messages)
 
     async def _drop(self, copies: Sequence[Lease]) -> None:
         """Acknowledge copies in the delivery whose outcome the store already holds

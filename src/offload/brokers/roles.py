@@ -310,6 +310,16 @@ class Delivery(Part):
         """
         raise ConfigurationError(f"{self!r} cannot deliver jobs for a state store")
 
+    def check_publish(self, jobs: Sequence[tuple[Envelope, bytes]]) -> None:
+        """Refuse, before a state store records anything, a job this delivery could
+        never `publish` (a message too big for it): `Composite.enqueue` asks first, so
+        that an enqueue that raises has stored nothing, and the store keeps no job
+        whose every publish fails. Nothing to refuse by default.
+
+        Raises:
+            SerializationError: naming the job (nothing is recorded or sent).
+        """
+
     async def drop(self, copies: Sequence[Lease]) -> None:
         """End copies whose fate the state store holds (settled there, or refused by
         its `claim`): acknowledge them, with no result and nothing more to wait for

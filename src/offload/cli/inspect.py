@@ -120,7 +120,12 @@ def status(app_spec: str | None, url: str | None, as_json: bool, queues: tuple[s
     table.add_column("oldest queued", justify="right")
     for queue, stats in counts.items():
         oldest = None if stats.oldest_queued_at is None else now - stats.oldest_queued_at
-        states = (str(stats.states.get(s, 0)) for s in STATE_COLUMNS)
+        # A queue alone (no store: no registry either) counts only some states; the
+        # others show "-", not a 0 that reads as "nothing running, nothing waiting".
+        states = (
+            "-" if workers is None and s not in stats.states else str(stats.states.get(s, 0))
+            for s in STATE_COLUMNS
+        )
         name = f"{queue} (paused)" if queue in paused.queues else queue
         table.add_row(cell(name, 80), *states, fmt_age(oldest))
     out = console()

@@ -33,11 +33,23 @@ __all__ = ["metrics"]
               help="Address to listen on.")  # fmt: skip
 @click.option("--log-level", default="info", **env_twin("LOG_LEVEL"),
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
-def metrics(app_spec: str | None, url: str | None, port: int, bind: str, log_level: str) -> None:
+@click.option("-q", "--queue", "queues", multiple=True,
+              help="Only this queue (repeatable); names queues a broker cannot list "
+              "(amqp:// alone).")  # fmt: skip
+def metrics(
+    app_spec: str | None,
+    url: str | None,
+    port: int,
+    bind: str,
+    log_level: str,
+    queues: tuple[str, ...],
+) -> None:
     """Serve the broker's queue gauges for Prometheus until SIGTERM or Ctrl-C.
 
     offload_queue_jobs{queue,state}, offload_queue_oldest_age_seconds{queue} and
-    offload_workers, read from the broker at each scrape. Run one per broker.
+    offload_workers (left out where the broker keeps no worker registry: amqp:// or
+    sqs:// without a state store), read from the broker at each scrape. Run one per
+    broker.
     """
     setup_logging(log_level)
     module = need("offload.metrics", "metrics", "offload metrics")
@@ -45,7 +57,7 @@ def metrics(app_spec: str | None, url: str | None, port: int, bind: str, log_lev
 
     app = app_from_options(app_spec, url)
     registry = CollectorRegistry()
-    registry.register(module.BrokerCollector(app))
+    registry.register(module.BrokerCollector(app, queues=queues))
     module.serve(port, registry, addr=bind)
     click.echo(f"serving broker metrics on http://{bind}:{port}/metrics", err=True)
     stop = threading.Event()

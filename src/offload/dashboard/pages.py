@@ -78,17 +78,18 @@ async def overview_page(request: Request) -> Response:
     d = dashboard(request)
     broker = await d.offload.connected_broker()
     stats = await broker.counts()
+    registry = True
     try:
         workers = await broker.workers()
-    except ConfigurationError:  # a delivery without a state store keeps no registry
-        workers = []
+    except ConfigurationError:  # a delivery without a state store keeps no registry:
+        workers, registry = [], False  # "not known", not "0 workers alive"
     now = time.time()
     rows = overview(stats, now, await broker.finished(now - WINDOW_MIN * 60))
     totals = {s: sum(r.states[s] for r in rows) for s in JobState}
     held = await pausing.paused(broker)
     return d.render(request, "overview.html", rows=rows, totals=totals, workers=workers,
-                    busy=busy_workers(workers), consuming=consuming_workers(workers, now),
-                    paused=held.queues)  # fmt: skip
+                    registry=registry, busy=busy_workers(workers),
+                    consuming=consuming_workers(workers, now), paused=held.queues)  # fmt: skip
 
 
 def _job_filter(request: Request) -> tuple[JobFilter, list[str]]:

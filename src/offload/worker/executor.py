@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from offload._redact import redact
 from offload.codec import decode_envelope
 from offload.context import JobContext, _current, _reporters
 from offload.envelope import Envelope, ErrorInfo, type_path
@@ -129,11 +130,17 @@ def decoded(lease: Lease) -> Envelope | None:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """The stored record of an exception (type, message, traceback, class path)."""
+    """The stored record of an exception (type, message, traceback, class path).
+
+    Its message and traceback are scrubbed of credentials (`redact`): a handler's error
+    often names the URL it failed to reach, password and all, and the record is kept
+    in the broker and shown by `offload show`, `offload dlq list`, the dashboard and
+    `JobFailed.error`, where the worker's log line already showed it scrubbed."""
     if isinstance(exc, RemoteError):
-        return ErrorInfo(exc.type_name, str(exc), exc.remote_traceback, exc.type_path)
+        message, tb = str(exc), exc.remote_traceback
+        return ErrorInfo(exc.type_name, redact(message), redact(tb), exc.type_path)
     tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type(exc).__qualname__, str(exc), tb, type_path(type(exc)))
+    return ErrorInfo(type(exc).__qualname__, redact(str(exc)), redact(tb), type_path(type(exc)))
 
 
 class Executor:

@@ -237,6 +237,8 @@ class Worker:
         if not await self.health.reach(self.app.connected_broker, self._stopping):
             logger.info("worker %s stopped before its broker was reachable", self.id)
             return
+        if self.scheduler is not None:  # a broker that cannot keep schedules: say so now
+            await self.scheduler.check(await self.app.connected_broker())
         logger.info(
             "worker %s started: queues=%s concurrency=%d",
             self.id,
@@ -355,23 +357,26 @@ class Worker:
             try:
                 if attempts.failures:  # first our own leases, which a reserve could
                     await self.extend_leases()  # take back if they lapsed meanwhile
-                await self._fetch()
+                asked = await self._fetch()
             except Exception as exc:
                 self.health.failed("reserve", exc, recurring=True)
                 await self.health.pause(attempts.next_delay(), self._stopping)
             else:
                 attempts.reset()
-                await self.health.succeeded("reserve")
+                if asked:  # a turn that only waited for a slot, or the stop, proves nothing
+                    await self.health.succeeded("reserve")
 
-    async def _fetch(self) -> None:
+    async def _fetch(self) -> bool:
         """One turn of the fetch loop: wait for a free slot while none is, else reserve
-        what fits, waiting for work if nothing is ready (every broker call may raise)."""
+        what fits, waiting for work if nothing is ready (every broker call may raise).
+        Returns whether it asked the broker: only then may an outage end with it."""
         if self._full():
             self._capacity.clear()
             if self._full() and not self._stopping.is_set():  # stop() set it already
                 await self._capacity.wait()
         elif not self._stopping.is_set():
-            await self._reserve_or_wait()
+            return await self._reserve_or_wait()
+        return False
 
     def _full(self) -> bool:
         return self._room() <= 0 or self.recycling.took_all()
@@ -394,7 +399,7 @@ class Worker:
         """The ids of the jobs running now."""
         return list(self._running)
 
-    async def _reserve_or_wait(self) -> None:
+    async def _reserve_or_wait(self) -> bool:
         """Reserve what fits, or wait for work (`Delivery.wait_for_work`: until the next
         delayed job is due, `poll_s` at most, or the worker stops; the broker may hand
         over jobs already leased meanwhile). A stop cancels the wait (the broker gives
@@ -402,14 +407,15 @@ class Worker:
         the stop in others, which would cost two more loop turns per job. After taking
         jobs it yields one loop turn, so they reach their handlers before this task
         builds and sends its next call (on Redis a script call: CPU time that every
-        pick-up waited behind, issue 16)."""
+        pick-up waited behind, issue 16). Returns whether the broker answered: not
+        when the stop cut the call short (it may have been failing: an outage)."""
         timeout_s = self.poll_s
         queues = await self.pauses.active(self.broker, self.queues)
         if len(queues) < len(self.queues):  # notice a resume soon
             timeout_s = min(timeout_s, self.pauses.max_age_s)
         self.progress_at = time.monotonic()
         if self._stopping.is_set():
-            return
+            return False
         task = asyncio.current_task()
         assert task is not None
         self._waiting = task
@@ -424,7 +430,7 @@ class Worker:
         except asyncio.CancelledError:
             if not self._stopping.is_set() or task.uncancel() > 0:
                 raise  # not (only) our own interruption
-            return
+            return False
         finally:
             self._waiting = None
         self.progress_at = time.monotonic()
@@ -433,6 +439,7 @@ class Worker:
         self._take(leases)
         if leases:  # the jobs just started first, the next call after them
             await asyncio.sleep(0)
+        return True
 
     def _start_buffered(self) -> None:
         """Start buffered jobs while there is a free slot; a job for the thread lane
@@ -560,10 +567,12 @@ class Worker:
 
     async def _first_trace(self, lease: Lease) -> dict[str, str] | None:
         """The trace context of the job's first attempt, from its history
-        (`offload.attempts.first_trace`); None if the broker cannot say now (the
-        attempt runs all the same, its span without that link)."""
+        (`offload.attempts.first_trace`); None if the broker cannot say now, or keeps
+        no history (the attempt runs all the same, its span without that link)."""
         try:
             records, _ = await self.broker.attempt_records(lease.job_id)
+        except ConfigurationError:  # no history is kept (RabbitMQ or SQS alone): none
+            return None  # to link, as for an attempt 1 that left no record; no failure
         except Exception as exc:
             self.health.failed("reading a job's attempts", exc)
             return None
@@ -577,6 +586,15 @@ class Worker:
         try:
             verdict = await self.health.retry("flow limits", lambda: self.admission.admit(lease))
         except LeaseLost:
+            return False
+        except ConfigurationError as exc:
+            # The broker cannot keep the limit (RabbitMQ or SQS without a state store):
+            # no later check can pass, so the job is buried with the reason (replay it
+            # once a store is set) instead of held unrun until its lease lapses, and
+            # then again, for ever, with a traceback each time.
+            logger.error("job %s: buried: %s", lease.job_id, exc, extra={"action": "buried"})
+            error = ErrorInfo("ConfigurationError", str(exc))
+            await self._settle(lease, Outcome("bury", decoded(lease), error=error))
             return False
         except Exception:
             logger.exception("job %s: flow limits could not be checked", lease.job_id)

@@ -277,7 +277,8 @@ class PostgresBroker(Broker, Ledger):
 
         Raises:
             BrokerUnavailable: the server cannot be reached.
-            ConfigurationError: the database schema is newer than this offload.
+            ConfigurationError: the database schema is newer than this offload, or the
+                schema is not current and this role may not create or upgrade it.
         """
         s = self.settings
         try:
@@ -286,6 +287,13 @@ class PostgresBroker(Broker, Ledger):
                 version = await schema_version(conn)
         except psycopg.OperationalError as exc:
             raise unavailable(exc) from exc
+        except psycopg.Error as exc:
+            # Not an outage that waiting ends (a role without the privilege, a
+            # search_path naming no schema): one line saying so, not a traceback.
+            raise ConfigurationError(
+                f"cannot create or upgrade offload's tables in PostgreSQL: {exc} (run "
+                "`offload migrate` with a role that may, or grant this one CREATE)"
+            ) from exc
         self._migrated = True
         return version, applied
 

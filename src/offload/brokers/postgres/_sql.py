@@ -97,6 +97,11 @@ async def migrate(conn: AsyncConnection[Any], schema: str | None) -> list[int]:
     one that has some migrations gets the missing ones, in order. `conn` must be in
     autocommit mode; all of it is one transaction.
 
+    A current schema is left alone, with no DDL at all: PostgreSQL checks the CREATE
+    privilege before `IF NOT EXISTS`, so even a no-op `CREATE SCHEMA IF NOT EXISTS`
+    would refuse a role that may not create (the workers', once `offload migrate` ran
+    as one that may).
+
     Raises:
         ConfigurationError: the schema is newer than this code (a newer offload
             migrated it); upgrade offload rather than misread its tables.
@@ -104,12 +109,14 @@ async def migrate(conn: AsyncConnection[Any], schema: str | None) -> list[int]:
     async with conn.transaction():
         lock_name = f"offload.migrate:{schema or ''}"
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_name,))
+        version = await schema_version(conn)  # 0 if the schema does not exist yet
+        check_version(version)
+        if version == LATEST_VERSION:
+            return []
         if schema is not None:
             await conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
             )
-        version = await schema_version(conn)
-        check_version(version)
         await conn.execute(_MIGRATIONS_TABLE)
         pending = [m for m in MIGRATIONS if m.version > version]
         if not pending:

@@ -17,13 +17,14 @@ now, each with the store's stamp (`Lease.stamp`), and the store's `Ledger.claim`
 decides which delivered copy runs. Without a store, `enqueue` sends jobs itself and
 refuses keys and `max_depth` with a `ConfigurationError` naming `state=`.
 Priority has no meaning on SQS: jobs come in SQS's order (FIFO queues: strict).
-A job received after its `expires_at` is deleted without running (`expired` counts
+A job received after its `expires_at` is deleted without running and logged (`expired` counts
 them; only a state store can record it as `expired`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from offload.brokers import records
@@ -33,17 +34,22 @@ from offload.brokers.roles import Broker, Delivery
 from offload.brokers.sqs.config import SQSConfig
 from offload.brokers.sqs.delivery import SQSDelivery
 from offload.brokers.sqs.facts import SQSFacts
-from offload.brokers.sqs.messages import Outgoing, Received
+from offload.brokers.sqs.messages import Outgoing, Received, encode_message
 from offload.clock import Clock
 from offload.codec import encode_error
 from offload.envelope import Envelope
 
 __all__ = ["SQSBroker"]
 
+logger = logging.getLogger("offload.brokers.sqs")
+
 #: The state store's register naming the one receipt of a copy that may run now (see
 #: `SQSBroker._exclusive`), and the value a released copy leaves in it.
 _RUNS = "sqs-runs:{job_id}:{stamp}"
 _RELEASED = "released"
+#: A stamp's room in a store's copy when `check_publish` measures it: twice the 16 hex
+#: characters of the stores' stamps, so a longer one still fits.
+_STAMP_ROOM = "0" * 32
 
 
 class SQSBroker(Delivery):
@@ -113,6 +119,22 @@ class SQSBroker(Delivery):
             [Outgoing(j.job_id, j.queue, j.payload, send_id=j.stamp, stamp=j.stamp) for j in jobs]
         )
 
+    def check_publish(self, jobs: Sequence[tuple[Envelope, bytes]]) -> None:
+        """Refuse a job over SQS's message size before the state store records it:
+        `publish` would refuse it later, every time `due` handed it out again (a
+        "reserve failed" traceback every 30 s in each worker), while the enqueue that
+        raised had left it `queued` in the store. Measured as `publish` sends it, with
+        room for the stamp (the stores' are 16 hex characters) sent twice.
+
+        Raises:
+            SerializationError: naming the job and both sizes.
+        """
+        for envelope, payload in jobs:
+            item = Outgoing(
+                envelope.id, envelope.queue, payload, send_id=_STAMP_ROOM, stamp=_STAMP_ROOM
+            )
+            encode_message(item, self.config.max_message_bytes)
+
     def state_url(self) -> str | None:
         """The state store `state=` in the URL names."""
         return self.config.state
@@ -163,6 +185,12 @@ class SQSBroker(Delivery):
         if stale:
             await self.sqs.delete(stale)
             self.expired += len(stale)
+            for m in stale:  # no store records it: the log is the only trace (as on RabbitMQ)
+                logger.info(
+                    "job %s expired before it ran",
+                    m.job_id,
+                    extra={"action": "job_expired", "job_id": m.job_id},
+                )
         live = {_copy(m) for m in self._held.values() if self.sqs.holds(m)}
         fresh: list[Received] = []
         for m in messages:
