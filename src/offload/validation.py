@@ -215,32 +215,8 @@ def value_bytes(value: Any, what: str) -> bytes:
     """
     data = encode_value(value, what=what)
     if b"null" in data:  # only then can a NaN or infinity be in it
-        _check_finite(value, what, "")
+        _check_value(value, what, "", 0, limit=math.inf)  # a result: no depth limit
     return data
-
-
-def _check_finite(value: Any, label: str, path: str) -> None:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise SerializationError(
-                f"{label} holds {value!r}{_at(path)}: NaN and ±Infinity have no JSON form"
-            )
-        return
-    children: Iterator[tuple[str, Any]]
-    if isinstance(value, str | bytes | int | None):
-        return
-    if isinstance(value, dict):
-        children = ((f"[{k!r}]", v) for k, v in value.items())
-    elif isinstance(value, list | tuple | set | frozenset):
-        children = ((f"[{i}]", v) for i, v in enumerate(value))
-    elif isinstance(value, msgspec.Struct):
-        children = ((f".{f}", getattr(value, f)) for f in value.__struct_fields__)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        children = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
-    else:
-        return
-    for suffix, child in children:
-        _check_finite(child, label, path + suffix)
 
 
 #: (task, queue) name pairs that passed their checks, so that the producer's hot path
@@ -329,7 +305,9 @@ def _label(owner: Envelope | Step, name: int | str) -> str:
     return f"argument {name if isinstance(name, int) else repr(name)} of {which} {owner.task!r}"
 
 
-def _check_value(value: Any, label: str, path: str, depth: int) -> None:
+def _check_value(value: Any, label: str, path: str, depth: int, limit: float = MAX_DEPTH) -> None:
+    """Raise `SerializationError` naming where in `value` a NaN or ±Infinity sits,
+    or where it nests lists/objects `limit` deep."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise SerializationError(
@@ -349,12 +327,12 @@ def _check_value(value: Any, label: str, path: str, depth: int) -> None:
         children = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
     else:
         return
-    if depth >= MAX_DEPTH:
+    if depth >= limit:
         raise SerializationError(
             f"{label} nests lists/objects more than {MAX_DEPTH} deep (the limit)"
         )
     for suffix, child in children:
-        _check_value(child, label, path + suffix, depth + 1)
+        _check_value(child, label, path + suffix, depth + 1, limit)
 
 
 def _at(path: str) -> str:
