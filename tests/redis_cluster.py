@@ -53,6 +53,14 @@ def _server_pid(port: int, password: str | None = None) -> int | None:
     return None
 
 
+def _loaded(port: int, password: str | None = None) -> bool:
+    """Whether the server has its data loaded: a restart with an AOF answers `INFO`
+    at once but every command with LOADING until it has read the file back (a producer
+    then gets `BrokerUnavailable`, as it should; a test that restarts it wants it back)."""
+    auth = ["--no-auth-warning", "-a", password] if password else []
+    return "loading:0" in _cli(port, *auth, "info", "persistence")
+
+
 class RedisProcess:
     """One `redis-server` without persistence, stopped by `stop()`; `start()` again
     brings it back on the same port (for restart tests)."""
@@ -77,7 +85,9 @@ class RedisProcess:
         deadline = time.monotonic() + timeout
         # Ask for the answering server's pid, not just a PONG: a port found free may be
         # taken meanwhile by another test run's server, and ours then exits at once.
-        while _server_pid(self.port, self.password) != self.process.pid:
+        while _server_pid(self.port, self.password) != self.process.pid or not _loaded(
+            self.port, self.password
+        ):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
