@@ -8,9 +8,9 @@ Cancelling a running job (`Job.cancel()`): the worker polls the broker for the f
 asyncio task, so it sees `CancelledError` at its next await; the job ends `cancelled`
 (a `cancel` settlement). A sync handler cannot be interrupted safely: it runs to
 completion and its outcome is recorded as usual (the flag stays visible in
-`JobInfo.cancel_requested`). A
-job that cannot be decoded or names an unknown task is buried with that reason; it
-never crashes the worker.
+`JobInfo.cancel_requested`), except that a flagged job's failure is not retried: the
+worker ends it `cancelled` (`Worker.conclude`). A job that cannot be decoded or names
+an unknown task is buried with that reason; it never crashes the worker.
 
 Whatever a handler raises ends its own job only: a `BaseException` such as
 `SystemExit` (`sys.exit()`), `KeyboardInterrupt`, `GeneratorExit` or a class of the

@@ -550,12 +550,32 @@ class Worker:
         """Record a finished attempt's outcome (`_settle`), then report it to the job
         log and to the hooks' `run`, if any."""
         trace = run.first_trace if run is not None else None
+        if outcome.action == "retry":
+            outcome = await self._unless_cancelled(lease, outcome)
         recorded = await self._settle(lease, outcome, now, trace)
         delay_s = max(outcome.at - self.app.clock.now(), 0.0)
         job_log.finished(lease, outcome, duration_s, delay_s, recorded=recorded)
         if run is not None and recorded:
             run.outcome = OUTCOMES[outcome.action]
             run.error, run.delay_s, run.duration_s = outcome.error, delay_s, duration_s
+
+    async def _unless_cancelled(self, lease: Lease, outcome: Outcome) -> Outcome:
+        """A failed attempt of a job that `Job.cancel()` flagged while it ran ends
+        `cancelled`, not retried: the cancel said True, so the job must not run again
+        (a sync handler cannot be stopped, and its retry ran in full; an async one that
+        failed before the worker's next check had its retry started, then stopped).
+        If the broker cannot say now, the retry stands (it is checked again as it runs)."""
+        try:
+            flagged = lease.job_id in await self.broker.cancel_requested([lease])
+        except Exception as exc:
+            self.health.failed("reading a job's cancel flag", exc)
+            return outcome
+        if not flagged:
+            return outcome
+        failed = outcome.error
+        reason = f"{failed.type}: {failed.message}" if failed is not None else "failed"
+        error = ErrorInfo("Cancelled", f"cancelled while running; not retried after {reason}")
+        return Outcome("cancel", outcome.envelope, error=error)
 
     def handler_returned(self, job_id: str) -> None:
         """The job's handler is done and only its settlement is left: its slot is free
