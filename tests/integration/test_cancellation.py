@@ -208,3 +208,49 @@ async def test_a_job_cancelled_while_running_that_then_fails_is_not_retried(
         worker.stop()
         await runner
         await app.aclose()
+
+
+async def test_prefetched_jobs_cancelled_before_they_started_never_run(url: str) -> None:
+    # Given a worker running one sync job at a time, with two more reserved (one queued
+    # for a handler thread, one in its prefetch buffer): the broker sees them running,
+    # so a cancel only flags them
+    app = Offload(url)
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    @app.task(name="blocking")
+    def blocking(i: int) -> int:
+        loop.call_soon_threadsafe(started.append, i)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
+        return i
+
+    worker = Worker(app, concurrency=1, prefetch=2, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    try:
+        jobs = [await blocking.enqueue_async(i) for i in range(3)]
+        deadline = time.monotonic() + 15
+        while not started or any([await j.state_async() is not JobState.RUNNING for j in jobs]):
+            assert time.monotonic() < deadline, [await j.state_async() for j in jobs]
+            await asyncio.sleep(0.02)
+        [first] = started
+        waiting = [j for i, j in enumerate(jobs) if i != first]
+        # When those not started are cancelled (True: they will never run)
+        for job in waiting:
+            assert await job.cancel_async()
+        # Then the worker ends them unrun, while the first still runs
+        for job in waiting:
+            while (await job.state_async()) is not JobState.CANCELLED:
+                assert time.monotonic() < deadline, await job.info_async()
+                await asyncio.sleep(0.02)
+            with pytest.raises(JobCancelled):
+                await job.result_async(timeout=1)
+        release.set()
+        assert await jobs[first].result_async(timeout=15) == first
+        await asyncio.sleep(0.3)
+        assert started == [first]
+    finally:
+        release.set()
+        worker.stop()
+        await runner
+        await app.aclose()

@@ -197,6 +197,15 @@ class Executor:
         in between and run it after it was given back."""
         return self._handler_threads.stop(job_ids)
 
+    def waiting_for_thread(self) -> list[str]:
+        """Ids of the jobs queued for a handler thread that none has taken yet."""
+        return self._handler_threads.queued()
+
+    def take_back(self, job_id: str) -> bool:
+        """Cancel job `job_id` if it still waits for a handler thread (it will never
+        run here); False if a thread took it or it does not wait for one."""
+        return self._handler_threads.take_back(job_id)
+
     def withdraw(self) -> list[str]:
         """Ids of the jobs queued for a handler thread that none has taken, taken back:
         they will not run here (a stopping worker releases them)."""
