@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from offload import JobCancelled, JobState, Offload, Worker, chord, group
+from offload import Backoff, JobCancelled, JobState, Offload, Worker, chord, current_job, group
 from tests.conftest import BROKER_NAMES
 
 
@@ -146,6 +146,111 @@ async def test_a_member_cancelled_while_running_cancels_the_chord_callback(url: 
         assert await flow.last.state_async() is JobState.CANCELLED
     finally:
         gate.set()
+        worker.stop()
+        await runner
+        await app.aclose()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_job_cancelled_while_running_that_then_fails_is_not_retried(
+    url: str, kind: str
+) -> None:
+    # Given a job with attempts left and no backoff, cancelled while it runs (the cancel
+    # says True: it will not run again), whose attempt then fails: a sync handler
+    # (cannot be stopped) or an async one that fails before the worker's next check
+    app = Offload(url)
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    started: list[int] = []
+    no_backoff = Backoff(base_s=0, cap_s=0)
+
+    if kind == "sync":
+
+        @app.task(name="fails", max_attempts=3, backoff=no_backoff)
+        def fails() -> None:
+            loop.call_soon_threadsafe(started.append, current_job().attempt)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+            raise RuntimeError("boom")
+
+    else:
+
+        @app.task(name="fails", max_attempts=3, backoff=no_backoff)
+        async def fails() -> None:
+            started.append(current_job().attempt)
+            assert await app.job(current_job().id).cancel_async()
+            raise RuntimeError("boom")
+
+    worker = Worker(app, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    try:
+        job = await fails.enqueue_async()
+        if kind == "sync":
+            deadline = time.monotonic() + 10
+            while not started:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert await job.cancel_async()
+            release.set()
+        deadline = time.monotonic() + 15
+        while (await job.state_async()) is not JobState.CANCELLED:
+            assert time.monotonic() < deadline, await job.info_async()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # a retry (due at once) would have started by now
+        # Then it ends cancelled, and no other attempt ever started
+        assert started == [1]
+        info = await job.info_async()
+        assert info.error is not None and info.error.type == "Cancelled"
+        if kind == "sync":  # (an async one may also have been stopped by the check)
+            assert "boom" in info.error.message
+        with pytest.raises(JobCancelled):
+            await job.result_async(timeout=1)
+    finally:
+        worker.stop()
+        await runner
+        await app.aclose()
+
+
+async def test_prefetched_jobs_cancelled_before_they_started_never_run(url: str) -> None:
+    # Given a worker running one sync job at a time, with two more reserved (one queued
+    # for a handler thread, one in its prefetch buffer): the broker sees them running,
+    # so a cancel only flags them
+    app = Offload(url)
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    @app.task(name="blocking")
+    def blocking(i: int) -> int:
+        loop.call_soon_threadsafe(started.append, i)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
+        return i
+
+    worker = Worker(app, concurrency=1, prefetch=2, poll_s=0.05)
+    runner = asyncio.create_task(worker.run())
+    try:
+        jobs = [await blocking.enqueue_async(i) for i in range(3)]
+        deadline = time.monotonic() + 15
+        while not started or any([await j.state_async() is not JobState.RUNNING for j in jobs]):
+            assert time.monotonic() < deadline, [await j.state_async() for j in jobs]
+            await asyncio.sleep(0.02)
+        [first] = started
+        waiting = [j for i, j in enumerate(jobs) if i != first]
+        # When those not started are cancelled (True: they will never run)
+        for job in waiting:
+            assert await job.cancel_async()
+        # Then the worker ends them unrun, while the first still runs
+        for job in waiting:
+            while (await job.state_async()) is not JobState.CANCELLED:
+                assert time.monotonic() < deadline, await job.info_async()
+                await asyncio.sleep(0.02)
+            with pytest.raises(JobCancelled):
+                await job.result_async(timeout=1)
+        release.set()
+        assert await jobs[first].result_async(timeout=15) == first
+        await asyncio.sleep(0.3)
+        assert started == [first]
+    finally:
+        release.set()
         worker.stop()
         await runner
         await app.aclose()

@@ -8,9 +8,9 @@ Cancelling a running job (`Job.cancel()`): the worker polls the broker for the f
 asyncio task, so it sees `CancelledError` at its next await; the job ends `cancelled`
 (a `cancel` settlement). A sync handler cannot be interrupted safely: it runs to
 completion and its outcome is recorded as usual (the flag stays visible in
-`JobInfo.cancel_requested`). A
-job that cannot be decoded or names an unknown task is buried with that reason; it
-never crashes the worker.
+`JobInfo.cancel_requested`), except that a flagged job's failure is not retried: the
+worker ends it `cancelled` (`Worker.conclude`). A job that cannot be decoded or names
+an unknown task is buried with that reason; it never crashes the worker.
 
 Whatever a handler raises ends its own job only: a `BaseException` such as
 `SystemExit` (`sys.exit()`), `KeyboardInterrupt`, `GeneratorExit` or a class of the
@@ -196,6 +196,15 @@ class Executor:
         a look at the running set, then a cancel, left a thread time to take the job
         in between and run it after it was given back."""
         return self._handler_threads.stop(job_ids)
+
+    def waiting_for_thread(self) -> list[str]:
+        """Ids of the jobs queued for a handler thread that none has taken yet."""
+        return self._handler_threads.queued()
+
+    def take_back(self, job_id: str) -> bool:
+        """Cancel job `job_id` if it still waits for a handler thread (it will never
+        run here); False if a thread took it or it does not wait for one."""
+        return self._handler_threads.take_back(job_id)
 
     def withdraw(self) -> list[str]:
         """Ids of the jobs queued for a handler thread that none has taken, taken back:

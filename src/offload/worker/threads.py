@@ -101,6 +101,22 @@ class HandlerThreads:
                     guard.cancel()
         return running
 
+    def queued(self) -> list[str]:
+        """Keys of the jobs waiting for a thread (none has taken them yet)."""
+        with self._lock:
+            return list(self._queued)
+
+    def take_back(self, key: str) -> bool:
+        """Cancel the job `key` if no thread has taken it yet (it will never run); False
+        if a thread has, or it is not queued here. One step under the lock, as `stop`.
+        Call on the loop's thread."""
+        with self._lock:
+            guard = None if key in self._running else self._queued.pop(key, None)
+            if guard is None:
+                return False
+            guard.cancel()
+            return True
+
     def withdraw(self) -> list[str]:
         """Take back every job no thread has taken yet, cancelling its guard (it will
         never run); returns their keys. Call on the loop's thread."""

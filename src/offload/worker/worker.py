@@ -550,12 +550,32 @@ class Worker:
         """Record a finished attempt's outcome (`_settle`), then report it to the job
         log and to the hooks' `run`, if any."""
         trace = run.first_trace if run is not None else None
+        if outcome.action == "retry":
+            outcome = await self._unless_cancelled(lease, outcome)
         recorded = await self._settle(lease, outcome, now, trace)
         delay_s = max(outcome.at - self.app.clock.now(), 0.0)
         job_log.finished(lease, outcome, duration_s, delay_s, recorded=recorded)
         if run is not None and recorded:
             run.outcome = OUTCOMES[outcome.action]
             run.error, run.delay_s, run.duration_s = outcome.error, delay_s, duration_s
+
+    async def _unless_cancelled(self, lease: Lease, outcome: Outcome) -> Outcome:
+        """A failed attempt of a job that `Job.cancel()` flagged while it ran ends
+        `cancelled`, not retried: the cancel said True, so the job must not run again
+        (a sync handler cannot be stopped, and its retry ran in full; an async one that
+        failed before the worker's next check had its retry started, then stopped).
+        If the broker cannot say now, the retry stands (it is checked again as it runs)."""
+        try:
+            flagged = lease.job_id in await self.broker.cancel_requested([lease])
+        except Exception as exc:
+            self.health.failed("reading a job's cancel flag", exc)
+            return outcome
+        if not flagged:
+            return outcome
+        failed = outcome.error
+        reason = f"{failed.type}: {failed.message}" if failed is not None else "failed"
+        error = ErrorInfo("Cancelled", f"cancelled while running; not retried after {reason}")
+        return Outcome("cancel", outcome.envelope, error=error)
 
     def handler_returned(self, job_id: str) -> None:
         """The job's handler is done and only its settlement is left: its slot is free
@@ -704,13 +724,39 @@ class Worker:
     # -- side tasks --------------------------------------------------------------------
 
     async def check_cancels(self) -> None:
-        """Cancel the running async jobs that `Job.cancel()` flagged (see executor.py)."""
-        leases = [self._running[i][0] for i in self.executor.cancellable() if i in self._running]
+        """Cancel the running async jobs that `Job.cancel()` flagged (see executor.py),
+        and the flagged jobs not started yet, waiting in the prefetch buffer or for a
+        handler thread (the thread lane queues some): the broker sees those as running
+        (so `cancel` only flags them), yet they have not started, and without this a
+        sync one ran in full after its cancel said True."""
+        running = self._running
+        ids = [*self.executor.cancellable(), *self.executor.waiting_for_thread()]
+        leases = [running[i][0] for i in ids if i in running]
+        leases += self._buffer
         if not leases:
             return
-        for job_id in await self.broker.cancel_requested(leases):
-            if self.executor.cancel(job_id):
-                logger.info("job %s: cancel requested; stopping it", job_id)
+        flagged = await self.broker.cancel_requested(leases)
+        for lease in leases:
+            if lease.job_id not in flagged:
+                continue
+            if lease in self._buffer:  # still unstarted (the call above let others run)
+                self._buffer.remove(lease)
+                self._waited.discard(lease.job_id)
+                await self._cancel_unstarted(lease)
+            elif self.executor.cancel(lease.job_id):
+                logger.info("job %s: cancel requested; stopping it", lease.job_id)
+            elif (entry := running.get(lease.job_id)) is not None and entry[0] is lease:
+                if self.executor.take_back(lease.job_id):  # no thread had taken it
+                    await self._cancel_unstarted(lease)
+
+    async def _cancel_unstarted(self, lease: Lease) -> None:
+        """End a job that was cancelled before it started here, unrun."""
+        logger.info("job %s: cancelled before it started; not run", lease.job_id)
+        error = ErrorInfo("Cancelled", "cancelled before it started")
+        try:
+            await self._settle(lease, Outcome("cancel", decoded(lease), error=error))
+        finally:
+            self.ended(lease, ran=False)
 
     async def extend_leases(self) -> None:
         """Heartbeat: push every held lease's deadline forward. A lease the broker

@@ -6,7 +6,7 @@ from offload.brokers.base import Broker
 from offload.envelope import JobState, new_job_id
 from offload.testing import FakeClock
 
-from ..helpers import job_in_state, reserve_one, state_of
+from ..helpers import BOOM, enqueue_one, job_in_state, reserve_one, state_of
 
 
 async def dead_count(broker: Broker, queue: str) -> int:
@@ -39,6 +39,25 @@ async def test_replayed_job_runs_again(broker: Broker, clock: FakeClock) -> None
     assert (lease.job_id, lease.attempt) == (job_id, 1)
     await broker.ack(lease, None, result_ttl_s=None)
     assert await state_of(broker, job_id) is JobState.SUCCEEDED
+
+
+async def test_a_replayed_job_carries_no_cancel_request_of_its_last_run(
+    broker: Broker, clock: FakeClock
+) -> None:
+    # Given a job cancelled while it ran (flagged), whose attempt then died
+    job_id = await enqueue_one(broker, queue="q")
+    lease = await reserve_one(broker, ("q",))
+    assert await broker.cancel(job_id)
+    assert await broker.cancel_requested([lease]) == {job_id}
+    await broker.bury(lease, error=BOOM)
+    # When it is replayed and reserved again
+    assert await broker.replay_dead(job_ids=[job_id]) == 1
+    info = await broker.get_job(job_id)
+    assert info is not None and not info.cancel_requested
+    again = await reserve_one(broker, ("q",), worker_id="w2")
+    # Then its new run is not one anyone cancelled: the worker's check does not stop it
+    assert again.job_id == job_id
+    assert await broker.cancel_requested([again]) == set()
 
 
 async def test_replay_dead_by_queue_leaves_other_queues(broker: Broker, clock: FakeClock) -> None:

@@ -143,6 +143,7 @@ class MemoryInspection(JobTable, Inspection):
                     due_at=now,
                     finished_at=None,
                     worker_id=None,
+                    cancel_requested=False,  # nobody cancelled the replay
                 )
                 self._push_ready(rec)
                 if rec.ledger:

@@ -119,6 +119,8 @@ class Inspector:
         query = (
             "UPDATE offload_jobs SET state = 'queued', attempt = 0, due_at = %(now)s,"
             " finished_at = NULL, worker_id = NULL,"
+            # A cancel requested while it last ran is not a cancel of the replay.
+            " cancel_requested = false,"
             # A ledger job needs a new copy in its delivery: `ledger_due` makes it now.
             " publish_by = CASE WHEN stamp IS NULL THEN NULL ELSE %(now)s END"
             f" WHERE {' AND '.join(where)} RETURNING pg_notify(%(channel)s, queue)"

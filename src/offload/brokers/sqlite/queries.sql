@@ -245,8 +245,10 @@ SELECT name FROM offload_queues ORDER BY name;
 
 -- name: replay_dead
 -- A ledger job needs a new copy in its delivery: `ledger_unconfirmed` makes it at once.
+-- A cancel requested while the job last ran is cleared: nobody cancelled the replay.
 UPDATE offload_jobs
    SET state = 'queued', attempt = 0, due_at = :now, finished_at = NULL, worker_id = NULL,
+       cancel_requested = 0,
        publish_by = CASE WHEN stamp IS NULL THEN NULL ELSE :now END
  WHERE state = 'dead'
    AND (:queue IS NULL OR queue = :queue)

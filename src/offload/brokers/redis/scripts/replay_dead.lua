@@ -1,4 +1,5 @@
--- replay_dead: dead → queued now, attempt count reset.
+-- replay_dead: dead → queued now, attempt count reset, a cancel request of its last run
+-- cleared (the replayed run is not one anyone cancelled).
 -- KEYS: the keys of the queue (QueueKeys order).
 -- ARGV: [1] now, [2] wake-up channel, [3..] job ids (none: every dead job).
 -- Returns: how many jobs moved.
@@ -15,7 +16,7 @@ for _, id in ipairs(ids) do
   local r = load(q, id)
   if r and r.s == 'dead' then
     detach(q, id, r)
-    r.s, r.a, r.d, r.f, r.w = 'queued', 0, now, nil, nil
+    r.s, r.a, r.d, r.f, r.w, r.cx = 'queued', 0, now, nil, nil, nil
     attach(q, id, r)
     n = n + 1
   end
