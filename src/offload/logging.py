@@ -67,7 +67,10 @@ class JobLog:
             return
         action = outcome.action
         requested = outcome.error is not None and outcome.error.type == "Retry"
-        level = _LEVELS[action] if not requested else logging.INFO
+        # A requested retry is no failure (INFO), but a job that asked for retries
+        # until its attempts ran out is dead like any other: ERROR, which
+        # `--quiet-jobs` keeps.
+        level = logging.INFO if requested and action == "retry" else _LEVELS[action]
         if not self.logger.isEnabledFor(level):
             return
         task = outcome.envelope.task if outcome.envelope is not None else "?"

@@ -89,6 +89,24 @@ async def test_a_retry_without_a_reason_is_logged_without_repeating_itself(
     assert retried.getMessage().endswith(", retry requested, next in 0.0 s"), retried.getMessage()
 
 
+async def test_a_job_dead_after_requested_retries_is_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that raised `Retry` until its attempts ran out left a dead job, in the
+    dead-letter queue, logged at INFO like a requested retry: `--quiet-jobs` hid it."""
+    app = Offload("memory://")
+
+    @app.task(name="asks", backoff=QUICK, max_attempts=2)
+    def asks() -> None:
+        raise Retry(delay=0, reason="rate limited")
+
+    caplog.set_level(logging.INFO, logger="offload.jobs")
+    job = await asks.enqueue_async()
+    await run_worker_until(app, lambda: all_ended(app, [job.id]))
+    levels = {r.outcome: r.levelname for r in lines(caplog)}  # type: ignore[attr-defined]
+    assert levels == {"retried": "INFO", "dead": "ERROR"}
+
+
 APP = textwrap.dedent(
     """
     from offload import Offload
