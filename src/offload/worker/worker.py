@@ -391,6 +391,12 @@ class Worker:
         held = len(self._running) + len(self._buffer)
         return self.recycling.room(self.concurrency + self.prefetch - held)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked (SIGTERM): the worker takes no more jobs, only
+        finishes its running ones (a recycle is not this: see `recycled`)."""
+        return self._stop_asked.is_set()
+
     def saturated(self) -> bool:
         """Whether the fetch loop waits for a free slot (not stuck: every slot works)."""
         return self._full() and not self._stopping.is_set()
