@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from offload import Backoff, JobState, Offload, Retry, chain
+from offload import Backoff, InvalidArguments, JobState, Offload, Retry, chain
 from offload.envelope import Envelope
 from offload.hooks import Hook, HookedWorker, Run
 from tests.conftest import BROKER_NAMES
@@ -281,6 +281,26 @@ async def test_a_workflow_step_whose_enqueue_failed_is_answered_to_the_hooks(
         assert locked.is_set() and await flow.result_async(timeout=5) == 2
         assert sorted(hook.before) == sorted(hook.after)  # each try answered
         assert hook.errors, "the lock never made the step's enqueue fail"
+    finally:
+        await app.aclose()
+
+
+async def test_a_batch_refused_for_a_later_bad_call_is_answered_for_every_job() -> None:
+    """`enqueue_many` whose second call does not fit the task: nothing is sent, but the
+    first job had its `before_enqueue` and never an `after_enqueue`, so Tracing kept
+    its `send` span open, unended, for the process's life."""
+    app = Offload("memory://")
+    hook = Answered()
+    app.add_hook(hook)
+
+    @app.task(name="one_arg")
+    def one_arg(x: int) -> None: ...
+
+    try:
+        with pytest.raises(InvalidArguments):
+            await one_arg.enqueue_many_async([(1,), (1, 2)])
+        assert len(hook.before) == 1
+        assert hook.after == hook.before and len(hook.errors) == 1
     finally:
         await app.aclose()
 
