@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from offload.brokers.base import Lease
     from offload.worker.executor import Outcome
 
-__all__ = ["JobLog", "JsonFormatter", "configure", "job_log"]
+__all__ = ["JobLog", "JsonFormatter", "configure", "job_log", "redact_handlers"]
 
 #: Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -67,7 +67,10 @@ class JobLog:
             return
         action = outcome.action
         requested = outcome.error is not None and outcome.error.type == "Retry"
-        level = _LEVELS[action] if not requested else logging.INFO
+        # A requested retry is no failure (INFO), but a job that asked for retries
+        # until its attempts ran out is dead like any other: ERROR, which
+        # `--quiet-jobs` keeps.
+        level = logging.INFO if requested and action == "retry" else _LEVELS[action]
         if not self.logger.isEnabledFor(level):
             return
         task = outcome.envelope.task if outcome.envelope is not None else "?"
@@ -133,7 +136,7 @@ def configure(level: str, fmt: str = "text", *, config: str | None = None) -> No
             formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         handler.setFormatter(formatter)
         logging.basicConfig(level=level.upper(), handlers=[handler])
-    _redact_handlers()
+    redact_handlers()
 
 
 def _from_file(path: str) -> None:
@@ -161,8 +164,12 @@ def _from_file(path: str) -> None:
         raise ConfigurationError(message) from None
 
 
-def _redact_handlers() -> None:
-    """Wrap every handler's formatter of every configured logger in the redactor."""
+def redact_handlers() -> None:
+    """Wrap every handler's formatter of every configured logger in the redactor.
+
+    Called once logging is configured, and again once the app is imported
+    (`offload.cli.shared.load_app`): an app module, or the Django settings it loads,
+    often adds handlers of its own, whose lines would otherwise show passwords."""
     from offload._redact import RedactingFormatter
 
     loggers = [logging.getLogger()] + [

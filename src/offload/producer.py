@@ -132,21 +132,24 @@ class Producer:
         task = self.tasks.get(name)
         now = self.clock.now()
         items: list[Item] = []
-        for call in calls:
-            if task is not None:
-                task.check_arguments(call.args, call.kwargs)
-            envelope = self.envelope(name, call, call.overrides or overrides, now)
-            if envelope.expires_at is not None and envelope.not_before is not None:
-                _check_due_before_expiry(envelope, now)
-            if not self.hooks or not hooks:
-                items.append(validation.checked(envelope))
-                continue
-            envelope = self.hooks.before_enqueue(envelope)
-            try:
-                items.append(validation.checked(envelope))
-            except Exception as exc:  # the hooks saw these jobs: tell them they failed
-                self.not_sent([*items, (envelope, b"")], exc)
-                raise
+        hooked: Envelope | None = None  # the job the hooks saw last, not checked yet
+        try:
+            for call in calls:
+                if task is not None:
+                    task.check_arguments(call.args, call.kwargs)
+                envelope = self.envelope(name, call, call.overrides or overrides, now)
+                if envelope.expires_at is not None and envelope.not_before is not None:
+                    _check_due_before_expiry(envelope, now)
+                if not self.hooks or not hooks:
+                    items.append(validation.checked(envelope))
+                    continue
+                hooked = self.hooks.before_enqueue(envelope)
+                items.append(validation.checked(hooked))
+                hooked = None
+        except Exception as exc:  # a later call of the batch is bad: the hooks saw the
+            if self.hooks and hooks:  # jobs before it, tell them none was sent
+                self.not_sent([*items, *([] if hooked is None else [(hooked, b"")])], exc)
+            raise
         return items
 
     def hooked(self, items: Sequence[Item]) -> list[Item]:

@@ -404,10 +404,19 @@ class Scheduler:
         ttl_s = max(own_ttl or broker.retention_s, keep_s)
         envelope = msgspec.structs.replace(envelope, result_ttl_s=ttl_s)
         hooks = self.producer.hooks
-        if hooks:
-            envelope = hooks.before_enqueue(envelope)
-        items = [validation.checked(envelope)]
-        [result] = self.producer.sent(items, await broker.enqueue(items))
+        if not hooks:
+            items = [validation.checked(envelope)]
+            [result] = await broker.enqueue(items)
+            return result.id, result.created
+        envelope = hooks.before_enqueue(envelope)
+        items = [(envelope, b"")]
+        try:  # a hook's `before_enqueue` is always answered (Tracing ends its span)
+            items = [validation.checked(envelope)]
+            results = await broker.enqueue(items)
+        except BaseException as exc:
+            self.producer.not_sent(items, exc)
+            raise
+        [result] = self.producer.sent(items, results)
         return result.id, result.created
 
 

@@ -141,7 +141,9 @@ class Tracing(Hook):
                     {"exception.type": error.type_path or error.type,
                      "exception.message": error.message},
                 )  # fmt: skip
-                if error.type != "Retry":  # a retry the handler asked for is no error
+                # A retry the handler asked for is no error; a job that asked until its
+                # attempts ran out is dead all the same, and its span says so.
+                if error.type != "Retry" or run.outcome == "dead":
                     span.set_status(Status(StatusCode.ERROR, error.type))
             span.end()
         finally:

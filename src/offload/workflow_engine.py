@@ -258,8 +258,14 @@ class WorkflowEngine:
             hooks = self.producer.hooks
             if hooks:
                 envelopes = [hooks.before_enqueue(e) for e in envelopes]
-            items = [(e, encode_envelope(e)) for e in envelopes]
-            self.producer.sent(items, await self.broker.enqueue(items))
+            items = [(e, b"") for e in envelopes]
+            try:
+                items = [(e, encode_envelope(e)) for e in envelopes]
+                results = await self.broker.enqueue(items)
+            except BaseException as exc:  # a hook's `before_enqueue` is always answered:
+                self.producer.not_sent(items, exc)  # Tracing would hold an unended span
+                raise
+            self.producer.sent(items, results)
             return
         never = self.clock.now() + _NEVER_S
         stopped = [msgspec.structs.replace(e, not_before=never) for e in envelopes]

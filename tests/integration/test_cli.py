@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from offload import Offload
 from offload.brokers import SCHEMES
+from offload.brokers.base import WorkerInfo
 
 
 @pytest.fixture
@@ -51,6 +55,31 @@ def test_enqueue_status_jobs_show_round_trip(run) -> None:  # type: ignore[no-un
     assert shown["state"] == "queued" and shown["key"] == "k1"
     table = run("status").stdout
     assert "default" in table and "no live workers" in table
+
+
+def test_status_json_gives_every_column_the_table_shows_of_a_worker(  # type: ignore[no-untyped-def]
+    run, tmp_path: Path
+) -> None:
+    """`offload status` shows each worker's concurrency and when it was last seen (a
+    stale heartbeat), but `--json`, what a script or a monitor reads, left both out."""
+    app = Offload(f"sqlite:///{tmp_path / 'cli.db'}")
+    seen = time.time()
+    info = WorkerInfo(
+        id="w-1", hostname="h", pid=1, queues=["default"], concurrency=7,
+        started_at=seen, last_seen=seen,
+    )  # fmt: skip
+
+    async def register() -> None:
+        await (await app.connected_broker()).register_worker(info, ttl_s=60)
+
+    try:
+        asyncio.run(register())
+    finally:
+        app.close()
+    status = run("status", "--json")
+    [worker] = json.loads(status.stdout)["workers"]
+    assert worker["id"] == "w-1" and worker["concurrency"] == 7
+    assert worker["last_seen"] == pytest.approx(seen, abs=1)
 
 
 def test_errors_are_one_line_without_traceback(run) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,33 @@ def test_a_worker_is_live_and_ready_on_every_broker(
         worker.terminate()
         worker.wait(timeout=60)
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+
+
+def test_a_worker_asked_to_stop_is_not_ready_while_it_finishes_its_jobs(
+    tmp_path: Path, broker_url: Callable[[str], str]
+) -> None:
+    """After SIGTERM a worker takes no more jobs, yet /ready said 200 until
+    `--ready-within` (60 s) passed, and then blamed a hung fetch loop."""
+    port = free_port()
+    url = broker_url("sqlite")
+    worker = start_worker(tmp_path, url, "--health-port", str(port), "--grace", "120")
+    app = Offload(url)
+    try:
+        app.enqueue("nap", 120)
+        deadline = time.monotonic() + 60
+        while (seen := probe(port, "/ready"))[1].get("running") != 1:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.2)
+        assert seen[0] == 200
+        worker.send_signal(signal.SIGTERM)
+        wait_for(port, "/ready", 503, within=20)
+        status, body = probe(port, "/ready")
+        assert status == 503 and str(body["reason"]).startswith("stopping"), body
+        assert probe(port, "/live")[0] == 200  # alive: finishing its job
+    finally:
+        app.close()
+        worker.terminate()  # a second signal: stop now, the job is given back
+        worker.wait(timeout=60)
 
 
 def test_status_shows_each_workers_last_reservation_and_running_jobs(

@@ -4,11 +4,15 @@ raises never loses or fails a job."""
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from offload import Backoff, JobState, Offload, Retry
+from offload import Backoff, InvalidArguments, JobState, Offload, Retry, chain
 from offload.envelope import Envelope
 from offload.hooks import Hook, HookedWorker, Run
 from tests.conftest import BROKER_NAMES
@@ -209,6 +213,94 @@ async def test_a_failed_enqueue_is_reported_with_its_error() -> None:
         with pytest.raises(Exception) as caught:
             await t.enqueue_async()
         assert recorder.events[-1] == ("after_enqueue", "t", None, caught.value)
+    finally:
+        await app.aclose()
+
+
+class Answered(Hook):
+    """Every `before_enqueue` must be answered by an `after_enqueue` (Tracing ends its
+    `send` span there): the envelope ids heard by each, and the errors."""
+
+    def __init__(self) -> None:
+        self.before: list[str] = []
+        self.after: list[str] = []
+        self.errors: list[BaseException] = []
+
+    def before_enqueue(self, envelope: Envelope) -> Envelope | None:
+        self.before.append(envelope.id)
+        return None
+
+    def after_enqueue(
+        self, envelope: Envelope, created: bool | None, error: BaseException | None
+    ) -> None:
+        self.after.append(envelope.id)
+        if error is not None:
+            self.errors.append(error)
+
+
+async def test_a_workflow_step_whose_enqueue_failed_is_answered_to_the_hooks(
+    tmp_path: Path,
+) -> None:
+    """A chain's next step, enqueued by the worker, met a broker that refused writes
+    (another process held the SQLite file's write lock): the step was sent again once
+    the lock went, but the failed try's `before_enqueue` never got its
+    `after_enqueue`, so Tracing kept an unended `send` span per failed try, for ever."""
+    path = tmp_path / "broker.db"
+    app = Offload(f"sqlite:///{path}")
+    hook = Answered()
+    app.add_hook(hook)
+    locked = threading.Event()
+
+    @app.task(name="first")
+    def first() -> int:
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # writes wait, then fail (busy timeout)
+
+        def release() -> None:  # once a write failed (or 200 s passed, if none)
+            deadline = time.monotonic() + 200
+            while not hook.errors and time.monotonic() < deadline:
+                time.sleep(0.1)
+            holder.rollback()
+            holder.close()
+
+        threading.Thread(target=release, daemon=True).start()
+        locked.set()
+        return 1
+
+    @app.task(name="second")
+    def second(value: int) -> int:
+        return value + 1
+
+    try:
+        flow = await chain(first.call(), second.partial()).enqueue_async()
+        assert flow.last is not None
+        last = flow.last.id
+        await run_worker_until(
+            app, lambda: all_ended(app, [last]), timeout_s=300, lease_s=600, sweep_s=600
+        )
+        assert locked.is_set() and await flow.result_async(timeout=5) == 2
+        assert sorted(hook.before) == sorted(hook.after)  # each try answered
+        assert hook.errors, "the lock never made the step's enqueue fail"
+    finally:
+        await app.aclose()
+
+
+async def test_a_batch_refused_for_a_later_bad_call_is_answered_for_every_job() -> None:
+    """`enqueue_many` whose second call does not fit the task: nothing is sent, but the
+    first job had its `before_enqueue` and never an `after_enqueue`, so Tracing kept
+    its `send` span open, unended, for the process's life."""
+    app = Offload("memory://")
+    hook = Answered()
+    app.add_hook(hook)
+
+    @app.task(name="one_arg")
+    def one_arg(x: int) -> None: ...
+
+    try:
+        with pytest.raises(InvalidArguments):
+            await one_arg.enqueue_many_async([(1,), (1, 2)])
+        assert len(hook.before) == 1
+        assert hook.after == hook.before and len(hook.errors) == 1
     finally:
         await app.aclose()
 

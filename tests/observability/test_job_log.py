@@ -89,6 +89,24 @@ async def test_a_retry_without_a_reason_is_logged_without_repeating_itself(
     assert retried.getMessage().endswith(", retry requested, next in 0.0 s"), retried.getMessage()
 
 
+async def test_a_job_dead_after_requested_retries_is_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that raised `Retry` until its attempts ran out left a dead job, in the
+    dead-letter queue, logged at INFO like a requested retry: `--quiet-jobs` hid it."""
+    app = Offload("memory://")
+
+    @app.task(name="asks", backoff=QUICK, max_attempts=2)
+    def asks() -> None:
+        raise Retry(delay=0, reason="rate limited")
+
+    caplog.set_level(logging.INFO, logger="offload.jobs")
+    job = await asks.enqueue_async()
+    await run_worker_until(app, lambda: all_ended(app, [job.id]))
+    levels = {r.outcome: r.levelname for r in lines(caplog)}  # type: ignore[attr-defined]
+    assert levels == {"retried": "INFO", "dead": "ERROR"}
+
+
 APP = textwrap.dedent(
     """
     from offload import Offload
@@ -172,6 +190,48 @@ def test_log_config_file_configures_logging_and_secrets_stay_scrubbed(workdir: P
     assert SECRET not in text and "redis://user:***@cache" in text
     logged = [line.split("|")[:2] for line in text.splitlines()]
     assert sorted(logged) == [["ERROR", "offload.jobs"], ["INFO", "offload.jobs"]]
+
+
+OWN_HANDLER_APP = textwrap.dedent(
+    """
+    import logging, sys
+    from offload import Offload
+
+    # The app's own logging, set up when it is imported (as Django's LOGGING is).
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("APP %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+    app = Offload()
+
+    @app.task(name="leaky", max_attempts=1)
+    def leaky(url: str) -> None:
+        logging.getLogger("ownapp").error("cannot reach %s", url)
+    """
+)
+
+
+def test_a_handler_the_app_adds_at_import_is_scrubbed_too(tmp_path: Path) -> None:
+    """The worker scrubbed the handlers it configured, then imported the app: a handler
+    the app module (or Django's settings) added printed passwords in clear."""
+    (tmp_path / "ownapp.py").write_text(OWN_HANDLER_APP)
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    app = Offload(url)
+    job = app.enqueue("leaky", f"redis://user:{SECRET}@cache:6379")
+    env = {**os.environ, "OFFLOAD_URL": url, "PYTHONPATH": str(tmp_path)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "offload", "worker", "ownapp:app", "--poll", "0.05"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: app.job(job.id).state() is JobState.SUCCEEDED)
+        worker.send_signal(signal.SIGTERM)
+        stdout, stderr = worker.communicate(timeout=20)
+    finally:
+        stop_all([worker], timeout=10)  # type: ignore[list-item]
+        app.close()
+    assert "APP ownapp: cannot reach redis://user:***@cache:6379" in stdout, stdout
+    assert SECRET not in stdout and SECRET not in stderr
 
 
 def test_a_bad_log_config_is_one_line_naming_the_file(workdir: Path) -> None:

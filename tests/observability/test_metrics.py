@@ -5,13 +5,16 @@ real Prometheus server is test_prometheus.py.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from offload import Backoff, Offload, Worker, current_job
+from offload.hooks import Hook, Run
 from offload.metrics import BrokerCollector, Metrics
 from tests.conftest import BROKER_NAMES
 from tests.observability.helpers import all_ended, run_worker_until
@@ -67,6 +70,44 @@ async def test_worker_metrics_count_each_outcome_once(url: str) -> None:
         duration = "offload_job_duration_seconds_count"
         assert _value(metrics, duration, queue="default", task="flaky") == 4  # per attempt
         assert _value(metrics, "offload_job_wait_seconds_count", queue="default") == 9
+    finally:
+        await app.aclose()
+
+
+async def test_a_job_buried_by_its_failing_limit_key_is_counted_logged_and_heard(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose `rate_key` raised was buried by the worker before it ran (in the
+    dead-letter queue, `InvalidLimitKey`) with no `offload_jobs_finished_total`
+    {outcome="dead"}, no `offload.jobs` line and no `on_dead`: `offload status`
+    counted a dead job that metrics, logs and Sentry never saw."""
+    app = Offload(f"sqlite:///{tmp_path / 'broker.db'}")
+    metrics = Metrics(app)
+    app.add_hook(metrics)
+    dead: list[str] = []
+
+    class OnDead(Hook):
+        def on_dead(self, run: Run) -> None:
+            dead.append(run.job_id)
+
+    app.add_hook(OnDead())
+
+    @app.task(name="keyed", rate_limit="10/s", rate_key=lambda tenant: tenant["id"])
+    def keyed(tenant: dict[str, str]) -> None: ...
+
+    caplog.set_level(logging.INFO, logger="offload.jobs")
+    try:
+        job = await keyed.enqueue_async({})  # no "id": the key function raises
+        await run_worker_until(app, lambda: all_ended(app, [job.id]))
+        info = await job.info_async()
+        assert info is not None and info.error is not None
+        assert info.error.type == "InvalidLimitKey"
+        finished = "offload_jobs_finished_total"
+        assert _value(metrics, finished, queue="default", task="keyed", outcome="dead") == 1
+        assert dead == [job.id]
+        [line] = [r for r in caplog.records if r.name == "offload.jobs"]
+        assert line.levelname == "ERROR" and "InvalidLimitKey" in line.getMessage()
+        assert line.task == "keyed"  # type: ignore[attr-defined]
     finally:
         await app.aclose()
 

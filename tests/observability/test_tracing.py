@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from offload import Backoff, JobState, Offload, chain, current_job
+from offload import Backoff, JobState, Offload, Retry, chain, current_job
 from offload.codec import encode_envelope
 from offload.envelope import Envelope, new_job_id
 from offload.tracing import Tracing
@@ -235,6 +235,31 @@ async def test_a_job_without_trace_context_still_runs_in_a_span_of_its_own(
         assert await app.job(envelope.id).result_async(timeout=5) == "ran"
         [span] = spans(exporter, "process default", envelope.id)
         assert span.parent is None and not span.links
+    finally:
+        await app.aclose()
+
+
+async def test_a_job_dead_after_requested_retries_has_an_error_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A requested retry's span is not an error, but the attempt that buries the job
+    once its attempts ran out is: it was left unset, so a trace view showed a job that
+    went to the dead-letter queue as fine."""
+    app = Offload("memory://")
+    app.add_hook(Tracing(provider))
+
+    @app.task(name="asks", backoff=QUICK, max_attempts=2)
+    def asks() -> None:
+        raise Retry(delay=0, reason="rate limited")
+
+    try:
+        job = await asks.enqueue_async()
+        await run_worker_until(app, lambda: all_ended(app, [job.id]))
+        first, last = spans(exporter, "process default", job.id)
+        assert first.attributes is not None and first.attributes["offload.outcome"] == "retried"
+        assert first.status.status_code is StatusCode.UNSET
+        assert last.attributes is not None and last.attributes["offload.outcome"] == "dead"
+        assert last.status.status_code is StatusCode.ERROR
     finally:
         await app.aclose()
 

@@ -9,7 +9,16 @@ import itertools
 
 import pytest
 
-from offload import ConfigurationError, JobState, Offload, QueueFull, Worker, current_job
+from offload import (
+    ConfigurationError,
+    JobState,
+    Offload,
+    QueueFull,
+    Worker,
+    chord,
+    current_job,
+    group,
+)
 from offload.limits import Rate, parse_rate
 from offload.testing import FakeClock
 
@@ -149,6 +158,30 @@ async def test_failing_key_function_buries_the_job(app: Offload) -> None:
     assert info is not None and info.state is JobState.DEAD
     assert info.error is not None and info.error.type == "InvalidLimitKey"
     assert "KeyError" in info.error.message
+
+
+async def test_a_chord_member_buried_by_its_limit_key_still_lets_the_callback_run(
+    app: Offload,
+) -> None:
+    """The bury of a failing key function went to the broker without the job's
+    envelope, so its workflow never heard of the end: a chord's callback waited for
+    ever for a member that was dead."""
+
+    @app.task(name="keyed", rate_limit="10/s", rate_key=lambda t: t["id"])
+    def keyed(t: dict[str, str]) -> int:
+        return 1
+
+    @app.task(name="fine")
+    def fine() -> int:
+        return 2
+
+    @app.task(name="collect")
+    def collect(results: list[int | None]) -> list[int | None]:
+        return results
+
+    flow = await chord(group([keyed.call({}), fine.call()]), collect.partial()).enqueue_async()
+    await Worker(app).drain()
+    assert await flow.result_async(timeout=5) == [None, 2]
 
 
 async def test_max_queue_depth_raises_queue_full_at_the_producer(clock: FakeClock) -> None:

@@ -447,6 +447,42 @@ async def test_a_schedule_whose_look_back_outlasts_the_longest_ttl_still_fires(
     assert await Scheduler(app).tick(utc(2028, 2, 29) + 120) == []
 
 
+async def test_a_fire_that_cannot_be_enqueued_is_answered_to_the_hooks(
+    broker: Broker, clock: FakeClock
+) -> None:
+    """A refused fire, tried again at every tick, had its `before_enqueue` but never
+    its `after_enqueue`: with `--scheduler --tracing` a worker kept one unended `send`
+    span per tick (a second) for as long as the schedule stayed broken."""
+    heard: list[tuple[str, str, bool]] = []
+
+    class Record(Hook):
+        def before_enqueue(self, envelope: Envelope) -> Envelope | None:
+            heard.append(("before", envelope.id, False))
+            return None
+
+        def after_enqueue(
+            self, envelope: Envelope, created: bool | None, error: BaseException | None
+        ) -> None:
+            heard.append(("after", envelope.id, error is not None))
+
+    class BadQueue(Hook):
+        def before_enqueue(self, envelope: Envelope) -> Envelope | None:
+            return msgspec.structs.replace(envelope, queue="a,b")  # refused by the check
+
+    app = on(broker, clock)
+    app.add_hook(Record())
+    app.add_hook(BadQueue())
+    app.schedule("bad", Every(60), overlap="allow")
+    scheduler = Scheduler(app)
+    assert await scheduler.tick(6000) == []
+    assert await scheduler.tick(6001) == []
+    sent = [job_id for kind, job_id, _ in heard if kind == "before"]
+    assert len(sent) == 2  # one try per tick
+    assert [(job_id, failed) for kind, job_id, failed in heard if kind == "after"] == [
+        (job_id, True) for job_id in sent
+    ]
+
+
 async def test_a_schedule_whose_fire_cannot_be_enqueued_does_not_stop_the_others(
     broker: Broker, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

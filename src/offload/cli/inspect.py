@@ -98,9 +98,11 @@ def status(app_spec: str | None, url: str | None, as_json: bool, queues: tuple[s
             "workers": None
             if workers is None
             else [
-                {
+                {  # every column of the table (a script needs "last seen" most)
                     "id": w.id,
                     "queues": w.queues,
+                    "concurrency": w.concurrency,
+                    "last_seen": w.last_seen,
                     "running": w.running,
                     "processed": w.processed,
                     "last_reserve_at": w.last_reserve_at,

@@ -60,6 +60,9 @@ def load_app(spec: str) -> Offload:
         obj = getattr(obj, part)
     if not isinstance(obj, Offload):
         raise click.BadParameter(f"{spec!r} is a {type(obj).__name__}, not an Offload app")
+    from offload.logging import redact_handlers
+
+    redact_handlers()  # the handlers the import added (the app's own, Django's LOGGING)
     return obj
 
 

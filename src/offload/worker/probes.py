@@ -7,7 +7,8 @@ two questions (`offload worker --health-port P`):
 - **live** (`GET /live`): the process and its event loop answer. The reply is written
   by the worker's own loop, so a loop blocked by a handler gets no answer at all.
 - **ready** (`GET /ready`): the broker answers (no outage under way) and the fetch loop
-  made progress (a `reserve` answered, or every slot is busy) within `ready_s`.
+  made progress (a `reserve` answered, or every slot is busy) within `ready_s`; not
+  once the worker was asked to stop (SIGTERM), while it finishes its running jobs.
 
 Both answer 200 or 503 with a small JSON body saying why. With `--processes N` the
 supervisor serves them: each child writes its own verdict to a file in a directory the
@@ -49,6 +50,10 @@ def verdict(worker: Worker, ready_s: float) -> Verdict:
         "fetch_age_s": round(age, 3),
         "running": len(worker.running_jobs()),
     }
+    if worker.stopping:  # it takes no more jobs: ready no longer, at once (not only
+        # after `ready_s`, and then with a reason that blamed a hung fetch loop)
+        details["reason"] = "stopping: finishing its running jobs"
+        return False, details
     if worker.health.down:
         details["reason"] = "the broker does not answer"
         return False, details

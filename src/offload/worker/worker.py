@@ -391,6 +391,12 @@ class Worker:
         held = len(self._running) + len(self._buffer)
         return self.recycling.room(self.concurrency + self.prefetch - held)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked (SIGTERM): the worker takes no more jobs, only
+        finishes its running ones (a recycle is not this: see `recycled`)."""
+        return self._stop_asked.is_set()
+
     def saturated(self) -> bool:
         """Whether the fetch loop waits for a free slot (not stuck: every slot works)."""
         return self._full() and not self._stopping.is_set()
@@ -612,19 +618,34 @@ class Worker:
             # no later check can pass, so the job is buried with the reason (replay it
             # once a store is set) instead of held unrun until its lease lapses, and
             # then again, for ever, with a traceback each time.
-            logger.error("job %s: buried: %s", lease.job_id, exc, extra={"action": "buried"})
             error = ErrorInfo("ConfigurationError", str(exc))
-            await self._settle(lease, Outcome("bury", decoded(lease), error=error))
+            await self._bury_unrun(lease, error)
             return False
         except Exception:
             logger.exception("job %s: flow limits could not be checked", lease.job_id)
             return False
         if verdict.error is not None:
             error = ErrorInfo("InvalidLimitKey", f"a limit key function failed: {verdict.error}")
-            await self._settle(lease, Outcome("bury", error=error))
+            await self._bury_unrun(lease, error)
         if verdict.slot is not None:
             self._slots[lease.job_id] = (verdict.slot, verdict.slot_limit)
         return verdict.run
+
+    async def _bury_unrun(self, lease: Lease, error: ErrorInfo) -> None:
+        """Bury a job that its limits keep from ever running, reported like any attempt
+        that ended dead: the job log's ERROR line, the hooks' `on_dead` and `after_run`
+        (so metrics count it, and Sentry hears of it). Settled silently, it was in the
+        dead-letter queue and nowhere else. The envelope goes with the outcome, so the
+        job's workflow hears of its end."""
+        hooks = self.app.hooks
+        envelope = decoded(lease)
+        now = self.app.clock.now()
+        run = hooks.started(lease, envelope, self.id, now) if hooks else None
+        try:
+            await self.conclude(lease, Outcome("bury", envelope, error=error), now, 0.0, run)
+        finally:
+            if run is not None:
+                hooks.finished(run)
 
     async def _release_slot(self, job_id: str) -> None:
         held = self._slots.pop(job_id, None)
