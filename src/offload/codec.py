@@ -26,6 +26,8 @@ __all__ = [
     "encode_error",
     "encode_value",
     "envelope_schema",
+    "value_children",
+    "where",
 ]
 
 _encoder = msgspec.json.Encoder()
@@ -67,7 +69,7 @@ def encode_value(value: Any, *, what: str = "value") -> bytes:
     try:
         return _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        at = _at(_bad_spot(value)) if not isinstance(exc, RecursionError) else ""
+        at = where(_bad_spot(value)) if not isinstance(exc, RecursionError) else ""
         raise SerializationError(f"{what} is not JSON-serializable{at}: {exc}") from exc
 
 
@@ -126,7 +128,7 @@ def _describe_bad_argument(
     for name, arg in named:
         problem = _encode_problem(arg)
         if problem:
-            at = "" if isinstance(exc, RecursionError) else _at(_bad_spot(arg))
+            at = "" if isinstance(exc, RecursionError) else where(_bad_spot(arg))
             return f"argument {name} of task {task!r} is not JSON-serializable{at}: {problem}"
     return f"job for task {task!r} is not JSON-serializable: {exc}"
 
@@ -136,19 +138,23 @@ def _bad_spot(value: Any, path: str = "", depth: int = 0) -> str:
     that fails on its own, so a bad value deep in a large argument is found by name.
     Runs only once an encoding has failed."""
     if depth < 100:  # the nesting limit of `offload.validation`
-        for suffix, child in _children(value):
+        for suffix, child in value_children(value) or ():
             if _encode_problem(child):
                 return _bad_spot(child, path + suffix, depth + 1)
     return path
 
 
-def _at(path: str) -> str:
+def where(path: str) -> str:
+    """` at <path>` for an error message (shortened past 80 characters), or nothing."""
     if not path:
         return ""
     return f" at {path if len(path) <= 80 else path[:77] + '...'}"
 
 
-def _children(value: Any) -> list[tuple[str, Any]]:
+def value_children(value: Any) -> list[tuple[str, Any]] | None:
+    """The values inside `value`, each with the path step that reaches it (`['k']`,
+    `[3]`, `.field`); None if it holds none (not a container, a struct or a dataclass):
+    the one walk that names where in an argument or result a bad value sits."""
     if isinstance(value, dict):
         return [(f"[{k!r}]", v) for k, v in value.items()]
     if isinstance(value, list | tuple | set | frozenset):
@@ -157,7 +163,7 @@ def _children(value: Any) -> list[tuple[str, Any]]:
         return [(f".{f}", getattr(value, f)) for f in value.__struct_fields__]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [(f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
-    return []
+    return None
 
 
 def _encode_problem(value: Any) -> str | None:

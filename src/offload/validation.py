@@ -24,15 +24,12 @@ field.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import msgspec
-
-from offload.codec import encode_envelope, encode_value
+from offload.codec import encode_envelope, encode_value, value_children, where
 from offload.envelope import Backoff, ChordRef, Envelope, Step
 from offload.errors import ConfigurationError, SerializationError
 
@@ -311,21 +308,11 @@ def _check_value(value: Any, label: str, path: str, depth: int, limit: float = M
     if isinstance(value, float):
         if not math.isfinite(value):
             raise SerializationError(
-                f"{label} holds {value!r}{_at(path)}: NaN and ±Infinity have no JSON form"
+                f"{label} holds {value!r}{where(path)}: NaN and ±Infinity have no JSON form"
             )
         return
-    children: Iterator[tuple[str, Any]]
-    if isinstance(value, str | bytes | int | None):
-        return
-    if isinstance(value, dict):
-        children = ((f"[{k!r}]", v) for k, v in value.items())
-    elif isinstance(value, list | tuple | set | frozenset):
-        children = ((f"[{i}]", v) for i, v in enumerate(value))
-    elif isinstance(value, msgspec.Struct):
-        children = ((f".{f}", getattr(value, f)) for f in value.__struct_fields__)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        children = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
-    else:
+    children = None if isinstance(value, str | bytes | int | None) else value_children(value)
+    if children is None:
         return
     if depth >= limit:
         raise SerializationError(
@@ -333,12 +320,6 @@ def _check_value(value: Any, label: str, path: str, depth: int, limit: float = M
         )
     for suffix, child in children:
         _check_value(child, label, path + suffix, depth + 1, limit)
-
-
-def _at(path: str) -> str:
-    if not path:
-        return ""
-    return f" at {path if len(path) <= 80 else path[:77] + '...'}"
 
 
 def _name(value: object, what: str, limit: int) -> str:
